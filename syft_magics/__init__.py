@@ -1,0 +1,48 @@
+"""syft_magics: remote tensors for Jupyter. Data stays with its owner; computation travels to it.
+
+Public surface::
+
+    from syft_magics import Worker, connect
+    bob = Worker("Bob", port=3000).start(); bob.share(x, "#X")      # data owner
+    client = connect("Bob"); x = client.search("#X")[0]              # data scientist
+    (x + 1).get()
+
+In IPython: ``%load_ext syft_magics``, then ``%syft_worker``, ``%syft_connect``...
+"""
+from .allowlist import Allowlist
+from .client import Client, SearchResult, connect
+from .config import defaults
+from .errors import (AuthenticationError, CrossWorkerError, GetTimeout, OpNotAllowed, PermissionDenied,
+                     PointerFreed, PortInUse, ProtocolError, ReadOnlyError, RemoteError, ReplyTimeout,
+                     SessionExpired, StaleConnectionFile, SyftError, TagError, UnknownObject, UnknownWorker,
+                     WorkerRestarted, WorkerStopped, WorkerUnreachable)
+from .events import Event, EventStream
+from .pointer import PointerTensor
+from .policy import ClosedPolicy, GetRequest, OpenPolicy, Policy, ReviewPolicy
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Allowlist", "Client", "ClosedPolicy", "Event", "EventStream", "GetRequest", "OpenPolicy", "PointerTensor",
+    "Policy", "ReviewPolicy", "SearchResult", "Worker", "connect", "defaults", "load_ipython_extension",
+    "unload_ipython_extension",
+    "AuthenticationError", "CrossWorkerError", "GetTimeout", "OpNotAllowed", "PermissionDenied", "PointerFreed",
+    "PortInUse", "ProtocolError", "ReadOnlyError", "RemoteError", "ReplyTimeout", "SessionExpired",
+    "StaleConnectionFile", "SyftError", "TagError", "UnknownObject", "UnknownWorker", "WorkerRestarted",
+    "WorkerStopped", "WorkerUnreachable",
+]
+
+
+def load_ipython_extension(ipython) -> None:  # pragma: no cover - exercised in kernel tests
+    """``%load_ext syft_magics``: register the magics."""
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:  # pragma: no cover
+    """``%unload_ext syft_magics``: stop this kernel's workers and connections, remove the magics."""
+    from .magics import unload
+
+    unload(ipython)

@@ -1,0 +1,265 @@
+"""The client's end of one link to a worker: a DEALER socket and its threads.
+
+Threading: the socket is used under ``lock`` by two threads only, the caller's
+(sends ops, waits for replies) and a background thread (heartbeats, batched
+frees, reading replies nobody waits for). Replies are matched to requests by
+sequence number. Any thread may read a reply off the socket; it files it in
+:attr:`replies` (awaited) or :attr:`errors` (failed pipelined ops).
+"""
+from __future__ import annotations
+
+import os
+import socket as _socket
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+import zmq
+
+from . import auth
+from .config import defaults
+from .errors import (AuthenticationError, ProtocolError, ReplyTimeout, SessionExpired, SyftError,
+                     WorkerRestarted, WorkerStopped, WorkerUnreachable)
+from .protocol import PROTOCOL_VERSION, decode, encode
+
+#: Frames at least this large are sent zero-copy and tracked until ZeroMQ releases them.
+_TRACK_BYTES = zmq.COPY_THRESHOLD
+
+
+class Link:
+    """An authenticated, heartbeating connection to one worker."""
+
+    def __init__(self, address: str, key: str, *, timeout: float, context: Optional[zmq.Context] = None,
+                 client_name: str = "client") -> None:
+        self.address = address
+        self.session = os.urandom(16)
+        self.lock = threading.Lock()
+        self.replies: Dict[int, dict] = {}
+        self.errors: List[dict] = []
+        self.on_error: Callable[[dict], None] = lambda header: None
+        self.free_queue: Deque[bytes] = deque()
+        self.broken: Optional[SyftError] = None
+        self.worker_name = "?"
+        self.instance = ""
+        self.policy = "?"
+        self.last_pong = time.monotonic()
+        self._seq = 0
+        self._awaited: set = set()
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.ROUTING_ID, self.session)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.setsockopt(zmq.SNDHWM, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
+        self._closed = False
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        try:
+            self._sock.connect(address)
+            self._handshake(key, timeout, client_name)
+        except BaseException:
+            self._close_socket()
+            raise
+        self._thread = threading.Thread(target=self._background, name=f"syft-link-{self.worker_name}", daemon=True)
+        self._thread.start()
+
+    # -- handshake ---------------------------------------------------------------
+    def _handshake(self, key: str, timeout: float, client_name: str) -> None:
+        hello = {"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": client_name, "pid": os.getpid(),
+                 "hostname": _socket.gethostname()}
+        try:
+            challenge = self._request_raw(hello, timeout, expect="challenge")
+        except ReplyTimeout:
+            raise WorkerUnreachable(
+                f"no worker answered at {self.address} within {timeout:g} s "
+                "(is the worker running, and is the address right?)") from None
+        nonce = challenge.get("nonce")
+        if not isinstance(nonce, bytes):
+            raise ProtocolError("the worker's challenge carries no nonce")
+        self.worker_name = str(challenge.get("name"))
+        welcome = self._request_raw({"t": "auth", "s": 0, "mac": auth.proof(key, nonce, self.session)},
+                                    timeout, expect="welcome")
+        self.instance = str(welcome.get("instance"))
+        self.policy = str(welcome.get("policy"))
+        self.lease = float(welcome.get("lease") or defaults.lease_timeout)
+
+    def _request_raw(self, header: dict, timeout: float, expect: str) -> dict:
+        deadline = time.monotonic() + timeout
+        self._send_parts(encode(header), deadline)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._sock.poll(remaining * 1000):
+                raise ReplyTimeout(f"no answer from {self.address} within {timeout:g} s")
+            reply = decode(self._sock.recv_multipart())
+            if reply["t"] == expect:
+                return reply
+            if reply["t"] == "err":
+                if reply.get("code") in ("unauthenticated", "unknown_session"):
+                    raise AuthenticationError(
+                        f"{self.worker_name} at {self.address} refused the link: wrong key "
+                        "(take the key from the worker's connection file)")
+                raise ProtocolError(f"handshake failed: {reply.get('msg')}")
+
+    # -- sending -----------------------------------------------------------------
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def send(self, parts: List[Any]) -> None:
+        """Send one message (after any queued frees), waiting only if ZeroMQ's queue is full."""
+        self.check()
+        deadline = time.monotonic() + defaults.reply_timeout
+        with self.lock:
+            if self.free_queue:
+                self._flush_frees()
+            tracker = self._send_parts(parts, deadline)
+        if tracker is not None:
+            # the tensor's memory must not change until ZeroMQ has let go of it
+            tracker.wait(max(0.0, deadline - time.monotonic()))
+
+    def _send_parts(self, parts: List[Any], deadline: float) -> Optional[zmq.MessageTracker]:
+        track = any(len(p) >= _TRACK_BYTES for p in parts[1:])
+        while True:
+            try:
+                return self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False, track=track) if track else \
+                    self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.broken is not None:
+                    self.check()
+                    raise WorkerUnreachable(f"cannot reach {self.worker_name} at {self.address}: "
+                                            "the link is down (is the worker still running?)") from None
+                self._sock.poll(min(remaining, 0.05) * 1000, zmq.POLLOUT)
+
+    def _flush_frees(self) -> None:
+        ids = []
+        while self.free_queue and len(ids) < 4096:
+            ids.append(self.free_queue.popleft())
+        try:
+            self._sock.send_multipart(encode({"t": "free", "ids": ids}), zmq.NOBLOCK)
+        except zmq.Again:
+            self.free_queue.extendleft(reversed(ids))
+
+    # -- receiving ---------------------------------------------------------------
+    def wait(self, seq: int, timeout: float) -> dict:
+        """The reply to request ``seq``; raises if the worker is gone or silent past ``timeout``."""
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            reply = self.replies.pop(seq, None)
+            if reply is not None:
+                return reply
+            self.check()
+            now = time.monotonic()
+            if now >= deadline:
+                raise ReplyTimeout(f"{self.worker_name} did not answer within {timeout:g} s "
+                                   f"(raise syft_magics.defaults.reply_timeout if it is just slow)")
+            silent = now - self.last_pong
+            if silent > defaults.heartbeat_timeout and now - start > defaults.heartbeat_timeout:
+                raise WorkerUnreachable(f"{self.worker_name} at {self.address} stopped answering "
+                                        f"(no heartbeat reply for {silent:.0f} s)")
+            with self.lock:
+                if seq in self.replies:
+                    continue
+                if self._sock.poll(min(deadline - now, 0.05) * 1000):
+                    self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                header = decode(parts)
+            except ProtocolError:
+                continue
+            self._file(header)
+
+    def _file(self, header: dict) -> None:
+        kind = header["t"]
+        seq = header.get("s")
+        self.last_pong = time.monotonic()  # anything from the worker shows it is alive
+        if kind == "pong":
+            pass
+        elif kind == "bye":
+            self.broken = WorkerStopped(f"{self.worker_name} was stopped by its owner; "
+                                        "its pointers are no longer usable")
+        elif kind == "err" and header.get("code") == "unknown_session":
+            if header.get("instance") != self.instance:
+                self.broken = WorkerRestarted(
+                    f"{self.worker_name} at {self.address} was restarted: pointers made before the restart "
+                    f"are invalid. Connect again (%syft_connect {self.worker_name}).")
+            else:
+                self.broken = SessionExpired(
+                    f"{self.worker_name} ended this session (no heartbeat for {self.lease:g} s) and freed "
+                    f"its objects. Connect again (%syft_connect {self.worker_name}).")
+        elif kind == "err" and seq not in self._awaited:
+            self.errors.append(header)
+            self.on_error(header)
+        else:
+            self.replies[seq] = header
+
+    def expect(self, seq: int) -> None:
+        """Mark ``seq`` as a request whose error reply belongs to its waiter, not the error list."""
+        self._awaited.add(seq)
+
+    def done(self, seq: int) -> None:
+        self._awaited.discard(seq)
+        self.replies.pop(seq, None)
+
+    def check(self) -> None:
+        """Raise if the link is unusable (closed, worker stopped or restarted)."""
+        if self._closed:
+            raise WorkerUnreachable(f"the connection to {self.worker_name} is closed")
+        if self.broken is not None:
+            raise self.broken
+
+    # -- background ----------------------------------------------------------------
+    def _background(self) -> None:
+        next_ping = 0.0
+        while not self._stop.wait(defaults.free_interval):
+            now = time.monotonic()
+            with self.lock:
+                if self._closed:
+                    return
+                try:
+                    if self.free_queue and self.broken is None:
+                        self._flush_frees()
+                    if now >= next_ping and self.broken is None:
+                        self._sock.send_multipart(encode({"t": "ping", "s": None}), zmq.NOBLOCK)
+                        next_ping = now + defaults.heartbeat_interval
+                    self._drain()
+                except zmq.Again:
+                    pass
+                except zmq.ZMQError:
+                    return
+
+    # -- closing -------------------------------------------------------------------
+    def close(self, say_bye: bool = True) -> None:
+        if self._closed:
+            return
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        with self.lock:
+            if say_bye and self.broken is None:
+                try:
+                    self._sock.setsockopt(zmq.LINGER, 500)
+                    self._sock.send_multipart(encode({"t": "bye"}), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+            self._closed = True
+            self._close_socket()
+
+    def _close_socket(self) -> None:
+        self._sock.close()
+        if self._own_ctx:
+            self._ctx.term()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

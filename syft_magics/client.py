@@ -1,0 +1,490 @@
+"""The data scientist's side: a Client connected to one worker, and ``connect()``.
+
+Ops on pointers are pipelined: the client picks the result ids, sends the op
+and returns new pointers at once. Only ``.get()``, :meth:`Client.sync` and
+:meth:`Client.search` wait for the worker; that is also where an op that failed
+remotely surfaces, as a :class:`RemoteError` naming the op and the line that
+issued it.
+"""
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+
+from . import discovery
+from ._inference import REMOTE, has_tensors, infer
+from ._link import Link
+from .allowlist import is_inplace, short_name
+from .config import defaults
+from .errors import (AuthenticationError, GetTimeout, OpNotAllowed, PermissionDenied, PointerFreed, ProtocolError,
+                     ReadOnlyError, RemoteError, ReplyTimeout, TagError, UnknownObject, UnknownWorker,
+                     CrossWorkerError, WorkerUnreachable)
+from .events import EventStream
+from .pointer import PointerTensor, _Owned
+from .protocol import DTYPES, Ref, encode
+from .store import check_tag
+
+_SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
+_LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+_ERRORS = {"op_not_allowed": OpNotAllowed, "read_only": ReadOnlyError, "unknown_object": UnknownObject,
+           "denied": PermissionDenied, "bad_tag": TagError, "protocol": ProtocolError, "version": ProtocolError,
+           "unauthenticated": AuthenticationError}
+
+
+class SearchResult(list):
+    """The pointers a search found (a list), with a helpful message when it is empty."""
+
+    def __init__(self, pointers: Iterable[PointerTensor], worker: str, tags: Tuple[str, ...],
+                 available: List[str]) -> None:
+        super().__init__(pointers)
+        self.worker, self.tags, self.available = worker, tags, available
+
+    def _empty_message(self) -> str:
+        have = ", ".join(self.available) or "none"
+        return f"no object on {self.worker} is tagged {' '.join(self.tags)} (tags there: {have})"
+
+    def __getitem__(self, index: Any) -> Any:
+        if not self and isinstance(index, int):
+            raise IndexError(self._empty_message())
+        return super().__getitem__(index)
+
+    def __repr__(self) -> str:
+        return super().__repr__() if self else f"[]  # {self._empty_message()}"
+
+
+class Client:
+    """A connection to one worker: search its data, send tensors, run ops through pointers."""
+
+    def __init__(self, address: str, key: str, *, timeout: Optional[float] = None,
+                 context: Any = None, connection_file: Optional[str] = None) -> None:
+        self._link = Link(address, key, timeout=timeout if timeout is not None else defaults.connect_timeout,
+                          context=context, client_name=f"{_user()}:{os.getpid()}")
+        self.name = self._link.worker_name
+        self.address = address
+        self.connection_file = connection_file
+        self.events = EventStream(defaults.event_history)
+        self._free_queue = self._link.free_queue
+        self._origins: Dict[int, Tuple[str, Optional[Tuple[str, int]]]] = {}
+        self._pointers: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
+        self._reported = 0
+        _LIVE.add(self)
+
+    # -- public API ------------------------------------------------------------------
+    @property
+    def policy(self) -> str:
+        """The worker's policy for gets: ``open``, ``review`` or ``closed``."""
+        return self._link.policy
+
+    @property
+    def connected(self) -> bool:
+        return not self._link.closed and self._link.broken is None
+
+    @property
+    def pointers(self) -> List[PointerTensor]:
+        """The live pointers this client made or found (for panels and inspection)."""
+        return list(self._pointers.values())
+
+    def search(self, *tags: Union[str, Iterable[str]]) -> SearchResult:
+        """Pointers to the owner's objects carrying all of ``tags`` (``"#X"``, or a list of tags)."""
+        flat: List[str] = []
+        for tag in tags:
+            flat.extend([tag] if isinstance(tag, str) else list(tag))
+        if not flat:
+            raise TagError("search() needs at least one tag, e.g. bob.search('#X')")
+        for tag in flat:
+            check_tag(tag)
+        reply = self._request({"t": "search", "tags": flat})
+        found = [PointerTensor(self, oid, tuple(shape), _dtype(dtype), owned=False, tags=tuple(t))
+                 for oid, shape, dtype, t in reply["r"]]
+        self.events.emit("search", tags=tuple(flat), found=len(found))
+        return SearchResult(found, self.name, tuple(flat), list(reply.get("all_tags") or []))
+
+    def send(self, tensor: torch.Tensor, *tags: str) -> PointerTensor:
+        """Send a local tensor to the worker; returns a pointer to it (owned by this session)."""
+        if isinstance(tensor, PointerTensor):
+            raise TypeError("this is already a pointer; send() takes a local tensor")
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"send() takes a torch.Tensor, not {type(tensor).__name__}")
+        tags = tuple(check_tag(t) for t in tags)
+        oid = os.urandom(16)
+        seq = self._link.next_seq()
+        self._origins[seq] = ("send", _user_site())
+        self._link.send(encode({"t": "send", "s": seq, "id": oid, "x": tensor.detach(), "tags": list(tags)}))
+        ptr = PointerTensor(self, oid, tuple(tensor.shape), tensor.dtype, owned=True, tags=tags)
+        self.events.emit("send", id=oid, shape=tuple(tensor.shape))
+        return ptr
+
+    def sync(self, timeout: Optional[float] = None) -> None:
+        """Wait until the worker has run every op sent so far; raise the first remote error, if any."""
+        self._request({"t": "sync"}, timeout)
+
+    def get(self, ptr: PointerTensor, timeout: Optional[float] = None) -> torch.Tensor:
+        """The value behind ``ptr`` (same as ``ptr.get()``)."""
+        self._check_pointer(ptr)
+        approval_timeout = timeout if timeout is not None else defaults.approval_timeout
+        while True:
+            reply = self._request({"t": "get", "id": ptr._id}, timeout, approval_timeout=approval_timeout,
+                                  what=_label(ptr))
+            if reply["t"] == "value":
+                return reply["x"]
+            # "approved": the owner said yes; ask again to receive the value
+
+    def disconnect(self) -> None:
+        """Close the link; the worker frees this session's objects (never the owner's)."""
+        if not self._link.closed:
+            self._link.close()
+            self.events.emit("disconnect")
+        _LIVE.discard(self)
+
+    close = disconnect
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        return (f"<Client of {self.name} at {self.address}, {state}, policy={self.policy}, "
+                f"{len(self._pointers)} live pointers>")
+
+    # -- requests that wait ---------------------------------------------------------------
+    def _request(self, header: dict, timeout: Optional[float] = None, *, approval_timeout: float = 0.0,
+                 what: str = "", op: Optional[str] = None) -> dict:
+        link = self._link
+        seq = link.next_seq()
+        header["s"] = seq
+        if op is not None:
+            self._origins[seq] = (op, _user_site())
+        link.expect(seq)
+        try:
+            link.send(encode(header))
+            reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
+            if reply["t"] == "pending":
+                n = reply.get("n")
+                print(f"waiting for {self.name} to approve request #{n} (get of {what}); "
+                      f"the owner can run {self.name.lower()}.approve({n})", flush=True)
+                self.events.emit("waiting", n=n)
+                try:
+                    reply = link.wait(seq, approval_timeout)
+                except ReplyTimeout:
+                    raise GetTimeout(f"{self.name} has not decided on request #{n} within {approval_timeout:g} s; "
+                                     "the request stays pending: call .get() again to keep waiting") from None
+        finally:
+            link.done(seq)
+        self._settled(seq)
+        if reply["t"] == "err":
+            raise self._error(reply)
+        return reply
+
+    def _settled(self, seq: int) -> None:
+        """Everything up to ``seq`` has run: raise the first error among those ops, forget their origins."""
+        errors = self._link.errors
+        error = None
+        if errors:
+            error = self._error(errors[0], more=len(errors) - 1)
+            errors.clear()
+        for old in [s for s in self._origins if s <= seq]:
+            del self._origins[old]
+        if error is not None:
+            raise error
+
+    def _error(self, header: dict, more: int = 0) -> Exception:
+        code = header.get("code") or "error"
+        cls = _ERRORS.get(code, RemoteError)
+        msg = str(header.get("msg"))
+        if cls is PermissionDenied:
+            return PermissionDenied(msg)
+        if cls in (TagError, ProtocolError, AuthenticationError):
+            return cls(msg)
+        seq = header.get("s")
+        op, site = self._origins.pop(seq, (None, None)) if seq is not None else (None, None)
+        text = f"{short_name(op) if op else 'an op'} failed on {self.name}: {msg}"
+        line = None
+        if site is not None:
+            src = linecache.getline(site[0], site[1]).strip()
+            line = f"{site[0]}:{site[1]}" + (f": {src}" if src else "")
+            text += f"\n  issued at {line}"
+        if more:
+            text += f"\n  ({more} more op{'s' if more > 1 else ''} failed since; fix this one first)"
+        return cls(text, op=op, remote_type=header.get("etype"), remote_message=msg, line=line, code=code)
+
+    # -- ops on pointers -------------------------------------------------------------------
+    def _run(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        pointers: List[PointerTensor] = []
+        locals_: List[torch.Tensor] = []
+        wire_args, key_args = _walk(args, pointers, locals_)
+        wire_kwargs, key_kwargs = _walk(kwargs, pointers, locals_) if kwargs else ({}, ())
+        for ptr in pointers:
+            if ptr._client is not self:
+                raise CrossWorkerError(
+                    f"{short_name(name)} mixes pointers on {self.name} and on {ptr._client.name}; "
+                    f"move one side first (e.g. .get() it, then send it to the other worker)")
+            if ptr._freed:
+                raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
+        if "out" in kwargs:
+            raise TypeError("out= is not supported with pointers; use the returned pointer")
+
+        def standins() -> Tuple[tuple, dict, List[torch.Tensor], List[int]]:
+            memo: Dict[int, torch.Tensor] = {}
+            found: List[torch.Tensor] = []
+            local_ids: List[int] = []
+            meta_args = _to_meta(args, memo, found, local_ids)
+            meta_kwargs = _to_meta(kwargs, memo, found, local_ids)
+            return meta_args, meta_kwargs, found, local_ids
+
+        template = infer(func, (key_args, key_kwargs), standins)
+        if template is REMOTE:
+            return self._run_remote(name, wire_args, wire_kwargs)
+        inplace = is_inplace(name)
+        if not inplace and not has_tensors(template):
+            return _build(self, template, iter(()), pointers)
+        out: List[Optional[bytes]] = []
+        _out_ids(template, out)
+        seq = self._link.next_seq()
+        origins = self._origins
+        origins[seq] = (name, _user_site())
+        if len(origins) > 200_000:
+            for old in list(origins)[:100_000]:
+                del origins[old]
+        self._link.send(encode({"t": "op", "s": seq, "f": name, "a": wire_args, "k": wire_kwargs, "o": out}))
+        return _build(self, template, iter(out), pointers)
+
+    def _run_remote(self, name: str, wire_args: Any, wire_kwargs: Any) -> Any:
+        """A data-dependent op: the worker runs it and says what came out."""
+        reply = self._request({"t": "op", "f": name, "a": wire_args, "k": wire_kwargs, "o": [], "m": True}, op=name)
+        return _build_described(self, reply["r"])
+
+    # -- pointer bookkeeping ----------------------------------------------------------------
+    def _track(self, ptr: PointerTensor) -> None:
+        ptr._freed = False
+        self._pointers[ptr._local_id] = ptr
+
+    def _delete(self, ptr: PointerTensor) -> None:
+        if ptr._freed:
+            return
+        ptr._freed = True
+        handle = ptr._handle
+        if handle is not None:
+            ptr._handle = None
+            handle.queue = _Discard  # the explicit free below replaces the one at garbage collection
+            self._free_queue.append(ptr._id)
+        self._pointers.pop(ptr._local_id, None)
+        self.events.emit("delete", id=ptr._id)
+
+    def _is_freed(self, ptr: PointerTensor) -> bool:
+        return ptr._freed or self._link.closed
+
+    def _check_pointer(self, ptr: Any) -> None:
+        if not isinstance(ptr, PointerTensor):
+            raise TypeError(f"expected a PointerTensor, got {type(ptr).__name__}")
+        if ptr._client is not self:
+            raise CrossWorkerError(f"this pointer lives on {ptr._client.name}, not on {self.name}")
+        if ptr._freed:
+            raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
+
+
+class _Discard:
+    """A queue that drops what is appended (for handles already freed explicitly)."""
+
+    @staticmethod
+    def append(item: Any) -> None:
+        pass
+
+
+def _user() -> str:
+    try:
+        return os.getlogin()
+    except OSError:
+        return os.environ.get("USER", "client")
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ProtocolError(f"unknown dtype {name!r} from the worker") from None
+
+
+def _label(ptr: PointerTensor) -> str:
+    return " ".join(ptr._tags) if ptr._tags else ptr._id.hex()[:8]
+
+
+def _user_site() -> Optional[Tuple[str, int]]:
+    """The first frame outside torch and syft_magics: the user's line."""
+    f = sys._getframe(1)
+    while f is not None:
+        filename = f.f_code.co_filename
+        if not filename.startswith(_SKIP_DIRS):
+            return filename, f.f_lineno
+        f = f.f_back
+    return None
+
+
+_SCALARS = (int, float, bool, str, type(None), complex)
+
+
+def _walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) -> Tuple[Any, Any]:
+    """The wire form of an argument and its cache signature; collects pointers and local tensors."""
+    t = type(obj)
+    if t is PointerTensor:
+        pointers.append(obj)
+        return Ref(obj._id), ("P", obj._sig)
+    if t in _SCALARS:
+        return obj, (t, obj)
+    if t is tuple or t is list:
+        pairs = [_walk(o, pointers, locals_) for o in obj]
+        return t(p[0] for p in pairs), (t, tuple(p[1] for p in pairs))
+    if isinstance(obj, PointerTensor):
+        raise TypeError("subclasses of PointerTensor are not supported")
+    if isinstance(obj, torch.Tensor):
+        locals_.append(obj)
+        return obj.detach(), ("L", tuple(obj.shape), obj.dtype, obj.requires_grad)
+    if t is dict:
+        pairs = {k: _walk(v, pointers, locals_) for k, v in obj.items()}
+        return {k: p[0] for k, p in pairs.items()}, ("d", tuple((k, p[1]) for k, p in pairs.items()))
+    if t is slice:
+        parts = [_walk(o, pointers, locals_) for o in (obj.start, obj.stop, obj.step)]
+        return slice(*(p[0] for p in parts)), ("s", tuple(p[1] for p in parts))
+    if obj is Ellipsis or isinstance(obj, torch.dtype):
+        return obj, obj
+    if isinstance(obj, torch.Size):
+        return obj, ("S", tuple(obj))
+    for base in (bool, int, float):  # numpy scalars and other subclasses
+        if isinstance(obj, base):
+            return base(obj), (base, base(obj))
+    if isinstance(obj, tuple):
+        return _walk(tuple(obj), pointers, locals_)
+    raise TypeError(f"a {t.__name__} cannot be sent to a worker as an argument")
+
+
+def _to_meta(obj: Any, memo: Dict[int, torch.Tensor], found: List[torch.Tensor], local_ids: List[int]) -> Any:
+    if isinstance(obj, PointerTensor):
+        s = memo.get(id(obj))
+        if s is None:
+            with torch._C.DisableTorchFunctionSubclass():
+                s = torch.empty(obj._sig[0], dtype=obj._sig[1], device="meta", requires_grad=obj._sig[2])
+            memo[id(obj)] = s
+        found.append(s)
+        return s
+    if isinstance(obj, torch.Tensor):
+        with torch._C.DisableTorchFunctionSubclass():
+            s = obj.detach().to("meta").requires_grad_(obj.requires_grad)
+        local_ids.append(id(s))
+        return s
+    if type(obj) in (list, tuple):
+        return type(obj)(_to_meta(o, memo, found, local_ids) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_meta(v, memo, found, local_ids) for k, v in obj.items()}
+    if isinstance(obj, slice):
+        return slice(*(_to_meta(o, memo, found, local_ids) for o in (obj.start, obj.stop, obj.step)))
+    return obj
+
+
+def _out_ids(template: tuple, out: List[Optional[bytes]]) -> None:
+    kind = template[0]
+    if kind == "T":
+        out.append(os.urandom(16))
+    elif kind == "C":
+        for child in template[2]:
+            _out_ids(child, out)
+    else:
+        out.append(None)
+
+
+def _build(client: Client, template: tuple, ids: Any, pointers: List[PointerTensor]) -> Any:
+    kind = template[0]
+    if kind == "T":
+        return PointerTensor(client, next(ids), template[1], template[2], requires_grad=template[3])
+    if kind == "in":
+        next(ids, None)
+        return pointers[template[1]]
+    if kind == "V":
+        next(ids, None)
+        return template[1]
+    ctor, children = template[1], template[2]
+    items = [_build(client, c, ids, pointers) for c in children]
+    return _construct(ctor, items)
+
+
+def _construct(ctor: type, items: List[Any]) -> Any:
+    if ctor is list:
+        return items
+    if ctor is tuple:
+        return tuple(items)
+    if hasattr(ctor, "n_fields"):  # torch.return_types.* (structseq)
+        return ctor(items)
+    if hasattr(ctor, "_fields"):  # namedtuple
+        return ctor(*items)
+    return ctor(items)
+
+
+def _build_described(client: Client, desc: list) -> Any:
+    kind = desc[0]
+    if kind == "T":
+        _, oid, shape, dtype, requires_grad = desc
+        return PointerTensor(client, oid, tuple(shape), _dtype(dtype), requires_grad=requires_grad)
+    if kind == "L":
+        items = [_build_described(client, d) for d in desc[2]]
+        return items if desc[1] == "list" else tuple(items)
+    return None
+
+
+# -- connecting -------------------------------------------------------------------------------
+def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] = None) -> Client:
+    """Connect to a worker and return a :class:`Client`.
+
+    ``target`` is a worker name (found through its connection file on this
+    machine), an address (``"tcp://host:port"``, ``"host:port"`` or a port),
+    a connection file path, an ``inproc://`` address or a :class:`Worker` of
+    this process. ``key`` is needed only for an address with no connection file
+    on this machine.
+    """
+    from .worker import Worker, live_workers
+
+    if isinstance(target, Worker):
+        if not target.running:
+            raise UnknownWorker(f"worker {target.name} is not running (call .start() first)")
+        return Client(target.inproc_address, key or target.key, timeout=timeout, context=target.context)
+    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+        target = f"tcp://127.0.0.1:{int(target)}"
+    if not isinstance(target, str) or not target:
+        raise TypeError("connect() takes a worker name, an address, a connection file or a Worker")
+    if target.startswith("inproc://"):
+        for worker in live_workers():
+            if worker.inproc_address == target:
+                return connect(worker, key=key, timeout=timeout)
+        raise UnknownWorker(f"no worker in this process serves {target}")
+    if target.endswith(".json") and Path(target).is_file():
+        info = discovery.read(Path(target))
+        return Client(info.address, key or info.key, timeout=timeout, connection_file=info.path)
+    if target.startswith("tcp://") or ":" in target:
+        address = target if target.startswith("tcp://") else f"tcp://{target}"
+        if key is None:
+            info = discovery.find_by_address(address)
+            if info is None:
+                raise AuthenticationError(
+                    f"no key for {address}: no worker on this machine has a connection file for it. "
+                    "Pass key=... (from the worker's connection file), or connect by name.")
+            return Client(address, info.key, timeout=timeout, connection_file=info.path)
+        return Client(address, key, timeout=timeout)
+    info = discovery.find(target)
+    try:
+        return Client(info.address, key or info.key, timeout=timeout, connection_file=info.path)
+    except WorkerUnreachable as exc:
+        raise WorkerUnreachable(f"{exc}. Its connection file {info.path} names process {info.pid}, "
+                                "which is running but not answering.") from None
+
+
+def live_clients() -> List[Client]:
+    """The clients of this process that are still connected or not yet closed."""
+    return [c for c in list(_LIVE) if not c._link.closed]

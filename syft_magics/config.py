@@ -1,0 +1,33 @@
+"""Default timeouts and limits, in one place so users can tune them.
+
+Change them for the whole process (``syft_magics.defaults.reply_timeout = 60``)
+or per call where a function takes a ``timeout``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Defaults:
+    #: Seconds to wait for a worker to answer the handshake.
+    connect_timeout: float = 5.0
+    #: Seconds to wait for any reply (sync, get of an allowed object, search).
+    reply_timeout: float = 30.0
+    #: Seconds a ``.get()`` waits for the owner to approve a request.
+    approval_timeout: float = 300.0
+    #: A client session is freed when the worker hears nothing for this long.
+    lease_timeout: float = 15.0
+    #: How often a client tells the worker it is alive.
+    heartbeat_interval: float = 1.0
+    #: A client gives up on a silent worker after this many seconds without a pong.
+    heartbeat_timeout: float = 10.0
+    #: How often the client's background thread sends queued frees.
+    free_interval: float = 0.05
+    #: Largest single message the worker accepts, in bytes.
+    max_message_bytes: int = 8 << 30
+    #: Commands kept in a worker's recent-events ring.
+    event_history: int = 500
+
+
+defaults = Defaults()

@@ -1,0 +1,164 @@
+"""Connection files: how a client finds a worker (and its key) by name.
+
+Each running worker writes ``syft-worker-<name>-<port>.json`` (mode 0600) into
+the Jupyter runtime directory, and removes it when it stops. A file whose
+process is gone is *stale*: finding only stale files is a clear error, never a
+hang. Set ``SYFT_MAGICS_RUNTIME_DIR`` to use another directory (tests do).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import StaleConnectionFile, UnknownWorker
+
+PREFIX = "syft-worker-"
+
+
+@dataclass
+class ConnectionInfo:
+    """What a connection file holds."""
+
+    name: str
+    address: str
+    key: str
+    pid: int
+    hostname: str
+    instance: str
+    policy: str
+    protocol: int
+    started: float
+    path: Optional[str] = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker's process still runs (only knowable on this machine)."""
+        if self.hostname != socket.gethostname():
+            return True
+        return pid_alive(self.pid)
+
+
+def runtime_dir() -> Path:
+    """Where connection files live: ``$SYFT_MAGICS_RUNTIME_DIR`` or Jupyter's runtime dir."""
+    env = os.environ.get("SYFT_MAGICS_RUNTIME_DIR")
+    if env:
+        path = Path(env)
+    else:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        path = Path(jupyter_runtime_dir())
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def write(info: ConnectionInfo) -> Path:
+    """Write ``info`` as a private (0600) connection file; returns its path."""
+    port = info.address.rsplit(":", 1)[-1]
+    path = runtime_dir() / f"{PREFIX}{_safe(info.name)}-{_safe(port)}.json"
+    data = asdict(info)
+    data.pop("path")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+    info.path = str(path)
+    return path
+
+
+def remove(info: ConnectionInfo) -> None:
+    """Remove the file written for ``info`` if it is still ours."""
+    if not info.path:
+        return
+    try:
+        current = read(Path(info.path))
+        if current.instance == info.instance:
+            os.unlink(info.path)
+    except (OSError, ValueError):
+        pass
+
+
+def read(path: Path) -> ConnectionInfo:
+    """Parse one connection file (``ValueError`` if it is not one)."""
+    with open(path) as f:
+        data = json.load(f)
+    try:
+        return ConnectionInfo(path=str(path), **data)
+    except TypeError as exc:
+        raise ValueError(f"{path} is not a syft_magics connection file: {exc}") from None
+
+
+def all_files() -> List[ConnectionInfo]:
+    """Every readable connection file, newest first."""
+    found = []
+    for path in runtime_dir().glob(f"{PREFIX}*.json"):
+        try:
+            found.append(read(path))
+        except (OSError, ValueError):
+            continue
+    return sorted(found, key=lambda i: i.started, reverse=True)
+
+
+def find(name: str) -> ConnectionInfo:
+    """The live worker called ``name`` (exact name first, then ignoring case)."""
+    files = all_files()
+    matches = [i for i in files if i.name == name] or [i for i in files if i.name.lower() == name.lower()]
+    live = [i for i in matches if i.alive]
+    if live:
+        return live[0]
+    if matches:
+        stale = matches[0]
+        raise StaleConnectionFile(
+            f"worker {name!r} is not running: its connection file {stale.path} names process {stale.pid}, "
+            f"which has exited (it was not stopped cleanly). Start it again with %syft_worker {name}, "
+            f"or delete the file."
+        )
+    names = sorted({i.name for i in files if i.alive})
+    others = f" Running here: {', '.join(names)}." if names else ""
+    raise UnknownWorker(
+        f"no worker named {name!r} is running on this machine (looked in {runtime_dir()}).{others} "
+        f"Start one with %syft_worker {name}, or connect by address with a key."
+    )
+
+
+def find_by_address(address: str) -> Optional[ConnectionInfo]:
+    """The connection file of the live worker at ``address`` on this machine, if any."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    for info in all_files():
+        ihost, _, iport = info.address.removeprefix("tcp://").rpartition(":")
+        if iport == port and (ihost == host or _is_local(ihost) and _is_local(host)) and info.alive:
+            return info
+    return None
+
+
+def _is_local(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "0.0.0.0", "*", "::1", "") or host.startswith("127.")
+
+
+def remove_stale(name: str) -> None:
+    """Delete connection files for ``name`` whose process is gone (a new worker takes the name)."""
+    for info in all_files():
+        if info.name == name and not info.alive and info.path:
+            try:
+                os.unlink(info.path)
+            except OSError:
+                pass

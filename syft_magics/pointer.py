@@ -1,0 +1,176 @@
+"""PointerTensor: a local stand-in for a tensor that lives on a worker.
+
+A pointer is a ``torch.Tensor`` wrapper subclass with the remote tensor's shape
+and dtype and no data. Torch hands every function, operator and method applied
+to it to :meth:`PointerTensor.__torch_function__` (torch's own protocol: nothing
+is patched), which sends the op to the pointer's worker and returns new pointers
+at once. Metadata (``.shape``, ``.dtype``, ``len()``, ``.size()``, ``.dim()``) is
+answered locally; values (``.get()``, ``.item()``, ``.tolist()``, ``bool()``)
+come from the worker, as its policy allows.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, Optional, Tuple
+
+import torch
+from torch.overrides import get_default_nowrap_functions
+
+from .errors import OpNotAllowed
+from .allowlist import wire_name
+
+if TYPE_CHECKING:
+    from .client import Client
+
+_NOWRAP = get_default_nowrap_functions()
+_local_ids = itertools.count(1)
+
+#: Functions whose answer is the data itself: they fetch the value (policy applies), then run locally.
+_VALUE_FUNCS = {
+    torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+    torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.__complex__, torch.Tensor.numpy,
+    torch.Tensor.__array__, torch.Tensor.__contains__, torch.equal, torch.Tensor.equal,
+    torch.allclose, torch.Tensor.allclose,
+}
+
+
+class _Owned:
+    """Frees the remote object when the pointer dies: queues the id, no I/O here."""
+
+    __slots__ = ("queue", "id")
+
+    def __init__(self, queue: Any, oid: bytes) -> None:
+        self.queue = queue
+        self.id = oid
+
+    def __del__(self) -> None:
+        self.queue.append(self.id)
+
+
+class PointerTensor(torch.Tensor):
+    """A tensor on a worker, used like a local one; ``.get()`` brings its value back."""
+
+    _client: "Client"
+    _id: bytes
+    _tags: Tuple[str, ...]
+    _handle: Optional[_Owned]
+    _local_id: int
+
+    @staticmethod
+    def __new__(cls, client: "Client", oid: bytes, shape: Tuple[int, ...], dtype: torch.dtype,
+                requires_grad: bool = False, owned: bool = True, tags: Tuple[str, ...] = ()) -> "PointerTensor":
+        ptr = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device="meta",
+                                                  requires_grad=requires_grad)
+        ptr._client = client
+        ptr._id = oid
+        ptr._tags = tags
+        ptr._sig = (tuple(shape), dtype, requires_grad)
+        ptr._handle = _Owned(client._free_queue, oid) if owned else None
+        ptr._local_id = next(_local_ids)
+        client._track(ptr)
+        return ptr
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    # -- what users call ---------------------------------------------------------
+    def get(self, timeout: Optional[float] = None) -> torch.Tensor:
+        """The value, fetched from the worker (waits for the owner's approval under ``review``).
+
+        Never deletes anything on the worker.
+        """
+        return self._client.get(self, timeout=timeout)
+
+    def delete(self) -> None:
+        """Forget this pointer now; frees the remote object if this session made it.
+
+        Pointers from ``search`` only forget: the owner's data is never deleted.
+        """
+        self._client._delete(self)
+
+    @property
+    def location(self) -> str:
+        """The name of the worker holding the tensor."""
+        return self._client.name
+
+    @property
+    def id_at_location(self) -> str:
+        """The remote object's id (hex)."""
+        return self._id.hex()
+
+    @property
+    def id(self) -> int:
+        """This pointer's local id (distinct for every pointer object)."""
+        return self._local_id
+
+    @property
+    def owned(self) -> bool:
+        """Whether this session created the remote object (and frees it when the pointer dies)."""
+        return self._handle is not None
+
+    @property
+    def tags(self) -> Tuple[str, ...]:
+        return self._tags
+
+    @property
+    def client(self) -> "Client":
+        return self._client
+
+    def __repr__(self) -> str:
+        at = " ".join(self._tags) if self._tags else self._id.hex()[:12]
+        freed = ", freed" if self._client._is_freed(self) else ""
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return (f"PointerTensor(id={self._local_id}, location={self._client.name}, id@loc={at}, "
+                f"shape={tuple(self.shape)}, dtype={self.dtype}{grad}{freed})")
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a PointerTensor cannot be pickled or copied; .get() its value, or keep the pointer")
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        raise TypeError("a PointerTensor cannot be deep-copied; use ptr.clone() for a remote copy")
+
+    # -- torch's protocols ---------------------------------------------------------
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _NOWRAP or getattr(func, "__name__", None) in ("__get__", "__set__"):
+            # attribute access (shape, dtype, requires_grad...): metadata held by the wrapper itself
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
+        if func in _VALUE_FUNCS:
+            local = [a.get() if isinstance(a, PointerTensor) else a for a in args]
+            return func(*local, **kwargs)
+        if func is torch.Tensor.__iter__:
+            return iter(args[0].unbind(0))
+        name = wire_name(func)
+        if name is None:
+            qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+            raise OpNotAllowed(f"{qual} cannot run on a pointer: it has no public torch name")
+        client = _first_pointer(args, kwargs)._client
+        return client._run(func, name, args, kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise RuntimeError(f"{func} reached PointerTensor below the torch-function layer; "
+                           "this operation is not supported on pointers")
+
+
+def _first_pointer(args: Any, kwargs: Any) -> PointerTensor:
+    stack = [args, kwargs]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, PointerTensor):
+            return obj
+        if isinstance(obj, (list, tuple)):
+            stack.extend(reversed(obj))
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+    raise TypeError("no pointer among the arguments")

@@ -1,0 +1,159 @@
+"""The owner's rules for letting values leave the worker, and the requests they create.
+
+A :class:`Policy` decides each get: ``"allow"``, ``"deny"`` or ``"review"``
+(ask the owner). Richer rules subclass :class:`Policy` and override
+:meth:`Policy.decide`. Requests under review wait in a :class:`RequestBook`
+until the owner calls ``worker.approve(n)`` or ``worker.deny(n, reason)``.
+
+Metadata (shape, dtype, number of elements) is always known to the client and
+never needs approval; values, including ``.item()`` and ``.tolist()``, do.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from ._display import table
+
+ALLOW, DENY, REVIEW = "allow", "deny", "review"
+
+
+@dataclass
+class GetRequest:
+    """A scientist asked for a value; the owner decides."""
+
+    n: int
+    client: str
+    object_id: str
+    shape: Tuple[int, ...]
+    dtype: str
+    lineage: str
+    tags: Tuple[str, ...] = ()
+    created: float = field(default_factory=time.time)
+    status: str = "pending"  # pending | approved | denied | cancelled
+    reason: str = ""
+    decided: Optional[float] = None
+    # which session asked, for which object, and the seq of its waiting get (worker-internal)
+    _session: bytes = field(default=b"", repr=False)
+    _oid: bytes = field(default=b"", repr=False)
+    _seq: Optional[int] = field(default=None, repr=False)
+
+    @property
+    def pending(self) -> bool:
+        return self.status == "pending"
+
+    def describe(self) -> str:
+        what = " ".join(self.tags) or self.object_id[:8]
+        return f"request #{self.n}: {self.client} wants {what} = {self.lineage} (shape {tuple(self.shape)}, {self.dtype})"
+
+
+class Policy:
+    """Decides gets. The base class reviews everything; subclasses refine :meth:`decide`."""
+
+    name = "review"
+
+    def decide(self, request: GetRequest) -> str:
+        """Return ``"allow"``, ``"deny"`` or ``"review"`` for this request."""
+        return REVIEW
+
+    def deny_reason(self, request: GetRequest) -> str:
+        return f"the worker's policy is '{self.name}'"
+
+    def __repr__(self) -> str:
+        return f"<Policy {self.name}>"
+
+
+class OpenPolicy(Policy):
+    """Every get is allowed (for teaching and for data that is not private)."""
+
+    name = "open"
+
+    def decide(self, request: GetRequest) -> str:
+        return ALLOW
+
+
+class ReviewPolicy(Policy):
+    """Every get waits for the owner's decision (the default)."""
+
+    name = "review"
+
+
+class ClosedPolicy(Policy):
+    """No value ever leaves; only computation on pointers is possible."""
+
+    name = "closed"
+
+    def decide(self, request: GetRequest) -> str:
+        return DENY
+
+    def deny_reason(self, request: GetRequest) -> str:
+        return "the worker's policy is 'closed': no value leaves it"
+
+
+POLICIES = {p.name: p for p in (OpenPolicy, ReviewPolicy, ClosedPolicy)}
+
+
+def make_policy(policy: "str | Policy") -> Policy:
+    """A Policy from its name (``open``, ``review``, ``closed``) or an instance."""
+    if isinstance(policy, Policy):
+        return policy
+    try:
+        return POLICIES[policy]()
+    except KeyError:
+        raise ValueError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}") from None
+
+
+class RequestBook:
+    """All get requests of one worker: pending ones and the decided history."""
+
+    def __init__(self) -> None:
+        self._by_n: Dict[int, GetRequest] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def open(self, **fields) -> GetRequest:
+        with self._lock:
+            req = GetRequest(n=self._next, **fields)
+            self._next += 1
+            self._by_n[req.n] = req
+            return req
+
+    def get(self, n: int) -> GetRequest:
+        try:
+            return self._by_n[n]
+        except KeyError:
+            raise KeyError(f"no request #{n} (requests: {', '.join(f'#{k}' for k in self._by_n) or 'none'})") from None
+
+    def decide(self, n: int, status: str, reason: str = "") -> GetRequest:
+        with self._lock:
+            req = self.get(n)
+            if not req.pending:
+                raise ValueError(f"request #{n} was already {req.status}")
+            req.status, req.reason, req.decided = status, reason, time.time()
+            return req
+
+    @property
+    def pending(self) -> List[GetRequest]:
+        return [r for r in self if r.pending]
+
+    @property
+    def history(self) -> List[GetRequest]:
+        return [r for r in self if not r.pending]
+
+    def __iter__(self) -> Iterator[GetRequest]:
+        return iter(list(self._by_n.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_n)
+
+    def __getitem__(self, n: int) -> GetRequest:
+        return self.get(n)
+
+    def __repr__(self) -> str:
+        rows = [(f"#{r.n}", r.status, r.client, " ".join(r.tags) or r.object_id[:8], r.lineage,
+                 str(tuple(r.shape)), r.reason) for r in self]
+        if not rows:
+            return "no get requests"
+        return table(("n", "status", "client", "object", "lineage", "shape", "reason"), rows)

@@ -1,0 +1,251 @@
+"""The wire schema: a msgpack header followed by raw tensor frames.
+
+A message is a ZeroMQ multipart: ``[header, frame0, frame1, ...]``. The header
+is a msgpack map whose ``"t"`` field names the message type (see
+:data:`CLIENT_TYPES` and :data:`WORKER_TYPES`). Values inside a header use a
+closed set of msgpack extension types, never pickle:
+
+=====  =============  ===================================================
+code   Python value   payload
+=====  =============  ===================================================
+1      ``Ref``        16-byte object id (a pointer argument)
+2      torch.Tensor   ``[frame index, dtype name, shape]``; bytes in frame
+3      tuple          msgpack list
+4      slice          ``[start, stop, step]``
+5      Ellipsis       empty
+6      torch.dtype    dtype name (from :data:`DTYPES` only)
+7      torch.Size     msgpack list
+8      complex        ``[real, imag]``
+=====  =============  ===================================================
+
+Tensor bytes travel zero-copy: the sender hands ZeroMQ a view of the
+tensor's memory, the receiver wraps the received frame with
+``torch.frombuffer``. The protocol version is agreed once, in the handshake.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, List, Optional, Sequence
+
+import msgpack
+import torch
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+#: Message types a client sends.
+CLIENT_TYPES = ("hello", "auth", "op", "get", "send", "search", "free", "sync", "ping", "bye")
+#: Message types a worker sends.
+WORKER_TYPES = ("challenge", "welcome", "ok", "err", "pending", "value", "pong", "bye")
+
+EXT_REF, EXT_TENSOR, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_SIZE, EXT_COMPLEX = range(1, 9)
+
+#: The only dtypes that may cross the wire, by name.
+DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float16, torch.bfloat16, torch.float32, torch.float64,
+        torch.complex64, torch.complex128,
+        torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+    )
+}
+_DTYPE_NAMES = {d: n for n, d in DTYPES.items()}
+
+#: Tensors smaller than this are copied out of the received frame, so the
+#: frame's memory can be released at once; larger ones are used in place.
+ZERO_COPY_MIN_BYTES = 1 << 16
+
+ID_BYTES = 16
+
+
+class Ref:
+    """A pointer argument on the wire: the id of an object held by the worker."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, id: bytes) -> None:
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"Ref({self.id.hex()[:8]})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ref) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The wire name of ``dtype``; raises ``ProtocolError`` for a dtype we do not carry."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except KeyError:
+        raise ProtocolError(f"dtype {dtype} cannot be sent (supported: {', '.join(DTYPES)})") from None
+
+
+def tensor_buffer(t: torch.Tensor) -> Any:
+    """A buffer sharing ``t``'s memory (a copy only if ``t`` is not contiguous on the CPU)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.resolve_conj().resolve_neg()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    if t.numel() == 0:
+        return b""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def tensor_from_buffer(buf: Any, dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:
+    """Wrap a received frame (or bytes) as a tensor; zero-copy for large frames."""
+    numel = math.prod(shape)
+    if any(not isinstance(s, int) or s < 0 for s in shape):
+        raise ProtocolError(f"bad tensor shape {list(shape)!r}")
+    if numel == 0:
+        return torch.empty(tuple(shape), dtype=dtype)
+    view = getattr(buf, "buffer", buf)
+    if not isinstance(view, memoryview):
+        view = memoryview(view)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if view.nbytes != numel * itemsize:
+        raise ProtocolError(
+            f"tensor frame holds {view.nbytes} bytes, but shape {list(shape)} of {dtype_name(dtype)} needs {numel * itemsize}"
+        )
+    if view.readonly:
+        view = memoryview(bytearray(view))
+    t = torch.frombuffer(view, dtype=dtype).view(tuple(shape))
+    if view.nbytes < ZERO_COPY_MIN_BYTES:
+        t = t.clone()
+    return t
+
+
+class Encoder:
+    """Packs one header; tensors met on the way become frames in :attr:`frames`."""
+
+    __slots__ = ("frames", "_packer")
+
+    def __init__(self) -> None:
+        self.frames: List[Any] = []
+        self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
+
+    def pack(self, obj: Any) -> bytes:
+        return self._packer.pack(obj)
+
+    def _nested(self, obj: Any) -> bytes:
+        return msgpack.packb(obj, default=self._default, use_bin_type=True, strict_types=True)
+
+    def _default(self, obj: Any) -> Any:
+        if isinstance(obj, Ref):
+            return msgpack.ExtType(EXT_REF, obj.id)
+        if isinstance(obj, torch.Tensor):
+            self.frames.append(tensor_buffer(obj))
+            meta = [len(self.frames) - 1, dtype_name(obj.dtype), list(obj.shape)]
+            return msgpack.ExtType(EXT_TENSOR, msgpack.packb(meta))
+        if isinstance(obj, torch.Size):
+            return msgpack.ExtType(EXT_SIZE, msgpack.packb(list(obj)))
+        if isinstance(obj, tuple):
+            return msgpack.ExtType(EXT_TUPLE, self._nested(list(obj)))
+        if isinstance(obj, list):
+            return list(obj)
+        if isinstance(obj, slice):
+            return msgpack.ExtType(EXT_SLICE, self._nested([obj.start, obj.stop, obj.step]))
+        if obj is Ellipsis:
+            return msgpack.ExtType(EXT_ELLIPSIS, b"")
+        if isinstance(obj, torch.dtype):
+            return msgpack.ExtType(EXT_DTYPE, dtype_name(obj).encode())
+        if isinstance(obj, bool):
+            return bool(obj)
+        if isinstance(obj, int):
+            return int(obj)
+        if isinstance(obj, float):
+            return float(obj)
+        if isinstance(obj, complex):
+            return msgpack.ExtType(EXT_COMPLEX, msgpack.packb([obj.real, obj.imag]))
+        if isinstance(obj, str):
+            return str(obj)
+        if isinstance(obj, dict):
+            return dict(obj)
+        raise ProtocolError(f"cannot send a value of type {type(obj).__name__} to a worker")
+
+
+def encode(header: dict) -> List[Any]:
+    """``[packed header, *tensor frames]``, ready for ``send_multipart(copy=False)``."""
+    enc = Encoder()
+    packed = enc.pack(header)
+    return [packed, *enc.frames]
+
+
+def decode(
+    parts: Sequence[Any],
+    resolve: Optional[Callable[[bytes], Any]] = None,
+) -> dict:
+    """Unpack a multipart message into its header, tensors rebuilt from frames.
+
+    ``resolve`` turns an object id into the object (the worker passes its store
+    lookup); without it ids come back as :class:`Ref`. Anything off-schema
+    raises :class:`ProtocolError`.
+    """
+    if not parts:
+        raise ProtocolError("empty message")
+    frames = parts[1:]
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code == EXT_REF:
+            if len(data) != ID_BYTES:
+                raise ProtocolError(f"object id must be {ID_BYTES} bytes, got {len(data)}")
+            return resolve(bytes(data)) if resolve else Ref(bytes(data))
+        if code == EXT_TENSOR:
+            idx, dname, shape = msgpack.unpackb(data)
+            if not isinstance(idx, int) or not 0 <= idx < len(frames):
+                raise ProtocolError(f"tensor refers to frame {idx!r}, message has {len(frames)}")
+            if dname not in DTYPES:
+                raise ProtocolError(f"unknown dtype {dname!r}")
+            if not isinstance(shape, list):
+                raise ProtocolError("tensor shape must be a list")
+            return tensor_from_buffer(frames[idx], DTYPES[dname], shape)
+        if code == EXT_TUPLE:
+            return tuple(_unpack(data))
+        if code == EXT_SIZE:
+            return torch.Size(msgpack.unpackb(data))
+        if code == EXT_SLICE:
+            start, stop, step = _unpack(data)
+            return slice(start, stop, step)
+        if code == EXT_ELLIPSIS:
+            return Ellipsis
+        if code == EXT_DTYPE:
+            name = bytes(data).decode()
+            if name not in DTYPES:
+                raise ProtocolError(f"unknown dtype {name!r}")
+            return DTYPES[name]
+        if code == EXT_COMPLEX:
+            re, im = msgpack.unpackb(data)
+            return complex(re, im)
+        raise ProtocolError(f"unknown extension type {code}")
+
+    def _unpack(data: Any) -> Any:
+        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=True)
+
+    head = parts[0]
+    head = head.bytes if hasattr(head, "bytes") else head
+    try:
+        header = _unpack(head)
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"malformed message header: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("t"), str):
+        raise ProtocolError("message header must be a map with a string field 't'")
+    return header
+
+
+def field(header: dict, name: str, kind: type | tuple) -> Any:
+    """``header[name]``, checked against ``kind``; a clear ``ProtocolError`` otherwise."""
+    try:
+        value = header[name]
+    except KeyError:
+        raise ProtocolError(f"'{header.get('t')}' message lacks field '{name}'") from None
+    if not isinstance(value, kind):
+        raise ProtocolError(f"field '{name}' of '{header.get('t')}' message has the wrong type ({type(value).__name__})")
+    return value

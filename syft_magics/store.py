@@ -1,0 +1,244 @@
+"""A worker's object registry: every tensor it holds, by 128-bit id and by tag.
+
+Objects are either the owner's (shared with :meth:`Worker.share`, searchable,
+never freed by a client) or a client session's (results and sent tensors,
+freed when that session's pointers die or the session ends).
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Mapping, Optional, Set, Tuple
+
+import torch
+
+from ._display import html_table, human_bytes, table
+from .errors import TagError
+
+OWNER = "owner"
+_TAG = re.compile(r"^#[^\s#,]+$")
+
+
+def check_tag(tag: object) -> str:
+    """Return ``tag`` if it is well formed (``#`` then at least one non-space character)."""
+    if not isinstance(tag, str):
+        raise TagError(f"a tag must be a string like '#X', not {type(tag).__name__}")
+    if not _TAG.match(tag):
+        hint = f"; did you mean '#{tag}'?" if tag and not tag.startswith("#") and " " not in tag else ""
+        raise TagError(f"bad tag {tag!r}: tags start with '#' and contain no spaces or commas, e.g. '#X'{hint}")
+    return tag
+
+
+def new_id() -> bytes:
+    return os.urandom(16)
+
+
+@dataclass
+class Entry:
+    """One object held by a worker."""
+
+    id: bytes
+    tensor: Optional[torch.Tensor]
+    tags: Tuple[str, ...] = ()
+    origin: str = OWNER
+    session: Optional[bytes] = None
+    op: str = ""  # the op that made it ("" for shared or sent objects)
+    inputs: Tuple[bytes, ...] = ()
+    readonly: bool = False
+    created: float = field(default_factory=time.time)
+    last_access: float = field(default_factory=time.time)
+    error: Optional[str] = None  # set when the op meant to create it failed
+
+    @property
+    def hex(self) -> str:
+        return self.id.hex()
+
+    @property
+    def label(self) -> str:
+        """How the object reads in logs: its tags, else a short id."""
+        return " ".join(self.tags) if self.tags else self.id.hex()[:8] + "…"
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(self.tensor.shape) if self.tensor is not None else ()
+
+    @property
+    def dtype(self) -> str:
+        return str(self.tensor.dtype).removeprefix("torch.") if self.tensor is not None else "-"
+
+    @property
+    def nbytes(self) -> int:
+        t = self.tensor
+        return t.numel() * t.element_size() if t is not None else 0
+
+    def summary(self) -> Dict[str, object]:
+        return {"tags": self.tags, "shape": self.shape, "dtype": self.dtype, "bytes": self.nbytes,
+                "origin": self.origin, "created": self.created}
+
+    def __repr__(self) -> str:
+        return (f"Entry({self.label}, shape={self.shape}, dtype={self.dtype}, "
+                f"bytes={self.nbytes}, origin={self.origin})")
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """Identifies the memory a tensor lives in, so views of shared data can be recognised."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
+class ObjectStore:
+    """Thread-safe id -> :class:`Entry` map with a tag index and per-session ownership."""
+
+    def __init__(self) -> None:
+        self._entries: Dict[bytes, Entry] = {}
+        self._tags: Dict[str, Set[bytes]] = {}
+        self._by_session: Dict[bytes, Set[bytes]] = {}
+        self._owner_storage: Dict[int, int] = {}  # storage key -> count of owner objects in it
+        self._lock = threading.RLock()
+
+    # -- adding and removing -------------------------------------------------
+    def put(self, entry: Entry) -> Entry:
+        with self._lock:
+            old = self._entries.get(entry.id)
+            if old is not None:
+                self._forget(old)
+            self._entries[entry.id] = entry
+            for tag in entry.tags:
+                self._tags.setdefault(tag, set()).add(entry.id)
+            if entry.session is not None:
+                self._by_session.setdefault(entry.session, set()).add(entry.id)
+            elif entry.tensor is not None:
+                key = storage_key(entry.tensor)
+                self._owner_storage[key] = self._owner_storage.get(key, 0) + 1
+            return entry
+
+    def remove(self, oid: bytes) -> Optional[Entry]:
+        with self._lock:
+            entry = self._entries.pop(oid, None)
+            if entry is not None:
+                self._forget(entry)
+            return entry
+
+    def _forget(self, entry: Entry) -> None:
+        for tag in entry.tags:
+            ids = self._tags.get(tag)
+            if ids is not None:
+                ids.discard(entry.id)
+                if not ids:
+                    del self._tags[tag]
+        if entry.session is not None:
+            ids = self._by_session.get(entry.session)
+            if ids is not None:
+                ids.discard(entry.id)
+        elif entry.tensor is not None:
+            key = storage_key(entry.tensor)
+            left = self._owner_storage.get(key, 0) - 1
+            if left > 0:
+                self._owner_storage[key] = left
+            else:
+                self._owner_storage.pop(key, None)
+
+    def free(self, session: bytes, ids: List[bytes]) -> int:
+        """Free the objects in ``ids`` that belong to ``session``; owner data is never touched."""
+        n = 0
+        with self._lock:
+            mine = self._by_session.get(session, ())
+            for oid in ids:
+                if oid in mine:
+                    self.remove(oid)
+                    n += 1
+        return n
+
+    def drop_session(self, session: bytes) -> int:
+        """Free every object of a session (it disconnected or its lease ran out)."""
+        with self._lock:
+            ids = list(self._by_session.pop(session, ()))
+            for oid in ids:
+                self.remove(oid)
+            return len(ids)
+
+    # -- looking up ----------------------------------------------------------
+    def get(self, oid: bytes) -> Optional[Entry]:
+        return self._entries.get(oid)
+
+    def search(self, tags: Tuple[str, ...]) -> List[Entry]:
+        """Owner objects carrying every tag in ``tags`` (AND), oldest first."""
+        with self._lock:
+            sets = [self._tags.get(t, set()) for t in tags]
+            ids = set.intersection(*sets) if sets else set()
+            found = [self._entries[i] for i in ids if self._entries[i].session is None]
+        return sorted(found, key=lambda e: e.created)
+
+    def aliases_owner_data(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` shares memory with an object the owner shared."""
+        return bool(self._owner_storage) and storage_key(t) in self._owner_storage
+
+    def lineage(self, entry: Entry) -> str:
+        """How ``entry`` was made, e.g. ``add(#X, #Y)``; its label if it was shared or sent."""
+        if not entry.op:
+            return entry.label
+        labels = []
+        for oid in entry.inputs:
+            inp = self._entries.get(oid)
+            labels.append(inp.label if inp is not None else oid.hex()[:8] + "…")
+        return f"{entry.op}({', '.join(labels)})"
+
+    def all_tags(self) -> List[str]:
+        with self._lock:
+            return sorted(self._tags)
+
+    def session_count(self, session: bytes) -> int:
+        return len(self._by_session.get(session, ()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, oid: object) -> bool:
+        return oid in self._entries
+
+    def entries(self) -> List[Entry]:
+        with self._lock:
+            return list(self._entries.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries())
+
+
+class Registry(Mapping[str, Entry]):
+    """A read-only snapshot of a worker's objects, hex id -> :class:`Entry`, for display."""
+
+    def __init__(self, name: str, entries: List[Entry]) -> None:
+        self._name = name
+        self._entries = {e.hex: e for e in sorted(entries, key=lambda e: e.created)}
+
+    def __getitem__(self, key: str) -> Entry:
+        return self._entries[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def by_tag(self, tag: str) -> List[Entry]:
+        return [e for e in self._entries.values() if tag in e.tags]
+
+    def _rows(self) -> List[Tuple[object, ...]]:
+        return [(e.hex[:8], " ".join(e.tags), tuple(e.shape), e.dtype, human_bytes(e.nbytes), e.origin,
+                 time.strftime("%H:%M:%S", time.localtime(e.created))) for e in self._entries.values()]
+
+    _HEADERS = ("id", "tags", "shape", "dtype", "bytes", "origin", "created")
+
+    def __repr__(self) -> str:
+        if not self._entries:
+            return f"{self._name} holds no objects"
+        return f"{self._name} holds {len(self)} objects\n" + table(self._HEADERS, self._rows())
+
+    def _repr_html_(self) -> str:
+        return f"<b>{self._name}</b> holds {len(self)} objects" + html_table(self._HEADERS, self._rows())
