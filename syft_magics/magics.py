@@ -1,0 +1,198 @@
+"""IPython magics: ``%syft_worker``, ``%syft_connect``, ``%syft_share``, ``%syft_workers``,
+``%syft_stop`` and ``%syft_disconnect``.
+
+They are thin: each parses its arguments (``%syft_worker?`` shows the usage; a
+bad argument raises ``UsageError``) and calls the same :class:`Worker` and
+:func:`connect` a script would use, binding the result to a variable in the
+notebook (``bob`` for ``Bob``, or ``--as VAR``).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ._display import table
+from .client import Client, connect
+from .errors import SyftError, UnknownWorker
+from .policy import POLICIES
+from .worker import Worker
+
+_NAMES = ("syft_worker", "syft_connect", "syft_share", "syft_workers", "syft_stop", "syft_disconnect")
+
+
+def _var_name(name: str, given: Optional[str]) -> str:
+    var = given or name.lower()
+    if not var.isidentifier():
+        raise UsageError(f"{var!r} is not a valid variable name; choose one with --as VAR")
+    return var
+
+
+@magics_class
+class SyftMagics(Magics):
+    """The syft magics of one IPython shell, with the workers and connections they made."""
+
+    def __init__(self, shell) -> None:
+        super().__init__(shell)
+        self.workers: Dict[str, Worker] = {}
+        self.clients: Dict[str, Client] = {}
+
+    # -- the data owner ---------------------------------------------------------------
+    @magic_arguments()
+    @argument("name", help="the worker's name, e.g. Bob (clients connect by this name)")
+    @argument("port", nargs="?", type=int, default=0, help="TCP port; 0 or omitted: any free port")
+    @argument("--host", default="127.0.0.1",
+              help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
+    @argument("--policy", default="review", choices=sorted(POLICIES),
+              help="who may .get() values: open (anyone), review (you approve each; default), closed (nobody)")
+    @argument("--verbose", action="store_true", help="print one line per command received")
+    @argument("--log", default=None, metavar="FILE", help="append one JSON line per command to FILE")
+    @argument("--as", dest="var", default=None, metavar="VAR", help="variable to bind (default: the name in lower case)")
+    @line_magic
+    def syft_worker(self, line: str) -> None:
+        """Start a worker in a background thread of this kernel; the notebook stays usable.
+
+        Re-running the cell restarts the worker (old pointers become invalid).
+        """
+        args = parse_argstring(self.syft_worker, line)
+        if not 0 <= args.port <= 65535:
+            raise UsageError(f"port must be between 0 and 65535, not {args.port}")
+        var = _var_name(args.name, args.var)
+        old = self.workers.pop(args.name, None)
+        if old is not None:
+            old.stop()
+        worker = Worker(args.name, port=args.port, host=args.host, policy=args.policy,
+                        verbose=args.verbose, log=args.log)
+        try:
+            worker.start()
+        except SyftError as exc:
+            raise UsageError(str(exc)) from None
+        self.workers[args.name] = worker
+        self.shell.user_ns[var] = worker
+        restarted = " (restarted: pointers to the old worker are now invalid)" if old is not None else ""
+        print(f"{worker.name} serving at {worker.address} (policy: {worker.policy.name}){restarted}\n"
+              f"Bound to `{var}`. Share data with {var}.share(x, '#X') or %syft_share x #X")
+
+    @magic_arguments()
+    @argument("var", help="the notebook variable holding the tensor")
+    @argument("tags", nargs="*", help="tags to find it by, e.g. #X")
+    @argument("--to", dest="worker", default=None, metavar="NAME",
+              help="which worker of this kernel (needed only when there are several)")
+    @line_magic
+    def syft_share(self, line: str) -> None:
+        """Share a tensor from the notebook with this kernel's worker under tags."""
+        args = parse_argstring(self.syft_share, line)
+        worker = self._pick_worker(args.worker)
+        if args.var not in self.shell.user_ns:
+            raise UsageError(f"no variable named {args.var!r} in the notebook")
+        try:
+            oid = worker.share(self.shell.user_ns[args.var], *args.tags)
+        except (TypeError, SyftError) as exc:
+            raise UsageError(str(exc)) from None
+        where = " ".join(args.tags) if args.tags else f"id {oid[:8]} (no tag: clients cannot search for it)"
+        print(f"{worker.name} shares `{args.var}` as {where}")
+
+    def _pick_worker(self, name: Optional[str]) -> Worker:
+        running = {n: w for n, w in self.workers.items() if w.running}
+        if name is not None:
+            if name not in running:
+                raise UsageError(f"no worker named {name!r} runs in this kernel (running: {', '.join(running) or 'none'})")
+            return running[name]
+        if not running:
+            raise UsageError("no worker runs in this kernel; start one with %syft_worker NAME")
+        if len(running) > 1:
+            raise UsageError(f"several workers run here ({', '.join(running)}); choose one with --to NAME")
+        return next(iter(running.values()))
+
+    @magic_arguments()
+    @argument("name", help="the worker to stop")
+    @line_magic
+    def syft_stop(self, line: str) -> None:
+        """Stop a worker of this kernel: clients are told, the port is freed."""
+        args = parse_argstring(self.syft_stop, line)
+        worker = self.workers.pop(args.name, None)
+        if worker is None:
+            raise UsageError(f"no worker named {args.name!r} in this kernel (workers: {', '.join(self.workers) or 'none'})")
+        worker.stop()
+        print(f"{args.name} stopped")
+
+    # -- the data scientist ----------------------------------------------------------------
+    @magic_arguments()
+    @argument("name", help="the worker's name, e.g. Bob")
+    @argument("address", nargs="?", default=None,
+              help="tcp://host:port, host:port or a port; omitted: find the worker by name on this machine")
+    @argument("--as", dest="var", default=None, metavar="VAR", help="variable to bind (default: the name in lower case)")
+    @argument("--timeout", type=float, default=None, metavar="S", help="seconds to wait for the worker to answer")
+    @argument("--key", default=None, help="the worker's key, when connecting by address from another machine")
+    @line_magic
+    def syft_connect(self, line: str) -> None:
+        """Connect to a worker and bind a Client: ``bob.search("#X")`` then gives pointers."""
+        args = parse_argstring(self.syft_connect, line)
+        var = _var_name(args.name, args.var)
+        old = self.clients.pop(args.name, None)
+        if old is not None:
+            old.disconnect()
+        try:
+            client = connect(args.address if args.address else args.name, key=args.key, timeout=args.timeout)
+        except UnknownWorker as exc:
+            raise UsageError(str(exc)) from None
+        if client.name != args.name:
+            print(f"note: the worker at {client.address} calls itself {client.name!r}")
+        self.clients[args.name] = client
+        self.shell.user_ns[var] = client
+        print(f"connected to {client.name} at {client.address} (policy: {client.policy}); bound to `{var}`. "
+              f"Find data with {var}.search('#X')")
+
+    @magic_arguments()
+    @argument("name", help="the connection to close")
+    @line_magic
+    def syft_disconnect(self, line: str) -> None:
+        """Close a connection; the worker frees what this kernel computed there (never the owner's data)."""
+        args = parse_argstring(self.syft_disconnect, line)
+        client = self.clients.pop(args.name, None)
+        if client is None:
+            raise UsageError(f"no connection to {args.name!r} (connections: {', '.join(self.clients) or 'none'})")
+        client.disconnect()
+        print(f"disconnected from {args.name}")
+
+    @line_magic
+    def syft_workers(self, line: str = "") -> None:
+        """A table of this kernel's workers and connections."""
+        rows = [("worker", w.name, w.address or "-", w.policy.name, "running" if w.running else "stopped",
+                 f"{len(w.store)} objects, {len(w.clients)} clients") for w in self.workers.values()]
+        rows += [("connection", c.name, c.address, c.policy, "connected" if c.connected else "disconnected",
+                  f"{len(c.pointers)} pointers") for c in self.clients.values()]
+        if not rows:
+            print("no workers or connections in this kernel (start with %syft_worker NAME or %syft_connect NAME)")
+            return
+        print(table(("kind", "name", "address", "policy", "state", "holds"), rows))
+
+    def close_all(self) -> None:
+        for client in self.clients.values():
+            client.disconnect()
+        for worker in self.workers.values():
+            worker.stop()
+        self.clients.clear()
+        self.workers.clear()
+
+
+_LOADED: Dict[int, SyftMagics] = {}
+
+
+def load(ipython) -> None:
+    """Register the magics with ``ipython`` (``%load_ext syft_magics``)."""
+    magics = SyftMagics(ipython)
+    ipython.register_magics(magics)
+    _LOADED[id(ipython)] = magics
+
+
+def unload(ipython) -> None:
+    """Stop this shell's workers and connections and remove the magics."""
+    magics = _LOADED.pop(id(ipython), None)
+    if magics is not None:
+        magics.close_all()
+    line_magics = ipython.magics_manager.magics["line"]
+    for name in _NAMES:
+        line_magics.pop(name, None)
