@@ -1,0 +1,85 @@
+"""Shared fixtures: an isolated runtime dir, workers and clients that always clean up, leak checks."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+import syft_magics as sm
+from syft_magics import config
+
+
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path, monkeypatch):
+    """Connection files go to a private directory per test."""
+    path = tmp_path / "runtime"
+    monkeypatch.setenv("SYFT_MAGICS_RUNTIME_DIR", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def fast_defaults():
+    """Short timeouts so error paths finish quickly; restored after each test."""
+    saved = config.Defaults(**vars(config.defaults))
+    config.defaults.connect_timeout = 2.0
+    config.defaults.reply_timeout = 10.0
+    config.defaults.approval_timeout = 10.0
+    yield config.defaults
+    for key, value in vars(saved).items():
+        setattr(config.defaults, key, value)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Every syft thread a test starts must be gone when it ends."""
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        left = [t.name for t in threading.enumerate() if t.name.startswith("syft-") and t.is_alive()]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"threads left running: {left}"
+
+
+@pytest.fixture
+def make_worker():
+    """``make_worker("Bob", policy="open")``: a started worker on a free loopback port, stopped afterwards."""
+    workers = []
+
+    def make(name: str = "Bob", **kwargs) -> sm.Worker:
+        kwargs.setdefault("port", 0)
+        worker = sm.Worker(name, **kwargs).start()
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def make_client():
+    """``make_client(target, **kw)``: ``connect()`` whose client is disconnected afterwards."""
+    clients = []
+
+    def make(target, **kwargs) -> sm.Client:
+        client = sm.connect(target, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.disconnect()
+
+
+@pytest.fixture
+def seed(make_worker, make_client):
+    """The seed tutorial's setup: Bob shares #X and #Y (open policy), a client connected by name."""
+    bob = make_worker("Bob", policy="open")
+    bob.share(torch.tensor([1.0, 2, 3, 4, 5]), "#X")
+    bob.share(torch.ones(5), "#Y")
+    client = make_client("Bob")
+    return bob, client
