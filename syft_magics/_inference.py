@@ -56,7 +56,12 @@ def infer(func: Callable, key: Any, make_standins: Callable[[], Tuple[tuple, dic
             raise NotImplementedError(f"{getattr(func, '__name__', func)} changes a pointer's shape in place, "
                                       "which pointers do not support; use the out-of-place form (ptr = ptr.op())")
         _reject_local_inplace(result, set(local_ids))
-        template = _template(result, {id(s): k for k, s in enumerate(standins)})
+        # a pointer passed twice (``p.add_(p)``) has one stand-in: name its first position, so the cached
+        # template also fits ``a.add_(b)`` (the last position would make that return ``b``)
+        positions: Dict[int, int] = {}
+        for k, s in enumerate(standins):
+            positions.setdefault(id(s), k)
+        template = _template(result, positions)
     if cache_key is not None:
         if len(_CACHE) >= _CACHE_LIMIT:
             _CACHE.clear()

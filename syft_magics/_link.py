@@ -47,11 +47,15 @@ class Link:
         self._seq = 0
         self._awaited: set = set()
         self._own_ctx = context is None
+        # inproc:// hands the sender's buffers to the receiver as they are: copy, or the worker would keep
+        # (and expose) the client's memory, and a tracked zero-copy send would wait until the worker let go.
+        self._copy = address.startswith("inproc://")
         self._ctx = context or zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.ROUTING_ID, self.session)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        # No ZMQ_IMMEDIATE: with it, replies not yet read when the worker closes its socket (its "bye",
+        # the last results) are dropped with the connection, so a stopped worker looked merely unreachable.
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
         self._closed = False
@@ -72,7 +76,7 @@ class Link:
                  "hostname": _socket.gethostname()}
         try:
             challenge = self._request_raw(hello, timeout, expect="challenge")
-        except ReplyTimeout:
+        except WorkerUnreachable:
             raise WorkerUnreachable(
                 f"no worker answered at {self.address} within {timeout:g} s "
                 "(is the worker running, and is the address right?)") from None
@@ -113,17 +117,33 @@ class Link:
         self.check()
         deadline = time.monotonic() + defaults.reply_timeout
         with self.lock:
-            if self.free_queue:
-                self._flush_frees()
-            tracker = self._send_parts(parts, deadline)
+            try:
+                if self.free_queue:
+                    self._flush_frees()
+                tracker = self._send_parts(parts, deadline)
+            except zmq.ZMQError as exc:
+                self._lost(exc)
         if tracker is not None:
-            # the tensor's memory must not change until ZeroMQ has let go of it
-            tracker.wait(max(0.0, deadline - time.monotonic()))
+            # the tensor's memory must not change until ZeroMQ has let go of it; while the worker is
+            # away the message waits in the queue, so give up like a reply that does not come
+            while True:
+                try:
+                    tracker.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+                    break
+                except zmq.NotDone:
+                    self.check()
+                    now = time.monotonic()
+                    if now >= deadline or now - self.last_pong > defaults.heartbeat_timeout:
+                        raise WorkerUnreachable(
+                            f"{self.worker_name} at {self.address} did not take the message (no answer for "
+                            f"{now - self.last_pong:.0f} s): is the worker still running?") from None
 
     def _send_parts(self, parts: List[Any], deadline: float) -> Optional[zmq.MessageTracker]:
-        track = any(len(p) >= _TRACK_BYTES for p in parts[1:])
+        track = not self._copy and any(len(p) >= _TRACK_BYTES for p in parts[1:])
         while True:
             try:
+                if self._copy:
+                    return self._sock.send_multipart(parts, zmq.NOBLOCK, copy=True)
                 return self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False, track=track) if track else \
                     self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -164,8 +184,11 @@ class Link:
             with self.lock:
                 if seq in self.replies:
                     continue
-                if self._sock.poll(min(deadline - now, 0.05) * 1000):
-                    self._drain()
+                try:
+                    if self._sock.poll(min(deadline - now, 0.05) * 1000):
+                        self._drain()
+                except zmq.ZMQError as exc:
+                    self._lost(exc)
 
     def _drain(self) -> None:
         while True:
@@ -203,6 +226,18 @@ class Link:
         else:
             self.replies[seq] = header
 
+    def _lost(self, exc: zmq.ZMQError) -> None:
+        """The socket failed (call with ``lock`` held): an in-process worker that stopped terminated the
+        context this link shares with it. Close the socket, so the worker's ``stop()`` can finish, and raise."""
+        if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
+            raise exc
+        if self.broken is None:
+            self.broken = WorkerStopped(f"{self.worker_name} was stopped by its owner; "
+                                        "its pointers are no longer usable")
+        self._sock.close(0)
+        self.check()
+        raise self.broken
+
     def expect(self, seq: int) -> None:
         """Mark ``seq`` as a request whose error reply belongs to its waiter, not the error list."""
         self._awaited.add(seq)
@@ -229,13 +264,19 @@ class Link:
                 try:
                     if self.free_queue and self.broken is None:
                         self._flush_frees()
-                    if now >= next_ping and self.broken is None:
+                    # after a "bye" keep asking: a worker restarted at the address answers "unknown
+                    # session", which turns WorkerStopped into the more useful WorkerRestarted
+                    if now >= next_ping and (self.broken is None or isinstance(self.broken, WorkerStopped)):
                         self._sock.send_multipart(encode({"t": "ping", "s": None}), zmq.NOBLOCK)
                         next_ping = now + defaults.heartbeat_interval
                     self._drain()
                 except zmq.Again:
                     pass
-                except zmq.ZMQError:
+                except zmq.ZMQError as exc:
+                    try:
+                        self._lost(exc)
+                    except Exception:
+                        pass
                     return
 
     # -- closing -------------------------------------------------------------------

@@ -12,7 +12,8 @@ extend or narrow it::
 
 Left out on purpose: anything that touches files, storage, devices, numpy or
 raw memory (``save``, ``to``, ``cuda``, ``set_``, ``data_ptr``,
-``untyped_storage``...), and ``out=`` arguments.
+``untyped_storage``, and ``empty_like``/``new_empty``, whose uninitialised
+memory may hold freed private data), and ``out=`` arguments.
 """
 from __future__ import annotations
 
@@ -43,14 +44,14 @@ scatter_reduce searchsorted select select_scatter sgn sigmoid sign signbit sin s
 slogdet softmax sort split sqrt square squeeze stack std std_mean sub subtract sum svd swapaxes
 swapdims t take take_along_dim tan tanh tensor_split tensordot tile topk trace transpose trapezoid
 triangular_solve tril triu true_divide trunc unbind unflatten unique unique_consecutive unsqueeze var
-var_mean vdot vsplit vstack where xlogy zeros_like empty_like
+var_mean vdot vsplit vstack where xlogy zeros_like
 """
 
 #: Names that exist only as ``Tensor.<name>``.
 TENSOR_ONLY = """
 view view_as reshape_as expand expand_as repeat contiguous detach float double half bfloat16 long int
 short bool byte char type_as size dim numel nelement ndimension is_floating_point is_complex
-element_size stride is_contiguous new_zeros new_ones new_full new_empty new_tensor fill_ zero_ copy_
+element_size stride is_contiguous new_zeros new_ones new_full new_tensor fill_ zero_ copy_
 uniform_ normal_ bernoulli_ random_ exponential_ geometric_ cauchy_ log_normal_ unfold
 __getitem__ __setitem__ __len__ __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ __mul__
 __rmul__ __imul__ __truediv__ __rtruediv__ __itruediv__ __div__ __rdiv__ __idiv__ __floordiv__
@@ -175,6 +176,7 @@ def _resolve_torch_name(name: str) -> Callable:
 _NAME_CACHE: Dict[Callable, Optional[str]] = {}
 _MODULE_ALIASES = {"torch.functional": "torch", "torch._C._nn": "torch.nn.functional",
                    "torch._C._VariableFunctions": "torch", "torch._tensor": "Tensor"}
+_C_SUBMODULES = {"torch._C._fft": "fft", "torch._C._linalg": "linalg", "torch._C._special": "special"}
 
 
 def wire_name(func: Callable) -> Optional[str]:
@@ -204,6 +206,14 @@ def _find_name(func: Callable) -> Optional[str]:
     if getattr(torch.Tensor, fname, None) is func:
         return f"Tensor.{fname}"
     module = getattr(func, "__module__", None) or ""
+    sub = _C_SUBMODULES.get(module)
+    if sub is not None and fname.startswith(sub + "_"):
+        # torch.fft.fft is the builtin torch._C._fft.fft_fft (likewise linalg_*, special_*)
+        name = f"torch.{sub}.{fname[len(sub) + 1:]}"
+        try:
+            return name if _resolve_torch_name(name) is func else None
+        except (AttributeError, ValueError):
+            return None
     module = _MODULE_ALIASES.get(module, module)
     if module.startswith("torch"):
         try:

@@ -74,7 +74,8 @@ class Client:
         self._free_queue = self._link.free_queue
         self._origins: Dict[int, Tuple[str, Optional[Tuple[str, int]]]] = {}
         self._pointers: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
-        self._reported = 0
+        self._link.on_error = lambda header: self.events.emit(
+            "error", seq=header.get("s"), code=header.get("code"), message=str(header.get("msg")))
         _LIVE.add(self)
 
     # -- public API ------------------------------------------------------------------
@@ -96,7 +97,7 @@ class Client:
         """Pointers to the owner's objects carrying all of ``tags`` (``"#X"``, or a list of tags)."""
         flat: List[str] = []
         for tag in tags:
-            flat.extend([tag] if isinstance(tag, str) else list(tag))
+            flat.extend(list(tag) if isinstance(tag, (list, tuple, set)) else [tag])
         if not flat:
             raise TagError("search() needs at least one tag, e.g. bob.search('#X')")
         for tag in flat:
@@ -134,8 +135,15 @@ class Client:
             reply = self._request({"t": "get", "id": ptr._id}, timeout, approval_timeout=approval_timeout,
                                   what=_label(ptr))
             if reply["t"] == "value":
+                self.events.emit("get", id=ptr._id)
                 return reply["x"]
             # "approved": the owner said yes; ask again to receive the value
+
+    def panel(self):
+        """A live ipywidgets panel of this connection: its pointers and the pointer graph."""
+        from .panels import ConnectionPanel
+
+        return ConnectionPanel(self)
 
     def disconnect(self) -> None:
         """Close the link; the worker frees this session's objects (never the owner's)."""
@@ -257,7 +265,10 @@ class Client:
             for old in list(origins)[:100_000]:
                 del origins[old]
         self._link.send(encode({"t": "op", "s": seq, "f": name, "a": wire_args, "k": wire_kwargs, "o": out}))
-        return _build(self, template, iter(out), pointers)
+        result = _build(self, template, iter(out), pointers)
+        self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p._id for p in pointers),
+                         out=tuple(o for o in out if o is not None))
+        return result
 
     def _run_remote(self, name: str, wire_args: Any, wire_kwargs: Any) -> Any:
         """A data-dependent op: the worker runs it and says what came out."""

@@ -33,6 +33,14 @@ _VALUE_FUNCS = {
     torch.allclose, torch.Tensor.allclose,
 }
 
+#: Properties that compute a new tensor rather than read metadata, and the ops they stand for.
+_COMPUTED_PROPERTIES = {
+    torch.Tensor.T.__get__: lambda t: t.permute(*reversed(range(t.dim()))),
+    torch.Tensor.mT.__get__: lambda t: t.transpose(-2, -1),
+    torch.Tensor.H.__get__: lambda t: t.permute(*reversed(range(t.dim()))).conj(),
+    torch.Tensor.mH.__get__: lambda t: t.transpose(-2, -1).conj(),
+}
+
 
 class _Owned:
     """Frees the remote object when the pointer dies: queues the id, no I/O here."""
@@ -141,6 +149,10 @@ class PointerTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        prop = _COMPUTED_PROPERTIES.get(func)
+        if prop is not None:
+            # .T, .mT, .H, .mH compute a new tensor: run them as the ops they stand for
+            return prop(args[0])
         if func in _NOWRAP or getattr(func, "__name__", None) in ("__get__", "__set__"):
             # attribute access (shape, dtype, requires_grad...): metadata held by the wrapper itself
             with torch._C.DisableTorchFunctionSubclass():

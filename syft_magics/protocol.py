@@ -100,11 +100,9 @@ def tensor_buffer(t: torch.Tensor) -> Any:
 
 def tensor_from_buffer(buf: Any, dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:
     """Wrap a received frame (or bytes) as a tensor; zero-copy for large frames."""
-    numel = math.prod(shape)
-    if any(not isinstance(s, int) or s < 0 for s in shape):
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in shape):
         raise ProtocolError(f"bad tensor shape {list(shape)!r}")
-    if numel == 0:
-        return torch.empty(tuple(shape), dtype=dtype)
+    numel = math.prod(shape)
     view = getattr(buf, "buffer", buf)
     if not isinstance(view, memoryview):
         view = memoryview(view)
@@ -113,6 +111,8 @@ def tensor_from_buffer(buf: Any, dtype: torch.dtype, shape: Sequence[int]) -> to
         raise ProtocolError(
             f"tensor frame holds {view.nbytes} bytes, but shape {list(shape)} of {dtype_name(dtype)} needs {numel * itemsize}"
         )
+    if numel == 0:
+        return torch.empty(tuple(shape), dtype=dtype)
     if view.readonly:
         view = memoryview(bytearray(view))
     t = torch.frombuffer(view, dtype=dtype).view(tuple(shape))
@@ -198,7 +198,7 @@ def decode(
             return resolve(bytes(data)) if resolve else Ref(bytes(data))
         if code == EXT_TENSOR:
             idx, dname, shape = msgpack.unpackb(data)
-            if not isinstance(idx, int) or not 0 <= idx < len(frames):
+            if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(frames):
                 raise ProtocolError(f"tensor refers to frame {idx!r}, message has {len(frames)}")
             if dname not in DTYPES:
                 raise ProtocolError(f"unknown dtype {dname!r}")
@@ -234,7 +234,7 @@ def decode(
     except ProtocolError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"malformed message header: {exc}") from None
+        raise ProtocolError(f"malformed message header: {str(exc) or type(exc).__name__}") from None
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
         raise ProtocolError("message header must be a map with a string field 't'")
     return header

@@ -9,6 +9,7 @@ malformed or hostile message gets an error reply and never stops the worker.
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import socket as _socket
 import sys
@@ -208,12 +209,23 @@ class Worker:
                 self._wake_send.close(0)
                 self._wake_send = None
         if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
+            # term() waits for every socket of the context, including those of in-process clients
+            # (inproc:// needs the worker's context); their links close them on the ETERM term() causes.
+            # Wait in a helper thread so a client that never notices cannot hang the owner's stop().
+            ctx, self._ctx = self._ctx, None
+            closer = threading.Thread(target=ctx.term, name=f"syft-term-{self.name}", daemon=True)
+            closer.start()
+            closer.join(timeout)
         if self._conn is not None:
             discovery.remove(self._conn)
         with _LIVE_LOCK:
             _LIVE.pop(self.instance, None)
+        if self._thread is None or not self._thread.is_alive():
+            # the clients were told goodbye: free their objects and cancel their pending requests
+            # (nobody can receive an approval any more); the owner's shared data stays
+            for ident in list(self._sessions):
+                self._end_session(ident, "worker stopped")
+            self._handshakes.clear()
         for close in self._loggers:
             close()
         self._loggers.clear()
@@ -265,6 +277,12 @@ class Worker:
     def clients(self) -> List[Session]:
         """The authenticated client sessions now connected."""
         return list(self._sessions.values())
+
+    def panel(self):
+        """A live ipywidgets panel of this worker: registry, commands, requests (with Approve/Deny)."""
+        from .panels import WorkerPanel
+
+        return WorkerPanel(self)
 
     def approve(self, n: int) -> GetRequest:
         """Let request ``n`` through: the waiting ``.get()`` receives the value."""
@@ -472,8 +490,7 @@ class Worker:
                 raise _Reject("op_not_allowed", f"{short_name(name)} is not on {self.name}'s allowlist of ops")
             if "out" in kwargs:
                 raise _Reject("bad_args", "out= is not supported on pointers")
-            if is_inplace(name):
-                self._check_writable(args, used)
+            self._check_writable(_written_args(name, fn, args, kwargs), used)
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
                     raise _Reject("bad_id", "result ids must be fresh 16-byte ids")
@@ -501,16 +518,16 @@ class Worker:
             return encode({"t": "ok", "s": header.get("s"), "r": _describe_result(result, iter(out))})
         return None
 
-    def _check_writable(self, args: Any, used: List[Entry]) -> None:
-        target = args[0] if args else None
-        if not isinstance(target, torch.Tensor):
-            return
-        entry = next((e for e in used if e.tensor is target), None)
-        if entry is None:
-            return
-        if entry.session is None or self.store.aliases_owner_data(target):
-            raise _Reject("read_only", f"{entry.label} is {self.name}'s data (or a view of it) and cannot be changed "
-                                       "in place; compute on a copy instead, e.g. ptr.clone()")
+    def _check_writable(self, targets: List[Any], used: List[Entry]) -> None:
+        for target in targets:
+            if not isinstance(target, torch.Tensor):
+                continue
+            entry = next((e for e in used if e.tensor is target), None)
+            if entry is None:
+                continue
+            if entry.session is None or self.store.aliases_owner_data(target):
+                raise _Reject("read_only", f"{entry.label} is {self.name}'s data (or a view of it) and cannot be "
+                                           "changed in place; compute on a copy instead, e.g. ptr.clone()")
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry],
               exc: Exception, t0: float) -> None:
@@ -557,7 +574,12 @@ class Worker:
     def _value(self, session: Session, seq: Any, entry: Entry) -> List[Any]:
         self.stats["bytes_out"] += entry.nbytes
         self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)
-        return encode({"t": "value", "s": seq, "x": entry.tensor})
+        tensor = entry.tensor
+        if session.peer == "inproc":
+            # inproc:// passes the frame's memory itself: the client would hold the store's tensor
+            # (the owner's data) and could change it in place
+            tensor = tensor.clone()
+        return encode({"t": "value", "s": seq, "x": tensor})
 
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> None:
         oid = field(header, "id", bytes)
@@ -605,6 +627,57 @@ class Worker:
         state = f"serving at {self.address}" if self._running else "stopped"
         return (f"<Worker {self.name} {state}, policy={self.policy.name}, objects={len(self.store)}, "
                 f"clients={len(self._sessions)}>")
+
+
+#: Functional ops that write into tensor arguments without being named in place:
+#: the parameter written, and the condition (a parameter that must be truthy / not None) under which it is.
+_WRITES_WHEN = {
+    "batch_norm": (("running_mean", "training"), ("running_var", "training")),
+    "instance_norm": (("running_mean", "use_input_stats"), ("running_var", "use_input_stats")),
+    "embedding": (("weight", "max_norm"),),
+}
+_SIGNATURES: Dict[Any, Optional[inspect.Signature]] = {}
+
+
+def _signature(fn: Callable) -> Optional[inspect.Signature]:
+    try:
+        return _SIGNATURES[fn]
+    except KeyError:
+        pass
+    except TypeError:
+        return None
+    try:
+        sig: Optional[inspect.Signature] = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    _SIGNATURES[fn] = sig
+    return sig
+
+
+def _written_args(name: str, fn: Callable, args: Any, kwargs: dict) -> List[Any]:
+    """The arguments an op writes into: its first for in-place ops (``add_``, ``__setitem__``), the
+    input of ``F.relu(x, inplace=True)`` and the like, running statistics of ``F.batch_norm``..."""
+    if is_inplace(name):
+        return [args[0]] if args else list(kwargs.values())[:1]
+    sig = _signature(fn)
+    if sig is None:
+        return []
+    params = sig.parameters
+    if "inplace" not in params and name.rsplit(".", 1)[-1] not in _WRITES_WHEN:
+        return []
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError:
+        return []
+    given = bound.arguments
+    written = []
+    if given.get("inplace"):
+        written.append(next(iter(given.values()), None))
+    for param, condition in _WRITES_WHEN.get(name.rsplit(".", 1)[-1], ()):
+        flag = given.get(condition, params[condition].default if condition in params else None)
+        if flag is not None and flag is not False and flag is not inspect.Parameter.empty:
+            written.append(given.get(param))
+    return written
 
 
 def _flatten(result: Any) -> List[Any]:

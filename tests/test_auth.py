@@ -1,0 +1,158 @@
+"""Links are authenticated with the worker's key (HMAC over a fresh nonce); nothing runs before that."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import zmq
+
+import syft_magics as sm
+from syft_magics import auth
+from syft_magics.protocol import PROTOCOL_VERSION, Ref, decode, encode
+
+X = torch.tensor([1.0, 2, 3, 4, 5])
+
+
+class RawDealer:
+    def __init__(self, address: str, ident: bytes = b"") -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.ident = ident or os.urandom(16)
+        self.sock.setsockopt(zmq.ROUTING_ID, self.ident)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+
+    def request(self, header: dict) -> dict:
+        self.sock.send_multipart(encode(header))
+        assert self.sock.poll(5000), "the worker did not answer"
+        return decode(self.sock.recv_multipart())
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def raw():
+    dealers = []
+
+    def make(address: str, ident: bytes = b"") -> RawDealer:
+        dealers.append(RawDealer(address, ident))
+        return dealers[-1]
+
+    yield make
+    for d in dealers:
+        d.close()
+
+
+def owner_id(bob) -> bytes:
+    return bob.store.search(("#X",))[0].id
+
+
+def assert_nothing_ran(bob, before) -> None:
+    assert bob.stats["commands"] == before[0] and len(bob.store) == before[1]
+    assert torch.equal(bob.store.get(owner_id(bob)).tensor, X)
+
+
+def test_messages_without_a_handshake_get_an_error_and_nothing_runs(seed, raw):
+    bob, _ = seed
+    before = bob.stats["commands"], len(bob.store)
+    dealer = raw(bob.address)
+    oid = owner_id(bob)
+    for header in ({"t": "op", "s": 1, "f": "Tensor.add_", "a": [Ref(oid), 1], "o": [None]},
+                   {"t": "get", "s": 2, "id": oid},
+                   {"t": "search", "s": 3, "tags": ["#X"]},
+                   {"t": "send", "s": 4, "id": os.urandom(16), "x": torch.ones(2)},
+                   {"t": "free", "s": 5, "ids": [oid]}):
+        reply = dealer.request(header)
+        assert reply["t"] == "err" and reply["code"] == "unknown_session", reply
+        assert "value" not in reply and "r" not in reply and "x" not in reply
+    assert_nothing_ran(bob, before)
+    assert len(bob.clients) == 1
+
+
+def test_a_wrong_proof_is_refused_and_the_link_stays_unauthenticated(seed, raw):
+    bob, _ = seed
+    before = bob.stats["commands"], len(bob.store)
+    dealer = raw(bob.address)
+    challenge = dealer.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "mallory"})
+    assert challenge["t"] == "challenge" and len(challenge["nonce"]) == 16 and challenge["name"] == "Bob"
+    reply = dealer.request({"t": "auth", "s": 0, "mac": auth.proof("0" * 64, challenge["nonce"], dealer.ident)})
+    assert reply["t"] == "err" and reply["code"] == "unauthenticated"
+    assert bob.events.totals["auth_failed"] == 1
+    reply = dealer.request({"t": "op", "s": 1, "f": "Tensor.add_", "a": [Ref(owner_id(bob)), 1], "o": [None]})
+    assert reply["code"] == "unknown_session"
+    assert_nothing_ran(bob, before)
+
+
+def test_auth_without_hello_and_a_proof_for_another_session_are_refused(seed, raw):
+    bob, _ = seed
+    first = raw(bob.address)
+    reply = first.request({"t": "auth", "s": 0, "mac": b"\0" * 32})
+    assert reply["code"] == "unauthenticated"
+    # a proof is bound to the nonce and to the session id: replaying it from another link fails
+    victim, thief = raw(bob.address), raw(bob.address)
+    challenge = victim.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION})
+    thief.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION})
+    stolen = auth.proof(bob.key, challenge["nonce"], victim.ident)
+    assert thief.request({"t": "auth", "s": 0, "mac": stolen})["code"] == "unauthenticated"
+    assert victim.request({"t": "auth", "s": 0, "mac": stolen})["t"] == "welcome"
+
+
+def test_a_correct_proof_opens_a_session(seed, raw):
+    bob, _ = seed
+    dealer = raw(bob.address)
+    challenge = dealer.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "raw"})
+    welcome = dealer.request({"t": "auth", "s": 0, "mac": auth.proof(bob.key, challenge["nonce"], dealer.ident)})
+    assert welcome["t"] == "welcome" and welcome["instance"] == bob.instance and welcome["policy"] == "open"
+    reply = dealer.request({"t": "search", "s": 7, "tags": ["#X"]})
+    assert reply["t"] == "ok" and reply["s"] == 7 and len(reply["r"]) == 1
+
+
+def test_a_different_protocol_version_is_refused(seed, raw):
+    bob, _ = seed
+    reply = raw(bob.address).request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION + 1})
+    assert reply["code"] == "version" and "protocol" in reply["msg"]
+
+
+def test_proof_and_verify():
+    key, nonce, session = auth.new_key(), auth.new_nonce(), os.urandom(16)
+    mac = auth.proof(key, nonce, session)
+    assert auth.verify(key, nonce, session, mac)
+    assert not auth.verify(auth.new_key(), nonce, session, mac)
+    assert not auth.verify(key, auth.new_nonce(), session, mac)
+    assert not auth.verify(key, nonce, os.urandom(16), mac)
+    assert auth.new_key() != auth.new_key() and len(auth.new_key()) == 64
+
+
+def test_each_worker_has_its_own_key_and_an_explicit_key_is_used(make_worker, make_client):
+    a, b = make_worker("A"), make_worker("B")
+    assert a.key != b.key
+    c = make_worker("C", key="k" * 64, policy="open")
+    c.share(X.clone(), "#X")
+    assert torch.equal(make_client(c.address, key="k" * 64).search("#X")[0].get(), X)
+    with pytest.raises(sm.AuthenticationError):
+        sm.connect(c.address, key=a.key)
+
+
+def test_the_key_never_crosses_the_wire(seed, make_client, monkeypatch):
+    bob, _ = seed
+    sent = []
+    original = zmq.Socket.send_multipart
+
+    def recording(self, parts, *args, **kwargs):
+        sent.extend(bytes(memoryview(p).cast("B")) if not isinstance(p, bytes) else p for p in parts)
+        return original(self, parts, *args, **kwargs)
+
+    monkeypatch.setattr(zmq.Socket, "send_multipart", recording)
+    client = make_client("Bob")
+    x = client.search("#X")[0]
+    assert torch.equal((x + 1).get(), X + 1)
+    client.disconnect()
+    monkeypatch.undo()
+    assert len(sent) > 4, "traffic in both directions was recorded"
+    secrets = (bob.key.encode(), bytes.fromhex(bob.key))
+    for frame in sent:
+        for secret in secrets:
+            assert secret not in frame

@@ -1,0 +1,119 @@
+"""Ops are pipelined: they return at once; errors surface at the next sync point, naming the op and the line."""
+from __future__ import annotations
+
+import torch
+
+import pytest
+
+import syft_magics as sm
+
+X = torch.tensor([1.0, 2, 3, 4, 5])
+
+
+def test_ten_thousand_ops_without_waiting_then_one_get(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    y = x
+    for _ in range(10_000):
+        y = y + 1
+    assert torch.equal(y.get(), X + 10_000)
+    assert bob.stats["commands"] >= 10_000
+    assert bob.stats["errors"] == 0
+
+
+def test_ops_return_before_the_worker_ran_them(seed):
+    """Pipelined ops queue on the link; the worker's thread runs them later, in order."""
+    bob, client = seed
+    x = client.search("#X")[0]
+    results = [x * i for i in range(200)]
+    assert all(isinstance(r, sm.PointerTensor) and r.shape == (5,) for r in results)
+    client.sync()
+    assert bob.stats["commands"] >= 200
+    assert torch.equal(results[-1].get(), X * 199)
+
+
+def test_a_remote_failure_surfaces_at_the_next_sync_naming_op_message_and_line(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    bad = x[torch.tensor([10])]  # meta inference cannot check index values
+    assert bad.shape == (1,)
+    with pytest.raises(sm.RemoteError) as info:
+        client.sync()
+    err = info.value
+    text = str(err)
+    assert "__getitem__" in text and "failed on Bob" in text
+    assert "out of bounds" in text and "10" in text, "the worker's message"
+    assert f"{__file__}:" in text and "bad = x[torch.tensor([10])]" in text, "the user's line"
+    assert err.op == "Tensor.__getitem__" and "out of bounds" in err.remote_message
+    assert err.line.startswith(__file__) and err.remote_type == "IndexError"
+
+
+def test_a_remote_failure_surfaces_at_get(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    bad = torch.gather(x, 0, torch.tensor([7]))
+    with pytest.raises(sm.RemoteError, match="gather"):
+        bad.get()
+
+
+def test_a_denied_op_surfaces_as_op_not_allowed(seed):
+    bob, client = seed
+    bob.allowlist.deny("Tensor.exp")
+    x = client.search("#X")[0]
+    x.exp()
+    with pytest.raises(sm.OpNotAllowed) as info:
+        client.sync()
+    assert ".exp" in str(info.value) and "x.exp()" in str(info.value)
+
+
+def test_dependent_ops_fail_too_but_the_root_is_reported_first(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    root = x[torch.tensor([99])]
+    child = root + 1
+    grandchild = child * 2
+    with pytest.raises(sm.RemoteError) as info:
+        grandchild.get()
+    text = str(info.value)
+    assert "__getitem__" in text and "out of bounds" in text
+    assert "root = x[torch.tensor([99])]" in text
+    assert "more ops failed since" in text
+    # asking for a dependent value names its failed input
+    with pytest.raises(sm.RemoteError, match="came from an op that failed"):
+        child.get()
+
+
+def test_after_an_error_the_client_keeps_working(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    x[torch.tensor([50])]
+    with pytest.raises(sm.RemoteError):
+        client.sync()
+    client.sync()  # the error was reported once
+    y = client.search("#Y")[0]
+    assert torch.equal((x + y).get(), X + 1)
+    z = x.clone()
+    z.add_(1)
+    assert torch.equal(z.get(), X + 1)
+
+
+def test_errors_of_ops_before_a_search_surface_there(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    x[torch.tensor([50])]
+    with pytest.raises(sm.RemoteError, match="__getitem__"):
+        client.search("#Y")
+    assert len(client.search("#Y")) == 1
+
+
+def test_an_error_inside_a_long_pipeline(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    y = x
+    for i in range(2000):
+        y = y + 1
+        if i == 1000:
+            y[torch.tensor([5])]  # fails; y itself keeps going
+    with pytest.raises(sm.RemoteError, match="out of bounds"):
+        client.sync()
+    assert torch.equal(y.get(), X + 2000)
