@@ -46,6 +46,7 @@ class Link:
         self.last_pong = time.monotonic()
         self._seq = 0
         self._awaited: set = set()
+        self._abandoned: set = set()
         self._own_ctx = context is None
         # inproc:// hands the sender's buffers to the receiver as they are: copy, or the worker would keep
         # (and expose) the client's memory, and a tracked zero-copy send would wait until the worker let go.
@@ -220,6 +221,8 @@ class Link:
                 self.broken = SessionExpired(
                     f"{self.worker_name} ended this session (no heartbeat for {self.lease:g} s) and freed "
                     f"its objects. Connect again (%syft_connect {self.worker_name}).")
+        elif seq in self._abandoned:
+            pass  # e.g. the owner decided after the client's GetTimeout: the next get asks again
         elif kind == "err" and seq not in self._awaited:
             self.errors.append(header)
             self.on_error(header)
@@ -242,9 +245,12 @@ class Link:
         """Mark ``seq`` as a request whose error reply belongs to its waiter, not the error list."""
         self._awaited.add(seq)
 
-    def done(self, seq: int) -> None:
+    def done(self, seq: int, abandoned: bool = False) -> None:
+        """The caller stopped waiting for ``seq``; replies still to come for an abandoned one are dropped."""
         self._awaited.discard(seq)
         self.replies.pop(seq, None)
+        if abandoned:
+            self._abandoned.add(seq)
 
     def check(self) -> None:
         """Raise if the link is unusable (closed, worker stopped or restarted)."""

@@ -174,21 +174,22 @@ class Client:
         if op is not None:
             self._origins[seq] = (op, _user_site())
         link.expect(seq)
+        answered = False
         try:
             link.send(encode(header))
             reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
             if reply["t"] == "pending":
                 n = reply.get("n")
-                print(f"waiting for {self.name} to approve request #{n} (get of {what}); "
-                      f"the owner can run {self.name.lower()}.approve({n})", flush=True)
+                print(f"waiting for {self.name} to approve request #{n} (get of {what})", flush=True)
                 self.events.emit("waiting", n=n)
                 try:
                     reply = link.wait(seq, approval_timeout)
                 except ReplyTimeout:
                     raise GetTimeout(f"{self.name} has not decided on request #{n} within {approval_timeout:g} s; "
                                      "the request stays pending: call .get() again to keep waiting") from None
+            answered = True
         finally:
-            link.done(seq)
+            link.done(seq, abandoned=not answered)
         self._settled(seq)
         if reply["t"] == "err":
             raise self._error(reply)

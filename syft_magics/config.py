@@ -6,6 +6,7 @@ or per call where a function takes a ``timeout``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass
@@ -26,6 +27,9 @@ class Defaults:
     free_interval: float = 0.05
     #: Largest single message the worker accepts, in bytes.
     max_message_bytes: int = 8 << 30
+    #: Thread switch interval (s) set while a worker runs, so it answers while the owner's
+    #: notebook computes; None leaves the interpreter's setting alone (see worker._SwitchInterval).
+    switch_interval: Optional[float] = 0.0005
     #: Commands kept in a worker's recent-events ring.
     event_history: int = 500
 

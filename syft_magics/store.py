@@ -175,8 +175,8 @@ class ObjectStore:
         return sorted(found, key=lambda e: e.created)
 
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
-        """Whether ``t`` shares memory with an object the owner shared."""
-        return bool(self._owner_storage) and storage_key(t) in self._owner_storage
+        """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""
+        return bool(self._owner_storage) and t.numel() > 0 and storage_key(t) in self._owner_storage
 
     def lineage(self, entry: Entry) -> str:
         """How ``entry`` was made, e.g. ``add(#X, #Y)``; its label if it was shared or sent."""

@@ -1,0 +1,77 @@
+"""A worker's process-wide effects: the switch interval, log files, and late decisions."""
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+
+import pytest
+import torch
+
+import syft_magics as sm
+
+
+def test_switch_interval_is_short_while_a_worker_runs_and_restored_after(make_worker):
+    before = sys.getswitchinterval()
+    bob = make_worker("Bob")
+    alice = make_worker("Alice")
+    assert sys.getswitchinterval() == pytest.approx(sm.defaults.switch_interval)
+    bob.stop()
+    assert sys.getswitchinterval() == pytest.approx(sm.defaults.switch_interval), "Alice still runs"
+    alice.stop()
+    assert sys.getswitchinterval() == pytest.approx(before)
+
+
+def test_switch_interval_can_be_left_alone(make_worker, monkeypatch):
+    monkeypatch.setattr(sm.defaults, "switch_interval", None)
+    before = sys.getswitchinterval()
+    make_worker("Bob")
+    assert sys.getswitchinterval() == before
+
+
+def test_a_worker_that_fails_to_start_leaves_no_log_file_open(tmp_path):
+    log = tmp_path / "bob.log"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        worker = sm.Worker("Bob", port=holder.getsockname()[1], log=str(log))
+        with pytest.raises(sm.PortInUse):
+            worker.start()
+    assert worker._loggers == []
+    assert not worker.events._subscribers
+
+
+def test_log_file_is_opened_at_start_and_closed_at_stop(make_worker, make_client, tmp_path):
+    log = tmp_path / "bob.log"
+    bob = make_worker("Bob", policy="open", log=str(log))
+    bob.share(torch.ones(3), "#X")
+    client = make_client("Bob")
+    (client.search("#X")[0] + 1).get()
+    bob.stop()
+    lines = log.read_text().splitlines()
+    assert any('"op": ".add"' in line and '"status": "ok"' in line for line in lines), lines
+    assert not bob.events._subscribers
+
+
+def test_a_decision_after_the_client_gave_up_does_not_surface_later(make_worker, make_client):
+    bob = make_worker("Bob", policy="review")
+    bob.share(torch.ones(3), "#X")
+    client = make_client("Bob")
+    x = client.search("#X")[0]
+    with pytest.raises(sm.GetTimeout):
+        x.get(timeout=0.3)
+    bob.deny(1, "too late")
+    client.sync()  # the late denial belongs to the abandoned get, not to this sync
+    y = x + 1
+    client.sync()
+    assert y.shape == (3,)
+
+
+def test_in_place_op_on_an_empty_session_tensor_is_allowed(make_worker, make_client):
+    bob = make_worker("Bob", policy="open")
+    bob.share(torch.ones(0), "#empty")
+    client = make_client("Bob")
+    mine = client.send(torch.ones(0))
+    mine.add_(1)
+    client.sync()
+    assert mine.get().shape == (0,)
