@@ -1,5 +1,5 @@
 """IPython magics: ``%syft_worker``, ``%syft_connect``, ``%syft_share``, ``%syft_workers``,
-``%syft_stop`` and ``%syft_disconnect``.
+``%syft_panel``, ``%syft_stop`` and ``%syft_disconnect``.
 
 They are thin: each parses its arguments (``%syft_worker?`` shows the usage; a
 bad argument raises ``UsageError``) and calls the same :class:`Worker` and
@@ -8,7 +8,7 @@ notebook (``bob`` for ``Bob``, or ``--as VAR``).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -20,7 +20,7 @@ from .errors import SyftError, UnknownWorker
 from .policy import POLICIES
 from .worker import Worker
 
-_NAMES = ("syft_worker", "syft_connect", "syft_share", "syft_workers", "syft_stop", "syft_disconnect")
+_NAMES = ("syft_worker", "syft_connect", "syft_share", "syft_workers", "syft_panel", "syft_stop", "syft_disconnect")
 
 
 def _var_name(name: str, given: Optional[str]) -> str:
@@ -38,6 +38,7 @@ class SyftMagics(Magics):
         super().__init__(shell)
         self.workers: Dict[str, Worker] = {}
         self.clients: Dict[str, Client] = {}
+        self.panels: Dict[Tuple[str, str], Any] = {}  # ("worker" | "connection", name) -> live panel
 
     # -- the data owner ---------------------------------------------------------------
     @magic_arguments()
@@ -50,6 +51,7 @@ class SyftMagics(Magics):
     @argument("--verbose", action="store_true", help="print one line per command received")
     @argument("--log", default=None, metavar="FILE", help="append one JSON line per command to FILE")
     @argument("--as", dest="var", default=None, metavar="VAR", help="variable to bind (default: the name in lower case)")
+    @argument("--panel", action="store_true", help="display the worker's live panel (registry, commands, requests)")
     @line_magic
     def syft_worker(self, line: str) -> None:
         """Start a worker in a background thread of this kernel; the notebook stays usable.
@@ -63,17 +65,22 @@ class SyftMagics(Magics):
         old = self.workers.pop(args.name, None)
         if old is not None:
             old.stop()
+        self._close_panel("worker", args.name)
         worker = Worker(args.name, port=args.port, host=args.host, policy=args.policy,
                         verbose=args.verbose, log=args.log)
         try:
             worker.start()
         except SyftError as exc:
             raise UsageError(str(exc)) from None
+        except OSError as exc:  # e.g. a --log file that cannot be opened
+            raise UsageError(f"cannot start worker {args.name}: {exc}") from None
         self.workers[args.name] = worker
         self.shell.user_ns[var] = worker
         restarted = " (restarted: pointers to the old worker are now invalid)" if old is not None else ""
         print(f"{worker.name} serving at {worker.address} (policy: {worker.policy.name}){restarted}\n"
               f"Bound to `{var}`. Share data with {var}.share(x, '#X') or %syft_share x #X")
+        if args.panel:
+            self._show_panel("worker", args.name)
 
     @magic_arguments()
     @argument("var", help="the notebook variable holding the tensor")
@@ -126,6 +133,7 @@ class SyftMagics(Magics):
     @argument("--as", dest="var", default=None, metavar="VAR", help="variable to bind (default: the name in lower case)")
     @argument("--timeout", type=float, default=None, metavar="S", help="seconds to wait for the worker to answer")
     @argument("--key", default=None, help="the worker's key, when connecting by address from another machine")
+    @argument("--panel", action="store_true", help="display the connection's live panel (pointers and their graph)")
     @line_magic
     def syft_connect(self, line: str) -> None:
         """Connect to a worker and bind a Client: ``bob.search("#X")`` then gives pointers."""
@@ -134,6 +142,7 @@ class SyftMagics(Magics):
         old = self.clients.pop(args.name, None)
         if old is not None:
             old.disconnect()
+        self._close_panel("connection", args.name)
         try:
             client = connect(args.address if args.address else args.name, key=args.key, timeout=args.timeout)
         except UnknownWorker as exc:
@@ -144,6 +153,8 @@ class SyftMagics(Magics):
         self.shell.user_ns[var] = client
         print(f"connected to {client.name} at {client.address} (policy: {client.policy}); bound to `{var}`. "
               f"Find data with {var}.search('#X')")
+        if args.panel:
+            self._show_panel("connection", args.name)
 
     @magic_arguments()
     @argument("name", help="the connection to close")
@@ -169,7 +180,64 @@ class SyftMagics(Magics):
             return
         print(table(("kind", "name", "address", "policy", "state", "holds"), rows))
 
+    # -- live panels ---------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("name", nargs="?", default=None,
+              help="a worker of this kernel, or a connection of it (may be omitted when there is only one)")
+    @argument("--connection", action="store_true",
+              help="the connection named NAME, when this kernel also runs a worker of that name")
+    @line_magic
+    def syft_panel(self, line: str) -> None:
+        """Display a live panel: for a worker of this kernel its registry, command log and requests
+        (with Approve / Deny); for a connection its pointers and the pointer graph.
+
+        Running it again shows the same panel (it keeps refreshing); ``bob.panel()`` makes a new one.
+        """
+        args = parse_argstring(self.syft_panel, line)
+        workers = {n: w for n, w in self.workers.items() if w.running}
+        clients = dict(self.clients)
+        name = args.name
+        if name is None:
+            choices = [("worker", n) for n in workers] + [("connection", n) for n in clients]
+            if args.connection:
+                choices = [c for c in choices if c[0] == "connection"]
+            if len(choices) != 1:
+                have = ", ".join(f"{k} {n}" for k, n in choices) or "none"
+                raise UsageError(f"say which panel: %syft_panel NAME (workers and connections here: {have})")
+            kind, name = choices[0]
+        elif name in workers and not args.connection:
+            kind = "worker"
+        elif name in clients:
+            kind = "connection"
+        else:
+            raise UsageError(f"no worker or connection named {name!r} in this kernel "
+                             f"(workers: {', '.join(workers) or 'none'}; connections: {', '.join(clients) or 'none'})")
+        self._show_panel(kind, name)
+
+    def _panel(self, kind: str, name: str) -> Any:
+        panel = self.panels.get((kind, name))
+        target = self.workers[name] if kind == "worker" else self.clients[name]
+        owner = getattr(panel, "worker", None) if kind == "worker" else getattr(panel, "client", None)
+        if panel is None or panel.closed or owner is not target:
+            self._close_panel(kind, name)
+            panel = target.panel()
+            self.panels[(kind, name)] = panel
+        return panel
+
+    def _show_panel(self, kind: str, name: str) -> None:
+        from IPython.display import display
+
+        display(self._panel(kind, name))
+
+    def _close_panel(self, kind: str, name: str) -> None:
+        panel = self.panels.pop((kind, name), None)
+        if panel is not None:
+            panel.close()
+
     def close_all(self) -> None:
+        for panel in self.panels.values():
+            panel.close()
+        self.panels.clear()
         for client in self.clients.values():
             client.disconnect()
         for worker in self.workers.values():

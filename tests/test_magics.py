@@ -131,3 +131,9 @@ def test_unload_stops_workers_and_removes_the_magics(ip):
 def test_worker_magic_usage_is_documented(ip):
     doc = ip.magics_manager.magics["line"]["syft_worker"].__doc__
     assert "--policy" in doc and "port" in doc and "--as VAR" in doc
+
+
+def test_unwritable_log_file_is_a_usage_error_and_no_worker_is_left(ip, tmp_path):
+    with pytest.raises(UsageError, match="cannot start worker Bob"):
+        ip.run_line_magic("syft_worker", f"Bob --log {tmp_path}/missing-dir/bob.log")
+    assert "bob" not in ip.user_ns

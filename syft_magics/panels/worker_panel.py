@@ -1,0 +1,551 @@
+"""The data owner's live panel: header counters, registry, command log, requests (Approve / Deny),
+a graph of who holds what, and the connected clients.
+
+The worker's serving thread only appends its events to this panel's deques (one
+Python call per event); everything else happens on the refresh timer
+(:mod:`._refresh`) or on a click, never once per message.
+
+*Held by* counts client sessions, which is what the worker can know honestly: a
+result or a sent tensor is held by the session that created it (it is freed when
+that session ends); the owner's data is held by each connected session whose
+search returned it (the worker is not told when such a pointer dies, so this is
+an upper bound until that session ends).
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+
+import ipywidgets as widgets
+
+from ..events import Event
+from ..store import OWNER, Entry
+from . import _html as H
+from . import graph as G
+from ._refresh import LivePanel
+
+__all__ = ["WorkerPanel"]
+
+LOG_ROWS = 500  # rows kept in the command log's ring
+SHOW_LOG_ROWS = 100  # rows shown (newest first); older ones stay in the ring (text, repr)
+SHOW_OBJECTS = 300  # registry rows shown
+GRAPH_NODES = 50
+_LOGGED = ("command", "get", "request", "decision")
+#: The kinds kept (besides commands) until the next render: the log's, and what the holders count needs.
+#: Others only mark the panel dirty, so a loop of frees keeps no event alive here.
+_KEPT = frozenset({"get", "request", "decision", "search", "disconnect", "start", "stop"})
+
+
+class WorkerPanel(widgets.VBox, LivePanel):
+    """A live view of one :class:`~syft_magics.Worker`; ``worker.panel()`` or ``%syft_panel NAME``."""
+
+    def __init__(self, worker: Any, *, log_rows: int = LOG_ROWS, graph_nodes: int = GRAPH_NODES) -> None:
+        super().__init__()
+        self._init_live()
+        self.worker = worker
+        self.graph_nodes = graph_nodes
+        self._closed = False
+        self._stopped = not worker.running
+        # the log's ring, newest last: [event, row html, text]; rows are formatted when first shown
+        self._log: Deque[Event] = deque(maxlen=log_rows)
+        self._row_cache: Dict[int, Tuple[Event, str, str]] = {}  # id(event) -> (event, row html, text)
+        self._dirty = False
+        self._commands: Deque[Event] = deque(maxlen=log_rows)
+        self._others: Deque[Event] = deque(maxlen=100_000)  # only the kinds in _KEPT
+        self._searched: Dict[str, Set[Tuple[str, ...]]] = {}  # client label -> tag sets it searched
+        self._search_ids: Dict[str, Set[str]] = {}  # client label -> hex ids (when events carry them)
+        self._known: Dict[str, Dict[str, Any]] = {}  # hex -> snapshot (no tensor) of an entry the graph drew
+        self._freed: Deque[Dict[str, Any]] = deque(maxlen=GRAPH_NODES)
+        self._seen_commands = 0
+        self._note_text = ""
+        self._note_error = False
+        self._request_rows: Dict[int, widgets.HBox] = {}
+        self.last_graph: Optional[G.Graph] = None  # every node known
+        self.shown_graph: Optional[G.Graph] = None  # what is drawn (older nodes folded)
+
+        self.header = widgets.HTML()
+        self.registry = widgets.HTML()
+        self.commands = widgets.HTML()
+        self.pending_title = widgets.HTML()
+        self.pending_box = widgets.VBox()
+        self.history = widgets.HTML()
+        self.requests_box = widgets.VBox([self.pending_title, self.pending_box, self.history])
+        self.graph = widgets.HTML()
+        self.clients_html = widgets.HTML()
+        self.footer = widgets.HTML()
+        for w, cls in ((self.registry, "syft-registry"), (self.commands, "syft-commands"),
+                       (self.requests_box, "syft-requests"), (self.graph, "syft-graph-view"),
+                       (self.clients_html, "syft-clients"), (self.header, "syft-header"),
+                       (self.footer, "syft-footer")):
+            w.add_class(cls)
+        self.tabs = widgets.Tab(children=[self.registry, self.commands, self.requests_box, self.graph,
+                                          self.clients_html])
+        self.tabs.titles = ("Registry", "Commands", "Requests", "Graph", "Clients")
+        self.tabs.observe(lambda change: self.request_refresh(), "selected_index")
+        self.children = [self.header, self.tabs, self.footer]
+        self.add_class("syft-panel")
+        self.add_class("syft-worker-panel")
+        self.layout = widgets.Layout(width="100%")
+
+        # what happened before the panel opened (the recent ring), then the live stream
+        for event in list(worker.events.recent):
+            self._on_event(event)
+        self._unsubscribe = worker.events.subscribe(self._on_event)
+        self.refresh()
+        if not self._stopped:
+            self._start_live()
+
+    # -- the serving path: append only -----------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        kind = event.kind
+        if kind == "command":
+            self._commands.append(event)
+        elif kind in _KEPT:
+            self._others.append(event)
+        else:  # "free", "share", "connect"...: the store and the sessions are read when rendering
+            self._dirty = True
+
+    def _changed(self) -> bool:
+        return self._dirty or bool(self._commands) or bool(self._others)
+
+    # -- actions ----------------------------------------------------------------------------------
+    def approve(self, n: int) -> None:
+        """What the Approve button does: let request ``n`` through."""
+        try:
+            self.worker.approve(n)
+            self._note(f"approved request #{n}")
+        except Exception as exc:
+            self._note(f"could not approve #{n}: {exc}", error=True)
+        self.refresh()
+
+    def deny(self, n: int, reason: str = "") -> None:
+        """What the Deny button does: refuse request ``n`` (with the reason typed next to it)."""
+        try:
+            self.worker.deny(n, reason)
+            self._note(f"denied request #{n}" + (f": {reason}" if reason else ""))
+        except Exception as exc:
+            self._note(f"could not deny #{n}: {exc}", error=True)
+        self.refresh()
+
+    def _note(self, text: str, error: bool = False) -> None:
+        self._note_text, self._note_error = text, error
+
+    def request_buttons(self, n: int) -> Tuple[widgets.Button, widgets.Text, widgets.Button]:
+        """The Approve button, reason box and Deny button of pending request ``n`` (for tests and scripts)."""
+        row = self._request_rows[n]
+        return row.children[1], row.children[2], row.children[3]
+
+    # -- rendering (timer thread or click) ---------------------------------------------------------
+    def _render(self, full: bool = True) -> None:
+        if self._closed:
+            return
+        self._dirty = False
+        tab = self.tabs.selected_index
+        shows = [full or tab == i for i in range(5)]  # registry, commands, requests, graph, clients
+        stop_seen = False
+        others: List[Event] = []
+        while self._others:
+            others.append(self._others.popleft())
+        commands: List[Event] = []
+        while self._commands:
+            commands.append(self._commands.popleft())
+        for e in others:
+            self._absorb(e)
+            if e.kind == "stop":
+                stop_seen = True
+        # the log in time order (commands and the other logged kinds interleaved); formatted when shown
+        for e in sorted([*commands, *(o for o in others if o.kind in _LOGGED)], key=lambda e: e.time):
+            self._log.append(e)
+        self._seen_commands += len(commands)
+
+        w = self.worker
+        entries = w.store.entries()
+        sessions = list(w.clients)
+        owner = sorted((e for e in entries if e.session is None), key=lambda e: e.created)
+        newest = heapq.nlargest(max(SHOW_OBJECTS, 2 * self.graph_nodes),
+                                (e for e in entries if e.session is not None), key=lambda e: e.created)
+        shown = (owner + newest)[:SHOW_OBJECTS]
+        drawn = [e for e in owner if e.tags][: self.graph_nodes // 3] + newest[: 2 * self.graph_nodes]
+        holders = self._holders((shown if shows[0] else []) + (drawn if shows[3] else []), sessions)
+        self.header.value = self._header_html(entries, sessions)
+        if shows[0]:
+            self.registry.value = self._registry_html(shown, len(entries), holders)
+        if shows[1]:
+            self.commands.value = self._commands_html()
+        self._render_requests()  # always: a new request must show at once (its rows change rarely)
+        if shows[3]:
+            self.last_graph = self._graph(drawn, len(entries), sessions, holders)
+            self.shown_graph = G.collapse(self.last_graph, self.graph_nodes)
+            self.graph.value = (H.STYLE + '<div class="syft-scroll" style="max-height:520px">'
+                                + G.to_svg(G.layout(self.shown_graph), local_title="clients", empty="no objects yet")
+                                + "</div>" + G.legend())
+        if shows[4]:
+            self.clients_html.value = self._clients_html(sessions)
+        pending = len(w.requests.pending)
+        self.tabs.titles = ("Registry", "Commands", f"Requests ({pending})" if pending else "Requests", "Graph",
+                            "Clients")
+        note = H.esc(self._note_text)
+        self.footer.value = (f'<span style="color:#c62828">{note}</span>' if self._note_error
+                             else f'<span class="syft-muted" style="font-size:12px">{note}</span>')
+        if stop_seen or not w.running:
+            self._stopped = True
+            self._stop_live()
+
+    def _absorb(self, e: Event) -> None:
+        d = e.data
+        if e.kind == "search":
+            client = d.get("session") or d.get("client", "?")  # a session id, where the event carries one
+            if d.get("ids") is not None:
+                self._search_ids.setdefault(client, set()).update(
+                    i.hex() if isinstance(i, bytes) else str(i) for i in d["ids"])
+            else:
+                self._searched.setdefault(client, set()).add(tuple(d.get("tags", ())))
+        elif e.kind == "disconnect":
+            for key in (d.get("session"), d.get("client", "?")):
+                self._searched.pop(key, None)
+                self._search_ids.pop(key, None)
+        elif e.kind == "start":
+            self._stopped = False
+
+    def _label(self, oid: Any) -> str:
+        raw = oid if isinstance(oid, bytes) else bytes.fromhex(str(oid)) if _is_hex(oid) else None
+        entry = self.worker.store.get(raw) if raw is not None else None
+        if entry is not None:
+            return entry.label
+        known = self._known.get(raw.hex() if raw is not None else str(oid))
+        if known is not None:
+            return known["label"]
+        text = raw.hex() if raw is not None else str(oid)
+        return text[:8] + "…"
+
+    def _formatted(self, event: Event, cache: Optional[Dict[int, Tuple[Event, str, str]]] = None) -> Tuple[str, str]:
+        hit = self._row_cache.get(id(event))
+        if hit is None or hit[0] is not event:
+            html, text = self._log_row(event)
+            hit = (event, html, text)
+        if cache is not None:
+            cache[id(event)] = hit
+        return hit[1], hit[2]
+
+    def _log_row(self, e: Event) -> Tuple[str, str]:
+        d = e.data
+        when = H.clock(e.time, ms=True)
+        if e.kind == "command":
+            what = self.worker.describe_command(e)
+            status = d.get("status", "ok")
+            ok = status == "ok"
+            cells = (when, d.get("client", "?"), what, H.duration(d.get("duration")), status)
+            cls = "syft-cmd syft-ok" if ok else "syft-cmd syft-err"
+        elif e.kind == "get":
+            label = self._label(d.get("id", ""))
+            status = d.get("status", "")
+            if status == "sent":
+                status = f"sent {H.human_bytes(int(d.get('bytes') or 0))}"
+            cells = (when, d.get("client", "?"), f"get({label})", "-", status)
+            cls = "syft-cmd syft-get" + (" syft-err" if d.get("status") == "denied" else "")
+        elif e.kind == "request":
+            cells = (when, d.get("client", "?"), f"get({self._label(d.get('id', ''))}) = {d.get('lineage', '')}",
+                     "-", f"request #{d.get('n')} waits for you")
+            cls = "syft-cmd syft-request"
+        else:  # decision
+            reason = f": {d['reason']}" if d.get("reason") else ""
+            cells = (when, "you", f"request #{d.get('n')}", "-", f"{d.get('status')}{reason}")
+            cls = "syft-cmd syft-decision"
+        titles = [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time)), "", "", "", cells[4]]
+        return H.row(cells, cls=cls, titles=titles), "  ".join(str(c) for c in cells)
+
+    def _snapshots(self, drawn: List[Entry]) -> List[Dict[str, Any]]:
+        """Snapshots (no tensors) of the entries to draw; those drawn last time and gone since are freed."""
+        store = self.worker.store
+        for hexid, snap in list(self._known.items()):
+            if bytes.fromhex(hexid) not in store:
+                del self._known[hexid]
+                snap["state"] = G.FREED
+                self._freed.append(snap)
+        now = {}
+        for e in drawn:
+            snap = self._known.get(e.hex)
+            if snap is None:
+                snap = {"hex": e.hex, "label": e.label, "shape": tuple(e.shape), "dtype": e.dtype, "op": e.op,
+                        "inputs": tuple(i.hex() for i in e.inputs), "origin": e.origin, "session": e.session,
+                        "created": e.created, "tags": e.tags, "state": G.ERROR if e.error else G.LIVE,
+                        "error": e.error or ""}
+            now[e.hex] = snap
+        self._known = now
+        return list(now.values())
+
+    def _holders(self, entries: List[Entry], sessions: List[Any]) -> Dict[str, List[str]]:
+        """hex id -> the labels of the connected sessions that hold it (see the module doc)."""
+        live = {s.ident: s.label for s in sessions}
+        # searches are keyed by session id when the worker's events carry it, else by client label
+        # (two clients of one process on one host share a label: they then count once)
+        labels = {**{s.short: s.label for s in sessions}, **{s.label: s.label for s in sessions}}
+        out: Dict[str, List[str]] = {}
+        for e in entries:
+            if e.session is not None and e.session in live:
+                out[e.hex] = [live[e.session]]  # (an entry may be listed twice: shown and drawn)
+        cache: Dict[Tuple[str, ...], List[str]] = {}
+        for client, tag_sets in self._searched.items():
+            if client not in labels:
+                continue
+            ids: Set[str] = set()
+            for tags in tag_sets:
+                if tags not in cache:
+                    cache[tags] = [e.hex for e in self.worker.store.search(tags)] if tags else []
+                ids.update(cache[tags])
+            for hexid in ids:
+                if labels[client] not in out.get(hexid, ()):
+                    out.setdefault(hexid, []).append(labels[client])
+        for client, ids in self._search_ids.items():
+            if client in labels:
+                for hexid in ids:
+                    if labels[client] not in out.get(hexid, ()):
+                        out.setdefault(hexid, []).append(labels[client])
+        return out
+
+    def _header_html(self, entries: List[Entry], sessions: List[Any]) -> str:
+        w = self.worker
+        stats = w.stats
+        held = sum(e.nbytes for e in entries)
+        commands = w.events.totals.get("command", 0)
+        pending = len(w.requests.pending)
+        state = (f'<span class="syft-badge syft-good">serving at {H.esc(w.address)}</span>' if w.running
+                 else '<span class="syft-badge syft-bad">stopped</span>')
+        return (H.STYLE + f'<div><span class="syft-title">{H.esc(w.name)}</span>{state}'
+                f'{H.badge("policy", w.policy.name)}</div><div style="margin-top:4px">'
+                + H.badge("clients", len(sessions))
+                + H.badge("objects", len(entries))
+                + H.badge("held", H.human_bytes(held))
+                + H.badge("commands", f"{commands:,}")
+                + H.badge("errors", f"{stats.get('errors', 0):,}", "bad" if stats.get("errors") else "")
+                + H.badge("in", H.human_bytes(stats.get("bytes_in", 0)))
+                + H.badge("out", H.human_bytes(stats.get("bytes_out", 0)))
+                + H.badge("pending requests", pending, "warn" if pending else "")
+                + "</div>")
+
+    def _registry_html(self, shown: List[Entry], total: int, holders: Dict[str, List[str]]) -> str:
+        rows = []
+        for e in shown:
+            held = holders.get(e.hex, [])
+            origin = "owner (shared)" if e.origin == OWNER and e.session is None else e.origin
+            made = self.worker.store.lineage(e) if e.op else ("sent" if e.session is not None else "shared")
+            status_cls = "syft-obj syft-err" if e.error else "syft-obj"
+            cells = (e.hex[:8], " ".join(e.tags) or "-", str(tuple(e.shape)), e.dtype, H.human_bytes(e.nbytes),
+                     origin, made if not e.error else f"{made}: {e.error}", str(len(held)), H.clock(e.last_access))
+            titles = [e.hex, "", "", "", f"{e.nbytes:,} bytes", "", "", "\n".join(held) or "no session holds it",
+                      H.clock(e.created) + " created"]
+            rows.append(H.row(cells, cls=status_cls, attrs=f'data-id="{H.esc(e.hex)}"', titles=titles))
+        more = total - len(shown)
+        tail = f'<div class="syft-muted">… and {more:,} more</div>' if more > 0 else ""
+        return (H.STYLE + '<div class="syft-scroll">'
+                + H.table(("id", "tags", "shape", "dtype", "size", "origin", "made by", "held by", "last access"),
+                          rows, empty="no objects: share one with worker.share(x, '#X')") + tail + "</div>")
+
+    def _commands_html(self) -> str:
+        w = self.worker
+        totals = w.events.totals
+        cache: Dict[int, Tuple[Event, str, str]] = {}  # only the rows on screen stay formatted
+        rows = [self._formatted(e, cache)[0] for e in list(self._log)[-SHOW_LOG_ROWS:][::-1]]
+        self._row_cache = cache
+        summary = (f'<div class="syft-muted" style="font-size:12px;margin-bottom:4px">'
+                   f'{totals.get("command", 0):,} commands ({w.stats.get("errors", 0):,} errors), '
+                   f'{totals.get("get", 0):,} gets, {totals.get("request", 0):,} requests in all; '
+                   f'showing the newest {min(len(self._log), SHOW_LOG_ROWS)} of the last {len(self._log)} '
+                   f'kept</div>')
+        return (H.STYLE + summary + '<div class="syft-scroll">'
+                + H.table(("time", "client", "op", "duration", "status"), rows, empty="no commands yet")
+                + "</div>")
+
+    def _render_requests(self) -> None:
+        book = self.worker.requests
+        pending = book.pending
+        want = {r.n: r for r in pending}
+        for n in [n for n in self._request_rows if n not in want]:
+            row = self._request_rows.pop(n)
+            _close_tree(row)
+        for n, req in want.items():
+            if n not in self._request_rows:
+                self._request_rows[n] = self._request_row(req)
+        rows = [self._request_rows[n] for n in sorted(self._request_rows)]
+        if list(self.pending_box.children) != rows:
+            self.pending_box.children = rows
+        self.pending_title.value = (H.STYLE + f'<div style="font-weight:600;margin:4px 0">'
+                                    f'{"Pending requests" if pending else "No pending requests"}</div>')
+        decided = sorted(book.history, key=lambda r: r.decided or 0, reverse=True)[:100]
+        rows_html = [H.row((f"#{r.n}", r.status, r.client, " ".join(r.tags) or r.object_id[:8], r.lineage,
+                            str(tuple(r.shape)), r.reason or "-", H.clock(r.decided)),
+                           cls=f"syft-decided syft-{r.status}" + (" syft-err" if r.status == "denied" else ""))
+                     for r in decided]
+        self.history.value = (H.STYLE + '<div style="font-weight:600;margin:10px 0 4px">History</div>'
+                              + H.table(("n", "status", "client", "object", "lineage", "shape", "reason", "decided"),
+                                        rows_html, empty="no decided requests yet"))
+
+    def _request_row(self, req: Any) -> widgets.HBox:
+        what = " ".join(req.tags) or req.object_id[:8] + "…"
+        desc = widgets.HTML(
+            H.STYLE + f'<div style="font-size:12px;line-height:1.35"><b>#{req.n}</b> '
+            f'<span class="syft-muted">{H.esc(H.clock(req.created))}</span> {H.esc(req.client)} wants '
+            f'<b>{H.esc(what)}</b> = <code>{H.esc(req.lineage)}</code><br><span class="syft-muted">shape '
+            f'{H.esc(tuple(req.shape))}, {H.esc(req.dtype)}, id {H.esc(req.object_id[:12])}…</span></div>')
+        desc.layout = widgets.Layout(flex="1 1 auto", width="auto")
+        approve = widgets.Button(description="Approve", button_style="success", icon="check",
+                                 tooltip=f"let request #{req.n} through", layout=widgets.Layout(width="96px"))
+        reason = widgets.Text(placeholder="reason (optional)", layout=widgets.Layout(width="180px"))
+        deny = widgets.Button(description="Deny", button_style="danger", icon="times",
+                              tooltip=f"refuse request #{req.n} (with the reason, if any)",
+                              layout=widgets.Layout(width="80px"))
+        approve.add_class("syft-approve")
+        deny.add_class("syft-deny")
+        reason.add_class("syft-reason")
+        n = req.n
+        approve.on_click(lambda _: self.approve(n))
+        deny.on_click(lambda _: self.deny(n, reason.value.strip()))
+        row = widgets.HBox([desc, approve, reason, deny],
+                           layout=widgets.Layout(align_items="center", border="1px solid #e0c36a",
+                                                 padding="4px", margin="2px 0"))
+        row.add_class("syft-request")
+        row.add_class(f"syft-request-{n}")
+        return row
+
+    def _graph(self, drawn: List[Entry], total: int, sessions: List[Any], holders: Dict[str, List[str]]) -> G.Graph:
+        """Who holds what and what was made from what: the drawn entries, recently freed ones (faded), and
+        the connected sessions; the other ``total - len(drawn)`` objects are counted as ``+N older``."""
+        nodes: List[G.Node] = []
+        edges: List[G.Edge] = []
+        group = self.worker.name
+        live = self._snapshots(drawn)
+        present_live = {s["hex"] for s in live}
+        snaps = live + [s for s in self._freed if s["hex"] not in present_live]
+        present = {s["hex"] for s in snaps}
+        for s in snaps:
+            kind = "owner" if s["session"] is None else ("result" if s["op"] else "sent")
+            title = (f"{s['label']}  {s['hex']}\nshape {s['shape']}, {s['dtype']}\norigin {s['origin']}"
+                     + (f"\nmade by {s['op']}" if s["op"] else "") + ("\nfreed" if s["state"] == G.FREED else "")
+                     + (f"\nerror: {s['error']}" if s["error"] else ""))
+            nodes.append(G.Node(f"o:{s['hex']}", s["label"], G.REMOTE, group=group, detail=_shape(s["shape"]),
+                                state=s["state"], title=title, order=s["created"],
+                                pinned=bool(s["tags"]) and s["session"] is None, kind=kind))
+            for inp in s["inputs"]:
+                if inp in present:
+                    edges.append(G.Edge(f"o:{inp}", f"o:{s['hex']}", G.LINEAGE, s["op"]))
+        hidden = total - len(live)
+        if hidden > 0:
+            more = G.more_key(G.REMOTE, group)
+            store = self.worker.store
+            for s in snaps:
+                if any(i not in present and bytes.fromhex(i) in store for i in s["inputs"]):
+                    edges.append(G.Edge(more, f"o:{s['hex']}", G.LINEAGE, s["op"]))  # an input not drawn
+        graph_hidden = {(G.REMOTE, group): max(0, hidden)}
+        for s in sessions:
+            nodes.append(G.Node(f"c:{s.short}", s.label, G.LOCAL, detail=s.short,
+                                title=f"{s.label}\nsession {s.short}, since {H.clock(s.created)}",
+                                order=s.created, kind="client", pinned=True))
+        by_label = {s.label: f"c:{s.short}" for s in sessions}
+        for hexid, labels in holders.items():
+            if hexid in present:
+                for label in labels:
+                    if label in by_label:
+                        edges.append(G.Edge(by_label[label], f"o:{hexid}", G.POINTS))
+        return G.Graph(nodes, edges, hidden=graph_hidden)
+
+    def _clients_html(self, sessions: List[Any]) -> str:
+        now = time.monotonic()
+        rows = [H.row((s.label, s.short, H.clock(s.created), str(self.worker.store.session_count(s.ident)),
+                       f"{now - s.last_seen:.1f} s ago"), cls="syft-client") for s in sessions]
+        return H.STYLE + H.table(("client", "session", "connected", "objects created", "last heard"), rows,
+                                 empty="no clients connected")
+
+    def _broken(self, text: str) -> None:
+        self._live = False
+        self._note(f"panel stopped refreshing: {text.strip().splitlines()[-1]}", error=True)
+        try:
+            self.footer.value = f'<pre style="color:#c62828;font-size:11px">{H.esc(text)}</pre>'
+        except Exception:
+            pass
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop refreshing, unsubscribe from the worker and close the widgets."""
+        if getattr(self, "_closed", True):
+            return super().close()
+        self._closed = True
+        self._stop_live()
+        try:
+            self._unsubscribe()
+        except Exception:
+            pass
+        for row in list(self._request_rows.values()):
+            _close_tree(row)
+        self._request_rows.clear()
+        for child in list(self.children):
+            _close_tree(child)
+        super().close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- text, where no widget front end is present -------------------------------------------------
+    def text(self) -> str:
+        """A plain-text summary: counters, registry, the last commands, pending requests."""
+        w = self.worker
+        entries = sorted(w.store.entries(), key=lambda e: e.created)
+        holders = self._holders(entries, list(w.clients))
+        stats = w.stats
+        state = f"serving at {w.address}" if w.running else "stopped"
+        lines = [f"WorkerPanel of {w.name} ({state}, policy {w.policy.name}): {H.plural(len(w.clients), 'client')}, "
+                 f"{H.plural(len(entries), 'object')} ({H.human_bytes(sum(e.nbytes for e in entries))}), "
+                 f"{H.plural(w.events.totals.get('command', 0), 'command')}, "
+                 f"{H.plural(stats.get('errors', 0), 'error')}, "
+                 f"in {H.human_bytes(stats.get('bytes_in', 0))}, out {H.human_bytes(stats.get('bytes_out', 0))}, "
+                 f"{H.plural(len(w.requests.pending), 'pending request')}"]
+        if entries:
+            lines.append("registry:")
+            for e in entries[:20]:
+                lines.append(f"  {e.hex[:8]}  {' '.join(e.tags) or '-':10} {str(tuple(e.shape)):12} {e.dtype:8} "
+                             f"{H.human_bytes(e.nbytes):>9}  {e.origin}  held by {len(holders.get(e.hex, []))}")
+            if len(entries) > 20:
+                lines.append(f"  ... {len(entries) - 20} more")
+        recent = [self._formatted(e)[1] for e in list(self._log)[-5:][::-1]]
+        if recent:
+            lines.append("last commands:")
+            lines.extend("  " + t for t in recent)
+        for req in w.requests.pending:
+            lines.append("  " + req.describe())
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        try:
+            return self.text()
+        except Exception as exc:  # never let a repr fail
+            return f"<WorkerPanel ({exc})>"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Optional[dict]:
+        data = widgets.VBox._repr_mimebundle_(self, **kwargs)
+        if isinstance(data, dict):
+            data["text/plain"] = self.text()
+        return data
+
+
+def _shape(shape: Tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _is_hex(value: Any) -> bool:
+    try:
+        bytes.fromhex(str(value))
+        return len(str(value)) == 32
+    except ValueError:
+        return False
+
+
+def _close_tree(widget: Any) -> None:
+    """Close a widget and everything inside it."""
+    for child in list(getattr(widget, "children", ()) or ()):
+        _close_tree(child)
+    try:
+        widget.close()
+    except Exception:
+        pass
