@@ -25,6 +25,9 @@ from .protocol import PROTOCOL_VERSION, decode, encode
 
 #: Frames at least this large are sent zero-copy and tracked until ZeroMQ releases them.
 _TRACK_BYTES = zmq.COPY_THRESHOLD
+#: A batch of pipelined messages leaves when it holds this many messages or bytes.
+_BATCH_MESSAGES = 256
+_BATCH_BYTES = 1 << 20
 
 
 class Link:
@@ -39,6 +42,10 @@ class Link:
         self.errors: List[dict] = []
         self.on_error: Callable[[dict], None] = lambda header: None
         self.free_queue: Deque[bytes] = deque()
+        self._batch: List[Any] = []  # the parts of queued messages, one after the other
+        self._batch_counts: List[int] = []  # how many frames follow each queued header
+        self._batch_bytes = 0
+        self._due = threading.Event()  # set when a batch starts: the background thread sends it soon
         self.broken: Optional[SyftError] = None
         self.worker_name = "?"
         self.instance = ""
@@ -113,31 +120,69 @@ class Link:
         self._seq += 1
         return self._seq
 
-    def send(self, parts: List[Any]) -> None:
-        """Send one message (after any queued frees), waiting only if ZeroMQ's queue is full."""
+    def send(self, parts: List[Any], *, flush: bool = False) -> None:
+        """Queue one message for the worker; ``flush=True`` sends it, and everything queued, now.
+
+        Pipelined messages (ops, small sends) travel together as one ``batch``: with the next
+        request that waits for an answer, when the batch is full, or from the background thread
+        within ``defaults.flush_interval``. Large tensors go at once, zero-copy, and this call
+        returns only when ZeroMQ has let go of their memory (so the caller may change it again).
+        """
         self.check()
-        deadline = time.monotonic() + defaults.reply_timeout
+        big = not self._copy and any(len(p) >= _TRACK_BYTES for p in parts[1:])
+        tracker = None
         with self.lock:
+            if not big:
+                # small frames are copied now: the caller may change the tensor before the batch leaves
+                self._batch.append(parts[0])
+                self._batch.extend(p if type(p) is bytes else bytes(p) for p in parts[1:])
+                self._batch_counts.append(len(parts) - 1)
+                self._batch_bytes += sum(len(p) for p in parts)
+                if not flush and len(self._batch_counts) < _BATCH_MESSAGES and self._batch_bytes < _BATCH_BYTES:
+                    if len(self._batch_counts) == 1:
+                        self._due.set()
+                    return
+            deadline = time.monotonic() + defaults.reply_timeout
             try:
-                if self.free_queue:
-                    self._flush_frees()
-                tracker = self._send_parts(parts, deadline)
+                tracker = self._flush(deadline, parts if big else None)
             except zmq.ZMQError as exc:
                 self._lost(exc)
         if tracker is not None:
-            # the tensor's memory must not change until ZeroMQ has let go of it; while the worker is
-            # away the message waits in the queue, so give up like a reply that does not come
-            while True:
-                try:
-                    tracker.wait(min(0.05, max(0.0, deadline - time.monotonic())))
-                    break
-                except zmq.NotDone:
-                    self.check()
-                    now = time.monotonic()
-                    if now >= deadline or now - self.last_pong > defaults.heartbeat_timeout:
-                        raise WorkerUnreachable(
-                            f"{self.worker_name} at {self.address} did not take the message (no answer for "
-                            f"{now - self.last_pong:.0f} s): is the worker still running?") from None
+            self._wait_tracker(tracker, deadline)
+
+    def _flush(self, deadline: float, big: Optional[List[Any]] = None) -> Optional[zmq.MessageTracker]:
+        """Send queued frees and messages (then ``big``, if given) as one message; call with ``lock`` held."""
+        while self.free_queue:
+            ids = []
+            while self.free_queue and len(ids) < 4096:
+                ids.append(self.free_queue.popleft())
+            self._batch.append(encode({"t": "free", "ids": ids})[0])
+            self._batch_counts.append(0)
+        if big is not None:
+            self._batch.extend(big)
+            self._batch_counts.append(len(big) - 1)
+        counts, parts = self._batch_counts, self._batch
+        self._batch, self._batch_counts, self._batch_bytes = [], [], 0
+        if not counts:
+            return None
+        if len(counts) > 1:
+            parts = [*encode({"t": "batch", "n": counts}), *parts]
+        return self._send_parts(parts, deadline)
+
+    def _wait_tracker(self, tracker: zmq.MessageTracker, deadline: float) -> None:
+        # the tensor's memory must not change until ZeroMQ has let go of it; while the worker is
+        # away the message waits in the queue, so give up like a reply that does not come
+        while True:
+            try:
+                tracker.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+                return
+            except zmq.NotDone:
+                self.check()
+                now = time.monotonic()
+                if now >= deadline or now - self.last_pong > defaults.heartbeat_timeout:
+                    raise WorkerUnreachable(
+                        f"{self.worker_name} at {self.address} did not take the message (no answer for "
+                        f"{now - self.last_pong:.0f} s): is the worker still running?") from None
 
     def _send_parts(self, parts: List[Any], deadline: float) -> Optional[zmq.MessageTracker]:
         track = not self._copy and any(len(p) >= _TRACK_BYTES for p in parts[1:])
@@ -154,15 +199,6 @@ class Link:
                     raise WorkerUnreachable(f"cannot reach {self.worker_name} at {self.address}: "
                                             "the link is down (is the worker still running?)") from None
                 self._sock.poll(min(remaining, 0.05) * 1000, zmq.POLLOUT)
-
-    def _flush_frees(self) -> None:
-        ids = []
-        while self.free_queue and len(ids) < 4096:
-            ids.append(self.free_queue.popleft())
-        try:
-            self._sock.send_multipart(encode({"t": "free", "ids": ids}), zmq.NOBLOCK)
-        except zmq.Again:
-            self.free_queue.extendleft(reversed(ids))
 
     # -- receiving ---------------------------------------------------------------
     def wait(self, seq: int, timeout: float) -> dict:
@@ -262,21 +298,27 @@ class Link:
     # -- background ----------------------------------------------------------------
     def _background(self) -> None:
         next_ping = 0.0
-        while not self._stop.wait(defaults.free_interval):
+        while not self._stop.is_set():
+            if self._due.wait(defaults.free_interval):
+                # a batch started: give the caller a moment to add to it (or send it with a request)
+                self._stop.wait(defaults.flush_interval)
+                self._due.clear()
+            if self._stop.is_set():
+                return
             now = time.monotonic()
             with self.lock:
                 if self._closed:
                     return
                 try:
-                    if self.free_queue and self.broken is None:
-                        self._flush_frees()
+                    if (self._batch_counts or self.free_queue) and self.broken is None:
+                        self._flush(now + defaults.reply_timeout)
                     # after a "bye" keep asking: a worker restarted at the address answers "unknown
                     # session", which turns WorkerStopped into the more useful WorkerRestarted
                     if now >= next_ping and (self.broken is None or isinstance(self.broken, WorkerStopped)):
                         self._sock.send_multipart(encode({"t": "ping", "s": None}), zmq.NOBLOCK)
                         next_ping = now + defaults.heartbeat_interval
                     self._drain()
-                except zmq.Again:
+                except (zmq.Again, WorkerUnreachable):
                     pass
                 except zmq.ZMQError as exc:
                     try:
@@ -290,14 +332,17 @@ class Link:
         if self._closed:
             return
         self._stop.set()
+        self._due.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
         with self.lock:
             if say_bye and self.broken is None:
                 try:
                     self._sock.setsockopt(zmq.LINGER, 500)
-                    self._sock.send_multipart(encode({"t": "bye"}), zmq.NOBLOCK)
-                except zmq.ZMQError:
+                    self._batch.append(encode({"t": "bye"})[0])
+                    self._batch_counts.append(0)
+                    self._flush(time.monotonic())
+                except (zmq.ZMQError, SyftError):
                     pass
             self._closed = True
             self._close_socket()

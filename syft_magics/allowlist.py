@@ -17,6 +17,8 @@ memory may hold freed private data), and ``out=`` arguments.
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Callable, Dict, Iterable, Iterator, Optional
 
 import torch
@@ -89,6 +91,7 @@ def is_inplace(name: str) -> bool:
 _SHORT_PREFIXES = (("torch.nn.functional.", "F."), ("torch.", ""), ("Tensor.", "."))
 
 
+@functools.lru_cache(maxsize=4096)
 def short_name(name: str) -> str:
     """How an op name reads in logs: ``torch.add`` -> ``add``, ``Tensor.sum`` -> ``.sum``."""
     for prefix, short in _SHORT_PREFIXES:

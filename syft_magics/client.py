@@ -8,13 +8,14 @@ issued it.
 """
 from __future__ import annotations
 
+import itertools
 import linecache
 import os
 import sys
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
@@ -74,6 +75,9 @@ class Client:
         self._free_queue = self._link.free_queue
         self._origins: Dict[int, Tuple[str, Optional[Tuple[str, int]]]] = {}
         self._pointers: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
+        # result ids: 128 bits, unique without a system call per op (a random prefix per session, a counter)
+        prefix, counter = os.urandom(8), itertools.count(1)
+        self._new_id = lambda: prefix + next(counter).to_bytes(8, "big")
         self._link.on_error = lambda header: self.events.emit(
             "error", seq=header.get("s"), code=header.get("code"), message=str(header.get("msg")))
         _LIVE.add(self)
@@ -115,7 +119,7 @@ class Client:
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"send() takes a torch.Tensor, not {type(tensor).__name__}")
         tags = tuple(check_tag(t) for t in tags)
-        oid = os.urandom(16)
+        oid = self._new_id()
         seq = self._link.next_seq()
         self._origins[seq] = ("send", _user_site())
         self._link.send(encode({"t": "send", "s": seq, "id": oid, "x": tensor.detach(), "tags": list(tags)}))
@@ -176,7 +180,7 @@ class Client:
         link.expect(seq)
         answered = False
         try:
-            link.send(encode(header))
+            link.send(encode(header), flush=True)
             reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
             if reply["t"] == "pending":
                 n = reply.get("n")
@@ -258,14 +262,14 @@ class Client:
         if not inplace and not has_tensors(template):
             return _build(self, template, iter(()), pointers)
         out: List[Optional[bytes]] = []
-        _out_ids(template, out)
+        _out_ids(template, out, self._new_id)
         seq = self._link.next_seq()
         origins = self._origins
         origins[seq] = (name, _user_site())
         if len(origins) > 200_000:
             for old in list(origins)[:100_000]:
                 del origins[old]
-        self._link.send(encode({"t": "op", "s": seq, "f": name, "a": wire_args, "k": wire_kwargs, "o": out}))
+        self._link.send(encode({"t": "op", "s": seq, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": out}))
         result = _build(self, template, iter(out), pointers)
         self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p._id for p in pointers),
                          out=tuple(o for o in out if o is not None))
@@ -273,7 +277,8 @@ class Client:
 
     def _run_remote(self, name: str, wire_args: Any, wire_kwargs: Any) -> Any:
         """A data-dependent op: the worker runs it and says what came out."""
-        reply = self._request({"t": "op", "f": name, "a": wire_args, "k": wire_kwargs, "o": [], "m": True}, op=name)
+        reply = self._request({"t": "op", "f": name, "a": list(wire_args), "k": wire_kwargs, "o": [], "m": True},
+                              op=name)
         return _build_described(self, reply["r"])
 
     # -- pointer bookkeeping ----------------------------------------------------------------
@@ -350,7 +355,7 @@ def _walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) 
     t = type(obj)
     if t is PointerTensor:
         pointers.append(obj)
-        return Ref(obj._id), ("P", obj._sig)
+        return obj._ref, ("P", obj._sig)
     if t in _SCALARS:
         return obj, (t, obj)
     if t is tuple or t is list:
@@ -402,13 +407,13 @@ def _to_meta(obj: Any, memo: Dict[int, torch.Tensor], found: List[torch.Tensor],
     return obj
 
 
-def _out_ids(template: tuple, out: List[Optional[bytes]]) -> None:
+def _out_ids(template: tuple, out: List[Optional[bytes]], new_id: Callable[[], bytes]) -> None:
     kind = template[0]
     if kind == "T":
-        out.append(os.urandom(16))
+        out.append(new_id())
     elif kind == "C":
         for child in template[2]:
-            _out_ids(child, out)
+            _out_ids(child, out, new_id)
     else:
         out.append(None)
 

@@ -10,20 +10,29 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 
-@dataclass(frozen=True)
 class Event:
     """One thing that happened: ``kind`` (e.g. ``"command"``, ``"share"``, ``"free"``) and its fields."""
 
-    kind: str
-    time: float
-    data: Dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("kind", "time", "data")
+
+    def __init__(self, kind: str, time: float, data: Optional[Dict[str, Any]] = None) -> None:
+        self.kind = kind
+        self.time = time
+        self.data = data if data is not None else {}
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and (self.kind, self.time, self.data) == (other.kind, other.time, other.data)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Event(kind={self.kind!r}, time={self.time!r}, data={self.data!r})"
 
 
 Subscriber = Callable[[Event], None]

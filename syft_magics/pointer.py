@@ -18,6 +18,7 @@ from torch.overrides import get_default_nowrap_functions
 
 from .errors import OpNotAllowed
 from .allowlist import wire_name
+from .protocol import ref_ext
 
 if TYPE_CHECKING:
     from .client import Client
@@ -71,6 +72,7 @@ class PointerTensor(torch.Tensor):
                                                   requires_grad=requires_grad)
         ptr._client = client
         ptr._id = oid
+        ptr._ref = ref_ext(oid)
         ptr._tags = tags
         ptr._sig = (tuple(shape), dtype, requires_grad)
         ptr._handle = _Owned(client._free_queue, oid) if owned else None
@@ -166,8 +168,8 @@ class PointerTensor(torch.Tensor):
         if name is None:
             qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
             raise OpNotAllowed(f"{qual} cannot run on a pointer: it has no public torch name")
-        client = _first_pointer(args, kwargs)._client
-        return client._run(func, name, args, kwargs)
+        first = args[0] if args and type(args[0]) is PointerTensor else _first_pointer(args, kwargs)
+        return first._client._run(func, name, args, kwargs)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):

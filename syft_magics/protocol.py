@@ -18,6 +18,10 @@ code   Python value   payload
 8      complex        ``[real, imag]``
 =====  =============  ===================================================
 
+Pipelined messages may travel together as one ``batch``: ``[{"t": "batch", "n":
+[k0, k1, ...]}, header0, k0 frames, header1, k1 frames, ...]``; the worker handles
+them in order, each exactly as if it had come alone.
+
 Tensor bytes travel zero-copy: the sender hands ZeroMQ a view of the
 tensor's memory, the receiver wraps the received frame with
 ``torch.frombuffer``. The protocol version is agreed once, in the handshake.
@@ -25,6 +29,7 @@ tensor's memory, the receiver wraps the received frame with
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Callable, List, Optional, Sequence
 
 import msgpack
@@ -35,7 +40,7 @@ from .errors import ProtocolError
 PROTOCOL_VERSION = 1
 
 #: Message types a client sends.
-CLIENT_TYPES = ("hello", "auth", "op", "get", "send", "search", "free", "sync", "ping", "bye")
+CLIENT_TYPES = ("hello", "auth", "op", "get", "send", "search", "free", "sync", "ping", "bye", "batch")
 #: Message types a worker sends.
 WORKER_TYPES = ("challenge", "welcome", "ok", "err", "pending", "value", "pong", "bye")
 
@@ -51,6 +56,7 @@ DTYPES = {
     )
 }
 _DTYPE_NAMES = {d: n for n, d in DTYPES.items()}
+_ITEMSIZE = {d: d.itemsize for d in DTYPES.values()}
 
 #: Tensors smaller than this are copied out of the received frame, so the
 #: frame's memory can be released at once; larger ones are used in place.
@@ -75,6 +81,11 @@ class Ref:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+def ref_ext(oid: bytes) -> msgpack.ExtType:
+    """The packed form of ``Ref(oid)``, for senders that cache it (a pointer's id never changes)."""
+    return msgpack.ExtType(EXT_REF, oid)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -106,7 +117,7 @@ def tensor_from_buffer(buf: Any, dtype: torch.dtype, shape: Sequence[int]) -> to
     view = getattr(buf, "buffer", buf)
     if not isinstance(view, memoryview):
         view = memoryview(view)
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = _ITEMSIZE[dtype]
     if view.nbytes != numel * itemsize:
         raise ProtocolError(
             f"tensor frame holds {view.nbytes} bytes, but shape {list(shape)} of {dtype_name(dtype)} needs {numel * itemsize}"
@@ -122,7 +133,11 @@ def tensor_from_buffer(buf: Any, dtype: torch.dtype, shape: Sequence[int]) -> to
 
 
 class Encoder:
-    """Packs one header; tensors met on the way become frames in :attr:`frames`."""
+    """Packs one header; tensors met on the way become frames in :attr:`frames`.
+
+    One encoder per thread is reused by :func:`encode` (building a msgpack
+    ``Packer`` costs more than packing a small header).
+    """
 
     __slots__ = ("frames", "_packer")
 
@@ -170,11 +185,70 @@ class Encoder:
         raise ProtocolError(f"cannot send a value of type {type(obj).__name__} to a worker")
 
 
+_encoders = threading.local()
+
+
 def encode(header: dict) -> List[Any]:
     """``[packed header, *tensor frames]``, ready for ``send_multipart(copy=False)``."""
-    enc = Encoder()
-    packed = enc.pack(header)
-    return [packed, *enc.frames]
+    enc = getattr(_encoders, "enc", None)
+    if enc is None:
+        enc = _encoders.enc = Encoder()
+    try:
+        packed = enc.pack(header)
+        return [packed, *enc.frames]
+    except BaseException:
+        enc._packer.reset()
+        raise
+    finally:
+        enc.frames = []
+
+
+class _Decoder:
+    """Unpacks one message. A class rather than closures: a closure cycle would keep the
+    message's frames (possibly large) alive until the garbage collector runs."""
+
+    __slots__ = ("frames", "resolve")
+
+    def __init__(self, frames: Sequence[Any], resolve: Optional[Callable[[bytes], Any]]) -> None:
+        self.frames = frames
+        self.resolve = resolve
+
+    def unpack(self, data: Any) -> Any:
+        return msgpack.unpackb(data, ext_hook=self.ext_hook, raw=False, strict_map_key=True)
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_REF:
+            if len(data) != ID_BYTES:
+                raise ProtocolError(f"object id must be {ID_BYTES} bytes, got {len(data)}")
+            return self.resolve(bytes(data)) if self.resolve else Ref(bytes(data))
+        if code == EXT_TENSOR:
+            frames = self.frames
+            idx, dname, shape = msgpack.unpackb(data)
+            if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(frames):
+                raise ProtocolError(f"tensor refers to frame {idx!r}, message has {len(frames)}")
+            if dname not in DTYPES:
+                raise ProtocolError(f"unknown dtype {dname!r}")
+            if not isinstance(shape, list):
+                raise ProtocolError("tensor shape must be a list")
+            return tensor_from_buffer(frames[idx], DTYPES[dname], shape)
+        if code == EXT_TUPLE:
+            return tuple(self.unpack(data))
+        if code == EXT_SIZE:
+            return torch.Size(msgpack.unpackb(data))
+        if code == EXT_SLICE:
+            start, stop, step = self.unpack(data)
+            return slice(start, stop, step)
+        if code == EXT_ELLIPSIS:
+            return Ellipsis
+        if code == EXT_DTYPE:
+            name = bytes(data).decode()
+            if name not in DTYPES:
+                raise ProtocolError(f"unknown dtype {name!r}")
+            return DTYPES[name]
+        if code == EXT_COMPLEX:
+            re, im = msgpack.unpackb(data)
+            return complex(re, im)
+        raise ProtocolError(f"unknown extension type {code}")
 
 
 def decode(
@@ -189,48 +263,10 @@ def decode(
     """
     if not parts:
         raise ProtocolError("empty message")
-    frames = parts[1:]
-
-    def ext_hook(code: int, data: bytes) -> Any:
-        if code == EXT_REF:
-            if len(data) != ID_BYTES:
-                raise ProtocolError(f"object id must be {ID_BYTES} bytes, got {len(data)}")
-            return resolve(bytes(data)) if resolve else Ref(bytes(data))
-        if code == EXT_TENSOR:
-            idx, dname, shape = msgpack.unpackb(data)
-            if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(frames):
-                raise ProtocolError(f"tensor refers to frame {idx!r}, message has {len(frames)}")
-            if dname not in DTYPES:
-                raise ProtocolError(f"unknown dtype {dname!r}")
-            if not isinstance(shape, list):
-                raise ProtocolError("tensor shape must be a list")
-            return tensor_from_buffer(frames[idx], DTYPES[dname], shape)
-        if code == EXT_TUPLE:
-            return tuple(_unpack(data))
-        if code == EXT_SIZE:
-            return torch.Size(msgpack.unpackb(data))
-        if code == EXT_SLICE:
-            start, stop, step = _unpack(data)
-            return slice(start, stop, step)
-        if code == EXT_ELLIPSIS:
-            return Ellipsis
-        if code == EXT_DTYPE:
-            name = bytes(data).decode()
-            if name not in DTYPES:
-                raise ProtocolError(f"unknown dtype {name!r}")
-            return DTYPES[name]
-        if code == EXT_COMPLEX:
-            re, im = msgpack.unpackb(data)
-            return complex(re, im)
-        raise ProtocolError(f"unknown extension type {code}")
-
-    def _unpack(data: Any) -> Any:
-        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=True)
-
     head = parts[0]
     head = head.bytes if hasattr(head, "bytes") else head
     try:
-        header = _unpack(head)
+        header = _Decoder(parts[1:], resolve).unpack(head)
     except ProtocolError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as exc:

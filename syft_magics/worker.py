@@ -415,40 +415,39 @@ class Worker:
 
     def _guarded(self, router: zmq.Socket, parts: List[zmq.Frame]) -> None:
         ident = parts[0].bytes
-        seq = None
-        try:
-            if len(parts) < 2:
-                raise ProtocolError("message has no header")
-            reply = self._handle(ident, parts)
-            if reply is not None:
-                router.send_multipart([ident, *reply], copy=False)
-        except Exception as exc:  # the worker survives anything a client sends
-            seq = getattr(exc, "seq", None)
-            code = exc.code if isinstance(exc, _Reject) else "protocol" if isinstance(exc, ProtocolError) else "error"
-            extra = exc.extra if isinstance(exc, _Reject) else {}
-            try:
-                router.send_multipart([ident, *encode({"t": "err", "s": seq, "code": code, **extra,
-                                                       "etype": type(exc).__name__, "msg": str(exc)})])
-            except Exception:
-                pass
+        reply = self._answer(ident, parts[1:]) if len(parts) > 1 else \
+            _error_reply(ProtocolError("message has no header"))
+        if type(reply) is _Replies:
+            for one in reply:
+                router.send_multipart([ident, *one], copy=False)
+        elif reply is not None:
+            router.send_multipart([ident, *reply], copy=False)
 
-    def _handle(self, ident: bytes, parts: List[zmq.Frame]) -> Optional[List[Any]]:
+    def _answer(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
+        """The reply to one message (``[header, *frames]``): its handler's, or an error; never raises."""
+        try:
+            return self._handle(ident, parts, batched)
+        except Exception as exc:  # the worker survives anything a client sends
+            return _error_reply(exc)
+
+    def _handle(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
         session = self._sessions.get(ident)
         if session is None:
             return self._handshake(ident, parts)
         session.last_seen = time.monotonic()
         used: List[Entry] = []
-        resolve = self._resolver(session, used)
         try:
-            header = decode(parts[1:], resolve)
+            header = decode(parts, self._resolver(session, used))
         except Exception as exc:
             # unreadable arguments (e.g. a freed input): answer with the seq, poison the op's results
-            peek = _peek(parts[1])
+            peek = _peek(parts[0])
             exc.seq = peek.get("s")
             if peek.get("t") == "op" and isinstance(peek.get("o"), list):
                 self._fail(session, str(peek.get("f")), peek["o"], used, exc, time.perf_counter())
             raise
         kind = header["t"]
+        if kind == "batch" and not batched:
+            return self._on_batch(ident, header, parts[1:])
         seq = header.get("s")
         handler = self._HANDLERS.get(kind)
         if handler is None:
@@ -458,6 +457,20 @@ class Worker:
         except Exception as exc:
             exc.seq = seq
             raise
+
+    def _on_batch(self, ident: bytes, header: dict, frames: List[Any]) -> "_Replies":
+        """Pipelined messages sent together: ``n`` says how many frames follow each header."""
+        counts = field(header, "n", list)
+        if any(type(c) is not int or c < 0 for c in counts) or len(counts) + sum(counts) != len(frames):
+            raise ProtocolError(f"batch of {len(counts)} messages does not match its {len(frames)} frames")
+        replies = _Replies()
+        i = 0
+        for count in counts:
+            reply = self._answer(ident, frames[i:i + 1 + count], batched=True)
+            i += 1 + count
+            if reply is not None:
+                replies.append(reply)
+        return replies
 
     def _resolver(self, session: Session, used: List[Entry]) -> Callable[[bytes], Any]:
         store = self.store
@@ -478,7 +491,7 @@ class Worker:
 
     # -- handshake ---------------------------------------------------------------
     def _handshake(self, ident: bytes, parts: List[zmq.Frame]) -> List[Any]:
-        header = decode(parts[1:])
+        header = decode(parts)
         kind = header["t"]
         if kind == "hello":
             version = header.get("v")
@@ -486,7 +499,7 @@ class Worker:
                 raise _Reject("version", f"{self.name} speaks protocol {PROTOCOL_VERSION}, the client {version!r}; "
                                          "install the same syft_magics version on both sides")
             nonce = auth.new_nonce()
-            peer = _peer_address(parts[1])
+            peer = _peer_address(parts[0])
             self._handshakes[ident] = (nonce, {**header, "peer": peer}, time.monotonic())
             return encode({"t": "challenge", "nonce": nonce, "instance": self.instance, "name": self.name})
         if kind == "auth":
@@ -727,6 +740,21 @@ def _written_args(name: str, fn: Callable, args: Any, kwargs: dict) -> List[Any]
         if flag is not None and flag is not False and flag is not inspect.Parameter.empty:
             written.append(given.get(param))
     return written
+
+
+class _Replies(list):
+    """The replies to the messages of one batch, in order."""
+
+
+def _error_reply(exc: Exception) -> List[Any]:
+    """The ``err`` message for a failed message: a code the client maps to an exception, and the text."""
+    code = exc.code if isinstance(exc, _Reject) else "protocol" if isinstance(exc, ProtocolError) else "error"
+    extra = exc.extra if isinstance(exc, _Reject) else {}
+    try:
+        return encode({"t": "err", "s": getattr(exc, "seq", None), "code": code, **extra,
+                       "etype": type(exc).__name__, "msg": str(exc)})
+    except Exception:
+        return encode({"t": "err", "s": None, "code": "error", "etype": "Exception", "msg": "unprintable error"})
 
 
 def _flatten(result: Any) -> List[Any]:
