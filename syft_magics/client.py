@@ -12,7 +12,6 @@ import itertools
 import linecache
 import os
 import sys
-import threading
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -28,8 +27,8 @@ from .errors import (AuthenticationError, GetTimeout, OpNotAllowed, PermissionDe
                      ReadOnlyError, RemoteError, ReplyTimeout, TagError, UnknownObject, UnknownWorker,
                      CrossWorkerError, WorkerUnreachable)
 from .events import EventStream
-from .pointer import PointerTensor, _Owned
-from .protocol import DTYPES, Ref, encode
+from .pointer import PointerTensor
+from .protocol import DTYPES, encode
 from .store import check_tag
 
 _SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))

@@ -26,10 +26,10 @@ from . import auth, discovery
 from ._session import Session
 from .allowlist import Allowlist, is_inplace, short_name
 from .config import defaults
-from .errors import PortInUse, ProtocolError, SyftError, TagError
+from .errors import PortInUse, ProtocolError, TagError
 from .events import EventStream
 from .policy import ALLOW, DENY, GetRequest, Policy, RequestBook, make_policy
-from .protocol import PROTOCOL_VERSION, Ref, decode, encode, field
+from .protocol import PROTOCOL_VERSION, decode, encode, field
 from .store import OWNER, Entry, ObjectStore, Registry, check_tag, new_id
 
 #: Live workers of this process, so re-running a cell restarts instead of failing.

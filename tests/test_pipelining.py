@@ -117,3 +117,78 @@ def test_an_error_inside_a_long_pipeline(seed):
     with pytest.raises(sm.RemoteError, match="out of bounds"):
         client.sync()
     assert torch.equal(y.get(), X + 2000)
+
+
+def wait_until(condition, timeout: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+def test_queued_ops_reach_the_worker_soon_without_any_sync(seed):
+    """Ops travel in batches, but one left alone is still sent within defaults.flush_interval."""
+    bob, client = seed
+    x = client.search("#X")[0]
+    before = bob.stats["commands"]
+    z = x * 3
+    assert wait_until(lambda: bob.stats["commands"] == before + 1, timeout=2.0)
+    assert z.id_at_location in bob.objects
+
+
+def test_ops_a_get_and_frees_travel_as_one_message(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    client.sync()
+    batches = bob.events.totals["command"]
+    zs = [x + i for i in range(5)]
+    del zs[:2]  # two frees queued behind the ops
+    assert torch.equal(zs[-1].get(), X + 4)
+    assert bob.events.totals["command"] == batches + 5
+    assert wait_until(lambda: bob.events.totals["free"] >= 1)
+    assert len([e for e in bob.objects.values() if e.origin != "owner"]) == 3
+
+
+def test_a_failing_op_inside_a_batch_does_not_stop_the_ops_after_it(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    a = x + 1
+    bad = x[torch.tensor([10])]
+    b = a * 2
+    with pytest.raises(sm.RemoteError, match="__getitem__"):
+        client.sync()
+    assert torch.equal(b.get(), (X + 1) * 2)
+    with pytest.raises(sm.RemoteError, match="came from an op that failed"):
+        bad.get()
+
+
+def test_a_local_tensor_changed_after_the_op_was_issued_does_not_change_the_op(seed):
+    """Queued ops keep a copy of small local tensors: the batch leaves later, the values are those of the call."""
+    bob, client = seed
+    x = client.search("#X")[0]
+    local = torch.ones(5)
+    z = x + local
+    local.mul_(100)
+    assert torch.equal(z.get(), X + 1)
+
+
+def test_a_malformed_batch_gets_an_error_and_the_worker_keeps_serving(seed, make_client):
+    from syft_magics.protocol import encode
+
+    bob, client = seed
+    link = client._link
+    with link.lock:
+        link._sock.send_multipart([*encode({"t": "batch", "n": [0, 5]}), *encode({"t": "sync", "s": 999})])
+    with pytest.raises(sm.ProtocolError, match="batch of 2 messages does not match its 1 frames"):
+        client.sync()
+    nested = [*encode({"t": "batch", "n": [0]}), *encode({"t": "batch", "n": []})]
+    with link.lock:
+        link._sock.send_multipart(nested)
+    with pytest.raises(sm.ProtocolError, match="unknown message type 'batch'"):
+        client.sync()
+    assert torch.equal(client.search("#X")[0].get(), X)
+    assert bob.running

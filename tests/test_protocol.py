@@ -215,3 +215,24 @@ def test_no_pickle_eval_or_exec_in_the_package_source(module):
                     r"\bmarshal\b", r"(?<![\w.])eval\(", r"(?<![\w.])exec\(", r"torch\.load\(",
                     r"allow_pickle\s*=\s*True", r"__import__\(", r"importlib"):
         assert not re.search(pattern, code), f"{module} matches {pattern!r}"
+
+
+def test_decoding_releases_the_frames_without_waiting_for_the_garbage_collector():
+    """A received frame must be freed as soon as nothing uses it (large frames are whole tensors)."""
+    import gc
+    import weakref
+
+    class Frame(bytearray):
+        pass
+
+    head, frame = P.encode({"t": "value", "x": torch.arange(4.0)})
+    buf = Frame(bytes(frame))
+    alive = weakref.ref(buf)
+    gc.disable()
+    try:
+        header = P.decode([head, buf])
+        del buf
+        assert torch.equal(header["x"], torch.arange(4.0))
+        assert alive() is None
+    finally:
+        gc.enable()
