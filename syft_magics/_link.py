@@ -42,8 +42,9 @@ class Link:
         self.errors: List[dict] = []
         self.on_error: Callable[[dict], None] = lambda header: None
         self.free_queue: Deque[bytes] = deque()
-        self._batch: List[Any] = []  # the parts of queued messages, one after the other
-        self._batch_counts: List[int] = []  # how many frames follow each queued header
+        self._batch_heads: List[bytes] = []  # the headers of queued messages
+        self._batch_frames: List[Any] = []  # their tensor frames, one message after the other
+        self._batch_counts: List[int] = []  # how many frames each queued message has
         self._batch_bytes = 0
         self._due = threading.Event()  # set when a batch starts: the background thread sends it soon
         self.broken: Optional[SyftError] = None
@@ -51,6 +52,7 @@ class Link:
         self.instance = ""
         self.policy = "?"
         self.last_pong = time.monotonic()
+        self._next_ping = 0.0
         self._seq = 0
         self._awaited: set = set()
         self._abandoned: set = set()
@@ -134,8 +136,8 @@ class Link:
         with self.lock:
             if not big:
                 # small frames are copied now: the caller may change the tensor before the batch leaves
-                self._batch.append(parts[0])
-                self._batch.extend(p if type(p) is bytes else bytes(p) for p in parts[1:])
+                self._batch_heads.append(parts[0])
+                self._batch_frames.extend(p if type(p) is bytes else bytes(p) for p in parts[1:])
                 self._batch_counts.append(len(parts) - 1)
                 self._batch_bytes += sum(len(p) for p in parts)
                 if not flush and len(self._batch_counts) < _BATCH_MESSAGES and self._batch_bytes < _BATCH_BYTES:
@@ -152,22 +154,25 @@ class Link:
 
     def _flush(self, deadline: float, big: Optional[List[Any]] = None) -> Optional[zmq.MessageTracker]:
         """Send queued frees and messages (then ``big``, if given) as one message; call with ``lock`` held."""
+        heads, frames, counts = self._batch_heads, self._batch_frames, self._batch_counts
+        # frees go after the queued ops: an op queued before a pointer died may still use its object
         while self.free_queue:
             ids = []
             while self.free_queue and len(ids) < 4096:
                 ids.append(self.free_queue.popleft())
-            self._batch.append(encode({"t": "free", "ids": ids})[0])
-            self._batch_counts.append(0)
+            heads.append(encode({"t": "free", "ids": ids})[0])
+            counts.append(0)
         if big is not None:
-            self._batch.extend(big)
-            self._batch_counts.append(len(big) - 1)
-        counts, parts = self._batch_counts, self._batch
-        self._batch, self._batch_counts, self._batch_bytes = [], [], 0
+            heads.append(big[0])
+            frames.extend(big[1:])
+            counts.append(len(big) - 1)
+        self._batch_heads, self._batch_frames, self._batch_counts, self._batch_bytes = [], [], [], 0
         if not counts:
             return None
-        if len(counts) > 1:
-            parts = [*encode({"t": "batch", "n": counts}), *parts]
-        return self._send_parts(parts, deadline)
+        if len(counts) == 1:
+            return self._send_parts([heads[0], *frames], deadline)
+        # one frame for all the headers, then every tensor frame: ZeroMQ's cost is per frame
+        return self._send_parts([*encode({"t": "batch", "m": heads, "n": counts}), *frames], deadline)
 
     def _wait_tracker(self, tracker: zmq.MessageTracker, deadline: float) -> None:
         # the tensor's memory must not change until ZeroMQ has let go of it; while the worker is
@@ -222,15 +227,28 @@ class Link:
                 if seq in self.replies:
                     continue
                 try:
+                    self._ping_if_due(now)  # the background thread leaves the socket to the waiter
                     if self._sock.poll(min(deadline - now, 0.05) * 1000):
                         self._drain()
                 except zmq.ZMQError as exc:
                     self._lost(exc)
 
-    def _drain(self) -> None:
-        while True:
+    def _ping_if_due(self, now: float) -> None:
+        """Send a heartbeat when one is due (call with ``lock`` held)."""
+        # after a "bye" keep asking: a worker restarted at the address answers "unknown
+        # session", which turns WorkerStopped into the more useful WorkerRestarted
+        if now >= self._next_ping and (self.broken is None or isinstance(self.broken, WorkerStopped)):
             try:
-                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                self._sock.send_multipart(encode({"t": "ping", "s": None}), zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._next_ping = now + defaults.heartbeat_interval
+
+    def _drain(self) -> None:
+        sock = self._sock
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
@@ -297,7 +315,6 @@ class Link:
 
     # -- background ----------------------------------------------------------------
     def _background(self) -> None:
-        next_ping = 0.0
         while not self._stop.is_set():
             if self._due.wait(defaults.free_interval):
                 # a batch started: give the caller a moment to add to it (or send it with a request)
@@ -305,27 +322,28 @@ class Link:
                 self._due.clear()
             if self._stop.is_set():
                 return
-            now = time.monotonic()
-            with self.lock:
+            # a caller that holds the lock is waiting for a reply: it sent the batch and keeps the
+            # heartbeat going itself, so never queue behind it
+            if not self.lock.acquire(blocking=False):
+                continue
+            try:
                 if self._closed:
                     return
+                now = time.monotonic()
+                if (self._batch_counts or self.free_queue) and self.broken is None:
+                    self._flush(now + defaults.reply_timeout)
+                self._ping_if_due(now)
+                self._drain()
+            except (zmq.Again, WorkerUnreachable):
+                pass
+            except zmq.ZMQError as exc:
                 try:
-                    if (self._batch_counts or self.free_queue) and self.broken is None:
-                        self._flush(now + defaults.reply_timeout)
-                    # after a "bye" keep asking: a worker restarted at the address answers "unknown
-                    # session", which turns WorkerStopped into the more useful WorkerRestarted
-                    if now >= next_ping and (self.broken is None or isinstance(self.broken, WorkerStopped)):
-                        self._sock.send_multipart(encode({"t": "ping", "s": None}), zmq.NOBLOCK)
-                        next_ping = now + defaults.heartbeat_interval
-                    self._drain()
-                except (zmq.Again, WorkerUnreachable):
+                    self._lost(exc)
+                except Exception:
                     pass
-                except zmq.ZMQError as exc:
-                    try:
-                        self._lost(exc)
-                    except Exception:
-                        pass
-                    return
+                return
+            finally:
+                self.lock.release()
 
     # -- closing -------------------------------------------------------------------
     def close(self, say_bye: bool = True) -> None:
@@ -339,7 +357,7 @@ class Link:
             if say_bye and self.broken is None:
                 try:
                     self._sock.setsockopt(zmq.LINGER, 500)
-                    self._batch.append(encode({"t": "bye"})[0])
+                    self._batch_heads.append(encode({"t": "bye"})[0])
                     self._batch_counts.append(0)
                     self._flush(time.monotonic())
                 except (zmq.ZMQError, SyftError):

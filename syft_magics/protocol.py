@@ -9,7 +9,8 @@ closed set of msgpack extension types, never pickle:
 code   Python value   payload
 =====  =============  ===================================================
 1      ``Ref``        16-byte object id (a pointer argument)
-2      torch.Tensor   ``[frame index, dtype name, shape]``; bytes in frame
+2      torch.Tensor   ``[frame index, dtype name, shape]``, bytes in that frame;
+                      or ``[bytes, dtype name, shape]`` for small tensors, inline
 3      tuple          msgpack list
 4      slice          ``[start, stop, step]``
 5      Ellipsis       empty
@@ -18,9 +19,10 @@ code   Python value   payload
 8      complex        ``[real, imag]``
 =====  =============  ===================================================
 
-Pipelined messages may travel together as one ``batch``: ``[{"t": "batch", "n":
-[k0, k1, ...]}, header0, k0 frames, header1, k1 frames, ...]``; the worker handles
-them in order, each exactly as if it had come alone.
+Pipelined messages may travel together as one ``batch``: ``[{"t": "batch", "m":
+[header0, header1, ...], "n": [k0, k1, ...]}, k0 frames of message 0, k1 frames of
+message 1, ...]`` (the headers packed, as bytes); the worker handles them in order,
+each exactly as if it had come alone.
 
 Tensor bytes travel zero-copy: the sender hands ZeroMQ a view of the
 tensor's memory, the receiver wraps the received frame with
@@ -57,6 +59,9 @@ DTYPES = {
 }
 _DTYPE_NAMES = {d: n for n, d in DTYPES.items()}
 _ITEMSIZE = {d: d.itemsize for d in DTYPES.values()}
+
+#: Tensors up to this size travel inside the header (one frame less to send and receive).
+INLINE_MAX_BYTES = 16 << 10
 
 #: Tensors smaller than this are copied out of the received frame, so the
 #: frame's memory can be released at once; larger ones are used in place.
@@ -109,8 +114,17 @@ def tensor_buffer(t: torch.Tensor) -> Any:
     return t.reshape(-1).view(torch.uint8).numpy()
 
 
-def tensor_from_buffer(buf: Any, dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:
-    """Wrap a received frame (or bytes) as a tensor; zero-copy for large frames."""
+def _small_bytes(t: torch.Tensor) -> bytes:
+    """A copy of a small tensor's bytes, in row-major order."""
+    try:
+        return t.detach().numpy().tobytes()
+    except (TypeError, RuntimeError):  # bfloat16, conjugate or negative views, other devices
+        return bytes(tensor_buffer(t))
+
+
+def tensor_from_buffer(buf: Any, dtype: torch.dtype, shape: Sequence[int], owned: bool = False) -> torch.Tensor:
+    """Wrap a received frame (or bytes) as a tensor; zero-copy for large frames, and for
+    ``owned`` buffers (used by nothing else)."""
     if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in shape):
         raise ProtocolError(f"bad tensor shape {list(shape)!r}")
     numel = math.prod(shape)
@@ -127,7 +141,7 @@ def tensor_from_buffer(buf: Any, dtype: torch.dtype, shape: Sequence[int]) -> to
     if view.readonly:
         view = memoryview(bytearray(view))
     t = torch.frombuffer(view, dtype=dtype).view(tuple(shape))
-    if view.nbytes < ZERO_COPY_MIN_BYTES:
+    if view.nbytes < ZERO_COPY_MIN_BYTES and not owned:
         t = t.clone()
     return t
 
@@ -155,9 +169,11 @@ class Encoder:
         if isinstance(obj, Ref):
             return msgpack.ExtType(EXT_REF, obj.id)
         if isinstance(obj, torch.Tensor):
+            name = dtype_name(obj.dtype)
+            if obj.numel() * obj.element_size() <= INLINE_MAX_BYTES:
+                return msgpack.ExtType(EXT_TENSOR, msgpack.packb([_small_bytes(obj), name, list(obj.shape)]))
             self.frames.append(tensor_buffer(obj))
-            meta = [len(self.frames) - 1, dtype_name(obj.dtype), list(obj.shape)]
-            return msgpack.ExtType(EXT_TENSOR, msgpack.packb(meta))
+            return msgpack.ExtType(EXT_TENSOR, msgpack.packb([len(self.frames) - 1, name, list(obj.shape)]))
         if isinstance(obj, torch.Size):
             return msgpack.ExtType(EXT_SIZE, msgpack.packb(list(obj)))
         if isinstance(obj, tuple):
@@ -224,6 +240,10 @@ class _Decoder:
         if code == EXT_TENSOR:
             frames = self.frames
             idx, dname, shape = msgpack.unpackb(data)
+            if type(idx) is bytes:
+                if dname not in DTYPES or not isinstance(shape, list):
+                    raise ProtocolError(f"bad inline tensor ({dname!r}, {shape!r})")
+                return tensor_from_buffer(bytearray(idx), DTYPES[dname], shape, owned=True)
             if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(frames):
                 raise ProtocolError(f"tensor refers to frame {idx!r}, message has {len(frames)}")
             if dname not in DTYPES:

@@ -28,7 +28,7 @@ from .allowlist import Allowlist, is_inplace, short_name
 from .config import defaults
 from .errors import PortInUse, ProtocolError, TagError
 from .events import EventStream
-from .policy import ALLOW, DENY, GetRequest, Policy, RequestBook, make_policy
+from .policy import ALLOW, DENY, GetRequest, OpenPolicy, Policy, RequestBook, make_policy
 from .protocol import PROTOCOL_VERSION, decode, encode, field
 from .store import OWNER, Entry, ObjectStore, Registry, check_tag, new_id
 
@@ -390,11 +390,9 @@ class Worker:
                 ready = dict(poller.poll(200))
                 if router in ready:
                     for _ in range(256):
-                        try:
-                            parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
+                        if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                             break
-                        self._guarded(router, parts)
+                        self._guarded(router, router.recv_multipart(zmq.NOBLOCK, copy=False))
                 if wake in ready:
                     while True:
                         try:
@@ -459,15 +457,17 @@ class Worker:
             raise
 
     def _on_batch(self, ident: bytes, header: dict, frames: List[Any]) -> "_Replies":
-        """Pipelined messages sent together: ``n`` says how many frames follow each header."""
+        """Pipelined messages sent together: headers ``m``, and ``n``, how many of the frames are each one's."""
+        heads = field(header, "m", list)
         counts = field(header, "n", list)
-        if any(type(c) is not int or c < 0 for c in counts) or len(counts) + sum(counts) != len(frames):
-            raise ProtocolError(f"batch of {len(counts)} messages does not match its {len(frames)} frames")
+        if (len(heads) != len(counts) or any(type(h) is not bytes for h in heads)
+                or any(type(c) is not int or c < 0 for c in counts) or sum(counts) != len(frames)):
+            raise ProtocolError(f"batch of {len(heads)} messages does not match its {len(frames)} frames")
         replies = _Replies()
         i = 0
-        for count in counts:
-            reply = self._answer(ident, frames[i:i + 1 + count], batched=True)
-            i += 1 + count
+        for head, count in zip(heads, counts):
+            reply = self._answer(ident, [head, *frames[i:i + count]], batched=True)
+            i += count
             if reply is not None:
                 replies.append(reply)
         return replies
@@ -613,6 +613,8 @@ class Worker:
         entry.last_access = time.time()
         if (session.ident, oid) in self._grants:
             self._grants.discard((session.ident, oid))
+            return self._value(session, seq, entry)
+        if type(self.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
             return self._value(session, seq, entry)
         req_fields = dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
                           lineage=self.store.lineage(entry), tags=entry.tags)
@@ -786,7 +788,7 @@ def _peer_address(frame: zmq.Frame) -> str:
 def _peek(frame: zmq.Frame) -> dict:
     """The plain fields of a header whose arguments could not be decoded."""
     try:
-        header = msgpack.unpackb(frame.bytes, ext_hook=lambda c, d: None, raw=False)
+        header = msgpack.unpackb(getattr(frame, "bytes", frame), ext_hook=lambda c, d: None, raw=False)
         return header if isinstance(header, dict) else {}
     except Exception:
         return {}

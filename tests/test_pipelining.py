@@ -182,10 +182,11 @@ def test_a_malformed_batch_gets_an_error_and_the_worker_keeps_serving(seed, make
     bob, client = seed
     link = client._link
     with link.lock:
-        link._sock.send_multipart([*encode({"t": "batch", "n": [0, 5]}), *encode({"t": "sync", "s": 999})])
+        sync = encode({"t": "sync", "s": 999})[0]
+        link._sock.send_multipart([*encode({"t": "batch", "m": [sync, sync], "n": [0, 5]}), b"frame"])
     with pytest.raises(sm.ProtocolError, match="batch of 2 messages does not match its 1 frames"):
         client.sync()
-    nested = [*encode({"t": "batch", "n": [0]}), *encode({"t": "batch", "n": []})]
+    nested = encode({"t": "batch", "m": [encode({"t": "batch", "m": [], "n": []})[0]], "n": [0]})
     with link.lock:
         link._sock.send_multipart(nested)
     with pytest.raises(sm.ProtocolError, match="unknown message type 'batch'"):

@@ -56,10 +56,15 @@ def test_tensors_of_every_supported_dtype_round_trip_bit_exact(name):
     else:
         t = torch.tensor([0, 1, 7, 100], dtype=dtype)
     parts = P.encode({"t": "value", "x": t})
-    assert len(parts) == 2, "a tensor travels as its own frame, not inside the header"
+    assert len(parts) == 1, "a small tensor travels inside the header"
     back = P.decode(parts)["x"]
     assert back.dtype == dtype and back.shape == t.shape
     assert torch.equal(back, t)
+    big = t.repeat(P.INLINE_MAX_BYTES // (t.numel() * t.element_size()) + 1)
+    parts = P.encode({"t": "value", "x": big})
+    assert len(parts) == 2, "a larger tensor travels as its own frame"
+    back = P.decode(parts)["x"]
+    assert back.dtype == dtype and torch.equal(back, big)
 
 
 @pytest.mark.parametrize("t", [
@@ -79,9 +84,9 @@ def test_tensor_layouts_round_trip(t):
 
 
 def test_many_tensors_nested_in_tuples_lists_and_maps_keep_their_frames_apart():
-    a, b, c = torch.ones(2), torch.zeros(3, dtype=torch.int8), torch.tensor(True)
+    a, b, c = torch.ones(8192), torch.zeros(3 * 8192, dtype=torch.int8), torch.tensor(True)
     parts = P.encode({"t": "op", "a": (a, [b, {"c": c}])})
-    assert len(parts) == 4
+    assert len(parts) == 3, "a and b in frames, c (small) inline"
     got = P.decode(parts)["a"]
     assert isinstance(got, tuple) and torch.equal(got[0], a) and torch.equal(got[1][0], b)
     assert torch.equal(got[1][1]["c"], c)
@@ -96,7 +101,7 @@ def test_unsupported_values_and_dtypes_are_refused_when_encoding():
 
 def test_large_received_tensor_shares_the_frame_memory_small_one_is_copied():
     big = torch.arange(P.ZERO_COPY_MIN_BYTES // 4 * 2, dtype=torch.float32)
-    small = torch.arange(8, dtype=torch.float32)
+    small = torch.arange(P.INLINE_MAX_BYTES // 4 * 2, dtype=torch.float32)  # in a frame, but small
     parts = P.encode({"t": "value", "big": big, "small": small})
     frames = [parts[0]] + [bytearray(memoryview(f).cast("B")) for f in parts[1:]]
     got = P.decode(frames)
@@ -225,14 +230,15 @@ def test_decoding_releases_the_frames_without_waiting_for_the_garbage_collector(
     class Frame(bytearray):
         pass
 
-    head, frame = P.encode({"t": "value", "x": torch.arange(4.0)})
+    t = torch.arange(P.INLINE_MAX_BYTES / 2)  # a frame of its own, copied out on receipt
+    head, frame = P.encode({"t": "value", "x": t})
     buf = Frame(bytes(frame))
     alive = weakref.ref(buf)
     gc.disable()
     try:
         header = P.decode([head, buf])
         del buf
-        assert torch.equal(header["x"], torch.arange(4.0))
+        assert torch.equal(header["x"], t)
         assert alive() is None
     finally:
         gc.enable()
