@@ -46,7 +46,7 @@ class Link:
         self._batch_frames: List[Any] = []  # their tensor frames, one message after the other
         self._batch_counts: List[int] = []  # how many frames each queued message has
         self._batch_bytes = 0
-        self._due = threading.Event()  # set when a batch starts: the background thread sends it soon
+        self._batch_started = 0.0  # when the first message of the queued batch came
         self.broken: Optional[SyftError] = None
         self.worker_name = "?"
         self.instance = ""
@@ -126,8 +126,9 @@ class Link:
         """Queue one message for the worker; ``flush=True`` sends it, and everything queued, now.
 
         Pipelined messages (ops, small sends) travel together as one ``batch``: with the next
-        request that waits for an answer, when the batch is full, or from the background thread
-        within ``defaults.flush_interval``. Large tensors go at once, zero-copy, and this call
+        request that waits for an answer, when the batch is full or ``defaults.flush_interval``
+        old, or from the background thread (within that interval while the link is busy, within
+        ``defaults.free_interval`` after a pause). Large tensors go at once, zero-copy, and this call
         returns only when ZeroMQ has let go of their memory (so the caller may change it again).
         """
         self.check()
@@ -140,9 +141,12 @@ class Link:
                 self._batch_frames.extend(p if type(p) is bytes else bytes(p) for p in parts[1:])
                 self._batch_counts.append(len(parts) - 1)
                 self._batch_bytes += sum(len(p) for p in parts)
-                if not flush and len(self._batch_counts) < _BATCH_MESSAGES and self._batch_bytes < _BATCH_BYTES:
-                    if len(self._batch_counts) == 1:
-                        self._due.set()
+                if len(self._batch_counts) == 1:
+                    self._batch_started = time.monotonic()
+                    if not flush:
+                        return
+                elif not flush and len(self._batch_counts) < _BATCH_MESSAGES and self._batch_bytes < _BATCH_BYTES \
+                        and time.monotonic() - self._batch_started < defaults.flush_interval:
                     return
             deadline = time.monotonic() + defaults.reply_timeout
             try:
@@ -315,12 +319,11 @@ class Link:
 
     # -- background ----------------------------------------------------------------
     def _background(self) -> None:
-        while not self._stop.is_set():
-            if self._due.wait(defaults.free_interval):
-                # a batch started: give the caller a moment to add to it (or send it with a request)
-                self._stop.wait(defaults.flush_interval)
-                self._due.clear()
-            if self._stop.is_set():
+        while True:
+            # tick often while ops are being queued, so a batch never waits long for its request;
+            # rarely when the link is idle (no wake-up per op: that would slow every round trip)
+            active = self._batch_counts or time.monotonic() - self._batch_started < 1.0
+            if self._stop.wait(defaults.flush_interval if active else defaults.free_interval):
                 return
             # a caller that holds the lock is waiting for a reply: it sent the batch and keeps the
             # heartbeat going itself, so never queue behind it
@@ -350,7 +353,6 @@ class Link:
         if self._closed:
             return
         self._stop.set()
-        self._due.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
         with self.lock:

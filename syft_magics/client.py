@@ -121,7 +121,9 @@ class Client:
         oid = self._new_id()
         seq = self._link.next_seq()
         self._origins[seq] = ("send", _user_site())
-        self._link.send(encode({"t": "send", "s": seq, "id": oid, "x": tensor.detach(), "tags": list(tags)}))
+        # a tagged tensor is meant to be found, perhaps by another client: send it now
+        self._link.send(encode({"t": "send", "s": seq, "id": oid, "x": tensor.detach(), "tags": list(tags)}),
+                        flush=bool(tags))
         ptr = PointerTensor(self, oid, tuple(tensor.shape), tensor.dtype, owned=True, tags=tags)
         self.events.emit("send", id=oid, shape=tuple(tensor.shape))
         return ptr

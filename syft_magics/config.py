@@ -25,9 +25,10 @@ class Defaults:
     heartbeat_timeout: float = 10.0
     #: How often the client's background thread sends queued frees.
     free_interval: float = 0.05
-    #: Pipelined ops wait at most this long (s) in the client's batch before they are sent
-    #: (a request that waits, such as ``.get()``, sends them at once).
-    flush_interval: float = 0.002
+    #: Pipelined ops wait about this long (s) in the client's batch before they are sent (up to
+    #: ``free_interval`` for the first op after a pause); a request that waits, such as ``.get()``,
+    #: sends them at once.
+    flush_interval: float = 0.005
     #: Largest single message the worker accepts, in bytes.
     max_message_bytes: int = 8 << 30
     #: Thread switch interval (s) set while a worker runs, so it answers while the owner's
