@@ -23,11 +23,14 @@ from .errors import (AuthenticationError, ProtocolError, ReplyTimeout, SessionEx
                      WorkerRestarted, WorkerStopped, WorkerUnreachable)
 from .protocol import PROTOCOL_VERSION, decode, encode
 
-#: Frames at least this large are sent zero-copy and tracked until ZeroMQ releases them.
-_TRACK_BYTES = zmq.COPY_THRESHOLD
+#: Frames at least this large are sent zero-copy and tracked until ZeroMQ releases them; smaller ones
+#: are copied when queued (one memcpy costs less than waiting for ZeroMQ to let go of the memory).
+_TRACK_BYTES = 8 << 20
+#: ``Client.send`` of a tensor this large waits for the worker's acknowledgement instead.
+LARGE_SEND_BYTES = _TRACK_BYTES
 #: A batch of pipelined messages leaves when it holds this many messages or bytes.
 _BATCH_MESSAGES = 256
-_BATCH_BYTES = 1 << 20
+_BATCH_BYTES = 8 << 20
 
 
 class Link:
@@ -122,41 +125,42 @@ class Link:
         self._seq += 1
         return self._seq
 
-    def send(self, parts: List[Any], *, flush: bool = False) -> None:
+    def send(self, parts: List[Any], *, flush: bool = False, awaited: bool = False) -> None:
         """Queue one message for the worker; ``flush=True`` sends it, and everything queued, now.
 
         Pipelined messages (ops, small sends) travel together as one ``batch``: with the next
         request that waits for an answer, when the batch is full or ``defaults.flush_interval``
         old, or from the background thread (within that interval while the link is busy, within
-        ``defaults.free_interval`` after a pause). Large tensors go at once, zero-copy, and this call
-        returns only when ZeroMQ has let go of their memory (so the caller may change it again).
+        ``defaults.free_interval`` after a pause). Large tensors go at once, zero-copy; this call
+        then returns only when ZeroMQ has let go of their memory (so the caller may change it
+        again), unless the caller will wait for the worker's reply (``awaited``), which proves it.
         """
         self.check()
         big = not self._copy and any(len(p) >= _TRACK_BYTES for p in parts[1:])
         tracker = None
         with self.lock:
             if not big:
-                # small frames are copied now: the caller may change the tensor before the batch leaves
+                # smaller frames are copied now: the caller may change the tensor before the batch leaves
                 self._batch_heads.append(parts[0])
                 self._batch_frames.extend(p if type(p) is bytes else bytes(p) for p in parts[1:])
                 self._batch_counts.append(len(parts) - 1)
                 self._batch_bytes += sum(len(p) for p in parts)
-                if len(self._batch_counts) == 1:
+                queued = len(self._batch_counts)
+                if queued == 1:
                     self._batch_started = time.monotonic()
-                    if not flush:
-                        return
-                elif not flush and len(self._batch_counts) < _BATCH_MESSAGES and self._batch_bytes < _BATCH_BYTES \
-                        and time.monotonic() - self._batch_started < defaults.flush_interval:
+                if not flush and queued < _BATCH_MESSAGES and self._batch_bytes < _BATCH_BYTES and \
+                        (queued == 1 or time.monotonic() - self._batch_started < defaults.flush_interval):
                     return
             deadline = time.monotonic() + defaults.reply_timeout
             try:
-                tracker = self._flush(deadline, parts if big else None)
+                tracker = self._flush(deadline, parts if big else None, track=big and not awaited)
             except zmq.ZMQError as exc:
                 self._lost(exc)
         if tracker is not None:
             self._wait_tracker(tracker, deadline)
 
-    def _flush(self, deadline: float, big: Optional[List[Any]] = None) -> Optional[zmq.MessageTracker]:
+    def _flush(self, deadline: float, big: Optional[List[Any]] = None,
+               track: bool = False) -> Optional[zmq.MessageTracker]:
         """Send queued frees and messages (then ``big``, if given) as one message; call with ``lock`` held."""
         heads, frames, counts = self._batch_heads, self._batch_frames, self._batch_counts
         # frees go after the queued ops: an op queued before a pointer died may still use its object
@@ -174,9 +178,9 @@ class Link:
         if not counts:
             return None
         if len(counts) == 1:
-            return self._send_parts([heads[0], *frames], deadline)
+            return self._send_parts([heads[0], *frames], deadline, track)
         # one frame for all the headers, then every tensor frame: ZeroMQ's cost is per frame
-        return self._send_parts([*encode({"t": "batch", "m": heads, "n": counts}), *frames], deadline)
+        return self._send_parts([*encode({"t": "batch", "m": heads, "n": counts}), *frames], deadline, track)
 
     def _wait_tracker(self, tracker: zmq.MessageTracker, deadline: float) -> None:
         # the tensor's memory must not change until ZeroMQ has let go of it; while the worker is
@@ -193,8 +197,7 @@ class Link:
                         f"{self.worker_name} at {self.address} did not take the message (no answer for "
                         f"{now - self.last_pong:.0f} s): is the worker still running?") from None
 
-    def _send_parts(self, parts: List[Any], deadline: float) -> Optional[zmq.MessageTracker]:
-        track = not self._copy and any(len(p) >= _TRACK_BYTES for p in parts[1:])
+    def _send_parts(self, parts: List[Any], deadline: float, track: bool = False) -> Optional[zmq.MessageTracker]:
         while True:
             try:
                 if self._copy:

@@ -20,7 +20,7 @@ import torch
 
 from . import discovery
 from ._inference import REMOTE, has_tensors, infer
-from ._link import Link
+from ._link import LARGE_SEND_BYTES, Link
 from .allowlist import is_inplace, short_name
 from .config import defaults
 from .errors import (AuthenticationError, GetTimeout, OpNotAllowed, PermissionDenied, PointerFreed, ProtocolError,
@@ -119,11 +119,17 @@ class Client:
             raise TypeError(f"send() takes a torch.Tensor, not {type(tensor).__name__}")
         tags = tuple(check_tag(t) for t in tags)
         oid = self._new_id()
-        seq = self._link.next_seq()
-        self._origins[seq] = ("send", _user_site())
-        # a tagged tensor is meant to be found, perhaps by another client: send it now
-        self._link.send(encode({"t": "send", "s": seq, "id": oid, "x": tensor.detach(), "tags": list(tags)}),
-                        flush=bool(tags))
+        header = {"t": "send", "id": oid, "x": tensor.detach(), "tags": list(tags)}
+        if tensor.numel() * tensor.element_size() >= LARGE_SEND_BYTES:
+            # sent zero-copy: the worker's acknowledgement says when the tensor may change again
+            header["ack"] = True
+            self._request(header, op="send")
+        else:
+            seq = self._link.next_seq()
+            header["s"] = seq
+            self._origins[seq] = ("send", _user_site())
+            # a tagged tensor is meant to be found, perhaps by another client: send it now
+            self._link.send(encode(header), flush=bool(tags))
         ptr = PointerTensor(self, oid, tuple(tensor.shape), tensor.dtype, owned=True, tags=tags)
         self.events.emit("send", id=oid, shape=tuple(tensor.shape))
         return ptr
@@ -181,7 +187,7 @@ class Client:
         link.expect(seq)
         answered = False
         try:
-            link.send(encode(header), flush=True)
+            link.send(encode(header), flush=True, awaited=True)
             reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
             if reply["t"] == "pending":
                 n = reply.get("n")

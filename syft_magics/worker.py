@@ -690,7 +690,7 @@ class Worker:
         self.stats["bytes_in"] += tensor.numel() * tensor.element_size()
         self.store.put(Entry(oid, tensor, tags=tags, origin=session.label, session=session.ident, op=""))
         self.events.emit("command", client=session.label, op="send", inputs=(), out=[oid], duration=0.0, status="ok")
-        return None
+        return encode({"t": "ok", "s": header.get("s")}) if header.get("ack") else None
 
     def _on_search(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         tags = field(header, "tags", list)

@@ -299,8 +299,13 @@ def test_a_killed_worker_process_is_reported_and_leaves_a_stale_file(tmp_path, m
             (x + 1).get()
         assert time.monotonic() - start < 8
         start = time.monotonic()
-        with pytest.raises(sm.WorkerUnreachable, match="is the worker still running"):
-            client.send(torch.zeros(1 << 20))  # a zero-copy send waits for the socket to let go of it
+        with pytest.raises(sm.WorkerUnreachable, match="stopped answering"):
+            client.send(torch.zeros(2 << 20))  # a large send waits for the worker's acknowledgement
+        assert time.monotonic() - start < 8
+        client.send(torch.zeros(4))  # a small one is queued: the next sync point says the worker is gone
+        start = time.monotonic()
+        with pytest.raises(sm.WorkerUnreachable, match="stopped answering"):
+            client.sync()
         assert time.monotonic() - start < 8
         # the connection file it could not remove names a dead process
         with pytest.raises(sm.StaleConnectionFile, match=str(proc.pid)):

@@ -193,3 +193,15 @@ def test_a_malformed_batch_gets_an_error_and_the_worker_keeps_serving(seed, make
         client.sync()
     assert torch.equal(client.search("#X")[0].get(), X)
     assert bob.running
+
+
+@pytest.mark.parametrize("nbytes", [64, 1 << 20, 8 << 20], ids=["inline", "copied-1MiB", "zero-copy-8MiB"])
+def test_a_tensor_changed_right_after_send_returns_arrives_as_it_was(make_worker, make_client, nbytes):
+    """send() may keep a view of the tensor (large ones go zero-copy over TCP): once it returns, the
+    caller may change the tensor and the worker still has the values of the call."""
+    bob = make_worker("Bob", policy="open")
+    client = make_client(bob.address)  # TCP, where large frames are not copied
+    local = torch.ones(nbytes // 4)
+    ptr = client.send(local)
+    local.fill_(7)
+    assert torch.equal(ptr.get(), torch.ones(nbytes // 4))
