@@ -24,9 +24,9 @@ from .errors import (AuthenticationError, ProtocolError, ReplyTimeout, SessionEx
 from .protocol import PROTOCOL_VERSION, decode, encode
 
 #: Frames at least this large are sent zero-copy and tracked until ZeroMQ releases them; smaller ones
-#: are copied when queued (one memcpy costs less than waiting for ZeroMQ to let go of the memory).
+#: are copied when queued (measured: a memcpy costs less than waiting for ZeroMQ to let go, up to 8 MiB).
 _TRACK_BYTES = 8 << 20
-#: ``Client.send`` of a tensor this large waits for the worker's acknowledgement instead.
+#: ``Client.send`` of a tensor this large goes zero-copy and waits for the worker's acknowledgement.
 LARGE_SEND_BYTES = _TRACK_BYTES
 #: A batch of pipelined messages leaves when it holds this many messages or bytes.
 _BATCH_MESSAGES = 256
@@ -137,9 +137,10 @@ class Link:
         """
         self.check()
         big = not self._copy and any(len(p) >= _TRACK_BYTES for p in parts[1:])
+        now = awaited or big  # goes as it is, after the queued batch
         tracker = None
         with self.lock:
-            if not big:
+            if not now:
                 # smaller frames are copied now: the caller may change the tensor before the batch leaves
                 self._batch_heads.append(parts[0])
                 self._batch_frames.extend(p if type(p) is bytes else bytes(p) for p in parts[1:])
@@ -153,15 +154,15 @@ class Link:
                     return
             deadline = time.monotonic() + defaults.reply_timeout
             try:
-                tracker = self._flush(deadline, parts if big else None, track=big and not awaited)
+                tracker = self._flush(deadline, parts if now else None, track=big and not awaited)
             except zmq.ZMQError as exc:
                 self._lost(exc)
         if tracker is not None:
             self._wait_tracker(tracker, deadline)
 
-    def _flush(self, deadline: float, big: Optional[List[Any]] = None,
+    def _flush(self, deadline: float, last: Optional[List[Any]] = None,
                track: bool = False) -> Optional[zmq.MessageTracker]:
-        """Send queued frees and messages (then ``big``, if given) as one message; call with ``lock`` held."""
+        """Send queued messages and frees (then ``last``, if given) as one message; call with ``lock`` held."""
         heads, frames, counts = self._batch_heads, self._batch_frames, self._batch_counts
         # frees go after the queued ops: an op queued before a pointer died may still use its object
         while self.free_queue:
@@ -170,10 +171,10 @@ class Link:
                 ids.append(self.free_queue.popleft())
             heads.append(encode({"t": "free", "ids": ids})[0])
             counts.append(0)
-        if big is not None:
-            heads.append(big[0])
-            frames.extend(big[1:])
-            counts.append(len(big) - 1)
+        if last is not None:
+            heads.append(last[0])
+            frames.extend(last[1:])
+            counts.append(len(last) - 1)
         self._batch_heads, self._batch_frames, self._batch_counts, self._batch_bytes = [], [], [], 0
         if not counts:
             return None
