@@ -21,6 +21,7 @@ from . import auth
 from .config import defaults
 from .errors import (AuthenticationError, ProtocolError, ReplyTimeout, SessionExpired, SyftError,
                      WorkerRestarted, WorkerStopped, WorkerUnreachable)
+from ._sockets import readable, recv_parts, send_parts
 from .protocol import PROTOCOL_VERSION, decode, encode
 
 #: Frames at least this large are sent zero-copy and tracked until ZeroMQ releases them; smaller ones
@@ -201,10 +202,7 @@ class Link:
     def _send_parts(self, parts: List[Any], deadline: float, track: bool = False) -> Optional[zmq.MessageTracker]:
         while True:
             try:
-                if self._copy:
-                    return self._sock.send_multipart(parts, zmq.NOBLOCK, copy=True)
-                return self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False, track=track) if track else \
-                    self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                return send_parts(self._sock, parts, copy=self._copy, track=track and not self._copy)
             except zmq.Again:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.broken is not None:
@@ -254,9 +252,9 @@ class Link:
 
     def _drain(self) -> None:
         sock = self._sock
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while readable(sock):
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = recv_parts(sock)
             except zmq.Again:
                 return
             try:

@@ -24,6 +24,7 @@ import zmq
 
 from . import auth, discovery
 from ._session import Session
+from ._sockets import readable, recv_parts, send_parts
 from .allowlist import Allowlist, is_inplace, short_name
 from .config import defaults
 from .errors import PortInUse, ProtocolError, TagError
@@ -426,9 +427,9 @@ class Worker:
                 if router in ready:
                     with _switch_interval.serving():
                         for _ in range(256):
-                            if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                            if not readable(router):
                                 break
-                            self._guarded(router, router.recv_multipart(zmq.NOBLOCK, copy=False))
+                            self._guarded(router, recv_parts(router))
                 if wake in ready:
                     while True:
                         try:
@@ -453,9 +454,9 @@ class Worker:
             _error_reply(ProtocolError("message has no header"))
         if type(reply) is _Replies:
             for one in reply:
-                router.send_multipart([ident, *one], copy=False)
+                send_parts(router, [ident, *one], flags=0)
         elif reply is not None:
-            router.send_multipart([ident, *reply], copy=False)
+            send_parts(router, [ident, *reply], flags=0)
 
     def _answer(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
         """The reply to one message (``[header, *frames]``): its handler's, or an error; never raises."""
