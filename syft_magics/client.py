@@ -144,7 +144,7 @@ class Client:
         approval_timeout = timeout if timeout is not None else defaults.approval_timeout
         while True:
             reply = self._request({"t": "get", "id": ptr._id}, timeout, approval_timeout=approval_timeout,
-                                  what=_label(ptr))
+                                  what=ptr)
             if reply["t"] == "value":
                 self.events.emit("get", id=ptr._id)
                 return reply["x"]
@@ -178,7 +178,7 @@ class Client:
 
     # -- requests that wait ---------------------------------------------------------------
     def _request(self, header: dict, timeout: Optional[float] = None, *, approval_timeout: float = 0.0,
-                 what: str = "", op: Optional[str] = None) -> dict:
+                 what: Optional[PointerTensor] = None, op: Optional[str] = None) -> dict:
         link = self._link
         seq = link.next_seq()
         header["s"] = seq
@@ -191,7 +191,7 @@ class Client:
             reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
             if reply["t"] == "pending":
                 n = reply.get("n")
-                print(f"waiting for {self.name} to approve request #{n} (get of {what})", flush=True)
+                print(f"waiting for {self.name} to approve request #{n} (get of {_label(what)})", flush=True)
                 self.events.emit("waiting", n=n)
                 try:
                     reply = link.wait(seq, approval_timeout)
@@ -339,7 +339,9 @@ def _dtype(name: str) -> torch.dtype:
         raise ProtocolError(f"unknown dtype {name!r} from the worker") from None
 
 
-def _label(ptr: PointerTensor) -> str:
+def _label(ptr: Optional[PointerTensor]) -> str:
+    if ptr is None:
+        return "a value"
     return " ".join(ptr._tags) if ptr._tags else ptr._id.hex()[:8]
 
 

@@ -607,9 +607,11 @@ class Worker:
             self._fail(session, name, out, used, exc, t0)
             raise exc
         made = []
+        now = time.time()
         for oid, leaf in zip(out, leaves):
             if oid is not None and isinstance(leaf, torch.Tensor):
-                self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs))
+                self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
+                                     created=now, last_access=now))
                 made.append(oid)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=made,
                          duration=time.perf_counter() - t0, status="ok")
@@ -755,9 +757,22 @@ def _signature(fn: Callable) -> Optional[inspect.Signature]:
     return sig
 
 
+_NEVER_WRITES: Dict[Tuple[str, Any], bool] = {}
+
+
 def _written_args(name: str, fn: Callable, args: Any, kwargs: dict) -> List[Any]:
     """The arguments an op writes into: its first for in-place ops (``add_``, ``__setitem__``), the
     input of ``F.relu(x, inplace=True)`` and the like, running statistics of ``F.batch_norm``..."""
+    try:
+        never = _NEVER_WRITES[(name, fn)]
+    except KeyError:
+        sig = _signature(fn)
+        never = _NEVER_WRITES[(name, fn)] = not is_inplace(name) and (
+            sig is None or ("inplace" not in sig.parameters and name.rsplit(".", 1)[-1] not in _WRITES_WHEN))
+    except TypeError:  # an unhashable callable
+        never = False
+    if never:
+        return []
     if is_inplace(name):
         return [args[0]] if args else list(kwargs.values())[:1]
     sig = _signature(fn)
