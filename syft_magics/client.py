@@ -93,8 +93,13 @@ class Client:
 
     @property
     def pointers(self) -> List[PointerTensor]:
-        """The live pointers this client made or found (for panels and inspection)."""
-        return list(self._pointers.values())
+        """The live pointers this client made or found (for panels and inspection).
+
+        Safe to read from another thread (a panel's timer) while pointers are being made: the
+        weak references are copied in one step before they are followed.
+        """
+        refs = list(self._pointers.data.values())
+        return [p for p in (ref() for ref in refs) if p is not None]
 
     def search(self, *tags: Union[str, Iterable[str]]) -> SearchResult:
         """Pointers to the owner's objects carrying all of ``tags`` (``"#X"``, or a list of tags)."""
@@ -203,6 +208,7 @@ class Client:
             link.done(seq, abandoned=not answered)
         self._settled(seq)
         if reply["t"] == "err":
+            self.events.emit("error", seq=seq, code=reply.get("code"), message=str(reply.get("msg")))
             raise self._error(reply)
         return reply
 

@@ -702,7 +702,8 @@ class Worker:
         except TagError as exc:
             raise _Reject("bad_tag", str(exc)) from None
         found = self.store.search(tags)
-        self.events.emit("search", client=session.label, tags=tags, found=len(found))
+        self.events.emit("search", client=session.label, session=session.short, tags=tags, found=len(found),
+                         ids=[e.id for e in found])
         return encode({"t": "ok", "s": header.get("s"), "all_tags": self.store.all_tags(),
                        "r": [[e.id, list(e.shape), e.dtype, list(e.tags)] for e in found]})
 

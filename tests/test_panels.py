@@ -159,6 +159,8 @@ def test_deny_button_with_a_reason_raises_permission_denied(review_seed, panels)
     getter.join()
     assert isinstance(getter.error, sm.PermissionDenied) and "too revealing" in str(getter.error)
     assert bob.requests[1].status == "denied" and bob.requests[1].reason == "too revealing"
+    errors = client.events.of_kind("error")
+    assert errors and errors[-1]["code"] == "denied", "the scientist's panel hears of the denial"
     assert "too revealing" in wp.history.value
     # a second click on a decided request says so instead of raising
     wp.approve(1)

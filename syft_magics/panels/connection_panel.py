@@ -230,7 +230,7 @@ class ConnectionPanel(widgets.VBox, LivePanel):
                 obj.origin = "send"
         if e.kind == "waiting":
             self._waiting[i] = (d.get("n"), e.time)
-        elif e.kind in ("get", "op", "search", "send", "delete", "disconnect"):
+        elif e.kind in ("get", "op", "search", "send", "delete", "disconnect", "error"):
             # the main thread moved on: the .get() that waited has returned (or raised)
             self._waiting.pop(i, None)
 
@@ -458,25 +458,8 @@ def _appender(ops: Any, others: Any) -> Any:
 
 
 def _pointers_of(client: Any) -> List[Any]:
-    """The client's live pointers, read safely while the user's thread makes new ones.
-
-    ``client.pointers`` iterates a ``WeakValueDictionary`` in Python, which a concurrent insert can
-    break ("dictionary changed size"); copying its underlying dict is one C call, so it cannot.
-    """
-    refs = getattr(client._pointers, "data", None)
-    if isinstance(refs, dict):
-        out = []
-        for ref in list(refs.values()):
-            p = ref()
-            if p is not None:
-                out.append(p)
-        return out
-    for _ in range(10):  # pragma: no cover - another mapping than WeakValueDictionary
-        try:
-            return client.pointers
-        except RuntimeError:
-            continue
-    return []
+    """The client's live pointers (``Client.pointers`` is safe to read from the panel's timer)."""
+    return client.pointers
 
 
 def _obj_label(obj: _Obj) -> str:
