@@ -34,9 +34,6 @@ class Defaults:
     #: Thread switch interval (s) set while a worker runs, so it answers while the owner's
     #: notebook computes; None leaves the interpreter's setting alone (see worker._SwitchInterval).
     switch_interval: Optional[float] = 0.00025
-    #: Shorter still while the worker's thread handles messages (torch releases the GIL inside each
-    #: op, and getting it back from a busy notebook costs up to one interval); None: no change.
-    serving_switch_interval: Optional[float] = 0.0001
     #: Commands kept in a worker's recent-events ring.
     event_history: int = 500
 

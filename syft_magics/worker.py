@@ -51,20 +51,18 @@ class _SwitchInterval:
 
     The serving thread needs the GIL to answer; while the owner's notebook runs
     pure Python, it gets it only every switch interval (5 ms by default), which
-    would add up to 5 ms to each request. A shorter interval
-    (``defaults.switch_interval``, 0.25 ms) bounds that delay, and a shorter one
-    still while messages are handled (:meth:`serving`). The cost is more frequent
-    thread switches while requests arrive: the owner's own pure-Python code runs
-    5-15% slower while it is being served, not otherwise (a thread blocked on its
-    socket does not ask for the GIL). The previous value is restored when the last
-    worker stops.
+    would add up to 5 ms to each request (more: the serving thread gives the GIL
+    up again in each socket call and torch op). A shorter interval
+    (``defaults.switch_interval``, 0.25 ms) bounds each of those waits. The cost
+    is more frequent thread switches while requests arrive: the owner's own
+    pure-Python code runs 5-15% slower while it is being served, not otherwise (a
+    thread blocked on its socket does not ask for the GIL). The previous value is
+    restored when the last worker stops.
     """
 
     def __init__(self) -> None:
         self._users = 0
         self._saved: Optional[float] = None
-        self._serving = 0
-        self._before_serving: Optional[float] = None
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
@@ -81,37 +79,6 @@ class _SwitchInterval:
             if self._users == 0 and self._saved is not None:
                 sys.setswitchinterval(self._saved)
                 self._saved = None
-
-    def serving(self) -> "_Serving":
-        """While a serving thread handles messages, an even shorter interval
-        (``defaults.serving_switch_interval``): torch releases the GIL inside every op, and each time
-        the serving thread would otherwise wait up to a whole interval to get it back from a busy
-        notebook. Only the time spent handling messages pays for the extra switches."""
-        return _Serving(self)
-
-
-class _Serving:
-    __slots__ = ("_owner",)
-
-    def __init__(self, owner: _SwitchInterval) -> None:
-        self._owner = owner
-
-    def __enter__(self) -> None:
-        owner = self._owner
-        with owner._lock:
-            owner._serving += 1
-            wanted = defaults.serving_switch_interval
-            if owner._serving == 1 and wanted and sys.getswitchinterval() > wanted:
-                owner._before_serving = sys.getswitchinterval()
-                sys.setswitchinterval(wanted)
-
-    def __exit__(self, *exc: object) -> None:
-        owner = self._owner
-        with owner._lock:
-            owner._serving -= 1
-            if owner._serving == 0 and owner._before_serving is not None:
-                sys.setswitchinterval(owner._before_serving)
-                owner._before_serving = None
 
 
 _switch_interval = _SwitchInterval()
@@ -425,11 +392,10 @@ class Worker:
             while self._running:
                 ready = dict(poller.poll(200))
                 if router in ready:
-                    with _switch_interval.serving():
-                        for _ in range(256):
-                            if not readable(router):
-                                break
-                            self._guarded(router, recv_parts(router))
+                    for _ in range(256):
+                        if not readable(router):
+                            break
+                        self._guarded(router, recv_parts(router))
                 if wake in ready:
                     while True:
                         try:
