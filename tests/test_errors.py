@@ -14,6 +14,8 @@ import torch
 import syft_magics as sm
 from syft_magics import config, discovery
 
+from helpers import wait_until
+
 X = torch.tensor([1.0, 2, 3, 4, 5])
 
 
@@ -23,15 +25,6 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def dead_pid() -> int:

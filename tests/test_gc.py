@@ -13,16 +13,9 @@ import torch
 
 import syft_magics as sm
 
+from helpers import wait_until
+
 X = torch.tensor([1.0, 2, 3, 4, 5])
-
-
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_ten_thousand_temporaries_leave_the_store_at_baseline(seed):

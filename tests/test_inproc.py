@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
 
 import syft_magics as sm
 from syft_magics import config
+
+from helpers import wait_until
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 
@@ -19,15 +20,6 @@ def bob(make_worker):
     worker.share(X.clone(), "#X")
     worker.share(torch.ones(5), "#Y")
     return worker
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_connect_to_a_worker_object_uses_inproc(bob, make_client):

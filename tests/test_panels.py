@@ -13,6 +13,7 @@ import pytest
 import torch
 from IPython.core.error import UsageError
 
+import helpers
 import syft_magics as sm
 from syft_magics.panels import ConnectionPanel, WorkerPanel
 from syft_magics.panels import graph as G
@@ -22,14 +23,9 @@ from syft_magics.panels._refresh import REFRESHER
 pytestmark = pytest.mark.timeout(120)
 
 
-def wait_until(cond, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not met within {timeout} s")
+def wait_until(cond, timeout: float = 5.0, what: str = "condition") -> None:
+    if not helpers.wait_until(cond, timeout):
+        raise AssertionError(f"{what} not met within {timeout} s")
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import pytest
 
 import syft_magics as sm
 
+from helpers import wait_until
+
 X = torch.tensor([1.0, 2, 3, 4, 5])
 
 
@@ -117,17 +119,6 @@ def test_an_error_inside_a_long_pipeline(seed):
     with pytest.raises(sm.RemoteError, match="out of bounds"):
         client.sync()
     assert torch.equal(y.get(), X + 2000)
-
-
-def wait_until(condition, timeout: float = 5.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def test_queued_ops_reach_the_worker_soon_without_any_sync(seed):

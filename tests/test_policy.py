@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -10,16 +9,9 @@ import torch
 import syft_magics as sm
 from syft_magics.policy import ALLOW, DENY, REVIEW, GetRequest, RequestBook, make_policy
 
+from helpers import wait_until
+
 X = torch.tensor([1.0, 2, 3, 4, 5])
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @pytest.fixture
