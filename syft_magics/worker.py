@@ -418,11 +418,13 @@ class Worker:
         ident = parts[0].bytes
         reply = self._answer(ident, parts[1:]) if len(parts) > 1 else \
             _error_reply(ProtocolError("message has no header"))
-        if type(reply) is _Replies:
-            for one in reply:
+        try:
+            for one in (reply if type(reply) is _Replies else () if reply is None else (reply,)):
                 send_parts(router, [ident, *one], flags=0)
-        elif reply is not None:
-            send_parts(router, [ident, *reply], flags=0)
+        except zmq.ContextTerminated:
+            raise
+        except Exception:  # a reply that cannot go out is dropped; the worker serves on
+            pass
 
     def _answer(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
         """The reply to one message (``[header, *frames]``): its handler's, or an error; never raises."""
