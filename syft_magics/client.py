@@ -74,9 +74,7 @@ class Client:
         self._free_queue = self._link.free_queue
         self._origins: Dict[int, Tuple[str, Optional[Tuple[str, int]]]] = {}
         self._pointers: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
-        # result ids: 128 bits, unique without a system call per op (a random prefix per session, a counter)
-        prefix, counter = os.urandom(8), itertools.count(1)
-        self._new_id = lambda: prefix + next(counter).to_bytes(8, "big")
+        self._new_id = _id_source()
         self._link.on_error = lambda header: self.events.emit(
             "error", seq=header.get("s"), code=header.get("code"), message=str(header.get("msg")))
         _LIVE.add(self)
@@ -329,6 +327,17 @@ class _Discard:
     @staticmethod
     def append(item: Any) -> None:
         pass
+
+
+def _id_source() -> Callable[[], bytes]:
+    """Fresh 128-bit result ids without a system call per op: a counter, scrambled by a bijection of
+    64-bit integers (so short ids read differently in logs and panels), then a random per-session half."""
+    session, key, counter = os.urandom(8), int.from_bytes(os.urandom(8), "big"), itertools.count(1)
+
+    def new_id() -> bytes:
+        return (((next(counter) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) ^ key).to_bytes(8, "big") + session
+
+    return new_id
 
 
 def _user() -> str:

@@ -196,3 +196,13 @@ def test_a_tensor_changed_right_after_send_returns_arrives_as_it_was(make_worker
     ptr = client.send(local)
     local.fill_(7)
     assert torch.equal(ptr.get(), torch.ones(nbytes // 4))
+
+
+def test_result_ids_are_unique_and_read_differently_when_shortened(seed, make_client):
+    """Ids come from a counter (no system call per op), yet the short ids in logs and panels differ."""
+    bob, client = seed
+    other = make_client("Bob")
+    x = client.search("#X")[0]
+    ids = [(x + i)._id for i in range(1000)] + [other.send(torch.ones(1))._id for _ in range(10)]
+    assert len(set(ids)) == len(ids) and all(len(i) == 16 for i in ids)
+    assert len({i.hex()[:8] for i in ids}) == len(ids)
