@@ -1,9 +1,15 @@
 """The client's end of one link to a worker: a DEALER socket and its threads.
 
-Threading: the socket is used under ``lock`` by two threads only, the caller's
-(sends ops, waits for replies) and a background thread (heartbeats, batched
-frees, reading replies nobody waits for). Replies are matched to requests by
-sequence number. Any thread may read a reply off the socket; it files it in
+Pipelined messages (ops, small sends, frees) are queued and leave together as
+one ``batch`` message: with the next request that waits, when the batch is
+full, or from the background thread shortly after.
+
+Threading: the socket and the batch are used under ``lock`` by the caller's
+thread (queues ops, sends requests, waits for replies) and a background thread
+(sends batches nobody flushed, heartbeats, reads replies nobody waits for; it
+never waits for the lock: a caller holding it is waiting for a reply and keeps
+the heartbeat going itself). Replies are matched to requests by sequence
+number. Any thread may read a reply off the socket; it files it in
 :attr:`replies` (awaited) or :attr:`errors` (failed pipelined ops).
 """
 from __future__ import annotations
