@@ -117,7 +117,7 @@ def tensor_buffer(t: torch.Tensor) -> Any:
 def _small_bytes(t: torch.Tensor) -> bytes:
     """A copy of a small tensor's bytes, in row-major order."""
     try:
-        return t.detach().numpy().tobytes()
+        return (t.detach() if t.requires_grad else t).numpy().tobytes()
     except (TypeError, RuntimeError):  # bfloat16, conjugate or negative views, other devices
         return bytes(tensor_buffer(t))
 
@@ -140,7 +140,9 @@ def tensor_from_buffer(buf: Any, dtype: torch.dtype, shape: Sequence[int], owned
         return torch.empty(tuple(shape), dtype=dtype)
     if view.readonly:
         view = memoryview(bytearray(view))
-    t = torch.frombuffer(view, dtype=dtype).view(tuple(shape))
+    t = torch.frombuffer(view, dtype=dtype)
+    if len(shape) != 1:  # (each torch call may give the GIL away: skip the ones not needed)
+        t = t.view(tuple(shape))
     if view.nbytes < ZERO_COPY_MIN_BYTES and not owned:
         t = t.clone()
     return t
