@@ -206,3 +206,17 @@ def test_result_ids_are_unique_and_read_differently_when_shortened(seed, make_cl
     ids = [(x + i)._id for i in range(1000)] + [other.send(torch.ones(1))._id for _ in range(10)]
     assert len(set(ids)) == len(ids) and all(len(i) == 16 for i in ids)
     assert len({i.hex()[:8] for i in ids}) == len(ids)
+
+
+@pytest.mark.parametrize("nbytes", [1 << 20, 12 << 20], ids=["copied-1MiB", "zero-copy-12MiB"])
+def test_a_local_tensor_in_an_op_changed_right_after_the_op_returns_does_not_change_it(make_worker, make_client,
+                                                                                        nbytes):
+    bob = make_worker("Bob", policy="open")
+    bob.share(torch.zeros(nbytes // 4), "#Z")
+    client = make_client(bob.address)
+    z = client.search("#Z")[0]
+    queued = z + 1  # waits in the batch; the large op below goes out with it
+    local = torch.ones(nbytes // 4)
+    total = queued + local
+    local.fill_(5)
+    assert torch.equal((total * 2).get(), torch.full((nbytes // 4,), 4.0))
