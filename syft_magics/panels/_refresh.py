@@ -15,9 +15,11 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-__all__ = ["Refresher", "REFRESHER", "TICK", "DUTY", "MAX_INTERVAL", "LivePanel"]
+from . import _html as H
+
+__all__ = ["Refresher", "REFRESHER", "TICK", "DUTY", "MAX_INTERVAL", "LivePanel", "close_tree"]
 
 TICK = 0.05  # how often the thread looks at the panels (s)
 DUTY = 0.02  # at most this share of the time is spent rendering one panel (under load)...
@@ -90,7 +92,8 @@ class LivePanel:
     """Throttle bookkeeping shared by the panels (a mix-in for an ipywidgets container).
 
     Subclasses implement ``_changed() -> bool`` (cheap: is there news?) and ``_render()``
-    (build and assign the widget values), and call :meth:`_start_live` / :meth:`_stop_live`.
+    (build and assign the widget values), have a ``footer`` HTML widget, and call
+    :meth:`_start_live` / :meth:`_stop_live`.
     """
 
     #: Never more than this many refreshes per second (5-10 is plenty for eyes).
@@ -99,6 +102,7 @@ class LivePanel:
     poll_interval = 1.0
 
     def _init_live(self) -> None:
+        self._closed = False
         self._live = False
         self._render_lock = threading.RLock()
         self._next_allowed = 0.0
@@ -165,5 +169,24 @@ class LivePanel:
     def _render(self, full: bool = True) -> None:  # pragma: no cover - overridden
         pass
 
-    def _broken(self, text: str) -> None:  # pragma: no cover - overridden
+    def _broken(self, text: str) -> None:
+        """The refresher gave up on this panel: stop, and show why in the footer."""
         self._live = False
+        try:
+            self.footer.value = f'<pre style="color:#c62828;font-size:11px">{H.esc(text)}</pre>'  # type: ignore
+        except Exception:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def close_tree(widget: Any) -> None:
+    """Close a widget and everything inside it."""
+    for child in list(getattr(widget, "children", ()) or ()):
+        close_tree(child)
+    try:
+        widget.close()
+    except Exception:
+        pass

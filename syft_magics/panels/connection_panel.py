@@ -20,7 +20,7 @@ from ..events import Event
 from . import _html as H
 from . import graph as G
 from ._names import find_names, user_namespace
-from ._refresh import LivePanel
+from ._refresh import LivePanel, close_tree
 
 __all__ = ["ConnectionPanel"]
 
@@ -76,7 +76,6 @@ class ConnectionPanel(widgets.VBox, LivePanel):
         self.client = client
         self.graph_nodes = graph_nodes
         self._namespace = namespace
-        self._closed = False
         # what the client's events append to (the user's thread: one call per event, no more): op events
         # in a ring as long as the records kept (older lineage could not be drawn anyway), the rest apart
         # (one pair of deques per client, holding the events themselves: no object is made per event, so
@@ -379,13 +378,6 @@ class ConnectionPanel(widgets.VBox, LivePanel):
                 + H.table(("name", "location", "id@loc", "shape", "dtype", "made by", "state"), rows,
                           empty="no pointers yet") + "</div>")
 
-    def _broken(self, text: str) -> None:
-        self._live = False
-        try:
-            self.footer.value = f'<pre style="color:#c62828;font-size:11px">{H.esc(text)}</pre>'
-        except Exception:
-            pass
-
     # -- lifecycle -----------------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop refreshing, unsubscribe and close the widgets."""
@@ -403,16 +395,9 @@ class ConnectionPanel(widgets.VBox, LivePanel):
                 self._shell.events.unregister("post_run_cell", self._after_cell)
             except ValueError:
                 pass
-        for child in [self.header, self.graph, self.pointers_html, self.footer, self.tabs]:
-            try:
-                child.close()
-            except Exception:
-                pass
+        for child in list(self.children):
+            close_tree(child)
         super().close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     # -- text -----------------------------------------------------------------------------------------------
     def text(self) -> str:

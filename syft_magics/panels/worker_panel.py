@@ -24,7 +24,7 @@ from ..events import Event
 from ..store import OWNER, Entry
 from . import _html as H
 from . import graph as G
-from ._refresh import LivePanel
+from ._refresh import LivePanel, close_tree
 
 __all__ = ["WorkerPanel"]
 
@@ -46,7 +46,6 @@ class WorkerPanel(widgets.VBox, LivePanel):
         self._init_live()
         self.worker = worker
         self.graph_nodes = graph_nodes
-        self._closed = False
         self._stopped = not worker.running
         # the log's ring, newest last: [event, row html, text]; rows are formatted when first shown
         self._log: Deque[Event] = deque(maxlen=log_rows)
@@ -364,7 +363,7 @@ class WorkerPanel(widgets.VBox, LivePanel):
         want = {r.n: r for r in pending}
         for n in [n for n in self._request_rows if n not in want]:
             row = self._request_rows.pop(n)
-            _close_tree(row)
+            close_tree(row)
         for n, req in want.items():
             if n not in self._request_rows:
                 self._request_rows[n] = self._request_row(req)
@@ -458,12 +457,8 @@ class WorkerPanel(widgets.VBox, LivePanel):
                                  empty="no clients connected")
 
     def _broken(self, text: str) -> None:
-        self._live = False
         self._note(f"panel stopped refreshing: {text.strip().splitlines()[-1]}", error=True)
-        try:
-            self.footer.value = f'<pre style="color:#c62828;font-size:11px">{H.esc(text)}</pre>'
-        except Exception:
-            pass
+        super()._broken(text)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -477,15 +472,11 @@ class WorkerPanel(widgets.VBox, LivePanel):
         except Exception:
             pass
         for row in list(self._request_rows.values()):
-            _close_tree(row)
+            close_tree(row)
         self._request_rows.clear()
         for child in list(self.children):
-            _close_tree(child)
+            close_tree(child)
         super().close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     # -- text, where no widget front end is present -------------------------------------------------
     def text(self) -> str:
@@ -539,13 +530,3 @@ def _is_hex(value: Any) -> bool:
         return len(str(value)) == 32
     except ValueError:
         return False
-
-
-def _close_tree(widget: Any) -> None:
-    """Close a widget and everything inside it."""
-    for child in list(getattr(widget, "children", ()) or ()):
-        _close_tree(child)
-    try:
-        widget.close()
-    except Exception:
-        pass
