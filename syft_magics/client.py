@@ -75,8 +75,7 @@ class Client:
         self._origins: Dict[int, Tuple[str, Optional[Tuple[str, int]]]] = {}
         self._pointers: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
         self._new_id = _id_source()
-        self._link.on_error = lambda header: self.events.emit(
-            "error", seq=header.get("s"), code=header.get("code"), message=str(header.get("msg")))
+        self._link.on_error = self._emit_error
         _LIVE.add(self)
 
     # -- public API ------------------------------------------------------------------
@@ -206,7 +205,7 @@ class Client:
             link.done(seq, abandoned=not answered)
         self._settled(seq)
         if reply["t"] == "err":
-            self.events.emit("error", seq=seq, code=reply.get("code"), message=str(reply.get("msg")))
+            self._emit_error(reply)
             raise self._error(reply)
         return reply
 
@@ -221,6 +220,10 @@ class Client:
             del self._origins[old]
         if error is not None:
             raise error
+
+    def _emit_error(self, header: dict) -> None:
+        """Tell subscribers (a panel) that the worker answered ``err``."""
+        self.events.emit("error", seq=header.get("s"), code=header.get("code"), message=str(header.get("msg")))
 
     def _error(self, header: dict, more: int = 0) -> Exception:
         code = header.get("code") or "error"
