@@ -30,11 +30,10 @@ from .errors import (AuthenticationError, ProtocolError, ReplyTimeout, SessionEx
 from ._sockets import readable, recv_parts, send_parts
 from .protocol import PROTOCOL_VERSION, decode, encode
 
-#: Frames at least this large are sent zero-copy and tracked until ZeroMQ releases them; smaller ones
-#: are copied when queued (measured: a memcpy costs less than waiting for ZeroMQ to let go, up to 8 MiB).
-_TRACK_BYTES = 8 << 20
-#: ``Client.send`` of a tensor this large goes zero-copy and waits for the worker's acknowledgement.
-LARGE_SEND_BYTES = _TRACK_BYTES
+#: Frames at least this large go zero-copy: tracked until ZeroMQ releases them, or acknowledged by the
+#: worker (``Client.send``); smaller ones are copied when queued (measured: a memcpy costs less than
+#: waiting for either, up to 8 MiB).
+LARGE_FRAME_BYTES = 8 << 20
 #: A batch of pipelined messages leaves when it holds this many messages or bytes.
 _BATCH_MESSAGES = 256
 _BATCH_BYTES = 8 << 20
@@ -143,7 +142,7 @@ class Link:
         again), unless the caller will wait for the worker's reply (``awaited``), which proves it.
         """
         self.check()
-        big = not self._copy and any(len(p) >= _TRACK_BYTES for p in parts[1:])
+        big = not self._copy and any(len(p) >= LARGE_FRAME_BYTES for p in parts[1:])
         now = awaited or big  # goes as it is, after the queued batch
         tracker = None
         with self.lock:

@@ -20,7 +20,7 @@ import torch
 
 from . import discovery
 from ._inference import REMOTE, has_tensors, infer
-from ._link import LARGE_SEND_BYTES, Link
+from ._link import LARGE_FRAME_BYTES, Link
 from .allowlist import is_inplace, short_name
 from .config import defaults
 from .errors import (AuthenticationError, GetTimeout, OpNotAllowed, PermissionDenied, PointerFreed, ProtocolError,
@@ -122,7 +122,7 @@ class Client:
         tags = tuple(check_tag(t) for t in tags)
         oid = self._new_id()
         header = {"t": "send", "id": oid, "x": tensor.detach(), "tags": list(tags)}
-        if tensor.numel() * tensor.element_size() >= LARGE_SEND_BYTES:
+        if tensor.numel() * tensor.element_size() >= LARGE_FRAME_BYTES:
             # sent zero-copy: the worker's acknowledgement says when the tensor may change again
             header["ack"] = True
             self._request(header, op="send")
