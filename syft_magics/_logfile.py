@@ -1,9 +1,9 @@
-"""``--log FILE``: one JSON line per command a worker receives."""
+"""A worker's command logs: ``--verbose`` lines on stdout and ``--log FILE`` JSON lines."""
 from __future__ import annotations
 
 import json
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from .events import Event
 
@@ -28,7 +28,7 @@ class CommandLog:
             "worker": self._worker.name,
             "client": data["client"],
             "op": data["op"],
-            "command": self._worker.describe_command(event),
+            "command": describe_command(self._worker, event),
             "inputs": [i.hex() for i in data.get("inputs", ())],
             "out": [o.hex() for o in data.get("out", ())],
             "duration_ms": round(data.get("duration", 0.0) * 1000, 3),
@@ -41,3 +41,27 @@ class CommandLog:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def describe_command(worker: "Worker", event: Event) -> str:
+    """How a command reads in logs: ``add(#X, #Y) -> 3f2a…``."""
+    data = event.data
+    labels = []
+    for oid in data.get("inputs", ()):
+        entry = worker.store.get(oid)
+        labels.append(entry.label if entry else oid.hex()[:8] + "…")
+    text = f"{data['op']}({', '.join(labels)})"
+    if data.get("out"):
+        text += " -> " + ", ".join(o.hex()[:8] + "…" for o in data["out"])
+    return text
+
+
+def print_command(out: TextIO, worker: "Worker", event: Event) -> None:
+    """``--verbose``: one line per command received (as the seed tutorial printed), and connections."""
+    if event.kind == "command":
+        status = "" if event.data["status"] == "ok" else f"  [{event.data['status']}]"
+        print(f"[{worker.name}] Received Command From: {event.data['client']}  {describe_command(worker, event)}{status}",
+              file=out, flush=True)
+    elif event.kind in ("connect", "disconnect", "request"):
+        print(f"[{worker.name}] {event.kind}: " + ", ".join(f"{k}={v}" for k, v in event.data.items()),
+              file=out, flush=True)

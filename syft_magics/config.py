@@ -32,7 +32,7 @@ class Defaults:
     #: Largest single message the worker accepts, in bytes.
     max_message_bytes: int = 8 << 30
     #: Thread switch interval (s) set while a worker runs, so it answers while the owner's
-    #: notebook computes; None leaves the interpreter's setting alone (see worker._SwitchInterval).
+    #: notebook computes; None leaves the interpreter's setting alone (see _switch.py).
     switch_interval: Optional[float] = 0.00025
     #: Commands kept in a worker's recent-events ring.
     event_history: int = 500

@@ -9,7 +9,6 @@ malformed or hostile message gets an error reply and never stops the worker.
 from __future__ import annotations
 
 import errno
-import inspect
 import os
 import socket as _socket
 import sys
@@ -23,9 +22,12 @@ import torch
 import zmq
 
 from . import auth, discovery
+from ._logfile import describe_command, print_command
 from ._session import Session
 from ._sockets import readable, recv_parts, send_parts
-from .allowlist import Allowlist, is_inplace, short_name
+from ._switch import switch_interval
+from ._writes import written_args
+from .allowlist import Allowlist, short_name
 from .config import defaults
 from .errors import PortInUse, ProtocolError, TagError
 from .events import EventStream
@@ -46,42 +48,6 @@ class _Reject(Exception):
         self.extra = extra
 
 
-class _SwitchInterval:
-    """Shortens the interpreter's thread switch interval while any worker runs in this process.
-
-    The serving thread needs the GIL to answer; while the owner's notebook runs
-    pure Python, it gets it only every switch interval (5 ms by default), which
-    would add up to 5 ms to each request (more: the serving thread gives the GIL
-    up again in each socket call and torch op). A shorter interval
-    (``defaults.switch_interval``, 0.25 ms) bounds each of those waits. The cost
-    is more frequent thread switches while requests arrive: the owner's own
-    pure-Python code runs 5-15% slower while it is being served, not otherwise (a
-    thread blocked on its socket does not ask for the GIL). The previous value is
-    restored when the last worker stops.
-    """
-
-    def __init__(self) -> None:
-        self._users = 0
-        self._saved: Optional[float] = None
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            self._users += 1
-            wanted = defaults.switch_interval
-            if self._users == 1 and wanted and sys.getswitchinterval() > wanted:
-                self._saved = sys.getswitchinterval()
-                sys.setswitchinterval(wanted)
-
-    def release(self) -> None:
-        with self._lock:
-            self._users = max(0, self._users - 1)
-            if self._users == 0 and self._saved is not None:
-                sys.setswitchinterval(self._saved)
-                self._saved = None
-
-
-_switch_interval = _SwitchInterval()
 
 
 def live_workers() -> List["Worker"]:
@@ -199,7 +165,7 @@ class Worker:
         self._ctx, self._router, self._wake_send = ctx, router, wake_send
         self.address = f"tcp://{self._display_host()}:{self._port}" if self._tcp else self.inproc_address
         self._running = True
-        _switch_interval.acquire()
+        switch_interval.acquire()
         self._thread = threading.Thread(target=self._serve, args=(router, wake_recv),
                                         name=f"syft-worker-{self.name}", daemon=True)
         self._thread.start()
@@ -274,7 +240,7 @@ class Worker:
             for ident in list(self._sessions):
                 self._end_session(ident, "worker stopped")
             self._handshakes.clear()
-        _switch_interval.release()
+        switch_interval.release()
         self.events.emit("stop")
         self._close_loggers()
 
@@ -369,7 +335,7 @@ class Worker:
         """Print one line per received command, as the seed tutorial did."""
         if on:
             out = sys.stdout
-            self._loggers.append(self.events.subscribe(lambda e: _print_command(out, self, e)))
+            self._loggers.append(self.events.subscribe(lambda e: print_command(out, self, e)))
 
     def set_log(self, path: str) -> None:
         """Append one JSON line per command to ``path``."""
@@ -380,7 +346,7 @@ class Worker:
         self._loggers.append(lambda: (unsubscribe(), log.close()))
 
     def describe_command(self, event) -> str:
-        return _describe(self, event)
+        return describe_command(self, event)
 
     # -- serving ---------------------------------------------------------------
     def _serve(self, router: zmq.Socket, wake: zmq.Socket) -> None:
@@ -557,7 +523,7 @@ class Worker:
                 raise _Reject("op_not_allowed", f"{short_name(name)} is not on {self.name}'s allowlist of ops")
             if "out" in kwargs:
                 raise _Reject("bad_args", "out= is not supported on pointers")
-            self._check_writable(_written_args(name, fn, args, kwargs), used)
+            self._check_writable(written_args(name, fn, args, kwargs), used)
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
                     raise _Reject("bad_id", "result ids must be fresh 16-byte ids")
@@ -701,70 +667,6 @@ class Worker:
                 f"clients={len(self._sessions)}>")
 
 
-#: Functional ops that write into tensor arguments without being named in place:
-#: the parameter written, and the condition (a parameter that must be truthy / not None) under which it is.
-_WRITES_WHEN = {
-    "batch_norm": (("running_mean", "training"), ("running_var", "training")),
-    "instance_norm": (("running_mean", "use_input_stats"), ("running_var", "use_input_stats")),
-    "embedding": (("weight", "max_norm"),),
-}
-_SIGNATURES: Dict[Any, Optional[inspect.Signature]] = {}
-
-
-def _signature(fn: Callable) -> Optional[inspect.Signature]:
-    try:
-        return _SIGNATURES[fn]
-    except KeyError:
-        pass
-    except TypeError:
-        return None
-    try:
-        sig: Optional[inspect.Signature] = inspect.signature(fn)
-    except (TypeError, ValueError):
-        sig = None
-    _SIGNATURES[fn] = sig
-    return sig
-
-
-_NEVER_WRITES: Dict[Tuple[str, Any], bool] = {}
-
-
-def _written_args(name: str, fn: Callable, args: Any, kwargs: dict) -> List[Any]:
-    """The arguments an op writes into: its first for in-place ops (``add_``, ``__setitem__``), the
-    input of ``F.relu(x, inplace=True)`` and the like, running statistics of ``F.batch_norm``..."""
-    try:
-        never = _NEVER_WRITES[(name, fn)]
-    except KeyError:
-        sig = _signature(fn)
-        never = _NEVER_WRITES[(name, fn)] = not is_inplace(name) and (
-            sig is None or ("inplace" not in sig.parameters and name.rsplit(".", 1)[-1] not in _WRITES_WHEN))
-    except TypeError:  # an unhashable callable
-        never = False
-    if never:
-        return []
-    if is_inplace(name):
-        return [args[0]] if args else list(kwargs.values())[:1]
-    sig = _signature(fn)
-    if sig is None:
-        return []
-    params = sig.parameters
-    if "inplace" not in params and name.rsplit(".", 1)[-1] not in _WRITES_WHEN:
-        return []
-    try:
-        bound = sig.bind(*args, **kwargs)
-    except TypeError:
-        return []
-    given = bound.arguments
-    written = []
-    if given.get("inplace"):
-        written.append(next(iter(given.values()), None))
-    for param, condition in _WRITES_WHEN.get(name.rsplit(".", 1)[-1], ()):
-        flag = given.get(condition, params[condition].default if condition in params else None)
-        if flag is not None and flag is not False and flag is not inspect.Parameter.empty:
-            written.append(given.get(param))
-    return written
-
-
 class _Replies(list):
     """The replies to the messages of one batch, in order."""
 
@@ -813,25 +715,3 @@ def _peek(frame: zmq.Frame) -> dict:
         return header if isinstance(header, dict) else {}
     except Exception:
         return {}
-
-
-def _describe(worker: Worker, event) -> str:
-    data = event.data
-    labels = []
-    for oid in data.get("inputs", ()):
-        entry = worker.store.get(oid)
-        labels.append(entry.label if entry else oid.hex()[:8] + "…")
-    text = f"{data['op']}({', '.join(labels)})"
-    if data.get("out"):
-        text += " -> " + ", ".join(o.hex()[:8] + "…" for o in data["out"])
-    return text
-
-
-def _print_command(out, worker: Worker, event) -> None:
-    if event.kind == "command":
-        status = "" if event.data["status"] == "ok" else f"  [{event.data['status']}]"
-        print(f"[{worker.name}] Received Command From: {event.data['client']}  {_describe(worker, event)}{status}",
-              file=out, flush=True)
-    elif event.kind in ("connect", "disconnect", "request"):
-        print(f"[{worker.name}] {event.kind}: " + ", ".join(f"{k}={v}" for k, v in event.data.items()),
-              file=out, flush=True)
