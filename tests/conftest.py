@@ -75,11 +75,35 @@ def make_client():
         client.disconnect()
 
 
+def _seed(make_worker, make_client, policy: str):
+    bob = make_worker("Bob", policy=policy)
+    bob.share(torch.tensor([1.0, 2, 3, 4, 5]), "#X")
+    bob.share(torch.ones(5), "#Y")
+    return bob, make_client("Bob")
+
+
 @pytest.fixture
 def seed(make_worker, make_client):
     """The seed tutorial's setup: Bob shares #X and #Y (open policy), a client connected by name."""
-    bob = make_worker("Bob", policy="open")
-    bob.share(torch.tensor([1.0, 2, 3, 4, 5]), "#X")
-    bob.share(torch.ones(5), "#Y")
-    client = make_client("Bob")
-    return bob, client
+    return _seed(make_worker, make_client, "open")
+
+
+@pytest.fixture
+def review_seed(make_worker, make_client):
+    """The seed's setup under the default ``review`` policy: every get waits for Bob's decision."""
+    return _seed(make_worker, make_client, "review")
+
+
+@pytest.fixture
+def ip():
+    """An in-process IPython shell with the extension loaded; the names a test binds are removed after."""
+    from IPython.testing import globalipapp
+
+    globalipapp.start_ipython()
+    shell = globalipapp.get_ipython()
+    before = set(shell.user_ns)
+    shell.run_line_magic("load_ext", "syft_magics")
+    yield shell
+    shell.run_line_magic("unload_ext", "syft_magics")
+    for name in set(shell.user_ns) - before:
+        shell.user_ns.pop(name, None)

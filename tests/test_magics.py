@@ -6,18 +6,6 @@ import socket
 import pytest
 import torch
 from IPython.core.error import UsageError
-from IPython.testing import globalipapp
-
-
-@pytest.fixture
-def ip():
-    globalipapp.start_ipython()
-    shell = globalipapp.get_ipython()
-    shell.run_line_magic("load_ext", "syft_magics")
-    yield shell
-    shell.run_line_magic("unload_ext", "syft_magics")
-    for name in ("bob", "alice", "x", "y", "c"):
-        shell.user_ns.pop(name, None)
 
 
 def test_worker_magic_binds_a_running_worker_and_share_magic_tags_data(ip, capsys):

@@ -42,13 +42,6 @@ def panels():
         p.close()
 
 
-@pytest.fixture
-def review_seed(make_worker, make_client):
-    bob = make_worker("Bob", policy="review")
-    bob.share(torch.tensor([1.0, 2, 3, 4, 5]), "#X")
-    bob.share(torch.ones(5), "#Y")
-    return bob, make_client("Bob")
-
 
 def scientist(client, ns):
     ns["x_set"] = client.search("#X")
@@ -289,19 +282,6 @@ def test_names_are_found_by_identity_in_lists_and_dicts(seed):
 
 
 # -- magics -----------------------------------------------------------------------------------------
-@pytest.fixture
-def ip():
-    from IPython.testing import globalipapp
-
-    globalipapp.start_ipython()
-    shell = globalipapp.get_ipython()
-    shell.run_line_magic("load_ext", "syft_magics")
-    yield shell
-    shell.run_line_magic("unload_ext", "syft_magics")
-    for name in ("bob", "c", "z"):
-        shell.user_ns.pop(name, None)
-
-
 def test_panel_magics(ip, capsys):
     ip.run_line_magic("syft_worker", "Bob --policy open --panel")
     magics = next(m for m in ip.magics_manager.registry.values() if hasattr(m, "panels"))
