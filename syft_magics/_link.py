@@ -250,7 +250,7 @@ class Link:
         # session", which turns WorkerStopped into the more useful WorkerRestarted
         if now >= self._next_ping and (self.broken is None or isinstance(self.broken, WorkerStopped)):
             try:
-                self._sock.send_multipart(encode({"t": "ping", "s": None}), zmq.NOBLOCK)
+                send_parts(self._sock, encode({"t": "ping", "s": None}))
             except zmq.Again:
                 return
             self._next_ping = now + defaults.heartbeat_interval

@@ -207,7 +207,7 @@ _encoders = threading.local()
 
 
 def encode(header: dict) -> List[Any]:
-    """``[packed header, *tensor frames]``, ready for ``send_multipart(copy=False)``."""
+    """``[packed header, *tensor frames]``, ready to send (large frames zero-copy)."""
     enc = getattr(_encoders, "enc", None)
     if enc is None:
         enc = _encoders.enc = Encoder()

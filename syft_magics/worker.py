@@ -369,13 +369,13 @@ class Worker:
                         except zmq.Again:
                             break
                 while self._outbox:
-                    router.send_multipart(self._outbox.popleft(), copy=False)
+                    send_parts(router, self._outbox.popleft(), flags=0)
                 now = time.monotonic()
                 if now >= next_check:
                     self._expire(now)
                     next_check = now + 1.0
             for ident in list(self._sessions):
-                router.send_multipart([ident, *encode({"t": "bye", "name": self.name})])
+                send_parts(router, [ident, *encode({"t": "bye", "name": self.name})], flags=0)
         finally:
             router.close()
             wake.close(0)
