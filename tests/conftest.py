@@ -107,3 +107,19 @@ def ip():
     shell.run_line_magic("unload_ext", "syft_magics")
     for name in set(shell.user_ns) - before:
         shell.user_ns.pop(name, None)
+
+
+@pytest.fixture
+def kernels(runtime_dir):
+    """Two real IPython kernels (owner, scientist) sharing this test's runtime directory; shut down after."""
+    from kernel_driver import Kernel
+
+    env = {"SYFT_MAGICS_RUNTIME_DIR": str(runtime_dir)}
+    started = []
+    try:
+        started.append(Kernel(env))
+        started.append(Kernel(env))
+        yield started
+    finally:
+        for k in started:
+            k.shutdown()

@@ -14,17 +14,9 @@ import torch
 import syft_magics as sm
 from syft_magics import config, discovery
 
-from helpers import wait_until
+from helpers import free_port, wait_until
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def dead_pid() -> int:

@@ -1,32 +1,13 @@
 """The whole seed flow in two real Jupyter kernels, magics included, over real sockets."""
 from __future__ import annotations
 
-import socket
 
 import pytest
 
-from kernel_driver import Kernel
+
+from helpers import free_port
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def kernels(runtime_dir):
-    env = {"SYFT_MAGICS_RUNTIME_DIR": str(runtime_dir)}
-    started = []
-    try:
-        started.append(Kernel(env))
-        started.append(Kernel(env))
-        yield started
-    finally:
-        for k in started:
-            k.shutdown()
 
 
 def test_seed_tutorial_in_two_kernels(kernels, runtime_dir):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import re
-import socket
 import threading
 import time
 
@@ -14,6 +13,7 @@ import torch
 from IPython.core.error import UsageError
 
 import helpers
+from helpers import free_port
 import syft_magics as sm
 from syft_magics.panels import ConnectionPanel, WorkerPanel
 from syft_magics.panels import graph as G
@@ -313,49 +313,34 @@ def test_panel_magics(ip, capsys):
 
 
 # -- two real kernels -------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(180)
-def test_approve_and_deny_in_the_owners_panel_reach_the_other_kernel(runtime_dir):
-    from kernel_driver import Kernel
+def test_approve_and_deny_in_the_owners_panel_reach_the_other_kernel(kernels):
+    bob, sci = kernels
+    port = free_port()
+    bob.run(f"%load_ext syft_magics\nimport torch\n%syft_worker Bob {port} --panel\n"
+            "bob.share(torch.tensor([1., 2, 3, 4, 5]), '#X'); bob.share(torch.ones(5), '#Y')\n"
+            "from syft_magics.magics import _LOADED\n"
+            "panel = next(iter(_LOADED.values())).panels[('worker', 'Bob')]")
+    sci.run("%load_ext syft_magics\nimport torch\n%syft_connect Bob --panel\n"
+            "x_set = bob.search('#X'); y_set = bob.search('#Y')\nz = torch.add(x_set[0], y_set[0])")
+    pending = sci.start("print(z.get())")
+    # the owner's panel shows the request (refreshed by its timer while the kernel is idle)
+    bob.wait_for("1 in panel._request_rows", "True")
+    assert "add(#X, #Y)" in bob.run("print(panel._request_rows[1].children[0].value)").stdout
+    bob.run("panel.request_buttons(1)[0].click()")
+    out = sci.collect(pending)
+    assert not out.error and "tensor([2., 3., 4., 5., 6.])" in out.stdout
+    # the scientist's panel: z points at the result, which #X and #Y made
+    sci.run("from syft_magics.magics import _LOADED\n"
+            "cp = next(iter(_LOADED.values())).panels[('connection', 'Bob')]\ncp.refresh()")
+    assert "z = add(#X, #Y)" not in sci.run("print(repr(cp))").stdout  # remote ids, not names, on the right
+    assert "z ->" in sci.run("print(repr(cp))").stdout
+    assert sci.run("print(any(e.label == 'add' for e in cp.last_graph.edges))").stdout.strip() == "True"
 
-    env = {"SYFT_MAGICS_RUNTIME_DIR": str(runtime_dir)}
-    kernels = []
-    try:
-        kernels.append(Kernel(env))
-        kernels.append(Kernel(env))
-        bob, sci = kernels
-        port = free_port()
-        bob.run(f"%load_ext syft_magics\nimport torch\n%syft_worker Bob {port} --panel\n"
-                "bob.share(torch.tensor([1., 2, 3, 4, 5]), '#X'); bob.share(torch.ones(5), '#Y')\n"
-                "from syft_magics.magics import _LOADED\n"
-                "panel = next(iter(_LOADED.values())).panels[('worker', 'Bob')]")
-        sci.run("%load_ext syft_magics\nimport torch\n%syft_connect Bob --panel\n"
-                "x_set = bob.search('#X'); y_set = bob.search('#Y')\nz = torch.add(x_set[0], y_set[0])")
-        pending = sci.start("print(z.get())")
-        # the owner's panel shows the request (refreshed by its timer while the kernel is idle)
-        bob.wait_for("1 in panel._request_rows", "True")
-        assert "add(#X, #Y)" in bob.run("print(panel._request_rows[1].children[0].value)").stdout
-        bob.run("panel.request_buttons(1)[0].click()")
-        out = sci.collect(pending)
-        assert not out.error and "tensor([2., 3., 4., 5., 6.])" in out.stdout
-        # the scientist's panel: z points at the result, which #X and #Y made
-        sci.run("from syft_magics.magics import _LOADED\n"
-                "cp = next(iter(_LOADED.values())).panels[('connection', 'Bob')]\ncp.refresh()")
-        assert "z = add(#X, #Y)" not in sci.run("print(repr(cp))").stdout  # remote ids, not names, on the right
-        assert "z ->" in sci.run("print(repr(cp))").stdout
-        assert sci.run("print(any(e.label == 'add' for e in cp.last_graph.edges))").stdout.strip() == "True"
+    pending = sci.start("w = x_set[0] * 2\nw.get()")
+    bob.wait_for("2 in panel._request_rows", "True")
+    bob.run("a, reason, deny = panel.request_buttons(2)\nreason.value = 'no raw values today'\ndeny.click()")
+    out = sci.collect(pending)
+    assert out.error.startswith("PermissionDenied") and "no raw values today" in out.error
+    assert "denied" in bob.run("print(panel.history.value)").stdout
 
-        pending = sci.start("w = x_set[0] * 2\nw.get()")
-        bob.wait_for("2 in panel._request_rows", "True")
-        bob.run("a, reason, deny = panel.request_buttons(2)\nreason.value = 'no raw values today'\ndeny.click()")
-        out = sci.collect(pending)
-        assert out.error.startswith("PermissionDenied") and "no raw values today" in out.error
-        assert "denied" in bob.run("print(panel.history.value)").stdout
-    finally:
-        for k in kernels:
-            k.shutdown()
