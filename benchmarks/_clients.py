@@ -219,7 +219,7 @@ def interleave(blocks: int, *measures: Callable[[], List[float]]) -> Tuple[List[
 
 def op_header_size() -> int:
     """The size of the header our client sends for ``torch.add(x_ptr, y_ptr)`` (the raw echo sends as much)."""
-    from syft_magics.protocol import Ref, encode
+    from syft_magics.wire.protocol import Ref, encode
 
     parts = encode({"t": "op", "s": 12345, "f": "torch.add", "a": [Ref(b"x" * 16), Ref(b"y" * 16)], "k": {},
                     "o": [b"z" * 16]})

@@ -137,7 +137,7 @@ def run(cfg: Any = True) -> Dict[str, Any]:
     blocks = 6 if quick else 12
     log = getattr(cfg, "log", lambda msg: print(f"  .. {msg}", file=sys.stderr, flush=True))
     import syft_magics
-    from syft_magics.panels import ConnectionPanel
+    from syft_magics.ui.panels import ConnectionPanel
 
     runtime = tempfile.mkdtemp(prefix="syft-panel-bench-")
     env = {"SYFT_MAGICS_RUNTIME_DIR": runtime, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),

@@ -9,17 +9,35 @@ Public surface::
 
 In IPython: ``%load_ext syft_magics``, then ``%syft_worker``, ``%syft_connect``...
 """
-from .allowlist import Allowlist
-from .client import Client, SearchResult, connect
 from .config import defaults
-from .errors import (AuthenticationError, CrossWorkerError, GetTimeout, OpNotAllowed, PermissionDenied,
-                     PointerFreed, PortInUse, ProtocolError, ReadOnlyError, RemoteError, ReplyTimeout,
-                     SessionExpired, StaleConnectionFile, SyftError, TagError, UnknownObject, UnknownWorker,
-                     WorkerRestarted, WorkerStopped, WorkerUnreachable)
+from .errors import (
+    AuthenticationError,
+    CrossWorkerError,
+    GetTimeout,
+    OpNotAllowed,
+    PermissionDenied,
+    PointerFreed,
+    PortInUse,
+    ProtocolError,
+    ReadOnlyError,
+    RemoteError,
+    ReplyTimeout,
+    SessionExpired,
+    StaleConnectionFile,
+    SyftError,
+    TagError,
+    UnknownObject,
+    UnknownWorker,
+    WorkerRestarted,
+    WorkerStopped,
+    WorkerUnreachable,
+)
 from .events import Event, EventStream
-from .pointer import PointerTensor
-from .policy import ClosedPolicy, GetRequest, OpenPolicy, Policy, ReviewPolicy
-from .worker import Worker
+from .owner.allowlist import Allowlist
+from .owner.policy import ClosedPolicy, GetRequest, OpenPolicy, Policy, ReviewPolicy
+from .owner.worker import Worker
+from .scientist.client import Client, SearchResult, connect
+from .scientist.pointer import PointerTensor
 
 __version__ = "0.1.0"
 
@@ -36,13 +54,13 @@ __all__ = [
 
 def load_ipython_extension(ipython) -> None:  # pragma: no cover - exercised in kernel tests
     """``%load_ext syft_magics``: register the magics."""
-    from .magics import load
+    from .ui.magics import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:  # pragma: no cover
     """``%unload_ext syft_magics``: stop this kernel's workers and connections, remove the magics."""
-    from .magics import unload
+    from .ui.magics import unload
 
     unload(ipython)

@@ -1,4 +1,4 @@
 """``python -m syft_magics``: the command line (see :mod:`syft_magics.cli`)."""
-from .cli import main
+from .ui.cli import main
 
 raise SystemExit(main())

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import syft_magics as sm
-from syft_magics.allowlist import Allowlist, default_names, is_inplace, short_name, wire_name
+from syft_magics.owner.allowlist import Allowlist, default_names, is_inplace, short_name, wire_name
 
 
 @pytest.mark.parametrize("name", ["torch.add", "Tensor.__add__", "Tensor.add_", "torch.nn.functional.relu",

@@ -8,8 +8,8 @@ import torch
 import zmq
 
 import syft_magics as sm
-from syft_magics import auth
-from syft_magics.protocol import PROTOCOL_VERSION, Ref, decode, encode
+from syft_magics.wire import auth
+from syft_magics.wire.protocol import PROTOCOL_VERSION, Ref, decode, encode
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 

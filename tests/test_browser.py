@@ -165,7 +165,7 @@ def test_owner_panel_in_voila_with_the_scientist_in_another_kernel(runtime_dir, 
                 page.screenshot(path=str(shots / "worker_graph.png"), full_page=True)
 
                 # the scientist's panel, rendered from its widget state in the same browser
-                sci.run("import json\nfrom syft_magics.magics import _LOADED\n"
+                sci.run("import json\nfrom syft_magics.ui.magics import _LOADED\n"
                         "cp = next(iter(_LOADED.values())).panels[('connection', 'Bob')]\n"
                         "w = x_set[0] * 2\nbob.sync()\ncp.refresh()")
                 state = sci.run("print(json.dumps([cp.header.value, cp.graph.value, cp.pointers_html.value]))")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import syft_magics as sm
-from syft_magics import discovery
+from syft_magics.wire import discovery
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import syft_magics as sm
-from syft_magics import config, discovery
+from syft_magics import config
+from syft_magics.wire import discovery
 
 from helpers import free_port, wait_until
 
@@ -114,7 +115,7 @@ def test_a_worker_killed_and_restarted_raises_worker_restarted(seed, make_worker
     bob, client = seed
     x = client.search("#X")[0]
     port = bob.port
-    bob._sessions.clear()  # the worker forgets the session without saying goodbye, as after a crash
+    bob.server.sessions.clear()  # the worker forgets the session without saying goodbye, as after a crash
     bob.stop()
     assert client._link.broken is None
     make_worker("Bob", port=port, policy="open")
@@ -231,7 +232,7 @@ def test_a_silent_worker_raises_reply_timeout(seed):
     bob, client = seed
     x = client.search("#X")[0]
     config.defaults.reply_timeout = 0.5
-    bob._HANDLERS = dict(bob._HANDLERS, sync=lambda *a: None)  # this worker never answers a sync
+    bob.server.HANDLERS = dict(bob.server.HANDLERS, sync=lambda *a: None)  # this worker never answers a sync
     start = time.monotonic()
     with pytest.raises(sm.ReplyTimeout, match="did not answer within 0.5 s"):
         client.sync()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from syft_magics.panels import graph as G
+from syft_magics.ui.panels import graph as G
 
 
 def seed_graph() -> G.Graph:

@@ -15,10 +15,10 @@ from IPython.core.error import UsageError
 import helpers
 from helpers import free_port
 import syft_magics as sm
-from syft_magics.panels import ConnectionPanel, WorkerPanel
-from syft_magics.panels import graph as G
-from syft_magics.panels._names import find_names
-from syft_magics.panels._refresh import REFRESHER
+from syft_magics.ui.panels import ConnectionPanel, WorkerPanel
+from syft_magics.ui.panels import graph as G
+from syft_magics.ui.panels._names import find_names
+from syft_magics.ui.panels._refresh import REFRESHER
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -224,7 +224,7 @@ def test_freed_pointers_fade_and_remote_errors_are_red(seed, panels):
 
 
 def test_worker_panel_counts_sessions_holding_objects(seed, make_client, panels, monkeypatch):
-    import syft_magics.client as client_module
+    import syft_magics.scientist.client as client_module
 
     bob, client = seed
     wp = panels(WorkerPanel(bob))
@@ -319,7 +319,7 @@ def test_approve_and_deny_in_the_owners_panel_reach_the_other_kernel(kernels):
     port = free_port()
     bob.run(f"%load_ext syft_magics\nimport torch\n%syft_worker Bob {port} --panel\n"
             "bob.share(torch.tensor([1., 2, 3, 4, 5]), '#X'); bob.share(torch.ones(5), '#Y')\n"
-            "from syft_magics.magics import _LOADED\n"
+            "from syft_magics.ui.magics import _LOADED\n"
             "panel = next(iter(_LOADED.values())).panels[('worker', 'Bob')]")
     sci.run("%load_ext syft_magics\nimport torch\n%syft_connect Bob --panel\n"
             "x_set = bob.search('#X'); y_set = bob.search('#Y')\nz = torch.add(x_set[0], y_set[0])")
@@ -331,7 +331,7 @@ def test_approve_and_deny_in_the_owners_panel_reach_the_other_kernel(kernels):
     out = sci.collect(pending)
     assert not out.error and "tensor([2., 3., 4., 5., 6.])" in out.stdout
     # the scientist's panel: z points at the result, which #X and #Y made
-    sci.run("from syft_magics.magics import _LOADED\n"
+    sci.run("from syft_magics.ui.magics import _LOADED\n"
             "cp = next(iter(_LOADED.values())).panels[('connection', 'Bob')]\ncp.refresh()")
     assert "z = add(#X, #Y)" not in sci.run("print(repr(cp))").stdout  # remote ids, not names, on the right
     assert "z ->" in sci.run("print(repr(cp))").stdout

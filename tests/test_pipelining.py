@@ -168,7 +168,7 @@ def test_a_local_tensor_changed_after_the_op_was_issued_does_not_change_the_op(s
 
 
 def test_a_malformed_batch_gets_an_error_and_the_worker_keeps_serving(seed, make_client):
-    from syft_magics.protocol import encode
+    from syft_magics.wire.protocol import encode
 
     bob, client = seed
     link = client._link

@@ -369,7 +369,7 @@ def test_pointer_metadata_properties(xy):
 
 def test_inplace_op_on_a_pointer_with_itself_does_not_confuse_later_calls(seed):
     """Results are cached by argument signature: ``s.add_(s)`` must not make ``a.add_(b)`` return ``b``."""
-    from syft_magics import _inference
+    from syft_magics.scientist import inference as _inference
 
     _, client = seed
     _inference.clear_cache()

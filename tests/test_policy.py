@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import syft_magics as sm
-from syft_magics.policy import ALLOW, DENY, REVIEW, GetRequest, RequestBook, make_policy
+from syft_magics.owner.policy import ALLOW, DENY, REVIEW, GetRequest, RequestBook, make_policy
 
 from helpers import wait_until
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import StaleConnectionFile, UnknownWorker
+from ..errors import StaleConnectionFile, UnknownWorker
 
 PREFIX = "syft-worker-"
 

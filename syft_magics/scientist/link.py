@@ -23,12 +23,20 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 import zmq
 
-from . import auth
-from .config import defaults
-from .errors import (AuthenticationError, ProtocolError, ReplyTimeout, SessionExpired, SyftError,
-                     WorkerRestarted, WorkerStopped, WorkerUnreachable)
-from ._sockets import readable, recv_parts, send_parts
-from .protocol import PROTOCOL_VERSION, decode, encode
+from ..config import defaults
+from ..errors import (
+    AuthenticationError,
+    ProtocolError,
+    ReplyTimeout,
+    SessionExpired,
+    SyftError,
+    WorkerRestarted,
+    WorkerStopped,
+    WorkerUnreachable,
+)
+from ..wire import auth
+from ..wire.protocol import PROTOCOL_VERSION, decode, encode
+from ..wire.sockets import readable, recv_parts, send_parts
 
 #: Frames at least this large go zero-copy: tracked until ZeroMQ releases them, or acknowledged by the
 #: worker (``Client.send``); smaller ones are copied when queued (measured: a memcpy costs less than

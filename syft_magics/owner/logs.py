@@ -5,7 +5,7 @@ import json
 import threading
 from typing import TYPE_CHECKING, TextIO
 
-from .events import Event
+from ..events import Event
 
 if TYPE_CHECKING:
     from .worker import Worker

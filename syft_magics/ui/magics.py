@@ -14,11 +14,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ._display import table
-from .client import Client, connect
-from .errors import SyftError, UnknownWorker
-from .policy import POLICIES
-from .worker import Worker
+from ..display import table
+from ..errors import SyftError, UnknownWorker
+from ..owner.policy import POLICIES
+from ..owner.worker import Worker
+from ..scientist.client import Client, connect
 
 _NAMES = ("syft_worker", "syft_connect", "syft_share", "syft_workers", "syft_panel", "syft_stop", "syft_disconnect")
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from ._display import table
+from ..display import table
 
 ALLOW, DENY, REVIEW = "allow", "deny", "review"
 
@@ -35,10 +35,11 @@ class GetRequest:
     status: str = "pending"  # pending | approved | denied | cancelled
     reason: str = ""
     decided: Optional[float] = None
-    # which session asked, for which object, and the seq of its waiting get (worker-internal)
-    _session: bytes = field(default=b"", repr=False)
-    _oid: bytes = field(default=b"", repr=False)
-    _seq: Optional[int] = field(default=None, repr=False)
+    #: which session asked (its routing id), for which object (its 16-byte id)
+    session: bytes = field(default=b"", repr=False, compare=False)
+    oid: bytes = field(default=b"", repr=False, compare=False)
+    #: the seq of the client's waiting get, answered when the owner decides
+    seq: Optional[int] = field(default=None, repr=False, compare=False)
 
     @property
     def pending(self) -> bool:

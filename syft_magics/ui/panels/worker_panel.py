@@ -20,8 +20,8 @@ from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 import ipywidgets as widgets
 
-from ..events import Event
-from ..store import OWNER, Entry
+from ...events import Event
+from ...owner.store import OWNER, Entry
 from . import _html as H
 from . import graph as G
 from ._refresh import LivePanel, close_tree

@@ -1,29 +1,75 @@
-"""Which torch operations a worker runs: an explicit allowlist, by name.
+"""Names on the wire: how an op and a tag are spelled between client and worker.
 
-Ops cross the wire as names such as ``"torch.add"``, ``"Tensor.__add__"``,
-``"Tensor.add_"`` or ``"torch.nn.functional.relu"``. A worker looks a name up
-in its :class:`Allowlist` (a dict built from the static names below, never from
-names that arrived on the wire) and refuses anything else. The owner can
-extend or narrow it::
-
-    bob.allowlist.allow("torch.fft.fft")      # a torch function by name
-    bob.allowlist.allow("my_op", my_function)  # any callable, under a name
-    bob.allowlist.deny("Tensor.exp")
-
-Left out on purpose: anything that touches files, storage, devices, numpy or
-raw memory (``save``, ``to``, ``cuda``, ``set_``, ``data_ptr``,
-``untyped_storage``, and ``empty_like``/``new_empty``, whose uninitialised
-memory may hold freed private data), and ``out=`` arguments.
+An op crosses the wire as a public torch name such as ``"torch.add"``,
+``"Tensor.__add__"``, ``"Tensor.add_"`` or ``"torch.nn.functional.relu"``;
+whether a worker runs it is its allowlist's decision
+(:mod:`syft_magics.owner.allowlist`). A tag is ``#`` and at least one
+character that is neither a space, ``#`` nor a comma.
 """
 from __future__ import annotations
 
 import functools
-
-from typing import Callable, Dict, Iterable, Iterator, Optional
+import re
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import TagError
+
+_TAG = re.compile(r"^#[^\s#,]+$")
+
+
+def check_tag(tag: object) -> str:
+    """Return ``tag`` if it is well formed (``#`` then at least one non-space character)."""
+    if not isinstance(tag, str):
+        raise TagError(f"a tag must be a string like '#X', not {type(tag).__name__}")
+    if not _TAG.match(tag):
+        hint = f"; did you mean '#{tag}'?" if tag and not tag.startswith("#") and " " not in tag else ""
+        raise TagError(f"bad tag {tag!r}: tags start with '#' and contain no spaces or commas, e.g. '#X'{hint}")
+    return tag
+
+
+_INPLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__",
+                    "__ifloordiv__", "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__",
+                    "__ilshift__", "__irshift__"}
+
+
+def is_inplace(name: str) -> bool:
+    """Whether the op ``name`` writes into its first argument."""
+    short = name.rsplit(".", 1)[-1]
+    return short in _INPLACE_DUNDERS or (short.endswith("_") and not short.endswith("__"))
+
+
+_SHORT_PREFIXES = (("torch.nn.functional.", "F."), ("torch.", ""), ("Tensor.", "."))
+
+
+@functools.lru_cache(maxsize=4096)
+def short_name(name: str) -> str:
+    """How an op name reads in logs: ``torch.add`` -> ``add``, ``Tensor.sum`` -> ``.sum``."""
+    for prefix, short in _SHORT_PREFIXES:
+        if name.startswith(prefix):
+            return short + name[len(prefix):]
+    return name
+
+
+def resolve_torch_name(name: str) -> Callable:
+    """The torch callable a public dotted name stands for (owner-supplied names only, never wire input)."""
+    parts = name.split(".")
+    if parts[0] == "Tensor":
+        obj: object = torch.Tensor
+    elif parts[0] == "torch":
+        obj = torch
+    else:
+        raise ValueError(f"{name!r}: give a name starting with 'torch.' or 'Tensor.', or pass the function")
+    for part in parts[1:]:
+        if part.startswith("_") and not (part.startswith("__") and part.endswith("__")):
+            raise ValueError(f"{name!r}: private names cannot be allowed by name")
+        obj = getattr(obj, part)
+    return obj  # type: ignore[return-value]
+
+
+# -- the standard op vocabulary ---------------------------------------------------------------
 #: Names that exist as ``torch.<name>`` and/or ``Tensor.<name>`` (and their in-place ``<name>_``).
 ELEMENTWISE_AND_REDUCTIONS = """
 abs absolute acos acosh add addcdiv addcmul addmm addmv all allclose amax amin aminmax angle any
@@ -77,29 +123,6 @@ kl_div poisson_nll_loss gaussian_nll_loss hinge_embedding_loss margin_ranking_lo
 soft_margin_loss multilabel_soft_margin_loss cosine_embedding_loss triplet_margin_loss
 """
 
-_INPLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__",
-                    "__ifloordiv__", "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__",
-                    "__ilshift__", "__irshift__"}
-
-
-def is_inplace(name: str) -> bool:
-    """Whether the op ``name`` writes into its first argument."""
-    short = name.rsplit(".", 1)[-1]
-    return short in _INPLACE_DUNDERS or (short.endswith("_") and not short.endswith("__"))
-
-
-_SHORT_PREFIXES = (("torch.nn.functional.", "F."), ("torch.", ""), ("Tensor.", "."))
-
-
-@functools.lru_cache(maxsize=4096)
-def short_name(name: str) -> str:
-    """How an op name reads in logs: ``torch.add`` -> ``add``, ``Tensor.sum`` -> ``.sum``."""
-    for prefix, short in _SHORT_PREFIXES:
-        if name.startswith(prefix):
-            return short + name[len(prefix):]
-    return name
-
-
 def _default_table() -> Dict[str, Callable]:
     table: Dict[str, Callable] = {}
     for name in ELEMENTWISE_AND_REDUCTIONS.split():
@@ -121,59 +144,9 @@ def _default_table() -> Dict[str, Callable]:
     return table
 
 
-_DEFAULT = _default_table()
-
-
-class Allowlist:
-    """The ops one worker will run, name -> callable. A copy per worker, editable by its owner."""
-
-    def __init__(self, table: Optional[Dict[str, Callable]] = None) -> None:
-        self._table: Dict[str, Callable] = dict(_DEFAULT if table is None else table)
-
-    def lookup(self, name: str) -> Optional[Callable]:
-        """The callable allowed under ``name``, or None."""
-        return self._table.get(name)
-
-    def allow(self, name: str, fn: Optional[Callable] = None) -> None:
-        """Allow ``name``: a dotted torch name (``"torch.fft.fft"``) resolved here, or ``fn``."""
-        if fn is None:
-            fn = _resolve_torch_name(name)
-        if not callable(fn):
-            raise TypeError(f"{name!r} does not name a callable")
-        self._table[name] = fn
-
-    def deny(self, *names: str) -> None:
-        """Stop allowing ``names`` (unknown names are ignored)."""
-        for name in names:
-            self._table.pop(name, None)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._table
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._table))
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-    def __repr__(self) -> str:
-        return f"<Allowlist of {len(self._table)} ops>"
-
-
-def _resolve_torch_name(name: str) -> Callable:
-    """Resolve an owner-supplied dotted name inside torch (never used on wire input)."""
-    parts = name.split(".")
-    if parts[0] == "Tensor":
-        obj: object = torch.Tensor
-    elif parts[0] == "torch":
-        obj = torch
-    else:
-        raise ValueError(f"{name!r}: give a name starting with 'torch.' or 'Tensor.', or pass the function")
-    for part in parts[1:]:
-        if part.startswith("_") and not (part.startswith("__") and part.endswith("__")):
-            raise ValueError(f"{name!r}: private names cannot be allowed by name")
-        obj = getattr(obj, part)
-    return obj  # type: ignore[return-value]
+#: The standard vocabulary: every name above -> the torch callable it stands for.
+#: A worker's allowlist starts as a copy; a client names a function by looking it up here first.
+DEFAULT_TABLE: Dict[str, Callable] = _default_table()
 
 
 _NAME_CACHE: Dict[Callable, Optional[str]] = {}
@@ -200,7 +173,7 @@ def wire_name(func: Callable) -> Optional[str]:
 
 
 def _find_name(func: Callable) -> Optional[str]:
-    for name, fn in _DEFAULT.items():
+    for name, fn in DEFAULT_TABLE.items():
         if fn is func:
             return name
     fname = getattr(func, "__name__", None)
@@ -212,21 +185,13 @@ def _find_name(func: Callable) -> Optional[str]:
     sub = _C_SUBMODULES.get(module)
     if sub is not None and fname.startswith(sub + "_"):
         # torch.fft.fft is the builtin torch._C._fft.fft_fft (likewise linalg_*, special_*)
-        name = f"torch.{sub}.{fname[len(sub) + 1:]}"
-        try:
-            return name if _resolve_torch_name(name) is func else None
-        except (AttributeError, ValueError):
-            return None
+        return _checked(f"torch.{sub}.{fname[len(sub) + 1:]}", func)
     module = _MODULE_ALIASES.get(module, module)
-    if module.startswith("torch"):
-        try:
-            if _resolve_torch_name(f"{module}.{fname}") is func:
-                return f"{module}.{fname}"
-        except (AttributeError, ValueError):
-            return None
-    return None
+    return _checked(f"{module}.{fname}", func) if module.startswith("torch") else None
 
 
-def default_names() -> Iterable[str]:
-    """Every name on the default allowlist, sorted (the documented list)."""
-    return sorted(_DEFAULT)
+def _checked(name: str, func: Callable) -> Optional[str]:
+    try:
+        return name if resolve_torch_name(name) is func else None
+    except (AttributeError, ValueError):
+        return None

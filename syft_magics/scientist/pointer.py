@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Optional, Tuple
 import torch
 from torch.overrides import get_default_nowrap_functions
 
-from .errors import OpNotAllowed
-from .allowlist import wire_name
-from .protocol import ref_ext
+from ..errors import OpNotAllowed
+from ..wire.names import wire_name
+from ..wire.protocol import ref_ext
 
 if TYPE_CHECKING:
     from .client import Client

@@ -18,18 +18,30 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
-from . import discovery
-from ._inference import REMOTE, has_tensors, infer
-from ._link import LARGE_FRAME_BYTES, Link
-from .allowlist import is_inplace, short_name
-from .config import defaults
-from .errors import (AuthenticationError, GetTimeout, OpNotAllowed, PermissionDenied, PointerFreed, ProtocolError,
-                     ReadOnlyError, RemoteError, ReplyTimeout, TagError, UnknownObject, UnknownWorker,
-                     CrossWorkerError, WorkerUnreachable)
-from .events import EventStream
+from ..config import defaults
+from ..errors import (
+    AuthenticationError,
+    CrossWorkerError,
+    GetTimeout,
+    OpNotAllowed,
+    PermissionDenied,
+    PointerFreed,
+    ProtocolError,
+    ReadOnlyError,
+    RemoteError,
+    ReplyTimeout,
+    TagError,
+    UnknownObject,
+    UnknownWorker,
+    WorkerUnreachable,
+)
+from ..events import EventStream
+from ..wire import discovery
+from ..wire.names import check_tag, is_inplace, short_name
+from ..wire.protocol import DTYPES, encode
+from .inference import REMOTE, has_tensors, infer
+from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
-from .protocol import DTYPES, encode
-from .store import check_tag
 
 _SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
@@ -154,7 +166,7 @@ class Client:
 
     def panel(self):
         """A live ipywidgets panel of this connection: its pointers and the pointer graph."""
-        from .panels import ConnectionPanel
+        from ..ui.panels import ConnectionPanel
 
         return ConnectionPanel(self)
 
@@ -493,7 +505,7 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
     this process. ``key`` is needed only for an address with no connection file
     on this machine.
     """
-    from .worker import Worker, live_workers
+    from ..owner.worker import Worker, live_workers
 
     if isinstance(target, Worker):
         if not target.running:

@@ -37,7 +37,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import msgpack
 import torch
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 

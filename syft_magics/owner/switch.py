@@ -5,7 +5,7 @@ import sys
 import threading
 from typing import Optional
 
-from .config import defaults
+from ..config import defaults
 
 
 class _SwitchInterval:

@@ -10,7 +10,7 @@ import html
 import time
 from typing import Iterable, Optional, Sequence
 
-from .._display import human_bytes
+from ...display import human_bytes
 
 __all__ = ["esc", "table", "clock", "duration", "human_bytes", "STYLE", "short", "plural"]
 

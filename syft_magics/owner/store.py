@@ -7,7 +7,6 @@ freed when that session's pointers die or the session ends).
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,23 +14,12 @@ from typing import Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 import torch
 
-from ._display import html_table, human_bytes, table
-from .errors import TagError
+from ..display import html_table, human_bytes, table
+from ..wire.names import check_tag
+
+__all__ = ["OWNER", "Entry", "ObjectStore", "Registry", "check_tag", "new_id"]
 
 OWNER = "owner"
-_TAG = re.compile(r"^#[^\s#,]+$")
-
-
-def check_tag(tag: object) -> str:
-    """Return ``tag`` if it is well formed (``#`` then at least one non-space character)."""
-    if not isinstance(tag, str):
-        raise TagError(f"a tag must be a string like '#X', not {type(tag).__name__}")
-    if not _TAG.match(tag):
-        hint = f"; did you mean '#{tag}'?" if tag and not tag.startswith("#") and " " not in tag else ""
-        raise TagError(f"bad tag {tag!r}: tags start with '#' and contain no spaces or commas, e.g. '#X'{hint}")
-    return tag
-
-
 def new_id() -> bytes:
     return os.urandom(16)
 

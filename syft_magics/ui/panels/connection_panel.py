@@ -16,7 +16,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
 
 import ipywidgets as widgets
 
-from ..events import Event
+from ...events import Event
 from . import _html as H
 from . import graph as G
 from ._names import find_names, user_namespace

@@ -60,7 +60,7 @@ def load_tensor(path: str) -> "Any":
 
 def parse_share(spec: str) -> Tuple[Tuple[str, ...], str]:
     """``'#X,#Y=data/x.pt'`` -> ``(('#X', '#Y'), 'data/x.pt')``; tags are checked like ``share()`` does."""
-    from .store import check_tag
+    from ..wire.names import check_tag
 
     tags, sep, path = spec.partition("=")
     if not sep or not path or not tags:
@@ -116,8 +116,8 @@ def run_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         shares = [(tags, path, load_tensor(path)) for tags, path in map(parse_share, args.share)]
     except ShareError as exc:
         parser.error(str(exc))  # exits 2, argparse-style
-    from .errors import PortInUse
-    from .worker import Worker
+    from ..errors import PortInUse
+    from ..owner.worker import Worker
 
     stop = threading.Event()
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
