@@ -23,32 +23,25 @@ from ..errors import (
     AuthenticationError,
     CrossWorkerError,
     GetTimeout,
-    OpNotAllowed,
-    PermissionDenied,
     PointerFreed,
     ProtocolError,
-    ReadOnlyError,
     RemoteError,
     ReplyTimeout,
     TagError,
-    UnknownObject,
     UnknownWorker,
     WorkerUnreachable,
+    error_class,
 )
 from ..events import EventStream
 from ..wire import discovery
 from ..wire.names import check_tag, is_inplace, short_name
-from ..wire.protocol import DTYPES, encode
+from ..wire.protocol import DTYPES, ErrorCode, Kind, encode
 from .inference import REMOTE, has_tensors, infer
 from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
 
 _SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
-
-_ERRORS = {"op_not_allowed": OpNotAllowed, "read_only": ReadOnlyError, "unknown_object": UnknownObject,
-           "denied": PermissionDenied, "bad_tag": TagError, "protocol": ProtocolError, "version": ProtocolError,
-           "unauthenticated": AuthenticationError}
 
 
 class SearchResult(list):
@@ -119,7 +112,7 @@ class Client:
             raise TagError("search() needs at least one tag, e.g. bob.search('#X')")
         for tag in flat:
             check_tag(tag)
-        reply = self._request({"t": "search", "tags": flat})
+        reply = self._request({"t": Kind.SEARCH, "tags": flat})
         found = [PointerTensor(self, oid, tuple(shape), _dtype(dtype), owned=False, tags=tuple(t))
                  for oid, shape, dtype, t in reply["r"]]
         self.events.emit("search", tags=tuple(flat), found=len(found))
@@ -133,7 +126,7 @@ class Client:
             raise TypeError(f"send() takes a torch.Tensor, not {type(tensor).__name__}")
         tags = tuple(check_tag(t) for t in tags)
         oid = self._new_id()
-        header = {"t": "send", "id": oid, "x": tensor.detach(), "tags": list(tags)}
+        header = {"t": Kind.SEND, "id": oid, "x": tensor.detach(), "tags": list(tags)}
         if tensor.numel() * tensor.element_size() >= LARGE_FRAME_BYTES:
             # sent zero-copy: the worker's acknowledgement says when the tensor may change again
             header["ack"] = True
@@ -150,16 +143,16 @@ class Client:
 
     def sync(self, timeout: Optional[float] = None) -> None:
         """Wait until the worker has run every op sent so far; raise the first remote error, if any."""
-        self._request({"t": "sync"}, timeout)
+        self._request({"t": Kind.SYNC}, timeout)
 
     def get(self, ptr: PointerTensor, timeout: Optional[float] = None) -> torch.Tensor:
         """The value behind ``ptr`` (same as ``ptr.get()``)."""
         self._check_pointer(ptr)
         approval_timeout = timeout if timeout is not None else defaults.approval_timeout
         while True:
-            reply = self._request({"t": "get", "id": ptr._id}, timeout, approval_timeout=approval_timeout,
+            reply = self._request({"t": Kind.GET, "id": ptr._id}, timeout, approval_timeout=approval_timeout,
                                   what=ptr)
-            if reply["t"] == "value":
+            if reply["t"] == Kind.VALUE:
                 self.events.emit("get", id=ptr._id)
                 return reply["x"]
             # "approved": the owner said yes; ask again to receive the value
@@ -203,7 +196,7 @@ class Client:
         try:
             link.send(encode(header), flush=True, awaited=True)
             reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
-            if reply["t"] == "pending":
+            if reply["t"] == Kind.PENDING:
                 n = reply.get("n")
                 print(f"waiting for {self.name} to approve request #{n} (get of {_label(what)})", flush=True)
                 self.events.emit("waiting", n=n)
@@ -216,7 +209,7 @@ class Client:
         finally:
             link.done(seq, abandoned=not answered)
         self._settled(seq)
-        if reply["t"] == "err":
+        if reply["t"] == Kind.ERR:
             self._emit_error(reply)
             raise self._error(reply)
         return reply
@@ -238,12 +231,10 @@ class Client:
         self.events.emit("error", seq=header.get("s"), code=header.get("code"), message=str(header.get("msg")))
 
     def _error(self, header: dict, more: int = 0) -> Exception:
-        code = header.get("code") or "error"
-        cls = _ERRORS.get(code, RemoteError)
+        code = header.get("code") or ErrorCode.ERROR
+        cls = error_class(code)
         msg = str(header.get("msg"))
-        if cls is PermissionDenied:
-            return PermissionDenied(msg)
-        if cls in (TagError, ProtocolError, AuthenticationError):
+        if not issubclass(cls, RemoteError):  # not an op's failure: the worker's text says it all
             return cls(msg)
         seq = header.get("s")
         op, site = self._origins.pop(seq, (None, None)) if seq is not None else (None, None)
@@ -295,7 +286,7 @@ class Client:
         if len(origins) > 200_000:
             for old in list(origins)[:100_000]:
                 del origins[old]
-        self._link.send(encode({"t": "op", "s": seq, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": out}))
+        self._link.send(encode({"t": Kind.OP, "s": seq, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": out}))
         result = _build(self, template, iter(out), pointers)
         self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p._id for p in pointers),
                          out=tuple(o for o in out if o is not None))
@@ -303,7 +294,7 @@ class Client:
 
     def _run_remote(self, name: str, wire_args: Any, wire_kwargs: Any) -> Any:
         """A data-dependent op: the worker runs it and says what came out."""
-        reply = self._request({"t": "op", "f": name, "a": list(wire_args), "k": wire_kwargs, "o": [], "m": True},
+        reply = self._request({"t": Kind.OP, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": [], "m": True},
                               op=name)
         return _build_described(self, reply["r"])
 
