@@ -76,7 +76,8 @@ class Client:
         self.address = address
         self.connection_file = connection_file
         self.events = EventStream(defaults.event_history)
-        self._free_queue = self._link.free_queue
+        #: ids of remote objects whose pointers died, freed with the next message that leaves
+        self.free_queue = self._link.free_queue
         self._origins: Dict[int, Tuple[str, Optional[Tuple[str, int]]]] = {}
         self._pointers: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
         self._new_id = _id_source()
@@ -91,7 +92,13 @@ class Client:
 
     @property
     def connected(self) -> bool:
+        """Whether the link is open and the worker still serves this session."""
         return not self._link.closed and self._link.broken is None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`disconnect` was called (or the link closed): nothing more can be sent."""
+        return self._link.closed
 
     @property
     def pointers(self) -> List[PointerTensor]:
@@ -150,10 +157,10 @@ class Client:
         self._check_pointer(ptr)
         approval_timeout = timeout if timeout is not None else defaults.approval_timeout
         while True:
-            reply = self._request({"t": Kind.GET, "id": ptr._id}, timeout, approval_timeout=approval_timeout,
+            reply = self._request({"t": Kind.GET, "id": ptr.oid}, timeout, approval_timeout=approval_timeout,
                                   what=ptr)
             if reply["t"] == Kind.VALUE:
-                self.events.emit("get", id=ptr._id)
+                self.events.emit("get", id=ptr.oid)
                 return reply["x"]
             # "approved": the owner said yes; ask again to receive the value
 
@@ -165,7 +172,7 @@ class Client:
 
     def disconnect(self) -> None:
         """Close the link; the worker frees this session's objects (never the owner's)."""
-        if not self._link.closed:
+        if not self.closed:
             self._link.close()
             self.events.emit("disconnect")
         _LIVE.discard(self)
@@ -249,17 +256,21 @@ class Client:
         return cls(text, op=op, remote_type=header.get("etype"), remote_message=msg, line=line, code=code)
 
     # -- ops on pointers -------------------------------------------------------------------
-    def _run(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+    def run(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        """Run ``func`` (wire name ``name``) on this worker; called by :class:`PointerTensor` for every op.
+
+        Returns new pointers at once (their shapes inferred locally); the op itself is pipelined.
+        """
         pointers: List[PointerTensor] = []
         locals_: List[torch.Tensor] = []
         wire_args, key_args = _walk(args, pointers, locals_)
         wire_kwargs, key_kwargs = _walk(kwargs, pointers, locals_) if kwargs else ({}, ())
         for ptr in pointers:
-            if ptr._client is not self:
+            if ptr.client is not self:
                 raise CrossWorkerError(
-                    f"{short_name(name)} mixes pointers on {self.name} and on {ptr._client.name}; "
+                    f"{short_name(name)} mixes pointers on {self.name} and on {ptr.client.name}; "
                     f"move one side first (e.g. .get() it, then send it to the other worker)")
-            if ptr._freed:
+            if ptr.deleted:
                 raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
         if "out" in kwargs:
             raise TypeError("out= is not supported with pointers; use the returned pointer")
@@ -288,7 +299,7 @@ class Client:
                 del origins[old]
         self._link.send(encode({"t": Kind.OP, "s": seq, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": out}))
         result = _build(self, template, iter(out), pointers)
-        self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p._id for p in pointers),
+        self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p.oid for p in pointers),
                          out=tuple(o for o in out if o is not None))
         return result
 
@@ -298,41 +309,23 @@ class Client:
                               op=name)
         return _build_described(self, reply["r"])
 
-    # -- pointer bookkeeping ----------------------------------------------------------------
-    def _track(self, ptr: PointerTensor) -> None:
-        ptr._freed = False
-        self._pointers[ptr._local_id] = ptr
+    # -- pointer bookkeeping (called by PointerTensor) ----------------------------------------
+    def track(self, ptr: PointerTensor) -> None:
+        """List a new pointer among :attr:`pointers`."""
+        self._pointers[ptr.id] = ptr
 
-    def _delete(self, ptr: PointerTensor) -> None:
-        if ptr._freed:
-            return
-        ptr._freed = True
-        handle = ptr._handle
-        if handle is not None:
-            ptr._handle = None
-            handle.queue = _Discard  # the explicit free below replaces the one at garbage collection
-            self._free_queue.append(ptr._id)
-        self._pointers.pop(ptr._local_id, None)
-        self.events.emit("delete", id=ptr._id)
-
-    def _is_freed(self, ptr: PointerTensor) -> bool:
-        return ptr._freed or self._link.closed
+    def forget(self, ptr: PointerTensor) -> None:
+        """A pointer was deleted: no longer listed."""
+        self._pointers.pop(ptr.id, None)
+        self.events.emit("delete", id=ptr.oid)
 
     def _check_pointer(self, ptr: Any) -> None:
         if not isinstance(ptr, PointerTensor):
             raise TypeError(f"expected a PointerTensor, got {type(ptr).__name__}")
-        if ptr._client is not self:
-            raise CrossWorkerError(f"this pointer lives on {ptr._client.name}, not on {self.name}")
-        if ptr._freed:
+        if ptr.client is not self:
+            raise CrossWorkerError(f"this pointer lives on {ptr.client.name}, not on {self.name}")
+        if ptr.deleted:
             raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
-
-
-class _Discard:
-    """A queue that drops what is appended (for handles already freed explicitly)."""
-
-    @staticmethod
-    def append(item: Any) -> None:
-        pass
 
 
 def _id_source() -> Callable[[], bytes]:
@@ -363,7 +356,7 @@ def _dtype(name: str) -> torch.dtype:
 def _label(ptr: Optional[PointerTensor]) -> str:
     if ptr is None:
         return "a value"
-    return " ".join(ptr._tags) if ptr._tags else ptr._id.hex()[:8]
+    return " ".join(ptr.tags) if ptr.tags else ptr.oid.hex()[:8]
 
 
 def _user_site() -> Optional[Tuple[str, int]]:
@@ -385,7 +378,7 @@ def _walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) 
     t = type(obj)
     if t is PointerTensor:
         pointers.append(obj)
-        return obj._ref, ("P", obj._sig)
+        return obj.wire_ref, ("P", obj.signature)
     if t in _SCALARS:
         return obj, (t, obj)
     if t is tuple or t is list:
@@ -419,7 +412,8 @@ def _to_meta(obj: Any, memo: Dict[int, torch.Tensor], found: List[torch.Tensor],
         s = memo.get(id(obj))
         if s is None:
             with torch._C.DisableTorchFunctionSubclass():
-                s = torch.empty(obj._sig[0], dtype=obj._sig[1], device="meta", requires_grad=obj._sig[2])
+                shape, dtype, requires_grad = obj.signature
+                s = torch.empty(shape, dtype=dtype, device="meta", requires_grad=requires_grad)
             memo[id(obj)] = s
         found.append(s)
         return s
@@ -534,4 +528,4 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
 
 def live_clients() -> List[Client]:
     """The clients of this process that are still connected or not yet closed."""
-    return [c for c in list(_LIVE) if not c._link.closed]
+    return [c for c in list(_LIVE) if not c.closed]
