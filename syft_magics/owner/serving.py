@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import msgpack
 import torch
@@ -47,8 +47,8 @@ class _Reject(Exception):
 class Server:
     """Serves one worker's ROUTER socket from a background thread.
 
-    It holds what only the serving thread may change: the sessions, the
-    handshakes in progress and the grants of approved gets.
+    It holds what only the serving thread may change: the sessions and the
+    handshakes in progress (approvals live in the worker's request book).
     """
 
     def __init__(self, worker: "Worker") -> None:
@@ -60,7 +60,6 @@ class Server:
         self.stats = worker.stats
         self.sessions: Dict[bytes, Session] = {}
         self.handshakes: Dict[bytes, Tuple[bytes, dict, float]] = {}
-        self.grants: Set[Tuple[bytes, bytes]] = set()
         self._calls: Deque[Callable[[zmq.Socket], None]] = deque()
         self._wake_send: Optional[zmq.Socket] = None
         self._wake_lock = threading.Lock()
@@ -109,14 +108,14 @@ class Server:
         self.call_soon(lambda router: send_parts(router, [ident, *encode(header)], flags=0))
 
     def grant(self, req: GetRequest) -> None:
-        """Let the next get of ``req``'s object through and tell its client (from the owner's thread)."""
+        """Tell ``req``'s client that the owner approved (from the owner's thread; the request book
+        already lets its next get through): its waiting ``.get()`` asks again."""
 
-        def apply(router: zmq.Socket) -> None:
+        def tell(router: zmq.Socket) -> None:
             if req.session in self.sessions:
-                self.grants.add((req.session, req.oid))
                 send_parts(router, [req.session, *encode({"t": Kind.APPROVED, "s": req.seq, "n": req.n})], flags=0)
 
-        self.call_soon(apply)
+        self.call_soon(tell)
 
     def _wake(self) -> None:
         with self._wake_lock:
@@ -279,10 +278,7 @@ class Server:
         if session is None:
             return
         freed = self.store.drop_session(ident)
-        for req in self.requests.pending:
-            if req.session == ident:
-                self.requests.decide(req.n, "cancelled", reason)
-        self.grants = {g for g in self.grants if g[0] != ident}
+        self.requests.end_session(ident, reason)
         self.events.emit("disconnect", client=session.label, session=session.short, reason=reason, freed=freed)
 
     # -- message handlers ----------------------------------------------------------
@@ -362,8 +358,7 @@ class Server:
         if entry.error is not None:
             raise _Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
         entry.last_access = time.time()
-        if (session.ident, oid) in self.grants:
-            self.grants.discard((session.ident, oid))
+        if self.requests.take_grant(session.ident, oid):
             return self._value(session, seq, entry)
         if type(self.worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
             return self._value(session, seq, entry)
@@ -376,12 +371,10 @@ class Server:
             self.events.emit("get", client=session.label, id=entry.hex, status="denied")
             raise _Reject(ErrorCode.DENIED, f"{self.name} refused to release {entry.label}: "
                                     f"{self.worker.policy.deny_reason(GetRequest(n=0, **req_fields))}")
-        for req in self.requests.pending:
-            if req.session == session.ident and req.oid == oid:
-                req.seq = seq
-                break
-        else:
-            req = self.requests.open(**req_fields, session=session.ident, oid=oid, seq=seq)
+        req, opened = self.requests.ask(session.ident, oid, seq, **req_fields)
+        if req is None:  # the owner approved while this get was on its way
+            return self._value(session, seq, entry)
+        if opened:
             self.events.emit("request", n=req.n, client=session.label, id=entry.hex, lineage=req.lineage)
         return encode({"t": Kind.PENDING, "s": seq, "n": req.n, "name": self.name})
 
