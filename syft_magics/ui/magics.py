@@ -198,10 +198,16 @@ class SyftMagics(Magics):
     @line_magic
     def syft_workers(self, line: str = "") -> None:
         """A table of this kernel's workers and connections."""
+        from ..owner.worker import live_workers
+        from ..scientist.client import live_clients
+
+        # the magics' own, then those this kernel made through the Python API (Worker(...).start(), connect())
+        workers = list(self.workers.values()) + [w for w in live_workers() if w not in self.workers.values()]
+        clients = list(self.clients.values()) + [c for c in live_clients() if c not in self.clients.values()]
         rows = [("worker", w.name, w.address or "-", w.policy.name, "running" if w.running else "stopped",
-                 f"{len(w.store)} objects, {len(w.clients)} clients") for w in self.workers.values()]
+                 f"{len(w.store)} objects, {len(w.clients)} clients") for w in workers]
         rows += [("connection", c.name, c.address, c.policy, "connected" if c.connected else "disconnected",
-                  f"{len(c.pointers)} pointers") for c in self.clients.values()]
+                  f"{len(c.pointers)} pointers") for c in clients]
         if not rows:
             print("no workers or connections in this kernel (start with %syft_worker NAME or %syft_connect NAME)")
             return
