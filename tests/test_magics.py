@@ -166,3 +166,29 @@ def test_unwritable_log_file_is_a_usage_error_and_no_worker_is_left(ip, tmp_path
     with pytest.raises(UsageError, match="cannot start worker Bob"):
         ip.run_line_magic("syft_worker", f"Bob --log {tmp_path}/missing-dir/bob.log")
     assert "bob" not in ip.user_ns
+
+
+def test_inspect_magic_shows_the_card_of_a_variable_or_an_item(ip, monkeypatch):
+    import IPython.display
+
+    from syft_magics.ui.card import PointerCard
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    ip.run_line_magic("syft_worker", "Bob 0 --policy open")
+    ip.user_ns["x"] = torch.ones(3)
+    ip.run_line_magic("syft_share", "x #X")
+    ip.run_line_magic("syft_connect", "Bob --as c")
+    ip.run_cell("x_set = c.search('#X')")
+    ip.run_line_magic("syft_inspect", "x_set[0]")
+    card = shown[-1]
+    try:
+        assert isinstance(card, PointerCard) and card.name == "x_set[0]" and card.state == "shared"
+    finally:
+        card.close()
+    with pytest.raises(UsageError, match="not a pointer"):
+        ip.run_line_magic("syft_inspect", "x")
+    with pytest.raises(UsageError, match="no variable named 'nope'"):
+        ip.run_line_magic("syft_inspect", "nope")
+    with pytest.raises(UsageError, match="takes a variable"):
+        ip.run_line_magic("syft_inspect", "__import__('os')")

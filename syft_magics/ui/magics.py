@@ -255,10 +255,7 @@ class SyftMagics(Magics):
         args = parse_argstring(self.syft_inspect, line)
         from ..scientist.pointer import PointerTensor
 
-        try:
-            value = eval(args.var, self.shell.user_ns)  # the user's own expression, in the user's namespace
-        except Exception as exc:
-            raise UsageError(f"cannot evaluate {args.var!r}: {exc}") from None
+        value = _lookup(args.var, self.shell.user_ns)
         if not isinstance(value, PointerTensor):
             raise UsageError(f"{args.var} is a {type(value).__name__}, not a pointer; %syft_inspect shows pointers")
         from IPython.display import display
@@ -297,6 +294,38 @@ class SyftMagics(Magics):
             worker.stop()
         self.clients.clear()
         self.workers.clear()
+
+
+def _lookup(expr: str, namespace: Dict[str, Any]) -> Any:
+    """The value of a variable, or of items and attributes of one (``z``, ``x_set[0]``, ``d['w']``, ``m.weight``).
+
+    Only names, constant subscripts and attributes: nothing is evaluated.
+    """
+    import ast
+
+    try:
+        node = ast.parse(expr.strip(), mode="eval").body
+    except SyntaxError:
+        raise UsageError(f"{expr!r} is not a variable name (e.g. z or x_set[0])") from None
+
+    def value(n: ast.AST) -> Any:
+        if isinstance(n, ast.Name):
+            if n.id not in namespace:
+                raise UsageError(f"no variable named {n.id!r} in the notebook")
+            return namespace[n.id]
+        if isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant):
+            try:
+                return value(n.value)[n.slice.value]
+            except (LookupError, TypeError) as exc:
+                raise UsageError(f"{expr}: {exc}") from None
+        if isinstance(n, ast.Attribute):
+            try:
+                return getattr(value(n.value), n.attr)
+            except AttributeError as exc:
+                raise UsageError(f"{expr}: {exc}") from None
+        raise UsageError(f"%syft_inspect takes a variable, an item or an attribute of one, not {expr!r}")
+
+    return value(node)
 
 
 def _same_tensor(a: Any, b: Any) -> bool:
