@@ -7,7 +7,7 @@ so code that already handles those keeps working.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Dict, Optional, Type
+from typing import Dict, List, Optional, Type
 
 
 class WireEnum(str, Enum):
@@ -40,6 +40,13 @@ class ErrorCode(WireEnum):
 
 class SyftError(Exception):
     """Base class of every syft_magics error."""
+
+    def _render_traceback_(self) -> List[str]:
+        """How IPython shows this error (its hook, as ipyparallel's errors use it): the user's frames
+        and the message, without the client's, the link's and torch's frames it passed through."""
+        from .traces import user_traceback
+
+        return user_traceback(self)
 
 
 class WorkerUnreachable(SyftError, ConnectionError):

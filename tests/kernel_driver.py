@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ class Output:
     stderr: str = ""
     results: List[str] = field(default_factory=list)
     error: str = ""
+    #: the traceback as the notebook shows it (colours removed)
+    traceback: str = ""
 
     @property
     def text(self) -> str:
@@ -63,6 +66,7 @@ class Kernel:
                 out.results.append(content["data"].get("text/plain", ""))
             elif kind == "error":
                 out.error = f"{content['ename']}: {content['evalue']}"
+                out.traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(content.get("traceback", ())))
             elif kind == "status" and content["execution_state"] == "idle":
                 return out
 

@@ -9,9 +9,7 @@ issued it.
 from __future__ import annotations
 
 import itertools
-import linecache
 import os
-import sys
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -33,6 +31,7 @@ from ..errors import (
     error_class,
 )
 from ..events import EventStream
+from ..traces import describe, user_site
 from ..wire import discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import DTYPES, ErrorCode, Kind, encode
@@ -40,7 +39,6 @@ from .inference import REMOTE, has_tensors, infer
 from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
 
-_SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
 
@@ -157,7 +155,7 @@ class Client:
         else:
             seq = self._link.next_seq()
             header["s"] = seq
-            self._origins[seq] = ("send", _user_site())
+            self._origins[seq] = ("send", user_site())
             # a tagged tensor is meant to be found, perhaps by another client: send it now
             self._link.send(encode(header), flush=bool(tags))
         ptr = PointerTensor(self, oid, tuple(tensor.shape), tensor.dtype, owned=True, tags=tags)
@@ -214,7 +212,7 @@ class Client:
         seq = link.next_seq()
         header["s"] = seq
         if op is not None:
-            self._origins[seq] = (op, _user_site())
+            self._origins[seq] = (op, user_site())
         link.expect(seq)
         answered = False
         try:
@@ -269,8 +267,7 @@ class Client:
         text = f"{short_name(op) if op else 'an op'} failed on {self.name}: {msg}"
         line = None
         if site is not None:
-            src = linecache.getline(site[0], site[1]).strip()
-            line = f"{site[0]}:{site[1]}" + (f": {src}" if src else "")
+            line = describe(site)
             text += f"\n  issued at {line}"
         if more:
             text += f"\n  ({more} more op{'s' if more > 1 else ''} failed since; fix this one first)"
@@ -314,7 +311,7 @@ class Client:
         _out_ids(template, out, self._new_id)
         seq = self._link.next_seq()
         origins = self._origins
-        origins[seq] = (name, _user_site())
+        origins[seq] = (name, user_site())
         if len(origins) > 200_000:
             for old in list(origins)[:100_000]:
                 del origins[old]
@@ -378,17 +375,6 @@ def _label(ptr: Optional[PointerTensor]) -> str:
     if ptr is None:
         return "a value"
     return " ".join(ptr.tags) if ptr.tags else ptr.oid.hex()[:8]
-
-
-def _user_site() -> Optional[Tuple[str, int]]:
-    """The first frame outside torch and syft_magics: the user's line."""
-    f = sys._getframe(1)
-    while f is not None:
-        filename = f.f_code.co_filename
-        if not filename.startswith(_SKIP_DIRS):
-            return filename, f.f_lineno
-        f = f.f_back
-    return None
 
 
 _SCALARS = (int, float, bool, str, type(None), complex)

@@ -208,7 +208,12 @@ class PointerTensor(torch.Tensor):
             qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
             raise OpNotAllowed(f"{qual} cannot run on a pointer: it has no public torch name")
         first = args[0] if args and type(args[0]) is PointerTensor else _first_pointer(args, kwargs)
-        return first._client.run(func, name, args, kwargs)
+        try:
+            return first._client.run(func, name, args, kwargs)
+        except Exception as exc:
+            # raised at the user's line (torch's shape error from inference, a freed pointer...):
+            # without the frames of the client and of torch's shape inference it came through
+            raise exc.with_traceback(None)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
