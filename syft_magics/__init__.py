@@ -9,6 +9,8 @@ Public surface::
 
 In IPython: ``%load_ext syft_magics``, then ``%syft_worker``, ``%syft_connect``...
 """
+import logging
+
 from .config import defaults
 from .errors import (
     AuthenticationError,
@@ -40,6 +42,9 @@ from .scientist.client import Client, SearchResult, connect
 from .scientist.pointer import PointerTensor
 
 __version__ = "0.1.0"
+
+# a library's logger: silent unless the application configures logging (logging.getLogger("syft_magics"))
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Allowlist", "Client", "ClosedPolicy", "Event", "EventStream", "GetRequest", "OpenPolicy", "PointerTensor",

@@ -7,10 +7,13 @@ is not cheap. Subscribers run in the emitting thread.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter, deque
 from typing import Any, Callable, Deque, Dict, List, Optional
+
+log = logging.getLogger(__name__)
 
 
 class Event:
@@ -67,6 +70,7 @@ class EventStream:
             try:
                 callback(event)
             except Exception:  # a broken panel must never break serving
+                log.warning("event subscriber %r failed on %r and was removed", callback, event.kind, exc_info=True)
                 with self._lock:
                     self._subscribers = [s for s in self._subscribers if s is not callback]
         return event

@@ -10,6 +10,7 @@ reply and never stops the worker.
 from __future__ import annotations
 
 import os
+import logging
 import threading
 import time
 from collections import deque
@@ -31,6 +32,8 @@ from .writes import written_args
 
 if TYPE_CHECKING:
     from .worker import Worker
+
+log = logging.getLogger(__name__)
 
 #: How long a peer that said hello may take to authenticate.
 HANDSHAKE_TIMEOUT = 30.0
@@ -154,6 +157,9 @@ class Server:
                     next_check = now + 1.0
             for ident in list(self.sessions):
                 send_parts(router, [ident, *encode({"t": Kind.BYE, "name": self.name})], flags=0)
+        except Exception:
+            log.exception("the serving loop of worker %s stopped", self.name)
+            raise
         finally:
             router.close()
             wake.close(0)
@@ -168,13 +174,15 @@ class Server:
         except zmq.ContextTerminated:
             raise
         except Exception:  # a reply that cannot go out is dropped; the worker serves on
-            pass
+            log.warning("worker %s dropped a reply to %s", self.name, ident.hex()[:8], exc_info=True)
 
     def _answer(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
         """The reply to one message (``[header, *frames]``): its handler's, or an error; never raises."""
         try:
             return self._handle(ident, parts, batched)
         except Exception as exc:  # the worker survives anything a client sends
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("worker %s answers %s with an error", self.name, ident.hex()[:8], exc_info=True)
             return _error_reply(exc)
 
     def _handle(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
@@ -478,7 +486,9 @@ def _error_reply(exc: Exception) -> List[Any]:
         return encode({"t": Kind.ERR, "s": getattr(exc, "seq", None), "code": code, **extra,
                        "etype": type(exc).__name__, "msg": str(exc)})
     except Exception:
-        return encode({"t": Kind.ERR, "s": None, "code": ErrorCode.ERROR, "etype": "Exception", "msg": "unprintable error"})
+        log.warning("an error reply could not be encoded", exc_info=True)
+        return encode({"t": Kind.ERR, "s": None, "code": ErrorCode.ERROR, "etype": "Exception",
+                       "msg": "unprintable error"})
 
 
 def _flatten(result: Any) -> List[Any]:

@@ -14,6 +14,7 @@ number. Any thread may read a reply off the socket; it files it in
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket as _socket
 import threading
@@ -39,6 +40,8 @@ from ..errors import (
 from ..wire import auth, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode
 from ..wire.sockets import readable, recv_parts, send_parts
+
+log = logging.getLogger(__name__)
 
 #: Frames at least this large go zero-copy: tracked until ZeroMQ releases them, or acknowledged by the
 #: worker (``Client.send``); smaller ones are copied when queued (measured: a memcpy costs less than
@@ -399,13 +402,16 @@ class Link:
                     self._flush(now + defaults.reply_timeout)
                 self._ping_if_due(now)
                 self._drain()
-            except (zmq.Again, WorkerUnreachable):
-                pass
+            except (zmq.Again, WorkerUnreachable) as exc:  # the next tick tries again; a waiter raises it
+                log.debug("link to %s: %s", self.worker_name, exc)
             except zmq.ZMQError as exc:
                 try:
                     self._lost(exc)
-                except Exception:
-                    pass
+                except Exception as lost:  # the link is unusable; the next call on it raises this
+                    log.info("link to %s lost: %s", self.worker_name, lost)
+                return
+            except Exception:  # a bug: the thread ends (heartbeats stop), but not silently
+                log.exception("link to %s: the background thread failed", self.worker_name)
                 return
             finally:
                 self.lock.release()

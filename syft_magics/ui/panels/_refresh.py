@@ -12,6 +12,7 @@ end while the notebook is idle (ipykernel sends comm messages from any thread).
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -24,6 +25,8 @@ __all__ = ["Refresher", "REFRESHER", "TICK", "DUTY", "MAX_INTERVAL", "LivePanel"
 TICK = 0.05  # how often the thread looks at the panels (s)
 DUTY = 0.02  # at most this share of the time is spent rendering one panel (under load)...
 MAX_INTERVAL = 2.0  # ...but a panel with news is never more than this many seconds behind
+
+log = logging.getLogger(__name__)
 
 
 class Refresher:
@@ -74,6 +77,7 @@ class Refresher:
                 try:
                     panel._tick(now)  # type: ignore[attr-defined]
                 except Exception:  # a broken panel shows its error and stops; the others go on
+                    log.warning("panel %s failed and stops refreshing", type(panel).__name__, exc_info=True)
                     try:
                         panel._broken(traceback.format_exc())  # type: ignore[attr-defined]
                     except Exception:
