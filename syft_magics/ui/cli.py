@@ -11,6 +11,7 @@ the data scientist.
 from __future__ import annotations
 
 import argparse
+import cmd
 import contextlib
 import os
 import queue
@@ -24,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
+
+from ..owner.policy import POLICIES
 
 COMMANDS = "requests | approve N | deny N [reason] | objects | quit"
 
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("name", help="the worker's name; clients connect with syft_magics.connect(NAME)")
     w.add_argument("--port", type=int, default=0, help="TCP port (default: 0, any free port)")
     w.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    w.add_argument("--policy", choices=("open", "review", "closed"), default="review",
+    w.add_argument("--policy", choices=tuple(POLICIES), default="review",
                    help="who may .get() values: everyone, only what you approve (default), nobody")
     w.add_argument("--verbose", action="store_true", help="print one line per command received")
     w.add_argument("--log", metavar="FILE", help="append one JSON line per command to FILE")
@@ -105,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the seed tutorial with a worker in a second process",
                        description="Start a worker Bob in a child process sharing #X and #Y, connect to it by name, "
                                    "add the two remotely, get the sum, time a pipelined loop, then stop Bob.")
-    d.add_argument("--policy", choices=("open", "review", "closed"), default="open",
+    d.add_argument("--policy", choices=tuple(POLICIES), default="open",
                    help="Bob's policy (default: open; review: the demo approves through Bob's stdin)")
     return parser
 
@@ -174,6 +177,7 @@ def _say(text: str, file: Any = None) -> None:
 def _serve_console(worker: Any, stop: threading.Event, notes: "queue.SimpleQueue[int]") -> None:
     """Until ``stop`` or ``quit``: print request notices and run the commands typed on stdin."""
     fd = _stdin_fd()
+    console = OwnerConsole(worker)
     buffer = b""
     while not stop.is_set():
         while not notes.empty():
@@ -194,7 +198,7 @@ def _serve_console(worker: Any, stop: threading.Event, notes: "queue.SimpleQueue
         lines = buffer.split(b"\n")
         buffer = lines.pop() if chunk else b""
         for line in lines + ([buffer] if not chunk else []):
-            if _command(worker, line.decode(errors="replace").strip()) == "quit":
+            if console.onecmd(line.decode(errors="replace").strip()):
                 return
         if not chunk:  # end of input: keep serving, stop reading
             fd = None
@@ -217,29 +221,54 @@ def _in_foreground(fd: int) -> bool:
         return True
 
 
-def _command(worker: Any, line: str) -> Optional[str]:
-    """Run one owner command; errors are reported, never fatal."""
-    word, _, rest = line.partition(" ")
-    try:
-        if word == "quit":
-            return "quit"
-        if word == "requests":
-            _say(repr(worker.requests))
-        elif word == "objects":
-            _say(repr(worker.objects))
-        elif word in ("approve", "deny"):
-            n_text, _, reason = rest.strip().partition(" ")
-            if not n_text.lstrip("#").isdigit():
-                _say(f"error: usage: {word} N" + (" [reason]" if word == "deny" else ""), sys.stderr)
-                return None
-            n = int(n_text.lstrip("#"))
-            req = worker.approve(n) if word == "approve" else worker.deny(n, reason.strip())
-            _say(f"{req.status} request #{n}" + (f": {req.reason}" if req.reason else ""))
-        elif word:
-            _say(f"error: unknown command {word!r}; commands: {COMMANDS}", sys.stderr)
-    except (KeyError, ValueError) as exc:  # no such request, or already decided
-        _say(f"error: {exc.args[0] if exc.args else exc}", sys.stderr)
-    return None
+class OwnerConsole(cmd.Cmd):
+    """The owner's commands typed on the worker's stdin (one :meth:`onecmd` per line; errors are
+    reported on stderr, never fatal). The read loop stays :func:`_serve_console`'s: it must also
+    print request notices and notice signals while no line comes."""
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__(stdout=sys.stdout)
+        self.worker = worker
+
+    def emptyline(self) -> bool:  # an empty line does nothing (cmd.Cmd would repeat the last command)
+        return False
+
+    def default(self, line: str) -> bool:
+        _say(f"error: unknown command {line.split()[0]!r}; commands: {COMMANDS}", sys.stderr)
+        return False
+
+    def do_quit(self, arg: str) -> bool:
+        """Stop the worker."""
+        return True
+
+    def do_requests(self, arg: str) -> None:
+        """The get requests, pending and decided."""
+        _say(repr(self.worker.requests))
+
+    def do_objects(self, arg: str) -> None:
+        """The objects this worker holds."""
+        _say(repr(self.worker.objects))
+
+    def do_approve(self, arg: str) -> None:
+        """approve N: let request N's value go to its client."""
+        self._decide("approve", arg)
+
+    def do_deny(self, arg: str) -> None:
+        """deny N [reason]: refuse request N; its client's .get() raises PermissionDenied."""
+        self._decide("deny", arg)
+
+    def _decide(self, word: str, arg: str) -> None:
+        n_text, _, reason = arg.strip().partition(" ")
+        if not n_text.lstrip("#").isdigit():
+            _say(f"error: usage: {word} N" + (" [reason]" if word == "deny" else ""), sys.stderr)
+            return
+        n = int(n_text.lstrip("#"))
+        try:
+            req = self.worker.approve(n) if word == "approve" else self.worker.deny(n, reason.strip())
+        except (KeyError, ValueError) as exc:  # no such request, or already decided
+            _say(f"error: {exc.args[0] if exc.args else exc}", sys.stderr)
+            return
+        _say(f"{req.status} request #{n}" + (f": {req.reason}" if req.reason else ""))
 
 
 # -- the demo ---------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from jupyter_client.localinterfaces import is_local_ip
+from jupyter_core.paths import secure_write
+
 from ..errors import StaleConnectionFile, UnknownWorker
 
 PREFIX = "syft-worker-"
@@ -77,8 +80,7 @@ def write(info: ConnectionInfo) -> Path:
     data = asdict(info)
     data.pop("path")
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with secure_write(str(tmp)) as f:  # 0600, checked, as Jupyter writes its kernels' connection files
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
     info.path = str(path)
@@ -151,7 +153,8 @@ def find_by_address(address: str) -> Optional[ConnectionInfo]:
 
 
 def _is_local(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "0.0.0.0", "*", "::1", "") or host.startswith("127.")
+    """Whether ``host`` names this machine (loopback, any of its interfaces, or a bind-all address)."""
+    return host in ("localhost", "*", "::1") or host.startswith("127.") or is_local_ip(host)
 
 
 def remove_stale(name: str) -> None:
