@@ -200,7 +200,7 @@ def test_objects_registry_lists_tags_shape_dtype_bytes_origin(seed):
     assert made.shape == (5,) and made.op == ".add" and bob.store.lineage(made) == ".add(#X)"
     text = repr(objects)
     assert "Bob holds 5 objects" in text and "#weights" in text and "float64" in text and "owner" in text
-    assert "<table>" in objects._repr_html_()
+    assert "<table" in objects._repr_html_() and "#X" in objects._repr_html_()
     assert objects[sent.id_at_location].summary()["bytes"] == 16
 
 

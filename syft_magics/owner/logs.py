@@ -5,6 +5,7 @@ import json
 import threading
 from typing import TYPE_CHECKING, TextIO
 
+from ..display import short_id
 from ..events import Event
 
 if TYPE_CHECKING:
@@ -49,10 +50,10 @@ def describe_command(worker: "Worker", event: Event) -> str:
     labels = []
     for oid in data.get("inputs", ()):
         entry = worker.store.get(oid)
-        labels.append(entry.label if entry else oid.hex()[:8] + "…")
+        labels.append(entry.label if entry else short_id(oid))
     text = f"{data['op']}({', '.join(labels)})"
     if data.get("out"):
-        text += " -> " + ", ".join(o.hex()[:8] + "…" for o in data["out"])
+        text += " -> " + ", ".join(short_id(o) for o in data["out"])
     return text
 
 

@@ -9,8 +9,8 @@ reply and never stops the worker.
 """
 from __future__ import annotations
 
-import os
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -20,6 +20,7 @@ import msgpack
 import torch
 import zmq
 
+from ..display import dtype_text, short_id
 from ..errors import ProtocolError, TagError
 from ..wire import auth, samehost
 from ..wire.names import check_tag, short_name
@@ -235,10 +236,10 @@ class Server:
         def resolve(oid: bytes) -> Any:
             entry = store.get(oid)
             if entry is None:
-                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {oid.hex()[:8]}… "
+                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {short_id(oid)} "
                                                 "(it was freed, or never existed)")
             if entry.session is not None and entry.session != session.ident:
-                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"object {oid.hex()[:8]}… belongs to another client")
+                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"object {short_id(oid)} belongs to another client")
             if entry.error is not None:
                 raise _Reject(ErrorCode.FAILED_INPUT, f"an input ({entry.label}) came from an op that failed: {entry.error}")
             used.append(entry)
@@ -374,7 +375,7 @@ class Server:
         oid = field(header, "id", bytes)
         entry = self.store.get(oid)
         if entry is None or (entry.session is not None and entry.session != session.ident):
-            raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {oid.hex()[:8]}… (it was freed, or never existed)")
+            raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {short_id(oid)} (it was freed, or never existed)")
         if entry.error is not None:
             raise _Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
         entry.last_access = time.time()
@@ -506,7 +507,7 @@ def _describe_result(result: Any, ids) -> Any:
         return ["L", type(result).__name__, [_describe_result(r, ids) for r in result]]
     oid = next(ids)
     if isinstance(result, torch.Tensor):
-        return ["T", oid, list(result.shape), str(result.dtype).removeprefix("torch."), result.requires_grad]
+        return ["T", oid, list(result.shape), dtype_text(result.dtype), result.requires_grad]
     return ["V", None]
 
 

@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 import torch
 
-from ..display import html_table, human_bytes, table
+from ..display import dtype_text, esc, html_row, html_table, human_bytes, short_id, table
 from ..wire.names import check_tag
 
 __all__ = ["OWNER", "Entry", "ObjectStore", "Registry", "check_tag", "new_id"]
@@ -35,7 +35,6 @@ class Entry:
     session: Optional[bytes] = None
     op: str = ""  # the op that made it ("" for shared or sent objects)
     inputs: Tuple[bytes, ...] = ()
-    readonly: bool = False
     created: float = field(default_factory=time.time)
     last_access: float = field(default_factory=time.time)
     error: Optional[str] = None  # set when the op meant to create it failed
@@ -47,7 +46,7 @@ class Entry:
     @property
     def label(self) -> str:
         """How the object reads in logs: its tags, else a short id."""
-        return " ".join(self.tags) if self.tags else self.id.hex()[:8] + "…"
+        return " ".join(self.tags) if self.tags else short_id(self.id)
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -55,7 +54,7 @@ class Entry:
 
     @property
     def dtype(self) -> str:
-        return str(self.tensor.dtype).removeprefix("torch.") if self.tensor is not None else "-"
+        return dtype_text(self.tensor.dtype) if self.tensor is not None else "-"
 
     @property
     def nbytes(self) -> int:
@@ -173,7 +172,7 @@ class ObjectStore:
         labels = []
         for oid in entry.inputs:
             inp = self._entries.get(oid)
-            labels.append(inp.label if inp is not None else oid.hex()[:8] + "…")
+            labels.append(inp.label if inp is not None else short_id(oid))
         return f"{entry.op}({', '.join(labels)})"
 
     def all_tags(self) -> List[str]:
@@ -229,4 +228,5 @@ class Registry(Mapping[str, Entry]):
         return f"{self._name} holds {len(self)} objects\n" + table(self._HEADERS, self._rows())
 
     def _repr_html_(self) -> str:
-        return f"<b>{self._name}</b> holds {len(self)} objects" + html_table(self._HEADERS, self._rows())
+        return (f"<b>{esc(self._name)}</b> holds {len(self)} objects"
+                + html_table(self._HEADERS, [html_row(cells) for cells in self._rows()]))

@@ -100,14 +100,5 @@ def has_tensors(template: Template) -> bool:
     return False
 
 
-def new_leaf_count(template: Template) -> int:
-    kind = template[0]
-    if kind == "T":
-        return 1
-    if kind == "C":
-        return sum(new_leaf_count(c) for c in template[2])
-    return 0
-
-
 def clear_cache() -> None:
     _CACHE.clear()

@@ -23,6 +23,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 import ipywidgets as widgets
 import torch
 
+from ..display import TextRepr, dtype_text, short_id
 from ..errors import PermissionDenied
 from .panels import _html as H
 from .preview import preview_html
@@ -52,7 +53,7 @@ def policy_text(worker: str, policy: str) -> str:
     return f"{worker}'s policy {policy!r} decides each get (it may allow, refuse or ask {worker})."
 
 
-class PointerCard(widgets.VBox):
+class PointerCard(TextRepr, widgets.VBox):
     """A card for one pointer; ``card.request_value()`` is what its button does."""
 
     def __init__(self, ptr: Any, name: Optional[str] = None) -> None:
@@ -61,7 +62,7 @@ class PointerCard(widgets.VBox):
         self.client = ptr.client
         self.oid: bytes = ptr.oid
         self.shape = tuple(ptr.shape)
-        self.dtype = str(ptr.dtype).removeprefix("torch.")
+        self.dtype = dtype_text(ptr.dtype)
         self.tags: Tuple[str, ...] = tuple(ptr.tags)
         self.owned = ptr.owned
         self.name = name or _find_name(ptr)
@@ -150,7 +151,7 @@ class PointerCard(widgets.VBox):
         def text(oid: bytes, level: int) -> str:
             made = index.get(oid)
             if made is None or level >= depth:
-                return labels.get(oid, oid.hex()[:8] + "…")
+                return labels.get(oid, short_id(oid))
             args = ", ".join(text(i, level + 1) for i in made.data.get("inputs", ()))
             return f"{str(made.data.get('op', '?')).lstrip('.')}({args})"
 
@@ -283,11 +284,6 @@ class PointerCard(widgets.VBox):
         return (f"{self.name or 'pointer'} on {self.client.name}: {self.state}, shape {self.shape}, {self.dtype}, "
                 f"made by {self.lineage()}{value}")
 
-    def __repr__(self) -> str:
-        try:
-            return self.text()
-        except Exception as exc:  # never let a repr fail
-            return f"<PointerCard ({exc})>"
 
 
 def _find_name(ptr: Any) -> Optional[str]:

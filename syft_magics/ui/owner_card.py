@@ -12,6 +12,7 @@ from typing import Any, List, Optional, Tuple
 
 import ipywidgets as widgets
 
+from ..display import TextRepr, short_id
 from .panels import _html as H
 from .preview import preview_html
 
@@ -39,7 +40,7 @@ def find_entry(worker: Any, what: str) -> Any:
     return sorted(found, key=lambda e: e.created)[0]
 
 
-class OwnerCard(widgets.VBox):
+class OwnerCard(TextRepr, widgets.VBox):
     """One object as its owner sees it."""
 
     def __init__(self, worker: Any, entry: Any) -> None:
@@ -69,7 +70,7 @@ class OwnerCard(widgets.VBox):
             parts = []
             for oid in e.inputs:
                 inp = store.get(oid)
-                parts.append(text(inp, level + 1) if inp is not None else oid.hex()[:8] + "…")
+                parts.append(text(inp, level + 1) if inp is not None else short_id(oid))
             return f"{e.op.lstrip('.')}({', '.join(parts)})"
 
         e = self.entry
@@ -151,12 +152,6 @@ class OwnerCard(widgets.VBox):
         e = self.entry
         return (f"{e.label} on {self.worker.name}: shape {tuple(e.shape)}, {e.dtype}, made by {self.lineage()}, "
                 f"held by {', '.join(self.holders()) or 'no connected client'}")
-
-    def __repr__(self) -> str:
-        try:
-            return self.text()
-        except Exception as exc:  # never let a repr fail
-            return f"<OwnerCard ({exc})>"
 
     def close(self) -> None:
         for child in (self.header, self.details, self.preview):

@@ -6,13 +6,14 @@ JupyterLab, Notebook 7, Voila and VS Code without any front-end build or CDN.
 """
 from __future__ import annotations
 
-import html
 import time
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
-from ...display import human_bytes
+from ...display import esc, human_bytes
+from ...display import html_row as row
+from ...display import html_table as table
 
-__all__ = ["esc", "table", "clock", "duration", "human_bytes", "STYLE", "short", "plural"]
+__all__ = ["esc", "table", "row", "badge", "clock", "duration", "human_bytes", "STYLE", "plural"]
 
 #: One style block per widget value; the class names are all prefixed ``syft-``.
 STYLE = """<style>
@@ -35,16 +36,6 @@ STYLE = """<style>
 </style>"""
 
 
-def esc(value: object) -> str:
-    """``value`` as text, HTML-escaped (quotes included)."""
-    return html.escape(str(value), quote=True)
-
-
-def short(text: str, n: int) -> str:
-    """``text`` cut to ``n`` characters with an ellipsis."""
-    return text if len(text) <= n else text[: max(1, n - 1)] + "…"
-
-
 def plural(n: int, word: str, many: Optional[str] = None) -> str:
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
@@ -65,26 +56,6 @@ def duration(seconds: Optional[float]) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.1f} ms"
     return f"{seconds:.2f} s"
-
-
-def table(headers: Sequence[str], rows: Iterable[str], empty: str = "nothing yet", cls: str = "") -> str:
-    """A table from ready-made ``<tr>`` strings (each built with :func:`row`)."""
-    body = "".join(rows)
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    if not body:
-        body = f'<tr><td class="syft-muted" colspan="{len(headers)}">{esc(empty)}</td></tr>'
-    return f'<table class="syft-tbl {esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def row(cells: Sequence[object], cls: str = "", attrs: str = "", titles: Optional[Sequence[str]] = None) -> str:
-    """One escaped ``<tr>``; ``titles`` gives per-cell tooltips."""
-    tds = []
-    for i, cell in enumerate(cells):
-        tip = titles[i] if titles and i < len(titles) and titles[i] else ""
-        tip_attr = f' title="{esc(tip)}"' if tip else ""
-        tds.append(f"<td{tip_attr}>{esc(cell)}</td>")
-    cls_attr = f' class="{esc(cls)}"' if cls else ""
-    return f"<tr{cls_attr}{(' ' + attrs) if attrs else ''}>{''.join(tds)}</tr>"
 
 
 def badge(label: str, value: object, kind: str = "") -> str:

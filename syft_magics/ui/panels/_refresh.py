@@ -16,8 +16,11 @@ import logging
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
+import ipywidgets as widgets
+
+from ...display import TextRepr
 from . import _html as H
 
 __all__ = ["Refresher", "REFRESHER", "TICK", "DUTY", "MAX_INTERVAL", "LivePanel", "close_tree"]
@@ -61,10 +64,6 @@ class Refresher:
         with self._lock:
             return self._thread is not None
 
-    def panels(self) -> List[object]:
-        with self._lock:
-            return list(self._panels.values())
-
     def _loop(self) -> None:
         while True:
             with self._lock:
@@ -92,11 +91,12 @@ class Refresher:
 REFRESHER = Refresher()
 
 
-class LivePanel:
-    """Throttle bookkeeping shared by the panels (a mix-in for an ipywidgets container).
+class LivePanel(TextRepr, widgets.VBox):
+    """What the panels share: throttled refreshing, their text repr, closing.
 
-    Subclasses implement ``_changed() -> bool`` (cheap: is there news?) and ``_render()``
-    (build and assign the widget values), have a ``footer`` HTML widget, and call
+    Subclasses implement ``_changed() -> bool`` (cheap: is there news?), ``_render()``
+    (build and assign the widget values), ``text()`` (the plain-text summary) and
+    ``_release()`` (unsubscribe), have a ``footer`` HTML widget, and call
     :meth:`_start_live` / :meth:`_stop_live`.
     """
 
@@ -184,6 +184,29 @@ class LivePanel:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _release(self) -> None:  # pragma: no cover - overridden
+        """Let go of what the panel subscribed to (called once, by :meth:`close`)."""
+
+    def close(self) -> None:
+        """Stop refreshing, unsubscribe and close the widgets."""
+        if getattr(self, "_closed", True):
+            return super().close()
+        self._closed = True
+        self._stop_live()
+        try:
+            self._release()
+        except Exception:  # closing goes on: the widgets must go away
+            log.warning("%s could not unsubscribe", type(self).__name__, exc_info=True)
+        for child in list(self.children):
+            close_tree(child)
+        super().close()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Optional[dict]:
+        data = super()._repr_mimebundle_(**kwargs)
+        if isinstance(data, dict):
+            data["text/plain"] = self.text()
+        return data
 
 
 def close_tree(widget: Any) -> None:

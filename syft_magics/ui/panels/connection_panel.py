@@ -16,11 +16,12 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
 
 import ipywidgets as widgets
 
+from ...display import dtype_text, short_id
 from ...events import Event
 from . import _html as H
 from . import graph as G
 from ._names import find_names, user_namespace
-from ._refresh import LivePanel, close_tree
+from ._refresh import LivePanel
 
 __all__ = ["ConnectionPanel"]
 
@@ -52,7 +53,7 @@ class _Ptr:
         self.hex = ptr.id_at_location
         self.worker = worker
         self.shape = tuple(ptr.shape)
-        self.dtype = str(ptr.dtype).removeprefix("torch.")
+        self.dtype = dtype_text(ptr.dtype)
         self.tags = tuple(ptr.tags)
         self.owned = ptr.owned
         self.alive = True
@@ -65,14 +66,14 @@ class _Ptr:
         return self.names[0] if self.names else f"ptr {self.local_id}"
 
 
-class ConnectionPanel(widgets.VBox, LivePanel):
+class ConnectionPanel(LivePanel):
     """A live view of one or more :class:`~syft_magics.Client` connections; ``client.panel()``."""
 
-    def __init__(self, client: Any, *more: Any, namespace: Optional[Mapping[str, Any]] = None,
+    def __init__(self, client: Any, *, namespace: Optional[Mapping[str, Any]] = None,
                  graph_nodes: int = GRAPH_NODES) -> None:
         super().__init__()
         self._init_live()
-        self.clients = [client, *more]
+        self.clients = [client]
         self.client = client
         self.graph_nodes = graph_nodes
         self._namespace = namespace
@@ -145,7 +146,7 @@ class ConnectionPanel(widgets.VBox, LivePanel):
         live: List[Any] = []
         for i, c in enumerate(self.clients):
             closed = c.closed
-            for p in ([] if closed else _pointers_of(c)):
+            for p in ([] if closed else c.pointers):
                 if not p.freed:
                     live.append((i, p))
         live_keys = set()
@@ -270,7 +271,7 @@ class ConnectionPanel(widgets.VBox, LivePanel):
             if obj.tags:
                 out[key] = " ".join(obj.tags)
             elif key not in out:
-                out[key] = obj.hex[:8] + "…"
+                out[key] = short_id(obj.hex)
         return out
 
     def build_graph(self, limit: Optional[int] = None) -> G.Graph:
@@ -379,12 +380,7 @@ class ConnectionPanel(widgets.VBox, LivePanel):
                           empty="no pointers yet") + "</div>")
 
     # -- lifecycle -----------------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop refreshing, unsubscribe and close the widgets."""
-        if getattr(self, "_closed", True):
-            return super().close()
-        self._closed = True
-        self._stop_live()
+    def _release(self) -> None:
         for unsubscribe in self._unsubscribe:
             try:
                 unsubscribe()
@@ -395,9 +391,6 @@ class ConnectionPanel(widgets.VBox, LivePanel):
                 self._shell.events.unregister("post_run_cell", self._after_cell)
             except ValueError:
                 pass
-        for child in list(self.children):
-            close_tree(child)
-        super().close()
 
     # -- text -----------------------------------------------------------------------------------------------
     def text(self) -> str:
@@ -419,18 +412,6 @@ class ConnectionPanel(widgets.VBox, LivePanel):
             lines.append(edges)
         return "\n".join(lines)
 
-    def __repr__(self) -> str:
-        try:
-            return self.text()
-        except Exception as exc:
-            return f"<ConnectionPanel ({exc})>"
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Optional[dict]:
-        data = widgets.VBox._repr_mimebundle_(self, **kwargs)
-        if isinstance(data, dict):
-            data["text/plain"] = self.text()
-        return data
-
 
 def _appender(ops: Any, others: Any) -> Any:
     """The subscriber: one comparison and one deque append per event, in the user's thread."""
@@ -442,13 +423,8 @@ def _appender(ops: Any, others: Any) -> Any:
     return append
 
 
-def _pointers_of(client: Any) -> List[Any]:
-    """The client's live pointers (``Client.pointers`` is safe to read from the panel's timer)."""
-    return client.pointers
-
-
 def _obj_label(obj: _Obj) -> str:
-    return " ".join(obj.tags) if obj.tags else obj.hex[:8] + "…"
+    return " ".join(obj.tags) if obj.tags else short_id(obj.hex)
 
 
 def _shape(shape: Optional[Tuple[int, ...]]) -> str:

@@ -15,10 +15,11 @@ can sit in an ``ipywidgets.HTML`` anywhere.
 """
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
+
+from ...display import esc
 
 __all__ = ["Node", "Edge", "Graph", "Layout", "collapse", "layout", "to_svg", "render", "more_key"]
 
@@ -305,10 +306,6 @@ _MUTED = "#6b6b6b"
 _FREED_OPACITY = "0.35"
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
 def _fit(text: str, width: float) -> str:
     n = max(2, int(width / CHAR_W))
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -328,11 +325,11 @@ def _node_svg(n: Node, box: Tuple[float, float, float, float]) -> str:
     cls = f"syft-node syft-{n.side} syft-{n.state}" + (f" syft-kind-{n.kind}" if n.kind else "")
     title = n.title or n.label
     text = (f'<text x="{x + 6:.1f}" y="{y + h / 2 + 4:.1f}" font-size="12" fill="{color}"{style}{weight}>'
-            f'{_e(label)}</text>')
+            f'{esc(label)}</text>')
     if detail:
         text += (f'<text x="{x + w - 6:.1f}" y="{y + h / 2 + 4:.1f}" font-size="10.5" fill="{_MUTED}" '
-                 f'text-anchor="end">{_e(detail)}</text>')
-    return (f'<g class="{cls}" data-key="{_e(n.key)}"{opacity}><title>{_e(title)}</title>'
+                 f'text-anchor="end">{esc(detail)}</text>')
+    return (f'<g class="{cls}" data-key="{esc(n.key)}"{opacity}><title>{esc(title)}</title>'
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="5" fill="{fill}" '
             f'stroke="{stroke}" stroke-width="1.3"{dash}/>{text}</g>')
 
@@ -397,12 +394,12 @@ def _edge_svg(e: Edge, lay: Layout, labelled: set) -> Tuple[str, str]:
             fade = f' opacity="{_FREED_OPACITY}"' if faded else ""
             label_svg = (f'<text class="syft-edge-label" x="{lx:.1f}" y="{ly:.1f}" font-size="10.5" '
                          f'font-style="italic" fill="{color}" text-anchor="{anchor}" stroke="#ffffff" '
-                         f'stroke-width="3" paint-order="stroke"{fade}>{_e(text)}</text>')
+                         f'stroke-width="3" paint-order="stroke"{fade}>{esc(text)}</text>')
     opacity = f' opacity="{_FREED_OPACITY}"' if faded else ""
     cls = f"syft-edge syft-{e.kind}"
     title = f"{src.label} → {dst.label}" + (f" ({e.label})" if e.label else "")
-    return (f'<g class="{_e(cls)}" data-src="{_e(e.src)}" data-dst="{_e(e.dst)}" data-label="{_e(e.label)}"'
-            f'{opacity}><title>{_e(title)}</title><path d="{path}" fill="none" stroke="{color}" '
+    return (f'<g class="{esc(cls)}" data-src="{esc(e.src)}" data-dst="{esc(e.dst)}" data-label="{esc(e.label)}"'
+            f'{opacity}><title>{esc(title)}</title><path d="{path}" fill="none" stroke="{color}" '
             f'stroke-width="{width}"{dash}/>{head}</g>'), label_svg
 
 
@@ -413,14 +410,14 @@ def to_svg(lay: Layout, local_title: str = "this kernel", empty: str = "no point
              f'viewBox="0 0 {w:.0f} {h:.0f}" font-family="ui-monospace, SFMono-Regular, Menlo, Consolas, monospace" '
              f'style="background:#ffffff;max-width:none">']
     parts.append(f'<text x="{PAD}" y="{PAD + 12}" font-size="12" font-weight="600" fill="{_MUTED}">'
-                 f'{_e(local_title)}</text>')
+                 f'{esc(local_title)}</text>')
     if not lay.graph.nodes:
-        parts.append(f'<text x="{PAD}" y="{PAD + HEADER_H + 16}" font-size="12" fill="{_MUTED}">{_e(empty)}</text>')
+        parts.append(f'<text x="{PAD}" y="{PAD + HEADER_H + 16}" font-size="12" fill="{_MUTED}">{esc(empty)}</text>')
     for name, (gx, gy, gw, gh) in lay.groups.items():
-        parts.append(f'<g class="syft-group" data-group="{_e(name)}"><rect x="{gx:.1f}" y="{gy:.1f}" '
+        parts.append(f'<g class="syft-group" data-group="{esc(name)}"><rect x="{gx:.1f}" y="{gy:.1f}" '
                      f'width="{gw:.1f}" height="{gh:.1f}" rx="8" fill="#fafafa" stroke="#c8c8c8"/>'
                      f'<text x="{gx + 10:.1f}" y="{gy + 16:.1f}" font-size="12" font-weight="600" '
-                     f'fill="{_TEXT}">{_e(name)}</text></g>')
+                     f'fill="{_TEXT}">{esc(name)}</text></g>')
     labelled: set = set()
     labels = []
     for e in lay.graph.edges:
@@ -446,7 +443,7 @@ def legend() -> str:
     def swatch(kind: str, text: str, extra: str = "") -> str:
         fill, stroke = _ERROR if kind == "error" else _STYLE[kind]
         return (f'<span><svg width="14" height="10"><rect x="1" y="1" width="12" height="8" rx="2" fill="{fill}" '
-                f'stroke="{stroke}"{extra}/></svg> {_e(text)}</span>')
+                f'stroke="{stroke}"{extra}/></svg> {esc(text)}</span>')
 
     return ('<div class="syft-legend">' + swatch("pointer", "pointer / client") + swatch("owner", "owner's data")
             + swatch("result", "result") + swatch("sent", "sent") + swatch("error", "error")

@@ -20,6 +20,7 @@ from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 import ipywidgets as widgets
 
+from ...display import short_id
 from ...events import Event
 from ...owner.store import OWNER, Entry
 from . import _html as H
@@ -38,7 +39,7 @@ _LOGGED = ("command", "get", "request", "decision")
 _KEPT = frozenset({"get", "request", "decision", "search", "disconnect", "start", "stop"})
 
 
-class WorkerPanel(widgets.VBox, LivePanel):
+class WorkerPanel(LivePanel):
     """A live view of one :class:`~syft_magics.Worker`; ``worker.panel()`` or ``%syft_panel NAME``."""
 
     def __init__(self, worker: Any, *, log_rows: int = LOG_ROWS, graph_nodes: int = GRAPH_NODES) -> None:
@@ -53,7 +54,6 @@ class WorkerPanel(widgets.VBox, LivePanel):
         self._dirty = False
         self._commands: Deque[Event] = deque(maxlen=log_rows)
         self._others: Deque[Event] = deque(maxlen=100_000)  # only the kinds in _KEPT
-        self._searched: Dict[str, Set[Tuple[str, ...]]] = {}  # client label -> tag sets it searched
         self._search_ids: Dict[str, Set[str]] = {}  # client label -> hex ids (when events carry them)
         self._known: Dict[str, Dict[str, Any]] = {}  # hex -> snapshot (no tensor) of an entry the graph drew
         self._freed: Deque[Dict[str, Any]] = deque(maxlen=GRAPH_NODES)
@@ -196,14 +196,10 @@ class WorkerPanel(widgets.VBox, LivePanel):
         d = e.data
         if e.kind == "search":
             client = d.get("session") or d.get("client", "?")  # a session id, where the event carries one
-            if d.get("ids") is not None:
-                self._search_ids.setdefault(client, set()).update(
-                    i.hex() if isinstance(i, bytes) else str(i) for i in d["ids"])
-            else:
-                self._searched.setdefault(client, set()).add(tuple(d.get("tags", ())))
+            self._search_ids.setdefault(client, set()).update(
+                i.hex() if isinstance(i, bytes) else str(i) for i in d.get("ids") or ())
         elif e.kind == "disconnect":
             for key in (d.get("session"), d.get("client", "?")):
-                self._searched.pop(key, None)
                 self._search_ids.pop(key, None)
         elif e.kind == "start":
             self._stopped = False
@@ -285,18 +281,6 @@ class WorkerPanel(widgets.VBox, LivePanel):
         for e in entries:
             if e.session is not None and e.session in live:
                 out[e.hex] = [live[e.session]]  # (an entry may be listed twice: shown and drawn)
-        cache: Dict[Tuple[str, ...], List[str]] = {}
-        for client, tag_sets in self._searched.items():
-            if client not in labels:
-                continue
-            ids: Set[str] = set()
-            for tags in tag_sets:
-                if tags not in cache:
-                    cache[tags] = [e.hex for e in self.worker.store.search(tags)] if tags else []
-                ids.update(cache[tags])
-            for hexid in ids:
-                if labels[client] not in out.get(hexid, ()):
-                    out.setdefault(hexid, []).append(labels[client])
         for client, ids in self._search_ids.items():
             if client in labels:
                 for hexid in ids:
@@ -382,7 +366,7 @@ class WorkerPanel(widgets.VBox, LivePanel):
                                         rows_html, empty="no decided requests yet"))
 
     def _request_row(self, req: Any) -> widgets.HBox:
-        what = " ".join(req.tags) or req.object_id[:8] + "…"
+        what = " ".join(req.tags) or short_id(req.object_id)
         desc = widgets.HTML(
             H.STYLE + f'<div style="font-size:12px;line-height:1.35"><b>#{req.n}</b> '
             f'<span class="syft-muted">{H.esc(H.clock(req.created))}</span> {H.esc(req.client)} wants '
@@ -461,22 +445,13 @@ class WorkerPanel(widgets.VBox, LivePanel):
         super()._broken(text)
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop refreshing, unsubscribe from the worker and close the widgets."""
-        if getattr(self, "_closed", True):
-            return super().close()
-        self._closed = True
-        self._stop_live()
+    def _release(self) -> None:
         try:
             self._unsubscribe()
-        except Exception:
-            pass
-        for row in list(self._request_rows.values()):
-            close_tree(row)
-        self._request_rows.clear()
-        for child in list(self.children):
-            close_tree(child)
-        super().close()
+        finally:
+            for row in list(self._request_rows.values()):
+                close_tree(row)
+            self._request_rows.clear()
 
     # -- text, where no widget front end is present -------------------------------------------------
     def text(self) -> str:
@@ -506,18 +481,6 @@ class WorkerPanel(widgets.VBox, LivePanel):
         for req in w.requests.pending:
             lines.append("  " + req.describe())
         return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        try:
-            return self.text()
-        except Exception as exc:  # never let a repr fail
-            return f"<WorkerPanel ({exc})>"
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Optional[dict]:
-        data = widgets.VBox._repr_mimebundle_(self, **kwargs)
-        if isinstance(data, dict):
-            data["text/plain"] = self.text()
-        return data
 
 
 def _shape(shape: Tuple[int, ...]) -> str:
