@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--full] [--peers] [--json PATH] [--only NAMES]``: run the rows, print the table, write JSON."""
+"""``python -m benchmarks [--full] [--peers] [--json PATH] [--only NAMES]``: run the rows, print the table,
+write JSON."""
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,8 @@ def table(results: List[Dict[str, Any]]) -> str:
             ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
             lines.append(["  " + r["label"], _fmt(r["ours"]), _fmt(r["baseline"]), r["unit"], ratio, r["goal"], met,
                           r["notes"]])
-    data = [l for l in lines if any(l[1:])]
-    widths = [max([len(h)] + [len(l[i]) for l in data]) for i, h in enumerate(head)]
+    data = [line for line in lines if any(line[1:])]
+    widths = [max([len(h)] + [len(line[i]) for line in data]) for i, h in enumerate(head)]
     widths[0] = min(max(widths[0], 30), 60)
     out = []
 
@@ -109,8 +110,8 @@ def table(results: List[Dict[str, Any]]) -> str:
 
     out.append(fmt(head))
     out.append("-" * min(200, sum(widths[:7]) + 14 + 20))
-    for l in lines:
-        out.append(l[0] if not any(l[1:]) else fmt(l))
+    for line in lines:
+        out.append(line[0] if not any(line[1:]) else fmt(line))
     return "\n".join(out)
 
 
@@ -120,9 +121,11 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--peers", action="store_true", help="run the peers row in quick mode too")
     ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                      "latest.json"), help="where to write the JSON results")
-    ap.add_argument("--only", default=None, help=f"comma-separated rows to run, of: {', '.join(map(rows_pkg.short, rows_pkg.ROWS))}")
+    ap.add_argument("--only", default=None,
+                    help=f"comma-separated rows to run, of: {', '.join(map(rows_pkg.short, rows_pkg.ROWS))}")
     ap.add_argument("--deadline", type=float, default=None,
-                    help=f"override the run's time limit in seconds (default {QUICK_DEADLINE_S:g} quick, {FULL_DEADLINE_S:g} full)")
+                    help=f"override the run's time limit in seconds "
+                         f"(default {QUICK_DEADLINE_S:g} quick, {FULL_DEADLINE_S:g} full)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = ap.parse_args(argv)
 

@@ -62,7 +62,8 @@ class TextRepr:
             return f"<{type(self).__name__} ({exc})>"
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
+    """``1.5 MiB``: a byte count as people read it."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

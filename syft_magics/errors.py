@@ -17,7 +17,7 @@ class WireEnum(str, Enum):
 
     __hash__ = str.__hash__
     __str__ = str.__str__
-    __format__ = str.__format__
+    __format__ = str.__format__  # type: ignore[assignment]
 
 
 class ErrorCode(WireEnum):

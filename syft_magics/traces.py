@@ -10,6 +10,7 @@ import linecache
 import os
 import sys
 import traceback
+from types import FrameType
 from typing import List, Optional, Tuple
 
 import torch
@@ -27,7 +28,7 @@ def is_library(filename: str) -> bool:
 
 def user_site(skip: int = 1) -> Optional[Site]:
     """``(filename, line)`` of the innermost caller outside torch and syft_magics."""
-    f = sys._getframe(skip)
+    f: Optional[FrameType] = sys._getframe(skip)
     while f is not None:
         filename = f.f_code.co_filename
         if not filename.startswith(LIBRARY_DIRS):

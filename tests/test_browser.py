@@ -20,10 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from kernel_driver import Kernel
-
 from helpers import free_port
+from kernel_driver import Kernel
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

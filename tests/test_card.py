@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import wait_until
 
 from syft_magics.ui.card import PointerCard, mimebundle, policy_text
 from syft_magics.ui.owner_card import OwnerCard
 from syft_magics.ui.preview import preview_html
-
-from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -157,7 +157,8 @@ def test_help_lists_both_subcommands(cli):
 
 
 def test_worker_serves_files_to_a_client_connected_by_name(cli, files, runtime_dir, make_client):
-    p = cli("worker", "Bob", "--policy", "open", "--share", f"#X={files / 'x.pt'}", "--share", f"#Y,#ones={files / 'y.npy'}")
+    p = cli("worker", "Bob", "--policy", "open", "--share", f"#X={files / 'x.pt'}",
+            "--share", f"#Y,#ones={files / 'y.npy'}")
     info = p.started()
     assert info["name"] == "Bob" and info["policy"] == "open"
     assert Path(info["file"]).parent == runtime_dir and Path(info["file"]).is_file()

@@ -10,12 +10,11 @@ import time
 
 import pytest
 import torch
+from helpers import free_port, wait_until
 
 import syft_magics as sm
 from syft_magics import config
 from syft_magics.wire import discovery
-
-from helpers import free_port, wait_until
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 

@@ -10,10 +10,9 @@ import time
 
 import pytest
 import torch
+from helpers import wait_until
 
 import syft_magics as sm
-
-from helpers import wait_until
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 

@@ -1,10 +1,7 @@
 """The whole seed flow in two real Jupyter kernels, magics included, over real sockets."""
 from __future__ import annotations
 
-
 import pytest
-
-
 from helpers import free_port
 
 pytestmark = pytest.mark.timeout(180)

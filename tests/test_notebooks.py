@@ -18,7 +18,6 @@ from typing import List
 
 import nbformat
 import pytest
-
 from kernel_driver import Kernel
 
 pytestmark = pytest.mark.timeout(240)

@@ -8,12 +8,12 @@ import re
 import threading
 import time
 
+import helpers
 import pytest
 import torch
+from helpers import free_port
 from IPython.core.error import UsageError
 
-import helpers
-from helpers import free_port
 import syft_magics as sm
 from syft_magics.ui.panels import ConnectionPanel, WorkerPanel
 from syft_magics.ui.panels import graph as G

@@ -1,13 +1,11 @@
 """Ops are pipelined: they return at once; errors surface at the next sync point, naming the op and the line."""
 from __future__ import annotations
 
-import torch
-
 import pytest
+import torch
+from helpers import wait_until
 
 import syft_magics as sm
-
-from helpers import wait_until
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 

@@ -5,11 +5,10 @@ import threading
 
 import pytest
 import torch
+from helpers import wait_until
 
 import syft_magics as sm
 from syft_magics.owner.policy import ALLOW, DENY, REVIEW, GetRequest, RequestBook, make_policy
-
-from helpers import wait_until
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 

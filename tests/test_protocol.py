@@ -10,8 +10,8 @@ import torch
 import zmq
 
 import syft_magics
-from syft_magics.wire import protocol as P
 from syft_magics.errors import ProtocolError
+from syft_magics.wire import protocol as P
 
 
 def round_trip(header: dict) -> dict:

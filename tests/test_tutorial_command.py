@@ -16,10 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from syft_magics.ui import tutorial
-
-from helpers import free_port
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -328,8 +328,8 @@ def test_worker_survives_authenticated_garbage(seed, raw, make_client):
         encode({"t": "search", "s": 14, "tags": "#X"}),
         encode({"t": "free", "s": 15, "ids": "all"}),
         encode({"t": "free", "s": 16, "ids": [oid]}),  # owner data is never freed by a client
-        [msgpack.packb({"t": "op", "s": 17, "f": "torch.add", "a": [msgpack.ExtType(2, msgpack.packb([5, "float32", [1]]))],
-                        "o": []})],
+        [msgpack.packb({"t": "op", "s": 17, "f": "torch.add",
+                        "a": [msgpack.ExtType(2, msgpack.packb([5, "float32", [1]]))], "o": []})],
     ]
     for parts in hostile:
         dealer.send(parts)

@@ -121,12 +121,14 @@ def run(cfg: Config) -> Dict[str, Any]:
                     same_host = max(g["shm_push"], g.get("cma_pull") or 0.0)
                     rows.append(row(f"send {size} MiB", g["ours_send"], g["raw_push"], "GB/s", better="higher",
                                     goal=f">= {GOAL_RATIO}x raw zero-copy", goal_ratio=GOAL_RATIO,
-                                    notes=f"pickle {g['pickle_push']:.2f} (ours {g['ours_send'] / g['pickle_push']:.1f}x); "
+                                    notes=f"pickle {g['pickle_push']:.2f} "
+                                          f"(ours {g['ours_send'] / g['pickle_push']:.1f}x); "
                                           f"shm {g['shm_push']:.2f}"))
                     cma_txt = f"{g['cma_pull']:.2f}" if m["cma_pull"] else "refused"
                     rows.append(row(f"get {size} MiB", g["ours_get"], g["raw_pull"], "GB/s", better="higher",
                                     goal=f">= {GOAL_RATIO}x raw zero-copy", goal_ratio=GOAL_RATIO,
-                                    notes=f"pickle {g['pickle_pull']:.2f} (ours {g['ours_get'] / g['pickle_pull']:.1f}x); "
+                                    notes=f"pickle {g['pickle_pull']:.2f} "
+                                          f"(ours {g['ours_get'] / g['pickle_pull']:.1f}x); "
                                           f"1-copy CMA {cma_txt}; memcpy to fresh {g['local_copy']:.2f}"))
                     if client.same_host:
                         goal = ">= 2x our TCP path" if size == 1 else "-"

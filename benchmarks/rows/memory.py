@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .._util import GiB, MiB, Config, Owner, read_json_line, row, spawn, stop_child
+from .._util import Config, GiB, MiB, Owner, read_json_line, row, spawn, stop_child
 
 NAME = "memory"
 TITLE = "5. memory"

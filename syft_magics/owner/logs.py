@@ -61,7 +61,8 @@ def print_command(out: TextIO, worker: "Worker", event: Event) -> None:
     """``--verbose``: one line per command received (as the seed tutorial printed), and connections."""
     if event.kind == "command":
         status = "" if event.data["status"] == "ok" else f"  [{event.data['status']}]"
-        print(f"[{worker.name}] Received Command From: {event.data['client']}  {describe_command(worker, event)}{status}",
+        print(f"[{worker.name}] Received Command From: {event.data['client']}  "
+              f"{describe_command(worker, event)}{status}",
               file=out, flush=True)
     elif event.kind in ("connect", "disconnect", "request"):
         print(f"[{worker.name}] {event.kind}: " + ", ".join(f"{k}={v}" for k, v in event.data.items()),

@@ -47,7 +47,8 @@ class GetRequest:
 
     def describe(self) -> str:
         what = " ".join(self.tags) or self.object_id[:8]
-        return f"request #{self.n}: {self.client} wants {what} = {self.lineage} (shape {tuple(self.shape)}, {self.dtype})"
+        return (f"request #{self.n}: {self.client} wants {what} = {self.lineage} "
+                f"(shape {tuple(self.shape)}, {self.dtype})")
 
 
 class Policy:

@@ -20,13 +20,14 @@ import msgpack
 import torch
 import zmq
 
-from ..display import dtype_text, short_id
+from ..display import short_id
 from ..errors import ProtocolError, TagError
 from ..wire import auth, samehost
 from ..wire.names import check_tag, short_name
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, field
 from ..wire.sockets import readable, recv_parts, send_parts
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
+from .replies import Reject, Replies, describe_result, error_reply, flatten
 from .sessions import Session
 from .store import Entry, new_id
 from .writes import written_args
@@ -38,15 +39,6 @@ log = logging.getLogger(__name__)
 
 #: How long a peer that said hello may take to authenticate.
 HANDSHAKE_TIMEOUT = 30.0
-
-
-class _Reject(Exception):
-    """A request the worker refuses; ``code`` tells the client which error to raise."""
-
-    def __init__(self, code: ErrorCode, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.extra = extra
 
 
 class Server:
@@ -110,7 +102,10 @@ class Server:
 
     def post(self, ident: bytes, header: dict) -> None:
         """Send ``header`` to the client ``ident`` from the serving thread."""
-        self.call_soon(lambda router: send_parts(router, [ident, *encode(header)], flags=0))
+        def send(router: zmq.Socket) -> None:
+            send_parts(router, [ident, *encode(header)], flags=0)
+
+        self.call_soon(send)
 
     def grant(self, req: GetRequest) -> None:
         """Tell ``req``'s client that the owner approved (from the owner's thread; the request book
@@ -168,9 +163,9 @@ class Server:
     def _guarded(self, router: zmq.Socket, parts: List[zmq.Frame]) -> None:
         ident = parts[0].bytes
         reply = self._answer(ident, parts[1:]) if len(parts) > 1 else \
-            _error_reply(ProtocolError("message has no header"))
+            error_reply(ProtocolError("message has no header"))
         try:
-            for one in (reply if type(reply) is _Replies else () if reply is None else (reply,)):
+            for one in (reply if type(reply) is Replies else () if reply is None else (reply,)):
                 send_parts(router, [ident, *one], flags=0)
         except zmq.ContextTerminated:
             raise
@@ -184,7 +179,7 @@ class Server:
         except Exception as exc:  # the worker survives anything a client sends
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("worker %s answers %s with an error", self.name, ident.hex()[:8], exc_info=True)
-            return _error_reply(exc)
+            return error_reply(exc)
 
     def _handle(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
         session = self.sessions.get(ident)
@@ -197,7 +192,7 @@ class Server:
         except Exception as exc:
             # unreadable arguments (e.g. a freed input): answer with the seq, poison the op's results
             peek = _peek(parts[0])
-            exc.seq = peek.get("s")
+            setattr(exc, "seq", peek.get("s"))  # (any exception: the reply names its request)
             if peek.get("t") == Kind.OP and isinstance(peek.get("o"), list):
                 self._fail(session, str(peek.get("f")), peek["o"], used, exc, time.perf_counter())
             raise
@@ -211,17 +206,17 @@ class Server:
         try:
             return handler(self, session, header, used)
         except Exception as exc:
-            exc.seq = seq
+            setattr(exc, "seq", seq)
             raise
 
-    def _on_batch(self, ident: bytes, header: dict, frames: List[Any]) -> "_Replies":
+    def _on_batch(self, ident: bytes, header: dict, frames: List[Any]) -> "Replies":
         """Pipelined messages sent together: headers ``m``, and ``n``, how many of the frames are each one's."""
         heads = field(header, "m", list)
         counts = field(header, "n", list)
         if (len(heads) != len(counts) or any(type(h) is not bytes for h in heads)
                 or any(type(c) is not int or c < 0 for c in counts) or sum(counts) != len(frames)):
             raise ProtocolError(f"batch of {len(heads)} messages does not match its {len(frames)} frames")
-        replies = _Replies()
+        replies = Replies()
         i = 0
         for head, count in zip(heads, counts):
             reply = self._answer(ident, [head, *frames[i:i + count]], batched=True)
@@ -236,12 +231,13 @@ class Server:
         def resolve(oid: bytes) -> Any:
             entry = store.get(oid)
             if entry is None:
-                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {short_id(oid)} "
+                raise Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {short_id(oid)} "
                                                 "(it was freed, or never existed)")
             if entry.session is not None and entry.session != session.ident:
-                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"object {short_id(oid)} belongs to another client")
+                raise Reject(ErrorCode.UNKNOWN_OBJECT, f"object {short_id(oid)} belongs to another client")
             if entry.error is not None:
-                raise _Reject(ErrorCode.FAILED_INPUT, f"an input ({entry.label}) came from an op that failed: {entry.error}")
+                raise Reject(ErrorCode.FAILED_INPUT,
+                              f"an input ({entry.label}) came from an op that failed: {entry.error}")
             used.append(entry)
             return entry.tensor
 
@@ -254,7 +250,8 @@ class Server:
         if kind == Kind.HELLO:
             version = header.get("v")
             if version != PROTOCOL_VERSION:
-                raise _Reject(ErrorCode.VERSION, f"{self.name} speaks protocol {PROTOCOL_VERSION}, the client {version!r}; "
+                raise Reject(ErrorCode.VERSION,
+                              f"{self.name} speaks protocol {PROTOCOL_VERSION}, the client {version!r}; "
                                          "install the same syft_magics version on both sides")
             nonce = auth.new_nonce()
             peer = _peer_address(parts[0])
@@ -263,9 +260,10 @@ class Server:
         if kind == Kind.AUTH:
             pending = self.handshakes.pop(ident, None)
             mac = header.get("mac")
-            if pending is None or not isinstance(mac, bytes) or not auth.verify(self.worker.key, pending[0], ident, mac):
+            if pending is None or not isinstance(mac, bytes) \
+                    or not auth.verify(self.worker.key, pending[0], ident, mac):
                 self.events.emit("auth_failed", peer=pending[1]["peer"] if pending else "?")
-                raise _Reject(ErrorCode.UNAUTHENTICATED, f"{self.name} refused the link: wrong key")
+                raise Reject(ErrorCode.UNAUTHENTICATED, f"{self.name} refused the link: wrong key")
             hello = pending[1]
             session = Session(ident=ident, name=str(hello.get("name") or "client"), pid=hello.get("pid"),
                               hostname=str(hello.get("hostname") or "?"), peer=hello["peer"])
@@ -273,14 +271,15 @@ class Server:
             self.events.emit("connect", client=session.label, session=session.short)
             welcome = {"t": Kind.WELCOME, "instance": self.worker.instance, "name": self.name,
                        "policy": self.worker.policy.name, "lease": self.worker.lease_timeout}
-            nonce = hello.get("host")
-            if type(nonce) is bytes and len(nonce) == 16 and session.peer != "inproc" and samehost.available():
+            host_nonce = hello.get("host")
+            if type(host_nonce) is bytes and len(host_nonce) == 16 and session.peer != "inproc" \
+                    and samehost.available():
                 # offer the same-host path: prove we can be read, ask the client to prove the same
-                fd, probe = samehost.make_probe(nonce)
+                fd, probe = samehost.make_probe(host_nonce)
                 session.host_probe = (fd, os.urandom(16))
                 welcome["host"] = {"probe": probe, "nonce": session.host_probe[1]}
             return encode(welcome)
-        raise _Reject(ErrorCode.UNKNOWN_SESSION, f"{self.name} has no session for this link",
+        raise Reject(ErrorCode.UNKNOWN_SESSION, f"{self.name} has no session for this link",
                       instance=self.worker.instance)
 
     def _expire(self, now: float) -> None:
@@ -315,26 +314,27 @@ class Server:
         try:
             fn = self.worker.allowlist.lookup(name)
             if fn is None:
-                raise _Reject(ErrorCode.OP_NOT_ALLOWED, f"{short_name(name)} is not on {self.name}'s allowlist of ops")
+                raise Reject(ErrorCode.OP_NOT_ALLOWED, f"{short_name(name)} is not on {self.name}'s allowlist of ops")
             if "out" in kwargs:
-                raise _Reject(ErrorCode.BAD_ARGS, "out= is not supported on pointers")
+                raise Reject(ErrorCode.BAD_ARGS, "out= is not supported on pointers")
             self._check_writable(written_args(name, fn, args, kwargs), used)
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
-                    raise _Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
+                    raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
             result = fn(*args, **kwargs)
         except Exception as exc:
             self._fail(session, name, out, used, exc, t0)
             raise
         inputs = tuple(e.id for e in used)
         op = short_name(name)
-        leaves = _flatten(result)
+        leaves = flatten(result)
         if header.get("m"):
             out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
         elif len(out) != len(leaves):
-            exc = _Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, the client expected {len(out)}")
-            self._fail(session, name, out, used, exc, t0)
-            raise exc
+            mismatch = Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, "
+                                                   f"the client expected {len(out)}")
+            self._fail(session, name, out, used, mismatch, t0)
+            raise mismatch
         made = []
         now = time.time()
         for oid, leaf in zip(out, leaves):
@@ -345,7 +345,7 @@ class Server:
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=made,
                          duration=time.perf_counter() - t0, status="ok")
         if header.get("m"):
-            return encode({"t": Kind.OK, "s": header.get("s"), "r": _describe_result(result, iter(out))})
+            return encode({"t": Kind.OK, "s": header.get("s"), "r": describe_result(result, iter(out))})
         return None
 
     def _check_writable(self, targets: List[Any], used: List[Entry]) -> None:
@@ -356,7 +356,8 @@ class Server:
             if entry is None:
                 continue
             if entry.session is None or self.store.aliases_owner_data(target):
-                raise _Reject(ErrorCode.READ_ONLY, f"{entry.label} is {self.name}'s data (or a view of it) and cannot be "
+                raise Reject(ErrorCode.READ_ONLY,
+                              f"{entry.label} is {self.name}'s data (or a view of it) and cannot be "
                                            "changed in place; compute on a copy instead, e.g. ptr.clone()")
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry],
@@ -375,22 +376,24 @@ class Server:
         oid = field(header, "id", bytes)
         entry = self.store.get(oid)
         if entry is None or (entry.session is not None and entry.session != session.ident):
-            raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {short_id(oid)} (it was freed, or never existed)")
+            raise Reject(ErrorCode.UNKNOWN_OBJECT,
+                          f"{self.name} holds no object {short_id(oid)} (it was freed, or never existed)")
         if entry.error is not None:
-            raise _Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
+            raise Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
         entry.last_access = time.time()
         if self.requests.take_grant(session.ident, oid):
             return self._value(session, seq, entry)
         if type(self.worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
             return self._value(session, seq, entry)
-        req_fields = dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
+        req_fields: Dict[str, Any] = dict(client=session.label, object_id=entry.hex, shape=entry.shape,
+                                          dtype=entry.dtype,
                           lineage=self.store.lineage(entry), tags=entry.tags)
         decision = self.worker.policy.decide(GetRequest(n=0, **req_fields))
         if decision == ALLOW:
             return self._value(session, seq, entry)
         if decision == DENY:
             self.events.emit("get", client=session.label, id=entry.hex, status="denied")
-            raise _Reject(ErrorCode.DENIED, f"{self.name} refused to release {entry.label}: "
+            raise Reject(ErrorCode.DENIED, f"{self.name} refused to release {entry.label}: "
                                     f"{self.worker.policy.deny_reason(GetRequest(n=0, **req_fields))}")
         req, opened = self.requests.ask(session.ident, oid, seq, **req_fields)
         if req is None:  # the owner approved while this get was on its way
@@ -403,18 +406,19 @@ class Server:
         self.stats["bytes_out"] += entry.nbytes
         self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)
         tensor = entry.tensor
+        assert tensor is not None  # entries of failed ops were refused before
         if session.peer == "inproc":
             # inproc:// passes the frame's memory itself: the client would hold the store's tensor
             # (the owner's data) and could change it in place
             tensor = tensor.clone()
         return encode({"t": Kind.VALUE, "s": seq, "x": tensor}, session.pool)
 
-    def _on_send(self, session: Session, header: dict, used: List[Entry]) -> None:
+    def _on_send(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
         oid = field(header, "id", bytes)
         tensor = field(header, "x", torch.Tensor)
         tags = tuple(check_tag(t) for t in header.get("tags") or ())
         if len(oid) != 16 or oid in self.store:
-            raise _Reject(ErrorCode.BAD_ID, "sent objects need a fresh 16-byte id")
+            raise Reject(ErrorCode.BAD_ID, "sent objects need a fresh 16-byte id")
         self.stats["bytes_in"] += tensor.numel() * tensor.element_size()
         self.store.put(Entry(oid, tensor, tags=tags, origin=session.label, session=session.ident, op=""))
         self.events.emit("command", client=session.label, op="send", inputs=(), out=[oid], duration=0.0, status="ok")
@@ -425,7 +429,7 @@ class Server:
         try:
             tags = tuple(check_tag(t) for t in tags)
         except TagError as exc:
-            raise _Reject(ErrorCode.BAD_TAG, str(exc)) from None
+            raise Reject(ErrorCode.BAD_TAG, str(exc)) from None
         found = self.store.search(tags)
         self.events.emit("search", client=session.label, session=session.short, tags=tags, found=len(found),
                          ids=[e.id for e in found])
@@ -474,46 +478,9 @@ class Server:
                 Kind.HOST: _on_host, Kind.RELEASE: _on_release}
 
 
-class _Replies(list):
-    """The replies to the messages of one batch, in order."""
-
-
-def _error_reply(exc: Exception) -> List[Any]:
-    """The ``err`` message for a failed message: a code the client maps to an exception, and the text."""
-    code = exc.code if isinstance(exc, _Reject) else \
-        ErrorCode.PROTOCOL if isinstance(exc, ProtocolError) else ErrorCode.ERROR
-    extra = exc.extra if isinstance(exc, _Reject) else {}
-    try:
-        return encode({"t": Kind.ERR, "s": getattr(exc, "seq", None), "code": code, **extra,
-                       "etype": type(exc).__name__, "msg": str(exc)})
-    except Exception:
-        log.warning("an error reply could not be encoded", exc_info=True)
-        return encode({"t": Kind.ERR, "s": None, "code": ErrorCode.ERROR, "etype": "Exception",
-                       "msg": "unprintable error"})
-
-
-def _flatten(result: Any) -> List[Any]:
-    if isinstance(result, (tuple, list)):
-        leaves: List[Any] = []
-        for item in result:
-            leaves.extend(_flatten(item))
-        return leaves
-    return [result]
-
-
-def _describe_result(result: Any, ids) -> Any:
-    """The shape of a result for a client that could not infer it (data-dependent ops)."""
-    if isinstance(result, (tuple, list)):
-        return ["L", type(result).__name__, [_describe_result(r, ids) for r in result]]
-    oid = next(ids)
-    if isinstance(result, torch.Tensor):
-        return ["T", oid, list(result.shape), dtype_text(result.dtype), result.requires_grad]
-    return ["V", None]
-
-
 def _peer_address(frame: zmq.Frame) -> str:
     try:
-        return frame.get("Peer-Address")
+        return str(frame.get("Peer-Address"))
     except (zmq.ZMQError, AttributeError, TypeError):
         return "inproc"
 

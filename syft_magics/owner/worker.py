@@ -309,7 +309,11 @@ class Worker:
 
         log = CommandLog(path, self)
         unsubscribe = self.events.subscribe(log.write)
-        self._loggers.append(lambda: (unsubscribe(), log.close()))
+        def close() -> None:
+            unsubscribe()
+            log.close()
+
+        self._loggers.append(close)
 
     def describe_command(self, event) -> str:
         return describe_command(self, event)

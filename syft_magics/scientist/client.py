@@ -12,7 +12,7 @@ import itertools
 import os
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union, cast
 
 import torch
 
@@ -22,7 +22,6 @@ from ..errors import (
     CrossWorkerError,
     GetTimeout,
     PointerFreed,
-    ProtocolError,
     RemoteError,
     ReplyTimeout,
     TagError,
@@ -34,10 +33,11 @@ from ..events import EventStream
 from ..traces import describe, user_site
 from ..wire import discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
-from ..wire.protocol import DTYPES, ErrorCode, Kind, encode
+from ..wire.protocol import ErrorCode, Kind, encode
 from .inference import REMOTE, has_tensors, infer
 from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
+from .trees import build, build_described, out_ids, to_meta, walk, wire_dtype
 
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
@@ -110,20 +110,23 @@ class Client:
         Safe to read from another thread (a panel's timer) while pointers are being made: the
         weak references are copied in one step before they are followed.
         """
-        refs = list(self._pointers.data.values())
+        refs = list(self._pointers.data.values())  # type: ignore[attr-defined]  # the dict of weakrefs
         return [p for p in (ref() for ref in refs) if p is not None]
 
     def search(self, *tags: Union[str, Iterable[str]]) -> SearchResult:
         """Pointers to the owner's objects carrying all of ``tags`` (``"#X"``, or a list of tags)."""
         flat: List[str] = []
         for tag in tags:
-            flat.extend(list(tag) if isinstance(tag, (list, tuple, set)) else [tag])
+            if isinstance(tag, (list, tuple, set)):
+                flat.extend(tag)
+            else:
+                flat.append(cast(str, tag))  # checked below: anything else is a TagError
         if not flat:
             raise TagError("search() needs at least one tag, e.g. bob.search('#X')")
         for tag in flat:
             check_tag(tag)
         reply = self._request({"t": Kind.SEARCH, "tags": flat})
-        found = [PointerTensor(self, oid, tuple(shape), _dtype(dtype), owned=False, tags=tuple(t))
+        found = [PointerTensor(self, oid, tuple(shape), wire_dtype(dtype), owned=False, tags=tuple(t))
                  for oid, shape, dtype, t in reply["r"]]
         self.events.emit("search", tags=tuple(flat), found=len(found))
         return SearchResult(found, self.name, tuple(flat), list(reply.get("all_tags") or []))
@@ -136,7 +139,7 @@ class Client:
             raise TypeError(f"send() takes a torch.Tensor, not {type(tensor).__name__}")
         tags = tuple(check_tag(t) for t in tags)
         oid = self._new_id()
-        header = {"t": Kind.SEND, "id": oid, "x": tensor.detach(), "tags": list(tags)}
+        header: Dict[str, Any] = {"t": Kind.SEND, "id": oid, "x": tensor.detach(), "tags": list(tags)}
         nbytes = tensor.numel() * tensor.element_size()
         pool = self._link.pool
         if pool is not None and samehost.SHARED_MIN_BYTES <= nbytes <= samehost.POOL_MAX_BYTES:
@@ -281,8 +284,8 @@ class Client:
         """
         pointers: List[PointerTensor] = []
         locals_: List[torch.Tensor] = []
-        wire_args, key_args = _walk(args, pointers, locals_)
-        wire_kwargs, key_kwargs = _walk(kwargs, pointers, locals_) if kwargs else ({}, ())
+        wire_args, key_args = walk(args, pointers, locals_)
+        wire_kwargs, key_kwargs = walk(kwargs, pointers, locals_) if kwargs else ({}, ())
         for ptr in pointers:
             if ptr.client is not self:
                 raise CrossWorkerError(
@@ -297,8 +300,8 @@ class Client:
             memo: Dict[int, torch.Tensor] = {}
             found: List[torch.Tensor] = []
             local_ids: List[int] = []
-            meta_args = _to_meta(args, memo, found, local_ids)
-            meta_kwargs = _to_meta(kwargs, memo, found, local_ids)
+            meta_args = to_meta(args, memo, found, local_ids)
+            meta_kwargs = to_meta(kwargs, memo, found, local_ids)
             return meta_args, meta_kwargs, found, local_ids
 
         template = infer(func, (key_args, key_kwargs), standins)
@@ -306,9 +309,9 @@ class Client:
             return self._run_remote(name, wire_args, wire_kwargs)
         inplace = is_inplace(name)
         if not inplace and not has_tensors(template):
-            return _build(self, template, iter(()), pointers)
+            return build(self, template, iter(()), pointers)
         out: List[Optional[bytes]] = []
-        _out_ids(template, out, self._new_id)
+        out_ids(template, out, self._new_id)
         seq = self._link.next_seq()
         origins = self._origins
         origins[seq] = (name, user_site())
@@ -316,7 +319,7 @@ class Client:
             for old in list(origins)[:100_000]:
                 del origins[old]
         self._link.send(encode({"t": Kind.OP, "s": seq, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": out}))
-        result = _build(self, template, iter(out), pointers)
+        result = build(self, template, iter(out), pointers)
         self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p.oid for p in pointers),
                          out=tuple(o for o in out if o is not None))
         return result
@@ -325,7 +328,7 @@ class Client:
         """A data-dependent op: the worker runs it and says what came out."""
         reply = self._request({"t": Kind.OP, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": [], "m": True},
                               op=name)
-        return _build_described(self, reply["r"])
+        return build_described(self, reply["r"])
 
     # -- pointer bookkeeping (called by PointerTensor) ----------------------------------------
     def track(self, ptr: PointerTensor) -> None:
@@ -364,127 +367,10 @@ def _user() -> str:
         return os.environ.get("USER", "client")
 
 
-def _dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ProtocolError(f"unknown dtype {name!r} from the worker") from None
-
-
 def _label(ptr: Optional[PointerTensor]) -> str:
     if ptr is None:
         return "a value"
     return " ".join(ptr.tags) if ptr.tags else ptr.oid.hex()[:8]
-
-
-_SCALARS = (int, float, bool, str, type(None), complex)
-
-
-def _walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) -> Tuple[Any, Any]:
-    """The wire form of an argument and its cache signature; collects pointers and local tensors."""
-    t = type(obj)
-    if t is PointerTensor:
-        pointers.append(obj)
-        return obj.wire_ref, ("P", obj.signature)
-    if t in _SCALARS:
-        return obj, (t, obj)
-    if t is tuple or t is list:
-        pairs = [_walk(o, pointers, locals_) for o in obj]
-        return t(p[0] for p in pairs), (t, tuple(p[1] for p in pairs))
-    if isinstance(obj, PointerTensor):
-        raise TypeError("subclasses of PointerTensor are not supported")
-    if isinstance(obj, torch.Tensor):
-        locals_.append(obj)
-        return obj.detach(), ("L", tuple(obj.shape), obj.dtype, obj.requires_grad)
-    if t is dict:
-        pairs = {k: _walk(v, pointers, locals_) for k, v in obj.items()}
-        return {k: p[0] for k, p in pairs.items()}, ("d", tuple((k, p[1]) for k, p in pairs.items()))
-    if t is slice:
-        parts = [_walk(o, pointers, locals_) for o in (obj.start, obj.stop, obj.step)]
-        return slice(*(p[0] for p in parts)), ("s", tuple(p[1] for p in parts))
-    if obj is Ellipsis or isinstance(obj, torch.dtype):
-        return obj, obj
-    if isinstance(obj, torch.Size):
-        return obj, ("S", tuple(obj))
-    for base in (bool, int, float):  # numpy scalars and other subclasses
-        if isinstance(obj, base):
-            return base(obj), (base, base(obj))
-    if isinstance(obj, tuple):
-        return _walk(tuple(obj), pointers, locals_)
-    raise TypeError(f"a {t.__name__} cannot be sent to a worker as an argument")
-
-
-def _to_meta(obj: Any, memo: Dict[int, torch.Tensor], found: List[torch.Tensor], local_ids: List[int]) -> Any:
-    if isinstance(obj, PointerTensor):
-        s = memo.get(id(obj))
-        if s is None:
-            with torch._C.DisableTorchFunctionSubclass():
-                shape, dtype, requires_grad = obj.signature
-                s = torch.empty(shape, dtype=dtype, device="meta", requires_grad=requires_grad)
-            memo[id(obj)] = s
-        found.append(s)
-        return s
-    if isinstance(obj, torch.Tensor):
-        with torch._C.DisableTorchFunctionSubclass():
-            s = obj.detach().to("meta").requires_grad_(obj.requires_grad)
-        local_ids.append(id(s))
-        return s
-    if type(obj) in (list, tuple):
-        return type(obj)(_to_meta(o, memo, found, local_ids) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to_meta(v, memo, found, local_ids) for k, v in obj.items()}
-    if isinstance(obj, slice):
-        return slice(*(_to_meta(o, memo, found, local_ids) for o in (obj.start, obj.stop, obj.step)))
-    return obj
-
-
-def _out_ids(template: tuple, out: List[Optional[bytes]], new_id: Callable[[], bytes]) -> None:
-    kind = template[0]
-    if kind == "T":
-        out.append(new_id())
-    elif kind == "C":
-        for child in template[2]:
-            _out_ids(child, out, new_id)
-    else:
-        out.append(None)
-
-
-def _build(client: Client, template: tuple, ids: Any, pointers: List[PointerTensor]) -> Any:
-    kind = template[0]
-    if kind == "T":
-        return PointerTensor(client, next(ids), template[1], template[2], requires_grad=template[3])
-    if kind == "in":
-        next(ids, None)
-        return pointers[template[1]]
-    if kind == "V":
-        next(ids, None)
-        return template[1]
-    ctor, children = template[1], template[2]
-    items = [_build(client, c, ids, pointers) for c in children]
-    return _construct(ctor, items)
-
-
-def _construct(ctor: type, items: List[Any]) -> Any:
-    if ctor is list:
-        return items
-    if ctor is tuple:
-        return tuple(items)
-    if hasattr(ctor, "n_fields"):  # torch.return_types.* (structseq)
-        return ctor(items)
-    if hasattr(ctor, "_fields"):  # namedtuple
-        return ctor(*items)
-    return ctor(items)
-
-
-def _build_described(client: Client, desc: list) -> Any:
-    kind = desc[0]
-    if kind == "T":
-        _, oid, shape, dtype, requires_grad = desc
-        return PointerTensor(client, oid, tuple(shape), _dtype(dtype), requires_grad=requires_grad)
-    if kind == "L":
-        items = [_build_described(client, d) for d in desc[2]]
-        return items if desc[1] == "list" else tuple(items)
-    return None
 
 
 # -- connecting -------------------------------------------------------------------------------
@@ -518,12 +404,12 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
     if target.startswith("tcp://") or ":" in target:
         address = target if target.startswith("tcp://") else f"tcp://{target}"
         if key is None:
-            info = discovery.find_by_address(address)
-            if info is None:
+            found = discovery.find_by_address(address)
+            if found is None:
                 raise AuthenticationError(
                     f"no key for {address}: no worker on this machine has a connection file for it. "
                     "Pass key=... (from the worker's connection file), or connect by name.")
-            return Client(address, info.key, timeout=timeout, connection_file=info.path)
+            return Client(address, found.key, timeout=timeout, connection_file=found.path)
         return Client(address, key, timeout=timeout)
     info = discovery.find(target)
     try:

@@ -60,7 +60,7 @@ class Link:
         self.address = address
         self.session = os.urandom(16)
         self.lock = threading.Lock()
-        self.replies: Dict[int, dict] = {}
+        self.replies: Dict[Any, dict] = {}  # by seq (whatever the worker put there)
         self.errors: List[dict] = []
         self.on_error: Callable[[dict], None] = lambda header: None
         self.free_queue: Deque[bytes] = deque()
@@ -152,7 +152,7 @@ class Link:
         self._send_parts(encode(header), deadline)
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._sock.poll(remaining * 1000):
+            if remaining <= 0 or not self._sock.poll(max(1, int(remaining * 1000))):
                 raise ReplyTimeout(f"no answer from {self.address} within {timeout:g} s")
             reply = decode(self._sock.recv_multipart())
             if reply["t"] == expect:
@@ -210,7 +210,7 @@ class Link:
         heads, frames, counts = self._batch_heads, self._batch_frames, self._batch_counts
         # frees go after the queued ops: an op queued before a pointer died may still use its object
         while self.free_queue:
-            ids = []
+            ids: List[bytes] = []
             while self.free_queue and len(ids) < 4096:
                 ids.append(self.free_queue.popleft())
             heads.append(encode({"t": Kind.FREE, "ids": ids})[0])
@@ -256,7 +256,7 @@ class Link:
                     self.check()
                     raise WorkerUnreachable(f"cannot reach {self.worker_name} at {self.address}: "
                                             "the link is down (is the worker still running?)") from None
-                self._sock.poll(min(remaining, 0.05) * 1000, zmq.POLLOUT)
+                self._sock.poll(max(1, int(min(remaining, 0.05) * 1000)), zmq.POLLOUT)
 
     # -- receiving ---------------------------------------------------------------
     def wait(self, seq: int, timeout: float) -> dict:
@@ -281,7 +281,7 @@ class Link:
                     continue
                 try:
                     self._ping_if_due(now)  # the background thread leaves the socket to the waiter
-                    if self._sock.poll(min(deadline - now, 0.05) * 1000):
+                    if self._sock.poll(max(1, int(min(deadline - now, 0.05) * 1000))):
                         self._drain()
                 except zmq.ZMQError as exc:
                     self._lost(exc)
@@ -305,12 +305,11 @@ class Link:
             except zmq.Again:
                 return
             try:
-                header = decode(parts, peer=self.host_peer)
+                header: Optional[dict] = decode(parts, peer=self.host_peer)
             except ProtocolError as exc:
                 header = self._undecodable(parts, exc)
-                if header is None:
-                    continue
-            self._file(header)
+            if header is not None:
+                self._file(header)
 
     @staticmethod
     def _undecodable(parts: List[Any], exc: ProtocolError) -> Optional[dict]:

@@ -11,7 +11,7 @@ come from the worker, as its policy allows.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch.overrides import get_default_nowrap_functions
@@ -35,11 +35,11 @@ _VALUE_FUNCS = {
 }
 
 #: Properties that compute a new tensor rather than read metadata, and the ops they stand for.
-_COMPUTED_PROPERTIES = {
-    torch.Tensor.T.__get__: lambda t: t.permute(*reversed(range(t.dim()))),
-    torch.Tensor.mT.__get__: lambda t: t.transpose(-2, -1),
-    torch.Tensor.H.__get__: lambda t: t.permute(*reversed(range(t.dim()))).conj(),
-    torch.Tensor.mH.__get__: lambda t: t.transpose(-2, -1).conj(),
+_COMPUTED_PROPERTIES: Dict[Any, Callable[[Any], Any]] = {
+    torch.Tensor.T.__get__: lambda t: t.permute(*reversed(range(t.dim()))),  # type: ignore[attr-defined]
+    torch.Tensor.mT.__get__: lambda t: t.transpose(-2, -1),  # type: ignore[attr-defined]
+    torch.Tensor.H.__get__: lambda t: t.permute(*reversed(range(t.dim()))).conj(),  # type: ignore[attr-defined]
+    torch.Tensor.mH.__get__: lambda t: t.transpose(-2, -1).conj(),  # type: ignore[attr-defined]
 }
 
 
@@ -82,7 +82,7 @@ class PointerTensor(torch.Tensor):
     @staticmethod
     def __new__(cls, client: "Client", oid: bytes, shape: Tuple[int, ...], dtype: torch.dtype,
                 requires_grad: bool = False, owned: bool = True, tags: Tuple[str, ...] = ()) -> "PointerTensor":
-        ptr = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device="meta",
+        ptr = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=torch.device("meta"),
                                                   requires_grad=requires_grad)
         ptr._client = client
         ptr.oid = oid
@@ -159,7 +159,7 @@ class PointerTensor(torch.Tensor):
     def client(self) -> "Client":
         return self._client
 
-    def __repr__(self) -> str:
+    def __repr__(self, **kwargs: Any) -> str:  # type: ignore[override]  # (torch's has keyword-only extras)
         at = " ".join(self._tags) if self._tags else self.oid.hex()[:12]
         freed = ", freed" if self.freed else ""
         grad = ", requires_grad=True" if self.requires_grad else ""

@@ -233,9 +233,8 @@ class OwnerConsole(cmd.Cmd):
     def emptyline(self) -> bool:  # an empty line does nothing (cmd.Cmd would repeat the last command)
         return False
 
-    def default(self, line: str) -> bool:
+    def default(self, line: str) -> None:
         _say(f"error: unknown command {line.split()[0]!r}; commands: {COMMANDS}", sys.stderr)
-        return False
 
     def do_quit(self, arg: str) -> bool:
         """Stop the worker."""

@@ -8,11 +8,14 @@ notebook (``bob`` for ``Bob``, or ``--as VAR``).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 from ..display import table
 from ..errors import SyftError, UnknownWorker
@@ -35,11 +38,16 @@ def _var_name(name: str, given: Optional[str]) -> str:
 class SyftMagics(Magics):
     """The syft magics of one IPython shell, with the workers and connections they made."""
 
-    def __init__(self, shell) -> None:
+    def __init__(self, shell: "InteractiveShell") -> None:
         super().__init__(shell)
         self.workers: Dict[str, Worker] = {}
         self.clients: Dict[str, Client] = {}
         self.panels: Dict[Tuple[str, str], Any] = {}  # ("worker" | "connection", name) -> live panel
+
+    @property
+    def user_ns(self) -> Dict[str, Any]:
+        """The notebook's variables (where the magics bind ``bob``, ``alice``...)."""
+        return self.shell.user_ns  # type: ignore[attr-defined]  # (IPython types Magics.shell as None)
 
     # -- the data owner ---------------------------------------------------------------
     @magic_arguments()
@@ -51,7 +59,8 @@ class SyftMagics(Magics):
               help="who may .get() values: open (anyone), review (you approve each; default), closed (nobody)")
     @argument("--verbose", action="store_true", help="print one line per command received")
     @argument("--log", default=None, metavar="FILE", help="append one JSON line per command to FILE")
-    @argument("--as", dest="var", default=None, metavar="VAR", help="variable to bind (default: the name in lower case)")
+    @argument("--as", dest="var", default=None, metavar="VAR",
+              help="variable to bind (default: the name in lower case)")
     @argument("--panel", action="store_true", help="display the worker's live panel (registry, commands, requests)")
     @argument("--strict-port", action="store_true",
               help="fail if PORT is taken by another process (default: serve on a free port instead and say so)")
@@ -92,11 +101,12 @@ class SyftMagics(Magics):
             moved = (f"port {args.port} is taken by another process, so {worker.name} serves on port {worker.port} "
                      f"instead; clients connecting by name (%syft_connect {worker.name}) find it there\n")
         self.workers[args.name] = worker
-        self.shell.user_ns[var] = worker
+        self.user_ns[var] = worker
         restarted = ""
         if old is not None:
             gone = len(old.store)
-            restarted = (f" (restarted: a new, empty registry{f'; the {gone} objects shared before are gone' if gone else ''}"
+            lost = f"; the {gone} objects shared before are gone" if gone else ""
+            restarted = (f" (restarted: a new, empty registry{lost}"
                          f", share them again; pointers to the old worker are now invalid)")
         print(f"{moved}{worker.name} serving at {worker.address} (policy: {worker.policy.name}){restarted}\n"
               f"Bound to `{var}`. Share data with {var}.share(x, '#X') or %syft_share x #X")
@@ -113,9 +123,9 @@ class SyftMagics(Magics):
         """Share a tensor from the notebook with this kernel's worker under tags."""
         args = parse_argstring(self.syft_share, line)
         worker = self._pick_worker(args.worker)
-        if args.var not in self.shell.user_ns:
+        if args.var not in self.user_ns:
             raise UsageError(f"no variable named {args.var!r} in the notebook")
-        value = self.shell.user_ns[args.var]
+        value = self.user_ns[args.var]
         tags = tuple(args.tags) or (f"#{args.var}",)
         for entry in worker.store.entries():
             if entry.session is None and entry.tensor is not None and _same_tensor(entry.tensor, value) \
@@ -132,7 +142,8 @@ class SyftMagics(Magics):
         running = {n: w for n, w in self.workers.items() if w.running}
         if name is not None:
             if name not in running:
-                raise UsageError(f"no worker named {name!r} runs in this kernel (running: {', '.join(running) or 'none'})")
+                raise UsageError(f"no worker named {name!r} runs in this kernel "
+                                 f"(running: {', '.join(running) or 'none'})")
             return running[name]
         if not running:
             raise UsageError("no worker runs in this kernel; start one with %syft_worker NAME")
@@ -148,7 +159,8 @@ class SyftMagics(Magics):
         args = parse_argstring(self.syft_stop, line)
         worker = self.workers.pop(args.name, None)
         if worker is None:
-            raise UsageError(f"no worker named {args.name!r} in this kernel (workers: {', '.join(self.workers) or 'none'})")
+            raise UsageError(f"no worker named {args.name!r} in this kernel "
+                             f"(workers: {', '.join(self.workers) or 'none'})")
         worker.stop()
         print(f"{args.name} stopped")
 
@@ -157,7 +169,8 @@ class SyftMagics(Magics):
     @argument("name", help="the worker's name, e.g. Bob")
     @argument("address", nargs="?", default=None,
               help="tcp://host:port, host:port or a port; omitted: find the worker by name on this machine")
-    @argument("--as", dest="var", default=None, metavar="VAR", help="variable to bind (default: the name in lower case)")
+    @argument("--as", dest="var", default=None, metavar="VAR",
+              help="variable to bind (default: the name in lower case)")
     @argument("--timeout", type=float, default=None, metavar="S", help="seconds to wait for the worker to answer")
     @argument("--key", default=None, help="the worker's key, when connecting by address from another machine")
     @argument("--panel", action="store_true", help="display the connection's live panel (pointers and their graph)")
@@ -177,7 +190,7 @@ class SyftMagics(Magics):
         if client.name != args.name:
             print(f"note: the worker at {client.address} calls itself {client.name!r}")
         self.clients[args.name] = client
-        self.shell.user_ns[var] = client
+        self.user_ns[var] = client
         print(f"connected to {client.name} at {client.address} (policy: {client.policy}); bound to `{var}`. "
               f"Find data with {var}.search('#X')")
         if args.panel:
@@ -255,7 +268,7 @@ class SyftMagics(Magics):
         args = parse_argstring(self.syft_inspect, line)
         from ..scientist.pointer import PointerTensor
 
-        value = _lookup(args.var, self.shell.user_ns)
+        value = _lookup(args.var, self.user_ns)
         if not isinstance(value, PointerTensor):
             raise UsageError(f"{args.var} is a {type(value).__name__}, not a pointer; %syft_inspect shows pointers")
         from IPython.display import display

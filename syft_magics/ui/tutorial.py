@@ -105,7 +105,7 @@ def save_workspace(folder: Path, prefix: str = "") -> Path:
     """Write the side-by-side workspace where JupyterLab will look for it (``folder``)."""
     from jupyterlab_server.workspaces_handler import WorkspacesManager
 
-    return WorkspacesManager(folder).save(WORKSPACE, json.dumps(workspace(prefix)))
+    return WorkspacesManager(str(folder)).save(WORKSPACE, json.dumps(workspace(prefix)))
 
 
 def free_port() -> int:

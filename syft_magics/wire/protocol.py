@@ -165,7 +165,8 @@ def tensor_from_buffer(buf: Any, dtype: torch.dtype, shape: Sequence[int], owned
     itemsize = _ITEMSIZE[dtype]
     if view.nbytes != numel * itemsize:
         raise ProtocolError(
-            f"tensor frame holds {view.nbytes} bytes, but shape {list(shape)} of {dtype_name(dtype)} needs {numel * itemsize}"
+            f"tensor frame holds {view.nbytes} bytes, "
+            f"but shape {list(shape)} of {dtype_name(dtype)} needs {numel * itemsize}"
         )
     if numel == 0:
         return torch.empty(tuple(shape), dtype=dtype)
@@ -372,5 +373,6 @@ def field(header: dict, name: str, kind: type | tuple) -> Any:
     except KeyError:
         raise ProtocolError(f"'{header.get('t')}' message lacks field '{name}'") from None
     if not isinstance(value, kind):
-        raise ProtocolError(f"field '{name}' of '{header.get('t')}' message has the wrong type ({type(value).__name__})")
+        raise ProtocolError(f"field '{name}' of '{header.get('t')}' message has the wrong type "
+                            f"({type(value).__name__})")
     return value

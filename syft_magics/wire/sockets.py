@@ -45,7 +45,7 @@ def send_parts(sock: zmq.Socket, parts: Sequence[Any], *, flags: int = NOBLOCK, 
 
 def readable(sock: zmq.Socket) -> bool:
     """Whether a message waits on ``sock`` (no system call, no exception)."""
-    return bool(sock.getsockopt(EVENTS) & POLLIN)
+    return bool(sock.getsockopt(EVENTS) & POLLIN)  # type: ignore[operator]  # EVENTS is an int option
 
 
 def recv_parts(sock: zmq.Socket) -> List[Any]:

@@ -32,8 +32,7 @@ def _items(value: Any) -> Optional[List[Tuple[str, Any]]]:
         items = list.__getitem__(value, slice(0, _MAX_ITEMS))
         return [(f"[{i}]", v) for i, v in enumerate(items)]
     if isinstance(value, tuple):
-        items = tuple.__getitem__(value, slice(0, _MAX_ITEMS))
-        return [(f"[{i}]", v) for i, v in enumerate(items)]
+        return [(f"[{i}]", v) for i, v in enumerate(tuple.__getitem__(value, slice(0, _MAX_ITEMS)))]
     if isinstance(value, dict):
         out = []
         for k, v in list(dict.items(value))[:_MAX_ITEMS]:

@@ -177,7 +177,7 @@ class LivePanel(TextRepr, widgets.VBox):
         """The refresher gave up on this panel: stop, and show why in the footer."""
         self._live = False
         try:
-            self.footer.value = f'<pre style="color:#c62828;font-size:11px">{H.esc(text)}</pre>'  # type: ignore
+            self.footer.value = f'<pre style="color:#c62828;font-size:11px">{H.esc(text)}</pre>'
         except Exception:
             pass
 

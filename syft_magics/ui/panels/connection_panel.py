@@ -85,10 +85,10 @@ class ConnectionPanel(LivePanel):
         self._inbox: List[Deque[Event]] = [deque(maxlen=20_000) for _ in self.clients]
         self._objs: "OrderedDict[Tuple[str, str], _Obj]" = OrderedDict()  # (worker, hex) -> record
         self._ptrs: "OrderedDict[Tuple[int, int], _Ptr]" = OrderedDict()  # (client idx, local id) -> record
-        self._seq_out: Dict[Tuple[int, int], Tuple[str, ...]] = {}  # (client idx, seq) -> out hex ids
-        self._early_errors: Dict[Tuple[int, int], str] = {}
+        self._seq_out: Dict[Tuple[int, Any], Tuple[str, ...]] = {}  # (client idx, seq) -> out hex ids
+        self._early_errors: Dict[Tuple[int, Any], str] = {}
         self._errors: Deque[str] = deque(maxlen=20)
-        self._waiting: Dict[int, Tuple[int, float]] = {}  # client idx -> (request n, since)
+        self._waiting: Dict[int, Tuple[Any, float]] = {}  # client idx -> (request n, since)
         self._live_sig: Tuple = ()
         self.last_graph: Optional[G.Graph] = None  # every node known
         self.shown_graph: Optional[G.Graph] = None  # what is drawn (older nodes folded)
@@ -217,12 +217,12 @@ class ConnectionPanel(LivePanel):
             seq = d.get("seq")
             message = str(d.get("message", "error"))
             self._errors.append(f"{self.clients[i].name}: {message}")
-            outs = self._seq_out.get((i, seq))
-            if outs is None:
+            failed = self._seq_out.get((i, seq))
+            if failed is None:
                 if seq is not None and len(self._early_errors) < 1000:
                     self._early_errors[(i, seq)] = message
             else:
-                self._mark_error(i, outs, message)
+                self._mark_error(i, failed, message)
         elif e.kind == "send":
             oid = d.get("id")
             if isinstance(oid, bytes):
@@ -245,8 +245,8 @@ class ConnectionPanel(LivePanel):
                 del self._ptrs[key]
         if len(self._objs) > MAX_RECORDS:
             held = {(r.worker, r.hex) for r in self._ptrs.values()}
-            for key in [k for k in self._objs if k not in held][: len(self._objs) - MAX_RECORDS]:
-                del self._objs[key]
+            for obj_key in [k for k in self._objs if k not in held][: len(self._objs) - MAX_RECORDS]:
+                del self._objs[obj_key]
 
     # -- views ------------------------------------------------------------------------------------------
     def _obj_state(self, obj: _Obj, ptrs: List[_Ptr], closed: bool) -> str:

@@ -200,7 +200,7 @@ class WorkerPanel(LivePanel):
                 i.hex() if isinstance(i, bytes) else str(i) for i in d.get("ids") or ())
         elif e.kind == "disconnect":
             for key in (d.get("session"), d.get("client", "?")):
-                self._search_ids.pop(key, None)
+                self._search_ids.pop(str(key), None)
         elif e.kind == "start":
             self._stopped = False
 
@@ -254,12 +254,12 @@ class WorkerPanel(LivePanel):
     def _snapshots(self, drawn: List[Entry]) -> List[Dict[str, Any]]:
         """Snapshots (no tensors) of the entries to draw; those drawn last time and gone since are freed."""
         store = self.worker.store
-        for hexid, snap in list(self._known.items()):
+        for hexid, gone in list(self._known.items()):
             if bytes.fromhex(hexid) not in store:
                 del self._known[hexid]
-                snap["state"] = G.FREED
-                self._freed.append(snap)
-        now = {}
+                gone["state"] = G.FREED
+                self._freed.append(gone)
+        now: Dict[str, Any] = {}
         for e in drawn:
             snap = self._known.get(e.hex)
             if snap is None:
