@@ -30,6 +30,10 @@ MAX_NAME_CHARS = 64
 MAX_OP_NAME_CHARS = 128
 #: Handshakes (hello without auth yet) kept at once; the oldest is dropped beyond it.
 MAX_PENDING_HANDSHAKES = 64
+#: Replies queued for one peer that does not read them; beyond, ZeroMQ drops them.
+MAX_QUEUED_REPLIES = 50_000
+#: Messages received from one peer and not yet served; beyond, TCP slows the peer down.
+MAX_QUEUED_REQUESTS = 10_000
 #: Seconds a peer that said hello has to authenticate.
 HANDSHAKE_TIMEOUT = 5.0
 #: Longest error text sent to a client or written to a log line, in characters.
