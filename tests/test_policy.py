@@ -31,7 +31,7 @@ class Owner(threading.Thread):
 
     def run(self) -> None:
         try:
-            assert wait_until(lambda: self.bob.requests.pending), "no request arrived"
+            assert wait_until(lambda: self.bob.requests.pending, timeout=20), "no request arrived"
             self.decide(self.bob, self.bob.requests.pending[0])
         except BaseException as exc:  # reported by the test
             self.error = exc

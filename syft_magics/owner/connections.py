@@ -6,7 +6,8 @@ A socket monitor reports every accepted and every closed TCP connection (by file
 descriptor, before the descriptor can be reused), and each received frame tells its
 connection's descriptor (``ZMQ_SRCFD``). Each accepted connection gets a fresh token;
 a session remembers the token of the connection that authenticated it and is served
-only on that connection; when that connection closes, the session ends.
+only on that connection; when that connection closes, the session ends (once the messages it sent before closing, a
+goodbye for instance, have been read).
 
 The monitor's events are read before each message is handled: the I/O thread reports a
 connection before any of its messages can arrive, and reports its closing before its
@@ -37,6 +38,7 @@ class Connections:
         self._tokens: Dict[int, int] = {}  # fd -> token of the connection now on it
         self._counter = itertools.count(1)
         self._on_closed = on_closed
+        self._closed: List[int] = []
 
     def poll_events(self) -> None:
         """Apply every connection event reported so far (call before judging a message)."""
@@ -52,9 +54,15 @@ class Connections:
             if event["event"] == zmq.EVENT_ACCEPTED:
                 self._tokens[fd] = next(self._counter)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
-                token = self._tokens.pop(fd, None)
+                # its messages still queued keep their token until the descriptor is reused
+                token = self._tokens.get(fd)
                 if token is not None:
-                    self._on_closed(token)
+                    self._closed.append(token)
+
+    def end_closed(self) -> None:
+        """Report the connections closed so far (call when their queued messages have been read)."""
+        while self._closed:
+            self._on_closed(self._closed.pop(0))
 
     def token(self, frame: Any) -> int:
         """The token of the connection ``frame`` arrived on (:data:`INPROC` for in-process peers).

@@ -146,10 +146,15 @@ class Server:
                 if router in ready:
                     for _ in range(256):
                         if not readable(router):
+                            conns.end_closed()
                             break
+                        while self._calls:  # the owner's decisions first: one made before a get arrived applies to it
+                            self._calls.popleft()(router)
                         conns.poll_events()
                         self._guarded(router, recv_parts(router))
                 conns.poll_events()
+                if not readable(router):
+                    conns.end_closed()
                 if wake in ready:
                     while True:
                         try:
@@ -160,6 +165,7 @@ class Server:
                     self._calls.popleft()(router)
                 now = time.monotonic()
                 if now >= next_check:
+                    conns.end_closed()
                     self._expire(now)
                     next_check = now + 1.0
             for ident in list(self.sessions):
