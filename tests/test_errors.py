@@ -13,7 +13,6 @@ import torch
 
 import syft_magics as sm
 from syft_magics import config
-from syft_magics.owner import serving
 from syft_magics.wire import discovery
 
 from helpers import free_port, wait_until
@@ -111,16 +110,20 @@ def test_a_worker_restarted_on_the_same_port_raises_worker_restarted(seed, make_
     assert torch.equal(make_client("Bob").search("#X")[0].get(), X)
 
 
-def test_a_worker_killed_and_restarted_raises_worker_restarted(seed, make_worker, make_client, monkeypatch):
+def test_a_worker_killed_and_restarted_raises_worker_restarted(seed, make_worker, make_client):
     """No goodbye at all (the process died): the first message to the new worker tells."""
     bob, client = seed
     x = client.search("#X")[0]
     port = bob.port
-    # the worker stops without a goodbye, as after a crash (forgetting the session first let a heartbeat
-    # reach the old worker, whose "no such session" read as an expired session)
-    with monkeypatch.context() as m:
-        m.setattr(serving, "send_parts", lambda *args, **kwargs: None)
-        bob.stop()
+    def crash(router):
+        # in one step of the serving thread, so no heartbeat between forgetting and stopping gets an answer
+        # from the old worker: it forgets the session and stops without a goodbye, as after a crash
+        bob.server.sessions.clear()
+        bob.server._running = False
+
+    bob.server.call_soon(crash)
+    bob.server._thread.join(5)
+    bob.stop()
     assert client._link.broken is None
     make_worker("Bob", port=port, policy="open")
     with pytest.raises(sm.WorkerRestarted):

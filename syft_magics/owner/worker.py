@@ -24,7 +24,7 @@ from ..errors import PortInUse
 from ..events import EventStream
 from ..wire import auth, discovery, limits
 from ..wire.names import check_tag
-from ..wire.protocol import PROTOCOL_VERSION
+from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind
 from .allowlist import Allowlist
 from .logs import describe_command, print_command
 from .policy import (
@@ -276,6 +276,13 @@ class Worker:
 
         return WorkerPanel(self)
 
+    def inspect(self, what: str):
+        """The owner's card for one object (a tag such as ``"#X"``, or its hex id): its values, tags,
+        who holds it, accesses, requests and lineage (:mod:`syft_magics.ui.owner_card`)."""
+        from ..ui.owner_card import show
+
+        return show(self, what)
+
     def approve(self, n: int) -> GetRequest:
         """Let request ``n`` through: the waiting ``.get()`` receives the value."""
         req = self.requests.decide(n, "approved")
@@ -286,7 +293,7 @@ class Worker:
     def deny(self, n: int, reason: str = "") -> GetRequest:
         """Refuse request ``n``: the waiting ``.get()`` raises ``PermissionDenied`` with ``reason``."""
         req = self.requests.decide(n, "denied", reason)
-        self.server.post(req.session, {"t": "err", "s": req.seq, "code": "denied", "n": n,
+        self.server.post(req.session, {"t": Kind.ERR, "s": req.seq, "code": ErrorCode.DENIED, "n": n,
                                   "msg": f"{self.name} denied request #{n}" + (f": {reason}" if reason else "")})
         self.events.emit("decision", n=n, status="denied", reason=reason)
         return req

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
+import msgpack
 import zmq
 
 from ..config import defaults
@@ -33,9 +34,10 @@ from ..errors import (
     WorkerRestarted,
     WorkerStopped,
     WorkerUnreachable,
+    error_class,
 )
-from ..wire import auth
-from ..wire.protocol import PROTOCOL_VERSION, decode, encode
+from ..wire import auth, samehost
+from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode
 from ..wire.sockets import readable, recv_parts, send_parts
 
 #: Frames at least this large go zero-copy: tracked until ZeroMQ releases them, or acknowledged by the
@@ -59,6 +61,11 @@ class Link:
         self.errors: List[dict] = []
         self.on_error: Callable[[dict], None] = lambda header: None
         self.free_queue: Deque[bytes] = deque()
+        #: the worker's process when it runs on this host as this user (verified at the handshake):
+        #: large tensors then travel as sealed memory files (:mod:`syft_magics.wire.samehost`)
+        self.host_peer: Optional[samehost.Peer] = None
+        #: and the memory file our large sends travel through then
+        self.pool: Optional[samehost.Pool] = None
         self._batch_heads: List[bytes] = []  # the headers of queued messages
         self._batch_frames: List[Any] = []  # their tensor frames, one message after the other
         self._batch_counts: List[int] = []  # how many frames each queued message has
@@ -99,10 +106,13 @@ class Link:
 
     # -- handshake ---------------------------------------------------------------
     def _handshake(self, key: str, timeout: float, client_name: str) -> None:
-        hello = {"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": client_name, "pid": os.getpid(),
+        hello = {"t": Kind.HELLO, "s": 0, "v": PROTOCOL_VERSION, "name": client_name, "pid": os.getpid(),
                  "hostname": _socket.gethostname()}
+        host_nonce = os.urandom(16)
+        if defaults.same_host and samehost.available() and not self._copy:
+            hello["host"] = host_nonce
         try:
-            challenge = self._request_raw(hello, timeout, expect="challenge")
+            challenge = self._request_raw(hello, timeout, expect=Kind.CHALLENGE)
         except WorkerUnreachable:
             raise WorkerUnreachable(
                 f"no worker answered at {self.address} within {timeout:g} s "
@@ -111,13 +121,30 @@ class Link:
         if not isinstance(nonce, bytes):
             raise ProtocolError("the worker's challenge carries no nonce")
         self.worker_name = str(challenge.get("name"))
-        welcome = self._request_raw({"t": "auth", "s": 0, "mac": auth.proof(key, nonce, self.session)},
-                                    timeout, expect="welcome")
+        welcome = self._request_raw({"t": Kind.AUTH, "s": 0, "mac": auth.proof(key, nonce, self.session)},
+                                    timeout, expect=Kind.WELCOME)
         self.instance = str(welcome.get("instance"))
         self.policy = str(welcome.get("policy"))
         self.lease = float(welcome.get("lease") or defaults.lease_timeout)
+        offer = welcome.get("host")
+        if isinstance(offer, dict) and "host" in hello:
+            self._same_host(offer, host_nonce, timeout)
 
-    def _request_raw(self, header: dict, timeout: float, expect: str) -> dict:
+    def _same_host(self, offer: dict, nonce: bytes, timeout: float) -> None:
+        """Both sides prove they can open the other's memory files; then large tensors take that path."""
+        pid = samehost.check_probe(offer.get("probe"), nonce)
+        theirs = offer.get("nonce")
+        if pid is None or not isinstance(theirs, bytes) or len(theirs) != 16:
+            return
+        fd, probe = samehost.make_probe(theirs)
+        try:
+            reply = self._request_raw({"t": Kind.HOST, "s": 0, "probe": probe}, timeout, expect=Kind.OK)
+        finally:
+            os.close(fd)
+        if reply.get("host") is True:
+            self.host_peer, self.pool = samehost.Peer(pid), samehost.Pool()
+
+    def _request_raw(self, header: dict, timeout: float, expect: Kind) -> dict:
         deadline = time.monotonic() + timeout
         self._send_parts(encode(header), deadline)
         while True:
@@ -127,8 +154,8 @@ class Link:
             reply = decode(self._sock.recv_multipart())
             if reply["t"] == expect:
                 return reply
-            if reply["t"] == "err":
-                if reply.get("code") in ("unauthenticated", "unknown_session"):
+            if reply["t"] == Kind.ERR:
+                if error_class(reply.get("code")) is AuthenticationError:
                     raise AuthenticationError(
                         f"{self.worker_name} at {self.address} refused the link: wrong key "
                         "(take the key from the worker's connection file)")
@@ -183,7 +210,11 @@ class Link:
             ids = []
             while self.free_queue and len(ids) < 4096:
                 ids.append(self.free_queue.popleft())
-            heads.append(encode({"t": "free", "ids": ids})[0])
+            heads.append(encode({"t": Kind.FREE, "ids": ids})[0])
+            counts.append(0)
+        if self.host_peer is not None and self.host_peer.read:
+            # the regions of the worker's memory file that values were read from are free again
+            heads.append(encode({"t": Kind.RELEASE, "i": self.host_peer.take_read()})[0])
             counts.append(0)
         if last is not None:
             heads.append(last[0])
@@ -195,7 +226,7 @@ class Link:
         if len(counts) == 1:
             return self._send_parts([heads[0], *frames], deadline, track)
         # one frame for all the headers, then every tensor frame: ZeroMQ's cost is per frame
-        return self._send_parts([*encode({"t": "batch", "m": heads, "n": counts}), *frames], deadline, track)
+        return self._send_parts([*encode({"t": Kind.BATCH, "m": heads, "n": counts}), *frames], deadline, track)
 
     def _wait_tracker(self, tracker: zmq.MessageTracker, deadline: float) -> None:
         # the tensor's memory must not change until ZeroMQ has let go of it; while the worker is
@@ -258,7 +289,7 @@ class Link:
         # session", which turns WorkerStopped into the more useful WorkerRestarted
         if now >= self._next_ping and (self.broken is None or isinstance(self.broken, WorkerStopped)):
             try:
-                send_parts(self._sock, encode({"t": "ping", "s": None}))
+                send_parts(self._sock, encode({"t": Kind.PING, "s": None}))
             except zmq.Again:
                 return
             self._next_ping = now + defaults.heartbeat_interval
@@ -271,21 +302,36 @@ class Link:
             except zmq.Again:
                 return
             try:
-                header = decode(parts)
-            except ProtocolError:
-                continue
+                header = decode(parts, peer=self.host_peer)
+            except ProtocolError as exc:
+                header = self._undecodable(parts, exc)
+                if header is None:
+                    continue
             self._file(header)
+
+    @staticmethod
+    def _undecodable(parts: List[Any], exc: ProtocolError) -> Optional[dict]:
+        """A reply whose tensor could not be rebuilt becomes an error for its waiter (others are dropped)."""
+        try:
+            head = msgpack.unpackb(getattr(parts[0], "bytes", parts[0]), ext_hook=lambda code, data: None, raw=False)
+        except Exception:
+            return None
+        seq = head.get("s") if isinstance(head, dict) else None
+        if type(seq) is not int:
+            return None
+        return {"t": Kind.ERR, "s": seq, "code": ErrorCode.PROTOCOL, "etype": "ProtocolError",
+                "msg": f"the worker's reply could not be read: {exc}"}
 
     def _file(self, header: dict) -> None:
         kind = header["t"]
         seq = header.get("s")
         self.last_pong = time.monotonic()  # anything from the worker shows it is alive
-        if kind == "pong":
+        if kind == Kind.PONG:
             pass
-        elif kind == "bye":
+        elif kind == Kind.BYE:
             self.broken = WorkerStopped(f"{self.worker_name} was stopped by its owner; "
                                         "its pointers are no longer usable")
-        elif kind == "err" and header.get("code") == "unknown_session":
+        elif kind == Kind.ERR and header.get("code") == ErrorCode.UNKNOWN_SESSION:
             if header.get("instance") != self.instance:
                 self.broken = WorkerRestarted(
                     f"{self.worker_name} at {self.address} was restarted: pointers made before the restart "
@@ -296,7 +342,7 @@ class Link:
                     f"its objects. Connect again (%syft_connect {self.worker_name}).")
         elif seq in self._abandoned:
             pass  # e.g. the owner decided after the client's GetTimeout: the next get asks again
-        elif kind == "err" and seq not in self._awaited:
+        elif kind == Kind.ERR and seq not in self._awaited:
             self.errors.append(header)
             self.on_error(header)
         else:
@@ -348,7 +394,8 @@ class Link:
                 if self._closed:
                     return
                 now = time.monotonic()
-                if (self._batch_counts or self.free_queue) and self.broken is None:
+                released = self.host_peer is not None and self.host_peer.read
+                if (self._batch_counts or self.free_queue or released) and self.broken is None:
                     self._flush(now + defaults.reply_timeout)
                 self._ping_if_due(now)
                 self._drain()
@@ -374,7 +421,7 @@ class Link:
             if say_bye and self.broken is None:
                 try:
                     self._sock.setsockopt(zmq.LINGER, 500)
-                    self._batch_heads.append(encode({"t": "bye"})[0])
+                    self._batch_heads.append(encode({"t": Kind.BYE})[0])
                     self._batch_counts.append(0)
                     self._flush(time.monotonic())
                 except (zmq.ZMQError, SyftError):
@@ -383,6 +430,10 @@ class Link:
             self._close_socket()
 
     def _close_socket(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        if self.host_peer is not None:
+            self.host_peer.close()
         self._sock.close()
         if self._own_ctx:
             self._ctx.term()

@@ -1,9 +1,10 @@
 """The wire schema: a msgpack header followed by raw tensor frames.
 
 A message is a ZeroMQ multipart: ``[header, frame0, frame1, ...]``. The header
-is a msgpack map whose ``"t"`` field names the message type (see
-:data:`CLIENT_TYPES` and :data:`WORKER_TYPES`). Values inside a header use a
-closed set of msgpack extension types, never pickle:
+is a msgpack map whose ``"t"`` field names the message kind (:class:`Kind`); an
+``err`` reply's ``"code"`` is an :class:`ErrorCode` (defined next to the exceptions
+it maps to, in :mod:`syft_magics.errors`). Values inside a header use a closed set
+of msgpack extension types, never pickle:
 
 =====  =============  ===================================================
 code   Python value   payload
@@ -17,6 +18,8 @@ code   Python value   payload
 6      torch.dtype    dtype name (from :data:`DTYPES` only)
 7      torch.Size     msgpack list
 8      complex        ``[real, imag]``
+9      torch.Tensor   ``[fd, inode, offset, dtype name, shape]``: bytes in the sender's
+                      pool, same host only (:mod:`syft_magics.wire.samehost`)
 =====  =============  ===================================================
 
 Pipelined messages may travel together as one ``batch``: ``[{"t": "batch", "m":
@@ -37,17 +40,45 @@ from typing import Any, Callable, List, Optional, Sequence
 import msgpack
 import torch
 
-from ..errors import ProtocolError
+from ..errors import ErrorCode as ErrorCode  # the codes of "err" replies, part of this vocabulary
+from ..errors import ProtocolError, WireEnum
+from . import samehost
 from . import limits
 
 PROTOCOL_VERSION = 1
 
-#: Message types a client sends.
-CLIENT_TYPES = ("hello", "auth", "op", "get", "send", "search", "free", "sync", "ping", "bye", "batch")
-#: Message types a worker sends.
-WORKER_TYPES = ("challenge", "welcome", "ok", "err", "pending", "value", "pong", "bye")
 
-EXT_REF, EXT_TENSOR, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_SIZE, EXT_COMPLEX = range(1, 9)
+class Kind(WireEnum):
+    """What a message is (its header's ``"t"``). Received headers carry the plain string, which
+    compares and hashes equal to the member: ``header["t"] == Kind.OP``, ``HANDLERS[header["t"]]``."""
+
+    # the client's
+    HELLO = "hello"  # opens the handshake: protocol version, who is asking
+    AUTH = "auth"  # the HMAC proof of the key
+    OP = "op"  # run an op; result ids chosen by the client (or described back, ``"m"``)
+    GET = "get"  # a value, as the owner's policy allows
+    SEND = "send"  # store a tensor of the client's
+    SEARCH = "search"  # pointers to the owner's objects by tag
+    FREE = "free"  # forget objects of this session
+    SYNC = "sync"  # answered when everything sent before has run
+    PING = "ping"  # heartbeat
+    BATCH = "batch"  # pipelined messages travelling together
+    HOST = "host"  # the client's half of the same-host check (its memory-file probe)
+    RELEASE = "release"  # regions of the worker's memory file the client has read
+    # the worker's
+    CHALLENGE = "challenge"
+    WELCOME = "welcome"
+    OK = "ok"
+    ERR = "err"  # a failure: ``code`` (:class:`ErrorCode`), ``msg``, ``etype``
+    PENDING = "pending"  # a get waits for the owner's decision
+    APPROVED = "approved"  # the owner allowed a pending get: ask again
+    VALUE = "value"
+    PONG = "pong"
+    # both
+    BYE = "bye"  # the client leaves, or the worker stops
+
+
+EXT_REF, EXT_TENSOR, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_SIZE, EXT_COMPLEX, EXT_SHARED = range(1, 10)
 
 #: The only dtypes that may cross the wire, by name.
 DTYPES = {
@@ -156,10 +187,12 @@ class Encoder:
     ``Packer`` costs more than packing a small header).
     """
 
-    __slots__ = ("frames", "_packer")
+    __slots__ = ("frames", "pool", "_packer")
 
     def __init__(self) -> None:
         self.frames: List[Any] = []
+        #: where large tensors go instead of frames, for a peer on this host (``samehost.Pool``)
+        self.pool: Optional[samehost.Pool] = None
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
 
     def pack(self, obj: Any) -> bytes:
@@ -169,12 +202,19 @@ class Encoder:
         return msgpack.packb(obj, default=self._default, use_bin_type=True, strict_types=True)
 
     def _default(self, obj: Any) -> Any:
+        if isinstance(obj, WireEnum):  # every header's kind: first
+            return obj._value_
         if isinstance(obj, Ref):
             return msgpack.ExtType(EXT_REF, obj.id)
         if isinstance(obj, torch.Tensor):
             name = dtype_name(obj.dtype)
-            if obj.numel() * obj.element_size() <= INLINE_MAX_BYTES:
+            nbytes = obj.numel() * obj.element_size()
+            if nbytes <= INLINE_MAX_BYTES:
                 return msgpack.ExtType(EXT_TENSOR, msgpack.packb([_small_bytes(obj), name, list(obj.shape)]))
+            if self.pool is not None and nbytes >= samehost.SHARED_MIN_BYTES:
+                where = self.pool.put(tensor_buffer(obj))
+                if where is not None:
+                    return msgpack.ExtType(EXT_SHARED, msgpack.packb([*where, name, list(obj.shape)]))
             self.frames.append(tensor_buffer(obj))
             return msgpack.ExtType(EXT_TENSOR, msgpack.packb([len(self.frames) - 1, name, list(obj.shape)]))
         if isinstance(obj, torch.Size):
@@ -198,7 +238,7 @@ class Encoder:
         if isinstance(obj, complex):
             return msgpack.ExtType(EXT_COMPLEX, msgpack.packb([obj.real, obj.imag]))
         if isinstance(obj, str):
-            return str(obj)
+            return str.__str__(obj)
         if isinstance(obj, dict):
             return dict(obj)
         raise ProtocolError(f"cannot send a value of type {type(obj).__name__} to a worker")
@@ -207,30 +247,40 @@ class Encoder:
 _encoders = threading.local()
 
 
-def encode(header: dict) -> List[Any]:
-    """``[packed header, *tensor frames]``, ready to send (large frames zero-copy)."""
+def encode(header: dict, pool: Optional[samehost.Pool] = None) -> List[Any]:
+    """``[packed header, *tensor frames]``, ready to send (large frames zero-copy).
+
+    With a ``pool`` (the peer was verified to run on this host), large tensors are copied into
+    it instead of frames, where it has room (:mod:`syft_magics.wire.samehost`).
+    """
     enc = getattr(_encoders, "enc", None)
     if enc is None:
         enc = _encoders.enc = Encoder()
+    enc.pool = pool
     try:
         packed = enc.pack(header)
         return [packed, *enc.frames]
     except BaseException:
         enc._packer.reset()
+        if pool is not None:
+            pool.release(pool.written)
         raise
     finally:
         enc.frames = []
+        enc.pool = None
 
 
 class _Decoder:
     """Unpacks one message. A class rather than closures: a closure cycle would keep the
     message's frames (possibly large) alive until the garbage collector runs."""
 
-    __slots__ = ("frames", "resolve", "depth")
+    __slots__ = ("frames", "resolve", "peer", "depth")
 
-    def __init__(self, frames: Sequence[Any], resolve: Optional[Callable[[bytes], Any]]) -> None:
+    def __init__(self, frames: Sequence[Any], resolve: Optional[Callable[[bytes], Any]],
+                 peer: Optional[samehost.Peer] = None) -> None:
         self.frames = frames
         self.resolve = resolve
+        self.peer = peer
         self.depth = 0
 
     def unpack(self, data: Any) -> Any:
@@ -265,6 +315,8 @@ class _Decoder:
             if not isinstance(shape, list):
                 raise ProtocolError("tensor shape must be a list")
             return tensor_from_buffer(frames[idx], DTYPES[dname], shape)
+        if code == EXT_SHARED:
+            return self._shared(data)
         if code == EXT_TUPLE:
             return tuple(self.unpack(data))
         if code == EXT_SIZE:
@@ -289,6 +341,19 @@ class _Decoder:
         raise ProtocolError(f"unknown extension type {code}")
 
 
+    def _shared(self, data: bytes) -> torch.Tensor:
+        if self.peer is None:
+            raise ProtocolError("a same-host tensor from a peer not verified to run on this host")
+        fields = _plain(data)
+        if not isinstance(fields, list) or len(fields) != 5:
+            raise ProtocolError("bad same-host tensor reference")
+        fd, ino, offset, dname, shape = fields
+        if dname not in DTYPES or not isinstance(shape, list) or len(shape) > limits.MAX_NDIM or \
+                any(type(n) is not int or n < 0 for n in shape):
+            raise ProtocolError(f"bad same-host tensor ({dname!r}, {shape!r})")
+        return self.peer.take(fd, ino, offset, DTYPES[dname], shape)
+
+
 def _plain(data: bytes) -> Any:
     """The payload of an extension value that holds plain msgpack (nested extensions stay opaque)."""
     return msgpack.unpackb(data, raw=False, max_array_len=limits.MAX_NDIM + 3, max_map_len=0)
@@ -297,12 +362,14 @@ def _plain(data: bytes) -> Any:
 def decode(
     parts: Sequence[Any],
     resolve: Optional[Callable[[bytes], Any]] = None,
+    peer: Optional[samehost.Peer] = None,
     max_header: int = limits.MAX_HEADER_BYTES,
 ) -> dict:
     """Unpack a multipart message into its header, tensors rebuilt from frames.
 
     ``resolve`` turns an object id into the object (the worker passes its store
-    lookup); without it ids come back as :class:`Ref`. Anything off-schema, too
+    lookup); without it ids come back as :class:`Ref`. ``peer`` opens same-host
+    tensors (only for a peer verified at the handshake). Anything off-schema, too
     large (``max_header`` bytes, :data:`limits.MAX_FRAMES`) or too deeply nested
     raises :class:`ProtocolError`.
     """
@@ -315,7 +382,7 @@ def decode(
     if len(head) > max_header:
         raise ProtocolError(f"message header of {len(head)} bytes exceeds the limit of {max_header}")
     try:
-        header = _Decoder(parts[1:], resolve).unpack(head)
+        header = _Decoder(parts[1:], resolve, peer).unpack(head)
     except ProtocolError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
