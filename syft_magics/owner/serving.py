@@ -149,6 +149,8 @@ class Server:
                             break
                         while self._calls:  # the owner's decisions first: one made before a get arrived applies to it
                             self._calls.popleft()(router)
+                        if not self._running:
+                            break
                         conns.poll_events()
                         self._guarded(router, recv_parts(router))
                 conns.poll_events()
