@@ -13,6 +13,7 @@ import torch
 
 from ..display import dtype_text
 from ..errors import ErrorCode, ProtocolError
+from ..wire import limits
 from ..wire.protocol import Kind, encode
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def error_reply(exc: Exception) -> List[Any]:
     extra = exc.extra if isinstance(exc, Reject) else {}
     try:
         return encode({"t": Kind.ERR, "s": getattr(exc, "seq", None), "code": code, **extra,
-                       "etype": type(exc).__name__, "msg": str(exc)})
+                       "etype": type(exc).__name__, "msg": limits.clip(exc)})
     except Exception:
         log.warning("an error reply could not be encoded", exc_info=True)
         return encode({"t": Kind.ERR, "s": None, "code": ErrorCode.ERROR, "etype": "Exception",

@@ -22,10 +22,12 @@ import zmq
 
 from ..display import short_id
 from ..errors import ProtocolError, TagError
-from ..wire import auth, samehost
+from ..wire import limits, samehost
 from ..wire.names import check_tag, short_name
-from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, field
+from ..wire.protocol import ErrorCode, Kind, decode, encode, field
 from ..wire.sockets import readable, recv_parts, send_parts
+from .connections import Connections
+from .handshake import Handshakes
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .replies import Reject, Replies, describe_result, error_reply, flatten
 from .sessions import Session
@@ -38,10 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: How long a peer that said hello may take to authenticate.
-HANDSHAKE_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = limits.HANDSHAKE_TIMEOUT
 
 
-class Server:
+class Server(Handshakes):
     """Serves one worker's ROUTER socket from a background thread.
 
     It holds what only the serving thread may change: the sessions and the
@@ -56,7 +58,10 @@ class Server:
         self.events = worker.events
         self.stats = worker.stats
         self.sessions: Dict[bytes, Session] = {}
-        self.handshakes: Dict[bytes, Tuple[bytes, dict, float]] = {}
+        #: routing id -> (nonce, hello, time, connection token) of peers that said hello
+        self.handshakes: Dict[bytes, Tuple[bytes, dict, float, int]] = {}
+        self.connections: Optional[Connections] = None
+        self._conn = 0  # the connection token of the message being handled
         self._calls: Deque[Callable[[zmq.Socket], None]] = deque()
         self._wake_send: Optional[zmq.Socket] = None
         self._wake_lock = threading.Lock()
@@ -130,6 +135,9 @@ class Server:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
+        conns = self.connections = Connections(router, self._connection_closed)
+        if conns.socket is not None:
+            poller.register(conns.socket, zmq.POLLIN)
         next_check = time.monotonic() + 1.0
         try:
             while self._running:
@@ -138,7 +146,15 @@ class Server:
                     for _ in range(256):
                         if not readable(router):
                             break
+                        while self._calls:  # the owner's decisions first: one made before a get arrived applies to it
+                            self._calls.popleft()(router)
+                        if not self._running:
+                            break
+                        conns.poll_events()
                         self._guarded(router, recv_parts(router))
+                conns.poll_events()
+                if not readable(router):
+                    conns.end_closed()
                 if wake in ready:
                     while True:
                         try:
@@ -149,6 +165,7 @@ class Server:
                     self._calls.popleft()(router)
                 now = time.monotonic()
                 if now >= next_check:
+                    conns.end_closed()
                     self._expire(now)
                     next_check = now + 1.0
             for ident in list(self.sessions):
@@ -157,11 +174,13 @@ class Server:
             log.exception("the serving loop of worker %s stopped", self.name)
             raise
         finally:
+            conns.close()
             router.close()
             wake.close(0)
 
     def _guarded(self, router: zmq.Socket, parts: List[zmq.Frame]) -> None:
         ident = parts[0].bytes
+        self._conn = self.connections.token(parts[-1]) if self.connections is not None else 0
         reply = self._answer(ident, parts[1:]) if len(parts) > 1 else \
             error_reply(ProtocolError("message has no header"))
         try:
@@ -183,8 +202,10 @@ class Server:
 
     def _handle(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
         session = self.sessions.get(ident)
-        if session is None:
-            return self._handshake(ident, parts)
+        if session is None or session.conn != self._conn:
+            # a session is served only on the connection that authenticated it: the routing id
+            # alone (chosen by the peer, sent in clear) proves nothing
+            return self._handshake(ident, parts, taken=session is not None)
         session.last_seen = time.monotonic()
         used: List[Entry] = []
         try:
@@ -243,54 +264,31 @@ class Server:
 
         return resolve
 
-    # -- handshake ---------------------------------------------------------------
-    def _handshake(self, ident: bytes, parts: List[zmq.Frame]) -> List[Any]:
-        header = decode(parts)
-        kind = header["t"]
-        if kind == Kind.HELLO:
-            version = header.get("v")
-            if version != PROTOCOL_VERSION:
-                raise Reject(ErrorCode.VERSION,
-                              f"{self.name} speaks protocol {PROTOCOL_VERSION}, the client {version!r}; "
-                                         "install the same syft_magics version on both sides")
-            nonce = auth.new_nonce()
-            peer = _peer_address(parts[0])
-            self.handshakes[ident] = (nonce, {**header, "peer": peer}, time.monotonic())
-            return encode({"t": Kind.CHALLENGE, "nonce": nonce, "instance": self.worker.instance, "name": self.name})
-        if kind == Kind.AUTH:
-            pending = self.handshakes.pop(ident, None)
-            mac = header.get("mac")
-            if pending is None or not isinstance(mac, bytes) \
-                    or not auth.verify(self.worker.key, pending[0], ident, mac):
-                self.events.emit("auth_failed", peer=pending[1]["peer"] if pending else "?")
-                raise Reject(ErrorCode.UNAUTHENTICATED, f"{self.name} refused the link: wrong key")
-            hello = pending[1]
-            session = Session(ident=ident, name=str(hello.get("name") or "client"), pid=hello.get("pid"),
-                              hostname=str(hello.get("hostname") or "?"), peer=hello["peer"])
-            self.sessions[ident] = session
-            self.events.emit("connect", client=session.label, session=session.short)
-            welcome = {"t": Kind.WELCOME, "instance": self.worker.instance, "name": self.name,
-                       "policy": self.worker.policy.name, "lease": self.worker.lease_timeout}
-            host_nonce = hello.get("host")
-            if type(host_nonce) is bytes and len(host_nonce) == 16 and session.peer != "inproc" \
-                    and samehost.available():
-                # offer the same-host path: prove we can be read, ask the client to prove the same
-                fd, probe = samehost.make_probe(host_nonce)
-                session.host_probe = (fd, os.urandom(16))
-                welcome["host"] = {"probe": probe, "nonce": session.host_probe[1]}
-            return encode(welcome)
-        raise Reject(ErrorCode.UNKNOWN_SESSION, f"{self.name} has no session for this link",
-                      instance=self.worker.instance)
-
     def _expire(self, now: float) -> None:
         for ident, session in list(self.sessions.items()):
             if now - session.last_seen > self.worker.lease_timeout:
                 self._end_session(ident, "lease expired")
             elif session.pool is not None:
                 session.pool.expire(now)
-        for ident, (_, _, started) in list(self.handshakes.items()):
-            if now - started > HANDSHAKE_TIMEOUT:
+        for ident, pending in list(self.handshakes.items()):
+            if now - pending[2] > HANDSHAKE_TIMEOUT:
                 self.handshakes.pop(ident, None)
+
+    def _connection_closed(self, token: int) -> None:
+        """A TCP connection closed: its session ends (a new connection must authenticate anew)."""
+        for ident, session in list(self.sessions.items()):
+            if session.conn == token:
+                self._end_session(ident, "connection closed")
+        for ident, pending in list(self.handshakes.items()):
+            if pending[3] == token:
+                self.handshakes.pop(ident, None)
+
+    def refuse(self, reason: str) -> None:
+        """Count a refused message by reason (shown in the owner's panel and log)."""
+        self.stats["refused"] = self.stats.get("refused", 0) + 1
+        by_reason = self.stats.setdefault("refusals", {})
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+        self.events.emit("refused", reason=reason)
 
     def _end_session(self, ident: bytes, reason: str) -> None:
         session = self.sessions.pop(ident, None)
@@ -305,6 +303,9 @@ class Server:
     def _on_op(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
         t0 = time.perf_counter()
         name = field(header, "f", str)
+        if len(name) > limits.MAX_OP_NAME_CHARS:
+            raise Reject(ErrorCode.OP_NOT_ALLOWED,
+                         f"op name of {len(name)} characters is not on {self.name}'s allowlist")
         args = header.get("a", ())
         kwargs = header.get("k") or {}
         out = header.get("o") or []
@@ -476,13 +477,6 @@ class Server:
     HANDLERS = {Kind.OP: _on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
                 Kind.HOST: _on_host, Kind.RELEASE: _on_release}
-
-
-def _peer_address(frame: zmq.Frame) -> str:
-    try:
-        return str(frame.get("Peer-Address"))
-    except (zmq.ZMQError, AttributeError, TypeError):
-        return "inproc"
 
 
 def _peek(frame: zmq.Frame) -> dict:

@@ -1,0 +1,116 @@
+"""The worker's half of the handshake: hello, challenge, proof of the key, a session.
+
+A mix-in of :class:`~syft_magics.owner.serving.Server` (the same serving thread, the same
+tables): an unauthenticated peer gets a challenge and nothing else, its hello is checked and
+bounded, and at most :data:`~syft_magics.wire.limits.MAX_PENDING_HANDSHAKES` wait at once.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+
+import zmq
+
+from ..errors import ProtocolError
+from ..events import EventStream
+from ..wire import auth, limits, samehost
+from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode_handshake, encode
+from .replies import Reject
+from .sessions import Session
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+
+class Handshakes:
+    """Answers the messages of peers without a session (the serving thread only)."""
+
+    worker: "Worker"
+    name: str
+    events: EventStream
+    sessions: Dict[bytes, Session]
+    #: routing id -> (nonce, checked hello, when, connection token)
+    handshakes: Dict[bytes, Tuple[bytes, dict, float, int]]
+    _conn: int
+
+    def refuse(self, reason: str) -> None:  # pragma: no cover - the server's
+        raise NotImplementedError
+
+    def _handshake(self, ident: bytes, parts: List[zmq.Frame], taken: bool = False) -> List[Any]:
+        unknown = Reject(ErrorCode.UNKNOWN_SESSION, f"{self.name} has no session for this link",
+                          instance=self.worker.instance)
+        try:
+            header = decode_handshake(parts)
+        except ProtocolError:
+            self.refuse("malformed handshake")
+            raise unknown from None
+        kind = header["t"]
+        if taken:  # another connection holds this routing id's session
+            self.refuse("routing id of another connection")
+            raise unknown
+        if kind == Kind.HELLO:
+            version = header.get("v")
+            if version != PROTOCOL_VERSION:
+                self.refuse("protocol version")
+                raise Reject(ErrorCode.VERSION, f"{self.name} speaks protocol {PROTOCOL_VERSION}, the client "
+                                                 f"{limits.clip(repr(version), 40)}; "
+                                                 "install the same syft_magics version on both sides")
+            try:
+                hello = hello_fields(header)
+            except Reject:
+                self.refuse("bad hello")
+                raise
+            nonce = auth.new_nonce()
+            hello["peer"] = peer_address(parts[0])
+            self.handshakes.pop(ident, None)
+            while len(self.handshakes) >= limits.MAX_PENDING_HANDSHAKES:  # the oldest gives way
+                self.handshakes.pop(next(iter(self.handshakes)))
+                self.refuse("too many handshakes")
+            self.handshakes[ident] = (nonce, hello, time.monotonic(), self._conn)
+            return encode({"t": Kind.CHALLENGE, "nonce": nonce, "instance": self.worker.instance, "name": self.name})
+        if kind == Kind.AUTH:
+            pending = self.handshakes.pop(ident, None)
+            mac = header.get("mac")
+            if pending is None or pending[3] != self._conn or not isinstance(mac, bytes) \
+                    or not auth.verify(self.worker.key, pending[0], ident, mac):
+                self.refuse("authentication failed")
+                self.events.emit("auth_failed", peer=pending[1]["peer"] if pending else "?")
+                raise Reject(ErrorCode.UNAUTHENTICATED, f"{self.name} refused the link: wrong key")
+            hello = pending[1]
+            session = Session(ident=ident, name=hello["name"], pid=hello["pid"],
+                              hostname=hello["hostname"], peer=hello["peer"], conn=self._conn)
+            self.sessions[ident] = session
+            self.events.emit("connect", client=session.label, session=session.short)
+            welcome = {"t": Kind.WELCOME, "instance": self.worker.instance, "name": self.name,
+                       "policy": self.worker.policy.name, "lease": self.worker.lease_timeout}
+            host_nonce = hello.get("host")
+            if type(host_nonce) is bytes and len(host_nonce) == 16 and session.peer != "inproc" \
+                    and samehost.available():
+                # offer the same-host path: prove we can be read, ask the client to prove the same
+                fd, probe = samehost.make_probe(host_nonce)
+                session.host_probe = (fd, os.urandom(16))
+                welcome["host"] = {"probe": probe, "nonce": session.host_probe[1]}
+            return encode(welcome)
+        raise unknown
+
+
+def hello_fields(header: dict) -> dict:
+    """The fields of a hello a session keeps, each checked and bounded (a name of 100 MiB is refused)."""
+    name, hostname, pid = header.get("name", "client"), header.get("hostname", "?"), header.get("pid")
+    for what, value in (("client name", name), ("host name", hostname)):
+        if not isinstance(value, str) or len(value) > limits.MAX_NAME_CHARS:
+            raise Reject(ErrorCode.BAD_ARGS,
+                         f"the {what} must be a string of at most {limits.MAX_NAME_CHARS} characters")
+    if pid is not None and (type(pid) is not int or not 0 <= pid < 1 << 32):
+        raise Reject(ErrorCode.BAD_ARGS, "the pid must be a small non-negative integer")
+    host = header.get("host")
+    return {"name": name or "client", "hostname": hostname or "?", "pid": pid,
+            "host": host if type(host) is bytes and len(host) == 16 else None}
+
+
+def peer_address(frame: zmq.Frame) -> str:
+    try:
+        return str(frame.get("Peer-Address"))
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return "inproc"
