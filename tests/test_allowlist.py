@@ -19,7 +19,7 @@ def test_default_ops_are_allowed(name):
     assert name in default_names()
 
 
-@pytest.mark.parametrize("name", ["Tensor.to", "torch.save", "torch.load", "Tensor.untyped_storage", "Tensor.set_",
+@pytest.mark.parametrize("name", ["torch.save", "torch.load", "Tensor.untyped_storage", "Tensor.set_",
                                   "Tensor.data_ptr", "Tensor.numpy", "Tensor.cuda", "Tensor.storage",
                                   "Tensor.resize_", "Tensor.as_strided", "Tensor.__reduce_ex__",
                                   "torch.from_file", "Tensor.tolist", "Tensor.item",
@@ -29,6 +29,16 @@ def test_dangerous_ops_are_not_allowed(name):
     allowlist = Allowlist()
     assert name not in allowlist
     assert allowlist.lookup(name) is None
+
+
+def test_to_is_allowed_only_within_the_workers_devices():
+    to = Allowlist().lookup("Tensor.to")
+    assert to is not torch.Tensor.to
+    assert to(torch.ones(2), torch.float64).dtype == torch.float64
+    with pytest.raises(PermissionError, match="not allowed on this worker"):
+        to(torch.ones(2), "cuda")
+    with pytest.raises(PermissionError):
+        to(torch.ones(2), device="meta")
 
 
 def test_no_private_or_storage_names_in_the_default_list():

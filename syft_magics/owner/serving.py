@@ -23,6 +23,8 @@ from ..wire import auth
 from ..wire.names import check_tag, short_name
 from ..wire.protocol import PROTOCOL_VERSION, decode, encode, field
 from ..wire.sockets import readable, recv_parts, send_parts
+from .models import export
+from .optimizers import STORED_TYPES
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .sessions import Session
 from .store import Entry, new_id
@@ -305,7 +307,11 @@ class Server:
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
                     raise _Reject("bad_id", "result ids must be fresh 16-byte ids")
-            result = fn(*args, **kwargs)
+            if header.get("g", True):
+                result = fn(*args, **kwargs)
+            else:  # the client's op ran under torch.no_grad()
+                with torch.no_grad():
+                    result = fn(*args, **kwargs)
         except Exception as exc:
             self._fail(session, name, out, used, exc, t0)
             raise
@@ -321,7 +327,7 @@ class Server:
         made = []
         now = time.time()
         for oid, leaf in zip(out, leaves):
-            if oid is not None and isinstance(leaf, torch.Tensor):
+            if oid is not None and isinstance(leaf, STORED_TYPES):  # tensors, and models or optimizers built here
                 self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                      created=now, last_access=now))
                 made.append(oid)
@@ -388,8 +394,8 @@ class Server:
     def _value(self, session: Session, seq: Any, entry: Entry) -> List[Any]:
         self.stats["bytes_out"] += entry.nbytes
         self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)
-        tensor = entry.tensor
-        if session.peer == "inproc":
+        tensor = export(entry.tensor)  # a model leaves as a copy of its state dict
+        if session.peer == "inproc" and tensor is entry.tensor:
             # inproc:// passes the frame's memory itself: the client would hold the store's tensor
             # (the owner's data) and could change it in place
             tensor = tensor.clone()
@@ -402,6 +408,8 @@ class Server:
         if len(oid) != 16 or oid in self.store:
             raise _Reject("bad_id", "sent objects need a fresh 16-byte id")
         self.stats["bytes_in"] += tensor.numel() * tensor.element_size()
+        if header.get("rg") and (tensor.is_floating_point() or tensor.is_complex()):
+            tensor.requires_grad_(True)  # send keeps requires_grad
         self.store.put(Entry(oid, tensor, tags=tags, origin=session.label, session=session.ident, op=""))
         self.events.emit("command", client=session.label, op="send", inputs=(), out=[oid], duration=0.0, status="ok")
         return encode({"t": "ok", "s": header.get("s")}) if header.get("ack") else None
