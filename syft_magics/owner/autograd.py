@@ -60,6 +60,18 @@ def backward(t: torch.Tensor, gradient: Optional[torch.Tensor] = None, retain_gr
     t.backward(gradient, retain_graph, create_graph, inputs=inputs)
 
 
+#: The largest permutation a client may ask a worker to draw.
+MAX_RANDPERM = 1 << 28
+
+
+def randperm(n: int, seed: Optional[int] = None) -> torch.Tensor:
+    """A permutation for shuffling mini-batches on the worker (``seed`` for reproducible runs)."""
+    if type(n) is not int or not 0 <= n <= MAX_RANDPERM:
+        raise ValueError(f"randperm needs 0 <= n <= {MAX_RANDPERM}")
+    generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    return torch.randperm(n, generator=generator)
+
+
 def ops() -> Dict[str, Callable]:
     """These operations under the names clients send."""
     return {
@@ -73,4 +85,5 @@ def ops() -> Dict[str, Callable]:
         "torch.autograd.grad": torch.autograd.grad,
         "Tensor.to": safe_to,
         "Tensor.detach_": torch.Tensor.detach_,
+        "syft.randperm": randperm,
     }
