@@ -46,6 +46,25 @@ def module_to(m: Any, device: Any) -> None:
     _module(m).to(device)
 
 
+class ModelWeights(nn.Module):
+    """The weights of a model whose forward runs on the client, held together so they are fetched as one
+    model (``kind="model"`` for the owner's rules) rather than tensor by tensor. Holds the live tensors."""
+
+    def __init__(self, named: Dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._named = named
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Dict[str, torch.Tensor]:  # type: ignore[override]
+        return dict(self._named)
+
+
+def model_weights(names: List[str], *tensors: Any) -> ModelWeights:
+    if not isinstance(names, list) or len(names) != len(tensors) or not all(isinstance(n, str) for n in names) \
+            or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise ValueError("model_weights needs a name for each tensor")
+    return ModelWeights(dict(zip(names, tensors)))
+
+
 def export(obj: Any) -> Any:
     """What leaves the worker when ``obj`` is fetched: a tensor itself, a model's state dict (a copy)."""
     if isinstance(obj, nn.Module):
@@ -57,4 +76,4 @@ def export(obj: Any) -> Any:
 
 def ops() -> Dict[str, Callable]:
     return {"syft.build_module": build_module, "syft.module_call": module_call,
-            "syft.module_train": module_train, "syft.module_to": module_to}
+            "syft.module_train": module_train, "syft.module_to": module_to, "syft.model_weights": model_weights}

@@ -86,6 +86,10 @@ class RemoteModule:
         for full, (owner, kind, name, _) in zip(self._slot_names(shell), _slots(shell)):
             self._pointers[full] = getattr(owner, kind)[name]
         self._shell = shell
+        # the weights, grouped on the worker so that get() fetches them as one model (the owner's kind="model")
+        names = list(self._pointers)
+        self._handle = self._client._run(_handle_standin, "syft.model_weights", (names, *self._pointers.values()), {})
+        self._client._pointers.pop(self._handle._local_id, None)
 
     @staticmethod
     def _slot_names(module: nn.Module) -> List[str]:
@@ -147,14 +151,13 @@ class RemoteModule:
 
     def get(self, timeout: Any = None) -> nn.Module:
         """A local module with the worker's current weights (the owner's policy decides)."""
+        state = self._client.get(self._handle, timeout=timeout)
         if self.path == "worker":
-            state = self._client.get(self._handle, timeout=timeout)
             module = spec_format.build(self._spec, device="cpu")
-            module.load_state_dict(state)
-            return module
-        module = copy.deepcopy(self._template)
-        module.load_state_dict({k: p.get(timeout=timeout) for k, p in self._pointers.items()})
-        module.train(self.training)
+        else:
+            module = copy.deepcopy(self._template)
+            module.train(self.training)
+        module.load_state_dict(state)
         return module
 
     @property
@@ -168,6 +171,10 @@ class RemoteModule:
 
 def _none(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+def _handle_standin(*args: Any, **kwargs: Any) -> torch.Tensor:
+    return torch.empty(0, device="meta")
 
 
 def _slots(module: nn.Module) -> List[Tuple[nn.Module, str, str, torch.Tensor]]:
