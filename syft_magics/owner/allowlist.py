@@ -24,8 +24,9 @@ from ..wire.names import is_inplace, resolve_torch_name, short_name, wire_name
 
 def _defaults() -> Dict[str, Callable]:
     from . import autograd, models, optimizers
+    from .schema_ops import schema_ops
 
-    return {**_STANDARD, **autograd.ops(), **models.ops(), **optimizers.ops()}
+    return {**schema_ops(), **_STANDARD, **autograd.ops(), **models.ops(), **optimizers.ops()}
 
 
 _DEFAULT: Dict[str, Callable] = _defaults()

@@ -113,8 +113,11 @@ class RemoteModule:
             self._client._run(_none, "syft.module_train", (self._handle, bool(mode)), {})
         return self
 
-    def eval(self) -> "RemoteModule":
+    def _evaluation(self) -> "RemoteModule":
+        """Evaluation mode on the worker, as ``nn.Module.eval``."""
         return self.train(False)
+
+    eval = _evaluation
 
     @property
     def training(self) -> bool:
