@@ -34,6 +34,10 @@ class Defaults:
     #: Thread switch interval (s) set while a worker runs, so it answers while the owner's
     #: notebook computes; None leaves the interpreter's setting alone (see _switch.py).
     switch_interval: Optional[float] = 0.00025
+    #: Large tensors between a client and a worker verified to run on one host, as one user, travel as
+    #: sealed memory files instead of through TCP (:mod:`syft_magics.wire.samehost`); False: always TCP.
+    #: Read when a client connects.
+    same_host: bool = True
     #: Commands kept in a worker's recent-events ring.
     event_history: int = 500
 

@@ -46,13 +46,54 @@ def test_rerunning_the_worker_cell_on_the_same_port_restarts_it(ip, capsys):
     assert "restarted" in capsys.readouterr().out
 
 
-def test_port_held_by_another_process_is_a_clear_usage_error(ip):
+def test_port_held_by_another_process_is_a_clear_usage_error_with_strict_port(ip):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
         with pytest.raises(UsageError, match=f"port {port} .*in use by another process"):
-            ip.run_line_magic("syft_worker", f"Bob {port}")
+            ip.run_line_magic("syft_worker", f"Bob {port} --strict-port")
+
+
+def test_port_held_by_another_process_falls_back_to_a_free_port_found_by_name(ip, capsys):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ip.run_line_magic("syft_worker", f"Bob {port}")
+        bob = ip.user_ns["bob"]
+        assert bob.running and bob.port != port
+        out = capsys.readouterr().out
+        assert f"port {port} is taken by another process, so Bob serves on port {bob.port} instead" in out
+        assert "%syft_connect Bob" in out
+        ip.run_line_magic("syft_connect", "Bob --as c")  # by name: the connection file says where
+        assert ip.user_ns["c"].address.endswith(f":{bob.port}")
+
+
+def test_the_restart_line_says_the_registry_starts_empty(ip, capsys):
+    ip.run_line_magic("syft_worker", "Bob 0")
+    port = ip.user_ns["bob"].port
+    ip.user_ns["x"] = torch.ones(3)
+    ip.run_line_magic("syft_share", "x #X")
+    capsys.readouterr()
+    ip.run_line_magic("syft_worker", f"Bob {port}")
+    out = capsys.readouterr().out
+    assert "restarted: a new, empty registry; the 1 objects shared before are gone, share them again" in out
+
+
+def test_share_magic_without_a_tag_uses_the_variable_name_and_never_shares_twice(ip, capsys):
+    ip.run_line_magic("syft_worker", "Bob 0")
+    bob = ip.user_ns["bob"]
+    ip.user_ns["x"] = torch.ones(3)
+    ip.user_ns["y"] = torch.zeros(2)
+    ip.run_line_magic("syft_share", "x")
+    assert "Bob shares `x` as #x" in capsys.readouterr().out
+    ip.run_line_magic("syft_share", "x")
+    assert "Bob already shares `x` as #x" in capsys.readouterr().out
+    bob.share(ip.user_ns["y"], "#Y")
+    ip.run_line_magic("syft_share", "y")
+    assert "Bob already shares `y` as #Y" in capsys.readouterr().out
+    assert len(bob.store) == 2
 
 
 @pytest.mark.parametrize("line, message", [
@@ -125,3 +166,29 @@ def test_unwritable_log_file_is_a_usage_error_and_no_worker_is_left(ip, tmp_path
     with pytest.raises(UsageError, match="cannot start worker Bob"):
         ip.run_line_magic("syft_worker", f"Bob --log {tmp_path}/missing-dir/bob.log")
     assert "bob" not in ip.user_ns
+
+
+def test_inspect_magic_shows_the_card_of_a_variable_or_an_item(ip, monkeypatch):
+    import IPython.display
+
+    from syft_magics.ui.card import PointerCard
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    ip.run_line_magic("syft_worker", "Bob 0 --policy open")
+    ip.user_ns["x"] = torch.ones(3)
+    ip.run_line_magic("syft_share", "x #X")
+    ip.run_line_magic("syft_connect", "Bob --as c")
+    ip.run_cell("x_set = c.search('#X')")
+    ip.run_line_magic("syft_inspect", "x_set[0]")
+    card = shown[-1]
+    try:
+        assert isinstance(card, PointerCard) and card.name == "x_set[0]" and card.state == "shared"
+    finally:
+        card.close()
+    with pytest.raises(UsageError, match="not a pointer"):
+        ip.run_line_magic("syft_inspect", "x")
+    with pytest.raises(UsageError, match="no variable named 'nope'"):
+        ip.run_line_magic("syft_inspect", "nope")
+    with pytest.raises(UsageError, match="takes a variable"):
+        ip.run_line_magic("syft_inspect", "__import__('os')")

@@ -1,7 +1,9 @@
 """Row 3: bandwidth of ``client.send`` and ``.get()`` of float32 tensors, in GB/s (1 GB = 1e9 bytes).
 
 Ours, send: ``p = client.send(t); client.sync()`` (the sync's round trip proves the worker holds it).
-Ours, get: ``ptr.get()`` of a tensor the owner shared. Baselines over the same TCP loopback, same layout:
+Ours, get: ``ptr.get()`` of a tensor the owner shared. Both as shipped (owner and client on one host: the
+same-host path for 1-64 MiB, see ``syft_magics.wire.samehost``) and with ``defaults.same_host = False``
+(our TCP path), in the same rounds. Baselines over the same TCP loopback, same layout:
 raw ZeroMQ zero-copy (``copy=False`` then ``torch.frombuffer``, with an ack for pushes), and pickle
 (``pickle.dumps`` sent as bytes, ``pickle.loads`` on the other side). For the same-host question it also
 measures a /dev/shm push (copy into a fresh segment, owner copies out), a one-copy
@@ -18,6 +20,8 @@ import torch
 
 from .._clients import RawClient, cma_pull, local_copy, syft_connect
 from .._util import Config, MiB, Owner, info_row, median, row
+
+POOL_MAX_BYTES = 64 << 20  # syft_magics.wire.samehost.POOL_MAX_BYTES (imported lazily by the children)
 
 NAME = "bandwidth"
 TITLE = "3. bandwidth"
@@ -56,6 +60,11 @@ def run(cfg: Config) -> Dict[str, Any]:
     budget = cfg.budget(6.0 if cfg.full else 1.0)  # per size and measure
     with Owner("syft", tensors=tensors) as syft_owner, Owner("raw", tensors=tensors) as raw_owner:
         client = syft_connect(syft_owner.address, syft_owner.key)
+        import syft_magics
+
+        syft_magics.defaults.same_host = False
+        tcp_client = syft_connect(syft_owner.address, syft_owner.key)
+        syft_magics.defaults.same_host = True
         try:
             with RawClient(raw_owner.address) as raw:
                 for size in SIZES_MIB:
@@ -65,32 +74,41 @@ def run(cfg: Config) -> Dict[str, Any]:
                     reps = _reps(size, cfg.full)
                     src = torch.ones(nbytes // 4, dtype=torch.float32)
                     ptr, = client.search(tag)
+                    tcp_ptr, = tcp_client.search(tag)
 
-                    def ours_send() -> float:
-                        t0 = time.perf_counter()
-                        p = client.send(src)
-                        client.sync()
-                        dt = time.perf_counter() - t0
-                        p.delete()
-                        return dt
+                    def sender(c: Any) -> Callable[[], float]:
+                        def ours_send() -> float:
+                            t0 = time.perf_counter()
+                            p = c.send(src)
+                            c.sync()
+                            dt = time.perf_counter() - t0
+                            p.delete()
+                            return dt
+                        return ours_send
 
-                    def ours_get() -> float:
-                        t0 = time.perf_counter()
-                        v = ptr.get()
-                        dt = time.perf_counter() - t0
-                        assert v.numel() * 4 == nbytes
-                        return dt
+                    def getter(p: Any) -> Callable[[], float]:
+                        def ours_get() -> float:
+                            t0 = time.perf_counter()
+                            v = p.get()
+                            dt = time.perf_counter() - t0
+                            assert v.numel() * 4 == nbytes
+                            return dt
+                        return ours_get
 
-                    ours_send()
-                    ours_get()  # warm-up
+                    ours_send, ours_get = sender(client), getter(ptr)
+                    tcp_send, tcp_get = sender(tcp_client), getter(tcp_ptr)
+                    for warm in (ours_send, ours_get, tcp_send, tcp_get):
+                        warm()
                     raw.push_zero_copy(src)
                     raw.drop()
                     measures: Dict[str, Callable[[], float]] = {
                         "ours_send": ours_send,
+                        "tcp_send": tcp_send,
                         "raw_push": lambda: raw.push_zero_copy(src),
                         "pickle_push": lambda: raw.push_pickle(src),
                         "shm_push": lambda: raw.push_shm(src),
                         "ours_get": ours_get,
+                        "tcp_get": tcp_get,
                         "raw_pull": lambda: raw.pull_zero_copy(tag, nbytes),
                         "pickle_pull": lambda: raw.pull_pickle(tag, nbytes),
                         "local_copy": lambda: local_copy(nbytes),
@@ -110,10 +128,18 @@ def run(cfg: Config) -> Dict[str, Any]:
                                     goal=f">= {GOAL_RATIO}x raw zero-copy", goal_ratio=GOAL_RATIO,
                                     notes=f"pickle {g['pickle_pull']:.2f} (ours {g['ours_get'] / g['pickle_pull']:.1f}x); "
                                           f"1-copy CMA {cma_txt}; memcpy to fresh {g['local_copy']:.2f}"))
+                    if client.same_host:
+                        goal = ">= 2x our TCP path" if size == 1 else "-"
+                        for what in ("send", "get"):
+                            rows.append(row(f"{what} {size} MiB, same-host path vs our TCP path", g[f"ours_{what}"],
+                                            g[f"tcp_{what}"], "GB/s", better="higher", goal=goal,
+                                            goal_ratio=2.0 if size == 1 else None,
+                                            notes="pool" if size * MiB <= POOL_MAX_BYTES else "above the pool: TCP"))
                     data[f"{size}MiB"]["best_same_host_GB_s"] = same_host
                     gc.collect()
         finally:
             client.disconnect()
+            tcp_client.disconnect()
     # the same-host question, answered from this run's numbers
     verdicts = []
     for size in SIZES_MIB:

@@ -9,6 +9,7 @@ reply and never stops the worker.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -19,7 +20,7 @@ import torch
 import zmq
 
 from ..errors import ProtocolError, TagError
-from ..wire import auth
+from ..wire import auth, samehost
 from ..wire.names import check_tag, short_name
 from ..wire.protocol import PROTOCOL_VERSION, decode, encode, field
 from ..wire.sockets import readable, recv_parts, send_parts
@@ -186,7 +187,7 @@ class Server:
         session.last_seen = time.monotonic()
         used: List[Entry] = []
         try:
-            header = decode(parts, self._resolver(session, used))
+            header = decode(parts, self._resolver(session, used), session.host_peer)
         except Exception as exc:
             # unreadable arguments (e.g. a freed input): answer with the seq, poison the op's results
             peek = _peek(parts[0])
@@ -264,14 +265,23 @@ class Server:
                               hostname=str(hello.get("hostname") or "?"), peer=hello["peer"])
             self.sessions[ident] = session
             self.events.emit("connect", client=session.label, session=session.short)
-            return encode({"t": "welcome", "instance": self.worker.instance, "name": self.name,
-                           "policy": self.worker.policy.name, "lease": self.worker.lease_timeout})
+            welcome = {"t": "welcome", "instance": self.worker.instance, "name": self.name,
+                       "policy": self.worker.policy.name, "lease": self.worker.lease_timeout}
+            nonce = hello.get("host")
+            if type(nonce) is bytes and len(nonce) == 16 and session.peer != "inproc" and samehost.available():
+                # offer the same-host path: prove we can be read, ask the client to prove the same
+                fd, probe = samehost.make_probe(nonce)
+                session.host_probe = (fd, os.urandom(16))
+                welcome["host"] = {"probe": probe, "nonce": session.host_probe[1]}
+            return encode(welcome)
         raise _Reject("unknown_session", f"{self.name} has no session for this link", instance=self.worker.instance)
 
     def _expire(self, now: float) -> None:
         for ident, session in list(self.sessions.items()):
             if now - session.last_seen > self.worker.lease_timeout:
                 self._end_session(ident, "lease expired")
+            elif session.pool is not None:
+                session.pool.expire(now)
         for ident, (_, _, started) in list(self.handshakes.items()):
             if now - started > HANDSHAKE_TIMEOUT:
                 self.handshakes.pop(ident, None)
@@ -285,6 +295,7 @@ class Server:
             if req.session == ident:
                 self.requests.decide(req.n, "cancelled", reason)
         self.grants = {g for g in self.grants if g[0] != ident}
+        session.close_files()
         self.events.emit("disconnect", client=session.label, session=session.short, reason=reason, freed=freed)
 
     # -- message handlers ----------------------------------------------------------
@@ -403,7 +414,7 @@ class Server:
             # inproc:// passes the frame's memory itself: the client would hold the store's tensor
             # (the owner's data) and could change it in place
             tensor = tensor.clone()
-        return encode({"t": "value", "s": seq, "x": tensor})
+        return encode({"t": "value", "s": seq, "x": tensor}, session.pool)
 
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> None:
         oid = field(header, "id", bytes)
@@ -443,15 +454,32 @@ class Server:
     def _on_ping(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         return encode({"t": "pong", "s": header.get("s")})
 
+    def _on_host(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
+        """The client's half of the same-host check: its probe must hold the nonce we gave it."""
+        ok = False
+        if session.host_probe is not None:
+            fd, nonce = session.host_probe
+            session.host_probe = None
+            os.close(fd)
+            pid = samehost.check_probe(header.get("probe"), nonce)
+            if pid is not None:
+                # the client frees a sent tensor's region when we acknowledge the send: nothing to confirm
+                session.host_peer, session.pool, ok = samehost.Peer(pid, confirm=False), samehost.Pool(), True
+        return encode({"t": "ok", "s": header.get("s"), "host": ok})
+
+    def _on_release(self, session: Session, header: dict, used: List[Entry]) -> None:
+        """The client has read these values out of our pool: their regions are free again."""
+        if session.pool is not None:
+            session.pool.release(field(header, "i", list)[:samehost.MAX_REGIONS])
+        return None
+
     def _on_bye(self, session: Session, header: dict, used: List[Entry]) -> None:
         self._end_session(session.ident, "disconnected")
         return None
 
-    _HANDLERS = {"op": _on_op, "get": _on_get, "send": _on_send, "search": _on_search, "free": _on_free,
-                 "sync": _on_sync, "ping": _on_ping, "bye": _on_bye}
-
     HANDLERS = {"op": _on_op, "get": _on_get, "send": _on_send, "search": _on_search, "free": _on_free,
-                "sync": _on_sync, "ping": _on_ping, "bye": _on_bye}
+                "sync": _on_sync, "ping": _on_ping, "bye": _on_bye,
+                "host": _on_host, "release": _on_release}
 
 
 class _Replies(list):

@@ -1,9 +1,12 @@
 """What a worker knows about one connected client."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional
+
+from ..wire import samehost
 
 
 @dataclass
@@ -17,6 +20,22 @@ class Session:
     peer: str
     created: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
+    #: the client's process, once it proved it runs on this host as this user (same-host tensor path)
+    host_peer: Optional[samehost.Peer] = field(default=None, repr=False)
+    #: the memory file values travel through to that client
+    pool: Optional[samehost.Pool] = field(default=None, repr=False)
+    #: during the same-host check: our probe file and the nonce the client must send back in its own
+    host_probe: Optional[tuple] = field(default=None, repr=False)
+
+    def close_files(self) -> None:
+        """Close the same-host memory files this session holds (it ended)."""
+        if self.pool is not None:
+            self.pool.close()
+        if self.host_peer is not None:
+            self.host_peer.close()
+        if self.host_probe is not None:
+            os.close(self.host_probe[0])
+            self.host_probe = None
 
     @property
     def short(self) -> str:

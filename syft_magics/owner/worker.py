@@ -274,6 +274,13 @@ class Worker:
 
         return WorkerPanel(self)
 
+    def inspect(self, what: str):
+        """The owner's card for one object (a tag such as ``"#X"``, or its hex id): its values, tags,
+        who holds it, accesses, requests and lineage (:mod:`syft_magics.ui.owner_card`)."""
+        from ..ui.owner_card import show
+
+        return show(self, what)
+
     def approve(self, n: int) -> GetRequest:
         """Let request ``n`` through: the waiting ``.get()`` receives the value."""
         req = self.requests.decide(n, "approved")

@@ -36,7 +36,7 @@ from ..errors import (
     WorkerUnreachable,
 )
 from ..events import EventStream
-from ..wire import discovery
+from ..wire import discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import DTYPES, encode
 from .autograd import local_answer
@@ -98,6 +98,11 @@ class Client:
         return self._link.policy
 
     @property
+    def same_host(self) -> bool:
+        """Whether large tensors take the same-host path to this worker (verified at the handshake)."""
+        return self._link.pool is not None
+
+    @property
     def connected(self) -> bool:
         return not self._link.closed and self._link.broken is None
 
@@ -143,8 +148,19 @@ class Client:
         oid = self._new_id()
         header = {"t": "send", "id": oid, "x": tensor.detach(), "tags": list(tags)}
         if tensor.requires_grad:
-            header["rg"] = True
-        if tensor.numel() * tensor.element_size() >= LARGE_FRAME_BYTES:
+            header["rg"] = True  # send keeps requires_grad
+        nbytes = tensor.numel() * tensor.element_size()
+        pool = self._link.pool
+        if pool is not None and samehost.SHARED_MIN_BYTES <= nbytes <= samehost.POOL_MAX_BYTES:
+            # same host: copied into the link's memory file now (the caller may change the tensor at
+            # once); its region is free again once the worker acknowledges that it read it
+            header["ack"] = True
+            pool.written.clear()
+            try:
+                self._request(header, op="send", pool=pool)
+            finally:
+                pool.release(pool.written)
+        elif nbytes >= LARGE_FRAME_BYTES:
             # sent zero-copy: the worker's acknowledgement says when the tensor may change again
             header["ack"] = True
             self._request(header, op="send")
@@ -217,7 +233,8 @@ class Client:
 
     # -- requests that wait ---------------------------------------------------------------
     def _request(self, header: dict, timeout: Optional[float] = None, *, approval_timeout: float = 0.0,
-                 what: Optional[PointerTensor] = None, op: Optional[str] = None) -> dict:
+                 what: Optional[PointerTensor] = None, op: Optional[str] = None,
+                 pool: Optional[samehost.Pool] = None) -> dict:
         link = self._link
         seq = link.next_seq()
         header["s"] = seq
@@ -226,7 +243,7 @@ class Client:
         link.expect(seq)
         answered = False
         try:
-            link.send(encode(header), flush=True, awaited=True)
+            link.send(encode(header, pool), flush=True, awaited=True)
             reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
             if reply["t"] == "pending":
                 n = reply.get("n")

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
+import msgpack
 import zmq
 
 from ..config import defaults
@@ -34,7 +35,7 @@ from ..errors import (
     WorkerStopped,
     WorkerUnreachable,
 )
-from ..wire import auth
+from ..wire import auth, samehost
 from ..wire.protocol import PROTOCOL_VERSION, decode, encode
 from ..wire.sockets import readable, recv_parts, send_parts
 
@@ -59,6 +60,11 @@ class Link:
         self.errors: List[dict] = []
         self.on_error: Callable[[dict], None] = lambda header: None
         self.free_queue: Deque[bytes] = deque()
+        #: the worker's process when it runs on this host as this user (verified at the handshake):
+        #: large tensors then travel as sealed memory files (:mod:`syft_magics.wire.samehost`)
+        self.host_peer: Optional[samehost.Peer] = None
+        #: and the memory file our large sends travel through then
+        self.pool: Optional[samehost.Pool] = None
         self._batch_heads: List[bytes] = []  # the headers of queued messages
         self._batch_frames: List[Any] = []  # their tensor frames, one message after the other
         self._batch_counts: List[int] = []  # how many frames each queued message has
@@ -101,6 +107,9 @@ class Link:
     def _handshake(self, key: str, timeout: float, client_name: str) -> None:
         hello = {"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": client_name, "pid": os.getpid(),
                  "hostname": _socket.gethostname()}
+        host_nonce = os.urandom(16)
+        if defaults.same_host and samehost.available() and not self._copy:
+            hello["host"] = host_nonce
         try:
             challenge = self._request_raw(hello, timeout, expect="challenge")
         except WorkerUnreachable:
@@ -116,6 +125,23 @@ class Link:
         self.instance = str(welcome.get("instance"))
         self.policy = str(welcome.get("policy"))
         self.lease = float(welcome.get("lease") or defaults.lease_timeout)
+        offer = welcome.get("host")
+        if isinstance(offer, dict) and "host" in hello:
+            self._same_host(offer, host_nonce, timeout)
+
+    def _same_host(self, offer: dict, nonce: bytes, timeout: float) -> None:
+        """Both sides prove they can open the other's memory files; then large tensors take that path."""
+        pid = samehost.check_probe(offer.get("probe"), nonce)
+        theirs = offer.get("nonce")
+        if pid is None or not isinstance(theirs, bytes) or len(theirs) != 16:
+            return
+        fd, probe = samehost.make_probe(theirs)
+        try:
+            reply = self._request_raw({"t": "host", "s": 0, "probe": probe}, timeout, expect="ok")
+        finally:
+            os.close(fd)
+        if reply.get("host") is True:
+            self.host_peer, self.pool = samehost.Peer(pid), samehost.Pool()
 
     def _request_raw(self, header: dict, timeout: float, expect: str) -> dict:
         deadline = time.monotonic() + timeout
@@ -184,6 +210,10 @@ class Link:
             while self.free_queue and len(ids) < 4096:
                 ids.append(self.free_queue.popleft())
             heads.append(encode({"t": "free", "ids": ids})[0])
+            counts.append(0)
+        if self.host_peer is not None and self.host_peer.read:
+            # the regions of the worker's memory file that values were read from are free again
+            heads.append(encode({"t": "release", "i": self.host_peer.take_read()})[0])
             counts.append(0)
         if last is not None:
             heads.append(last[0])
@@ -271,10 +301,25 @@ class Link:
             except zmq.Again:
                 return
             try:
-                header = decode(parts)
-            except ProtocolError:
-                continue
+                header = decode(parts, peer=self.host_peer)
+            except ProtocolError as exc:
+                header = self._undecodable(parts, exc)
+                if header is None:
+                    continue
             self._file(header)
+
+    @staticmethod
+    def _undecodable(parts: List[Any], exc: ProtocolError) -> Optional[dict]:
+        """A reply whose tensor could not be rebuilt becomes an error for its waiter (others are dropped)."""
+        try:
+            head = msgpack.unpackb(getattr(parts[0], "bytes", parts[0]), ext_hook=lambda code, data: None, raw=False)
+        except Exception:
+            return None
+        seq = head.get("s") if isinstance(head, dict) else None
+        if type(seq) is not int:
+            return None
+        return {"t": "err", "s": seq, "code": "protocol", "etype": "ProtocolError",
+                "msg": f"the worker's reply could not be read: {exc}"}
 
     def _file(self, header: dict) -> None:
         kind = header["t"]
@@ -348,7 +393,8 @@ class Link:
                 if self._closed:
                     return
                 now = time.monotonic()
-                if (self._batch_counts or self.free_queue) and self.broken is None:
+                released = self.host_peer is not None and self.host_peer.read
+                if (self._batch_counts or self.free_queue or released) and self.broken is None:
                     self._flush(now + defaults.reply_timeout)
                 self._ping_if_due(now)
                 self._drain()
@@ -383,6 +429,10 @@ class Link:
             self._close_socket()
 
     def _close_socket(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        if self.host_peer is not None:
+            self.host_peer.close()
         self._sock.close()
         if self._own_ctx:
             self._ctx.term()

@@ -136,6 +136,12 @@ class PointerTensor(torch.Tensor):
 
     __str__ = __repr__
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
+        """In a notebook: the pointer's card (:mod:`syft_magics.ui.card`); the text repr stays for the rest."""
+        from ..ui.card import mimebundle
+
+        return mimebundle(self, include, exclude)
+
     def __format__(self, spec: str) -> str:
         return repr(self)
 

@@ -1,4 +1,5 @@
-"""Command line: ``python -m syft_magics worker NAME`` (a headless worker) and ``... demo``.
+"""Command line: ``python -m syft_magics tutorial`` (JupyterLab on the notebooks, see :mod:`.tutorial`),
+``... worker NAME`` (a headless worker) and ``... demo``.
 
 The worker command serves tensors loaded *safely* from files (``torch.load``
 with ``weights_only=True``, ``numpy.load`` without pickles), prints its address
@@ -75,7 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m syft_magics`` parser with its ``worker`` and ``demo`` subcommands."""
     parser = argparse.ArgumentParser(prog="python -m syft_magics",
                                      description="Remote tensors over ZeroMQ: run a headless worker or the demo.")
-    sub = parser.add_subparsers(dest="command", metavar="{worker,demo}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{tutorial,worker,demo}", required=True)
+    t = sub.add_parser("tutorial", help="open the tutorial in JupyterLab, Bob and Model side by side",
+                       description="Start JupyterLab (from the 'tutorial' extra) on the tutorial notebooks with a "
+                                   "workspace that opens Bob.ipynb and Model.ipynb side by side. From a checkout it "
+                                   "opens notebooks/; otherwise it copies the notebooks to a working folder first.")
+    t.add_argument("--port", type=int, default=0, help="JupyterLab's port on 127.0.0.1 (default: a free one)")
+    t.add_argument("--no-browser", action="store_true", help="do not open a browser; print the URL only")
+    t.add_argument("--dir", default=None, metavar="FOLDER",
+                   help="working folder for a copy of the notebooks (default: the checkout's notebooks/, "
+                        "else ~/syft-magics-tutorial)")
     w = sub.add_parser(
         "worker", help="serve tensors from files until Ctrl-C or SIGTERM",
         description="Run a data owner's worker without Jupyter. It prints its address and connection file, "
@@ -106,6 +116,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "worker":
         return run_worker(args, args.worker_parser)
+    if args.command == "tutorial":
+        from .tutorial import run
+
+        return run(port=args.port, browser=not args.no_browser, folder=args.dir)
     return run_demo(args.policy)
 
 

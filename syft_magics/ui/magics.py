@@ -20,7 +20,8 @@ from ..owner.policy import POLICIES
 from ..owner.worker import Worker
 from ..scientist.client import Client, connect
 
-_NAMES = ("syft_worker", "syft_connect", "syft_share", "syft_workers", "syft_panel", "syft_stop", "syft_disconnect")
+_NAMES = ("syft_worker", "syft_connect", "syft_share", "syft_workers", "syft_panel", "syft_stop", "syft_disconnect",
+          "syft_inspect")
 
 
 def _var_name(name: str, given: Optional[str]) -> str:
@@ -52,11 +53,15 @@ class SyftMagics(Magics):
     @argument("--log", default=None, metavar="FILE", help="append one JSON line per command to FILE")
     @argument("--as", dest="var", default=None, metavar="VAR", help="variable to bind (default: the name in lower case)")
     @argument("--panel", action="store_true", help="display the worker's live panel (registry, commands, requests)")
+    @argument("--strict-port", action="store_true",
+              help="fail if PORT is taken by another process (default: serve on a free port instead and say so)")
     @line_magic
     def syft_worker(self, line: str) -> None:
         """Start a worker in a background thread of this kernel; the notebook stays usable.
 
-        Re-running the cell restarts the worker (old pointers become invalid).
+        Re-running the cell restarts the worker (old pointers become invalid, its registry starts empty).
+        When PORT is taken by another process the worker serves on a free port instead and says so:
+        clients that connect by name (``%syft_connect Bob``) find it through its connection file.
         """
         args = parse_argstring(self.syft_worker, line)
         if not 0 <= args.port <= 65535:
@@ -66,25 +71,41 @@ class SyftMagics(Magics):
         if old is not None:
             old.stop()
         self._close_panel("worker", args.name)
-        worker = Worker(args.name, port=args.port, host=args.host, policy=args.policy,
-                        verbose=args.verbose, log=args.log)
+        moved = ""
+
+        def start(port: int) -> Worker:
+            worker = Worker(args.name, port=port, host=args.host, policy=args.policy,
+                            verbose=args.verbose, log=args.log)
+            try:
+                return worker.start()
+            except SyftError as exc:
+                raise UsageError(str(exc)) from None
+            except OSError as exc:  # e.g. a --log file that cannot be opened
+                raise UsageError(f"cannot start worker {args.name}: {exc}") from None
+
         try:
-            worker.start()
-        except SyftError as exc:
-            raise UsageError(str(exc)) from None
-        except OSError as exc:  # e.g. a --log file that cannot be opened
-            raise UsageError(f"cannot start worker {args.name}: {exc}") from None
+            worker = start(args.port)
+        except UsageError as exc:
+            if args.strict_port or not args.port or "already in use" not in str(exc):
+                raise
+            worker = start(0)
+            moved = (f"port {args.port} is taken by another process, so {worker.name} serves on port {worker.port} "
+                     f"instead; clients connecting by name (%syft_connect {worker.name}) find it there\n")
         self.workers[args.name] = worker
         self.shell.user_ns[var] = worker
-        restarted = " (restarted: pointers to the old worker are now invalid)" if old is not None else ""
-        print(f"{worker.name} serving at {worker.address} (policy: {worker.policy.name}){restarted}\n"
+        restarted = ""
+        if old is not None:
+            gone = len(old.store)
+            restarted = (f" (restarted: a new, empty registry{f'; the {gone} objects shared before are gone' if gone else ''}"
+                         f", share them again; pointers to the old worker are now invalid)")
+        print(f"{moved}{worker.name} serving at {worker.address} (policy: {worker.policy.name}){restarted}\n"
               f"Bound to `{var}`. Share data with {var}.share(x, '#X') or %syft_share x #X")
         if args.panel:
             self._show_panel("worker", args.name)
 
     @magic_arguments()
     @argument("var", help="the notebook variable holding the tensor")
-    @argument("tags", nargs="*", help="tags to find it by, e.g. #X")
+    @argument("tags", nargs="*", help="tags to find it by, e.g. #X (default: # and the variable's name)")
     @argument("--to", dest="worker", default=None, metavar="NAME",
               help="which worker of this kernel (needed only when there are several)")
     @line_magic
@@ -94,12 +115,18 @@ class SyftMagics(Magics):
         worker = self._pick_worker(args.worker)
         if args.var not in self.shell.user_ns:
             raise UsageError(f"no variable named {args.var!r} in the notebook")
+        value = self.shell.user_ns[args.var]
+        tags = tuple(args.tags) or (f"#{args.var}",)
+        for entry in worker.store.entries():
+            if entry.session is None and entry.tensor is not None and _same_tensor(entry.tensor, value) \
+                    and (not args.tags or set(tags) <= set(entry.tags)):
+                print(f"{worker.name} already shares `{args.var}` as {' '.join(entry.tags) or 'an untagged object'}")
+                return
         try:
-            oid = worker.share(self.shell.user_ns[args.var], *args.tags)
-        except (TypeError, SyftError) as exc:
+            worker.share(value, *tags)
+        except (TypeError, ValueError, SyftError) as exc:
             raise UsageError(str(exc)) from None
-        where = " ".join(args.tags) if args.tags else f"id {oid[:8]} (no tag: clients cannot search for it)"
-        print(f"{worker.name} shares `{args.var}` as {where}")
+        print(f"{worker.name} shares `{args.var}` as {' '.join(tags)}")
 
     def _pick_worker(self, name: Optional[str]) -> Worker:
         running = {n: w for n, w in self.workers.items() if w.running}
@@ -171,10 +198,16 @@ class SyftMagics(Magics):
     @line_magic
     def syft_workers(self, line: str = "") -> None:
         """A table of this kernel's workers and connections."""
+        from ..owner.worker import live_workers
+        from ..scientist.client import live_clients
+
+        # the magics' own, then those this kernel made through the Python API (Worker(...).start(), connect())
+        workers = list(self.workers.values()) + [w for w in live_workers() if w not in self.workers.values()]
+        clients = list(self.clients.values()) + [c for c in live_clients() if c not in self.clients.values()]
         rows = [("worker", w.name, w.address or "-", w.policy.name, "running" if w.running else "stopped",
-                 f"{len(w.store)} objects, {len(w.clients)} clients") for w in self.workers.values()]
+                 f"{len(w.store)} objects, {len(w.clients)} clients") for w in workers]
         rows += [("connection", c.name, c.address, c.policy, "connected" if c.connected else "disconnected",
-                  f"{len(c.pointers)} pointers") for c in self.clients.values()]
+                  f"{len(c.pointers)} pointers") for c in clients]
         if not rows:
             print("no workers or connections in this kernel (start with %syft_worker NAME or %syft_connect NAME)")
             return
@@ -214,6 +247,23 @@ class SyftMagics(Magics):
                              f"(workers: {', '.join(workers) or 'none'}; connections: {', '.join(clients) or 'none'})")
         self._show_panel(kind, name)
 
+    @magic_arguments()
+    @argument("var", help="a notebook variable holding a pointer (or an expression such as x_set[0])")
+    @line_magic
+    def syft_inspect(self, line: str) -> Any:
+        """Show the card of a pointer: where it lives, how it was made, its state, and a Request value button."""
+        args = parse_argstring(self.syft_inspect, line)
+        from ..scientist.pointer import PointerTensor
+
+        value = _lookup(args.var, self.shell.user_ns)
+        if not isinstance(value, PointerTensor):
+            raise UsageError(f"{args.var} is a {type(value).__name__}, not a pointer; %syft_inspect shows pointers")
+        from IPython.display import display
+
+        from .card import PointerCard
+
+        display(PointerCard(value, name=args.var))
+
     def _panel(self, kind: str, name: str) -> Any:
         panel = self.panels.get((kind, name))
         target = self.workers[name] if kind == "worker" else self.clients[name]
@@ -244,6 +294,46 @@ class SyftMagics(Magics):
             worker.stop()
         self.clients.clear()
         self.workers.clear()
+
+
+def _lookup(expr: str, namespace: Dict[str, Any]) -> Any:
+    """The value of a variable, or of items and attributes of one (``z``, ``x_set[0]``, ``d['w']``, ``m.weight``).
+
+    Only names, constant subscripts and attributes: nothing is evaluated.
+    """
+    import ast
+
+    try:
+        node = ast.parse(expr.strip(), mode="eval").body
+    except SyntaxError:
+        raise UsageError(f"{expr!r} is not a variable name (e.g. z or x_set[0])") from None
+
+    def value(n: ast.AST) -> Any:
+        if isinstance(n, ast.Name):
+            if n.id not in namespace:
+                raise UsageError(f"no variable named {n.id!r} in the notebook")
+            return namespace[n.id]
+        if isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant):
+            try:
+                return value(n.value)[n.slice.value]
+            except (LookupError, TypeError) as exc:
+                raise UsageError(f"{expr}: {exc}") from None
+        if isinstance(n, ast.Attribute):
+            try:
+                return getattr(value(n.value), n.attr)
+            except AttributeError as exc:
+                raise UsageError(f"{expr}: {exc}") from None
+        raise UsageError(f"%syft_inspect takes a variable, an item or an attribute of one, not {expr!r}")
+
+    return value(node)
+
+
+def _same_tensor(a: Any, b: Any) -> bool:
+    """Whether ``b`` is the tensor ``a`` (share() keeps a detached alias of the same memory)."""
+    import torch
+
+    return (isinstance(b, torch.Tensor) and a.data_ptr() == b.data_ptr() and a.shape == b.shape
+            and a.dtype == b.dtype and a.stride() == b.stride())
 
 
 _LOADED: Dict[int, SyftMagics] = {}

@@ -17,6 +17,8 @@ code   Python value   payload
 6      torch.dtype    dtype name (from :data:`DTYPES` only)
 7      torch.Size     msgpack list
 8      complex        ``[real, imag]``
+9      torch.Tensor   ``[fd, inode, offset, dtype name, shape]``: bytes in the sender's
+                      pool, same host only (:mod:`syft_magics.wire.samehost`)
 =====  =============  ===================================================
 
 Pipelined messages may travel together as one ``batch``: ``[{"t": "batch", "m":
@@ -38,6 +40,7 @@ import msgpack
 import torch
 
 from ..errors import ProtocolError
+from . import samehost
 
 PROTOCOL_VERSION = 1
 
@@ -46,7 +49,7 @@ CLIENT_TYPES = ("hello", "auth", "op", "get", "send", "search", "free", "sync", 
 #: Message types a worker sends.
 WORKER_TYPES = ("challenge", "welcome", "ok", "err", "pending", "value", "pong", "bye")
 
-EXT_REF, EXT_TENSOR, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_SIZE, EXT_COMPLEX = range(1, 9)
+EXT_REF, EXT_TENSOR, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_SIZE, EXT_COMPLEX, EXT_SHARED = range(1, 10)
 
 #: The only dtypes that may cross the wire, by name.
 DTYPES = {
@@ -155,10 +158,12 @@ class Encoder:
     ``Packer`` costs more than packing a small header).
     """
 
-    __slots__ = ("frames", "_packer")
+    __slots__ = ("frames", "pool", "_packer")
 
     def __init__(self) -> None:
         self.frames: List[Any] = []
+        #: where large tensors go instead of frames, for a peer on this host (``samehost.Pool``)
+        self.pool: Optional[samehost.Pool] = None
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
 
     def pack(self, obj: Any) -> bytes:
@@ -172,8 +177,13 @@ class Encoder:
             return msgpack.ExtType(EXT_REF, obj.id)
         if isinstance(obj, torch.Tensor):
             name = dtype_name(obj.dtype)
-            if obj.numel() * obj.element_size() <= INLINE_MAX_BYTES:
+            nbytes = obj.numel() * obj.element_size()
+            if nbytes <= INLINE_MAX_BYTES:
                 return msgpack.ExtType(EXT_TENSOR, msgpack.packb([_small_bytes(obj), name, list(obj.shape)]))
+            if self.pool is not None and nbytes >= samehost.SHARED_MIN_BYTES:
+                where = self.pool.put(tensor_buffer(obj))
+                if where is not None:
+                    return msgpack.ExtType(EXT_SHARED, msgpack.packb([*where, name, list(obj.shape)]))
             self.frames.append(tensor_buffer(obj))
             return msgpack.ExtType(EXT_TENSOR, msgpack.packb([len(self.frames) - 1, name, list(obj.shape)]))
         if isinstance(obj, torch.Size):
@@ -206,30 +216,40 @@ class Encoder:
 _encoders = threading.local()
 
 
-def encode(header: dict) -> List[Any]:
-    """``[packed header, *tensor frames]``, ready to send (large frames zero-copy)."""
+def encode(header: dict, pool: Optional[samehost.Pool] = None) -> List[Any]:
+    """``[packed header, *tensor frames]``, ready to send (large frames zero-copy).
+
+    With a ``pool`` (the peer was verified to run on this host), large tensors are copied into
+    it instead of frames, where it has room (:mod:`syft_magics.wire.samehost`).
+    """
     enc = getattr(_encoders, "enc", None)
     if enc is None:
         enc = _encoders.enc = Encoder()
+    enc.pool = pool
     try:
         packed = enc.pack(header)
         return [packed, *enc.frames]
     except BaseException:
         enc._packer.reset()
+        if pool is not None:
+            pool.release(pool.written)
         raise
     finally:
         enc.frames = []
+        enc.pool = None
 
 
 class _Decoder:
     """Unpacks one message. A class rather than closures: a closure cycle would keep the
     message's frames (possibly large) alive until the garbage collector runs."""
 
-    __slots__ = ("frames", "resolve")
+    __slots__ = ("frames", "resolve", "peer")
 
-    def __init__(self, frames: Sequence[Any], resolve: Optional[Callable[[bytes], Any]]) -> None:
+    def __init__(self, frames: Sequence[Any], resolve: Optional[Callable[[bytes], Any]],
+                 peer: Optional[samehost.Peer] = None) -> None:
         self.frames = frames
         self.resolve = resolve
+        self.peer = peer
 
     def unpack(self, data: Any) -> Any:
         return msgpack.unpackb(data, ext_hook=self.ext_hook, raw=False, strict_map_key=True)
@@ -253,6 +273,8 @@ class _Decoder:
             if not isinstance(shape, list):
                 raise ProtocolError("tensor shape must be a list")
             return tensor_from_buffer(frames[idx], DTYPES[dname], shape)
+        if code == EXT_SHARED:
+            return self._shared(data)
         if code == EXT_TUPLE:
             return tuple(self.unpack(data))
         if code == EXT_SIZE:
@@ -273,14 +295,29 @@ class _Decoder:
         raise ProtocolError(f"unknown extension type {code}")
 
 
+    def _shared(self, data: bytes) -> torch.Tensor:
+        if self.peer is None:
+            raise ProtocolError("a same-host tensor from a peer not verified to run on this host")
+        fields = msgpack.unpackb(data)
+        if not isinstance(fields, list) or len(fields) != 5:
+            raise ProtocolError("bad same-host tensor reference")
+        fd, ino, offset, dname, shape = fields
+        if dname not in DTYPES or not isinstance(shape, list) or \
+                any(type(n) is not int or n < 0 for n in shape):
+            raise ProtocolError(f"bad same-host tensor ({dname!r}, {shape!r})")
+        return self.peer.take(fd, ino, offset, DTYPES[dname], shape)
+
+
 def decode(
     parts: Sequence[Any],
     resolve: Optional[Callable[[bytes], Any]] = None,
+    peer: Optional[samehost.Peer] = None,
 ) -> dict:
     """Unpack a multipart message into its header, tensors rebuilt from frames.
 
     ``resolve`` turns an object id into the object (the worker passes its store
-    lookup); without it ids come back as :class:`Ref`. Anything off-schema
+    lookup); without it ids come back as :class:`Ref`. ``peer`` opens same-host
+    tensors (only for a peer verified at the handshake). Anything off-schema
     raises :class:`ProtocolError`.
     """
     if not parts:
@@ -288,7 +325,7 @@ def decode(
     head = parts[0]
     head = head.bytes if hasattr(head, "bytes") else head
     try:
-        header = _Decoder(parts[1:], resolve).unpack(head)
+        header = _Decoder(parts[1:], resolve, peer).unpack(head)
     except ProtocolError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as exc:

@@ -1,0 +1,250 @@
+"""The same-host tensor path: large tensors through a memory file, verified at the handshake, leak-free."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import wait_until
+from test_worker_client import raw  # noqa: F401  (the bare-socket fixture)
+
+import syft_magics as sm
+from syft_magics.errors import ProtocolError
+from syft_magics.wire import samehost
+from syft_magics.wire.protocol import PROTOCOL_VERSION, decode, encode
+
+pytestmark = pytest.mark.skipif(not samehost.available(), reason="the same-host path needs Linux memfd")
+
+MIB = 1 << 20
+#: child processes import the package from this checkout, whatever is installed
+CHILD_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def memory_files() -> list:
+    """The memory files this process holds open (pools and probes)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("/memfd:syft"):
+            found.append(target)
+    return found
+
+
+def shm_names() -> set:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.fixture
+def big(make_worker, make_client):
+    bob = make_worker("Bob", policy="open")
+    x = torch.randn(4 * MIB)  # 16 MiB
+    bob.share(x, "#B")
+    return bob, make_client("Bob"), x
+
+
+def test_a_client_on_the_same_host_is_verified_at_the_handshake(big):
+    bob, client, _ = big
+    assert client.same_host
+    session, = bob.clients
+    assert session.pool is not None and session.host_peer is not None and session.host_peer.pid == os.getpid()
+
+
+def test_get_and_send_through_the_memory_file_give_the_same_values(big):
+    bob, client, x = big
+    ptr, = client.search("#B")
+    assert torch.equal(ptr.get(), x)
+    sent = torch.arange(MIB, dtype=torch.float64)  # 8 MiB
+    p = client.send(sent)
+    assert torch.equal((p * 2).get(), sent * 2)
+    session, = bob.clients
+    assert wait_until(lambda: len(session.pool) == 0), "the client frees the regions it read"
+    assert len(client._link.pool) == 0, "the worker's acknowledgement frees the send's region"
+
+
+def test_a_received_tensor_is_the_receivers_own_and_a_sent_one_may_change_at_once(big):
+    bob, client, x = big
+    ptr, = client.search("#B")
+    value = ptr.get()
+    value.zero_()
+    assert torch.equal(ptr.get(), x), "changing a received value must not touch the owner's data"
+    t = torch.ones(MIB)
+    p = client.send(t)
+    t.fill_(7.0)  # right after send() returns
+    assert torch.equal(p.get(), torch.ones(MIB))
+
+
+def test_tensors_below_the_threshold_and_above_the_pool_take_tcp(big):
+    bob, client, _ = big
+    small = client.send(torch.ones(1000))
+    huge = torch.ones(samehost.POOL_MAX_BYTES // 4 + 1)
+    large = client.send(huge)
+    assert small.get().sum() == 1000
+    assert torch.equal(large.get(), huge)
+    assert client._link.pool.size <= samehost.POOL_MAX_BYTES
+
+
+def test_same_host_false_keeps_every_tensor_on_tcp(make_worker, make_client, monkeypatch):
+    monkeypatch.setattr(sm.defaults, "same_host", False)
+    bob = make_worker("Bob", policy="open")
+    x = torch.randn(MIB)
+    bob.share(x, "#B")
+    client = make_client("Bob")
+    assert not client.same_host
+    assert torch.equal(client.search("#B")[0].get(), x)
+
+
+def test_a_same_host_tensor_from_an_unverified_peer_is_refused(make_worker, raw):
+    bob = make_worker("Bob", policy="open")
+    dealer = raw(bob.address)
+    dealer.authenticate(bob.key)
+    fd, probe = samehost.make_probe(b"x" * 16)  # a real memory file, but this peer never proved itself
+    try:
+        pool = samehost.Pool()
+        parts = encode({"t": "send", "s": 5, "id": os.urandom(16), "x": torch.ones(MIB), "ack": True}, pool)
+        dealer.send(parts)
+        reply = dealer.recv()
+        assert reply["t"] == "err" and "not verified to run on this host" in reply["msg"]
+        pool.close()
+    finally:
+        os.close(fd)
+    assert len(bob.store) == 0
+
+
+def test_a_forged_probe_does_not_make_a_peer_same_host(make_worker, raw):
+    """A peer that names some other process's file (here the worker's own probe) fails the nonce check."""
+    bob = make_worker("Bob", policy="open")
+    dealer = raw(bob.address)
+    challenge = dealer.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "raw", "host": b"n" * 16})
+    from syft_magics.wire import auth
+
+    welcome = dealer.request({"t": "auth", "s": 0, "mac": auth.proof(bob.key, challenge["nonce"], dealer.ident)})
+    offer = welcome["host"]
+    reply = dealer.request({"t": "host", "s": 1, "probe": offer["probe"]})  # the worker's file: wrong nonce
+    assert reply["t"] == "ok" and reply["host"] is False
+    session, = bob.clients
+    assert session.host_peer is None and session.pool is None
+
+
+def test_a_bad_region_reference_is_a_clear_error_not_a_crash():
+    peer = samehost.Peer(os.getpid())
+    pool = samehost.Pool()
+    try:
+        fd, ino, offset = pool.put(torch.ones(MIB).numpy())
+        with pytest.raises(ProtocolError, match="bad same-host tensor"):
+            peer.take(fd, ino, offset, torch.float32, [1 << 40])  # far more than a pool holds
+        with pytest.raises(ProtocolError, match="shorter than announced"):
+            peer.take(fd, ino, offset + 4096, torch.float32, [MIB])  # runs past the end of the file
+        with pytest.raises(ProtocolError, match="not the one announced"):
+            peer.take(fd, ino + 1, offset, torch.float32, [MIB])
+    finally:
+        peer.close()
+        pool.close()
+
+
+CLIENT_LOOP = textwrap.dedent("""
+    import sys, syft_magics as sm
+    client = sm.connect(sys.argv[1], key=sys.argv[2])
+    assert client.same_host
+    ptr, = client.search("#B")
+    print("connected", flush=True)
+    while True:
+        ptr.get()
+""")
+
+
+def test_a_client_killed_mid_transfer_leaves_nothing_behind(make_worker, tmp_path):
+    bob = make_worker("Bob", policy="open", lease_timeout=1.0)
+    bob.share(torch.randn(8 * MIB), "#B")  # 32 MiB: each get takes a while
+    before_files, before_shm = memory_files(), shm_names()
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT_LOOP)
+    proc = subprocess.Popen([sys.executable, str(script), bob.address, bob.key], stdout=subprocess.PIPE, text=True,
+                            env=CHILD_ENV)
+    try:
+        assert proc.stdout.readline().strip() == "connected"
+        assert wait_until(lambda: bob.stats["bytes_out"] > 64 * MIB, timeout=60)  # a few gets done
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+    assert wait_until(lambda: not bob.clients, timeout=10), "the dead client's session ends with its lease"
+    assert memory_files() == before_files, "the session's memory file is closed"
+    assert shm_names() == before_shm
+
+
+WORKER = textwrap.dedent("""
+    import sys, torch, syft_magics as sm
+    bob = sm.Worker("Bob", port=0, policy="open", connection_file=False).start()
+    bob.share(torch.randn(8 << 20), "#B")
+    print(bob.address, bob.key, flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_a_worker_killed_mid_transfer_gives_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(sm.defaults, "heartbeat_timeout", 2.0)
+    monkeypatch.setattr(sm.defaults, "reply_timeout", 5.0)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    before_shm = shm_names()
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=CHILD_ENV)
+    errors: list = []
+    try:
+        address, key = proc.stdout.readline().split()
+        client = sm.connect(address, key=key)
+        try:
+            assert client.same_host
+            ptr, = client.search("#B")
+            ptr.get()
+            stop = threading.Event()
+
+            def loop() -> None:
+                try:
+                    while not stop.is_set():
+                        ptr.get()
+                except sm.SyftError as exc:
+                    errors.append(exc)
+
+            t = threading.Thread(target=loop)
+            t.start()
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            t.join(30)
+            stop.set()
+            assert not t.is_alive()
+        finally:
+            client.disconnect()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdin.close()
+        proc.stdout.close()
+    assert errors and isinstance(errors[0], (sm.WorkerUnreachable, sm.ReplyTimeout, ProtocolError)), errors
+    assert memory_files() == []
+    assert shm_names() == before_shm
+
+
+def test_the_probe_holds_only_the_nonce_and_is_checked_by_content():
+    fd, probe = samehost.make_probe(b"a" * 16)
+    try:
+        assert samehost.check_probe(probe, b"a" * 16) == os.getpid()
+        assert samehost.check_probe(probe, b"b" * 16) is None
+        assert samehost.check_probe([os.getpid(), fd, probe[2] + 1], b"a" * 16) is None
+        assert samehost.check_probe("not a probe", b"a" * 16) is None
+    finally:
+        os.close(fd)
+    assert decode(encode({"t": "ok", "s": 1}))["t"] == "ok"
