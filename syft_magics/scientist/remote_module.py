@@ -38,7 +38,8 @@ class RemoteModule:
     def __init__(self, client: "Client", module: nn.Module) -> None:
         self._client = client
         self._number = next(_numbers)
-        self._names: List[str] = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
+        self._param_names = [n for n, _ in module.named_parameters()]
+        self._names: List[str] = self._param_names + [n for n, _ in module.named_buffers()]
         try:
             self._spec = spec_format.describe(module)
         except spec_format.NotStandard as exc:
@@ -140,13 +141,7 @@ class RemoteModule:
         return [p for _, p in self.named_parameters()]
 
     def named_parameters(self) -> Iterator[Tuple[str, PointerTensor]]:
-        params = self._param_names()
-        return iter([(n, self._pointers[n]) for n in self._pointers if n in params])
-
-    def _param_names(self) -> set:
-        model = self._shell if self.path == "client" else self._meta
-        return {n for n, _ in model.named_parameters()} if self.path == "worker" else {
-            n for n in self._slot_names(model) if _is_param(model, n)}
+        return iter([(n, self._pointers[n]) for n in self._param_names])
 
     def state_dict(self) -> Dict[str, PointerTensor]:
         """Pointers to every parameter and buffer (the live tensors on the worker)."""
@@ -183,11 +178,6 @@ def _handle_standin(*args: Any, **kwargs: Any) -> torch.Tensor:
 def _slots(module: nn.Module) -> List[Tuple[nn.Module, str, str, torch.Tensor]]:
     return [(m, kind, name, t) for _, m in module.named_modules() for kind in ("_parameters", "_buffers")
             for name, t in getattr(m, kind).items() if t is not None]
-
-
-def _is_param(model: nn.Module, full: str) -> bool:
-    prefix, _, name = full.rpartition(".")
-    return name in model.get_submodule(prefix)._parameters
 
 
 def send_module(client: "Client", module: nn.Module) -> RemoteModule:
