@@ -12,9 +12,10 @@ import syft_magics as sm
 pytest.importorskip("expecttest")
 common = pytest.importorskip("torch.testing._internal.common_methods_invocations")
 
-#: The default allowlist covers at least this many ops of the database (577 when this was written; 383 before
-#: the schema-derived additions), so coverage cannot shrink unnoticed.
-MIN_MATCHING = 560
+#: The default allowlist gives the local result for at least this many ops with a tensor input (552 when this
+#: was written, 73 refused; before the schema-derived additions about 400 matched and 230 were refused), so
+#: coverage cannot shrink unnoticed.
+MIN_MATCHING = 540
 
 
 def _sample(op):
