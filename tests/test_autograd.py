@@ -23,8 +23,8 @@ def test_send_keeps_requires_grad(seed):
     plain = client.send(torch.ones(3))
     client.sync()
     assert w.requires_grad and not plain.requires_grad
-    assert bob.store.get(w._id).tensor.requires_grad
-    assert not bob.store.get(plain._id).tensor.requires_grad
+    assert bob.store.get(w.oid).tensor.requires_grad
+    assert not bob.store.get(plain.oid).tensor.requires_grad
     assert (w * 2).requires_grad and not (plain * 2).requires_grad
 
 
@@ -86,7 +86,7 @@ def test_data_update_and_grad_reset(seed):
         w.data -= 0.1 * w.grad
         w.grad = None
     assert torch.allclose(w.get(), w_local.detach(), atol=1e-6)
-    assert bob.store.get(w._id).tensor.grad is None
+    assert bob.store.get(w.oid).tensor.grad is None
 
 
 def test_no_grad_and_enable_grad_on_the_client_apply_on_the_worker(seed):
@@ -99,9 +99,9 @@ def test_no_grad_and_enable_grad_on_the_client_apply_on_the_worker(seed):
     r = w * 2
     client.sync()
     assert not z.requires_grad and e.requires_grad and r.requires_grad
-    assert not bob.store.get(z._id).tensor.requires_grad
-    assert bob.store.get(e._id).tensor.requires_grad
-    assert bob.store.get(r._id).tensor.requires_grad
+    assert not bob.store.get(z.oid).tensor.requires_grad
+    assert bob.store.get(e.oid).tensor.requires_grad
+    assert bob.store.get(r.oid).tensor.requires_grad
     with pytest.raises(RuntimeError, match="does not require grad"):
         z.sum().backward()
 
@@ -111,7 +111,7 @@ def test_detach_retain_grad_and_autograd_grad(seed):
     w = client.send(torch.tensor([1.0, 2.0, 3.0], requires_grad=True))
     d = w.detach()
     client.sync()
-    assert not d.requires_grad and not bob.store.get(d._id).tensor.requires_grad
+    assert not d.requires_grad and not bob.store.get(d.oid).tensor.requires_grad
     h = w * w
     h.retain_grad()
     h.sum().backward()

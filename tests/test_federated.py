@@ -50,7 +50,7 @@ def test_fedavg_over_two_workers_equals_the_local_computation(make_worker, make_
 
 
 def test_fedavg_follows_each_owners_policy(make_worker, make_client):
-    bob = make_worker("Bob", policy="closed")
+    make_worker("Bob", policy="closed")
     client = make_client("Bob")
     remote = client.send(nn.Linear(2, 2))
     with pytest.raises(sm.PermissionDenied):

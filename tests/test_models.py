@@ -167,7 +167,7 @@ def test_a_custom_modules_refused_op_is_a_clear_error(seed):
 
 def test_an_optimizer_over_two_workers_is_refused(seed, make_worker, make_client):
     bob, client = seed
-    alice = make_worker("Alice", policy="open")
+    make_worker("Alice", policy="open")
     to_alice = make_client("Alice")
     a = client.send(torch.ones(2, requires_grad=True))
     b = to_alice.send(torch.ones(2, requires_grad=True))

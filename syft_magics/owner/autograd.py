@@ -43,7 +43,8 @@ def check_device(device: Any) -> None:
         return
     kind = torch.device(device).type
     if kind not in ALLOWED_DEVICES:
-        raise PermissionError(f"device {device!s} is not allowed on this worker (allowed: {', '.join(ALLOWED_DEVICES)})")
+        raise PermissionError(f"device {device!s} is not allowed on this worker "
+                              f"(allowed: {', '.join(ALLOWED_DEVICES)})")
 
 
 def safe_to(t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

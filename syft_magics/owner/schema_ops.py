@@ -4,9 +4,10 @@ Candidates are the public functions of ``torch.linalg``, ``torch.fft`` and ``tor
 ``torch`` / ``torch.nn.functional`` functions modern models use (attention, normalisation, shape helpers).
 A candidate is allowed when:
 
-* its ATen operator exists and no overload writes into a positional argument (``alias_info.is_write``
-  in the schema; the keyword-only ``out=`` outputs are refused separately), or, for a Python composite of ``torch.nn.functional`` with
-  no ATen operator of its own, it has no ``inplace`` switch;
+* its ATen operator exists and no overload writes into a positional argument
+  (``alias_info.is_write`` in the schema; the keyword-only ``out=`` outputs are refused separately),
+  or, for a Python composite of ``torch.nn.functional`` with no ATen operator of its own, it has no
+  ``inplace`` switch;
 * its name says nothing of files, storage, devices, raw memory or uninitialised memory
   (:data:`_FORBIDDEN`).
 

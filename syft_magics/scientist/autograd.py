@@ -53,21 +53,21 @@ def _ptr_run(func: Callable, name: str, args: tuple, kwargs: Optional[dict] = No
     from .pointer import _first_pointer
 
     ptr = _first_pointer(args, kwargs or {})
-    return ptr._client._run(func, name, args, kwargs or {})
+    return ptr.client.run(func, name, args, kwargs or {})
 
 
 def _mark_requires_grad(ptr: "PointerTensor", flag: bool) -> None:
     """The pointer's own metadata, so results inferred from it know they require grad."""
     with torch._C.DisableTorchFunctionSubclass():
         torch.Tensor.requires_grad_(ptr, flag)
-    ptr._sig = (ptr._sig[0], ptr._sig[1], flag)
+    ptr.signature = (ptr.signature[0], ptr.signature[1], flag)
 
 
 def requires_grad_(ptr: "PointerTensor", requires_grad: bool = True) -> "PointerTensor":
     if requires_grad and not (ptr.dtype.is_floating_point or ptr.dtype.is_complex):
         raise RuntimeError(f"only tensors of floating point and complex dtype can require gradients (this "
                            f"pointer is {ptr.dtype})")
-    ptr._client._run(_requires_grad_, "Tensor.requires_grad_", (ptr, bool(requires_grad)), {})
+    ptr.client.run(_requires_grad_, "Tensor.requires_grad_", (ptr, bool(requires_grad)), {})
     _mark_requires_grad(ptr, bool(requires_grad))
     return ptr
 
@@ -81,7 +81,7 @@ def _set_requires_grad(ptr: "PointerTensor", value: bool) -> None:
 
 
 def detach_(ptr: "PointerTensor") -> "PointerTensor":
-    ptr._client._run(torch.Tensor.detach_, "Tensor.detach_", (ptr,), {})
+    ptr.client.run(torch.Tensor.detach_, "Tensor.detach_", (ptr,), {})
     _mark_requires_grad(ptr, False)
     return ptr
 
@@ -93,9 +93,9 @@ def _grad_standin(t: torch.Tensor) -> torch.Tensor:
 
 def get_grad(ptr: "PointerTensor") -> Optional["PointerTensor"]:
     """A pointer to the worker's ``.grad`` (None for a pointer that does not require grad)."""
-    if not ptr._sig[2]:
+    if not ptr.signature[2]:
         return None
-    return ptr._client._run(_grad_standin, "syft.grad", (ptr,), {})
+    return ptr.client.run(_grad_standin, "syft.grad", (ptr,), {})
 
 
 def _set_grad_standin(t: torch.Tensor, g: Any) -> None:
@@ -105,7 +105,7 @@ def _set_grad_standin(t: torch.Tensor, g: Any) -> None:
 def set_grad(ptr: "PointerTensor", value: Any) -> None:
     if value is not None and not isinstance(value, torch.Tensor):
         raise TypeError(f"grad must be a tensor or None, not {type(value).__name__}")
-    ptr._client._run(_set_grad_standin, "syft.set_grad_", (ptr, value), {})
+    ptr.client.run(_set_grad_standin, "syft.set_grad_", (ptr, value), {})
 
 
 def get_data(ptr: "PointerTensor") -> "PointerTensor":
@@ -120,7 +120,7 @@ def set_data(ptr: "PointerTensor", value: Any) -> None:
                                   "make a new pointer instead")
     if value is ptr:
         return  # ``ptr.data -= x`` ends with ``ptr.data = ptr.data``-like self assignment of the same pointer
-    ptr._client._run(_set_grad_standin, "syft.set_data_", (ptr, value), {})
+    ptr.client.run(_set_grad_standin, "syft.set_data_", (ptr, value), {})
 
 
 def _meta_device(args: tuple, kwargs: dict) -> tuple:
@@ -134,11 +134,11 @@ def to(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> "PointerTensor":
         raise NotImplementedError("ptr.to(other_tensor) is not supported; give a dtype or a device")
     device, dtype = _meta_device(args, kwargs)
     if device is not None and device.type != "cpu":
-        raise OpNotAllowed(f"{ptr._client.name} keeps this tensor on the CPU; device {device} is not available "
+        raise OpNotAllowed(f"{ptr.client.name} keeps this tensor on the CPU; device {device} is not available "
                            "through pointers (results come back to you on the CPU)")
     if (dtype is None or dtype == ptr.dtype) and not kwargs.get("copy"):
         return ptr  # already there: torch's .to returns the tensor itself
-    return ptr._client._run(_to_standin, "Tensor.to", (ptr,), {"dtype": dtype})
+    return ptr.client.run(_to_standin, "Tensor.to", (ptr,), {"dtype": dtype})
 
 
 def _to_standin(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -150,13 +150,13 @@ def cpu(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> "PointerTensor":
 
 
 def refuse_device(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> Any:
-    raise OpNotAllowed(f"{ptr._client.name} keeps this tensor on the CPU; .cuda() is not available through pointers")
+    raise OpNotAllowed(f"{ptr.client.name} keeps this tensor on the CPU; .cuda() is not available through pointers")
 
 
 def refuse(what: str) -> Callable:
     def handler(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> Any:
         raise OpNotAllowed(f"{what} is not supported on pointers: the autograd graph lives on "
-                           f"{ptr._client.name}")
+                           f"{ptr.client.name}")
     return handler
 
 

@@ -372,6 +372,10 @@ class Client:
         """List a new pointer among :attr:`pointers`."""
         self._pointers[ptr.id] = ptr
 
+    def untrack(self, ptr: PointerTensor) -> None:
+        """Not listed among :attr:`pointers`: a handle standing for a model or optimizer on the worker."""
+        self._pointers.pop(ptr.id, None)
+
     def forget(self, ptr: PointerTensor) -> None:
         """A pointer was deleted: no longer listed."""
         self._pointers.pop(ptr.id, None)

@@ -34,17 +34,17 @@ class RemoteObject:
 
     def __init__(self, client: "Client", kind: str, name: str, args: tuple, kwargs: dict) -> None:
         for ptr in _pointers((args, kwargs)):
-            if ptr._client is not client:
-                raise CrossWorkerError(f"{kind}.{name} on {client.name} was given a pointer on {ptr._client.name}; "
+            if ptr.client is not client:
+                raise CrossWorkerError(f"{kind}.{name} on {client.name} was given a pointer on {ptr.client.name}; "
                                        "an optimizer updates parameters on one worker only")
         self._client = client
         self.name = name
-        self._handle: PointerTensor = client._run(_handle_standin, f"syft.{kind}.{name}", args, kwargs)
-        client._pointers.pop(self._handle._local_id, None)  # a handle, not a tensor to list
+        self._handle: PointerTensor = client.run(_handle_standin, f"syft.{kind}.{name}", args, kwargs)
+        client.untrack(self._handle)  # a handle, not a tensor to list
 
     def step(self) -> None:
         """One message, run on the worker."""
-        self._client._run(_none, "syft.optim_step", (self._handle,), {})
+        self._client.run(_none, "syft.optim_step", (self._handle,), {})
 
     @property
     def location(self) -> str:
@@ -59,7 +59,7 @@ class RemoteOptimizer(RemoteObject):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """One message, run on the worker."""
-        self._client._run(_none, "syft.optim_zero_grad", (self._handle, bool(set_to_none)), {})
+        self._client.run(_none, "syft.optim_zero_grad", (self._handle, bool(set_to_none)), {})
 
 
 class RemoteScheduler(RemoteObject):

@@ -62,9 +62,9 @@ class RemoteModule:
         def build_standin(spec: Any, state: Any, names: Any) -> tuple:
             return tuple(standins)
 
-        made = self._client._run(build_standin, "syft.build_module", (self._spec, state, list(self._names)), {})
+        made = self._client.run(build_standin, "syft.build_module", (self._spec, state, list(self._names)), {})
         self._handle: PointerTensor = made[0]
-        self._client._pointers.pop(self._handle._local_id, None)  # the model's handle is not a tensor to list
+        self._client.untrack(self._handle)  # the model's handle is not a tensor to list
         self._pointers: Dict[str, PointerTensor] = dict(zip(self._names, made[1:]))
         meta = self._meta
 
@@ -89,8 +89,8 @@ class RemoteModule:
         self._shell = shell
         # the weights, grouped on the worker so that get() fetches them as one model (the owner's kind="model")
         names = list(self._pointers)
-        self._handle = self._client._run(_handle_standin, "syft.model_weights", (names, *self._pointers.values()), {})
-        self._client._pointers.pop(self._handle._local_id, None)
+        self._handle = self._client.run(_handle_standin, "syft.model_weights", (names, *self._pointers.values()), {})
+        self._client.untrack(self._handle)
 
     @staticmethod
     def _slot_names(module: nn.Module) -> List[str]:
@@ -101,7 +101,7 @@ class RemoteModule:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.path == "client":
             return self._shell(*args, **kwargs)
-        return self._client._run(self._call_standin, "syft.module_call", (self._handle, *args), kwargs)
+        return self._client.run(self._call_standin, "syft.module_call", (self._handle, *args), kwargs)
 
     forward = __call__
 
@@ -111,7 +111,7 @@ class RemoteModule:
             self._shell.train(mode)
         else:
             self._meta.train(mode)
-            self._client._run(_none, "syft.module_train", (self._handle, bool(mode)), {})
+            self._client.run(_none, "syft.module_train", (self._handle, bool(mode)), {})
         return self
 
     def _evaluation(self) -> "RemoteModule":
@@ -130,7 +130,7 @@ class RemoteModule:
             raise NotImplementedError("RemoteModule.to(dtype) is not supported; send the model in that dtype")
         dev = torch.device(device)
         if self.path == "worker":
-            self._client._run(_none, "syft.module_to", (self._handle, str(dev)), {})
+            self._client.run(_none, "syft.module_to", (self._handle, str(dev)), {})
         else:
             for ptr in self._pointers.values():
                 ptr.to(dev)
