@@ -164,6 +164,8 @@ def test_request_value_on_zs_card_then_approve_in_bobs_panel(tmp_path, runtime_d
                 card.locator(".syft-card-value", has_text="tensor([2., 3., 4., 5., 6.])").wait_for()
                 assert "approved" in card.locator(".syft-card-header").inner_text()
                 card.scroll_into_view_if_needed()
+                # nothing covers the notebooks: no pop-up asking about Jupyter news
+                assert page.get_by_text("official Jupyter news").count() == 0
                 page.screenshot(path=str(shots / "tutorial_side_by_side.png"))
             finally:
                 browser.close()

@@ -416,11 +416,12 @@ class WorkerPanel(widgets.VBox, LivePanel):
             f'{H.esc(tuple(req.shape))}, {H.esc(req.dtype)}, id {H.esc(req.object_id[:12])}…</span></div>')
         desc.layout = widgets.Layout(flex="1 1 auto", width="auto")
         approve = widgets.Button(description="Approve", button_style="success", icon="check",
-                                 tooltip=f"let request #{req.n} through", layout=widgets.Layout(width="96px"))
+                                 tooltip=f"let request #{req.n} through", layout=widgets.Layout(width="112px",
+                                                                                               min_width="112px"))
         reason = widgets.Text(placeholder="reason (optional)", layout=widgets.Layout(width="180px"))
         deny = widgets.Button(description="Deny", button_style="danger", icon="times",
                               tooltip=f"refuse request #{req.n} (with the reason, if any)",
-                              layout=widgets.Layout(width="80px"))
+                              layout=widgets.Layout(width="84px", min_width="84px"))
         approve.add_class("syft-approve")
         deny.add_class("syft-deny")
         reason.add_class("syft-reason")
