@@ -6,7 +6,36 @@ so code that already handles those keeps working.
 """
 from __future__ import annotations
 
-from typing import Optional
+from enum import Enum
+from typing import Dict, Optional, Type
+
+
+class WireEnum(str, Enum):
+    """A name that travels on the wire: its members are ``str`` (compare, hash and format as their value),
+    so a received plain string finds its member in a dict and ``f"{member}"`` reads as the wire text.
+    The encoder packs a member as its value (msgpack's strict types would refuse the subclass)."""
+
+    __hash__ = str.__hash__
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+class ErrorCode(WireEnum):
+    """The ``code`` of an ``err`` reply: which exception the client raises (:data:`ERROR_CLASSES`)."""
+
+    ERROR = "error"  # anything else that failed on the worker (a torch error, ...)
+    PROTOCOL = "protocol"
+    VERSION = "version"
+    UNAUTHENTICATED = "unauthenticated"
+    UNKNOWN_SESSION = "unknown_session"
+    OP_NOT_ALLOWED = "op_not_allowed"
+    READ_ONLY = "read_only"
+    UNKNOWN_OBJECT = "unknown_object"
+    FAILED_INPUT = "failed_input"
+    DENIED = "denied"
+    BAD_TAG = "bad_tag"
+    BAD_ARGS = "bad_args"
+    BAD_ID = "bad_id"
 
 
 class SyftError(Exception):
@@ -108,3 +137,23 @@ class ReadOnlyError(RemoteError, PermissionDenied):
 
 class UnknownObject(RemoteError, LookupError):
     """The worker holds no object with that id (freed, or never existed)."""
+
+
+#: The exception a client raises for each error code (codes not listed: :class:`RemoteError`).
+#: :class:`RemoteError` subclasses also name the op and the user's line; the others carry the worker's text.
+ERROR_CLASSES: Dict[ErrorCode, Type[SyftError]] = {
+    ErrorCode.PROTOCOL: ProtocolError,
+    ErrorCode.VERSION: ProtocolError,
+    ErrorCode.UNAUTHENTICATED: AuthenticationError,
+    ErrorCode.UNKNOWN_SESSION: AuthenticationError,
+    ErrorCode.OP_NOT_ALLOWED: OpNotAllowed,
+    ErrorCode.READ_ONLY: ReadOnlyError,
+    ErrorCode.UNKNOWN_OBJECT: UnknownObject,
+    ErrorCode.DENIED: PermissionDenied,
+    ErrorCode.BAD_TAG: TagError,
+}
+
+
+def error_class(code: object) -> Type[SyftError]:
+    """The exception class for an ``err`` reply's ``code`` (any value a worker may send)."""
+    return ERROR_CLASSES.get(code, RemoteError) if isinstance(code, str) else RemoteError  # type: ignore[call-overload]

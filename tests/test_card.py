@@ -43,7 +43,7 @@ def test_a_searched_pointer_shows_where_it_lives_and_the_policy(review_seed, car
     card = card_of(x, "x")
     assert card.state == "shared" and state_badge(card) == "shared"
     details = card.details.value
-    assert "Bob" in details and x._id.hex() in details and "(5,)" in details and "float32" in details
+    assert "Bob" in details and x.id_at_location in details and "(5,)" in details and "float32" in details
     assert "Bob&#x27;s data (#X)" in details
     assert "Bob reviews each get" in details
     assert not card.request_button.disabled and card.preview.value == ""

@@ -63,18 +63,22 @@ def test_delete_frees_now_and_later_use_raises_pointer_freed(seed):
     x = client.search("#X")[0]
     z = x + 1
     client.sync()
-    assert z._id in bob.store
+    assert z.oid in bob.store
     z.delete()
-    assert wait_until(lambda: (client.sync(), z._id not in bob.store)[1])
+    assert wait_until(lambda: (client.sync(), z.oid not in bob.store)[1])
     with pytest.raises(sm.PointerFreed, match="was deleted"):
         z.get()
     with pytest.raises(sm.PointerFreed):
         z + 1
     with pytest.raises(sm.PointerFreed):
         torch.add(x, z)
-    assert "freed" in repr(z)
+    assert "freed" in repr(z) and z.deleted and z.freed
+    assert [p.id for p in client.pointers] == [x.id]
     z.delete()  # twice is harmless
     assert torch.equal(x.get(), X), "the search pointer is untouched"
+    assert not x.deleted and not x.freed
+    client.disconnect()
+    assert client.closed and x.freed and not x.deleted, "a closed client's pointers read as freed"
 
 
 def test_delete_of_a_search_pointer_forgets_it_only(seed):

@@ -61,7 +61,7 @@ def test_inproc_send_of_a_large_tensor_returns_and_copies(bob, make_client):
     expected = t.clone()
     p = client.send(t)  # used to block until reply_timeout, then raise zmq.NotDone
     client.sync()
-    stored = bob.store.get(p._id).tensor
+    stored = bob.store.get(p.oid).tensor
     assert stored.data_ptr() != t.data_ptr()
     t.zero_()  # the sender's later changes do not reach the worker
     assert torch.equal(stored, expected)

@@ -203,7 +203,7 @@ def test_result_ids_are_unique_and_read_differently_when_shortened(seed, make_cl
     bob, client = seed
     other = make_client("Bob")
     x = client.search("#X")[0]
-    ids = [(x + i)._id for i in range(1000)] + [other.send(torch.ones(1))._id for _ in range(10)]
+    ids = [(x + i).oid for i in range(1000)] + [other.send(torch.ones(1)).oid for _ in range(10)]
     assert len(set(ids)) == len(ids) and all(len(i) == 16 for i in ids)
     assert len({i.hex()[:8] for i in ids}) == len(ids)
 

@@ -242,3 +242,25 @@ def test_decoding_releases_the_frames_without_waiting_for_the_garbage_collector(
         assert alive() is None
     finally:
         gc.enable()
+
+
+def test_message_kinds_and_error_codes_travel_as_their_plain_names():
+    header = P.decode(P.encode({"t": P.Kind.ERR, "code": P.ErrorCode.DENIED, "k": [P.Kind.OP]}))
+    assert header == {"t": "err", "code": "denied", "k": ["op"]}
+    assert type(header["t"]) is str
+    # a received name finds its member (and its handler) as the member itself would
+    assert header["t"] == P.Kind.ERR and {P.Kind.ERR: 1}[header["t"]] == 1
+    assert f"{P.Kind.APPROVED}" == "approved" and str(P.ErrorCode.READ_ONLY) == "read_only"
+
+
+def test_every_error_code_maps_to_the_exception_a_client_raises():
+    from syft_magics import errors as E
+
+    assert E.error_class("read_only") is E.ReadOnlyError
+    assert E.error_class("denied") is E.PermissionDenied
+    assert E.error_class("op_not_allowed") is E.OpNotAllowed
+    assert E.error_class("unknown_object") is E.UnknownObject
+    # an unknown or malformed code from a worker is still a clear remote error
+    for code in ("no such code", None, 3, b"denied"):
+        assert E.error_class(code) is E.RemoteError
+    assert all(issubclass(E.error_class(code), E.SyftError) for code in E.ErrorCode)

@@ -162,7 +162,7 @@ def test_send_16_mib_round_trip(seed):
     got = p.get()
     assert torch.equal(got, t_copy)
     assert (p * 2).sum().get().item() == pytest.approx(t_copy.sum().item() * 2, rel=1e-3)
-    entry = bob.store.get(p._id)
+    entry = bob.store.get(p.oid)
     assert entry.tags == ("#big",) and entry.nbytes == 16 << 20
 
 
@@ -264,7 +264,7 @@ def test_a_client_cannot_use_another_clients_objects(seed, make_client):
     secret = alice.send(torch.tensor([42.0]))
     z = alice.search("#X")[0] * 3
     alice.sync()
-    for oid in (secret._id, z._id):
+    for oid in (secret.oid, z.oid):
         forged = sm.PointerTensor(eve, oid, (1,), torch.float32, owned=False)
         with pytest.raises(sm.UnknownObject, match="holds no object"):
             forged.get()
@@ -272,10 +272,10 @@ def test_a_client_cannot_use_another_clients_objects(seed, make_client):
         with pytest.raises(sm.UnknownObject, match="belongs to another client"):
             eve.sync()
     # eve's frees of alice's ids are ignored
-    eve._link.free_queue.extend([secret._id, z._id])
+    eve.free_queue.extend([secret.oid, z.oid])
     eve.sync()
     eve.sync()
-    assert secret._id in bob.store and z._id in bob.store
+    assert secret.oid in bob.store and z.oid in bob.store
     assert torch.equal(secret.get(), torch.tensor([42.0]))
 
 

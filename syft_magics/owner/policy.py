@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..display import table
 
@@ -107,10 +107,16 @@ def make_policy(policy: "str | Policy") -> Policy:
 
 
 class RequestBook:
-    """All get requests of one worker: pending ones and the decided history."""
+    """All get requests of one worker: pending ones and the decided history.
+
+    An approval is a grant for one get of that object by that session, recorded under the
+    book's lock in the same step as the decision: a get that arrives from then on is let
+    through, whichever thread decided (:meth:`take_grant`).
+    """
 
     def __init__(self) -> None:
         self._by_n: Dict[int, GetRequest] = {}
+        self._grants: Dict[Tuple[bytes, bytes], GetRequest] = {}
         self._next = 1
         self._lock = threading.Lock()
 
@@ -133,7 +139,39 @@ class RequestBook:
             if not req.pending:
                 raise ValueError(f"request #{n} was already {req.status}")
             req.status, req.reason, req.decided = status, reason, time.time()
+            if status == "approved":
+                self._grants[(req.session, req.oid)] = req
             return req
+
+    def take_grant(self, session: bytes, oid: bytes) -> bool:
+        """Whether an approval lets this get of ``oid`` through (it is used up)."""
+        with self._lock:
+            return self._grants.pop((session, oid), None) is not None
+
+    def ask(self, session: bytes, oid: bytes, seq: Any, **fields: Any) -> Tuple[Optional[GetRequest], bool]:
+        """A get of ``oid`` that needs the owner: ``(None, False)`` if an approval lets it through after
+        all, else its pending request (answered at ``seq`` when decided) and whether it is new. One step
+        under the lock, so a decision made meanwhile on another thread is never missed."""
+        with self._lock:
+            if self._grants.pop((session, oid), None) is not None:
+                return None, False
+            for req in self._by_n.values():
+                if req.pending and req.session == session and req.oid == oid:
+                    req.seq = seq
+                    return req, False
+            req = GetRequest(n=self._next, session=session, oid=oid, seq=seq, **fields)
+            self._next += 1
+            self._by_n[req.n] = req
+            return req, True
+
+    def end_session(self, session: bytes, reason: str) -> List[GetRequest]:
+        """The session ended: cancel its pending requests and drop its unused approvals."""
+        with self._lock:
+            self._grants = {k: r for k, r in self._grants.items() if k[0] != session}
+            cancelled = [r for r in self._by_n.values() if r.pending and r.session == session]
+            for req in cancelled:
+                req.status, req.reason, req.decided = "cancelled", reason, time.time()
+            return cancelled
 
     @property
     def pending(self) -> List[GetRequest]:

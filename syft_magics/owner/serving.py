@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import msgpack
 import torch
@@ -22,7 +22,7 @@ import zmq
 from ..errors import ProtocolError, TagError
 from ..wire import auth, samehost
 from ..wire.names import check_tag, short_name
-from ..wire.protocol import PROTOCOL_VERSION, decode, encode, field
+from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, field
 from ..wire.sockets import readable, recv_parts, send_parts
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .sessions import Session
@@ -39,7 +39,7 @@ HANDSHAKE_TIMEOUT = 30.0
 class _Reject(Exception):
     """A request the worker refuses; ``code`` tells the client which error to raise."""
 
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, code: ErrorCode, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.code = code
         self.extra = extra
@@ -48,8 +48,8 @@ class _Reject(Exception):
 class Server:
     """Serves one worker's ROUTER socket from a background thread.
 
-    It holds what only the serving thread may change: the sessions, the
-    handshakes in progress and the grants of approved gets.
+    It holds what only the serving thread may change: the sessions and the
+    handshakes in progress (approvals live in the worker's request book).
     """
 
     def __init__(self, worker: "Worker") -> None:
@@ -61,7 +61,6 @@ class Server:
         self.stats = worker.stats
         self.sessions: Dict[bytes, Session] = {}
         self.handshakes: Dict[bytes, Tuple[bytes, dict, float]] = {}
-        self.grants: Set[Tuple[bytes, bytes]] = set()
         self._calls: Deque[Callable[[zmq.Socket], None]] = deque()
         self._wake_send: Optional[zmq.Socket] = None
         self._wake_lock = threading.Lock()
@@ -110,14 +109,14 @@ class Server:
         self.call_soon(lambda router: send_parts(router, [ident, *encode(header)], flags=0))
 
     def grant(self, req: GetRequest) -> None:
-        """Let the next get of ``req``'s object through and tell its client (from the owner's thread)."""
+        """Tell ``req``'s client that the owner approved (from the owner's thread; the request book
+        already lets its next get through): its waiting ``.get()`` asks again."""
 
-        def apply(router: zmq.Socket) -> None:
+        def tell(router: zmq.Socket) -> None:
             if req.session in self.sessions:
-                self.grants.add((req.session, req.oid))
-                send_parts(router, [req.session, *encode({"t": "approved", "s": req.seq, "n": req.n})], flags=0)
+                send_parts(router, [req.session, *encode({"t": Kind.APPROVED, "s": req.seq, "n": req.n})], flags=0)
 
-        self.call_soon(apply)
+        self.call_soon(tell)
 
     def _wake(self) -> None:
         with self._wake_lock:
@@ -154,7 +153,7 @@ class Server:
                     self._expire(now)
                     next_check = now + 1.0
             for ident in list(self.sessions):
-                send_parts(router, [ident, *encode({"t": "bye", "name": self.name})], flags=0)
+                send_parts(router, [ident, *encode({"t": Kind.BYE, "name": self.name})], flags=0)
         finally:
             router.close()
             wake.close(0)
@@ -190,11 +189,11 @@ class Server:
             # unreadable arguments (e.g. a freed input): answer with the seq, poison the op's results
             peek = _peek(parts[0])
             exc.seq = peek.get("s")
-            if peek.get("t") == "op" and isinstance(peek.get("o"), list):
+            if peek.get("t") == Kind.OP and isinstance(peek.get("o"), list):
                 self._fail(session, str(peek.get("f")), peek["o"], used, exc, time.perf_counter())
             raise
         kind = header["t"]
-        if kind == "batch" and not batched:
+        if kind == Kind.BATCH and not batched:
             return self._on_batch(ident, header, parts[1:])
         seq = header.get("s")
         handler = self.HANDLERS.get(kind)
@@ -228,12 +227,12 @@ class Server:
         def resolve(oid: bytes) -> Any:
             entry = store.get(oid)
             if entry is None:
-                raise _Reject("unknown_object", f"{self.name} holds no object {oid.hex()[:8]}… "
+                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {oid.hex()[:8]}… "
                                                 "(it was freed, or never existed)")
             if entry.session is not None and entry.session != session.ident:
-                raise _Reject("unknown_object", f"object {oid.hex()[:8]}… belongs to another client")
+                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"object {oid.hex()[:8]}… belongs to another client")
             if entry.error is not None:
-                raise _Reject("failed_input", f"an input ({entry.label}) came from an op that failed: {entry.error}")
+                raise _Reject(ErrorCode.FAILED_INPUT, f"an input ({entry.label}) came from an op that failed: {entry.error}")
             used.append(entry)
             return entry.tensor
 
@@ -243,27 +242,27 @@ class Server:
     def _handshake(self, ident: bytes, parts: List[zmq.Frame]) -> List[Any]:
         header = decode(parts)
         kind = header["t"]
-        if kind == "hello":
+        if kind == Kind.HELLO:
             version = header.get("v")
             if version != PROTOCOL_VERSION:
-                raise _Reject("version", f"{self.name} speaks protocol {PROTOCOL_VERSION}, the client {version!r}; "
+                raise _Reject(ErrorCode.VERSION, f"{self.name} speaks protocol {PROTOCOL_VERSION}, the client {version!r}; "
                                          "install the same syft_magics version on both sides")
             nonce = auth.new_nonce()
             peer = _peer_address(parts[0])
             self.handshakes[ident] = (nonce, {**header, "peer": peer}, time.monotonic())
-            return encode({"t": "challenge", "nonce": nonce, "instance": self.worker.instance, "name": self.name})
-        if kind == "auth":
+            return encode({"t": Kind.CHALLENGE, "nonce": nonce, "instance": self.worker.instance, "name": self.name})
+        if kind == Kind.AUTH:
             pending = self.handshakes.pop(ident, None)
             mac = header.get("mac")
             if pending is None or not isinstance(mac, bytes) or not auth.verify(self.worker.key, pending[0], ident, mac):
                 self.events.emit("auth_failed", peer=pending[1]["peer"] if pending else "?")
-                raise _Reject("unauthenticated", f"{self.name} refused the link: wrong key")
+                raise _Reject(ErrorCode.UNAUTHENTICATED, f"{self.name} refused the link: wrong key")
             hello = pending[1]
             session = Session(ident=ident, name=str(hello.get("name") or "client"), pid=hello.get("pid"),
                               hostname=str(hello.get("hostname") or "?"), peer=hello["peer"])
             self.sessions[ident] = session
             self.events.emit("connect", client=session.label, session=session.short)
-            welcome = {"t": "welcome", "instance": self.worker.instance, "name": self.name,
+            welcome = {"t": Kind.WELCOME, "instance": self.worker.instance, "name": self.name,
                        "policy": self.worker.policy.name, "lease": self.worker.lease_timeout}
             nonce = hello.get("host")
             if type(nonce) is bytes and len(nonce) == 16 and session.peer != "inproc" and samehost.available():
@@ -272,7 +271,8 @@ class Server:
                 session.host_probe = (fd, os.urandom(16))
                 welcome["host"] = {"probe": probe, "nonce": session.host_probe[1]}
             return encode(welcome)
-        raise _Reject("unknown_session", f"{self.name} has no session for this link", instance=self.worker.instance)
+        raise _Reject(ErrorCode.UNKNOWN_SESSION, f"{self.name} has no session for this link",
+                      instance=self.worker.instance)
 
     def _expire(self, now: float) -> None:
         for ident, session in list(self.sessions.items()):
@@ -289,10 +289,7 @@ class Server:
         if session is None:
             return
         freed = self.store.drop_session(ident)
-        for req in self.requests.pending:
-            if req.session == ident:
-                self.requests.decide(req.n, "cancelled", reason)
-        self.grants = {g for g in self.grants if g[0] != ident}
+        self.requests.end_session(ident, reason)
         session.close_files()
         self.events.emit("disconnect", client=session.label, session=session.short, reason=reason, freed=freed)
 
@@ -309,13 +306,13 @@ class Server:
         try:
             fn = self.worker.allowlist.lookup(name)
             if fn is None:
-                raise _Reject("op_not_allowed", f"{short_name(name)} is not on {self.name}'s allowlist of ops")
+                raise _Reject(ErrorCode.OP_NOT_ALLOWED, f"{short_name(name)} is not on {self.name}'s allowlist of ops")
             if "out" in kwargs:
-                raise _Reject("bad_args", "out= is not supported on pointers")
+                raise _Reject(ErrorCode.BAD_ARGS, "out= is not supported on pointers")
             self._check_writable(written_args(name, fn, args, kwargs), used)
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
-                    raise _Reject("bad_id", "result ids must be fresh 16-byte ids")
+                    raise _Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
             result = fn(*args, **kwargs)
         except Exception as exc:
             self._fail(session, name, out, used, exc, t0)
@@ -326,7 +323,7 @@ class Server:
         if header.get("m"):
             out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
         elif len(out) != len(leaves):
-            exc = _Reject("bad_args", f"{op} returned {len(leaves)} results, the client expected {len(out)}")
+            exc = _Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, the client expected {len(out)}")
             self._fail(session, name, out, used, exc, t0)
             raise exc
         made = []
@@ -339,7 +336,7 @@ class Server:
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=made,
                          duration=time.perf_counter() - t0, status="ok")
         if header.get("m"):
-            return encode({"t": "ok", "s": header.get("s"), "r": _describe_result(result, iter(out))})
+            return encode({"t": Kind.OK, "s": header.get("s"), "r": _describe_result(result, iter(out))})
         return None
 
     def _check_writable(self, targets: List[Any], used: List[Entry]) -> None:
@@ -350,7 +347,7 @@ class Server:
             if entry is None:
                 continue
             if entry.session is None or self.store.aliases_owner_data(target):
-                raise _Reject("read_only", f"{entry.label} is {self.name}'s data (or a view of it) and cannot be "
+                raise _Reject(ErrorCode.READ_ONLY, f"{entry.label} is {self.name}'s data (or a view of it) and cannot be "
                                            "changed in place; compute on a copy instead, e.g. ptr.clone()")
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry],
@@ -369,12 +366,11 @@ class Server:
         oid = field(header, "id", bytes)
         entry = self.store.get(oid)
         if entry is None or (entry.session is not None and entry.session != session.ident):
-            raise _Reject("unknown_object", f"{self.name} holds no object {oid.hex()[:8]}… (it was freed, or never existed)")
+            raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {oid.hex()[:8]}… (it was freed, or never existed)")
         if entry.error is not None:
-            raise _Reject("failed_input", f"{entry.label} came from an op that failed: {entry.error}")
+            raise _Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
         entry.last_access = time.time()
-        if (session.ident, oid) in self.grants:
-            self.grants.discard((session.ident, oid))
+        if self.requests.take_grant(session.ident, oid):
             return self._value(session, seq, entry)
         if type(self.worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
             return self._value(session, seq, entry)
@@ -385,16 +381,14 @@ class Server:
             return self._value(session, seq, entry)
         if decision == DENY:
             self.events.emit("get", client=session.label, id=entry.hex, status="denied")
-            raise _Reject("denied", f"{self.name} refused to release {entry.label}: "
+            raise _Reject(ErrorCode.DENIED, f"{self.name} refused to release {entry.label}: "
                                     f"{self.worker.policy.deny_reason(GetRequest(n=0, **req_fields))}")
-        for req in self.requests.pending:
-            if req.session == session.ident and req.oid == oid:
-                req.seq = seq
-                break
-        else:
-            req = self.requests.open(**req_fields, session=session.ident, oid=oid, seq=seq)
+        req, opened = self.requests.ask(session.ident, oid, seq, **req_fields)
+        if req is None:  # the owner approved while this get was on its way
+            return self._value(session, seq, entry)
+        if opened:
             self.events.emit("request", n=req.n, client=session.label, id=entry.hex, lineage=req.lineage)
-        return encode({"t": "pending", "s": seq, "n": req.n, "name": self.name})
+        return encode({"t": Kind.PENDING, "s": seq, "n": req.n, "name": self.name})
 
     def _value(self, session: Session, seq: Any, entry: Entry) -> List[Any]:
         self.stats["bytes_out"] += entry.nbytes
@@ -404,29 +398,29 @@ class Server:
             # inproc:// passes the frame's memory itself: the client would hold the store's tensor
             # (the owner's data) and could change it in place
             tensor = tensor.clone()
-        return encode({"t": "value", "s": seq, "x": tensor}, session.pool)
+        return encode({"t": Kind.VALUE, "s": seq, "x": tensor}, session.pool)
 
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> None:
         oid = field(header, "id", bytes)
         tensor = field(header, "x", torch.Tensor)
         tags = tuple(check_tag(t) for t in header.get("tags") or ())
         if len(oid) != 16 or oid in self.store:
-            raise _Reject("bad_id", "sent objects need a fresh 16-byte id")
+            raise _Reject(ErrorCode.BAD_ID, "sent objects need a fresh 16-byte id")
         self.stats["bytes_in"] += tensor.numel() * tensor.element_size()
         self.store.put(Entry(oid, tensor, tags=tags, origin=session.label, session=session.ident, op=""))
         self.events.emit("command", client=session.label, op="send", inputs=(), out=[oid], duration=0.0, status="ok")
-        return encode({"t": "ok", "s": header.get("s")}) if header.get("ack") else None
+        return encode({"t": Kind.OK, "s": header.get("s")}) if header.get("ack") else None
 
     def _on_search(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         tags = field(header, "tags", list)
         try:
             tags = tuple(check_tag(t) for t in tags)
         except TagError as exc:
-            raise _Reject("bad_tag", str(exc)) from None
+            raise _Reject(ErrorCode.BAD_TAG, str(exc)) from None
         found = self.store.search(tags)
         self.events.emit("search", client=session.label, session=session.short, tags=tags, found=len(found),
                          ids=[e.id for e in found])
-        return encode({"t": "ok", "s": header.get("s"), "all_tags": self.store.all_tags(),
+        return encode({"t": Kind.OK, "s": header.get("s"), "all_tags": self.store.all_tags(),
                        "r": [[e.id, list(e.shape), e.dtype, list(e.tags)] for e in found]})
 
     def _on_free(self, session: Session, header: dict, used: List[Entry]) -> None:
@@ -437,10 +431,10 @@ class Server:
         return None
 
     def _on_sync(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
-        return encode({"t": "ok", "s": header.get("s")})
+        return encode({"t": Kind.OK, "s": header.get("s")})
 
     def _on_ping(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
-        return encode({"t": "pong", "s": header.get("s")})
+        return encode({"t": Kind.PONG, "s": header.get("s")})
 
     def _on_host(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         """The client's half of the same-host check: its probe must hold the nonce we gave it."""
@@ -453,7 +447,7 @@ class Server:
             if pid is not None:
                 # the client frees a sent tensor's region when we acknowledge the send: nothing to confirm
                 session.host_peer, session.pool, ok = samehost.Peer(pid, confirm=False), samehost.Pool(), True
-        return encode({"t": "ok", "s": header.get("s"), "host": ok})
+        return encode({"t": Kind.OK, "s": header.get("s"), "host": ok})
 
     def _on_release(self, session: Session, header: dict, used: List[Entry]) -> None:
         """The client has read these values out of our pool: their regions are free again."""
@@ -465,9 +459,10 @@ class Server:
         self._end_session(session.ident, "disconnected")
         return None
 
-    HANDLERS = {"op": _on_op, "get": _on_get, "send": _on_send, "search": _on_search, "free": _on_free,
-                "sync": _on_sync, "ping": _on_ping, "bye": _on_bye,
-                "host": _on_host, "release": _on_release}
+    #: the handler of each kind of message a client sends after the handshake (``batch`` aside)
+    HANDLERS = {Kind.OP: _on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
+                Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
+                Kind.HOST: _on_host, Kind.RELEASE: _on_release}
 
 
 class _Replies(list):
@@ -476,13 +471,14 @@ class _Replies(list):
 
 def _error_reply(exc: Exception) -> List[Any]:
     """The ``err`` message for a failed message: a code the client maps to an exception, and the text."""
-    code = exc.code if isinstance(exc, _Reject) else "protocol" if isinstance(exc, ProtocolError) else "error"
+    code = exc.code if isinstance(exc, _Reject) else \
+        ErrorCode.PROTOCOL if isinstance(exc, ProtocolError) else ErrorCode.ERROR
     extra = exc.extra if isinstance(exc, _Reject) else {}
     try:
-        return encode({"t": "err", "s": getattr(exc, "seq", None), "code": code, **extra,
+        return encode({"t": Kind.ERR, "s": getattr(exc, "seq", None), "code": code, **extra,
                        "etype": type(exc).__name__, "msg": str(exc)})
     except Exception:
-        return encode({"t": "err", "s": None, "code": "error", "etype": "Exception", "msg": "unprintable error"})
+        return encode({"t": Kind.ERR, "s": None, "code": ErrorCode.ERROR, "etype": "Exception", "msg": "unprintable error"})
 
 
 def _flatten(result: Any) -> List[Any]:

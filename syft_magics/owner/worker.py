@@ -24,7 +24,7 @@ from ..errors import PortInUse
 from ..events import EventStream
 from ..wire import auth, discovery
 from ..wire.names import check_tag
-from ..wire.protocol import PROTOCOL_VERSION
+from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind
 from .allowlist import Allowlist
 from .logs import describe_command, print_command
 from .policy import (
@@ -304,7 +304,7 @@ class Worker:
     def deny(self, n: int, reason: str = "") -> GetRequest:
         """Refuse request ``n``: the waiting ``.get()`` raises ``PermissionDenied`` with ``reason``."""
         req = self.requests.decide(n, "denied", reason)
-        self.server.post(req.session, {"t": "err", "s": req.seq, "code": "denied", "n": n,
+        self.server.post(req.session, {"t": Kind.ERR, "s": req.seq, "code": ErrorCode.DENIED, "n": n,
                                   "msg": f"{self.name} denied request #{n}" + (f": {reason}" if reason else "")})
         self.events.emit("decision", n=n, status="denied", reason=reason)
         return req

@@ -23,32 +23,25 @@ from ..errors import (
     AuthenticationError,
     CrossWorkerError,
     GetTimeout,
-    OpNotAllowed,
-    PermissionDenied,
     PointerFreed,
     ProtocolError,
-    ReadOnlyError,
     RemoteError,
     ReplyTimeout,
     TagError,
-    UnknownObject,
     UnknownWorker,
     WorkerUnreachable,
+    error_class,
 )
 from ..events import EventStream
 from ..wire import discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
-from ..wire.protocol import DTYPES, encode
+from ..wire.protocol import DTYPES, ErrorCode, Kind, encode
 from .inference import REMOTE, has_tensors, infer
 from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
 
 _SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
-
-_ERRORS = {"op_not_allowed": OpNotAllowed, "read_only": ReadOnlyError, "unknown_object": UnknownObject,
-           "denied": PermissionDenied, "bad_tag": TagError, "protocol": ProtocolError, "version": ProtocolError,
-           "unauthenticated": AuthenticationError}
 
 
 class SearchResult(list):
@@ -83,7 +76,8 @@ class Client:
         self.address = address
         self.connection_file = connection_file
         self.events = EventStream(defaults.event_history)
-        self._free_queue = self._link.free_queue
+        #: ids of remote objects whose pointers died, freed with the next message that leaves
+        self.free_queue = self._link.free_queue
         self._origins: Dict[int, Tuple[str, Optional[Tuple[str, int]]]] = {}
         self._pointers: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
         self._new_id = _id_source()
@@ -103,7 +97,13 @@ class Client:
 
     @property
     def connected(self) -> bool:
+        """Whether the link is open and the worker still serves this session."""
         return not self._link.closed and self._link.broken is None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`disconnect` was called (or the link closed): nothing more can be sent."""
+        return self._link.closed
 
     @property
     def pointers(self) -> List[PointerTensor]:
@@ -124,7 +124,7 @@ class Client:
             raise TagError("search() needs at least one tag, e.g. bob.search('#X')")
         for tag in flat:
             check_tag(tag)
-        reply = self._request({"t": "search", "tags": flat})
+        reply = self._request({"t": Kind.SEARCH, "tags": flat})
         found = [PointerTensor(self, oid, tuple(shape), _dtype(dtype), owned=False, tags=tuple(t))
                  for oid, shape, dtype, t in reply["r"]]
         self.events.emit("search", tags=tuple(flat), found=len(found))
@@ -138,7 +138,7 @@ class Client:
             raise TypeError(f"send() takes a torch.Tensor, not {type(tensor).__name__}")
         tags = tuple(check_tag(t) for t in tags)
         oid = self._new_id()
-        header = {"t": "send", "id": oid, "x": tensor.detach(), "tags": list(tags)}
+        header = {"t": Kind.SEND, "id": oid, "x": tensor.detach(), "tags": list(tags)}
         nbytes = tensor.numel() * tensor.element_size()
         pool = self._link.pool
         if pool is not None and samehost.SHARED_MIN_BYTES <= nbytes <= samehost.POOL_MAX_BYTES:
@@ -166,17 +166,17 @@ class Client:
 
     def sync(self, timeout: Optional[float] = None) -> None:
         """Wait until the worker has run every op sent so far; raise the first remote error, if any."""
-        self._request({"t": "sync"}, timeout)
+        self._request({"t": Kind.SYNC}, timeout)
 
     def get(self, ptr: PointerTensor, timeout: Optional[float] = None) -> torch.Tensor:
         """The value behind ``ptr`` (same as ``ptr.get()``)."""
         self._check_pointer(ptr)
         approval_timeout = timeout if timeout is not None else defaults.approval_timeout
         while True:
-            reply = self._request({"t": "get", "id": ptr._id}, timeout, approval_timeout=approval_timeout,
+            reply = self._request({"t": Kind.GET, "id": ptr.oid}, timeout, approval_timeout=approval_timeout,
                                   what=ptr)
-            if reply["t"] == "value":
-                self.events.emit("get", id=ptr._id)
+            if reply["t"] == Kind.VALUE:
+                self.events.emit("get", id=ptr.oid)
                 return reply["x"]
             # "approved": the owner said yes; ask again to receive the value
 
@@ -188,7 +188,7 @@ class Client:
 
     def disconnect(self) -> None:
         """Close the link; the worker frees this session's objects (never the owner's)."""
-        if not self._link.closed:
+        if not self.closed:
             self._link.close()
             self.events.emit("disconnect")
         _LIVE.discard(self)
@@ -220,7 +220,7 @@ class Client:
         try:
             link.send(encode(header, pool), flush=True, awaited=True)
             reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
-            if reply["t"] == "pending":
+            if reply["t"] == Kind.PENDING:
                 n = reply.get("n")
                 print(f"waiting for {self.name} to approve request #{n} (get of {_label(what)})", flush=True)
                 self.events.emit("waiting", n=n)
@@ -233,10 +233,14 @@ class Client:
         finally:
             link.done(seq, abandoned=not answered)
         self._settled(seq)
-        if reply["t"] == "err":
+        if reply["t"] == Kind.ERR:
             self._emit_error(reply)
             raise self._error(reply)
         return reply
+
+    def settled(self, seq: int) -> bool:
+        """Whether the op sent as ``seq`` is known to have run (a later request was answered)."""
+        return seq not in self._origins
 
     def _settled(self, seq: int) -> None:
         """Everything up to ``seq`` has run: raise the first error among those ops, forget their origins."""
@@ -255,12 +259,10 @@ class Client:
         self.events.emit("error", seq=header.get("s"), code=header.get("code"), message=str(header.get("msg")))
 
     def _error(self, header: dict, more: int = 0) -> Exception:
-        code = header.get("code") or "error"
-        cls = _ERRORS.get(code, RemoteError)
+        code = header.get("code") or ErrorCode.ERROR
+        cls = error_class(code)
         msg = str(header.get("msg"))
-        if cls is PermissionDenied:
-            return PermissionDenied(msg)
-        if cls in (TagError, ProtocolError, AuthenticationError):
+        if not issubclass(cls, RemoteError):  # not an op's failure: the worker's text says it all
             return cls(msg)
         seq = header.get("s")
         op, site = self._origins.pop(seq, (None, None)) if seq is not None else (None, None)
@@ -275,17 +277,21 @@ class Client:
         return cls(text, op=op, remote_type=header.get("etype"), remote_message=msg, line=line, code=code)
 
     # -- ops on pointers -------------------------------------------------------------------
-    def _run(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+    def run(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        """Run ``func`` (wire name ``name``) on this worker; called by :class:`PointerTensor` for every op.
+
+        Returns new pointers at once (their shapes inferred locally); the op itself is pipelined.
+        """
         pointers: List[PointerTensor] = []
         locals_: List[torch.Tensor] = []
         wire_args, key_args = _walk(args, pointers, locals_)
         wire_kwargs, key_kwargs = _walk(kwargs, pointers, locals_) if kwargs else ({}, ())
         for ptr in pointers:
-            if ptr._client is not self:
+            if ptr.client is not self:
                 raise CrossWorkerError(
-                    f"{short_name(name)} mixes pointers on {self.name} and on {ptr._client.name}; "
+                    f"{short_name(name)} mixes pointers on {self.name} and on {ptr.client.name}; "
                     f"move one side first (e.g. .get() it, then send it to the other worker)")
-            if ptr._freed:
+            if ptr.deleted:
                 raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
         if "out" in kwargs:
             raise TypeError("out= is not supported with pointers; use the returned pointer")
@@ -312,53 +318,35 @@ class Client:
         if len(origins) > 200_000:
             for old in list(origins)[:100_000]:
                 del origins[old]
-        self._link.send(encode({"t": "op", "s": seq, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": out}))
+        self._link.send(encode({"t": Kind.OP, "s": seq, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": out}))
         result = _build(self, template, iter(out), pointers)
-        self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p._id for p in pointers),
+        self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p.oid for p in pointers),
                          out=tuple(o for o in out if o is not None))
         return result
 
     def _run_remote(self, name: str, wire_args: Any, wire_kwargs: Any) -> Any:
         """A data-dependent op: the worker runs it and says what came out."""
-        reply = self._request({"t": "op", "f": name, "a": list(wire_args), "k": wire_kwargs, "o": [], "m": True},
+        reply = self._request({"t": Kind.OP, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": [], "m": True},
                               op=name)
         return _build_described(self, reply["r"])
 
-    # -- pointer bookkeeping ----------------------------------------------------------------
-    def _track(self, ptr: PointerTensor) -> None:
-        ptr._freed = False
-        self._pointers[ptr._local_id] = ptr
+    # -- pointer bookkeeping (called by PointerTensor) ----------------------------------------
+    def track(self, ptr: PointerTensor) -> None:
+        """List a new pointer among :attr:`pointers`."""
+        self._pointers[ptr.id] = ptr
 
-    def _delete(self, ptr: PointerTensor) -> None:
-        if ptr._freed:
-            return
-        ptr._freed = True
-        handle = ptr._handle
-        if handle is not None:
-            ptr._handle = None
-            handle.queue = _Discard  # the explicit free below replaces the one at garbage collection
-            self._free_queue.append(ptr._id)
-        self._pointers.pop(ptr._local_id, None)
-        self.events.emit("delete", id=ptr._id)
-
-    def _is_freed(self, ptr: PointerTensor) -> bool:
-        return ptr._freed or self._link.closed
+    def forget(self, ptr: PointerTensor) -> None:
+        """A pointer was deleted: no longer listed."""
+        self._pointers.pop(ptr.id, None)
+        self.events.emit("delete", id=ptr.oid)
 
     def _check_pointer(self, ptr: Any) -> None:
         if not isinstance(ptr, PointerTensor):
             raise TypeError(f"expected a PointerTensor, got {type(ptr).__name__}")
-        if ptr._client is not self:
-            raise CrossWorkerError(f"this pointer lives on {ptr._client.name}, not on {self.name}")
-        if ptr._freed:
+        if ptr.client is not self:
+            raise CrossWorkerError(f"this pointer lives on {ptr.client.name}, not on {self.name}")
+        if ptr.deleted:
             raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
-
-
-class _Discard:
-    """A queue that drops what is appended (for handles already freed explicitly)."""
-
-    @staticmethod
-    def append(item: Any) -> None:
-        pass
 
 
 def _id_source() -> Callable[[], bytes]:
@@ -389,7 +377,7 @@ def _dtype(name: str) -> torch.dtype:
 def _label(ptr: Optional[PointerTensor]) -> str:
     if ptr is None:
         return "a value"
-    return " ".join(ptr._tags) if ptr._tags else ptr._id.hex()[:8]
+    return " ".join(ptr.tags) if ptr.tags else ptr.oid.hex()[:8]
 
 
 def _user_site() -> Optional[Tuple[str, int]]:
@@ -411,7 +399,7 @@ def _walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) 
     t = type(obj)
     if t is PointerTensor:
         pointers.append(obj)
-        return obj._ref, ("P", obj._sig)
+        return obj.wire_ref, ("P", obj.signature)
     if t in _SCALARS:
         return obj, (t, obj)
     if t is tuple or t is list:
@@ -445,7 +433,8 @@ def _to_meta(obj: Any, memo: Dict[int, torch.Tensor], found: List[torch.Tensor],
         s = memo.get(id(obj))
         if s is None:
             with torch._C.DisableTorchFunctionSubclass():
-                s = torch.empty(obj._sig[0], dtype=obj._sig[1], device="meta", requires_grad=obj._sig[2])
+                shape, dtype, requires_grad = obj.signature
+                s = torch.empty(shape, dtype=dtype, device="meta", requires_grad=requires_grad)
             memo[id(obj)] = s
         found.append(s)
         return s
@@ -560,4 +549,4 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
 
 def live_clients() -> List[Client]:
     """The clients of this process that are still connected or not yet closed."""
-    return [c for c in list(_LIVE) if not c._link.closed]
+    return [c for c in list(_LIVE) if not c.closed]

@@ -34,9 +34,10 @@ from ..errors import (
     WorkerRestarted,
     WorkerStopped,
     WorkerUnreachable,
+    error_class,
 )
 from ..wire import auth, samehost
-from ..wire.protocol import PROTOCOL_VERSION, decode, encode
+from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode
 from ..wire.sockets import readable, recv_parts, send_parts
 
 #: Frames at least this large go zero-copy: tracked until ZeroMQ releases them, or acknowledged by the
@@ -105,13 +106,13 @@ class Link:
 
     # -- handshake ---------------------------------------------------------------
     def _handshake(self, key: str, timeout: float, client_name: str) -> None:
-        hello = {"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": client_name, "pid": os.getpid(),
+        hello = {"t": Kind.HELLO, "s": 0, "v": PROTOCOL_VERSION, "name": client_name, "pid": os.getpid(),
                  "hostname": _socket.gethostname()}
         host_nonce = os.urandom(16)
         if defaults.same_host and samehost.available() and not self._copy:
             hello["host"] = host_nonce
         try:
-            challenge = self._request_raw(hello, timeout, expect="challenge")
+            challenge = self._request_raw(hello, timeout, expect=Kind.CHALLENGE)
         except WorkerUnreachable:
             raise WorkerUnreachable(
                 f"no worker answered at {self.address} within {timeout:g} s "
@@ -120,8 +121,8 @@ class Link:
         if not isinstance(nonce, bytes):
             raise ProtocolError("the worker's challenge carries no nonce")
         self.worker_name = str(challenge.get("name"))
-        welcome = self._request_raw({"t": "auth", "s": 0, "mac": auth.proof(key, nonce, self.session)},
-                                    timeout, expect="welcome")
+        welcome = self._request_raw({"t": Kind.AUTH, "s": 0, "mac": auth.proof(key, nonce, self.session)},
+                                    timeout, expect=Kind.WELCOME)
         self.instance = str(welcome.get("instance"))
         self.policy = str(welcome.get("policy"))
         self.lease = float(welcome.get("lease") or defaults.lease_timeout)
@@ -137,13 +138,13 @@ class Link:
             return
         fd, probe = samehost.make_probe(theirs)
         try:
-            reply = self._request_raw({"t": "host", "s": 0, "probe": probe}, timeout, expect="ok")
+            reply = self._request_raw({"t": Kind.HOST, "s": 0, "probe": probe}, timeout, expect=Kind.OK)
         finally:
             os.close(fd)
         if reply.get("host") is True:
             self.host_peer, self.pool = samehost.Peer(pid), samehost.Pool()
 
-    def _request_raw(self, header: dict, timeout: float, expect: str) -> dict:
+    def _request_raw(self, header: dict, timeout: float, expect: Kind) -> dict:
         deadline = time.monotonic() + timeout
         self._send_parts(encode(header), deadline)
         while True:
@@ -153,8 +154,8 @@ class Link:
             reply = decode(self._sock.recv_multipart())
             if reply["t"] == expect:
                 return reply
-            if reply["t"] == "err":
-                if reply.get("code") in ("unauthenticated", "unknown_session"):
+            if reply["t"] == Kind.ERR:
+                if error_class(reply.get("code")) is AuthenticationError:
                     raise AuthenticationError(
                         f"{self.worker_name} at {self.address} refused the link: wrong key "
                         "(take the key from the worker's connection file)")
@@ -209,11 +210,11 @@ class Link:
             ids = []
             while self.free_queue and len(ids) < 4096:
                 ids.append(self.free_queue.popleft())
-            heads.append(encode({"t": "free", "ids": ids})[0])
+            heads.append(encode({"t": Kind.FREE, "ids": ids})[0])
             counts.append(0)
         if self.host_peer is not None and self.host_peer.read:
             # the regions of the worker's memory file that values were read from are free again
-            heads.append(encode({"t": "release", "i": self.host_peer.take_read()})[0])
+            heads.append(encode({"t": Kind.RELEASE, "i": self.host_peer.take_read()})[0])
             counts.append(0)
         if last is not None:
             heads.append(last[0])
@@ -225,7 +226,7 @@ class Link:
         if len(counts) == 1:
             return self._send_parts([heads[0], *frames], deadline, track)
         # one frame for all the headers, then every tensor frame: ZeroMQ's cost is per frame
-        return self._send_parts([*encode({"t": "batch", "m": heads, "n": counts}), *frames], deadline, track)
+        return self._send_parts([*encode({"t": Kind.BATCH, "m": heads, "n": counts}), *frames], deadline, track)
 
     def _wait_tracker(self, tracker: zmq.MessageTracker, deadline: float) -> None:
         # the tensor's memory must not change until ZeroMQ has let go of it; while the worker is
@@ -288,7 +289,7 @@ class Link:
         # session", which turns WorkerStopped into the more useful WorkerRestarted
         if now >= self._next_ping and (self.broken is None or isinstance(self.broken, WorkerStopped)):
             try:
-                send_parts(self._sock, encode({"t": "ping", "s": None}))
+                send_parts(self._sock, encode({"t": Kind.PING, "s": None}))
             except zmq.Again:
                 return
             self._next_ping = now + defaults.heartbeat_interval
@@ -318,19 +319,19 @@ class Link:
         seq = head.get("s") if isinstance(head, dict) else None
         if type(seq) is not int:
             return None
-        return {"t": "err", "s": seq, "code": "protocol", "etype": "ProtocolError",
+        return {"t": Kind.ERR, "s": seq, "code": ErrorCode.PROTOCOL, "etype": "ProtocolError",
                 "msg": f"the worker's reply could not be read: {exc}"}
 
     def _file(self, header: dict) -> None:
         kind = header["t"]
         seq = header.get("s")
         self.last_pong = time.monotonic()  # anything from the worker shows it is alive
-        if kind == "pong":
+        if kind == Kind.PONG:
             pass
-        elif kind == "bye":
+        elif kind == Kind.BYE:
             self.broken = WorkerStopped(f"{self.worker_name} was stopped by its owner; "
                                         "its pointers are no longer usable")
-        elif kind == "err" and header.get("code") == "unknown_session":
+        elif kind == Kind.ERR and header.get("code") == ErrorCode.UNKNOWN_SESSION:
             if header.get("instance") != self.instance:
                 self.broken = WorkerRestarted(
                     f"{self.worker_name} at {self.address} was restarted: pointers made before the restart "
@@ -341,7 +342,7 @@ class Link:
                     f"its objects. Connect again (%syft_connect {self.worker_name}).")
         elif seq in self._abandoned:
             pass  # e.g. the owner decided after the client's GetTimeout: the next get asks again
-        elif kind == "err" and seq not in self._awaited:
+        elif kind == Kind.ERR and seq not in self._awaited:
             self.errors.append(header)
             self.on_error(header)
         else:
@@ -420,7 +421,7 @@ class Link:
             if say_bye and self.broken is None:
                 try:
                     self._sock.setsockopt(zmq.LINGER, 500)
-                    self._batch_heads.append(encode({"t": "bye"})[0])
+                    self._batch_heads.append(encode({"t": Kind.BYE})[0])
                     self._batch_counts.append(0)
                     self._flush(time.monotonic())
                 except (zmq.ZMQError, SyftError):

@@ -56,14 +56,28 @@ class _Owned:
         self.queue.append(self.id)
 
 
+class _Discard:
+    """A queue that drops what is appended (for handles already freed explicitly)."""
+
+    @staticmethod
+    def append(item: Any) -> None:
+        pass
+
+
 class PointerTensor(torch.Tensor):
     """A tensor on a worker, used like a local one; ``.get()`` brings its value back."""
 
+    #: the remote object's 16-byte id
+    oid: bytes
+    #: its packed wire form (an argument of an op), built once
+    wire_ref: Any
+    #: what shape inference needs: ``(shape, dtype, requires_grad)``
+    signature: Tuple[Tuple[int, ...], torch.dtype, bool]
     _client: "Client"
-    _id: bytes
     _tags: Tuple[str, ...]
     _handle: Optional[_Owned]
     _local_id: int
+    _deleted: bool
 
     @staticmethod
     def __new__(cls, client: "Client", oid: bytes, shape: Tuple[int, ...], dtype: torch.dtype,
@@ -71,13 +85,14 @@ class PointerTensor(torch.Tensor):
         ptr = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device="meta",
                                                   requires_grad=requires_grad)
         ptr._client = client
-        ptr._id = oid
-        ptr._ref = ref_ext(oid)
+        ptr.oid = oid
+        ptr.wire_ref = ref_ext(oid)
         ptr._tags = tags
-        ptr._sig = (tuple(shape), dtype, requires_grad)
-        ptr._handle = _Owned(client._free_queue, oid) if owned else None
+        ptr.signature = (tuple(shape), dtype, requires_grad)
+        ptr._handle = _Owned(client.free_queue, oid) if owned else None
         ptr._local_id = next(_local_ids)
-        client._track(ptr)
+        ptr._deleted = False
+        client.track(ptr)
         return ptr
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -96,7 +111,25 @@ class PointerTensor(torch.Tensor):
 
         Pointers from ``search`` only forget: the owner's data is never deleted.
         """
-        self._client._delete(self)
+        if self._deleted:
+            return
+        self._deleted = True
+        handle = self._handle
+        if handle is not None:
+            self._handle = None
+            handle.queue = _Discard  # the explicit free below replaces the one at garbage collection
+            self._client.free_queue.append(self.oid)
+        self._client.forget(self)
+
+    @property
+    def deleted(self) -> bool:
+        """Whether :meth:`delete` was called (the pointer can no longer be used)."""
+        return self._deleted
+
+    @property
+    def freed(self) -> bool:
+        """Whether the remote object is out of reach: the pointer was deleted or its client closed."""
+        return self._deleted or self._client.closed
 
     @property
     def location(self) -> str:
@@ -106,7 +139,7 @@ class PointerTensor(torch.Tensor):
     @property
     def id_at_location(self) -> str:
         """The remote object's id (hex)."""
-        return self._id.hex()
+        return self.oid.hex()
 
     @property
     def id(self) -> int:
@@ -127,8 +160,8 @@ class PointerTensor(torch.Tensor):
         return self._client
 
     def __repr__(self) -> str:
-        at = " ".join(self._tags) if self._tags else self._id.hex()[:12]
-        freed = ", freed" if self._client._is_freed(self) else ""
+        at = " ".join(self._tags) if self._tags else self.oid.hex()[:12]
+        freed = ", freed" if self.freed else ""
         grad = ", requires_grad=True" if self.requires_grad else ""
         return (f"PointerTensor(id={self._local_id}, location={self._client.name}, id@loc={at}, "
                 f"shape={tuple(self.shape)}, dtype={self.dtype}{grad}{freed})")
@@ -175,7 +208,7 @@ class PointerTensor(torch.Tensor):
             qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
             raise OpNotAllowed(f"{qual} cannot run on a pointer: it has no public torch name")
         first = args[0] if args and type(args[0]) is PointerTensor else _first_pointer(args, kwargs)
-        return first._client._run(func, name, args, kwargs)
+        return first._client.run(func, name, args, kwargs)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):

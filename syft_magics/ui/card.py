@@ -58,12 +58,12 @@ class PointerCard(widgets.VBox):
     def __init__(self, ptr: Any, name: Optional[str] = None) -> None:
         super().__init__()
         self._ref = weakref.ref(ptr)
-        self.client = ptr._client
-        self.oid: bytes = ptr._id
+        self.client = ptr.client
+        self.oid: bytes = ptr.oid
         self.shape = tuple(ptr.shape)
         self.dtype = str(ptr.dtype).removeprefix("torch.")
-        self.tags: Tuple[str, ...] = tuple(ptr._tags)
-        self.owned = ptr._handle is not None
+        self.tags: Tuple[str, ...] = tuple(ptr.tags)
+        self.owned = ptr.owned
         self.name = name or _find_name(ptr)
         self.request_n: Optional[int] = None
         self.value: Optional[torch.Tensor] = None
@@ -130,14 +130,14 @@ class PointerCard(widgets.VBox):
             if self._asking and self.request_n is not None:
                 return "waiting"
         ptr = self._ref()
-        if ptr is None or self.client._is_freed(ptr):
+        if ptr is None or ptr.freed:
             return "freed"
         made = self._op_index().get(self.oid)
         if made is not None:
             seq = made.data.get("seq")
             if self._failure(seq):
                 return "failed"
-            return "queued" if seq in self.client._origins else "computed"
+            return "queued" if not self.client.settled(seq) else "computed"
         if not self.owned:
             return "shared"
         return "sent" if not self.problem else "failed"
@@ -163,8 +163,8 @@ class PointerCard(widgets.VBox):
     def _labels(self) -> Dict[bytes, str]:
         out: Dict[bytes, str] = {}
         for p in self.client.pointers:
-            if p._tags and p._id not in out:
-                out[p._id] = " ".join(p._tags)
+            if p.tags and p.oid not in out:
+                out[p.oid] = " ".join(p.tags)
         return out
 
     # -- the button ----------------------------------------------------------------------------
@@ -293,7 +293,7 @@ class PointerCard(widgets.VBox):
 def _find_name(ptr: Any) -> Optional[str]:
     from .panels._names import find_names, user_namespace
 
-    names = find_names(user_namespace(), [ptr]).get(ptr._local_id)
+    names = find_names(user_namespace(), [ptr]).get(ptr.id)
     return names[0] if names else None
 
 

@@ -1,9 +1,10 @@
 """The wire schema: a msgpack header followed by raw tensor frames.
 
 A message is a ZeroMQ multipart: ``[header, frame0, frame1, ...]``. The header
-is a msgpack map whose ``"t"`` field names the message type (see
-:data:`CLIENT_TYPES` and :data:`WORKER_TYPES`). Values inside a header use a
-closed set of msgpack extension types, never pickle:
+is a msgpack map whose ``"t"`` field names the message kind (:class:`Kind`); an
+``err`` reply's ``"code"`` is an :class:`ErrorCode` (defined next to the exceptions
+it maps to, in :mod:`syft_magics.errors`). Values inside a header use a closed set
+of msgpack extension types, never pickle:
 
 =====  =============  ===================================================
 code   Python value   payload
@@ -39,15 +40,42 @@ from typing import Any, Callable, List, Optional, Sequence
 import msgpack
 import torch
 
-from ..errors import ProtocolError
+from ..errors import ErrorCode as ErrorCode  # the codes of "err" replies, part of this vocabulary
+from ..errors import ProtocolError, WireEnum
 from . import samehost
 
 PROTOCOL_VERSION = 1
 
-#: Message types a client sends.
-CLIENT_TYPES = ("hello", "auth", "op", "get", "send", "search", "free", "sync", "ping", "bye", "batch")
-#: Message types a worker sends.
-WORKER_TYPES = ("challenge", "welcome", "ok", "err", "pending", "value", "pong", "bye")
+
+class Kind(WireEnum):
+    """What a message is (its header's ``"t"``). Received headers carry the plain string, which
+    compares and hashes equal to the member: ``header["t"] == Kind.OP``, ``HANDLERS[header["t"]]``."""
+
+    # the client's
+    HELLO = "hello"  # opens the handshake: protocol version, who is asking
+    AUTH = "auth"  # the HMAC proof of the key
+    OP = "op"  # run an op; result ids chosen by the client (or described back, ``"m"``)
+    GET = "get"  # a value, as the owner's policy allows
+    SEND = "send"  # store a tensor of the client's
+    SEARCH = "search"  # pointers to the owner's objects by tag
+    FREE = "free"  # forget objects of this session
+    SYNC = "sync"  # answered when everything sent before has run
+    PING = "ping"  # heartbeat
+    BATCH = "batch"  # pipelined messages travelling together
+    HOST = "host"  # the client's half of the same-host check (its memory-file probe)
+    RELEASE = "release"  # regions of the worker's memory file the client has read
+    # the worker's
+    CHALLENGE = "challenge"
+    WELCOME = "welcome"
+    OK = "ok"
+    ERR = "err"  # a failure: ``code`` (:class:`ErrorCode`), ``msg``, ``etype``
+    PENDING = "pending"  # a get waits for the owner's decision
+    APPROVED = "approved"  # the owner allowed a pending get: ask again
+    VALUE = "value"
+    PONG = "pong"
+    # both
+    BYE = "bye"  # the client leaves, or the worker stops
+
 
 EXT_REF, EXT_TENSOR, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_SIZE, EXT_COMPLEX, EXT_SHARED = range(1, 10)
 
@@ -173,6 +201,8 @@ class Encoder:
         return msgpack.packb(obj, default=self._default, use_bin_type=True, strict_types=True)
 
     def _default(self, obj: Any) -> Any:
+        if isinstance(obj, WireEnum):  # every header's kind: first
+            return obj._value_
         if isinstance(obj, Ref):
             return msgpack.ExtType(EXT_REF, obj.id)
         if isinstance(obj, torch.Tensor):
@@ -207,7 +237,7 @@ class Encoder:
         if isinstance(obj, complex):
             return msgpack.ExtType(EXT_COMPLEX, msgpack.packb([obj.real, obj.imag]))
         if isinstance(obj, str):
-            return str(obj)
+            return str.__str__(obj)
         if isinstance(obj, dict):
             return dict(obj)
         raise ProtocolError(f"cannot send a value of type {type(obj).__name__} to a worker")

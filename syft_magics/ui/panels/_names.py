@@ -53,11 +53,11 @@ def _items(value: Any) -> Optional[List[Tuple[str, Any]]]:
 
 def find_names(namespace: Optional[Mapping[str, Any]], pointers: Iterable[Any],
                depth: int = 2) -> Dict[int, List[str]]:
-    """``{pointer._local_id: [names]}`` for the pointers that some user variable reaches.
+    """``{pointer.id: [names]}`` for the pointers that some user variable reaches.
 
     Plain variables come first, then the shortest expressions (``z`` before ``x_set[0]``).
     """
-    wanted = {id(p): p._local_id for p in pointers}
+    wanted = {id(p): p.id for p in pointers}
     found: Dict[int, List[str]] = {}
     if not namespace or not wanted:
         return found

@@ -48,13 +48,13 @@ class _Ptr:
     __slots__ = ("local_id", "hex", "worker", "shape", "dtype", "tags", "owned", "alive", "order", "names", "client")
 
     def __init__(self, ptr: Any, worker: str, order: float, client: Any) -> None:
-        self.local_id = ptr._local_id
-        self.hex = ptr._id.hex()
+        self.local_id = ptr.id
+        self.hex = ptr.id_at_location
         self.worker = worker
         self.shape = tuple(ptr.shape)
         self.dtype = str(ptr.dtype).removeprefix("torch.")
-        self.tags = tuple(ptr._tags)
-        self.owned = ptr._handle is not None
+        self.tags = tuple(ptr.tags)
+        self.owned = ptr.owned
         self.alive = True
         self.order = order
         self.names: List[str] = []
@@ -117,7 +117,7 @@ class ConnectionPanel(widgets.VBox, LivePanel):
         if self._shell is not None:
             self._shell.events.register("post_run_cell", self._after_cell)
         self.refresh()
-        if any(not c._link.closed for c in self.clients):
+        if any(not c.closed for c in self.clients):
             self._start_live()
 
     # -- the user's thread: append only -----------------------------------------------------------
@@ -144,13 +144,13 @@ class ConnectionPanel(widgets.VBox, LivePanel):
             self._absorb(i, e)
         live: List[Any] = []
         for i, c in enumerate(self.clients):
-            closed = c._link.closed
+            closed = c.closed
             for p in ([] if closed else _pointers_of(c)):
-                if not c._is_freed(p):
+                if not p.freed:
                     live.append((i, p))
         live_keys = set()
         for i, p in live:
-            key = (i, p._local_id)
+            key = (i, p.id)
             live_keys.add(key)
             rec = self._ptrs.get(key)
             if rec is None:
@@ -177,7 +177,7 @@ class ConnectionPanel(widgets.VBox, LivePanel):
             self._render_graph()
         errors = list(self._errors)[-3:]
         self.footer.value = "".join(f'<div style="color:#c62828;font-size:12px">{H.esc(t)}</div>' for t in errors)
-        if all(c._link.closed for c in self.clients):
+        if all(c.closed for c in self.clients):
             self._stop_live()
 
     def _render_graph(self) -> None:
@@ -282,7 +282,7 @@ class ConnectionPanel(widgets.VBox, LivePanel):
         by_obj: Dict[Tuple[str, str], List[_Ptr]] = {}
         for rec in self._ptrs.values():
             by_obj.setdefault((rec.worker, rec.hex), []).append(rec)
-        closed = {c.name: c._link.closed for c in self.clients}
+        closed = {c.name: c.closed for c in self.clients}
         labels = self._labels()
         nodes: List[G.Node] = []
         edges: List[G.Edge] = []
@@ -355,7 +355,7 @@ class ConnectionPanel(widgets.VBox, LivePanel):
 
     def _pointers_html(self) -> str:
         labels = self._labels()
-        closed = {c.name: c._link.closed for c in self.clients}
+        closed = {c.name: c.closed for c in self.clients}
         rows = []
         recs = sorted(self._ptrs.items(), key=lambda kv: (not kv[1].alive, -kv[1].order))[:300]
         for (ci, lid), rec in recs:
