@@ -40,7 +40,7 @@ def test_a_running_cell_is_said_while_a_request_waits(ip, panel_of, review_seed)
     panel = panel_of(bob)
     z = client.search("#X")[0] + 1
     client.sync()
-    bob.requests.open(client="c", object_id=z._id.hex(), shape=(5,), dtype="float32", lineage="add(#X, 1)")
+    bob.requests.open(client="c", object_id=z.oid.hex(), shape=(5,), dtype="float32", lineage="add(#X, 1)")
     ip.events.trigger("pre_run_cell", None)  # the owner's notebook starts a cell
     panel.refresh()
     assert "running a cell: Approve and Deny take effect when it finishes" in panel.pending_title.value
