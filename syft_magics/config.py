@@ -29,8 +29,9 @@ class Defaults:
     #: ``free_interval`` for the first op after a pause); a request that waits, such as ``.get()``,
     #: sends them at once.
     flush_interval: float = 0.005
-    #: Largest single message the worker accepts, in bytes.
-    max_message_bytes: int = 8 << 30
+    #: Largest single message (frame) the worker accepts, in bytes; ZeroMQ drops the
+    #: connection of a peer that announces a larger one before reading it.
+    max_message_bytes: int = 1 << 30
     #: Thread switch interval (s) set while a worker runs, so it answers while the owner's
     #: notebook computes; None leaves the interpreter's setting alone (see _switch.py).
     switch_interval: Optional[float] = 0.00025

@@ -22,8 +22,10 @@ import zmq
 from ..errors import ProtocolError, TagError
 from ..wire import auth, samehost
 from ..wire.names import check_tag, short_name
-from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, field
+from ..wire import limits
+from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, decode_handshake, encode, field
 from ..wire.sockets import readable, recv_parts, send_parts
+from .connections import Connections
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .sessions import Session
 from .store import Entry, new_id
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 #: How long a peer that said hello may take to authenticate.
-HANDSHAKE_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = limits.HANDSHAKE_TIMEOUT
 
 
 class _Reject(Exception):
@@ -60,7 +62,10 @@ class Server:
         self.events = worker.events
         self.stats = worker.stats
         self.sessions: Dict[bytes, Session] = {}
-        self.handshakes: Dict[bytes, Tuple[bytes, dict, float]] = {}
+        #: routing id -> (nonce, hello, time, connection token) of peers that said hello
+        self.handshakes: Dict[bytes, Tuple[bytes, dict, float, int]] = {}
+        self.connections: Optional[Connections] = None
+        self._conn = 0  # the connection token of the message being handled
         self._calls: Deque[Callable[[zmq.Socket], None]] = deque()
         self._wake_send: Optional[zmq.Socket] = None
         self._wake_lock = threading.Lock()
@@ -131,6 +136,9 @@ class Server:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
+        conns = self.connections = Connections(router, self._connection_closed)
+        if conns.socket is not None:
+            poller.register(conns.socket, zmq.POLLIN)
         next_check = time.monotonic() + 1.0
         try:
             while self._running:
@@ -139,7 +147,15 @@ class Server:
                     for _ in range(256):
                         if not readable(router):
                             break
+                        while self._calls:  # the owner's decisions first: one made before a get arrived applies to it
+                            self._calls.popleft()(router)
+                        if not self._running:
+                            break
+                        conns.poll_events()
                         self._guarded(router, recv_parts(router))
+                conns.poll_events()
+                if not readable(router):
+                    conns.end_closed()
                 if wake in ready:
                     while True:
                         try:
@@ -150,16 +166,19 @@ class Server:
                     self._calls.popleft()(router)
                 now = time.monotonic()
                 if now >= next_check:
+                    conns.end_closed()
                     self._expire(now)
                     next_check = now + 1.0
             for ident in list(self.sessions):
                 send_parts(router, [ident, *encode({"t": Kind.BYE, "name": self.name})], flags=0)
         finally:
+            conns.close()
             router.close()
             wake.close(0)
 
     def _guarded(self, router: zmq.Socket, parts: List[zmq.Frame]) -> None:
         ident = parts[0].bytes
+        self._conn = self.connections.token(parts[-1]) if self.connections is not None else 0
         reply = self._answer(ident, parts[1:]) if len(parts) > 1 else \
             _error_reply(ProtocolError("message has no header"))
         try:
@@ -179,8 +198,10 @@ class Server:
 
     def _handle(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
         session = self.sessions.get(ident)
-        if session is None:
-            return self._handshake(ident, parts)
+        if session is None or session.conn != self._conn:
+            # a session is served only on the connection that authenticated it: the routing id
+            # alone (chosen by the peer, sent in clear) proves nothing
+            return self._handshake(ident, parts, taken=session is not None)
         session.last_seen = time.monotonic()
         used: List[Entry] = []
         try:
@@ -239,27 +260,49 @@ class Server:
         return resolve
 
     # -- handshake ---------------------------------------------------------------
-    def _handshake(self, ident: bytes, parts: List[zmq.Frame]) -> List[Any]:
-        header = decode(parts)
+    def _handshake(self, ident: bytes, parts: List[zmq.Frame], taken: bool = False) -> List[Any]:
+        unknown = _Reject(ErrorCode.UNKNOWN_SESSION, f"{self.name} has no session for this link",
+                          instance=self.worker.instance)
+        try:
+            header = decode_handshake(parts)
+        except ProtocolError:
+            self.refuse("malformed handshake")
+            raise unknown from None
         kind = header["t"]
+        if taken:  # another connection holds this routing id's session
+            self.refuse("routing id of another connection")
+            raise unknown
         if kind == Kind.HELLO:
             version = header.get("v")
             if version != PROTOCOL_VERSION:
-                raise _Reject(ErrorCode.VERSION, f"{self.name} speaks protocol {PROTOCOL_VERSION}, the client {version!r}; "
-                                         "install the same syft_magics version on both sides")
+                self.refuse("protocol version")
+                raise _Reject(ErrorCode.VERSION, f"{self.name} speaks protocol {PROTOCOL_VERSION}, the client "
+                                                 f"{limits.clip(repr(version), 40)}; "
+                                                 "install the same syft_magics version on both sides")
+            try:
+                hello = _hello_fields(header)
+            except _Reject:
+                self.refuse("bad hello")
+                raise
             nonce = auth.new_nonce()
-            peer = _peer_address(parts[0])
-            self.handshakes[ident] = (nonce, {**header, "peer": peer}, time.monotonic())
+            hello["peer"] = _peer_address(parts[0])
+            self.handshakes.pop(ident, None)
+            while len(self.handshakes) >= limits.MAX_PENDING_HANDSHAKES:  # the oldest gives way
+                self.handshakes.pop(next(iter(self.handshakes)))
+                self.refuse("too many handshakes")
+            self.handshakes[ident] = (nonce, hello, time.monotonic(), self._conn)
             return encode({"t": Kind.CHALLENGE, "nonce": nonce, "instance": self.worker.instance, "name": self.name})
         if kind == Kind.AUTH:
             pending = self.handshakes.pop(ident, None)
             mac = header.get("mac")
-            if pending is None or not isinstance(mac, bytes) or not auth.verify(self.worker.key, pending[0], ident, mac):
+            if pending is None or pending[3] != self._conn or not isinstance(mac, bytes) \
+                    or not auth.verify(self.worker.key, pending[0], ident, mac):
+                self.refuse("authentication failed")
                 self.events.emit("auth_failed", peer=pending[1]["peer"] if pending else "?")
                 raise _Reject(ErrorCode.UNAUTHENTICATED, f"{self.name} refused the link: wrong key")
             hello = pending[1]
-            session = Session(ident=ident, name=str(hello.get("name") or "client"), pid=hello.get("pid"),
-                              hostname=str(hello.get("hostname") or "?"), peer=hello["peer"])
+            session = Session(ident=ident, name=hello["name"], pid=hello["pid"],
+                              hostname=hello["hostname"], peer=hello["peer"], conn=self._conn)
             self.sessions[ident] = session
             self.events.emit("connect", client=session.label, session=session.short)
             welcome = {"t": Kind.WELCOME, "instance": self.worker.instance, "name": self.name,
@@ -271,8 +314,7 @@ class Server:
                 session.host_probe = (fd, os.urandom(16))
                 welcome["host"] = {"probe": probe, "nonce": session.host_probe[1]}
             return encode(welcome)
-        raise _Reject(ErrorCode.UNKNOWN_SESSION, f"{self.name} has no session for this link",
-                      instance=self.worker.instance)
+        raise unknown
 
     def _expire(self, now: float) -> None:
         for ident, session in list(self.sessions.items()):
@@ -280,9 +322,25 @@ class Server:
                 self._end_session(ident, "lease expired")
             elif session.pool is not None:
                 session.pool.expire(now)
-        for ident, (_, _, started) in list(self.handshakes.items()):
-            if now - started > HANDSHAKE_TIMEOUT:
+        for ident, pending in list(self.handshakes.items()):
+            if now - pending[2] > HANDSHAKE_TIMEOUT:
                 self.handshakes.pop(ident, None)
+
+    def _connection_closed(self, token: int) -> None:
+        """A TCP connection closed: its session ends (a new connection must authenticate anew)."""
+        for ident, session in list(self.sessions.items()):
+            if session.conn == token:
+                self._end_session(ident, "connection closed")
+        for ident, pending in list(self.handshakes.items()):
+            if pending[3] == token:
+                self.handshakes.pop(ident, None)
+
+    def refuse(self, reason: str) -> None:
+        """Count a refused message by reason (shown in the owner's panel and log)."""
+        self.stats["refused"] = self.stats.get("refused", 0) + 1
+        by_reason = self.stats.setdefault("refusals", {})
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+        self.events.emit("refused", reason=reason)
 
     def _end_session(self, ident: bytes, reason: str) -> None:
         session = self.sessions.pop(ident, None)
@@ -297,6 +355,8 @@ class Server:
     def _on_op(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
         t0 = time.perf_counter()
         name = field(header, "f", str)
+        if len(name) > limits.MAX_OP_NAME_CHARS:
+            raise _Reject(ErrorCode.OP_NOT_ALLOWED, f"op name of {len(name)} characters is not on {self.name}'s allowlist")
         args = header.get("a", ())
         kwargs = header.get("k") or {}
         out = header.get("o") or []
@@ -476,7 +536,7 @@ def _error_reply(exc: Exception) -> List[Any]:
     extra = exc.extra if isinstance(exc, _Reject) else {}
     try:
         return encode({"t": Kind.ERR, "s": getattr(exc, "seq", None), "code": code, **extra,
-                       "etype": type(exc).__name__, "msg": str(exc)})
+                       "etype": type(exc).__name__, "msg": limits.clip(exc)})
     except Exception:
         return encode({"t": Kind.ERR, "s": None, "code": ErrorCode.ERROR, "etype": "Exception", "msg": "unprintable error"})
 
@@ -498,6 +558,19 @@ def _describe_result(result: Any, ids) -> Any:
     if isinstance(result, torch.Tensor):
         return ["T", oid, list(result.shape), str(result.dtype).removeprefix("torch."), result.requires_grad]
     return ["V", None]
+
+
+def _hello_fields(header: dict) -> dict:
+    """The fields of a hello a session keeps, each checked and bounded (a name of 100 MiB is refused)."""
+    name, hostname, pid = header.get("name", "client"), header.get("hostname", "?"), header.get("pid")
+    for what, value in (("client name", name), ("host name", hostname)):
+        if not isinstance(value, str) or len(value) > limits.MAX_NAME_CHARS:
+            raise _Reject(ErrorCode.BAD_ARGS, f"the {what} must be a string of at most {limits.MAX_NAME_CHARS} characters")
+    if pid is not None and (type(pid) is not int or not 0 <= pid < 1 << 32):
+        raise _Reject(ErrorCode.BAD_ARGS, "the pid must be a small non-negative integer")
+    host = header.get("host")
+    return {"name": name or "client", "hostname": hostname or "?", "pid": pid,
+            "host": host if type(host) is bytes and len(host) == 16 else None}
 
 
 def _peer_address(frame: zmq.Frame) -> str:

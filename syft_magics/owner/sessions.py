@@ -18,6 +18,8 @@ class Session:
     pid: Optional[int]
     hostname: str
     peer: str
+    #: the token of the connection that authenticated it (see owner/connections.py)
+    conn: int = 0
     created: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
     #: the client's process, once it proved it runs on this host as this user (same-host tensor path)

@@ -22,7 +22,7 @@ import zmq
 from ..config import defaults
 from ..errors import PortInUse
 from ..events import EventStream
-from ..wire import auth, discovery
+from ..wire import auth, discovery, limits
 from ..wire.names import check_tag
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind
 from .allowlist import Allowlist
@@ -136,8 +136,10 @@ class Worker:
         router.setsockopt(zmq.LINGER, 200)
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         router.setsockopt(zmq.MAXMSGSIZE, defaults.max_message_bytes)
-        router.setsockopt(zmq.SNDHWM, 0)
-        router.setsockopt(zmq.RCVHWM, 0)
+        # per peer: replies queued for a peer that does not read are bounded (beyond, they are dropped),
+        # and a peer that sends faster than the worker serves is slowed down by TCP, not buffered
+        router.setsockopt(zmq.SNDHWM, limits.MAX_QUEUED_REPLIES)
+        router.setsockopt(zmq.RCVHWM, limits.MAX_QUEUED_REQUESTS)
         try:
             if self._tcp:
                 self._bind_tcp(router)

@@ -24,6 +24,8 @@ def check_tag(tag: object) -> str:
     """Return ``tag`` if it is well formed (``#`` then at least one non-space character)."""
     if not isinstance(tag, str):
         raise TagError(f"a tag must be a string like '#X', not {type(tag).__name__}")
+    if len(tag) > 128:
+        raise TagError(f"a tag is at most 128 characters, this one has {len(tag)}")
     if not _TAG.match(tag):
         hint = f"; did you mean '#{tag}'?" if tag and not tag.startswith("#") and " " not in tag else ""
         raise TagError(f"bad tag {tag!r}: tags start with '#' and contain no spaces or commas, e.g. '#X'{hint}")

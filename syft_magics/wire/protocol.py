@@ -43,6 +43,7 @@ import torch
 from ..errors import ErrorCode as ErrorCode  # the codes of "err" replies, part of this vocabulary
 from ..errors import ProtocolError, WireEnum
 from . import samehost
+from . import limits
 
 PROTOCOL_VERSION = 1
 
@@ -273,16 +274,25 @@ class _Decoder:
     """Unpacks one message. A class rather than closures: a closure cycle would keep the
     message's frames (possibly large) alive until the garbage collector runs."""
 
-    __slots__ = ("frames", "resolve", "peer")
+    __slots__ = ("frames", "resolve", "peer", "depth")
 
     def __init__(self, frames: Sequence[Any], resolve: Optional[Callable[[bytes], Any]],
                  peer: Optional[samehost.Peer] = None) -> None:
         self.frames = frames
         self.resolve = resolve
         self.peer = peer
+        self.depth = 0
 
     def unpack(self, data: Any) -> Any:
-        return msgpack.unpackb(data, ext_hook=self.ext_hook, raw=False, strict_map_key=True)
+        # each extension value holding msgpack is one more nested decode on the C stack
+        if self.depth >= limits.MAX_EXT_DEPTH:
+            raise ProtocolError(f"values nested more than {limits.MAX_EXT_DEPTH} deep")
+        self.depth += 1
+        try:
+            return msgpack.unpackb(data, ext_hook=self.ext_hook, raw=False, strict_map_key=True,
+                                   max_array_len=limits.MAX_ITEMS, max_map_len=limits.MAX_ITEMS)
+        finally:
+            self.depth -= 1
 
     def ext_hook(self, code: int, data: bytes) -> Any:
         if code == EXT_REF:
@@ -291,7 +301,9 @@ class _Decoder:
             return self.resolve(bytes(data)) if self.resolve else Ref(bytes(data))
         if code == EXT_TENSOR:
             frames = self.frames
-            idx, dname, shape = msgpack.unpackb(data)
+            idx, dname, shape = _plain(data)
+            if isinstance(shape, list) and len(shape) > limits.MAX_NDIM:
+                raise ProtocolError(f"tensor has more than {limits.MAX_NDIM} dimensions")
             if type(idx) is bytes:
                 if dname not in DTYPES or not isinstance(shape, list):
                     raise ProtocolError(f"bad inline tensor ({dname!r}, {shape!r})")
@@ -308,7 +320,11 @@ class _Decoder:
         if code == EXT_TUPLE:
             return tuple(self.unpack(data))
         if code == EXT_SIZE:
-            return torch.Size(msgpack.unpackb(data))
+            dims = _plain(data)
+            if not isinstance(dims, list) or len(dims) > limits.MAX_NDIM or \
+                    any(type(d) is not int or not 0 <= d < 1 << 62 for d in dims):
+                raise ProtocolError("malformed message header: a size must be a list of at most 64 non-negative integers")
+            return torch.Size(dims)
         if code == EXT_SLICE:
             start, stop, step = self.unpack(data)
             return slice(start, stop, step)
@@ -320,7 +336,7 @@ class _Decoder:
                 raise ProtocolError(f"unknown dtype {name!r}")
             return DTYPES[name]
         if code == EXT_COMPLEX:
-            re, im = msgpack.unpackb(data)
+            re, im = _plain(data)
             return complex(re, im)
         raise ProtocolError(f"unknown extension type {code}")
 
@@ -328,38 +344,73 @@ class _Decoder:
     def _shared(self, data: bytes) -> torch.Tensor:
         if self.peer is None:
             raise ProtocolError("a same-host tensor from a peer not verified to run on this host")
-        fields = msgpack.unpackb(data)
+        fields = _plain(data)
         if not isinstance(fields, list) or len(fields) != 5:
             raise ProtocolError("bad same-host tensor reference")
         fd, ino, offset, dname, shape = fields
-        if dname not in DTYPES or not isinstance(shape, list) or \
+        if dname not in DTYPES or not isinstance(shape, list) or len(shape) > limits.MAX_NDIM or \
                 any(type(n) is not int or n < 0 for n in shape):
             raise ProtocolError(f"bad same-host tensor ({dname!r}, {shape!r})")
         return self.peer.take(fd, ino, offset, DTYPES[dname], shape)
+
+
+def _plain(data: bytes) -> Any:
+    """The payload of an extension value that holds plain msgpack (nested extensions stay opaque)."""
+    return msgpack.unpackb(data, raw=False, max_array_len=limits.MAX_NDIM + 3, max_map_len=0)
 
 
 def decode(
     parts: Sequence[Any],
     resolve: Optional[Callable[[bytes], Any]] = None,
     peer: Optional[samehost.Peer] = None,
+    max_header: int = limits.MAX_HEADER_BYTES,
 ) -> dict:
     """Unpack a multipart message into its header, tensors rebuilt from frames.
 
     ``resolve`` turns an object id into the object (the worker passes its store
     lookup); without it ids come back as :class:`Ref`. ``peer`` opens same-host
-    tensors (only for a peer verified at the handshake). Anything off-schema
+    tensors (only for a peer verified at the handshake). Anything off-schema, too
+    large (``max_header`` bytes, :data:`limits.MAX_FRAMES`) or too deeply nested
     raises :class:`ProtocolError`.
     """
     if not parts:
         raise ProtocolError("empty message")
+    if len(parts) > limits.MAX_FRAMES + 1:
+        raise ProtocolError(f"message has {len(parts) - 1} frames, more than {limits.MAX_FRAMES}")
     head = parts[0]
     head = head.bytes if hasattr(head, "bytes") else head
+    if len(head) > max_header:
+        raise ProtocolError(f"message header of {len(head)} bytes exceeds the limit of {max_header}")
     try:
         header = _Decoder(parts[1:], resolve, peer).unpack(head)
     except ProtocolError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ProtocolError(f"malformed message header: {str(exc) or type(exc).__name__}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("t"), str):
+        raise ProtocolError("message header must be a map with a string field 't'")
+    return header
+
+
+def decode_handshake(parts: Sequence[Any]) -> dict:
+    """Unpack a message from a peer not yet authenticated: one small frame of plain msgpack,
+    no extension values (nothing an unauthenticated peer sends reaches the tensor decoder)."""
+    if len(parts) != 1:
+        raise ProtocolError("a handshake message is one frame")
+    head = parts[0]
+    head = head.bytes if hasattr(head, "bytes") else head
+    if len(head) > limits.MAX_HANDSHAKE_BYTES:
+        raise ProtocolError(f"handshake message of {len(head)} bytes exceeds {limits.MAX_HANDSHAKE_BYTES}")
+
+    def no_ext(code: int, data: bytes) -> Any:
+        raise ProtocolError("a handshake message holds no extension values")
+
+    try:
+        header = msgpack.unpackb(head, ext_hook=no_ext, raw=False, strict_map_key=True)
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"malformed handshake: {type(exc).__name__}") from None
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
         raise ProtocolError("message header must be a map with a string field 't'")
     return header

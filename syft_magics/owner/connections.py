@@ -1,0 +1,93 @@
+"""Which transport connection a message came in on, so a session is bound to its connection.
+
+ZeroMQ names a peer by its routing id, which the peer chooses and sends in clear: a new
+socket presenting a dropped client's routing id would otherwise be served as that client.
+A socket monitor reports every accepted and every closed TCP connection (by file
+descriptor, before the descriptor can be reused), and each received frame tells its
+connection's descriptor (``ZMQ_SRCFD``). Each accepted connection gets a fresh token;
+a session remembers the token of the connection that authenticated it and is served
+only on that connection; when that connection closes, the session ends (once the messages it sent before closing, a
+goodbye for instance, have been read).
+
+The monitor's events are read before each message is handled: the I/O thread reports a
+connection before any of its messages can arrive, and reports its closing before its
+descriptor is closed, so a message is always judged against the right token.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Dict, List, Optional
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .. import wire  # noqa: F401  (keeps the package import order)
+
+#: The token of messages that arrive without a descriptor (``inproc://`` peers in this process).
+INPROC = 0
+
+_SRCFD = int(zmq.SRCFD)
+_EVENTS = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+
+class Connections:
+    """Tokens of the live connections of one ROUTER socket (serving thread only)."""
+
+    def __init__(self, router: zmq.Socket, on_closed: Callable[[int], None]) -> None:
+        self._monitor: Optional[zmq.Socket] = router.get_monitor_socket(_EVENTS)
+        self._router = router
+        self._tokens: Dict[int, int] = {}  # fd -> token of the connection now on it
+        self._counter = itertools.count(1)
+        self._on_closed = on_closed
+        self._closed: List[int] = []
+
+    def poll_events(self) -> None:
+        """Apply every connection event reported so far (call before judging a message)."""
+        mon = self._monitor
+        if mon is None:
+            return
+        while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                event = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self._tokens[fd] = next(self._counter)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                # its messages still queued keep their token until the descriptor is reused
+                token = self._tokens.get(fd)
+                if token is not None:
+                    self._closed.append(token)
+
+    def end_closed(self) -> None:
+        """Report the connections closed so far (call when their queued messages have been read)."""
+        while self._closed:
+            self._on_closed(self._closed.pop(0))
+
+    def token(self, frame: Any) -> int:
+        """The token of the connection ``frame`` arrived on (:data:`INPROC` for in-process peers).
+        A descriptor accepted before the monitor started gets its token now."""
+        try:
+            fd = frame.get(_SRCFD)
+        except (zmq.ZMQError, AttributeError, TypeError):
+            return INPROC
+        if fd is None or fd < 0:
+            return INPROC
+        token = self._tokens.get(fd)
+        if token is None:
+            token = self._tokens[fd] = next(self._counter)
+        return token
+
+    @property
+    def socket(self) -> Optional[zmq.Socket]:
+        return self._monitor
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            try:
+                self._router.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close(0)
+            self._monitor = None
+

@@ -1,0 +1,49 @@
+"""Bounds on what a peer can make a worker decode, keep or echo.
+
+A worker faces untrusted peers: every decode, table and string that a peer can make
+grow has a bound here, so that no message, however crafted, can exhaust the stack,
+the memory or the log. Before authentication the bounds are tight (a hello is a
+few hundred bytes and holds no extension values); after it they still cap nesting
+and counts, since an authenticated client is not trusted either.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+#: Largest header (first frame) of a message sent before authentication, in bytes.
+MAX_HANDSHAKE_BYTES = 1024
+#: Largest header of an authenticated client's message, in bytes (a batch of pipelined
+#: ops travels as one header; tensors above 16 KiB travel as frames, not in it).
+MAX_HEADER_BYTES = 16 << 20
+#: Most frames in one message (a batch of pipelined sends carries one per tensor).
+MAX_FRAMES = 1 << 16
+#: Deepest nesting of extension values (tuples in tuples, slices...): each level is a
+#: nested decode on the C stack, and a few hundred levels crash the process.
+MAX_EXT_DEPTH = 32
+#: Most elements of one array or map in a header.
+MAX_ITEMS = 1 << 20
+#: Most dimensions of a tensor or size on the wire (torch allows 64 at most anyway).
+MAX_NDIM = 64
+#: Longest client name or host name a hello may give.
+MAX_NAME_CHARS = 64
+#: Longest op name or tag.
+MAX_OP_NAME_CHARS = 128
+#: Handshakes (hello without auth yet) kept at once; the oldest is dropped beyond it.
+MAX_PENDING_HANDSHAKES = 64
+#: Replies queued for one peer that does not read them; beyond, ZeroMQ drops them.
+MAX_QUEUED_REPLIES = 50_000
+#: Messages received from one peer and not yet served; beyond, TCP slows the peer down.
+MAX_QUEUED_REQUESTS = 10_000
+#: Seconds a peer that said hello has to authenticate.
+HANDSHAKE_TIMEOUT = 5.0
+#: Longest error text sent to a client or written to a log line, in characters.
+MAX_ECHO_CHARS = 500
+
+
+def clip(text: Any, limit: int = MAX_ECHO_CHARS) -> str:
+    """``str(text)`` cut to ``limit`` characters, saying how much was cut, so a peer's huge
+    string is never echoed whole into a reply, a log or the owner's panel."""
+    s = text if isinstance(text, str) else str(text)
+    if len(s) <= limit:
+        return s
+    return f"{s[:limit]}… ({len(s) - limit} more characters)"

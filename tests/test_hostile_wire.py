@@ -1,0 +1,153 @@
+"""What an attacker's raw messages can do to a worker: before and after authentication, nothing
+they send crashes it, grows its memory beyond a small bound, or lets them speak as another client."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+import torch
+
+import syft_magics as sm
+from syft_magics import config
+from syft_magics.owner import serving
+from syft_magics.wire import limits
+from syft_magics.wire.protocol import EXT_TUPLE, PROTOCOL_VERSION
+
+from helpers import free_port, wait_until
+from raw_peer import RawPeer
+
+X = torch.tensor([1.0, 2, 3, 4, 5])
+HERE = Path(__file__).parent
+
+
+def nested_tuples(depth: int) -> msgpack.ExtType:
+    """``((((1,),),),)`` ``depth`` levels deep: each level is one more nested decode on the worker."""
+    value: object = 1
+    for _ in range(depth):
+        value = msgpack.ExtType(EXT_TUPLE, msgpack.packb(value))
+    return value
+
+
+@pytest.fixture
+def peers():
+    made = []
+
+    def make(address: str, ident: bytes = b"") -> RawPeer:
+        made.append(RawPeer(address, ident))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+@pytest.fixture
+def worker_process():
+    """A worker in a child process (it may crash without taking the tests down)."""
+    port, key = free_port(), sm.wire.auth.new_key()
+    proc = subprocess.Popen([sys.executable, str(HERE / "worker_process.py"), str(port), key],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc, f"tcp://127.0.0.1:{port}", key
+    finally:
+        if proc.poll() is None:
+            proc.stdin.close()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_deeply_nested_values_before_and_after_auth_do_not_crash_the_worker(worker_process, peers, make_client):
+    proc, address, key = worker_process
+    hello = msgpack.packb({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": nested_tuples(250)})
+    assert len(hello) < 1024  # the issue's payload: under 1 KB, a few hundred levels deep
+    stranger = peers(address)
+    stranger.send_raw([hello])
+    assert stranger.reply()["t"] == "err"
+    stranger.send_raw([msgpack.packb({"t": "op", "s": 1, "f": "torch.add", "a": [nested_tuples(3000)]})])
+    assert stranger.reply()["code"] == "unknown_session"
+    mallory = peers(address)
+    mallory.login(key)
+    for depth in (33, 300, 3000):
+        op = msgpack.packb({"t": "op", "s": 1, "f": "torch.add", "a": [nested_tuples(depth)], "m": True})
+        mallory.send_raw([op])
+        reply = mallory.reply()
+        assert reply["t"] == "err" and "nested" in reply["msg"], reply
+    assert proc.poll() is None, "the worker process died"
+    client = make_client(address, key=key)
+    assert torch.equal(client.search("#X")[0].get(), X)
+
+
+def test_a_handshake_holds_no_extension_values_and_no_long_names(seed, peers):
+    bob, _ = seed
+    p = peers(bob.address)
+    reply = p.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": (1, 2)})
+    assert reply["t"] == "err" and reply["code"] == "unknown_session"
+    reply = p.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "m" * (limits.MAX_NAME_CHARS + 1)})
+    assert reply["t"] == "err" and reply["code"] == "bad_args" and "m" * 60 not in reply["msg"]
+    big = p.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "m" * (100 << 20)}, timeout=20)
+    assert big["t"] == "err" and len(big["msg"]) < 1000
+    assert not bob.server.handshakes
+    assert bob.stats["refused"] >= 3 and bob.stats["refusals"]["malformed handshake"] >= 2
+
+
+def test_pending_handshakes_are_few_and_expire(seed, peers, monkeypatch):
+    bob, _ = seed
+    monkeypatch.setattr(serving, "HANDSHAKE_TIMEOUT", 0.3)
+    for _ in range(limits.MAX_PENDING_HANDSHAKES + 20):
+        assert peers(bob.address).request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION})["t"] == "challenge"
+    assert len(bob.server.handshakes) <= limits.MAX_PENDING_HANDSHAKES
+    assert bob.stats["refusals"]["too many handshakes"] >= 20
+    assert wait_until(lambda: not bob.server.handshakes, timeout=5)
+
+
+def test_huge_strings_are_not_echoed(seed, peers):
+    bob, _ = seed
+    p = peers(bob.address)
+    p.login(bob.key)
+    for header in ({"t": "op", "s": 1, "f": "x" * (1 << 20), "a": [], "m": True},
+                   {"t": "search", "s": 2, "tags": ["#" + "y" * (1 << 20)]},
+                   {"t": "frobnicate" + "z" * (1 << 20), "s": 3}):
+        reply = p.request(header)
+        assert reply["t"] == "err" and len(reply["msg"]) <= limits.MAX_ECHO_CHARS + 100, len(reply["msg"])
+    for event in list(bob.events.recent):
+        assert len(repr(event)) < 10_000
+
+
+def test_a_message_over_the_size_limit_is_dropped_and_others_are_served(make_worker, peers, make_client):
+    config.defaults.max_message_bytes = 1 << 20
+    bob = make_worker("Bob", policy="open")
+    bob.share(X.clone(), "#X")
+    p = peers(bob.address)
+    p.login(bob.key)
+    p.send_raw([msgpack.packb({"t": "send", "s": 1, "id": os.urandom(16), "x": 0}), b"\0" * (2 << 20)])
+    assert p.reply(timeout=1) is None  # the connection was dropped before the frame was read
+    assert torch.equal(make_client(bob.address, key=bob.key).search("#X")[0].get(), X)
+
+
+def test_a_dropped_clients_routing_id_does_not_give_its_session(seed, peers):
+    bob, _ = seed
+    victim = peers(bob.address)
+    victim.login(bob.key, name="victim")
+    oid = os.urandom(16)
+    assert victim.request({"t": "send", "s": 1, "id": oid, "x": torch.arange(3.0), "ack": True})["t"] == "ok"
+    assert victim.ident in bob.server.sessions
+    victim.sock.close(0)  # gone without saying goodbye
+    assert wait_until(lambda: victim.ident not in bob.server.sessions, timeout=5)
+    assert oid not in bob.store  # the session ended with its connection, and its objects with it
+    thief = peers(bob.address, ident=victim.ident)
+    for header in ({"t": "get", "s": 2, "id": oid}, {"t": "search", "s": 3, "tags": ["#X"]},
+                   {"t": "op", "s": 4, "f": "torch.add", "a": [1, 2], "m": True}):
+        reply = thief.request(header)
+        assert reply["t"] == "err" and reply["code"] == "unknown_session", reply
+        assert "x" not in reply and "r" not in reply
+    assert victim.ident not in bob.server.sessions
