@@ -29,7 +29,7 @@ from .connections import Connections
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .sessions import Session
 from .store import Entry, new_id
-from .writes import written_args
+from . import writes
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -82,6 +82,7 @@ class Server:
         wake_send.connect(address)
         self._wake_send = wake_send
         self._running = True
+        writes.warm_up()
         self._thread = threading.Thread(target=self._serve, args=(router, wake_recv),
                                         name=f"syft-worker-{self.name}", daemon=True)
         self._thread.start()
@@ -369,11 +370,20 @@ class Server:
                 raise _Reject(ErrorCode.OP_NOT_ALLOWED, f"{short_name(name)} is not on {self.name}'s allowlist of ops")
             if "out" in kwargs:
                 raise _Reject(ErrorCode.BAD_ARGS, "out= is not supported on pointers")
-            self._check_writable(written_args(name, fn, args, kwargs), used)
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
                     raise _Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
-            result = fn(*args, **kwargs)
+            before = writes.versions(used)
+            try:
+                with writes.guard(self.store, used):
+                    result = fn(*args, **kwargs)
+            except writes.OwnerDataWrite as exc:
+                self.refuse("write into the owner's data")
+                raise _Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
+                                                   f"changed ({short_name(name)} writes into it); compute on a copy "
+                                                   "instead, e.g. ptr.clone()") from None
+            finally:
+                self._written(session, short_name(name), used, writes.changed(before))
         except Exception as exc:
             self._fail(session, name, out, used, exc, t0)
             raise
@@ -399,16 +409,14 @@ class Server:
             return encode({"t": Kind.OK, "s": header.get("s"), "r": _describe_result(result, iter(out))})
         return None
 
-    def _check_writable(self, targets: List[Any], used: List[Entry]) -> None:
-        for target in targets:
-            if not isinstance(target, torch.Tensor):
-                continue
-            entry = next((e for e in used if e.tensor is target), None)
-            if entry is None:
-                continue
-            if entry.session is None or self.store.aliases_owner_data(target):
-                raise _Reject(ErrorCode.READ_ONLY, f"{entry.label} is {self.name}'s data (or a view of it) and cannot be "
-                                           "changed in place; compute on a copy instead, e.g. ptr.clone()")
+    def _written(self, session: Session, op: str, used: List[Entry], written: List[Entry]) -> None:
+        """Record the writes an op made: into a client's object, in its history (an approval shows it);
+        into the owner's data (the guard failed to foresee it), reported loudly."""
+        for entry in written:
+            if writes.owner_view(self.store, entry):
+                self.refuse("unforeseen write into the owner's data")
+                self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
+            entry.history.append((op, tuple(e.id for e in used if e is not entry)))
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry],
               exc: Exception, t0: float) -> None:

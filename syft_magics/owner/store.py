@@ -39,6 +39,8 @@ class Entry:
     created: float = field(default_factory=time.time)
     last_access: float = field(default_factory=time.time)
     error: Optional[str] = None  # set when the op meant to create it failed
+    #: writes made into it after it was made: (op, ids of the op's other inputs), in order
+    history: List[Tuple[str, Tuple[bytes, ...]]] = field(default_factory=list)
 
     @property
     def hex(self) -> str:
@@ -165,6 +167,11 @@ class ObjectStore:
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""
         return bool(self._owner_storage) and t.numel() > 0 and storage_key(t) in self._owner_storage
+
+    def owner_storages(self) -> Set[int]:
+        """The storage keys of the owner's shared data (a copy)."""
+        with self._lock:
+            return set(self._owner_storage)
 
     def lineage(self, entry: Entry) -> str:
         """How ``entry`` was made, e.g. ``add(#X, #Y)``; its label if it was shared or sent."""
