@@ -417,6 +417,7 @@ class Server:
                 self.refuse("unforeseen write into the owner's data")
                 self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
             entry.history.append((op, tuple(e.id for e in used if e is not entry)))
+            entry.seen_version = entry.version
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry],
               exc: Exception, t0: float) -> None:
@@ -438,7 +439,8 @@ class Server:
         if entry.error is not None:
             raise _Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
         entry.last_access = time.time()
-        if self.requests.take_grant(session.ident, oid):
+        version = entry.version
+        if self.requests.take_grant(session.ident, oid, version):
             return self._value(session, seq, entry)
         if type(self.worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
             return self._value(session, seq, entry)
@@ -451,7 +453,7 @@ class Server:
             self.events.emit("get", client=session.label, id=entry.hex, status="denied")
             raise _Reject(ErrorCode.DENIED, f"{self.name} refused to release {entry.label}: "
                                     f"{self.worker.policy.deny_reason(GetRequest(n=0, **req_fields))}")
-        req, opened = self.requests.ask(session.ident, oid, seq, **req_fields)
+        req, opened = self.requests.ask(session.ident, oid, seq, version=version, **req_fields)
         if req is None:  # the owner approved while this get was on its way
             return self._value(session, seq, entry)
         if opened:
@@ -465,6 +467,10 @@ class Server:
         if session.peer == "inproc":
             # inproc:// passes the frame's memory itself: the client would hold the store's tensor
             # (the owner's data) and could change it in place
+            tensor = tensor.clone()
+        elif entry.session is not None and type(self.worker.policy).decide is not OpenPolicy.decide:
+            # a frame is sent zero-copy, later, from ZeroMQ's I/O thread: a client's next op could write
+            # into its object before the bytes leave, and receive other values than the ones approved
             tensor = tensor.clone()
         return encode({"t": Kind.VALUE, "s": seq, "x": tensor}, session.pool)
 

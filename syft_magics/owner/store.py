@@ -41,6 +41,19 @@ class Entry:
     error: Optional[str] = None  # set when the op meant to create it failed
     #: writes made into it after it was made: (op, ids of the op's other inputs), in order
     history: List[Tuple[str, Tuple[bytes, ...]]] = field(default_factory=list)
+    #: the tensor's version counter when its history was last brought up to date
+    seen_version: int = -1
+
+    def __post_init__(self) -> None:
+        self.seen_version = self.version
+
+    @property
+    def version(self) -> int:
+        """The tensor's version counter: it moves with every write, through any view (-1: none)."""
+        try:
+            return self.tensor._version if self.tensor is not None else -1
+        except RuntimeError:  # inference tensors
+            return -1
 
     @property
     def hex(self) -> str:
@@ -175,13 +188,19 @@ class ObjectStore:
 
     def lineage(self, entry: Entry) -> str:
         """How ``entry`` was made, e.g. ``add(#X, #Y)``; its label if it was shared or sent."""
-        if not entry.op:
-            return entry.label
+        text = f"{entry.op}({self._labels(entry.inputs)})" if entry.op else entry.label
+        for op, inputs in entry.history:
+            text += f", then {op}({self._labels(inputs)})"
+        if entry.version != entry.seen_version:
+            text += ", then written through a view or alias"
+        return text
+
+    def _labels(self, ids: Tuple[bytes, ...]) -> str:
         labels = []
-        for oid in entry.inputs:
+        for oid in ids:
             inp = self._entries.get(oid)
             labels.append(inp.label if inp is not None else oid.hex()[:8] + "…")
-        return f"{entry.op}({', '.join(labels)})"
+        return ", ".join(labels)
 
     def all_tags(self) -> List[str]:
         with self._lock:
