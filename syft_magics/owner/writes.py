@@ -110,7 +110,7 @@ def warm_up() -> None:
         with WriteGuard(set(), set(), {}):
             torch.zeros(1).add_(1)
 
-    threading.Thread(target=run, name="torch-dispatch-warm-up", daemon=True).start()
+    threading.Thread(target=run, name="torch-dispatch-warm-up", daemon=False).start()  # (a daemon thread importing at exit crashes)
 
 
 def versions(used: List["Entry"]) -> List[Tuple["Entry", int]]:
