@@ -49,8 +49,9 @@ def test_what_the_notebooks_import_is_what_binder_installs():
         if req == "-e .":
             installed.add("syft_magics")  # this checkout: setup.cfg's name and package
         else:
-            installed.add(re.split(r"[=<>!~\[ ]", req)[0].replace("-", "_"))
-    assert notebook_imports() == installed == {"torch", "syft_magics"}
+            name = re.split(r"[=<>!~\[ ]", req)[0].replace("-", "_")
+            installed.add({"scikit_learn": "sklearn"}.get(name, name))  # a distribution's import name
+    assert notebook_imports() == installed == {"torch", "syft_magics", "sklearn", "matplotlib"}
 
 
 def test_torch_is_the_cpu_build_from_pytorchs_index():

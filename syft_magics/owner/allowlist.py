@@ -19,8 +19,17 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, Iterator, Optional
 
-from ..wire.names import DEFAULT_TABLE as _DEFAULT
+from ..wire.names import DEFAULT_TABLE as _STANDARD
 from ..wire.names import is_inplace, resolve_torch_name, short_name, wire_name
+
+def _defaults() -> Dict[str, Callable]:
+    from . import autograd, models, optimizers
+    from .schema_ops import schema_ops
+
+    return {**schema_ops(), **_STANDARD, **autograd.ops(), **models.ops(), **optimizers.ops()}
+
+
+_DEFAULT: Dict[str, Callable] = _defaults()
 
 __all__ = ["Allowlist", "default_names", "is_inplace", "short_name", "wire_name"]
 

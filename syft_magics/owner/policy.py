@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..display import table
+from .rules import GetRule, RuleBook
 
 ALLOW, DENY, REVIEW = "allow", "deny", "review"
 
@@ -64,8 +65,26 @@ class Policy:
     def deny_reason(self, request: GetRequest) -> str:
         return f"the worker's policy is '{self.name}'"
 
+    @property
+    def rules(self) -> RuleBook:
+        """Gets allowed without a click (see :mod:`syft_magics.owner.rules`)."""
+        book = self.__dict__.get("_rules")
+        if book is None:
+            book = self.__dict__["_rules"] = RuleBook()
+        return book
+
+    def allow_get(self, *, max_numel: Optional[int] = None, kind: Optional[str] = None) -> GetRule:
+        """Allow, without review, gets of tensors of at most ``max_numel`` elements and/or of ``kind``
+        (``"model"``: a trained model's weights). E.g. ``bob.policy.allow_get(max_numel=1)`` for losses."""
+        return self.rules.add(GetRule(max_numel=max_numel, kind=kind))
+
+    @property
+    def summary(self) -> str:
+        """The policy's name and its rules, as the panels show them."""
+        return f"{self.name}; auto-allow {self.rules}" if self.rules else self.name
+
     def __repr__(self) -> str:
-        return f"<Policy {self.name}>"
+        return f"<Policy {self.summary}>"
 
 
 class OpenPolicy(Policy):

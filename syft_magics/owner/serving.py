@@ -9,6 +9,7 @@ reply and never stops the worker.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ from ..wire import limits
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, decode_handshake, encode, field
 from ..wire.sockets import readable, recv_parts, send_parts
 from .connections import Connections
+from .models import export
+from .optimizers import STORED_TYPES
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .sessions import Session
 from .store import Entry, new_id
@@ -375,7 +378,9 @@ class Server:
                     raise _Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
             before = writes.versions(used)
             try:
-                with writes.guard(self.store, used):
+                with writes.guard(self.store, used), \
+                        contextlib.nullcontext() if header.get("g", True) else torch.no_grad():
+                    # (no_grad: the client's op ran under torch.no_grad())
                     result = fn(*args, **kwargs)
             except writes.OwnerDataWrite as exc:
                 self.refuse("write into the owner's data")
@@ -399,7 +404,7 @@ class Server:
         made = []
         now = time.time()
         for oid, leaf in zip(out, leaves):
-            if oid is not None and isinstance(leaf, torch.Tensor):
+            if oid is not None and isinstance(leaf, STORED_TYPES):  # tensors, and models or optimizers built here
                 self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                      created=now, last_access=now))
                 made.append(oid)
@@ -444,6 +449,10 @@ class Server:
             return self._value(session, seq, entry)
         if type(self.worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
             return self._value(session, seq, entry)
+        rule = self.worker.policy.rules.match(entry.kind, entry.shape) if self.worker.policy.rules else None
+        if rule is not None:  # an owner's rule for training (allow_get): decided without a click, and logged
+            self.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule})")
+            return self._value(session, seq, entry)
         req_fields = dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
                           lineage=self.store.lineage(entry), tags=entry.tags)
         decision = self.worker.policy.decide(GetRequest(n=0, **req_fields))
@@ -463,8 +472,8 @@ class Server:
     def _value(self, session: Session, seq: Any, entry: Entry) -> List[Any]:
         self.stats["bytes_out"] += entry.nbytes
         self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)
-        tensor = entry.tensor
-        if session.peer == "inproc":
+        tensor = export(entry.tensor)  # a model leaves as a copy of its state dict
+        if session.peer == "inproc" and tensor is entry.tensor:
             # inproc:// passes the frame's memory itself: the client would hold the store's tensor
             # (the owner's data) and could change it in place
             tensor = tensor.clone()
@@ -481,6 +490,8 @@ class Server:
         if len(oid) != 16 or oid in self.store:
             raise _Reject(ErrorCode.BAD_ID, "sent objects need a fresh 16-byte id")
         self.stats["bytes_in"] += tensor.numel() * tensor.element_size()
+        if header.get("rg") and (tensor.is_floating_point() or tensor.is_complex()):
+            tensor.requires_grad_(True)  # send keeps requires_grad
         self.store.put(Entry(oid, tensor, tags=tags, origin=session.label, session=session.ident, op=""))
         self.events.emit("command", client=session.label, op="send", inputs=(), out=[oid], duration=0.0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s")}) if header.get("ack") else None

@@ -65,17 +65,30 @@ class Entry:
         return " ".join(self.tags) if self.tags else self.id.hex()[:8] + "…"
 
     @property
+    def kind(self) -> str:
+        """``tensor``, ``model`` (an ``nn.Module`` built on the worker) or ``object`` (an optimizer...)."""
+        t = self.tensor
+        if t is None or isinstance(t, torch.Tensor):
+            return "tensor"
+        return "model" if isinstance(t, torch.nn.Module) else "object"
+
+    @property
     def shape(self) -> Tuple[int, ...]:
-        return tuple(self.tensor.shape) if self.tensor is not None else ()
+        return tuple(self.tensor.shape) if isinstance(self.tensor, torch.Tensor) else ()
 
     @property
     def dtype(self) -> str:
-        return str(self.tensor.dtype).removeprefix("torch.") if self.tensor is not None else "-"
+        t = self.tensor
+        if isinstance(t, torch.Tensor):
+            return str(t.dtype).removeprefix("torch.")
+        return "-" if t is None else type(t).__name__
 
     @property
     def nbytes(self) -> int:
         t = self.tensor
-        return t.numel() * t.element_size() if t is not None else 0
+        if isinstance(t, torch.nn.Module):
+            return sum(v.numel() * v.element_size() for v in t.state_dict().values())
+        return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
     def summary(self) -> Dict[str, object]:
         return {"tags": self.tags, "shape": self.shape, "dtype": self.dtype, "bytes": self.nbytes,

@@ -36,6 +36,7 @@ from ..events import EventStream
 from ..wire import discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import DTYPES, ErrorCode, Kind, encode
+from .autograd import local_answer
 from .inference import REMOTE, has_tensors, infer
 from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
@@ -130,8 +131,15 @@ class Client:
         self.events.emit("search", tags=tuple(flat), found=len(found))
         return SearchResult(found, self.name, tuple(flat), list(reply.get("all_tags") or []))
 
-    def send(self, tensor: torch.Tensor, *tags: str) -> PointerTensor:
-        """Send a local tensor to the worker; returns a pointer to it (owned by this session)."""
+    def send(self, tensor: Any, *tags: str) -> Any:
+        """Send a local tensor to the worker; returns a pointer to it (owned by this session).
+
+        An ``nn.Module`` becomes a :class:`RemoteModule` (see :mod:`syft_magics.scientist.remote_module`).
+        """
+        if isinstance(tensor, torch.nn.Module) and not tags:
+            from .remote_module import send_module
+
+            return send_module(self, tensor)
         if isinstance(tensor, PointerTensor):
             raise TypeError("this is already a pointer; send() takes a local tensor")
         if not isinstance(tensor, torch.Tensor):
@@ -139,6 +147,8 @@ class Client:
         tags = tuple(check_tag(t) for t in tags)
         oid = self._new_id()
         header = {"t": Kind.SEND, "id": oid, "x": tensor.detach(), "tags": list(tags)}
+        if tensor.requires_grad:
+            header["rg"] = True  # send keeps requires_grad
         nbytes = tensor.numel() * tensor.element_size()
         pool = self._link.pool
         if pool is not None and samehost.SHARED_MIN_BYTES <= nbytes <= samehost.POOL_MAX_BYTES:
@@ -160,9 +170,24 @@ class Client:
             self._origins[seq] = ("send", _user_site())
             # a tagged tensor is meant to be found, perhaps by another client: send it now
             self._link.send(encode(header), flush=bool(tags))
-        ptr = PointerTensor(self, oid, tuple(tensor.shape), tensor.dtype, owned=True, tags=tags)
+        ptr = PointerTensor(self, oid, tuple(tensor.shape), tensor.dtype, owned=True, tags=tags,
+                            requires_grad=tensor.requires_grad)
         self.events.emit("send", id=oid, shape=tuple(tensor.shape))
         return ptr
+
+    @property
+    def optim(self) -> Any:
+        """Optimizers that live on the worker: ``client.optim.SGD(remote.parameters(), lr=0.1)``."""
+        from .optim import optim
+
+        return optim(self)
+
+    @property
+    def lr_scheduler(self) -> Any:
+        """Schedulers that live on the worker: ``client.lr_scheduler.StepLR(opt, step_size=10)``."""
+        from .optim import lr_scheduler
+
+        return lr_scheduler(self)
 
     def sync(self, timeout: Optional[float] = None) -> None:
         """Wait until the worker has run every op sent so far; raise the first remote error, if any."""
@@ -294,7 +319,12 @@ class Client:
             if ptr.deleted:
                 raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
         if "out" in kwargs:
-            raise TypeError("out= is not supported with pointers; use the returned pointer")
+            if kwargs["out"] is not None:
+                raise TypeError("out= is not supported with pointers; use the returned pointer")
+            kwargs = {k: v for k, v in kwargs.items() if k != "out"}  # out=None (torch's collate) writes nothing
+            wire_kwargs = {k: v for k, v in wire_kwargs.items() if k != "out"}
+            key_kwargs = ("d", tuple(kv for kv in key_kwargs[1] if kv[0] != "out"))
+        grad = torch.is_grad_enabled()
 
         def standins() -> Tuple[tuple, dict, List[torch.Tensor], List[int]]:
             memo: Dict[int, torch.Tensor] = {}
@@ -304,12 +334,14 @@ class Client:
             meta_kwargs = _to_meta(kwargs, memo, found, local_ids)
             return meta_args, meta_kwargs, found, local_ids
 
-        template = infer(func, (key_args, key_kwargs), standins)
+        template = infer(func, (key_args, key_kwargs, grad), standins)
         if template is REMOTE:
             return self._run_remote(name, wire_args, wire_kwargs)
         inplace = is_inplace(name)
         if not inplace and not has_tensors(template):
-            return _build(self, template, iter(()), pointers)
+            if local_answer(name, template):
+                return _build(self, template, iter(()), pointers)
+            # a side effect on the worker (backward, retain_grad...): sent like any op, never skipped
         out: List[Optional[bytes]] = []
         _out_ids(template, out, self._new_id)
         seq = self._link.next_seq()
@@ -318,7 +350,10 @@ class Client:
         if len(origins) > 200_000:
             for old in list(origins)[:100_000]:
                 del origins[old]
-        self._link.send(encode({"t": Kind.OP, "s": seq, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": out}))
+        header = {"t": Kind.OP, "s": seq, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": out}
+        if not grad:
+            header["g"] = False
+        self._link.send(encode(header))
         result = _build(self, template, iter(out), pointers)
         self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p.oid for p in pointers),
                          out=tuple(o for o in out if o is not None))
@@ -326,14 +361,20 @@ class Client:
 
     def _run_remote(self, name: str, wire_args: Any, wire_kwargs: Any) -> Any:
         """A data-dependent op: the worker runs it and says what came out."""
-        reply = self._request({"t": Kind.OP, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": [], "m": True},
-                              op=name)
+        header = {"t": Kind.OP, "f": name, "a": list(wire_args), "k": wire_kwargs, "o": [], "m": True}
+        if not torch.is_grad_enabled():
+            header["g"] = False
+        reply = self._request(header, op=name)
         return _build_described(self, reply["r"])
 
     # -- pointer bookkeeping (called by PointerTensor) ----------------------------------------
     def track(self, ptr: PointerTensor) -> None:
         """List a new pointer among :attr:`pointers`."""
         self._pointers[ptr.id] = ptr
+
+    def untrack(self, ptr: PointerTensor) -> None:
+        """Not listed among :attr:`pointers`: a handle standing for a model or optimizer on the worker."""
+        self._pointers.pop(ptr.id, None)
 
     def forget(self, ptr: PointerTensor) -> None:
         """A pointer was deleted: no longer listed."""

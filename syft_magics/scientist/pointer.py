@@ -19,6 +19,7 @@ from torch.overrides import get_default_nowrap_functions
 from ..errors import OpNotAllowed
 from ..wire.names import wire_name
 from ..wire.protocol import ref_ext
+from .autograd import SPECIAL
 
 if TYPE_CHECKING:
     from .client import Client
@@ -190,6 +191,10 @@ class PointerTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        special = SPECIAL.get(func)
+        if special is not None:
+            # autograd, .data, .to: run on the worker, or refused (never a local no-op)
+            return special(*args, **kwargs)
         prop = _COMPUTED_PROPERTIES.get(func)
         if prop is not None:
             # .T, .mT, .H, .mH compute a new tensor: run them as the ops they stand for

@@ -313,7 +313,7 @@ class WorkerPanel(widgets.VBox, LivePanel):
         state = (f'<span class="syft-badge syft-good">serving at {H.esc(w.address)}</span>' if w.running
                  else '<span class="syft-badge syft-bad">stopped</span>')
         return (H.STYLE + f'<div><span class="syft-title">{H.esc(w.name)}</span>{state}'
-                f'{H.badge("policy", w.policy.name)}</div><div style="margin-top:4px">'
+                f'{H.badge("policy", w.policy.summary)}</div><div style="margin-top:4px">'
                 + H.badge("clients", len(sessions))
                 + H.badge("objects", len(entries))
                 + H.badge("held", H.human_bytes(held))
@@ -486,7 +486,7 @@ class WorkerPanel(widgets.VBox, LivePanel):
         holders = self._holders(entries, list(w.clients))
         stats = w.stats
         state = f"serving at {w.address}" if w.running else "stopped"
-        lines = [f"WorkerPanel of {w.name} ({state}, policy {w.policy.name}): {H.plural(len(w.clients), 'client')}, "
+        lines = [f"WorkerPanel of {w.name} ({state}, policy {w.policy.summary}): {H.plural(len(w.clients), 'client')}, "
                  f"{H.plural(len(entries), 'object')} ({H.human_bytes(sum(e.nbytes for e in entries))}), "
                  f"{H.plural(w.events.totals.get('command', 0), 'command')}, "
                  f"{H.plural(stats.get('errors', 0), 'error')}, "

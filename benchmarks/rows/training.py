@@ -1,0 +1,148 @@
+"""Row 9: training on a worker (issue 9). Three figures, each against a baseline from the same run:
+
+* one epoch of the issue's MLP (64-32-10, SGD, batch 64) on scikit-learn's digits, on an owner process,
+  versus the same epoch in plain local torch (goal: at most 3x local wall time);
+* messages per training step (zero_grad, forward, loss, backward, step) with a 64-512-10 model versus a
+  64-8-10 one (goal: the same count, ratio 1.0: never one message per parameter);
+* a FedAvg round (one local epoch per worker, then ``fedavg``) over 2 and 8 owner processes, each with
+  the same amount of data, versus one owner alone (goal: about the slowest single worker, ratio <= 1.5;
+  on a machine with fewer cores than workers this cannot hold and the note says so).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .._clients import syft_connect
+from .._util import Config, Owner, info_row, median, row
+
+NAME = "training"
+TITLE = "9. training on a worker"
+QUICK = False
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.tensor(d.data, dtype=torch.float32) / 16.0, torch.tensor(d.target, dtype=torch.long)
+
+
+def _mlp(hidden: int = 32) -> nn.Module:
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def _epoch(model, opt, x, y, n: int, batch: int = 64) -> Any:
+    loss = None
+    for i in range(0, n, batch):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x[i:i + batch]), y[i:i + batch])
+        loss.backward()
+        opt.step()
+    return loss
+
+
+def _remote_epoch_seconds(client, X, Y, reps: int) -> List[float]:
+    x, y = client.send(X), client.send(Y)
+    remote = client.send(_mlp())
+    opt = client.optim.SGD(remote.parameters(), lr=0.1)
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _epoch(remote, opt, x, y, len(X))
+        client.sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _local_epoch_seconds(X, Y, reps: int) -> List[float]:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _epoch(model, opt, X, Y, len(X))
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _messages_per_step(client, X, Y, hidden: int) -> int:
+    x, y = client.send(X[:64]), client.send(Y[:64])
+    remote = client.send(_mlp(hidden))
+    opt = client.optim.SGD(remote.parameters(), lr=0.1)
+    client.sync()
+    seen = []
+    unsubscribe = client.events.subscribe(lambda e: seen.append(e) if e.kind == "op" else None)
+    try:
+        _epoch(remote, opt, x, y, 64)
+        client.sync()
+    finally:
+        unsubscribe()
+    return len(seen)
+
+
+def _round_seconds(clients, X, Y) -> float:
+    from syft_magics.federated import fedavg
+
+    data = [(c.send(X), c.send(Y)) for c in clients]
+    for c in clients:
+        c.sync()
+    model = _mlp()
+    t0 = time.perf_counter()
+    remotes = [c.send(model) for c in clients]
+    for c, r, (x, y) in zip(clients, remotes, data):
+        _epoch(r, c.optim.SGD(r.parameters(), lr=0.1), x, y, len(X))
+    fedavg(remotes, [len(X)] * len(clients))
+    return time.perf_counter() - t0
+
+
+def run(cfg: Config) -> Dict[str, Any]:
+    X, Y = _digits()
+    reps = 5 if cfg.full else 2
+    rows, notes, data = [], [], {}
+    with Owner("syft") as owner:
+        client = syft_connect(owner.address, owner.key)
+        try:
+            _remote_epoch_seconds(client, X[:256], Y[:256], 1)  # warm-up
+            remote = median(_remote_epoch_seconds(client, X, Y, reps))
+            local = median(_local_epoch_seconds(X, Y, reps))
+            rows.append(row("MLP epoch on digits, remote vs local torch", remote * 1e3, local * 1e3, "ms",
+                            better="lower", goal="<= 3x local", goal_ratio=3.0))
+            small, big = _messages_per_step(client, X, Y, 8), _messages_per_step(client, X, Y, 512)
+            rows.append(row("messages per training step, 64-512-10 vs 64-8-10", big, small, "messages",
+                            better="lower", goal="constant (ratio 1.0)", goal_ratio=1.0))
+            data.update(epoch_remote_s=remote, epoch_local_s=local, messages_small=small, messages_big=big)
+        finally:
+            client.disconnect()
+    part = 600
+    one = None
+    for n in (1, 2, 8):
+        cfg.check(10.0)
+        owners = [Owner("syft") for _ in range(n)]
+        try:
+            for o in owners:
+                o.__enter__()
+            clients = [syft_connect(o.address, o.key) for o in owners]
+            try:
+                seconds = min(_round_seconds(clients, X[:part], Y[:part]) for _ in range(reps))
+            finally:
+                for c in clients:
+                    c.disconnect()
+        finally:
+            for o in owners:
+                o.__exit__(None, None, None)
+        data[f"fedavg_round_{n}_s"] = seconds
+        if n == 1:
+            one = seconds
+            rows.append(info_row("FedAvg round, 1 owner process", seconds * 1e3, None, "ms"))
+        else:
+            rows.append(row(f"FedAvg round over {n} owner processes vs 1", seconds * 1e3, one * 1e3, "ms",
+                            better="lower", goal="<= 1.5x the slowest single worker", goal_ratio=1.5))
+    if (os.cpu_count() or 1) < 8:
+        notes.append(f"{os.cpu_count()} cores for 8 owner processes: their epochs cannot all run at once here")
+    return {"rows": rows, "notes": notes, "data": data}

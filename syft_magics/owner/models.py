@@ -1,0 +1,79 @@
+"""Models on a worker: rebuilt from a spec of standard layers (never client code), called, trained, fetched.
+
+A client's ``send(module)`` becomes the op ``syft.build_module(spec, state, names)``: the worker
+constructs the module from :data:`syft_magics.wire.modules.MODULE_TYPES` only, checks the state's
+shapes on the ``meta`` device before allocating, copies the weights in, and returns the module and
+the parameters and buffers named (each stored under its own id, so pointers, ``.grad`` and
+optimizers reach them like any tensor). ``syft.module_call`` runs its forward; ``.get()`` of a model
+sends a copy of its state dict, as the owner's policy allows (``allow_get(kind="model")``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List
+
+import torch
+import torch.nn as nn
+
+from ..wire.modules import export_state, load
+from .autograd import check_device
+
+
+def _module(m: Any) -> nn.Module:
+    if not isinstance(m, nn.Module):
+        raise TypeError(f"expected a model on this worker, got {type(m).__name__}")
+    return m
+
+
+def build_module(spec: Any, state: Dict[str, torch.Tensor], names: List[str]) -> tuple:
+    """The module ``spec`` describes with the weights of ``state``, then the tensors ``names`` names."""
+    module = load(spec, state)
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    if not isinstance(names, list) or any(n not in tensors for n in names):
+        raise ValueError("names must list parameters or buffers of the model")
+    return (module, *[tensors[n] for n in names])
+
+
+def module_call(m: Any, *args: Any, **kwargs: Any) -> Any:
+    return _module(m)(*args, **kwargs)
+
+
+def module_train(m: Any, mode: bool = True) -> None:
+    _module(m).train(bool(mode))
+
+
+def module_to(m: Any, device: Any) -> None:
+    check_device(device)
+    _module(m).to(device)
+
+
+class ModelWeights(nn.Module):
+    """The weights of a model whose forward runs on the client, held together so they are fetched as one
+    model (``kind="model"`` for the owner's rules) rather than tensor by tensor. Holds the live tensors."""
+
+    def __init__(self, named: Dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._named = named
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Dict[str, torch.Tensor]:  # type: ignore[override]
+        return dict(self._named)
+
+
+def model_weights(names: List[str], *tensors: Any) -> ModelWeights:
+    if not isinstance(names, list) or len(names) != len(tensors) or not all(isinstance(n, str) for n in names) \
+            or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise ValueError("model_weights needs a name for each tensor")
+    return ModelWeights(dict(zip(names, tensors)))
+
+
+def export(obj: Any) -> Any:
+    """What leaves the worker when ``obj`` is fetched: a tensor itself, a model's state dict (a copy)."""
+    if isinstance(obj, nn.Module):
+        return export_state(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj
+    raise TypeError(f"a {type(obj).__name__} cannot be fetched")
+
+
+def ops() -> Dict[str, Callable]:
+    return {"syft.build_module": build_module, "syft.module_call": module_call,
+            "syft.module_train": module_train, "syft.module_to": module_to, "syft.model_weights": model_weights}

@@ -1,0 +1,188 @@
+"""Autograd and the other attribute-like operations of a pointer, so none of them is a silent no-op.
+
+Torch answers ``requires_grad``, ``grad``, ``data`` and friends from the wrapper itself; on a pointer
+that would read or change a local stand-in while the tensor on the worker stays as it was (PySyft's
+worst training bug: ``loss.backward()`` returned and the weights never changed). Here each of them
+either runs on the worker (one pipelined message) or raises a clear error at the user's line:
+
+* ``ptr.requires_grad_()`` / ``ptr.requires_grad = True``: on the worker, and the pointer's metadata;
+* ``loss.backward()``, ``y.retain_grad()``, ``torch.autograd.grad``: on the worker (one message);
+* ``ptr.grad``: a pointer to the worker's gradient (``ptr.grad = None`` clears it there);
+* ``ptr.data`` (a remote ``detach``), ``ptr.data = other``, ``detach_``;
+* ``ptr.to(dtype)``, ``ptr.to("cpu")``, ``ptr.cpu()``: on the worker, within its allowed devices.
+
+Ops that return no tensor are answered locally only when the answer is metadata the client knows
+(:data:`LOCAL_ANSWERS`); ops returning ``None`` are side effects and are sent; anything else is refused.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+
+import torch
+
+from ..errors import OpNotAllowed
+from ..wire.names import short_name
+
+if TYPE_CHECKING:
+    from .pointer import PointerTensor
+
+#: Ops whose non-tensor answer is the pointer's metadata (shape, dtype, layout), the same locally.
+LOCAL_ANSWERS = frozenset(
+    f"{prefix}.{name}" for prefix in ("Tensor", "torch") for name in """
+    size dim ndimension numel nelement stride element_size is_contiguous is_floating_point is_complex is_signed
+    __len__ is_same_size is_tensor result_type can_cast is_inference is_nested storage_offset dim_order
+    __format__ __repr__ __dir__ __sizeof__ __hash__ is_conj is_neg has_names
+    """.split())
+
+
+def local_answer(name: str, template: tuple) -> bool:
+    """Whether an op with no tensor in its result may be answered from the stand-ins alone.
+
+    False for a side effect (the result is ``None``): the op must be sent. Raises for an answer that
+    would be computed from a stand-in with no data (a wrong value, silently).
+    """
+    if name in LOCAL_ANSWERS:
+        return True
+    if template == ("V", None):
+        return False
+    raise OpNotAllowed(f"{short_name(name)} gives an answer that depends on the remote tensor and is not "
+                       "supported on pointers; compute it on the worker as a tensor, or .get() the value")
+
+
+def _ptr_run(func: Callable, name: str, args: tuple, kwargs: Optional[dict] = None) -> Any:
+    from .pointer import _first_pointer
+
+    ptr = _first_pointer(args, kwargs or {})
+    return ptr.client.run(func, name, args, kwargs or {})
+
+
+def _mark_requires_grad(ptr: "PointerTensor", flag: bool) -> None:
+    """The pointer's own metadata, so results inferred from it know they require grad."""
+    with torch._C.DisableTorchFunctionSubclass():
+        torch.Tensor.requires_grad_(ptr, flag)
+    ptr.signature = (ptr.signature[0], ptr.signature[1], flag)
+
+
+def requires_grad_(ptr: "PointerTensor", requires_grad: bool = True) -> "PointerTensor":
+    if requires_grad and not (ptr.dtype.is_floating_point or ptr.dtype.is_complex):
+        raise RuntimeError(f"only tensors of floating point and complex dtype can require gradients (this "
+                           f"pointer is {ptr.dtype})")
+    ptr.client.run(_requires_grad_, "Tensor.requires_grad_", (ptr, bool(requires_grad)), {})
+    _mark_requires_grad(ptr, bool(requires_grad))
+    return ptr
+
+
+def _requires_grad_(t: torch.Tensor, flag: bool) -> torch.Tensor:
+    return t  # stand-in inference only: the result is the pointer itself; the worker does the work
+
+
+def _set_requires_grad(ptr: "PointerTensor", value: bool) -> None:
+    requires_grad_(ptr, bool(value))
+
+
+def detach_(ptr: "PointerTensor") -> "PointerTensor":
+    ptr.client.run(torch.Tensor.detach_, "Tensor.detach_", (ptr,), {})
+    _mark_requires_grad(ptr, False)
+    return ptr
+
+
+def _grad_standin(t: torch.Tensor) -> torch.Tensor:
+    with torch._C.DisableTorchFunctionSubclass():
+        return torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+
+def get_grad(ptr: "PointerTensor") -> Optional["PointerTensor"]:
+    """A pointer to the worker's ``.grad`` (None for a pointer that does not require grad)."""
+    if not ptr.signature[2]:
+        return None
+    return ptr.client.run(_grad_standin, "syft.grad", (ptr,), {})
+
+
+def _set_grad_standin(t: torch.Tensor, g: Any) -> None:
+    return None
+
+
+def set_grad(ptr: "PointerTensor", value: Any) -> None:
+    if value is not None and not isinstance(value, torch.Tensor):
+        raise TypeError(f"grad must be a tensor or None, not {type(value).__name__}")
+    ptr.client.run(_set_grad_standin, "syft.set_grad_", (ptr, value), {})
+
+
+def get_data(ptr: "PointerTensor") -> "PointerTensor":
+    return ptr.detach()
+
+
+def set_data(ptr: "PointerTensor", value: Any) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"data must be a tensor, not {type(value).__name__}")
+    if tuple(value.shape) != tuple(ptr.shape) or value.dtype != ptr.dtype:
+        raise NotImplementedError("assigning .data of another shape or dtype to a pointer is not supported; "
+                                  "make a new pointer instead")
+    if value is ptr:
+        return  # ``ptr.data -= x`` ends with ``ptr.data = ptr.data``-like self assignment of the same pointer
+    ptr.client.run(_set_grad_standin, "syft.set_data_", (ptr, value), {})
+
+
+def _meta_device(args: tuple, kwargs: dict) -> tuple:
+    device, dtype, non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+    return device, dtype
+
+
+def to(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> "PointerTensor":
+    """``ptr.to(dtype)``, ``ptr.to("cpu")``: runs on the worker (devices: those the worker allows)."""
+    if any(isinstance(a, torch.Tensor) for a in args) or isinstance(kwargs.get("other"), torch.Tensor):
+        raise NotImplementedError("ptr.to(other_tensor) is not supported; give a dtype or a device")
+    device, dtype = _meta_device(args, kwargs)
+    if device is not None and device.type != "cpu":
+        raise OpNotAllowed(f"{ptr.client.name} keeps this tensor on the CPU; device {device} is not available "
+                           "through pointers (results come back to you on the CPU)")
+    if (dtype is None or dtype == ptr.dtype) and not kwargs.get("copy"):
+        return ptr  # already there: torch's .to returns the tensor itself
+    return ptr.client.run(_to_standin, "Tensor.to", (ptr,), {"dtype": dtype})
+
+
+def _to_standin(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype=dtype)
+
+
+def cpu(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> "PointerTensor":
+    return ptr  # the worker's tensors are on its CPU
+
+
+def refuse_device(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> Any:
+    raise OpNotAllowed(f"{ptr.client.name} keeps this tensor on the CPU; .cuda() is not available through pointers")
+
+
+def refuse(what: str) -> Callable:
+    def handler(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> Any:
+        raise OpNotAllowed(f"{what} is not supported on pointers: the autograd graph lives on "
+                           f"{ptr.client.name}")
+    return handler
+
+
+def _autograd_grad_standin(outputs: Any, inputs: Any, *args: Any, **kwargs: Any) -> tuple:
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    with torch._C.DisableTorchFunctionSubclass():
+        return tuple(torch.empty(i.shape, dtype=i.dtype, device="meta") for i in inputs)
+
+
+def autograd_grad(outputs: Any, inputs: Any, *args: Any, **kwargs: Any) -> tuple:
+    """``torch.autograd.grad`` on the worker: pointers to the gradients of ``inputs``."""
+    return _ptr_run(_autograd_grad_standin, "torch.autograd.grad", (outputs, inputs, *args), kwargs)
+
+
+#: Functions torch hands to ``__torch_function__`` that need the worker, by the function object.
+SPECIAL: Dict[Any, Callable] = {
+    torch.Tensor.requires_grad_: requires_grad_,
+    torch.Tensor.requires_grad.__set__: _set_requires_grad,
+    torch.Tensor.detach_: detach_,
+    torch.Tensor.grad.__get__: get_grad,
+    torch.Tensor.grad.__set__: set_grad,
+    torch.Tensor.data.__get__: get_data,
+    torch.Tensor.data.__set__: set_data,
+    torch.Tensor.to: to,
+    torch.Tensor.cpu: cpu,
+    torch.Tensor.cuda: refuse_device,
+    torch.autograd.grad: autograd_grad,
+    torch.Tensor.register_hook: refuse("register_hook (a Python function would have to run on the worker)"),
+}

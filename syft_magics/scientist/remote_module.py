@@ -1,0 +1,187 @@
+"""RemoteModule: a pointer to a model whose weights live on a worker.
+
+``client.send(module)`` takes one of two paths, and says which in ``remote.path``:
+
+* ``"worker"``: the module is made only of standard torch layers and containers
+  (:data:`syft_magics.wire.modules.MODULE_TYPES`). Its architecture (type names and constructor
+  arguments) and ``state_dict`` travel as plain data in one message; the worker rebuilds it, never
+  running client code, and ``remote(x)`` is one op that runs the whole forward there.
+* ``"client"``: anything else (a custom ``nn.Module`` subclass defined in the notebook). Each
+  parameter and buffer is sent as a tensor; a copy of the module is kept here with pointers in place
+  of its weights, so its ``forward`` runs on the client and every torch op inside it runs remotely.
+
+Both give the same results (a test checks it). ``parameters()`` and ``state_dict()`` are pointers
+(to the live weights on the worker, ready for ``client.optim``); ``get()`` returns a local module with
+the trained weights, as the owner's policy allows.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..wire import modules as spec_format
+from .pointer import PointerTensor
+
+if TYPE_CHECKING:
+    from .client import Client
+
+_numbers = itertools.count(1)
+
+
+class RemoteModule:
+    """A model on a worker; call it on pointers like the local module."""
+
+    def __init__(self, client: "Client", module: nn.Module) -> None:
+        self._client = client
+        self._number = next(_numbers)
+        self._param_names = [n for n, _ in module.named_parameters()]
+        self._names: List[str] = self._param_names + [n for n, _ in module.named_buffers()]
+        try:
+            self._spec = spec_format.describe(module)
+        except spec_format.NotStandard as exc:
+            self.path = "client"
+            self.why = str(exc)
+            self._send_parts(module)
+        else:
+            self.path = "worker"
+            self.why = "made only of standard torch layers"
+            self._send_whole(module)
+
+    # -- sending ------------------------------------------------------------------------------
+    def _send_whole(self, module: nn.Module) -> None:
+        self._meta = spec_format.build(self._spec)  # for result shapes, without asking the worker
+        state = {k: v.detach() for k, v in module.state_dict().items()}
+        standins = [torch.empty(0, device="meta")] + [
+            torch.empty(t.shape, dtype=t.dtype, device="meta", requires_grad=t.requires_grad)
+            for t in self._tensors_of(self._meta)]
+
+        def build_standin(spec: Any, state: Any, names: Any) -> tuple:
+            return tuple(standins)
+
+        made = self._client.run(build_standin, "syft.build_module", (self._spec, state, list(self._names)), {})
+        self._handle: PointerTensor = made[0]
+        self._client.untrack(self._handle)  # the model's handle is not a tensor to list
+        self._pointers: Dict[str, PointerTensor] = dict(zip(self._names, made[1:]))
+        meta = self._meta
+
+        def call_standin(handle: Any, *args: Any, **kwargs: Any) -> Any:
+            return meta(*args, **kwargs)
+
+        self._call_standin = call_standin
+
+    def _tensors_of(self, module: nn.Module) -> List[torch.Tensor]:
+        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        return [tensors[n] for n in self._names]
+
+    def _send_parts(self, module: nn.Module) -> None:
+        self._template = copy.deepcopy(module)  # a local copy, for get()
+        shell = copy.deepcopy(module)
+        self._pointers = {}
+        for owner, kind, name, tensor in _slots(shell):
+            grad = kind == "_parameters" and tensor.requires_grad
+            getattr(owner, kind)[name] = self._client.send(tensor.detach().requires_grad_(grad))
+        for full, (owner, kind, name, _) in zip(self._slot_names(shell), _slots(shell)):
+            self._pointers[full] = getattr(owner, kind)[name]
+        self._shell = shell
+        # the weights, grouped on the worker so that get() fetches them as one model (the owner's kind="model")
+        names = list(self._pointers)
+        self._handle = self._client.run(_handle_standin, "syft.model_weights", (names, *self._pointers.values()), {})
+        self._client.untrack(self._handle)
+
+    @staticmethod
+    def _slot_names(module: nn.Module) -> List[str]:
+        return [f"{prefix}{'.' if prefix else ''}{name}" for prefix, m in module.named_modules()
+                for kind in ("_parameters", "_buffers") for name, t in getattr(m, kind).items() if t is not None]
+
+    # -- using ----------------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.path == "client":
+            return self._shell(*args, **kwargs)
+        return self._client.run(self._call_standin, "syft.module_call", (self._handle, *args), kwargs)
+
+    forward = __call__
+
+    def train(self, mode: bool = True) -> "RemoteModule":
+        """Training mode on the worker (dropout, batch statistics), as ``nn.Module.train``."""
+        if self.path == "client":
+            self._shell.train(mode)
+        else:
+            self._meta.train(mode)
+            self._client.run(_none, "syft.module_train", (self._handle, bool(mode)), {})
+        return self
+
+    def _evaluation(self) -> "RemoteModule":
+        """Evaluation mode on the worker, as ``nn.Module.eval``."""
+        return self.train(False)
+
+    eval = _evaluation
+
+    @property
+    def training(self) -> bool:
+        return (self._shell if self.path == "client" else self._meta).training
+
+    def to(self, device: Any) -> "RemoteModule":
+        """Move the model on the worker, within the devices it allows (the CPU by default)."""
+        if isinstance(device, torch.dtype):
+            raise NotImplementedError("RemoteModule.to(dtype) is not supported; send the model in that dtype")
+        dev = torch.device(device)
+        if self.path == "worker":
+            self._client.run(_none, "syft.module_to", (self._handle, str(dev)), {})
+        else:
+            for ptr in self._pointers.values():
+                ptr.to(dev)
+        return self
+
+    def parameters(self) -> List[PointerTensor]:
+        """Pointers to the model's parameters on the worker (for ``client.optim``)."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_parameters(self) -> Iterator[Tuple[str, PointerTensor]]:
+        return iter([(n, self._pointers[n]) for n in self._param_names])
+
+    def state_dict(self) -> Dict[str, PointerTensor]:
+        """Pointers to every parameter and buffer (the live tensors on the worker)."""
+        return dict(self._pointers)
+
+    def get(self, timeout: Any = None) -> nn.Module:
+        """A local module with the worker's current weights (the owner's policy decides)."""
+        state = self._client.get(self._handle, timeout=timeout)
+        if self.path == "worker":
+            module = spec_format.build(self._spec, device="cpu")
+        else:
+            module = copy.deepcopy(self._template)
+            module.train(self.training)
+        module.load_state_dict(state)
+        return module
+
+    @property
+    def location(self) -> str:
+        return self._client.name
+
+    def __repr__(self) -> str:
+        arch = repr(self._meta if self.path == "worker" else self._shell).replace("\n", "\n  ")
+        return f"RemoteModule(location={self._client.name}, path={self.path!r},\n  {arch})"
+
+
+def _none(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _handle_standin(*args: Any, **kwargs: Any) -> torch.Tensor:
+    return torch.empty(0, device="meta")
+
+
+def _slots(module: nn.Module) -> List[Tuple[nn.Module, str, str, torch.Tensor]]:
+    return [(m, kind, name, t) for _, m in module.named_modules() for kind in ("_parameters", "_buffers")
+            for name, t in getattr(m, kind).items() if t is not None]
+
+
+def send_module(client: "Client", module: nn.Module) -> RemoteModule:
+    """``client.send(module)``: see the module docstring for the two paths."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(module).__name__}")
+    return RemoteModule(client, module)

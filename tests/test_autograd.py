@@ -1,0 +1,149 @@
+"""Remote autograd: requires_grad travels, backward runs on the worker (one message), .grad points at the
+worker's gradient, no_grad/enable_grad on the client apply to the ops they wrap; gradients equal local ones."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import syft_magics as sm
+
+
+def _problem():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(16, 4, generator=g)
+    Y = torch.randn(16, 1, generator=g)
+    W = torch.randn(4, 1, generator=g)
+    return X, Y, W
+
+
+def test_send_keeps_requires_grad(seed):
+    bob, client = seed
+    w = client.send(torch.ones(3, requires_grad=True))
+    plain = client.send(torch.ones(3))
+    client.sync()
+    assert w.requires_grad and not plain.requires_grad
+    assert bob.store.get(w.oid).tensor.requires_grad
+    assert not bob.store.get(plain.oid).tensor.requires_grad
+    assert (w * 2).requires_grad and not (plain * 2).requires_grad
+
+
+def test_gradients_equal_the_local_ones_and_backward_is_one_message(seed):
+    bob, client = seed
+    X, Y, W = _problem()
+    w_local = W.clone().requires_grad_()
+    b_local = torch.zeros(1, requires_grad=True)
+    loss_local = F.mse_loss(torch.tanh(X @ w_local + b_local), Y)
+    loss_local.backward()
+
+    x, y = client.send(X), client.send(Y)
+    w = client.send(W.clone()).requires_grad_()
+    b = client.send(torch.zeros(1))
+    b.requires_grad = True
+    assert w.requires_grad and b.requires_grad
+    loss = F.mse_loss(torch.tanh(x @ w + b), y)
+    assert loss.requires_grad
+    client.sync()
+    before = bob.stats["commands"]
+    loss.backward()
+    client.sync()
+    assert bob.stats["commands"] == before + 1
+    assert torch.allclose(w.grad.get(), w_local.grad, atol=1e-6)
+    assert torch.allclose(b.grad.get(), b_local.grad, atol=1e-6)
+    assert torch.allclose(loss.get(), loss_local.detach())
+
+
+def test_manual_sgd_loop_learns_like_the_local_one(seed):
+    bob, client = seed
+    X, Y, W = _problem()
+    w_local = W.clone().requires_grad_()
+    w = client.send(W.clone().requires_grad_())
+    x, y = client.send(X), client.send(Y)
+    for _ in range(5):
+        F.mse_loss(X @ w_local, Y).backward()
+        with torch.no_grad():
+            w_local -= 0.1 * w_local.grad
+            w_local.grad.zero_()
+        F.mse_loss(x @ w, y).backward()
+        with torch.no_grad():
+            w -= 0.1 * w.grad
+            w.grad.zero_()
+    assert torch.allclose(w.get(), w_local.detach(), atol=1e-6)
+    assert not torch.allclose(w.get(), W)
+
+
+def test_data_update_and_grad_reset(seed):
+    bob, client = seed
+    X, Y, W = _problem()
+    w_local = W.clone().requires_grad_()
+    w = client.send(W.clone().requires_grad_())
+    x, y = client.send(X), client.send(Y)
+    for _ in range(3):
+        F.mse_loss(X @ w_local, Y).backward()
+        w_local.data -= 0.1 * w_local.grad
+        w_local.grad = None
+        F.mse_loss(x @ w, y).backward()
+        w.data -= 0.1 * w.grad
+        w.grad = None
+    assert torch.allclose(w.get(), w_local.detach(), atol=1e-6)
+    assert bob.store.get(w.oid).tensor.grad is None
+
+
+def test_no_grad_and_enable_grad_on_the_client_apply_on_the_worker(seed):
+    bob, client = seed
+    w = client.send(torch.ones(3, requires_grad=True))
+    with torch.no_grad():
+        z = w * 2
+        with torch.enable_grad():
+            e = w * 2
+    r = w * 2
+    client.sync()
+    assert not z.requires_grad and e.requires_grad and r.requires_grad
+    assert not bob.store.get(z.oid).tensor.requires_grad
+    assert bob.store.get(e.oid).tensor.requires_grad
+    assert bob.store.get(r.oid).tensor.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        z.sum().backward()
+
+
+def test_detach_retain_grad_and_autograd_grad(seed):
+    bob, client = seed
+    w = client.send(torch.tensor([1.0, 2.0, 3.0], requires_grad=True))
+    d = w.detach()
+    client.sync()
+    assert not d.requires_grad and not bob.store.get(d.oid).tensor.requires_grad
+    h = w * w
+    h.retain_grad()
+    h.sum().backward()
+    assert torch.equal(h.grad.get(), torch.ones(3))
+    assert torch.equal(w.grad.get(), torch.tensor([2.0, 4.0, 6.0]))
+    (g,) = torch.autograd.grad((w * 3).sum(), [w])
+    assert torch.equal(g.get(), torch.full((3,), 3.0))
+
+
+def test_grad_before_backward_is_a_clear_error(seed):
+    bob, client = seed
+    w = client.send(torch.ones(2, requires_grad=True))
+    assert client.send(torch.ones(2)).grad is None
+    with pytest.raises(sm.RemoteError, match="no gradient yet"):
+        w.grad.get()
+
+
+def test_owner_data_cannot_be_made_to_require_grad(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    x.requires_grad_()
+    with pytest.raises(sm.ReadOnlyError):
+        client.sync()
+    assert not bob.store.search(("#X",))[0].tensor.requires_grad
+
+
+def test_to_runs_on_the_worker_within_its_devices(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    assert x.to("cpu") is x and x.cpu() is x
+    d = x.to(torch.float64)
+    assert d.dtype == torch.float64 and d.get().dtype == torch.float64
+    assert x.to("cpu", torch.float16).get().dtype == torch.float16
+    with pytest.raises(sm.OpNotAllowed, match="CPU"):
+        x.to("cuda")

@@ -1,0 +1,67 @@
+"""Federated averaging over two workers: each trains a copy on its own data, the average is weighted by
+sample counts and equals the same computation done locally; each owner's policy decides the fetch."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import syft_magics as sm
+from syft_magics.federated import average_state, fedavg
+
+
+def _train(model, opt, x, y, steps=3):
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def test_fedavg_over_two_workers_equals_the_local_computation(make_worker, make_client):
+    g = torch.Generator().manual_seed(0)
+    parts = [(torch.randn(30, 6, generator=g), torch.randint(0, 3, (30,), generator=g)),
+             (torch.randn(10, 6, generator=g), torch.randint(0, 3, (10,), generator=g))]
+    workers, clients = [], []
+    for name, (X, Y) in zip(("Bob", "Alice"), parts):
+        w = make_worker(name, policy="review")
+        w.share(X, "#x")
+        w.share(Y, "#y")
+        w.policy.allow_get(kind="model")
+        workers.append(w)
+        clients.append(make_client(name))
+    torch.manual_seed(0)
+    start = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    remotes, locals_ = [], []
+    for client, (X, Y) in zip(clients, parts):
+        remote = client.send(start)
+        _train(remote, client.optim.SGD(remote.parameters(), lr=0.5), client.search("#x")[0],
+               client.search("#y")[0])
+        remotes.append(remote)
+        local = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        local.load_state_dict(start.state_dict())
+        _train(local, torch.optim.SGD(local.parameters(), lr=0.5), X, Y)
+        locals_.append(local)
+    averaged = fedavg(remotes, [30, 10])
+    expected = {k: 0.75 * locals_[0].state_dict()[k] + 0.25 * locals_[1].state_dict()[k] for k in start.state_dict()}
+    for key, value in averaged.state_dict().items():
+        assert torch.allclose(value, expected[key], atol=1e-6), key
+    assert not any(w.requests.pending for w in workers)
+
+
+def test_fedavg_follows_each_owners_policy(make_worker, make_client):
+    make_worker("Bob", policy="closed")
+    client = make_client("Bob")
+    remote = client.send(nn.Linear(2, 2))
+    with pytest.raises(sm.PermissionDenied):
+        fedavg([remote], [1])
+
+
+def test_average_state_checks_its_inputs():
+    a, b = nn.Linear(2, 2).state_dict(), nn.Linear(3, 2).state_dict()
+    with pytest.raises(ValueError, match="architecture"):
+        average_state([a, b], [1, 1])
+    with pytest.raises(ValueError, match="positive"):
+        average_state([a], [0])
+    bn = nn.BatchNorm1d(2).state_dict()
+    assert average_state([bn, bn], [1, 3])["num_batches_tracked"].dtype == torch.long

@@ -1,0 +1,186 @@
+"""Models and optimizers on the worker: both module paths train like local torch, one message per
+zero_grad()/step(), train()/eval(), get(), and the refusals (unknown layers, foreign pointers, devices)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import syft_magics as sm
+from syft_magics.owner.models import build_module
+from syft_magics.wire.modules import describe
+
+
+class Net(nn.Module):
+    """A custom module: its forward runs on the client, each op on pointer parameters."""
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, hidden)
+        self.fc2 = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def _sequential(hidden: int = 16) -> nn.Module:
+    return nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+
+
+@pytest.mark.parametrize("make,path", [(_sequential, "worker"), (Net, "client")])
+def test_training_on_the_worker_equals_local_training(seed, make, path):
+    bob, client = seed
+    X, Y = _data()
+    torch.manual_seed(1)
+    model = make()
+    local = make()
+    local.load_state_dict(model.state_dict())
+    remote = client.send(model)
+    assert remote.path == path
+    x, y = client.send(X), client.send(Y)
+    opt = client.optim.Adam(remote.parameters(), lr=0.01)
+    sched = client.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    lopt = torch.optim.Adam(local.parameters(), lr=0.01)
+    lsched = torch.optim.lr_scheduler.StepLR(lopt, step_size=2, gamma=0.5)
+    for _ in range(4):
+        opt.zero_grad()
+        loss = F.cross_entropy(remote(x), y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        lopt.zero_grad()
+        local_loss = F.cross_entropy(local(X), Y)
+        local_loss.backward()
+        lopt.step()
+        lsched.step()
+    assert torch.allclose(loss.get(), local_loss.detach(), atol=1e-5)
+    trained = remote.get()
+    assert type(trained) is type(model)
+    for (name, a), b in zip(trained.state_dict().items(), local.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    assert torch.allclose(remote(x).get(), local(X).detach(), atol=1e-5)
+
+
+def test_both_paths_give_the_same_result(seed):
+    bob, client = seed
+    X, _ = _data()
+    torch.manual_seed(2)
+    seq = _sequential()
+    net = Net()
+    net.fc1.load_state_dict(seq[0].state_dict())
+    net.fc2.load_state_dict(seq[2].state_dict())
+    x = client.send(X)
+    a, b = client.send(seq), client.send(net)
+    assert (a.path, b.path) == ("worker", "client")
+    assert torch.allclose(a(x).get(), b(x).get(), atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [_sequential, Net])
+def test_zero_grad_and_step_are_one_message_whatever_the_number_of_parameters(seed, make):
+    bob, client = seed
+    X, Y = _data()
+    x, y = client.send(X), client.send(Y)
+    counts = []
+    for hidden in (4, 64):
+        remote = client.send(make(hidden) if make is not Net else Net(hidden))
+        opt = client.optim.SGD(remote.parameters(), lr=0.1)
+        F.cross_entropy(remote(x), y).backward()
+        client.sync()
+        n0 = bob.stats["commands"]
+        opt.zero_grad()
+        client.sync()
+        n1 = bob.stats["commands"]
+        F.cross_entropy(remote(x), y).backward()
+        client.sync()
+        n2 = bob.stats["commands"]
+        opt.step()
+        client.sync()
+        n3 = bob.stats["commands"]
+        assert n1 - n0 == 1 and n3 - n2 == 1
+        counts.append(n2 - n1)
+    assert counts[0] == counts[1]  # the forward and backward too: per op, never per parameter
+    if make is _sequential:
+        assert counts[0] == 3  # the model call, the loss, backward
+
+
+def test_train_and_eval_reach_the_worker(seed):
+    bob, client = seed
+    X, _ = _data()
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.BatchNorm1d(8))
+    remote = client.send(model)
+    x = client.send(X)
+    remote.eval()
+    model.eval()
+    assert not remote.training
+    assert torch.allclose(remote(x).get(), model(X).detach(), atol=1e-6)
+    remote.train()
+    assert remote.training
+    out = remote(x).get()
+    assert (out == 0).any() or not torch.allclose(out, model(X).detach())  # dropout and batch statistics
+    state = remote.state_dict()
+    assert set(state) == set(model.state_dict())
+    assert not torch.equal(state["2.running_mean"].get(), torch.zeros(8))  # updated on the worker in train mode
+
+
+def test_to_within_the_workers_devices(seed):
+    bob, client = seed
+    remote = client.send(_sequential())
+    assert remote.to("cpu") is remote
+    client.sync()
+    remote.to("cuda")
+    with pytest.raises(sm.RemoteError, match="not allowed"):
+        client.sync()
+
+
+def test_the_worker_constructs_only_standard_layers_from_plain_data():
+    spec = describe(_sequential())
+    state = _sequential().state_dict()
+    module, w0, *_ = build_module(spec, state, ["0.weight", "0.bias", "2.weight", "2.bias"])
+    assert isinstance(module, nn.Sequential) and w0.requires_grad
+    assert w0.data_ptr() != state["0.weight"].data_ptr()  # a copy: never aliases what it was given
+    with pytest.raises(ValueError, match="not on the worker's list"):
+        build_module({"type": "Net", "args": {}}, {}, [])
+    with pytest.raises(ValueError, match="not on the worker's list"):
+        build_module({"type": "Sequential", "children": [["0", {"type": "__import__", "args": {}}]]}, {}, [])
+    with pytest.raises(ValueError, match="does not fit"):
+        build_module(spec, {**state, "0.weight": torch.zeros(3, 3)}, [])
+    huge = {"type": "Linear", "args": {"in_features": 10 ** 6, "out_features": 10 ** 6}}
+    with pytest.raises(ValueError, match="does not fit"):  # checked on meta: nothing allocated
+        build_module(huge, {}, [])
+
+
+def test_a_custom_modules_refused_op_is_a_clear_error(seed):
+    bob, client = seed
+    bob.allowlist.deny("torch.nn.functional.relu")
+    remote = client.send(Net())
+    assert remote.path == "client"
+    out = remote(client.send(torch.ones(2, 8)))
+    with pytest.raises(sm.OpNotAllowed, match="relu"):
+        out.get()
+
+
+def test_an_optimizer_over_two_workers_is_refused(seed, make_worker, make_client):
+    bob, client = seed
+    make_worker("Alice", policy="open")
+    to_alice = make_client("Alice")
+    a = client.send(torch.ones(2, requires_grad=True))
+    b = to_alice.send(torch.ones(2, requires_grad=True))
+    with pytest.raises(sm.CrossWorkerError, match="Alice"):
+        client.optim.SGD([a, b], lr=0.1)
+    with pytest.raises(AttributeError, match="available"):
+        client.optim.LBFGS([a])
+
+
+def test_an_optimizer_refuses_tensors_that_do_not_require_grad(seed):
+    bob, client = seed
+    x = client.search("#X")[0]
+    opt = client.optim.SGD([x], lr=0.1)
+    with pytest.raises(sm.RemoteError, match="require grad"):
+        client.sync()
+    del opt

@@ -1,0 +1,112 @@
+"""No silent no-ops: every Tensor method or torch function a training loop touches, applied to a pointer,
+either reaches the worker or raises a clear error at the user's line; only metadata is answered locally."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import syft_magics as sm
+
+#: What a training loop touches, as (label, function of a pointer ``p`` requiring grad and a scalar ``loss``).
+SWEEP = [
+    ("backward", lambda p, loss: loss.backward()),
+    ("backward(retain_graph)", lambda p, loss: loss.backward(retain_graph=True)),
+    ("torch.autograd.backward", lambda p, loss: torch.autograd.backward([loss])),
+    ("torch.autograd.grad", lambda p, loss: torch.autograd.grad(loss, [p])),
+    ("grad", lambda p, loss: p.grad),
+    ("grad = None", lambda p, loss: setattr(p, "grad", None)),
+    ("requires_grad_", lambda p, loss: p.detach().requires_grad_()),
+    ("requires_grad_(False)", lambda p, loss: p.detach().requires_grad_(False)),
+    ("requires_grad = True", lambda p, loss: setattr(p.detach(), "requires_grad", True)),
+    ("retain_grad", lambda p, loss: (p * 2).retain_grad()),
+    ("detach", lambda p, loss: p.detach()),
+    ("detach_", lambda p, loss: (p * 2).detach_()),
+    ("data", lambda p, loss: p.data),
+    ("data =", lambda p, loss: setattr(p, "data", p.detach() * 0)),
+    ("zero_", lambda p, loss: p.detach().zero_()),
+    ("fill_", lambda p, loss: p.detach().fill_(1.0)),
+    ("add_", lambda p, loss: p.detach().add_(1.0)),
+    ("copy_", lambda p, loss: p.detach().copy_(torch.ones(3))),
+    ("setitem", lambda p, loss: p.detach().__setitem__(0, 1.0)),
+    ("to(float64)", lambda p, loss: p.to(torch.float64)),
+    ("to('cpu', float64)", lambda p, loss: p.to("cpu", torch.float64)),
+    ("to('cuda')", lambda p, loss: p.to("cuda")),
+    ("cuda", lambda p, loss: p.cuda()),
+    ("double", lambda p, loss: p.double()),
+    ("float", lambda p, loss: p.float()),
+    ("type", lambda p, loss: p.type(torch.float64)),
+    ("item", lambda p, loss: loss.item()),
+    ("tolist", lambda p, loss: p.tolist()),
+    ("float()", lambda p, loss: float(loss)),
+    ("numpy", lambda p, loss: p.detach().numpy()),
+    ("clone", lambda p, loss: p.clone()),
+    ("sum", lambda p, loss: p.sum()),
+    ("register_hook", lambda p, loss: p.register_hook(lambda g: g)),
+    ("data_ptr", lambda p, loss: p.data_ptr()),
+    ("untyped_storage", lambda p, loss: p.untyped_storage()),
+    ("share_memory_", lambda p, loss: p.detach().share_memory_()),
+    ("pin_memory", lambda p, loss: p.pin_memory()),
+    ("apply_", lambda p, loss: p.detach().apply_(lambda v: v)),
+    ("set_", lambda p, loss: p.detach().set_(torch.zeros(3))),
+    ("resize_", lambda p, loss: p.detach().resize_(4)),
+    ("is_nonzero", lambda p, loss: loss.is_nonzero()),
+    ("get_device", lambda p, loss: p.get_device()),
+    ("nn.init.zeros_", lambda p, loss: nn.init.zeros_(p.detach())),
+    ("nn.init.normal_", lambda p, loss: nn.init.normal_(p.detach())),
+    ("clip_grad_norm_", lambda p, loss: (loss.backward(), nn.utils.clip_grad_norm_([p], 1.0))),
+    ("F.dropout(inplace)", lambda p, loss: F.dropout(p.detach(), 0.5, True, True)),
+    ("nn.Parameter", lambda p, loss: nn.Parameter(p.detach())),
+]
+
+#: Answered locally from the pointer's metadata; they must equal the local tensor's answer.
+METADATA = [
+    ("size", lambda t: t.size()),
+    ("dim", lambda t: t.dim()),
+    ("numel", lambda t: t.numel()),
+    ("len", lambda t: len(t)),
+    ("is_floating_point", lambda t: t.is_floating_point()),
+    ("stride", lambda t: t.stride()),
+    ("shape", lambda t: t.shape),
+    ("dtype", lambda t: t.dtype),
+    ("requires_grad", lambda t: t.requires_grad),
+]
+
+
+def _activity(bob: sm.Worker) -> tuple:
+    return bob.stats["commands"], bob.stats["bytes_out"], bob.stats["errors"]
+
+
+@pytest.mark.parametrize("label,fn", SWEEP, ids=[s[0] for s in SWEEP])
+def test_no_training_op_is_a_silent_noop(seed, label, fn):
+    bob, client = seed
+    p = client.send(torch.tensor([1.0, -2.0, 3.0], requires_grad=True))
+    loss = (p * p).sum()
+    client.sync()
+    before = _activity(bob)
+    try:
+        fn(p, loss)
+        client.sync()
+    except (sm.SyftError, RuntimeError, TypeError, NotImplementedError, ValueError) as exc:
+        assert str(exc).strip(), f"{label}: an error with no message"
+        return
+    assert _activity(bob) != before, f"{label} returned without reaching the worker and without an error"
+
+
+@pytest.mark.parametrize("label,fn", METADATA, ids=[m[0] for m in METADATA])
+def test_metadata_is_answered_locally_and_right(seed, label, fn):
+    bob, client = seed
+    local = torch.randn(4, 3, requires_grad=True)
+    p = client.send(local)
+    client.sync()
+    before = _activity(bob)
+    assert fn(p) == fn(local)
+    assert _activity(bob) == before
+
+
+def test_a_value_computed_from_a_stand_in_is_refused(seed):
+    bob, client = seed
+    p = client.send(torch.ones(3))
+    with pytest.raises(sm.OpNotAllowed, match="data_ptr"):
+        p.data_ptr()
