@@ -6,11 +6,10 @@ import os
 
 import pytest
 import torch
-
-from syft_magics.wire.protocol import Ref, encode
-
 from helpers import wait_until
 from raw_peer import RawPeer
+
+from syft_magics.wire.protocol import Ref, encode
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 

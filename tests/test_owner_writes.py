@@ -7,12 +7,10 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from raw_peer import RawPeer
 
-import syft_magics as sm
 from syft_magics.owner import writes
 from syft_magics.wire.protocol import Ref
-
-from raw_peer import RawPeer
 
 X = torch.tensor([[1.0, 2, 3], [4, 5, 6]])
 

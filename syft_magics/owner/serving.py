@@ -21,18 +21,17 @@ import torch
 import zmq
 
 from ..errors import ProtocolError, TagError
-from ..wire import auth, samehost
+from ..wire import auth, limits, samehost
 from ..wire.names import check_tag, short_name
-from ..wire import limits
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, decode_handshake, encode, field
 from ..wire.sockets import readable, recv_parts, send_parts
+from . import writes
 from .connections import Connections
 from .models import export
 from .optimizers import STORED_TYPES
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .sessions import Session
 from .store import Entry, new_id
-from . import writes
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -255,7 +254,9 @@ class Server:
                 raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {oid.hex()[:8]}… "
                                                 "(it was freed, or never existed)")
             if entry.session is not None and entry.session != session.ident:
-                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"object {oid.hex()[:8]}… belongs to another client")
+                # another client's object reads exactly as one that does not exist
+                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {oid.hex()[:8]}… "
+                                                        "(it was freed, or never existed)")
             if entry.error is not None:
                 raise _Reject(ErrorCode.FAILED_INPUT, f"an input ({entry.label}) came from an op that failed: {entry.error}")
             used.append(entry)
@@ -360,7 +361,8 @@ class Server:
         t0 = time.perf_counter()
         name = field(header, "f", str)
         if len(name) > limits.MAX_OP_NAME_CHARS:
-            raise _Reject(ErrorCode.OP_NOT_ALLOWED, f"op name of {len(name)} characters is not on {self.name}'s allowlist")
+            raise _Reject(ErrorCode.OP_NOT_ALLOWED,
+                          f"op name of {len(name)} characters is not on {self.name}'s allowlist")
         args = header.get("a", ())
         kwargs = header.get("k") or {}
         out = header.get("o") or []
@@ -433,7 +435,7 @@ class Server:
                 self.store.put(Entry(oid, None, origin=session.label, session=session.ident,
                                      op=short_name(name), error=message))
         self.events.emit("command", client=session.label, op=short_name(name), inputs=tuple(e.id for e in used),
-                         out=[], duration=time.perf_counter() - t0, status=f"error: {exc}")
+                         out=[], duration=time.perf_counter() - t0, status=f"error: {limits.clip(exc)}")
 
     def _on_get(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         seq = header.get("s")
@@ -505,7 +507,7 @@ class Server:
         found = self.store.search(tags)
         self.events.emit("search", client=session.label, session=session.short, tags=tags, found=len(found),
                          ids=[e.id for e in found])
-        return encode({"t": Kind.OK, "s": header.get("s"), "all_tags": self.store.all_tags(),
+        return encode({"t": Kind.OK, "s": header.get("s"), "all_tags": self.store.all_tags(owner_only=True),
                        "r": [[e.id, list(e.shape), e.dtype, list(e.tags)] for e in found]})
 
     def _on_free(self, session: Session, header: dict, used: List[Entry]) -> None:
@@ -590,7 +592,8 @@ def _hello_fields(header: dict) -> dict:
     name, hostname, pid = header.get("name", "client"), header.get("hostname", "?"), header.get("pid")
     for what, value in (("client name", name), ("host name", hostname)):
         if not isinstance(value, str) or len(value) > limits.MAX_NAME_CHARS:
-            raise _Reject(ErrorCode.BAD_ARGS, f"the {what} must be a string of at most {limits.MAX_NAME_CHARS} characters")
+            raise _Reject(ErrorCode.BAD_ARGS,
+                          f"the {what} must be a string of at most {limits.MAX_NAME_CHARS} characters")
     if pid is not None and (type(pid) is not int or not 0 <= pid < 1 << 32):
         raise _Reject(ErrorCode.BAD_ARGS, "the pid must be a small non-negative integer")
     host = header.get("host")

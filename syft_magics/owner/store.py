@@ -215,9 +215,13 @@ class ObjectStore:
             labels.append(inp.label if inp is not None else oid.hex()[:8] + "…")
         return ", ".join(labels)
 
-    def all_tags(self) -> List[str]:
+    def all_tags(self, owner_only: bool = False) -> List[str]:
+        """Every tag in use; ``owner_only``: only those of the owner's shared objects (what clients see)."""
         with self._lock:
-            return sorted(self._tags)
+            if not owner_only:
+                return sorted(self._tags)
+            return sorted(t for t, ids in self._tags.items()
+                          if any(self._entries[i].session is None for i in ids))
 
     def session_count(self, session: bytes) -> int:
         return len(self._by_session.get(session, ()))

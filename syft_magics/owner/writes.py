@@ -110,7 +110,8 @@ def warm_up() -> None:
         with WriteGuard(set(), set(), {}):
             torch.zeros(1).add_(1)
 
-    threading.Thread(target=run, name="torch-dispatch-warm-up", daemon=False).start()  # (a daemon thread importing at exit crashes)
+    # not a daemon: a daemon thread still importing when the interpreter exits crashes it
+    threading.Thread(target=run, name="torch-dispatch-warm-up", daemon=False).start()
 
 
 def versions(used: List["Entry"]) -> List[Tuple["Entry", int]]:
