@@ -118,7 +118,6 @@ def test_an_unforeseen_write_is_reported(bob_and_mallory, monkeypatch):
     oid = bob.store.search(("#X",))[0].id
     # pretend the schemas missed a write: the version counter still tells
     monkeypatch.setattr(writes, "guard", lambda store, used: __import__("contextlib").nullcontext())
-    _op(mallory, "Tensor.add_", Ref(oid), 1)
+    _op(mallory, "torch.tensordot", torch.ones(2, 2), torch.ones(2, 3), 1, Ref(oid))
     assert bob.events.totals["owner_write"] == 1
     assert bob.stats["refusals"]["unforeseen write into the owner's data"] == 1
-    owner.sub_(1)

@@ -22,7 +22,7 @@ import zmq
 
 from ..errors import ProtocolError, TagError
 from ..wire import auth, limits, samehost
-from ..wire.names import check_tag, short_name
+from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, decode_handshake, encode, field
 from ..wire.sockets import readable, recv_parts, send_parts
 from . import writes
@@ -378,19 +378,26 @@ class Server:
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
                     raise _Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
+            if is_inplace(name) and args and any(e.tensor is args[0] and writes.owner_view(self.store, e)
+                                                 for e in used):
+                # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
+                raise writes.OwnerDataWrite(short_name(name), "self",
+                                            next(e.label for e in used if e.tensor is args[0]))
             before = writes.versions(used)
             try:
                 with writes.guard(self.store, used), \
                         contextlib.nullcontext() if header.get("g", True) else torch.no_grad():
                     # (no_grad: the client's op ran under torch.no_grad())
                     result = fn(*args, **kwargs)
-            except writes.OwnerDataWrite as exc:
-                self.refuse("write into the owner's data")
-                raise _Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
-                                                   f"changed ({short_name(name)} writes into it); compute on a copy "
-                                                   "instead, e.g. ptr.clone()") from None
             finally:
                 self._written(session, short_name(name), used, writes.changed(before))
+        except writes.OwnerDataWrite as exc:
+            self.refuse("write into the owner's data")
+            reject = _Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
+                                                  f"changed ({short_name(name)} writes into it); compute on a copy "
+                                                  "instead, e.g. ptr.clone()")
+            self._fail(session, name, out, used, reject, t0)
+            raise reject from None
         except Exception as exc:
             self._fail(session, name, out, used, exc, t0)
             raise
@@ -479,7 +486,8 @@ class Server:
             # inproc:// passes the frame's memory itself: the client would hold the store's tensor
             # (the owner's data) and could change it in place
             tensor = tensor.clone()
-        elif entry.session is not None and type(self.worker.policy).decide is not OpenPolicy.decide:
+        elif entry.session is not None and isinstance(tensor, torch.Tensor) \
+                and type(self.worker.policy).decide is not OpenPolicy.decide:
             # a frame is sent zero-copy, later, from ZeroMQ's I/O thread: a client's next op could write
             # into its object before the bytes leave, and receive other values than the ones approved
             tensor = tensor.clone()

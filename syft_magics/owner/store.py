@@ -51,7 +51,7 @@ class Entry:
     def version(self) -> int:
         """The tensor's version counter: it moves with every write, through any view (-1: none)."""
         try:
-            return self.tensor._version if self.tensor is not None else -1
+            return self.tensor._version if isinstance(self.tensor, torch.Tensor) else -1
         except RuntimeError:  # inference tensors
             return -1
 

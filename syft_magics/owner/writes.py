@@ -89,7 +89,7 @@ class WriteGuard(TorchDispatchMode):
 
 def guard(store: "ObjectStore", used: List["Entry"]) -> ContextManager[Any]:
     """A :class:`WriteGuard` if any object in ``used`` is (or aliases) the owner's data, else a no-op."""
-    owned = [e for e in used if e.tensor is not None and (e.session is None or store.aliases_owner_data(e.tensor))]
+    owned = [e for e in used if owner_view(store, e)]
     if not owned:
         return contextlib.nullcontext()
     storages = store.owner_storages()
@@ -116,14 +116,7 @@ def warm_up() -> None:
 
 def versions(used: List["Entry"]) -> List[Tuple["Entry", int]]:
     """The version counter of each tensor an op is about to use (read again by :func:`changed`)."""
-    out = []
-    for e in used:
-        if e.tensor is not None:
-            try:
-                out.append((e, e.tensor._version))
-            except RuntimeError:  # inference tensors have no version counter
-                pass
-    return out
+    return [(e, e.version) for e in used if isinstance(e.tensor, torch.Tensor)]
 
 
 def changed(before: List[Tuple["Entry", int]]) -> List["Entry"]:
@@ -131,7 +124,7 @@ def changed(before: List[Tuple["Entry", int]]) -> List["Entry"]:
     seen: Set[int] = set()
     out: List["Entry"] = []
     for e, v in before:
-        if id(e) not in seen and e.tensor is not None and e.tensor._version != v:
+        if id(e) not in seen and e.version != v:
             seen.add(id(e))
             out.append(e)
     return out
@@ -139,4 +132,5 @@ def changed(before: List[Tuple["Entry", int]]) -> List["Entry"]:
 
 def owner_view(store: "ObjectStore", entry: "Entry") -> bool:
     """Whether ``entry`` is the owner's data or a view of it."""
-    return entry.tensor is not None and (entry.session is None or store.aliases_owner_data(entry.tensor))
+    t = entry.tensor
+    return isinstance(t, torch.Tensor) and (entry.session is None or store.aliases_owner_data(t))
