@@ -51,6 +51,8 @@ def widget_values(nb) -> str:
 def port_3000_taken():
     """Hold 127.0.0.1:3000 (if nobody else does) so the notebooks' `%syft_worker Bob 3000` must fall back."""
     holder = socket.socket()
+    # as ZeroMQ does: a port whose last connections linger in TIME_WAIT can be bound; a listener cannot be
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         holder.bind(("127.0.0.1", 3000))
         holder.listen()

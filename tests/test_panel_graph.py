@@ -138,3 +138,21 @@ def test_small_graphs_are_not_collapsed_and_empty_graphs_say_so():
 def test_text_summary_lists_pointers_and_lineage():
     text = G.summary(seed_graph())
     assert "z -> 3f2a…" in text and "3f2a… = add(#X, #Y)" in text
+
+
+def test_an_edge_to_a_result_in_a_later_column_bends_in_the_gap_and_runs_along_its_row():
+    g = seed_graph()
+    g.nodes.append(G.Node("c:s", "client", G.LOCAL, order=0, kind="client"))
+    g.edges += [G.Edge("c:s", "o:X", G.POINTS), G.Edge("c:s", "o:Z", G.POINTS)]
+    lay = G.layout(g)
+    root = parse(G.to_svg(lay))
+    edge = next(e for e in root.iter(f"{NS}g") if e.get("data-src") == "c:s" and e.get("data-dst") == "o:Z")
+    path = edge.find(f"{NS}path").get("d")
+    x1 = lay.boxes["o:Z"][0]
+    y1 = lay.boxes["o:Z"][1] + lay.boxes["o:Z"][3] / 2
+    curve_end = re.search(r"C[\d.,\- ]+ ([\d.]+),([\d.]+) H([\d.]+)$", path)
+    assert curve_end, path
+    gate, row, end = (float(v) for v in curve_end.groups())
+    left_of_objects = min(lay.boxes[k][0] for k in ("o:X", "o:Y", "o:Z"))
+    assert gate < left_of_objects  # the bend stays in the gap, left of every object
+    assert row == round(y1, 1) and end == round(x1, 1)  # then straight along the result's own row

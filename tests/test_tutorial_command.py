@@ -83,6 +83,8 @@ def test_the_tutorial_command_serves_jupyterlab_with_the_side_by_side_workspace(
         files = json.loads(get(f"http://127.0.0.1:{port}/api/contents?token={token}"))
         names = {f["name"] for f in files["content"]}
         assert {"Bob.ipynb", "Model.ipynb", "Pipelines.ipynb"} <= names
+        settings = tmp_path / "work" / ".syft-tutorial" / "settings" / "@jupyterlab" / "apputils-extension"
+        assert json.loads((settings / "notification.jupyterlab-settings").read_text())["fetchNews"] == "false"
         with pytest.raises(OSError):  # the token is required
             get(f"http://127.0.0.1:{port}/api/contents")
     finally:

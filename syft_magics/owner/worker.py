@@ -42,6 +42,18 @@ from .switch import switch_interval
 _LIVE: Dict[str, "Worker"] = {}
 _LIVE_LOCK = threading.Lock()
 
+class SharedId(str):
+    """What :meth:`Worker.share` returns: the object's hex id (a ``str``), shown in a cell as what was shared."""
+
+    def __new__(cls, hexid: str, text: str) -> "SharedId":
+        obj = super().__new__(cls, hexid)
+        obj._text = text
+        return obj
+
+    def __repr__(self) -> str:
+        return f"<{self._text}>"
+
+
 def live_workers() -> List["Worker"]:
     """The workers running in this process."""
     with _LIVE_LOCK:
@@ -247,7 +259,8 @@ class Worker:
         tags = tuple(check_tag(t) for t in tags)
         entry = self.store.put(Entry(new_id(), tensor, tags=tags, origin=OWNER))
         self.events.emit("share", id=entry.hex, tags=tags, shape=entry.shape, dtype=entry.dtype)
-        return entry.hex
+        return SharedId(entry.hex, f"{self.name} shares {entry.label}: id {entry.hex[:8]}…, "
+                                   f"shape {tuple(entry.shape)}, {entry.dtype}")
 
     def unshare(self, id_or_tag: str) -> int:
         """Stop serving owner objects by hex id or tag; returns how many were removed."""

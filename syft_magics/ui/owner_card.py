@@ -13,6 +13,7 @@ from typing import Any, List, Optional, Tuple
 import ipywidgets as widgets
 
 from .panels import _html as H
+from .panels._names import name_of
 from .preview import preview_html
 
 __all__ = ["OwnerCard", "find_entry"]
@@ -130,7 +131,7 @@ class OwnerCard(widgets.VBox):
             rows.append(("error", e.error))
         if pending:
             rows.append(("pending", f"{len(pending)} waiting for you: approve in the panel's Requests tab "
-                                    f"or with {self._var()}.approve({pending[0].n})"))
+                                    f"or with {name_of(self.worker, 'worker')}.approve({pending[0].n})"))
         self.details.value = ('<table class="syft-tbl syft-card-table" style="width:auto">'
                               + "".join(f'<tr class="syft-card-{k.replace(" ", "-")}"><th style="position:static">'
                                         f'{H.esc(k)}</th><td style="white-space:normal">{H.esc(v)}</td></tr>'
@@ -138,14 +139,6 @@ class OwnerCard(widgets.VBox):
         t = e.tensor
         self.preview.value = H.STYLE + preview_html(t) if (present and t is not None) else ""
 
-    def _var(self) -> str:
-        from .panels._names import user_namespace
-
-        ns = user_namespace() or {}
-        for name, value in list(ns.items()):
-            if value is self.worker and not name.startswith("_"):
-                return name
-        return "worker"
 
     def text(self) -> str:
         e = self.entry

@@ -114,11 +114,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def lab_command(root: Path, workspaces: Path, port: int, token: str, browser: bool) -> List[str]:
-    """The JupyterLab command line: loopback only, our workspace as the start page, no news polling."""
+def save_settings(folder: Path) -> None:
+    """The tutorial's own JupyterLab user settings: no pop-up asking about news over the notebooks.
+
+    A settings file already there is kept (the person's changes win).
+    """
+    path = folder / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}) + "\n")
+
+
+def lab_command(root: Path, state: Path, port: int, token: str, browser: bool) -> List[str]:
+    """The JupyterLab command line: loopback only, our workspace as the start page, no news polling.
+
+    ``state`` holds the tutorial's workspace and user settings (``workspaces/``, ``settings/``).
+    """
     cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}", "--ServerApp.ip=127.0.0.1",
            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-           f"--LabApp.workspaces_dir={workspaces}", f"--ServerApp.default_url=/lab/workspaces/{WORKSPACE}",
+           f"--LabApp.workspaces_dir={state / 'workspaces'}", f"--LabApp.user_settings_dir={state / 'settings'}",
+           f"--ServerApp.default_url=/lab/workspaces/{WORKSPACE}",
            "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if not browser:
         cmd.append("--no-browser")
@@ -140,13 +155,14 @@ def run(port: Optional[int] = None, browser: bool = True, folder: Optional[str] 
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2
-    workspaces = root / ".jupyter-workspaces"
-    save_workspace(workspaces)
+    state = root / ".syft-tutorial"
+    save_workspace(state / "workspaces")
+    save_settings(state / "settings")
     port = port or free_port()
     token = secrets.token_hex(16)
     print(f"The tutorial: {root}\nJupyterLab, Bob and Model side by side:\n"
           f"    http://127.0.0.1:{port}/lab/workspaces/{WORKSPACE}?token={token}\n"
           "Run Bob's notebook first, then Model's. Ctrl-C stops JupyterLab.", flush=True)
-    cmd = lab_command(root, workspaces, port, token, browser)
+    cmd = lab_command(root, state, port, token, browser)
     os.execv(cmd[0], cmd)  # JupyterLab takes over this process: Ctrl-C and signals reach it directly
     return 0  # pragma: no cover

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-__all__ = ["find_names", "user_namespace"]
+__all__ = ["find_names", "user_namespace", "name_of"]
 
 #: IPython's own names and history: never user variables.
 _SKIP = {"In", "Out", "exit", "quit", "get_ipython", "open"}
@@ -24,6 +24,14 @@ def user_namespace() -> Optional[Mapping[str, Any]]:
         return None
     shell = get_ipython()
     return getattr(shell, "user_ns", None) if shell is not None else None
+
+
+def name_of(value: Any, default: str) -> str:
+    """The notebook's variable for ``value`` (e.g. ``bob`` for a worker), for hints; ``default`` if none."""
+    for name, item in list((user_namespace() or {}).items()):
+        if item is value and isinstance(name, str) and not name.startswith("_") and name not in _SKIP:
+            return name
+    return default
 
 
 def _items(value: Any) -> Optional[List[Tuple[str, Any]]]:

@@ -358,9 +358,12 @@ def _edge_svg(e: Edge, lay: Layout, labelled: set) -> Tuple[str, str]:
         color = "#3f6fb5" if dst.kind != "more" else "#999999"
         x0, y0 = sx + sw, sy + sh / 2
         x1, y1 = dx, dy + dh / 2
-        mid = (x0 + x1) / 2
-        path = f"M{x0:.1f},{y0:.1f} C{mid:.1f},{y0:.1f} {mid:.1f},{y1:.1f} {x1:.1f},{y1:.1f}"
-        head = _arrowhead(x1, y1, x1 - mid, 0.0, color)
+        # bend in the gap before the objects' box, then run along the target's own row (a row holds one
+        # object), so an edge to a result in a later lineage column never crosses the objects before it
+        gate = min(x1, PAD + LOCAL_W + GAP - 6) if x1 > x0 else x1
+        mid = (x0 + gate) / 2
+        path = f"M{x0:.1f},{y0:.1f} C{mid:.1f},{y0:.1f} {mid:.1f},{y1:.1f} {gate:.1f},{y1:.1f} H{x1:.1f}"
+        head = _arrowhead(x1, y1, 1.0, 0.0, color)
         width, dash = "1.3", ""
     else:
         color = _ERROR[1] if dst.state == ERROR else "#555555"

@@ -24,7 +24,10 @@ from ...events import Event
 from ...owner.store import OWNER, Entry
 from . import _html as H
 from . import graph as G
+from ._inspector import RegistryInspector
+from ._names import name_of
 from ._refresh import LivePanel, close_tree
+from .connection_panel import _shell
 
 __all__ = ["WorkerPanel"]
 
@@ -79,8 +82,9 @@ class WorkerPanel(widgets.VBox, LivePanel):
                        (self.clients_html, "syft-clients"), (self.header, "syft-header"),
                        (self.footer, "syft-footer")):
             w.add_class(cls)
-        self.tabs = widgets.Tab(children=[self.registry, self.commands, self.requests_box, self.graph,
-                                          self.clients_html])
+        self.inspector = RegistryInspector(worker)  # choose an object: the owner's card for it
+        self.tabs = widgets.Tab(children=[widgets.VBox([self.registry, self.inspector]), self.commands,
+                                          self.requests_box, self.graph, self.clients_html])
         self.tabs.titles = ("Registry", "Commands", "Requests", "Graph", "Clients")
         self.tabs.observe(lambda change: self.request_refresh(), "selected_index")
         self.children = [self.header, self.tabs, self.footer]
@@ -92,6 +96,11 @@ class WorkerPanel(widgets.VBox, LivePanel):
         for event in list(worker.events.recent):
             self._on_event(event)
         self._unsubscribe = worker.events.subscribe(self._on_event)
+        self._running_cell = False  # Approve / Deny clicks wait while a cell of this kernel runs
+        self._shell = _shell()  # the owner's notebook, if any
+        if self._shell is not None:
+            self._shell.events.register("pre_run_cell", self._cell_started)
+            self._shell.events.register("post_run_cell", self._cell_finished)
         self.refresh()
         if not self._stopped:
             self._start_live()
@@ -127,6 +136,14 @@ class WorkerPanel(widgets.VBox, LivePanel):
         except Exception as exc:
             self._note(f"could not deny #{n}: {exc}", error=True)
         self.refresh()
+
+    def _cell_started(self, *_: Any) -> None:
+        self._running_cell = True
+        self.request_refresh()
+
+    def _cell_finished(self, *_: Any) -> None:
+        self._running_cell = False
+        self.request_refresh()
 
     def _note(self, text: str, error: bool = False) -> None:
         self._note_text, self._note_error = text, error
@@ -166,11 +183,12 @@ class WorkerPanel(widgets.VBox, LivePanel):
         newest = heapq.nlargest(max(SHOW_OBJECTS, 2 * self.graph_nodes),
                                 (e for e in entries if e.session is not None), key=lambda e: e.created)
         shown = (owner + newest)[:SHOW_OBJECTS]
-        drawn = [e for e in owner if e.tags][: self.graph_nodes // 3] + newest[: 2 * self.graph_nodes]
+        drawn = sorted(owner, key=lambda e: not e.tags)[: self.graph_nodes // 3] + newest[: 2 * self.graph_nodes]
         holders = self._holders((shown if shows[0] else []) + (drawn if shows[3] else []), sessions)
         self.header.value = self._header_html(entries, sessions)
         if shows[0]:
             self.registry.value = self._registry_html(shown, len(entries), holders)
+            self.inspector.update(shown)
         if shows[1]:
             self.commands.value = self._commands_html()
         self._render_requests()  # always: a new request must show at once (its rows change rarely)
@@ -319,8 +337,8 @@ class WorkerPanel(widgets.VBox, LivePanel):
                 + H.badge("held", H.human_bytes(held))
                 + H.badge("commands", f"{commands:,}")
                 + H.badge("errors", f"{stats.get('errors', 0):,}", "bad" if stats.get("errors") else "")
-                + H.badge("in", H.human_bytes(stats.get("bytes_in", 0)))
-                + H.badge("out", H.human_bytes(stats.get("bytes_out", 0)))
+                + H.badge("tensors sent in", H.human_bytes(stats.get("bytes_in", 0)))
+                + H.badge("values out", H.human_bytes(stats.get("bytes_out", 0)))
                 + H.badge("pending requests", pending, "warn" if pending else "")
                 + "</div>")
 
@@ -340,7 +358,7 @@ class WorkerPanel(widgets.VBox, LivePanel):
         tail = f'<div class="syft-muted">… and {more:,} more</div>' if more > 0 else ""
         return (H.STYLE + '<div class="syft-scroll">'
                 + H.table(("id", "tags", "shape", "dtype", "size", "origin", "made by", "held by", "last access"),
-                          rows, empty="no objects: share one with worker.share(x, '#X')") + tail + "</div>")
+                          rows, empty=f"no objects: share one with {name_of(self.worker, 'worker')}.share(x, '#X')") + tail + "</div>")
 
     def _commands_html(self) -> str:
         w = self.worker
@@ -348,12 +366,17 @@ class WorkerPanel(widgets.VBox, LivePanel):
         cache: Dict[int, Tuple[Event, str, str]] = {}  # only the rows on screen stay formatted
         rows = [self._formatted(e, cache)[0] for e in list(self._log)[-SHOW_LOG_ROWS:][::-1]]
         self._row_cache = cache
-        summary = (f'<div class="syft-muted" style="font-size:12px;margin-bottom:4px">'
-                   f'{totals.get("command", 0):,} commands ({w.stats.get("errors", 0):,} errors), '
-                   f'{totals.get("get", 0):,} gets, {totals.get("request", 0):,} requests in all; '
-                   f'showing the newest {min(len(self._log), SHOW_LOG_ROWS)} of the last {len(self._log)} '
-                   f'kept</div>')
-        return (H.STYLE + summary + '<div class="syft-scroll">'
+        errors, shown = w.stats.get("errors", 0), min(len(self._log), SHOW_LOG_ROWS)
+        summary = (f'<div class="syft-muted syft-log-summary" style="font-size:12px;margin-bottom:4px">So far: '
+                   f'{H.plural(totals.get("command", 0), "command")} '
+                   f'({H.plural(errors, "error") if errors else "no errors"}), {H.plural(totals.get("get", 0), "get")}, '
+                   f'{H.plural(totals.get("request", 0), "request")} for approval. Newest first: '
+                   + (f'all {shown}.' if shown == len(self._log) else f'{shown} of the last {len(self._log)} kept.')
+                   + '</div>')
+        # the op column wraps, so the status column stays in view however long an op's text is
+        wrap = ("<style>.syft-commands td:nth-child(3){white-space:normal;overflow-wrap:anywhere;max-width:60ch}"
+                "</style>")
+        return (H.STYLE + wrap + summary + '<div class="syft-scroll">'
                 + H.table(("time", "client", "op", "duration", "status"), rows, empty="no commands yet")
                 + "</div>")
 
@@ -370,8 +393,11 @@ class WorkerPanel(widgets.VBox, LivePanel):
         rows = [self._request_rows[n] for n in sorted(self._request_rows)]
         if list(self.pending_box.children) != rows:
             self.pending_box.children = rows
+        busy = ('<div class="syft-busy syft-badge syft-warn" style="white-space:normal;margin:2px 0">This notebook '
+                'is running a cell: Approve and Deny take effect when it finishes (Jupyter delivers button clicks '
+                'between cells).</div>') if pending and self._running_cell else ""
         self.pending_title.value = (H.STYLE + f'<div style="font-weight:600;margin:4px 0">'
-                                    f'{"Pending requests" if pending else "No pending requests"}</div>')
+                                    f'{"Pending requests" if pending else "No pending requests"}</div>' + busy)
         decided = sorted(book.history, key=lambda r: r.decided or 0, reverse=True)[:100]
         rows_html = [H.row((f"#{r.n}", r.status, r.client, " ".join(r.tags) or r.object_id[:8], r.lineage,
                             str(tuple(r.shape)), r.reason or "-", H.clock(r.decided)),
@@ -390,11 +416,12 @@ class WorkerPanel(widgets.VBox, LivePanel):
             f'{H.esc(tuple(req.shape))}, {H.esc(req.dtype)}, id {H.esc(req.object_id[:12])}…</span></div>')
         desc.layout = widgets.Layout(flex="1 1 auto", width="auto")
         approve = widgets.Button(description="Approve", button_style="success", icon="check",
-                                 tooltip=f"let request #{req.n} through", layout=widgets.Layout(width="96px"))
+                                 tooltip=f"let request #{req.n} through", layout=widgets.Layout(width="112px",
+                                                                                               min_width="112px"))
         reason = widgets.Text(placeholder="reason (optional)", layout=widgets.Layout(width="180px"))
         deny = widgets.Button(description="Deny", button_style="danger", icon="times",
                               tooltip=f"refuse request #{req.n} (with the reason, if any)",
-                              layout=widgets.Layout(width="80px"))
+                              layout=widgets.Layout(width="84px", min_width="84px"))
         approve.add_class("syft-approve")
         deny.add_class("syft-deny")
         reason.add_class("syft-reason")
@@ -471,6 +498,13 @@ class WorkerPanel(widgets.VBox, LivePanel):
             self._unsubscribe()
         except Exception:
             pass
+        if self._shell is not None:
+            for name, hook in (("pre_run_cell", self._cell_started), ("post_run_cell", self._cell_finished)):
+                try:
+                    self._shell.events.unregister(name, hook)
+                except ValueError:
+                    pass
+        close_tree(self.inspector)
         for row in list(self._request_rows.values()):
             close_tree(row)
         self._request_rows.clear()
@@ -490,7 +524,8 @@ class WorkerPanel(widgets.VBox, LivePanel):
                  f"{H.plural(len(entries), 'object')} ({H.human_bytes(sum(e.nbytes for e in entries))}), "
                  f"{H.plural(w.events.totals.get('command', 0), 'command')}, "
                  f"{H.plural(stats.get('errors', 0), 'error')}, "
-                 f"in {H.human_bytes(stats.get('bytes_in', 0))}, out {H.human_bytes(stats.get('bytes_out', 0))}, "
+                 f"tensors sent in {H.human_bytes(stats.get('bytes_in', 0))}, "
+                 f"values out {H.human_bytes(stats.get('bytes_out', 0))}, "
                  f"{H.plural(len(w.requests.pending), 'pending request')}"]
         if entries:
             lines.append("registry:")
