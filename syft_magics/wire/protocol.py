@@ -323,8 +323,8 @@ class _Decoder:
             dims = _plain(data)
             if not isinstance(dims, list) or len(dims) > limits.MAX_NDIM or \
                     any(type(d) is not int or not 0 <= d < 1 << 62 for d in dims):
-                raise ProtocolError("malformed message header: "
-                                    "a size must be a list of at most 64 non-negative integers")
+                raise ProtocolError("malformed message header: a size must be a list of at most 64 "
+                                    "non-negative integers")
             return torch.Size(dims)
         if code == EXT_SLICE:
             start, stop, step = self.unpack(data)
