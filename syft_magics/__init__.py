@@ -38,11 +38,13 @@ from .owner.policy import ClosedPolicy, GetRequest, OpenPolicy, Policy, ReviewPo
 from .owner.worker import Worker
 from .scientist.client import Client, SearchResult, connect
 from .scientist.pointer import PointerTensor
+from .scientist.remote_module import RemoteModule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Allowlist", "Client", "ClosedPolicy", "Event", "EventStream", "GetRequest", "OpenPolicy", "PointerTensor",
+    "RemoteModule",
     "Policy", "ReviewPolicy", "SearchResult", "Worker", "connect", "defaults", "load_ipython_extension",
     "unload_ipython_extension",
     "AuthenticationError", "CrossWorkerError", "GetTimeout", "OpNotAllowed", "PermissionDenied", "PointerFreed",

@@ -184,3 +184,56 @@ def test_an_optimizer_refuses_tensors_that_do_not_require_grad(seed):
     with pytest.raises(sm.RemoteError, match="require grad"):
         client.sync()
     del opt
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.LSTM(4, 8, batch_first=True), (2, 5, 4)),
+    (lambda: nn.GRU(4, 8, batch_first=True), (2, 5, 4)),
+    (lambda: nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), (2, 5, 8)),
+    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten()), (2, 1, 6, 6)),
+], ids=["LSTM", "GRU", "TransformerEncoderLayer", "Conv-BatchNorm"])
+def test_modern_standard_layers_run_and_train_on_the_worker(seed, make, shape):
+    bob, client = seed
+    torch.manual_seed(0)
+    model = make().eval()
+    X = torch.randn(*shape)
+    remote = client.send(model).eval()
+    assert remote.path == "worker"
+    x = client.send(X)
+    assert torch.allclose(_first(remote(x)).get(), _first(model(X)).detach(), atol=1e-5)
+    _first(remote(x)).sum().backward()
+    _first(model(X)).sum().backward()
+    first = next(iter(model.parameters()))
+    assert torch.allclose(remote.parameters()[0].grad.get(), first.grad, atol=1e-5)
+
+
+def test_attention_on_the_worker(seed):
+    bob, client = seed
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    X = torch.randn(2, 5, 8)
+    remote = client.send(mha)
+    x = client.send(X)
+    out, weights = remote(x, x, x)
+    expected, expected_weights = mha(X, X, X)
+    assert torch.allclose(out.get(), expected.detach(), atol=1e-5)
+    assert torch.allclose(weights.get(), expected_weights.detach(), atol=1e-5)
+
+
+def test_a_custom_module_around_a_recurrent_layer_is_refused_at_send(seed):
+    bob, client = seed
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(4, 8)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    with pytest.raises(NotImplementedError, match="recurrent layers"):
+        client.send(Tagger())

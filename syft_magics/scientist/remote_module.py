@@ -78,6 +78,13 @@ class RemoteModule:
         return [tensors[n] for n in self._names]
 
     def _send_parts(self, module: nn.Module) -> None:
+        recurrent = [n for n, m in module.named_modules() if isinstance(m, nn.RNNBase)]
+        if recurrent:
+            # their fused kernels take flat weight lists that cannot be pointers (a clear error, not a late one)
+            raise NotImplementedError(
+                f"{type(module).__name__} is a custom module holding recurrent layers ({', '.join(recurrent)}): "
+                "their forward cannot run on the client over pointers. Send the recurrent layer as a standard "
+                f"module (client.send(nn.LSTM(...))) or build the model from standard layers only ({self.why})")
         self._template = copy.deepcopy(module)  # a local copy, for get()
         shell = copy.deepcopy(module)
         self._pointers = {}
