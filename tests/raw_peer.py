@@ -13,7 +13,7 @@ from syft_magics.wire.protocol import PROTOCOL_VERSION, decode, encode
 class RawPeer:
     """A DEALER socket with a chosen routing id; ``send_raw`` sends any bytes, ``request`` a header."""
 
-    def __init__(self, address: str, ident: bytes = b"", timeout: float = 5.0) -> None:
+    def __init__(self, address: str, ident: bytes = b"", timeout: float = 20.0) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.ident = ident or os.urandom(16)

@@ -10,15 +10,14 @@ from pathlib import Path
 import msgpack
 import pytest
 import torch
+from helpers import free_port, wait_until
+from raw_peer import RawPeer
 
 import syft_magics as sm
 from syft_magics import config
 from syft_magics.owner import serving
 from syft_magics.wire import limits
 from syft_magics.wire.protocol import EXT_TUPLE, PROTOCOL_VERSION
-
-from helpers import free_port, wait_until
-from raw_peer import RawPeer
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 HERE = Path(__file__).parent

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from typing import TYPE_CHECKING, TextIO
 
 from ..events import Event
+from ..wire.limits import clip
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -15,11 +17,18 @@ class CommandLog:
     """Appends structured command lines to a file; a subscriber of the worker's events."""
 
     def __init__(self, path: str, worker: "Worker") -> None:
-        self._file = open(path, "a", buffering=1, encoding="utf-8")
+        # 0600: the log names clients, objects and errors on the owner's data
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)
+        self._file = open(fd, "a", buffering=1, encoding="utf-8")
         self._worker = worker
         self._lock = threading.Lock()
 
     def write(self, event: Event) -> None:
+        if event.kind in ("refused", "owner_write"):  # what the worker refused, for the owner to see
+            self._write({"time": event.time, "worker": self._worker.name, "event": event.kind,
+                         **{k: clip(v, 200) for k, v in event.data.items()}})
+            return
         if event.kind != "command":
             return
         data = event.data
@@ -34,6 +43,9 @@ class CommandLog:
             "duration_ms": round(data.get("duration", 0.0) * 1000, 3),
             "status": data["status"],
         }
+        self._write(line)
+
+    def _write(self, line: dict) -> None:
         with self._lock:
             if not self._file.closed:
                 self._file.write(json.dumps(line) + "\n")

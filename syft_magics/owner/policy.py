@@ -41,6 +41,8 @@ class GetRequest:
     oid: bytes = field(default=b"", repr=False, compare=False)
     #: the seq of the client's waiting get, answered when the owner decides
     seq: Optional[int] = field(default=None, repr=False, compare=False)
+    #: the object's version counter when asked: an approval lets exactly that version through
+    version: Optional[int] = field(default=None, repr=False, compare=False)
 
     @property
     def pending(self) -> bool:
@@ -162,22 +164,37 @@ class RequestBook:
                 self._grants[(req.session, req.oid)] = req
             return req
 
-    def take_grant(self, session: bytes, oid: bytes) -> bool:
-        """Whether an approval lets this get of ``oid`` through (it is used up)."""
+    def take_grant(self, session: bytes, oid: bytes, version: Optional[int] = None) -> bool:
+        """Whether an approval lets this get of ``oid`` (now at ``version``) through (it is used up).
+        An approval of another version (the object was written after the owner saw it) is void."""
         with self._lock:
-            return self._grants.pop((session, oid), None) is not None
+            return self._take(session, oid, version)
+
+    def _take(self, session: bytes, oid: bytes, version: Optional[int]) -> bool:
+        req = self._grants.pop((session, oid), None)
+        if req is None:
+            return False
+        if req.version != version:
+            req.reason = "void: the object was written after this approval"
+            return False
+        return True
 
     def ask(self, session: bytes, oid: bytes, seq: Any, **fields: Any) -> Tuple[Optional[GetRequest], bool]:
         """A get of ``oid`` that needs the owner: ``(None, False)`` if an approval lets it through after
         all, else its pending request (answered at ``seq`` when decided) and whether it is new. One step
-        under the lock, so a decision made meanwhile on another thread is never missed."""
+        under the lock, so a decision made meanwhile on another thread is never missed. A pending
+        request for an older version of the object is cancelled: the owner would decide on what
+        is no longer there."""
+        version = fields.get("version")
         with self._lock:
-            if self._grants.pop((session, oid), None) is not None:
+            if self._take(session, oid, version):
                 return None, False
             for req in self._by_n.values():
                 if req.pending and req.session == session and req.oid == oid:
-                    req.seq = seq
-                    return req, False
+                    if req.version == version:
+                        req.seq = seq
+                        return req, False
+                    req.status, req.reason, req.decided = "cancelled", "the object was written meanwhile", time.time()
             req = GetRequest(n=self._next, session=session, oid=oid, seq=seq, **fields)
             self._next += 1
             self._by_n[req.n] = req

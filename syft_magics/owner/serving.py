@@ -9,6 +9,7 @@ reply and never stops the worker.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -20,18 +21,17 @@ import torch
 import zmq
 
 from ..errors import ProtocolError, TagError
-from ..wire import auth, samehost
-from ..wire.names import check_tag, short_name
-from ..wire import limits
+from ..wire import auth, limits, samehost
+from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, decode_handshake, encode, field
 from ..wire.sockets import readable, recv_parts, send_parts
+from . import writes
 from .connections import Connections
 from .models import export
 from .optimizers import STORED_TYPES
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .sessions import Session
 from .store import Entry, new_id
-from .writes import written_args
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -84,6 +84,7 @@ class Server:
         wake_send.connect(address)
         self._wake_send = wake_send
         self._running = True
+        writes.warm_up()
         self._thread = threading.Thread(target=self._serve, args=(router, wake_recv),
                                         name=f"syft-worker-{self.name}", daemon=True)
         self._thread.start()
@@ -253,7 +254,9 @@ class Server:
                 raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {oid.hex()[:8]}… "
                                                 "(it was freed, or never existed)")
             if entry.session is not None and entry.session != session.ident:
-                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"object {oid.hex()[:8]}… belongs to another client")
+                # another client's object reads exactly as one that does not exist
+                raise _Reject(ErrorCode.UNKNOWN_OBJECT, f"{self.name} holds no object {oid.hex()[:8]}… "
+                                                        "(it was freed, or never existed)")
             if entry.error is not None:
                 raise _Reject(ErrorCode.FAILED_INPUT, f"an input ({entry.label}) came from an op that failed: {entry.error}")
             used.append(entry)
@@ -358,7 +361,8 @@ class Server:
         t0 = time.perf_counter()
         name = field(header, "f", str)
         if len(name) > limits.MAX_OP_NAME_CHARS:
-            raise _Reject(ErrorCode.OP_NOT_ALLOWED, f"op name of {len(name)} characters is not on {self.name}'s allowlist")
+            raise _Reject(ErrorCode.OP_NOT_ALLOWED,
+                          f"op name of {len(name)} characters is not on {self.name}'s allowlist")
         args = header.get("a", ())
         kwargs = header.get("k") or {}
         out = header.get("o") or []
@@ -371,15 +375,29 @@ class Server:
                 raise _Reject(ErrorCode.OP_NOT_ALLOWED, f"{short_name(name)} is not on {self.name}'s allowlist of ops")
             if "out" in kwargs:
                 raise _Reject(ErrorCode.BAD_ARGS, "out= is not supported on pointers")
-            self._check_writable(written_args(name, fn, args, kwargs), used)
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
                     raise _Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
-            if header.get("g", True):
-                result = fn(*args, **kwargs)
-            else:  # the client's op ran under torch.no_grad()
-                with torch.no_grad():
+            if is_inplace(name) and args and any(e.tensor is args[0] and writes.owner_view(self.store, e)
+                                                 for e in used):
+                # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
+                raise writes.OwnerDataWrite(short_name(name), "self",
+                                            next(e.label for e in used if e.tensor is args[0]))
+            before = writes.versions(used)
+            try:
+                with writes.guard(self.store, used), \
+                        contextlib.nullcontext() if header.get("g", True) else torch.no_grad():
+                    # (no_grad: the client's op ran under torch.no_grad())
                     result = fn(*args, **kwargs)
+            finally:
+                self._written(session, short_name(name), used, writes.changed(before))
+        except writes.OwnerDataWrite as exc:
+            self.refuse("write into the owner's data")
+            reject = _Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
+                                                  f"changed ({short_name(name)} writes into it); compute on a copy "
+                                                  "instead, e.g. ptr.clone()")
+            self._fail(session, name, out, used, reject, t0)
+            raise reject from None
         except Exception as exc:
             self._fail(session, name, out, used, exc, t0)
             raise
@@ -405,16 +423,15 @@ class Server:
             return encode({"t": Kind.OK, "s": header.get("s"), "r": _describe_result(result, iter(out))})
         return None
 
-    def _check_writable(self, targets: List[Any], used: List[Entry]) -> None:
-        for target in targets:
-            if not isinstance(target, torch.Tensor):
-                continue
-            entry = next((e for e in used if e.tensor is target), None)
-            if entry is None:
-                continue
-            if entry.session is None or self.store.aliases_owner_data(target):
-                raise _Reject(ErrorCode.READ_ONLY, f"{entry.label} is {self.name}'s data (or a view of it) and cannot be "
-                                           "changed in place; compute on a copy instead, e.g. ptr.clone()")
+    def _written(self, session: Session, op: str, used: List[Entry], written: List[Entry]) -> None:
+        """Record the writes an op made: into a client's object, in its history (an approval shows it);
+        into the owner's data (the guard failed to foresee it), reported loudly."""
+        for entry in written:
+            if writes.owner_view(self.store, entry):
+                self.refuse("unforeseen write into the owner's data")
+                self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
+            entry.history.append((op, tuple(e.id for e in used if e is not entry)))
+            entry.seen_version = entry.version
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry],
               exc: Exception, t0: float) -> None:
@@ -425,7 +442,7 @@ class Server:
                 self.store.put(Entry(oid, None, origin=session.label, session=session.ident,
                                      op=short_name(name), error=message))
         self.events.emit("command", client=session.label, op=short_name(name), inputs=tuple(e.id for e in used),
-                         out=[], duration=time.perf_counter() - t0, status=f"error: {exc}")
+                         out=[], duration=time.perf_counter() - t0, status=f"error: {limits.clip(exc)}")
 
     def _on_get(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         seq = header.get("s")
@@ -436,7 +453,8 @@ class Server:
         if entry.error is not None:
             raise _Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
         entry.last_access = time.time()
-        if self.requests.take_grant(session.ident, oid):
+        version = entry.version
+        if self.requests.take_grant(session.ident, oid, version):
             return self._value(session, seq, entry)
         if type(self.worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
             return self._value(session, seq, entry)
@@ -453,7 +471,7 @@ class Server:
             self.events.emit("get", client=session.label, id=entry.hex, status="denied")
             raise _Reject(ErrorCode.DENIED, f"{self.name} refused to release {entry.label}: "
                                     f"{self.worker.policy.deny_reason(GetRequest(n=0, **req_fields))}")
-        req, opened = self.requests.ask(session.ident, oid, seq, **req_fields)
+        req, opened = self.requests.ask(session.ident, oid, seq, version=version, **req_fields)
         if req is None:  # the owner approved while this get was on its way
             return self._value(session, seq, entry)
         if opened:
@@ -467,6 +485,11 @@ class Server:
         if session.peer == "inproc" and tensor is entry.tensor:
             # inproc:// passes the frame's memory itself: the client would hold the store's tensor
             # (the owner's data) and could change it in place
+            tensor = tensor.clone()
+        elif entry.session is not None and isinstance(tensor, torch.Tensor) \
+                and type(self.worker.policy).decide is not OpenPolicy.decide:
+            # a frame is sent zero-copy, later, from ZeroMQ's I/O thread: a client's next op could write
+            # into its object before the bytes leave, and receive other values than the ones approved
             tensor = tensor.clone()
         return encode({"t": Kind.VALUE, "s": seq, "x": tensor}, session.pool)
 
@@ -492,7 +515,7 @@ class Server:
         found = self.store.search(tags)
         self.events.emit("search", client=session.label, session=session.short, tags=tags, found=len(found),
                          ids=[e.id for e in found])
-        return encode({"t": Kind.OK, "s": header.get("s"), "all_tags": self.store.all_tags(),
+        return encode({"t": Kind.OK, "s": header.get("s"), "all_tags": self.store.all_tags(owner_only=True),
                        "r": [[e.id, list(e.shape), e.dtype, list(e.tags)] for e in found]})
 
     def _on_free(self, session: Session, header: dict, used: List[Entry]) -> None:
@@ -577,7 +600,8 @@ def _hello_fields(header: dict) -> dict:
     name, hostname, pid = header.get("name", "client"), header.get("hostname", "?"), header.get("pid")
     for what, value in (("client name", name), ("host name", hostname)):
         if not isinstance(value, str) or len(value) > limits.MAX_NAME_CHARS:
-            raise _Reject(ErrorCode.BAD_ARGS, f"the {what} must be a string of at most {limits.MAX_NAME_CHARS} characters")
+            raise _Reject(ErrorCode.BAD_ARGS,
+                          f"the {what} must be a string of at most {limits.MAX_NAME_CHARS} characters")
     if pid is not None and (type(pid) is not int or not 0 <= pid < 1 << 32):
         raise _Reject(ErrorCode.BAD_ARGS, "the pid must be a small non-negative integer")
     host = header.get("host")

@@ -39,6 +39,21 @@ class Entry:
     created: float = field(default_factory=time.time)
     last_access: float = field(default_factory=time.time)
     error: Optional[str] = None  # set when the op meant to create it failed
+    #: writes made into it after it was made: (op, ids of the op's other inputs), in order
+    history: List[Tuple[str, Tuple[bytes, ...]]] = field(default_factory=list)
+    #: the tensor's version counter when its history was last brought up to date
+    seen_version: int = -1
+
+    def __post_init__(self) -> None:
+        self.seen_version = self.version
+
+    @property
+    def version(self) -> int:
+        """The tensor's version counter: it moves with every write, through any view (-1: none)."""
+        try:
+            return self.tensor._version if isinstance(self.tensor, torch.Tensor) else -1
+        except RuntimeError:  # inference tensors
+            return -1
 
     @property
     def hex(self) -> str:
@@ -179,19 +194,34 @@ class ObjectStore:
         """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""
         return bool(self._owner_storage) and t.numel() > 0 and storage_key(t) in self._owner_storage
 
+    def owner_storages(self) -> Set[int]:
+        """The storage keys of the owner's shared data (a copy)."""
+        with self._lock:
+            return set(self._owner_storage)
+
     def lineage(self, entry: Entry) -> str:
         """How ``entry`` was made, e.g. ``add(#X, #Y)``; its label if it was shared or sent."""
-        if not entry.op:
-            return entry.label
+        text = f"{entry.op}({self._labels(entry.inputs)})" if entry.op else entry.label
+        for op, inputs in entry.history:
+            text += f", then {op}({self._labels(inputs)})"
+        if entry.version != entry.seen_version:
+            text += ", then written through a view or alias"
+        return text
+
+    def _labels(self, ids: Tuple[bytes, ...]) -> str:
         labels = []
-        for oid in entry.inputs:
+        for oid in ids:
             inp = self._entries.get(oid)
             labels.append(inp.label if inp is not None else oid.hex()[:8] + "…")
-        return f"{entry.op}({', '.join(labels)})"
+        return ", ".join(labels)
 
-    def all_tags(self) -> List[str]:
+    def all_tags(self, owner_only: bool = False) -> List[str]:
+        """Every tag in use; ``owner_only``: only those of the owner's shared objects (what clients see)."""
         with self._lock:
-            return sorted(self._tags)
+            if not owner_only:
+                return sorted(self._tags)
+            return sorted(t for t, ids in self._tags.items()
+                          if any(self._entries[i].session is None for i in ids))
 
     def session_count(self, session: bytes) -> int:
         return len(self._by_session.get(session, ()))

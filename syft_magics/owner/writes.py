@@ -1,74 +1,136 @@
-"""Which arguments an op writes into, so the worker can refuse writes into the owner's data.
+"""Keeping the owner's data unwritten: torch's op schemas decide, version counters check.
 
-In-place ops (``add_``, ``__setitem__``) write into their first argument; some functional
-ops write when asked to (``F.relu(x, inplace=True)``) or as a side effect (the running
-statistics of ``F.batch_norm`` in training mode). Ops that can never write are remembered,
-so the common case costs one dictionary lookup.
+Every way a client's op could write (a method named in place, ``out=`` given by keyword
+or by position, ``inplace=True``, running statistics, writes through a view or an alias)
+ends in an ATen operator whose schema marks the written argument (``Tensor(a!)``). While an
+op that reads the owner's data runs, :class:`WriteGuard` (a ``TorchDispatchMode``) sees each
+ATen call and refuses, before it runs, any whose written argument shares memory with the
+owner's data. No hand-kept list of op names is involved, so ops we never thought of are
+covered the same way. The one gap in torch's schemas we know of: ``native_batch_norm`` and
+its backend variants write ``running_mean``/``running_var`` in training mode without saying
+so; they are recognised by those argument names.
+
+After every op, :func:`changed` compares the version counters of the objects it used: a
+write to the owner's data that slipped through anyway is reported (not silently kept), and
+a write to a client's own object is recorded in that object's history (see approvals).
+Only ops that touch the owner's data run under the guard; the others pay nothing.
 """
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterable, List, Set, Tuple
 
-from .allowlist import is_inplace
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-#: Functional ops that write into tensor arguments without being named in place:
-#: the parameter written, and the condition (a parameter that must be truthy / not None) under which it is.
-_WRITES_WHEN = {
-    "batch_norm": (("running_mean", "training"), ("running_var", "training")),
-    "instance_norm": (("running_mean", "use_input_stats"), ("running_var", "use_input_stats")),
-    "embedding": (("weight", "max_norm"),),
-}
-_SIGNATURES: Dict[Any, Optional[inspect.Signature]] = {}
+from .store import storage_key
 
+if TYPE_CHECKING:
+    from .store import Entry, ObjectStore
 
-def _signature(fn: Callable) -> Optional[inspect.Signature]:
-    try:
-        return _SIGNATURES[fn]
-    except KeyError:
-        pass
-    except TypeError:
-        return None
-    try:
-        sig: Optional[inspect.Signature] = inspect.signature(fn)
-    except (TypeError, ValueError):
-        sig = None
-    _SIGNATURES[fn] = sig
-    return sig
+#: Argument names that ops write in training mode without a write annotation in their schema.
+_UNANNOTATED_WRITES = ("running_mean", "running_var")
 
 
-_NEVER_WRITES: Dict[Tuple[str, Any], bool] = {}
+class OwnerDataWrite(Exception):
+    """An op tried to write into the owner's data; raised before the write happens."""
+
+    def __init__(self, op: str, argument: str, label: str) -> None:
+        super().__init__(f"{op} would write into {label} (its argument '{argument}')")
+        self.op, self.argument, self.label = op, argument, label
 
 
-def written_args(name: str, fn: Callable, args: Any, kwargs: dict) -> List[Any]:
-    """The arguments an op writes into: its first for in-place ops (``add_``, ``__setitem__``), the
-    input of ``F.relu(x, inplace=True)`` and the like, running statistics of ``F.batch_norm``..."""
-    try:
-        never = _NEVER_WRITES[(name, fn)]
-    except KeyError:
-        sig = _signature(fn)
-        never = _NEVER_WRITES[(name, fn)] = not is_inplace(name) and (
-            sig is None or ("inplace" not in sig.parameters and name.rsplit(".", 1)[-1] not in _WRITES_WHEN))
-    except TypeError:  # an unhashable callable
-        never = False
-    if never:
-        return []
-    if is_inplace(name):
-        return [args[0]] if args else list(kwargs.values())[:1]
-    sig = _signature(fn)
-    if sig is None:
-        return []
-    params = sig.parameters
-    try:
-        bound = sig.bind(*args, **kwargs)
-    except TypeError:
-        return []
-    given = bound.arguments
-    written = []
-    if given.get("inplace"):
-        written.append(next(iter(given.values()), None))
-    for param, condition in _WRITES_WHEN.get(name.rsplit(".", 1)[-1], ()):
-        flag = given.get(condition, params[condition].default if condition in params else None)
-        if flag is not None and flag is not False and flag is not inspect.Parameter.empty:
-            written.append(given.get(param))
-    return written
+def _written(func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Iterable[Tuple[str, Any]]:
+    """(argument name, value) of each argument ``func`` writes into, from its schema."""
+    schema = func._schema
+    arguments = schema.arguments
+    if schema.is_mutable:
+        for i, arg in enumerate(arguments):
+            info = arg.alias_info
+            if info is not None and info.is_write:
+                yield arg.name, args[i] if i < len(args) and not arg.kwarg_only else kwargs.get(arg.name)
+    names = [a.name for a in arguments]
+    if "training" in names and any(n in names for n in _UNANNOTATED_WRITES):
+        i = names.index("training")
+        if (args[i] if i < len(args) else kwargs.get("training")):
+            for name in _UNANNOTATED_WRITES:
+                if name in names:
+                    j = names.index(name)
+                    yield name, args[j] if j < len(args) else kwargs.get(name)
+
+
+class WriteGuard(TorchDispatchMode):
+    """Refuses every ATen call that would write into memory of the owner's data.
+
+    ``storages`` are the storage keys of the owner's data, ``tensors`` the owner's tensor objects
+    themselves (an empty tensor has no memory to recognise, but ``out=`` would resize it), and
+    ``labels`` name them in the error (storage key -> label).
+    """
+
+    def __init__(self, storages: Set[int], tensors: Set[int], labels: Dict[int, str]) -> None:
+        super().__init__()
+        self.storages, self.tensors, self.labels = storages, tensors, labels
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for name, value in _written(func, args, kwargs):
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor) and self._protected(t):
+                    raise OwnerDataWrite(str(func.overloadpacket.__name__), name,
+                                         self.labels.get(storage_key(t), "the owner's data"))
+        return func(*args, **kwargs)
+
+    def _protected(self, t: torch.Tensor) -> bool:
+        if id(t) in self.tensors:
+            return True
+        return t.numel() > 0 and storage_key(t) in self.storages
+
+
+def guard(store: "ObjectStore", used: List["Entry"]) -> ContextManager[Any]:
+    """A :class:`WriteGuard` if any object in ``used`` is (or aliases) the owner's data, else a no-op."""
+    owned = [e for e in used if owner_view(store, e)]
+    if not owned:
+        return contextlib.nullcontext()
+    storages = store.owner_storages()
+    labels = {storage_key(e.tensor): e.label for e in owned}
+    return WriteGuard(storages, {id(e.tensor) for e in owned}, labels)
+
+
+_warming = threading.Lock()
+
+
+def warm_up() -> None:
+    """Run the guard once, in a background thread: the first dispatch mode of a process makes torch
+    import its compiler stack (seconds), which would otherwise delay a client's first op on the owner's data."""
+    if not _warming.acquire(blocking=False):
+        return
+
+    def run() -> None:
+        with WriteGuard(set(), set(), {}):
+            torch.zeros(1).add_(1)
+
+    # not a daemon: a daemon thread still importing when the interpreter exits crashes it
+    threading.Thread(target=run, name="torch-dispatch-warm-up", daemon=False).start()
+
+
+def versions(used: List["Entry"]) -> List[Tuple["Entry", int]]:
+    """The version counter of each tensor an op is about to use (read again by :func:`changed`)."""
+    return [(e, e.version) for e in used if isinstance(e.tensor, torch.Tensor)]
+
+
+def changed(before: List[Tuple["Entry", int]]) -> List["Entry"]:
+    """The entries whose tensor was written since :func:`versions` (each once)."""
+    seen: Set[int] = set()
+    out: List["Entry"] = []
+    for e, v in before:
+        if id(e) not in seen and e.version != v:
+            seen.add(id(e))
+            out.append(e)
+    return out
+
+
+def owner_view(store: "ObjectStore", entry: "Entry") -> bool:
+    """Whether ``entry`` is the owner's data or a view of it."""
+    t = entry.tensor
+    return isinstance(t, torch.Tensor) and (entry.session is None or store.aliases_owner_data(t))

@@ -8,7 +8,6 @@ issued it.
 """
 from __future__ import annotations
 
-import itertools
 import linecache
 import os
 import sys
@@ -391,14 +390,10 @@ class Client:
 
 
 def _id_source() -> Callable[[], bytes]:
-    """Fresh 128-bit result ids without a system call per op: a counter, scrambled by a bijection of
-    64-bit integers (so short ids read differently in logs and panels), then a random per-session half."""
-    session, key, counter = os.urandom(8), int.from_bytes(os.urandom(8), "big"), itertools.count(1)
-
-    def new_id() -> bytes:
-        return (((next(counter) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) ^ key).to_bytes(8, "big") + session
-
-    return new_id
+    """Fresh 128-bit random result ids. Unpredictable on purpose: ids derived from a counter could be
+    guessed from one seen in a log, and another client could claim them first (the worker refuses
+    an id already in use)."""
+    return lambda: os.urandom(16)
 
 
 def _user() -> str:

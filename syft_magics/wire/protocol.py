@@ -42,8 +42,7 @@ import torch
 
 from ..errors import ErrorCode as ErrorCode  # the codes of "err" replies, part of this vocabulary
 from ..errors import ProtocolError, WireEnum
-from . import samehost
-from . import limits
+from . import limits, samehost
 
 PROTOCOL_VERSION = 1
 
@@ -323,7 +322,8 @@ class _Decoder:
             dims = _plain(data)
             if not isinstance(dims, list) or len(dims) > limits.MAX_NDIM or \
                     any(type(d) is not int or not 0 <= d < 1 << 62 for d in dims):
-                raise ProtocolError("malformed message header: a size must be a list of at most 64 non-negative integers")
+                raise ProtocolError("malformed message header: a size must be a list of at most 64 "
+                                    "non-negative integers")
             return torch.Size(dims)
         if code == EXT_SLICE:
             start, stop, step = self.unpack(data)

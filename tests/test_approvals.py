@@ -1,0 +1,90 @@
+"""An approval covers exactly what the owner saw: the object's whole history, in-place ops included,
+and the version approved; a write after the approval voids it."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from helpers import wait_until
+from raw_peer import RawPeer
+
+from syft_magics.wire.protocol import Ref, encode
+
+X = torch.tensor([1.0, 2, 3, 4, 5])
+
+
+@pytest.fixture
+def review(make_worker):
+    bob = make_worker("Bob", policy="review")
+    bob.share(X.clone(), "#X")
+    mallory = RawPeer(bob.address)
+    mallory.login(bob.key, name="mallory")
+    yield bob, mallory, Ref(bob.store.search(("#X",))[0].id)
+    mallory.close()
+
+
+def _run(peer: RawPeer, f: str, *args) -> bytes:
+    oid = os.urandom(16)
+    peer.send_raw(encode({"t": "op", "s": 0, "f": f, "a": list(args), "o": [oid]}))
+    return oid
+
+
+def _sync(peer: RawPeer) -> None:
+    assert peer.request({"t": "sync", "s": 99})["t"] == "ok"
+
+
+def test_a_write_before_the_approval_shows_in_the_request_and_voids_the_old_one(review):
+    bob, mallory, x = review
+    z = _run(mallory, "torch.zeros_like", x)
+    assert mallory.request({"t": "get", "s": 1, "id": z})["t"] == "pending"
+    assert bob.requests[1].lineage == "zeros_like(#X)"
+    mallory.send_raw(encode(
+        {"t": "op", "s": 0, "f": "Tensor.copy_", "a": [Ref(z), x], "o": [None]}))
+    _sync(mallory)
+    bob.approve(1)  # the owner approves what it saw: zeros
+    assert mallory.reply()["t"] == "approved"
+    reply = mallory.request({"t": "get", "s": 2, "id": z})
+    assert reply["t"] == "pending" and reply["n"] == 2, reply  # not the value: it is no longer zeros
+    assert bob.requests[2].lineage == "zeros_like(#X), then .copy_(#X)"
+    assert "void" in bob.requests[1].reason
+
+
+def test_a_write_after_the_request_cancels_it_and_a_new_one_shows_the_write(review):
+    bob, mallory, x = review
+    z = _run(mallory, "torch.zeros_like", x)
+    assert mallory.request({"t": "get", "s": 1, "id": z})["n"] == 1
+    mallory.send_raw(encode(
+        {"t": "op", "s": 0, "f": "Tensor.add_", "a": [Ref(z), x], "o": [None]}))
+    reply = mallory.request({"t": "get", "s": 2, "id": z})
+    assert reply["t"] == "pending" and reply["n"] == 2
+    assert bob.requests[1].status == "cancelled" and bob.requests[2].lineage == "zeros_like(#X), then .add_(#X)"
+
+
+def test_a_write_through_a_view_shows_and_voids(review):
+    bob, mallory, x = review
+    z = _run(mallory, "torch.zeros_like", x)
+    view = _run(mallory, "Tensor.__getitem__", Ref(z), slice(0, 3, None))
+    assert mallory.request({"t": "get", "s": 1, "id": z})["n"] == 1
+    bob.approve(1)
+    assert mallory.reply()["t"] == "approved"
+    mallory.send_raw(encode(
+        {"t": "op", "s": 0, "f": "Tensor.copy_", "a": [Ref(view), torch.ones(3)], "o": [None]}))
+    reply = mallory.request({"t": "get", "s": 2, "id": z})
+    assert reply["t"] == "pending", reply
+    assert bob.requests[2].lineage.endswith("then written through a view or alias")
+
+
+def test_the_approved_version_is_what_arrives(review):
+    bob, mallory, x = review
+    z = _run(mallory, "torch.zeros_like", x)
+    assert mallory.request({"t": "get", "s": 1, "id": z})["n"] == 1
+    bob.approve(1)
+    assert mallory.reply()["t"] == "approved"
+    # the get and a write right behind it, pipelined: the value sent is the approved zeros
+    mallory.send_raw(encode({"t": "get", "s": 2, "id": z}))
+    mallory.send_raw(encode(
+        {"t": "op", "s": 0, "f": "Tensor.copy_", "a": [Ref(z), x], "o": [None]}))
+    reply = mallory.reply()
+    assert reply["t"] == "value" and torch.equal(reply["x"], torch.zeros(5))
+    assert wait_until(lambda: bob.stats["commands"] >= 2)

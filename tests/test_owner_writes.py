@@ -1,0 +1,123 @@
+"""The owner's data is never written, whichever way an op is asked to write: decided from torch's
+op schemas on the worker, so a client that does not use our library (positional ``out``) is refused too."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from raw_peer import RawPeer
+
+from syft_magics.owner import writes
+from syft_magics.wire.protocol import Ref
+
+X = torch.tensor([[1.0, 2, 3], [4, 5, 6]])
+
+
+@pytest.fixture
+def bob_and_mallory(make_worker):
+    bob = make_worker("Bob", policy="open")
+    owner = X.clone()
+    bob.share(owner, "#X")
+    mallory = RawPeer(bob.address)
+    mallory.login(bob.key, name="mallory")
+    yield bob, owner, mallory
+    mallory.close()
+
+
+def _op(peer: RawPeer, f: str, *args, **kwargs) -> dict:
+    return peer.request({"t": "op", "s": 1, "f": f, "a": list(args), "k": kwargs, "m": True})
+
+
+# the issue's three: functions that take ``out`` positionally, called from a raw client
+POSITIONAL_OUT = [
+    ("torch.norm", lambda x: (torch.ones(2, 3), "fro", None, False, x)),
+    ("torch.tensordot", lambda x: (torch.ones(2, 3), torch.ones(3, 2), 1, x)),
+    ("torch.nn.functional.normalize", lambda x: (torch.ones(2, 3), 2.0, 1, 1e-12, x)),
+]
+
+
+@pytest.mark.filterwarnings("ignore:An output with one or more elements was resized")
+@pytest.mark.parametrize("f,args", POSITIONAL_OUT, ids=["norm", "tensordot", "normalize"])
+def test_positional_out_into_owner_data_is_refused(bob_and_mallory, f, args):
+    bob, owner, mallory = bob_and_mallory
+    x = Ref(bob.store.search(("#X",))[0].id)
+    version = owner._version
+    reply = _op(mallory, f, *args(x))
+    assert reply["t"] == "err" and reply["code"] == "read_only", reply
+    assert "#X" in reply["msg"]
+    assert torch.equal(owner, X) and owner._version == version and owner.shape == X.shape
+    assert bob.stats["refusals"]["write into the owner's data"] >= 1
+
+
+@pytest.mark.parametrize("f,args,kwargs", [
+    ("Tensor.add_", lambda x, m: (x, 1), {}),
+    ("Tensor.__setitem__", lambda x, m: (x, 0, 9.0), {}),
+    ("Tensor.copy_", lambda x, m: (x, torch.zeros(2, 3)), {}),
+    ("torch.nn.functional.relu", lambda x, m: (x, True), {}),
+    ("torch.nn.functional.batch_norm", lambda x, m: (torch.ones(4, 3), m, m), {"training": True}),
+    ("torch.nn.functional.batch_norm", lambda x, m: (torch.ones(4, 3), m, m, None, None, True), {}),
+    ("torch.add", lambda x, m: (torch.ones(2, 3), 1), {"out": "X"}),
+], ids=["add_", "setitem", "copy_", "relu-positional-inplace", "batch_norm-running-stats",
+        "batch_norm-positional-training", "out-keyword"])
+def test_every_kind_of_write_into_owner_data_is_refused(bob_and_mallory, f, args, kwargs):
+    bob, owner, mallory = bob_and_mallory
+    mean = torch.zeros(3)
+    bob.share(mean, "#mean")
+    x, m = (Ref(bob.store.search((tag,))[0].id) for tag in ("#X", "#mean"))
+    kwargs = {k: x if v == "X" else v for k, v in kwargs.items()}
+    reply = _op(mallory, f, *args(x, m), **kwargs)
+    assert reply["t"] == "err" and reply["code"] in ("read_only", "bad_args"), reply
+    assert torch.equal(owner, X) and torch.equal(mean, torch.zeros(3))
+
+
+def test_writes_into_the_clients_own_objects_still_work_and_are_recorded(bob_and_mallory):
+    bob, owner, mallory = bob_and_mallory
+    oid = bob.store.search(("#X",))[0].id
+    mine = os.urandom(16)
+    assert mallory.request({"t": "send", "s": 1, "id": mine, "x": torch.zeros(2, 3), "ack": True})["t"] == "ok"
+    reply = _op(mallory, "torch.tensordot", torch.ones(2, 2), torch.ones(2, 3), 1, Ref(mine))
+    assert reply["t"] == "ok", reply
+    reply = _op(mallory, "Tensor.copy_", Ref(mine), Ref(oid))
+    assert reply["t"] == "ok", reply
+    assert [op for op, _ in bob.store.get(mine).history] == ["tensordot", ".copy_"]
+    assert bob.store.get(mine).history[1][1] == (oid,)
+    assert torch.equal(bob.store.get(mine).tensor, X) and torch.equal(owner, X)
+
+
+def test_the_guard_reads_writes_from_op_schemas():
+    owner = X.clone()
+    from syft_magics.owner.store import storage_key
+    guard = writes.WriteGuard({storage_key(owner)}, {id(owner)}, {storage_key(owner): "#X"})
+    attempts = [
+        lambda: torch.norm(torch.ones(2, 3), "fro", None, False, owner),
+        lambda: torch.tensordot(torch.ones(2, 3), torch.ones(3, 2), 1, owner),
+        lambda: F.normalize(torch.ones(2, 3), 2.0, 1, 1e-12, owner),
+        lambda: torch.add(owner, 1, out=owner),
+        lambda: owner[0].mul_(2),
+        lambda: owner.t().copy_(torch.zeros(3, 2)),
+        lambda: F.relu(owner, True),
+        lambda: F.batch_norm(torch.ones(4, 3), owner[0], owner[1], training=True),
+        lambda: F.embedding(torch.tensor([0, 1]), owner, max_norm=0.1),
+        lambda: torch.empty(0).set_(owner.untyped_storage()).fill_(1),
+    ]
+    for attempt in attempts:
+        with pytest.raises(writes.OwnerDataWrite):
+            with guard:
+                attempt()
+    assert torch.equal(owner, X)
+    with guard:  # reads are fine, and so are writes elsewhere
+        assert torch.equal(torch.add(owner, 1), X + 1)
+        torch.zeros(3).add_(1)
+        assert F.batch_norm(torch.ones(4, 3), owner[0], owner[1], training=False).shape == (4, 3)
+
+
+def test_an_unforeseen_write_is_reported(bob_and_mallory, monkeypatch):
+    bob, owner, mallory = bob_and_mallory
+    oid = bob.store.search(("#X",))[0].id
+    # pretend the schemas missed a write: the version counter still tells
+    monkeypatch.setattr(writes, "guard", lambda store, used: __import__("contextlib").nullcontext())
+    _op(mallory, "torch.tensordot", torch.ones(2, 2), torch.ones(2, 3), 1, Ref(oid))
+    assert bob.events.totals["owner_write"] == 1
+    assert bob.stats["refusals"]["unforeseen write into the owner's data"] == 1
