@@ -127,7 +127,8 @@ def test_approve_button_releases_a_waiting_get(review_seed, panels):
     getter = Getter(z)
     wait_until(lambda: 1 in wp._request_rows, what="the request to show in the panel (by the timer)")
     assert "add(#X, #Y)" in wp._request_rows[1].children[0].value
-    assert wp.tabs.titles[2] == "Requests (1)"
+    # the timer renders the request's row, then the tab titles: wait for both
+    wait_until(lambda: wp.tabs.titles[2] == "Requests (1)", what="the Requests tab to count the request")
     approve, _, _ = wp.request_buttons(1)
     approve.click()  # what a click in the browser does
     assert torch.equal(getter.join().value, torch.tensor([2.0, 3, 4, 5, 6]))

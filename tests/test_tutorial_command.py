@@ -42,6 +42,17 @@ def test_a_working_copy_never_overwrites_a_notebook_already_there(tmp_path):
     assert (tmp_path / "Bob.ipynb").read_text() == "my edits"
     assert json.loads((tmp_path / "Model.ipynb").read_text())["cells"]
     assert (tmp_path / "Pipelines.ipynb").is_file()
+    shipped = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert shipped <= {p.name for p in tmp_path.glob("*.ipynb")}  # every notebook of the tutorial
+
+
+def test_setup_installs_every_notebook_as_data():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = {Path(p.strip()).name for p in cfg["options.data_files"]["share/syft_magics/notebooks"].split(",")}
+    assert listed == {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
 
 
 def get(url: str, timeout: float = 5) -> bytes:

@@ -65,9 +65,9 @@ def prepare(target: Optional[Path] = None) -> Path:
     if target == source.resolve():
         return target
     target.mkdir(parents=True, exist_ok=True)
-    for name in NOTEBOOKS:
-        if not (target / name).exists():
-            shutil.copyfile(source / name, target / name)
+    for path in sorted(source.glob("*.ipynb")):  # the core three, and any other notebook shipped with them
+        if not (target / path.name).exists():
+            shutil.copyfile(path, target / path.name)
     return target
 
 
