@@ -17,7 +17,6 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
-import msgpack
 import torch
 import zmq
 
@@ -25,7 +24,7 @@ from ..display import short_id
 from ..errors import ProtocolError, TagError
 from ..wire import limits, samehost
 from ..wire.names import check_tag, is_inplace, short_name
-from ..wire.protocol import ErrorCode, Kind, decode, encode, field
+from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import readable, recv_parts, send_parts
 from . import writes
 from .connections import Connections
@@ -216,10 +215,10 @@ class Server(Handshakes):
             header = decode(parts, self._resolver(session, used), session.host_peer)
         except Exception as exc:
             # unreadable arguments (e.g. a freed input): answer with the seq, poison the op's results
-            peek = _peek(parts[0])
-            setattr(exc, "seq", peek.get("s"))  # (any exception: the reply names its request)
-            if peek.get("t") == Kind.OP and isinstance(peek.get("o"), list):
-                self._fail(session, str(peek.get("f")), peek["o"], used, exc, time.perf_counter())
+            head = peek(parts[0])
+            setattr(exc, "seq", head.get("s"))  # (any exception: the reply names its request)
+            if head.get("t") == Kind.OP and isinstance(head.get("o"), list):
+                self._fail(session, str(head.get("f")), head["o"], used, exc, time.perf_counter())
             raise
         kind = header["t"]
         if kind == Kind.BATCH and not batched:
@@ -509,12 +508,3 @@ class Server(Handshakes):
     HANDLERS = {Kind.OP: _on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
                 Kind.HOST: _on_host, Kind.RELEASE: _on_release}
-
-
-def _peek(frame: zmq.Frame) -> dict:
-    """The plain fields of a header whose arguments could not be decoded."""
-    try:
-        header = msgpack.unpackb(getattr(frame, "bytes", frame), ext_hook=lambda c, d: None, raw=False)
-        return header if isinstance(header, dict) else {}
-    except Exception:
-        return {}

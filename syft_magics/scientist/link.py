@@ -22,7 +22,6 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-import msgpack
 import zmq
 
 from ..config import defaults
@@ -38,7 +37,7 @@ from ..errors import (
     error_class,
 )
 from ..wire import auth, samehost
-from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode
+from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
 
 log = logging.getLogger(__name__)
@@ -314,11 +313,7 @@ class Link:
     @staticmethod
     def _undecodable(parts: List[Any], exc: ProtocolError) -> Optional[dict]:
         """A reply whose tensor could not be rebuilt becomes an error for its waiter (others are dropped)."""
-        try:
-            head = msgpack.unpackb(getattr(parts[0], "bytes", parts[0]), ext_hook=lambda code, data: None, raw=False)
-        except Exception:
-            return None
-        seq = head.get("s") if isinstance(head, dict) else None
+        seq = peek(parts[0]).get("s")
         if type(seq) is not int:
             return None
         return {"t": Kind.ERR, "s": seq, "code": ErrorCode.PROTOCOL, "etype": "ProtocolError",

@@ -378,19 +378,11 @@ def decode(
         raise ProtocolError("empty message")
     if len(parts) > limits.MAX_FRAMES + 1:
         raise ProtocolError(f"message has {len(parts) - 1} frames, more than {limits.MAX_FRAMES}")
-    head = parts[0]
-    head = head.bytes if hasattr(head, "bytes") else head
+    head = _frame_bytes(parts[0])
     if len(head) > max_header:
         raise ProtocolError(f"message header of {len(head)} bytes exceeds the limit of {max_header}")
-    try:
-        header = _Decoder(parts[1:], resolve, peer).unpack(head)
-    except ProtocolError:
-        raise
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"malformed message header: {str(exc) or type(exc).__name__}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("t"), str):
-        raise ProtocolError("message header must be a map with a string field 't'")
-    return header
+    return _header(_Decoder(parts[1:], resolve, peer).unpack, head, "malformed message header: ",
+                   lambda exc: str(exc) or type(exc).__name__)
 
 
 def decode_handshake(parts: Sequence[Any]) -> dict:
@@ -398,20 +390,44 @@ def decode_handshake(parts: Sequence[Any]) -> dict:
     no extension values (nothing an unauthenticated peer sends reaches the tensor decoder)."""
     if len(parts) != 1:
         raise ProtocolError("a handshake message is one frame")
-    head = parts[0]
-    head = head.bytes if hasattr(head, "bytes") else head
+    head = _frame_bytes(parts[0])
     if len(head) > limits.MAX_HANDSHAKE_BYTES:
         raise ProtocolError(f"handshake message of {len(head)} bytes exceeds {limits.MAX_HANDSHAKE_BYTES}")
 
     def no_ext(code: int, data: bytes) -> Any:
         raise ProtocolError("a handshake message holds no extension values")
 
+    def unpack(data: Any) -> Any:
+        return msgpack.unpackb(data, ext_hook=no_ext, raw=False, strict_map_key=True)
+
+    return _header(unpack, head, "malformed handshake: ", lambda exc: type(exc).__name__)
+
+
+def peek(frame: Any, max_bytes: int = limits.MAX_HEADER_BYTES) -> dict:
+    """The plain fields of a header whose extension values could not be (or must not be) decoded:
+    each extension value reads as None; ``{}`` if the header is unreadable or over ``max_bytes``."""
+    head = _frame_bytes(frame)
+    if len(head) > max_bytes:
+        return {}
     try:
-        header = msgpack.unpackb(head, ext_hook=no_ext, raw=False, strict_map_key=True)
+        header = msgpack.unpackb(head, ext_hook=lambda code, data: None, raw=False)
+    except Exception:
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def _frame_bytes(frame: Any) -> Any:
+    return frame.bytes if hasattr(frame, "bytes") else frame
+
+
+def _header(unpack: Callable[[Any], Any], head: Any, what: str, detail: Callable[[Exception], str]) -> dict:
+    """``unpack(head)``, checked to be a message header; unpacking errors become ``ProtocolError(what + detail)``."""
+    try:
+        header = unpack(head)
     except ProtocolError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"malformed handshake: {type(exc).__name__}") from None
+        raise ProtocolError(what + detail(exc)) from None
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
         raise ProtocolError("message header must be a map with a string field 't'")
     return header
