@@ -1,7 +1,10 @@
 """Small helpers shared by the tests."""
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import time
 from typing import Any, Callable
 
@@ -21,3 +24,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process_tree(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM ``proc``'s process group (a server shuts its kernels down), wait ``grace`` seconds,
+    then SIGKILL the group and whatever of its tree is left."""
+    try:
+        import psutil
+
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except Exception:
+        family = []
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    for child in family:
+        try:
+            child.kill()
+        except Exception:
+            pass

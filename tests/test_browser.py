@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import free_port, stop_process_tree
 from kernel_driver import Kernel
 
 CHROMIUM = "/usr/bin/chromium"
@@ -58,31 +57,6 @@ def wait_http(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90)
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"voila did not listen on {port} within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def stop_tree(proc: subprocess.Popen) -> None:
-    """SIGTERM voila (it shuts its kernels down), then SIGKILL whatever of its tree is left."""
-    try:
-        import psutil
-
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except Exception:
-        family = []
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    for child in family:
-        try:
-            child.kill()
-        except Exception:
-            pass
 
 
 def tab(page, title: str):
@@ -183,4 +157,4 @@ def test_owner_panel_in_voila_with_the_scientist_in_another_kernel(runtime_dir, 
     finally:
         if sci is not None:
             sci.shutdown()
-        stop_tree(voila)
+        stop_process_tree(voila, grace=15)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import struct
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import free_port, stop_process_tree
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -79,33 +78,8 @@ def start_tutorial(tmp_path: Path, runtime_dir: Path):
             except OSError:
                 pass
         time.sleep(0.3)
-    stop(proc)
+    stop_process_tree(proc, grace=20)
     raise AssertionError(f"JupyterLab did not answer:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM JupyterLab (it shuts its kernels down), then SIGKILL whatever of its tree is left."""
-    try:
-        import psutil
-
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except Exception:
-        family = []
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    for child in family:
-        try:
-            child.kill()
-        except Exception:
-            pass
 
 
 def run_all(page, notebook) -> None:
@@ -199,6 +173,6 @@ def test_request_value_on_zs_card_then_approve_in_bobs_panel(tmp_path, runtime_d
             finally:
                 browser.close()
     finally:
-        stop(lab)
+        stop_process_tree(lab, grace=20)
     for name in ("tutorial_waiting.png", "tutorial_side_by_side.png", "tutorial_owner_card.png"):
         assert png_ink(shots / name) > 0.02, f"{name} looks blank"
