@@ -94,6 +94,19 @@ class Handshakes:
             return encode(welcome)
         raise unknown
 
+    def on_host(self, session: Session, header: dict, used: List[Any]) -> List[Any]:
+        """The client's half of the same-host check: its probe must hold the nonce we gave it."""
+        ok = False
+        if session.host_probe is not None:
+            fd, nonce = session.host_probe
+            session.host_probe = None
+            os.close(fd)
+            pid = samehost.check_probe(header.get("probe"), nonce)
+            if pid is not None:
+                # the client frees a sent tensor's region when we acknowledge the send: nothing to confirm
+                session.host_peer, session.pool, ok = samehost.Peer(pid, confirm=False), samehost.Pool(), True
+        return encode({"t": Kind.OK, "s": header.get("s"), "host": ok})
+
 
 def hello_fields(header: dict) -> dict:
     """The fields of a hello a session keeps, each checked and bounded (a name of 100 MiB is refused)."""

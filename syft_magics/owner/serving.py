@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -481,19 +480,6 @@ class Server(Handshakes):
     def _on_ping(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         return encode({"t": Kind.PONG, "s": header.get("s")})
 
-    def _on_host(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
-        """The client's half of the same-host check: its probe must hold the nonce we gave it."""
-        ok = False
-        if session.host_probe is not None:
-            fd, nonce = session.host_probe
-            session.host_probe = None
-            os.close(fd)
-            pid = samehost.check_probe(header.get("probe"), nonce)
-            if pid is not None:
-                # the client frees a sent tensor's region when we acknowledge the send: nothing to confirm
-                session.host_peer, session.pool, ok = samehost.Peer(pid, confirm=False), samehost.Pool(), True
-        return encode({"t": Kind.OK, "s": header.get("s"), "host": ok})
-
     def _on_release(self, session: Session, header: dict, used: List[Entry]) -> None:
         """The client has read these values out of our pool: their regions are free again."""
         if session.pool is not None:
@@ -507,4 +493,4 @@ class Server(Handshakes):
     #: the handler of each kind of message a client sends after the handshake (``batch`` aside)
     HANDLERS = {Kind.OP: _on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
-                Kind.HOST: _on_host, Kind.RELEASE: _on_release}
+                Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release}
