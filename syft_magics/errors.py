@@ -36,6 +36,7 @@ class ErrorCode(WireEnum):
     BAD_TAG = "bad_tag"
     BAD_ARGS = "bad_args"
     BAD_ID = "bad_id"
+    QUOTA = "quota"  # over one of the client's quotas (bytes, objects, message size, queue, op time budget)
 
 
 class SyftError(Exception):
@@ -146,6 +147,12 @@ class UnknownObject(RemoteError, LookupError):
     """The worker holds no object with that id (freed, or never existed)."""
 
 
+class QuotaExceeded(RemoteError):
+    """The worker refused a request that would take the client over one of its quotas (bytes held,
+    objects, message size, queued messages, or an op's time budget); the message names the limit and
+    the usage. Other clients are not affected; freeing objects (``del ptr``) makes room again."""
+
+
 #: The exception a client raises for each error code (codes not listed: :class:`RemoteError`).
 #: :class:`RemoteError` subclasses also name the op and the user's line; the others carry the worker's text.
 ERROR_CLASSES: Dict[ErrorCode, Type[SyftError]] = {
@@ -158,6 +165,7 @@ ERROR_CLASSES: Dict[ErrorCode, Type[SyftError]] = {
     ErrorCode.UNKNOWN_OBJECT: UnknownObject,
     ErrorCode.DENIED: PermissionDenied,
     ErrorCode.BAD_TAG: TagError,
+    ErrorCode.QUOTA: QuotaExceeded,
 }
 
 

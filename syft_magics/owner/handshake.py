@@ -79,7 +79,8 @@ class Handshakes:
                 raise Reject(ErrorCode.UNAUTHENTICATED, f"{self.name} refused the link: wrong key")
             hello = pending[1]
             session = Session(ident=ident, name=hello["name"], pid=hello["pid"],
-                              hostname=hello["hostname"], peer=hello["peer"], conn=self._conn)
+                              hostname=hello["hostname"], peer=hello["peer"], conn=self._conn,
+                              quotas=self.worker.quotas_for(hello["name"]))
             self.sessions[ident] = session
             self.events.emit("connect", client=session.label, session=session.short)
             welcome = {"t": Kind.WELCOME, "instance": self.worker.instance, "name": self.name,

@@ -9,7 +9,6 @@ reply and never stops the worker.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -22,18 +21,18 @@ import zmq
 from ..display import short_id
 from ..errors import ProtocolError, TagError
 from ..wire import limits, samehost
-from ..wire.names import check_tag, is_inplace, short_name
+from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import readable, recv_parts, send_parts
-from . import writes
+from . import costs, quotas, writes
 from .connections import Connections
 from .handshake import Handshakes
 from .models import export
-from .optimizers import STORED_TYPES
+from .ops import Ops
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
-from .replies import Reject, Replies, describe_result, error_reply, flatten
+from .replies import Reject, Replies, error_reply
 from .sessions import Session
-from .store import Entry, new_id
+from .store import Entry
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -44,7 +43,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = limits.HANDSHAKE_TIMEOUT
 
 
-class Server(Handshakes):
+class Server(Handshakes, Ops):
     """Serves one worker's ROUTER socket from a background thread.
 
     It holds what only the serving thread may change: the sessions and the
@@ -80,6 +79,7 @@ class Server(Handshakes):
         self._wake_send = wake_send
         self._running = True
         writes.warm_up()
+        costs.warm_up()
         self._thread = threading.Thread(target=self._serve, args=(router, wake_recv),
                                         name=f"syft-worker-{self.name}", daemon=True)
         self._thread.start()
@@ -185,6 +185,20 @@ class Server(Handshakes):
         self._conn = self.connections.token(parts[-1]) if self.connections is not None else 0
         reply = self._answer(ident, parts[1:]) if len(parts) > 1 else \
             error_reply(ProtocolError("message has no header"))
+        self._send_replies(router, ident, reply)
+
+    def _drain(self, session: Session, router: zmq.Socket) -> None:
+        """Serve, in order, the messages that waited behind a client's background op, until another
+        one goes to the background or none is left."""
+        lane = session.lane
+        while lane.backlog and not lane.busy:
+            if self.sessions.get(session.ident) is not session:
+                lane.backlog.clear()
+                return
+            self._conn, parts, batched = lane.backlog.popleft()
+            self._send_replies(router, session.ident, self._answer(session.ident, parts, batched, queued=True))
+
+    def _send_replies(self, router: zmq.Socket, ident: bytes, reply: Any) -> None:
         try:
             for one in (reply if type(reply) is Replies else () if reply is None else (reply,)):
                 send_parts(router, [ident, *one], flags=0)
@@ -193,26 +207,37 @@ class Server(Handshakes):
         except Exception:  # a reply that cannot go out is dropped; the worker serves on
             log.warning("worker %s dropped a reply to %s", self.name, ident.hex()[:8], exc_info=True)
 
-    def _answer(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
-        """The reply to one message (``[header, *frames]``): its handler's, or an error; never raises."""
+    def _answer(self, ident: bytes, parts: List[Any], batched: bool = False, queued: bool = False) -> Any:
+        """The reply to one message (``[header, *frames]``): its handler's, or an error; never raises.
+        ``queued``: it waited in its client's lane (or came in a batch that did), and is served now."""
         try:
-            return self._handle(ident, parts, batched)
+            return self._handle(ident, parts, batched, queued)
         except Exception as exc:  # the worker survives anything a client sends
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("worker %s answers %s with an error", self.name, ident.hex()[:8], exc_info=True)
             return error_reply(exc)
 
-    def _handle(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:
+    def _handle(self, ident: bytes, parts: List[Any], batched: bool = False, queued: bool = False) -> Any:
         session = self.sessions.get(ident)
         if session is None or session.conn != self._conn:
             # a session is served only on the connection that authenticated it: the routing id
             # alone (chosen by the peer, sent in clear) proves nothing
             return self._handshake(ident, parts, taken=session is not None)
         session.last_seen = time.monotonic()
+        if not batched:
+            size = len(parts[0]) if len(parts) == 1 else sum(len(p) for p in parts)
+            if size > int(session.quotas.max_message_bytes):
+                self.refuse("message over a quota")
+                self._refused_message(session, parts, lambda: quotas.check_message(session.quotas, session.label,
+                                                                                   size))
+        if not queued and session.lane.holds():
+            return self._wait_in_lane(session, parts, batched)
         used: List[Entry] = []
         try:
             header = decode(parts, self._resolver(session, used), session.host_peer)
         except Exception as exc:
+            if isinstance(exc, ProtocolError):
+                self.refuse("malformed message")
             # unreadable arguments (e.g. a freed input): answer with the seq, poison the op's results
             head = peek(parts[0])
             setattr(exc, "seq", head.get("s"))  # (any exception: the reply names its request)
@@ -221,7 +246,7 @@ class Server(Handshakes):
             raise
         kind = header["t"]
         if kind == Kind.BATCH and not batched:
-            return self._on_batch(ident, header, parts[1:])
+            return self._on_batch(session, header, parts[1:])
         seq = header.get("s")
         handler = self.HANDLERS.get(kind)
         if handler is None:
@@ -232,7 +257,34 @@ class Server(Handshakes):
             setattr(exc, "seq", seq)
             raise
 
-    def _on_batch(self, ident: bytes, header: dict, frames: List[Any]) -> "Replies":
+    def _wait_in_lane(self, session: Session, parts: List[Any], batched: bool) -> Any:
+        """A message of a client whose op runs in the background: a heartbeat is answered and a goodbye
+        served at once, anything else waits its turn (up to the client's ``max_queued``)."""
+        kind = peek(parts[0]).get("t")
+        if kind == Kind.PING:
+            return encode({"t": Kind.PONG, "s": None})
+        if kind == Kind.BYE:
+            self._end_session(session.ident, "disconnected")
+            return None
+        if len(session.lane.backlog) >= session.quotas.max_queued:
+            self.refuse("queue over a quota")
+            self._refused_message(session, parts, lambda: quotas.check_queued(session.quotas, session.label,
+                                                                              len(session.lane.backlog)))
+        session.lane.defer(self._conn, parts, batched)
+        return None
+
+    def _refused_message(self, session: Session, parts: List[Any], check: Callable[[], None]) -> None:
+        """Raise the refusal ``check`` raises, naming the message's request (and poisoning an op's results)."""
+        try:
+            check()
+        except Exception as exc:
+            head = peek(parts[0])
+            setattr(exc, "seq", head.get("s"))
+            if head.get("t") == Kind.OP and isinstance(head.get("o"), list):
+                self._fail(session, str(head.get("f")), head["o"], [], exc, time.perf_counter())
+            raise
+
+    def _on_batch(self, session: Session, header: dict, frames: List[Any]) -> "Replies":
         """Pipelined messages sent together: headers ``m``, and ``n``, how many of the frames are each one's."""
         heads = field(header, "m", list)
         counts = field(header, "n", list)
@@ -241,8 +293,16 @@ class Server(Handshakes):
             raise ProtocolError(f"batch of {len(heads)} messages does not match its {len(frames)} frames")
         replies = Replies()
         i = 0
-        for head, count in zip(heads, counts):
-            reply = self._answer(ident, [head, *frames[i:i + count]], batched=True)
+        for n, (head, count) in enumerate(zip(heads, counts)):
+            if session.lane.busy:  # an op went to the background: the rest waits behind it, first in line
+                tail, j = [], i
+                for h, c in zip(heads[n:], counts[n:]):
+                    tail.append([h, *frames[j:j + c]])
+                    j += c
+                for parts in reversed(tail):
+                    session.lane.defer(self._conn, parts, True, front=True)
+                break
+            reply = self._answer(session.ident, [head, *frames[i:i + count]], batched=True, queued=True)
             i += count
             if reply is not None:
                 replies.append(reply)
@@ -298,100 +358,13 @@ class Server(Handshakes):
         session = self.sessions.pop(ident, None)
         if session is None:
             return
+        session.lane.backlog.clear()  # an op running in the background is left to end; its results are dropped
         freed = self.store.drop_session(ident)
         self.requests.end_session(ident, reason)
         session.close_files()
         self.events.emit("disconnect", client=session.label, session=session.short, reason=reason, freed=freed)
 
     # -- message handlers ----------------------------------------------------------
-    def _on_op(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
-        t0 = time.perf_counter()
-        name = field(header, "f", str)
-        if len(name) > limits.MAX_OP_NAME_CHARS:
-            raise Reject(ErrorCode.OP_NOT_ALLOWED,
-                          f"op name of {len(name)} characters is not on {self.name}'s allowlist")
-        args = header.get("a", ())
-        kwargs = header.get("k") or {}
-        out = header.get("o") or []
-        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not isinstance(out, list):
-            raise ProtocolError("op arguments must be a list, keyword arguments a map, outputs a list")
-        self.stats["commands"] += 1
-        try:
-            fn = self.worker.allowlist.lookup(name)
-            if fn is None:
-                raise Reject(ErrorCode.OP_NOT_ALLOWED, f"{short_name(name)} is not on {self.name}'s allowlist of ops")
-            if "out" in kwargs:
-                raise Reject(ErrorCode.BAD_ARGS, "out= is not supported on pointers")
-            for oid in out:
-                if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
-                    raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
-            if is_inplace(name) and args and any(e.tensor is args[0] and writes.owner_view(self.store, e)
-                                                 for e in used):
-                # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
-                raise writes.OwnerDataWrite(short_name(name), "self",
-                                            next(e.label for e in used if e.tensor is args[0]))
-            before = writes.versions(used)
-            try:
-                with writes.guard(self.store, used), \
-                        contextlib.nullcontext() if header.get("g", True) else torch.no_grad():
-                    # (no_grad: the client's op ran under torch.no_grad())
-                    result = fn(*args, **kwargs)
-            finally:
-                self._written(session, short_name(name), used, writes.changed(before))
-        except writes.OwnerDataWrite as exc:
-            self.refuse("write into the owner's data")
-            reject = Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
-                                                  f"changed ({short_name(name)} writes into it); compute on a copy "
-                                                  "instead, e.g. ptr.clone()")
-            self._fail(session, name, out, used, reject, t0)
-            raise reject from None
-        except Exception as exc:
-            self._fail(session, name, out, used, exc, t0)
-            raise
-        inputs = tuple(e.id for e in used)
-        op = short_name(name)
-        leaves = flatten(result)
-        if header.get("m"):
-            out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
-        elif len(out) != len(leaves):
-            mismatch = Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, "
-                                                   f"the client expected {len(out)}")
-            self._fail(session, name, out, used, mismatch, t0)
-            raise mismatch
-        made = []
-        now = time.time()
-        for oid, leaf in zip(out, leaves):
-            if oid is not None and isinstance(leaf, STORED_TYPES):  # tensors, and models or optimizers built here
-                self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
-                                     created=now, last_access=now))
-                made.append(oid)
-        self.events.emit("command", client=session.label, op=op, inputs=inputs, out=made,
-                         duration=time.perf_counter() - t0, status="ok")
-        if header.get("m"):
-            return encode({"t": Kind.OK, "s": header.get("s"), "r": describe_result(result, iter(out))})
-        return None
-
-    def _written(self, session: Session, op: str, used: List[Entry], written: List[Entry]) -> None:
-        """Record the writes an op made: into a client's object, in its history (an approval shows it);
-        into the owner's data (the guard failed to foresee it), reported loudly."""
-        for entry in written:
-            if writes.owner_view(self.store, entry):
-                self.refuse("unforeseen write into the owner's data")
-                self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
-            entry.history.append((op, tuple(e.id for e in used if e is not entry)))
-            entry.seen_version = entry.version
-
-    def _fail(self, session: Session, name: str, out: list, used: List[Entry],
-              exc: Exception, t0: float) -> None:
-        self.stats["errors"] += 1
-        message = f"{short_name(name)}: {exc}"
-        for oid in out:
-            if isinstance(oid, bytes) and len(oid) == 16 and oid not in self.store:
-                self.store.put(Entry(oid, None, origin=session.label, session=session.ident,
-                                     op=short_name(name), error=message))
-        self.events.emit("command", client=session.label, op=short_name(name), inputs=tuple(e.id for e in used),
-                         out=[], duration=time.perf_counter() - t0, status=f"error: {limits.clip(exc)}")
-
     def _on_get(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         seq = header.get("s")
         oid = field(header, "id", bytes)
@@ -448,7 +421,15 @@ class Server(Handshakes):
         tags = tuple(check_tag(t) for t in header.get("tags") or ())
         if len(oid) != 16 or oid in self.store:
             raise Reject(ErrorCode.BAD_ID, "sent objects need a fresh 16-byte id")
-        self.stats["bytes_in"] += tensor.numel() * tensor.element_size()
+        size = tensor.numel() * tensor.element_size()
+        self.stats["bytes_in"] += size
+        try:
+            quotas.check_objects(session.quotas, session.label, self.store.session_count(session.ident), 1)
+            quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(session.ident), size, "this send")
+        except Reject as exc:  # its pointer reads as failed, with this reason, at the client's next use
+            self.refuse("over a quota or time budget")
+            self._fail(session, "send", [oid], [], exc, time.perf_counter())
+            raise
         if header.get("rg") and (tensor.is_floating_point() or tensor.is_complex()):
             tensor.requires_grad_(True)  # send keeps requires_grad
         self.store.put(Entry(oid, tensor, tags=tags, origin=session.label, session=session.ident, op=""))
@@ -491,6 +472,6 @@ class Server(Handshakes):
         return None
 
     #: the handler of each kind of message a client sends after the handshake (``batch`` aside)
-    HANDLERS = {Kind.OP: _on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
+    HANDLERS = {Kind.OP: Ops._on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
                 Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release}

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..wire import samehost
+from .lanes import Lane
+from .quotas import Quotas
 
 
 @dataclass
@@ -28,6 +30,13 @@ class Session:
     pool: Optional[samehost.Pool] = field(default=None, repr=False)
     #: during the same-host check: our probe file and the nonce the client must send back in its own
     host_probe: Optional[tuple] = field(default=None, repr=False)
+    #: the limits this client is held to (the worker's, or the owner's for this client)
+    quotas: Quotas = field(default_factory=Quotas, repr=False)
+    #: its ops that run off the serving thread, and the messages waiting behind them
+    lane: Lane = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.lane = Lane(self.ident.hex()[:8])
 
     def close_files(self) -> None:
         """Close the same-host memory files this session holds (it ended)."""

@@ -114,10 +114,13 @@ class ObjectStore:
         self._tags: Dict[str, Set[bytes]] = {}
         self._by_session: Dict[bytes, Set[bytes]] = {}
         self._owner_storage: Dict[int, int] = {}  # storage key -> count of owner objects in it
+        self._held: Dict[bytes, int] = {}  # session -> bytes charged to it (its quota)
+        self._charges: Dict[bytes, int] = {}  # object id -> bytes charged for it
         self._lock = threading.RLock()
 
     # -- adding and removing -------------------------------------------------
-    def put(self, entry: Entry) -> Entry:
+    def put(self, entry: Entry, charge: Optional[int] = None) -> Entry:
+        """Add ``entry``; a client's object is charged ``charge`` bytes (default: its size) to its session."""
         with self._lock:
             old = self._entries.get(entry.id)
             if old is not None:
@@ -127,6 +130,10 @@ class ObjectStore:
                 self._tags.setdefault(tag, set()).add(entry.id)
             if entry.session is not None:
                 self._by_session.setdefault(entry.session, set()).add(entry.id)
+                cost = entry.nbytes if charge is None else charge
+                if cost:
+                    self._charges[entry.id] = cost
+                    self._held[entry.session] = self._held.get(entry.session, 0) + cost
             elif entry.tensor is not None:
                 key = storage_key(entry.tensor)
                 self._owner_storage[key] = self._owner_storage.get(key, 0) + 1
@@ -150,6 +157,13 @@ class ObjectStore:
             ids = self._by_session.get(entry.session)
             if ids is not None:
                 ids.discard(entry.id)
+            cost = self._charges.pop(entry.id, 0)
+            if cost:
+                left = self._held.get(entry.session, 0) - cost
+                if left > 0:
+                    self._held[entry.session] = left
+                else:
+                    self._held.pop(entry.session, None)
         elif entry.tensor is not None:
             key = storage_key(entry.tensor)
             left = self._owner_storage.get(key, 0) - 1
@@ -221,6 +235,10 @@ class ObjectStore:
                 return sorted(self._tags)
             return sorted(t for t, ids in self._tags.items()
                           if any(self._entries[i].session is None for i in ids))
+
+    def held_bytes(self, session: bytes) -> int:
+        """The bytes charged to a session's objects (what its ``max_bytes`` quota bounds)."""
+        return self._held.get(session, 0)
 
     def session_count(self, session: bytes) -> int:
         return len(self._by_session.get(session, ()))

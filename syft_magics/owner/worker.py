@@ -33,6 +33,7 @@ from .policy import (
     RequestBook,
     make_policy,
 )
+from .quotas import Quotas
 from .serving import Server
 from .sessions import Session
 from .store import OWNER, Entry, ObjectStore, Registry, new_id
@@ -83,6 +84,7 @@ class Worker:
         lease_timeout: Optional[float] = None,
         allowlist: Optional[Allowlist] = None,
         connection_file: bool = True,
+        quotas: Optional[Quotas] = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a worker needs a non-empty name, e.g. 'Bob'")
@@ -95,6 +97,9 @@ class Worker:
         self.key = key or auth.new_key()
         self.instance = os.urandom(8).hex()
         self.lease_timeout = lease_timeout if lease_timeout is not None else defaults.lease_timeout
+        #: each client's limits (bytes, objects, message size, queue, op time budget), unless set per client
+        self.quotas = quotas if quotas is not None else Quotas()
+        self._client_quotas: Dict[str, Quotas] = {}
         self.events = EventStream(defaults.event_history)
         self.store = ObjectStore()
         self.requests = RequestBook()
@@ -312,6 +317,22 @@ class Worker:
                                   "msg": f"{self.name} denied request #{n}" + (f": {reason}" if reason else "")})
         self.events.emit("decision", n=n, status="denied", reason=reason)
         return req
+
+    # -- quotas ----------------------------------------------------------------
+    def set_quotas(self, client: str, quotas: Optional[Quotas]) -> None:
+        """Hold the client named ``client`` to ``quotas`` from its next connection (None: the worker's).
+        An invitation (one key per client) makes the name the client's own; with the worker's shared
+        key, a name is what the client says it is."""
+        if quotas is None:
+            self._client_quotas.pop(client, None)
+        elif not isinstance(quotas, Quotas):
+            raise TypeError(f"set_quotas takes a Quotas, not {type(quotas).__name__}")
+        else:
+            self._client_quotas[client] = quotas
+
+    def quotas_for(self, client: str) -> Quotas:
+        """The quotas a client of this name is held to."""
+        return self._client_quotas.get(client, self.quotas)
 
     # -- logging ---------------------------------------------------------------
     def set_verbose(self, on: bool = True) -> None:

@@ -1,0 +1,233 @@
+"""What an op will cost before it runs: time, and bytes it allocates, estimated from its inputs' shapes.
+
+A worker must know which ops are cheap (run at once, on the serving thread) and which are heavy
+(run on the client's lane, :mod:`~syft_magics.owner.lanes`), and refuse up front an op over the
+client's time budget or byte quota (:mod:`~syft_magics.owner.quotas`): ``matrix_power(m, 2**40)``
+is 84 bytes on the wire and hours of work; ``zeros(2**40)`` is a few bytes and 4 TiB.
+
+The estimate runs the op on fake tensors (torch's ``FakeTensorMode``: shapes, no data, no memory)
+under a dispatch mode that sums, over the ATen calls the op decomposes into, the FLOPs of the matrix
+products and convolutions (``torch.utils.flop_counter``), an n^3 term for dense linear algebra, and
+the bytes every call reads and writes; seconds come from rates measured once on this machine. A fake
+run costs about a millisecond, so estimates are cached by the op's *signature* (its name, the shape
+and dtype of every tensor, every other argument's value): the common small op, repeated with the same
+shapes, costs one dictionary look-up. An op that took longer than estimated raises its cached
+estimate to what it took (an estimate is a guide, a budget overrun is reported, not prevented).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map_only
+
+#: Estimated seconds at or under which an op runs on the serving thread (if its lane is idle).
+INLINE_SECONDS = 0.002
+#: Signatures whose estimate is kept.
+CACHE_SIZE = 4096
+
+
+@dataclass
+class Cost:
+    """An op's estimate: ``seconds`` on this machine, ``out_bytes`` of new tensors it returns,
+    ``peak_bytes`` of its largest single allocation (its results or an intermediate)."""
+
+    seconds: float
+    out_bytes: int
+    peak_bytes: int
+    flops: float = 0.0
+    moved: int = 0
+
+
+class Unestimable(Exception):
+    """The op cannot be run on fake tensors (a model or optimizer argument, a data-dependent shape...)."""
+
+
+# -- signatures -------------------------------------------------------------------------------------
+_PLAIN = frozenset({int, float, bool, str, complex, type(None), torch.dtype, torch.device, torch.layout,
+                    torch.memory_format})
+
+
+def _sig(value: Any) -> Any:
+    t = type(value)  # exact types first: this runs for every op the serving thread handles
+    if t is torch.Tensor:
+        return (value.shape, value.dtype)
+    if t in _PLAIN:
+        return (t, value)
+    if t is tuple or t is list or t is torch.Size:
+        return (t, tuple([_sig(v) for v in value]))
+    if isinstance(value, torch.Tensor):  # parameters
+        return (value.shape, value.dtype)
+    if t is slice:
+        return (slice, _sig(value.start), _sig(value.stop), _sig(value.step))
+    if value is Ellipsis:
+        return Ellipsis
+    if t is dict:
+        return (dict, tuple([(k, _sig(v)) for k, v in value.items()]))
+    raise Unestimable(t.__name__)
+
+
+def signature(name: str, args: Any, kwargs: Dict[str, Any], grad: bool) -> Optional[Tuple[Any, ...]]:
+    """A hashable key for everything an op's cost depends on, or None if it holds something that
+    cannot be faked (a model, an optimizer: such ops always run on the lane)."""
+    try:
+        return (name, grad, _sig(args), _sig(kwargs) if kwargs else ())
+    except Unestimable:
+        return None
+
+
+# -- the cache --------------------------------------------------------------------------------------
+_cache: "OrderedDict[Tuple[Any, ...], Cost]" = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def cached(key: Optional[Tuple[Any, ...]]) -> Optional[Cost]:
+    """The cached estimate of an op's signature (the serving thread's fast path)."""
+    return _cache.get(key) if key is not None else None
+
+
+def remember(key: Optional[Tuple[Any, ...]], cost: Cost) -> None:
+    if key is None:
+        return
+    with _cache_lock:
+        _cache[key] = cost
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+
+
+def observe(key: Optional[Tuple[Any, ...]], cost: Optional[Cost], seconds: float) -> None:
+    """An op with this signature took ``seconds``: an estimate that was too low is raised to it."""
+    if cost is not None and seconds > 2 * cost.seconds + INLINE_SECONDS:
+        cost.seconds = seconds
+        remember(key, cost)
+
+
+# -- estimating -------------------------------------------------------------------------------------
+#: Dense linear algebra (ATen names containing one of these): about ``CUBIC_FACTOR * batch * n**3``.
+_CUBIC = ("linalg_", "cholesky", "triangular_solve", "lu_", "_lu", "geqrf", "orgqr", "ormqr", "svd",
+          "eig", "inverse", "det", "solve", "lstsq", "matrix_exp", "qr")
+CUBIC_FACTOR = 10
+#: Sorts and selections: ``n log2 n`` element moves.
+_NLOGN = ("sort", "topk", "kthvalue", "median", "mode", "unique", "fft")
+
+
+def _bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class _Counter(TorchDispatchMode):
+    """Sums the work of every ATen call made under it (on fake tensors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0.0
+        self.moved = 0
+        self.peak = 0
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.utils.flop_counter import flop_registry
+
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.calls += 1
+        packet = func._overloadpacket
+        name = packet.__name__
+        count = flop_registry.get(packet)
+        ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if count is not None:
+            flops = float(count(*args, **kwargs, out_val=out))
+            scale = 1.0 if ins and ins[0].is_floating_point() else 16.0  # integer products skip BLAS
+            self.flops += flops * scale * max(1, ins[0].element_size() // 4 if ins else 1)
+        elif ins and ins[0].dim() >= 2 and any(c in name for c in _CUBIC):
+            a = ins[0]
+            n = max(a.shape[-1], a.shape[-2])
+            self.flops += CUBIC_FACTOR * (a.numel() // max(1, a.shape[-1] * a.shape[-2])) * float(n) ** 3
+        # a view (slice, reshape, transpose) or a query (prim.device) moves no data
+        view = getattr(func, "is_view", False)
+        moved = 0 if view or not outs else \
+            sum(_bytes(t) for t in ins) + sum(_bytes(t) for t in outs)
+        if ins and any(c in name for c in _NLOGN):
+            moved = int(moved * max(1.0, math.log2(max(2, ins[0].numel()))))
+        self.moved += moved
+        if not view:
+            for t in outs:
+                self.peak = max(self.peak, _bytes(t))
+        return out
+
+
+def estimate(fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool = True) -> Cost:
+    """Run ``fn`` on fake copies of its arguments and price what it did; raises :class:`Unestimable`."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    try:
+        fargs, fkwargs = tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))
+        counter = _Counter()
+        with mode, counter, (torch.enable_grad() if grad else torch.no_grad()):
+            result = fn(*fargs, **fkwargs)
+    except Exception as exc:  # data-dependent shapes, unsupported ops, bad arguments
+        raise Unestimable(f"{type(exc).__name__}: {exc}") from None
+    inputs = {id(t) for t in tree_flatten((fargs, fkwargs))[0] if isinstance(t, torch.Tensor)}
+    out_bytes = sum(_bytes(t) for t in tree_flatten(result)[0]
+                    if isinstance(t, torch.Tensor) and id(t) not in inputs and not t._is_view())
+    flop_rate, byte_rate = rates()
+    seconds = counter.flops / flop_rate + counter.moved / byte_rate + counter.calls * 2e-6
+    return Cost(seconds, out_bytes, max(out_bytes, counter.peak), counter.flops, counter.moved)
+
+
+# -- this machine's rates ---------------------------------------------------------------------------
+#: Floors of the measured rates (a laptop core does better): FLOP/s and bytes/s.
+MIN_FLOPS = 10e9
+MIN_BYTES_PER_S = 2e9
+_rates: Optional[Tuple[float, float]] = None
+_rates_lock = threading.Lock()
+
+
+def rates() -> Tuple[float, float]:
+    """(FLOP/s of a float32 matrix product, bytes/s of an elementwise op) here, measured once (~50 ms),
+    never taken below :data:`MIN_FLOPS` and :data:`MIN_BYTES_PER_S` (measured on a busy machine, the
+    rates would make the budget refuse ops that fit: an estimate errs towards running the op)."""
+    global _rates
+    with _rates_lock:
+        if _rates is None:
+            a = torch.rand(384, 384)
+            x, y = torch.rand(1 << 21), torch.rand(1 << 21)
+            best_mm = best_add = math.inf
+            for _ in range(4):
+                t0 = time.perf_counter()
+                torch.mm(a, a)
+                t1 = time.perf_counter()
+                torch.add(x, y)
+                t2 = time.perf_counter()
+                best_mm, best_add = min(best_mm, t1 - t0), min(best_add, t2 - t1)
+            _rates = (max(MIN_FLOPS, 2 * 384 ** 3 / max(best_mm, 1e-7)),
+                      max(MIN_BYTES_PER_S, 3 * 4 * (1 << 21) / max(best_add, 1e-7)))
+        return _rates
+
+
+_warming = threading.Lock()
+
+
+def warm_up() -> None:
+    """Measure the rates and load the fake-tensor machinery once, in a background thread (seconds on
+    a busy machine, which would otherwise delay a client's first heavy op)."""
+    if not _warming.acquire(blocking=False):
+        return
+
+    def run() -> None:
+        rates()
+        try:
+            estimate(torch.add, (torch.zeros(2), torch.zeros(2)), {})
+        except Unestimable:
+            pass
+
+    # not a daemon: a daemon thread still importing when the interpreter exits crashes it
+    threading.Thread(target=run, name="torch-cost-warm-up", daemon=False).start()

@@ -1,0 +1,247 @@
+"""Running a client's op: checks, its cost, where it runs (now or on the client's lane), its results.
+
+A mix-in of :class:`~syft_magics.owner.serving.Server` (same serving thread, same tables). An op is
+checked (allowlist, fresh result ids, no write into the owner's data), priced from its signature
+(:mod:`~syft_magics.owner.costs`), refused up front if it would take its client over a quota or its
+time budget (:mod:`~syft_magics.owner.quotas`), then run at once if it is known to be cheap, else on
+the client's lane (:mod:`~syft_magics.owner.lanes`) while the serving thread serves everyone else.
+Its results are stored, charged to the client and described on the serving thread in both cases.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import zmq
+
+from ..errors import ProtocolError
+from ..events import EventStream
+from ..wire import limits
+from ..wire.names import is_inplace, short_name
+from ..wire.protocol import ErrorCode, Kind, encode, field
+from ..wire.sockets import send_parts
+from . import costs, quotas, writes
+from .optimizers import STORED_TYPES
+from .replies import Reject, describe_result, error_reply, flatten
+from .sessions import Session
+from .store import Entry, ObjectStore, new_id
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+
+class Ops:
+    """The ``op`` handler and what it needs (the serving thread only)."""
+
+    worker: "Worker"
+    name: str
+    store: ObjectStore
+    events: EventStream
+    stats: Dict[str, Any]
+    sessions: Dict[bytes, Session]
+
+    def refuse(self, reason: str) -> None:  # pragma: no cover - the server's
+        raise NotImplementedError
+
+    def call_soon(self, fn: Callable[[zmq.Socket], None]) -> None:  # pragma: no cover - the server's
+        raise NotImplementedError
+
+    def _drain(self, session: Session, router: zmq.Socket) -> None:  # pragma: no cover - the server's
+        raise NotImplementedError
+
+    def _on_op(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
+        t0 = time.perf_counter()
+        name = field(header, "f", str)
+        if len(name) > limits.MAX_OP_NAME_CHARS:
+            raise Reject(ErrorCode.OP_NOT_ALLOWED,
+                         f"op name of {len(name)} characters is not on {self.name}'s allowlist")
+        args = header.get("a", ())
+        kwargs = header.get("k") or {}
+        out = header.get("o") or []
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not isinstance(out, list):
+            raise ProtocolError("op arguments must be a list, keyword arguments a map, outputs a list")
+        self.stats["commands"] += 1
+        grad = bool(header.get("g", True))  # False: the client's op ran under torch.no_grad()
+        op = short_name(name)
+        try:
+            fn = self.worker.allowlist.lookup(name)
+            if fn is None:
+                raise Reject(ErrorCode.OP_NOT_ALLOWED, f"{op} is not on {self.name}'s allowlist of ops")
+            if "out" in kwargs:
+                raise Reject(ErrorCode.BAD_ARGS, "out= is not supported on pointers")
+            for oid in out:
+                if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
+                    raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
+            if is_inplace(name) and args and any(e.tensor is args[0] and writes.owner_view(self.store, e)
+                                                 for e in used):
+                # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
+                raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
+            key = costs.signature(name, args, kwargs, grad)
+            cost = costs.cached(key)
+            if cost is not None:
+                self._check_cost(session, op, cost, len(out))
+                if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy:
+                    t1 = time.perf_counter()
+                    try:
+                        result, written = self._call(fn, args, kwargs, grad, used)
+                    finally:
+                        costs.observe(key, cost, time.perf_counter() - t1)
+                    self._written(session, op, used, written)
+                    return self._finish(session, header, name, result, out, used, t0)
+        except Exception as exc:
+            raise self._failed(session, name, out, used, exc, t0) from None
+
+        def work() -> Tuple[Any, List[Entry], float]:
+            estimate = cost
+            if estimate is None and key is not None:
+                try:
+                    estimate = costs.estimate(fn, args, kwargs, grad)
+                    costs.remember(key, estimate)
+                except costs.Unestimable:
+                    estimate = None  # runs unpriced; its results are still charged before they are kept
+            if estimate is not None:
+                self._check_cost(session, op, estimate, len(out))
+            t1 = time.perf_counter()
+            try:
+                result, written = self._call(fn, args, kwargs, grad, used)
+            finally:
+                costs.observe(key, estimate, time.perf_counter() - t1)
+            return result, written, time.perf_counter() - t1
+
+        def done(router: zmq.Socket, value: Any, error: Optional[BaseException], _seconds: float) -> None:
+            session.lane.busy = False
+            if self.sessions.get(session.ident) is not session:  # it ended meanwhile: nobody to answer
+                return
+            try:
+                if error is not None:
+                    raise error
+                result, written, seconds = value
+                self._written(session, op, used, written)
+                if seconds > session.quotas.op_seconds:  # a kernel cannot be stopped: reported, counted
+                    self.refuse("op ran over its time budget")
+                    self.events.emit("overran", client=session.label, op=op, seconds=round(seconds, 3),
+                                     budget=session.quotas.op_seconds)
+                reply = self._finish(session, header, name, result, out, used, t0)
+            except Exception as exc:
+                failed = self._failed(session, name, out, used, exc, t0)
+                setattr(failed, "seq", header.get("s"))
+                reply = error_reply(failed)
+            if reply is not None:
+                try:
+                    send_parts(router, [session.ident, *reply], flags=0)
+                except zmq.ZMQError:
+                    pass  # the client is gone; the worker serves on
+            self._drain(session, router)
+
+        session.lane.run(work, done, self.call_soon)
+        return None
+
+    def _call(self, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
+              used: List[Entry]) -> Tuple[Any, List[Entry]]:
+        """Run the op under the write guard; its result and the entries it wrote into.
+        Raises :class:`_Ran` (the error and the writes made before it) if the op failed."""
+        before = writes.versions(used)
+        try:
+            with writes.guard(self.store, used), contextlib.nullcontext() if grad else torch.no_grad():
+                result = fn(*args, **kwargs)
+        except Exception as exc:
+            raise _Ran(exc, writes.changed(before)) from None
+        return result, writes.changed(before)
+
+    def _check_cost(self, session: Session, op: str, cost: costs.Cost, n_out: int) -> None:
+        """Refuse, before it runs, an op over the client's time budget, bytes or objects."""
+        q = session.quotas
+        quotas.check_seconds(q, session.label, op, cost.seconds)
+        quotas.check_bytes(q, session.label, self.store.held_bytes(session.ident), cost.peak_bytes,
+                           f"{op} (allocating)")
+        quotas.check_objects(q, session.label, self.store.session_count(session.ident), n_out)
+
+    def _failed(self, session: Session, name: str, out: list, used: List[Entry], exc: BaseException,
+                t0: float) -> Exception:
+        """What a failed op raises to its client (after recording it): writes it made are recorded,
+        a write into the owner's data reads as read-only, a refusal over a quota is counted."""
+        op = short_name(name)
+        if isinstance(exc, _Ran):
+            self._written(session, op, used, exc.written)
+            exc = exc.error
+        if isinstance(exc, writes.OwnerDataWrite):
+            self.refuse("write into the owner's data")
+            exc = Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
+                                              f"changed ({op} writes into it); compute on a copy "
+                                              "instead, e.g. ptr.clone()")
+        elif isinstance(exc, Reject) and exc.code == ErrorCode.QUOTA:
+            self.refuse("over a quota or time budget")
+        if not isinstance(exc, Exception):
+            exc = RuntimeError(repr(exc))
+        self._fail(session, name, out, used, exc, t0)
+        return exc
+
+    def _finish(self, session: Session, header: dict, name: str, result: Any, out: list,
+                used: List[Entry], t0: float) -> Optional[List[Any]]:
+        """Store an op's results for its client (charged to its quota) and describe them if asked."""
+        inputs = tuple(e.id for e in used)
+        op = short_name(name)
+        leaves = flatten(result)
+        if header.get("m"):
+            out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
+        elif len(out) != len(leaves):
+            raise Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, the client expected {len(out)}")
+        kept = [(oid, leaf, self._charge(leaf)) for oid, leaf in zip(out, leaves)
+                if oid is not None and isinstance(leaf, STORED_TYPES)]  # tensors, models or optimizers built here
+        if kept:
+            quotas.check_objects(session.quotas, session.label, self.store.session_count(session.ident), len(kept))
+            quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(session.ident),
+                               sum(c for _, _, c in kept), f"{op}'s result")
+        now = time.time()
+        for oid, leaf, charge in kept:
+            self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
+                                 created=now, last_access=now), charge=charge)
+        self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[0] for k in kept],
+                         duration=time.perf_counter() - t0, status="ok")
+        if header.get("m"):
+            return encode({"t": Kind.OK, "s": header.get("s"), "r": describe_result(result, iter(out))})
+        return None
+
+    def _charge(self, value: Any) -> int:
+        """The bytes a new object costs its client: its tensor's whole memory (a small view can keep a
+        large block alive), nothing for a view of the owner's data (the owner keeps it anyway)."""
+        if isinstance(value, torch.Tensor):
+            if self.store.aliases_owner_data(value):
+                return 0
+            try:
+                return int(value.untyped_storage().nbytes())
+            except (RuntimeError, NotImplementedError):
+                return value.numel() * value.element_size()
+        return Entry(b"", value).nbytes
+
+    def _written(self, session: Session, op: str, used: List[Entry], written: List[Entry]) -> None:
+        """Record the writes an op made: into a client's object, in its history (an approval shows it);
+        into the owner's data (the guard failed to foresee it), reported loudly."""
+        for entry in written:
+            if writes.owner_view(self.store, entry):
+                self.refuse("unforeseen write into the owner's data")
+                self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
+            entry.history.append((op, tuple(e.id for e in used if e is not entry)))
+            entry.seen_version = entry.version
+
+    def _fail(self, session: Session, name: str, out: list, used: List[Entry],
+              exc: Exception, t0: float) -> None:
+        self.stats["errors"] += 1
+        message = f"{short_name(name)}: {limits.clip(exc)}"
+        for oid in out:
+            if isinstance(oid, bytes) and len(oid) == 16 and oid not in self.store:
+                self.store.put(Entry(oid, None, origin=session.label, session=session.ident,
+                                     op=short_name(name), error=message))
+        self.events.emit("command", client=session.label, op=short_name(name), inputs=tuple(e.id for e in used),
+                         out=[], duration=time.perf_counter() - t0, status=f"error: {limits.clip(exc)}")
+
+
+class _Ran(Exception):
+    """An op that failed after it started: its error and the objects it wrote into before failing."""
+
+    def __init__(self, error: Exception, written: List[Entry]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.written = written

@@ -1,0 +1,129 @@
+"""Per-client quotas: how much of the owner's machine one client may take.
+
+A worker serves untrusted clients from the owner's own machine (often a laptop), so each client
+gets bounded memory (bytes and objects it holds), message size, messages queued behind its running
+op, and a time budget per op. :class:`Quotas` holds the limits; the worker's are the defaults
+(``Worker(..., quotas=Quotas(max_bytes="512MB"))``, ``%syft_worker Bob --max-bytes 512MB``), and the
+owner can give one client other limits by name (``worker.set_quotas("alice", Quotas(...))``, which an
+invitation uses). A request over a quota is refused before anything is allocated, with
+:class:`~syft_magics.errors.QuotaExceeded` naming the limit and the usage; other clients go on.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any, Union
+
+from ..display import human_bytes
+from ..wire.protocol import ErrorCode
+from .replies import Reject
+
+Size = Union[int, str]
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+          "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40,
+          "TIB": 1 << 40}
+
+
+def parse_size(value: Size) -> int:
+    """Bytes from ``2GB``, ``512 MiB``, ``1e6`` or an int (binary units: 1 KB = 1024 bytes)."""
+    if isinstance(value, bool):
+        raise ValueError(f"a size must be a number of bytes or a text such as '2GB', not {value!r}")
+    if isinstance(value, (int, float)):
+        n = int(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+        unit = m.group(2).upper() if m else None
+        if m is None or unit not in _UNITS:
+            raise ValueError(f"cannot read {value!r} as a size; write e.g. 2GB, 512MB or 1048576")
+        n = int(float(m.group(1)) * _UNITS[unit])
+    if n <= 0:
+        raise ValueError(f"a size must be positive, not {value!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Limits on what one client may hold and ask of a worker (sizes take ``int`` bytes or ``"2GB"``).
+
+    The defaults protect a laptop: a client may hold 2 GiB in at most 100,000 objects, send messages
+    of up to 1 GiB, queue 10,000 messages behind a running op, and run ops of up to 20 s each (an op
+    estimated longer is refused before it runs; one that takes longer anyway is reported).
+    """
+
+    #: Bytes of tensors the client's objects may hold (results and sent tensors; the owner's data and
+    #: views of it do not count).
+    max_bytes: Size = 2 << 30
+    #: Objects (results, sent tensors) the client may hold at once.
+    max_objects: int = 100_000
+    #: Largest message (all its frames) the client may send.
+    max_message_bytes: Size = 1 << 30
+    #: Messages the client may queue behind its op that runs in the background.
+    max_queued: int = 10_000
+    #: Time budget of one op, in seconds (estimated from its inputs before it runs).
+    op_seconds: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_message_bytes"):
+            object.__setattr__(self, name, parse_size(getattr(self, name)))
+        for name in ("max_objects", "max_queued"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if isinstance(self.op_seconds, bool) or not isinstance(self.op_seconds, (int, float)) \
+                or not self.op_seconds > 0:
+            raise ValueError(f"op_seconds must be a positive number of seconds, not {self.op_seconds!r}")
+
+    def with_(self, **changes: Any) -> "Quotas":
+        """A copy with some limits changed (``None`` values are ignored, as from a command line)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self) -> str:
+        """One line for the owner: ``2.0 GiB, 100,000 objects, messages 1.0 GiB, ...``."""
+        return (f"{human_bytes(int(self.max_bytes))} in {self.max_objects:,} objects, messages up to "
+                f"{human_bytes(int(self.max_message_bytes))}, {self.max_queued:,} queued, "
+                f"{self.op_seconds:g} s per op")
+
+
+QUOTA_FIELDS = tuple(f.name for f in fields(Quotas))
+
+
+def exceeded(client: str, limit: str, usage: str) -> Reject:
+    """The refusal of a request over a quota: names the client's limit and what it would use."""
+    return Reject(ErrorCode.QUOTA, f"over {client}'s quota: {usage}, the limit is {limit}; "
+                                   "free objects you no longer need (del ptr), or ask the owner for a larger quota")
+
+
+def check_bytes(quotas: Quotas, client: str, held: int, more: int, what: str) -> None:
+    """Refuse ``what`` if it would take the client's held bytes over ``max_bytes``."""
+    if more > 0 and held + more > int(quotas.max_bytes):
+        raise exceeded(client, f"{human_bytes(int(quotas.max_bytes))} held (max_bytes)",
+                       f"{what} would add {human_bytes(more)} to the {human_bytes(held)} it holds")
+
+
+def check_objects(quotas: Quotas, client: str, held: int, more: int) -> None:
+    """Refuse a request that would take the client's object count over ``max_objects``."""
+    if more > 0 and held + more > quotas.max_objects:
+        raise exceeded(client, f"{quotas.max_objects:,} objects (max_objects)",
+                       f"{more} more object(s) on top of the {held:,} it holds")
+
+
+def check_message(quotas: Quotas, client: str, size: int) -> None:
+    """Refuse a message larger than ``max_message_bytes``."""
+    if size > int(quotas.max_message_bytes):
+        raise exceeded(client, f"messages of {human_bytes(int(quotas.max_message_bytes))} (max_message_bytes)",
+                       f"a message of {human_bytes(size)}")
+
+
+def check_queued(quotas: Quotas, client: str, queued: int) -> None:
+    """Refuse a message beyond ``max_queued`` waiting behind the client's background op."""
+    if queued >= quotas.max_queued:
+        raise exceeded(client, f"{quotas.max_queued:,} messages queued (max_queued)",
+                       f"{queued:,} messages already wait behind its op that runs in the background")
+
+
+def check_seconds(quotas: Quotas, client: str, op: str, seconds: float) -> None:
+    """Refuse an op whose estimated time is over the client's per-op budget."""
+    if seconds > quotas.op_seconds:
+        raise exceeded(client, f"{quotas.op_seconds:g} s per op (op_seconds)",
+                       f"{op} is estimated to take {seconds:,.3g} s on this worker")
