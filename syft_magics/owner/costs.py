@@ -92,6 +92,12 @@ def cached(key: Optional[Tuple[Any, ...]]) -> Optional[Cost]:
     return _cache.get(key) if key is not None else None
 
 
+def forget() -> None:
+    """Drop every cached estimate (they are re-learnt: the next op of each signature is priced again)."""
+    with _cache_lock:
+        _cache.clear()
+
+
 def remember(key: Optional[Tuple[Any, ...]], cost: Cost) -> None:
     if key is None:
         return
@@ -102,8 +108,9 @@ def remember(key: Optional[Tuple[Any, ...]], cost: Cost) -> None:
 
 
 def observe(key: Optional[Tuple[Any, ...]], cost: Optional[Cost], seconds: float) -> None:
-    """An op with this signature took ``seconds``: an estimate that was too low is raised to it."""
-    if cost is not None and seconds > 2 * cost.seconds + INLINE_SECONDS:
+    """An op with this signature took ``seconds`` of its thread's CPU time (not wall time, which a busy
+    machine stretches): an estimate that was much too low is raised to it."""
+    if cost is not None and seconds > 2 * cost.seconds + 5 * INLINE_SECONDS:
         cost.seconds = seconds
         remember(key, cost)
 
