@@ -26,7 +26,7 @@ class CommandLog:
         self._lock = threading.Lock()
 
     def write(self, event: Event) -> None:
-        if event.kind in ("refused", "owner_write"):  # what the worker refused, for the owner to see
+        if event.kind in ("refused", "owner_write", "overran"):  # what the worker refused, for the owner to see
             self._write({"time": event.time, "worker": self._worker.name, "event": event.kind,
                          **{k: clip(v, 200) for k, v in event.data.items()}})
             return
@@ -76,6 +76,7 @@ def print_command(out: TextIO, worker: "Worker", event: Event) -> None:
         print(f"[{worker.name}] Received Command From: {event.data['client']}  "
               f"{describe_command(worker, event)}{status}",
               file=out, flush=True)
-    elif event.kind in ("connect", "disconnect", "request"):
-        print(f"[{worker.name}] {event.kind}: " + ", ".join(f"{k}={v}" for k, v in event.data.items()),
+    elif event.kind in ("connect", "disconnect", "request", "refused", "overran", "owner_write"):
+        # every value clipped: names, tags and lineages come from clients
+        print(f"[{worker.name}] {event.kind}: " + ", ".join(f"{k}={clip(v, 200)}" for k, v in event.data.items()),
               file=out, flush=True)

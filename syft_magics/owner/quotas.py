@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields, replace
-from typing import Any, Union
+from typing import Any, Dict, Union
 
 from ..display import human_bytes
 from ..wire.protocol import ErrorCode
@@ -86,6 +86,24 @@ class Quotas:
 
 
 QUOTA_FIELDS = tuple(f.name for f in fields(Quotas))
+
+#: The command-line flags of ``%syft_worker`` and ``python -m syft_magics worker`` (flag, field, help).
+FLAGS = (
+    ("--max-bytes", "max_bytes", "bytes each client may hold, e.g. 512MB (default: 2GB)"),
+    ("--max-objects", "max_objects", "objects each client may hold (default: 100000)"),
+    ("--max-message", "max_message_bytes", "largest message a client may send, e.g. 64MB (default: 1GB)"),
+    ("--op-seconds", "op_seconds", "time budget of one op, in seconds (default: 20)"),
+)
+
+
+def from_flags(values: Any) -> Quotas:
+    """The worker's quotas from parsed ``FLAGS`` (attributes named as the fields); ValueError if one is bad."""
+    changes: Dict[str, Any] = {}
+    for _flag, name, _help in FLAGS:
+        value = getattr(values, name, None)
+        if value is not None:
+            changes[name] = int(value) if name == "max_objects" else float(value) if name == "op_seconds" else value
+    return Quotas().with_(**changes)
 
 
 def exceeded(client: str, limit: str, usage: str) -> Reject:

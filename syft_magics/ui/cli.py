@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 from ..owner.policy import POLICIES
+from ..owner.quotas import FLAGS as QUOTA_FLAGS
+from ..owner.quotas import from_flags
 
 COMMANDS = "requests | approve N | deny N [reason] | objects | quit"
 
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who may .get() values: everyone, only what you approve (default), nobody")
     w.add_argument("--verbose", action="store_true", help="print one line per command received")
     w.add_argument("--log", metavar="FILE", help="append one JSON line per command to FILE")
+    for flag, dest, text in QUOTA_FLAGS:
+        w.add_argument(flag, dest=dest, default=None, metavar="N", help=text)
     w.add_argument("--share", action="append", default=[], metavar="'#TAG[,#TAG2]=PATH'",
                    help="share a tensor from a .pt/.pth (loaded with weights_only=True) or .npy file; repeatable")
     d = sub.add_parser("demo", help="run the seed tutorial with a worker in a second process",
@@ -141,8 +145,12 @@ def run_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), lambda *_: stop.set())
     try:
+        quotas = from_flags(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
         worker = Worker(args.name, port=args.port, host=args.host, policy=args.policy,
-                        verbose=args.verbose, log=args.log).start()
+                        verbose=args.verbose, log=args.log, quotas=quotas).start()
     except ValueError as exc:  # a bad name or port
         parser.error(str(exc))
     except (PortInUse, OSError) as exc:  # the port is taken, the log file cannot be opened...

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 from ..display import table
 from ..errors import SyftError, UnknownWorker
 from ..owner.policy import POLICIES
+from ..owner.quotas import from_flags
 from ..owner.worker import Worker
 from ..scientist.client import Client, connect
 
@@ -62,6 +63,14 @@ class SyftMagics(Magics):
     @argument("--as", dest="var", default=None, metavar="VAR",
               help="variable to bind (default: the name in lower case)")
     @argument("--panel", action="store_true", help="display the worker's live panel (registry, commands, requests)")
+    @argument("--max-bytes", dest="max_bytes", default=None, metavar="SIZE",
+              help="bytes each client may hold, e.g. 512MB (default: 2GB)")
+    @argument("--max-objects", dest="max_objects", default=None, metavar="N",
+              help="objects each client may hold (default: 100000)")
+    @argument("--max-message", dest="max_message_bytes", default=None, metavar="SIZE",
+              help="largest message a client may send, e.g. 64MB (default: 1GB)")
+    @argument("--op-seconds", dest="op_seconds", default=None, metavar="S",
+              help="time budget of one op, in seconds (default: 20)")
     @argument("--strict-port", action="store_true",
               help="fail if PORT is taken by another process (default: serve on a free port instead and say so)")
     @line_magic
@@ -81,10 +90,14 @@ class SyftMagics(Magics):
             old.stop()
         self._close_panel("worker", args.name)
         moved = ""
+        try:
+            quotas = from_flags(args)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
         def start(port: int) -> Worker:
             worker = Worker(args.name, port=port, host=args.host, policy=args.policy,
-                            verbose=args.verbose, log=args.log)
+                            verbose=args.verbose, log=args.log, quotas=quotas)
             try:
                 return worker.start()
             except SyftError as exc:

@@ -1,0 +1,139 @@
+"""Per-client quotas: a client over one gets QuotaExceeded at its line, naming the limit and its usage,
+before the worker allocates anything; other clients keep working; freeing objects makes room again."""
+from __future__ import annotations
+
+import os
+import resource
+
+import msgpack
+import pytest
+import torch
+from raw_peer import RawPeer
+
+import syft_magics as sm
+from syft_magics.errors import QuotaExceeded
+from syft_magics.owner import costs
+from syft_magics.owner.quotas import Quotas, parse_size
+from syft_magics.wire.protocol import encode, ref_ext
+
+pytestmark = pytest.mark.timeout(90)
+X = torch.arange(4.0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_estimates():
+    costs.forget()
+    yield
+    costs.forget()
+
+
+@pytest.fixture
+def raw(make_worker):
+    made = []
+
+    def login(bob, name="raw"):
+        p = RawPeer(bob.address)
+        made.append(p)
+        p.login(bob.key, name=name)
+        return p
+
+    yield login
+    for p in made:
+        p.close()
+
+
+def test_sizes_and_limits_are_checked():
+    assert parse_size("2GB") == 2 << 30 and parse_size("512 MiB") == 512 << 20 and parse_size(4096) == 4096
+    assert Quotas(max_bytes="1.5KB").max_bytes == 1536
+    for bad in ("lots", "-1MB", 0, True):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="max_objects"):
+        Quotas(max_objects=0)
+    with pytest.raises(ValueError, match="op_seconds"):
+        Quotas(op_seconds=-1)
+    assert "2.0 GiB" in Quotas().describe()
+
+
+def test_an_op_whose_result_is_over_the_byte_quota_is_refused_before_allocating(make_worker, raw):
+    """The issue's case: a few bytes on the wire asking for gigabytes (here 4 GiB of zeros)."""
+    bob = make_worker("Bob", policy="open")
+    xid = bytes.fromhex(bob.share(X.clone(), "#X"))
+    p = raw(bob)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    oid = os.urandom(16)
+    op = msgpack.packb({"t": "op", "s": 1, "f": "Tensor.new_zeros", "a": [ref_ext(xid), [1 << 30]], "o": [oid]})
+    assert len(op) < 100
+    p.send_raw([op])
+    reply = p.reply(timeout=30)
+    assert reply["t"] == "err" and reply["code"] == "quota" and reply["s"] == 1, reply
+    assert "max_bytes" in reply["msg"] and "4.0 GiB" in reply["msg"] and "2.0 GiB" in reply["msg"], reply["msg"]
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 1 << 30  # nothing allocated
+    failed = p.request({"t": "get", "s": 2, "id": oid}, timeout=10)
+    assert failed["code"] == "failed_input" and "max_bytes" in failed["msg"]
+    assert bob.stats["refusals"]["over a quota or time budget"] == 1
+
+
+def test_a_client_over_its_bytes_gets_quota_exceeded_and_others_keep_working(make_worker, make_client):
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="1MB"))
+    bob.share(X.clone(), "#X")
+    alice, carol = make_client(bob.address, key=bob.key), make_client(bob.address, key=bob.key)
+    a = alice.send(torch.zeros(100_000))  # 400 KB
+    b = alice.send(torch.zeros(100_000))  # 800 KB held
+    big = a.outer(b[:10])  # 4 MB more
+    with pytest.raises(QuotaExceeded, match=r"1\.0 MiB held \(max_bytes\)") as info:
+        big.get()
+    assert "holds" in str(info.value)
+    with pytest.raises(QuotaExceeded):
+        alice.send(torch.zeros(100_000)).get()  # a send over the quota too
+    assert torch.equal((carol.search("#X")[0] * 2).get(), X * 2)  # carol's quota is her own
+    del a, big
+    alice.sync()
+    assert torch.equal((b[:3] + 1).get(), torch.ones(3))  # freeing made room
+    assert torch.equal(alice.search("#X")[0][:2].get(), X[:2])  # views of the owner's data cost nothing
+
+
+def test_a_client_may_hold_only_so_many_objects(make_worker, make_client):
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_objects=5))
+    bob.share(X.clone(), "#X")
+    alice = make_client(bob.address, key=bob.key)
+    x = alice.search("#X")[0]
+    kept = [x + i for i in range(5)]
+    extra = x * 10
+    with pytest.raises(QuotaExceeded, match=r"5 objects \(max_objects\)"):
+        extra.get()
+    assert bob.store.session_count(next(iter(bob.server.sessions))) <= 6  # (the failed marker)
+    assert torch.equal(kept[4].get(), X + 4)
+
+
+def test_a_message_over_the_client_quota_is_refused(make_worker, make_client, raw):
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_message_bytes="64KB"))
+    bob.share(X.clone(), "#X")
+    p = raw(bob)
+    oid = os.urandom(16)
+    reply = p.request({"t": "send", "s": 1, "id": oid, "x": torch.zeros(1 << 16), "ack": True}, timeout=10)
+    assert reply["t"] == "err" and reply["code"] == "quota" and "max_message_bytes" in reply["msg"], reply
+    assert oid not in bob.store or bob.store.get(oid).tensor is None
+    alice = make_client(bob.address, key=bob.key)
+    assert torch.equal(alice.search("#X")[0].get(), X)  # small messages still go through
+
+
+def test_quotas_per_client_by_name(make_worker, raw):
+    bob = make_worker("Bob", policy="open")
+    bob.set_quotas("alice", Quotas(max_objects=2))
+    assert bob.quotas_for("alice").max_objects == 2 and bob.quotas_for("carol") == bob.quotas
+    alice, carol = raw(bob, "alice"), raw(bob, "carol")
+    for p, refused in ((alice, True), (carol, False)):
+        for seq in range(3):
+            reply = p.request({"t": "send", "s": seq, "id": os.urandom(16), "x": torch.zeros(2), "ack": True})
+            assert reply["t"] == ("err" if refused and seq == 2 else "ok"), reply
+    with pytest.raises(TypeError):
+        bob.set_quotas("alice", {"max_objects": 2})  # type: ignore[arg-type]
+    bob.set_quotas("alice", None)
+    assert bob.quotas_for("alice") == bob.quotas
+
+
+def test_quota_exceeded_is_a_remote_error_with_its_own_code():
+    assert issubclass(QuotaExceeded, sm.RemoteError)
+    assert sm.errors.error_class("quota") is QuotaExceeded
+    assert encode({"t": "err", "code": sm.errors.ErrorCode.QUOTA})
