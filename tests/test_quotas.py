@@ -14,6 +14,7 @@ import syft_magics as sm
 from syft_magics.errors import QuotaExceeded
 from syft_magics.owner import costs
 from syft_magics.owner.quotas import Quotas, parse_size
+from syft_magics.ui.panels import owner_tables
 from syft_magics.wire.protocol import encode, ref_ext
 
 pytestmark = pytest.mark.timeout(90)
@@ -72,6 +73,12 @@ def test_an_op_whose_result_is_over_the_byte_quota_is_refused_before_allocating(
     failed = p.request({"t": "get", "s": 2, "id": oid}, timeout=10)
     assert failed["code"] == "failed_input" and "max_bytes" in failed["msg"]
     assert bob.stats["refusals"]["over a quota or time budget"] == 1
+    panel = bob.panel()  # the owner sees it counted, by reason
+    try:
+        assert "refused 1: over a quota or time budget \u00d71" in panel.text()
+        assert "over a quota or time budget" in owner_tables.header_html(bob, bob.store.entries(), bob.clients)
+    finally:
+        panel.close()
 
 
 def test_a_client_over_its_bytes_gets_quota_exceeded_and_others_keep_working(make_worker, make_client):

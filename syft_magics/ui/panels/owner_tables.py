@@ -17,7 +17,7 @@ from ._names import name_of
 if TYPE_CHECKING:
     from ...owner.worker import Worker
 
-__all__ = ["header_html", "registry_html", "log_row", "commands_html", "clients_html", "shape_text", "is_hex"]
+__all__ = ["header_html", "refusals_text", "refusals_html", "registry_html", "log_row", "commands_html", "clients_html", "shape_text", "is_hex"]
 
 
 def header_html(w: "Worker", entries: Sequence[Entry], sessions: Sequence[Any]) -> str:
@@ -38,7 +38,19 @@ def header_html(w: "Worker", entries: Sequence[Entry], sessions: Sequence[Any]) 
             + H.badge("tensors sent in", H.human_bytes(stats.get("bytes_in", 0)))
             + H.badge("values out", H.human_bytes(stats.get("bytes_out", 0)))
             + H.badge("pending requests", pending, "warn" if pending else "")
-            + "</div>")
+            + H.badge("refused", f"{stats.get('refused', 0):,}", "warn" if stats.get("refused") else "")
+            + "</div>" + refusals_html(stats))
+
+
+def refusals_text(stats: Dict[str, Any]) -> str:
+    """What the worker refused, by reason, most frequent first (quotas, budgets, bad messages, handshakes)."""
+    by_reason = sorted((stats.get("refusals") or {}).items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{reason} \u00d7{n:,}" for reason, n in by_reason)
+
+
+def refusals_html(stats: Dict[str, Any]) -> str:
+    text = refusals_text(stats)
+    return f'<div style="margin-top:2px;font-size:90%">refused: {H.esc(text)}</div>' if text else ""
 
 
 def registry_html(w: "Worker", shown: Sequence[Entry], total: int, holders: Dict[str, List[str]]) -> str:

@@ -415,6 +415,8 @@ class WorkerPanel(LivePanel):
                  f"tensors sent in {H.human_bytes(stats.get('bytes_in', 0))}, "
                  f"values out {H.human_bytes(stats.get('bytes_out', 0))}, "
                  f"{H.plural(len(w.requests.pending), 'pending request')}"]
+        if stats.get("refused"):
+            lines.append(f"refused {stats['refused']:,}: {T.refusals_text(stats)}")
         if entries:
             lines.append("registry:")
             for e in entries[:20]:
