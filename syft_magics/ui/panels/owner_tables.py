@@ -17,7 +17,8 @@ from ._names import name_of
 if TYPE_CHECKING:
     from ...owner.worker import Worker
 
-__all__ = ["header_html", "refusals_text", "refusals_html", "registry_html", "log_row", "commands_html", "clients_html", "shape_text", "is_hex"]
+__all__ = ["header_html", "refusals_text", "refusals_html",
+           "registry_html", "log_row", "commands_html", "clients_html", "shape_text", "is_hex"]
 
 
 def header_html(w: "Worker", entries: Sequence[Entry], sessions: Sequence[Any]) -> str:
