@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -43,6 +43,8 @@ class Cost:
     peak_bytes: int
     flops: float = 0.0
     moved: int = 0
+    #: consecutive runs much slower than estimated (see :func:`observe`)
+    slow: int = 0
 
 
 class Unestimable(Exception):
@@ -77,7 +79,14 @@ def signature(name: str, args: Any, kwargs: Dict[str, Any], grad: bool) -> Optio
     """A hashable key for everything an op's cost depends on, or None if it holds something that
     cannot be faked (a model, an optimizer: such ops always run on the lane)."""
     try:
-        return (name, grad, _sig(args), _sig(kwargs) if kwargs else ())
+        key: List[Any] = [name, grad]
+        for value in args:  # _sig inlined for the usual arguments (the serving thread's hot path)
+            t = type(value)
+            key.append((value.shape, value.dtype) if t is torch.Tensor else (t, value) if t in _PLAIN
+                       else _sig(value))
+        if kwargs:
+            key.append(_sig(kwargs))
+        return tuple(key)
     except Unestimable:
         return None
 
@@ -108,9 +117,15 @@ def remember(key: Optional[Tuple[Any, ...]], cost: Cost) -> None:
 
 
 def observe(key: Optional[Tuple[Any, ...]], cost: Optional[Cost], seconds: float) -> None:
-    """An op with this signature took ``seconds`` of its thread's CPU time (not wall time, which a busy
-    machine stretches): an estimate that was much too low is raised to it."""
-    if cost is not None and seconds > 2 * cost.seconds + 5 * INLINE_SECONDS:
+    """An op with this signature took ``seconds``: an estimate that was much too low is raised to it
+    once it happened twice in a row (one slow run may be a busy machine's scheduling, not the op)."""
+    if cost is None:
+        return
+    if seconds <= 2 * cost.seconds + 5 * INLINE_SECONDS:
+        cost.slow = 0
+        return
+    cost.slow += 1
+    if cost.slow >= 2:
         cost.seconds = seconds
         remember(key, cost)
 

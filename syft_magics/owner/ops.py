@@ -81,13 +81,16 @@ class Ops:
             key = costs.signature(name, args, kwargs, grad)
             cost = costs.cached(key)
             if cost is not None:
-                self._check_cost(session, op, cost, len(out))
+                q, sid = session.quotas, session.ident
+                if cost.seconds > q.op_seconds or cost.peak_bytes + self.store.held_bytes(sid) > q.max_bytes \
+                        or len(out) + self.store.session_count(sid) > q.max_objects:  # (checks inlined: hot path)
+                    self._check_cost(session, op, cost, len(out))
                 if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy:
-                    c1 = time.thread_time()  # CPU time: a busy machine's scheduling does not count
+                    t1 = time.perf_counter()
                     try:
                         result, written = self._call(fn, args, kwargs, grad, used)
                     finally:
-                        costs.observe(key, cost, time.thread_time() - c1)
+                        costs.observe(key, cost, time.perf_counter() - t1)
                     self._written(session, op, used, written)
                     return self._finish(session, header, name, result, out, used, t0)
         except Exception as exc:
@@ -103,11 +106,11 @@ class Ops:
                     estimate = None  # runs unpriced; its results are still charged before they are kept
             if estimate is not None:
                 self._check_cost(session, op, estimate, len(out))
-            t1, c1 = time.perf_counter(), time.thread_time()
+            t1 = time.perf_counter()
             try:
                 result, written = self._call(fn, args, kwargs, grad, used)
             finally:
-                costs.observe(key, estimate, time.thread_time() - c1)
+                costs.observe(key, estimate, time.perf_counter() - t1)
             return result, written, time.perf_counter() - t1
 
         def done(router: zmq.Socket, value: Any, error: Optional[BaseException], _seconds: float) -> None:
@@ -191,9 +194,11 @@ class Ops:
         kept = [(oid, leaf, self._charge(leaf)) for oid, leaf in zip(out, leaves)
                 if oid is not None and isinstance(leaf, STORED_TYPES)]  # tensors, models or optimizers built here
         if kept:
-            quotas.check_objects(session.quotas, session.label, self.store.session_count(session.ident), len(kept))
-            quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(session.ident),
-                               sum(c for _, _, c in kept), f"{op}'s result")
+            q, sid = session.quotas, session.ident
+            count, held, more = self.store.session_count(sid), self.store.held_bytes(sid), sum(c for _, _, c in kept)
+            if count + len(kept) > q.max_objects or held + more > q.max_bytes:
+                quotas.check_objects(q, session.label, count, len(kept))
+                quotas.check_bytes(q, session.label, held, more, f"{op}'s result")
         now = time.time()
         for oid, leaf, charge in kept:
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,

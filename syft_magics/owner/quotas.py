@@ -53,11 +53,11 @@ class Quotas:
 
     #: Bytes of tensors the client's objects may hold (results and sent tensors; the owner's data and
     #: views of it do not count).
-    max_bytes: Size = 2 << 30
+    max_bytes: int = 2 << 30  # (or a text such as "2GB", read by parse_size)
     #: Objects (results, sent tensors) the client may hold at once.
     max_objects: int = 100_000
     #: Largest message (all its frames) the client may send.
-    max_message_bytes: Size = 1 << 30
+    max_message_bytes: int = 1 << 30
     #: Messages the client may queue behind its op that runs in the background.
     max_queued: int = 10_000
     #: Time budget of one op, in seconds (estimated from its inputs before it runs).
