@@ -21,6 +21,7 @@ from .errors import (
     PointerFreed,
     PortInUse,
     ProtocolError,
+    QuotaExceeded,
     ReadOnlyError,
     RemoteError,
     ReplyTimeout,
@@ -37,6 +38,7 @@ from .errors import (
 from .events import Event, EventStream
 from .owner.allowlist import Allowlist
 from .owner.policy import ClosedPolicy, GetRequest, OpenPolicy, Policy, ReviewPolicy
+from .owner.quotas import Quotas
 from .owner.worker import Worker
 from .scientist.client import Client, SearchResult, connect
 from .scientist.pointer import PointerTensor
@@ -50,10 +52,10 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "Allowlist", "Client", "ClosedPolicy", "Event", "EventStream", "GetRequest", "OpenPolicy", "PointerTensor",
     "RemoteModule",
-    "Policy", "ReviewPolicy", "SearchResult", "Worker", "connect", "defaults", "load_ipython_extension",
+    "Policy", "Quotas", "ReviewPolicy", "SearchResult", "Worker", "connect", "defaults", "load_ipython_extension",
     "unload_ipython_extension",
     "AuthenticationError", "CrossWorkerError", "GetTimeout", "OpNotAllowed", "PermissionDenied", "PointerFreed",
-    "PortInUse", "ProtocolError", "ReadOnlyError", "RemoteError", "ReplyTimeout", "SessionExpired",
+    "PortInUse", "ProtocolError", "QuotaExceeded", "ReadOnlyError", "RemoteError", "ReplyTimeout", "SessionExpired",
     "StaleConnectionFile", "SyftError", "TagError", "UnknownObject", "UnknownWorker", "WorkerRestarted",
     "WorkerStopped", "WorkerUnreachable",
 ]
