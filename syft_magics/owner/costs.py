@@ -45,6 +45,12 @@ class Cost:
     moved: int = 0
     #: consecutive runs much slower than estimated (see :func:`observe`)
     slow: int = 0
+    #: False: this signature cannot be faked (remembered so it is not tried again); the op runs unpriced
+    priced: bool = True
+
+
+#: What is remembered of a signature that cannot be priced.
+UNPRICED = Cost(0.0, 0, 0, priced=False)
 
 
 class Unestimable(Exception):
@@ -236,6 +242,14 @@ def rates() -> Tuple[float, float]:
 
 
 _warming = threading.Lock()
+_warm = threading.Event()
+
+
+def wait_warm(timeout: float) -> None:
+    """Wait for :func:`warm_up`, if it was started (a lane's first estimate waits for it rather than
+    import torch's compiler stack a second time; only that client waits)."""
+    if _warming.locked():
+        _warm.wait(timeout)
 
 
 def warm_up() -> None:
@@ -245,11 +259,13 @@ def warm_up() -> None:
         return
 
     def run() -> None:
-        rates()
         try:
+            rates()
             estimate(torch.add, (torch.zeros(2), torch.zeros(2)), {})
         except Unestimable:
             pass
+        finally:
+            _warm.set()
 
     # not a daemon: a daemon thread still importing when the interpreter exits crashes it
     threading.Thread(target=run, name="torch-cost-warm-up", daemon=False).start()

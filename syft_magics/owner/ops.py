@@ -80,7 +80,7 @@ class Ops:
                 raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
             key = costs.signature(name, args, kwargs, grad)
             cost = costs.cached(key)
-            if cost is not None:
+            if cost is not None and cost.priced:
                 q, sid = session.quotas, session.ident
                 if cost.seconds > q.op_seconds or cost.peak_bytes + self.store.held_bytes(sid) > q.max_bytes \
                         or len(out) + self.store.session_count(sid) > q.max_objects:  # (checks inlined: hot path)
@@ -99,18 +99,20 @@ class Ops:
         def work() -> Tuple[Any, List[Entry], float]:
             estimate = cost
             if estimate is None and key is not None:
+                costs.wait_warm(60)
                 try:
                     estimate = costs.estimate(fn, args, kwargs, grad)
-                    costs.remember(key, estimate)
                 except costs.Unestimable:
-                    estimate = None  # runs unpriced; its results are still charged before they are kept
-            if estimate is not None:
+                    estimate = costs.UNPRICED  # runs unpriced; its results are still charged before they are kept
+                costs.remember(key, estimate)
+            if estimate is not None and estimate.priced:
                 self._check_cost(session, op, estimate, len(out))
             t1 = time.perf_counter()
             try:
                 result, written = self._call(fn, args, kwargs, grad, used)
             finally:
-                costs.observe(key, estimate, time.perf_counter() - t1)
+                if estimate is not None and estimate.priced:
+                    costs.observe(key, estimate, time.perf_counter() - t1)
             return result, written, time.perf_counter() - t1
 
         def done(router: zmq.Socket, value: Any, error: Optional[BaseException], _seconds: float) -> None:
