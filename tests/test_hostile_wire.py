@@ -150,3 +150,16 @@ def test_a_dropped_clients_routing_id_does_not_give_its_session(seed, peers):
         assert reply["t"] == "err" and reply["code"] == "unknown_session", reply
         assert "x" not in reply and "r" not in reply
     assert victim.ident not in bob.server.sessions
+
+
+def test_tags_per_object_and_per_search_are_bounded(seed, peers):
+    bob, _ = seed
+    p = peers(bob.address)
+    p.login(bob.key)
+    many = [f"#t{i}" for i in range(limits.MAX_TAGS + 1)]
+    oid = os.urandom(16)
+    reply = p.request({"t": "send", "s": 1, "id": oid, "x": torch.zeros(2), "tags": many, "ack": True})
+    assert reply["t"] == "err" and reply["code"] == "bad_tag" and oid not in bob.store, reply
+    reply = p.request({"t": "search", "s": 2, "tags": ["#X"] * (100_000)})
+    assert reply["t"] == "err" and reply["code"] == "bad_tag" and len(reply["msg"]) < 200, reply
+    assert p.request({"t": "send", "s": 3, "id": oid, "x": torch.zeros(2), "tags": many[:3], "ack": True})["t"] == "ok"

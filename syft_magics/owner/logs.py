@@ -89,7 +89,7 @@ def describe_command(worker: "Worker", event: Event) -> str:
     text = f"{data['op']}({', '.join(labels)})"
     if data.get("out"):
         text += " -> " + ", ".join(short_id(o) for o in data["out"])
-    return text
+    return clip(text)  # a command's inputs and results are as many as a client makes them
 
 
 def print_command(out: TextIO, worker: "Worker", event: Event) -> None:

@@ -420,7 +420,9 @@ class Server(Handshakes, Ops):
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
         oid = field(header, "id", bytes)
         tensor = field(header, "x", torch.Tensor)
-        tags = tuple(check_tag(t) for t in header.get("tags") or ())
+        tags = tuple(check_tag(t) for t in (header.get("tags") or ())[:limits.MAX_TAGS + 1])
+        if len(tags) > limits.MAX_TAGS:
+            raise Reject(ErrorCode.BAD_TAG, f"an object takes at most {limits.MAX_TAGS} tags")
         if len(oid) != 16 or oid in self.store:
             raise Reject(ErrorCode.BAD_ID, "sent objects need a fresh 16-byte id")
         size = tensor.numel() * tensor.element_size()
@@ -440,6 +442,8 @@ class Server(Handshakes, Ops):
 
     def _on_search(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         tags = field(header, "tags", list)
+        if len(tags) > limits.MAX_TAGS:
+            raise Reject(ErrorCode.BAD_TAG, f"a search takes at most {limits.MAX_TAGS} tags")
         try:
             tags = tuple(check_tag(t) for t in tags)
         except TagError as exc:

@@ -28,6 +28,8 @@ MAX_NDIM = 64
 MAX_NAME_CHARS = 64
 #: Longest op name or tag.
 MAX_OP_NAME_CHARS = 128
+#: Most tags on one sent object, or in one search.
+MAX_TAGS = 32
 #: Handshakes (hello without auth yet) kept at once; the oldest is dropped beyond it.
 MAX_PENDING_HANDSHAKES = 64
 #: Replies queued for one peer that does not read them; beyond, ZeroMQ drops them.
