@@ -25,6 +25,8 @@ pytestmark = pytest.mark.timeout(90)
 def fresh_estimates():
     """Estimates are cached per process and learn from ops that took long: each test starts afresh."""
     costs.forget()
+    costs.warm_up()  # (until it is done, ops run unpriced: these tests need their prices)
+    assert costs.wait_warm(120)
     yield
     costs.forget()
 

@@ -24,6 +24,8 @@ X = torch.arange(4.0)
 @pytest.fixture(autouse=True)
 def fresh_estimates():
     costs.forget()
+    costs.warm_up()  # (until it is done, ops run unpriced: these tests need their prices)
+    assert costs.wait_warm(120)
     yield
     costs.forget()
 

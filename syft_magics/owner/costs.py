@@ -245,11 +245,15 @@ _warming = threading.Lock()
 _warm = threading.Event()
 
 
-def wait_warm(timeout: float) -> None:
-    """Wait for :func:`warm_up`, if it was started (a lane's first estimate waits for it rather than
-    import torch's compiler stack a second time; only that client waits)."""
-    if _warming.locked():
-        _warm.wait(timeout)
+def wait_warm(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for :func:`warm_up` to finish; whether estimates are ready."""
+    return _warm.wait(timeout) if _warming.locked() else True
+
+
+def warm() -> bool:
+    """Whether estimates are ready: :func:`warm_up` finished (or was never started in this process).
+    Until then an op runs unpriced on its lane rather than wait seconds for torch's fake-tensor stack."""
+    return _warm.is_set() or not _warming.locked()
 
 
 def warm_up() -> None:

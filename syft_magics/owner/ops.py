@@ -98,8 +98,7 @@ class Ops:
 
         def work() -> Tuple[Any, List[Entry], float]:
             estimate = cost
-            if estimate is None and key is not None:
-                costs.wait_warm(60)
+            if estimate is None and key is not None and costs.warm():
                 try:
                     estimate = costs.estimate(fn, args, kwargs, grad)
                 except costs.Unestimable:
