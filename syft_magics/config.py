@@ -39,6 +39,10 @@ class Defaults:
     #: sealed memory files instead of through TCP (:mod:`syft_magics.wire.samehost`); False: always TCP.
     #: Read when a client connects.
     same_host: bool = True
+    #: A client connected to a worker of its own process (``connect(worker)``, an ``inproc://`` address)
+    #: hands its messages to the worker's handlers on its own thread (:mod:`syft_magics.scientist.direct`);
+    #: False: through an ``inproc://`` ZeroMQ socket and the worker's serving thread. Read when a client connects.
+    in_process_direct: bool = True
     #: Commands kept in a worker's recent-events ring.
     event_history: int = 500
 

@@ -34,8 +34,9 @@ from ..wire import discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
 from .autograd import local_answer
+from .direct import DirectLink
 from .inference import REMOTE, has_tensors, infer
-from .link import LARGE_FRAME_BYTES, Link
+from .link import LARGE_FRAME_BYTES, Link, LinkBase
 from .pointer import PointerTensor
 from .trees import build, build_described, out_ids, to_meta, walk, wire_dtype
 
@@ -67,9 +68,15 @@ class Client:
     """A connection to one worker: search its data, send tensors, run ops through pointers."""
 
     def __init__(self, address: str, key: str, *, timeout: Optional[float] = None,
-                 context: Any = None, connection_file: Optional[str] = None) -> None:
-        self._link = Link(address, key, timeout=timeout if timeout is not None else defaults.connect_timeout,
-                          context=context, client_name=f"{_user()}:{os.getpid()}")
+                 context: Any = None, connection_file: Optional[str] = None, worker: Any = None) -> None:
+        name = f"{_user()}:{os.getpid()}"
+        self._link: LinkBase
+        if worker is not None and defaults.in_process_direct:
+            # a worker of this process: its handlers run on our thread, no socket in between
+            self._link = DirectLink(worker, key, client_name=name)
+        else:
+            self._link = Link(address, key, timeout=timeout if timeout is not None else defaults.connect_timeout,
+                              context=context, client_name=name)
         self.name = self._link.worker_name
         self.address = address
         self.connection_file = connection_file
@@ -424,7 +431,8 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
     if isinstance(target, Worker):
         if not target.running:
             raise UnknownWorker(f"worker {target.name} is not running (call .start() first)")
-        return Client(target.inproc_address, key or target.key, timeout=timeout, context=target.context)
+        return Client(target.inproc_address, key or target.key, timeout=timeout, context=target.context,
+                      worker=target)
     if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
         target = f"tcp://127.0.0.1:{int(target)}"
     if not isinstance(target, str) or not target:
