@@ -127,7 +127,9 @@ class Outgoing:
                                     "(ask again for the new value)")
             end = min(self.total, self.sent + self.chunk)
             piece = self.flat[self.sent:end]
-            out.append({"t": Kind.CHUNK, "s": self.seq, "o": self.sent, "x": piece.clone() if self.copy else piece})
+            if self.copy:  # (numpy's copy: one thread; torch's copy_ wakes its thread pool per chunk, costly under load)
+                piece = torch.from_numpy(piece.numpy().copy())
+            out.append({"t": Kind.CHUNK, "s": self.seq, "o": self.sent, "x": piece})
             self.sent = end
         return out
 
@@ -137,10 +139,13 @@ class Incoming:
 
     __slots__ = ("tensor", "flat", "total", "chunk", "received", "touched", "meta")
 
+    flat: Any
+
     def __init__(self, dtype: torch.dtype, shape: Sequence[int], chunk: int, meta: Any = None) -> None:
         self.tensor = torch.empty(tuple(shape), dtype=dtype)
-        self.flat = self.tensor.reshape(-1).view(torch.uint8)
-        self.total = self.flat.numel()
+        # numpy's copies run on this thread; torch's copy_ would wake its thread pool for every chunk
+        self.flat = self.tensor.reshape(-1).view(torch.uint8).numpy()
+        self.total = self.flat.size
         self.chunk = chunk
         self.received = 0
         self.touched = time.monotonic()
@@ -161,7 +166,7 @@ class Incoming:
         if n == 0 or n > self.chunk or offset + n > self.total:
             raise ProtocolError(f"chunk of {n} bytes at {offset} does not fit a stream of {self.total} bytes "
                                 f"in chunks of {self.chunk}")
-        self.flat[offset:offset + n].copy_(data)
+        self.flat[offset:offset + n] = data.numpy()
         self.received = offset + n
         self.touched = time.monotonic()
 
