@@ -13,14 +13,13 @@ import time
 
 import pytest
 import torch
+from helpers import wait_until
 
 import syft_magics as sm
 from syft_magics.errors import ProtocolError, RemoteError, SyftError
 from syft_magics.scientist import progress
 from syft_magics.wire import chunks, limits
 from syft_magics.wire.protocol import Kind, encode
-
-from helpers import wait_until
 
 CHUNK = 64 << 10
 

@@ -143,7 +143,8 @@ def run(cfg: Config) -> Dict[str, Any]:
                     if time.monotonic() > end and r >= 1:
                         break
                 d.stream_min_bytes, d.chunk_bytes = saved
-                cfg.log(f"streaming: {size_mib} MiB medians (s) " + ", ".join(f"{k} {median(v):.3f}" for k, v in secs.items()))
+                cfg.log(f"streaming: {size_mib} MiB medians (s) "
+                        + ", ".join(f"{k} {median(v):.3f}" for k, v in secs.items()))
                 gbps = {k: nbytes / median(v) / 1e9 for k, v in secs.items()}
                 data[f"{size_mib}MiB"] = {"GB_s": gbps, "seconds": secs}
                 for way in ("send", "get"):

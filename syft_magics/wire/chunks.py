@@ -127,7 +127,7 @@ class Outgoing:
                                     "(ask again for the new value)")
             end = min(self.total, self.sent + self.chunk)
             piece = self.flat[self.sent:end]
-            if self.copy:  # (numpy's copy: one thread; torch's copy_ wakes its thread pool per chunk, costly under load)
+            if self.copy:  # (numpy copies on this thread; torch's copy_ wakes its thread pool per chunk)
                 piece = torch.from_numpy(piece.numpy().copy())
             out.append({"t": Kind.CHUNK, "s": self.seq, "o": self.sent, "x": piece})
             self.sent = end
