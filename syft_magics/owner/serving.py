@@ -441,6 +441,8 @@ class Server(Handshakes):
         streamed = streams.download(session, header, tensor, copy)  # big values: chunk by chunk, copies if copy
         if streamed is not None:
             return streamed
+        if session.pool is not None:
+            session.pool.written.clear()
         return encode({"t": Kind.VALUE, "s": seq, "x": tensor.clone() if copy else tensor}, session.pool)
 
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
