@@ -164,7 +164,7 @@ class Client:
                 pool.release(pool.written)
         elif nbytes >= defaults.stream_min_bytes:
             # streamed in chunks (wire/chunks.py): returns once the worker holds every byte
-            self._request(transfers.put_header(oid, tensor.detach(), list(tags)), op="send", upload=tensor)
+            self._request(transfers.put_header(oid, tensor, list(tags)), op="send", upload=tensor)
         elif nbytes >= LARGE_FRAME_BYTES:
             # sent zero-copy: the worker's acknowledgement says when the tensor may change again
             header["ack"] = True
