@@ -24,13 +24,13 @@ import os
 import socket as _socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, List
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from ..config import defaults
 from ..errors import AuthenticationError, ProtocolError, ReplyTimeout, SyftError, error_class
 from ..wire import auth
 from ..wire.protocol import PROTOCOL_VERSION, Kind, decode, encode
-from .link import LinkBase
+from .transport import LinkBase
 
 if TYPE_CHECKING:
     from ..owner.worker import Worker
@@ -131,8 +131,10 @@ class DirectLink(LinkBase):
         self._file_all([header])
 
     # -- receiving ---------------------------------------------------------------
-    def wait(self, seq: int, timeout: float) -> dict:
-        """The reply to request ``seq`` (already filed, unless it waits for the owner's decision)."""
+    def wait(self, seq: int, timeout: float, tick: Optional[Callable[[], bool]] = None) -> dict:
+        """The reply to request ``seq`` (already filed, unless it waits for the owner's decision).
+        Values are never streamed here (a copy in memory is all it takes): ``tick`` only lets an
+        interrupt through."""
         deadline = time.monotonic() + timeout
         with self._inbox:
             while True:
@@ -144,6 +146,8 @@ class DirectLink(LinkBase):
                 if remaining <= 0:
                     raise ReplyTimeout(f"{self.worker_name} did not answer within {timeout:g} s "
                                        f"(raise syft_magics.defaults.reply_timeout if it is just slow)")
+                if tick is not None:
+                    tick()
                 self._inbox.wait(min(remaining, 0.1))
 
     # -- background ----------------------------------------------------------------
