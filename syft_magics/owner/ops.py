@@ -21,7 +21,6 @@ from ..events import EventStream
 from ..wire import limits
 from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
-from ..wire.sockets import send_parts
 from . import costs, quotas, writes
 from .optimizers import STORED_TYPES
 from .replies import Reject, describe_result, error_reply, flatten
@@ -49,6 +48,9 @@ class Ops:
         raise NotImplementedError
 
     def _drain(self, session: Session, router: zmq.Socket) -> None:  # pragma: no cover - the server's
+        raise NotImplementedError
+
+    def to(self, router: zmq.Socket, ident: bytes, parts: List[Any]) -> None:  # pragma: no cover - the server's
         raise NotImplementedError
 
     def _on_op(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
@@ -134,7 +136,7 @@ class Ops:
                 reply = error_reply(failed)
             if reply is not None:
                 try:
-                    send_parts(router, [session.ident, *reply], flags=0)
+                    self.to(router, session.ident, reply)
                 except zmq.ZMQError:
                     pass  # the client is gone; the worker serves on
             self._drain(session, router)

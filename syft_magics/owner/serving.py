@@ -23,9 +23,10 @@ from ..errors import ProtocolError, TagError
 from ..wire import limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
-from ..wire.sockets import readable, recv_parts, send_parts
-from . import costs, quotas, writes
+from ..wire.sockets import readable, recv_parts
+from . import costs, quotas, streams, writes
 from .connections import Connections
+from .direct import DirectPort
 from .handshake import Handshakes
 from .models import export
 from .ops import Ops
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = limits.HANDSHAKE_TIMEOUT
 
 
-class Server(Handshakes, Ops):
+class Server(Handshakes, DirectPort, Ops):
     """Serves one worker's ROUTER socket from a background thread.
 
     It holds what only the serving thread may change: the sessions and the
@@ -67,6 +68,7 @@ class Server(Handshakes, Ops):
         self._wake_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._running = False
+        self._init_direct()
 
     # -- the owner's thread ------------------------------------------------------
     def start(self, ctx: zmq.Context, router: zmq.Socket) -> None:
@@ -109,10 +111,7 @@ class Server(Handshakes, Ops):
 
     def post(self, ident: bytes, header: dict) -> None:
         """Send ``header`` to the client ``ident`` from the serving thread."""
-        def send(router: zmq.Socket) -> None:
-            send_parts(router, [ident, *encode(header)], flags=0)
-
-        self.call_soon(send)
+        self.call_soon(lambda router: self.to(router, ident, encode(header)))
 
     def grant(self, req: GetRequest) -> None:
         """Tell ``req``'s client that the owner approved (from the owner's thread; the request book
@@ -120,7 +119,7 @@ class Server(Handshakes, Ops):
 
         def tell(router: zmq.Socket) -> None:
             if req.session in self.sessions:
-                send_parts(router, [req.session, *encode({"t": Kind.APPROVED, "s": req.seq, "n": req.n})], flags=0)
+                self.to(router, req.session, encode({"t": Kind.APPROVED, "s": req.seq, "n": req.n}))
 
         self.call_soon(tell)
 
@@ -141,9 +140,10 @@ class Server(Handshakes, Ops):
         if conns.socket is not None:
             poller.register(conns.socket, zmq.POLLIN)
         next_check = time.monotonic() + 1.0
+        self.lock.acquire()  # held while serving, let go while waiting (links of this process: direct.py)
         try:
             while self._running:
-                ready = dict(poller.poll(200))
+                ready = self.poll_unlocked(poller, 200)
                 if router in ready:
                     for _ in range(256):
                         if not readable(router):
@@ -171,11 +171,12 @@ class Server(Handshakes, Ops):
                     self._expire(now)
                     next_check = now + 1.0
             for ident in list(self.sessions):
-                send_parts(router, [ident, *encode({"t": Kind.BYE, "name": self.name})], flags=0)
+                self.to(router, ident, encode({"t": Kind.BYE, "name": self.name}))
         except Exception:
             log.exception("the serving loop of worker %s stopped", self.name)
             raise
         finally:
+            self.lock.release()
             conns.close()
             router.close()
             wake.close(0)
@@ -201,7 +202,7 @@ class Server(Handshakes, Ops):
     def _send_replies(self, router: zmq.Socket, ident: bytes, reply: Any) -> None:
         try:
             for one in (reply if type(reply) is Replies else () if reply is None else (reply,)):
-                send_parts(router, [ident, *one], flags=0)
+                self.to(router, ident, one)
         except zmq.ContextTerminated:
             raise
         except Exception:  # a reply that cannot go out is dropped; the worker serves on
@@ -304,8 +305,8 @@ class Server(Handshakes, Ops):
                 break
             reply = self._answer(session.ident, [head, *frames[i:i + count]], batched=True, queued=True)
             i += count
-            if reply is not None:
-                replies.append(reply)
+            if reply is not None:  # (a stream's start is several replies)
+                replies.extend(reply) if type(reply) is Replies else replies.append(reply)
         return replies
 
     def _resolver(self, session: Session, used: List[Entry]) -> Callable[[bytes], Any]:
@@ -332,8 +333,8 @@ class Server(Handshakes, Ops):
         for ident, session in list(self.sessions.items()):
             if now - session.last_seen > self.worker.lease_timeout:
                 self._end_session(ident, "lease expired")
-            elif session.pool is not None:
-                session.pool.expire(now)
+            else:
+                session.expire(now)
         for ident, pending in list(self.handshakes.items()):
             if now - pending[2] > HANDSHAKE_TIMEOUT:
                 self.handshakes.pop(ident, None)
@@ -377,45 +378,46 @@ class Server(Handshakes, Ops):
         entry.last_access = time.time()
         version = entry.version
         if self.requests.take_grant(session.ident, oid, version):
-            return self._value(session, seq, entry)
+            return self._value(session, header, entry)
         if type(self.worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
-            return self._value(session, seq, entry)
+            return self._value(session, header, entry)
         rule = self.worker.policy.rules.match(entry.kind, entry.shape) if self.worker.policy.rules else None
         if rule is not None:  # an owner's rule for training (allow_get): decided without a click, and logged
             self.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule})")
-            return self._value(session, seq, entry)
+            return self._value(session, header, entry)
         req_fields: Dict[str, Any] = dict(client=session.label, object_id=entry.hex, shape=entry.shape,
                                           dtype=entry.dtype, lineage=self.store.lineage(entry), tags=entry.tags)
         decision = self.worker.policy.decide(GetRequest(n=0, **req_fields))
         if decision == ALLOW:
-            return self._value(session, seq, entry)
+            return self._value(session, header, entry)
         if decision == DENY:
             self.events.emit("get", client=session.label, id=entry.hex, status="denied")
             raise Reject(ErrorCode.DENIED, f"{self.name} refused to release {entry.label}: "
                                     f"{self.worker.policy.deny_reason(GetRequest(n=0, **req_fields))}")
         req, opened = self.requests.ask(session.ident, oid, seq, version=version, **req_fields)
         if req is None:  # the owner approved while this get was on its way
-            return self._value(session, seq, entry)
+            return self._value(session, header, entry)
         if opened:
             self.events.emit("request", n=req.n, client=session.label, id=entry.hex, lineage=req.lineage)
         return encode({"t": Kind.PENDING, "s": seq, "n": req.n, "name": self.name})
 
-    def _value(self, session: Session, seq: Any, entry: Entry) -> List[Any]:
+    def _value(self, session: Session, header: dict, entry: Entry) -> Any:
+        seq = header.get("s")
         self.stats["bytes_out"] += entry.nbytes
         self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)
         tensor = export(entry.tensor)  # a model leaves as a copy of its state dict
-        if session.peer == "inproc" and tensor is entry.tensor:
-            # inproc:// passes the frame's memory itself: the client would hold the store's tensor
-            # (the owner's data) and could change it in place
-            tensor = tensor.clone()
-        elif entry.session is not None and isinstance(tensor, torch.Tensor) \
-                and type(self.worker.policy).decide is not OpenPolicy.decide:
-            # a frame is sent zero-copy, later, from ZeroMQ's I/O thread: a client's next op could write
-            # into its object before the bytes leave, and receive other values than the ones approved
-            tensor = tensor.clone()
+        # inproc:// passes the frame's memory itself: the client would hold the store's tensor (the owner's
+        # data) and could change it in place; and a frame is sent zero-copy, later, from ZeroMQ's I/O thread:
+        # a client's next op could write into its object before the bytes leave (other values than approved)
+        copy = (session.peer == "inproc" and tensor is entry.tensor) or (
+            entry.session is not None and isinstance(tensor, torch.Tensor)
+            and type(self.worker.policy).decide is not OpenPolicy.decide)
+        streamed = streams.download(session, header, tensor, copy)  # big values: chunk by chunk, copies if copy
+        if streamed is not None:
+            return streamed
         if session.pool is not None:
             session.pool.written.clear()
-        return encode({"t": Kind.VALUE, "s": seq, "x": tensor}, session.pool)
+        return encode({"t": Kind.VALUE, "s": seq, "x": tensor.clone() if copy else tensor}, session.pool)
 
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
         oid = field(header, "id", bytes)
@@ -480,4 +482,4 @@ class Server(Handshakes, Ops):
     #: the handler of each kind of message a client sends after the handshake (``batch`` aside)
     HANDLERS = {Kind.OP: Ops._on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
-                Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release}
+                Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release, **streams.HANDLERS}

@@ -8,6 +8,7 @@ from typing import Optional
 from ..wire import samehost
 from .lanes import Lane
 from .quotas import Quotas
+from .streams import Streams
 
 
 @dataclass
@@ -36,9 +37,18 @@ class Session:
 
     def __post_init__(self) -> None:
         self.lane = Lane(self.ident.hex()[:8])
+    #: streamed uploads and downloads in progress (big tensors in chunks, wire/chunks.py)
+    streams: Streams = field(default_factory=Streams, repr=False)
+
+    def expire(self, now: float) -> None:
+        """Drop what this session left idle too long: same-host regions, stalled streams."""
+        if self.pool is not None:
+            self.pool.expire(now)
+        self.streams.expire(now)
 
     def close_files(self) -> None:
-        """Close the same-host memory files this session holds (it ended)."""
+        """Close the same-host memory files this session holds and drop its partial streams (it ended)."""
+        self.streams.clear()
         if self.pool is not None:
             self.pool.close()
         if self.host_peer is not None:

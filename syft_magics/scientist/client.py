@@ -8,6 +8,7 @@ issued it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from pathlib import Path
@@ -33,10 +34,13 @@ from ..traces import describe, user_site
 from ..wire import discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
+from . import transfers
 from .autograd import local_answer
+from .direct import DirectLink
 from .inference import REMOTE, has_tensors, infer
 from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
+from .transport import LinkBase
 from .trees import build, build_described, out_ids, to_meta, walk, wire_dtype
 
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
@@ -67,9 +71,15 @@ class Client:
     """A connection to one worker: search its data, send tensors, run ops through pointers."""
 
     def __init__(self, address: str, key: str, *, timeout: Optional[float] = None,
-                 context: Any = None, connection_file: Optional[str] = None) -> None:
-        self._link = Link(address, key, timeout=timeout if timeout is not None else defaults.connect_timeout,
-                          context=context, client_name=f"{_user()}:{os.getpid()}")
+                 context: Any = None, connection_file: Optional[str] = None, worker: Any = None) -> None:
+        name = f"{_user()}:{os.getpid()}"
+        self._link: LinkBase
+        if worker is not None and defaults.in_process_direct:
+            # a worker of this process: its handlers run on our thread, no socket in between
+            self._link = DirectLink(worker, key, client_name=name)
+        else:
+            self._link = Link(address, key, timeout=timeout if timeout is not None else defaults.connect_timeout,
+                              context=context, client_name=name)
         self.name = self._link.worker_name
         self.address = address
         self.connection_file = connection_file
@@ -160,6 +170,9 @@ class Client:
                 self._request(header, op="send", pool=pool)
             finally:
                 pool.release(pool.written)
+        elif nbytes >= defaults.stream_min_bytes and self._link.streams_values:
+            # streamed in chunks (wire/chunks.py): returns once the worker holds every byte
+            self._request(transfers.put_header(oid, tensor, list(tags)), op="send", upload=tensor)
         elif nbytes >= LARGE_FRAME_BYTES:
             # sent zero-copy: the worker's acknowledgement says when the tensor may change again
             header["ack"] = True
@@ -198,8 +211,11 @@ class Client:
         self._check_pointer(ptr)
         approval_timeout = timeout if timeout is not None else defaults.approval_timeout
         while True:
-            reply = self._request({"t": Kind.GET, "id": ptr.oid}, timeout, approval_timeout=approval_timeout,
-                                  what=ptr)
+            header: Dict[str, Any] = {"t": Kind.GET, "id": ptr.oid}
+            if self._link.streams_values:
+                header["c"] = transfers.plan()
+            reply = self._request(header, timeout,
+                                  approval_timeout=approval_timeout, what=ptr)
             if reply["t"] == Kind.VALUE:
                 self.events.emit("get", id=ptr.oid)
                 return reply["x"]
@@ -234,7 +250,7 @@ class Client:
     # -- requests that wait ---------------------------------------------------------------
     def _request(self, header: dict, timeout: Optional[float] = None, *, approval_timeout: float = 0.0,
                  what: Optional[PointerTensor] = None, op: Optional[str] = None,
-                 pool: Optional[samehost.Pool] = None) -> dict:
+                 pool: Optional[samehost.Pool] = None, upload: Optional[torch.Tensor] = None) -> dict:
         link = self._link
         seq = link.next_seq()
         header["s"] = seq
@@ -242,18 +258,24 @@ class Client:
             self._origins[seq] = (op, user_site())
         link.expect(seq)
         answered = False
+        # a get or a streamed send may stream: progress, chunks, interrupts (scientist/transfers.py)
+        watch = transfers.Watch(link, header, _label(what), upload) if what is not None or upload is not None \
+            else None
+        tick = watch.tick if watch is not None else None
         try:
-            link.send(encode(header, pool), flush=True, awaited=True)
-            reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
-            if reply["t"] == Kind.PENDING:
-                n = reply.get("n")
-                print(f"waiting for {self.name} to approve request #{n} (get of {_label(what)})", flush=True)
-                self.events.emit("waiting", n=n)
-                try:
-                    reply = link.wait(seq, approval_timeout)
-                except ReplyTimeout:
-                    raise GetTimeout(f"{self.name} has not decided on request #{n} within {approval_timeout:g} s; "
-                                     "the request stays pending: call .get() again to keep waiting") from None
+            with watch if watch is not None else contextlib.nullcontext():
+                link.send(encode(header, pool), flush=True, awaited=True)
+                reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout, tick)
+                if reply["t"] == Kind.PENDING:
+                    n = reply.get("n")
+                    print(f"waiting for {self.name} to approve request #{n} (get of {_label(what)})", flush=True)
+                    self.events.emit("waiting", n=n)
+                    try:
+                        reply = link.wait(seq, approval_timeout, tick)
+                    except ReplyTimeout:
+                        raise GetTimeout(f"{self.name} has not decided on request #{n} within "
+                                         f"{approval_timeout:g} s; the request stays pending: call .get() again "
+                                         "to keep waiting") from None
             answered = True
         finally:
             link.done(seq, abandoned=not answered)
@@ -392,8 +414,19 @@ class Client:
 def _id_source() -> Callable[[], bytes]:
     """Fresh 128-bit random result ids. Unpredictable on purpose: ids derived from a counter could be
     guessed from one seen in a log, and another client could claim them first (the worker refuses
-    an id already in use)."""
-    return lambda: os.urandom(16)
+    an id already in use). Read from the OS 256 at a time (a system call per op cost a chain several
+    percent); ``list.pop`` hands each one out once, whichever thread asks."""
+    ids: List[bytes] = []
+
+    def new_id() -> bytes:
+        try:
+            return ids.pop()
+        except IndexError:
+            block = os.urandom(16 * 256)
+            ids.extend(block[i:i + 16] for i in range(0, len(block), 16))
+            return ids.pop()
+
+    return new_id
 
 
 def _user() -> str:
@@ -424,7 +457,8 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
     if isinstance(target, Worker):
         if not target.running:
             raise UnknownWorker(f"worker {target.name} is not running (call .start() first)")
-        return Client(target.inproc_address, key or target.key, timeout=timeout, context=target.context)
+        return Client(target.inproc_address, key or target.key, timeout=timeout, context=target.context,
+                      worker=target)
     if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
         target = f"tcp://127.0.0.1:{int(target)}"
     if not isinstance(target, str) or not target:

@@ -19,8 +19,7 @@ import os
 import socket as _socket
 import threading
 import time
-from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 import zmq
 
@@ -29,9 +28,7 @@ from ..errors import (
     AuthenticationError,
     ProtocolError,
     ReplyTimeout,
-    SessionExpired,
     SyftError,
-    WorkerRestarted,
     WorkerStopped,
     WorkerUnreachable,
     error_class,
@@ -39,6 +36,7 @@ from ..errors import (
 from ..wire import auth, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
+from .transport import LinkBase
 
 log = logging.getLogger(__name__)
 
@@ -51,37 +49,21 @@ _BATCH_MESSAGES = 256
 _BATCH_BYTES = 8 << 20
 
 
-class Link:
+class Link(LinkBase):
     """An authenticated, heartbeating connection to one worker."""
+
+    streams_values = True
 
     def __init__(self, address: str, key: str, *, timeout: float, context: Optional[zmq.Context] = None,
                  client_name: str = "client") -> None:
-        self.address = address
-        self.session = os.urandom(16)
+        super().__init__(address)
         self.lock = threading.Lock()
-        self.replies: Dict[Any, dict] = {}  # by seq (whatever the worker put there)
-        self.errors: List[dict] = []
-        self.on_error: Callable[[dict], None] = lambda header: None
-        self.free_queue: Deque[bytes] = deque()
-        #: the worker's process when it runs on this host as this user (verified at the handshake):
-        #: large tensors then travel as sealed memory files (:mod:`syft_magics.wire.samehost`)
-        self.host_peer: Optional[samehost.Peer] = None
-        #: and the memory file our large sends travel through then
-        self.pool: Optional[samehost.Pool] = None
         self._batch_heads: List[bytes] = []  # the headers of queued messages
         self._batch_frames: List[Any] = []  # their tensor frames, one message after the other
         self._batch_counts: List[int] = []  # how many frames each queued message has
         self._batch_bytes = 0
         self._batch_started = 0.0  # when the first message of the queued batch came
-        self.broken: Optional[SyftError] = None
-        self.worker_name = "?"
-        self.instance = ""
-        self.policy = "?"
-        self.last_pong = time.monotonic()
         self._next_ping = 0.0
-        self._seq = 0
-        self._awaited: set = set()
-        self._abandoned: set = set()
         self._own_ctx = context is None
         # inproc:// hands the sender's buffers to the receiver as they are: copy, or the worker would keep
         # (and expose) the client's memory, and a tracked zero-copy send would wait until the worker let go.
@@ -94,7 +76,6 @@ class Link:
         # the last results) are dropped with the connection, so a stopped worker looked merely unreachable.
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
-        self._closed = False
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         try:
@@ -167,10 +148,6 @@ class Link:
                 raise ProtocolError(f"handshake failed: {reply.get('msg')}")
 
     # -- sending -----------------------------------------------------------------
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def send(self, parts: List[Any], *, flush: bool = False, awaited: bool = False) -> None:
         """Queue one message for the worker; ``flush=True`` sends it, and everything queued, now.
 
@@ -261,8 +238,12 @@ class Link:
                 self._sock.poll(max(1, int(min(remaining, 0.05) * 1000)), zmq.POLLOUT)
 
     # -- receiving ---------------------------------------------------------------
-    def wait(self, seq: int, timeout: float) -> dict:
-        """The reply to request ``seq``; raises if the worker is gone or silent past ``timeout``."""
+    def wait(self, seq: int, timeout: float, tick: Optional[Callable[[], bool]] = None) -> dict:
+        """The reply to request ``seq``; raises if the worker is gone or silent past ``timeout``.
+
+        ``tick`` runs between polls, without the lock (a stream sends its next chunks, shows its
+        progress); when it returns True the transfer moved on and ``timeout`` counts anew.
+        """
         start = time.monotonic()
         deadline = start + timeout
         while True:
@@ -270,6 +251,9 @@ class Link:
             if reply is not None:
                 return reply
             self.check()
+            if tick is not None and tick():
+                start = time.monotonic()
+                deadline = start + timeout
             now = time.monotonic()
             if now >= deadline:
                 raise ReplyTimeout(f"{self.worker_name} did not answer within {timeout:g} s "
@@ -322,31 +306,25 @@ class Link:
         return {"t": Kind.ERR, "s": seq, "code": ErrorCode.PROTOCOL, "etype": "ProtocolError",
                 "msg": f"the worker's reply could not be read: {exc}"}
 
-    def _file(self, header: dict) -> None:
-        kind = header["t"]
-        seq = header.get("s")
-        self.last_pong = time.monotonic()  # anything from the worker shows it is alive
-        if kind == Kind.PONG:
-            pass
-        elif kind == Kind.BYE:
-            self.broken = WorkerStopped(f"{self.worker_name} was stopped by its owner; "
-                                        "its pointers are no longer usable")
-        elif kind == Kind.ERR and header.get("code") == ErrorCode.UNKNOWN_SESSION:
-            if header.get("instance") != self.instance:
-                self.broken = WorkerRestarted(
-                    f"{self.worker_name} at {self.address} was restarted: pointers made before the restart "
-                    f"are invalid. Connect again (%syft_connect {self.worker_name}).")
-            else:
-                self.broken = SessionExpired(
-                    f"{self.worker_name} ended this session (no heartbeat for {self.lease:g} s) and freed "
-                    f"its objects. Connect again (%syft_connect {self.worker_name}).")
-        elif seq in self._abandoned:
-            pass  # e.g. the owner decided after the client's GetTimeout: the next get asks again
-        elif kind == Kind.ERR and seq not in self._awaited:
-            self.errors.append(header)
-            self.on_error(header)
-        else:
-            self.replies[seq] = header
+    def say(self, header: dict) -> None:
+        """Send a small control message now (call with ``lock`` held); lost only with the link."""
+        try:
+            send_parts(self._sock, encode(header))
+        except zmq.Again:
+            log.debug("link to %s: %s not sent", self.worker_name, header["t"])
+
+    def cancel(self, seq: int) -> None:
+        """Stop stream ``seq``: the worker drops its partial state; chunks still on their way are dropped."""
+        with self.lock:
+            self.streams.pop(seq, None)
+            self.credits.pop(seq, None)
+            self._awaited.discard(seq)
+            self._abandoned.add(seq)
+            if self.broken is None and not self._closed:
+                try:
+                    self.say({"t": Kind.CANCEL, "s": seq})
+                except zmq.ZMQError as exc:
+                    self._lost(exc)
 
     def _lost(self, exc: zmq.ZMQError) -> None:
         """The socket failed (call with ``lock`` held): an in-process worker that stopped terminated the
@@ -359,24 +337,6 @@ class Link:
         self._sock.close(0)
         self.check()
         raise self.broken
-
-    def expect(self, seq: int) -> None:
-        """Mark ``seq`` as a request whose error reply belongs to its waiter, not the error list."""
-        self._awaited.add(seq)
-
-    def done(self, seq: int, abandoned: bool = False) -> None:
-        """The caller stopped waiting for ``seq``; replies still to come for an abandoned one are dropped."""
-        self._awaited.discard(seq)
-        self.replies.pop(seq, None)
-        if abandoned:
-            self._abandoned.add(seq)
-
-    def check(self) -> None:
-        """Raise if the link is unusable (closed, worker stopped or restarted)."""
-        if self._closed:
-            raise WorkerUnreachable(f"the connection to {self.worker_name} is closed")
-        if self.broken is not None:
-            raise self.broken
 
     # -- background ----------------------------------------------------------------
     def _background(self) -> None:
@@ -441,6 +401,3 @@ class Link:
         if self._own_ctx:
             self._ctx.term()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
