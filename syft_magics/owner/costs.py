@@ -58,43 +58,83 @@ class Unestimable(Exception):
 
 
 # -- signatures -------------------------------------------------------------------------------------
-_PLAIN = frozenset({int, float, bool, str, complex, type(None), torch.dtype, torch.device, torch.layout,
-                    torch.memory_format})
+_PLAIN = frozenset({str, complex, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format})
 
 
-def _sig(value: Any) -> Any:
+def _num(value: Any, acc: List[int]) -> Any:
+    """A number's key: its sign and binary magnitude, not its value (``x + i`` for a thousand ``i`` is one
+    signature); each one above 1 doubles the cached estimate (:func:`scaled`), so the estimate still
+    bounds every value of its bucket (a size within it is at most twice the one priced)."""
+    if type(value) is bool:
+        return (bool, value)
+    if type(value) is int:
+        if -2 <= value <= 2:
+            return (int, value)
+        acc[0] += 1
+        return (int, value < 0, abs(value).bit_length())
+    if value != value or value in (math.inf, -math.inf) or value == 0:
+        return (float, repr(value))
+    acc[0] += 1
+    return (float, value < 0, math.frexp(value)[1])
+
+
+def _sig(value: Any, acc: List[int]) -> Any:
     t = type(value)  # exact types first: this runs for every op the serving thread handles
     if t is torch.Tensor:
         return (value.shape, value.dtype)
+    if t is int or t is float or t is bool:
+        return _num(value, acc)
     if t in _PLAIN:
         return (t, value)
     if t is tuple or t is list or t is torch.Size:
-        return (t, tuple([_sig(v) for v in value]))
+        return (t, tuple([_sig(v, acc) for v in value]))
     if isinstance(value, torch.Tensor):  # parameters
         return (value.shape, value.dtype)
     if t is slice:
-        return (slice, _sig(value.start), _sig(value.stop), _sig(value.step))
+        return (slice, _sig(value.start, acc), _sig(value.stop, acc), _sig(value.step, acc))
     if value is Ellipsis:
         return Ellipsis
     if t is dict:
-        return (dict, tuple([(k, _sig(v)) for k, v in value.items()]))
+        return (dict, tuple([(k, _sig(v, acc)) for k, v in value.items()]))
     raise Unestimable(t.__name__)
 
 
 def signature(name: str, args: Any, kwargs: Dict[str, Any], grad: bool) -> Optional[Tuple[Any, ...]]:
-    """A hashable key for everything an op's cost depends on, or None if it holds something that
-    cannot be faked (a model, an optimizer: such ops always run on the lane)."""
+    """A hashable key for everything an op's cost depends on (numbers by magnitude; its last item is
+    how many of them were bucketed), or None if it holds something that cannot be faked (a model, an
+    optimizer: such ops always run on the lane)."""
     try:
+        acc = [0]
         key: List[Any] = [name, grad]
-        for value in args:  # _sig inlined for the usual arguments (the serving thread's hot path)
-            t = type(value)
-            key.append((value.shape, value.dtype) if t is torch.Tensor else (t, value) if t in _PLAIN
-                       else _sig(value))
+        for value in args:  # the usual arguments first (the serving thread's hot path)
+            key.append((value.shape, value.dtype) if type(value) is torch.Tensor else _sig(value, acc))
         if kwargs:
-            key.append(_sig(kwargs))
+            key.append(_sig(kwargs, acc))
+        key.append(acc[0])
         return tuple(key)
     except Unestimable:
         return None
+
+
+def small(args: Any) -> bool:
+    """Whether an op's tensor arguments are small (at most 65,536 elements in all): before estimates are
+    ready (:func:`warm`), such an op runs at once rather than pay a lane's thread per op."""
+    n = 0
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            n += value.numel()
+        elif isinstance(value, (list, tuple)):
+            n += sum(v.numel() for v in value if isinstance(v, torch.Tensor))
+    return n <= 1 << 16
+
+
+def scaled(cost: Cost, key: Optional[Tuple[Any, ...]]) -> Cost:
+    """``cost`` made to bound every op of its signature: doubled per number keyed by magnitude."""
+    k = min(int(key[-1]), 16) if key else 0
+    if k:
+        f = 2 ** k
+        cost.seconds, cost.out_bytes, cost.peak_bytes = cost.seconds * f, cost.out_bytes * f, cost.peak_bytes * f
+    return cost
 
 
 # -- the cache --------------------------------------------------------------------------------------

@@ -82,6 +82,11 @@ class Ops:
                 raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
             key = costs.signature(name, args, kwargs, grad)
             cost = costs.cached(key)
+            if cost is None and key is not None and not costs.warm() and costs.small(args) \
+                    and not session.lane.busy:  # the first seconds after start: small ops at once, unpriced
+                result, written = self._call(fn, args, kwargs, grad, used)
+                self._written(session, op, used, written)
+                return self._finish(session, header, name, result, out, used, t0)
             if cost is not None and cost.priced:
                 q, sid = session.quotas, session.ident
                 if cost.seconds > q.op_seconds or cost.peak_bytes + self.store.held_bytes(sid) > q.max_bytes \
@@ -102,7 +107,7 @@ class Ops:
             estimate = cost
             if estimate is None and key is not None and costs.warm():
                 try:
-                    estimate = costs.estimate(fn, args, kwargs, grad)
+                    estimate = costs.scaled(costs.estimate(fn, args, kwargs, grad), key)
                 except costs.Unestimable:
                     estimate = costs.UNPRICED  # runs unpriced; its results are still charged before they are kept
                 costs.remember(key, estimate)
