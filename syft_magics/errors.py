@@ -70,7 +70,15 @@ class SessionExpired(SyftError):
 
 
 class AuthenticationError(SyftError):
-    """The worker refused the link: wrong or missing key."""
+    """The worker refused the link: wrong or missing key, no invitation, or a revoked one."""
+
+
+class InsecureBind(SyftError, ValueError):
+    """A worker was asked to serve a network interface without encryption (CurveZMQ)."""
+
+
+class EncryptionUnavailable(SyftError, RuntimeError):
+    """An encrypted link was needed, but this libzmq was built without CurveZMQ."""
 
 
 class ProtocolError(SyftError):

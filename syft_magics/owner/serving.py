@@ -63,6 +63,7 @@ class Server(Handshakes):
         self.handshakes: Dict[bytes, Tuple[bytes, dict, float, int]] = {}
         self.connections: Optional[Connections] = None
         self._conn = 0  # the connection token of the message being handled
+        self._cuts = []  # connections of revoked clients to shut down (see handshake.py)
         self._calls: Deque[Callable[[zmq.Socket], None]] = deque()
         self._wake_send: Optional[zmq.Socket] = None
         self._wake_lock = threading.Lock()
@@ -269,6 +270,7 @@ class Server(Handshakes):
         return resolve
 
     def _expire(self, now: float) -> None:
+        self.cut_due(now)
         for ident, session in list(self.sessions.items()):
             if now - session.last_seen > self.worker.lease_timeout:
                 self._end_session(ident, "lease expired")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
-from ..wire import samehost
+from ..wire import auth, samehost
 
 
 @dataclass
@@ -28,6 +28,18 @@ class Session:
     pool: Optional[samehost.Pool] = field(default=None, repr=False)
     #: during the same-host check: our probe file and the nonce the client must send back in its own
     host_probe: Optional[tuple] = field(default=None, repr=False)
+    #: the invitation it authenticated with (encrypted workers): its name, the client's public key,
+    #: the limits the owner set for it (read by quotas; empty: the worker's defaults)
+    client: Optional[str] = None
+    key: Optional[str] = field(default=None, repr=False)
+    limits: Dict[str, Any] = field(default_factory=dict)
+    #: its TCP connection: (descriptor, peer address) as seen when it authenticated, to cut it on revocation
+    endpoint: Optional[Tuple[int, Any]] = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The fingerprint of the client's key (None without encryption)."""
+        return auth.fingerprint(self.key) if self.key else None
 
     def close_files(self) -> None:
         """Close the same-host memory files this session holds (it ended)."""

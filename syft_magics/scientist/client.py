@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..events import EventStream
 from ..traces import describe, user_site
-from ..wire import discovery, samehost
+from ..wire import auth, discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
 from .autograd import local_answer
@@ -67,9 +67,10 @@ class Client:
     """A connection to one worker: search its data, send tensors, run ops through pointers."""
 
     def __init__(self, address: str, key: str, *, timeout: Optional[float] = None,
-                 context: Any = None, connection_file: Optional[str] = None) -> None:
+                 context: Any = None, connection_file: Optional[str] = None,
+                 curve: Optional[auth.CurveKeys] = None) -> None:
         self._link = Link(address, key, timeout=timeout if timeout is not None else defaults.connect_timeout,
-                          context=context, client_name=f"{_user()}:{os.getpid()}")
+                          context=context, client_name=f"{_user()}:{os.getpid()}", curve=curve)
         self.name = self._link.worker_name
         self.address = address
         self.connection_file = connection_file
@@ -410,17 +411,22 @@ def _label(ptr: Optional[PointerTensor]) -> str:
 
 
 # -- connecting -------------------------------------------------------------------------------
-def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] = None) -> Client:
+def connect(target: Any = None, *, key: Optional[str] = None, timeout: Optional[float] = None,
+            file: Optional[str] = None) -> Client:
     """Connect to a worker and return a :class:`Client`.
 
     ``target`` is a worker name (found through its connection file on this
     machine), an address (``"tcp://host:port"``, ``"host:port"`` or a port),
     a connection file path, an ``inproc://`` address or a :class:`Worker` of
     this process. ``key`` is needed only for an address with no connection file
-    on this machine.
+    on this machine. ``file`` is an invitation (``bob.invite("alice")`` wrote it):
+    it holds the worker's address and this client's own keys, so ``connect("Bob",
+    file="alice.json")`` works from any machine; an address as ``target`` overrides its address.
     """
     from ..owner.worker import Worker, live_workers
 
+    if file is not None:
+        return _connect_file(target, file, timeout)
     if isinstance(target, Worker):
         if not target.running:
             raise UnknownWorker(f"worker {target.name} is not running (call .start() first)")
@@ -435,8 +441,7 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
                 return connect(worker, key=key, timeout=timeout)
         raise UnknownWorker(f"no worker in this process serves {target}")
     if target.endswith(".json") and Path(target).is_file():
-        info = discovery.read(Path(target))
-        return Client(info.address, key or info.key, timeout=timeout, connection_file=info.path)
+        return _connect_file(None, target, timeout, key)
     if target.startswith("tcp://") or ":" in target:
         address = target if target.startswith("tcp://") else f"tcp://{target}"
         if key is None:
@@ -445,14 +450,32 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
                 raise AuthenticationError(
                     f"no key for {address}: no worker on this machine has a connection file for it. "
                     "Pass key=... (from the worker's connection file), or connect by name.")
-            return Client(address, found.key, timeout=timeout, connection_file=found.path)
+            return Client(address, found.key, timeout=timeout, connection_file=found.path, curve=found.curve)
         return Client(address, key, timeout=timeout)
     info = discovery.find(target)
     try:
-        return Client(info.address, key or info.key, timeout=timeout, connection_file=info.path)
+        return Client(info.address, key or info.key, timeout=timeout, connection_file=info.path, curve=info.curve)
     except WorkerUnreachable as exc:
         raise WorkerUnreachable(f"{exc}. Its connection file {info.path} names process {info.pid}, "
                                 "which is running but not answering.") from None
+
+
+def _connect_file(target: Any, file: str, timeout: Optional[float], key: Optional[str] = None) -> Client:
+    """Connect with a connection or invitation file; an address as ``target`` replaces the file's."""
+    try:
+        info = discovery.read(Path(file))
+    except FileNotFoundError:
+        raise UnknownWorker(f"no connection file at {file}") from None
+    except (OSError, ValueError) as exc:
+        raise UnknownWorker(f"cannot read the connection file {file}: {exc}") from None
+    address = info.address
+    if isinstance(target, int) or (isinstance(target, str) and (target.isdigit() or ":" in target)):
+        address = f"tcp://127.0.0.1:{int(target)}" if str(target).isdigit() else \
+            str(target) if str(target).startswith("tcp://") else f"tcp://{target}"
+    try:
+        return Client(address, key or info.key, timeout=timeout, connection_file=info.path, curve=info.curve)
+    except ValueError as exc:  # an encrypted worker's file without a key pair
+        raise AuthenticationError(str(exc)) from None
 
 
 def live_clients() -> List[Client]:

@@ -23,6 +23,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ..config import defaults
 from ..errors import (
@@ -36,7 +37,7 @@ from ..errors import (
     WorkerUnreachable,
     error_class,
 )
-from ..wire import auth, samehost
+from ..wire import auth, limits, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
 
@@ -55,7 +56,7 @@ class Link:
     """An authenticated, heartbeating connection to one worker."""
 
     def __init__(self, address: str, key: str, *, timeout: float, context: Optional[zmq.Context] = None,
-                 client_name: str = "client") -> None:
+                 client_name: str = "client", curve: Optional[auth.CurveKeys] = None) -> None:
         self.address = address
         self.session = os.urandom(16)
         self.lock = threading.Lock()
@@ -97,9 +98,21 @@ class Link:
         self._closed = False
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.encrypted = curve is not None
         try:
-            self._sock.connect(address)
-            self._handshake(key, timeout, client_name)
+            if curve is not None:
+                auth.set_client_keys(self._sock, curve)
+            # while connecting, a refused key or a mismatch of encryption is reported at once, not as a timeout
+            self._watch: Optional[zmq.Socket] = \
+                self._sock.get_monitor_socket(auth.HANDSHAKE_FAILED) if address.startswith("tcp://") else None
+            try:
+                self._sock.connect(address)
+                self._handshake(key, timeout, client_name)
+            finally:
+                if self._watch is not None:
+                    self._sock.disable_monitor()
+                    self._watch.close(0)
+                    self._watch = None
         except BaseException:
             self._close_socket()
             raise
@@ -149,9 +162,19 @@ class Link:
     def _request_raw(self, header: dict, timeout: float, expect: Kind) -> dict:
         deadline = time.monotonic() + timeout
         self._send_parts(encode(header), deadline)
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        if self._watch is not None:
+            poller.register(self._watch, zmq.POLLIN)
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._sock.poll(max(1, int(remaining * 1000))):
+            ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
+            if self._watch is not None and self._watch in ready:
+                failure = auth.handshake_failure(recv_monitor_message(self._watch), self.address, self.encrypted)
+                if failure is not None:
+                    raise failure
+                continue
+            if self._sock not in ready:
                 raise ReplyTimeout(f"no answer from {self.address} within {timeout:g} s")
             reply = decode(self._sock.recv_multipart())
             if reply["t"] == expect:
@@ -325,6 +348,15 @@ class Link:
         self.last_pong = time.monotonic()  # anything from the worker shows it is alive
         if kind == Kind.PONG:
             pass
+        elif kind == Kind.BYE and header.get("reason"):
+            # the owner revoked (or replaced) this client's invitation: stop reconnecting with a refused key
+            self.broken = AuthenticationError(f"{self.worker_name} ended this client's invitation "
+                                              f"({limits.clip(header.get('reason'), 40)}); its pointers are no "
+                                              "longer usable. Ask the owner for a new invitation.")
+            try:
+                self._sock.disconnect(self.address)
+            except zmq.ZMQError:
+                pass
         elif kind == Kind.BYE:
             self.broken = WorkerStopped(f"{self.worker_name} was stopped by its owner; "
                                         "its pointers are no longer usable")
