@@ -406,8 +406,9 @@ def test_log_file_gets_one_json_line_per_command(make_worker, make_client, tmp_p
     bob.stop()  # closes the log
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0] == {"previous": "run"}, "the log is appended to"
-    records = lines[1:]
+    records = [r for r in lines[1:] if "event" not in r]  # commands; connections are logged as events
     assert [r["op"] for r in records] == ["add", "send", ".__getitem__"]
+    assert [r["event"] for r in lines[1:] if "event" in r][:1] == ["connect"], "who connected is logged too"
     assert all(r["worker"] == "Bob" and "@" in r["client"] for r in records)
     assert records[0]["status"] == "ok" and records[0]["command"].startswith("add(#X)")
     assert records[0]["out"] == [y.id_at_location] and len(records[0]["inputs"]) == 1

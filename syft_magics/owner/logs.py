@@ -26,7 +26,8 @@ class CommandLog:
         self._lock = threading.Lock()
 
     def write(self, event: Event) -> None:
-        if event.kind in ("refused", "owner_write"):  # what the worker refused, for the owner to see
+        if event.kind in ("refused", "owner_write", "auth_failed", "connect", "disconnect", "invite", "revoke"):
+            # what the worker refused, and who came, went, was invited or revoked (keys as fingerprints)
             self._write({"time": event.time, "worker": self._worker.name, "event": event.kind,
                          **{k: clip(v, 200) for k, v in event.data.items()}})
             return

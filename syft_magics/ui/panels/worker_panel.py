@@ -464,9 +464,10 @@ class WorkerPanel(LivePanel):
 
     def _clients_html(self, sessions: List[Any]) -> str:
         now = time.monotonic()
-        rows = [H.row((s.label, s.short, H.clock(s.created), str(self.worker.store.session_count(s.ident)),
-                       f"{now - s.last_seen:.1f} s ago"), cls="syft-client") for s in sessions]
-        return H.STYLE + H.table(("client", "session", "connected", "objects created", "last heard"), rows,
+        rows = [H.row((s.label, s.short, s.fingerprint or "-", H.clock(s.created),
+                       str(self.worker.store.session_count(s.ident)), f"{now - s.last_seen:.1f} s ago"),
+                      cls="syft-client") for s in sessions]
+        return H.STYLE + H.table(("client", "session", "key", "connected", "objects created", "last heard"), rows,
                                  empty="no clients connected")
 
     def _broken(self, text: str) -> None:
