@@ -170,10 +170,7 @@ class Link:
             remaining = deadline - time.monotonic()
             ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
             if self._watch is not None and self._watch in ready:
-                failure = auth.handshake_failure(recv_monitor_message(self._watch), self.address, self.encrypted)
-                if failure is not None:
-                    raise failure
-                continue
+                raise auth.handshake_failure(recv_monitor_message(self._watch), self.address, self.encrypted)
             if self._sock not in ready:
                 raise ReplyTimeout(f"no answer from {self.address} within {timeout:g} s")
             reply = decode(self._sock.recv_multipart())

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Tuple, Union
 
 import zmq
 
@@ -113,7 +113,7 @@ HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAI
 _MECHANISM_MISMATCH = 0x11000002  # ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
 
 
-def handshake_failure(event: Any, address: str, encrypted: bool) -> Optional[AuthenticationError]:
+def handshake_failure(event: Any, address: str, encrypted: bool) -> AuthenticationError:
     """What a client tells its user when the transport handshake failed (a socket monitor's ``event``):
     the worker's ZAP handler refused our key, or one side encrypts and the other does not."""
     kind = event["event"]
@@ -131,4 +131,6 @@ def handshake_failure(event: Any, address: str, encrypted: bool) -> Optional[Aut
     if encrypted:
         return AuthenticationError(f"the encrypted handshake with {address} failed: the worker's key does not "
                                    "match this connection file (was the worker restarted? ask for a new invitation)")
-    return None
+    return AuthenticationError(
+        f"the worker at {address} refused the link's handshake: it probably encrypts its links (CurveZMQ) and "
+        "admits invited clients only; connect with the invitation file its owner gave you")
