@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from ..wire import auth, samehost
+from .streams import Streams
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Session:
     pool: Optional[samehost.Pool] = field(default=None, repr=False)
     #: during the same-host check: our probe file and the nonce the client must send back in its own
     host_probe: Optional[tuple] = field(default=None, repr=False)
+    #: streamed uploads and downloads in progress (big tensors in chunks, wire/chunks.py)
+    streams: Streams = field(default_factory=Streams, repr=False)
     #: the invitation it authenticated with (encrypted workers): its name, the client's public key,
     #: the limits the owner set for it (read by quotas; empty: the worker's defaults)
     client: Optional[str] = None
@@ -40,8 +43,15 @@ class Session:
         """The fingerprint of the client's key (None without encryption)."""
         return auth.fingerprint(self.key) if self.key else None
 
+    def expire(self, now: float) -> None:
+        """Drop what this session left idle too long: same-host regions, stalled streams."""
+        if self.pool is not None:
+            self.pool.expire(now)
+        self.streams.expire(now)
+
     def close_files(self) -> None:
-        """Close the same-host memory files this session holds (it ended)."""
+        """Close the same-host memory files this session holds and drop its partial streams (it ended)."""
+        self.streams.clear()
         if self.pool is not None:
             self.pool.close()
         if self.host_peer is not None:

@@ -23,7 +23,6 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from ..config import defaults
 from ..errors import (
@@ -37,9 +36,10 @@ from ..errors import (
     WorkerUnreachable,
     error_class,
 )
-from ..wire import auth, limits, samehost
+from ..wire import auth, chunks, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
+from . import transfers
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ class Link:
         self.errors: List[dict] = []
         self.on_error: Callable[[dict], None] = lambda header: None
         self.free_queue: Deque[bytes] = deque()
+        #: streamed values being received, by request (filled in as chunks arrive; wire/chunks.py)
+        self.streams: Dict[Any, chunks.Incoming] = {}
+        #: bytes of each streamed upload the worker holds so far, by request
+        self.credits: Dict[Any, int] = {}
         #: the worker's process when it runs on this host as this user (verified at the handshake):
         #: large tensors then travel as sealed memory files (:mod:`syft_magics.wire.samehost`)
         self.host_peer: Optional[samehost.Peer] = None
@@ -102,17 +106,12 @@ class Link:
         try:
             if curve is not None:
                 auth.set_client_keys(self._sock, curve)
-            # while connecting, a refused key or a mismatch of encryption is reported at once, not as a timeout
-            self._watch: Optional[zmq.Socket] = \
-                self._sock.get_monitor_socket(auth.HANDSHAKE_FAILED) if address.startswith("tcp://") else None
+            self._watch = auth.HandshakeWatch(self._sock, address, self.encrypted)
             try:
                 self._sock.connect(address)
                 self._handshake(key, timeout, client_name)
             finally:
-                if self._watch is not None:
-                    self._sock.disable_monitor()
-                    self._watch.close(0)
-                    self._watch = None
+                self._watch.close()
         except BaseException:
             self._close_socket()
             raise
@@ -165,16 +164,9 @@ class Link:
     def _request_raw(self, header: dict, timeout: float, expect: Kind) -> dict:
         deadline = time.monotonic() + timeout
         self._send_parts(encode(header), deadline)
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        if self._watch is not None:
-            poller.register(self._watch, zmq.POLLIN)
         while True:
             remaining = deadline - time.monotonic()
-            ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
-            if self._watch is not None and self._watch in ready:
-                raise auth.handshake_failure(recv_monitor_message(self._watch), self.address, self.encrypted)
-            if self._sock not in ready:
+            if remaining <= 0 or not self._watch.wait(max(1, int(remaining * 1000))):
                 raise ReplyTimeout(f"no answer from {self.address} within {timeout:g} s")
             reply = decode(self._sock.recv_multipart())
             if reply["t"] == expect:
@@ -281,8 +273,12 @@ class Link:
                 self._sock.poll(max(1, int(min(remaining, 0.05) * 1000)), zmq.POLLOUT)
 
     # -- receiving ---------------------------------------------------------------
-    def wait(self, seq: int, timeout: float) -> dict:
-        """The reply to request ``seq``; raises if the worker is gone or silent past ``timeout``."""
+    def wait(self, seq: int, timeout: float, tick: Optional[Callable[[], bool]] = None) -> dict:
+        """The reply to request ``seq``; raises if the worker is gone or silent past ``timeout``.
+
+        ``tick`` runs between polls, without the lock (a stream sends its next chunks, shows its
+        progress); when it returns True the transfer moved on and ``timeout`` counts anew.
+        """
         start = time.monotonic()
         deadline = start + timeout
         while True:
@@ -290,6 +286,9 @@ class Link:
             if reply is not None:
                 return reply
             self.check()
+            if tick is not None and tick():
+                start = time.monotonic()
+                deadline = start + timeout
             now = time.monotonic()
             if now >= deadline:
                 raise ReplyTimeout(f"{self.worker_name} did not answer within {timeout:g} s "
@@ -348,15 +347,8 @@ class Link:
         self.last_pong = time.monotonic()  # anything from the worker shows it is alive
         if kind == Kind.PONG:
             pass
-        elif kind == Kind.BYE and header.get("reason"):
-            # the owner revoked (or replaced) this client's invitation: stop reconnecting with a refused key
-            self.broken = AuthenticationError(f"{self.worker_name} ended this client's invitation "
-                                              f"({limits.clip(header.get('reason'), 40)}); its pointers are no "
-                                              "longer usable. Ask the owner for a new invitation.")
-            try:
-                self._sock.disconnect(self.address)
-            except zmq.ZMQError:
-                pass
+        elif kind == Kind.BYE and header.get("reason"):  # the owner revoked (or replaced) our invitation
+            self.broken = auth.invitation_ended(self._sock, self.address, self.worker_name, header.get("reason"))
         elif kind == Kind.BYE:
             self.broken = WorkerStopped(f"{self.worker_name} was stopped by its owner; "
                                         "its pointers are no longer usable")
@@ -371,11 +363,34 @@ class Link:
                     f"its objects. Connect again (%syft_connect {self.worker_name}).")
         elif seq in self._abandoned:
             pass  # e.g. the owner decided after the client's GetTimeout: the next get asks again
+        elif kind in (Kind.CHUNK, Kind.CREDIT) or (kind == Kind.VALUE and header.get("z") is not None):
+            if seq in self._awaited:  # (not: a stream that was cancelled; its chunks are dropped)
+                transfers.receive(self, seq, header)
         elif kind == Kind.ERR and seq not in self._awaited:
             self.errors.append(header)
             self.on_error(header)
         else:
             self.replies[seq] = header
+
+    def say(self, header: dict) -> None:
+        """Send a small control message now (call with ``lock`` held); lost only with the link."""
+        try:
+            send_parts(self._sock, encode(header))
+        except zmq.Again:
+            log.debug("link to %s: %s not sent", self.worker_name, header["t"])
+
+    def cancel(self, seq: int) -> None:
+        """Stop stream ``seq``: the worker drops its partial state; chunks still on their way are dropped."""
+        with self.lock:
+            self.streams.pop(seq, None)
+            self.credits.pop(seq, None)
+            self._awaited.discard(seq)
+            self._abandoned.add(seq)
+            if self.broken is None and not self._closed:
+                try:
+                    self.say({"t": Kind.CANCEL, "s": seq})
+                except zmq.ZMQError as exc:
+                    self._lost(exc)
 
     def _lost(self, exc: zmq.ZMQError) -> None:
         """The socket failed (call with ``lock`` held): an in-process worker that stopped terminated the
@@ -397,6 +412,8 @@ class Link:
         """The caller stopped waiting for ``seq``; replies still to come for an abandoned one are dropped."""
         self._awaited.discard(seq)
         self.replies.pop(seq, None)
+        self.streams.pop(seq, None)
+        self.credits.pop(seq, None)
         if abandoned:
             self._abandoned.add(seq)
 

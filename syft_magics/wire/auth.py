@@ -134,3 +134,44 @@ def handshake_failure(event: Any, address: str, encrypted: bool) -> Authenticati
     return AuthenticationError(
         f"the worker at {address} refused the link's handshake: it probably encrypts its links (CurveZMQ) and "
         "admits invited clients only; connect with the invitation file its owner gave you")
+
+
+class HandshakeWatch:
+    """While a client connects over TCP: a monitor of its socket, so that a failed transport handshake
+    (the worker's ZAP handler refused our key, or one side encrypts and the other does not) is an
+    error at once rather than a timeout."""
+
+    def __init__(self, sock: zmq.Socket, address: str, encrypted: bool) -> None:
+        self.sock, self.address, self.encrypted = sock, address, encrypted
+        self.monitor = sock.get_monitor_socket(HANDSHAKE_FAILED) if address.startswith("tcp://") else None
+
+    def wait(self, timeout_ms: int) -> bool:
+        """Whether a reply waits on the socket within ``timeout_ms``; raises if the handshake failed."""
+        if self.monitor is None:
+            return bool(self.sock.poll(timeout_ms))
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        ready = dict(poller.poll(timeout_ms))
+        if self.monitor in ready:
+            from zmq.utils.monitor import recv_monitor_message
+
+            raise handshake_failure(recv_monitor_message(self.monitor), self.address, self.encrypted)
+        return self.sock in ready
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(0)
+            self.monitor = None
+
+
+def invitation_ended(sock: zmq.Socket, address: str, worker: str, reason: Any) -> AuthenticationError:
+    """The error of a client whose invitation the worker ended; its socket stops reconnecting (with a key
+    the worker now refuses)."""
+    try:
+        sock.disconnect(address)
+    except zmq.ZMQError:
+        pass
+    return AuthenticationError(f"{worker} ended this client's invitation ({str(reason)[:40]}); its pointers "
+                               "are no longer usable. Ask the owner for a new invitation.")
