@@ -37,7 +37,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import ErrorCode
 from ..wire import limits
-from ..wire.results import describe, flatten
+from ..wire.results import describe, flatten, quiet_tracing
 from .policy import OpenPolicy
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, hidden_ids: set) -> Any:
 
     env = ShapeEnv()
     try:
-        with FakeTensorMode(shape_env=env, allow_non_fake_inputs=True) as mode:
+        with quiet_tracing(), FakeTensorMode(shape_env=env, allow_non_fake_inputs=True) as mode:
             fakes = []
             for x in leaves:
                 if isinstance(x, torch.Tensor):

@@ -26,7 +26,7 @@ from torch._subclasses.fake_tensor import (
 )
 from torch.utils import _pytree as pytree
 
-from ..wire.results import Leaf, Tree, tree_of
+from ..wire.results import Leaf, Tree, quiet_tracing, tree_of
 
 _CACHE: Dict[Any, "Template"] = {}
 _CACHE_LIMIT = 8192
@@ -95,7 +95,7 @@ def _data_dependent(func: Callable, args: tuple, kwargs: dict, exc: Exception) -
         return True  # no meta kernel: the worker describes the result
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     try:
-        with mode:
+        with quiet_tracing(), mode:
             fake_args, fake_kwargs = pytree.tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))
             with torch._C.DisableTorchFunctionSubclass():
                 func(*fake_args, **fake_kwargs)

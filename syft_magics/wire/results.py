@@ -15,7 +15,9 @@ for the others the worker describes what came out (:func:`describe`) in this sam
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+import contextlib
+import logging
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
@@ -83,6 +85,21 @@ def tree_of(result: Any, leaf: Callable[[Any], Leaf]) -> Tree:
     """The :class:`Tree` of a result, each leaf described by ``leaf``."""
     leaves, spec = flatten(result)
     return Tree(spec, [leaf(x) for x in leaves])
+
+
+@contextlib.contextmanager
+def quiet_tracing() -> Iterator[None]:
+    """Silence torch's loggers while an op is traced under ``FakeTensorMode`` to learn its result: a
+    failure there is an answer (an error, or a shape that depends on values), not news for the user."""
+    loggers = [logging.getLogger(n) for n in ("torch._subclasses.fake_tensor", "torch.fx.experimental.symbolic_shapes")]
+    before = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, was in zip(loggers, before):
+            lg.disabled = was
 
 
 # -- the wire form ---------------------------------------------------------------------------
