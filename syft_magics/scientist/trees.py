@@ -87,10 +87,14 @@ def to_meta(obj: Any, memo: Dict[int, torch.Tensor], found: List[torch.Tensor], 
     return pytree.tree_map(leaf, obj)
 
 
-def build(client: "Client", template: Tree, ids: Sequence[Optional[bytes]], pointers: List[PointerTensor],
-          owner: str = "") -> Any:
+def build(client: "Client", template: Tree, ids: Sequence[Optional[bytes]], pointers: List[PointerTensor]) -> Any:
     """The op's result as pointers: new tensors get the ids ``ids`` (one per leaf), inputs returned again
     are their pointers, plain values stay. A tensor whose shape the owner withholds gets an unknown shape."""
+    if template.single:  # most ops: one tensor
+        leaf = template.leaves[0]
+        if leaf[0] == "T":
+            return PointerTensor(client, ids[0], leaf[1], leaf[2], requires_grad=leaf[3])
+        return pointers[leaf[1]] if leaf[0] == "in" else leaf[1]
     it = iter(ids)
 
     def make(leaf: Leaf) -> Any:

@@ -37,19 +37,26 @@ def _is_leaf(obj: Any) -> bool:
     return type(obj) is torch.Size
 
 
+_LEAF = pytree.treespec_leaf()
+
+
 def flatten(result: Any) -> Tuple[List[Any], pytree.TreeSpec]:
     """The leaves of a result, in order, and its structure."""
+    if isinstance(result, torch.Tensor):  # most ops: one tensor (the worker's hot path)
+        return [result], _LEAF
     return pytree.tree_flatten(result, is_leaf=_is_leaf)
 
 
 class Tree:
     """A result's structure and the description of each leaf (see the module docstring)."""
 
-    __slots__ = ("spec", "leaves")
+    __slots__ = ("spec", "leaves", "single")
 
     def __init__(self, spec: pytree.TreeSpec, leaves: Sequence[Leaf]) -> None:
         self.spec = spec
         self.leaves = tuple(leaves)
+        #: the result is one leaf (most ops): built without a tree
+        self.single = spec.is_leaf()
 
     @property
     def has_tensors(self) -> bool:
@@ -59,15 +66,17 @@ class Tree:
     @property
     def is_none(self) -> bool:
         """Whether the result is ``None`` (a side effect: ``backward``, ``retain_grad``)."""
-        return self.spec.is_leaf() and self.leaves == (("V", None),)
+        return self.single and self.leaves == (("V", None),)
 
     def out_ids(self, new_id: Callable[[], bytes]) -> List[Optional[bytes]]:
         """One id per leaf: a fresh one for each new tensor, ``None`` for the others."""
+        if self.single:
+            return [new_id() if self.leaves[0][0] == "T" else None]
         return [new_id() if leaf[0] == "T" else None for leaf in self.leaves]
 
     def build(self, make: Callable[[Leaf], Any]) -> Any:
         """The result, each leaf made by ``make``."""
-        if self.spec.is_leaf():
+        if self.single:
             return make(self.leaves[0])
         return pytree.tree_unflatten([make(leaf) for leaf in self.leaves], self.spec)
 
