@@ -69,7 +69,8 @@ class Policy:
     name = "review"
 
     def decide(self, request: GetRequest) -> str:
-        """Return ``"allow"``, ``"deny"`` or ``"review"`` for this request."""
+        """Return ``"allow"``, ``"deny"`` or ``"review"`` for this request (``request.what`` says
+        whether it asks for a ``value``, a withheld ``shape`` or a withheld ``error`` text)."""
         return REVIEW
 
     def deny_reason(self, request: GetRequest) -> str:

@@ -95,6 +95,11 @@ class Disclosure:
     # -- results ---------------------------------------------------------------------------
     def of_inputs(self, used: List["Entry"]) -> Provenance:
         """What an op's result derives from, before it runs (``hidden`` from the inputs alone)."""
+        for entry in used:
+            if entry.session is None or entry.provenance.owner:
+                break
+        else:  # only the client's own objects (the common case): nothing to withhold
+            return CLIENT
         owner = False
         sources: List[str] = []
         hidden = None

@@ -332,7 +332,10 @@ class Client:
         locals_: List[torch.Tensor] = []
         wire_args, key_args = walk(args, pointers, locals_)
         wire_kwargs, key_kwargs = walk(kwargs, pointers, locals_) if kwargs else ({}, ())
+        unknown = None
         for ptr in pointers:
+            if ptr.signature[0] is None:
+                unknown = ptr
             if ptr.client is not self:
                 raise CrossWorkerError(
                     f"{short_name(name)} mixes pointers on {self.name} and on {ptr.client.name}; "
@@ -355,10 +358,9 @@ class Client:
             meta_kwargs = to_meta(kwargs, memo, found, local_ids)
             return meta_args, meta_kwargs, found, local_ids
 
-        unknown = [p for p in pointers if p.signature[0] is None]
-        if unknown:  # a shape the owner withholds: only the worker knows what comes out
+        if unknown is not None:  # a shape the owner withholds: only the worker knows what comes out
             if name in LOCAL_ANSWERS:
-                raise unknown[0].shape_unknown()
+                raise unknown.shape_unknown()
             return self._run_remote(name, wire_args, wire_kwargs)
         template = infer(func, (key_args, key_kwargs, grad), standins)
         if template is REMOTE:
