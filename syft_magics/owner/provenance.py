@@ -28,6 +28,7 @@ took (see SECURITY.md, "The timing channel").
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -212,6 +213,20 @@ class Withheld(Exception):
         super().__init__(f"{etype} in {op} on {owner}'s data; the message is withheld (error #{n}: "
                          f"err.request_message() asks {owner} to release it)")
         self.n, self.etype = n, etype
+
+
+_warming = threading.Lock()
+
+
+def warm_up() -> None:
+    """Trace one op in a background thread at worker start: the first trace imports torch's symbolic
+    shapes (sympy; seconds), which would otherwise hold the serving thread on a client's first op."""
+    if not _warming.acquire(blocking=False):
+        return
+    x = torch.zeros(2)
+    # not a daemon: a daemon thread still importing when the interpreter exits crashes it
+    threading.Thread(target=_trace, args=(torch.nonzero, [x], pytree.tree_flatten(((x,), {}))[1], set()),
+                     name="torch-trace-warm-up", daemon=False).start()
 
 
 def _signature(x: Any, hidden: bool) -> Any:

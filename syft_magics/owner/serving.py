@@ -26,7 +26,7 @@ from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.results import flatten
 from ..wire.sockets import readable, recv_parts, send_parts
-from . import releases, writes
+from . import provenance, releases, writes
 from .connections import Connections
 from .handshake import Handshakes
 from .models import export
@@ -84,6 +84,7 @@ class Server(Handshakes):
         self._wake_send = wake_send
         self._running = True
         writes.warm_up()
+        provenance.warm_up()
         self._thread = threading.Thread(target=self._serve, args=(router, wake_recv),
                                         name=f"syft-worker-{self.name}", daemon=True)
         self._thread.start()
