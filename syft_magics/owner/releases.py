@@ -61,7 +61,7 @@ def on_get(server: "Server", session: "Session", header: dict) -> List[Any]:
 
     def value() -> List[Any]:
         released()
-        return server.send_value(session, seq, entry)
+        return server.send_value(session, header, entry)
 
     policy = server.worker.policy
     rule = policy.rules.match(entry.kind, entry.shape) if policy.rules else None

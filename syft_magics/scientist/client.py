@@ -8,6 +8,7 @@ issued it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from pathlib import Path
@@ -35,6 +36,7 @@ from ..wire import discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
 from ..wire.results import Tree, from_wire, wire_dtype
+from . import transfers
 from .autograd import LOCAL_ANSWERS, local_answer
 from .inference import REMOTE, infer
 from .link import LARGE_FRAME_BYTES, Link
@@ -162,6 +164,9 @@ class Client:
                 self._request(header, op="send", pool=pool)
             finally:
                 pool.release(pool.written)
+        elif nbytes >= defaults.stream_min_bytes:
+            # streamed in chunks (wire/chunks.py): returns once the worker holds every byte
+            self._request(transfers.put_header(oid, tensor, list(tags)), op="send", upload=tensor)
         elif nbytes >= LARGE_FRAME_BYTES:
             # sent zero-copy: the worker's acknowledgement says when the tensor may change again
             header["ack"] = True
@@ -198,7 +203,7 @@ class Client:
     def get(self, ptr: PointerTensor, timeout: Optional[float] = None) -> torch.Tensor:
         """The value behind ``ptr`` (same as ``ptr.get()``)."""
         self._check_pointer(ptr)
-        value = self._release({"t": Kind.GET, "id": ptr.oid}, timeout, f"get of {_label(ptr)}")
+        value = self._release({"t": Kind.GET, "id": ptr.oid, "c": transfers.plan()}, timeout, f"get of {_label(ptr)}")
         self.events.emit("get", id=ptr.oid)
         if isinstance(value, torch.Tensor):
             ptr.learn_shape(value.shape)
@@ -252,8 +257,8 @@ class Client:
 
     # -- requests that wait ---------------------------------------------------------------
     def _request(self, header: dict, timeout: Optional[float] = None, *, approval_timeout: float = 0.0,
-                 what: str = "a value", op: Optional[str] = None,
-                 pool: Optional[samehost.Pool] = None) -> dict:
+                 what: Optional[str] = None, op: Optional[str] = None,
+                 pool: Optional[samehost.Pool] = None, upload: Optional[torch.Tensor] = None) -> dict:
         link = self._link
         seq = link.next_seq()
         header["s"] = seq
@@ -261,18 +266,24 @@ class Client:
             self._origins[seq] = (op, user_site())
         link.expect(seq)
         answered = False
+        # a get or a streamed send may stream: progress, chunks, interrupts (scientist/transfers.py)
+        watch = transfers.Watch(link, header, (what or "a value").removeprefix("get of "), upload) \
+            if what is not None or upload is not None else None
+        tick = watch.tick if watch is not None else None
         try:
-            link.send(encode(header, pool), flush=True, awaited=True)
-            reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
-            if reply["t"] == Kind.PENDING:
-                n = reply.get("n")
-                print(f"waiting for {self.name} to approve request #{n} ({what})", flush=True)
-                self.events.emit("waiting", n=n)
-                try:
-                    reply = link.wait(seq, approval_timeout)
-                except ReplyTimeout:
-                    raise GetTimeout(f"{self.name} has not decided on request #{n} within {approval_timeout:g} s; "
-                                     "the request stays pending: call .get() again to keep waiting") from None
+            with watch if watch is not None else contextlib.nullcontext():
+                link.send(encode(header, pool), flush=True, awaited=True)
+                reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout, tick)
+                if reply["t"] == Kind.PENDING:
+                    n = reply.get("n")
+                    print(f"waiting for {self.name} to approve request #{n} ({what or 'a value'})", flush=True)
+                    self.events.emit("waiting", n=n)
+                    try:
+                        reply = link.wait(seq, approval_timeout, tick)
+                    except ReplyTimeout:
+                        raise GetTimeout(f"{self.name} has not decided on request #{n} within "
+                                         f"{approval_timeout:g} s; the request stays pending: call .get() again "
+                                         "to keep waiting") from None
             answered = True
         finally:
             link.done(seq, abandoned=not answered)
