@@ -24,6 +24,7 @@ from ..wire import auth, limits, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode_handshake, encode
 from ..wire.sockets import send_parts
 from .connections import INPROC, Connections
+from .direct import DIRECT
 from .invites import Invite
 from .replies import Reject
 from .sessions import Session
@@ -126,7 +127,7 @@ class Handshakes:
     def _invite_of(self, frame: Any) -> "Optional[Invite] | bool":
         """The invitation a TCP peer of an encrypted worker connected with (False: none valid any more);
         None when keys do not apply (a plain worker, or an in-process peer)."""
-        if not self.worker.secure or self._conn == INPROC:
+        if not self.worker.secure or self._conn in (INPROC, DIRECT):  # in-process peers: no keys
             return None
         try:
             public = frame.get("User-Id")  # set by the ZAP handler: the key CurveZMQ proved
