@@ -14,11 +14,13 @@ number. Any thread may read a reply off the socket; it files it in
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket as _socket
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
@@ -49,6 +51,9 @@ LARGE_FRAME_BYTES = 8 << 20
 #: A batch of pipelined messages leaves when it holds this many messages or bytes.
 _BATCH_MESSAGES = 256
 _BATCH_BYTES = 8 << 20
+#: At interpreter exit, what open links still queue gets this long (s), all links together, to leave.
+EXIT_FLUSH_SECONDS = 2.0
+_OPEN: "weakref.WeakSet[Link]" = weakref.WeakSet()
 
 
 class Link:
@@ -74,11 +79,15 @@ class Link:
         self._batch_bytes = 0
         self._batch_started = 0.0  # when the first message of the queued batch came
         self.broken: Optional[SyftError] = None
+        #: ``broken`` while the worker is silent past ``defaults.heartbeat_timeout``: calls fail at once,
+        #: heartbeats go on, and the first message from the worker clears it (see :meth:`_lapsed`)
+        self._lapse: Optional[WorkerUnreachable] = None
         self.worker_name = "?"
         self.instance = ""
         self.policy = "?"
         self.last_pong = time.monotonic()
         self._next_ping = 0.0
+        self._unanswered_since: Optional[float] = None  # when the oldest heartbeat still unanswered left
         self._seq = 0
         self._awaited: set = set()
         self._abandoned: set = set()
@@ -105,6 +114,7 @@ class Link:
             raise
         self._thread = threading.Thread(target=self._background, name=f"syft-link-{self.worker_name}", daemon=True)
         self._thread.start()
+        _OPEN.add(self)
 
     # -- handshake ---------------------------------------------------------------
     def _handshake(self, key: str, timeout: float, client_name: str) -> None:
@@ -240,10 +250,12 @@ class Link:
             except zmq.NotDone:
                 self.check()
                 now = time.monotonic()
-                if now >= deadline or now - self.last_pong > defaults.heartbeat_timeout:
+                if self._silent(now):
+                    raise self._lapsed(now) from None
+                if now >= deadline:
                     raise WorkerUnreachable(
-                        f"{self.worker_name} at {self.address} did not take the message (no answer for "
-                        f"{now - self.last_pong:.0f} s): is the worker still running?") from None
+                        f"{self.worker_name} at {self.address} did not take the message within "
+                        f"{defaults.reply_timeout:g} s: is the worker still running?") from None
 
     def _send_parts(self, parts: List[Any], deadline: float, track: bool = False) -> Optional[zmq.MessageTracker]:
         while True:
@@ -260,8 +272,7 @@ class Link:
     # -- receiving ---------------------------------------------------------------
     def wait(self, seq: int, timeout: float) -> dict:
         """The reply to request ``seq``; raises if the worker is gone or silent past ``timeout``."""
-        start = time.monotonic()
-        deadline = start + timeout
+        deadline = time.monotonic() + timeout
         while True:
             reply = self.replies.pop(seq, None)
             if reply is not None:
@@ -271,10 +282,8 @@ class Link:
             if now >= deadline:
                 raise ReplyTimeout(f"{self.worker_name} did not answer within {timeout:g} s "
                                    f"(raise syft_magics.defaults.reply_timeout if it is just slow)")
-            silent = now - self.last_pong
-            if silent > defaults.heartbeat_timeout and now - start > defaults.heartbeat_timeout:
-                raise WorkerUnreachable(f"{self.worker_name} at {self.address} stopped answering "
-                                        f"(no heartbeat reply for {silent:.0f} s)")
+            if self._silent(now):
+                raise self._lapsed(now)
             with self.lock:
                 if seq in self.replies:
                     continue
@@ -289,12 +298,15 @@ class Link:
         """Send a heartbeat when one is due (call with ``lock`` held)."""
         # after a "bye" keep asking: a worker restarted at the address answers "unknown
         # session", which turns WorkerStopped into the more useful WorkerRestarted
-        if now >= self._next_ping and (self.broken is None or isinstance(self.broken, WorkerStopped)):
+        if now >= self._next_ping and (self.broken is None or self.broken is self._lapse
+                                       or isinstance(self.broken, WorkerStopped)):
             try:
                 send_parts(self._sock, encode({"t": Kind.PING, "s": None}))
             except zmq.Again:
                 return
             self._next_ping = now + defaults.heartbeat_interval
+            if self._unanswered_since is None:
+                self._unanswered_since = now
 
     def _drain(self) -> None:
         sock = self._sock
@@ -323,6 +335,10 @@ class Link:
         kind = header["t"]
         seq = header.get("s")
         self.last_pong = time.monotonic()  # anything from the worker shows it is alive
+        self._unanswered_since = None
+        if self._lapse is not None and self.broken is self._lapse:
+            self.broken = self._lapse = None  # it answers again (it was paused, or busy): the link is usable
+            log.info("%s at %s answers again", self.worker_name, self.address)
         if kind == Kind.PONG:
             pass
         elif kind == Kind.BYE:
@@ -356,6 +372,26 @@ class Link:
         self._sock.close(0)
         self.check()
         raise self.broken
+
+    def _silent(self, now: float) -> bool:
+        """Whether a heartbeat has gone unanswered for ``defaults.heartbeat_timeout`` (its reply, or any
+        message, would have cleared it; a client that was itself stalled sent none, so is not misled)."""
+        return self._unanswered_since is not None and now - self._unanswered_since > defaults.heartbeat_timeout
+
+    def _lapsed(self, now: float) -> SyftError:
+        """No heartbeat reply for ``defaults.heartbeat_timeout``: mark the link dead now, so later calls fail
+        at once instead of each waiting out the timeout again; returns the error to raise.
+
+        Heartbeats go on: a worker that was only paused (SIGSTOP, a long op in its serving thread) and
+        answers again revives the link, its session and pointers intact; one that was restarted answers
+        "unknown session", which turns this into :class:`WorkerRestarted`.
+        """
+        if self.broken is None:
+            self.broken = self._lapse = WorkerUnreachable(
+                f"{self.worker_name} at {self.address} stopped answering (no heartbeat reply for "
+                f"{now - self.last_pong:.0f} s); calls fail at once until it answers again")
+            log.info("%s", self.broken)
+        return self.broken
 
     def expect(self, seq: int) -> None:
         """Mark ``seq`` as a request whose error reply belongs to its waiter, not the error list."""
@@ -396,6 +432,8 @@ class Link:
                     self._flush(now + defaults.reply_timeout)
                 self._ping_if_due(now)
                 self._drain()
+                if self.broken is None and self._silent(time.monotonic()):
+                    self._lapsed(time.monotonic())
             except (zmq.Again, WorkerUnreachable) as exc:  # the next tick tries again; a waiter raises it
                 log.debug("link to %s: %s", self.worker_name, exc)
             except zmq.ZMQError as exc:
@@ -411,7 +449,8 @@ class Link:
                 self.lock.release()
 
     # -- closing -------------------------------------------------------------------
-    def close(self, say_bye: bool = True) -> None:
+    def close(self, say_bye: bool = True, linger: float = 0.5) -> None:
+        """Send what is queued and a goodbye (waiting up to ``linger`` s for them to leave), then close."""
         if self._closed:
             return
         self._stop.set()
@@ -420,7 +459,7 @@ class Link:
         with self.lock:
             if say_bye and self.broken is None:
                 try:
-                    self._sock.setsockopt(zmq.LINGER, 500)
+                    self._sock.setsockopt(zmq.LINGER, int(linger * 1000))
                     self._batch_heads.append(encode({"t": Kind.BYE})[0])
                     self._batch_counts.append(0)
                     self._flush(time.monotonic())
@@ -441,3 +480,15 @@ class Link:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Ops a script queued on its last lines still reach the worker: every open link sends its batch
+    and a goodbye before the process exits, all within :data:`EXIT_FLUSH_SECONDS`."""
+    deadline = time.monotonic() + EXIT_FLUSH_SECONDS
+    for link in list(_OPEN):
+        try:
+            link.close(linger=max(0.0, deadline - time.monotonic()))
+        except Exception as exc:  # the process is exiting: report, never hang or raise
+            log.info("link to %s not flushed at exit: %s", link.worker_name, exc)
