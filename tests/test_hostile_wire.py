@@ -11,7 +11,6 @@ import msgpack
 import pytest
 import torch
 from helpers import free_port, wait_until
-from raw_peer import RawPeer
 
 import syft_magics as sm
 from syft_magics import config
@@ -29,19 +28,6 @@ def nested_tuples(depth: int) -> msgpack.ExtType:
     for _ in range(depth):
         value = msgpack.ExtType(EXT_TUPLE, msgpack.packb(value))
     return value
-
-
-@pytest.fixture
-def peers():
-    made = []
-
-    def make(address: str, ident: bytes = b"") -> RawPeer:
-        made.append(RawPeer(address, ident))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 @pytest.fixture
