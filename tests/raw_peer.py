@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, List, Optional
 
 import zmq
@@ -26,10 +27,14 @@ class RawPeer:
         self.sock.send_multipart(parts)
 
     def reply(self, timeout: Optional[float] = None) -> Optional[dict]:
-        """The next reply, or None if none came within ``timeout`` seconds."""
-        if not self.sock.poll((self.timeout if timeout is None else timeout) * 1000):
-            return None
-        return decode(self.sock.recv_multipart())
+        """The next reply, or None if none came within ``timeout`` seconds (the worker's unsolicited
+        once-a-second beats to a logged-in peer are skipped)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while self.sock.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            header = decode(self.sock.recv_multipart())
+            if not (header.get("t") == "pong" and header.get("s") is None):
+                return header
+        return None
 
     def request(self, header: dict, timeout: Optional[float] = None) -> Optional[dict]:
         self.send_raw(encode(header))

@@ -32,7 +32,7 @@ from .models import export
 from .optimizers import STORED_TYPES
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .replies import Reject, Replies, describe_result, error_reply, flatten
-from .sessions import Session
+from .sessions import Session, beat
 from .store import Entry, new_id
 
 if TYPE_CHECKING:
@@ -169,6 +169,7 @@ class Server(Handshakes):
                 if now >= next_check:
                     conns.end_closed()
                     self._expire(now)
+                    beat(router, self.sessions)
                     next_check = now + 1.0
             for ident in list(self.sessions):
                 send_parts(router, [ident, *encode({"t": Kind.BYE, "name": self.name})], flags=0)

@@ -394,8 +394,22 @@ class Client:
 def _id_source() -> Callable[[], bytes]:
     """Fresh 128-bit random result ids. Unpredictable on purpose: ids derived from a counter could be
     guessed from one seen in a log, and another client could claim them first (the worker refuses
-    an id already in use)."""
-    return lambda: os.urandom(16)
+    an id already in use).
+
+    Read from ``os.urandom`` 256 at a time: each call releases the GIL, and with a worker thread in the
+    process (switch interval 0.25 ms) getting it back cost about 0.1 ms per op under load.
+    """
+    ids: List[bytes] = []
+
+    def new_id() -> bytes:
+        try:
+            return ids.pop()  # atomic under the GIL: threads sharing a client never get the same id
+        except IndexError:
+            block = os.urandom(16 * 256)
+            ids.extend(block[i:i + 16] for i in range(0, len(block), 16))
+            return ids.pop()
+
+    return new_id
 
 
 def _user() -> str:
