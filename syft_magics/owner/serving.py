@@ -441,6 +441,8 @@ class Server(Handshakes):
             # a frame is sent zero-copy, later, from ZeroMQ's I/O thread: a client's next op could write
             # into its object before the bytes leave, and receive other values than the ones approved
             tensor = tensor.clone()
+        if session.pool is not None:
+            session.pool.written.clear()
         return encode({"t": Kind.VALUE, "s": seq, "x": tensor}, session.pool)
 
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:

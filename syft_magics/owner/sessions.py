@@ -1,7 +1,6 @@
 """What a worker knows about one connected client."""
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -40,7 +39,7 @@ class Session:
         if self.host_peer is not None:
             self.host_peer.close()
         if self.host_probe is not None:
-            os.close(self.host_probe[0])
+            self.host_probe[0].close()
             self.host_probe = None
 
     @property

@@ -148,13 +148,16 @@ class Link:
         theirs = offer.get("nonce")
         if pid is None or not isinstance(theirs, bytes) or len(theirs) != 16:
             return
-        fd, probe = samehost.make_probe(theirs)
+        lend = samehost.can_read_memory(offer.get("probe"), pid, nonce)  # then the worker lends us results
+        probe = samehost.make_probe(theirs)
         try:
-            reply = self._request_raw({"t": Kind.HOST, "s": 0, "probe": probe}, timeout, expect=Kind.OK)
+            reply = self._request_raw({"t": Kind.HOST, "s": 0, "probe": probe.announce, "lend": lend}, timeout,
+                                      expect=Kind.OK)
         finally:
-            os.close(fd)
+            probe.close()
         if reply.get("host") is True:
             self.host_peer, self.pool = samehost.Peer(pid), samehost.Pool()
+            self.pool.lend = reply.get("lend") is True  # the worker can read our memory: sends are lent
 
     def _request_raw(self, header: dict, timeout: float, expect: Kind) -> dict:
         deadline = time.monotonic() + timeout
