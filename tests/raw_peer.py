@@ -14,13 +14,15 @@ from syft_magics.wire.protocol import PROTOCOL_VERSION, decode, encode
 class RawPeer:
     """A DEALER socket with a chosen routing id; ``send_raw`` sends any bytes, ``request`` a header."""
 
-    def __init__(self, address: str, ident: bytes = b"", timeout: float = 20.0) -> None:
+    def __init__(self, address: str, ident: bytes = b"", timeout: float = 20.0, rcvhwm: int = 1000) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.ident = ident or os.urandom(16)
         self.timeout = timeout
         self.sock.setsockopt(zmq.ROUTING_ID, self.ident)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.sock.setsockopt(zmq.RCVBUF, 1 << 16)  # a small kernel buffer: a peer that never reads fills it soon
         self.sock.connect(address)
 
     def send_raw(self, parts: List[Any]) -> None:
