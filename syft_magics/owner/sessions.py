@@ -10,6 +10,7 @@ import zmq
 from ..wire import samehost
 from ..wire.protocol import Kind, encode
 from ..wire.sockets import send_parts
+from .streams import Streams
 
 
 @dataclass
@@ -31,9 +32,18 @@ class Session:
     pool: Optional[samehost.Pool] = field(default=None, repr=False)
     #: during the same-host check: our probe file and the nonce the client must send back in its own
     host_probe: Optional[tuple] = field(default=None, repr=False)
+    #: streamed uploads and downloads in progress (big tensors in chunks, wire/chunks.py)
+    streams: Streams = field(default_factory=Streams, repr=False)
+
+    def expire(self, now: float) -> None:
+        """Drop what this session left idle too long: same-host regions, stalled streams."""
+        if self.pool is not None:
+            self.pool.expire(now)
+        self.streams.expire(now)
 
     def close_files(self) -> None:
-        """Close the same-host memory files this session holds (it ended)."""
+        """Close the same-host memory files this session holds and drop its partial streams (it ended)."""
+        self.streams.clear()
         if self.pool is not None:
             self.pool.close()
         if self.host_peer is not None:

@@ -14,13 +14,11 @@ number. Any thread may read a reply off the socket; it files it in
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import socket as _socket
 import threading
 import time
-import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
@@ -38,9 +36,10 @@ from ..errors import (
     WorkerUnreachable,
     error_class,
 )
-from ..wire import auth, samehost
+from ..wire import auth, chunks, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
+from . import at_exit, transfers
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,6 @@ LARGE_FRAME_BYTES = 8 << 20
 #: A batch of pipelined messages leaves when it holds this many messages or bytes.
 _BATCH_MESSAGES = 256
 _BATCH_BYTES = 8 << 20
-#: At interpreter exit, what open links still queue gets this long (s), all links together, to leave.
-EXIT_FLUSH_SECONDS = 2.0
-_OPEN: "weakref.WeakSet[Link]" = weakref.WeakSet()
 
 
 class Link:
@@ -68,6 +64,10 @@ class Link:
         self.errors: List[dict] = []
         self.on_error: Callable[[dict], None] = lambda header: None
         self.free_queue: Deque[bytes] = deque()
+        #: streamed values being received, by request (filled in as chunks arrive; wire/chunks.py)
+        self.streams: Dict[Any, chunks.Incoming] = {}
+        #: bytes of each streamed upload the worker holds so far, by request
+        self.credits: Dict[Any, int] = {}
         #: the worker's process when it runs on this host as this user (verified at the handshake):
         #: large tensors then travel as sealed memory files (:mod:`syft_magics.wire.samehost`)
         self.host_peer: Optional[samehost.Peer] = None
@@ -79,8 +79,6 @@ class Link:
         self._batch_bytes = 0
         self._batch_started = 0.0  # when the first message of the queued batch came
         self.broken: Optional[SyftError] = None
-        #: ``broken`` while the worker is silent past ``defaults.heartbeat_timeout``: calls fail at once,
-        #: heartbeats go on, and the first message from the worker clears it (see :meth:`_lapsed`)
         self._lapse: Optional[WorkerUnreachable] = None
         self.worker_name = "?"
         self.instance = ""
@@ -114,7 +112,7 @@ class Link:
             raise
         self._thread = threading.Thread(target=self._background, name=f"syft-link-{self.worker_name}", daemon=True)
         self._thread.start()
-        _OPEN.add(self)
+        at_exit.register(self)  # its queued ops are sent if the process exits
 
     # -- handshake ---------------------------------------------------------------
     def _handshake(self, key: str, timeout: float, client_name: str) -> None:
@@ -253,12 +251,8 @@ class Link:
             except zmq.NotDone:
                 self.check()
                 now = time.monotonic()
-                if self._silent(now):
+                if self._silent(now) or now >= deadline:
                     raise self._lapsed(now) from None
-                if now >= deadline:
-                    raise WorkerUnreachable(
-                        f"{self.worker_name} at {self.address} did not take the message within "
-                        f"{defaults.reply_timeout:g} s: is the worker still running?") from None
 
     def _send_parts(self, parts: List[Any], deadline: float, track: bool = False) -> Optional[zmq.MessageTracker]:
         while True:
@@ -273,14 +267,20 @@ class Link:
                 self._sock.poll(max(1, int(min(remaining, 0.05) * 1000)), zmq.POLLOUT)
 
     # -- receiving ---------------------------------------------------------------
-    def wait(self, seq: int, timeout: float) -> dict:
-        """The reply to request ``seq``; raises if the worker is gone or silent past ``timeout``."""
+    def wait(self, seq: int, timeout: float, tick: Optional[Callable[[], bool]] = None) -> dict:
+        """The reply to request ``seq``; raises if the worker is gone or silent past ``timeout``.
+
+        ``tick`` runs between polls, without the lock (a stream sends its next chunks, shows its
+        progress); when it returns True the transfer moved on and ``timeout`` counts anew.
+        """
         deadline = time.monotonic() + timeout
         while True:
             reply = self.replies.pop(seq, None)
             if reply is not None:
                 return reply
             self.check()
+            if tick is not None and tick():
+                deadline = time.monotonic() + timeout
             now = time.monotonic()
             if now >= deadline:
                 raise ReplyTimeout(f"{self.worker_name} did not answer within {timeout:g} s "
@@ -301,15 +301,13 @@ class Link:
         """Send a heartbeat when one is due (call with ``lock`` held)."""
         # after a "bye" keep asking: a worker restarted at the address answers "unknown
         # session", which turns WorkerStopped into the more useful WorkerRestarted
-        if now >= self._next_ping and (self.broken is None or self.broken is self._lapse
-                                       or isinstance(self.broken, WorkerStopped)):
+        if now >= self._next_ping and (self.broken in (None, self._lapse) or isinstance(self.broken, WorkerStopped)):
             try:
                 send_parts(self._sock, encode({"t": Kind.PING, "s": None}))
             except zmq.Again:
                 return
             self._next_ping = now + defaults.heartbeat_interval
-            if self._unanswered_since is None:
-                self._unanswered_since = now
+            self._unanswered_since = self._unanswered_since or now
 
     def _drain(self) -> None:
         sock = self._sock
@@ -341,7 +339,6 @@ class Link:
         self._unanswered_since = None
         if self._lapse is not None and self.broken is self._lapse:
             self.broken = self._lapse = None  # it answers again (it was paused, or busy): the link is usable
-            log.info("%s at %s answers again", self.worker_name, self.address)
         if kind == Kind.PONG:
             pass
         elif kind == Kind.BYE:
@@ -358,11 +355,34 @@ class Link:
                     f"its objects. Connect again (%syft_connect {self.worker_name}).")
         elif seq in self._abandoned:
             pass  # e.g. the owner decided after the client's GetTimeout: the next get asks again
+        elif kind in (Kind.CHUNK, Kind.CREDIT) or (kind == Kind.VALUE and header.get("z") is not None):
+            if seq in self._awaited:  # (not: a stream that was cancelled; its chunks are dropped)
+                transfers.receive(self, seq, header)
         elif kind == Kind.ERR and seq not in self._awaited:
             self.errors.append(header)
             self.on_error(header)
         else:
             self.replies[seq] = header
+
+    def say(self, header: dict) -> None:
+        """Send a small control message now (call with ``lock`` held); lost only with the link."""
+        try:
+            send_parts(self._sock, encode(header))
+        except zmq.Again:
+            log.debug("link to %s: %s not sent", self.worker_name, header["t"])
+
+    def cancel(self, seq: int) -> None:
+        """Stop stream ``seq``: the worker drops its partial state; chunks still on their way are dropped."""
+        with self.lock:
+            self.streams.pop(seq, None)
+            self.credits.pop(seq, None)
+            self._awaited.discard(seq)
+            self._abandoned.add(seq)
+            if self.broken is None and not self._closed:
+                try:
+                    self.say({"t": Kind.CANCEL, "s": seq})
+                except zmq.ZMQError as exc:
+                    self._lost(exc)
 
     def _lost(self, exc: zmq.ZMQError) -> None:
         """The socket failed (call with ``lock`` held): an in-process worker that stopped terminated the
@@ -376,24 +396,15 @@ class Link:
         self.check()
         raise self.broken
 
-    def _silent(self, now: float) -> bool:
-        """Whether a heartbeat has gone unanswered for ``defaults.heartbeat_timeout`` (its reply, or any
-        message, would have cleared it; a client that was itself stalled sent none, so is not misled)."""
+    def _silent(self, now: float) -> bool:  # a heartbeat unanswered for heartbeat_timeout (any message clears it)
         return self._unanswered_since is not None and now - self._unanswered_since > defaults.heartbeat_timeout
 
     def _lapsed(self, now: float) -> SyftError:
-        """No heartbeat reply for ``defaults.heartbeat_timeout``: mark the link dead now, so later calls fail
-        at once instead of each waiting out the timeout again; returns the error to raise.
-
-        Heartbeats go on: a worker that was only paused (SIGSTOP, a long op in its serving thread) and
-        answers again revives the link, its session and pointers intact; one that was restarted answers
-        "unknown session", which turns this into :class:`WorkerRestarted`.
-        """
+        """Mark the link dead now, so later calls fail at once; heartbeats go on, and an answer revives it."""
         if self.broken is None:
             self.broken = self._lapse = WorkerUnreachable(
                 f"{self.worker_name} at {self.address} stopped answering (no heartbeat reply for "
                 f"{now - self.last_pong:.0f} s); calls fail at once until it answers again")
-            log.info("%s", self.broken)
         return self.broken
 
     def expect(self, seq: int) -> None:
@@ -404,6 +415,8 @@ class Link:
         """The caller stopped waiting for ``seq``; replies still to come for an abandoned one are dropped."""
         self._awaited.discard(seq)
         self.replies.pop(seq, None)
+        self.streams.pop(seq, None)
+        self.credits.pop(seq, None)
         if abandoned:
             self._abandoned.add(seq)
 
@@ -453,7 +466,6 @@ class Link:
 
     # -- closing -------------------------------------------------------------------
     def close(self, say_bye: bool = True, linger: float = 0.5) -> None:
-        """Send what is queued and a goodbye (waiting up to ``linger`` s for them to leave), then close."""
         if self._closed:
             return
         self._stop.set()
@@ -484,14 +496,3 @@ class Link:
     def closed(self) -> bool:
         return self._closed
 
-
-@atexit.register
-def _flush_at_exit() -> None:
-    """Ops a script queued on its last lines still reach the worker: every open link sends its batch
-    and a goodbye before the process exits, all within :data:`EXIT_FLUSH_SECONDS`."""
-    deadline = time.monotonic() + EXIT_FLUSH_SECONDS
-    for link in list(_OPEN):
-        try:
-            link.close(linger=max(0.0, deadline - time.monotonic()))
-        except Exception as exc:  # the process is exiting: report, never hang or raise
-            log.info("link to %s not flushed at exit: %s", link.worker_name, exc)
