@@ -16,7 +16,7 @@ import syft_magics as sm
 from syft_magics import config
 from syft_magics.owner import serving
 from syft_magics.wire import limits
-from syft_magics.wire.protocol import EXT_TUPLE, PROTOCOL_VERSION, encode
+from syft_magics.wire.protocol import EXT_TUPLE, PROTOCOL_VERSION
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 HERE = Path(__file__).parent
@@ -137,28 +137,3 @@ def test_a_dropped_clients_routing_id_does_not_give_its_session(seed, peers):
         assert "x" not in reply and "r" not in reply
     assert victim.ident not in bob.server.sessions
 
-
-def test_a_client_that_never_reads_has_a_bounded_reply_queue_and_others_are_served(make_worker, make_client,
-                                                                                   monkeypatch):
-    monkeypatch.setattr(limits, "MAX_QUEUED_REPLIES", 20)  # read when the worker starts
-    bob = make_worker("Bob", policy="open")
-    bob.share(X.clone(), "#X")
-    from raw_peer import RawPeer
-
-    hog = RawPeer(bob.address, rcvhwm=1)
-    try:
-        hog.login(bob.key)
-        oid = os.urandom(16)
-        assert hog.request({"t": "send", "s": 1, "id": oid, "x": torch.ones(1 << 14), "ack": True})["t"] == "ok"
-        asked = 1000  # 64 KiB each: 64 MiB of replies if they all queued
-        for s in range(asked):
-            hog.send_raw(encode({"t": "get", "s": 10 + s, "id": oid}))
-        client = make_client(bob.address, key=bob.key)
-        assert torch.equal((client.search("#X")[0] + 1).get(), X + 1)  # the worker serves others meanwhile
-        got = 0
-        while hog.reply(timeout=1.0) is not None:
-            got += 1
-        # the rest were dropped at the worker's queue bound (and the kernel's buffers), not kept
-        assert got < asked // 2, got
-    finally:
-        hog.close()
