@@ -27,6 +27,7 @@ from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import readable, recv_parts, send_parts
 from . import streams, writes
 from .connections import Connections
+from .direct import DirectPort
 from .handshake import Handshakes
 from .models import export
 from .optimizers import STORED_TYPES
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = limits.HANDSHAKE_TIMEOUT
 
 
-class Server(Handshakes):
+class Server(Handshakes, DirectPort):
     """Serves one worker's ROUTER socket from a background thread.
 
     It holds what only the serving thread may change: the sessions and the
@@ -68,6 +69,7 @@ class Server(Handshakes):
         self._wake_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._running = False
+        self._init_direct()
 
     # -- the owner's thread ------------------------------------------------------
     def start(self, ctx: zmq.Context, router: zmq.Socket) -> None:
@@ -109,10 +111,7 @@ class Server(Handshakes):
 
     def post(self, ident: bytes, header: dict) -> None:
         """Send ``header`` to the client ``ident`` from the serving thread."""
-        def send(router: zmq.Socket) -> None:
-            send_parts(router, [ident, *encode(header)], flags=0)
-
-        self.call_soon(send)
+        self.call_soon(lambda router: self.to(router, ident, encode(header)))
 
     def grant(self, req: GetRequest) -> None:
         """Tell ``req``'s client that the owner approved (from the owner's thread; the request book
@@ -120,7 +119,7 @@ class Server(Handshakes):
 
         def tell(router: zmq.Socket) -> None:
             if req.session in self.sessions:
-                send_parts(router, [req.session, *encode({"t": Kind.APPROVED, "s": req.seq, "n": req.n})], flags=0)
+                self.to(router, req.session, encode({"t": Kind.APPROVED, "s": req.seq, "n": req.n}))
 
         self.call_soon(tell)
 
@@ -141,9 +140,10 @@ class Server(Handshakes):
         if conns.socket is not None:
             poller.register(conns.socket, zmq.POLLIN)
         next_check = time.monotonic() + 1.0
+        self.lock.acquire()  # held while serving, let go while waiting (links of this process: direct.py)
         try:
             while self._running:
-                ready = dict(poller.poll(200))
+                ready = self.poll_unlocked(poller, 200)
                 if router in ready:
                     for _ in range(256):
                         if not readable(router):
@@ -172,11 +172,12 @@ class Server(Handshakes):
                     beat(router, self.sessions)
                     next_check = now + 1.0
             for ident in list(self.sessions):
-                send_parts(router, [ident, *encode({"t": Kind.BYE, "name": self.name})], flags=0)
+                self.to(router, ident, encode({"t": Kind.BYE, "name": self.name}))
         except Exception:
             log.exception("the serving loop of worker %s stopped", self.name)
             raise
         finally:
+            self.lock.release()
             conns.close()
             router.close()
             wake.close(0)

@@ -36,9 +36,11 @@ from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
 from . import transfers
 from .autograd import local_answer
+from .direct import DirectLink
 from .inference import REMOTE, has_tensors, infer
 from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
+from .transport import LinkBase
 from .trees import build, build_described, out_ids, to_meta, walk, wire_dtype
 
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
@@ -69,9 +71,15 @@ class Client:
     """A connection to one worker: search its data, send tensors, run ops through pointers."""
 
     def __init__(self, address: str, key: str, *, timeout: Optional[float] = None,
-                 context: Any = None, connection_file: Optional[str] = None) -> None:
-        self._link = Link(address, key, timeout=timeout if timeout is not None else defaults.connect_timeout,
-                          context=context, client_name=f"{_user()}:{os.getpid()}")
+                 context: Any = None, connection_file: Optional[str] = None, worker: Any = None) -> None:
+        name = f"{_user()}:{os.getpid()}"
+        self._link: LinkBase
+        if worker is not None and defaults.in_process_direct:
+            # a worker of this process: its handlers run on our thread, no socket in between
+            self._link = DirectLink(worker, key, client_name=name)
+        else:
+            self._link = Link(address, key, timeout=timeout if timeout is not None else defaults.connect_timeout,
+                              context=context, client_name=name)
         self.name = self._link.worker_name
         self.address = address
         self.connection_file = connection_file
@@ -162,7 +170,7 @@ class Client:
                 self._request(header, op="send", pool=pool)
             finally:
                 pool.release(pool.written)
-        elif nbytes >= defaults.stream_min_bytes:
+        elif nbytes >= defaults.stream_min_bytes and self._link.streams_values:
             # streamed in chunks (wire/chunks.py): returns once the worker holds every byte
             self._request(transfers.put_header(oid, tensor, list(tags)), op="send", upload=tensor)
         elif nbytes >= LARGE_FRAME_BYTES:
@@ -203,7 +211,10 @@ class Client:
         self._check_pointer(ptr)
         approval_timeout = timeout if timeout is not None else defaults.approval_timeout
         while True:
-            reply = self._request({"t": Kind.GET, "id": ptr.oid, "c": transfers.plan()}, timeout,
+            header: Dict[str, Any] = {"t": Kind.GET, "id": ptr.oid}
+            if self._link.streams_values:
+                header["c"] = transfers.plan()
+            reply = self._request(header, timeout,
                                   approval_timeout=approval_timeout, what=ptr)
             if reply["t"] == Kind.VALUE:
                 self.events.emit("get", id=ptr.oid)
@@ -405,16 +416,13 @@ class Client:
 def _id_source() -> Callable[[], bytes]:
     """Fresh 128-bit random result ids. Unpredictable on purpose: ids derived from a counter could be
     guessed from one seen in a log, and another client could claim them first (the worker refuses
-    an id already in use).
-
-    Read from ``os.urandom`` 256 at a time: each call releases the GIL, and with a worker thread in the
-    process (switch interval 0.25 ms) getting it back cost about 0.1 ms per op under load.
-    """
+    an id already in use). Read from the OS 256 at a time (a system call per op cost a chain several
+    percent); ``list.pop`` hands each one out once, whichever thread asks."""
     ids: List[bytes] = []
 
     def new_id() -> bytes:
         try:
-            return ids.pop()  # atomic under the GIL: threads sharing a client never get the same id
+            return ids.pop()
         except IndexError:
             block = os.urandom(16 * 256)
             ids.extend(block[i:i + 16] for i in range(0, len(block), 16))
@@ -451,7 +459,8 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
     if isinstance(target, Worker):
         if not target.running:
             raise UnknownWorker(f"worker {target.name} is not running (call .start() first)")
-        return Client(target.inproc_address, key or target.key, timeout=timeout, context=target.context)
+        return Client(target.inproc_address, key or target.key, timeout=timeout, context=target.context,
+                      worker=target)
     if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
         target = f"tcp://127.0.0.1:{int(target)}"
     if not isinstance(target, str) or not target:

@@ -19,8 +19,7 @@ import os
 import socket as _socket
 import threading
 import time
-from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 import zmq
 
@@ -29,17 +28,16 @@ from ..errors import (
     AuthenticationError,
     ProtocolError,
     ReplyTimeout,
-    SessionExpired,
     SyftError,
-    WorkerRestarted,
     WorkerStopped,
     WorkerUnreachable,
     error_class,
 )
-from ..wire import auth, chunks, samehost
+from ..wire import auth, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
-from . import at_exit, transfers
+from . import at_exit
+from .transport import LinkBase
 
 log = logging.getLogger(__name__)
 
@@ -52,43 +50,21 @@ _BATCH_MESSAGES = 256
 _BATCH_BYTES = 8 << 20
 
 
-class Link:
+class Link(LinkBase):
     """An authenticated, heartbeating connection to one worker."""
+
+    streams_values = True
 
     def __init__(self, address: str, key: str, *, timeout: float, context: Optional[zmq.Context] = None,
                  client_name: str = "client") -> None:
-        self.address = address
-        self.session = os.urandom(16)
+        super().__init__(address)
         self.lock = threading.Lock()
-        self.replies: Dict[Any, dict] = {}  # by seq (whatever the worker put there)
-        self.errors: List[dict] = []
-        self.on_error: Callable[[dict], None] = lambda header: None
-        self.free_queue: Deque[bytes] = deque()
-        #: streamed values being received, by request (filled in as chunks arrive; wire/chunks.py)
-        self.streams: Dict[Any, chunks.Incoming] = {}
-        #: bytes of each streamed upload the worker holds so far, by request
-        self.credits: Dict[Any, int] = {}
-        #: the worker's process when it runs on this host as this user (verified at the handshake):
-        #: large tensors then travel as sealed memory files (:mod:`syft_magics.wire.samehost`)
-        self.host_peer: Optional[samehost.Peer] = None
-        #: and the memory file our large sends travel through then
-        self.pool: Optional[samehost.Pool] = None
         self._batch_heads: List[bytes] = []  # the headers of queued messages
         self._batch_frames: List[Any] = []  # their tensor frames, one message after the other
         self._batch_counts: List[int] = []  # how many frames each queued message has
         self._batch_bytes = 0
         self._batch_started = 0.0  # when the first message of the queued batch came
-        self.broken: Optional[SyftError] = None
-        self._lapse: Optional[WorkerUnreachable] = None
-        self.worker_name = "?"
-        self.instance = ""
-        self.policy = "?"
-        self.last_pong = time.monotonic()
         self._next_ping = 0.0
-        self._unanswered_since: Optional[float] = None  # when the oldest heartbeat still unanswered left
-        self._seq = 0
-        self._awaited: set = set()
-        self._abandoned: set = set()
         self._own_ctx = context is None
         # inproc:// hands the sender's buffers to the receiver as they are: copy, or the worker would keep
         # (and expose) the client's memory, and a tracked zero-copy send would wait until the worker let go.
@@ -101,7 +77,6 @@ class Link:
         # the last results) are dropped with the connection, so a stopped worker looked merely unreachable.
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
-        self._closed = False
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         try:
@@ -175,10 +150,6 @@ class Link:
                 raise ProtocolError(f"handshake failed: {reply.get('msg')}")
 
     # -- sending -----------------------------------------------------------------
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def send(self, parts: List[Any], *, flush: bool = False, awaited: bool = False) -> None:
         """Queue one message for the worker; ``flush=True`` sends it, and everything queued, now.
 
@@ -332,38 +303,6 @@ class Link:
         return {"t": Kind.ERR, "s": seq, "code": ErrorCode.PROTOCOL, "etype": "ProtocolError",
                 "msg": f"the worker's reply could not be read: {exc}"}
 
-    def _file(self, header: dict) -> None:
-        kind = header["t"]
-        seq = header.get("s")
-        self.last_pong = time.monotonic()  # anything from the worker shows it is alive
-        self._unanswered_since = None
-        if self._lapse is not None and self.broken is self._lapse:
-            self.broken = self._lapse = None  # it answers again (it was paused, or busy): the link is usable
-        if kind == Kind.PONG:
-            pass
-        elif kind == Kind.BYE:
-            self.broken = WorkerStopped(f"{self.worker_name} was stopped by its owner; "
-                                        "its pointers are no longer usable")
-        elif kind == Kind.ERR and header.get("code") == ErrorCode.UNKNOWN_SESSION:
-            if header.get("instance") != self.instance:
-                self.broken = WorkerRestarted(
-                    f"{self.worker_name} at {self.address} was restarted: pointers made before the restart "
-                    f"are invalid. Connect again (%syft_connect {self.worker_name}).")
-            else:
-                self.broken = SessionExpired(
-                    f"{self.worker_name} ended this session (no heartbeat for {self.lease:g} s) and freed "
-                    f"its objects. Connect again (%syft_connect {self.worker_name}).")
-        elif seq in self._abandoned:
-            pass  # e.g. the owner decided after the client's GetTimeout: the next get asks again
-        elif kind in (Kind.CHUNK, Kind.CREDIT) or (kind == Kind.VALUE and header.get("z") is not None):
-            if seq in self._awaited:  # (not: a stream that was cancelled; its chunks are dropped)
-                transfers.receive(self, seq, header)
-        elif kind == Kind.ERR and seq not in self._awaited:
-            self.errors.append(header)
-            self.on_error(header)
-        else:
-            self.replies[seq] = header
-
     def say(self, header: dict) -> None:
         """Send a small control message now (call with ``lock`` held); lost only with the link."""
         try:
@@ -406,26 +345,6 @@ class Link:
                 f"{self.worker_name} at {self.address} stopped answering (no heartbeat reply for "
                 f"{now - self.last_pong:.0f} s); calls fail at once until it answers again")
         return self.broken
-
-    def expect(self, seq: int) -> None:
-        """Mark ``seq`` as a request whose error reply belongs to its waiter, not the error list."""
-        self._awaited.add(seq)
-
-    def done(self, seq: int, abandoned: bool = False) -> None:
-        """The caller stopped waiting for ``seq``; replies still to come for an abandoned one are dropped."""
-        self._awaited.discard(seq)
-        self.replies.pop(seq, None)
-        self.streams.pop(seq, None)
-        self.credits.pop(seq, None)
-        if abandoned:
-            self._abandoned.add(seq)
-
-    def check(self) -> None:
-        """Raise if the link is unusable (closed, worker stopped or restarted)."""
-        if self._closed:
-            raise WorkerUnreachable(f"the connection to {self.worker_name} is closed")
-        if self.broken is not None:
-            raise self.broken
 
     # -- background ----------------------------------------------------------------
     def _background(self) -> None:
@@ -491,8 +410,4 @@ class Link:
         self._sock.close()
         if self._own_ctx:
             self._ctx.term()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 

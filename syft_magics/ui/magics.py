@@ -17,10 +17,11 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+from ..config import defaults
 from ..display import table
 from ..errors import SyftError, UnknownWorker
 from ..owner.policy import POLICIES
-from ..owner.worker import Worker
+from ..owner.worker import Worker, live_workers
 from ..scientist.client import Client, connect
 
 _NAMES = ("syft_worker", "syft_connect", "syft_share", "syft_workers", "syft_panel", "syft_stop", "syft_disconnect",
@@ -183,15 +184,20 @@ class SyftMagics(Magics):
         if old is not None:
             old.disconnect()
         self._close_panel("connection", args.name)
+        target: Any = args.address if args.address else args.name
+        here = [w for w in live_workers() if w.name == args.name and w.running] if not args.address else []
+        if here and defaults.in_process_direct:
+            target = here[-1]  # a worker of this kernel: served directly, no socket (scientist/direct.py)
         try:
-            client = connect(args.address if args.address else args.name, key=args.key, timeout=args.timeout)
+            client = connect(target, key=args.key, timeout=args.timeout)
         except UnknownWorker as exc:
             raise UsageError(str(exc)) from None
         if client.name != args.name:
             print(f"note: the worker at {client.address} calls itself {client.name!r}")
         self.clients[args.name] = client
         self.user_ns[var] = client
-        print(f"connected to {client.name} at {client.address} (policy: {client.policy}); bound to `{var}`. "
+        where = "in this kernel" if client.address.startswith("inproc://") else f"at {client.address}"
+        print(f"connected to {client.name} {where} (policy: {client.policy}); bound to `{var}`. "
               f"Find data with {var}.search('#X')")
         if args.panel:
             self._show_panel("connection", args.name)
@@ -211,7 +217,6 @@ class SyftMagics(Magics):
     @line_magic
     def syft_workers(self, line: str = "") -> None:
         """A table of this kernel's workers and connections."""
-        from ..owner.worker import live_workers
         from ..scientist.client import live_clients
 
         # the magics' own, then those this kernel made through the Python API (Worker(...).start(), connect())
