@@ -111,6 +111,7 @@ def test_a_paused_worker_is_waited_for_briefly_marked_disconnected_when_silent_a
         child_worker, make_client, fast_defaults, ip, capsys):
     from syft_magics.ui.panels import ConnectionPanel
 
+    fast_defaults.heartbeat_timeout = 4.0  # a resumed process answers late on a loaded machine
     bob = child_worker()
     client = make_client(bob.address, key=bob.key)
     x = client.search("#X")[0]
