@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NoReturn, Optional, Tuple
 
 import torch
 import zmq
@@ -24,15 +24,17 @@ from ..errors import ProtocolError, TagError
 from ..wire import limits, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
+from ..wire.results import flatten
 from ..wire.sockets import readable, recv_parts, send_parts
-from . import streams, writes
+from . import provenance, releases, streams, writes
 from .connections import Connections
 from .direct import DirectPort
 from .handshake import Handshakes
 from .models import export
 from .optimizers import STORED_TYPES
-from .policy import ALLOW, DENY, GetRequest, OpenPolicy
-from .replies import Reject, Replies, describe_result, error_reply, flatten
+from .policy import GetRequest, OpenPolicy
+from .provenance import Disclosure, Provenance
+from .replies import Reject, Replies, error_reply
 from .sessions import Session, beat
 from .store import Entry, new_id
 
@@ -59,6 +61,8 @@ class Server(Handshakes, DirectPort):
         self.requests = worker.requests
         self.events = worker.events
         self.stats = worker.stats
+        #: what may leave about results and errors (shapes, error text), and what was withheld
+        self.disclosure = Disclosure(worker)
         self.sessions: Dict[bytes, Session] = {}
         #: routing id -> (nonce, hello, time, connection token) of peers that said hello
         self.handshakes: Dict[bytes, Tuple[bytes, dict, float, int]] = {}
@@ -82,6 +86,7 @@ class Server(Handshakes, DirectPort):
         self._wake_send = wake_send
         self._running = True
         writes.warm_up()
+        provenance.warm_up()
         self._thread = threading.Thread(target=self._serve, args=(router, wake_recv),
                                         name=f"syft-worker-{self.name}", daemon=True)
         self._thread.start()
@@ -219,7 +224,7 @@ class Server(Handshakes, DirectPort):
             head = peek(parts[0])
             setattr(exc, "seq", head.get("s"))  # (any exception: the reply names its request)
             if head.get("t") == Kind.OP and isinstance(head.get("o"), list):
-                self._fail(session, str(head.get("f")), head["o"], used, exc, time.perf_counter())
+                self._fail(session, str(head.get("f")), head["o"], used, exc, time.perf_counter(), Provenance())
             raise
         kind = header["t"]
         if kind == Kind.BATCH and not batched:
@@ -339,39 +344,40 @@ class Server(Handshakes, DirectPort):
                     # (no_grad: the client's op ran under torch.no_grad())
                     result = fn(*args, **kwargs)
             finally:
-                self._written(session, short_name(name), used, writes.changed(before))
+                written = writes.changed(before)
+                self._written(session, short_name(name), used, written)
+                self.disclosure.taint(used, written)
         except writes.OwnerDataWrite as exc:
             self.refuse("write into the owner's data")
             reject = Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
                                                   f"changed ({short_name(name)} writes into it); compute on a copy "
                                                   "instead, e.g. ptr.clone()")
             self._fail(session, name, out, used, reject, t0)
-            raise reject from None
         except Exception as exc:
             self._fail(session, name, out, used, exc, t0)
-            raise
-        inputs = tuple(e.id for e in used)
         op = short_name(name)
-        leaves = flatten(result)
-        if header.get("m"):
-            out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
-        elif len(out) != len(leaves):
-            mismatch = Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, "
-                                                   f"the client expected {len(out)}")
-            self._fail(session, name, out, used, mismatch, t0)
-            raise mismatch
+        leaves = flatten(result)[0]
+        prov, shown = self.disclosure.of_result(op, fn, args, kwargs, used, result)
+        try:
+            if header.get("m"):
+                out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
+                reply = self.disclosure.describe(result, out, shown)
+            elif len(out) != len(leaves):
+                raise Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, the client expected "
+                                                 f"{len(out)}", public=not prov.hidden)
+        except Exception as exc:
+            self._fail(session, name, [] if header.get("m") else out, used, exc, t0, prov)
+        inputs = tuple(e.id for e in used)
         made = []
         now = time.time()
-        for oid, leaf in zip(out, leaves):
+        for i, (oid, leaf) in enumerate(zip(out, leaves)):
             if oid is not None and isinstance(leaf, STORED_TYPES):  # tensors, and models or optimizers built here
                 self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
-                                     created=now, last_access=now))
+                                     created=now, last_access=now, provenance=self.disclosure.leaf(prov, shown, i)))
                 made.append(oid)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=made,
                          duration=time.perf_counter() - t0, status="ok")
-        if header.get("m"):
-            return encode({"t": Kind.OK, "s": header.get("s"), "r": describe_result(result, iter(out))})
-        return None
+        return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
 
     def _written(self, session: Session, op: str, used: List[Entry], written: List[Entry]) -> None:
         """Record the writes an op made: into a client's object, in its history (an approval shows it);
@@ -383,53 +389,28 @@ class Server(Handshakes, DirectPort):
             entry.history.append((op, tuple(e.id for e in used if e is not entry)))
             entry.seen_version = entry.version
 
-    def _fail(self, session: Session, name: str, out: list, used: List[Entry],
-              exc: Exception, t0: float) -> None:
+    def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
+              prov: Optional[Provenance] = None) -> NoReturn:
+        """Record a failed op (its results exist, failed) and raise what the client may see of ``exc``:
+        its text, or only its type and a number when it came from the owner's data (see .provenance)."""
         self.stats["errors"] += 1
-        message = f"{short_name(name)}: {exc}"
+        op = short_name(name)
+        shown = self.disclosure.failure(session, op, prov or self.disclosure.of_inputs(used), exc)
         for oid in out:
             if isinstance(oid, bytes) and len(oid) == 16 and oid not in self.store:
-                self.store.put(Entry(oid, None, origin=session.label, session=session.ident,
-                                     op=short_name(name), error=message))
-        self.events.emit("command", client=session.label, op=short_name(name), inputs=tuple(e.id for e in used),
+                self.store.put(Entry(oid, None, origin=session.label, session=session.ident, op=op,
+                                     error=f"{op}: {shown}"))
+        self.events.emit("command", client=session.label, op=op, inputs=tuple(e.id for e in used),
                          out=[], duration=time.perf_counter() - t0, status=f"error: {limits.clip(exc)}")
+        if shown is exc:
+            raise exc
+        raise shown from None
 
     def _on_get(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
-        seq = header.get("s")
-        oid = field(header, "id", bytes)
-        entry = self.store.get(oid)
-        if entry is None or (entry.session is not None and entry.session != session.ident):
-            raise Reject(ErrorCode.UNKNOWN_OBJECT,
-                          f"{self.name} holds no object {short_id(oid)} (it was freed, or never existed)")
-        if entry.error is not None:
-            raise Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
-        entry.last_access = time.time()
-        version = entry.version
-        if self.requests.take_grant(session.ident, oid, version):
-            return self._value(session, header, entry)
-        if type(self.worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
-            return self._value(session, header, entry)
-        rule = self.worker.policy.rules.match(entry.kind, entry.shape) if self.worker.policy.rules else None
-        if rule is not None:  # an owner's rule for training (allow_get): decided without a click, and logged
-            self.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule})")
-            return self._value(session, header, entry)
-        req_fields: Dict[str, Any] = dict(client=session.label, object_id=entry.hex, shape=entry.shape,
-                                          dtype=entry.dtype, lineage=self.store.lineage(entry), tags=entry.tags)
-        decision = self.worker.policy.decide(GetRequest(n=0, **req_fields))
-        if decision == ALLOW:
-            return self._value(session, header, entry)
-        if decision == DENY:
-            self.events.emit("get", client=session.label, id=entry.hex, status="denied")
-            raise Reject(ErrorCode.DENIED, f"{self.name} refused to release {entry.label}: "
-                                    f"{self.worker.policy.deny_reason(GetRequest(n=0, **req_fields))}")
-        req, opened = self.requests.ask(session.ident, oid, seq, version=version, **req_fields)
-        if req is None:  # the owner approved while this get was on its way
-            return self._value(session, header, entry)
-        if opened:
-            self.events.emit("request", n=req.n, client=session.label, id=entry.hex, lineage=req.lineage)
-        return encode({"t": Kind.PENDING, "s": seq, "n": req.n, "name": self.name})
+        return releases.on_get(self, session, header)
 
-    def _value(self, session: Session, header: dict, entry: Entry) -> Any:
+    def send_value(self, session: Session, header: dict, entry: Entry) -> Any:
+        """The ``value`` reply carrying ``entry``'s tensor (the owner allowed it); big values stream."""
         seq = header.get("s")
         self.stats["bytes_out"] += entry.nbytes
         self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)

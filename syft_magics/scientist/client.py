@@ -26,6 +26,7 @@ from ..errors import (
     ReplyTimeout,
     TagError,
     UnknownWorker,
+    WithheldError,
     WorkerUnreachable,
     error_class,
 )
@@ -34,37 +35,18 @@ from ..traces import describe, user_site
 from ..wire import discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
+from ..wire.results import Tree, from_wire, wire_dtype
 from . import transfers
-from .autograd import local_answer
+from .autograd import LOCAL_ANSWERS, local_answer
 from .direct import DirectLink
-from .inference import REMOTE, has_tensors, infer
+from .inference import REMOTE, infer
 from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
+from .search import SearchResult
 from .transport import LinkBase
-from .trees import build, build_described, out_ids, to_meta, walk, wire_dtype
+from .trees import build, to_meta, walk
 
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
-
-
-class SearchResult(list):
-    """The pointers a search found (a list), with a helpful message when it is empty."""
-
-    def __init__(self, pointers: Iterable[PointerTensor], worker: str, tags: Tuple[str, ...],
-                 available: List[str]) -> None:
-        super().__init__(pointers)
-        self.worker, self.tags, self.available = worker, tags, available
-
-    def _empty_message(self) -> str:
-        have = ", ".join(self.available) or "none"
-        return f"no object on {self.worker} is tagged {' '.join(self.tags)} (tags there: {have})"
-
-    def __getitem__(self, index: Any) -> Any:
-        if not self and isinstance(index, int):
-            raise IndexError(self._empty_message())
-        return super().__getitem__(index)
-
-    def __repr__(self) -> str:
-        return super().__repr__() if self else f"[]  # {self._empty_message()}"
 
 
 class Client:
@@ -209,17 +191,30 @@ class Client:
     def get(self, ptr: PointerTensor, timeout: Optional[float] = None) -> torch.Tensor:
         """The value behind ``ptr`` (same as ``ptr.get()``)."""
         self._check_pointer(ptr)
+        plan = {"c": transfers.plan()} if self._link.streams_values else {}
+        value = self._release({"t": Kind.GET, "id": ptr.oid, **plan}, timeout, f"get of {_label(ptr)}")
+        self.events.emit("get", id=ptr.oid)
+        if isinstance(value, torch.Tensor):
+            ptr.learn_shape(value.shape)
+        return value
+
+    def shape_of(self, ptr: PointerTensor, timeout: Optional[float] = None) -> Tuple[int, ...]:
+        """The shape of ``ptr``; one the owner withholds is released like a value (``ptr.request_shape()``)."""
+        self._check_pointer(ptr)
+        shape = self._release({"t": Kind.GET, "id": ptr.oid, "what": "shape"}, timeout, f"shape of {_label(ptr)}")
+        return tuple(int(s) for s in shape)
+
+    def error_message(self, n: int, timeout: Optional[float] = None) -> str:
+        """The text of error #``n``, withheld (it came from the owner's data); released like a value."""
+        return str(self._release({"t": Kind.GET, "what": "error", "n": int(n)}, timeout, f"message of error #{n}"))
+
+    def _release(self, header: dict, timeout: Optional[float], what: str) -> Any:
+        """Ask for something the owner may have to release; wait for the decision (``approved``: ask again)."""
         approval_timeout = timeout if timeout is not None else defaults.approval_timeout
         while True:
-            header: Dict[str, Any] = {"t": Kind.GET, "id": ptr.oid}
-            if self._link.streams_values:
-                header["c"] = transfers.plan()
-            reply = self._request(header, timeout,
-                                  approval_timeout=approval_timeout, what=ptr)
+            reply = self._request(dict(header), timeout, approval_timeout=approval_timeout, what=what)
             if reply["t"] == Kind.VALUE:
-                self.events.emit("get", id=ptr.oid)
                 return reply["x"]
-            # "approved": the owner said yes; ask again to receive the value
 
     def panel(self):
         """A live ipywidgets panel of this connection: its pointers and the pointer graph."""
@@ -249,7 +244,7 @@ class Client:
 
     # -- requests that wait ---------------------------------------------------------------
     def _request(self, header: dict, timeout: Optional[float] = None, *, approval_timeout: float = 0.0,
-                 what: Optional[PointerTensor] = None, op: Optional[str] = None,
+                 what: Optional[str] = None, op: Optional[str] = None,
                  pool: Optional[samehost.Pool] = None, upload: Optional[torch.Tensor] = None) -> dict:
         link = self._link
         link.check()  # before a large tensor is encoded for a link that cannot take it
@@ -260,8 +255,8 @@ class Client:
         link.expect(seq)
         answered = False
         # a get or a streamed send may stream: progress, chunks, interrupts (scientist/transfers.py)
-        watch = transfers.Watch(link, header, _label(what), upload) if what is not None or upload is not None \
-            else None
+        watch = transfers.Watch(link, header, (what or "a value").removeprefix("get of "), upload) \
+            if what is not None or upload is not None else None
         tick = watch.tick if watch is not None else None
         try:
             with watch if watch is not None else contextlib.nullcontext():
@@ -269,7 +264,7 @@ class Client:
                 reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout, tick)
                 if reply["t"] == Kind.PENDING:
                     n = reply.get("n")
-                    print(f"waiting for {self.name} to approve request #{n} (get of {_label(what)})", flush=True)
+                    print(f"waiting for {self.name} to approve request #{n} ({what or 'a value'})", flush=True)
                     self.events.emit("waiting", n=n)
                     try:
                         reply = link.wait(seq, approval_timeout, tick)
@@ -321,7 +316,10 @@ class Client:
             text += f"\n  issued at {line}"
         if more:
             text += f"\n  ({more} more op{'s' if more > 1 else ''} failed since; fix this one first)"
-        return cls(text, op=op, remote_type=header.get("etype"), remote_message=msg, line=line, code=code)
+        exc = cls(text, op=op, remote_type=header.get("etype"), remote_message=msg, line=line, code=code)
+        if isinstance(exc, WithheldError) and isinstance(header.get("w"), int):
+            exc.withheld, exc.client = header["w"], self  # err.request_message() asks the owner for the text
+        return exc
 
     # -- ops on pointers -------------------------------------------------------------------
     def run(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
@@ -334,7 +332,10 @@ class Client:
         locals_: List[torch.Tensor] = []
         wire_args, key_args = walk(args, pointers, locals_)
         wire_kwargs, key_kwargs = walk(kwargs, pointers, locals_) if kwargs else ({}, ())
+        unknown = None
         for ptr in pointers:
+            if ptr.signature[0] is None:
+                unknown = ptr
             if ptr.client is not self:
                 raise CrossWorkerError(
                     f"{short_name(name)} mixes pointers on {self.name} and on {ptr.client.name}; "
@@ -357,16 +358,20 @@ class Client:
             meta_kwargs = to_meta(kwargs, memo, found, local_ids)
             return meta_args, meta_kwargs, found, local_ids
 
+        if unknown is not None:  # a shape the owner withholds: only the worker knows what comes out
+            if name in LOCAL_ANSWERS:
+                raise unknown.shape_unknown()
+            return self._run_remote(name, wire_args, wire_kwargs)
         template = infer(func, (key_args, key_kwargs, grad), standins)
         if template is REMOTE:
             return self._run_remote(name, wire_args, wire_kwargs)
+        assert isinstance(template, Tree)
         inplace = is_inplace(name)
-        if not inplace and not has_tensors(template):
+        if not inplace and not template.has_tensors:
             if local_answer(name, template):
-                return build(self, template, iter(()), pointers)
+                return build(self, template, (), pointers)
             # a side effect on the worker (backward, retain_grad...): sent like any op, never skipped
-        out: List[Optional[bytes]] = []
-        out_ids(template, out, self._new_id)
+        out = template.out_ids(self._new_id)
         seq = self._link.next_seq()
         origins = self._origins
         origins[seq] = (name, user_site())
@@ -377,7 +382,7 @@ class Client:
         if not grad:
             header["g"] = False
         self._link.send(encode(header))
-        result = build(self, template, iter(out), pointers)
+        result = build(self, template, out, pointers)
         self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p.oid for p in pointers),
                          out=tuple(o for o in out if o is not None))
         return result
@@ -388,7 +393,8 @@ class Client:
         if not torch.is_grad_enabled():
             header["g"] = False
         reply = self._request(header, op=name)
-        return build_described(self, reply["r"])
+        tree, ids = from_wire(reply["r"])
+        return build(self, tree, ids, [])
 
     # -- pointer bookkeeping (called by PointerTensor) ----------------------------------------
     def track(self, ptr: PointerTensor) -> None:
@@ -438,9 +444,7 @@ def _user() -> str:
         return os.environ.get("USER", "client")
 
 
-def _label(ptr: Optional[PointerTensor]) -> str:
-    if ptr is None:
-        return "a value"
+def _label(ptr: PointerTensor) -> str:
     return " ".join(ptr.tags) if ptr.tags else ptr.oid.hex()[:8]
 
 
