@@ -11,7 +11,6 @@ import msgpack
 import pytest
 import torch
 from helpers import free_port, wait_until
-from raw_peer import RawPeer
 
 import syft_magics as sm
 from syft_magics import config
@@ -29,19 +28,6 @@ def nested_tuples(depth: int) -> msgpack.ExtType:
     for _ in range(depth):
         value = msgpack.ExtType(EXT_TUPLE, msgpack.packb(value))
     return value
-
-
-@pytest.fixture
-def peers():
-    made = []
-
-    def make(address: str, ident: bytes = b"") -> RawPeer:
-        made.append(RawPeer(address, ident))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 @pytest.fixture
@@ -150,3 +136,4 @@ def test_a_dropped_clients_routing_id_does_not_give_its_session(seed, peers):
         assert reply["t"] == "err" and reply["code"] == "unknown_session", reply
         assert "x" not in reply and "r" not in reply
     assert victim.ident not in bob.server.sessions
+

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import wait_until
-from test_worker_client import raw  # noqa: F401  (the bare-socket fixture)
 
 import syft_magics as sm
 from syft_magics.errors import ProtocolError
@@ -140,16 +139,16 @@ def test_same_host_false_keeps_every_tensor_on_tcp(make_worker, make_client, mon
     assert torch.equal(client.search("#B")[0].get(), x)
 
 
-def test_a_same_host_tensor_from_an_unverified_peer_is_refused(make_worker, raw):
+def test_a_same_host_tensor_from_an_unverified_peer_is_refused(make_worker, peers):
     bob = make_worker("Bob", policy="open")
-    dealer = raw(bob.address)
-    dealer.authenticate(bob.key)
+    dealer = peers(bob.address)
+    dealer.login(bob.key)
     probe = samehost.make_probe(b"x" * 16)  # a real memory file, but this peer never proved itself
     try:
         pool = samehost.Pool()
         parts = encode({"t": "send", "s": 5, "id": os.urandom(16), "x": torch.ones(MIB), "ack": True}, pool)
-        dealer.send(parts)
-        reply = dealer.recv()
+        dealer.send_raw(parts)
+        reply = dealer.reply()
         assert reply["t"] == "err" and "not verified to run on this host" in reply["msg"]
         pool.close()
     finally:
@@ -157,10 +156,10 @@ def test_a_same_host_tensor_from_an_unverified_peer_is_refused(make_worker, raw)
     assert len(bob.store) == 0
 
 
-def test_a_forged_probe_does_not_make_a_peer_same_host(make_worker, raw):
+def test_a_forged_probe_does_not_make_a_peer_same_host(make_worker, peers):
     """A peer that names some other process's file (here the worker's own probe) fails the nonce check."""
     bob = make_worker("Bob", policy="open")
-    dealer = raw(bob.address)
+    dealer = peers(bob.address)
     challenge = dealer.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "raw", "host": b"n" * 16})
     from syft_magics.wire import auth
 

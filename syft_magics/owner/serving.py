@@ -35,7 +35,7 @@ from .optimizers import STORED_TYPES
 from .policy import GetRequest, OpenPolicy
 from .provenance import Disclosure, Provenance
 from .replies import Reject, Replies, error_reply
-from .sessions import Session
+from .sessions import Session, beat
 from .store import Entry, new_id
 
 if TYPE_CHECKING:
@@ -174,6 +174,7 @@ class Server(Handshakes, DirectPort):
                 if now >= next_check:
                     conns.end_closed()
                     self._expire(now)
+                    beat(router, self.sessions)
                     next_check = now + 1.0
             for ident in list(self.sessions):
                 self.to(router, ident, encode({"t": Kind.BYE, "name": self.name}))

@@ -5,7 +5,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+import zmq
+
 from ..wire import auth, samehost
+from ..wire.protocol import Kind, encode
+from ..wire.sockets import send_parts
 from .streams import Streams
 
 
@@ -68,3 +72,19 @@ class Session:
     def label(self) -> str:
         """How the client reads in logs: its name and the address it connected from."""
         return f"{self.name}@{self.peer}"
+
+
+def beat(router: zmq.Socket, sessions: Dict[bytes, Session]) -> None:
+    """Tell every client the worker's loop is turning (called about once a second).
+
+    A client's own heartbeat waits behind the ops it queued; under load that queue can take longer
+    than the client's ``heartbeat_timeout`` to drain, and the link would be judged dead while the
+    worker is busy serving it. This beat goes out at once whatever is queued, so a client marks the
+    link dead only when the worker really stops (killed, paused, its loop stuck).
+    """
+    beat = encode({"t": Kind.PONG, "s": None})
+    for ident in list(sessions):
+        try:
+            send_parts(router, [ident, *beat])
+        except zmq.Again:  # a client that does not read: its queue is full; it gets no beat
+            pass

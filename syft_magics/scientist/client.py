@@ -247,6 +247,7 @@ class Client:
                  what: Optional[str] = None, op: Optional[str] = None,
                  pool: Optional[samehost.Pool] = None, upload: Optional[torch.Tensor] = None) -> dict:
         link = self._link
+        link.check()  # before a large tensor is encoded for a link that cannot take it
         seq = link.next_seq()
         header["s"] = seq
         if op is not None:
@@ -326,6 +327,7 @@ class Client:
 
         Returns new pointers at once (their shapes inferred locally); the op itself is pipelined.
         """
+        self._link.check()  # a dead link fails before the (first-time costly) shape inference
         pointers: List[PointerTensor] = []
         locals_: List[torch.Tensor] = []
         wire_args, key_args = walk(args, pointers, locals_)
