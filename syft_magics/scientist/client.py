@@ -455,13 +455,11 @@ def connect(target: Any = None, *, key: Optional[str] = None, timeout: Optional[
     ``target`` is a worker name (found through its connection file on this
     machine), an address (``"tcp://host:port"``, ``"host:port"`` or a port),
     a connection file path, an ``inproc://`` address or a :class:`Worker` of
-    this process. ``key`` is needed only for an address with no connection file
-    on this machine. ``file``: an invitation (``bob.invite``), from any machine (see :mod:`.invitation`).
-    """
+    this process. ``key`` is needed only for an address with no connection file on this machine.
+    ``file``: an invitation (``bob.invite``), from any machine (see :mod:`.invitation`)."""
     from ..owner.worker import Worker, live_workers
     from .invitation import connect_file
-
-    if file is not None:
+    if file is not None:  # an invitation (or any connection file); an address as ``target`` overrides its own
         return connect_file(target, file, timeout)
     if isinstance(target, Worker):
         if not target.running:
