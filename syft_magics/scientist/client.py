@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union, cast
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union, cast
 
 import torch
 
@@ -32,7 +32,7 @@ from ..errors import (
 from ..events import EventStream
 from ..traces import describe, user_site
 from ..wire import auth, discovery, samehost
-from ..wire.names import check_tag, is_inplace, short_name
+from ..wire.names import check_tag, id_source, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
 from ..wire.results import Tree, from_wire, wire_dtype
 from . import transfers
@@ -70,7 +70,7 @@ class Client:
         self.free_queue = self._link.free_queue
         self._origins: Dict[int, Tuple[str, Optional[Tuple[str, int]]]] = {}
         self._pointers: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
-        self._new_id = _id_source()
+        self._new_id = id_source()
         self._link.on_error = self._emit_error
         _LIVE.add(self)
 
@@ -417,24 +417,6 @@ class Client:
             raise CrossWorkerError(f"this pointer lives on {ptr.client.name}, not on {self.name}")
         if ptr.deleted:
             raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
-
-
-def _id_source() -> Callable[[], bytes]:
-    """Fresh 128-bit random result ids. Unpredictable on purpose: ids derived from a counter could be
-    guessed from one seen in a log, and another client could claim them first (the worker refuses
-    an id already in use). Read from the OS 256 at a time (a system call per op cost a chain several
-    percent); ``list.pop`` hands each one out once, whichever thread asks."""
-    ids: List[bytes] = []
-
-    def new_id() -> bytes:
-        try:
-            return ids.pop()
-        except IndexError:
-            block = os.urandom(16 * 256)
-            ids.extend(block[i:i + 16] for i in range(0, len(block), 16))
-            return ids.pop()
-
-    return new_id
 
 
 def _user() -> str:
