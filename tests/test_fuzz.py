@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, List
 
 import msgpack
 import pytest
 import torch
-from helpers import free_port
+from helpers import worker_child
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from raw_peer import RawPeer
@@ -170,22 +168,8 @@ def make_message(rng: random.Random, corpus: List[List[bytes]], extra: Any) -> L
 # -- the worker and the corpus ---------------------------------------------------------------------------
 @pytest.fixture
 def worker():
-    port, key = free_port(), sm.wire.auth.new_key()
-    proc = subprocess.Popen([sys.executable, str(HERE / "worker_process.py"), str(port), key, "open"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(HERE.parent)})
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        yield proc, f"tcp://127.0.0.1:{port}", key
-    finally:
-        if proc.poll() is None:
-            proc.stdin.close()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        proc.stdout.close()
+    with worker_child("open", grace=15) as child:
+        yield child
 
 
 def record_corpus(address: str, key: str, monkeypatch) -> List[List[bytes]]:
