@@ -26,11 +26,13 @@ from .errors import (
     RemoteError,
     ReplyTimeout,
     SessionExpired,
+    ShapeUnknown,
     StaleConnectionFile,
     SyftError,
     TagError,
     UnknownObject,
     UnknownWorker,
+    WithheldError,
     WorkerRestarted,
     WorkerStopped,
     WorkerUnreachable,
@@ -56,8 +58,8 @@ __all__ = [
     "unload_ipython_extension",
     "AuthenticationError", "CrossWorkerError", "GetTimeout", "OpNotAllowed", "PermissionDenied", "PointerFreed",
     "PortInUse", "ProtocolError", "QuotaExceeded", "ReadOnlyError", "RemoteError", "ReplyTimeout", "SessionExpired",
-    "StaleConnectionFile", "SyftError", "TagError", "UnknownObject", "UnknownWorker", "WorkerRestarted",
-    "WorkerStopped", "WorkerUnreachable",
+    "ShapeUnknown", "StaleConnectionFile", "SyftError", "TagError", "UnknownObject", "UnknownWorker",
+    "WithheldError", "WorkerRestarted", "WorkerStopped", "WorkerUnreachable",
 ]
 
 

@@ -47,9 +47,8 @@ class Gate:
 
 
 @pytest.fixture
-def gated(make_worker):
+def gated(make_worker, peers):
     gate = Gate()
-    peers = []
 
     def make(**kwargs):
         kwargs.setdefault("lease_timeout", 120)  # raw peers send no heartbeats; a loaded machine is slow
@@ -59,15 +58,12 @@ def gated(make_worker):
         return bob, x
 
     def peer(bob, name="raw"):
-        p = RawPeer(bob.address)
-        peers.append(p)
+        p = peers(bob.address)
         p.login(bob.key, name=name)
         return p
 
     yield gate, make, peer
     gate.open.set()
-    for p in peers:
-        p.close()
 
 
 def op(p: RawPeer, seq: int, name: str, *args, out: bytes = b"", m: bool = False) -> bytes:

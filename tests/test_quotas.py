@@ -8,7 +8,6 @@ import resource
 import msgpack
 import pytest
 import torch
-from raw_peer import RawPeer
 
 import syft_magics as sm
 from syft_magics.errors import QuotaExceeded
@@ -31,18 +30,15 @@ def fresh_estimates():
 
 
 @pytest.fixture
-def raw(make_worker):
-    made = []
+def raw(peers):
+    """``raw(bob, name)``: a logged-in hand-driven peer (tests/raw_peer.py), closed after the test."""
 
     def login(bob, name="raw"):
-        p = RawPeer(bob.address)
-        made.append(p)
+        p = peers(bob.address)
         p.login(bob.key, name=name)
         return p
 
-    yield login
-    for p in made:
-        p.close()
+    return login
 
 
 def test_sizes_and_limits_are_checked():

@@ -12,7 +12,7 @@ from typing import List
 
 #: Module names under benchmarks.rows (or full dotted module paths), in the order they run and print.
 ROWS = ["latency", "pipeline", "onekernel", "bandwidth", "busy", "memory", "benchmarks.panel", "clients", "peers",
-        "training", "streaming"]
+        "training", "streaming", "curve"]
 
 
 def short(name: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 import torch
 import zmq
@@ -21,9 +21,11 @@ from ..events import EventStream
 from ..wire import limits
 from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
+from ..wire.results import flatten
 from . import costs, quotas, writes
 from .optimizers import STORED_TYPES
-from .replies import Reject, describe_result, error_reply, flatten
+from .provenance import Disclosure, Provenance
+from .replies import Reject, error_reply
 from .sessions import Session
 from .store import Entry, ObjectStore, new_id
 
@@ -40,6 +42,7 @@ class Ops:
     events: EventStream
     stats: Dict[str, Any]
     sessions: Dict[bytes, Session]
+    disclosure: Disclosure
 
     def refuse(self, reason: str) -> None:  # pragma: no cover - the server's
         raise NotImplementedError
@@ -67,6 +70,7 @@ class Ops:
         self.stats["commands"] += 1
         grad = bool(header.get("g", True))  # False: the client's op ran under torch.no_grad()
         op = short_name(name)
+        ran = False
         try:
             fn = self.worker.allowlist.lookup(name)
             if fn is None:
@@ -81,13 +85,12 @@ class Ops:
                 # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
                 raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
             key = costs.signature(name, args, kwargs, grad)
-            cost = costs.cached(key)
+            cost = costs.cached(key)  # the hot path: a known cheap op costs this look-up, no fake run
             if cost is None and key is not None and not costs.warm() and costs.small(args) \
                     and not session.lane.busy:  # the first seconds after start: small ops at once, unpriced
                 result, written = self._call(fn, args, kwargs, grad, used)
-                self._written(session, op, used, written)
-                return self._finish(session, header, name, result, out, used, t0)
-            if cost is not None and cost.priced:
+                ran = True
+            elif cost is not None and cost.priced:
                 q, sid = session.quotas, session.ident
                 if cost.seconds > q.op_seconds or cost.peak_bytes + self.store.held_bytes(sid) > q.max_bytes \
                         or len(out) + self.store.session_count(sid) > q.max_objects:  # (checks inlined: hot path)
@@ -98,12 +101,14 @@ class Ops:
                         result, written = self._call(fn, args, kwargs, grad, used)
                     finally:
                         costs.observe(key, cost, time.perf_counter() - t1)
-                    self._written(session, op, used, written)
-                    return self._finish(session, header, name, result, out, used, t0)
+                    ran = True
         except Exception as exc:
-            raise self._failed(session, name, out, used, exc, t0) from None
+            self._failed(session, name, out, used, exc, t0)
+        if ran:  # (outside the try: _finish records its own failures)
+            self._written(session, op, used, written)
+            return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0)
 
-        def work() -> Tuple[Any, List[Entry], float]:
+        def work() -> Tuple[Any, List[Entry], float, Any]:
             estimate = cost
             if estimate is None and key is not None and costs.warm():
                 try:
@@ -119,24 +124,26 @@ class Ops:
             finally:
                 if estimate is not None and estimate.priced:
                     costs.observe(key, estimate, time.perf_counter() - t1)
-            return result, written, time.perf_counter() - t1
+            seconds = time.perf_counter() - t1
+            # what the result discloses, traced here too (off the serving thread: it may take milliseconds)
+            return result, written, seconds, self.disclosure.of_result(op, fn, args, kwargs, used, result)
 
         def done(router: zmq.Socket, value: Any, error: Optional[BaseException], _seconds: float) -> None:
             session.lane.busy = False
             if self.sessions.get(session.ident) is not session:  # it ended meanwhile: nobody to answer
                 return
+            reply: Optional[List[Any]] = None
             try:
                 if error is not None:
-                    raise error
-                result, written, seconds = value
+                    self._failed(session, name, out, used, error, t0)
+                result, written, seconds, disclosed = value
                 self._written(session, op, used, written)
                 if seconds > session.quotas.op_seconds:  # a kernel cannot be stopped: reported, counted
                     self.refuse("op ran over its time budget")
                     self.events.emit("overran", client=session.label, op=op, seconds=round(seconds, 3),
                                      budget=session.quotas.op_seconds)
-                reply = self._finish(session, header, name, result, out, used, t0)
-            except Exception as exc:
-                failed = self._failed(session, name, out, used, exc, t0)
+                reply = self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, disclosed)
+            except Exception as failed:  # (recorded by _failed or _finish)
                 setattr(failed, "seq", header.get("s"))
                 reply = error_reply(failed)
             if reply is not None:
@@ -170,9 +177,9 @@ class Ops:
         quotas.check_objects(q, session.label, self.store.session_count(session.ident), n_out)
 
     def _failed(self, session: Session, name: str, out: list, used: List[Entry], exc: BaseException,
-                t0: float) -> Exception:
-        """What a failed op raises to its client (after recording it): writes it made are recorded,
-        a write into the owner's data reads as read-only, a refusal over a quota is counted."""
+                t0: float) -> NoReturn:
+        """Record a failed op and raise what its client may see (see :meth:`_fail`): writes it made are
+        recorded, a write into the owner's data reads as read-only, a refusal over a quota is counted."""
         op = short_name(name)
         if isinstance(exc, _Ran):
             self._written(session, op, used, exc.written)
@@ -187,35 +194,46 @@ class Ops:
         if not isinstance(exc, Exception):
             exc = RuntimeError(repr(exc))
         self._fail(session, name, out, used, exc, t0)
-        return exc
 
-    def _finish(self, session: Session, header: dict, name: str, result: Any, out: list,
-                used: List[Entry], t0: float) -> Optional[List[Any]]:
-        """Store an op's results for its client (charged to its quota) and describe them if asked."""
-        inputs = tuple(e.id for e in used)
+    def _finish(self, session: Session, header: dict, name: str, call: Tuple[Any, Any, Any], result: Any,
+                out: list, used: List[Entry], t0: float,
+                disclosed: Optional[Tuple[Provenance, Optional[List[bool]]]] = None) -> Optional[List[Any]]:
+        """Store an op's results for its client (charged to its quota, with their provenance: see
+        :mod:`.provenance`) and describe them if asked. ``call``: ``(fn, args, kwargs)`` of the op;
+        ``disclosed``: what :meth:`Disclosure.of_result` says of it, if already known."""
         op = short_name(name)
-        leaves = flatten(result)
-        if header.get("m"):
-            out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
-        elif len(out) != len(leaves):
-            raise Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, the client expected {len(out)}")
-        kept = [(oid, leaf, self._charge(leaf)) for oid, leaf in zip(out, leaves)
-                if oid is not None and isinstance(leaf, STORED_TYPES)]  # tensors, models or optimizers built here
-        if kept:
-            q, sid = session.quotas, session.ident
-            count, held, more = self.store.session_count(sid), self.store.held_bytes(sid), sum(c for _, _, c in kept)
-            if count + len(kept) > q.max_objects or held + more > q.max_bytes:
-                quotas.check_objects(q, session.label, count, len(kept))
-                quotas.check_bytes(q, session.label, held, more, f"{op}'s result")
+        leaves = flatten(result)[0]
+        prov, shown = disclosed or self.disclosure.of_result(op, *call, used, result)
+        try:
+            if header.get("m"):
+                out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
+                reply = self.disclosure.describe(result, out, shown)
+            elif len(out) != len(leaves):
+                raise Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, the client expected "
+                                                 f"{len(out)}", public=not prov.hidden)
+            kept = [(i, oid, leaf, self._charge(leaf)) for i, (oid, leaf) in enumerate(zip(out, leaves))
+                    if oid is not None and isinstance(leaf, STORED_TYPES)]  # tensors, models, optimizers built here
+            if kept:
+                q, sid = session.quotas, session.ident
+                count, held = self.store.session_count(sid), self.store.held_bytes(sid)
+                more = sum(k[3] for k in kept)
+                if count + len(kept) > q.max_objects or held + more > q.max_bytes:
+                    self.refuse("over a quota or time budget")
+                    quotas.check_objects(q, session.label, count, len(kept))
+                    quotas.check_bytes(q, session.label, held, more, f"{op}'s result")
+        except Exception as exc:
+            if isinstance(exc, Reject) and prov.hidden:
+                exc.public = False  # its text would tell the size of a result whose shape is withheld
+            self._fail(session, name, [] if header.get("m") else out, used, exc, t0, prov)
+        inputs = tuple(e.id for e in used)
         now = time.time()
-        for oid, leaf, charge in kept:
+        for i, oid, leaf, charge in kept:
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
-                                 created=now, last_access=now), charge=charge)
-        self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[0] for k in kept],
+                                 created=now, last_access=now, provenance=self.disclosure.leaf(prov, shown, i)),
+                           charge=charge)
+        self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
-        if header.get("m"):
-            return encode({"t": Kind.OK, "s": header.get("s"), "r": describe_result(result, iter(out))})
-        return None
+        return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
 
     def _charge(self, value: Any) -> int:
         """The bytes a new object costs its client: its tensor's whole memory (a small view can keep a
@@ -238,17 +256,24 @@ class Ops:
                 self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
             entry.history.append((op, tuple(e.id for e in used if e is not entry)))
             entry.seen_version = entry.version
+        self.disclosure.taint(used, written)
 
-    def _fail(self, session: Session, name: str, out: list, used: List[Entry],
-              exc: Exception, t0: float) -> None:
+    def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
+              prov: Optional[Provenance] = None) -> NoReturn:
+        """Record a failed op (its results exist, failed) and raise what the client may see of ``exc``:
+        its text, or only its type and a number when it came from the owner's data (see .provenance)."""
         self.stats["errors"] += 1
-        message = f"{short_name(name)}: {limits.clip(exc)}"
+        op = short_name(name)
+        shown = self.disclosure.failure(session, op, prov or self.disclosure.of_inputs(used), exc)
         for oid in out:
             if isinstance(oid, bytes) and len(oid) == 16 and oid not in self.store:
-                self.store.put(Entry(oid, None, origin=session.label, session=session.ident,
-                                     op=short_name(name), error=message))
-        self.events.emit("command", client=session.label, op=short_name(name), inputs=tuple(e.id for e in used),
+                self.store.put(Entry(oid, None, origin=session.label, session=session.ident, op=op,
+                                     error=f"{op}: {limits.clip(shown)}"))
+        self.events.emit("command", client=session.label, op=op, inputs=tuple(e.id for e in used),
                          out=[], duration=time.perf_counter() - t0, status=f"error: {limits.clip(exc)}")
+        if shown is exc:
+            raise exc
+        raise shown from None
 
 
 class _Ran(Exception):

@@ -5,8 +5,10 @@ A :class:`Policy` decides each get: ``"allow"``, ``"deny"`` or ``"review"``
 :meth:`Policy.decide`. Requests under review wait in a :class:`RequestBook`
 until the owner calls ``worker.approve(n)`` or ``worker.deny(n, reason)``.
 
-Metadata (shape, dtype, number of elements) is always known to the client and
-never needs approval; values, including ``.item()`` and ``.tolist()``, do.
+Values, including ``.item()`` and ``.tolist()``, need approval. So do, under ``review``
+and ``closed``, the shape of a result that depends on the owner's values and the text of an
+error raised on the owner's data (see :mod:`syft_magics.owner.provenance`); other metadata
+(shape, dtype) is known to the client.
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ class GetRequest:
     seq: Optional[int] = field(default=None, repr=False, compare=False)
     #: the object's version counter when asked: an approval lets exactly that version through
     version: Optional[int] = field(default=None, repr=False, compare=False)
+    #: what is asked for: the object's ``value``, its ``shape`` (withheld: it depends on the owner's
+    #: values) or the text of an ``error`` withheld from the client
+    what: str = "value"
 
     @property
     def pending(self) -> bool:
@@ -50,6 +55,10 @@ class GetRequest:
 
     def describe(self) -> str:
         what = " ".join(self.tags) or self.object_id[:8]
+        if self.what == "shape":
+            what = f"the shape of {what}"
+        elif self.what == "error":
+            what = f"the message of {self.object_id}"
         return (f"request #{self.n}: {self.client} wants {what} = {self.lineage} "
                 f"(shape {tuple(self.shape)}, {self.dtype})")
 
@@ -60,7 +69,8 @@ class Policy:
     name = "review"
 
     def decide(self, request: GetRequest) -> str:
-        """Return ``"allow"``, ``"deny"`` or ``"review"`` for this request."""
+        """Return ``"allow"``, ``"deny"`` or ``"review"`` for this request (``request.what`` says
+        whether it asks for a ``value``, a withheld ``shape`` or a withheld ``error`` text)."""
         return REVIEW
 
     def deny_reason(self, request: GetRequest) -> str:
@@ -138,7 +148,7 @@ class RequestBook:
 
     def __init__(self) -> None:
         self._by_n: Dict[int, GetRequest] = {}
-        self._grants: Dict[Tuple[bytes, bytes], GetRequest] = {}
+        self._grants: Dict[Tuple[bytes, bytes, str], GetRequest] = {}
         self._next = 1
         self._lock = threading.Lock()
 
@@ -162,17 +172,17 @@ class RequestBook:
                 raise ValueError(f"request #{n} was already {req.status}")
             req.status, req.reason, req.decided = status, reason, time.time()
             if status == "approved":
-                self._grants[(req.session, req.oid)] = req
+                self._grants[(req.session, req.oid, req.what)] = req
             return req
 
-    def take_grant(self, session: bytes, oid: bytes, version: Optional[int] = None) -> bool:
+    def take_grant(self, session: bytes, oid: bytes, version: Optional[int] = None, what: str = "value") -> bool:
         """Whether an approval lets this get of ``oid`` (now at ``version``) through (it is used up).
         An approval of another version (the object was written after the owner saw it) is void."""
         with self._lock:
-            return self._take(session, oid, version)
+            return self._take(session, oid, version, what)
 
-    def _take(self, session: bytes, oid: bytes, version: Optional[int]) -> bool:
-        req = self._grants.pop((session, oid), None)
+    def _take(self, session: bytes, oid: bytes, version: Optional[int], what: str) -> bool:
+        req = self._grants.pop((session, oid, what), None)
         if req is None:
             return False
         if req.version != version:
@@ -187,11 +197,12 @@ class RequestBook:
         request for an older version of the object is cancelled: the owner would decide on what
         is no longer there."""
         version = fields.get("version")
+        what = fields.get("what", "value")
         with self._lock:
-            if self._take(session, oid, version):
+            if self._take(session, oid, version, what):
                 return None, False
             for req in self._by_n.values():
-                if req.pending and req.session == session and req.oid == oid:
+                if req.pending and req.session == session and req.oid == oid and req.what == what:
                     if req.version == version:
                         req.seq = seq
                         return req, False

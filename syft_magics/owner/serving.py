@@ -24,15 +24,16 @@ from ..wire import limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import readable, recv_parts
-from . import costs, quotas, streams, writes
+from . import costs, provenance, quotas, releases, streams, writes
 from .connections import Connections
 from .direct import DirectPort
 from .handshake import Handshakes
 from .models import export
 from .ops import Ops
-from .policy import ALLOW, DENY, GetRequest, OpenPolicy
+from .policy import GetRequest, OpenPolicy
+from .provenance import Disclosure, Provenance
 from .replies import Reject, Replies, error_reply
-from .sessions import Session
+from .sessions import Session, beat
 from .store import Entry
 
 if TYPE_CHECKING:
@@ -58,11 +59,13 @@ class Server(Handshakes, DirectPort, Ops):
         self.requests = worker.requests
         self.events = worker.events
         self.stats = worker.stats
+        #: what may leave about results and errors (shapes, error text), and what was withheld
+        self.disclosure = Disclosure(worker)
         self.sessions: Dict[bytes, Session] = {}
         #: routing id -> (nonce, hello, time, connection token) of peers that said hello
         self.handshakes: Dict[bytes, Tuple[bytes, dict, float, int]] = {}
         self.connections: Optional[Connections] = None
-        self._conn = 0  # the connection token of the message being handled
+        self._conn, self._cuts = 0, []  # the message's connection token; revoked connections to cut (handshake)
         self._calls: Deque[Callable[[zmq.Socket], None]] = deque()
         self._wake_send: Optional[zmq.Socket] = None
         self._wake_lock = threading.Lock()
@@ -82,6 +85,7 @@ class Server(Handshakes, DirectPort, Ops):
         self._running = True
         writes.warm_up()
         costs.warm_up()
+        provenance.warm_up()
         self._thread = threading.Thread(target=self._serve, args=(router, wake_recv),
                                         name=f"syft-worker-{self.name}", daemon=True)
         self._thread.start()
@@ -169,6 +173,7 @@ class Server(Handshakes, DirectPort, Ops):
                 if now >= next_check:
                     conns.end_closed()
                     self._expire(now)
+                    beat(router, self.sessions)
                     next_check = now + 1.0
             for ident in list(self.sessions):
                 self.to(router, ident, encode({"t": Kind.BYE, "name": self.name}))
@@ -243,7 +248,7 @@ class Server(Handshakes, DirectPort, Ops):
             head = peek(parts[0])
             setattr(exc, "seq", head.get("s"))  # (any exception: the reply names its request)
             if head.get("t") == Kind.OP and isinstance(head.get("o"), list):
-                self._fail(session, str(head.get("f")), head["o"], used, exc, time.perf_counter())
+                self._fail(session, str(head.get("f")), head["o"], used, exc, time.perf_counter(), Provenance())
             raise
         kind = header["t"]
         if kind == Kind.BATCH and not batched:
@@ -261,9 +266,10 @@ class Server(Handshakes, DirectPort, Ops):
     def _wait_in_lane(self, session: Session, parts: List[Any], batched: bool) -> Any:
         """A message of a client whose op runs in the background: a heartbeat is answered and a goodbye
         served at once, anything else waits its turn (up to the client's ``max_queued``)."""
-        kind = peek(parts[0]).get("t")
+        head = peek(parts[0])
+        kind = head.get("t")
         if kind == Kind.PING:
-            return encode({"t": Kind.PONG, "s": None})
+            return encode({"t": Kind.PONG, "s": head.get("s")})
         if kind == Kind.BYE:
             self._end_session(session.ident, "disconnected")
             return None
@@ -330,6 +336,7 @@ class Server(Handshakes, DirectPort, Ops):
         return resolve
 
     def _expire(self, now: float) -> None:
+        self.cut_due(now)
         for ident, session in list(self.sessions.items()):
             if now - session.last_seen > self.worker.lease_timeout:
                 self._end_session(ident, "lease expired")
@@ -367,41 +374,10 @@ class Server(Handshakes, DirectPort, Ops):
 
     # -- message handlers ----------------------------------------------------------
     def _on_get(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
-        seq = header.get("s")
-        oid = field(header, "id", bytes)
-        entry = self.store.get(oid)
-        if entry is None or (entry.session is not None and entry.session != session.ident):
-            raise Reject(ErrorCode.UNKNOWN_OBJECT,
-                          f"{self.name} holds no object {short_id(oid)} (it was freed, or never existed)")
-        if entry.error is not None:
-            raise Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
-        entry.last_access = time.time()
-        version = entry.version
-        if self.requests.take_grant(session.ident, oid, version):
-            return self._value(session, header, entry)
-        if type(self.worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
-            return self._value(session, header, entry)
-        rule = self.worker.policy.rules.match(entry.kind, entry.shape) if self.worker.policy.rules else None
-        if rule is not None:  # an owner's rule for training (allow_get): decided without a click, and logged
-            self.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule})")
-            return self._value(session, header, entry)
-        req_fields: Dict[str, Any] = dict(client=session.label, object_id=entry.hex, shape=entry.shape,
-                                          dtype=entry.dtype, lineage=self.store.lineage(entry), tags=entry.tags)
-        decision = self.worker.policy.decide(GetRequest(n=0, **req_fields))
-        if decision == ALLOW:
-            return self._value(session, header, entry)
-        if decision == DENY:
-            self.events.emit("get", client=session.label, id=entry.hex, status="denied")
-            raise Reject(ErrorCode.DENIED, f"{self.name} refused to release {entry.label}: "
-                                    f"{self.worker.policy.deny_reason(GetRequest(n=0, **req_fields))}")
-        req, opened = self.requests.ask(session.ident, oid, seq, version=version, **req_fields)
-        if req is None:  # the owner approved while this get was on its way
-            return self._value(session, header, entry)
-        if opened:
-            self.events.emit("request", n=req.n, client=session.label, id=entry.hex, lineage=req.lineage)
-        return encode({"t": Kind.PENDING, "s": seq, "n": req.n, "name": self.name})
+        return releases.on_get(self, session, header)
 
-    def _value(self, session: Session, header: dict, entry: Entry) -> Any:
+    def send_value(self, session: Session, header: dict, entry: Entry) -> Any:
+        """The ``value`` reply carrying ``entry``'s tensor (the owner allowed it); big values stream."""
         seq = header.get("s")
         self.stats["bytes_out"] += entry.nbytes
         self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)

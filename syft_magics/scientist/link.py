@@ -36,6 +36,7 @@ from ..errors import (
 from ..wire import auth, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
+from . import at_exit
 from .transport import LinkBase
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Link(LinkBase):
     streams_values = True
 
     def __init__(self, address: str, key: str, *, timeout: float, context: Optional[zmq.Context] = None,
-                 client_name: str = "client") -> None:
+                 client_name: str = "client", curve: Optional[auth.CurveKeys] = None) -> None:
         super().__init__(address)
         self.lock = threading.Lock()
         self._batch_heads: List[bytes] = []  # the headers of queued messages
@@ -78,14 +79,22 @@ class Link(LinkBase):
         self._sock.setsockopt(zmq.RCVHWM, 0)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.encrypted = curve is not None
         try:
-            self._sock.connect(address)
-            self._handshake(key, timeout, client_name)
+            if curve is not None:
+                auth.set_client_keys(self._sock, curve)
+            self._watch = auth.HandshakeWatch(self._sock, address, self.encrypted)
+            try:
+                self._sock.connect(address)
+                self._handshake(key, timeout, client_name)
+            finally:
+                self._watch.close()
         except BaseException:
             self._close_socket()
             raise
         self._thread = threading.Thread(target=self._background, name=f"syft-link-{self.worker_name}", daemon=True)
         self._thread.start()
+        at_exit.register(self)  # its queued ops are sent if the process exits
 
     # -- handshake ---------------------------------------------------------------
     def _handshake(self, key: str, timeout: float, client_name: str) -> None:
@@ -135,7 +144,7 @@ class Link(LinkBase):
         self._send_parts(encode(header), deadline)
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._sock.poll(max(1, int(remaining * 1000))):
+            if remaining <= 0 or not self._watch.wait(max(1, int(remaining * 1000))):
                 raise ReplyTimeout(f"no answer from {self.address} within {timeout:g} s")
             reply = decode(self._sock.recv_multipart())
             if reply["t"] == expect:
@@ -220,10 +229,8 @@ class Link(LinkBase):
             except zmq.NotDone:
                 self.check()
                 now = time.monotonic()
-                if now >= deadline or now - self.last_pong > defaults.heartbeat_timeout:
-                    raise WorkerUnreachable(
-                        f"{self.worker_name} at {self.address} did not take the message (no answer for "
-                        f"{now - self.last_pong:.0f} s): is the worker still running?") from None
+                if self._silent(now) or now >= deadline:
+                    raise self._lapsed(now) from None
 
     def _send_parts(self, parts: List[Any], deadline: float, track: bool = False) -> Optional[zmq.MessageTracker]:
         while True:
@@ -244,24 +251,20 @@ class Link(LinkBase):
         ``tick`` runs between polls, without the lock (a stream sends its next chunks, shows its
         progress); when it returns True the transfer moved on and ``timeout`` counts anew.
         """
-        start = time.monotonic()
-        deadline = start + timeout
+        deadline = time.monotonic() + timeout
         while True:
             reply = self.replies.pop(seq, None)
             if reply is not None:
                 return reply
             self.check()
             if tick is not None and tick():
-                start = time.monotonic()
-                deadline = start + timeout
+                deadline = time.monotonic() + timeout
             now = time.monotonic()
             if now >= deadline:
                 raise ReplyTimeout(f"{self.worker_name} did not answer within {timeout:g} s "
                                    f"(raise syft_magics.defaults.reply_timeout if it is just slow)")
-            silent = now - self.last_pong
-            if silent > defaults.heartbeat_timeout and now - start > defaults.heartbeat_timeout:
-                raise WorkerUnreachable(f"{self.worker_name} at {self.address} stopped answering "
-                                        f"(no heartbeat reply for {silent:.0f} s)")
+            if self._silent(now):
+                raise self._lapsed(now)
             with self.lock:
                 if seq in self.replies:
                     continue
@@ -276,12 +279,13 @@ class Link(LinkBase):
         """Send a heartbeat when one is due (call with ``lock`` held)."""
         # after a "bye" keep asking: a worker restarted at the address answers "unknown
         # session", which turns WorkerStopped into the more useful WorkerRestarted
-        if now >= self._next_ping and (self.broken is None or isinstance(self.broken, WorkerStopped)):
+        if now >= self._next_ping and (self.broken in (None, self._lapse) or isinstance(self.broken, WorkerStopped)):
             try:
                 send_parts(self._sock, encode({"t": Kind.PING, "s": None}))
             except zmq.Again:
                 return
             self._next_ping = now + defaults.heartbeat_interval
+            self._unanswered_since = self._unanswered_since or now
 
     def _drain(self) -> None:
         sock = self._sock
@@ -305,6 +309,12 @@ class Link(LinkBase):
             return None
         return {"t": Kind.ERR, "s": seq, "code": ErrorCode.PROTOCOL, "etype": "ProtocolError",
                 "msg": f"the worker's reply could not be read: {exc}"}
+
+    def _file(self, header: dict) -> None:
+        if header["t"] == Kind.BYE and header.get("reason"):  # the owner revoked (or replaced) our invitation
+            self.broken = auth.invitation_ended(self._sock, self.address, self.worker_name, header.get("reason"))
+            return
+        super()._file(header)
 
     def say(self, header: dict) -> None:
         """Send a small control message now (call with ``lock`` held); lost only with the link."""
@@ -338,6 +348,17 @@ class Link(LinkBase):
         self.check()
         raise self.broken
 
+    def _silent(self, now: float) -> bool:  # a heartbeat unanswered for heartbeat_timeout (any message clears it)
+        return self._unanswered_since is not None and now - self._unanswered_since > defaults.heartbeat_timeout
+
+    def _lapsed(self, now: float) -> SyftError:
+        """Mark the link dead now, so later calls fail at once; heartbeats go on, and an answer revives it."""
+        if self.broken is None:
+            self.broken = self._lapse = WorkerUnreachable(
+                f"{self.worker_name} at {self.address} stopped answering (no heartbeat reply for "
+                f"{now - self.last_pong:.0f} s); calls fail at once until it answers again")
+        return self.broken
+
     # -- background ----------------------------------------------------------------
     def _background(self) -> None:
         while True:
@@ -359,6 +380,8 @@ class Link(LinkBase):
                     self._flush(now + defaults.reply_timeout)
                 self._ping_if_due(now)
                 self._drain()
+                if self.broken is None and self._silent(time.monotonic()):
+                    self._lapsed(time.monotonic())
             except (zmq.Again, WorkerUnreachable) as exc:  # the next tick tries again; a waiter raises it
                 log.debug("link to %s: %s", self.worker_name, exc)
             except zmq.ZMQError as exc:
@@ -374,7 +397,7 @@ class Link(LinkBase):
                 self.lock.release()
 
     # -- closing -------------------------------------------------------------------
-    def close(self, say_bye: bool = True) -> None:
+    def close(self, say_bye: bool = True, linger: float = 0.5) -> None:
         if self._closed:
             return
         self._stop.set()
@@ -383,7 +406,7 @@ class Link(LinkBase):
         with self.lock:
             if say_bye and self.broken is None:
                 try:
-                    self._sock.setsockopt(zmq.LINGER, 500)
+                    self._sock.setsockopt(zmq.LINGER, int(linger * 1000))
                     self._batch_heads.append(encode({"t": Kind.BYE})[0])
                     self._batch_counts.append(0)
                     self._flush(time.monotonic())

@@ -46,6 +46,9 @@ class LinkBase:
         #: and the memory file our large sends travel through then
         self.pool: Optional[samehost.Pool] = None
         self.broken: Optional[SyftError] = None
+        #: ``broken`` while the worker is silent past the heartbeat timeout (link.py); an answer clears it
+        self._lapse: Optional[WorkerUnreachable] = None
+        self._unanswered_since: Optional[float] = None  # when the oldest heartbeat still unanswered left
         self.worker_name = "?"
         self.instance = ""
         self.policy = "?"
@@ -84,6 +87,9 @@ class LinkBase:
         kind = header["t"]
         seq = header.get("s")
         self.last_pong = time.monotonic()  # anything from the worker shows it is alive
+        self._unanswered_since = None
+        if self._lapse is not None and self.broken is self._lapse:
+            self.broken = self._lapse = None  # it answers again (it was paused, or busy): the link is usable
         if kind == Kind.PONG:
             pass
         elif kind == Kind.BYE:

@@ -56,7 +56,10 @@ class SyftMagics(Magics):
     @argument("name", help="the worker's name, e.g. Bob (clients connect by this name)")
     @argument("port", nargs="?", type=int, default=0, help="TCP port; 0 or omitted: any free port")
     @argument("--host", default="127.0.0.1",
-              help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
+              help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network, "
+                   "which encrypts links and admits invited clients only: bob.invite('alice'))")
+    @argument("--secure", action="store_true",
+              help="encrypt links (CurveZMQ) and admit invited clients only, on loopback too")
     @argument("--policy", default="review", choices=sorted(POLICIES),
               help="who may .get() values: open (anyone), review (you approve each; default), closed (nobody)")
     @argument("--verbose", action="store_true", help="print one line per command received")
@@ -97,9 +100,10 @@ class SyftMagics(Magics):
             raise UsageError(str(exc)) from None
 
         def start(port: int) -> Worker:
-            worker = Worker(args.name, port=port, host=args.host, policy=args.policy,
-                            verbose=args.verbose, log=args.log, quotas=quotas)
             try:
+                worker = Worker(args.name, port=port, host=args.host, policy=args.policy,
+                                verbose=args.verbose, log=args.log, secure=True if args.secure else None,
+                                quotas=quotas)
                 return worker.start()
             except SyftError as exc:
                 raise UsageError(str(exc)) from None
@@ -122,7 +126,9 @@ class SyftMagics(Magics):
             lost = f"; the {gone} objects shared before are gone" if gone else ""
             restarted = (f" (restarted: a new, empty registry{lost}"
                          f", share them again; pointers to the old worker are now invalid)")
-        print(f"{moved}{worker.name} serving at {worker.address} (policy: {worker.policy.name}){restarted}\n"
+        secure = (f"; encrypted, key {worker.fingerprint}: invite each client with {var}.invite('alice') and "
+                  f"hand over the file it writes; {var}.revoke('alice') ends it") if worker.secure else ""
+        print(f"{moved}{worker.name} serving at {worker.address} (policy: {worker.policy.name}){restarted}{secure}\n"
               f"Bound to `{var}`. Share data with {var}.share(x, '#X') or %syft_share x #X")
         if args.panel:
             self._show_panel("worker", args.name)
@@ -187,6 +193,9 @@ class SyftMagics(Magics):
               help="variable to bind (default: the name in lower case)")
     @argument("--timeout", type=float, default=None, metavar="S", help="seconds to wait for the worker to answer")
     @argument("--key", default=None, help="the worker's key, when connecting by address from another machine")
+    @argument("--file", default=None, metavar="FILE",
+              help="an invitation file from the worker's owner (bob.invite('alice') wrote it): connects from any "
+                   "machine, encrypted, as that invited client")
     @argument("--panel", action="store_true", help="display the connection's live panel (pointers and their graph)")
     @line_magic
     def syft_connect(self, line: str) -> None:
@@ -202,7 +211,10 @@ class SyftMagics(Magics):
         if here and defaults.in_process_direct:
             target = here[-1]  # a worker of this kernel: served directly, no socket (scientist/direct.py)
         try:
-            client = connect(target, key=args.key, timeout=args.timeout)
+            if args.file:
+                client = connect(args.address, key=args.key, timeout=args.timeout, file=args.file)
+            else:
+                client = connect(target, key=args.key, timeout=args.timeout)
         except UnknownWorker as exc:
             raise UsageError(str(exc)) from None
         if client.name != args.name:
