@@ -91,8 +91,8 @@ def test_a_long_op_does_not_stop_the_worker_serving_others(gated, make_client):
     carol = make_client(bob.address, key=bob.key)
     cx = carol.search("#X")[0]
     assert torch.equal((cx + 1).get(), torch.arange(4.0) + 1)
-    pong = alice.request({"t": "ping", "s": None}, timeout=5)
-    assert pong["t"] == "pong", (pong, bob.events.of_kind("disconnect"))
+    pong = alice.request({"t": "ping", "s": 9}, timeout=5)
+    assert pong is not None and pong["t"] == "pong" and pong["s"] == 9, (pong, bob.events.of_kind("disconnect"))
     assert not gate.open.is_set() and alice.reply(timeout=0.2) is None  # alice's get still waits its turn
     gate.open.set()
     reply = alice.reply(timeout=20)

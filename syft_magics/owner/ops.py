@@ -222,7 +222,7 @@ class Ops:
                     quotas.check_objects(q, session.label, count, len(kept))
                     quotas.check_bytes(q, session.label, held, more, f"{op}'s result")
         except Exception as exc:
-            if isinstance(exc, Reject) and prov.hidden:
+            if isinstance(exc, Reject) and exc.code == ErrorCode.QUOTA and prov.hidden:
                 exc.public = False  # its text would tell the size of a result whose shape is withheld
             self._fail(session, name, [] if header.get("m") else out, used, exc, t0, prov)
         inputs = tuple(e.id for e in used)
