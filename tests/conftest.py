@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -102,8 +103,8 @@ def peers():
 
     made = []
 
-    def make(address: str, ident: bytes = b"") -> RawPeer:
-        made.append(RawPeer(address, ident))
+    def make(address: str, ident: bytes = b"", **kwargs: Any) -> RawPeer:
+        made.append(RawPeer(address, ident, **kwargs))
         return made[-1]
 
     yield make

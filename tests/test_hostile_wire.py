@@ -12,8 +12,9 @@ from helpers import wait_until, worker_child
 
 from syft_magics import config
 from syft_magics.owner import serving
+from syft_magics.owner.quotas import Quotas
 from syft_magics.wire import limits
-from syft_magics.wire.protocol import EXT_TUPLE, PROTOCOL_VERSION
+from syft_magics.wire.protocol import EXT_TUPLE, PROTOCOL_VERSION, encode
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
 HERE = Path(__file__).parent
@@ -133,3 +134,61 @@ def test_tags_per_object_and_per_search_are_bounded(seed, peers):
     reply = p.request({"t": "search", "s": 2, "tags": ["#X"] * (100_000)})
     assert reply["t"] == "err" and reply["code"] == "bad_tag" and len(reply["msg"]) < 200, reply
     assert p.request({"t": "send", "s": 3, "id": oid, "x": torch.zeros(2), "tags": many[:3], "ack": True})["t"] == "ok"
+
+
+def _hog_asks(bob, hog, asked: int, nbytes: int = 1 << 16) -> bytes:
+    """``hog`` (a peer that reads nothing) sends an object of ``nbytes`` and asks ``asked`` times for
+    it; returns once the worker has answered every ask (sent it, or refused it)."""
+    oid = os.urandom(16)
+    assert hog.request({"t": "send", "s": 1, "id": oid, "x": torch.ones(nbytes // 4), "ack": True})["t"] == "ok"
+    for s in range(asked):
+        hog.send_raw(encode({"t": "get", "s": 10 + s, "id": oid}))
+
+    def answered() -> int:
+        return bob.stats["bytes_out"] // nbytes + bob.stats.get("refusals", {}).get("values not read, over a quota", 0)
+
+    assert wait_until(lambda: answered() >= asked, timeout=60), answered()
+    return oid
+
+
+def test_a_client_that_never_reads_has_a_bounded_reply_queue_and_others_are_served(make_worker, make_client,
+                                                                                   monkeypatch, peers):
+    monkeypatch.setattr(limits, "MAX_QUEUED_REPLIES", 20)  # read when the worker starts
+    bob = make_worker("Bob", policy="open")
+    bob.share(X.clone(), "#X")
+    hog = peers(bob.address, rcvhwm=1)
+    hog.login(bob.key)
+    asked = 1000  # 64 KiB each: 64 MiB of replies if they all queued
+    _hog_asks(bob, hog, asked)  # (all answered before the hog reads: it never read meanwhile)
+    client = make_client(bob.address, key=bob.key)
+    assert torch.equal((client.search("#X")[0] + 1).get(), X + 1)  # the worker serves others meanwhile
+    got = 0
+    while hog.reply(timeout=1.0) is not None:
+        got += 1
+    # the rest were dropped at the worker's queue bound (and the kernel's buffers), not kept
+    assert got < asked // 2, got
+
+
+def test_values_a_client_does_not_read_are_bounded_in_bytes_per_client(make_worker, make_client, peers):
+    """ZeroMQ bounds how many replies wait for a peer, not their bytes: under review each approved value
+    of a client's object leaves as a copy, so asking for a big one again and again without reading
+    would pile copies up in the worker. Each client's unread bytes are a quota."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_unread_bytes="2MB"))
+    bob.share(X.clone(), "#X")
+    hog = peers(bob.address, rcvhwm=1)  # (its ZeroMQ takes in one message, then TCP stops the worker)
+    hog.login(bob.key)
+    asked = 400  # 64 KiB each: 25 MiB
+    oid = _hog_asks(bob, hog, asked)
+    refused = bob.stats["refusals"]["values not read, over a quota"]
+    assert refused > asked // 2, refused  # beyond 2 MiB held by ZeroMQ (and what the kernel buffers took)
+    client = make_client(bob.address, key=bob.key)  # another client is served, values included
+    assert torch.equal((client.search("#X")[0] + 1).get(), X + 1)
+    values = errors = 0
+    while (reply := hog.reply(timeout=1.0)) is not None:
+        values += reply["t"] == "value"
+        if reply["t"] == "err":
+            errors += 1
+            assert reply["code"] == "quota" and "max_unread_bytes" in reply["msg"], reply
+    assert values + errors == asked and values == asked - refused
+    # once it has read, it may ask again
+    assert hog.request({"t": "get", "s": 9, "id": oid})["t"] == "value"

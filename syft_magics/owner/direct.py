@@ -22,7 +22,7 @@ import zmq
 
 from ..wire.protocol import Kind, encode
 from ..wire.sockets import send_parts
-from .replies import Replies
+from .replies import Replies, Tracked
 
 #: The connection token of direct links: a session made by one is served only through this door (a
 #: socket peer presenting its routing id is refused, as one on another connection).
@@ -84,6 +84,9 @@ class DirectPort:
         direct link's inbox."""
         deliver = self._direct.get(ident)
         if deliver is None:
-            send_parts(router, [ident, *parts], flags=0)
+            if type(parts) is Tracked:  # a large value: its frame counts as unread until ZeroMQ lets it go
+                parts.unread.add(send_parts(router, [ident, *parts], flags=0, track=True), parts.nbytes)
+            else:
+                send_parts(router, [ident, *parts], flags=0)
         else:
             deliver(parts)

@@ -47,8 +47,9 @@ class Quotas:
     """Limits on what one client may hold and ask of a worker (sizes take ``int`` bytes or ``"2GB"``).
 
     The defaults protect a laptop: a client may hold 2 GiB in at most 100,000 objects, send messages
-    of up to 1 GiB, queue 10,000 messages behind a running op, and run ops of up to 20 s each (an op
-    estimated longer is refused before it runs; one that takes longer anyway is reported).
+    of up to 1 GiB, queue 10,000 messages behind a running op, run ops of up to 20 s each (an op
+    estimated longer is refused before it runs; one that takes longer anyway is reported), and leave
+    up to 1 GiB of values sent to it unread in the worker's memory.
     """
 
     #: Bytes of tensors the client's objects may hold (results and sent tensors; the owner's data and
@@ -62,9 +63,11 @@ class Quotas:
     max_queued: int = 10_000
     #: Time budget of one op, in seconds (estimated from its inputs before it runs).
     op_seconds: float = 20.0
+    #: Bytes of values sent to the client that it has not read yet (held in the worker's memory).
+    max_unread_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_message_bytes"):
+        for name in ("max_bytes", "max_message_bytes", "max_unread_bytes"):
             object.__setattr__(self, name, parse_size(getattr(self, name)))
         for name in ("max_objects", "max_queued"):
             value = getattr(self, name)
@@ -138,6 +141,14 @@ def check_queued(quotas: Quotas, client: str, queued: int) -> None:
     if queued >= quotas.max_queued:
         raise exceeded(client, f"{quotas.max_queued:,} messages queued (max_queued)",
                        f"{queued:,} messages already wait behind its op that runs in the background")
+
+
+def check_unread(quotas: Quotas, client: str, unread: int, more: int, what: str) -> None:
+    """Refuse a value that would take the bytes sent to the client and not yet read over ``max_unread_bytes``."""
+    if unread + more > int(quotas.max_unread_bytes):
+        raise exceeded(client, f"{human_bytes(int(quotas.max_unread_bytes))} of values not yet read "
+                               "(max_unread_bytes)",
+                       f"{what} ({human_bytes(more)}) on top of {human_bytes(unread)} sent and not yet read")
 
 
 def check_seconds(quotas: Quotas, client: str, op: str, seconds: float) -> None:

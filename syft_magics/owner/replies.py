@@ -6,7 +6,10 @@ client which exception to raise. :func:`error_reply` turns any failure into an `
 from __future__ import annotations
 
 import logging
-from typing import Any, List
+from collections import deque
+from typing import Any, Deque, List, Optional, Tuple
+
+import zmq
 
 from ..errors import ErrorCode, ProtocolError
 from ..wire import limits
@@ -29,6 +32,37 @@ class Reject(Exception):
 
 class Replies(list):
     """The replies to the messages of one batch, in order."""
+
+
+class Unread:
+    """The large frames of values sent to one client that ZeroMQ still holds (not yet written to the
+    network). ZeroMQ bounds the *count* of replies queued for a peer (``SNDHWM``), not their bytes: a
+    client that asks for values and never reads them would pile copies up in the worker's memory, so
+    each client's unread bytes are bounded too (``Quotas.max_unread_bytes``)."""
+
+    def __init__(self) -> None:
+        self._frames: Deque[Tuple[zmq.MessageTracker, int]] = deque()
+        self._bytes = 0
+
+    def nbytes(self) -> int:
+        """Bytes of this client's values still held by ZeroMQ (sent frames are forgotten, in order)."""
+        frames = self._frames
+        while frames and frames[0][0].done:
+            self._bytes -= frames.popleft()[1]
+        return self._bytes
+
+    def add(self, tracker: Optional[zmq.MessageTracker], nbytes: int) -> None:
+        if tracker is not None:
+            self._frames.append((tracker, nbytes))
+            self._bytes += nbytes
+
+
+class Tracked(list):
+    """A ``value`` reply whose large frame is counted in its client's :class:`Unread` once sent."""
+
+    def __init__(self, parts: List[Any], unread: Unread, nbytes: int) -> None:
+        super().__init__(parts)
+        self.unread, self.nbytes = unread, nbytes
 
 
 def error_reply(exc: Exception) -> List[Any]:

@@ -23,7 +23,7 @@ from ..errors import ProtocolError, TagError
 from ..wire import limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
-from ..wire.sockets import readable, recv_parts
+from ..wire.sockets import ZERO_COPY_BYTES, readable, recv_parts
 from . import costs, provenance, quotas, releases, streams, writes
 from .connections import Connections
 from .direct import DirectPort
@@ -32,7 +32,7 @@ from .models import export
 from .ops import Ops
 from .policy import GetRequest, OpenPolicy
 from .provenance import Disclosure, Provenance
-from .replies import Reject, Replies, error_reply
+from .replies import Reject, Replies, Tracked, error_reply
 from .sessions import Session, beat
 from .store import Entry
 
@@ -379,7 +379,13 @@ class Server(Handshakes, DirectPort, Ops):
     def send_value(self, session: Session, header: dict, entry: Entry) -> Any:
         """The ``value`` reply carrying ``entry``'s tensor (the owner allowed it); big values stream."""
         seq = header.get("s")
-        self.stats["bytes_out"] += entry.nbytes
+        nbytes = entry.nbytes
+        if nbytes >= ZERO_COPY_BYTES:  # a client that does not read must not pile values up here
+            unread = session.unread.nbytes()
+            if unread + nbytes > session.quotas.max_unread_bytes:
+                self.refuse("values not read, over a quota")
+                quotas.check_unread(session.quotas, session.label, unread, nbytes, entry.label)
+        self.stats["bytes_out"] += nbytes
         self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)
         tensor = export(entry.tensor)  # a model leaves as a copy of its state dict
         # inproc:// passes the frame's memory itself: the client would hold the store's tensor (the owner's
@@ -393,7 +399,8 @@ class Server(Handshakes, DirectPort, Ops):
             return streamed
         if session.pool is not None:
             session.pool.written.clear()
-        return encode({"t": Kind.VALUE, "s": seq, "x": tensor.clone() if copy else tensor}, session.pool)
+        reply = encode({"t": Kind.VALUE, "s": seq, "x": tensor.clone() if copy else tensor}, session.pool)
+        return Tracked(reply, session.unread, nbytes) if nbytes >= ZERO_COPY_BYTES else reply
 
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
         oid = field(header, "id", bytes)

@@ -12,6 +12,7 @@ from ..wire.protocol import Kind, encode
 from ..wire.sockets import send_parts
 from .lanes import Lane
 from .quotas import Quotas
+from .replies import Unread
 from .streams import Streams
 
 
@@ -38,6 +39,8 @@ class Session:
     quotas: Quotas = field(default_factory=Quotas, repr=False)
     #: its ops that run off the serving thread, and the messages waiting behind them
     lane: Lane = field(init=False, repr=False)
+    #: the large frames of values sent to it that ZeroMQ still holds (bounded by ``quotas.max_unread_bytes``)
+    unread: Unread = field(default_factory=Unread, repr=False)
     #: streamed uploads and downloads in progress (big tensors in chunks, wire/chunks.py)
     streams: Streams = field(default_factory=Streams, repr=False)
     #: the invitation it authenticated with (encrypted workers): its name, the client's public key,
