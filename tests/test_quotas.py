@@ -142,3 +142,16 @@ def test_quota_exceeded_is_a_remote_error_with_its_own_code():
     assert issubclass(QuotaExceeded, sm.RemoteError)
     assert sm.errors.error_class("quota") is QuotaExceeded
     assert encode({"t": "err", "code": sm.errors.ErrorCode.QUOTA})
+
+
+def test_a_streamed_upload_over_the_byte_quota_is_refused_before_it_is_allocated(make_worker, raw):
+    """A streamed send is declared first and allocated whole: the quota is checked at the declaration
+    (a few bytes declaring 1 GiB), not when the last chunk arrives."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="1MB"))
+    p = raw(bob)
+    n = 1 << 28  # float32: 1 GiB
+    reply = p.request({"t": "put", "s": 1, "id": os.urandom(16), "d": "float32", "sh": [n], "n": n * 4,
+                       "c": 1 << 20, "tags": []})
+    assert reply["t"] == "err" and reply["code"] == "quota" and "this upload" in reply["msg"], reply
+    assert not bob.server.sessions[p.ident].streams.uploads
+    assert bob.stats["refusals"]["over a quota or time budget"] == 1

@@ -18,6 +18,7 @@ from ..errors import ProtocolError
 from ..wire import chunks, limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, encode, field
+from . import quotas
 from .replies import Reject, Replies
 
 if TYPE_CHECKING:
@@ -117,6 +118,14 @@ def on_put(server: "Server", session: "Session", header: dict, used: List["Entry
     if len(uploads) >= limits.MAX_UPLOADS or session.streams.declared() + nbytes > limits.MAX_UPLOAD_BYTES:
         raise Reject(ErrorCode.BAD_ARGS, f"{server.name} takes at most {limits.MAX_UPLOADS} uploads of "
                                          f"{limits.MAX_UPLOAD_BYTES >> 20} MiB in all at once from one client")
+    try:  # the client's quotas, before the tensor is allocated (its partial uploads count as held)
+        sid = session.ident
+        quotas.check_objects(session.quotas, session.label, server.store.session_count(sid) + len(uploads), 1)
+        quotas.check_bytes(session.quotas, session.label, server.store.held_bytes(sid) + session.streams.declared(),
+                           nbytes, "this upload")
+    except Reject:
+        server.refuse("over a quota or time budget")
+        raise
     try:
         inc = chunks.Incoming(dtype, shape, chunk, meta={"id": oid, "tags": tags, "rg": bool(header.get("rg"))})
     except RuntimeError as exc:  # out of memory
