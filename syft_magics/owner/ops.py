@@ -108,7 +108,7 @@ class Ops:
             self._written(session, op, used, written)
             return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0)
 
-        def work() -> Tuple[Any, List[Entry], float, Any]:
+        def work() -> Tuple[Any, Optional[List[Entry]], float, Any]:
             estimate = cost
             if estimate is None and key is not None and costs.warm():
                 try:
@@ -157,9 +157,13 @@ class Ops:
         return None
 
     def _call(self, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
-              used: List[Entry]) -> Tuple[Any, List[Entry]]:
-        """Run the op under the write guard; its result and the entries it wrote into.
-        Raises :class:`_Ran` (the error and the writes made before it) if the op failed."""
+              used: List[Entry]) -> Tuple[Any, Optional[List[Entry]]]:
+        """Run the op under the write guard; its result and the entries it wrote into (None: it writes
+        nothing, by its schema). Raises :class:`_Ran` (the error and the writes made before it) if the
+        op failed after it may have written."""
+        if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
+            with contextlib.nullcontext() if grad else torch.no_grad():
+                return fn(*args, **kwargs), None
         before = writes.versions(used)
         try:
             with writes.guard(self.store, used), contextlib.nullcontext() if grad else torch.no_grad():
@@ -247,9 +251,12 @@ class Ops:
                 return value.numel() * value.element_size()
         return Entry(b"", value).nbytes
 
-    def _written(self, session: Session, op: str, used: List[Entry], written: List[Entry]) -> None:
+    def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]]) -> None:
         """Record the writes an op made: into a client's object, in its history (an approval shows it);
-        into the owner's data (the guard failed to foresee it), reported loudly."""
+        into the owner's data (the guard failed to foresee it), reported loudly. ``None``: it writes
+        nothing, by its schema."""
+        if written is None:
+            return
         for entry in written:
             if writes.owner_view(self.store, entry):
                 self.refuse("unforeseen write into the owner's data")

@@ -41,9 +41,10 @@ def on_get(server: "Server", session: "Session", header: dict) -> List[Any]:
     if entry.error is not None:
         raise Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
     entry.last_access = time.time()
-    lineage = server.store.lineage(entry)
-    fields: Dict[str, Any] = dict(client=session.label, object_id=entry.hex, shape=entry.shape,
-                                  dtype=entry.dtype, lineage=lineage, tags=entry.tags, label=entry.label)
+
+    def fields() -> Dict[str, Any]:  # what the owner is shown: built only when a decision needs it
+        return dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
+                    lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
 
     def released() -> None:  # the client now knows its shape
         entry.provenance = entry.provenance.released()
@@ -56,8 +57,12 @@ def on_get(server: "Server", session: "Session", header: dict) -> List[Any]:
 
         if not (of_entry(entry).hidden and server.disclosure.guarded):
             return shape()
-        fields["lineage"] = f"shape of {lineage} ({of_entry(entry).rule})"
-        return decide(server, session, seq, oid, entry.version, "shape", fields, shape)
+        def shape_fields() -> Dict[str, Any]:
+            shown = fields()
+            shown["lineage"] = f"shape of {shown['lineage']} ({of_entry(entry).rule})"
+            return shown
+
+        return decide(server, session, seq, oid, entry.version, "shape", shape_fields, shape)
 
     def value() -> List[Any]:
         released()
@@ -83,20 +88,23 @@ def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> List[
         return encode({"t": Kind.VALUE, "s": seq, "x": text})
 
     key = b"error#%d" % n
-    fields = dict(client=session.label, object_id=f"error #{n}", shape=(), dtype="-",
-                  lineage=f"the message of an error in {op}: {text}")
+    def fields() -> Dict[str, Any]:
+        return dict(client=session.label, object_id=f"error #{n}", shape=(), dtype="-",
+                    lineage=f"the message of an error in {op}: {text}")
+
     return decide(server, session, seq, key, None, "error", fields, send)
 
 
 def decide(server: "Server", session: "Session", seq: Any, key: bytes, version: Any, what: str,
-           fields: Dict[str, Any], send: Callable[[], List[Any]], auto: bool = False) -> List[Any]:
-    """Release through ``send()`` what the owner allows now, else open (or renew) a request."""
+           describe: Callable[[], Dict[str, Any]], send: Callable[[], List[Any]], auto: bool = False) -> List[Any]:
+    """Release through ``send()`` what the owner allows now, else open (or renew) a request; ``describe()``
+    gives what the policy and the owner are shown of it (built only when they are asked)."""
     if auto or server.requests.take_grant(session.ident, key, version, what):
         return send()
     policy = server.worker.policy
     if type(policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
         return send()
-    fields = dict(fields)
+    fields = describe()
     label = fields.pop("label", None)
     decision = policy.decide(GetRequest(n=0, what=what, **fields))
     if decision == ALLOW:

@@ -386,7 +386,7 @@ class Server(Handshakes, DirectPort, Ops):
                 self.refuse("values not read, over a quota")
                 quotas.check_unread(session.quotas, session.label, unread, nbytes, entry.label)
         self.stats["bytes_out"] += nbytes
-        self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)
+        self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=nbytes)
         tensor = export(entry.tensor)  # a model leaves as a copy of its state dict
         # inproc:// passes the frame's memory itself: the client would hold the store's tensor (the owner's
         # data) and could change it in place; and a frame is sent zero-copy, later, from ZeroMQ's I/O thread:
