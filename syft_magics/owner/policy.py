@@ -32,6 +32,9 @@ class GetRequest:
     dtype: str
     lineage: str
     tags: Tuple[str, ...] = ()
+    #: what leaving means: ``"get"`` (the scientist receives the value) or ``"move to Alice at ..."``
+    #: (another worker does, :mod:`syft_magics.owner.moves`); an approval is for that action only
+    action: str = "get"
     created: float = field(default_factory=time.time)
     status: str = "pending"  # pending | approved | denied | cancelled
     reason: str = ""
@@ -50,7 +53,9 @@ class GetRequest:
 
     def describe(self) -> str:
         what = " ".join(self.tags) or self.object_id[:8]
-        return (f"request #{self.n}: {self.client} wants {what} = {self.lineage} "
+        verb = "wants" if self.action == "get" else "wants to move"
+        where = "" if self.action == "get" else " to " + self.action.removeprefix("move to ")
+        return (f"request #{self.n}: {self.client} {verb} {what}{where} = {self.lineage} "
                 f"(shape {tuple(self.shape)}, {self.dtype})")
 
 
@@ -138,7 +143,7 @@ class RequestBook:
 
     def __init__(self) -> None:
         self._by_n: Dict[int, GetRequest] = {}
-        self._grants: Dict[Tuple[bytes, bytes], GetRequest] = {}
+        self._grants: Dict[Tuple[bytes, bytes, str], GetRequest] = {}
         self._next = 1
         self._lock = threading.Lock()
 
@@ -162,17 +167,18 @@ class RequestBook:
                 raise ValueError(f"request #{n} was already {req.status}")
             req.status, req.reason, req.decided = status, reason, time.time()
             if status == "approved":
-                self._grants[(req.session, req.oid)] = req
+                self._grants[(req.session, req.oid, req.action)] = req
             return req
 
-    def take_grant(self, session: bytes, oid: bytes, version: Optional[int] = None) -> bool:
-        """Whether an approval lets this get of ``oid`` (now at ``version``) through (it is used up).
-        An approval of another version (the object was written after the owner saw it) is void."""
+    def take_grant(self, session: bytes, oid: bytes, version: Optional[int] = None, action: str = "get") -> bool:
+        """Whether an approval lets this get (or other ``action``) of ``oid`` (now at ``version``) through
+        (it is used up). An approval of another version (the object was written after the owner saw it)
+        is void; one of another action (a move to Alice, not a get) lets nothing else through."""
         with self._lock:
-            return self._take(session, oid, version)
+            return self._take(session, oid, version, action)
 
-    def _take(self, session: bytes, oid: bytes, version: Optional[int]) -> bool:
-        req = self._grants.pop((session, oid), None)
+    def _take(self, session: bytes, oid: bytes, version: Optional[int], action: str) -> bool:
+        req = self._grants.pop((session, oid, action), None)
         if req is None:
             return False
         if req.version != version:
@@ -187,11 +193,12 @@ class RequestBook:
         request for an older version of the object is cancelled: the owner would decide on what
         is no longer there."""
         version = fields.get("version")
+        action = fields.get("action", "get")
         with self._lock:
-            if self._take(session, oid, version):
+            if self._take(session, oid, version, action):
                 return None, False
             for req in self._by_n.values():
-                if req.pending and req.session == session and req.oid == oid:
+                if req.pending and req.session == session and req.oid == oid and req.action == action:
                     if req.version == version:
                         req.seq = seq
                         return req, False
@@ -228,8 +235,14 @@ class RequestBook:
         return self.get(n)
 
     def __repr__(self) -> str:
-        rows = [(f"#{r.n}", r.status, r.client, " ".join(r.tags) or r.object_id[:8], r.lineage,
+        rows = [(f"#{r.n}", r.status, r.client, _what(r), r.lineage,
                  str(tuple(r.shape)), r.reason) for r in self]
         if not rows:
             return "no get requests"
         return table(("n", "status", "client", "object", "lineage", "shape", "reason"), rows)
+
+
+def _what(req: GetRequest) -> str:
+    """The object a request is about, and where it would go if it is not a get."""
+    what = " ".join(req.tags) or req.object_id[:8]
+    return what if req.action == "get" else f"{what} ({req.action})"

@@ -25,12 +25,12 @@ from ..wire import limits, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import readable, recv_parts, send_parts
-from . import writes
+from . import release, writes
 from .connections import Connections
 from .handshake import Handshakes
 from .models import export
 from .optimizers import STORED_TYPES
-from .policy import ALLOW, DENY, GetRequest, OpenPolicy
+from .policy import GetRequest, OpenPolicy
 from .replies import Reject, Replies, describe_result, error_reply, flatten
 from .sessions import Session
 from .store import Entry, new_id
@@ -402,30 +402,8 @@ class Server(Handshakes):
         if entry.error is not None:
             raise Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
         entry.last_access = time.time()
-        version = entry.version
-        if self.requests.take_grant(session.ident, oid, version):
-            return self._value(session, seq, entry)
-        if type(self.worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
-            return self._value(session, seq, entry)
-        rule = self.worker.policy.rules.match(entry.kind, entry.shape) if self.worker.policy.rules else None
-        if rule is not None:  # an owner's rule for training (allow_get): decided without a click, and logged
-            self.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule})")
-            return self._value(session, seq, entry)
-        req_fields: Dict[str, Any] = dict(client=session.label, object_id=entry.hex, shape=entry.shape,
-                                          dtype=entry.dtype, lineage=self.store.lineage(entry), tags=entry.tags)
-        decision = self.worker.policy.decide(GetRequest(n=0, **req_fields))
-        if decision == ALLOW:
-            return self._value(session, seq, entry)
-        if decision == DENY:
-            self.events.emit("get", client=session.label, id=entry.hex, status="denied")
-            raise Reject(ErrorCode.DENIED, f"{self.name} refused to release {entry.label}: "
-                                    f"{self.worker.policy.deny_reason(GetRequest(n=0, **req_fields))}")
-        req, opened = self.requests.ask(session.ident, oid, seq, version=version, **req_fields)
-        if req is None:  # the owner approved while this get was on its way
-            return self._value(session, seq, entry)
-        if opened:
-            self.events.emit("request", n=req.n, client=session.label, id=entry.hex, lineage=req.lineage)
-        return encode({"t": Kind.PENDING, "s": seq, "n": req.n, "name": self.name})
+        pending = release.decide(self, session, entry, seq)
+        return pending if pending is not None else self._value(session, seq, entry)
 
     def _value(self, session: Session, seq: Any, entry: Entry) -> List[Any]:
         self.stats["bytes_out"] += entry.nbytes
