@@ -14,7 +14,6 @@ an upper bound until that session ends).
 from __future__ import annotations
 
 import heapq
-import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
@@ -22,11 +21,11 @@ import ipywidgets as widgets
 
 from ...display import short_id
 from ...events import Event
-from ...owner.store import OWNER, Entry
+from ...owner.store import Entry
 from . import _html as H
 from . import graph as G
+from . import owner_tables as T
 from ._inspector import RegistryInspector
-from ._names import name_of
 from ._refresh import LivePanel, close_tree
 from .connection_panel import _shell
 
@@ -185,9 +184,9 @@ class WorkerPanel(LivePanel):
         shown = (owner + newest)[:SHOW_OBJECTS]
         drawn = sorted(owner, key=lambda e: not e.tags)[: self.graph_nodes // 3] + newest[: 2 * self.graph_nodes]
         holders = self._holders((shown if shows[0] else []) + (drawn if shows[3] else []), sessions)
-        self.header.value = self._header_html(entries, sessions)
+        self.header.value = T.header_html(w, entries, sessions)
         if shows[0]:
-            self.registry.value = self._registry_html(shown, len(entries), holders)
+            self.registry.value = T.registry_html(w, shown, len(entries), holders)
             self.inspector.update(shown)
         if shows[1]:
             self.commands.value = self._commands_html()
@@ -199,7 +198,7 @@ class WorkerPanel(LivePanel):
                                 + G.to_svg(G.layout(self.shown_graph), local_title="clients", empty="no objects yet")
                                 + "</div>" + G.legend())
         if shows[4]:
-            self.clients_html.value = self._clients_html(sessions)
+            self.clients_html.value = T.clients_html(w, sessions)
         pending = len(w.requests.pending)
         self.tabs.titles = ("Registry", "Commands", f"Requests ({pending})" if pending else "Requests", "Graph",
                             "Clients")
@@ -223,7 +222,7 @@ class WorkerPanel(LivePanel):
             self._stopped = False
 
     def _label(self, oid: Any) -> str:
-        raw = oid if isinstance(oid, bytes) else bytes.fromhex(str(oid)) if _is_hex(oid) else None
+        raw = oid if isinstance(oid, bytes) else bytes.fromhex(str(oid)) if T.is_hex(oid) else None
         entry = self.worker.store.get(raw) if raw is not None else None
         if entry is not None:
             return entry.label
@@ -236,38 +235,11 @@ class WorkerPanel(LivePanel):
     def _formatted(self, event: Event, cache: Optional[Dict[int, Tuple[Event, str, str]]] = None) -> Tuple[str, str]:
         hit = self._row_cache.get(id(event))
         if hit is None or hit[0] is not event:
-            html, text = self._log_row(event)
+            html, text = T.log_row(self.worker, event, self._label)
             hit = (event, html, text)
         if cache is not None:
             cache[id(event)] = hit
         return hit[1], hit[2]
-
-    def _log_row(self, e: Event) -> Tuple[str, str]:
-        d = e.data
-        when = H.clock(e.time, ms=True)
-        if e.kind == "command":
-            what = self.worker.describe_command(e)
-            status = d.get("status", "ok")
-            ok = status == "ok"
-            cells = (when, d.get("client", "?"), what, H.duration(d.get("duration")), status)
-            cls = "syft-cmd syft-ok" if ok else "syft-cmd syft-err"
-        elif e.kind == "get":
-            label = self._label(d.get("id", ""))
-            status = d.get("status", "")
-            if status == "sent":
-                status = f"sent {H.human_bytes(int(d.get('bytes') or 0))}"
-            cells = (when, d.get("client", "?"), f"get({label})", "-", status)
-            cls = "syft-cmd syft-get" + (" syft-err" if d.get("status") == "denied" else "")
-        elif e.kind == "request":
-            cells = (when, d.get("client", "?"), f"get({self._label(d.get('id', ''))}) = {d.get('lineage', '')}",
-                     "-", f"request #{d.get('n')} waits for you")
-            cls = "syft-cmd syft-request"
-        else:  # decision
-            reason = f": {d['reason']}" if d.get("reason") else ""
-            cells = (when, "you", f"request #{d.get('n')}", "-", f"{d.get('status')}{reason}")
-            cls = "syft-cmd syft-decision"
-        titles = [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time)), "", "", "", cells[4]]
-        return H.row(cells, cls=cls, titles=titles), "  ".join(str(c) for c in cells)
 
     def _snapshots(self, drawn: List[Entry]) -> List[Dict[str, Any]]:
         """Snapshots (no tensors) of the entries to draw; those drawn last time and gone since are freed."""
@@ -306,65 +278,11 @@ class WorkerPanel(LivePanel):
                         out.setdefault(hexid, []).append(labels[client])
         return out
 
-    def _header_html(self, entries: List[Entry], sessions: List[Any]) -> str:
-        w = self.worker
-        stats = w.stats
-        held = sum(e.nbytes for e in entries)
-        commands = w.events.totals.get("command", 0)
-        pending = len(w.requests.pending)
-        state = (f'<span class="syft-badge syft-good">serving at {H.esc(w.address)}</span>' if w.running
-                 else '<span class="syft-badge syft-bad">stopped</span>')
-        return (H.STYLE + f'<div><span class="syft-title">{H.esc(w.name)}</span>{state}'
-                f'{H.badge("policy", w.policy.summary)}</div><div style="margin-top:4px">'
-                + H.badge("clients", len(sessions))
-                + H.badge("objects", len(entries))
-                + H.badge("held", H.human_bytes(held))
-                + H.badge("commands", f"{commands:,}")
-                + H.badge("errors", f"{stats.get('errors', 0):,}", "bad" if stats.get("errors") else "")
-                + H.badge("tensors sent in", H.human_bytes(stats.get("bytes_in", 0)))
-                + H.badge("values out", H.human_bytes(stats.get("bytes_out", 0)))
-                + H.badge("pending requests", pending, "warn" if pending else "")
-                + "</div>")
-
-    def _registry_html(self, shown: List[Entry], total: int, holders: Dict[str, List[str]]) -> str:
-        rows = []
-        for e in shown:
-            held = holders.get(e.hex, [])
-            origin = "owner (shared)" if e.origin == OWNER and e.session is None else e.origin
-            made = self.worker.store.lineage(e) if e.op else ("sent" if e.session is not None else "shared")
-            status_cls = "syft-obj syft-err" if e.error else "syft-obj"
-            cells = (e.hex[:8], " ".join(e.tags) or "-", str(tuple(e.shape)), e.dtype, H.human_bytes(e.nbytes),
-                     origin, made if not e.error else f"{made}: {e.error}", str(len(held)), H.clock(e.last_access))
-            titles = [e.hex, "", "", "", f"{e.nbytes:,} bytes", "", "", "\n".join(held) or "no session holds it",
-                      H.clock(e.created) + " created"]
-            rows.append(H.row(cells, cls=status_cls, attrs=f'data-id="{H.esc(e.hex)}"', titles=titles))
-        more = total - len(shown)
-        tail = f'<div class="syft-muted">… and {more:,} more</div>' if more > 0 else ""
-        return (H.STYLE + '<div class="syft-scroll">'
-                + H.table(("id", "tags", "shape", "dtype", "size", "origin", "made by", "held by", "last access"),
-                          rows, empty=f"no objects: share one with {name_of(self.worker, 'worker')}.share(x, '#X')")
-                + tail + "</div>")
-
     def _commands_html(self) -> str:
-        w = self.worker
-        totals = w.events.totals
         cache: Dict[int, Tuple[Event, str, str]] = {}  # only the rows on screen stay formatted
         rows = [self._formatted(e, cache)[0] for e in list(self._log)[-SHOW_LOG_ROWS:][::-1]]
         self._row_cache = cache
-        errors, shown = w.stats.get("errors", 0), min(len(self._log), SHOW_LOG_ROWS)
-        summary = (f'<div class="syft-muted syft-log-summary" style="font-size:12px;margin-bottom:4px">So far: '
-                   f'{H.plural(totals.get("command", 0), "command")} '
-                   f'({H.plural(errors, "error") if errors else "no errors"}), '
-                   f'{H.plural(totals.get("get", 0), "get")}, '
-                   f'{H.plural(totals.get("request", 0), "request")} for approval. Newest first: '
-                   + (f'all {shown}.' if shown == len(self._log) else f'{shown} of the last {len(self._log)} kept.')
-                   + '</div>')
-        # the op column wraps, so the status column stays in view however long an op's text is
-        wrap = ("<style>.syft-commands td:nth-child(3){white-space:normal;overflow-wrap:anywhere;max-width:60ch}"
-                "</style>")
-        return (H.STYLE + wrap + summary + '<div class="syft-scroll">'
-                + H.table(("time", "client", "op", "duration", "status"), rows, empty="no commands yet")
-                + "</div>")
+        return T.commands_html(self.worker, rows, len(self._log))
 
     def _render_requests(self) -> None:
         book = self.worker.requests
@@ -438,7 +356,7 @@ class WorkerPanel(LivePanel):
             title = (f"{s['label']}  {s['hex']}\nshape {s['shape']}, {s['dtype']}\norigin {s['origin']}"
                      + (f"\nmade by {s['op']}" if s["op"] else "") + ("\nfreed" if s["state"] == G.FREED else "")
                      + (f"\nerror: {s['error']}" if s["error"] else ""))
-            nodes.append(G.Node(f"o:{s['hex']}", s["label"], G.REMOTE, group=group, detail=_shape(s["shape"]),
+            nodes.append(G.Node(f"o:{s['hex']}", s["label"], G.REMOTE, group=group, detail=T.shape_text(s["shape"]),
                                 state=s["state"], title=title, order=s["created"],
                                 pinned=bool(s["tags"]) and s["session"] is None, kind=kind))
             for inp in s["inputs"]:
@@ -463,13 +381,6 @@ class WorkerPanel(LivePanel):
                     if label in by_label:
                         edges.append(G.Edge(by_label[label], f"o:{hexid}", G.POINTS))
         return G.Graph(nodes, edges, hidden=graph_hidden)
-
-    def _clients_html(self, sessions: List[Any]) -> str:
-        now = time.monotonic()
-        rows = [H.row((s.label, s.short, H.clock(s.created), str(self.worker.store.session_count(s.ident)),
-                       f"{now - s.last_seen:.1f} s ago"), cls="syft-client") for s in sessions]
-        return H.STYLE + H.table(("client", "session", "connected", "objects created", "last heard"), rows,
-                                 empty="no clients connected")
 
     def _broken(self, text: str) -> None:
         self._note(f"panel stopped refreshing: {text.strip().splitlines()[-1]}", error=True)
@@ -521,14 +432,3 @@ class WorkerPanel(LivePanel):
             lines.append("  " + req.describe())
         return "\n".join(lines)
 
-
-def _shape(shape: Tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _is_hex(value: Any) -> bool:
-    try:
-        bytes.fromhex(str(value))
-        return len(str(value)) == 32
-    except ValueError:
-        return False
