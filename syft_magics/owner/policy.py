@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from ..display import table
 from .rules import GetRule, RuleBook
@@ -59,6 +59,18 @@ class GetRequest:
                 f"(shape {tuple(self.shape)}, {self.dtype})")
 
 
+@dataclass
+class MoveIn:
+    """A scientist asks this worker to accept an object moved from another worker (``ptr.move(alice)``)."""
+
+    client: str
+    source: str  # the worker it comes from (as the scientist names it)
+    kind: str  # "tensor" or "model"
+    shapes: List[Tuple[int, ...]]
+    dtypes: List[str]
+    nbytes: int
+
+
 class Policy:
     """Decides gets. The base class reviews everything; subclasses refine :meth:`decide`."""
 
@@ -83,6 +95,27 @@ class Policy:
         """Allow, without review, gets of tensors of at most ``max_numel`` elements and/or of ``kind``
         (``"model"``: a trained model's weights). E.g. ``bob.policy.allow_get(max_numel=1)`` for losses."""
         return self.rules.add(GetRule(max_numel=max_numel, kind=kind))
+
+    def accept_moves(self, rule: Union[bool, Callable[[MoveIn], bool]] = True) -> None:
+        """Which objects other workers may move here for a scientist (``ptr.move(alice)``): ``True`` (the
+        default: a connected scientist may move objects into its own session), ``False`` (none), or a
+        function of the :class:`MoveIn` request, e.g. ``lambda m: m.source == "Bob" and m.nbytes < 1e8``."""
+        if not (isinstance(rule, bool) or callable(rule)):
+            raise TypeError("accept_moves takes True, False or a function of the move request")
+        self.__dict__["_accept"] = rule
+
+    def accepts(self, move: MoveIn) -> Tuple[bool, str]:
+        """Whether this worker takes ``move``, and if not, why."""
+        rule = self.__dict__.get("_accept", True)
+        if rule is True:
+            return True, ""
+        if rule is False:
+            return False, "the owner accepts no moves from other workers"
+        try:
+            ok = bool(rule(move))
+        except Exception as exc:  # the owner's rule failed: refuse, and say so
+            return False, f"the owner's accept rule failed ({type(exc).__name__})"
+        return ok, "" if ok else "the owner's accept rule refuses it"
 
     @property
     def summary(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from ..display import short_id
 from ..errors import ErrorCode
 from ..wire.protocol import Kind, encode
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
@@ -53,3 +54,14 @@ def decide(server: "Server", session: Session, entry: Entry, seq: Any, action: s
         server.events.emit("request", n=req.n, client=session.label, id=entry.hex, lineage=req.lineage,
                            action=action)
     return encode({"t": Kind.PENDING, "s": seq, "n": req.n, "name": server.name})
+
+
+def entry_for(server: "Server", session: Session, oid: bytes) -> Entry:
+    """The object ``session`` may ask to release: its own or the owner's (another client's reads as none)."""
+    entry = server.store.get(oid)
+    if entry is None or (entry.session is not None and entry.session != session.ident):
+        raise Reject(ErrorCode.UNKNOWN_OBJECT,
+                     f"{server.name} holds no object {short_id(oid)} (it was freed, or never existed)")
+    if entry.error is not None:
+        raise Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
+    return entry

@@ -25,7 +25,7 @@ from ..wire import limits, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import readable, recv_parts, send_parts
-from . import release, writes
+from . import moves, release, tickets, writes
 from .connections import Connections
 from .handshake import Handshakes
 from .models import export
@@ -62,6 +62,8 @@ class Server(Handshakes):
         #: routing id -> (nonce, hello, time, connection token) of peers that said hello
         self.handshakes: Dict[bytes, Tuple[bytes, dict, float, int]] = {}
         self.connections: Optional[Connections] = None
+        #: one-time tickets for objects moved here from other workers, and their couriers
+        self.tickets = tickets.Tickets()
         self._conn = 0  # the connection token of the message being handled
         self._calls: Deque[Callable[[zmq.Socket], None]] = deque()
         self._wake_send: Optional[zmq.Socket] = None
@@ -394,13 +396,7 @@ class Server(Handshakes):
 
     def _on_get(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         seq = header.get("s")
-        oid = field(header, "id", bytes)
-        entry = self.store.get(oid)
-        if entry is None or (entry.session is not None and entry.session != session.ident):
-            raise Reject(ErrorCode.UNKNOWN_OBJECT,
-                          f"{self.name} holds no object {short_id(oid)} (it was freed, or never existed)")
-        if entry.error is not None:
-            raise Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
+        entry = release.entry_for(self, session, field(header, "id", bytes))
         entry.last_access = time.time()
         pending = release.decide(self, session, entry, seq)
         return pending if pending is not None else self._value(session, seq, entry)
@@ -427,6 +423,7 @@ class Server(Handshakes):
         if len(oid) != 16 or oid in self.store:
             raise Reject(ErrorCode.BAD_ID, "sent objects need a fresh 16-byte id")
         self.stats["bytes_in"] += tensor.numel() * tensor.element_size()
+        tensor = self.worker.place(tensor)
         if header.get("rg") and (tensor.is_floating_point() or tensor.is_complex()):
             tensor.requires_grad_(True)  # send keeps requires_grad
         self.store.put(Entry(oid, tensor, tags=tags, origin=session.label, session=session.ident, op=""))
@@ -471,4 +468,5 @@ class Server(Handshakes):
     #: the handler of each kind of message a client sends after the handshake (``batch`` aside)
     HANDLERS = {Kind.OP: _on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
-                Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release}
+                Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release,
+                Kind.TICKET: tickets.on_ticket, Kind.MOVE: moves.on_move}

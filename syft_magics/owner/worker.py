@@ -26,6 +26,7 @@ from ..wire import auth, discovery, limits
 from ..wire.names import check_tag
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind
 from .allowlist import Allowlist
+from .devices import Devices
 from .logs import describe_command, print_command
 from .policy import (
     GetRequest,
@@ -83,6 +84,7 @@ class Worker:
         lease_timeout: Optional[float] = None,
         allowlist: Optional[Allowlist] = None,
         connection_file: bool = True,
+        device: Any = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a worker needs a non-empty name, e.g. 'Bob'")
@@ -92,6 +94,10 @@ class Worker:
         self.host = host
         self.policy = make_policy(policy)
         self.allowlist = allowlist or Allowlist()
+        #: where shared, sent and moved-in tensors and models live (``device="cuda"``; the CPU by default)
+        self.devices = Devices(device)
+        for op_name, fn in self.devices.ops().items():  # this worker's .to() and model builder
+            self.allowlist.allow(op_name, fn)
         self.key = key or auth.new_key()
         self.instance = os.urandom(8).hex()
         self.lease_timeout = lease_timeout if lease_timeout is not None else defaults.lease_timeout
@@ -257,12 +263,21 @@ class Worker:
         """
         if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
             raise TypeError(f"share() takes a local torch.Tensor, not {type(tensor).__name__}")
-        tensor = tensor.detach()
+        tensor = self.place(tensor.detach())
         tags = tuple(check_tag(t) for t in tags)
         entry = self.store.put(Entry(new_id(), tensor, tags=tags, origin=OWNER))
         self.events.emit("share", id=entry.hex, tags=tags, shape=entry.shape, dtype=entry.dtype)
         return SharedId(entry.hex, f"{self.name} shares {entry.label}: id {entry.hex[:8]}…, "
                                    f"shape {tuple(entry.shape)}, {entry.dtype}")
+
+    @property
+    def device(self) -> torch.device:
+        """The device this worker keeps its tensors and models on."""
+        return self.devices.device
+
+    def place(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on this worker's device (as shared, sent or moved-in tensors are kept)."""
+        return self.devices.place(tensor)
 
     def unshare(self, id_or_tag: str) -> int:
         """Stop serving owner objects by hex id or tag; returns how many were removed."""

@@ -89,6 +89,11 @@ class Client:
         return self._link.policy
 
     @property
+    def devices(self) -> Tuple[str, ...]:
+        """The device types the worker allows ``ptr.to(...)`` to name (the CPU, and its ``--device``)."""
+        return self._link.devices
+
+    @property
     def same_host(self) -> bool:
         """Whether large tensors take the same-host path to this worker (verified at the handshake)."""
         return self._link.pool is not None

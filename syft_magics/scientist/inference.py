@@ -20,7 +20,7 @@ import torch
 _CACHE: Dict[Any, "Template"] = {}
 _CACHE_LIMIT = 8192
 
-Template = Tuple  # ("T", shape, dtype, requires_grad) | ("in", k) | ("V", value) | ("C", ctor, [children])
+Template = Tuple  # ("T", shape, dtype, requires_grad, is_leaf) | ("in", k) | ("V", value) | ("C", ctor, [children])
 REMOTE = ("REMOTE",)
 
 _DATA_DEPENDENT_HINTS = ("meta tensor", "Meta tensor", "meta backend", "'Meta' backend", "data-dependent",
@@ -83,7 +83,7 @@ def _template(result: Any, inputs: Dict[int, int]) -> Template:
             return ("in", k)
         if result.device.type != "meta":
             return ("V", result)
-        return ("T", tuple(result.shape), result.dtype, result.requires_grad)
+        return ("T", tuple(result.shape), result.dtype, result.requires_grad, result.is_leaf)
     if isinstance(result, (tuple, list)) and not isinstance(result, torch.Size):
         ctor = type(result)
         return ("C", ctor, tuple(_template(r, inputs) for r in result))

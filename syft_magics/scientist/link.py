@@ -77,6 +77,7 @@ class Link:
         self.worker_name = "?"
         self.instance = ""
         self.policy = "?"
+        self.devices: tuple = ("cpu",)
         self.last_pong = time.monotonic()
         self._next_ping = 0.0
         self._seq = 0
@@ -127,6 +128,8 @@ class Link:
                                     timeout, expect=Kind.WELCOME)
         self.instance = str(welcome.get("instance"))
         self.policy = str(welcome.get("policy"))
+        devices = welcome.get("devices")  # where ptr.to() may send tensors on that worker
+        self.devices = tuple(d for d in devices if isinstance(d, str))[:8] if isinstance(devices, list) else ("cpu",)
         self.lease = float(welcome.get("lease") or defaults.lease_timeout)
         offer = welcome.get("host")
         if isinstance(offer, dict) and "host" in hello:

@@ -103,7 +103,8 @@ def out_ids(template: tuple, out: List[Optional[bytes]], new_id: Callable[[], by
 def build(client: "Client", template: tuple, ids: Any, pointers: List[PointerTensor]) -> Any:
     kind = template[0]
     if kind == "T":
-        return PointerTensor(client, next(ids), template[1], template[2], requires_grad=template[3])
+        return PointerTensor(client, next(ids), template[1], template[2], requires_grad=template[3],
+                             leaf=template[4] if len(template) > 4 else not template[3])
     if kind == "in":
         next(ids, None)
         return pointers[template[1]]
@@ -131,7 +132,9 @@ def build_described(client: "Client", desc: list) -> Any:
     kind = desc[0]
     if kind == "T":
         _, oid, shape, dtype, requires_grad = desc
-        return PointerTensor(client, oid, tuple(shape), wire_dtype(dtype), requires_grad=requires_grad)
+        # an op's result that requires grad has a grad_fn on the worker (torch's rule for op outputs)
+        return PointerTensor(client, oid, tuple(shape), wire_dtype(dtype), requires_grad=requires_grad,
+                             leaf=not requires_grad)
     if kind == "L":
         items = [build_described(client, d) for d in desc[2]]
         return items if desc[1] == "list" else tuple(items)
