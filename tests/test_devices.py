@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch._dynamo  # noqa: E402,F401  (the write guard imports it at the first op: seconds under load, not inside a test)
 import torch.nn as nn
 from IPython.core.error import UsageError
 

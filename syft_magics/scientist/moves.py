@@ -33,47 +33,83 @@ def move(obj: Any, target: "Client", timeout: Optional[float] = None) -> Any:
     ``defaults.connect_timeout``) and how long this waits for the source owner's approval
     (default ``defaults.approval_timeout``).
     """
-    from .client import Client
-    from .remote_module import RemoteModule
+    return Move(obj, target, timeout).run()
 
-    if not isinstance(target, Client):
-        raise TypeError(f"move() takes the client of the target worker (e.g. alice), not {type(target).__name__}")
-    if isinstance(obj, RemoteModule):
-        source = obj.client
-        tensors = [obj.state_dict()[n] for n in obj.move_names]
-        handle = obj.handle
-    elif isinstance(obj, PointerTensor):
-        source, tensors, handle = obj.client, [obj], obj
-    else:
-        raise TypeError(f"move() moves a pointer or a remote model, not {type(obj).__name__}")
-    source._check_pointer(handle)
-    if target.closed or not target.connected:
-        raise ConnectionError(f"the link to {target.name} is closed; connect again before moving to it")
-    if target is source or target._link.instance == source._link.instance:
-        raise ValueError(f"this object is already on {target.name}")
-    out = [target._new_id() for _ in range(len(tensors) + (handle is not obj))]
-    ask: Dict[str, Any] = {"t": Kind.TICKET, "from": source.name, "o": out,
-                           "shapes": [list(t.shape) for t in tensors], "dtypes": [dtype_name(t.dtype) for t in tensors],
-                           "rg": [bool(t.requires_grad) for t in tensors]}
-    if isinstance(obj, RemoteModule):
-        ask.update(kind="model", path=obj.path, names=list(obj.move_names))
-    else:
-        ask["kind"] = "tensor"
-    ticket = target._request(ask, op="move")
-    order: Dict[str, Any] = {"t": Kind.MOVE, "id": handle.oid, "to": ticket["address"], "name": ticket["name"],
-                             "instance": ticket["instance"], "tid": ticket["tid"], "secret": ticket["secret"],
-                             "w": float(timeout if timeout is not None else defaults.connect_timeout)}
-    approval = timeout if timeout is not None else defaults.approval_timeout
-    while True:
-        reply = source._request(dict(order), approval_timeout=approval, what=handle, op="move")
-        if reply["t"] == Kind.OK:
-            break
-        # "approved": Bob's owner said yes; ask again, and the courier leaves
-    source.events.emit("move", id=handle.oid, to=target.name)
-    target.events.emit("moved_in", id=out[0], source=source.name)
-    if isinstance(obj, RemoteModule):
-        return obj.moved_to(target, out)
-    return PointerTensor(target, out[0], tuple(obj.shape), obj.dtype, requires_grad=obj.requires_grad, owned=True)
+
+class Move:
+    """One move in its two steps: :meth:`ticket` (asks the target) then :meth:`order` (asks the source).
+
+    :func:`syft_magics.federated.fedavg` takes every ticket first, then orders the moves concurrently
+    (one thread per source worker), so that a round takes about as long as the slowest source.
+    """
+
+    def __init__(self, obj: Any, target: "Client", timeout: Optional[float] = None) -> None:
+        from .client import Client
+        from .remote_module import RemoteModule
+
+        if not isinstance(target, Client):
+            raise TypeError(f"move() takes the client of the target worker (e.g. alice), not {type(target).__name__}")
+        if isinstance(obj, RemoteModule):
+            self.source = obj.client
+            self.tensors = [obj.state_dict()[n] for n in obj.move_names]
+            self.handle = obj.handle
+        elif isinstance(obj, PointerTensor):
+            self.source, self.tensors, self.handle = obj.client, [obj], obj
+        else:
+            raise TypeError(f"move() moves a pointer or a remote model, not {type(obj).__name__}")
+        self.source._check_pointer(self.handle)
+        if target.closed or not target.connected:
+            raise ConnectionError(f"the link to {target.name} is closed; connect again before moving to it")
+        if target is self.source or target._link.instance == self.source._link.instance:
+            raise ValueError(f"this object is already on {target.name}")
+        self.obj, self.target, self.timeout = obj, target, timeout
+        self.out: List[bytes] = []
+        self._ticket: Optional[dict] = None
+
+    def run(self) -> Any:
+        self.ticket()
+        return self.order()
+
+    def ticket(self) -> None:
+        """Ask the target for a one-time ticket (its owner's accept rule decides here)."""
+        from .remote_module import RemoteModule
+
+        obj, target, tensors = self.obj, self.target, self.tensors
+        self.out = [target._new_id() for _ in range(len(tensors) + (self.handle is not obj))]
+        ask: Dict[str, Any] = {"t": Kind.TICKET, "from": self.source.name, "o": self.out,
+                               "shapes": [list(t.shape) for t in tensors],
+                               "dtypes": [dtype_name(t.dtype) for t in tensors],
+                               "rg": [bool(t.requires_grad) for t in tensors]}
+        if isinstance(obj, RemoteModule):
+            ask.update(kind="model", path=obj.path, names=list(obj.move_names))
+        else:
+            ask["kind"] = "tensor"
+        self._ticket = target._request(ask, op="move")
+
+    def order(self) -> Any:
+        """Ask the source to send it (its owner's policy decides, as for a get); the pointer on the target."""
+        from .remote_module import RemoteModule
+
+        ticket, source, target, timeout = self._ticket, self.source, self.target, self.timeout
+        if ticket is None:
+            raise RuntimeError("ticket() first")
+        order: Dict[str, Any] = {"t": Kind.MOVE, "id": self.handle.oid, "to": ticket["address"],
+                                 "name": ticket["name"], "instance": ticket["instance"], "tid": ticket["tid"],
+                                 "secret": ticket["secret"],
+                                 "w": float(timeout if timeout is not None else defaults.connect_timeout)}
+        approval = timeout if timeout is not None else defaults.approval_timeout
+        while True:
+            reply = source._request(dict(order), approval_timeout=approval, what=self.handle, op="move")
+            if reply["t"] == Kind.OK:
+                break
+            # "approved": the source's owner said yes; ask again, and the courier leaves
+        source.events.emit("move", id=self.handle.oid, to=target.name)
+        target.events.emit("moved_in", id=self.out[0], source=source.name)
+        if isinstance(self.obj, RemoteModule):
+            return self.obj.moved_to(target, self.out)
+        obj = self.obj
+        return PointerTensor(target, self.out[0], tuple(obj.shape), obj.dtype, requires_grad=obj.requires_grad,
+                             owned=True)
 
 
 def moved_pointers(target: "Client", tensors: List[PointerTensor], ids: List[bytes]) -> List[PointerTensor]:

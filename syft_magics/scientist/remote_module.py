@@ -199,14 +199,20 @@ class RemoteModule:
         each tensor of :attr:`move_names`)."""
         from .moves import moved_pointers
 
-        twin = RemoteModule.__new__(RemoteModule)
-        twin._client, twin._number, twin.path, twin.why = target, next(_numbers), self.path, self.why
-        twin._param_names, twin._names = list(self._param_names), list(self._names)
         names = self.move_names
-        twin._handle = PointerTensor(target, ids[0], (0,), torch.float32, owned=True)
-        target.untrack(twin._handle)
-        moved = dict(zip(names, moved_pointers(target, [self._pointers[n] for n in names], ids[1:])))
-        twin._pointers = {n: moved[n] for n in self._pointers}
+        handle = PointerTensor(target, ids[0], (0,), torch.float32, owned=True)
+        return self.twin(target, handle, dict(zip(names, moved_pointers(target, [self._pointers[n] for n in names],
+                                                                         ids[1:]))))
+
+    def twin(self, client: "Client", handle: PointerTensor, named: Dict[str, PointerTensor]) -> "RemoteModule":
+        """A RemoteModule of this architecture for the model ``handle`` on ``client``'s worker, whose tensors
+        are ``named`` (by :attr:`move_names`): a moved model, or an average made there."""
+        twin = RemoteModule.__new__(RemoteModule)
+        twin._client, twin._number, twin.path, twin.why = client, next(_numbers), self.path, self.why
+        twin._param_names, twin._names = list(self._param_names), list(self._names)
+        twin._handle = handle
+        client.untrack(handle)
+        twin._pointers = {n: named[n] for n in self._pointers}
         if self.path == "worker":
             twin._spec = self._spec
             twin._meta = copy.deepcopy(self._meta)
