@@ -19,17 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, needs_chromium
 from helpers import free_port, stop_process_tree
 from kernel_driver import Kernel
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-default-apps", "--no-first-run",
-                 "--disable-extensions", "--metrics-recording-only", "--mute-audio"]
-
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)"),
+    needs_chromium,
 ]
 
 

@@ -345,3 +345,19 @@ def test_approve_and_deny_in_the_owners_panel_reach_the_other_kernel(kernels):
     assert out.error.startswith("PermissionDenied") and "no raw values today" in out.error
     assert "denied" in bob.run("print(panel.history.value)").stdout
 
+
+
+def test_a_panel_opened_after_the_ops_still_draws_inputs_before_their_results(seed, panels):
+    """Opened late (``%syft_panel --connection`` after a few cells), the graph must still put the owner's data
+    left of what was made from it: a result first seen in an op event is newer than that op's inputs."""
+    bob, client = seed
+    x, y = client.search("#X")[0], client.search("#Y")[0]
+    z = torch.add(x, y)
+    w = torch.mul(z, 2)
+    client.sync()
+    cp = panels(ConnectionPanel(client, namespace={"x": x, "y": y, "z": z, "w": w}))
+    cp.refresh()
+    lay = G.layout(cp.shown_graph)
+    col = {n.key.rsplit(":", 1)[-1]: lay.columns[n.key] for n in cp.shown_graph.nodes if n.key in lay.columns}
+    assert col[x.id_at_location.split("@")[0]] == col[y.id_at_location.split("@")[0]] == 0
+    assert 0 < col[z.id_at_location.split("@")[0]] < col[w.id_at_location.split("@")[0]]

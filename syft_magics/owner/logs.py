@@ -1,9 +1,10 @@
-"""A worker's command logs: ``--verbose`` lines on stdout and ``--log FILE`` JSON lines."""
+"""A worker's command logs: ``--verbose`` lines on stdout, and records on a :mod:`logging` logger
+(``syft_magics.commands.<name>``) that ``--log FILE`` writes as JSON lines."""
 from __future__ import annotations
 
 import json
+import logging
 import os
-import threading
 from typing import TYPE_CHECKING, TextIO
 
 from ..display import short_id
@@ -14,23 +15,37 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 
-class CommandLog:
-    """Appends structured command lines to a file; a subscriber of the worker's events."""
+#: The parent of every worker's command logger; it does not propagate, so a notebook's
+#: ``logging.basicConfig(level=INFO)`` does not print every command (attach a handler here for that).
+COMMANDS = "syft_magics.commands"
+logging.getLogger(COMMANDS).propagate = False
+logging.getLogger(COMMANDS).addHandler(logging.NullHandler())  # no "last resort" printing of refusals
 
-    def __init__(self, path: str, worker: "Worker") -> None:
-        # 0600: the log names clients, objects and errors on the owner's data
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.fchmod(fd, 0o600)
-        self._file = open(fd, "a", buffering=1, encoding="utf-8")
+
+def command_logger(worker: "Worker") -> logging.Logger:
+    """``syft_magics.commands.<worker name>``: one INFO record per command and one WARNING per refusal,
+    each carrying its structured line as ``record.syft`` (a dict). ``--log FILE`` is a
+    :class:`JsonLinesHandler` on it; any other :mod:`logging` handler can be added the same way."""
+    return logging.getLogger(f"{COMMANDS}.{worker.name}")
+
+
+class CommandLog:
+    """Turns the worker's events into records on :func:`command_logger`; a subscriber of the events.
+
+    Builds nothing unless a handler wants the level (the serving thread pays one level check)."""
+
+    def __init__(self, worker: "Worker") -> None:
         self._worker = worker
-        self._lock = threading.Lock()
+        self.logger = command_logger(worker)
 
     def write(self, event: Event) -> None:
         if event.kind in ("refused", "owner_write"):  # what the worker refused, for the owner to see
-            self._write({"time": event.time, "worker": self._worker.name, "event": event.kind,
-                         **{k: clip(v, 200) for k, v in event.data.items()}})
+            if self.logger.isEnabledFor(logging.WARNING):
+                line = {"time": event.time, "worker": self._worker.name, "event": event.kind,
+                        **{k: clip(v, 200) for k, v in event.data.items()}}
+                self.logger.warning("%s", event.kind, extra={"syft": line})
             return
-        if event.kind != "command":
+        if event.kind != "command" or not self.logger.isEnabledFor(logging.INFO):
             return
         data = event.data
         line = {
@@ -44,16 +59,24 @@ class CommandLog:
             "duration_ms": round(data.get("duration", 0.0) * 1000, 3),
             "status": data["status"],
         }
-        self._write(line)
+        self.logger.info("%s", line["command"], extra={"syft": line})
 
-    def _write(self, line: dict) -> None:
-        with self._lock:
-            if not self._file.closed:
-                self._file.write(json.dumps(line) + "\n")
 
-    def close(self) -> None:
-        with self._lock:
-            self._file.close()
+class JsonLinesHandler(logging.FileHandler):
+    """``--log FILE``: appends each record's structured line as one JSON line, to a file created 0600
+    (the log names clients, objects and errors on the owner's data)."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # an existing file keeps no wider mode
+        finally:
+            os.close(fd)
+        super().__init__(path, mode="a", encoding="utf-8")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = getattr(record, "syft", None)
+        return json.dumps(line if isinstance(line, dict) else {"time": record.created, "message": record.getMessage()})
 
 
 def describe_command(worker: "Worker", event: Event) -> str:

@@ -9,6 +9,7 @@ malformed or hostile message gets an error reply and never stops the worker.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket as _socket
 import sys
@@ -27,7 +28,7 @@ from ..wire.names import check_tag
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind
 from .allowlist import Allowlist
 from .devices import Devices
-from .logs import describe_command, print_command
+from .logs import CommandLog, JsonLinesHandler, command_logger, describe_command, print_command
 from .policy import (
     GetRequest,
     Policy,
@@ -157,6 +158,7 @@ class Worker:
             ctx.term()
             raise
         try:
+            self._loggers.append(self.events.subscribe(CommandLog(self).write))  # records for any handler
             if self._verbose:
                 self.set_verbose(True)
             if self._log_path:
@@ -336,14 +338,19 @@ class Worker:
             self._loggers.append(self.events.subscribe(lambda e: print_command(out, self, e)))
 
     def set_log(self, path: str) -> None:
-        """Append one JSON line per command to ``path``."""
-        from .logs import CommandLog
+        """Append one JSON line per command (and per refusal) to ``path``, created 0600: a
+        :class:`~.logs.JsonLinesHandler` on this worker's :func:`~.logs.command_logger`."""
+        handler = JsonLinesHandler(path)
+        logger = command_logger(self)
+        level = logger.level
+        logger.addHandler(handler)
+        if level == logging.NOTSET or level > logging.INFO:
+            logger.setLevel(logging.INFO)
 
-        log = CommandLog(path, self)
-        unsubscribe = self.events.subscribe(log.write)
         def close() -> None:
-            unsubscribe()
-            log.close()
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            handler.close()
 
         self._loggers.append(close)
 

@@ -201,6 +201,8 @@ class ConnectionPanel(LivePanel):
         if e.kind == "op":
             outs = tuple(o.hex() for o in d.get("out", ()))
             ins = tuple(o.hex() for o in d.get("inputs", ()))
+            for o in ins:  # inputs are older than the result, even when first seen here (a panel opened late)
+                self._obj(i, o)
             for o in outs:
                 obj = self._obj(i, o)
                 obj.op, obj.inputs, obj.origin = d.get("op", "?"), ins, "op"
