@@ -237,3 +237,21 @@ def test_moving_needs_two_workers(two):
         x.move(b)
     with pytest.raises(TypeError, match="client of the target worker"):
         x.move("Alice")
+
+
+def test_a_rule_can_let_models_go_to_one_worker_only(make_worker, make_client):
+    bob = make_worker("Bob", policy="review")
+    make_worker("Carol", policy="open")
+    make_worker("Mallory", policy="open")
+    b, c, m = make_client("Bob"), make_client("Carol"), make_client("Mallory")
+    rule = bob.policy.allow_get(kind="model", to="Carol")
+    assert "to Carol only" in bob.policy.summary and str(rule) == "kind=model to Carol only"
+    remote = b.send(nn.Linear(2, 2))
+    assert remote.move(c).location == "Carol"  # allowed by the rule, no click
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.3)  # the scientist itself: under review
+    with pytest.raises(sm.GetTimeout):
+        remote.move(m, timeout=0.3)  # another worker: under review too
+    assert [r.action.split(" at ")[0] for r in bob.requests.pending] == ["get", "move to Mallory"]
+    with pytest.raises(ValueError, match="names a worker"):
+        bob.policy.allow_get(kind="model", to="")

@@ -91,10 +91,14 @@ class Policy:
             book = self.__dict__["_rules"] = RuleBook()
         return book
 
-    def allow_get(self, *, max_numel: Optional[int] = None, kind: Optional[str] = None) -> GetRule:
+    def allow_get(self, *, max_numel: Optional[int] = None, kind: Optional[str] = None,
+                  to: Optional[str] = None) -> GetRule:
         """Allow, without review, gets of tensors of at most ``max_numel`` elements and/or of ``kind``
-        (``"model"``: a trained model's weights). E.g. ``bob.policy.allow_get(max_numel=1)`` for losses."""
-        return self.rules.add(GetRule(max_numel=max_numel, kind=kind))
+        (``"model"``: a trained model's weights). E.g. ``bob.policy.allow_get(max_numel=1)`` for losses.
+        With ``to="Carol"`` the rule allows only moves to the worker Carol (a trusted aggregator), never a
+        get by the scientist. (Carol is named by the scientist's ticket, and checked against the worker
+        that issued it; without key pinning a name is what that worker announces.)"""
+        return self.rules.add(GetRule(max_numel=max_numel, kind=kind, to=to))
 
     def accept_moves(self, rule: Union[bool, Callable[[MoveIn], bool]] = True) -> None:
         """Which objects other workers may move here for a scientist (``ptr.move(alice)``): ``True`` (the

@@ -33,7 +33,7 @@ def decide(server: "Server", session: Session, entry: Entry, seq: Any, action: s
         return None
     if type(worker.policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
         return None
-    rule = worker.policy.rules.match(entry.kind, entry.shape) if worker.policy.rules else None
+    rule = worker.policy.rules.match(entry.kind, entry.shape, action) if worker.policy.rules else None
     what = "" if action == GET else f" ({action})"
     if rule is not None:  # an owner's rule for training (allow_get): decided without a click, and logged
         server.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule}){what}")

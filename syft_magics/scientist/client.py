@@ -20,6 +20,7 @@ from ..errors import (
     AuthenticationError,
     CrossWorkerError,
     GetTimeout,
+    OpNotAllowed,
     PointerFreed,
     RemoteError,
     ReplyTimeout,
@@ -315,6 +316,15 @@ class Client:
         locals_: List[torch.Tensor] = []
         wire_args, key_args = walk(args, pointers, locals_)
         wire_kwargs, key_kwargs = walk(kwargs, pointers, locals_) if kwargs else ({}, ())
+        for t in locals_:
+            if t.device.type == "meta":
+                # a pointer's .device is 'meta' (it holds no data here): code that builds a tensor with
+                # device=ptr.device (torch.masked.*, some library helpers) made an empty local one
+                raise OpNotAllowed(
+                    f"{short_name(name)} got a tensor on the 'meta' device, built here from a pointer's .device "
+                    "(a pointer holds no data on this side). torch.masked.* ops and code that creates tensors with "
+                    "device=ptr.device are not supported on pointers; create the tensor on the worker instead "
+                    "(e.g. ptr.new_full(...), torch.where(mask, ptr, value))")
         for ptr in pointers:
             if ptr.client is not self:
                 raise CrossWorkerError(
