@@ -19,10 +19,14 @@ MIN_MATCHING = 540
 
 
 def _sample(op):
+    """The op's first float32 sample, from its own generator: ``op.sample_inputs`` would wrap it in a tracker
+    that calls ``inspect.stack()`` (reading the source of every frame, scanning every loaded module) once per
+    op: that, not the ops, was most of this test's 80-100 s."""
     if torch.float32 not in op.supported_dtypes("cpu"):
         return None
+    torch.manual_seed(0)
     try:
-        return next(iter(op.sample_inputs("cpu", torch.float32, requires_grad=False)))
+        return next(iter(op.sample_inputs_func(op, "cpu", torch.float32, False)))
     except Exception:
         return None
 
@@ -90,8 +94,8 @@ def test_opinfo_samples_through_pointers(make_worker, make_client):
         run = lambda: from_ptr(op.op(*to_ptr(args), **{k: to_ptr(v) for k, v in kwargs.items()}))  # noqa: E731
         try:
             remote = run()
-            if op.name.startswith("masked."):
-                masked_ran.append(op.name)
+            if op.name.startswith("masked.") and isinstance(kwargs.get("mask"), torch.Tensor):
+                masked_ran.append(op.name)  # without a mask they are plain reductions, and run
         except sm.OpNotAllowed as exc:
             counts["refused"] += 1
             if not str(exc).strip():
@@ -115,5 +119,5 @@ def test_opinfo_samples_through_pointers(make_worker, make_client):
     print(dict(counts))
     assert not wrong, f"wrong values through pointers: {wrong}"
     assert not unclear, f"errors without a message: {unclear}"
-    assert not masked_ran, f"torch.masked.* ops are refused on pointers, but these ran: {masked_ran}"
+    assert not masked_ran, f"torch.masked.* ops with a mask are refused on pointers, but these ran: {masked_ran}"
     assert counts["match"] >= MIN_MATCHING, dict(counts)
