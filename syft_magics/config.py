@@ -39,6 +39,19 @@ class Defaults:
     #: sealed memory files instead of through TCP (:mod:`syft_magics.wire.samehost`); False: always TCP.
     #: Read when a client connects.
     same_host: bool = True
+    #: Tensors of at least this many bytes that travel by TCP are streamed in chunks (``send``, ``get``):
+    #: other ops on the link interleave with them, Ctrl-C / a kernel interrupt cancels them, and a
+    #: progress bar shows when one takes more than ``progress_delay`` s (:mod:`syft_magics.wire.chunks`).
+    stream_min_bytes: int = 8 << 20
+    #: Bytes per chunk of a stream, and chunks in flight before the receiver's credit comes back
+    #: (measured against the single-frame path: benchmarks/rows/streaming.py).
+    chunk_bytes: int = 1 << 20
+    chunk_window: int = 4
+    #: Progress bars for streamed transfers (tqdm.auto: a widget in a notebook, text in a terminal):
+    #: None shows them when interactive (an IPython kernel, or stderr is a terminal); True/False force.
+    progress: Optional[bool] = None
+    #: A transfer shows its bar once it has taken this many seconds.
+    progress_delay: float = 2.0
     #: Commands kept in a worker's recent-events ring.
     event_history: int = 500
 

@@ -43,12 +43,19 @@ def shm_names() -> set:
     return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
-@pytest.fixture
-def big(make_worker, make_client):
+@pytest.fixture(params=["lend", "pool"])
+def big(request, make_worker, make_client, monkeypatch):
+    """A worker sharing 16 MiB and a same-host client, on each same-host path: tensors lent (read once out of
+    the other process) where the peers may read each other's memory, else the memory-file pool."""
+    if request.param == "pool":  # as where ptrace rules (Yama's ptrace_scope) forbid reading a sibling
+        monkeypatch.setattr(samehost, "_process_vm_readv", None)
     bob = make_worker("Bob", policy="open")
     x = torch.randn(4 * MIB)  # 16 MiB
     bob.share(x, "#B")
-    return bob, make_client("Bob"), x
+    client = make_client("Bob")
+    session, = bob.clients
+    assert client._link.pool.lend is session.pool.lend is (request.param == "lend")
+    return bob, client, x
 
 
 def test_a_client_on_the_same_host_is_verified_at_the_handshake(big):
@@ -56,6 +63,36 @@ def test_a_client_on_the_same_host_is_verified_at_the_handshake(big):
     assert client.same_host
     session, = bob.clients
     assert session.pool is not None and session.host_peer is not None and session.host_peer.pid == os.getpid()
+
+
+def test_lent_memory_is_read_once_and_held_only_until_the_reader_says_so(big, monkeypatch):
+    bob, client, x = big
+    if not client._link.pool.lend:
+        pytest.skip("the pool path")
+    reads = []
+    read_memory = samehost._read_memory
+    monkeypatch.setattr(samehost, "_read_memory", lambda pid, at, buf: (reads.append(pid), read_memory(pid, at, buf)))
+    ptr, = client.search("#B")
+    assert torch.equal(ptr.get(), x)
+    session, = bob.clients
+    assert reads == [os.getpid()] and session.pool.fd == -1, "lent and read once, not copied into a memory file"
+    client.sync()  # the release rides the next message
+    assert wait_until(lambda: len(session.pool) == 0), "the worker drops the lent buffer once read"
+    p = client.send(torch.ones(MIB))
+    assert len(reads) == 2 and len(client._link.pool) == 0 and client._link.pool.fd == -1, \
+        "a lent send is read once and released at the acknowledgement"
+    assert p.get().sum() == MIB
+
+
+def test_a_bad_lent_reference_is_a_clear_error_not_a_crash():
+    peer = samehost.Peer(os.getpid())
+    with pytest.raises(samehost.SameHostError, match="cannot read the peer's lent memory"):
+        peer.take(samehost.LENT, -1, 8, torch.float32, [MIB])  # address 8: not mapped
+    with pytest.raises(samehost.SameHostError, match="bad lent-memory key"):
+        peer.take(samehost.LENT, 5, 4096, torch.float32, [MIB])
+    with pytest.raises(samehost.SameHostError, match="bad same-host tensor"):
+        peer.take(samehost.LENT, -1, 4096, torch.float32, [samehost.POOL_MAX_BYTES])
+    assert peer.read == []
 
 
 def test_get_and_send_through_the_memory_file_give_the_same_values(big):
@@ -106,7 +143,7 @@ def test_a_same_host_tensor_from_an_unverified_peer_is_refused(make_worker, raw)
     bob = make_worker("Bob", policy="open")
     dealer = raw(bob.address)
     dealer.authenticate(bob.key)
-    fd, probe = samehost.make_probe(b"x" * 16)  # a real memory file, but this peer never proved itself
+    probe = samehost.make_probe(b"x" * 16)  # a real memory file, but this peer never proved itself
     try:
         pool = samehost.Pool()
         parts = encode({"t": "send", "s": 5, "id": os.urandom(16), "x": torch.ones(MIB), "ack": True}, pool)
@@ -115,7 +152,7 @@ def test_a_same_host_tensor_from_an_unverified_peer_is_refused(make_worker, raw)
         assert reply["t"] == "err" and "not verified to run on this host" in reply["msg"]
         pool.close()
     finally:
-        os.close(fd)
+        probe.close()
     assert len(bob.store) == 0
 
 
@@ -239,12 +276,20 @@ def test_a_worker_killed_mid_transfer_gives_a_clear_error_and_leaves_nothing(tmp
 
 
 def test_the_probe_holds_only_the_nonce_and_is_checked_by_content():
-    fd, probe = samehost.make_probe(b"a" * 16)
+    probe = samehost.make_probe(b"a" * 16)
+    announce = probe.announce
+    pid = os.getpid()
     try:
-        assert samehost.check_probe(probe, b"a" * 16) == os.getpid()
-        assert samehost.check_probe(probe, b"b" * 16) is None
-        assert samehost.check_probe([os.getpid(), fd, probe[2] + 1], b"a" * 16) is None
+        assert samehost.check_probe(announce, b"a" * 16) == pid
+        assert samehost.check_probe(announce, b"b" * 16) is None
+        assert samehost.check_probe([pid, probe.fd, announce[2] + 1], b"a" * 16) is None
         assert samehost.check_probe("not a probe", b"a" * 16) is None
+        # the nonce in memory: readable by a process allowed to (here: this one), checked by content too
+        assert samehost.can_read_memory(announce, pid, b"a" * 16)
+        assert not samehost.can_read_memory(announce, pid, b"b" * 16)
+        assert not samehost.can_read_memory([*announce[:3], 8], pid, b"a" * 16), "an unmapped address"
+        assert not samehost.can_read_memory(announce[:3], pid, b"a" * 16)
+        assert not samehost.can_read_memory([pid + 1, *announce[1:]], pid, b"a" * 16), "another pid"
     finally:
-        os.close(fd)
+        probe.close()
     assert decode(encode({"t": "ok", "s": 1}))["t"] == "ok"

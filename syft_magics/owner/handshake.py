@@ -97,24 +97,26 @@ class Handshakes:
             if type(host_nonce) is bytes and len(host_nonce) == 16 and session.peer != "inproc" \
                     and samehost.available():
                 # offer the same-host path: prove we can be read, ask the client to prove the same
-                fd, probe = samehost.make_probe(host_nonce)
-                session.host_probe = (fd, os.urandom(16))
-                welcome["host"] = {"probe": probe, "nonce": session.host_probe[1]}
+                probe = samehost.make_probe(host_nonce)
+                session.host_probe = (probe, os.urandom(16))
+                welcome["host"] = {"probe": probe.announce, "nonce": session.host_probe[1]}
             return encode(welcome)
         raise unknown
 
     def on_host(self, session: Session, header: dict, used: List[Any]) -> List[Any]:
         """The client's half of the same-host check: its probe must hold the nonce we gave it."""
-        ok = False
+        ok = lend = False
         if session.host_probe is not None:
-            fd, nonce = session.host_probe
+            probe, nonce = session.host_probe
             session.host_probe = None
-            os.close(fd)
+            probe.close()
             pid = samehost.check_probe(header.get("probe"), nonce)
             if pid is not None:
                 # the client frees a sent tensor's region when we acknowledge the send: nothing to confirm
                 session.host_peer, session.pool, ok = samehost.Peer(pid, confirm=False), samehost.Pool(), True
-        return encode({"t": Kind.OK, "s": header.get("s"), "host": ok})
+                session.pool.lend = header.get("lend") is True  # the client can read our memory: lend it
+                lend = samehost.can_read_memory(header.get("probe"), pid, nonce)
+        return encode({"t": Kind.OK, "s": header.get("s"), "host": ok, "lend": lend})
 
 
 def hello_fields(header: dict) -> dict:

@@ -25,7 +25,7 @@ from ..wire import limits, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import readable, recv_parts, send_parts
-from . import moves, release, tickets, writes
+from . import moves, release, streams, tickets, writes
 from .connections import Connections
 from .handshake import Handshakes
 from .models import export
@@ -246,8 +246,8 @@ class Server(Handshakes):
         for head, count in zip(heads, counts):
             reply = self._answer(ident, [head, *frames[i:i + count]], batched=True)
             i += count
-            if reply is not None:
-                replies.append(reply)
+            if reply is not None:  # (a stream's start is several replies)
+                replies.extend(reply) if type(reply) is Replies else replies.append(reply)
         return replies
 
     def _resolver(self, session: Session, used: List[Entry]) -> Callable[[bytes], Any]:
@@ -274,8 +274,8 @@ class Server(Handshakes):
         for ident, session in list(self.sessions.items()):
             if now - session.last_seen > self.worker.lease_timeout:
                 self._end_session(ident, "lease expired")
-            elif session.pool is not None:
-                session.pool.expire(now)
+            else:
+                session.expire(now)
         for ident, pending in list(self.handshakes.items()):
             if now - pending[2] > HANDSHAKE_TIMEOUT:
                 self.handshakes.pop(ident, None)
@@ -399,22 +399,25 @@ class Server(Handshakes):
         entry = release.entry_for(self, session, field(header, "id", bytes))
         entry.last_access = time.time()
         pending = release.decide(self, session, entry, seq)
-        return pending if pending is not None else self._value(session, seq, entry)
+        return pending if pending is not None else self._value(session, header, entry)
 
-    def _value(self, session: Session, seq: Any, entry: Entry) -> List[Any]:
+    def _value(self, session: Session, header: dict, entry: Entry) -> Any:
+        seq = header.get("s")
         self.stats["bytes_out"] += entry.nbytes
         self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)
         tensor = export(entry.tensor)  # a model leaves as a copy of its state dict
-        if session.peer == "inproc" and tensor is entry.tensor:
-            # inproc:// passes the frame's memory itself: the client would hold the store's tensor
-            # (the owner's data) and could change it in place
-            tensor = tensor.clone()
-        elif entry.session is not None and isinstance(tensor, torch.Tensor) \
-                and type(self.worker.policy).decide is not OpenPolicy.decide:
-            # a frame is sent zero-copy, later, from ZeroMQ's I/O thread: a client's next op could write
-            # into its object before the bytes leave, and receive other values than the ones approved
-            tensor = tensor.clone()
-        return encode({"t": Kind.VALUE, "s": seq, "x": tensor}, session.pool)
+        # inproc:// passes the frame's memory itself: the client would hold the store's tensor (the owner's
+        # data) and could change it in place; and a frame is sent zero-copy, later, from ZeroMQ's I/O thread:
+        # a client's next op could write into its object before the bytes leave (other values than approved)
+        copy = (session.peer == "inproc" and tensor is entry.tensor) or (
+            entry.session is not None and isinstance(tensor, torch.Tensor)
+            and type(self.worker.policy).decide is not OpenPolicy.decide)
+        streamed = streams.download(session, header, tensor, copy)  # big values: chunk by chunk, copies if copy
+        if streamed is not None:
+            return streamed
+        if session.pool is not None:
+            session.pool.written.clear()
+        return encode({"t": Kind.VALUE, "s": seq, "x": tensor.clone() if copy else tensor}, session.pool)
 
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
         oid = field(header, "id", bytes)
@@ -468,5 +471,5 @@ class Server(Handshakes):
     #: the handler of each kind of message a client sends after the handshake (``batch`` aside)
     HANDLERS = {Kind.OP: _on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
-                Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release,
+                Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release, **streams.HANDLERS,
                 Kind.TICKET: tickets.on_ticket, Kind.MOVE: moves.on_move}

@@ -1,12 +1,12 @@
 """What a worker knows about one connected client."""
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from ..wire import samehost
+from .streams import Streams
 
 
 @dataclass
@@ -28,15 +28,24 @@ class Session:
     pool: Optional[samehost.Pool] = field(default=None, repr=False)
     #: during the same-host check: our probe file and the nonce the client must send back in its own
     host_probe: Optional[tuple] = field(default=None, repr=False)
+    #: streamed uploads and downloads in progress (big tensors in chunks, wire/chunks.py)
+    streams: Streams = field(default_factory=Streams, repr=False)
+
+    def expire(self, now: float) -> None:
+        """Drop what this session left idle too long: same-host regions, stalled streams."""
+        if self.pool is not None:
+            self.pool.expire(now)
+        self.streams.expire(now)
 
     def close_files(self) -> None:
-        """Close the same-host memory files this session holds (it ended)."""
+        """Close the same-host memory files this session holds and drop its partial streams (it ended)."""
+        self.streams.clear()
         if self.pool is not None:
             self.pool.close()
         if self.host_peer is not None:
             self.host_peer.close()
         if self.host_probe is not None:
-            os.close(self.host_probe[0])
+            self.host_probe[0].close()
             self.host_probe = None
 
     @property

@@ -8,6 +8,7 @@ issued it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from pathlib import Path
@@ -34,6 +35,7 @@ from ..traces import describe, user_site
 from ..wire import discovery, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
+from . import transfers
 from .autograd import local_answer
 from .inference import REMOTE, has_tensors, infer
 from .link import LARGE_FRAME_BYTES, Link
@@ -166,6 +168,9 @@ class Client:
                 self._request(header, op="send", pool=pool)
             finally:
                 pool.release(pool.written)
+        elif nbytes >= defaults.stream_min_bytes:
+            # streamed in chunks (wire/chunks.py): returns once the worker holds every byte
+            self._request(transfers.put_header(oid, tensor.detach(), list(tags)), op="send", upload=tensor)
         elif nbytes >= LARGE_FRAME_BYTES:
             # sent zero-copy: the worker's acknowledgement says when the tensor may change again
             header["ack"] = True
@@ -204,8 +209,8 @@ class Client:
         self._check_pointer(ptr)
         approval_timeout = timeout if timeout is not None else defaults.approval_timeout
         while True:
-            reply = self._request({"t": Kind.GET, "id": ptr.oid}, timeout, approval_timeout=approval_timeout,
-                                  what=ptr)
+            reply = self._request({"t": Kind.GET, "id": ptr.oid, "c": transfers.plan()}, timeout,
+                                  approval_timeout=approval_timeout, what=ptr)
             if reply["t"] == Kind.VALUE:
                 self.events.emit("get", id=ptr.oid)
                 return reply["x"]
@@ -240,7 +245,7 @@ class Client:
     # -- requests that wait ---------------------------------------------------------------
     def _request(self, header: dict, timeout: Optional[float] = None, *, approval_timeout: float = 0.0,
                  what: Optional[PointerTensor] = None, op: Optional[str] = None,
-                 pool: Optional[samehost.Pool] = None) -> dict:
+                 pool: Optional[samehost.Pool] = None, upload: Optional[torch.Tensor] = None) -> dict:
         link = self._link
         seq = link.next_seq()
         header["s"] = seq
@@ -248,18 +253,24 @@ class Client:
             self._origins[seq] = (op, user_site())
         link.expect(seq)
         answered = False
+        # a get or a streamed send may stream: progress, chunks, interrupts (scientist/transfers.py)
+        watch = transfers.Watch(link, header, _label(what), upload) if what is not None or upload is not None \
+            else None
+        tick = watch.tick if watch is not None else None
         try:
-            link.send(encode(header, pool), flush=True, awaited=True)
-            reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout)
-            if reply["t"] == Kind.PENDING:
-                n = reply.get("n")
-                print(f"waiting for {self.name} to approve request #{n} (get of {_label(what)})", flush=True)
-                self.events.emit("waiting", n=n)
-                try:
-                    reply = link.wait(seq, approval_timeout)
-                except ReplyTimeout:
-                    raise GetTimeout(f"{self.name} has not decided on request #{n} within {approval_timeout:g} s; "
-                                     "the request stays pending: call .get() again to keep waiting") from None
+            with watch if watch is not None else contextlib.nullcontext():
+                link.send(encode(header, pool), flush=True, awaited=True)
+                reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout, tick)
+                if reply["t"] == Kind.PENDING:
+                    n = reply.get("n")
+                    print(f"waiting for {self.name} to approve request #{n} (get of {_label(what)})", flush=True)
+                    self.events.emit("waiting", n=n)
+                    try:
+                        reply = link.wait(seq, approval_timeout, tick)
+                    except ReplyTimeout:
+                        raise GetTimeout(f"{self.name} has not decided on request #{n} within "
+                                         f"{approval_timeout:g} s; the request stays pending: call .get() again "
+                                         "to keep waiting") from None
             answered = True
         finally:
             link.done(seq, abandoned=not answered)

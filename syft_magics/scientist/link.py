@@ -36,9 +36,10 @@ from ..errors import (
     WorkerUnreachable,
     error_class,
 )
-from ..wire import auth, samehost
+from ..wire import auth, chunks, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
+from . import transfers
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class Link:
         self.errors: List[dict] = []
         self.on_error: Callable[[dict], None] = lambda header: None
         self.free_queue: Deque[bytes] = deque()
+        #: streamed values being received, by request (filled in as chunks arrive; wire/chunks.py)
+        self.streams: Dict[Any, chunks.Incoming] = {}
+        #: bytes of each streamed upload the worker holds so far, by request
+        self.credits: Dict[Any, int] = {}
         #: the worker's process when it runs on this host as this user (verified at the handshake):
         #: large tensors then travel as sealed memory files (:mod:`syft_magics.wire.samehost`)
         self.host_peer: Optional[samehost.Peer] = None
@@ -141,13 +146,16 @@ class Link:
         theirs = offer.get("nonce")
         if pid is None or not isinstance(theirs, bytes) or len(theirs) != 16:
             return
-        fd, probe = samehost.make_probe(theirs)
+        lend = samehost.can_read_memory(offer.get("probe"), pid, nonce)  # then the worker lends us results
+        probe = samehost.make_probe(theirs)
         try:
-            reply = self._request_raw({"t": Kind.HOST, "s": 0, "probe": probe}, timeout, expect=Kind.OK)
+            reply = self._request_raw({"t": Kind.HOST, "s": 0, "probe": probe.announce, "lend": lend}, timeout,
+                                      expect=Kind.OK)
         finally:
-            os.close(fd)
+            probe.close()
         if reply.get("host") is True:
             self.host_peer, self.pool = samehost.Peer(pid), samehost.Pool()
+            self.pool.lend = reply.get("lend") is True  # the worker can read our memory: sends are lent
 
     def _request_raw(self, header: dict, timeout: float, expect: Kind) -> dict:
         deadline = time.monotonic() + timeout
@@ -261,8 +269,12 @@ class Link:
                 self._sock.poll(max(1, int(min(remaining, 0.05) * 1000)), zmq.POLLOUT)
 
     # -- receiving ---------------------------------------------------------------
-    def wait(self, seq: int, timeout: float) -> dict:
-        """The reply to request ``seq``; raises if the worker is gone or silent past ``timeout``."""
+    def wait(self, seq: int, timeout: float, tick: Optional[Callable[[], bool]] = None) -> dict:
+        """The reply to request ``seq``; raises if the worker is gone or silent past ``timeout``.
+
+        ``tick`` runs between polls, without the lock (a stream sends its next chunks, shows its
+        progress); when it returns True the transfer moved on and ``timeout`` counts anew.
+        """
         start = time.monotonic()
         deadline = start + timeout
         while True:
@@ -270,6 +282,9 @@ class Link:
             if reply is not None:
                 return reply
             self.check()
+            if tick is not None and tick():
+                start = time.monotonic()
+                deadline = start + timeout
             now = time.monotonic()
             if now >= deadline:
                 raise ReplyTimeout(f"{self.worker_name} did not answer within {timeout:g} s "
@@ -342,11 +357,34 @@ class Link:
                     f"its objects. Connect again (%syft_connect {self.worker_name}).")
         elif seq in self._abandoned:
             pass  # e.g. the owner decided after the client's GetTimeout: the next get asks again
+        elif kind in (Kind.CHUNK, Kind.CREDIT) or (kind == Kind.VALUE and header.get("z") is not None):
+            if seq in self._awaited:  # (not: a stream that was cancelled; its chunks are dropped)
+                transfers.receive(self, seq, header)
         elif kind == Kind.ERR and seq not in self._awaited:
             self.errors.append(header)
             self.on_error(header)
         else:
             self.replies[seq] = header
+
+    def say(self, header: dict) -> None:
+        """Send a small control message now (call with ``lock`` held); lost only with the link."""
+        try:
+            send_parts(self._sock, encode(header))
+        except zmq.Again:
+            log.debug("link to %s: %s not sent", self.worker_name, header["t"])
+
+    def cancel(self, seq: int) -> None:
+        """Stop stream ``seq``: the worker drops its partial state; chunks still on their way are dropped."""
+        with self.lock:
+            self.streams.pop(seq, None)
+            self.credits.pop(seq, None)
+            self._awaited.discard(seq)
+            self._abandoned.add(seq)
+            if self.broken is None and not self._closed:
+                try:
+                    self.say({"t": Kind.CANCEL, "s": seq})
+                except zmq.ZMQError as exc:
+                    self._lost(exc)
 
     def _lost(self, exc: zmq.ZMQError) -> None:
         """The socket failed (call with ``lock`` held): an in-process worker that stopped terminated the
@@ -368,6 +406,8 @@ class Link:
         """The caller stopped waiting for ``seq``; replies still to come for an abandoned one are dropped."""
         self._awaited.discard(seq)
         self.replies.pop(seq, None)
+        self.streams.pop(seq, None)
+        self.credits.pop(seq, None)
         if abandoned:
             self._abandoned.add(seq)
 

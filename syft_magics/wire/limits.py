@@ -38,6 +38,18 @@ MAX_QUEUED_REQUESTS = 10_000
 HANDSHAKE_TIMEOUT = 5.0
 #: Longest error text sent to a client or written to a log line, in characters.
 MAX_ECHO_CHARS = 500
+#: Streamed tensors (wire/chunks.py): smallest and largest chunk a peer may declare, most chunks in flight.
+MIN_CHUNK_BYTES = 64 << 10
+MAX_CHUNK_BYTES = 64 << 20
+MAX_CHUNK_WINDOW = 64
+#: Streamed uploads one session may have in progress at once, and the bytes they may declare together
+#: (each is allocated whole when declared: a peer never makes the worker hold more than it declared).
+MAX_UPLOADS = 4
+MAX_UPLOAD_BYTES = 16 << 30
+#: Streamed downloads one session may have in progress at once (beyond, a value goes as one frame).
+MAX_DOWNLOADS = 4
+#: A stream with no progress for this long is dropped and its memory freed (a peer that went quiet).
+STREAM_IDLE_SECONDS = 60.0
 
 
 def clip(text: Any, limit: int = MAX_ECHO_CHARS) -> str:

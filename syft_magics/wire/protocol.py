@@ -27,6 +27,10 @@ Pipelined messages may travel together as one ``batch``: ``[{"t": "batch", "m":
 message 1, ...]`` (the headers packed, as bytes); the worker handles them in order,
 each exactly as if it had come alone.
 
+Tensors of ``defaults.stream_min_bytes`` and more that travel by TCP are streamed in chunks, with
+credit-based flow control, so that small messages interleave with them and a transfer can be
+cancelled or shown with a progress bar (:mod:`syft_magics.wire.chunks`).
+
 Tensor bytes travel zero-copy: the sender hands ZeroMQ a view of the
 tensor's memory, the receiver wraps the received frame with
 ``torch.frombuffer``. The protocol version is agreed once, in the handshake.
@@ -67,6 +71,8 @@ class Kind(WireEnum):
     TICKET = "ticket"  # ask the worker for a one-time ticket to receive a moved object (owner/tickets.py)
     MOVE = "move"  # send an object to another worker with its ticket (owner/moves.py)
     DELIVER = "deliver"  # a worker's courier hands over the moved object (owner/tickets.py)
+    PUT = "put"  # declares a streamed upload (:mod:`syft_magics.wire.chunks`)
+    CANCEL = "cancel"  # stops a stream and drops its partial state
     # the worker's
     CHALLENGE = "challenge"
     WELCOME = "welcome"
@@ -77,6 +83,8 @@ class Kind(WireEnum):
     VALUE = "value"
     PONG = "pong"
     # both
+    CHUNK = "chunk"  # one byte range of a streamed tensor
+    CREDIT = "credit"  # the bytes of a stream received so far: the sender may send more
     BYE = "bye"  # the client leaves, or the worker stops
 
 

@@ -1,24 +1,37 @@
-"""The same-host tensor path: large tensors through a shared memory file instead of TCP.
+"""The same-host tensor path: large tensors out of the other process's memory instead of through TCP.
 
 When a client and its worker run on one machine as one user, a tensor of at least
-:data:`SHARED_MIN_BYTES` (and at most :data:`POOL_MAX_BYTES`) travels through the sender's
-**pool**: an anonymous memory file (``memfd``) that the sender keeps for the link and reuses.
-The sender writes the tensor's bytes into a free region of its pool with ``pwrite`` and names
-the region in the message; the receiver, which opened the pool once through
-``/proc/<sender pid>/fd/<n>``, reads them straight into a tensor of its own with ``preadv``
-and tells the sender the region is free again. Two copies and no socket, against the kernel's
-copies plus ZeroMQ's framing on loopback TCP.
+:data:`SHARED_MIN_BYTES` (and at most :data:`POOL_MAX_BYTES`) takes one of two ways:
+
+- **Lent** (one copy), where the receiver proved at the handshake that it may read the sender's
+  memory (the kernel's ``process_vm_readv``, allowed between processes of one user unless ptrace
+  rules such as Yama's ``ptrace_scope`` forbid it): the sender names the tensor's address in the
+  message and keeps the buffer alive; the receiver copies the bytes straight into a tensor of its
+  own and tells the sender it is done (riding its next message, or the acknowledgement of a send).
+- **Through the sender's pool** (two copies) otherwise: an anonymous memory file (``memfd``) that
+  the sender keeps for the link and reuses. The sender writes the tensor's bytes into a free region
+  with ``pwrite`` and names the region in the message; the receiver, which opened the pool once
+  through ``/proc/<sender pid>/fd/<n>``, reads them into a tensor of its own with ``preadv`` and
+  frees the region the same way.
+
+Both skip the socket, the kernel's copies on loopback TCP and ZeroMQ's framing.
 
 What it keeps of the TCP path's guarantees:
 
 - **Detected, never assumed.** After authentication each side proves it can open the other's
   memory files: the worker writes the client's nonce into a memory file and the client reads it
   back through ``/proc``; then the client does the same with the worker's nonce
-  (:func:`make_probe`, :func:`check_probe`). Across hosts, users or PID namespaces a probe fails
-  and the TCP path is used. The peer's pid is the verified probe's, never a later message's.
-- **The caller may change a sent tensor at once; a received tensor is the receiver's own.** The
-  bytes are copied into the pool before ``send`` returns, and out of it into fresh memory on the
-  other side: neither process ever maps the other's memory.
+  (:func:`make_probe`, :func:`check_probe`). The same nonce, kept in the prober's memory, shows
+  whether the peer may also read that memory (:func:`can_read_memory`): only then does the prober
+  lend. Across hosts, users or PID namespaces a probe fails and the TCP path is used. The peer's
+  pid is the verified probe's, never a later message's.
+- **No wider access than before.** Reading another process's memory needs the same permission
+  as opening its files through ``/proc`` (ptrace's read mode, i.e. the same user): a peer that may
+  lend has that access already; a sender lends only the buffer it would otherwise have sent.
+- **The caller may change a sent tensor at once; a received tensor is the receiver's own.** A send
+  on this path returns once the worker acknowledges it has read the bytes (lent) or once they are
+  in the pool; the receiver always copies into fresh memory of its own: neither process ever maps
+  the other's memory.
 - **Only the peer uses it.** A memfd has no name; ``/proc/<pid>/fd`` opens only for processes
   allowed to inspect the sender (the same user, who can read the connection file and its key
   anyway). A pool holds only bytes its owner chose to send.
@@ -26,12 +39,14 @@ What it keeps of the TCP path's guarantees:
   receiver leaves nothing in ``/dev/shm`` or anywhere else.
 - **Memory.** Nobody maps a pool, so it is not part of either process's resident set; it holds
   at most :data:`POOL_MAX_BYTES` per link direction while the link lives (kept for reuse: fresh
-  shared pages cost more to allocate than the copy itself).
+  shared pages cost more to allocate than the copy itself). A lent buffer is held until the
+  reader's release arrives (with its next message) or for :data:`HOLD_SECONDS` at most.
 - **Bounded, never blocking.** A receiver reads at most :data:`POOL_MAX_BYTES` per tensor and
   checks every length; a sender with no free region sends the tensor by TCP instead of waiting.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 import sys
@@ -52,6 +67,26 @@ HOLD_SECONDS = 120.0
 MAX_REGIONS = 64
 
 _AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "memfd_create") and hasattr(os, "preadv")
+#: The first field of a reference to lent memory (a pool reference's first field is a descriptor, >= 0).
+LENT = -1
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _libc_readv() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).process_vm_readv
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_ssize_t
+    fn.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.POINTER(_Iovec), ctypes.c_ulong,
+                   ctypes.c_ulong]
+    return fn
+
+
+_process_vm_readv = _libc_readv() if _AVAILABLE else None
 
 
 def available() -> bool:
@@ -88,23 +123,71 @@ def _read_exact(fd: int, buffer: Any, offset: int) -> None:
         done += n
 
 
+def _read_memory(pid: int, address: int, buffer: Any) -> None:
+    """Copy ``len(buffer)`` bytes at ``address`` in process ``pid`` into ``buffer``: one copy, by the
+    kernel (``process_vm_readv``), allowed only where we may inspect that process (same user)."""
+    view = memoryview(buffer).cast("B")
+    if view.nbytes == 0:
+        return
+    if _process_vm_readv is None:
+        raise SameHostError("this system cannot read another process's memory")
+    base = ctypes.addressof(ctypes.c_char.from_buffer(view))
+    done = 0
+    while done < view.nbytes:
+        local = _Iovec(base + done, view.nbytes - done)
+        remote = _Iovec(address + done, view.nbytes - done)
+        got = _process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if got <= 0:
+            err = ctypes.get_errno()
+            raise SameHostError(f"cannot read the peer's lent memory ({os.strerror(err) if err else 'no data'})")
+        done += got
+
+
+def _address(data: Any) -> Optional[int]:
+    """The address of a writable, contiguous buffer's first byte (what the peer reads), or None."""
+    try:
+        view = memoryview(data).cast("B")
+        return ctypes.addressof(ctypes.c_char.from_buffer(view)) if view.nbytes and not view.readonly else None
+    except (TypeError, ValueError):
+        return None
+
+
 class Pool:
-    """The sender's memory file for one link direction, and which regions of it are in flight."""
+    """The sender's side of one link direction: its memory file and which regions of it are in flight,
+    or, where the peer proved it can read this process's memory (:attr:`lend`), the buffers lent to it.
+
+    Lending is the one-copy path: the peer copies a tensor's bytes straight out of this process into a
+    tensor of its own (``process_vm_readv``), and the sender keeps the buffer (so the memory stays
+    valid) until the peer says it has read it. A sender lends only what the protocol already lets the
+    peer see, exactly as the zero-copy TCP path hands the same buffer to ZeroMQ.
+    """
 
     def __init__(self) -> None:
         self.fd = -1
         self.ino = 0
         self.size = 0
         self._regions: Dict[int, Tuple[int, float]] = {}  # offset -> (length, when written)
-        #: the offsets written since the caller last cleared it (the regions of one message)
+        #: the offsets written (and keys lent) since the caller last cleared it (the regions of one message)
         self.written: List[int] = []
+        #: the peer can read this process's memory: tensors are lent, not copied into the memory file
+        self.lend = False
+        self._lent: Dict[int, Tuple[Any, float]] = {}  # key (< 0) -> (buffer kept alive, when lent)
+        self._next_key = -1
 
     def put(self, data: Any) -> Optional[Tuple[int, int, int]]:
-        """Copy ``data`` (a buffer) into a free region; ``(fd, inode, offset)`` to name it, or None if full."""
+        """Lend ``data`` (a buffer) or copy it into a free region; ``(fd, inode, offset)`` to name a region,
+        ``(LENT, key, address)`` to name lent memory, or None if full."""
         view = memoryview(data).cast("B")
         nbytes = view.nbytes
-        if not SHARED_MIN_BYTES <= nbytes <= POOL_MAX_BYTES or len(self._regions) >= MAX_REGIONS:
+        if not SHARED_MIN_BYTES <= nbytes <= POOL_MAX_BYTES or len(self) >= MAX_REGIONS:
             return None
+        if self.lend:
+            address = _address(data)
+            if address is not None:
+                key, self._next_key = self._next_key, self._next_key - 1
+                self._lent[key] = (data, time.monotonic())
+                self.written.append(key)
+                return LENT, key, address
         offset = self._free_offset(nbytes)
         if offset is None:
             return None
@@ -131,22 +214,26 @@ class Pool:
         return at if at + nbytes <= POOL_MAX_BYTES else None
 
     def release(self, offsets: Sequence[Any]) -> int:
-        """The receiver has read these regions; returns how many were in flight (others are ignored)."""
-        return sum(self._regions.pop(o, None) is not None for o in offsets if type(o) is int)
+        """The receiver has read these regions (or lent buffers); returns how many were in flight (others
+        are ignored)."""
+        return sum((self._lent.pop(o, None) if o < 0 else self._regions.pop(o, None)) is not None
+                   for o in offsets if type(o) is int)
 
     def expire(self, now: float) -> None:
-        for offset, (_, written) in list(self._regions.items()):
-            if now - written > HOLD_SECONDS:
-                del self._regions[offset]
+        for held in (self._regions, self._lent):
+            for key, (_, since) in list(held.items()):
+                if now - since > HOLD_SECONDS:
+                    del held[key]
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
         self.fd, self.ino, self.size = -1, 0, 0
         self._regions.clear()
+        self._lent.clear()
 
     def __len__(self) -> int:
-        return len(self._regions)
+        return len(self._regions) + len(self._lent)
 
 
 class Peer:
@@ -159,13 +246,22 @@ class Peer:
         self._files: Dict[int, int] = {}  # the peer's inode -> our descriptor
 
     def take(self, fd: int, ino: int, offset: int, dtype: torch.dtype, shape: List[int]) -> torch.Tensor:
-        """A new tensor of ours holding the bytes at ``offset`` of the peer's pool ``fd``."""
+        """A new tensor of ours holding the bytes at ``offset`` of the peer's pool ``fd``, or, for lent
+        memory (``fd == LENT``), the bytes at address ``offset`` of the peer process (key ``ino``)."""
         numel = 1
         for n in shape:
             numel *= n
         nbytes = numel * dtype.itemsize
-        if not (type(offset) is int and 0 <= offset and 0 < nbytes <= POOL_MAX_BYTES):
+        if not (type(offset) is int and 0 <= offset < 1 << 64 and 0 < nbytes <= POOL_MAX_BYTES):
             raise SameHostError(f"bad same-host tensor ({nbytes} bytes at offset {offset!r})")
+        if fd == LENT:
+            if not (type(ino) is int and ino < 0):
+                raise SameHostError(f"bad lent-memory key {ino!r}")
+            tensor = torch.empty(shape, dtype=dtype)
+            _read_memory(self.pid, offset, tensor.view(torch.uint8).reshape(-1).numpy())
+            if self.confirm:
+                self.read.append(ino)
+            return tensor
         own = self._files.get(ino)
         if own is None:
             own = _open_peer_file(self.pid, fd, ino)
@@ -189,18 +285,35 @@ class Peer:
 
 
 # -- the handshake probe ---------------------------------------------------------------------------
-def make_probe(nonce: bytes) -> Tuple[int, List[int]]:
-    """A memory file holding the peer's ``nonce``: ``(descriptor to close later, [pid, fd, inode])`` to announce."""
-    fd = os.memfd_create("syft-probe", os.MFD_CLOEXEC)
-    os.pwrite(fd, nonce, 0)
-    return fd, [os.getpid(), fd, os.fstat(fd).st_ino]
+class Probe:
+    """What one side shows the other at the handshake: a memory file holding the peer's nonce (can the
+    peer open our files?) and the same nonce in this process's memory (can the peer read our memory?).
+    Kept until the peer has checked it; :meth:`close` then."""
+
+    def __init__(self, nonce: bytes) -> None:
+        self.fd = os.memfd_create("syft-probe", os.MFD_CLOEXEC)
+        os.pwrite(self.fd, nonce, 0)
+        self._memory = ctypes.create_string_buffer(nonce, len(nonce))
+        #: what to announce: ``[pid, fd, inode, address of the nonce in memory]``
+        self.announce = [os.getpid(), self.fd, os.fstat(self.fd).st_ino, ctypes.addressof(self._memory)]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def make_probe(nonce: bytes) -> Probe:
+    """A :class:`Probe` holding the peer's ``nonce``."""
+    return Probe(nonce)
 
 
 def check_probe(probe: Any, nonce: bytes) -> Optional[int]:
-    """The peer's pid if its announced ``probe`` holds our ``nonce`` (so it runs here, as us), else None."""
-    if not _AVAILABLE or not isinstance(probe, list) or len(probe) != 3:
+    """The peer's pid if its announced ``probe`` holds our ``nonce`` in a memory file (so it runs here,
+    as us), else None."""
+    if not _AVAILABLE or not isinstance(probe, list) or len(probe) not in (3, 4):
         return None
-    pid, fd, ino = probe
+    pid, fd, ino = probe[:3]
     try:
         own = _open_peer_file(pid, fd, ino)
     except SameHostError:
@@ -213,3 +326,17 @@ def check_probe(probe: Any, nonce: bytes) -> Optional[int]:
         return None
     finally:
         os.close(own)
+
+
+def can_read_memory(probe: Any, pid: int, nonce: bytes) -> bool:
+    """Whether we can read the verified peer ``pid``'s memory: its probe's address holds our ``nonce``
+    (where ptrace rules forbid it, e.g. Yama's ``ptrace_scope`` >= 1 between siblings, the pool is used)."""
+    if not isinstance(probe, list) or len(probe) != 4 or probe[0] != pid or type(probe[3]) is not int \
+            or not 0 < probe[3] < 1 << 64:
+        return False
+    got = bytearray(len(nonce))
+    try:
+        _read_memory(pid, probe[3], got)
+    except SameHostError:
+        return False
+    return bytes(got) == nonce
