@@ -1,6 +1,6 @@
 """The data owner's process: a server in a background thread, the main thread idle or busy.
 
-    python -m benchmarks._owner --server syft|raw [--tensor '#X=5' ...] [--busy] [--switch-interval S]
+    python -m benchmarks._owner --server syft|raw [--tensor '#X=5' ...] [--busy] [--switch-interval S] [--secure]
 
 ``syft`` runs :class:`syft_magics.Worker` (policy ``open``) and shares one float32 tensor per
 ``--tensor TAG=NUMEL``; ``raw`` runs a bare ZeroMQ ROUTER server with the same layout (one background
@@ -145,6 +145,8 @@ def main() -> None:
     ap.add_argument("--tensor", action="append", default=[], help="TAG=NUMEL (float32)")
     ap.add_argument("--busy", action="store_true", help="run a pure-Python loop on the main thread")
     ap.add_argument("--switch-interval", type=float, default=None)
+    ap.add_argument("--secure", action="store_true",
+                    help="syft: encrypt links (CurveZMQ); the info line names an invitation file to connect with")
     args = ap.parse_args()
 
     stop = threading.Event()
@@ -162,10 +164,21 @@ def main() -> None:
     if args.server == "syft":
         import syft_magics
 
-        worker = syft_magics.Worker("Owner", port=0, policy="open", connection_file=False).start()
+        worker = syft_magics.Worker("Owner", port=0, policy="open", connection_file=False,
+                                    secure=True if args.secure else None).start()
         for tag, t in tensors.items():
             worker.share(t, tag)
+        # the worker warms torch's dispatch stack up in a thread (about 75 MiB of imports): let it finish, or
+        # it lands in whatever is measured first (the memory row's peak RSS, the first op's latency)
+        for thread in threading.enumerate():
+            if thread.name == "torch-dispatch-warm-up":
+                thread.join(120)
         info = {"address": worker.address, "key": worker.key}
+        if args.secure:
+            import tempfile
+
+            folder = tempfile.mkdtemp(prefix="syft-bench-")  # 0700
+            info["invitation"] = str(worker.invite("bench", os.path.join(folder, "bench.json")))
     else:
         server = RawServer(tensors).start()
         info = {"address": server.address, "key": None}

@@ -339,8 +339,8 @@ class Owner:
     """
 
     def __init__(self, server: str, *, tensors: Optional[Dict[str, int]] = None, busy: bool = False,
-                 switch_interval: Optional[float] = None, start_timeout: float = 30.0) -> None:
-        args = ["--server", server]
+                 switch_interval: Optional[float] = None, start_timeout: float = 30.0, secure: bool = False) -> None:
+        args = ["--server", server] + (["--secure"] if secure else [])
         for tag, numel in (tensors or {}).items():
             args += ["--tensor", f"{tag}={numel}"]
         if busy:

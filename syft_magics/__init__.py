@@ -25,11 +25,13 @@ from .errors import (
     RemoteError,
     ReplyTimeout,
     SessionExpired,
+    ShapeUnknown,
     StaleConnectionFile,
     SyftError,
     TagError,
     UnknownObject,
     UnknownWorker,
+    WithheldError,
     WorkerRestarted,
     WorkerStopped,
     WorkerUnreachable,
@@ -54,8 +56,8 @@ __all__ = [
     "unload_ipython_extension",
     "AuthenticationError", "CrossWorkerError", "GetTimeout", "OpNotAllowed", "PermissionDenied", "PointerFreed",
     "PortInUse", "ProtocolError", "ReadOnlyError", "RemoteError", "ReplyTimeout", "SessionExpired",
-    "StaleConnectionFile", "SyftError", "TagError", "UnknownObject", "UnknownWorker", "WorkerRestarted",
-    "WorkerStopped", "WorkerUnreachable",
+    "ShapeUnknown", "StaleConnectionFile", "SyftError", "TagError", "UnknownObject", "UnknownWorker",
+    "WithheldError", "WorkerRestarted", "WorkerStopped", "WorkerUnreachable",
 ]
 
 

@@ -39,6 +39,10 @@ class Defaults:
     #: sealed memory files instead of through TCP (:mod:`syft_magics.wire.samehost`); False: always TCP.
     #: Read when a client connects.
     same_host: bool = True
+    #: A client connected to a worker of its own process (``connect(worker)``, an ``inproc://`` address)
+    #: hands its messages to the worker's handlers on its own thread (:mod:`syft_magics.scientist.direct`);
+    #: False: through an ``inproc://`` ZeroMQ socket and the worker's serving thread. Read when a client connects.
+    in_process_direct: bool = True
     #: Tensors of at least this many bytes that travel by TCP are streamed in chunks (``send``, ``get``):
     #: other ops on the link interleave with them, Ctrl-C / a kernel interrupt cancels them, and a
     #: progress bar shows when one takes more than ``progress_delay`` s (:mod:`syft_magics.wire.chunks`).

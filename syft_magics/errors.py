@@ -36,6 +36,7 @@ class ErrorCode(WireEnum):
     BAD_TAG = "bad_tag"
     BAD_ARGS = "bad_args"
     BAD_ID = "bad_id"
+    WITHHELD = "withheld"  # an op on the owner's data failed; its message waits for the owner's release
 
 
 class SyftError(Exception):
@@ -70,7 +71,15 @@ class SessionExpired(SyftError):
 
 
 class AuthenticationError(SyftError):
-    """The worker refused the link: wrong or missing key."""
+    """The worker refused the link: wrong or missing key, no invitation, or a revoked one."""
+
+
+class InsecureBind(SyftError, ValueError):
+    """A worker was asked to serve a network interface without encryption (CurveZMQ)."""
+
+
+class EncryptionUnavailable(SyftError, RuntimeError):
+    """An encrypted link was needed, but this libzmq was built without CurveZMQ."""
 
 
 class ProtocolError(SyftError):
@@ -134,6 +143,29 @@ class RemoteError(SyftError):
         self.code = code
 
 
+class WithheldError(RemoteError):
+    """An op on the owner's data failed on the worker; its message could tell values, so only its
+    kind (``remote_type``, e.g. ``IndexError``) is shown until the owner releases the full text.
+
+    ``withheld`` is the worker's number for it; :meth:`request_message` asks the owner for the text
+    (like a get: under ``review`` it waits for the owner's approval).
+    """
+
+    withheld: Optional[int] = None
+    client: object = None
+
+    def request_message(self, timeout: Optional[float] = None) -> str:
+        """The full error text, once the owner approves (it waits like ``.get()``)."""
+        if self.client is None or self.withheld is None:
+            raise RuntimeError("this error did not come from a worker")
+        return self.client.error_message(self.withheld, timeout=timeout)  # type: ignore[attr-defined]
+
+
+class ShapeUnknown(SyftError, RuntimeError):
+    """The pointer's shape depends on the owner's values and is unknown until the owner releases it
+    (``ptr.request_shape()``, or an approved ``.get()``)."""
+
+
 class OpNotAllowed(RemoteError):
     """The op is not on the allowlist (of this client or of the worker)."""
 
@@ -158,6 +190,7 @@ ERROR_CLASSES: Dict[ErrorCode, Type[SyftError]] = {
     ErrorCode.UNKNOWN_OBJECT: UnknownObject,
     ErrorCode.DENIED: PermissionDenied,
     ErrorCode.BAD_TAG: TagError,
+    ErrorCode.WITHHELD: WithheldError,
 }
 
 

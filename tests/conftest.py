@@ -97,6 +97,23 @@ def review_seed(make_worker, make_client):
 
 
 @pytest.fixture
+def peers():
+    """``peers(address, ident=b"")``: hand-driven wire peers (tests/raw_peer.py), as an attacker would
+    speak; closed at the end of the test."""
+    from raw_peer import RawPeer
+
+    made = []
+
+    def make(address: str, ident: bytes = b"") -> RawPeer:
+        made.append(RawPeer(address, ident))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+@pytest.fixture
 def ip():
     """An in-process IPython shell with the extension loaded; the names a test binds are removed after."""
     from IPython.testing import globalipapp

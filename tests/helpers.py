@@ -1,12 +1,15 @@
 """Small helpers shared by the tests."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> bool:
@@ -50,3 +53,31 @@ def stop_process_tree(proc: subprocess.Popen, grace: float) -> None:
             child.kill()
         except Exception:
             pass
+
+
+@contextlib.contextmanager
+def worker_child(policy: Optional[str] = None, grace: float = 10.0) -> Iterator[Tuple[subprocess.Popen, str, str]]:
+    """A worker in a child process (``tests/worker_process.py``; it may crash without taking the tests
+    down): ``(process, address, key)``. Stopped by closing its stdin, killed after ``grace`` seconds."""
+    import syft_magics as sm
+
+    here = Path(__file__).parent
+    port, key = free_port(), sm.wire.auth.new_key()
+    proc = subprocess.Popen([sys.executable, str(here / "worker_process.py"), str(port), key,
+                             *([policy] if policy else [])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(here.parent)})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield proc, f"tcp://127.0.0.1:{port}", key
+    finally:
+        if proc.poll() is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -9,41 +9,9 @@ import zmq
 
 import syft_magics as sm
 from syft_magics.wire import auth
-from syft_magics.wire.protocol import PROTOCOL_VERSION, Ref, decode, encode
+from syft_magics.wire.protocol import PROTOCOL_VERSION, Ref
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
-
-
-class RawDealer:
-    def __init__(self, address: str, ident: bytes = b"") -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.ident = ident or os.urandom(16)
-        self.sock.setsockopt(zmq.ROUTING_ID, self.ident)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(address)
-
-    def request(self, header: dict) -> dict:
-        self.sock.send_multipart(encode(header))
-        assert self.sock.poll(5000), "the worker did not answer"
-        return decode(self.sock.recv_multipart())
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
-
-
-@pytest.fixture
-def raw():
-    dealers = []
-
-    def make(address: str, ident: bytes = b"") -> RawDealer:
-        dealers.append(RawDealer(address, ident))
-        return dealers[-1]
-
-    yield make
-    for d in dealers:
-        d.close()
 
 
 def owner_id(bob) -> bytes:
@@ -55,10 +23,10 @@ def assert_nothing_ran(bob, before) -> None:
     assert torch.equal(bob.store.get(owner_id(bob)).tensor, X)
 
 
-def test_messages_without_a_handshake_get_an_error_and_nothing_runs(seed, raw):
+def test_messages_without_a_handshake_get_an_error_and_nothing_runs(seed, peers):
     bob, _ = seed
     before = bob.stats["commands"], len(bob.store)
-    dealer = raw(bob.address)
+    dealer = peers(bob.address)
     oid = owner_id(bob)
     for header in ({"t": "op", "s": 1, "f": "Tensor.add_", "a": [Ref(oid), 1], "o": [None]},
                    {"t": "get", "s": 2, "id": oid},
@@ -72,10 +40,10 @@ def test_messages_without_a_handshake_get_an_error_and_nothing_runs(seed, raw):
     assert len(bob.clients) == 1
 
 
-def test_a_wrong_proof_is_refused_and_the_link_stays_unauthenticated(seed, raw):
+def test_a_wrong_proof_is_refused_and_the_link_stays_unauthenticated(seed, peers):
     bob, _ = seed
     before = bob.stats["commands"], len(bob.store)
-    dealer = raw(bob.address)
+    dealer = peers(bob.address)
     challenge = dealer.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "mallory"})
     assert challenge["t"] == "challenge" and len(challenge["nonce"]) == 16 and challenge["name"] == "Bob"
     reply = dealer.request({"t": "auth", "s": 0, "mac": auth.proof("0" * 64, challenge["nonce"], dealer.ident)})
@@ -86,13 +54,13 @@ def test_a_wrong_proof_is_refused_and_the_link_stays_unauthenticated(seed, raw):
     assert_nothing_ran(bob, before)
 
 
-def test_auth_without_hello_and_a_proof_for_another_session_are_refused(seed, raw):
+def test_auth_without_hello_and_a_proof_for_another_session_are_refused(seed, peers):
     bob, _ = seed
-    first = raw(bob.address)
+    first = peers(bob.address)
     reply = first.request({"t": "auth", "s": 0, "mac": b"\0" * 32})
     assert reply["code"] == "unauthenticated"
     # a proof is bound to the nonce and to the session id: replaying it from another link fails
-    victim, thief = raw(bob.address), raw(bob.address)
+    victim, thief = peers(bob.address), peers(bob.address)
     challenge = victim.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION})
     thief.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION})
     stolen = auth.proof(bob.key, challenge["nonce"], victim.ident)
@@ -100,9 +68,9 @@ def test_auth_without_hello_and_a_proof_for_another_session_are_refused(seed, ra
     assert victim.request({"t": "auth", "s": 0, "mac": stolen})["t"] == "welcome"
 
 
-def test_a_correct_proof_opens_a_session(seed, raw):
+def test_a_correct_proof_opens_a_session(seed, peers):
     bob, _ = seed
-    dealer = raw(bob.address)
+    dealer = peers(bob.address)
     challenge = dealer.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "raw"})
     welcome = dealer.request({"t": "auth", "s": 0, "mac": auth.proof(bob.key, challenge["nonce"], dealer.ident)})
     assert welcome["t"] == "welcome" and welcome["instance"] == bob.instance and welcome["policy"] == "open"
@@ -110,9 +78,9 @@ def test_a_correct_proof_opens_a_session(seed, raw):
     assert reply["t"] == "ok" and reply["s"] == 7 and len(reply["r"]) == 1
 
 
-def test_a_different_protocol_version_is_refused(seed, raw):
+def test_a_different_protocol_version_is_refused(seed, peers):
     bob, _ = seed
-    reply = raw(bob.address).request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION + 1})
+    reply = peers(bob.address).request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION + 1})
     assert reply["code"] == "version" and "protocol" in reply["msg"]
 
 

@@ -3,17 +3,13 @@ they send crashes it, grows its memory beyond a small bound, or lets them speak 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import msgpack
 import pytest
 import torch
-from helpers import free_port, wait_until
-from raw_peer import RawPeer
+from helpers import wait_until, worker_child
 
-import syft_magics as sm
 from syft_magics import config
 from syft_magics.owner import serving
 from syft_magics.wire import limits
@@ -32,36 +28,10 @@ def nested_tuples(depth: int) -> msgpack.ExtType:
 
 
 @pytest.fixture
-def peers():
-    made = []
-
-    def make(address: str, ident: bytes = b"") -> RawPeer:
-        made.append(RawPeer(address, ident))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
-
-
-@pytest.fixture
 def worker_process():
     """A worker in a child process (it may crash without taking the tests down)."""
-    port, key = free_port(), sm.wire.auth.new_key()
-    proc = subprocess.Popen([sys.executable, str(HERE / "worker_process.py"), str(port), key],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(HERE.parent)})
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        yield proc, f"tcp://127.0.0.1:{port}", key
-    finally:
-        if proc.poll() is None:
-            proc.stdin.close()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with worker_child(grace=10) as child:
+        yield child
 
 
 @pytest.mark.timeout(60)
@@ -150,3 +120,4 @@ def test_a_dropped_clients_routing_id_does_not_give_its_session(seed, peers):
         assert reply["t"] == "err" and reply["code"] == "unknown_session", reply
         assert "x" not in reply and "r" not in reply
     assert victim.ident not in bob.server.sessions
+

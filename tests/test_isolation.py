@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 
 import torch
 from raw_peer import RawPeer
@@ -45,6 +46,23 @@ def test_result_ids_are_unpredictable(seed):
     assert len(set(ids)) == 1000 and all(len(i) == 16 for i in ids)
     # no shared half, no counter: consecutive ids have nothing in common beyond chance
     assert len({i[8:] for i in ids}) == 1000 and len({i[:8] for i in ids}) == 1000
+
+
+
+def test_result_ids_drawn_from_several_threads_are_all_distinct(seed):
+    """Ids are read from the OS in blocks: each one must still be handed out once."""
+    _, alice = seed
+    drawn: list = []
+
+    def draw() -> None:
+        drawn.extend(alice._new_id() for _ in range(2000))
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(drawn) == 8000 and len(set(drawn)) == 8000
 
 
 def test_the_log_file_is_private_and_records_refusals(make_worker, tmp_path):

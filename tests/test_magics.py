@@ -28,6 +28,18 @@ def test_connect_magic_finds_worker_by_name_and_runs_the_seed_flow(ip):
     assert not ip.user_ns["c"].connected
 
 
+def test_connect_magic_serves_a_worker_of_this_kernel_directly(ip, capsys, fast_defaults):
+    from syft_magics.scientist.direct import DirectLink
+
+    ip.run_line_magic("syft_worker", "Bob --policy open")
+    ip.run_line_magic("syft_connect", "Bob --as c")
+    assert isinstance(ip.user_ns["c"]._link, DirectLink)
+    assert "connected to Bob in this kernel" in capsys.readouterr().out
+    fast_defaults.in_process_direct = False
+    ip.run_line_magic("syft_connect", "Bob --as c")
+    assert ip.user_ns["c"].address.endswith(f":{ip.user_ns['bob'].port}"), "by name through the connection file"
+
+
 def test_connect_magic_accepts_an_address_or_a_port(ip):
     ip.run_line_magic("syft_worker", "Bob --policy open")
     port = ip.user_ns["bob"].port
@@ -66,8 +78,8 @@ def test_port_held_by_another_process_falls_back_to_a_free_port_found_by_name(ip
         out = capsys.readouterr().out
         assert f"port {port} is taken by another process, so Bob serves on port {bob.port} instead" in out
         assert "%syft_connect Bob" in out
-        ip.run_line_magic("syft_connect", "Bob --as c")  # by name: the connection file says where
-        assert ip.user_ns["c"].address.endswith(f":{bob.port}")
+        ip.run_line_magic("syft_connect", "Bob --as c")  # by name (in this kernel: directly, no port needed)
+        assert ip.user_ns["c"].connected and ip.user_ns["c"].name == "Bob"
 
 
 def test_the_restart_line_says_the_registry_starts_empty(ip, capsys):

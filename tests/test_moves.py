@@ -122,7 +122,7 @@ def test_the_source_owner_reviews_a_move_like_a_get_and_sees_where_it_goes(two):
     thread.start()
     assert wait_until(lambda: bob.requests.pending, timeout=10)
     req = bob.requests.pending[0]
-    assert req.action.startswith("move to Alice") and "wants to move #x to Alice" in req.describe()
+    assert (req.what, req.to.split(" at ")[0]) == ("move", "Alice") and "wants to move #x to Alice" in req.describe()
     bob.approve(req.n)
     thread.join(15)
     assert "error" not in result
@@ -132,19 +132,26 @@ def test_the_source_owner_reviews_a_move_like_a_get_and_sees_where_it_goes(two):
         x.get(timeout=0.3)
 
 
-def test_an_approved_move_lets_no_get_through():
+def test_an_approved_move_lets_no_get_and_no_other_move_through():
     book = RequestBook()
+    alice = "Alice at tcp://127.0.0.1:1"
     req, _ = book.ask(b"s", b"o", 1, version=0, client="c", object_id="6f", shape=(1,), dtype="float32",
-                      lineage="x", action="move to Alice at tcp://127.0.0.1:1")
+                      lineage="x", what="move", to=alice)
     book.decide(req.n, "approved")
     assert not book.take_grant(b"s", b"o", 0)  # a get
-    assert book.take_grant(b"s", b"o", 0, "move to Alice at tcp://127.0.0.1:1")
+    assert not book.take_grant(b"s", b"o", 0, "move", "Mallory at tcp://127.0.0.1:2")  # another target
+    assert not book.take_grant(b"s", b"o", 1, "move", alice)  # the object was written since
+    req, _ = book.ask(b"s", b"o", 2, version=0, client="c", object_id="6f", shape=(1,), dtype="float32",
+                      lineage="x", what="move", to=alice)
+    book.decide(req.n, "approved")
+    assert book.take_grant(b"s", b"o", 0, "move", alice)
+    assert not book.take_grant(b"s", b"o", 0, "move", alice)  # used up
 
 
 def test_the_source_owner_can_refuse(two):
     bob, alice, b, a = two
     bob.policy = sm.owner.policy.ClosedPolicy()
-    with pytest.raises(sm.PermissionDenied, match="refused to release #x"):
+    with pytest.raises(sm.PermissionDenied, match="refused to move #x to Alice"):
         b.search("#x")[0].move(a)
     assert len(alice.store) == 0
 
@@ -252,6 +259,38 @@ def test_a_rule_can_let_models_go_to_one_worker_only(make_worker, make_client):
         remote.get(timeout=0.3)  # the scientist itself: under review
     with pytest.raises(sm.GetTimeout):
         remote.move(m, timeout=0.3)  # another worker: under review too
-    assert [r.action.split(" at ")[0] for r in bob.requests.pending] == ["get", "move to Mallory"]
+    assert [(r.what, r.to.split(" at ")[0]) for r in bob.requests.pending] == [("value", ""), ("move", "Mallory")]
     with pytest.raises(ValueError, match="names a worker"):
         bob.policy.allow_get(kind="model", to="")
+
+
+def test_a_withheld_shape_does_not_move_and_moved_data_stays_the_owners_on_the_target(make_worker, make_client):
+    bob = make_worker("Bob", policy="review")
+    bob.share(torch.arange(12.0), "#x")
+    bob.policy.allow_get(kind="tensor")  # moves out need no click here: only the shape rule is tested
+    alice = make_worker("Alice", policy="review")
+    b, a = make_client("Bob"), make_client("Alice")
+    x = b.search("#x")[0]
+    big = torch.nonzero(x > 5)  # its shape tells how many values exceed 5: withheld on Bob
+    with pytest.raises(sm.ShapeUnknown):
+        big.move(a)  # the ticket would have to declare it
+    big.learn_shape((6, 1))  # a client that guesses (or a raw one): Bob still refuses, before anything leaves
+    with pytest.raises(sm.PermissionDenied, match="shape of .* is withheld"):
+        big.move(a)
+    assert len(alice.store) == 0
+    # on Alice, Bob's data is treated as owner data: its value-dependent shapes are withheld there too
+    z = x.move(a)
+    with pytest.raises(sm.ShapeUnknown):
+        torch.nonzero(z > 5).shape
+    assert (z + 1).shape == (12,)
+
+
+@pytest.mark.skipif(not __import__("zmq").has("curve"), reason="this libzmq has no CurveZMQ")
+def test_a_move_into_an_encrypted_worker_is_refused_clearly(make_worker, make_client):
+    bob = make_worker("Bob", policy="open")
+    bob.share(torch.ones(3), "#x")
+    carol = make_worker("Carol", policy="open", secure=True)
+    b, c = make_client("Bob"), make_client("Carol")
+    with pytest.raises(sm.PermissionDenied, match="encrypted worker are not supported yet"):
+        b.search("#x")[0].move(c)
+    assert len(carol.store) == 0

@@ -151,7 +151,8 @@ def test_pipelines_runs_top_to_bottom_on_a_fresh_kernel(runtime_dir):
     assert "304 ops issued in" in text
     assert "tensor(0.9990)" in text  # score = mean of the squared normalized data, let through
     assert "denied:" in text and "only single numbers may leave Bob, not a (1000,) tensor" in text
-    assert "div failed on Bob: ZeroDivisionError" in text and "issued at" in text
+    assert "div failed on Bob: RuntimeError in div on Bob's data; the message is withheld" in text
+    assert "issued at" in text and "released: ZeroDivisionError" in text  # Bob's policy lets the text out
     assert "per_group = torch.div(counts, 0" in text  # the user's own line
     assert "caught locally, no round trip:" in text
     assert "OpNotAllowed" in text and "exp" in text

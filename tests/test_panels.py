@@ -322,8 +322,9 @@ def test_approve_and_deny_in_the_owners_panel_reach_the_other_kernel(kernels):
             "bob.share(torch.tensor([1., 2, 3, 4, 5]), '#X'); bob.share(torch.ones(5), '#Y')\n"
             "from syft_magics.ui.magics import _LOADED\n"
             "panel = next(iter(_LOADED.values())).panels[('worker', 'Bob')]")
+    # a fresh kernel's first torch op (meta kernels, imports) while Bob's kernel warms up: slow on a loaded machine
     sci.run("%load_ext syft_magics\nimport torch\n%syft_connect Bob --panel\n"
-            "x_set = bob.search('#X'); y_set = bob.search('#Y')\nz = torch.add(x_set[0], y_set[0])")
+            "x_set = bob.search('#X'); y_set = bob.search('#Y')\nz = torch.add(x_set[0], y_set[0])", timeout=90)
     pending = sci.start("print(z.get())")
     # the owner's panel shows the request (refreshed by its timer while the kernel is idle)
     bob.wait_for("1 in panel._request_rows", "True")

@@ -1,6 +1,7 @@
 """The same-host tensor path: large tensors through a memory file, verified at the handshake, leak-free."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import wait_until
-from test_worker_client import raw  # noqa: F401  (the bare-socket fixture)
 
 import syft_magics as sm
 from syft_magics.errors import ProtocolError
@@ -139,16 +139,16 @@ def test_same_host_false_keeps_every_tensor_on_tcp(make_worker, make_client, mon
     assert torch.equal(client.search("#B")[0].get(), x)
 
 
-def test_a_same_host_tensor_from_an_unverified_peer_is_refused(make_worker, raw):
+def test_a_same_host_tensor_from_an_unverified_peer_is_refused(make_worker, peers):
     bob = make_worker("Bob", policy="open")
-    dealer = raw(bob.address)
-    dealer.authenticate(bob.key)
+    dealer = peers(bob.address)
+    dealer.login(bob.key)
     probe = samehost.make_probe(b"x" * 16)  # a real memory file, but this peer never proved itself
     try:
         pool = samehost.Pool()
         parts = encode({"t": "send", "s": 5, "id": os.urandom(16), "x": torch.ones(MIB), "ack": True}, pool)
-        dealer.send(parts)
-        reply = dealer.recv()
+        dealer.send_raw(parts)
+        reply = dealer.reply()
         assert reply["t"] == "err" and "not verified to run on this host" in reply["msg"]
         pool.close()
     finally:
@@ -156,10 +156,10 @@ def test_a_same_host_tensor_from_an_unverified_peer_is_refused(make_worker, raw)
     assert len(bob.store) == 0
 
 
-def test_a_forged_probe_does_not_make_a_peer_same_host(make_worker, raw):
+def test_a_forged_probe_does_not_make_a_peer_same_host(make_worker, peers):
     """A peer that names some other process's file (here the worker's own probe) fails the nonce check."""
     bob = make_worker("Bob", policy="open")
-    dealer = raw(bob.address)
+    dealer = peers(bob.address)
     challenge = dealer.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "raw", "host": b"n" * 16})
     from syft_magics.wire import auth
 
@@ -293,3 +293,47 @@ def test_the_probe_holds_only_the_nonce_and_is_checked_by_content():
     finally:
         probe.close()
     assert decode(encode({"t": "ok", "s": 1}))["t"] == "ok"
+
+
+def test_a_probe_in_a_file_that_is_not_our_memory_file_is_refused(tmp_path):
+    """A regular file holding the nonce (a worker may read files the peer cannot) does not prove anything."""
+    path = tmp_path / "nonce"
+    path.write_bytes(b"a" * 16)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert samehost.check_probe([os.getpid(), fd, os.fstat(fd).st_ino], b"a" * 16) is None
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a worker that can read other users' processes")
+def test_a_root_worker_does_not_take_another_users_process_for_a_same_host_peer(tmp_path):
+    """Root can open any process's files through /proc: a probe from a process of another user that holds
+    the nonce must still fail, or that user's client could make a root worker read files it cannot."""
+    script = ("import os, sys, json\nfd = os.memfd_create('syft-probe', os.MFD_CLOEXEC)\n"
+              "os.pwrite(fd, b'a' * 16, 0)\nprint(json.dumps([os.getpid(), fd, os.fstat(fd).st_ino]), flush=True)\n"
+              "sys.stdin.read()\n")
+    python = next((exe for exe in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3")
+                   if _runs_as_nobody(exe)), None)
+    if python is None:
+        pytest.skip("no Python that user nobody may run")
+    child = subprocess.Popen([python, "-c", script], user=65534, group=65534, cwd="/",
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        probe = json.loads(child.stdout.readline())
+        assert probe[0] == child.pid
+        assert samehost.check_probe(probe, b"a" * 16) is None
+        with pytest.raises(samehost.SameHostError, match="does not run as this user"):
+            samehost.Peer(child.pid).take(probe[1], probe[2], 0, torch.uint8, [16])
+    finally:
+        child.stdin.close()
+        child.wait(10)
+        child.stdout.close()
+
+
+def _runs_as_nobody(exe: str) -> bool:
+    try:
+        return subprocess.run([exe, "-c", "pass"], user=65534, group=65534, cwd="/", timeout=30,
+                              capture_output=True).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False

@@ -87,7 +87,7 @@ def test_send_keeps_requires_grad_and_the_caller_may_change_the_tensor_at_once(s
     ptr = client.send(t)
     with torch.no_grad():
         t.zero_()  # send returned: the worker holds every byte already
-    assert ptr.requires_grad
+    assert ptr.requires_grad and bob.store.get(ptr.oid).tensor.requires_grad, "on the worker too"
     assert torch.equal(ptr.get().detach(), expected)
 
 

@@ -8,58 +8,11 @@ import msgpack
 import pytest
 import torch
 import torch.nn.functional as F
-import zmq
 
 import syft_magics as sm
-from syft_magics.wire import auth
-from syft_magics.wire.protocol import PROTOCOL_VERSION, Ref, decode, encode
+from syft_magics.wire.protocol import Ref, encode
 
 X = torch.tensor([1.0, 2, 3, 4, 5])
-
-
-class RawDealer:
-    """A bare DEALER socket speaking to a worker, for hostile or hand-made messages."""
-
-    def __init__(self, address: str) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.ident = os.urandom(16)
-        self.sock.setsockopt(zmq.ROUTING_ID, self.ident)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(address)
-
-    def send(self, parts) -> None:
-        self.sock.send_multipart(parts)
-
-    def recv(self, timeout: float = 5.0) -> dict:
-        assert self.sock.poll(timeout * 1000), "the worker did not answer"
-        return decode(self.sock.recv_multipart())
-
-    def request(self, header: dict) -> dict:
-        self.send(encode(header))
-        return self.recv()
-
-    def authenticate(self, key: str) -> dict:
-        challenge = self.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "raw"})
-        assert challenge["t"] == "challenge"
-        return self.request({"t": "auth", "s": 0, "mac": auth.proof(key, challenge["nonce"], self.ident)})
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
-
-
-@pytest.fixture
-def raw():
-    dealers = []
-
-    def make(address: str) -> RawDealer:
-        dealers.append(RawDealer(address))
-        return dealers[-1]
-
-    yield make
-    for d in dealers:
-        d.close()
 
 
 # -- share and search -------------------------------------------------------------------------------------------
@@ -294,22 +247,22 @@ def assert_still_serving(bob, make_client):
     client.disconnect()
 
 
-def test_worker_survives_unauthenticated_garbage(seed, raw, make_client):
+def test_worker_survives_unauthenticated_garbage(seed, peers, make_client):
     bob, client = seed
-    dealer = raw(bob.address)
+    dealer = peers(bob.address)
     for parts in GARBAGE:
-        dealer.send(parts)
-        reply = dealer.recv()
+        dealer.send_raw(parts)
+        reply = dealer.reply()
         assert reply["t"] == "err", parts
     assert bob.running
     assert torch.equal(client.search("#X")[0].get(), X)
     assert_still_serving(bob, make_client)
 
 
-def test_worker_survives_authenticated_garbage(seed, raw, make_client):
+def test_worker_survives_authenticated_garbage(seed, peers, make_client):
     bob, client = seed
-    dealer = raw(bob.address)
-    assert dealer.authenticate(bob.key)["t"] == "welcome"
+    dealer = peers(bob.address)
+    dealer.login(bob.key)
     oid = bob.store.search(("#X",))[0].id
     hostile = GARBAGE + [
         encode({"t": "op", "s": 1, "f": "torch.save", "a": [Ref(oid), "/tmp/x"], "o": [os.urandom(16)]}),
@@ -332,10 +285,10 @@ def test_worker_survives_authenticated_garbage(seed, raw, make_client):
                         "a": [msgpack.ExtType(2, msgpack.packb([5, "float32", [1]]))], "o": []})],
     ]
     for parts in hostile:
-        dealer.send(parts)
+        dealer.send_raw(parts)
     answered = []
     while len(answered) < len(hostile) - 1:  # the owner-data free is silent
-        answered.append(dealer.recv())
+        answered.append(dealer.reply())
     assert all(r["t"] == "err" for r in answered), answered
     codes = {r.get("code") for r in answered}
     assert {"op_not_allowed", "protocol", "read_only", "unknown_object", "bad_id"} <= codes
@@ -406,8 +359,9 @@ def test_log_file_gets_one_json_line_per_command(make_worker, make_client, tmp_p
     bob.stop()  # closes the log
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0] == {"previous": "run"}, "the log is appended to"
-    records = lines[1:]
+    records = [r for r in lines[1:] if "event" not in r]  # commands; connections are logged as events
     assert [r["op"] for r in records] == ["add", "send", ".__getitem__"]
+    assert [r["event"] for r in lines[1:] if "event" in r][:1] == ["connect"], "who connected is logged too"
     assert all(r["worker"] == "Bob" and "@" in r["client"] for r in records)
     assert records[0]["status"] == "ok" and records[0]["command"].startswith("add(#X)")
     assert records[0]["out"] == [y.id_at_location] and len(records[0]["inputs"]) == 1

@@ -11,8 +11,8 @@ from types import ModuleType
 from typing import List
 
 #: Module names under benchmarks.rows (or full dotted module paths), in the order they run and print.
-ROWS = ["latency", "pipeline", "bandwidth", "busy", "memory", "benchmarks.panel", "clients", "peers", "training",
-        "streaming"]
+ROWS = ["latency", "pipeline", "onekernel", "bandwidth", "busy", "memory", "benchmarks.panel", "clients", "peers",
+        "training", "streaming", "curve"]
 
 
 def short(name: str) -> str:

@@ -16,7 +16,9 @@ descriptor is closed, so a message is always judged against the right token.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, List, Optional
+import os
+import socket
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -78,6 +80,35 @@ class Connections:
             token = self._tokens[fd] = next(self._counter)
         return token
 
+    def endpoint(self, frame: Any) -> Optional[Tuple[int, Any]]:
+        """The TCP connection ``frame`` arrived on: its descriptor and the peer's address (None for inproc)."""
+        try:
+            fd = frame.get(_SRCFD)
+        except (zmq.ZMQError, AttributeError, TypeError):
+            return None
+        if fd is None or fd < 0:
+            return None
+        peer = _peername(fd)
+        return None if peer is None else (fd, peer)
+
+    def cut(self, endpoint: Tuple[int, Any]) -> bool:
+        """Shut down the TCP connection at ``endpoint`` (a revoked client's): libzmq's I/O thread then
+        closes it. Only if the descriptor still holds that same connection (same peer address and
+        port): a descriptor reused for another client's connection is left alone."""
+        self.poll_events()
+        fd, peer = endpoint
+        if fd not in self._tokens or _peername(fd) != peer:
+            return False
+        sock = _socket_of(fd)
+        if sock is None:
+            return False
+        with sock:  # closes the duplicate only; shutdown acts on the connection itself
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                return True
+            except OSError:
+                return False
+
     @property
     def socket(self) -> Optional[zmq.Socket]:
         return self._monitor
@@ -91,3 +122,27 @@ class Connections:
             self._monitor.close(0)
             self._monitor = None
 
+
+def _peername(fd: int) -> Any:
+    """The peer address of the TCP socket ``fd`` (None if it is not a connected socket)."""
+    sock = _socket_of(fd)
+    if sock is None:
+        return None
+    with sock:
+        try:
+            return sock.getpeername()
+        except OSError:
+            return None
+
+
+def _socket_of(fd: int) -> Optional[socket.socket]:
+    """A socket object on a duplicate of ``fd`` (closing it leaves ``fd`` open), or None."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return None
+    try:
+        return socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return None

@@ -3,12 +3,18 @@
 A mix-in of :class:`~syft_magics.owner.serving.Server` (the same serving thread, the same
 tables): an unauthenticated peer gets a challenge and nothing else, its hello is checked and
 bounded, and at most :data:`~syft_magics.wire.limits.MAX_PENDING_HANDSHAKES` wait at once.
+
+On an encrypted worker a TCP peer has already passed CurveZMQ and the ZAP handler
+(:mod:`.zap`): its connection is bound to an invited key, which libzmq reports on each frame
+(``User-Id``). The session takes that invitation's name and limits, and the proof must use
+that invitation's own token. Revoking an invitation ends its sessions here
+(:meth:`Handshakes.end_invite`).
 """
 from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import zmq
 
@@ -16,12 +22,19 @@ from ..errors import ProtocolError
 from ..events import EventStream
 from ..wire import auth, limits, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode_handshake, encode
+from ..wire.sockets import send_parts
 from . import tickets
+from .connections import INPROC, Connections
+from .direct import DIRECT
+from .invites import Invite
 from .replies import Reject
 from .sessions import Session
 
 if TYPE_CHECKING:
     from .worker import Worker
+
+#: Seconds between telling a revoked client goodbye and shutting its connection down.
+CUT_DELAY = 0.2
 
 
 class Handshakes:
@@ -33,8 +46,11 @@ class Handshakes:
     sessions: Dict[bytes, Session]
     #: routing id -> (nonce, checked hello, when, connection token)
     handshakes: Dict[bytes, Tuple[bytes, dict, float, int]]
+    connections: Optional[Connections]
     _conn: int
     tickets: "tickets.Tickets"
+    #: connections of revoked clients to shut down once their goodbye has left: (when, endpoint)
+    _cuts: List[Tuple[float, Tuple[int, Any]]]
 
     def refuse(self, reason: str) -> None:  # pragma: no cover - the server's
         raise NotImplementedError
@@ -67,8 +83,14 @@ class Handshakes:
             except Reject:
                 self.refuse("bad hello")
                 raise
+            found = self._invite_of(parts[0])
+            if found is False:
+                self.refuse("key not invited")
+                raise Reject(ErrorCode.UNAUTHENTICATED, f"{self.name} refused the link: this key has no valid "
+                                                         "invitation (it was revoked)")
             nonce = auth.new_nonce()
             hello["peer"] = peer_address(parts[0])
+            hello["invite"] = found
             self.handshakes.pop(ident, None)
             while len(self.handshakes) >= limits.MAX_PENDING_HANDSHAKES:  # the oldest gives way
                 self.handshakes.pop(next(iter(self.handshakes)))
@@ -80,16 +102,24 @@ class Handshakes:
         if kind == Kind.AUTH:
             pending = self.handshakes.pop(ident, None)
             mac = header.get("mac")
+            invite: Optional[Invite] = pending[1]["invite"] if pending is not None else None
+            key = invite.token if invite is not None else self.worker.key
             if pending is None or pending[3] != self._conn or not isinstance(mac, bytes) \
-                    or not auth.verify(self.worker.key, pending[0], ident, mac):
+                    or (invite is not None and not invite.active) or not auth.verify(key, pending[0], ident, mac):
                 self.refuse("authentication failed")
-                self.events.emit("auth_failed", peer=pending[1]["peer"] if pending else "?")
+                self.events.emit("auth_failed", peer=pending[1]["peer"] if pending else "?",
+                                 key=invite.fingerprint if invite is not None else None)
                 raise Reject(ErrorCode.UNAUTHENTICATED, f"{self.name} refused the link: wrong key")
             hello = pending[1]
-            session = Session(ident=ident, name=hello["name"], pid=hello["pid"],
+            # an invited client is named by its invitation (what the owner chose), not by what it says
+            name = invite.name if invite is not None and not invite.local else hello["name"]
+            session = Session(ident=ident, name=name, pid=hello["pid"],
                               hostname=hello["hostname"], peer=hello["peer"], conn=self._conn)
+            if invite is not None:
+                session.client, session.key, session.limits = invite.name, invite.public, dict(invite.limits)
+                session.endpoint = self.connections.endpoint(parts[0]) if self.connections is not None else None
             self.sessions[ident] = session
-            self.events.emit("connect", client=session.label, session=session.short)
+            self.events.emit("connect", client=session.label, session=session.short, key=session.fingerprint)
             welcome = {"t": Kind.WELCOME, "instance": self.worker.instance, "name": self.name,
                        "policy": self.worker.policy.name, "lease": self.worker.lease_timeout,
                        "devices": list(self.worker.devices.allowed)}
@@ -102,6 +132,42 @@ class Handshakes:
                 welcome["host"] = {"probe": probe.announce, "nonce": session.host_probe[1]}
             return encode(welcome)
         raise unknown
+
+    def _invite_of(self, frame: Any) -> "Optional[Invite] | bool":
+        """The invitation a TCP peer of an encrypted worker connected with (False: none valid any more);
+        None when keys do not apply (a plain worker, or an in-process peer)."""
+        if not self.worker.secure or self._conn in (INPROC, DIRECT):  # in-process peers: no keys
+            return None
+        try:
+            public = frame.get("User-Id")  # set by the ZAP handler: the key CurveZMQ proved
+        except (zmq.ZMQError, AttributeError, TypeError):
+            return False
+        return self.worker.invites.by_key(public) or False
+
+    def end_invite(self, router: zmq.Socket, invite: Invite, reason: str = "revoked") -> int:
+        """End every session and handshake of ``invite``'s key at once (serving thread): each client is
+        told, its objects are freed, its connection is shut down shortly after. Returns how many ended."""
+        ended = 0
+        for ident, session in list(self.sessions.items()):
+            if session.key != invite.public:
+                continue
+            send_parts(router, [ident, *encode({"t": Kind.BYE, "name": self.name, "reason": reason})], flags=0)
+            self._end_session(ident, reason)
+            if session.endpoint is not None:
+                self._cuts.append((time.monotonic() + CUT_DELAY, session.endpoint))
+            ended += 1
+        for ident, pending in list(self.handshakes.items()):
+            if pending[1].get("invite") is invite:
+                self.handshakes.pop(ident, None)
+        return ended
+
+    def cut_due(self, now: float) -> None:
+        """Shut down the connections of revoked clients whose goodbye has had time to leave."""
+        while self._cuts and self._cuts[0][0] <= now and self.connections is not None:
+            self.connections.cut(self._cuts.pop(0)[1])
+
+    def _end_session(self, ident: bytes, reason: str) -> None:  # pragma: no cover - the server's
+        raise NotImplementedError
 
     def on_host(self, session: Session, header: dict, used: List[Any]) -> List[Any]:
         """The client's half of the same-host check: its probe must hold the nonce we gave it."""

@@ -29,6 +29,11 @@ def command_logger(worker: "Worker") -> logging.Logger:
     return logging.getLogger(f"{COMMANDS}.{worker.name}")
 
 
+#: The events other than commands that the log records, at their level.
+_EVENTS = {"refused": logging.WARNING, "owner_write": logging.WARNING, "auth_failed": logging.WARNING,
+           "connect": logging.INFO, "disconnect": logging.INFO, "invite": logging.INFO, "revoke": logging.INFO}
+
+
 class CommandLog:
     """Turns the worker's events into records on :func:`command_logger`; a subscriber of the events.
 
@@ -39,11 +44,12 @@ class CommandLog:
         self.logger = command_logger(worker)
 
     def write(self, event: Event) -> None:
-        if event.kind in ("refused", "owner_write"):  # what the worker refused, for the owner to see
-            if self.logger.isEnabledFor(logging.WARNING):
+        if event.kind in _EVENTS:  # what the worker refused; who came, went, was invited or revoked (fingerprints)
+            level = _EVENTS[event.kind]
+            if self.logger.isEnabledFor(level):
                 line = {"time": event.time, "worker": self._worker.name, "event": event.kind,
                         **{k: clip(v, 200) for k, v in event.data.items()}}
-                self.logger.warning("%s", event.kind, extra={"syft": line})
+                self.logger.log(level, "%s", event.kind, extra={"syft": line})
             return
         if event.kind != "command" or not self.logger.isEnabledFor(logging.INFO):
             return

@@ -1,9 +1,10 @@
 """Sending an object to another worker for a scientist (``ptr.move(alice)``): the source's side.
 
-A move out is a get by another party. It goes through :func:`syft_magics.owner.release.decide` like a
-get, as the action ``"move to Alice at tcp://..."``: the owner's rules, policy and approvals apply, and
-the owner's panel shows the request as "wants to move z to Alice". An approval of the move lets only
-that move through (not a get). Once allowed, the value is copied (the scientist's later ops cannot
+A move out is a release of the value to another party: :func:`syft_magics.owner.releases.move_out`
+decides it by the same decision as a get (the owner's rules, policy and approvals), as the kind of
+release ``move`` with its target named ("Alice at tcp://..."); the owner's panel shows the request as
+"wants to move z to Alice at ...". An approval of the move lets only that move, to that worker, through
+(not a get). Once allowed, the value is copied (the scientist's later ops cannot
 change what leaves) and a courier thread (:mod:`syft_magics.owner.courier`) takes it to the target
 with the one-time ticket the target issued; the scientist's waiting ``move`` is answered when the
 target has stored it (or with the reason it did not). Nothing passes through the scientist.
@@ -20,7 +21,7 @@ from ..errors import ErrorCode
 from ..wire import limits
 from ..wire import modules as spec_format
 from ..wire.protocol import field
-from . import release
+from . import releases
 from .courier import Courier, Destination
 from .models import ModelWeights
 from .replies import Reject
@@ -37,20 +38,19 @@ MAX_CONNECT_SECONDS = 60.0
 def on_move(server: "Server", session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
     """The scientist asks to move one of its objects (or the owner's, as the policy allows) to another worker."""
     seq = header.get("s")
-    entry = release.entry_for(server, session, field(header, "id", bytes))
+    entry = releases.entry_for(server, session, field(header, "id", bytes))
     dest = destination(header)
     if entry.kind == "object":
         raise Reject(ErrorCode.BAD_ARGS, f"{entry.label} is an optimizer or scheduler: only tensors and models move")
-    pending = release.decide(server, session, entry, seq, f"move to {dest.name} at {dest.address}")
-    if pending is not None:
-        return pending
-    payload = _payload(entry.tensor)
-    nbytes = entry.nbytes
-    server.stats["bytes_out"] += nbytes
-    server.events.emit("get", client=session.label, id=entry.hex, status=f"moving to {dest.name}", bytes=nbytes)
-    courier = Courier(server, session.ident, seq, dest, payload)
-    _start(server, courier)
-    return None  # the courier answers the scientist when the target has the object
+
+    def send() -> None:  # allowed: the courier answers the scientist when the target has the object
+        payload = _payload(entry.tensor)
+        server.stats["bytes_out"] += entry.nbytes
+        server.events.emit("get", client=session.label, id=entry.hex, status=f"moving to {dest.name}",
+                           bytes=entry.nbytes)
+        _start(server, Courier(server, session.ident, seq, dest, payload))
+
+    return releases.move_out(server, session, seq, entry, dest.name, dest.address, send)
 
 
 def destination(header: dict) -> Destination:

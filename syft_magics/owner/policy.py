@@ -5,8 +5,10 @@ A :class:`Policy` decides each get: ``"allow"``, ``"deny"`` or ``"review"``
 :meth:`Policy.decide`. Requests under review wait in a :class:`RequestBook`
 until the owner calls ``worker.approve(n)`` or ``worker.deny(n, reason)``.
 
-Metadata (shape, dtype, number of elements) is always known to the client and
-never needs approval; values, including ``.item()`` and ``.tolist()``, do.
+Values, including ``.item()`` and ``.tolist()``, need approval. So do, under ``review``
+and ``closed``, the shape of a result that depends on the owner's values and the text of an
+error raised on the owner's data (see :mod:`syft_magics.owner.provenance`); other metadata
+(shape, dtype) is known to the client.
 """
 from __future__ import annotations
 
@@ -32,9 +34,6 @@ class GetRequest:
     dtype: str
     lineage: str
     tags: Tuple[str, ...] = ()
-    #: what leaving means: ``"get"`` (the scientist receives the value) or ``"move to Alice at ..."``
-    #: (another worker does, :mod:`syft_magics.owner.moves`); an approval is for that action only
-    action: str = "get"
     created: float = field(default_factory=time.time)
     status: str = "pending"  # pending | approved | denied | cancelled
     reason: str = ""
@@ -46,6 +45,17 @@ class GetRequest:
     seq: Optional[int] = field(default=None, repr=False, compare=False)
     #: the object's version counter when asked: an approval lets exactly that version through
     version: Optional[int] = field(default=None, repr=False, compare=False)
+    #: what is asked for: the object's ``value``, its ``shape`` (withheld: it depends on the owner's
+    #: values), the text of an ``error`` withheld from the client, or a ``move`` of the value to
+    #: another worker (:mod:`syft_magics.owner.moves`)
+    what: str = "value"
+    #: for a ``move``, the worker it would go to ("Alice at tcp://..."); an approval is for that target only
+    to: str = ""
+
+    @property
+    def release(self) -> Tuple[str, str]:
+        """The kind of release and its target: an approval lets exactly this one through."""
+        return self.what, self.to
 
     @property
     def pending(self) -> bool:
@@ -53,9 +63,13 @@ class GetRequest:
 
     def describe(self) -> str:
         what = " ".join(self.tags) or self.object_id[:8]
-        verb = "wants" if self.action == "get" else "wants to move"
-        where = "" if self.action == "get" else " to " + self.action.removeprefix("move to ")
-        return (f"request #{self.n}: {self.client} {verb} {what}{where} = {self.lineage} "
+        if self.what == "shape":
+            what = f"the shape of {what}"
+        elif self.what == "error":
+            what = f"the message of {self.object_id}"
+        elif self.what == "move":
+            what = f"to move {what} to {self.to}"
+        return (f"request #{self.n}: {self.client} wants {what} = {self.lineage} "
                 f"(shape {tuple(self.shape)}, {self.dtype})")
 
 
@@ -77,7 +91,8 @@ class Policy:
     name = "review"
 
     def decide(self, request: GetRequest) -> str:
-        """Return ``"allow"``, ``"deny"`` or ``"review"`` for this request."""
+        """Return ``"allow"``, ``"deny"`` or ``"review"`` for this request (``request.what`` says
+        whether it asks for a ``value``, a withheld ``shape`` or a withheld ``error`` text)."""
         return REVIEW
 
     def deny_reason(self, request: GetRequest) -> str:
@@ -180,7 +195,7 @@ class RequestBook:
 
     def __init__(self) -> None:
         self._by_n: Dict[int, GetRequest] = {}
-        self._grants: Dict[Tuple[bytes, bytes, str], GetRequest] = {}
+        self._grants: Dict[Tuple[bytes, bytes, Tuple[str, str]], GetRequest] = {}
         self._next = 1
         self._lock = threading.Lock()
 
@@ -204,18 +219,19 @@ class RequestBook:
                 raise ValueError(f"request #{n} was already {req.status}")
             req.status, req.reason, req.decided = status, reason, time.time()
             if status == "approved":
-                self._grants[(req.session, req.oid, req.action)] = req
+                self._grants[(req.session, req.oid, req.release)] = req
             return req
 
-    def take_grant(self, session: bytes, oid: bytes, version: Optional[int] = None, action: str = "get") -> bool:
-        """Whether an approval lets this get (or other ``action``) of ``oid`` (now at ``version``) through
-        (it is used up). An approval of another version (the object was written after the owner saw it)
-        is void; one of another action (a move to Alice, not a get) lets nothing else through."""
+    def take_grant(self, session: bytes, oid: bytes, version: Optional[int] = None, what: str = "value",
+                   to: str = "") -> bool:
+        """Whether an approval lets this release of ``oid`` (now at ``version``) through (it is used up).
+        An approval of another version (the object was written after the owner saw it) is void; one of
+        another kind or target (a move to Alice, not a get; not a move to Eve) lets nothing else through."""
         with self._lock:
-            return self._take(session, oid, version, action)
+            return self._take(session, oid, version, (what, to))
 
-    def _take(self, session: bytes, oid: bytes, version: Optional[int], action: str) -> bool:
-        req = self._grants.pop((session, oid, action), None)
+    def _take(self, session: bytes, oid: bytes, version: Optional[int], release: Tuple[str, str]) -> bool:
+        req = self._grants.pop((session, oid, release), None)
         if req is None:
             return False
         if req.version != version:
@@ -230,12 +246,12 @@ class RequestBook:
         request for an older version of the object is cancelled: the owner would decide on what
         is no longer there."""
         version = fields.get("version")
-        action = fields.get("action", "get")
+        release = (fields.get("what", "value"), fields.get("to", ""))
         with self._lock:
-            if self._take(session, oid, version, action):
+            if self._take(session, oid, version, release):
                 return None, False
             for req in self._by_n.values():
-                if req.pending and req.session == session and req.oid == oid and req.action == action:
+                if req.pending and req.session == session and req.oid == oid and req.release == release:
                     if req.version == version:
                         req.seq = seq
                         return req, False
@@ -282,4 +298,4 @@ class RequestBook:
 def _what(req: GetRequest) -> str:
     """The object a request is about, and where it would go if it is not a get."""
     what = " ".join(req.tags) or req.object_id[:8]
-    return what if req.action == "get" else f"{what} ({req.action})"
+    return f"{what} (move to {req.to})" if req.what == "move" else what

@@ -34,8 +34,9 @@ class GetRule:
         if self.to is not None and (not isinstance(self.to, str) or not self.to):
             raise ValueError(f"to= names a worker, e.g. 'Carol', not {self.to!r}")
 
-    def matches(self, kind: str, shape: Sequence[int], action: str = "get") -> bool:
-        if self.to is not None and not action.startswith(f"move to {self.to} at "):
+    def matches(self, kind: str, shape: Sequence[int], to: Optional[str] = None) -> bool:
+        """Whether this rule allows a get (``to`` None) or a move to the worker named ``to``."""
+        if self.to is not None and to != self.to:
             return False
         if self.kind is not None and kind != self.kind:
             return False
@@ -68,10 +69,10 @@ class RuleBook:
     def remove(self, rule: GetRule) -> None:
         self._rules = tuple(r for r in self._rules if r != rule)
 
-    def match(self, kind: str, shape: Sequence[int], action: str = "get") -> Optional[GetRule]:
-        """The first rule that allows a get (or ``action``, a move) of an object of ``kind`` and ``shape``."""
+    def match(self, kind: str, shape: Sequence[int], to: Optional[str] = None) -> Optional[GetRule]:
+        """The first rule that allows a get (or, with ``to``, a move to that worker) of ``kind`` and ``shape``."""
         for rule in self._rules:
-            if rule.matches(kind, shape, action):
+            if rule.matches(kind, shape, to):
                 return rule
         return None
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NoReturn, Optional, Tuple
 
 import torch
 import zmq
@@ -24,15 +24,18 @@ from ..errors import ProtocolError, TagError
 from ..wire import limits, samehost
 from ..wire.names import check_tag, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
+from ..wire.results import flatten
 from ..wire.sockets import readable, recv_parts, send_parts
-from . import moves, release, streams, tickets, writes
+from . import moves, provenance, releases, streams, tickets, writes
 from .connections import Connections
+from .direct import DirectPort
 from .handshake import Handshakes
 from .models import export
 from .optimizers import STORED_TYPES
 from .policy import GetRequest, OpenPolicy
-from .replies import Reject, Replies, describe_result, error_reply, flatten
-from .sessions import Session
+from .provenance import Disclosure, Provenance
+from .replies import Reject, Replies, error_reply
+from .sessions import Session, beat
 from .store import Entry, new_id
 
 if TYPE_CHECKING:
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = limits.HANDSHAKE_TIMEOUT
 
 
-class Server(Handshakes):
+class Server(Handshakes, DirectPort):
     """Serves one worker's ROUTER socket from a background thread.
 
     It holds what only the serving thread may change: the sessions and the
@@ -58,18 +61,20 @@ class Server(Handshakes):
         self.requests = worker.requests
         self.events = worker.events
         self.stats = worker.stats
+        #: what may leave about results and errors (shapes, error text), and what was withheld
+        self.disclosure = Disclosure(worker)
         self.sessions: Dict[bytes, Session] = {}
         #: routing id -> (nonce, hello, time, connection token) of peers that said hello
         self.handshakes: Dict[bytes, Tuple[bytes, dict, float, int]] = {}
         self.connections: Optional[Connections] = None
-        #: one-time tickets for objects moved here from other workers, and their couriers
-        self.tickets = tickets.Tickets()
-        self._conn = 0  # the connection token of the message being handled
+        self._conn, self._cuts = 0, []  # the message's connection token; revoked connections to cut (handshake)
+        self.tickets = tickets.Tickets()  # for objects moved here from other workers (owner/tickets.py)
         self._calls: Deque[Callable[[zmq.Socket], None]] = deque()
         self._wake_send: Optional[zmq.Socket] = None
         self._wake_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._running = False
+        self._init_direct()
 
     # -- the owner's thread ------------------------------------------------------
     def start(self, ctx: zmq.Context, router: zmq.Socket) -> None:
@@ -82,6 +87,7 @@ class Server(Handshakes):
         self._wake_send = wake_send
         self._running = True
         writes.warm_up()
+        provenance.warm_up()
         self._thread = threading.Thread(target=self._serve, args=(router, wake_recv),
                                         name=f"syft-worker-{self.name}", daemon=True)
         self._thread.start()
@@ -111,10 +117,7 @@ class Server(Handshakes):
 
     def post(self, ident: bytes, header: dict) -> None:
         """Send ``header`` to the client ``ident`` from the serving thread."""
-        def send(router: zmq.Socket) -> None:
-            send_parts(router, [ident, *encode(header)], flags=0)
-
-        self.call_soon(send)
+        self.call_soon(lambda router: self.to(router, ident, encode(header)))
 
     def grant(self, req: GetRequest) -> None:
         """Tell ``req``'s client that the owner approved (from the owner's thread; the request book
@@ -122,7 +125,7 @@ class Server(Handshakes):
 
         def tell(router: zmq.Socket) -> None:
             if req.session in self.sessions:
-                send_parts(router, [req.session, *encode({"t": Kind.APPROVED, "s": req.seq, "n": req.n})], flags=0)
+                self.to(router, req.session, encode({"t": Kind.APPROVED, "s": req.seq, "n": req.n}))
 
         self.call_soon(tell)
 
@@ -143,9 +146,10 @@ class Server(Handshakes):
         if conns.socket is not None:
             poller.register(conns.socket, zmq.POLLIN)
         next_check = time.monotonic() + 1.0
+        self.lock.acquire()  # held while serving, let go while waiting (links of this process: direct.py)
         try:
             while self._running:
-                ready = dict(poller.poll(200))
+                ready = self.poll_unlocked(poller, 200)
                 if router in ready:
                     for _ in range(256):
                         if not readable(router):
@@ -171,13 +175,15 @@ class Server(Handshakes):
                 if now >= next_check:
                     conns.end_closed()
                     self._expire(now)
+                    beat(router, self.sessions)
                     next_check = now + 1.0
             for ident in list(self.sessions):
-                send_parts(router, [ident, *encode({"t": Kind.BYE, "name": self.name})], flags=0)
+                self.to(router, ident, encode({"t": Kind.BYE, "name": self.name}))
         except Exception:
             log.exception("the serving loop of worker %s stopped", self.name)
             raise
         finally:
+            self.lock.release()
             conns.close()
             router.close()
             wake.close(0)
@@ -219,7 +225,7 @@ class Server(Handshakes):
             head = peek(parts[0])
             setattr(exc, "seq", head.get("s"))  # (any exception: the reply names its request)
             if head.get("t") == Kind.OP and isinstance(head.get("o"), list):
-                self._fail(session, str(head.get("f")), head["o"], used, exc, time.perf_counter())
+                self._fail(session, str(head.get("f")), head["o"], used, exc, time.perf_counter(), Provenance())
             raise
         kind = header["t"]
         if kind == Kind.BATCH and not batched:
@@ -271,6 +277,7 @@ class Server(Handshakes):
         return resolve
 
     def _expire(self, now: float) -> None:
+        self.cut_due(now)
         for ident, session in list(self.sessions.items()):
             if now - session.last_seen > self.worker.lease_timeout:
                 self._end_session(ident, "lease expired")
@@ -339,39 +346,40 @@ class Server(Handshakes):
                     # (no_grad: the client's op ran under torch.no_grad())
                     result = fn(*args, **kwargs)
             finally:
-                self._written(session, short_name(name), used, writes.changed(before))
+                written = writes.changed(before)
+                self._written(session, short_name(name), used, written)
+                self.disclosure.taint(used, written)
         except writes.OwnerDataWrite as exc:
             self.refuse("write into the owner's data")
             reject = Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
                                                   f"changed ({short_name(name)} writes into it); compute on a copy "
                                                   "instead, e.g. ptr.clone()")
             self._fail(session, name, out, used, reject, t0)
-            raise reject from None
         except Exception as exc:
             self._fail(session, name, out, used, exc, t0)
-            raise
-        inputs = tuple(e.id for e in used)
         op = short_name(name)
-        leaves = flatten(result)
-        if header.get("m"):
-            out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
-        elif len(out) != len(leaves):
-            mismatch = Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, "
-                                                   f"the client expected {len(out)}")
-            self._fail(session, name, out, used, mismatch, t0)
-            raise mismatch
+        leaves = flatten(result)[0]
+        prov, shown = self.disclosure.of_result(op, fn, args, kwargs, used, result)
+        try:
+            if header.get("m"):
+                out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
+                reply = self.disclosure.describe(result, out, shown)
+            elif len(out) != len(leaves):
+                raise Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, the client expected "
+                                                 f"{len(out)}", public=not prov.hidden)
+        except Exception as exc:
+            self._fail(session, name, [] if header.get("m") else out, used, exc, t0, prov)
+        inputs = tuple(e.id for e in used)
         made = []
         now = time.time()
-        for oid, leaf in zip(out, leaves):
+        for i, (oid, leaf) in enumerate(zip(out, leaves)):
             if oid is not None and isinstance(leaf, STORED_TYPES):  # tensors, and models or optimizers built here
                 self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
-                                     created=now, last_access=now))
+                                     created=now, last_access=now, provenance=self.disclosure.leaf(prov, shown, i)))
                 made.append(oid)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=made,
                          duration=time.perf_counter() - t0, status="ok")
-        if header.get("m"):
-            return encode({"t": Kind.OK, "s": header.get("s"), "r": describe_result(result, iter(out))})
-        return None
+        return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
 
     def _written(self, session: Session, op: str, used: List[Entry], written: List[Entry]) -> None:
         """Record the writes an op made: into a client's object, in its history (an approval shows it);
@@ -383,25 +391,28 @@ class Server(Handshakes):
             entry.history.append((op, tuple(e.id for e in used if e is not entry)))
             entry.seen_version = entry.version
 
-    def _fail(self, session: Session, name: str, out: list, used: List[Entry],
-              exc: Exception, t0: float) -> None:
+    def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
+              prov: Optional[Provenance] = None) -> NoReturn:
+        """Record a failed op (its results exist, failed) and raise what the client may see of ``exc``:
+        its text, or only its type and a number when it came from the owner's data (see .provenance)."""
         self.stats["errors"] += 1
-        message = f"{short_name(name)}: {exc}"
+        op = short_name(name)
+        shown = self.disclosure.failure(session, op, prov or self.disclosure.of_inputs(used), exc)
         for oid in out:
             if isinstance(oid, bytes) and len(oid) == 16 and oid not in self.store:
-                self.store.put(Entry(oid, None, origin=session.label, session=session.ident,
-                                     op=short_name(name), error=message))
-        self.events.emit("command", client=session.label, op=short_name(name), inputs=tuple(e.id for e in used),
+                self.store.put(Entry(oid, None, origin=session.label, session=session.ident, op=op,
+                                     error=f"{op}: {shown}"))
+        self.events.emit("command", client=session.label, op=op, inputs=tuple(e.id for e in used),
                          out=[], duration=time.perf_counter() - t0, status=f"error: {limits.clip(exc)}")
+        if shown is exc:
+            raise exc
+        raise shown from None
 
-    def _on_get(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
-        seq = header.get("s")
-        entry = release.entry_for(self, session, field(header, "id", bytes))
-        entry.last_access = time.time()
-        pending = release.decide(self, session, entry, seq)
-        return pending if pending is not None else self._value(session, header, entry)
+    def _on_get(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
+        return releases.on_get(self, session, header)
 
-    def _value(self, session: Session, header: dict, entry: Entry) -> Any:
+    def send_value(self, session: Session, header: dict, entry: Entry) -> Any:
+        """The ``value`` reply carrying ``entry``'s tensor (the owner allowed it); big values stream."""
         seq = header.get("s")
         self.stats["bytes_out"] += entry.nbytes
         self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
-from ..wire import samehost
+import zmq
+
+from ..wire import auth, samehost
+from ..wire.protocol import Kind, encode
+from ..wire.sockets import send_parts
 from .streams import Streams
 
 
@@ -30,6 +34,18 @@ class Session:
     host_probe: Optional[tuple] = field(default=None, repr=False)
     #: streamed uploads and downloads in progress (big tensors in chunks, wire/chunks.py)
     streams: Streams = field(default_factory=Streams, repr=False)
+    #: the invitation it authenticated with (encrypted workers): its name, the client's public key,
+    #: the limits the owner set for it (read by quotas; empty: the worker's defaults)
+    client: Optional[str] = None
+    key: Optional[str] = field(default=None, repr=False)
+    limits: Dict[str, Any] = field(default_factory=dict)
+    #: its TCP connection: (descriptor, peer address) as seen when it authenticated, to cut it on revocation
+    endpoint: Optional[Tuple[int, Any]] = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The fingerprint of the client's key (None without encryption)."""
+        return auth.fingerprint(self.key) if self.key else None
 
     def expire(self, now: float) -> None:
         """Drop what this session left idle too long: same-host regions, stalled streams."""
@@ -56,3 +72,19 @@ class Session:
     def label(self) -> str:
         """How the client reads in logs: its name and the address it connected from."""
         return f"{self.name}@{self.peer}"
+
+
+def beat(router: zmq.Socket, sessions: Dict[bytes, Session]) -> None:
+    """Tell every client the worker's loop is turning (called about once a second).
+
+    A client's own heartbeat waits behind the ops it queued; under load that queue can take longer
+    than the client's ``heartbeat_timeout`` to drain, and the link would be judged dead while the
+    worker is busy serving it. This beat goes out at once whatever is queued, so a client marks the
+    link dead only when the worker really stops (killed, paused, its loop stuck).
+    """
+    beat = encode({"t": Kind.PONG, "s": None})
+    for ident in list(sessions):
+        try:
+            send_parts(router, [ident, *beat])
+        except zmq.Again:  # a client that does not read: its queue is full; it gets no beat
+            pass

@@ -16,6 +16,7 @@ import torch
 
 from ..display import dtype_text, esc, html_row, html_table, human_bytes, short_id, table
 from ..wire.names import check_tag
+from .provenance import CLIENT, Provenance
 
 __all__ = ["OWNER", "Entry", "ObjectStore", "Registry", "check_tag", "new_id"]
 
@@ -42,6 +43,8 @@ class Entry:
     history: List[Tuple[str, Tuple[bytes, ...]]] = field(default_factory=list)
     #: the tensor's version counter when its history was last brought up to date
     seen_version: int = -1
+    #: derived from whose data, and whether its shape may be told (see :mod:`syft_magics.owner.provenance`)
+    provenance: Provenance = CLIENT
 
     def __post_init__(self) -> None:
         self.seen_version = self.version

@@ -30,6 +30,7 @@ from ..wire.protocol import DTYPES, Kind, decode, encode
 from ..wire.protocol import field as header_field
 from .models import ModelWeights
 from .policy import MoveIn
+from .provenance import Provenance
 from .replies import Reject
 from .sessions import Session
 from .store import Entry
@@ -108,6 +109,10 @@ def _shape(value: Any) -> Tuple[int, ...]:
 
 def on_ticket(server: "Server", session: Session, header: dict, used: List[Entry]) -> List[Any]:
     """The scientist asks to move an object here: the owner's accept rule decides; a ticket if accepted."""
+    if server.worker.secure:  # the courier has no invited CurveZMQ key: its connection would never get through
+        raise Reject(ErrorCode.DENIED, f"{server.name} is encrypted (CurveZMQ, invited keys only): moves into an "
+                                       "encrypted worker are not supported yet; .get() and send, or use a worker "
+                                       "on loopback without --secure")
     kind = header.get("kind")
     source = header_field(header, "from", str)[:limits.MAX_NAME_CHARS]
     out = header_field(header, "o", list)
@@ -252,7 +257,11 @@ def _store(server: "Server", ticket: Ticket, header: dict) -> List[bytes]:
     for oid, obj in zip(ticket.out, objects):
         if oid in server.store:
             raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
+    # another owner's data, released to this worker: treated here like this owner's own (shapes that depend
+    # on its values and error text from it are withheld, see .provenance), never as the scientist's
+    prov = Provenance(True, (f"moved from {ticket.source}",), False, f"moved from {ticket.source}")
     for oid, obj in zip(ticket.out, objects):
-        server.store.put(Entry(oid, obj, origin=origin, session=ticket.session, op=op, created=now, last_access=now))
+        server.store.put(Entry(oid, obj, origin=origin, session=ticket.session, op=op, created=now, last_access=now,
+                               provenance=prov))
     return list(ticket.out)
 

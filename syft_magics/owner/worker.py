@@ -15,19 +15,21 @@ import socket as _socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import zmq
 
 from ..config import defaults
-from ..errors import PortInUse
+from ..errors import InsecureBind, PortInUse
 from ..events import EventStream
 from ..wire import auth, discovery, limits
 from ..wire.names import check_tag
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind
 from .allowlist import Allowlist
 from .devices import Devices
+from .invites import LOCAL, Invite, InviteBook, invite_path
 from .logs import CommandLog, JsonLinesHandler, command_logger, describe_command, print_command
 from .policy import (
     GetRequest,
@@ -69,6 +71,11 @@ class Worker:
 
     ``Worker("Bob", port=3000).start()`` binds ``tcp://127.0.0.1:3000`` (port 0:
     a free one) and an ``inproc://`` address for clients in the same process.
+
+    Any other host (``"0.0.0.0"``, a network address) serves clients on other machines: the
+    worker then encrypts its links with CurveZMQ and accepts only invited keys
+    (:meth:`invite`, :meth:`revoke`); ``secure=True`` does the same on loopback, and
+    ``secure=False`` with such a host is refused (:class:`~syft_magics.errors.InsecureBind`).
     """
 
     def __init__(
@@ -85,12 +92,27 @@ class Worker:
         lease_timeout: Optional[float] = None,
         allowlist: Optional[Allowlist] = None,
         connection_file: bool = True,
+        secure: Optional[bool] = None,
         device: Any = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a worker needs a non-empty name, e.g. 'Bob'")
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be 0 (any free port) or 1-65535, not {port!r}")
+        off_host = tcp and not auth.is_loopback(host)
+        if off_host and secure is False:
+            raise InsecureBind(
+                f"refusing to serve {host} without encryption: clients on other machines would see tensors, "
+                "tags and keys in clear. Drop secure=False (the worker then encrypts with CurveZMQ and admits "
+                "only invited clients), or serve 127.0.0.1 and use an SSH tunnel")
+        #: whether TCP links are encrypted (CurveZMQ) and admit invited keys only
+        self.secure = bool(tcp and (secure or off_host))
+        if self.secure:
+            auth.require_curve(f"serving {host} needs encrypted links" if off_host else "secure=True needs CurveZMQ")
+        #: the invited clients (encrypted workers); see :meth:`invite`
+        self.invites = InviteBook()
+        self._curve = auth.new_keypair() if self.secure else None
+        self._gate: Optional[Any] = None
         self.name = name
         self.host = host
         self.policy = make_policy(policy)
@@ -150,11 +172,18 @@ class Worker:
         router.setsockopt(zmq.SNDHWM, limits.MAX_QUEUED_REPLIES)
         router.setsockopt(zmq.RCVHWM, limits.MAX_QUEUED_REQUESTS)
         try:
+            if self._curve is not None:  # before binding: every TCP connection is then CurveZMQ + ZAP
+                from .zap import DOMAIN, Gate
+
+                self._gate = Gate(ctx, self.invites, self._refused_key, self.name)
+                self._gate.start()
+                auth.set_server_keys(router, *self._curve, DOMAIN)
             if self._tcp:
                 self._bind_tcp(router)
             router.bind(self.inproc_address)
         except BaseException:
             router.close(0)
+            self._stop_gate()
             ctx.term()
             raise
         try:
@@ -166,6 +195,7 @@ class Worker:
         except BaseException:
             self._close_loggers()
             router.close(0)
+            self._stop_gate()
             ctx.term()
             raise
         self._ctx = ctx
@@ -175,15 +205,27 @@ class Worker:
         self.server.start(ctx, router)
         if self._write_file and self._tcp:
             discovery.remove_stale(self.name)
-            self._conn = discovery.ConnectionInfo(
-                name=self.name, address=self.address, key=self.key, pid=os.getpid(),
-                hostname=_socket.gethostname(), instance=self.instance, policy=self.policy.name,
-                protocol=PROTOCOL_VERSION, started=time.time())
+            # encrypted: the file in the 0600 runtime folder is an invitation for this user on this machine
+            self._conn = self._connection_info(self.address, LOCAL if self.secure else None)
             discovery.write(self._conn)
         with _LIVE_LOCK:
             _LIVE[self.instance] = self
         self.events.emit("start", address=self.address)
         return self
+
+    def _connection_info(self, address: str, client: Optional[str],
+                         limits: Optional[Dict[str, Any]] = None) -> discovery.ConnectionInfo:
+        """A connection file's content; with ``client``, a new invitation of that name (its own keys)."""
+        info = discovery.ConnectionInfo(
+            name=self.name, address=address, key=self.key, pid=os.getpid(), hostname=_socket.gethostname(),
+            instance=self.instance, policy=self.policy.name, protocol=PROTOCOL_VERSION, started=time.time())
+        if client is not None and self._curve is not None:
+            invite, secret, old = self.invites.add(client, limits, local=client == LOCAL)
+            if old is not None:
+                self._end_invite(old, "invitation replaced")
+            info.key, info.client, info.server_key = invite.token, invite.name, self._curve[0]
+            info.public_key, info.secret_key = invite.public, secret
+        return info
 
     def _display_host(self) -> str:
         return "127.0.0.1" if self.host in ("*", "0.0.0.0") else self.host
@@ -220,6 +262,7 @@ class Worker:
             return
         self._running = False
         ended = self.server.stop(timeout)
+        self._stop_gate()  # its socket belongs to the context term() waits for
         if self._ctx is not None:
             # term() waits for every socket of the context, including those of in-process clients
             # (inproc:// needs the worker's context); their links close them on the ETERM term() causes.
@@ -239,6 +282,11 @@ class Worker:
         switch_interval.release()
         self.events.emit("stop")
         self._close_loggers()
+
+    def _stop_gate(self) -> None:
+        if self._gate is not None:
+            self._gate.stop()
+            self._gate = None
 
     def _close_loggers(self) -> None:
         for close in self._loggers:
@@ -302,6 +350,74 @@ class Worker:
         """The authenticated client sessions now connected."""
         return list(self.server.sessions.values())
 
+    # -- who may connect (encrypted workers) --------------------------------------------
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The fingerprint of this worker's CurveZMQ key (None when its links are not encrypted)."""
+        return auth.fingerprint(self._curve[0]) if self._curve is not None else None
+
+    def invite(self, client: str, path: Optional[str] = None, *, address: Optional[str] = None,
+               limits: Optional[Dict[str, Any]] = None) -> Path:
+        """Invite ``client``: write a connection file (0600) with a key pair of its own, to hand over.
+
+        The client connects with ``%syft_connect Bob --file alice.json`` (or
+        ``connect("Bob", file="alice.json")``) from any machine that reaches ``address``
+        (default: this worker's address; for ``0.0.0.0`` this machine's first network address).
+        ``limits`` is kept for the worker's quotas (e.g. ``{"max_bytes": 1 << 30}``). Inviting a
+        name again replaces its key; :meth:`revoke` ends an invitation. Returns the file's path.
+        """
+        if not self.secure:
+            raise InsecureBind(f"{self.name} does not encrypt its links, so it cannot tell invited clients apart: "
+                               f"start it with secure=True (%syft_worker {self.name} --secure), or on a network "
+                               "interface (--host 0.0.0.0), which encrypts")
+        if not self._running:
+            raise RuntimeError(f"start {self.name} before inviting clients (its address is not known yet)")
+        target = invite_path(path, client)
+        if target.exists() and not _is_connection_file(target):
+            raise FileExistsError(f"{target} exists and is not a connection file; choose another path")
+        info = self._connection_info(address or self._public_address(), client, limits)
+        discovery.write_to(target, info)
+        invite = self.invites[client]
+        invite.path = str(target)
+        self.events.emit("invite", client=client, key=invite.fingerprint, path=str(target),
+                         limits=dict(invite.limits))
+        return target
+
+    def revoke(self, client: str) -> Invite:
+        """End ``client``'s invitation: its sessions end at once (its objects are freed, its
+        connections closed) and its key is refused from now on."""
+        try:
+            invite = self.invites.revoke(client)
+        except KeyError as exc:
+            raise KeyError(exc.args[0]) from None
+        self._end_invite(invite, "revoked")
+        self.events.emit("revoke", client=client, key=invite.fingerprint)
+        return invite
+
+    def _end_invite(self, invite: Invite, reason: str) -> None:
+        if self._running:
+            def end(router: zmq.Socket) -> None:
+                self.server.end_invite(router, invite, reason)
+
+            self.server.call_soon(end)
+
+    def _refused_key(self, fingerprint: str) -> None:
+        """The ZAP handler refused a key (its thread): count it on the serving thread."""
+        def count(router: zmq.Socket) -> None:
+            self.server.refuse("key not invited")
+            self.events.emit("auth_failed", peer="?", key=fingerprint)
+
+        self.server.call_soon(count)
+
+    def _public_address(self) -> str:
+        host = self.host
+        if host in ("*", "0.0.0.0", "", "::"):
+            from jupyter_client.localinterfaces import public_ips
+
+            ips = public_ips()
+            host = ips[0] if ips else _socket.gethostname()
+        return f"tcp://{host}:{self._port}"
+
     def panel(self):
         """A live ipywidgets panel of this worker: registry, commands, requests (with Approve/Deny)."""
         from ..ui.panels import WorkerPanel
@@ -359,5 +475,15 @@ class Worker:
 
     def __repr__(self) -> str:
         state = f"serving at {self.address}" if self._running else "stopped"
+        if self.secure:
+            state += f", encrypted (key {self.fingerprint}, {len(self.invites)} invited)"
         return (f"<Worker {self.name} {state}, policy={self.policy.name}, objects={len(self.store)}, "
                 f"clients={len(self.server.sessions)}>")
+
+
+def _is_connection_file(path: Path) -> bool:
+    try:
+        discovery.read(path)
+        return True
+    except (OSError, ValueError):
+        return False

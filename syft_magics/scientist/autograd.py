@@ -24,6 +24,7 @@ from ..errors import OpNotAllowed
 from ..wire.names import short_name
 
 if TYPE_CHECKING:
+    from ..wire.results import Tree
     from .pointer import PointerTensor
 
 #: Ops whose non-tensor answer is the pointer's metadata (shape, dtype, layout), the same locally.
@@ -35,7 +36,7 @@ LOCAL_ANSWERS = frozenset(
     """.split())
 
 
-def local_answer(name: str, template: tuple) -> bool:
+def local_answer(name: str, template: "Tree") -> bool:
     """Whether an op with no tensor in its result may be answered from the stand-ins alone.
 
     False for a side effect (the result is ``None``): the op must be sent. Raises for an answer that
@@ -43,7 +44,7 @@ def local_answer(name: str, template: tuple) -> bool:
     """
     if name in LOCAL_ANSWERS:
         return True
-    if template == ("V", None):
+    if template.is_none:
         return False
     raise OpNotAllowed(f"{short_name(name)} gives an answer that depends on the remote tensor and is not "
                        "supported on pointers; compute it on the worker as a tensor, or .get() the value")

@@ -11,8 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union, cast
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union, cast
 
 import torch
 
@@ -21,58 +20,48 @@ from ..errors import (
     AuthenticationError,
     CrossWorkerError,
     GetTimeout,
-    OpNotAllowed,
     PointerFreed,
     RemoteError,
     ReplyTimeout,
     TagError,
     UnknownWorker,
+    WithheldError,
     WorkerUnreachable,
     error_class,
 )
 from ..events import EventStream
 from ..traces import describe, user_site
-from ..wire import discovery, samehost
-from ..wire.names import check_tag, is_inplace, short_name
+from ..wire import auth, discovery, samehost
+from ..wire.names import check_tag, id_source, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
+from ..wire.results import Tree, from_wire, wire_dtype
 from . import transfers
-from .autograd import local_answer
-from .inference import REMOTE, has_tensors, infer
+from .autograd import LOCAL_ANSWERS, local_answer
+from .direct import DirectLink
+from .inference import REMOTE, infer
 from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
-from .trees import build, build_described, out_ids, to_meta, walk, wire_dtype
+from .search import SearchResult
+from .transport import LinkBase
+from .trees import build, no_meta_locals, to_meta, walk
 
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
-
-
-class SearchResult(list):
-    """The pointers a search found (a list), with a helpful message when it is empty."""
-
-    def __init__(self, pointers: Iterable[PointerTensor], worker: str, tags: Tuple[str, ...],
-                 available: List[str]) -> None:
-        super().__init__(pointers)
-        self.worker, self.tags, self.available = worker, tags, available
-
-    def _empty_message(self) -> str:
-        have = ", ".join(self.available) or "none"
-        return f"no object on {self.worker} is tagged {' '.join(self.tags)} (tags there: {have})"
-
-    def __getitem__(self, index: Any) -> Any:
-        if not self and isinstance(index, int):
-            raise IndexError(self._empty_message())
-        return super().__getitem__(index)
-
-    def __repr__(self) -> str:
-        return super().__repr__() if self else f"[]  # {self._empty_message()}"
 
 
 class Client:
     """A connection to one worker: search its data, send tensors, run ops through pointers."""
 
     def __init__(self, address: str, key: str, *, timeout: Optional[float] = None,
-                 context: Any = None, connection_file: Optional[str] = None) -> None:
-        self._link = Link(address, key, timeout=timeout if timeout is not None else defaults.connect_timeout,
-                          context=context, client_name=f"{_user()}:{os.getpid()}")
+                 context: Any = None, connection_file: Optional[str] = None, worker: Any = None,
+                 curve: Optional[auth.CurveKeys] = None) -> None:
+        name = f"{_user()}:{os.getpid()}"
+        self._link: LinkBase
+        if worker is not None and defaults.in_process_direct:
+            # a worker of this process: its handlers run on our thread, no socket in between
+            self._link = DirectLink(worker, key, client_name=name)
+        else:
+            self._link = Link(address, key, timeout=timeout if timeout is not None else defaults.connect_timeout,
+                              context=context, client_name=name, curve=curve)
         self.name = self._link.worker_name
         self.address = address
         self.connection_file = connection_file
@@ -81,7 +70,7 @@ class Client:
         self.free_queue = self._link.free_queue
         self._origins: Dict[int, Tuple[str, Optional[Tuple[str, int]]]] = {}
         self._pointers: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
-        self._new_id = _id_source()
+        self._new_id = id_source()
         self._link.on_error = self._emit_error
         _LIVE.add(self)
 
@@ -168,9 +157,9 @@ class Client:
                 self._request(header, op="send", pool=pool)
             finally:
                 pool.release(pool.written)
-        elif nbytes >= defaults.stream_min_bytes:
+        elif nbytes >= defaults.stream_min_bytes and self._link.streams_values:
             # streamed in chunks (wire/chunks.py): returns once the worker holds every byte
-            self._request(transfers.put_header(oid, tensor.detach(), list(tags)), op="send", upload=tensor)
+            self._request(transfers.put_header(oid, tensor, list(tags)), op="send", upload=tensor)
         elif nbytes >= LARGE_FRAME_BYTES:
             # sent zero-copy: the worker's acknowledgement says when the tensor may change again
             header["ack"] = True
@@ -207,14 +196,30 @@ class Client:
     def get(self, ptr: PointerTensor, timeout: Optional[float] = None) -> torch.Tensor:
         """The value behind ``ptr`` (same as ``ptr.get()``)."""
         self._check_pointer(ptr)
+        plan = {"c": transfers.plan()} if self._link.streams_values else {}
+        value = self._release({"t": Kind.GET, "id": ptr.oid, **plan}, timeout, f"get of {_label(ptr)}")
+        self.events.emit("get", id=ptr.oid)
+        if isinstance(value, torch.Tensor):
+            ptr.learn_shape(value.shape)
+        return value
+
+    def shape_of(self, ptr: PointerTensor, timeout: Optional[float] = None) -> Tuple[int, ...]:
+        """The shape of ``ptr``; one the owner withholds is released like a value (``ptr.request_shape()``)."""
+        self._check_pointer(ptr)
+        shape = self._release({"t": Kind.GET, "id": ptr.oid, "what": "shape"}, timeout, f"shape of {_label(ptr)}")
+        return tuple(int(s) for s in shape)
+
+    def error_message(self, n: int, timeout: Optional[float] = None) -> str:
+        """The text of error #``n``, withheld (it came from the owner's data); released like a value."""
+        return str(self._release({"t": Kind.GET, "what": "error", "n": int(n)}, timeout, f"message of error #{n}"))
+
+    def _release(self, header: dict, timeout: Optional[float], what: str) -> Any:
+        """Ask for something the owner may have to release; wait for the decision (``approved``: ask again)."""
         approval_timeout = timeout if timeout is not None else defaults.approval_timeout
         while True:
-            reply = self._request({"t": Kind.GET, "id": ptr.oid, "c": transfers.plan()}, timeout,
-                                  approval_timeout=approval_timeout, what=ptr)
+            reply = self._request(dict(header), timeout, approval_timeout=approval_timeout, what=what)
             if reply["t"] == Kind.VALUE:
-                self.events.emit("get", id=ptr.oid)
                 return reply["x"]
-            # "approved": the owner said yes; ask again to receive the value
 
     def panel(self):
         """A live ipywidgets panel of this connection: its pointers and the pointer graph."""
@@ -244,9 +249,10 @@ class Client:
 
     # -- requests that wait ---------------------------------------------------------------
     def _request(self, header: dict, timeout: Optional[float] = None, *, approval_timeout: float = 0.0,
-                 what: Optional[PointerTensor] = None, op: Optional[str] = None,
+                 what: Optional[str] = None, op: Optional[str] = None,
                  pool: Optional[samehost.Pool] = None, upload: Optional[torch.Tensor] = None) -> dict:
         link = self._link
+        link.check()  # before a large tensor is encoded for a link that cannot take it
         seq = link.next_seq()
         header["s"] = seq
         if op is not None:
@@ -254,8 +260,8 @@ class Client:
         link.expect(seq)
         answered = False
         # a get or a streamed send may stream: progress, chunks, interrupts (scientist/transfers.py)
-        watch = transfers.Watch(link, header, _label(what), upload) if what is not None or upload is not None \
-            else None
+        watch = transfers.Watch(link, header, (what or "a value").removeprefix("get of "), upload) \
+            if what is not None or upload is not None else None
         tick = watch.tick if watch is not None else None
         try:
             with watch if watch is not None else contextlib.nullcontext():
@@ -263,7 +269,7 @@ class Client:
                 reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout, tick)
                 if reply["t"] == Kind.PENDING:
                     n = reply.get("n")
-                    print(f"waiting for {self.name} to approve request #{n} (get of {_label(what)})", flush=True)
+                    print(f"waiting for {self.name} to approve request #{n} ({what or 'a value'})", flush=True)
                     self.events.emit("waiting", n=n)
                     try:
                         reply = link.wait(seq, approval_timeout, tick)
@@ -315,7 +321,10 @@ class Client:
             text += f"\n  issued at {line}"
         if more:
             text += f"\n  ({more} more op{'s' if more > 1 else ''} failed since; fix this one first)"
-        return cls(text, op=op, remote_type=header.get("etype"), remote_message=msg, line=line, code=code)
+        exc = cls(text, op=op, remote_type=header.get("etype"), remote_message=msg, line=line, code=code)
+        if isinstance(exc, WithheldError) and isinstance(header.get("w"), int):
+            exc.withheld, exc.client = header["w"], self  # err.request_message() asks the owner for the text
+        return exc
 
     # -- ops on pointers -------------------------------------------------------------------
     def run(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
@@ -323,20 +332,16 @@ class Client:
 
         Returns new pointers at once (their shapes inferred locally); the op itself is pipelined.
         """
+        self._link.check()  # a dead link fails before the (first-time costly) shape inference
         pointers: List[PointerTensor] = []
         locals_: List[torch.Tensor] = []
         wire_args, key_args = walk(args, pointers, locals_)
         wire_kwargs, key_kwargs = walk(kwargs, pointers, locals_) if kwargs else ({}, ())
-        for t in locals_:
-            if t.device.type == "meta":
-                # a pointer's .device is 'meta' (it holds no data here): code that builds a tensor with
-                # device=ptr.device (torch.masked.*, some library helpers) made an empty local one
-                raise OpNotAllowed(
-                    f"{short_name(name)} got a tensor on the 'meta' device, built here from a pointer's .device "
-                    "(a pointer holds no data on this side). torch.masked.* ops and code that creates tensors with "
-                    "device=ptr.device are not supported on pointers; create the tensor on the worker instead "
-                    "(e.g. ptr.new_full(...), torch.where(mask, ptr, value))")
+        no_meta_locals(name, locals_)
+        unknown = None
         for ptr in pointers:
+            if ptr.signature[0] is None:
+                unknown = ptr
             if ptr.client is not self:
                 raise CrossWorkerError(
                     f"{short_name(name)} mixes pointers on {self.name} and on {ptr.client.name}; "
@@ -359,16 +364,20 @@ class Client:
             meta_kwargs = to_meta(kwargs, memo, found, local_ids)
             return meta_args, meta_kwargs, found, local_ids
 
+        if unknown is not None:  # a shape the owner withholds: only the worker knows what comes out
+            if name in LOCAL_ANSWERS:
+                raise unknown.shape_unknown()
+            return self._run_remote(name, wire_args, wire_kwargs)
         template = infer(func, (key_args, key_kwargs, grad), standins)
         if template is REMOTE:
             return self._run_remote(name, wire_args, wire_kwargs)
+        assert isinstance(template, Tree)
         inplace = is_inplace(name)
-        if not inplace and not has_tensors(template):
+        if not inplace and not template.has_tensors:
             if local_answer(name, template):
-                return build(self, template, iter(()), pointers)
+                return build(self, template, (), pointers)
             # a side effect on the worker (backward, retain_grad...): sent like any op, never skipped
-        out: List[Optional[bytes]] = []
-        out_ids(template, out, self._new_id)
+        out = template.out_ids(self._new_id)
         seq = self._link.next_seq()
         origins = self._origins
         origins[seq] = (name, user_site())
@@ -379,7 +388,7 @@ class Client:
         if not grad:
             header["g"] = False
         self._link.send(encode(header))
-        result = build(self, template, iter(out), pointers)
+        result = build(self, template, out, pointers)
         self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p.oid for p in pointers),
                          out=tuple(o for o in out if o is not None))
         return result
@@ -390,7 +399,8 @@ class Client:
         if not torch.is_grad_enabled():
             header["g"] = False
         reply = self._request(header, op=name)
-        return build_described(self, reply["r"])
+        tree, ids = from_wire(reply["r"])
+        return build(self, tree, ids, [])
 
     # -- pointer bookkeeping (called by PointerTensor) ----------------------------------------
     def track(self, ptr: PointerTensor) -> None:
@@ -415,13 +425,6 @@ class Client:
             raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
 
 
-def _id_source() -> Callable[[], bytes]:
-    """Fresh 128-bit random result ids. Unpredictable on purpose: ids derived from a counter could be
-    guessed from one seen in a log, and another client could claim them first (the worker refuses
-    an id already in use)."""
-    return lambda: os.urandom(16)
-
-
 def _user() -> str:
     try:
         return os.getlogin()
@@ -429,28 +432,28 @@ def _user() -> str:
         return os.environ.get("USER", "client")
 
 
-def _label(ptr: Optional[PointerTensor]) -> str:
-    if ptr is None:
-        return "a value"
+def _label(ptr: PointerTensor) -> str:
     return " ".join(ptr.tags) if ptr.tags else ptr.oid.hex()[:8]
 
 
 # -- connecting -------------------------------------------------------------------------------
-def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] = None) -> Client:
+def connect(target: Any = None, *, key: Optional[str] = None, timeout: Optional[float] = None,
+            file: Optional[str] = None) -> Client:
     """Connect to a worker and return a :class:`Client`.
-
     ``target`` is a worker name (found through its connection file on this
     machine), an address (``"tcp://host:port"``, ``"host:port"`` or a port),
     a connection file path, an ``inproc://`` address or a :class:`Worker` of
-    this process. ``key`` is needed only for an address with no connection file
-    on this machine.
-    """
+    this process. ``key`` is needed only for an address with no connection file on this machine.
+    ``file``: an invitation (``bob.invite``), from any machine (see :mod:`.invitation`)."""
     from ..owner.worker import Worker, live_workers
-
+    from .invitation import connect_file
+    if file is not None:  # an invitation (or any connection file); an address as ``target`` overrides its own
+        return connect_file(target, file, timeout)
     if isinstance(target, Worker):
         if not target.running:
             raise UnknownWorker(f"worker {target.name} is not running (call .start() first)")
-        return Client(target.inproc_address, key or target.key, timeout=timeout, context=target.context)
+        return Client(target.inproc_address, key or target.key, timeout=timeout, context=target.context,
+                      worker=target)
     if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
         target = f"tcp://127.0.0.1:{int(target)}"
     if not isinstance(target, str) or not target:
@@ -460,9 +463,8 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
             if worker.inproc_address == target:
                 return connect(worker, key=key, timeout=timeout)
         raise UnknownWorker(f"no worker in this process serves {target}")
-    if target.endswith(".json") and Path(target).is_file():
-        info = discovery.read(Path(target))
-        return Client(info.address, key or info.key, timeout=timeout, connection_file=info.path)
+    if target.endswith(".json") and os.path.isfile(target):
+        return connect_file(None, target, timeout, key)
     if target.startswith("tcp://") or ":" in target:
         address = target if target.startswith("tcp://") else f"tcp://{target}"
         if key is None:
@@ -471,11 +473,11 @@ def connect(target: Any, *, key: Optional[str] = None, timeout: Optional[float] 
                 raise AuthenticationError(
                     f"no key for {address}: no worker on this machine has a connection file for it. "
                     "Pass key=... (from the worker's connection file), or connect by name.")
-            return Client(address, found.key, timeout=timeout, connection_file=found.path)
+            return Client(address, found.key, timeout=timeout, connection_file=found.path, curve=found.curve)
         return Client(address, key, timeout=timeout)
     info = discovery.find(target)
     try:
-        return Client(info.address, key or info.key, timeout=timeout, connection_file=info.path)
+        return Client(info.address, key or info.key, timeout=timeout, connection_file=info.path, curve=info.curve)
     except WorkerUnreachable as exc:
         raise WorkerUnreachable(f"{exc}. Its connection file {info.path} names process {info.pid}, "
                                 "which is running but not answering.") from None

@@ -5,26 +5,46 @@ computes the result's shape and dtype, and raises its own shape errors at the
 user's line. Meta kernels are slow (tens of microseconds), so results are cached
 by the op and its arguments' signature (shapes, dtypes, scalar values).
 
-A :class:`Template` describes the result: a tree whose leaves are a new tensor
-(``"T"``), one of the op's pointer inputs returned again (``"in"``, in-place
-ops), or a plain value (``"V"``, e.g. ``x.size()``). Data-dependent ops
-(``nonzero``, boolean masks, ``unique``) cannot be inferred: :data:`REMOTE`
-tells the client to ask the worker.
+The result is a :class:`~syft_magics.wire.results.Tree` (the one encoding of a result
+tree, shared with the worker's descriptions): leaves are a new tensor (``"T"``), one of
+the op's pointer inputs returned again (``"in"``, in-place ops), or a plain value
+(``"V"``, e.g. ``x.size()``). Ops whose result shape depends on the data (``nonzero``,
+boolean masks, ``unique``, sizes read from a tensor) cannot be inferred: torch's
+``FakeTensorMode`` says so with its typed exceptions, and :data:`REMOTE` tells the client
+to ask the worker.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple, Union
 
 import torch
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    UnsupportedOperatorException,
+)
+from torch.utils import _pytree as pytree
+
+from ..wire.results import Leaf, Tree, quiet_tracing, tree_of
 
 _CACHE: Dict[Any, "Template"] = {}
 _CACHE_LIMIT = 8192
 
-Template = Tuple  # ("T", shape, dtype, requires_grad, is_leaf) | ("in", k) | ("V", value) | ("C", ctor, [children])
-REMOTE = ("REMOTE",)
 
-_DATA_DEPENDENT_HINTS = ("meta tensor", "Meta tensor", "meta backend", "'Meta' backend", "data-dependent",
-                         "data dependent", "no data!")
+class _Remote:
+    """The result cannot be known here: the worker runs the op and says what came out."""
+
+    def __repr__(self) -> str:
+        return "REMOTE"
+
+
+REMOTE = _Remote()
+Template = Union[Tree, _Remote]
+
+#: FakeTensorMode's typed verdicts: the output's shape (or the op's answer) depends on the values,
+#: or the op has no meta kernel; either way only the worker can say what came out.
+_NOT_INFERABLE = (DynamicOutputShapeException, DataDependentOutputException, UnsupportedOperatorException)
 
 
 def infer(func: Callable, key: Any, make_standins: Callable[[], Tuple[tuple, dict, List[torch.Tensor], List[int]]]
@@ -37,20 +57,19 @@ def infer(func: Callable, key: Any, make_standins: Callable[[], Tuple[tuple, dic
     """
     cache_key = (func, key) if key is not None else None
     if cache_key is not None:
-        template = _CACHE.get(cache_key)
-        if template is not None:
-            return template
+        cached = _CACHE.get(cache_key)
+        if cached is not None:
+            return cached
     args, kwargs, standins, local_ids = make_standins()
     shapes = [s.shape for s in standins]
     try:
         with torch._C.DisableTorchFunctionSubclass():
             result = func(*args, **kwargs)
-    except NotImplementedError:
-        template = REMOTE
-    except RuntimeError as exc:
-        if not any(h in str(exc) for h in _DATA_DEPENDENT_HINTS):
+    except (NotImplementedError, RuntimeError) as exc:
+        # meta kernels do not say why they fail; FakeTensorMode does, with a type
+        if not _data_dependent(func, args, kwargs, exc):
             raise
-        template = REMOTE
+        template: Template = REMOTE
     else:
         if any(s.shape != shape for s, shape in zip(standins, shapes)):
             raise NotImplementedError(f"{getattr(func, '__name__', func)} changes a pointer's shape in place, "
@@ -69,6 +88,24 @@ def infer(func: Callable, key: Any, make_standins: Callable[[], Tuple[tuple, dic
     return template
 
 
+def _data_dependent(func: Callable, args: tuple, kwargs: dict, exc: Exception) -> bool:
+    """Whether ``func`` failed on meta stand-ins because its result depends on the data (or it has
+    no meta kernel), as FakeTensorMode's typed exceptions tell; ``False``: ``exc`` is a real error."""
+    if isinstance(exc, NotImplementedError):
+        return True  # no meta kernel: the worker describes the result
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    try:
+        with quiet_tracing(), mode:
+            fake_args, fake_kwargs = pytree.tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))
+            with torch._C.DisableTorchFunctionSubclass():
+                func(*fake_args, **fake_kwargs)
+    except _NOT_INFERABLE:
+        return True
+    except Exception:
+        return False
+    return True  # fake tensors manage where meta kernels do not: the worker describes the result
+
+
 def _reject_local_inplace(result: Any, local_ids: set) -> None:
     leaves = result if isinstance(result, (tuple, list)) else (result,)
     if any(id(leaf) in local_ids for leaf in leaves):
@@ -76,28 +113,23 @@ def _reject_local_inplace(result: Any, local_ids: set) -> None:
                         "(the result would live on the worker); write local = local + ptr, or ptr + local")
 
 
-def _template(result: Any, inputs: Dict[int, int]) -> Template:
-    if isinstance(result, torch.Tensor):
-        k = inputs.get(id(result))
-        if k is not None:
-            return ("in", k)
-        if result.device.type != "meta":
-            return ("V", result)
-        return ("T", tuple(result.shape), result.dtype, result.requires_grad, result.is_leaf)
-    if isinstance(result, (tuple, list)) and not isinstance(result, torch.Size):
-        ctor = type(result)
-        return ("C", ctor, tuple(_template(r, inputs) for r in result))
-    return ("V", result)
+def _template(result: Any, inputs: Dict[int, int]) -> Tree:
+    def leaf(x: Any) -> Leaf:
+        if isinstance(x, torch.Tensor):
+            k = inputs.get(id(x))
+            if k is not None:
+                return ("in", k)
+            if x.device.type != "meta":
+                return ("V", x)
+            return ("T", tuple(x.shape), x.dtype, x.requires_grad, x.is_leaf)  # is_leaf: torch's rule
+        return ("V", x)
+
+    return tree_of(result, leaf)
 
 
-def has_tensors(template: Template) -> bool:
+def has_tensors(template: Tree) -> bool:
     """Whether the result holds any tensor (new or returned input)."""
-    kind = template[0]
-    if kind in ("T", "in"):
-        return True
-    if kind == "C":
-        return any(has_tensors(c) for c in template[2])
-    return False
+    return template.has_tensors
 
 
 def clear_cache() -> None:

@@ -19,8 +19,7 @@ import os
 import socket as _socket
 import threading
 import time
-from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 import zmq
 
@@ -29,17 +28,16 @@ from ..errors import (
     AuthenticationError,
     ProtocolError,
     ReplyTimeout,
-    SessionExpired,
     SyftError,
-    WorkerRestarted,
     WorkerStopped,
     WorkerUnreachable,
     error_class,
 )
-from ..wire import auth, chunks, samehost
+from ..wire import auth, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
-from . import transfers
+from . import at_exit
+from .transport import LinkBase, welcome_devices
 
 log = logging.getLogger(__name__)
 
@@ -52,42 +50,21 @@ _BATCH_MESSAGES = 256
 _BATCH_BYTES = 8 << 20
 
 
-class Link:
+class Link(LinkBase):
     """An authenticated, heartbeating connection to one worker."""
 
+    streams_values = True
+
     def __init__(self, address: str, key: str, *, timeout: float, context: Optional[zmq.Context] = None,
-                 client_name: str = "client") -> None:
-        self.address = address
-        self.session = os.urandom(16)
+                 client_name: str = "client", curve: Optional[auth.CurveKeys] = None) -> None:
+        super().__init__(address)
         self.lock = threading.Lock()
-        self.replies: Dict[Any, dict] = {}  # by seq (whatever the worker put there)
-        self.errors: List[dict] = []
-        self.on_error: Callable[[dict], None] = lambda header: None
-        self.free_queue: Deque[bytes] = deque()
-        #: streamed values being received, by request (filled in as chunks arrive; wire/chunks.py)
-        self.streams: Dict[Any, chunks.Incoming] = {}
-        #: bytes of each streamed upload the worker holds so far, by request
-        self.credits: Dict[Any, int] = {}
-        #: the worker's process when it runs on this host as this user (verified at the handshake):
-        #: large tensors then travel as sealed memory files (:mod:`syft_magics.wire.samehost`)
-        self.host_peer: Optional[samehost.Peer] = None
-        #: and the memory file our large sends travel through then
-        self.pool: Optional[samehost.Pool] = None
         self._batch_heads: List[bytes] = []  # the headers of queued messages
         self._batch_frames: List[Any] = []  # their tensor frames, one message after the other
         self._batch_counts: List[int] = []  # how many frames each queued message has
         self._batch_bytes = 0
         self._batch_started = 0.0  # when the first message of the queued batch came
-        self.broken: Optional[SyftError] = None
-        self.worker_name = "?"
-        self.instance = ""
-        self.policy = "?"
-        self.devices: tuple = ("cpu",)
-        self.last_pong = time.monotonic()
         self._next_ping = 0.0
-        self._seq = 0
-        self._awaited: set = set()
-        self._abandoned: set = set()
         self._own_ctx = context is None
         # inproc:// hands the sender's buffers to the receiver as they are: copy, or the worker would keep
         # (and expose) the client's memory, and a tracked zero-copy send would wait until the worker let go.
@@ -100,17 +77,24 @@ class Link:
         # the last results) are dropped with the connection, so a stopped worker looked merely unreachable.
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
-        self._closed = False
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.encrypted = curve is not None
         try:
-            self._sock.connect(address)
-            self._handshake(key, timeout, client_name)
+            if curve is not None:
+                auth.set_client_keys(self._sock, curve)
+            self._watch = auth.HandshakeWatch(self._sock, address, self.encrypted)
+            try:
+                self._sock.connect(address)
+                self._handshake(key, timeout, client_name)
+            finally:
+                self._watch.close()
         except BaseException:
             self._close_socket()
             raise
         self._thread = threading.Thread(target=self._background, name=f"syft-link-{self.worker_name}", daemon=True)
         self._thread.start()
+        at_exit.register(self)  # its queued ops are sent if the process exits
 
     # -- handshake ---------------------------------------------------------------
     def _handshake(self, key: str, timeout: float, client_name: str) -> None:
@@ -133,8 +117,7 @@ class Link:
                                     timeout, expect=Kind.WELCOME)
         self.instance = str(welcome.get("instance"))
         self.policy = str(welcome.get("policy"))
-        devices = welcome.get("devices")  # where ptr.to() may send tensors on that worker
-        self.devices = tuple(d for d in devices if isinstance(d, str))[:8] if isinstance(devices, list) else ("cpu",)
+        self.devices = welcome_devices(welcome)
         self.lease = float(welcome.get("lease") or defaults.lease_timeout)
         offer = welcome.get("host")
         if isinstance(offer, dict) and "host" in hello:
@@ -162,7 +145,7 @@ class Link:
         self._send_parts(encode(header), deadline)
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._sock.poll(max(1, int(remaining * 1000))):
+            if remaining <= 0 or not self._watch.wait(max(1, int(remaining * 1000))):
                 raise ReplyTimeout(f"no answer from {self.address} within {timeout:g} s")
             reply = decode(self._sock.recv_multipart())
             if reply["t"] == expect:
@@ -175,10 +158,6 @@ class Link:
                 raise ProtocolError(f"handshake failed: {reply.get('msg')}")
 
     # -- sending -----------------------------------------------------------------
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def send(self, parts: List[Any], *, flush: bool = False, awaited: bool = False) -> None:
         """Queue one message for the worker; ``flush=True`` sends it, and everything queued, now.
 
@@ -251,10 +230,8 @@ class Link:
             except zmq.NotDone:
                 self.check()
                 now = time.monotonic()
-                if now >= deadline or now - self.last_pong > defaults.heartbeat_timeout:
-                    raise WorkerUnreachable(
-                        f"{self.worker_name} at {self.address} did not take the message (no answer for "
-                        f"{now - self.last_pong:.0f} s): is the worker still running?") from None
+                if self._silent(now) or now >= deadline:
+                    raise self._lapsed(now) from None
 
     def _send_parts(self, parts: List[Any], deadline: float, track: bool = False) -> Optional[zmq.MessageTracker]:
         while True:
@@ -275,24 +252,20 @@ class Link:
         ``tick`` runs between polls, without the lock (a stream sends its next chunks, shows its
         progress); when it returns True the transfer moved on and ``timeout`` counts anew.
         """
-        start = time.monotonic()
-        deadline = start + timeout
+        deadline = time.monotonic() + timeout
         while True:
             reply = self.replies.pop(seq, None)
             if reply is not None:
                 return reply
             self.check()
             if tick is not None and tick():
-                start = time.monotonic()
-                deadline = start + timeout
+                deadline = time.monotonic() + timeout
             now = time.monotonic()
             if now >= deadline:
                 raise ReplyTimeout(f"{self.worker_name} did not answer within {timeout:g} s "
                                    f"(raise syft_magics.defaults.reply_timeout if it is just slow)")
-            silent = now - self.last_pong
-            if silent > defaults.heartbeat_timeout and now - start > defaults.heartbeat_timeout:
-                raise WorkerUnreachable(f"{self.worker_name} at {self.address} stopped answering "
-                                        f"(no heartbeat reply for {silent:.0f} s)")
+            if self._silent(now):
+                raise self._lapsed(now)
             with self.lock:
                 if seq in self.replies:
                     continue
@@ -307,12 +280,13 @@ class Link:
         """Send a heartbeat when one is due (call with ``lock`` held)."""
         # after a "bye" keep asking: a worker restarted at the address answers "unknown
         # session", which turns WorkerStopped into the more useful WorkerRestarted
-        if now >= self._next_ping and (self.broken is None or isinstance(self.broken, WorkerStopped)):
+        if now >= self._next_ping and (self.broken in (None, self._lapse) or isinstance(self.broken, WorkerStopped)):
             try:
                 send_parts(self._sock, encode({"t": Kind.PING, "s": None}))
             except zmq.Again:
                 return
             self._next_ping = now + defaults.heartbeat_interval
+            self._unanswered_since = self._unanswered_since or now
 
     def _drain(self) -> None:
         sock = self._sock
@@ -338,33 +312,10 @@ class Link:
                 "msg": f"the worker's reply could not be read: {exc}"}
 
     def _file(self, header: dict) -> None:
-        kind = header["t"]
-        seq = header.get("s")
-        self.last_pong = time.monotonic()  # anything from the worker shows it is alive
-        if kind == Kind.PONG:
-            pass
-        elif kind == Kind.BYE:
-            self.broken = WorkerStopped(f"{self.worker_name} was stopped by its owner; "
-                                        "its pointers are no longer usable")
-        elif kind == Kind.ERR and header.get("code") == ErrorCode.UNKNOWN_SESSION:
-            if header.get("instance") != self.instance:
-                self.broken = WorkerRestarted(
-                    f"{self.worker_name} at {self.address} was restarted: pointers made before the restart "
-                    f"are invalid. Connect again (%syft_connect {self.worker_name}).")
-            else:
-                self.broken = SessionExpired(
-                    f"{self.worker_name} ended this session (no heartbeat for {self.lease:g} s) and freed "
-                    f"its objects. Connect again (%syft_connect {self.worker_name}).")
-        elif seq in self._abandoned:
-            pass  # e.g. the owner decided after the client's GetTimeout: the next get asks again
-        elif kind in (Kind.CHUNK, Kind.CREDIT) or (kind == Kind.VALUE and header.get("z") is not None):
-            if seq in self._awaited:  # (not: a stream that was cancelled; its chunks are dropped)
-                transfers.receive(self, seq, header)
-        elif kind == Kind.ERR and seq not in self._awaited:
-            self.errors.append(header)
-            self.on_error(header)
-        else:
-            self.replies[seq] = header
+        if header["t"] == Kind.BYE and header.get("reason"):  # the owner revoked (or replaced) our invitation
+            self.broken = auth.invitation_ended(self._sock, self.address, self.worker_name, header.get("reason"))
+            return
+        super()._file(header)
 
     def say(self, header: dict) -> None:
         """Send a small control message now (call with ``lock`` held); lost only with the link."""
@@ -398,25 +349,16 @@ class Link:
         self.check()
         raise self.broken
 
-    def expect(self, seq: int) -> None:
-        """Mark ``seq`` as a request whose error reply belongs to its waiter, not the error list."""
-        self._awaited.add(seq)
+    def _silent(self, now: float) -> bool:  # a heartbeat unanswered for heartbeat_timeout (any message clears it)
+        return self._unanswered_since is not None and now - self._unanswered_since > defaults.heartbeat_timeout
 
-    def done(self, seq: int, abandoned: bool = False) -> None:
-        """The caller stopped waiting for ``seq``; replies still to come for an abandoned one are dropped."""
-        self._awaited.discard(seq)
-        self.replies.pop(seq, None)
-        self.streams.pop(seq, None)
-        self.credits.pop(seq, None)
-        if abandoned:
-            self._abandoned.add(seq)
-
-    def check(self) -> None:
-        """Raise if the link is unusable (closed, worker stopped or restarted)."""
-        if self._closed:
-            raise WorkerUnreachable(f"the connection to {self.worker_name} is closed")
-        if self.broken is not None:
-            raise self.broken
+    def _lapsed(self, now: float) -> SyftError:
+        """Mark the link dead now, so later calls fail at once; heartbeats go on, and an answer revives it."""
+        if self.broken is None:
+            self.broken = self._lapse = WorkerUnreachable(
+                f"{self.worker_name} at {self.address} stopped answering (no heartbeat reply for "
+                f"{now - self.last_pong:.0f} s); calls fail at once until it answers again")
+        return self.broken
 
     # -- background ----------------------------------------------------------------
     def _background(self) -> None:
@@ -439,6 +381,8 @@ class Link:
                     self._flush(now + defaults.reply_timeout)
                 self._ping_if_due(now)
                 self._drain()
+                if self.broken is None and self._silent(time.monotonic()):
+                    self._lapsed(time.monotonic())
             except (zmq.Again, WorkerUnreachable) as exc:  # the next tick tries again; a waiter raises it
                 log.debug("link to %s: %s", self.worker_name, exc)
             except zmq.ZMQError as exc:
@@ -454,7 +398,7 @@ class Link:
                 self.lock.release()
 
     # -- closing -------------------------------------------------------------------
-    def close(self, say_bye: bool = True) -> None:
+    def close(self, say_bye: bool = True, linger: float = 0.5) -> None:
         if self._closed:
             return
         self._stop.set()
@@ -463,7 +407,7 @@ class Link:
         with self.lock:
             if say_bye and self.broken is None:
                 try:
-                    self._sock.setsockopt(zmq.LINGER, 500)
+                    self._sock.setsockopt(zmq.LINGER, int(linger * 1000))
                     self._batch_heads.append(encode({"t": Kind.BYE})[0])
                     self._batch_counts.append(0)
                     self._flush(time.monotonic())
@@ -481,6 +425,3 @@ class Link:
         if self._own_ctx:
             self._ctx.term()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed

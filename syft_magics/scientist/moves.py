@@ -99,7 +99,8 @@ class Move:
                                  "w": float(timeout if timeout is not None else defaults.connect_timeout)}
         approval = timeout if timeout is not None else defaults.approval_timeout
         while True:
-            reply = source._request(dict(order), approval_timeout=approval, what=self.handle, op="move")
+            reply = source._request(dict(order), approval_timeout=approval, op="move",
+                                    what=f"move of {self.handle._label()} to {target.name}")
             if reply["t"] == Kind.OK:
                 break
             # "approved": the source's owner said yes; ask again, and the courier leaves

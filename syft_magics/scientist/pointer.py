@@ -7,6 +7,13 @@ is patched), which sends the op to the pointer's worker and returns new pointers
 at once. Metadata (``.shape``, ``.dtype``, ``len()``, ``.size()``, ``.dim()``) is
 answered locally; values (``.get()``, ``.item()``, ``.tolist()``, ``bool()``)
 come from the worker, as its policy allows.
+
+A result whose shape depends on the owner's values (``nonzero``, ``unique``, a mask, sizes
+read from a tensor) has an **unknown shape** under the ``review`` and ``closed`` policies: its
+repr says ``shape=unknown until Bob approves``, ``ptr.shape`` (``size()``, ``dim()``,
+``len()``...) raises :class:`~syft_magics.errors.ShapeUnknown`, and ops on it still run on the
+worker (one round trip each: the worker says what came out). ``ptr.request_shape()`` asks the
+owner for it like a get; an approved ``.get()`` tells it too.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 import torch
 from torch.overrides import get_default_nowrap_functions
 
-from ..errors import OpNotAllowed
+from ..errors import OpNotAllowed, ShapeUnknown
 from ..wire.names import wire_name
 from ..wire.protocol import ref_ext
 from .autograd import SPECIAL
@@ -34,6 +41,9 @@ _VALUE_FUNCS = {
     torch.Tensor.__array__, torch.Tensor.__contains__, torch.equal, torch.Tensor.equal,
     torch.allclose, torch.Tensor.allclose,
 }
+
+#: Property getters that read the shape (answered from what the client knows of it).
+_SHAPE_GETTERS = {torch.Tensor.shape.__get__, torch.Tensor.ndim.__get__}  # type: ignore[attr-defined]
 
 #: Properties that compute a new tensor rather than read metadata, and the ops they stand for.
 _COMPUTED_PROPERTIES: Dict[Any, Callable[[Any], Any]] = {
@@ -72,26 +82,29 @@ class PointerTensor(torch.Tensor):
     oid: bytes
     #: its packed wire form (an argument of an op), built once
     wire_ref: Any
-    #: what shape inference needs: ``(shape, dtype, requires_grad)``
-    signature: Tuple[Tuple[int, ...], torch.dtype, bool]
+    #: what shape inference needs: ``(shape, dtype, requires_grad)``; the shape is ``None`` while unknown
+    signature: Tuple[Optional[Tuple[int, ...]], torch.dtype, bool]
     _client: "Client"
     _tags: Tuple[str, ...]
     _handle: Optional[_Owned]
     _local_id: int
     _deleted: bool
+    _placeholder: bool
     leaf: bool
 
     @staticmethod
-    def __new__(cls, client: "Client", oid: bytes, shape: Tuple[int, ...], dtype: torch.dtype,
+    def __new__(cls, client: "Client", oid: bytes, shape: Optional[Tuple[int, ...]], dtype: torch.dtype,
                 requires_grad: bool = False, owned: bool = True, tags: Tuple[str, ...] = (),
                 leaf: bool = True) -> "PointerTensor":
-        ptr = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=torch.device("meta"),
-                                                  requires_grad=requires_grad)
+        # an unknown shape (None): the wrapper gets a placeholder, never shown (see _SHAPE_GETTERS)
+        ptr = torch.Tensor._make_wrapper_subclass(cls, () if shape is None else shape, dtype=dtype,
+                                                  device=torch.device("meta"), requires_grad=requires_grad)
+        ptr._placeholder = shape is None
         ptr._client = client
         ptr.oid = oid
         ptr.wire_ref = ref_ext(oid)
         ptr._tags = tags
-        ptr.signature = (tuple(shape), dtype, requires_grad)
+        ptr.signature = (None if shape is None else tuple(shape), dtype, requires_grad)
         ptr._handle = _Owned(client.free_queue, oid) if owned else None
         ptr._local_id = next(_local_ids)
         ptr._deleted = False
@@ -118,6 +131,33 @@ class PointerTensor(torch.Tensor):
         from .moves import move
 
         return move(self, target, timeout=timeout)
+
+    @property
+    def known_shape(self) -> Optional[Tuple[int, ...]]:
+        """The shape, or ``None`` while the owner withholds it (unlike ``.shape``, never raises)."""
+        return self.signature[0]
+
+    def request_shape(self, timeout: Optional[float] = None) -> torch.Size:
+        """The shape, asked of the owner when it is withheld (it depends on the owner's values): under
+        ``review`` the owner sees "shape of <this object>" and approves or denies, like a get."""
+        if self.signature[0] is None:
+            self.learn_shape(self._client.shape_of(self, timeout=timeout))
+        return torch.Size(self.signature[0] or ())
+
+    def learn_shape(self, shape: Any) -> None:
+        """The owner released this pointer's shape (its value, or the shape alone)."""
+        if self.signature[0] is None:
+            self.signature = (tuple(int(s) for s in shape), self.signature[1], self.signature[2])
+
+    def shape_unknown(self) -> ShapeUnknown:
+        """The error for reading a shape the owner withholds."""
+        owner = self._client.name
+        return ShapeUnknown(f"the shape of {self._label()} on {owner} depends on {owner}'s data and is unknown until "
+                            f"{owner} approves: ask with ptr.request_shape() (or .get() the value); ops on it "
+                            "still run on the worker")
+
+    def _label(self) -> str:
+        return " ".join(self._tags) if self._tags else self.oid.hex()[:8]
 
     def delete(self) -> None:
         """Forget this pointer now; frees the remote object if this session made it.
@@ -176,8 +216,10 @@ class PointerTensor(torch.Tensor):
         at = " ".join(self._tags) if self._tags else self.oid.hex()[:12]
         freed = ", freed" if self.freed else ""
         grad = ", requires_grad=True" if self.requires_grad else ""
+        shape = self.signature[0]
+        shown = f"unknown until {self._client.name} approves" if shape is None else str(tuple(shape))
         return (f"PointerTensor(id={self._local_id}, location={self._client.name}, id@loc={at}, "
-                f"shape={tuple(self.shape)}, dtype={self.dtype}{grad}{freed})")
+                f"shape={shown}, dtype={self.dtype}{grad}{freed})")
 
     __str__ = __repr__
 
@@ -211,6 +253,11 @@ class PointerTensor(torch.Tensor):
         if prop is not None:
             # .T, .mT, .H, .mH compute a new tensor: run them as the ops they stand for
             return prop(args[0])
+        if func in _SHAPE_GETTERS and args[0]._placeholder:
+            shape = args[0].signature[0]
+            if shape is None:
+                raise args[0].shape_unknown()
+            return torch.Size(shape) if func == torch.Tensor.shape.__get__ else len(shape)
         if func in _NOWRAP or getattr(func, "__name__", None) in ("__get__", "__set__"):
             # attribute access (shape, dtype, requires_grad...): metadata held by the wrapper itself
             with torch._C.DisableTorchFunctionSubclass():

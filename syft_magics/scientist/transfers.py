@@ -27,7 +27,7 @@ from ..wire.protocol import ErrorCode, Kind, encode
 from .progress import Bar
 
 if TYPE_CHECKING:
-    from .link import Link
+    from .transport import LinkBase as Link
 
 
 def plan() -> List[int]:

@@ -2,37 +2,35 @@
 
 Arguments become their wire form (pointers as references, local tensors as values) and a
 signature for the shape-inference cache (:func:`walk`), or meta stand-ins for inference
-(:func:`to_meta`). A result comes back as pointers built from the inferred template
-(:func:`build`, ids chosen by :func:`out_ids`) or from the worker's description of a
-data-dependent result (:func:`build_described`).
+(:func:`to_meta`). A result comes back as pointers (:func:`build`) from a
+:class:`~syft_magics.wire.results.Tree`: the one the client inferred, or the one the worker
+described for a data-dependent result (the same encoding, :mod:`syft_magics.wire.results`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.utils import _pytree as pytree
 
-from ..errors import ProtocolError
-from ..wire.protocol import DTYPES
+from ..errors import OpNotAllowed
+from ..wire.names import short_name
+from ..wire.results import Leaf, Tree, wire_dtype
 from .pointer import PointerTensor
 
 if TYPE_CHECKING:
     from .client import Client
 
 
-def wire_dtype(name: str) -> torch.dtype:
-    """The dtype a worker named (only those the wire carries)."""
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ProtocolError(f"unknown dtype {name!r} from the worker") from None
-
-
 _SCALARS = (int, float, bool, str, type(None), complex)
 
 
 def walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) -> Tuple[Any, Any]:
-    """The wire form of an argument and its cache signature; collects pointers and local tensors."""
+    """The wire form of an argument and its cache signature; collects pointers and local tensors.
+
+    Hand-written rather than ``torch.utils._pytree``: this runs for every op, and building the
+    signature from ``tree_flatten`` (a TreeSpec to hash, then the leaves) measured 3-5x slower here
+    (see the commit that moved :func:`to_meta` and the result trees to pytree)."""
     t = type(obj)
     if t is PointerTensor:
         pointers.append(obj)
@@ -65,77 +63,69 @@ def walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) -
     raise TypeError(f"a {t.__name__} cannot be sent to a worker as an argument")
 
 
+def no_meta_locals(name: str, locals_: List[torch.Tensor]) -> None:
+    """Refuse an op given a local tensor on the 'meta' device: a pointer's ``.device`` is 'meta' (it holds
+    no data here), so code that builds a tensor with ``device=ptr.device`` (``torch.masked.*``, some library
+    helpers) made an empty local one, whose values would be garbage on the worker."""
+    for t in locals_:
+        if t.device.type == "meta":
+            raise OpNotAllowed(
+                f"{short_name(name)} got a tensor on the 'meta' device, built here from a pointer's .device "
+                "(a pointer holds no data on this side). torch.masked.* ops and code that creates tensors with "
+                "device=ptr.device are not supported on pointers; create the tensor on the worker instead "
+                "(e.g. ptr.new_full(...), torch.where(mask, ptr, value))")
+
+
 def to_meta(obj: Any, memo: Dict[int, torch.Tensor], found: List[torch.Tensor], local_ids: List[int]) -> Any:
-    if isinstance(obj, PointerTensor):
-        s = memo.get(id(obj))
-        if s is None:
+    """Meta stand-ins (no data) for an argument tree, walked with ``torch.utils._pytree``: a pointer's
+    from its signature (one per pointer, ``memo``), a local tensor's from its metadata. ``found`` gets
+    the pointers' stand-ins in the order :func:`walk` met the pointers; ``local_ids`` the locals'."""
+    def leaf(x: Any) -> Any:
+        if isinstance(x, PointerTensor):
+            s = memo.get(id(x))
+            if s is None:
+                with torch._C.DisableTorchFunctionSubclass():
+                    shape, dtype, requires_grad = x.signature
+                    s = torch.empty(shape or (), dtype=dtype, device="meta", requires_grad=requires_grad)
+                memo[id(x)] = s
+            found.append(s)
+            return s
+        if isinstance(x, torch.Tensor):
             with torch._C.DisableTorchFunctionSubclass():
-                shape, dtype, requires_grad = obj.signature
-                s = torch.empty(shape, dtype=dtype, device="meta", requires_grad=requires_grad)
-            memo[id(obj)] = s
-        found.append(s)
-        return s
-    if isinstance(obj, torch.Tensor):
-        with torch._C.DisableTorchFunctionSubclass():
-            s = obj.detach().to("meta").requires_grad_(obj.requires_grad)
-        local_ids.append(id(s))
-        return s
-    if type(obj) in (list, tuple):
-        return type(obj)(to_meta(o, memo, found, local_ids) for o in obj)
-    if isinstance(obj, dict):
-        return {k: to_meta(v, memo, found, local_ids) for k, v in obj.items()}
-    if isinstance(obj, slice):
-        return slice(*(to_meta(o, memo, found, local_ids) for o in (obj.start, obj.stop, obj.step)))
-    return obj
+                s = x.detach().to("meta").requires_grad_(x.requires_grad)
+            local_ids.append(id(s))
+            return s
+        if isinstance(x, slice):
+            return slice(*(leaf(o) for o in (x.start, x.stop, x.step)))
+        return x
+
+    return pytree.tree_map(leaf, obj)
 
 
-def out_ids(template: tuple, out: List[Optional[bytes]], new_id: Callable[[], bytes]) -> None:
-    kind = template[0]
-    if kind == "T":
-        out.append(new_id())
-    elif kind == "C":
-        for child in template[2]:
-            out_ids(child, out, new_id)
-    else:
-        out.append(None)
+def build(client: "Client", template: Tree, ids: Sequence[Optional[bytes]], pointers: List[PointerTensor]) -> Any:
+    """The op's result as pointers: new tensors get the ids ``ids`` (one per leaf), inputs returned again
+    are their pointers, plain values stay. A tensor whose shape the owner withholds gets an unknown shape."""
+    if template.single:  # most ops: one tensor
+        leaf = template.leaves[0]
+        if leaf[0] == "T":
+            return _pointer(client, ids[0], leaf)
+        return pointers[leaf[1]] if leaf[0] == "in" else leaf[1]
+    it = iter(ids)
+
+    def make(leaf: Leaf) -> Any:
+        oid = next(it, None)
+        kind = leaf[0]
+        if kind == "T":
+            return _pointer(client, oid, leaf)
+        if kind == "in":
+            return pointers[leaf[1]]
+        return leaf[1]
+
+    return template.build(make)
 
 
-def build(client: "Client", template: tuple, ids: Any, pointers: List[PointerTensor]) -> Any:
-    kind = template[0]
-    if kind == "T":
-        return PointerTensor(client, next(ids), template[1], template[2], requires_grad=template[3],
-                             leaf=template[4] if len(template) > 4 else not template[3])
-    if kind == "in":
-        next(ids, None)
-        return pointers[template[1]]
-    if kind == "V":
-        next(ids, None)
-        return template[1]
-    ctor, children = template[1], template[2]
-    items = [build(client, c, ids, pointers) for c in children]
-    return _construct(ctor, items)
+def _pointer(client: "Client", oid: Any, leaf: Leaf) -> PointerTensor:
+    return PointerTensor(client, oid, leaf[1], leaf[2], requires_grad=leaf[3], leaf=leaf[4])
 
 
-def _construct(ctor: type, items: List[Any]) -> Any:
-    if ctor is list:
-        return items
-    if ctor is tuple:
-        return tuple(items)
-    if hasattr(ctor, "n_fields"):  # torch.return_types.* (structseq)
-        return ctor(items)
-    if hasattr(ctor, "_fields"):  # namedtuple
-        return ctor(*items)
-    return ctor(items)
-
-
-def build_described(client: "Client", desc: list) -> Any:
-    kind = desc[0]
-    if kind == "T":
-        _, oid, shape, dtype, requires_grad = desc
-        # an op's result that requires grad has a grad_fn on the worker (torch's rule for op outputs)
-        return PointerTensor(client, oid, tuple(shape), wire_dtype(dtype), requires_grad=requires_grad,
-                             leaf=not requires_grad)
-    if kind == "L":
-        items = [build_described(client, d) for d in desc[2]]
-        return items if desc[1] == "list" else tuple(items)
-    return None
+__all__ = ["build", "no_meta_locals", "to_meta", "walk", "wire_dtype"]

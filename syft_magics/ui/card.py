@@ -61,7 +61,7 @@ class PointerCard(TextRepr, widgets.VBox):
         self._ref = weakref.ref(ptr)
         self.client = ptr.client
         self.oid: bytes = ptr.oid
-        self.shape = tuple(ptr.shape)
+        self._ptr_shape = ptr.known_shape  # None while the owner withholds it
         self.dtype = dtype_text(ptr.dtype)
         self.tags: Tuple[str, ...] = tuple(ptr.tags)
         self.owned = ptr.owned
@@ -224,7 +224,7 @@ class PointerCard(TextRepr, widgets.VBox):
                              f'<span class="syft-badge syft-card-state syft-state-{state} syft-{_BADGE[state]}">'
                              f'{state}</span><span class="syft-muted" style="font-size:12px">on '
                              f'<b>{H.esc(who)}</b></span></div>')
-        rows = [("location", who), ("id@loc", self.oid.hex()), ("shape", str(self.shape)), ("dtype", self.dtype)]
+        rows = [("location", who), ("id@loc", self.oid.hex()), ("shape", self.shape_text), ("dtype", self.dtype)]
         if self.tags:
             rows.append(("tags", " ".join(self.tags)))
         rows.append(("made by", self.lineage()))
@@ -278,10 +278,21 @@ class PointerCard(TextRepr, widgets.VBox):
             child.close()
         super().close()
 
+    @property
+    def shape(self) -> Optional[Tuple[int, ...]]:
+        """The pointer's shape as the client knows it (``None`` while the owner withholds it)."""
+        ptr = self._ref()
+        return ptr.known_shape if ptr is not None else self._ptr_shape
+
+    @property
+    def shape_text(self) -> str:
+        shape = self.shape
+        return f"unknown until {self.client.name} approves" if shape is None else str(shape)
+
     def text(self) -> str:
         """The card as plain text."""
         value = "" if self.value is None else f"\n  value: {self.value!r}"
-        return (f"{self.name or 'pointer'} on {self.client.name}: {self.state}, shape {self.shape}, {self.dtype}, "
+        return (f"{self.name or 'pointer'} on {self.client.name}: {self.state}, shape {self.shape_text}, {self.dtype}, "
                 f"made by {self.lineage()}{value}")
 
 

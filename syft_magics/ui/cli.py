@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 from ..owner.policy import POLICIES
 
-COMMANDS = "requests | approve N | deny N [reason] | objects | quit"
+COMMANDS = "requests | approve N | deny N [reason] | objects | invite NAME [FILE] | revoke NAME | invites | quit"
 
 
 class ShareError(ValueError):
@@ -98,7 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(worker_parser=w)
     w.add_argument("name", help="the worker's name; clients connect with syft_magics.connect(NAME)")
     w.add_argument("--port", type=int, default=0, help="TCP port (default: 0, any free port)")
-    w.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
+    w.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default: 127.0.0.1, this machine only); any other encrypts links "
+                        "(CurveZMQ) and admits invited clients only (--invite)")
+    w.add_argument("--secure", action="store_true",
+                   help="encrypt links and admit invited clients only, on loopback too")
+    w.add_argument("--invite", action="append", default=[], metavar="NAME[=FILE]",
+                   help="write an invitation for client NAME (its own key pair; default file NAME.json); "
+                        "repeatable. Needs --secure or a non-loopback --host")
     w.add_argument("--policy", choices=tuple(POLICIES), default="review",
                    help="who may .get() values: everyone, only what you approve (default), nobody")
     w.add_argument("--verbose", action="store_true", help="print one line per command received")
@@ -133,7 +140,7 @@ def run_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         shares = [(tags, path, load_tensor(path)) for tags, path in map(parse_share, args.share)]
     except ShareError as exc:
         parser.error(str(exc))  # exits 2, argparse-style
-    from ..errors import PortInUse
+    from ..errors import EncryptionUnavailable, PortInUse
     from ..owner.worker import Worker
 
     stop = threading.Event()
@@ -142,10 +149,10 @@ def run_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             signal.signal(getattr(signal, name), lambda *_: stop.set())
     try:
         worker = Worker(args.name, port=args.port, host=args.host, policy=args.policy,
-                        verbose=args.verbose, log=args.log).start()
-    except ValueError as exc:  # a bad name or port
+                        verbose=args.verbose, log=args.log, secure=True if args.secure else None).start()
+    except ValueError as exc:  # a bad name or port, a plaintext bind off loopback
         parser.error(str(exc))
-    except (PortInUse, OSError) as exc:  # the port is taken, the log file cannot be opened...
+    except (PortInUse, OSError, EncryptionUnavailable) as exc:  # the port is taken, the log file cannot be opened...
         _say(f"error: {exc}", sys.stderr)
         return 1
     notes: "queue.SimpleQueue[int]" = queue.SimpleQueue()
@@ -156,8 +163,12 @@ def run_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             worker.share(tensor, *tags)
             _say(f"shared {' '.join(tags)}: {tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')} "
                  f"from {path}")
-        _say(f"{worker.name} serving at {worker.address} (policy: {worker.policy.name})")
+        _say(f"{worker.name} serving at {worker.address} (policy: {worker.policy.name})"
+             + (f", encrypted, key {worker.fingerprint}" if worker.secure else ""))
         _say(f"connection file: {worker.connection_file}")
+        console = OwnerConsole(worker)
+        for spec in args.invite:
+            console.do_invite(" ".join(spec.split("=", 1)))
         _say(f"commands on stdin: {COMMANDS}; Ctrl-C stops")
         _serve_console(worker, stop, notes)
     finally:
@@ -255,6 +266,32 @@ class OwnerConsole(cmd.Cmd):
     def do_deny(self, arg: str) -> None:
         """deny N [reason]: refuse request N; its client's .get() raises PermissionDenied."""
         self._decide("deny", arg)
+
+    def do_invite(self, arg: str) -> None:
+        """invite NAME [FILE]: write an invitation (a connection file with NAME's own keys) to hand over."""
+        name, _, path = arg.strip().partition(" ")
+        if not name:
+            _say("error: usage: invite NAME [FILE]", sys.stderr)
+            return
+        try:
+            written = self.worker.invite(name, path.strip() or None)
+        except (ValueError, RuntimeError, OSError) as exc:
+            _say(f"error: {exc}", sys.stderr)
+            return
+        _say(f"invited {name} (key {self.worker.invites[name].fingerprint}): hand over {written}")
+
+    def do_revoke(self, arg: str) -> None:
+        """revoke NAME: end NAME's invitation and sessions now."""
+        try:
+            invite = self.worker.revoke(arg.strip())
+        except KeyError as exc:
+            _say(f"error: {exc.args[0]}", sys.stderr)
+            return
+        _say(f"revoked {invite.name} (key {invite.fingerprint})")
+
+    def do_invites(self, arg: str) -> None:
+        """The invitations, valid and revoked."""
+        _say(repr(self.worker.invites))
 
     def _decide(self, word: str, arg: str) -> None:
         n_text, _, reason = arg.strip().partition(" ")

@@ -17,10 +17,11 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+from ..config import defaults
 from ..display import table
 from ..errors import SyftError, UnknownWorker
 from ..owner.policy import POLICIES
-from ..owner.worker import Worker
+from ..owner.worker import Worker, live_workers
 from ..scientist.client import Client, connect
 
 _NAMES = ("syft_worker", "syft_connect", "syft_share", "syft_workers", "syft_panel", "syft_stop", "syft_disconnect",
@@ -54,7 +55,10 @@ class SyftMagics(Magics):
     @argument("name", help="the worker's name, e.g. Bob (clients connect by this name)")
     @argument("port", nargs="?", type=int, default=0, help="TCP port; 0 or omitted: any free port")
     @argument("--host", default="127.0.0.1",
-              help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
+              help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network, "
+                   "which encrypts links and admits invited clients only: bob.invite('alice'))")
+    @argument("--secure", action="store_true",
+              help="encrypt links (CurveZMQ) and admit invited clients only, on loopback too")
     @argument("--policy", default="review", choices=sorted(POLICIES),
               help="who may .get() values: open (anyone), review (you approve each; default), closed (nobody)")
     @argument("--verbose", action="store_true", help="print one line per command received")
@@ -91,9 +95,9 @@ class SyftMagics(Magics):
         moved = ""
 
         def start(port: int) -> Worker:
-            worker = Worker(args.name, port=port, host=args.host, policy=args.policy,
-                            verbose=args.verbose, log=args.log, device=args.device)
             try:
+                worker = Worker(args.name, port=port, host=args.host, policy=args.policy, verbose=args.verbose,
+                                log=args.log, secure=True if args.secure else None, device=args.device)
                 return worker.start()
             except SyftError as exc:
                 raise UsageError(str(exc)) from None
@@ -117,7 +121,10 @@ class SyftMagics(Magics):
             restarted = (f" (restarted: a new, empty registry{lost}"
                          f", share them again; pointers to the old worker are now invalid)")
         on = f", on {worker.device}" if worker.device.type != "cpu" else ""
-        print(f"{moved}{worker.name} serving at {worker.address} (policy: {worker.policy.name}{on}){restarted}\n"
+        secure = (f"; encrypted, key {worker.fingerprint}: invite each client with {var}.invite('alice') and "
+                  f"hand over the file it writes; {var}.revoke('alice') ends it") if worker.secure else ""
+        print(f"{moved}{worker.name} serving at {worker.address} (policy: {worker.policy.name}{on}){restarted}"
+              f"{secure}\n"
               f"Bound to `{var}`. Share data with {var}.share(x, '#X') or %syft_share x #X")
         if args.panel:
             self._show_panel("worker", args.name)
@@ -182,6 +189,9 @@ class SyftMagics(Magics):
               help="variable to bind (default: the name in lower case)")
     @argument("--timeout", type=float, default=None, metavar="S", help="seconds to wait for the worker to answer")
     @argument("--key", default=None, help="the worker's key, when connecting by address from another machine")
+    @argument("--file", default=None, metavar="FILE",
+              help="an invitation file from the worker's owner (bob.invite('alice') wrote it): connects from any "
+                   "machine, encrypted, as that invited client")
     @argument("--panel", action="store_true", help="display the connection's live panel (pointers and their graph)")
     @line_magic
     def syft_connect(self, line: str) -> None:
@@ -192,15 +202,23 @@ class SyftMagics(Magics):
         if old is not None:
             old.disconnect()
         self._close_panel("connection", args.name)
+        target: Any = args.address if args.address else args.name
+        here = [w for w in live_workers() if w.name == args.name and w.running] if not args.address else []
+        if here and defaults.in_process_direct:
+            target = here[-1]  # a worker of this kernel: served directly, no socket (scientist/direct.py)
         try:
-            client = connect(args.address if args.address else args.name, key=args.key, timeout=args.timeout)
+            if args.file:
+                client = connect(args.address, key=args.key, timeout=args.timeout, file=args.file)
+            else:
+                client = connect(target, key=args.key, timeout=args.timeout)
         except UnknownWorker as exc:
             raise UsageError(str(exc)) from None
         if client.name != args.name:
             print(f"note: the worker at {client.address} calls itself {client.name!r}")
         self.clients[args.name] = client
         self.user_ns[var] = client
-        print(f"connected to {client.name} at {client.address} (policy: {client.policy}); bound to `{var}`. "
+        where = "in this kernel" if client.address.startswith("inproc://") else f"at {client.address}"
+        print(f"connected to {client.name} {where} (policy: {client.policy}); bound to `{var}`. "
               f"Find data with {var}.search('#X')")
         if args.panel:
             self._show_panel("connection", args.name)
@@ -220,7 +238,6 @@ class SyftMagics(Magics):
     @line_magic
     def syft_workers(self, line: str = "") -> None:
         """A table of this kernel's workers and connections."""
-        from ..owner.worker import live_workers
         from ..scientist.client import live_clients
 
         # the magics' own, then those this kernel made through the Python API (Worker(...).start(), connect())

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,17 +19,22 @@ from jupyter_client.localinterfaces import is_local_ip
 from jupyter_core.paths import secure_write
 
 from ..errors import StaleConnectionFile, UnknownWorker
+from . import auth
 
 PREFIX = "syft-worker-"
 
 
 @dataclass
 class ConnectionInfo:
-    """What a connection file holds."""
+    """What a connection file holds (an invitation file too: the same format, with ``client`` set).
+
+    An encrypted worker's file also holds its public key (``server_key``) and one client's
+    CurveZMQ key pair; ``key`` is then that client's own token. ``repr`` hides every key.
+    """
 
     name: str
     address: str
-    key: str
+    key: str = field(repr=False)
     pid: int
     hostname: str
     instance: str
@@ -37,6 +42,23 @@ class ConnectionInfo:
     protocol: int
     started: float
     path: Optional[str] = None
+    #: the worker's CurveZMQ public key (Z85): the link is encrypted and the client needs its own keys
+    server_key: Optional[str] = field(default=None, repr=False)
+    #: the invitation this file carries (``local`` for the worker's own file)
+    client: Optional[str] = None
+    #: that client's CurveZMQ key pair (Z85)
+    public_key: Optional[str] = field(default=None, repr=False)
+    secret_key: Optional[str] = field(default=None, repr=False)
+
+    @property
+    def curve(self) -> Optional[auth.CurveKeys]:
+        """The client's CurveZMQ keys, when the worker encrypts its links."""
+        if not self.server_key:
+            return None
+        if not self.public_key or not self.secret_key:
+            raise ValueError(f"{self.path or 'the connection file'} names an encrypted worker but holds no "
+                             "client key pair; ask its owner for an invitation (bob.invite(...))")
+        return auth.CurveKeys(self.server_key, self.public_key, self.secret_key)
 
     @property
     def alive(self) -> bool:
@@ -76,7 +98,11 @@ def _safe(name: str) -> str:
 def write(info: ConnectionInfo) -> Path:
     """Write ``info`` as a private (0600) connection file; returns its path."""
     port = info.address.rsplit(":", 1)[-1]
-    path = runtime_dir() / f"{PREFIX}{_safe(info.name)}-{_safe(port)}.json"
+    return write_to(runtime_dir() / f"{PREFIX}{_safe(info.name)}-{_safe(port)}.json", info)
+
+
+def write_to(path: Path, info: ConnectionInfo) -> Path:
+    """Write ``info`` to ``path`` (0600, replacing it in one step); returns the path."""
     data = asdict(info)
     data.pop("path")
     tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -4,13 +4,15 @@ An op crosses the wire as a public torch name such as ``"torch.add"``,
 ``"Tensor.__add__"``, ``"Tensor.add_"`` or ``"torch.nn.functional.relu"``;
 whether a worker runs it is its allowlist's decision
 (:mod:`syft_magics.owner.allowlist`). A tag is ``#`` and at least one
-character that is neither a space, ``#`` nor a comma.
+character that is neither a space, ``#`` nor a comma. An object is named by 16 random bytes
+(:func:`id_source`).
 """
 from __future__ import annotations
 
 import functools
+import os
 import re
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -197,3 +199,21 @@ def _checked(name: str, func: Callable) -> Optional[str]:
         return name if resolve_torch_name(name) is func else None
     except (AttributeError, ValueError):
         return None
+
+
+def id_source() -> Callable[[], bytes]:
+    """Fresh 128-bit random result ids. Unpredictable on purpose: ids derived from a counter could be
+    guessed from one seen in a log, and another client could claim them first (the worker refuses
+    an id already in use). Read from the OS 256 at a time (a system call per op cost a chain several
+    percent); ``list.pop`` hands each one out once, whichever thread asks."""
+    ids: List[bytes] = []
+
+    def new_id() -> bytes:
+        try:
+            return ids.pop()
+        except IndexError:
+            block = os.urandom(16 * 256)
+            ids.extend(block[i:i + 16] for i in range(0, len(block), 16))
+            return ids.pop()
+
+    return new_id

@@ -35,6 +35,15 @@ What it keeps of the TCP path's guarantees:
 - **Only the peer uses it.** A memfd has no name; ``/proc/<pid>/fd`` opens only for processes
   allowed to inspect the sender (the same user, who can read the connection file and its key
   anyway). A pool holds only bytes its owner chose to send.
+- **Only our memory files, of a process of our user.** Opening ``/proc/<pid>/fd/<n>`` succeeds for
+  anyone allowed to inspect that process, which for a worker running as root (or with
+  ``CAP_SYS_PTRACE``) is every process. So a file is read only if the process named runs as this
+  process's user (every uid in ``/proc/<pid>/status``), the file is one of our memory files
+  (``memfd:syft-…``) owned by this user, and its inode is the one announced. Without that, an
+  authenticated client of a root worker could prove "same host" with any file of another user's
+  process that it can write (say a world-writable file held open there), then name that
+  process's other files, or any address of its memory (the lent path), in its sends and receive
+  their bytes as its own objects.
 - **Nothing left behind.** A memfd is freed with its last descriptor: a killed sender or
   receiver leaves nothing in ``/dev/shm`` or anywhere else.
 - **Memory.** Nobody maps a pool, so it is not part of either process's resident set; it holds
@@ -99,18 +108,43 @@ class SameHostError(ProtocolError):
 
 
 def _open_peer_file(pid: int, fd: int, ino: int) -> int:
-    """Our own descriptor for the peer's file ``fd`` (which must have inode ``ino``)."""
-    if not (type(pid) is int and type(fd) is int and type(ino) is int and pid > 0 and 0 <= fd < 1 << 31):
+    """Our own descriptor for the peer's file ``fd``: one of our memory files (``memfd:syft-…``), of inode
+    ``ino``, owned by our user, held by a process of our user (see the module's doc for why)."""
+    if not (type(pid) is int and type(fd) is int and type(ino) is int and 0 < pid < 1 << 31
+            and 0 <= fd < 1 << 31):
         raise SameHostError(f"bad same-host file reference ({pid!r}, {fd!r}, {ino!r})")
+    if not _runs_as_us(pid):
+        raise SameHostError("the peer process does not run as this user")
     try:
         own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise SameHostError(f"the peer's memory file is gone ({exc.strerror})") from None
-    st = os.fstat(own)
-    if not stat.S_ISREG(st.st_mode) or st.st_ino != ino:
+    try:
+        st = os.fstat(own)
+        name = os.readlink(f"/proc/self/fd/{own}")  # what we opened, not what the peer's table holds now
+    except OSError:
+        st, name = None, ""
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_ino != ino or st.st_uid != os.geteuid() \
+            or not name.startswith(_MEMFD_PREFIX):
         os.close(own)
         raise SameHostError("the peer's memory file is not the one announced")
     return own
+
+
+#: How our memory files read in ``/proc/*/fd`` (``memfd_create("syft-pool")`` and ``("syft-probe")``).
+_MEMFD_PREFIX = "/memfd:syft-"
+
+
+def _runs_as_us(pid: int) -> bool:
+    """Whether every uid of process ``pid`` (real, effective, saved, filesystem) is our effective uid."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return all(int(uid) == os.geteuid() for uid in line.split()[1:])
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _read_exact(fd: int, buffer: Any, offset: int) -> None:

@@ -5,7 +5,10 @@ deque (see :class:`LivePanel`). This thread wakes every :data:`TICK` seconds and
 asks each panel whether it is due; a panel refreshes only when something
 changed (or its slow poll is due) and never more often than its
 ``1 / max_rate``, an interval that grows with the time a render takes (about
-:data:`DUTY` of the time goes to rendering, up to :data:`MAX_INTERVAL`), so a busy worker keeps its CPU. The
+:data:`DUTY` of the time goes to rendering, up to :data:`MAX_INTERVAL`; never more than :data:`MAX_DUTY`, even
+when that leaves a panel further behind), so a busy worker, or a loop issuing ops in the same process, keeps
+its CPU. Between renders the thread sleeps until the next panel may render again (it does not wake every
+tick to find out that none may: each wake-up takes the GIL from the loop). The
 thread (``syft-panel-refresh``) runs only while a panel is open and ends on its
 own after the last one closes. Widget updates from this thread reach the front
 end while the notebook is idle (ipykernel sends comm messages from any thread).
@@ -27,7 +30,8 @@ __all__ = ["Refresher", "REFRESHER", "TICK", "DUTY", "MAX_INTERVAL", "LivePanel"
 
 TICK = 0.05  # how often the thread looks at the panels (s)
 DUTY = 0.02  # at most this share of the time is spent rendering one panel (under load)...
-MAX_INTERVAL = 2.0  # ...but a panel with news is never more than this many seconds behind
+MAX_INTERVAL = 2.0  # ...but a panel with news is never more than this many seconds behind...
+MAX_DUTY = 0.05  # ...unless its renders are so slow (a loaded machine) that this share would be exceeded
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class Refresher:
                     self._thread = None
                     return
             now = time.monotonic()
+            soonest = now + MAX_INTERVAL  # when the next panel may render again
             for panel in panels:
                 try:
                     panel._tick(now)  # type: ignore[attr-defined]
@@ -82,8 +87,9 @@ class Refresher:
                     except Exception:
                         pass
                     self.remove(panel)
+                soonest = min(soonest, getattr(panel, "_next_allowed", 0.0))
             panels = []  # drop references before sleeping
-            self._wake.wait(TICK)
+            self._wake.wait(max(TICK, soonest - time.monotonic()))
             self._wake.clear()
 
 
@@ -151,7 +157,7 @@ class LivePanel(TextRepr, widgets.VBox):
                 raise
             return
         took = self._last_render
-        self._next_allowed = now + min(MAX_INTERVAL, max(1.0 / self.max_rate, took / DUTY))
+        self._next_allowed = now + max(min(MAX_INTERVAL, max(1.0 / self.max_rate, took / DUTY)), took / MAX_DUTY)
         self._next_poll = now + self.poll_interval
 
     def refresh(self, full: bool = True) -> None:

@@ -52,7 +52,7 @@ class _Ptr:
         self.local_id = ptr.id
         self.hex = ptr.id_at_location
         self.worker = worker
-        self.shape = tuple(ptr.shape)
+        self.shape = ptr.known_shape  # None while the owner withholds it
         self.dtype = dtype_text(ptr.dtype)
         self.tags = tuple(ptr.tags)
         self.owned = ptr.owned

@@ -110,11 +110,12 @@ def commands_html(w: "Worker", rows: Sequence[str], kept: int) -> str:
 
 
 def clients_html(w: "Worker", sessions: Sequence[Any]) -> str:
-    """The Clients tab: each connected session, when it connected, what it created, when it was last heard."""
+    """The Clients tab: each connected session (named by its invitation on an encrypted worker), its key's
+    fingerprint, when it connected, what it created, when it was last heard."""
     now = time.monotonic()
-    rows = [H.row((s.label, s.short, H.clock(s.created), str(w.store.session_count(s.ident)),
+    rows = [H.row((s.label, s.short, s.fingerprint or "-", H.clock(s.created), str(w.store.session_count(s.ident)),
                    f"{now - s.last_seen:.1f} s ago"), cls="syft-client") for s in sessions]
-    return H.STYLE + H.table(("client", "session", "connected", "objects created", "last heard"), rows,
+    return H.STYLE + H.table(("client", "session", "key", "connected", "objects created", "last heard"), rows,
                              empty="no clients connected")
 
 

@@ -313,8 +313,8 @@ class WorkerPanel(LivePanel):
 
     def _request_row(self, req: Any) -> widgets.HBox:
         what = " ".join(req.tags) or short_id(req.object_id)
-        action = getattr(req, "action", "get")  # a move to another worker reads "wants to move z to Alice"
-        verb, where = ("wants", "") if action == "get" else ("wants to move", " to " + action.removeprefix("move to "))
+        # a move to another worker reads "wants to move z to Alice at tcp://..."
+        verb, where = ("wants to move", f" to {req.to}") if req.what == "move" else ("wants", "")
         desc = widgets.HTML(
             H.STYLE + f'<div style="font-size:12px;line-height:1.35"><b>#{req.n}</b> '
             f'<span class="syft-muted">{H.esc(H.clock(req.created))}</span> {H.esc(req.client)} {verb} '

@@ -1,0 +1,89 @@
+"""The worker's in-process door: clients in the worker's own process, served on their own thread.
+
+A client in the same process (``connect(worker)``, an ``inproc://`` address) shares the worker's
+GIL: handing each message to the serving thread through a socket makes both threads pay for it
+(ZeroMQ, msgpack both ways, a thread switch per batch) and halves a chain of ops. Instead its
+link calls :meth:`DirectPort.call`, which runs the same handler the serving thread would
+(:meth:`Server._answer`: handshake, policy, the owner-data guard, the command log, events) on the
+caller's thread, under :attr:`lock`, which the serving thread also holds while it handles a
+message or an owner's decision. Only the transport differs: messages are still packed headers
+whose tensor frames the link copied (so nothing is shared with the caller's memory), decoded by
+the worker's bounded decoder; values leave as copies (see ``Server._value``).
+
+What the serving thread sends on its own (an approval, the goodbye when the worker stops) goes to
+the link's ``deliver`` callback instead of the socket (:meth:`DirectPort.to`).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, List
+
+import zmq
+
+from ..wire.protocol import Kind, encode
+from ..wire.sockets import send_parts
+from .replies import Replies
+
+#: The connection token of direct links: a session made by one is served only through this door (a
+#: socket peer presenting its routing id is refused, as one on another connection).
+DIRECT = -1
+
+#: A direct link's inbox: called with a reply's parts ``[header, *frames]`` (from the serving thread).
+Deliver = Callable[[List[Any]], None]
+
+
+class DirectPort:
+    """A mix-in of :class:`~syft_magics.owner.serving.Server`: messages from links in this process."""
+
+    lock: threading.Lock
+    _conn: int
+    _running: bool
+
+    def _answer(self, ident: bytes, parts: List[Any], batched: bool = False) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def _init_direct(self) -> None:
+        #: held while a message or an owner's decision is handled, by whichever thread handles it
+        self.lock = threading.Lock()
+        self._direct: Dict[bytes, Deliver] = {}
+
+    def open_direct(self, ident: bytes, deliver: Deliver) -> None:
+        """Register a link of this process (it then says hello and proves the key, as over a socket)."""
+        with self.lock:
+            self._direct[ident] = deliver
+
+    def close_direct(self, ident: bytes) -> None:
+        """The link closed: nothing more is delivered to it (its goodbye ended the session)."""
+        with self.lock:
+            self._direct.pop(ident, None)
+
+    def call(self, ident: bytes, parts: List[Any]) -> List[List[Any]]:
+        """Handle one message of the link ``ident`` on the caller's thread; its replies, in order.
+
+        A worker that is stopping answers as its serving thread does when it stops: goodbye.
+        """
+        with self.lock:
+            if not self._running or ident not in self._direct:
+                return [encode({"t": Kind.BYE})]
+            self._conn = DIRECT  # sessions made here are bound to this door
+            reply = self._answer(ident, parts)
+        if reply is None:
+            return []
+        return list(reply) if type(reply) is Replies else [reply]
+
+    def poll_unlocked(self, poller: zmq.Poller, timeout_ms: int) -> Dict[Any, int]:
+        """The serving thread waits for messages without holding :attr:`lock` (direct links go then)."""
+        self.lock.release()
+        try:
+            return dict(poller.poll(timeout_ms))
+        finally:
+            self.lock.acquire()
+
+    def to(self, router: zmq.Socket, ident: bytes, parts: List[Any]) -> None:
+        """Send ``parts`` to the client ``ident`` from the serving thread: over the socket, or to a
+        direct link's inbox."""
+        deliver = self._direct.get(ident)
+        if deliver is None:
+            send_parts(router, [ident, *parts], flags=0)
+        else:
+            deliver(parts)

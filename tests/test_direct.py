@@ -1,0 +1,151 @@
+"""A client in the worker's own process talks to it directly (no socket): same worker, same rules."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from helpers import wait_until
+
+import syft_magics as sm
+from syft_magics.scientist.direct import DirectLink
+from syft_magics.scientist.link import Link
+
+X = torch.tensor([1.0, 2, 3, 4, 5])
+
+
+@pytest.fixture
+def bob(make_worker):
+    worker = make_worker("Bob", policy="open")
+    worker.share(X.clone(), "#X")
+    return worker
+
+
+def test_a_worker_of_this_process_is_served_directly_unless_turned_off(bob, make_client, fast_defaults):
+    client = make_client(bob)
+    assert isinstance(client._link, DirectLink)
+    assert client.name == "Bob" and client.policy == "open" and client.connected
+    assert [c.peer for c in bob.clients] == ["inproc"]
+    fast_defaults.in_process_direct = False
+    assert isinstance(make_client(bob)._link, Link), "the inproc:// socket stays available"
+
+
+def test_a_chain_and_data_dependent_ops_run_on_the_worker(bob, make_client):
+    client = make_client(bob)
+    x = client.search("#X")[0]
+    z = x
+    for _ in range(300):
+        z = z + 1
+    assert torch.equal(z.get(), X + 300)
+    assert torch.equal(x[x > 2].get(), torch.tensor([3.0, 4, 5]))
+    assert torch.equal(torch.topk(x, 2).values.get(), torch.tensor([5.0, 4]))
+    client.sync()
+    assert len(bob.store) < 20, "dead pointers' objects are freed"
+
+
+def test_the_wrong_key_is_refused(bob):
+    with pytest.raises(sm.AuthenticationError, match="wrong key"):
+        sm.connect(bob, key="not-the-key")
+    assert not bob.clients
+
+
+def test_the_owners_policy_applies(make_worker, make_client):
+    bob = make_worker("Bob", policy="review")
+    bob.share(X.clone(), "#X")
+    client = make_client(bob)
+    x = client.search("#X")[0]
+
+    def owner():
+        if wait_until(lambda: bob.requests.pending):
+            bob.approve(bob.requests.pending[0].n)
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    try:
+        assert torch.equal((x * 2).get(), X * 2), "the owner's approval releases the waiting get"
+    finally:
+        thread.join(5)
+    closed = make_worker("Carol", policy="closed")
+    closed.share(X.clone(), "#X")
+    with pytest.raises(sm.PermissionDenied, match="refused"):
+        make_client(closed).search("#X")[0].get()
+
+
+def test_owner_data_is_read_only_and_errors_name_the_users_line(bob, make_client):
+    client = make_client(bob)
+    x = client.search("#X")[0]
+    x.add_(1)  # the line the error must name
+    line = __import__("inspect").currentframe().f_lineno - 1
+    with pytest.raises(sm.ReadOnlyError) as info:
+        client.sync()
+    assert f"test_direct.py:{line}: x.add_(1)" in str(info.value)
+    assert torch.equal(bob.store.search(("#X",))[0].tensor, X)
+    x[torch.tensor([7])]
+    with pytest.raises(sm.RemoteError, match="out of bounds"):
+        client.sync()
+    assert torch.equal((x + 1).get(), X + 1), "the link serves on after errors"
+
+
+def test_the_command_log_and_both_event_streams_are_fed(bob, make_client):
+    client = make_client(bob)
+    seen = []
+    unsubscribe = bob.events.subscribe(lambda e: seen.append(e.kind))
+    try:
+        x = client.search("#X")[0]
+        (x * 3).get()
+    finally:
+        unsubscribe()
+    commands = bob.events.of_kind("command")
+    assert commands[-1]["op"] in ("mul", ".mul") and commands[-1]["client"].endswith("@inproc")
+    assert {"search", "command", "get"} <= set(seen)
+    assert [e.kind for e in client.events.recent][-3:] == ["search", "op", "get"]
+
+
+def test_nothing_is_shared_between_the_client_and_the_worker(make_worker, make_client):
+    owner = torch.arange(1 << 16, dtype=torch.float32)  # large enough to travel as a frame
+    bob = make_worker("Bob", policy="open")
+    bob.share(owner, "#D")
+    client = make_client(bob)
+    got = client.search("#D")[0].get()
+    got[0] = 42.0
+    assert owner[0].item() == 0.0, "a value got is the client's own"
+    for n in (5, 1 << 16):  # inline and framed
+        t = torch.ones(n)
+        p = client.send(t)
+        t.zero_()
+        assert bool((bob.store.get(p.oid).tensor == 1).all()), "a sent tensor is the worker's own"
+        weight = torch.ones(n)
+        out = client.search("#D")[0][:n] * weight
+        weight.zero_()
+        assert torch.equal(out.get(), owner[:n]), "a local argument is copied when the op is issued"
+    stored = bob.store.get(p.oid).tensor
+    stored.add_(5)
+    assert t.sum().item() == 0, "the worker's tensor is not the caller's"
+
+
+def test_an_idle_client_keeps_its_session_past_the_lease(make_worker, make_client, fast_defaults):
+    fast_defaults.heartbeat_interval = 0.1
+    bob = make_worker("Bob", policy="open", lease_timeout=0.6)
+    bob.share(X.clone(), "#X")
+    client = make_client(bob)
+    z = client.search("#X")[0] + 1
+    time.sleep(1.5)
+    assert torch.equal(z.get(), X + 1)
+
+
+def test_disconnect_and_stop_end_cleanly(bob, make_client):
+    client = make_client(bob)
+    kept = client.search("#X")[0] * 2
+    client.sync()
+    other = make_client(bob)
+    other.search("#X")[0] + 1
+    other.disconnect()
+    assert wait_until(lambda: len(bob.clients) == 1)
+    assert len(bob.store) == 2, "the other client's objects are freed, the owner's data stays"
+    bob.stop()
+    assert not client.connected
+    with pytest.raises(sm.WorkerStopped):
+        kept.get()
+    with pytest.raises(sm.WorkerStopped):
+        kept + 1
