@@ -286,11 +286,17 @@ def test_a_withheld_shape_does_not_move_and_moved_data_stays_the_owners_on_the_t
 
 
 @pytest.mark.skipif(not __import__("zmq").has("curve"), reason="this libzmq has no CurveZMQ")
-def test_a_move_into_an_encrypted_worker_is_refused_clearly(make_worker, make_client):
+def test_moves_into_an_encrypted_worker_use_a_one_time_curve_key(make_worker, make_client, monkeypatch):
+    from syft_magics.owner.tickets import Tickets
+
+    asked = []
+    real = Tickets.admits
+    monkeypatch.setattr(Tickets, "admits", lambda self, key: asked.append(real(self, key)) or asked[-1])
     bob = make_worker("Bob", policy="open")
-    bob.share(torch.ones(3), "#x")
-    carol = make_worker("Carol", policy="open", secure=True)
+    bob.share(torch.arange(4.0), "#x")
+    carol = make_worker("Carol", policy="open", secure=True)  # CurveZMQ: only invited keys get through
     b, c = make_client("Bob"), make_client("Carol")
-    with pytest.raises(sm.PermissionDenied, match="encrypted worker are not supported yet"):
-        b.search("#x")[0].move(c)
-    assert len(carol.store) == 0
+    z = b.search("#x")[0].move(c)  # the courier's link is encrypted, with the key its ticket carried
+    assert torch.equal(z.get(), torch.arange(4.0))
+    assert asked and asked[-1] is True, "Carol's ZAP handler admitted the courier by its ticket's key"
+    assert not carol.server.tickets.curve_keys, "a used ticket's key is admitted no longer"

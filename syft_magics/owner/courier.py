@@ -40,6 +40,8 @@ class Destination:
     tid: bytes
     secret: bytes
     wait: float  # seconds to wait for the target's first answer
+    #: an encrypted target's public key and the courier's one-time key pair from the ticket (else None)
+    curve: Optional[auth.CurveKeys] = None
 
 
 class CourierError(Exception):
@@ -86,6 +88,8 @@ class Courier:
         try:
             sock.setsockopt(zmq.ROUTING_ID, ident)
             sock.setsockopt(zmq.LINGER, 0)
+            if dest.curve is not None and dest.address.startswith("tcp://"):
+                auth.set_client_keys(sock, dest.curve)
             sock.connect(dest.address)
             ours = os.urandom(16)
             hello = {"t": Kind.HELLO, "s": 0, "v": PROTOCOL_VERSION, "ticket": dest.tid, "cn": ours,

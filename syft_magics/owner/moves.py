@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ErrorCode
-from ..wire import limits
+from ..wire import auth, limits
 from ..wire import modules as spec_format
 from ..wire.protocol import field
 from . import releases
@@ -60,6 +60,10 @@ def destination(header: dict) -> Destination:
     instance = field(header, "instance", str)
     tid, secret = field(header, "tid", bytes), field(header, "secret", bytes)
     wait = header.get("w")
+    curve = header.get("curve")  # an encrypted target's key and the courier's one-time key pair (Z85)
+    if curve is not None and (not isinstance(curve, list) or len(curve) != 3
+                              or not all(isinstance(k, str) and len(k) == 40 for k in curve)):
+        raise Reject(ErrorCode.BAD_ARGS, "a move's CurveZMQ keys are three 40-character Z85 keys")
     if not (address.startswith("tcp://") or address.startswith("inproc://")) or len(address) > 300:
         raise Reject(ErrorCode.BAD_ARGS, "a move needs the target's tcp:// address")
     if len(name) > limits.MAX_NAME_CHARS or len(instance) > 64 or len(tid) != 16 or len(secret) != 32:
@@ -67,7 +71,8 @@ def destination(header: dict) -> Destination:
     if wait is not None and (not isinstance(wait, (int, float)) or not 0 < wait <= MAX_CONNECT_SECONDS):
         raise Reject(ErrorCode.BAD_ARGS, f"a move's timeout must be within (0, {MAX_CONNECT_SECONDS:g}] seconds")
     return Destination(address=address, name=name, instance=instance, tid=tid, secret=secret,
-                       wait=float(wait) if wait is not None else 5.0)
+                       wait=float(wait) if wait is not None else 5.0,
+                       curve=auth.CurveKeys(*curve) if curve is not None else None)
 
 
 def _payload(obj: Any) -> Dict[str, Any]:

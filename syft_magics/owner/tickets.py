@@ -10,6 +10,9 @@
 2. Bob's courier (:mod:`syft_magics.owner.courier`) connects to Alice and proves it holds the secret
    by the same HMAC handshake as a client's key (:func:`handshake`); Alice proves it too, so the courier
    knows it reached the worker that issued the ticket. The ticket is then used up.
+   On an encrypted worker the ticket also carries a one-time CurveZMQ key pair for the courier (and
+   the worker's public key): the worker's ZAP handler admits that key while the ticket is open, so
+   the courier's link is encrypted and reaches the handshake like an invited client's, and nothing else.
 3. The courier sends one ``deliver`` message (:func:`deliver`): bounded by the declared size, checked
    against the declared shapes and dtypes, no references to Alice's objects. A courier is never a
    session: it can deliver once and do nothing else.
@@ -20,7 +23,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 
@@ -66,6 +69,8 @@ class Ticket:
     path: str = ""  # a model's: "worker" (rebuilt from its spec) or "client" (its weights only)
     max_bytes: int = 0
     expires: float = 0.0
+    #: on an encrypted worker: the courier's one-time CurveZMQ public key (Z85), admitted while the ticket is open
+    curve: Optional[str] = None
 
     @property
     def key(self) -> str:
@@ -81,6 +86,17 @@ class Tickets:
         self.pending: Dict[bytes, Tuple[Ticket, bytes, int, float]] = {}
         #: courier routing id -> (ticket, connection token, when): may send one delivery
         self.couriers: Dict[bytes, Tuple[Ticket, int, float]] = {}
+        #: the CurveZMQ keys of open tickets, read by the ZAP handler's thread (replaced whole, never changed)
+        self.curve_keys: FrozenSet[str] = frozenset()
+
+    def admits(self, public: Any) -> bool:
+        """Whether a courier's CurveZMQ key (Z85, text or bytes) belongs to an open ticket (ZAP thread)."""
+        if isinstance(public, bytes):
+            public = public.decode("ascii", "replace")
+        return public in self.curve_keys
+
+    def _keys_changed(self) -> None:
+        self.curve_keys = frozenset(t.curve for t in self.open.values() if t.curve is not None)
 
     def prune(self, now: float) -> None:
         for tid, ticket in list(self.open.items()):
@@ -90,6 +106,7 @@ class Tickets:
             del self.pending[ident]
         for ident in [i for i, item in self.couriers.items() if item[2] + TICKET_SECONDS < now]:
             del self.couriers[ident]
+        self._keys_changed()
 
     def add(self, ticket: Ticket) -> None:
         mine = [t for t in self.open.values() if t.session == ticket.session]
@@ -98,6 +115,13 @@ class Tickets:
         while len(self.open) >= MAX_TICKETS:
             del self.open[next(iter(self.open))]
         self.open[ticket.tid] = ticket
+        self._keys_changed()
+
+    def use(self, tid: bytes) -> Optional[Ticket]:
+        """Take ticket ``tid`` out of the open ones (it is redeemed: one delivery); None if not open."""
+        ticket = self.open.pop(tid, None)
+        self._keys_changed()
+        return ticket
 
 
 def _shape(value: Any) -> Tuple[int, ...]:
@@ -109,10 +133,6 @@ def _shape(value: Any) -> Tuple[int, ...]:
 
 def on_ticket(server: "Server", session: Session, header: dict, used: List[Entry]) -> List[Any]:
     """The scientist asks to move an object here: the owner's accept rule decides; a ticket if accepted."""
-    if server.worker.secure:  # the courier has no invited CurveZMQ key: its connection would never get through
-        raise Reject(ErrorCode.DENIED, f"{server.name} is encrypted (CurveZMQ, invited keys only): moves into an "
-                                       "encrypted worker are not supported yet; .get() and send, or use a worker "
-                                       "on loopback without --secure")
     kind = header.get("kind")
     source = header_field(header, "from", str)[:limits.MAX_NAME_CHARS]
     out = header_field(header, "o", list)
@@ -148,13 +168,18 @@ def on_ticket(server: "Server", session: Session, header: dict, used: List[Entry
     now = time.monotonic()
     book: Tickets = server.tickets
     book.prune(now)
+    worker = server.worker
+    curve = auth.new_keypair() if worker.server_key is not None else None  # the courier's, for this ticket
     ticket = Ticket(tid=os.urandom(16), secret=os.urandom(32), session=session.ident, client=session.label,
                     source=source, kind=kind, out=list(out), shapes=shapes, dtypes=list(dtypes), grads=grads,
-                    names=names, path=path, max_bytes=nbytes + SPEC_SLACK_BYTES, expires=now + TICKET_SECONDS)
+                    names=names, path=path, max_bytes=nbytes + SPEC_SLACK_BYTES, expires=now + TICKET_SECONDS,
+                    curve=curve[0] if curve is not None else None)
     book.add(ticket)
-    worker = server.worker
-    return encode({"t": Kind.OK, "s": header.get("s"), "tid": ticket.tid, "secret": ticket.secret,
-                   "address": worker.address, "instance": worker.instance, "name": server.name})
+    reply = {"t": Kind.OK, "s": header.get("s"), "tid": ticket.tid, "secret": ticket.secret,
+             "address": worker.address, "instance": worker.instance, "name": server.name}
+    if curve is not None:
+        reply["curve"] = [worker.server_key, *curve]
+    return encode(reply)
 
 
 def handshake(server: "Server", ident: bytes, header: dict) -> List[Any]:
@@ -180,7 +205,7 @@ def handshake(server: "Server", ident: bytes, header: dict) -> List[Any]:
     pending = book.pending.pop(ident, None)
     mac = header.get("mac")
     if pending is None or pending[2] != server._conn or type(mac) is not bytes or \
-            not auth.verify(pending[0].key, pending[1], ident, mac) or book.open.pop(pending[0].tid, None) is None:
+            not auth.verify(pending[0].key, pending[1], ident, mac) or book.use(pending[0].tid) is None:
         server.refuse("bad ticket")
         raise refused
     book.couriers[ident] = (pending[0], server._conn, now)  # the ticket is used up: one delivery

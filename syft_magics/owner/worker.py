@@ -175,7 +175,7 @@ class Worker:
             if self._curve is not None:  # before binding: every TCP connection is then CurveZMQ + ZAP
                 from .zap import DOMAIN, Gate
 
-                self._gate = Gate(ctx, self.invites, self._refused_key, self.name)
+                self._gate = Gate(ctx, self.invites, self._refused_key, self.name, self.server.tickets.admits)
                 self._gate.start()
                 auth.set_server_keys(router, *self._curve, DOMAIN)
             if self._tcp:
@@ -355,6 +355,11 @@ class Worker:
     def fingerprint(self) -> Optional[str]:
         """The fingerprint of this worker's CurveZMQ key (None when its links are not encrypted)."""
         return auth.fingerprint(self._curve[0]) if self._curve is not None else None
+
+    @property
+    def server_key(self) -> Optional[str]:
+        """This worker's CurveZMQ public key (Z85; None when its links are not encrypted)."""
+        return self._curve[0] if self._curve is not None else None
 
     def invite(self, client: str, path: Optional[str] = None, *, address: Optional[str] = None,
                limits: Optional[Dict[str, Any]] = None) -> Path:

@@ -96,6 +96,7 @@ class Move:
         order: Dict[str, Any] = {"t": Kind.MOVE, "id": self.handle.oid, "to": ticket["address"],
                                  "name": ticket["name"], "instance": ticket["instance"], "tid": ticket["tid"],
                                  "secret": ticket["secret"],
+                                 **({"curve": ticket["curve"]} if "curve" in ticket else {}),
                                  "w": float(timeout if timeout is not None else defaults.connect_timeout)}
         approval = timeout if timeout is not None else defaults.approval_timeout
         while True:
