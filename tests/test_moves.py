@@ -300,3 +300,11 @@ def test_moves_into_an_encrypted_worker_use_a_one_time_curve_key(make_worker, ma
     assert torch.equal(z.get(), torch.arange(4.0))
     assert asked and asked[-1] is True, "Carol's ZAP handler admitted the courier by its ticket's key"
     assert not carol.server.tickets.curve_keys, "a used ticket's key is admitted no longer"
+    # the courier's key of an open ticket passes the ZAP handler, but is no invitation: it cannot open a session
+    ticket = _ticket(c, b.search("#x")[0])
+    assert len(ticket["curve"]) == 3 and carol.server.tickets.curve_keys
+    from syft_magics.wire.auth import CurveKeys
+
+    with pytest.raises(sm.AuthenticationError, match="refused the link"):
+        sm.Client(carol.address, carol.key, timeout=5, curve=CurveKeys(*ticket["curve"]))
+    assert carol.stats["refusals"]["key not invited"] == 1
