@@ -94,14 +94,14 @@ def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", tar
     entry.last_access = time.time()
     to = f"{target} at {where}"
     fields: Dict[str, Any] = dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
-                                  lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label, to=to)
+                                  lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
     policy = server.worker.policy
     rule = policy.rules.match(entry.kind, entry.shape, to=target) if policy.rules else None
     if rule is not None and type(policy).decide is not OpenPolicy.decide \
             and not server.requests.take_grant(session.ident, entry.id, entry.version, "move", to):
         server.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule}) (move to {to})")
 
-    return decide(server, session, seq, entry.id, entry.version, "move", fields, send, auto=rule is not None)
+    return decide(server, session, seq, entry.id, entry.version, "move", fields, send, auto=rule is not None, to=to)
 
 
 def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> Optional[List[Any]]:
@@ -121,10 +121,10 @@ def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> Optio
 
 
 def decide(server: "Server", session: "Session", seq: Any, key: bytes, version: Any, what: str,
-           fields: Dict[str, Any], send: Callable[[], Optional[List[Any]]], auto: bool = False) -> Optional[List[Any]]:
+           fields: Dict[str, Any], send: Callable[[], Optional[List[Any]]], auto: bool = False,
+           to: str = "") -> Optional[List[Any]]:
     """Release through ``send()`` what the owner allows now, else open (or renew) a request.
-    ``fields["to"]`` names a move's target: part of the request, and of any approval."""
-    to = fields.get("to", "")
+    ``to`` names a move's target: part of the request, and of any approval."""
     if auto or server.requests.take_grant(session.ident, key, version, what, to):
         return send()
     policy = server.worker.policy
@@ -132,7 +132,7 @@ def decide(server: "Server", session: "Session", seq: Any, key: bytes, version: 
         return send()
     fields = dict(fields)
     label = fields.pop("label", None)
-    decision = policy.decide(GetRequest(n=0, what=what, **fields))
+    decision = policy.decide(GetRequest(n=0, what=what, to=to, **fields))
     if decision == ALLOW:
         return send()
     if decision == DENY:
@@ -141,8 +141,8 @@ def decide(server: "Server", session: "Session", seq: Any, key: bytes, version: 
         label = label or fields["object_id"]
         told = label if what == "value" else f"{label} to {to}" if what == "move" else f"the {what} of {label}"
         raise Reject(ErrorCode.DENIED, f"{server.name} refused to {'move' if what == 'move' else 'release'} {told}: "
-                                       f"{policy.deny_reason(GetRequest(n=0, what=what, **fields))}")
-    req, opened = server.requests.ask(session.ident, key, seq, version=version, what=what, **fields)
+                                       f"{policy.deny_reason(GetRequest(n=0, what=what, to=to, **fields))}")
+    req, opened = server.requests.ask(session.ident, key, seq, version=version, what=what, to=to, **fields)
     if req is None:  # the owner approved while this get was on its way
         return send()
     if opened:
