@@ -117,7 +117,32 @@ def test_an_unforeseen_write_is_reported(bob_and_mallory, monkeypatch):
     bob, owner, mallory = bob_and_mallory
     oid = bob.store.search(("#X",))[0].id
     # pretend the schemas missed a write: the version counter still tells
-    monkeypatch.setattr(writes, "guard", lambda store, used: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(writes, "guard", lambda *a, **k: __import__("contextlib").nullcontext())
     _op(mallory, "torch.tensordot", torch.ones(2, 2), torch.ones(2, 3), 1, Ref(oid))
     assert bob.events.totals["owner_write"] == 1
     assert bob.stats["refusals"]["unforeseen write into the owner's data"] == 1
+
+
+def test_ops_whose_schema_writes_nothing_run_without_the_guard(bob_and_mallory, monkeypatch):
+    """The dispatch mode costs tens of microseconds per op: an op whose every ATen overload writes only
+    through ``out=`` (not passed) skips it; one that may write (in place, Python-level, batch norm) keeps it."""
+    bob, owner, mallory = bob_and_mallory
+    x = Ref(bob.store.search(("#X",))[0].id)
+    entered = []
+    monkeypatch.setattr(writes.WriteGuard, "__enter__",
+                        lambda self: entered.append(1) or writes.TorchDispatchMode.__enter__(self))
+    for f, args in [("torch.add", (x, x)), ("Tensor.__mul__", (x, 2.0)), ("Tensor.sum", (x,)),
+                    ("torch.relu", (x,)), ("Tensor.view", (x, 6))]:
+        assert _op(mallory, f, *args)["t"] == "ok", f
+    assert entered == []
+    assert _op(mallory, "torch.nn.functional.relu", x, True)["code"] == "read_only"
+    assert _op(mallory, "Tensor.__mul__", x, 2.0, out=x)["t"] == "err"
+    assert len(entered) >= 1 and torch.equal(owner, X)
+
+
+def test_keyword_writes_follow_the_schemas():
+    assert writes.keyword_writes(torch.add) == {"out"}
+    assert "max" in writes.keyword_writes(torch.max)  # max.dim_max writes its keyword-only outputs
+    for fn in (torch.Tensor.add_, torch.Tensor.__iadd__, torch.batch_norm, F.relu, torch.Tensor.copy_,
+               torch.Tensor.__setitem__, torch.Tensor.requires_grad_, torch.norm):
+        assert writes.keyword_writes(fn) is None, fn

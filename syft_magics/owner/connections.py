@@ -29,6 +29,7 @@ from .. import wire  # noqa: F401  (keeps the package import order)
 INPROC = 0
 
 _SRCFD = int(zmq.SRCFD)
+_EVENTS_OPTION, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # (plain ints: pyzmq's enums cost a call each)
 _EVENTS = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
 
 class Connections:
@@ -47,7 +48,7 @@ class Connections:
         mon = self._monitor
         if mon is None:
             return
-        while int(mon.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        while mon.getsockopt(_EVENTS_OPTION) & _POLLIN:  # type: ignore[operator]  # EVENTS is an int option
             try:
                 event = recv_monitor_message(mon, zmq.NOBLOCK)
             except zmq.Again:

@@ -52,9 +52,10 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
     oid = field(header, "id", bytes)
     entry = entry_for(server, session, oid)
     entry.last_access = time.time()
-    lineage = server.store.lineage(entry)
-    fields: Dict[str, Any] = dict(client=session.label, object_id=entry.hex, shape=entry.shape,
-                                  dtype=entry.dtype, lineage=lineage, tags=entry.tags, label=entry.label)
+
+    def fields() -> Dict[str, Any]:  # what the owner is shown: built only when a decision needs it
+        return dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
+                    lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
 
     def released() -> None:  # the client now knows its shape
         entry.provenance = entry.provenance.released()
@@ -67,8 +68,12 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
 
         if not (of_entry(entry).hidden and server.disclosure.guarded):
             return shape()
-        fields["lineage"] = f"shape of {lineage} ({of_entry(entry).rule})"
-        return decide(server, session, seq, oid, entry.version, "shape", fields, shape)
+        def shape_fields() -> Dict[str, Any]:
+            shown = fields()
+            shown["lineage"] = f"shape of {shown['lineage']} ({of_entry(entry).rule})"
+            return shown
+
+        return decide(server, session, seq, oid, entry.version, "shape", shape_fields, shape)
 
     def value() -> List[Any]:
         released()
@@ -93,8 +98,11 @@ def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", tar
                                        "data): ask for it first (ptr.request_shape()), then move it")
     entry.last_access = time.time()
     to = f"{target} at {where}"
-    fields: Dict[str, Any] = dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
-                                  lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
+
+    def fields() -> Dict[str, Any]:  # what the owner is shown: built only when a decision needs it
+        return dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
+                    lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
+
     policy = server.worker.policy
     rule = policy.rules.match(entry.kind, entry.shape, to=target) if policy.rules else None
     if rule is not None and type(policy).decide is not OpenPolicy.decide \
@@ -115,22 +123,25 @@ def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> Optio
         return encode({"t": Kind.VALUE, "s": seq, "x": text})
 
     key = b"error#%d" % n
-    fields = dict(client=session.label, object_id=f"error #{n}", shape=(), dtype="-",
-                  lineage=f"the message of an error in {op}: {text}")
+    def fields() -> Dict[str, Any]:
+        return dict(client=session.label, object_id=f"error #{n}", shape=(), dtype="-",
+                    lineage=f"the message of an error in {op}: {text}")
+
     return decide(server, session, seq, key, None, "error", fields, send)
 
 
 def decide(server: "Server", session: "Session", seq: Any, key: bytes, version: Any, what: str,
-           fields: Dict[str, Any], send: Callable[[], Optional[List[Any]]], auto: bool = False,
+           describe: Callable[[], Dict[str, Any]], send: Callable[[], Optional[List[Any]]], auto: bool = False,
            to: str = "") -> Optional[List[Any]]:
-    """Release through ``send()`` what the owner allows now, else open (or renew) a request.
-    ``to`` names a move's target: part of the request, and of any approval."""
+    """Release through ``send()`` what the owner allows now, else open (or renew) a request; ``describe()``
+    gives what the policy and the owner are shown of it (built only when they are asked). ``to`` names a
+    move's target: part of the request, and of any approval."""
     if auto or server.requests.take_grant(session.ident, key, version, what, to):
         return send()
     policy = server.worker.policy
     if type(policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
         return send()
-    fields = dict(fields)
+    fields = describe()
     label = fields.pop("label", None)
     decision = policy.decide(GetRequest(n=0, what=what, to=to, **fields))
     if decision == ALLOW:

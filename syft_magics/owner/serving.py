@@ -334,21 +334,11 @@ class Server(Handshakes, DirectPort):
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
                     raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
-            if is_inplace(name) and args and any(e.tensor is args[0] and writes.owner_view(self.store, e)
-                                                 for e in used):
-                # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
-                raise writes.OwnerDataWrite(short_name(name), "self",
-                                            next(e.label for e in used if e.tensor is args[0]))
-            before = writes.versions(used)
-            try:
-                with writes.guard(self.store, used), \
-                        contextlib.nullcontext() if header.get("g", True) else torch.no_grad():
-                    # (no_grad: the client's op ran under torch.no_grad())
+            if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
+                with contextlib.nullcontext() if header.get("g", True) else torch.no_grad():
                     result = fn(*args, **kwargs)
-            finally:
-                written = writes.changed(before)
-                self._written(session, short_name(name), used, written)
-                self.disclosure.taint(used, written)
+            else:
+                result = self._run_writing(session, name, fn, args, kwargs, used, header.get("g", True))
         except writes.OwnerDataWrite as exc:
             self.refuse("write into the owner's data")
             reject = Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
@@ -380,6 +370,23 @@ class Server(Handshakes, DirectPort):
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=made,
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
+
+    def _run_writing(self, session: Session, name: str, fn: Any, args: Any, kwargs: dict, used: List[Entry],
+                     grad: bool) -> Any:
+        """Run an op that may write into its arguments: never into the owner's data (the guard refuses it
+        before it happens), and the writes into a client's objects are recorded."""
+        if is_inplace(name) and args and any(e.tensor is args[0] and writes.owner_view(self.store, e) for e in used):
+            # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
+            raise writes.OwnerDataWrite(short_name(name), "self", next(e.label for e in used if e.tensor is args[0]))
+        before = writes.versions(used)
+        try:
+            with writes.guard(self.store, used), contextlib.nullcontext() if grad else torch.no_grad():
+                # (no_grad: the client's op ran under torch.no_grad())
+                return fn(*args, **kwargs)
+        finally:
+            written = writes.changed(before)
+            self._written(session, short_name(name), used, written)
+            self.disclosure.taint(used, written)
 
     def _written(self, session: Session, op: str, used: List[Entry], written: List[Entry]) -> None:
         """Record the writes an op made: into a client's object, in its history (an approval shows it);

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterable, List, Set, Tuple
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -41,23 +41,82 @@ class OwnerDataWrite(Exception):
         self.op, self.argument, self.label = op, argument, label
 
 
+def _write_plan(func: Any) -> Tuple[Tuple[int, str, bool], ...]:
+    """(position, name, keyword-only) of each argument ``func`` may write into, from its schema; for the
+    ops that write running statistics unannotated, those arguments with position -1 (see :func:`_written`)."""
+    plan = _PLANS.get(func)
+    if plan is None:
+        schema = func._schema
+        arguments = schema.arguments
+        names = [a.name for a in arguments]
+        found = [(i, a.name, a.kwarg_only) for i, a in enumerate(arguments)
+                 if schema.is_mutable and a.alias_info is not None and a.alias_info.is_write]
+        if "training" in names and any(n in names for n in _UNANNOTATED_WRITES):
+            found.append((-1, "training", False))
+        plan = _PLANS[func] = tuple(found)
+    return plan
+
+
+_PLANS: Dict[Any, Tuple[Tuple[int, str, bool], ...]] = {}
+
+
 def _written(func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Iterable[Tuple[str, Any]]:
     """(argument name, value) of each argument ``func`` writes into, from its schema."""
-    schema = func._schema
-    arguments = schema.arguments
-    if schema.is_mutable:
-        for i, arg in enumerate(arguments):
-            info = arg.alias_info
-            if info is not None and info.is_write:
-                yield arg.name, args[i] if i < len(args) and not arg.kwarg_only else kwargs.get(arg.name)
-    names = [a.name for a in arguments]
-    if "training" in names and any(n in names for n in _UNANNOTATED_WRITES):
-        i = names.index("training")
-        if (args[i] if i < len(args) else kwargs.get("training")):
+    plan = _write_plan(func)
+    if not plan:
+        return
+    arguments = func._schema.arguments
+    for i, name, kwarg_only in plan:
+        if i >= 0:
+            yield name, args[i] if i < len(args) and not kwarg_only else kwargs.get(name)
+            continue
+        names = [a.name for a in arguments]
+        t = names.index("training")
+        if (args[t] if t < len(args) else kwargs.get("training")):
             for name in _UNANNOTATED_WRITES:
                 if name in names:
                     j = names.index(name)
                     yield name, args[j] if j < len(args) else kwargs.get(name)
+
+
+def keyword_writes(fn: Any) -> Optional[FrozenSet[str]]:
+    """For a torch builtin bound to the ATen operator of its name: the keyword arguments through which
+    any of that operator's overloads writes (``out`` and the like); ``None`` when ``fn`` might write
+    otherwise (a written positional argument, running statistics, a Python function, an unknown name).
+
+    An op whose every write goes through a keyword argument the call does not pass writes nothing, by
+    its schema (the same schemas :class:`WriteGuard` trusts): it needs no guard, which saves a dispatch
+    mode (tens of microseconds) on most ops. Cached per function."""
+    try:
+        return _KEYWORD_WRITES[fn]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable
+        return None
+    found: Optional[FrozenSet[str]] = None
+    if type(fn) in _BUILTIN_TYPES:
+        name = getattr(fn, "__name__", "")
+        packet = getattr(torch.ops.aten, name, None) if name else None
+        if packet is None and name.startswith("__") and not name.startswith(("__i", "__r")):
+            packet = getattr(torch.ops.aten, name.strip("_"), None)  # Tensor.__mul__ is aten::mul
+        if isinstance(packet, torch._ops.OpOverloadPacket):
+            names: Set[str] = {"out"}
+            for overload in packet.overloads():
+                for i, arg_name, kwarg_only in _write_plan(getattr(packet, overload)):
+                    if i < 0 or not kwarg_only:
+                        break
+                    names.add(arg_name)
+                else:
+                    continue
+                break
+            else:
+                found = frozenset(names)
+    _KEYWORD_WRITES[fn] = found
+    return found
+
+
+_BUILTIN_TYPES = (type(torch.add), type(torch.Tensor.add))
+_KEYWORD_WRITES: Dict[Any, Optional[FrozenSet[str]]] = {}
 
 
 class WriteGuard(TorchDispatchMode):
@@ -87,14 +146,25 @@ class WriteGuard(TorchDispatchMode):
         return t.numel() > 0 and storage_key(t) in self.storages
 
 
+def writes_nothing(fn: Any, kwargs: Dict[str, Any]) -> bool:
+    """Whether ``fn(*args, **kwargs)`` writes into none of its arguments, by the schemas of the ATen
+    operator it is bound to (see :func:`keyword_writes`): such an op needs no guard and leaves every
+    version counter as it was, which spares most ops tens of microseconds."""
+    by_keyword = keyword_writes(fn)
+    return by_keyword is not None and not (kwargs and by_keyword.intersection(kwargs))
+
+
 def guard(store: "ObjectStore", used: List["Entry"]) -> ContextManager[Any]:
     """A :class:`WriteGuard` if any object in ``used`` is (or aliases) the owner's data, else a no-op."""
     owned = [e for e in used if owner_view(store, e)]
     if not owned:
-        return contextlib.nullcontext()
+        return _NO_GUARD
     storages = store.owner_storages()
     labels = {storage_key(e.tensor): e.label for e in owned}
     return WriteGuard(storages, {id(e.tensor) for e in owned}, labels)
+
+
+_NO_GUARD = contextlib.nullcontext()
 
 
 _warming = threading.Lock()

@@ -268,6 +268,9 @@ def encode(header: dict, pool: Optional[samehost.Pool] = None) -> List[Any]:
     if enc is None:
         enc = _encoders.enc = Encoder()
     enc.pool = pool
+    kind = header.get("t")
+    if type(kind) is Kind:  # packed as its plain string here rather than by the packer's fallback hook
+        header = {**header, "t": kind._value_}
     try:
         packed = enc.pack(header)
         return [packed, *enc.frames]
