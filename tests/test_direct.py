@@ -44,6 +44,36 @@ def test_a_chain_and_data_dependent_ops_run_on_the_worker(bob, make_client):
     assert len(bob.store) < 20, "dead pointers' objects are freed"
 
 
+def test_the_callers_torch_modes_do_not_reach_the_worker(bob, make_client):
+    """The worker's handler runs on the caller's thread: the caller's inference mode, autocast or own
+    torch-function mode must not change what the worker computes or stores (as over a socket)."""
+    from torch.overrides import TorchFunctionMode
+
+    class Spy(TorchFunctionMode):
+        seen: list = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if not any(isinstance(a, sm.PointerTensor) for a in args):  # (the caller's own op is a pointer's)
+                Spy.seen.append(getattr(func, "__name__", func))
+            return func(*args, **(kwargs or {}))
+
+    client = make_client(bob)
+    x = client.search("#X")[0]
+    with torch.inference_mode():
+        y = x * 2
+    client.sync()
+    stored = bob.store.get(y.oid).tensor
+    assert not stored.is_inference(), "an inference tensor in the worker's store breaks later autograd"
+    with Spy():
+        z = (y + 1).get()
+    assert torch.equal(z, X * 2 + 1)
+    assert "add" not in Spy.seen, Spy.seen  # the worker's own torch.add did not reach the caller's mode
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = x @ x
+    client.sync()
+    assert bob.store.get(w.oid).tensor.dtype == torch.float32
+
+
 def test_the_wrong_key_is_refused(bob):
     with pytest.raises(sm.AuthenticationError, match="wrong key"):
         sm.connect(bob, key="not-the-key")

@@ -280,6 +280,16 @@ def test_value_functions_go_through_get(xy):
     assert bob.events.totals["get"] >= gets + 6
 
 
+def test_a_pointer_used_as_a_number_by_torch_is_fetched(xy):
+    """torch.arange(ptr), torch.eye(ptr): torch turns the size into a number below the torch-function
+    layer; the value is fetched (as int(ptr) does), not refused with an internal error."""
+    bob, _, x, _ = xy
+    n = x[2].long()  # 3
+    assert torch.equal(torch.arange(n), torch.arange(3))
+    assert torch.equal(torch.eye(n), torch.eye(3))
+    assert torch.equal(torch.full((2,), x[1]), torch.full((2,), 2.0))
+
+
 def test_value_functions_obey_the_policy(make_worker, make_client):
     bob = make_worker("Bob", policy="closed")
     bob.share(X.clone(), "#X")
@@ -290,6 +300,8 @@ def test_value_functions_obey_the_policy(make_worker, make_client):
         x.tolist()
     with pytest.raises(sm.PermissionDenied):
         bool(x.sum() > 0)
+    with pytest.raises(sm.PermissionDenied):
+        torch.arange(x[0].long())
 
 
 def test_shape_errors_are_raised_locally_and_nothing_is_sent(xy):

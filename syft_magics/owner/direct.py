@@ -15,10 +15,13 @@ the link's ``deliver`` callback instead of the socket (:meth:`DirectPort.to`).
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, ContextManager, Dict, List
 
+import torch
 import zmq
+from torch.utils._python_dispatch import _disable_current_modes
 
 from ..wire.protocol import Kind, encode
 from ..wire.sockets import send_parts
@@ -30,6 +33,29 @@ DIRECT = -1
 
 #: A direct link's inbox: called with a reply's parts ``[header, *frames]`` (from the serving thread).
 Deliver = Callable[[List[Any]], None]
+
+
+def _as_serving_thread() -> ContextManager[Any]:
+    """The torch state of the serving thread, for a handler run on a caller's thread: the caller's
+    thread-local modes (inference mode, autocast, its own torch-function or dispatch modes) must not
+    change what the worker computes or stores. (Grad mode travels in each op's header, as over a socket.)
+    Checked first, so the usual caller pays a few flag reads, not a stack of context managers."""
+    if not (torch.is_inference_mode_enabled() or _autocast_cpu()
+            or torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack()):
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.autocast("cpu", enabled=False))
+    stack.enter_context(_disable_current_modes())
+    stack.enter_context(torch._C.DisableTorchFunction())
+    return stack
+
+
+def _autocast_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 class DirectPort:
@@ -62,7 +88,7 @@ class DirectPort:
 
         A worker that is stopping answers as its serving thread does when it stops: goodbye.
         """
-        with self.lock:
+        with self.lock, _as_serving_thread():
             if not self._running or ident not in self._direct:
                 return [encode({"t": Kind.BYE})]
             self._conn = DIRECT  # sessions made here are bound to this door

@@ -74,8 +74,22 @@ MAX_SOURCES = 4
 def of_entry(entry: "Entry") -> Provenance:
     """The provenance of a stored object (the owner's shared objects are their own source)."""
     if entry.session is None:
-        return Provenance(True, (entry.label,), False, "shared by the owner")
+        return _shared(entry.label)[0]
     return entry.provenance
+
+
+def _shared(label: str) -> Tuple[Provenance, Provenance]:
+    """The provenance of the owner's object ``label``, and that of a result computed from it alone
+    (made once per label: every op on the owner's data asks)."""
+    provs = _SHARED.get(label)
+    if provs is None:
+        if len(_SHARED) >= 4096:
+            _SHARED.clear()
+        provs = _SHARED[label] = (Provenance(True, (label,), False, "shared by the owner"), Provenance(True, (label,)))
+    return provs
+
+
+_SHARED: Dict[str, Tuple[Provenance, Provenance]] = {}
 
 
 class Disclosure:
@@ -96,11 +110,23 @@ class Disclosure:
     # -- results ---------------------------------------------------------------------------
     def of_inputs(self, used: List["Entry"]) -> Provenance:
         """What an op's result derives from, before it runs (``hidden`` from the inputs alone)."""
+        found = None
         for entry in used:
-            if entry.session is None or entry.provenance.owner:
+            if entry.session is None:
+                prov = _shared(entry.label)[1]
+            elif entry.provenance.owner:
+                prov = entry.provenance
+            else:
+                continue
+            if found is None:
+                found = prov
+            elif prov is not found:
                 break
-        else:  # only the client's own objects (the common case): nothing to withhold
-            return CLIENT
+        else:
+            if found is None:  # only the client's own objects (the common case): nothing to withhold
+                return CLIENT
+            if not found.hidden and not found.rule:  # one source (or the same twice): as the general case below
+                return found
         owner = False
         sources: List[str] = []
         hidden = None

@@ -421,8 +421,9 @@ class Server(Handshakes, DirectPort):
     def send_value(self, session: Session, header: dict, entry: Entry) -> Any:
         """The ``value`` reply carrying ``entry``'s tensor (the owner allowed it); big values stream."""
         seq = header.get("s")
-        self.stats["bytes_out"] += entry.nbytes
-        self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=entry.nbytes)
+        nbytes = entry.nbytes
+        self.stats["bytes_out"] += nbytes
+        self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=nbytes)
         tensor = export(entry.tensor)  # a model leaves as a copy of its state dict
         # inproc:// passes the frame's memory itself: the client would hold the store's tensor (the owner's
         # data) and could change it in place; and a frame is sent zero-copy, later, from ZeroMQ's I/O thread:

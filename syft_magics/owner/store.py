@@ -88,9 +88,11 @@ class Entry:
     @property
     def nbytes(self) -> int:
         t = self.tensor
+        if isinstance(t, torch.Tensor):
+            return t.numel() * t.element_size()
         if isinstance(t, torch.nn.Module):
             return sum(v.numel() * v.element_size() for v in t.state_dict().values())
-        return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+        return 0
 
     def summary(self) -> Dict[str, object]:
         return {"tags": self.tags, "shape": self.shape, "dtype": self.dtype, "bytes": self.nbytes,

@@ -9,6 +9,7 @@ issued it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import weakref
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union, cast
@@ -196,7 +197,9 @@ class Client:
     def get(self, ptr: PointerTensor, timeout: Optional[float] = None) -> torch.Tensor:
         """The value behind ``ptr`` (same as ``ptr.get()``)."""
         self._check_pointer(ptr)
-        plan = {"c": transfers.plan()} if self._link.streams_values else {}
+        shape, dtype, _ = ptr.signature
+        small = shape is not None and math.prod(shape) * dtype.itemsize < defaults.stream_min_bytes
+        plan = {"c": transfers.plan()} if self._link.streams_values and not small else {}  # (may stream)
         value = self._release({"t": Kind.GET, "id": ptr.oid, **plan}, timeout, f"get of {_label(ptr)}")
         self.events.emit("get", id=ptr.oid)
         if isinstance(value, torch.Tensor):
@@ -261,7 +264,7 @@ class Client:
         answered = False
         # a get or a streamed send may stream: progress, chunks, interrupts (scientist/transfers.py)
         watch = transfers.Watch(link, header, (what or "a value").removeprefix("get of "), upload) \
-            if what is not None or upload is not None else None
+            if "c" in header or upload is not None else None
         tick = watch.tick if watch is not None else None
         try:
             with watch if watch is not None else contextlib.nullcontext():

@@ -71,6 +71,8 @@ class Link(LinkBase):
         self._copy = address.startswith("inproc://")
         self._ctx = context or zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
+        self._poller = zmq.Poller()  # kept: Socket.poll builds one per call
+        self._poller.register(self._sock, zmq.POLLIN)
         self._sock.setsockopt(zmq.ROUTING_ID, self.session)
         self._sock.setsockopt(zmq.LINGER, 0)
         # No ZMQ_IMMEDIATE: with it, replies not yet read when the worker closes its socket (its "bye",
@@ -271,7 +273,7 @@ class Link(LinkBase):
                     continue
                 try:
                     self._ping_if_due(now)  # the background thread leaves the socket to the waiter
-                    if self._sock.poll(max(1, int(min(deadline - now, 0.05) * 1000))):
+                    if self._poller.poll(max(1, int(min(deadline - now, 0.05) * 1000))):
                         self._drain()
                 except zmq.ZMQError as exc:
                     self._lost(exc)

@@ -281,6 +281,10 @@ class PointerTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and args and type(args[0]) is PointerTensor:
+            # torch turned a pointer into a Python number below the torch-function layer (torch.arange(ptr),
+            # torch.eye(ptr): their size arguments are numbers): the value is fetched, as int(ptr) does
+            return args[0].get().item()
         raise RuntimeError(f"{func} reached PointerTensor below the torch-function layer; "
                            "this operation is not supported on pointers")
 
