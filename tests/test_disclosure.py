@@ -274,6 +274,9 @@ def test_one_result_encoding_round_trips():
     nested = [torch.ones(1), (torch.Size([2]), 3)]
     tree, got = from_wire(describe(nested, [b"a" * 16, None, None]))
     assert tree.build(lambda leaf: leaf[0]) == ["T", ("V", "V")]
+    # a tensor leaf described without is_leaf (an older worker) is still a tensor, never a plain value
+    tree, _ = from_wire([0, [["T", b"b" * 16, [2], "float32", True]]])
+    assert tree.leaves == (("T", (2,), torch.float32, True, False),)
     with pytest.raises(sm.ProtocolError):
         from_wire([["nosuchtype", None, [0]], [["V"]]])
     with pytest.raises(sm.ProtocolError):

@@ -153,9 +153,11 @@ def from_wire(desc: Any) -> Tuple[Tree, List[Optional[bytes]]]:
     leaves: List[Leaf] = []
     ids: List[Optional[bytes]] = []
     for item in desc[1]:
-        if isinstance(item, list) and len(item) == 6 and item[0] == "T" and isinstance(item[1], bytes):
+        if isinstance(item, list) and len(item) in (5, 6) and item[0] == "T" and isinstance(item[1], bytes):
             shape = None if item[2] is None else tuple(int(s) for s in item[2])
-            leaves.append(("T", shape, wire_dtype(item[3]), bool(item[4]), bool(item[5])))
+            # (a worker of before is_leaf was described: an op's output has a grad_fn if it requires grad)
+            leaf = bool(item[5]) if len(item) == 6 else not item[4]
+            leaves.append(("T", shape, wire_dtype(item[3]), bool(item[4]), leaf))
             ids.append(item[1])
         else:
             leaves.append(("V", None))
