@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  (a worker's write guard needs it at its first op: imported once here, not
 
+#                                    inside a test's reply timeout, where it takes 10+ s on a loaded machine)
 import syft_magics as sm
 from syft_magics import config
 

@@ -147,3 +147,25 @@ def test_to_runs_on_the_worker_within_its_devices(seed):
     assert x.to("cpu", torch.float16).get().dtype == torch.float16
     with pytest.raises(sm.OpNotAllowed, match="CPU"):
         x.to("cuda")
+
+
+def test_is_leaf_and_grad_fn_follow_the_worker_not_the_stand_in(make_worker, make_client):
+    """The local stand-in is always a leaf with no grad_fn; the pointer answers as the worker's tensor is."""
+    bob = make_worker("Bob", policy="open")
+    client = make_client("Bob")
+    w = client.send(torch.randn(3, requires_grad=True))
+    x = client.send(torch.randn(3))
+    y = w * x
+    remote = client.send(torch.nn.Linear(2, 2))
+    assert w.is_leaf and x.is_leaf and w.grad_fn is None and x.grad_fn is None
+    assert not y.is_leaf and y.requires_grad and not y.sum().is_leaf
+    assert y.detach().is_leaf and (x * 2).is_leaf  # no grad needed: a leaf, as torch says
+    assert all(p.is_leaf for p in remote.parameters())
+    with torch.no_grad():
+        assert (w * 2).is_leaf
+    with pytest.raises(sm.OpNotAllowed, match="grad_fn is Bob's autograd node"):
+        y.grad_fn
+    # the worker agrees
+    client.sync()
+    entries = {e.id: e.tensor for e in bob.store.entries()}
+    assert entries[y.oid].is_leaf is False and entries[w.oid].is_leaf is True

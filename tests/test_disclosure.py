@@ -270,10 +270,13 @@ def test_one_result_encoding_round_trips():
     assert got == ids
     built = tree.build(lambda leaf: leaf)
     assert type(built) is torch.return_types.max
-    assert built.values == ("T", (2,), torch.float32, False) and built.indices[1] is None
+    assert built.values == ("T", (2,), torch.float32, False, True) and built.indices[1] is None
     nested = [torch.ones(1), (torch.Size([2]), 3)]
     tree, got = from_wire(describe(nested, [b"a" * 16, None, None]))
     assert tree.build(lambda leaf: leaf[0]) == ["T", ("V", "V")]
+    # a tensor leaf described without is_leaf (an older worker) is still a tensor, never a plain value
+    tree, _ = from_wire([0, [["T", b"b" * 16, [2], "float32", True]]])
+    assert tree.leaves == (("T", (2,), torch.float32, True, False),)
     with pytest.raises(sm.ProtocolError):
         from_wire([["nosuchtype", None, [0]], [["V"]]])
     with pytest.raises(sm.ProtocolError):

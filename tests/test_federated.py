@@ -2,6 +2,8 @@
 sample counts and equals the same computation done locally; each owner's policy decides the fetch."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -65,3 +67,82 @@ def test_average_state_checks_its_inputs():
         average_state([a], [0])
     bn = nn.BatchNorm1d(2).state_dict()
     assert average_state([bn, bn], [1, 3])["num_batches_tracked"].dtype == torch.long
+
+
+def _two_trained(make_worker, make_client, start, policy="review"):
+    g = torch.Generator().manual_seed(1)
+    parts = [(torch.randn(30, 6, generator=g), torch.randint(0, 3, (30,), generator=g)),
+             (torch.randn(10, 6, generator=g), torch.randint(0, 3, (10,), generator=g))]
+    remotes, locals_, workers = [], [], []
+    for name, (X, Y) in zip(("Bob", "Alice"), parts):
+        w = make_worker(name, policy=policy)
+        w.share(X, "#x")
+        w.share(Y, "#y")
+        workers.append(w)
+        client = make_client(name)
+        remote = client.send(start)
+        _train(remote, client.optim.SGD(remote.parameters(), lr=0.5), client.search("#x")[0],
+               client.search("#y")[0])
+        remotes.append(remote)
+        local = copy.deepcopy(start)
+        _train(local, torch.optim.SGD(local.parameters(), lr=0.5), X, Y)
+        locals_.append(local)
+    return workers, remotes, locals_
+
+
+@pytest.mark.parametrize("kind", ["standard", "custom"])
+def test_fedavg_on_a_trusted_aggregator_shows_the_scientist_only_the_average(make_worker, make_client, kind):
+    torch.manual_seed(0)
+    start = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)) if kind == "standard" else Tiny()
+    workers, remotes, locals_ = _two_trained(make_worker, make_client, start)
+    for w in workers:
+        w.policy.allow_get(kind="model")  # lets the models leave without a click: to Carol only, below
+    carol = make_worker("Carol", policy="review")
+    c = make_client("Carol")
+    seen = []
+    for remote in remotes:
+        remote.client.events.subscribe(lambda e: seen.append(e.kind))
+    averaged = fedavg(remotes, weights=[30, 10], on=c)
+    assert averaged.location == "Carol" and averaged.path == remotes[0].path
+    assert "get" not in seen  # no model came to the scientist
+    with pytest.raises(sm.GetTimeout):
+        averaged.get(timeout=0.3)  # Carol's policy decides whether the scientist sees even the average
+    carol.policy.allow_get(kind="model")
+    local_avg = averaged.get()
+    expected = {k: 0.75 * locals_[0].state_dict()[k] + 0.25 * locals_[1].state_dict()[k]
+                for k in start.state_dict()}
+    for key, value in local_avg.state_dict().items():
+        assert torch.allclose(value, expected[key], atol=1e-6), key
+    # the average is a model on Carol like any other: it runs there, and moves on for the next round
+    x = torch.randn(4, 6)
+    carol.policy.allow_get(kind="tensor")
+    assert torch.allclose(averaged(c.send(x)).get(), local_avg(x), atol=1e-6)
+    again = averaged.move(remotes[0].client)
+    assert again.location == "Bob"
+    workers[0].policy.allow_get(kind="tensor")
+    assert torch.allclose(again(remotes[0].client.send(x)).get(), local_avg(x), atol=1e-6)
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.a(x) * 2
+
+
+def test_fedavg_on_an_aggregator_follows_every_owners_policy(make_worker, make_client):
+    torch.manual_seed(0)
+    workers, remotes, _ = _two_trained(make_worker, make_client, nn.Linear(6, 3), policy="closed")
+    carol = make_worker("Carol", policy="open")
+    c = make_client("Carol")
+    with pytest.raises(sm.PermissionDenied, match="refused to move .* to Carol"):
+        fedavg(remotes, weights=[1, 1], on=c)  # Bob's and Alice's policies keep their models
+    for w in workers:
+        w.policy.allow_get(kind="model")
+    carol.policy.accept_moves(lambda move: move.source != "Alice")
+    with pytest.raises(sm.PermissionDenied, match="does not accept this move from Alice"):
+        fedavg(remotes, weights=[1, 1], on=c)
+    with pytest.raises(ValueError, match="one weight per model"):
+        fedavg(remotes, weights=[1], on=c)

@@ -133,9 +133,8 @@ def test_to_within_the_workers_devices(seed):
     remote = client.send(_sequential())
     assert remote.to("cpu") is remote
     client.sync()
-    remote.to("cuda")
-    with pytest.raises(sm.RemoteError, match="not allowed"):
-        client.sync()
+    with pytest.raises(sm.OpNotAllowed, match="Bob allows the devices cpu, not cuda"):
+        remote.to("cuda")  # refused at the user's line: the worker said which devices it allows
 
 
 def test_the_worker_constructs_only_standard_layers_from_plain_data():

@@ -395,3 +395,18 @@ def test_inplace_op_on_a_pointer_with_itself_does_not_confuse_later_calls(seed):
     assert torch.equal(a.get(), torch.full((3, 7), 5.0))
     assert torch.equal(b.get(), torch.full((3, 7), 2.0))
     assert torch.equal(s.get(), torch.full((3, 7), 6.0))
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "amax", "softmax", "var", "normalize"])
+def test_masked_ops_are_refused_clearly(seed, name):
+    """torch.masked.* build tensors with device=ptr.device (the meta device of a stand-in): refused, never sent."""
+    bob, client = seed
+    x = client.send(torch.randn(3, 4))
+    mask = client.send(torch.rand(3, 4) > 0.5)
+    fn = getattr(torch.masked, name)
+    args = (x, 2.0, 1) if name == "normalize" else (x, 1)
+    with pytest.raises(sm.OpNotAllowed, match="torch.masked.\\* ops .* are not supported on pointers"):
+        fn(*args, mask=mask)
+    with pytest.raises(sm.OpNotAllowed, match="'meta' device"):
+        x + torch.ones(4, device=x.device)  # the same mistake by hand
+    assert torch.equal((x * 1).get(), x.get())  # nothing was sent, the link is fine

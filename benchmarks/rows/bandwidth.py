@@ -57,7 +57,7 @@ def _gbps(nbytes: int, seconds: List[float]) -> float:
 def run(cfg: Config) -> Dict[str, Any]:
     tensors = {f"#B{s}": s * MiB // 4 for s in SIZES_MIB}
     rows, data, notes = [], {}, []
-    budget = cfg.budget(3.0 if cfg.full else 1.0)  # per size and measure (11 measures x 3 sizes)
+    budget = cfg.budget(2.0 if cfg.full else 1.0)  # per size and measure (11 measures x 3 sizes)
     with Owner("syft", tensors=tensors) as syft_owner, Owner("raw", tensors=tensors) as raw_owner:
         client = syft_connect(syft_owner.address, syft_owner.key)
         import syft_magics

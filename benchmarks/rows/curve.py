@@ -72,9 +72,9 @@ def run(cfg: Config) -> Dict[str, Any]:
     if not zmq.has("curve"):
         return {"rows": [], "notes": ["skipped: this libzmq has no CurveZMQ"], "data": {}}
     tensors = {"#X": 5, "#Y": 5, **{f"#B{s}": s * MiB // 4 for s in SIZES_MIB}}
-    blocks, per_block = (6, 600) if cfg.full else (3, 200)
-    reps = {1: 20, 16: 6} if cfg.full else {1: 8, 16: 3}
-    budget = cfg.budget(3.0 if cfg.full else 1.0)
+    blocks, per_block = (4, 500) if cfg.full else (3, 200)
+    reps = {1: 12, 16: 4} if cfg.full else {1: 8, 16: 3}
+    budget = cfg.budget(2.0 if cfg.full else 1.0)
     rows: List[Dict[str, Any]] = []
     data: Dict[str, Any] = {}
     with Owner("syft", tensors=tensors) as plain_owner, Owner("syft", tensors=tensors, secure=True) as curve_owner:

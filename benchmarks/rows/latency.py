@@ -17,7 +17,7 @@ GOAL_RATIO = 1.5
 
 
 def run(cfg: Config) -> Dict[str, Any]:
-    blocks, per_block = (8, 1000) if cfg.full else (4, 400)
+    blocks, per_block = (6, 1000) if cfg.full else (4, 400)
     budget = cfg.budget(4.0 if cfg.full else 1.5)  # per block and measure
     payload = b"o" * op_header_size()
     with Owner("syft", tensors={"#X": 5, "#Y": 5}) as syft_owner, Owner("raw") as raw_owner:

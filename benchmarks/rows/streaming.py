@@ -59,7 +59,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     d = syft_magics.defaults
     big = (1024 if cfg.full else 256) * MiB
     tensors = {"#X": 5, "#Y": 5, "#BIG": big // 4, **{f"#S{s}": s * MiB // 4 for s in SIZES_MIB}}
-    reps = 5 if cfg.full else 2
+    reps = 3 if cfg.full else 2
     rows, data, notes = [], {}, []
     with Owner("syft", tensors=tensors, start_timeout=60) as owner:
         d.same_host = False

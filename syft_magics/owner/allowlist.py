@@ -24,10 +24,13 @@ from ..wire.names import is_inplace, resolve_torch_name, short_name, wire_name
 
 
 def _defaults() -> Dict[str, Callable]:
-    from . import autograd, models, optimizers
+    from . import aggregate, autograd, models, optimizers
+    from .devices import Devices
     from .schema_ops import schema_ops
 
-    return {**schema_ops(), **_STANDARD, **autograd.ops(), **models.ops(), **optimizers.ops()}
+    # .to() and the model builder are each worker's own (its device); these are the CPU's
+    return {**schema_ops(), **_STANDARD, **autograd.ops(), **models.ops(), **optimizers.ops(), **aggregate.ops(),
+            **Devices().ops()}
 
 
 _DEFAULT: Dict[str, Callable] = _defaults()

@@ -1,4 +1,4 @@
-"""Worker-side operations for remote autograd: gradients, ``.data``, ``backward`` and safe ``.to``.
+"""Worker-side operations for remote autograd: gradients, ``.data``, ``backward``.
 
 A client reaches these by name (``"syft.grad"``, ``"Tensor.backward"``...) like any op; they are on
 every worker's default allowlist (:func:`ops`). Names ending in ``_`` write into their first argument,
@@ -6,12 +6,9 @@ so the serving loop refuses them on the owner's data exactly as it refuses ``add
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import torch
-
-#: Devices a tensor or model may be moved to on a worker (``.to(device)``).
-ALLOWED_DEVICES: Tuple[str, ...] = ("cpu",)
 
 
 def grad_of(t: torch.Tensor) -> torch.Tensor:
@@ -35,24 +32,6 @@ def set_data_(t: torch.Tensor, d: torch.Tensor) -> None:
 
 def requires_grad_(t: torch.Tensor, requires_grad: bool = True) -> torch.Tensor:
     return t.requires_grad_(requires_grad)
-
-
-def check_device(device: Any) -> None:
-    """Refuse devices the worker does not allow (only the CPU by default)."""
-    if device is None:
-        return
-    kind = torch.device(device).type
-    if kind not in ALLOWED_DEVICES:
-        raise PermissionError(f"device {device!s} is not allowed on this worker "
-                              f"(allowed: {', '.join(ALLOWED_DEVICES)})")
-
-
-def safe_to(t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """``t.to(...)`` limited to the allowed devices (dtype conversions are always fine)."""
-    device, dtype, non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
-    check_device(device)
-    return t.to(device=device, dtype=dtype, non_blocking=non_blocking, copy=bool(kwargs.get("copy", False)),
-                memory_format=memory_format or torch.preserve_format)
 
 
 def backward(t: torch.Tensor, gradient: Optional[torch.Tensor] = None, retain_graph: Optional[bool] = None,
@@ -84,7 +63,6 @@ def ops() -> Dict[str, Callable]:
         "Tensor.backward": backward,
         "torch.autograd.backward": torch.autograd.backward,
         "torch.autograd.grad": torch.autograd.grad,
-        "Tensor.to": safe_to,
         "Tensor.detach_": torch.Tensor.detach_,
         "syft.randperm": randperm,
     }

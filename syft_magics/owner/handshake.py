@@ -23,6 +23,7 @@ from ..events import EventStream
 from ..wire import auth, limits, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode_handshake, encode
 from ..wire.sockets import send_parts
+from . import tickets
 from .connections import INPROC, Connections
 from .direct import DIRECT
 from .invites import Invite
@@ -47,6 +48,7 @@ class Handshakes:
     handshakes: Dict[bytes, Tuple[bytes, dict, float, int]]
     connections: Optional[Connections]
     _conn: int
+    tickets: "tickets.Tickets"
     #: connections of revoked clients to shut down once their goodbye has left: (when, endpoint)
     _cuts: List[Tuple[float, Tuple[int, Any]]]
 
@@ -56,6 +58,8 @@ class Handshakes:
     def _handshake(self, ident: bytes, parts: List[zmq.Frame], taken: bool = False) -> List[Any]:
         unknown = Reject(ErrorCode.UNKNOWN_SESSION, f"{self.name} has no session for this link",
                           instance=self.worker.instance)
+        if ident in self.tickets.couriers:  # another worker's courier, past its ticket's handshake: one delivery
+            return tickets.deliver(self, ident, parts)  # type: ignore[arg-type]
         try:
             header = decode_handshake(parts)
         except ProtocolError:
@@ -72,6 +76,8 @@ class Handshakes:
                 raise Reject(ErrorCode.VERSION, f"{self.name} speaks protocol {PROTOCOL_VERSION}, the client "
                                                  f"{limits.clip(repr(version), 40)}; "
                                                  "install the same syft_magics version on both sides")
+            if "ticket" in header:  # another worker's courier bringing a moved object (owner/tickets.py)
+                return tickets.handshake(self, ident, header)  # type: ignore[arg-type]
             try:
                 hello = hello_fields(header)
             except Reject:
@@ -91,6 +97,8 @@ class Handshakes:
                 self.refuse("too many handshakes")
             self.handshakes[ident] = (nonce, hello, time.monotonic(), self._conn)
             return encode({"t": Kind.CHALLENGE, "nonce": nonce, "instance": self.worker.instance, "name": self.name})
+        if kind == Kind.AUTH and ident in self.tickets.pending:
+            return tickets.handshake(self, ident, header)  # type: ignore[arg-type]
         if kind == Kind.AUTH:
             pending = self.handshakes.pop(ident, None)
             mac = header.get("mac")
@@ -114,7 +122,8 @@ class Handshakes:
             self.sessions[ident] = session
             self.events.emit("connect", client=session.label, session=session.short, key=session.fingerprint)
             welcome = {"t": Kind.WELCOME, "instance": self.worker.instance, "name": self.name,
-                       "policy": self.worker.policy.name, "lease": self.worker.lease_timeout}
+                       "policy": self.worker.policy.name, "lease": self.worker.lease_timeout,
+                       "devices": list(self.worker.devices.allowed)}
             host_nonce = hello.get("host")
             if type(host_nonce) is bytes and len(host_nonce) == 16 and session.peer != "inproc" \
                     and samehost.available():

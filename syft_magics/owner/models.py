@@ -15,10 +15,9 @@ import torch
 import torch.nn as nn
 
 from ..wire.modules import export_state, load
-from .autograd import check_device
 
 
-def _module(m: Any) -> nn.Module:
+def module_of(m: Any) -> nn.Module:
     if not isinstance(m, nn.Module):
         raise TypeError(f"expected a model on this worker, got {type(m).__name__}")
     return m
@@ -34,16 +33,11 @@ def build_module(spec: Any, state: Dict[str, torch.Tensor], names: List[str]) ->
 
 
 def module_call(m: Any, *args: Any, **kwargs: Any) -> Any:
-    return _module(m)(*args, **kwargs)
+    return module_of(m)(*args, **kwargs)
 
 
 def module_train(m: Any, mode: bool = True) -> None:
-    _module(m).train(bool(mode))
-
-
-def module_to(m: Any, device: Any) -> None:
-    check_device(device)
-    _module(m).to(device)
+    module_of(m).train(bool(mode))
 
 
 class ModelWeights(nn.Module):
@@ -68,12 +62,12 @@ def model_weights(names: List[str], *tensors: Any) -> ModelWeights:
 def export(obj: Any) -> Any:
     """What leaves the worker when ``obj`` is fetched: a tensor itself, a model's state dict (a copy)."""
     if isinstance(obj, nn.Module):
-        return export_state(obj)
+        return {k: v.cpu() for k, v in export_state(obj).items()}
     if isinstance(obj, torch.Tensor):
-        return obj
+        return obj if obj.device.type == "cpu" else obj.detach().cpu()  # values leave on the CPU
     raise TypeError(f"a {type(obj).__name__} cannot be fetched")
 
 
 def ops() -> Dict[str, Callable]:
     return {"syft.build_module": build_module, "syft.module_call": module_call,
-            "syft.module_train": module_train, "syft.module_to": module_to, "syft.model_weights": model_weights}
+            "syft.module_train": module_train, "syft.model_weights": model_weights}

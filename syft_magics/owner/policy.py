@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from ..display import table
 from .rules import GetRule, RuleBook
@@ -46,8 +46,16 @@ class GetRequest:
     #: the object's version counter when asked: an approval lets exactly that version through
     version: Optional[int] = field(default=None, repr=False, compare=False)
     #: what is asked for: the object's ``value``, its ``shape`` (withheld: it depends on the owner's
-    #: values) or the text of an ``error`` withheld from the client
+    #: values), the text of an ``error`` withheld from the client, or a ``move`` of the value to
+    #: another worker (:mod:`syft_magics.owner.moves`)
     what: str = "value"
+    #: for a ``move``, the worker it would go to ("Alice at tcp://..."); an approval is for that target only
+    to: str = ""
+
+    @property
+    def release(self) -> Tuple[str, str]:
+        """The kind of release and its target: an approval lets exactly this one through."""
+        return self.what, self.to
 
     @property
     def pending(self) -> bool:
@@ -59,8 +67,22 @@ class GetRequest:
             what = f"the shape of {what}"
         elif self.what == "error":
             what = f"the message of {self.object_id}"
+        elif self.what == "move":
+            what = f"to move {what} to {self.to}"
         return (f"request #{self.n}: {self.client} wants {what} = {self.lineage} "
                 f"(shape {tuple(self.shape)}, {self.dtype})")
+
+
+@dataclass
+class MoveIn:
+    """A scientist asks this worker to accept an object moved from another worker (``ptr.move(alice)``)."""
+
+    client: str
+    source: str  # the worker it comes from (as the scientist names it)
+    kind: str  # "tensor" or "model"
+    shapes: List[Tuple[int, ...]]
+    dtypes: List[str]
+    nbytes: int
 
 
 class Policy:
@@ -84,10 +106,35 @@ class Policy:
             book = self.__dict__["_rules"] = RuleBook()
         return book
 
-    def allow_get(self, *, max_numel: Optional[int] = None, kind: Optional[str] = None) -> GetRule:
+    def allow_get(self, *, max_numel: Optional[int] = None, kind: Optional[str] = None,
+                  to: Optional[str] = None) -> GetRule:
         """Allow, without review, gets of tensors of at most ``max_numel`` elements and/or of ``kind``
-        (``"model"``: a trained model's weights). E.g. ``bob.policy.allow_get(max_numel=1)`` for losses."""
-        return self.rules.add(GetRule(max_numel=max_numel, kind=kind))
+        (``"model"``: a trained model's weights). E.g. ``bob.policy.allow_get(max_numel=1)`` for losses.
+        With ``to="Carol"`` the rule allows only moves to the worker Carol (a trusted aggregator), never a
+        get by the scientist. (Carol is named by the scientist's ticket, and checked against the worker
+        that issued it; without key pinning a name is what that worker announces.)"""
+        return self.rules.add(GetRule(max_numel=max_numel, kind=kind, to=to))
+
+    def accept_moves(self, rule: Union[bool, Callable[[MoveIn], bool]] = True) -> None:
+        """Which objects other workers may move here for a scientist (``ptr.move(alice)``): ``True`` (the
+        default: a connected scientist may move objects into its own session), ``False`` (none), or a
+        function of the :class:`MoveIn` request, e.g. ``lambda m: m.source == "Bob" and m.nbytes < 1e8``."""
+        if not (isinstance(rule, bool) or callable(rule)):
+            raise TypeError("accept_moves takes True, False or a function of the move request")
+        self.__dict__["_accept"] = rule
+
+    def accepts(self, move: MoveIn) -> Tuple[bool, str]:
+        """Whether this worker takes ``move``, and if not, why."""
+        rule = self.__dict__.get("_accept", True)
+        if rule is True:
+            return True, ""
+        if rule is False:
+            return False, "the owner accepts no moves from other workers"
+        try:
+            ok = bool(rule(move))
+        except Exception as exc:  # the owner's rule failed: refuse, and say so
+            return False, f"the owner's accept rule failed ({type(exc).__name__})"
+        return ok, "" if ok else "the owner's accept rule refuses it"
 
     @property
     def summary(self) -> str:
@@ -148,7 +195,7 @@ class RequestBook:
 
     def __init__(self) -> None:
         self._by_n: Dict[int, GetRequest] = {}
-        self._grants: Dict[Tuple[bytes, bytes, str], GetRequest] = {}
+        self._grants: Dict[Tuple[bytes, bytes, Tuple[str, str]], GetRequest] = {}
         self._next = 1
         self._lock = threading.Lock()
 
@@ -172,17 +219,19 @@ class RequestBook:
                 raise ValueError(f"request #{n} was already {req.status}")
             req.status, req.reason, req.decided = status, reason, time.time()
             if status == "approved":
-                self._grants[(req.session, req.oid, req.what)] = req
+                self._grants[(req.session, req.oid, req.release)] = req
             return req
 
-    def take_grant(self, session: bytes, oid: bytes, version: Optional[int] = None, what: str = "value") -> bool:
-        """Whether an approval lets this get of ``oid`` (now at ``version``) through (it is used up).
-        An approval of another version (the object was written after the owner saw it) is void."""
+    def take_grant(self, session: bytes, oid: bytes, version: Optional[int] = None, what: str = "value",
+                   to: str = "") -> bool:
+        """Whether an approval lets this release of ``oid`` (now at ``version``) through (it is used up).
+        An approval of another version (the object was written after the owner saw it) is void; one of
+        another kind or target (a move to Alice, not a get; not a move to Eve) lets nothing else through."""
         with self._lock:
-            return self._take(session, oid, version, what)
+            return self._take(session, oid, version, (what, to))
 
-    def _take(self, session: bytes, oid: bytes, version: Optional[int], what: str) -> bool:
-        req = self._grants.pop((session, oid, what), None)
+    def _take(self, session: bytes, oid: bytes, version: Optional[int], release: Tuple[str, str]) -> bool:
+        req = self._grants.pop((session, oid, release), None)
         if req is None:
             return False
         if req.version != version:
@@ -197,12 +246,12 @@ class RequestBook:
         request for an older version of the object is cancelled: the owner would decide on what
         is no longer there."""
         version = fields.get("version")
-        what = fields.get("what", "value")
+        release = (fields.get("what", "value"), fields.get("to", ""))
         with self._lock:
-            if self._take(session, oid, version, what):
+            if self._take(session, oid, version, release):
                 return None, False
             for req in self._by_n.values():
-                if req.pending and req.session == session and req.oid == oid and req.what == what:
+                if req.pending and req.session == session and req.oid == oid and req.release == release:
                     if req.version == version:
                         req.seq = seq
                         return req, False
@@ -239,8 +288,14 @@ class RequestBook:
         return self.get(n)
 
     def __repr__(self) -> str:
-        rows = [(f"#{r.n}", r.status, r.client, " ".join(r.tags) or r.object_id[:8], r.lineage,
+        rows = [(f"#{r.n}", r.status, r.client, _what(r), r.lineage,
                  str(tuple(r.shape)), r.reason) for r in self]
         if not rows:
             return "no get requests"
         return table(("n", "status", "client", "object", "lineage", "shape", "reason"), rows)
+
+
+def _what(req: GetRequest) -> str:
+    """The object a request is about, and where it would go if it is not a get."""
+    what = " ".join(req.tags) or req.object_id[:8]
+    return f"{what} (move to {req.to})" if req.what == "move" else what

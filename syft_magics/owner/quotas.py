@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields, replace
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 from ..display import human_bytes
 from ..wire.protocol import ErrorCode
@@ -89,6 +89,32 @@ class Quotas:
 
 
 QUOTA_FIELDS = tuple(f.name for f in fields(Quotas))
+
+
+class ClientQuotas:
+    """The owner's side, mixed into :class:`~syft_magics.owner.worker.Worker`: the limits every client
+    is held to (``quotas``) and those the owner set for one client by name."""
+
+    #: every client's limits (bytes, objects, message size, queue, op time budget), unless set per client
+    quotas: Quotas
+    _client_quotas: Dict[str, Quotas]
+
+    def set_quotas(self, client: str, quotas: Optional[Quotas]) -> None:
+        """Hold the client named ``client`` to ``quotas`` from its next connection (None: the worker's).
+        An invitation (one key per client) makes the name the client's own; with the worker's shared
+        key, a name is what the client says it is."""
+        if quotas is None:
+            self._client_quotas.pop(client, None)
+        elif not isinstance(quotas, Quotas):
+            raise TypeError(f"set_quotas takes a Quotas, not {type(quotas).__name__}")
+        else:
+            self._client_quotas[client] = quotas
+
+    def quotas_for(self, client: str, invite: Any = None) -> Quotas:
+        """The quotas a client of this name is held to (the owner's for it, else the worker's), with
+        the limits of the invitation (:class:`~.invites.Invite`) it connected with on top."""
+        base = self._client_quotas.get(client, self.quotas)
+        return base.with_(**invite.limits) if invite is not None and invite.limits else base
 
 #: The command-line flags of ``%syft_worker`` and ``python -m syft_magics worker`` (flag, field, help).
 FLAGS = (

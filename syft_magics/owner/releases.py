@@ -1,15 +1,19 @@
-"""Gets: what a client asks the owner to release, and the owner's decision on it.
+"""Releases: what a client asks the owner to let leave the worker, and the owner's one decision on it.
 
 A client may ask for an object's ``value``, for its ``shape`` when that shape is withheld (it
-depends on the owner's values: see :mod:`syft_magics.owner.provenance`), or for the text of an
-``error`` withheld from it. Each goes through the same decision: an approval already given, the
-``open`` policy, the owner's rules, the policy's ``decide``, else a request the owner approves or
-denies (``worker.approve(n)``), shown with the object's history.
+depends on the owner's values: see :mod:`syft_magics.owner.provenance`), for the text of an
+``error`` withheld from it, or to ``move`` the value to another worker (``ptr.move(alice)``: a
+release of the value to another party, :mod:`syft_magics.owner.moves`). Each goes through the same
+decision (:func:`decide`): an approval already given for this object, version, kind of release and
+target, the ``open`` policy, the owner's rules, the policy's ``decide``, else a request the owner
+approves or denies (``worker.approve(n)``), shown with the object's history and, for a move, where
+it would go. An approval lets exactly that release through: approving a move to Alice lets neither
+a get nor a move to anyone else.
 """
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from ..display import short_id
 from ..errors import ErrorCode
@@ -21,11 +25,23 @@ from .replies import Reject
 if TYPE_CHECKING:
     from .serving import Server
     from .sessions import Session
+    from .store import Entry
 
 WHATS = ("value", "shape", "error")
 
 
-def on_get(server: "Server", session: "Session", header: dict) -> List[Any]:
+def entry_for(server: "Server", session: "Session", oid: bytes) -> "Entry":
+    """The object ``session`` may ask to release: its own or the owner's (another client's reads as none)."""
+    entry = server.store.get(oid)
+    if entry is None or (entry.session is not None and entry.session != session.ident):
+        raise Reject(ErrorCode.UNKNOWN_OBJECT,
+                     f"{server.name} holds no object {short_id(oid)} (it was freed, or never existed)")
+    if entry.error is not None:
+        raise Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
+    return entry
+
+
+def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[Any]]:
     """The reply to a ``get``: the value (shape, error text), a pending request, or a refusal."""
     seq = header.get("s")
     what = header.get("what", "value")
@@ -34,12 +50,7 @@ def on_get(server: "Server", session: "Session", header: dict) -> List[Any]:
     if what == "error":
         return _error_text(server, session, seq, field(header, "n", int))
     oid = field(header, "id", bytes)
-    entry = server.store.get(oid)
-    if entry is None or (entry.session is not None and entry.session != session.ident):
-        raise Reject(ErrorCode.UNKNOWN_OBJECT,
-                     f"{server.name} holds no object {short_id(oid)} (it was freed, or never existed)")
-    if entry.error is not None:
-        raise Reject(ErrorCode.FAILED_INPUT, f"{entry.label} came from an op that failed: {entry.error}")
+    entry = entry_for(server, session, oid)
     entry.last_access = time.time()
 
     def fields() -> Dict[str, Any]:  # what the owner is shown: built only when a decision needs it
@@ -77,7 +88,31 @@ def on_get(server: "Server", session: "Session", header: dict) -> List[Any]:
     return decide(server, session, seq, oid, entry.version, "value", fields, value, auto=rule is not None)
 
 
-def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> List[Any]:
+def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", target: str, where: str,
+             send: Callable[[], None]) -> Optional[List[Any]]:
+    """A move of ``entry``'s value to the worker ``target`` (at ``where``): the owner's decision, as for a get
+    by another party. ``send()`` hands the value to the courier when allowed (then ``None``: the courier
+    answers later); else the pending reply, or :class:`Reject` if refused."""
+    if of_entry(entry).hidden and server.disclosure.guarded:  # the ticket's declared shape would test it
+        raise Reject(ErrorCode.DENIED, f"the shape of {entry.label} is withheld (it depends on {server.name}'s "
+                                       "data): ask for it first (ptr.request_shape()), then move it")
+    entry.last_access = time.time()
+    to = f"{target} at {where}"
+
+    def fields() -> Dict[str, Any]:  # what the owner is shown: built only when a decision needs it
+        return dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
+                    lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
+
+    policy = server.worker.policy
+    rule = policy.rules.match(entry.kind, entry.shape, to=target) if policy.rules else None
+    if rule is not None and type(policy).decide is not OpenPolicy.decide \
+            and not server.requests.take_grant(session.ident, entry.id, entry.version, "move", to):
+        server.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule}) (move to {to})")
+
+    return decide(server, session, seq, entry.id, entry.version, "move", fields, send, auto=rule is not None, to=to)
+
+
+def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> Optional[List[Any]]:
     withheld = server.disclosure.errors.get(n)
     if withheld is None or withheld[0] != session.ident:
         raise Reject(ErrorCode.UNKNOWN_OBJECT, f"{server.name} has no withheld error #{n} of this session")
@@ -96,26 +131,29 @@ def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> List[
 
 
 def decide(server: "Server", session: "Session", seq: Any, key: bytes, version: Any, what: str,
-           describe: Callable[[], Dict[str, Any]], send: Callable[[], List[Any]], auto: bool = False) -> List[Any]:
+           describe: Callable[[], Dict[str, Any]], send: Callable[[], Optional[List[Any]]], auto: bool = False,
+           to: str = "") -> Optional[List[Any]]:
     """Release through ``send()`` what the owner allows now, else open (or renew) a request; ``describe()``
-    gives what the policy and the owner are shown of it (built only when they are asked)."""
-    if auto or server.requests.take_grant(session.ident, key, version, what):
+    gives what the policy and the owner are shown of it (built only when they are asked). ``to`` names a
+    move's target: part of the request, and of any approval."""
+    if auto or server.requests.take_grant(session.ident, key, version, what, to):
         return send()
     policy = server.worker.policy
     if type(policy).decide is OpenPolicy.decide:  # allows everything: no request to describe
         return send()
     fields = describe()
     label = fields.pop("label", None)
-    decision = policy.decide(GetRequest(n=0, what=what, **fields))
+    decision = policy.decide(GetRequest(n=0, what=what, to=to, **fields))
     if decision == ALLOW:
         return send()
     if decision == DENY:
-        server.events.emit("get", client=session.label, id=fields["object_id"], status="denied")
+        server.events.emit("get", client=session.label, id=fields["object_id"],
+                           status=f"denied (move to {to})" if to else "denied")
         label = label or fields["object_id"]
-        raise Reject(ErrorCode.DENIED, f"{server.name} refused to release "
-                                       f"{label if what == 'value' else f'the {what} of {label}'}: "
-                                       f"{policy.deny_reason(GetRequest(n=0, what=what, **fields))}")
-    req, opened = server.requests.ask(session.ident, key, seq, version=version, what=what, **fields)
+        told = label if what == "value" else f"{label} to {to}" if what == "move" else f"the {what} of {label}"
+        raise Reject(ErrorCode.DENIED, f"{server.name} refused to {'move' if what == 'move' else 'release'} {told}: "
+                                       f"{policy.deny_reason(GetRequest(n=0, what=what, to=to, **fields))}")
+    req, opened = server.requests.ask(session.ident, key, seq, version=version, what=what, to=to, **fields)
     if req is None:  # the owner approved while this get was on its way
         return send()
     if opened:

@@ -16,10 +16,13 @@ KINDS = ("tensor", "model")
 
 @dataclass(frozen=True)
 class GetRule:
-    """Allow gets of tensors with at most ``max_numel`` elements, and/or of objects of ``kind``."""
+    """Allow gets of tensors with at most ``max_numel`` elements, and/or of objects of ``kind``; with ``to``,
+    only moves to that worker (``allow_get(kind="model", to="Carol")``: trained weights go to the trusted
+    aggregator Carol, and nowhere else without review)."""
 
     max_numel: Optional[int] = None
     kind: Optional[str] = None
+    to: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.max_numel is None and self.kind is None:
@@ -28,8 +31,13 @@ class GetRule:
             raise ValueError(f"max_numel must be a non-negative int, not {self.max_numel!r}")
         if self.kind is not None and self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        if self.to is not None and (not isinstance(self.to, str) or not self.to):
+            raise ValueError(f"to= names a worker, e.g. 'Carol', not {self.to!r}")
 
-    def matches(self, kind: str, shape: Sequence[int]) -> bool:
+    def matches(self, kind: str, shape: Sequence[int], to: Optional[str] = None) -> bool:
+        """Whether this rule allows a get (``to`` None) or a move to the worker named ``to``."""
+        if self.to is not None and to != self.to:
+            return False
         if self.kind is not None and kind != self.kind:
             return False
         if self.max_numel is not None and (kind != "tensor" or math.prod(shape) > self.max_numel):
@@ -42,6 +50,8 @@ class GetRule:
             parts.append(f"kind={self.kind}")
         if self.max_numel is not None:
             parts.append(f"numel<={self.max_numel}")
+        if self.to is not None:
+            parts.append(f"to {self.to} only")
         return " ".join(parts)
 
 
@@ -59,10 +69,10 @@ class RuleBook:
     def remove(self, rule: GetRule) -> None:
         self._rules = tuple(r for r in self._rules if r != rule)
 
-    def match(self, kind: str, shape: Sequence[int]) -> Optional[GetRule]:
-        """The first rule that allows a get of an object of ``kind`` and ``shape``, or None."""
+    def match(self, kind: str, shape: Sequence[int], to: Optional[str] = None) -> Optional[GetRule]:
+        """The first rule that allows a get (or, with ``to``, a move to that worker) of ``kind`` and ``shape``."""
         for rule in self._rules:
-            if rule.matches(kind, shape):
+            if rule.matches(kind, shape, to):
                 return rule
         return None
 

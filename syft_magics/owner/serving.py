@@ -24,7 +24,7 @@ from ..wire import limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import ZERO_COPY_BYTES, readable, recv_parts
-from . import costs, provenance, quotas, releases, streams, writes
+from . import costs, moves, provenance, quotas, releases, streams, tickets, writes
 from .connections import Connections
 from .direct import DirectPort
 from .handshake import Handshakes
@@ -66,6 +66,7 @@ class Server(Handshakes, DirectPort, Ops):
         self.handshakes: Dict[bytes, Tuple[bytes, dict, float, int]] = {}
         self.connections: Optional[Connections] = None
         self._conn, self._cuts = 0, []  # the message's connection token; revoked connections to cut (handshake)
+        self.tickets = tickets.Tickets()  # for objects moved here from other workers (owner/tickets.py)
         self._calls: Deque[Callable[[zmq.Socket], None]] = deque()
         self._wake_send: Optional[zmq.Socket] = None
         self._wake_lock = threading.Lock()
@@ -373,7 +374,7 @@ class Server(Handshakes, DirectPort, Ops):
         self.events.emit("disconnect", client=session.label, session=session.short, reason=reason, freed=freed)
 
     # -- message handlers ----------------------------------------------------------
-    def _on_get(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
+    def _on_get(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
         return releases.on_get(self, session, header)
 
     def send_value(self, session: Session, header: dict, entry: Entry) -> Any:
@@ -419,6 +420,7 @@ class Server(Handshakes, DirectPort, Ops):
             self.refuse("over a quota or time budget")
             self._fail(session, "send", [oid], [], exc, time.perf_counter())
             raise
+        tensor = self.worker.place(tensor)
         if header.get("rg") and (tensor.is_floating_point() or tensor.is_complex()):
             tensor.requires_grad_(True)  # send keeps requires_grad
         self.store.put(Entry(oid, tensor, tags=tags, origin=session.label, session=session.ident, op=""))
@@ -465,4 +467,5 @@ class Server(Handshakes, DirectPort, Ops):
     #: the handler of each kind of message a client sends after the handshake (``batch`` aside)
     HANDLERS = {Kind.OP: Ops._on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
-                Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release, **streams.HANDLERS}
+                Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release, **streams.HANDLERS,
+                Kind.TICKET: tickets.on_ticket, Kind.MOVE: moves.on_move}

@@ -28,6 +28,7 @@ from ..wire import auth, discovery, limits
 from ..wire.names import check_tag
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind
 from .allowlist import Allowlist
+from .devices import Devices
 from .invites import LOCAL, Invite, InviteBook, invite_path
 from .logs import CommandLog, JsonLinesHandler, command_logger, describe_command, print_command
 from .policy import (
@@ -36,7 +37,7 @@ from .policy import (
     RequestBook,
     make_policy,
 )
-from .quotas import Quotas
+from .quotas import ClientQuotas, Quotas
 from .serving import Server
 from .sessions import Session
 from .store import OWNER, Entry, ObjectStore, Registry, new_id
@@ -66,7 +67,7 @@ def live_workers() -> List["Worker"]:
         return list(_LIVE.values())
 
 
-class Worker:
+class Worker(ClientQuotas):
     """Serves the tensors its owner shares; runs allowed ops for authenticated clients.
 
     ``Worker("Bob", port=3000).start()`` binds ``tcp://127.0.0.1:3000`` (port 0:
@@ -94,6 +95,7 @@ class Worker:
         connection_file: bool = True,
         quotas: Optional[Quotas] = None,
         secure: Optional[bool] = None,
+        device: Any = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a worker needs a non-empty name, e.g. 'Bob'")
@@ -117,12 +119,14 @@ class Worker:
         self.host = host
         self.policy = make_policy(policy)
         self.allowlist = allowlist or Allowlist()
+        #: where shared, sent and moved-in tensors and models live (``device="cuda"``; the CPU by default)
+        self.devices = Devices(device)
+        for op_name, fn in self.devices.ops().items():  # this worker's .to() and model builder
+            self.allowlist.allow(op_name, fn)
         self.key = key or auth.new_key()
         self.instance = os.urandom(8).hex()
         self.lease_timeout = lease_timeout if lease_timeout is not None else defaults.lease_timeout
-        #: each client's limits (bytes, objects, message size, queue, op time budget), unless set per client
-        self.quotas = quotas if quotas is not None else Quotas()
-        self._client_quotas: Dict[str, Quotas] = {}
+        self.quotas, self._client_quotas = quotas or Quotas(), {}  # each client's limits (owner/quotas.py)
         self.events = EventStream(defaults.event_history)
         self.store = ObjectStore()
         self.requests = RequestBook()
@@ -174,7 +178,7 @@ class Worker:
             if self._curve is not None:  # before binding: every TCP connection is then CurveZMQ + ZAP
                 from .zap import DOMAIN, Gate
 
-                self._gate = Gate(ctx, self.invites, self._refused_key, self.name)
+                self._gate = Gate(ctx, self.invites, self._refused_key, self.name, self.server.tickets.admits)
                 self._gate.start()
                 auth.set_server_keys(router, *self._curve, DOMAIN)
             if self._tcp:
@@ -312,12 +316,21 @@ class Worker:
         """
         if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
             raise TypeError(f"share() takes a local torch.Tensor, not {type(tensor).__name__}")
-        tensor = tensor.detach()
+        tensor = self.place(tensor.detach())
         tags = tuple(check_tag(t) for t in tags)
         entry = self.store.put(Entry(new_id(), tensor, tags=tags, origin=OWNER))
         self.events.emit("share", id=entry.hex, tags=tags, shape=entry.shape, dtype=entry.dtype)
         return SharedId(entry.hex, f"{self.name} shares {entry.label}: id {entry.hex[:8]}…, "
                                    f"shape {tuple(entry.shape)}, {entry.dtype}")
+
+    @property
+    def device(self) -> torch.device:
+        """The device this worker keeps its tensors and models on."""
+        return self.devices.device
+
+    def place(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on this worker's device (as shared, sent or moved-in tensors are kept)."""
+        return self.devices.place(tensor)
 
     def unshare(self, id_or_tag: str) -> int:
         """Stop serving owner objects by hex id or tag; returns how many were removed."""
@@ -345,6 +358,11 @@ class Worker:
     def fingerprint(self) -> Optional[str]:
         """The fingerprint of this worker's CurveZMQ key (None when its links are not encrypted)."""
         return auth.fingerprint(self._curve[0]) if self._curve is not None else None
+
+    @property
+    def server_key(self) -> Optional[str]:
+        """This worker's CurveZMQ public key (Z85; None when its links are not encrypted)."""
+        return self._curve[0] if self._curve is not None else None
 
     def invite(self, client: str, path: Optional[str] = None, *, address: Optional[str] = None,
                limits: Optional[Dict[str, Any]] = None) -> Path:
@@ -436,24 +454,6 @@ class Worker:
                                   "msg": f"{self.name} denied request #{n}" + (f": {reason}" if reason else "")})
         self.events.emit("decision", n=n, status="denied", reason=reason)
         return req
-
-    # -- quotas ----------------------------------------------------------------
-    def set_quotas(self, client: str, quotas: Optional[Quotas]) -> None:
-        """Hold the client named ``client`` to ``quotas`` from its next connection (None: the worker's).
-        An invitation (one key per client) makes the name the client's own; with the worker's shared
-        key, a name is what the client says it is."""
-        if quotas is None:
-            self._client_quotas.pop(client, None)
-        elif not isinstance(quotas, Quotas):
-            raise TypeError(f"set_quotas takes a Quotas, not {type(quotas).__name__}")
-        else:
-            self._client_quotas[client] = quotas
-
-    def quotas_for(self, client: str, invite: Optional[Invite] = None) -> Quotas:
-        """The quotas a client of this name is held to (the owner's for it, else the worker's), with
-        the limits of the invitation it connected with on top."""
-        base = self._client_quotas.get(client, self.quotas)
-        return base.with_(**invite.limits) if invite is not None and invite.limits else base
 
     # -- logging ---------------------------------------------------------------
     def set_verbose(self, on: bool = True) -> None:

@@ -12,7 +12,7 @@ counted and reported through ``on_refused`` with the key's fingerprint, never th
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -43,12 +43,15 @@ class _Quiet:
 class _Provider:
     """The credentials provider pyzmq's authenticator calls with each client's public key (Z85)."""
 
-    def __init__(self, book: InviteBook, on_refused: Callable[[str], None]) -> None:
+    def __init__(self, book: InviteBook, on_refused: Callable[[str], None],
+                 couriers: Optional[Callable[[Any], bool]] = None) -> None:
         self.book = book
         self.on_refused = on_refused
+        self.couriers = couriers
 
     def callback(self, domain: str, key: bytes) -> bool:
-        if domain == DOMAIN and self.book.by_key(key) is not None:
+        if domain == DOMAIN and (self.book.by_key(key) is not None
+                                 or (self.couriers is not None and self.couriers(key))):
             return True
         try:
             self.on_refused(auth.fingerprint(key))
@@ -61,9 +64,10 @@ class Gate:
     """Starts and stops the ZAP handler of one worker's context."""
 
     def __init__(self, context: zmq.Context, book: InviteBook, on_refused: Callable[[str], None],
-                 name: str = "worker") -> None:
+                 name: str = "worker", couriers: Optional[Callable[[Any], bool]] = None) -> None:
         self._auth = ThreadAuthenticator(context, log=_Quiet())
-        self._provider = _Provider(book, on_refused)
+        # couriers: the one-time keys of open move tickets (owner/tickets.py), admitted besides invitations
+        self._provider = _Provider(book, on_refused, couriers)
         self._name = name
 
     def start(self) -> None:

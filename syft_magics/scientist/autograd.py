@@ -130,28 +130,39 @@ def _meta_device(args: tuple, kwargs: dict) -> tuple:
 
 
 def to(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> "PointerTensor":
-    """``ptr.to(dtype)``, ``ptr.to("cpu")``: runs on the worker (devices: those the worker allows)."""
+    """``ptr.to(dtype)``, ``ptr.to("cpu")``, ``ptr.to("cuda")``: runs on the worker, within the devices it allows."""
     if any(isinstance(a, torch.Tensor) for a in args) or isinstance(kwargs.get("other"), torch.Tensor):
         raise NotImplementedError("ptr.to(other_tensor) is not supported; give a dtype or a device")
     device, dtype = _meta_device(args, kwargs)
-    if device is not None and device.type != "cpu":
-        raise OpNotAllowed(f"{ptr.client.name} keeps this tensor on the CPU; device {device} is not available "
-                           "through pointers (results come back to you on the CPU)")
-    if (dtype is None or dtype == ptr.dtype) and not kwargs.get("copy"):
+    allowed = ptr.client.devices
+    if device is not None and device.type not in allowed:
+        raise OpNotAllowed(f"{ptr.client.name} allows the devices {', '.join(allowed)}, not {device} "
+                           "(results come back to you on the CPU)")
+    if device is not None and allowed == ("cpu",):
+        device = None  # every tensor there is on its CPU already
+    if device is None and (dtype is None or dtype == ptr.dtype) and not kwargs.get("copy"):
         return ptr  # already there: torch's .to returns the tensor itself
-    return ptr.client.run(_to_standin, "Tensor.to", (ptr,), {"dtype": dtype})
+    wire: Dict[str, Any] = {}
+    if dtype is not None:
+        wire["dtype"] = dtype
+    if device is not None:
+        wire["device"] = str(device)
+    return ptr.client.run(_to_standin, "Tensor.to", (ptr,), wire)
 
 
-def _to_standin(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t.to(dtype=dtype)
+def _to_standin(t: torch.Tensor, dtype: Optional[torch.dtype] = None, device: Any = None) -> torch.Tensor:
+    return t.to(dtype=dtype) if dtype is not None else t.clone()
 
 
 def cpu(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> "PointerTensor":
-    return ptr  # the worker's tensors are on its CPU
+    return to(ptr, "cpu")
 
 
-def refuse_device(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> Any:
-    raise OpNotAllowed(f"{ptr.client.name} keeps this tensor on the CPU; .cuda() is not available through pointers")
+def cuda(ptr: "PointerTensor", device: Any = None, *args: Any, **kwargs: Any) -> "PointerTensor":
+    if "cuda" not in ptr.client.devices:
+        raise OpNotAllowed(f"{ptr.client.name} has no CUDA device for pointers (it allows "
+                           f"{', '.join(ptr.client.devices)}); results come back to you on the CPU")
+    return to(ptr, torch.device("cuda", device) if isinstance(device, int) else (device or "cuda"))
 
 
 def refuse(what: str) -> Callable:
@@ -172,6 +183,19 @@ def autograd_grad(outputs: Any, inputs: Any, *args: Any, **kwargs: Any) -> tuple
     return _ptr_run(_autograd_grad_standin, "torch.autograd.grad", (outputs, inputs, *args), kwargs)
 
 
+def is_leaf(ptr: "PointerTensor") -> bool:
+    """Whether the worker's tensor is an autograd leaf (not the local stand-in's answer, which is always True)."""
+    return ptr.leaf or not ptr.signature[2]
+
+
+def grad_fn(ptr: "PointerTensor") -> None:
+    """None for a leaf (as torch says); the node of a non-leaf lives on the worker and cannot be used here."""
+    if is_leaf(ptr):
+        return None
+    raise OpNotAllowed(f"grad_fn is {ptr.client.name}'s autograd node and cannot be used here (call .backward() "
+                       "on the pointer instead); ptr.is_leaf and ptr.requires_grad tell what the tensor is")
+
+
 #: Functions torch hands to ``__torch_function__`` that need the worker, by the function object.
 SPECIAL: Dict[Any, Callable] = {
     torch.Tensor.requires_grad_: requires_grad_,
@@ -183,7 +207,9 @@ SPECIAL: Dict[Any, Callable] = {
     torch.Tensor.data.__set__: set_data,  # type: ignore[attr-defined]
     torch.Tensor.to: to,
     torch.Tensor.cpu: cpu,
-    torch.Tensor.cuda: refuse_device,
+    torch.Tensor.cuda: cuda,
     torch.autograd.grad: autograd_grad,
+    torch.Tensor.is_leaf.__get__: is_leaf,  # type: ignore[attr-defined]
+    torch.Tensor.grad_fn.__get__: grad_fn,  # type: ignore[union-attr]
     torch.Tensor.register_hook: refuse("register_hook (a Python function would have to run on the worker)"),
 }

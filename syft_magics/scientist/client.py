@@ -44,7 +44,7 @@ from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
 from .search import SearchResult
 from .transport import LinkBase
-from .trees import build, to_meta, walk
+from .trees import build, no_meta_locals, to_meta, walk
 
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
@@ -80,6 +80,11 @@ class Client:
     def policy(self) -> str:
         """The worker's policy for gets: ``open``, ``review`` or ``closed``."""
         return self._link.policy
+
+    @property
+    def devices(self) -> Tuple[str, ...]:
+        """The device types the worker allows ``ptr.to(...)`` to name (the CPU, and its ``--device``)."""
+        return self._link.devices
 
     @property
     def same_host(self) -> bool:
@@ -335,6 +340,7 @@ class Client:
         locals_: List[torch.Tensor] = []
         wire_args, key_args = walk(args, pointers, locals_)
         wire_kwargs, key_kwargs = walk(kwargs, pointers, locals_) if kwargs else ({}, ())
+        no_meta_locals(name, locals_)
         unknown = None
         for ptr in pointers:
             if ptr.signature[0] is None:

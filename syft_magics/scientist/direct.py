@@ -30,7 +30,7 @@ from ..config import defaults
 from ..errors import AuthenticationError, ProtocolError, ReplyTimeout, SyftError, error_class
 from ..wire import auth
 from ..wire.protocol import PROTOCOL_VERSION, Kind, decode, encode
-from .transport import LinkBase
+from .transport import LinkBase, welcome_devices
 
 if TYPE_CHECKING:
     from ..owner.worker import Worker
@@ -75,6 +75,7 @@ class DirectLink(LinkBase):
                                  Kind.WELCOME)
         self.instance = str(welcome.get("instance"))
         self.policy = str(welcome.get("policy"))
+        self.devices = welcome_devices(welcome)
         self.lease = float(welcome.get("lease") or self.lease)
 
     def _exchange(self, header: dict, expect: Kind) -> dict:

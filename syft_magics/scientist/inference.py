@@ -121,7 +121,7 @@ def _template(result: Any, inputs: Dict[int, int]) -> Tree:
                 return ("in", k)
             if x.device.type != "meta":
                 return ("V", x)
-            return ("T", tuple(x.shape), x.dtype, x.requires_grad)
+            return ("T", tuple(x.shape), x.dtype, x.requires_grad, x.is_leaf)  # is_leaf: torch's rule
         return ("V", x)
 
     return tree_of(result, leaf)

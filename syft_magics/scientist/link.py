@@ -37,7 +37,7 @@ from ..wire import auth, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
 from . import at_exit
-from .transport import LinkBase
+from .transport import LinkBase, welcome_devices
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class Link(LinkBase):
                                     timeout, expect=Kind.WELCOME)
         self.instance = str(welcome.get("instance"))
         self.policy = str(welcome.get("policy"))
+        self.devices = welcome_devices(welcome)
         self.lease = float(welcome.get("lease") or defaults.lease_timeout)
         offer = welcome.get("host")
         if isinstance(offer, dict) and "host" in hello:

@@ -90,10 +90,12 @@ class PointerTensor(torch.Tensor):
     _local_id: int
     _deleted: bool
     _placeholder: bool
+    leaf: bool
 
     @staticmethod
     def __new__(cls, client: "Client", oid: bytes, shape: Optional[Tuple[int, ...]], dtype: torch.dtype,
-                requires_grad: bool = False, owned: bool = True, tags: Tuple[str, ...] = ()) -> "PointerTensor":
+                requires_grad: bool = False, owned: bool = True, tags: Tuple[str, ...] = (),
+                leaf: bool = True) -> "PointerTensor":
         # an unknown shape (None): the wrapper gets a placeholder, never shown (see _SHAPE_GETTERS)
         ptr = torch.Tensor._make_wrapper_subclass(cls, () if shape is None else shape, dtype=dtype,
                                                   device=torch.device("meta"), requires_grad=requires_grad)
@@ -106,6 +108,9 @@ class PointerTensor(torch.Tensor):
         ptr._handle = _Owned(client.free_queue, oid) if owned else None
         ptr._local_id = next(_local_ids)
         ptr._deleted = False
+        #: whether the worker's tensor is an autograd leaf: sent, found and moved tensors are; an op's result
+        #: that requires grad is not (it has a grad_fn there). Known from shape inference, which follows torch.
+        ptr.leaf = leaf or not requires_grad
         client.track(ptr)
         return ptr
 
@@ -119,6 +124,13 @@ class PointerTensor(torch.Tensor):
         Never deletes anything on the worker.
         """
         return self._client.get(self, timeout=timeout)
+
+    def move(self, target: "Client", timeout: Optional[float] = None) -> "PointerTensor":
+        """Send this tensor from its worker straight to ``target``'s (worker to worker, never through here);
+        returns the pointer there. Both owners' policies apply (see :mod:`syft_magics.scientist.moves`)."""
+        from .moves import move
+
+        return move(self, target, timeout=timeout)
 
     @property
     def known_shape(self) -> Optional[Tuple[int, ...]]:

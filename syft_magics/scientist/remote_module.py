@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 import torch
 import torch.nn as nn
 
+from ..errors import OpNotAllowed
 from ..wire import modules as spec_format
 from .pointer import PointerTensor
 
@@ -136,11 +137,14 @@ class RemoteModule:
         if isinstance(device, torch.dtype):
             raise NotImplementedError("RemoteModule.to(dtype) is not supported; send the model in that dtype")
         dev = torch.device(device)
+        if dev.type not in self._client.devices:
+            raise OpNotAllowed(f"{self._client.name} allows the devices {', '.join(self._client.devices)}, "
+                               f"not {dev}")
         if self.path == "worker":
             self._client.run(_none, "syft.module_to", (self._handle, str(dev)), {})
         else:
             for ptr in self._pointers.values():
-                ptr.to(dev)
+                ptr.data = ptr.to(dev, copy=True)  # in place on the worker: the optimizer keeps its parameters
         return self
 
     def parameters(self) -> List[PointerTensor]:
@@ -168,6 +172,64 @@ class RemoteModule:
     @property
     def location(self) -> str:
         return self._client.name
+
+    @property
+    def client(self) -> "Client":
+        return self._client
+
+    @property
+    def handle(self) -> PointerTensor:
+        """The pointer to the model object itself on the worker (what a get or a move asks for)."""
+        return self._handle
+
+    @property
+    def move_names(self) -> List[str]:
+        """The names of the tensors a move carries, in the order the model's handle holds them."""
+        return list(self._names) if self.path == "worker" else list(self._pointers)
+
+    def move(self, target: "Client", timeout: Any = None) -> "RemoteModule":
+        """Send this model from its worker straight to ``target``'s (never through here); returns it there.
+        Both owners' policies apply (see :mod:`syft_magics.scientist.moves`)."""
+        from .moves import move
+
+        return move(self, target, timeout=timeout)
+
+    def moved_to(self, target: "Client", ids: List[bytes]) -> "RemoteModule":
+        """This model's twin on ``target``, whose worker now holds it under ``ids`` (the handle, then
+        each tensor of :attr:`move_names`)."""
+        from .moves import moved_pointers
+
+        names = self.move_names
+        handle = PointerTensor(target, ids[0], (0,), torch.float32, owned=True)
+        return self.twin(target, handle, dict(zip(names, moved_pointers(target, [self._pointers[n] for n in names],
+                                                                         ids[1:]))))
+
+    def twin(self, client: "Client", handle: PointerTensor, named: Dict[str, PointerTensor]) -> "RemoteModule":
+        """A RemoteModule of this architecture for the model ``handle`` on ``client``'s worker, whose tensors
+        are ``named`` (by :attr:`move_names`): a moved model, or an average made there."""
+        twin = RemoteModule.__new__(RemoteModule)
+        twin._client, twin._number, twin.path, twin.why = client, next(_numbers), self.path, self.why
+        twin._param_names, twin._names = list(self._param_names), list(self._names)
+        twin._handle = handle
+        client.untrack(handle)
+        twin._pointers = {n: named[n] for n in self._pointers}
+        if self.path == "worker":
+            twin._spec = self._spec
+            twin._meta = copy.deepcopy(self._meta)
+            meta = twin._meta
+
+            def call_standin(handle: Any, *args: Any, **kwargs: Any) -> Any:
+                return meta(*args, **kwargs)
+
+            twin._call_standin = call_standin
+        else:
+            twin._template = copy.deepcopy(self._template)
+            shell = copy.deepcopy(self._template)
+            for full, (owner, kind, name, _) in zip(self._slot_names(shell), _slots(shell)):
+                getattr(owner, kind)[name] = twin._pointers[full]
+            shell.train(self.training)
+            twin._shell = shell
+        return twin
 
     def __repr__(self) -> str:
         arch = repr(self._meta if self.path == "worker" else self._shell).replace("\n", "\n  ")

@@ -8,12 +8,18 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..errors import SessionExpired, SyftError, WorkerRestarted, WorkerStopped, WorkerUnreachable
 from ..wire import chunks, samehost
 from ..wire.protocol import ErrorCode, Kind
 from . import transfers
+
+
+def welcome_devices(welcome: dict) -> Tuple[str, ...]:
+    """The device types a worker's welcome names (where ``ptr.to()`` may send tensors there), bounded."""
+    devices = welcome.get("devices")
+    return tuple(d for d in devices if isinstance(d, str))[:8] if isinstance(devices, list) else ("cpu",)
 
 
 class LinkBase:
@@ -52,6 +58,8 @@ class LinkBase:
         self.worker_name = "?"
         self.instance = ""
         self.policy = "?"
+        #: the device types ``ptr.to(...)`` may name on that worker (told at the handshake)
+        self.devices: Tuple[str, ...] = ("cpu",)
         self.last_pong = time.monotonic()
         self._seq = 0
         self._awaited: set = set()

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils import _pytree as pytree
 
+from ..errors import OpNotAllowed
+from ..wire.names import short_name
 from ..wire.results import Leaf, Tree, wire_dtype
 from .pointer import PointerTensor
 
@@ -61,6 +63,19 @@ def walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) -
     raise TypeError(f"a {t.__name__} cannot be sent to a worker as an argument")
 
 
+def no_meta_locals(name: str, locals_: List[torch.Tensor]) -> None:
+    """Refuse an op given a local tensor on the 'meta' device: a pointer's ``.device`` is 'meta' (it holds
+    no data here), so code that builds a tensor with ``device=ptr.device`` (``torch.masked.*``, some library
+    helpers) made an empty local one, whose values would be garbage on the worker."""
+    for t in locals_:
+        if t.device.type == "meta":
+            raise OpNotAllowed(
+                f"{short_name(name)} got a tensor on the 'meta' device, built here from a pointer's .device "
+                "(a pointer holds no data on this side). torch.masked.* ops and code that creates tensors with "
+                "device=ptr.device are not supported on pointers; create the tensor on the worker instead "
+                "(e.g. ptr.new_full(...), torch.where(mask, ptr, value))")
+
+
 def to_meta(obj: Any, memo: Dict[int, torch.Tensor], found: List[torch.Tensor], local_ids: List[int]) -> Any:
     """Meta stand-ins (no data) for an argument tree, walked with ``torch.utils._pytree``: a pointer's
     from its signature (one per pointer, ``memo``), a local tensor's from its metadata. ``found`` gets
@@ -93,7 +108,7 @@ def build(client: "Client", template: Tree, ids: Sequence[Optional[bytes]], poin
     if template.single:  # most ops: one tensor
         leaf = template.leaves[0]
         if leaf[0] == "T":
-            return PointerTensor(client, ids[0], leaf[1], leaf[2], requires_grad=leaf[3])
+            return _pointer(client, ids[0], leaf)
         return pointers[leaf[1]] if leaf[0] == "in" else leaf[1]
     it = iter(ids)
 
@@ -101,7 +116,7 @@ def build(client: "Client", template: Tree, ids: Sequence[Optional[bytes]], poin
         oid = next(it, None)
         kind = leaf[0]
         if kind == "T":
-            return PointerTensor(client, oid, leaf[1], leaf[2], requires_grad=leaf[3])
+            return _pointer(client, oid, leaf)
         if kind == "in":
             return pointers[leaf[1]]
         return leaf[1]
@@ -109,4 +124,8 @@ def build(client: "Client", template: Tree, ids: Sequence[Optional[bytes]], poin
     return template.build(make)
 
 
-__all__ = ["build", "to_meta", "walk", "wire_dtype"]
+def _pointer(client: "Client", oid: Any, leaf: Leaf) -> PointerTensor:
+    return PointerTensor(client, oid, leaf[1], leaf[2], requires_grad=leaf[3], leaf=leaf[4])
+
+
+__all__ = ["build", "no_meta_locals", "to_meta", "walk", "wire_dtype"]

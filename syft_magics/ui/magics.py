@@ -77,6 +77,8 @@ class SyftMagics(Magics):
               help="time budget of one op, in seconds (default: 20)")
     @argument("--strict-port", action="store_true",
               help="fail if PORT is taken by another process (default: serve on a free port instead and say so)")
+    @argument("--device", default=None, metavar="DEVICE",
+              help="keep shared and received tensors and models on DEVICE (cpu, cuda, cuda:1); default cpu")
     @line_magic
     def syft_worker(self, line: str) -> None:
         """Start a worker in a background thread of this kernel; the notebook stays usable.
@@ -89,6 +91,12 @@ class SyftMagics(Magics):
         if not 0 <= args.port <= 65535:
             raise UsageError(f"port must be between 0 and 65535, not {args.port}")
         var = _var_name(args.name, args.var)
+        try:
+            from ..owner.devices import Devices
+
+            Devices(args.device)  # a device this machine lacks is refused before the old worker stops
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         old = self.workers.pop(args.name, None)
         if old is not None:
             old.stop()
@@ -101,8 +109,8 @@ class SyftMagics(Magics):
 
         def start(port: int) -> Worker:
             try:
-                worker = Worker(args.name, port=port, host=args.host, policy=args.policy,
-                                verbose=args.verbose, log=args.log, secure=True if args.secure else None,
+                worker = Worker(args.name, port=port, host=args.host, policy=args.policy, verbose=args.verbose,
+                                log=args.log, secure=True if args.secure else None, device=args.device,
                                 quotas=quotas)
                 return worker.start()
             except SyftError as exc:
@@ -126,9 +134,11 @@ class SyftMagics(Magics):
             lost = f"; the {gone} objects shared before are gone" if gone else ""
             restarted = (f" (restarted: a new, empty registry{lost}"
                          f", share them again; pointers to the old worker are now invalid)")
+        on = f", on {worker.device}" if worker.device.type != "cpu" else ""
         secure = (f"; encrypted, key {worker.fingerprint}: invite each client with {var}.invite('alice') and "
                   f"hand over the file it writes; {var}.revoke('alice') ends it") if worker.secure else ""
-        print(f"{moved}{worker.name} serving at {worker.address} (policy: {worker.policy.name}){restarted}{secure}\n"
+        print(f"{moved}{worker.name} serving at {worker.address} (policy: {worker.policy.name}{on}){restarted}"
+              f"{secure}\n"
               f"Bound to `{var}`. Share data with {var}.share(x, '#X') or %syft_share x #X")
         if args.panel:
             self._show_panel("worker", args.name)

@@ -68,6 +68,9 @@ class Kind(WireEnum):
     BATCH = "batch"  # pipelined messages travelling together
     HOST = "host"  # the client's half of the same-host check (its memory-file probe)
     RELEASE = "release"  # regions of the worker's memory file the client has read
+    TICKET = "ticket"  # ask the worker for a one-time ticket to receive a moved object (owner/tickets.py)
+    MOVE = "move"  # send an object to another worker with its ticket (owner/moves.py)
+    DELIVER = "deliver"  # a worker's courier hands over the moved object (owner/tickets.py)
     PUT = "put"  # declares a streamed upload (:mod:`syft_magics.wire.chunks`)
     CANCEL = "cancel"  # stops a stream and drops its partial state
     # the worker's

@@ -4,8 +4,9 @@ A result is a pytree (``torch.utils._pytree``): its structure (a ``TreeSpec``: t
 ``torch.return_types`` structseqs, dicts) and its leaves, in ``tree_flatten`` order. Each leaf
 is described as one of
 
-* ``("T", shape, dtype, requires_grad)``: a new tensor (the client picks or is told its id);
-  ``shape`` is ``None`` when the owner withholds it (it depends on the owner's values);
+* ``("T", shape, dtype, requires_grad, is_leaf)``: a new tensor (the client picks or is told its id);
+  ``shape`` is ``None`` when the owner withholds it (it depends on the owner's values); ``is_leaf``
+  is torch's autograd rule for it (``False`` where it has a ``grad_fn``), which ``ptr.is_leaf`` answers;
 * ``("in", k)``: the op returned its k-th pointer input again (in-place ops), client side only;
 * ``("V", value)``: a plain value (``x.size()``); on the wire its value is never sent.
 
@@ -114,14 +115,15 @@ def quiet_tracing() -> Iterator[None]:
 # -- the wire form ---------------------------------------------------------------------------
 def describe(result: Any, ids: Sequence[Optional[bytes]], shown: Optional[Sequence[bool]] = None) -> list:
     """The wire description of an op's result: ``[structure, leaves]``; a tensor leaf is
-    ``["T", id, shape or None, dtype, requires_grad]`` and any other leaf ``["V"]`` (no value).
+    ``["T", id, shape or None, dtype, requires_grad, is_leaf]`` and any other leaf ``["V"]`` (no value).
     ``shown``: which leaves' shapes may be told (``None``: all)."""
     leaves, spec = flatten(result)
     out = []
     for i, (oid, x) in enumerate(zip(ids, leaves)):
         if isinstance(x, torch.Tensor):
             show = shown is None or (i < len(shown) and shown[i])
-            out.append(["T", oid, list(x.shape) if show else None, dtype_name(x.dtype), x.requires_grad])
+            out.append(["T", oid, list(x.shape) if show else None, dtype_name(x.dtype), x.requires_grad,
+                        x.is_leaf])
         else:
             out.append(["V"])
     return [spec_to_wire(spec), out]
@@ -151,9 +153,11 @@ def from_wire(desc: Any) -> Tuple[Tree, List[Optional[bytes]]]:
     leaves: List[Leaf] = []
     ids: List[Optional[bytes]] = []
     for item in desc[1]:
-        if isinstance(item, list) and len(item) == 5 and item[0] == "T" and isinstance(item[1], bytes):
+        if isinstance(item, list) and len(item) in (5, 6) and item[0] == "T" and isinstance(item[1], bytes):
             shape = None if item[2] is None else tuple(int(s) for s in item[2])
-            leaves.append(("T", shape, wire_dtype(item[3]), bool(item[4])))
+            # (a worker of before is_leaf was described: an op's output has a grad_fn if it requires grad)
+            leaf = bool(item[5]) if len(item) == 6 else not item[4]
+            leaves.append(("T", shape, wire_dtype(item[3]), bool(item[4]), leaf))
             ids.append(item[1])
         else:
             leaves.append(("V", None))

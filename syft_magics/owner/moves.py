@@ -1,0 +1,95 @@
+"""Sending an object to another worker for a scientist (``ptr.move(alice)``): the source's side.
+
+A move out is a release of the value to another party: :func:`syft_magics.owner.releases.move_out`
+decides it by the same decision as a get (the owner's rules, policy and approvals), as the kind of
+release ``move`` with its target named ("Alice at tcp://..."); the owner's panel shows the request as
+"wants to move z to Alice at ...". An approval of the move lets only that move, to that worker, through
+(not a get). Once allowed, the value is copied (the scientist's later ops cannot
+change what leaves) and a courier thread (:mod:`syft_magics.owner.courier`) takes it to the target
+with the one-time ticket the target issued; the scientist's waiting ``move`` is answered when the
+target has stored it (or with the reason it did not). Nothing passes through the scientist.
+"""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..errors import ErrorCode
+from ..wire import auth, limits
+from ..wire import modules as spec_format
+from ..wire.protocol import field
+from . import releases
+from .courier import Courier, Destination
+from .models import ModelWeights
+from .replies import Reject
+from .sessions import Session
+from .store import Entry
+
+if TYPE_CHECKING:
+    from .serving import Server
+
+#: The longest a courier may wait for the target to answer its hello (the scientist's ``timeout``).
+MAX_CONNECT_SECONDS = 60.0
+
+
+def on_move(server: "Server", session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
+    """The scientist asks to move one of its objects (or the owner's, as the policy allows) to another worker."""
+    seq = header.get("s")
+    entry = releases.entry_for(server, session, field(header, "id", bytes))
+    dest = destination(header)
+    if entry.kind == "object":
+        raise Reject(ErrorCode.BAD_ARGS, f"{entry.label} is an optimizer or scheduler: only tensors and models move")
+
+    def send() -> None:  # allowed: the courier answers the scientist when the target has the object
+        payload = _payload(entry.tensor)
+        server.stats["bytes_out"] += entry.nbytes
+        server.events.emit("get", client=session.label, id=entry.hex, status=f"moving to {dest.name}",
+                           bytes=entry.nbytes)
+        _start(server, Courier(server, session.ident, seq, dest, payload))
+
+    return releases.move_out(server, session, seq, entry, dest.name, dest.address, send)
+
+
+def destination(header: dict) -> Destination:
+    """Where to, checked and bounded: an address, the target's name and instance, its ticket."""
+    address = field(header, "to", str)
+    name = field(header, "name", str)
+    instance = field(header, "instance", str)
+    tid, secret = field(header, "tid", bytes), field(header, "secret", bytes)
+    wait = header.get("w")
+    curve = header.get("curve")  # an encrypted target's key and the courier's one-time key pair (Z85)
+    if curve is not None and (not isinstance(curve, list) or len(curve) != 3
+                              or not all(isinstance(k, str) and len(k) == 40 for k in curve)):
+        raise Reject(ErrorCode.BAD_ARGS, "a move's CurveZMQ keys are three 40-character Z85 keys")
+    if not (address.startswith("tcp://") or address.startswith("inproc://")) or len(address) > 300:
+        raise Reject(ErrorCode.BAD_ARGS, "a move needs the target's tcp:// address")
+    if len(name) > limits.MAX_NAME_CHARS or len(instance) > 64 or len(tid) != 16 or len(secret) != 32:
+        raise Reject(ErrorCode.BAD_ARGS, "a move needs the target's name, instance and ticket")
+    if wait is not None and (not isinstance(wait, (int, float)) or not 0 < wait <= MAX_CONNECT_SECONDS):
+        raise Reject(ErrorCode.BAD_ARGS, f"a move's timeout must be within (0, {MAX_CONNECT_SECONDS:g}] seconds")
+    return Destination(address=address, name=name, instance=instance, tid=tid, secret=secret,
+                       wait=float(wait) if wait is not None else 5.0,
+                       curve=auth.CurveKeys(*curve) if curve is not None else None)
+
+
+def _payload(obj: Any) -> Dict[str, Any]:
+    """What the courier carries: a copy of the tensor, or a model's architecture and a copy of its weights."""
+    if isinstance(obj, torch.Tensor):
+        return {"x": obj.detach().cpu().clone()}
+    if isinstance(obj, ModelWeights):  # a custom module's weights (its forward runs on the client)
+        return {"spec": None, "state": {n: t.detach().cpu().clone() for n, t in obj.state_dict().items()}}
+    if isinstance(obj, nn.Module):  # built here from allowlisted layers: its spec describes it again
+        state = {n: t.detach().cpu().clone() for n, t in
+                 {**dict(obj.named_parameters()), **dict(obj.named_buffers())}.items()}
+        return {"spec": spec_format.describe(obj), "state": state}
+    raise Reject(ErrorCode.BAD_ARGS, f"a {type(obj).__name__} cannot move")
+
+
+def _start(server: "Server", courier: "Courier") -> None:
+    couriers = server.__dict__.setdefault("couriers", set())
+    couriers.add(courier)
+    courier.on_done = couriers.discard
+    threading.Thread(target=courier.run, name=f"syft-courier-{server.name}", daemon=True).start()

@@ -1,0 +1,310 @@
+"""``ptr.move(alice)``: worker to worker, never through the scientist; both owners' policies apply."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from helpers import free_port, wait_until
+
+import syft_magics as sm
+from syft_magics.owner.policy import RequestBook
+from syft_magics.scientist import link as link_module
+from syft_magics.wire.protocol import Kind
+
+
+@pytest.fixture
+def two(make_worker, make_client):
+    """Bob (review) holding #x, Alice (open), a scientist connected to both."""
+    bob = make_worker("Bob", policy="review")
+    bob.share(torch.arange(12.0).reshape(3, 4), "#x")
+    alice = make_worker("Alice", policy="open")
+    return bob, alice, make_client("Bob"), make_client("Alice")
+
+
+@pytest.fixture
+def received_bytes(monkeypatch):
+    """Counts every byte the scientist's links receive from workers."""
+    count = [0]
+    real = link_module.recv_parts
+
+    def counting(sock):
+        parts = real(sock)
+        count[0] += sum(len(p) for p in parts)
+        return parts
+
+    monkeypatch.setattr(link_module, "recv_parts", counting)
+    return count
+
+
+def test_a_tensor_moves_worker_to_worker_and_never_through_the_scientist(two, received_bytes):
+    bob, alice, b, a = two
+    bob.policy.allow_get(kind="tensor")  # the move out is decided like a get: this rule lets it go
+    big = b.send(torch.randn(512, 1024))  # 2 MiB
+    y = big * 3
+    b.sync()
+    before = received_bytes[0]
+    z = y.move(a)
+    assert z.location == "Alice" and z.owned and z.shape == (512, 1024)
+    assert received_bytes[0] - before < 16_384, "the value passed through the scientist"
+    assert alice.stats["bytes_in"] >= 2 << 20 and bob.stats["bytes_out"] >= 2 << 20
+    bob.policy = sm.owner.policy.OpenPolicy()
+    assert torch.equal(z.get(), y.get())
+    # the moved tensor is the scientist's on Alice: ops run there, and it is freed with its pointer
+    assert torch.equal((z + 1).get(), y.get() + 1)
+    held = len(alice.store)
+    del z
+    a.sync()
+    a.sync()
+    assert wait_until(lambda: len(alice.store) < held)
+
+
+def test_a_model_moves_and_trains_on_the_target(two):
+    bob, alice, b, a = two
+    bob.policy.allow_get(kind="model")
+    torch.manual_seed(0)
+    local = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    remote = b.send(local)
+    moved = remote.move(a)
+    assert moved.location == "Alice" and moved.path == "worker"
+    x = torch.randn(5, 4)
+    moved.eval()
+    local.eval()
+    assert torch.allclose(moved(a.send(x)).get(), local(x), atol=1e-6)
+    moved.train()
+    opt = a.optim.SGD(moved.parameters(), lr=0.1)
+    opt.zero_grad()
+    F.cross_entropy(moved(a.send(x)), a.send(torch.tensor([0, 1, 0, 1, 1]))).backward()
+    opt.step()
+    trained = moved.get()
+    assert not torch.equal(trained[0].weight, local[0].weight)
+    assert torch.equal(remote.get()[0].weight, local[0].weight)  # the original on Bob is untouched
+
+
+class Custom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 5)
+        self.b = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x))) * 2
+
+
+def test_a_custom_module_moves_too(two):
+    bob, alice, b, a = two
+    bob.policy.allow_get(kind="model")
+    local = Custom()
+    remote = b.send(local)
+    assert remote.path == "client"
+    moved = remote.move(a)
+    x = torch.randn(4, 3)
+    assert moved.path == "client" and moved.location == "Alice"
+    assert torch.allclose(moved(a.send(x)).get(), local(x), atol=1e-6)
+    assert all(p.location == "Alice" for p in moved.parameters())
+    assert torch.equal(moved.get().a.weight, local.a.weight)
+
+
+def test_the_source_owner_reviews_a_move_like_a_get_and_sees_where_it_goes(two):
+    bob, alice, b, a = two
+    x = b.search("#x")[0]
+    result = {}
+
+    def mover():
+        try:
+            result["z"] = x.move(a)
+        except Exception as exc:  # pragma: no cover - reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=mover)
+    thread.start()
+    assert wait_until(lambda: bob.requests.pending, timeout=10)
+    req = bob.requests.pending[0]
+    assert (req.what, req.to.split(" at ")[0]) == ("move", "Alice") and "wants to move #x to Alice" in req.describe()
+    bob.approve(req.n)
+    thread.join(15)
+    assert "error" not in result
+    assert torch.equal(result["z"].get(), torch.arange(12.0).reshape(3, 4))
+    # the approval was for that move only: a get of #x still waits for its own decision
+    with pytest.raises(sm.GetTimeout):
+        x.get(timeout=0.3)
+
+
+def test_an_approved_move_lets_no_get_and_no_other_move_through():
+    book = RequestBook()
+    alice = "Alice at tcp://127.0.0.1:1"
+    req, _ = book.ask(b"s", b"o", 1, version=0, client="c", object_id="6f", shape=(1,), dtype="float32",
+                      lineage="x", what="move", to=alice)
+    book.decide(req.n, "approved")
+    assert not book.take_grant(b"s", b"o", 0)  # a get
+    assert not book.take_grant(b"s", b"o", 0, "move", "Mallory at tcp://127.0.0.1:2")  # another target
+    assert not book.take_grant(b"s", b"o", 1, "move", alice)  # the object was written since
+    req, _ = book.ask(b"s", b"o", 2, version=0, client="c", object_id="6f", shape=(1,), dtype="float32",
+                      lineage="x", what="move", to=alice)
+    book.decide(req.n, "approved")
+    assert book.take_grant(b"s", b"o", 0, "move", alice)
+    assert not book.take_grant(b"s", b"o", 0, "move", alice)  # used up
+
+
+def test_the_source_owner_can_refuse(two):
+    bob, alice, b, a = two
+    bob.policy = sm.owner.policy.ClosedPolicy()
+    with pytest.raises(sm.PermissionDenied, match="refused to move #x to Alice"):
+        b.search("#x")[0].move(a)
+    assert len(alice.store) == 0
+
+
+def test_the_target_owner_can_refuse(two):
+    bob, alice, b, a = two
+    bob.policy.allow_get(kind="tensor")
+    alice.policy.accept_moves(False)
+    x = b.search("#x")[0]
+    with pytest.raises(sm.PermissionDenied, match="Alice does not accept this move from Bob"):
+        x.move(a)
+    alice.policy.accept_moves(lambda move: move.source == "Carol")
+    with pytest.raises(sm.PermissionDenied, match="accept rule refuses"):
+        x.move(a)
+    assert not bob.requests.pending and len(alice.store) == 0
+    alice.policy.accept_moves(lambda move: move.source == "Bob" and move.nbytes <= 48)
+    assert torch.equal(x.move(a).get(), torch.arange(12.0).reshape(3, 4))
+    assert alice.stats["refusals"]["move refused"] == 2
+
+
+def test_a_dead_target_gives_a_clear_error(two, make_worker, make_client, monkeypatch):
+    bob, alice, b, a = two
+    bob.policy.allow_get(kind="tensor")
+    x = b.search("#x")[0]
+    real = type(a)._request
+
+    def ticket_then_die(self, header, *args, **kwargs):
+        reply = real(self, header, *args, **kwargs)
+        if header.get("t") == Kind.TICKET:
+            alice.stop()  # the target dies after issuing the ticket: Bob's courier finds nobody
+        return reply
+
+    monkeypatch.setattr(type(a), "_request", ticket_then_die)
+    with pytest.raises(sm.RemoteError, match="could not reach Alice at tcp://.* within 0.5 s"):
+        x.move(a, timeout=0.5)
+    monkeypatch.setattr(type(a), "_request", real)
+    with pytest.raises(ConnectionError, match="link to Alice is closed"):
+        x.move(a)
+    assert bob.running  # the source worker serves on
+    assert b.search("#x")[0].shape == (3, 4)
+
+
+def _order(b, x, ticket, **changes):
+    header = {"t": Kind.MOVE, "id": x.oid, "to": ticket["address"], "name": ticket["name"],
+              "instance": ticket["instance"], "tid": ticket["tid"], "secret": ticket["secret"], "w": 1.0}
+    header.update(changes)
+    return b._request(header)
+
+
+def _ticket(a, x):
+    return a._request({"t": Kind.TICKET, "kind": "tensor", "from": "Bob", "o": [a._new_id()],
+                       "shapes": [list(x.shape)], "dtypes": ["float32"], "rg": [False]})
+
+
+def test_tickets_are_secret_one_time_and_bound_to_the_target(two):
+    bob, alice, b, a = two
+    bob.policy.allow_get(kind="tensor")
+    x = b.search("#x")[0]
+    ticket = _ticket(a, x)
+    with pytest.raises(sm.SyftError, match="is not the Alice that issued the ticket"):
+        _order(b, x, ticket, secret=bytes(32))  # a wrong secret: neither side can prove it
+    with pytest.raises(sm.SyftError, match="no such ticket"):
+        _order(b, x, ticket, tid=bytes(16))
+    with pytest.raises(sm.SyftError, match="is not the Alice"):
+        _order(b, x, ticket, instance="0" * 16)  # another worker than the one that issued it
+    _order(b, x, ticket)
+    with pytest.raises(sm.SyftError, match="no such ticket"):
+        _order(b, x, ticket)  # used up
+    other = free_port()
+    with pytest.raises(sm.RemoteError, match="could not reach Alice"):
+        _order(b, x, _ticket(a, x), to=f"tcp://127.0.0.1:{other}")
+    assert alice.stats["refusals"]["bad ticket"] == 2  # the unknown and the used-up ticket
+
+
+def test_a_delivery_must_match_its_ticket(two):
+    bob, alice, b, a = two
+    bob.policy.allow_get(kind="tensor")
+    x = b.search("#x")[0]
+    ticket = a._request({"t": Kind.TICKET, "kind": "tensor", "from": "Bob", "o": [a._new_id()],
+                         "shapes": [[2, 2]], "dtypes": ["float32"], "rg": [False]})
+    with pytest.raises(sm.SyftError, match="exceeds its ticket|not the float32 tensor of shape"):
+        _order(b, x, ticket)
+    assert len(alice.store) == 0
+
+
+def test_moving_needs_two_workers(two):
+    bob, alice, b, a = two
+    x = b.search("#x")[0]
+    with pytest.raises(ValueError, match="already on Bob"):
+        x.move(b)
+    with pytest.raises(TypeError, match="client of the target worker"):
+        x.move("Alice")
+
+
+def test_a_rule_can_let_models_go_to_one_worker_only(make_worker, make_client):
+    bob = make_worker("Bob", policy="review")
+    make_worker("Carol", policy="open")
+    make_worker("Mallory", policy="open")
+    b, c, m = make_client("Bob"), make_client("Carol"), make_client("Mallory")
+    rule = bob.policy.allow_get(kind="model", to="Carol")
+    assert "to Carol only" in bob.policy.summary and str(rule) == "kind=model to Carol only"
+    remote = b.send(nn.Linear(2, 2))
+    assert remote.move(c).location == "Carol"  # allowed by the rule, no click
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.3)  # the scientist itself: under review
+    with pytest.raises(sm.GetTimeout):
+        remote.move(m, timeout=0.3)  # another worker: under review too
+    assert [(r.what, r.to.split(" at ")[0]) for r in bob.requests.pending] == [("value", ""), ("move", "Mallory")]
+    with pytest.raises(ValueError, match="names a worker"):
+        bob.policy.allow_get(kind="model", to="")
+
+
+def test_a_withheld_shape_does_not_move_and_moved_data_stays_the_owners_on_the_target(make_worker, make_client):
+    bob = make_worker("Bob", policy="review")
+    bob.share(torch.arange(12.0), "#x")
+    bob.policy.allow_get(kind="tensor")  # moves out need no click here: only the shape rule is tested
+    alice = make_worker("Alice", policy="review")
+    b, a = make_client("Bob"), make_client("Alice")
+    x = b.search("#x")[0]
+    big = torch.nonzero(x > 5)  # its shape tells how many values exceed 5: withheld on Bob
+    with pytest.raises(sm.ShapeUnknown):
+        big.move(a)  # the ticket would have to declare it
+    big.learn_shape((6, 1))  # a client that guesses (or a raw one): Bob still refuses, before anything leaves
+    with pytest.raises(sm.PermissionDenied, match="shape of .* is withheld"):
+        big.move(a)
+    assert len(alice.store) == 0
+    # on Alice, Bob's data is treated as owner data: its value-dependent shapes are withheld there too
+    z = x.move(a)
+    with pytest.raises(sm.ShapeUnknown):
+        torch.nonzero(z > 5).shape
+    assert (z + 1).shape == (12,)
+
+
+@pytest.mark.skipif(not __import__("zmq").has("curve"), reason="this libzmq has no CurveZMQ")
+def test_moves_into_an_encrypted_worker_use_a_one_time_curve_key(make_worker, make_client, monkeypatch):
+    from syft_magics.owner.tickets import Tickets
+
+    asked = []
+    real = Tickets.admits
+    monkeypatch.setattr(Tickets, "admits", lambda self, key: asked.append(real(self, key)) or asked[-1])
+    bob = make_worker("Bob", policy="open")
+    bob.share(torch.arange(4.0), "#x")
+    carol = make_worker("Carol", policy="open", secure=True)  # CurveZMQ: only invited keys get through
+    b, c = make_client("Bob"), make_client("Carol")
+    z = b.search("#x")[0].move(c)  # the courier's link is encrypted, with the key its ticket carried
+    assert torch.equal(z.get(), torch.arange(4.0))
+    assert asked and asked[-1] is True, "Carol's ZAP handler admitted the courier by its ticket's key"
+    assert not carol.server.tickets.curve_keys, "a used ticket's key is admitted no longer"
+    # the courier's key of an open ticket passes the ZAP handler, but is no invitation: it cannot open a session
+    ticket = _ticket(c, b.search("#x")[0])
+    assert len(ticket["curve"]) == 3 and carol.server.tickets.curve_keys
+    from syft_magics.wire.auth import CurveKeys
+
+    with pytest.raises(sm.AuthenticationError, match="refused the link"):
+        sm.Client(carol.address, carol.key, timeout=5, curve=CurveKeys(*ticket["curve"]))
+    assert carol.stats["refusals"]["key not invited"] == 1
