@@ -334,11 +334,13 @@ class Server(Handshakes, DirectPort):
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
                     raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
-            if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
-                with contextlib.nullcontext() if header.get("g", True) else torch.no_grad():
-                    result = fn(*args, **kwargs)
-            else:
+            if not writes.writes_nothing(fn, kwargs):
                 result = self._run_writing(session, name, fn, args, kwargs, used, header.get("g", True))
+            elif header.get("g", True):  # by its schema (most ops): no guard, no write to look for
+                result = fn(*args, **kwargs)
+            else:
+                with torch.no_grad():  # (the client's op ran under torch.no_grad())
+                    result = fn(*args, **kwargs)
         except writes.OwnerDataWrite as exc:
             self.refuse("write into the owner's data")
             reject = Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
