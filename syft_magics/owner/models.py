@@ -61,10 +61,10 @@ def model_weights(names: List[str], *tensors: Any) -> ModelWeights:
 
 def export(obj: Any) -> Any:
     """What leaves the worker when ``obj`` is fetched: a tensor itself, a model's state dict (a copy)."""
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.is_cpu else obj.detach().cpu()  # values leave on the CPU
     if isinstance(obj, nn.Module):
         return {k: v.cpu() for k, v in export_state(obj).items()}
-    if isinstance(obj, torch.Tensor):
-        return obj if obj.device.type == "cpu" else obj.detach().cpu()  # values leave on the CPU
     raise TypeError(f"a {type(obj).__name__} cannot be fetched")
 
 

@@ -162,7 +162,9 @@ class Ops:
         nothing, by its schema). Raises :class:`_Ran` (the error and the writes made before it) if the
         op failed after it may have written."""
         if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
-            with contextlib.nullcontext() if grad else torch.no_grad():
+            if grad:
+                return fn(*args, **kwargs), None
+            with torch.no_grad():  # (the client's op ran under torch.no_grad())
                 return fn(*args, **kwargs), None
         before = writes.versions(used)
         try:

@@ -51,18 +51,15 @@ def flatten(result: Any) -> Tuple[List[Any], pytree.TreeSpec]:
 class Tree:
     """A result's structure and the description of each leaf (see the module docstring)."""
 
-    __slots__ = ("spec", "leaves", "single")
+    __slots__ = ("spec", "leaves", "single", "has_tensors")
 
     def __init__(self, spec: pytree.TreeSpec, leaves: Sequence[Leaf]) -> None:
         self.spec = spec
         self.leaves = tuple(leaves)
         #: the result is one leaf (most ops): built without a tree
         self.single = spec.is_leaf()
-
-    @property
-    def has_tensors(self) -> bool:
-        """Whether the result holds any tensor (new or a returned input)."""
-        return any(leaf[0] in ("T", "in") for leaf in self.leaves)
+        #: whether the result holds any tensor (new or a returned input); trees are cached, so set once
+        self.has_tensors = any(leaf[0] in ("T", "in") for leaf in self.leaves)
 
     @property
     def is_none(self) -> bool:
