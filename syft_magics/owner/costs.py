@@ -29,6 +29,8 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 
 #: Estimated seconds at or under which an op runs on the serving thread (if its lane is idle).
 INLINE_SECONDS = 0.002
+#: How much longer than twice its estimate an op may take before it counts as slow (see :func:`observe`).
+SLOW_SECONDS = 5 * INLINE_SECONDS
 #: Signatures whose estimate is kept.
 CACHE_SIZE = 4096
 
@@ -167,7 +169,7 @@ def observe(key: Optional[Tuple[Any, ...]], cost: Optional[Cost], seconds: float
     once it happened twice in a row (one slow run may be a busy machine's scheduling, not the op)."""
     if cost is None:
         return
-    if seconds <= 2 * cost.seconds + 5 * INLINE_SECONDS:
+    if seconds <= 2 * cost.seconds + SLOW_SECONDS:
         cost.slow = 0
         return
     cost.slow += 1

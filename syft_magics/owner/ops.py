@@ -100,12 +100,15 @@ class Ops:
                     try:
                         result, written = self._call(fn, args, kwargs, grad, used)
                     finally:
-                        costs.observe(key, cost, time.perf_counter() - t1)
+                        took = time.perf_counter() - t1
+                        if cost.slow or took > 2 * cost.seconds + costs.SLOW_SECONDS:  # (observe's test, inlined)
+                            costs.observe(key, cost, took)
                     ran = True
         except Exception as exc:
             self._failed(session, name, out, used, exc, t0)
         if ran:  # (outside the try: _finish records its own failures)
-            self._written(session, op, used, written)
+            if written is not None:
+                self._written(session, op, used, written)
             return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0)
 
         def work() -> Tuple[Any, Optional[List[Entry]], float, Any]:
@@ -245,12 +248,7 @@ class Ops:
         """The bytes a new object costs its client: its tensor's whole memory (a small view can keep a
         large block alive), nothing for a view of the owner's data (the owner keeps it anyway)."""
         if isinstance(value, torch.Tensor):
-            if self.store.aliases_owner_data(value):
-                return 0
-            try:
-                return int(value.untyped_storage().nbytes())
-            except (RuntimeError, NotImplementedError):
-                return value.numel() * value.element_size()
+            return self.store.charge_of(value)
         return Entry(b"", value).nbytes
 
     def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]]) -> None:

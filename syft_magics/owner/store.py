@@ -208,6 +208,18 @@ class ObjectStore:
             found = [self._entries[i] for i in ids if self._entries[i].session is None]
         return sorted(found, key=lambda e: e.created)
 
+    def charge_of(self, t: torch.Tensor) -> int:
+        """What a new object ``t`` costs its client's quota: its tensor's whole memory block (a small view
+        can keep a large block alive), nothing for (a view of) the owner's data. One storage look-up:
+        this runs for every result."""
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return t.numel() * t.element_size()
+        if self._owner_storage and t.numel() > 0 and storage.data_ptr() in self._owner_storage:
+            return 0
+        return int(storage.nbytes())
+
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""
         return bool(self._owner_storage) and t.numel() > 0 and storage_key(t) in self._owner_storage
