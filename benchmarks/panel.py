@@ -134,7 +134,7 @@ def run(cfg: Any = True) -> Dict[str, Any]:
     """Measure; ``cfg`` is the harness's Config, or a bool (``True``: quick mode)."""
     quick = cfg if isinstance(cfg, bool) else not getattr(cfg, "full", False)
     n_ops = 20_000  # ~1 s blocks: shorter ones swing by +-50% on a shared 2-vCPU machine
-    blocks = 6 if quick else 12
+    blocks = 6 if quick else 9
     log = getattr(cfg, "log", lambda msg: print(f"  .. {msg}", file=sys.stderr, flush=True))
     import syft_magics
     from syft_magics.ui.panels import ConnectionPanel

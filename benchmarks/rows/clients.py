@@ -22,7 +22,7 @@ GOAL_FAIR = 0.5
 
 
 def ops_per_client(cfg: Config) -> int:
-    return 4000 if cfg.full else 1500
+    return 3000 if cfg.full else 1500
 
 
 def round_of(procs: List[subprocess.Popen], owner: Owner, mode: str, n: int,

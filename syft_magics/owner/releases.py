@@ -54,8 +54,7 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
     entry.last_access = time.time()
 
     def fields() -> Dict[str, Any]:  # what the owner is shown: built only when a decision needs it
-        return dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
-                    lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
+        return _shown(server, session, entry)
 
     def released() -> None:  # the client now knows its shape
         entry.provenance = entry.provenance.released()
@@ -88,6 +87,12 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
     return decide(server, session, seq, oid, entry.version, "value", fields, value, auto=rule is not None)
 
 
+def _shown(server: "Server", session: "Session", entry: "Entry") -> Dict[str, Any]:
+    """What the policy and the owner are shown of a release of ``entry``'s value (its request's fields)."""
+    return dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
+                lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
+
+
 def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", target: str, where: str,
              send: Callable[[], None]) -> Optional[List[Any]]:
     """A move of ``entry``'s value to the worker ``target`` (at ``where``): the owner's decision, as for a get
@@ -99,9 +104,8 @@ def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", tar
     entry.last_access = time.time()
     to = f"{target} at {where}"
 
-    def fields() -> Dict[str, Any]:  # what the owner is shown: built only when a decision needs it
-        return dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
-                    lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
+    def fields() -> Dict[str, Any]:
+        return _shown(server, session, entry)
 
     policy = server.worker.policy
     rule = policy.rules.match(entry.kind, entry.shape, to=target) if policy.rules else None
