@@ -143,3 +143,16 @@ def kernels(runtime_dir):
     finally:
         for k in started:
             k.shutdown()
+
+
+@pytest.fixture
+def fresh_estimates():
+    """Op cost estimates are cached per process and learn from ops that took long: a test of quotas or
+    lanes starts afresh, with the fake-tensor stack loaded (until then ops run unpriced)."""
+    from syft_magics.owner import costs
+
+    costs.forget()
+    costs.warm_up()
+    assert costs.wait_warm(120)
+    yield
+    costs.forget()

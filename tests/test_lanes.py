@@ -18,17 +18,7 @@ from syft_magics.owner import costs
 from syft_magics.owner.quotas import Quotas
 from syft_magics.wire.protocol import ref_ext
 
-pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(autouse=True)
-def fresh_estimates():
-    """Estimates are cached per process and learn from ops that took long: each test starts afresh."""
-    costs.forget()
-    costs.warm_up()  # (until it is done, ops run unpriced: these tests need their prices)
-    assert costs.wait_warm(120)
-    yield
-    costs.forget()
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("fresh_estimates")]
 
 
 class Gate:

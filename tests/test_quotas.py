@@ -11,22 +11,12 @@ import torch
 
 import syft_magics as sm
 from syft_magics.errors import QuotaExceeded
-from syft_magics.owner import costs
 from syft_magics.owner.quotas import Quotas, parse_size
 from syft_magics.ui.panels import owner_tables
 from syft_magics.wire.protocol import encode, ref_ext
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("fresh_estimates")]
 X = torch.arange(4.0)
-
-
-@pytest.fixture(autouse=True)
-def fresh_estimates():
-    costs.forget()
-    costs.warm_up()  # (until it is done, ops run unpriced: these tests need their prices)
-    assert costs.wait_warm(120)
-    yield
-    costs.forget()
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import torch
 import torch.nn as nn
@@ -107,6 +108,19 @@ def _round_seconds(clients, X, Y, on=None) -> float:
     return time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def _clients_of_owners(n: int) -> Iterator[List[Any]]:
+    """``n`` owner processes and a client of each; all stopped on the way out."""
+    with contextlib.ExitStack() as stack:
+        owners = [stack.enter_context(Owner("syft")) for _ in range(n)]
+        clients = [syft_connect(o.address, o.key) for o in owners]
+        try:
+            yield clients
+        finally:
+            for c in clients:
+                c.disconnect()
+
+
 def run(cfg: Config) -> Dict[str, Any]:
     X, Y = _digits()
     reps = 5 if cfg.full else 2
@@ -129,19 +143,8 @@ def run(cfg: Config) -> Dict[str, Any]:
     one = None
     for n in (1, 2, 8):
         cfg.check(10.0)
-        owners = [Owner("syft") for _ in range(n)]
-        try:
-            for o in owners:
-                o.__enter__()
-            clients = [syft_connect(o.address, o.key) for o in owners]
-            try:
-                seconds = min(_round_seconds(clients, X[:part], Y[:part]) for _ in range(reps))
-            finally:
-                for c in clients:
-                    c.disconnect()
-        finally:
-            for o in owners:
-                o.__exit__(None, None, None)
+        with _clients_of_owners(n) as clients:
+            seconds = min(_round_seconds(clients, X[:part], Y[:part]) for _ in range(reps))
         data[f"fedavg_round_{n}_s"] = seconds
         if n == 1:
             one = seconds
@@ -150,20 +153,9 @@ def run(cfg: Config) -> Dict[str, Any]:
             rows.append(row(f"FedAvg round over {n} owner processes vs 1", seconds * 1e3, one * 1e3, "ms",
                             better="lower", goal="<= 1.5x the slowest single worker", goal_ratio=1.5))
     cfg.check(10.0)
-    owners = [Owner("syft") for _ in range(3)]
-    try:
-        for o in owners:
-            o.__enter__()
-        clients = [syft_connect(o.address, o.key) for o in owners]
-        try:
-            pulled = min(_round_seconds(clients[:2], X[:part], Y[:part]) for _ in range(reps))
-            aggregated = min(_round_seconds(clients[:2], X[:part], Y[:part], on=clients[2]) for _ in range(reps))
-        finally:
-            for c in clients:
-                c.disconnect()
-    finally:
-        for o in owners:
-            o.__exit__(None, None, None)
+    with _clients_of_owners(3) as clients:
+        pulled = min(_round_seconds(clients[:2], X[:part], Y[:part]) for _ in range(reps))
+        aggregated = min(_round_seconds(clients[:2], X[:part], Y[:part], on=clients[2]) for _ in range(reps))
     data.update(fedavg_round_2_pulled_s=pulled, fedavg_round_2_aggregator_s=aggregated)
     rows.append(row("FedAvg round over 2 owners: on an aggregator worker vs pulled here", aggregated * 1e3,
                     pulled * 1e3, "ms", better="lower", goal="<= 1.5x (models move worker to worker)",
