@@ -100,17 +100,9 @@ def keyword_writes(fn: Any) -> Optional[FrozenSet[str]]:
         if packet is None and name.startswith("__") and not name.startswith(("__i", "__r")):
             packet = getattr(torch.ops.aten, name.strip("_"), None)  # Tensor.__mul__ is aten::mul
         if isinstance(packet, torch._ops.OpOverloadPacket):
-            names: Set[str] = {"out"}
-            for overload in packet.overloads():
-                for i, arg_name, kwarg_only in _write_plan(getattr(packet, overload)):
-                    if i < 0 or not kwarg_only:
-                        break
-                    names.add(arg_name)
-                else:
-                    continue
-                break
-            else:
-                found = frozenset(names)
+            writes = [w for overload in packet.overloads() for w in _write_plan(getattr(packet, overload))]
+            if all(i >= 0 and kwarg_only for i, _, kwarg_only in writes):
+                found = frozenset({"out", *(arg_name for _, arg_name, _ in writes)})
     _KEYWORD_WRITES[fn] = found
     return found
 
