@@ -193,6 +193,25 @@ def syft_connect(address: str, key: str):
     return syft_magics.connect(address, key=key, timeout=WAIT_S)
 
 
+def send_seconds(client: Any, src: torch.Tensor) -> float:
+    """One timed ``send`` of ``src`` and the ``sync`` that proves the worker holds it; the copy is freed after."""
+    t0 = time.perf_counter()
+    p = client.send(src)
+    client.sync()
+    dt = time.perf_counter() - t0
+    p.delete()
+    return dt
+
+
+def get_seconds(ptr: Any, nbytes: Optional[int] = None) -> float:
+    """One timed ``get`` of ``ptr`` (checked to hold ``nbytes`` bytes of float32, when given)."""
+    t0 = time.perf_counter()
+    v = ptr.get()
+    dt = time.perf_counter() - t0
+    assert nbytes is None or v.numel() * 4 == nbytes
+    return dt
+
+
 def op_times(x: Any, y: Any, n: int, budget: float, think: float = 0.0) -> List[float]:
     """Round trips of ``torch.add(x_ptr, y_ptr).get()``; ``think``: up to that many seconds of idle between them."""
     add, out = torch.add, []

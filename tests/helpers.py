@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Tuple
@@ -20,6 +21,21 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+@contextlib.contextmanager
+def owner_approves(worker: Any) -> Iterator[None]:
+    """The owner, in another thread, approves the first request that arrives while the block runs."""
+    def approve() -> None:
+        if wait_until(lambda: worker.requests.pending):
+            worker.approve(worker.requests.pending[0].n)
+
+    thread = threading.Thread(target=approve)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(5)
 
 
 def free_port() -> int:

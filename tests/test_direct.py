@@ -1,12 +1,11 @@
 """A client in the worker's own process talks to it directly (no socket): same worker, same rules."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 import torch
-from helpers import wait_until
+from helpers import owner_approves, wait_until
 
 import syft_magics as sm
 from syft_magics.scientist.direct import DirectLink
@@ -86,16 +85,8 @@ def test_the_owners_policy_applies(make_worker, make_client):
     client = make_client(bob)
     x = client.search("#X")[0]
 
-    def owner():
-        if wait_until(lambda: bob.requests.pending):
-            bob.approve(bob.requests.pending[0].n)
-
-    thread = threading.Thread(target=owner)
-    thread.start()
-    try:
+    with owner_approves(bob):
         assert torch.equal((x * 2).get(), X * 2), "the owner's approval releases the waiting get"
-    finally:
-        thread.join(5)
     closed = make_worker("Carol", policy="closed")
     closed.share(X.clone(), "#X")
     with pytest.raises(sm.PermissionDenied, match="refused"):

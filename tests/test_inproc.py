@@ -1,11 +1,9 @@
 """A client in the worker's own process connects over inproc:// and behaves as over TCP."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
-from helpers import wait_until
+from helpers import owner_approves, wait_until
 
 import syft_magics as sm
 from syft_magics import config
@@ -95,16 +93,8 @@ def test_inproc_review_policy(make_worker, make_client):
     client = make_client(bob)
     x = client.search("#X")[0]
 
-    def owner():
-        if wait_until(lambda: bob.requests.pending):
-            bob.approve(bob.requests.pending[0].n)
-
-    thread = threading.Thread(target=owner)
-    thread.start()
-    try:
+    with owner_approves(bob):
         assert torch.equal(x.get(), X)
-    finally:
-        thread.join(5)
 
 
 def test_inproc_stop_and_disconnect(bob, make_client):

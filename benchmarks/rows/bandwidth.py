@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List
 
 import torch
 
-from .._clients import RawClient, cma_pull, local_copy, syft_connect
+from .._clients import RawClient, cma_pull, get_seconds, local_copy, send_seconds, syft_connect
 from .._util import Config, MiB, Owner, info_row, median, row
 
 POOL_MAX_BYTES = 64 << 20  # syft_magics.wire.samehost.POOL_MAX_BYTES (imported lazily by the children)
@@ -77,23 +77,10 @@ def run(cfg: Config) -> Dict[str, Any]:
                     tcp_ptr, = tcp_client.search(tag)
 
                     def sender(c: Any) -> Callable[[], float]:
-                        def ours_send() -> float:
-                            t0 = time.perf_counter()
-                            p = c.send(src)
-                            c.sync()
-                            dt = time.perf_counter() - t0
-                            p.delete()
-                            return dt
-                        return ours_send
+                        return lambda: send_seconds(c, src)
 
                     def getter(p: Any) -> Callable[[], float]:
-                        def ours_get() -> float:
-                            t0 = time.perf_counter()
-                            v = p.get()
-                            dt = time.perf_counter() - t0
-                            assert v.numel() * 4 == nbytes
-                            return dt
-                        return ours_get
+                        return lambda: get_seconds(p, nbytes)
 
                     ours_send, ours_get = sender(client), getter(ptr)
                     tcp_send, tcp_get = sender(tcp_client), getter(tcp_ptr)

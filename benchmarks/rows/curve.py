@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List
 
 import torch
 
-from .._clients import interleave, op_times
+from .._clients import get_seconds, interleave, op_times, send_seconds
 from .._util import Config, MiB, Owner, median, row, summary_us
 
 NAME = "curve"
@@ -48,22 +48,7 @@ def _transfers(client: Any, size: int) -> Dict[str, Callable[[], float]]:
     src = torch.ones(nbytes // 4, dtype=torch.float32)
     ptr, = client.search(f"#B{size}")
 
-    def get() -> float:
-        t0 = time.perf_counter()
-        v = ptr.get()
-        dt = time.perf_counter() - t0
-        assert v.numel() * 4 == nbytes
-        return dt
-
-    def send() -> float:
-        t0 = time.perf_counter()
-        p = client.send(src)
-        client.sync()
-        dt = time.perf_counter() - t0
-        p.delete()
-        return dt
-
-    return {"get": get, "send": send}
+    return {"get": lambda: get_seconds(ptr, nbytes), "send": lambda: send_seconds(client, src)}
 
 
 def run(cfg: Config) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List
 
 import torch
 
-from .._clients import op_times, syft_connect
+from .._clients import get_seconds, op_times, send_seconds, syft_connect
 from .._util import Config, MiB, Owner, info_row, median, row, summary_us
 
 NAME = "streaming"
@@ -113,18 +113,11 @@ def run(cfg: Config) -> Dict[str, Any]:
                 def measure(stream_min: int, chunk: int) -> Dict[str, Callable[[], float]]:
                     def send() -> float:
                         d.stream_min_bytes, d.chunk_bytes = stream_min, chunk
-                        t0 = time.perf_counter()
-                        p = client.send(src)
-                        client.sync()
-                        dt = time.perf_counter() - t0
-                        p.delete()
-                        return dt
+                        return send_seconds(client, src)
 
                     def get() -> float:
                         d.stream_min_bytes, d.chunk_bytes = stream_min, chunk
-                        t0 = time.perf_counter()
-                        ptr.get()
-                        return time.perf_counter() - t0
+                        return get_seconds(ptr)
                     return {"send": send, "get": get}
 
                 measures: Dict[str, Callable[[], float]] = {}
