@@ -169,3 +169,21 @@ def test_is_leaf_and_grad_fn_follow_the_worker_not_the_stand_in(make_worker, mak
     client.sync()
     entries = {e.id: e.tensor for e in bob.store.entries()}
     assert entries[y.oid].is_leaf is False and entries[w.oid].is_leaf is True
+
+
+def test_in_place_ops_on_a_non_leaf_work_as_in_torch(seed):
+    """``h = w * 2; h.mul_(3); F.relu(h, inplace=True)`` is legal torch (h is no leaf): the local stand-in
+    used to be a leaf, and the op failed on the client before it was sent."""
+    bob, client = seed
+    w_local = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    h_local = w_local * 2
+    h_local.mul_(3)
+    F.relu(h_local, inplace=True).sum().backward()
+
+    w = client.send(torch.tensor([1.0, -2.0, 3.0])).requires_grad_()
+    h = w * 2
+    h.mul_(3)
+    F.relu(h, inplace=True).sum().backward()
+    assert torch.equal(w.grad.get(), w_local.grad)
+    with pytest.raises(RuntimeError, match="leaf Variable"):  # on the leaf itself, refused as torch does
+        w.mul_(3)

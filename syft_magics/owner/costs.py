@@ -16,9 +16,11 @@ estimate to what it took (an estimate is a guide, a budget overrun is reported, 
 """
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -56,7 +58,7 @@ UNPRICED = Cost(0.0, 0, 0, priced=False)
 
 
 class Unestimable(Exception):
-    """The op cannot be run on fake tensors (a model or optimizer argument, a data-dependent shape...)."""
+    """The op cannot be run on fake tensors (an argument that is no tensor, a data-dependent shape...)."""
 
 
 # -- signatures -------------------------------------------------------------------------------------
@@ -98,13 +100,29 @@ def _sig(value: Any, acc: List[int]) -> Any:
         return Ellipsis
     if t is dict:
         return (dict, tuple([(k, _sig(v, acc)) for k, v in value.items()]))
+    if isinstance(value, _OBJECTS):
+        return (object, _serial(value))
     raise Unestimable(t.__name__)
 
 
+#: Objects built on a worker that ops take (models, optimizers, schedulers): keyed by a serial number,
+#: never by ``id()``, which a new object may reuse once the old one is freed (with a different cost).
+_OBJECTS = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+_serials: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+_next_serial = itertools.count()
+
+
+def _serial(obj: Any) -> int:
+    serial = _serials.get(obj)
+    if serial is None:
+        serial = _serials[obj] = next(_next_serial)
+    return serial
+
+
 def signature(name: str, args: Any, kwargs: Dict[str, Any], grad: bool) -> Optional[Tuple[Any, ...]]:
-    """A hashable key for everything an op's cost depends on (numbers by magnitude; its last item is
-    how many of them were bucketed), or None if it holds something that cannot be faked (a model, an
-    optimizer: such ops always run on the lane)."""
+    """A hashable key for everything an op's cost depends on (numbers by magnitude, a model or an
+    optimizer by which one it is; its last item is how many numbers were bucketed), or None if it holds
+    something else that cannot be keyed (such ops always run on the lane)."""
     try:
         acc = [0]
         key: List[Any] = [name, grad]
@@ -191,7 +209,7 @@ def _bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-class _Counter(TorchDispatchMode):
+class WorkCounter(TorchDispatchMode):
     """Sums the work of every ATen call made under it (on fake tensors)."""
 
     def __init__(self) -> None:
@@ -240,7 +258,7 @@ def estimate(fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bo
     mode = FakeTensorMode()
     try:
         fargs, fkwargs = tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))
-        counter = _Counter()
+        counter = WorkCounter()
         with mode, counter, (torch.enable_grad() if grad else torch.no_grad()):
             result = fn(*fargs, **fkwargs)
     except Exception as exc:  # data-dependent shapes, unsupported ops, bad arguments

@@ -22,7 +22,7 @@ from ..wire import limits
 from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import flatten
-from . import costs, quotas, writes
+from . import costs, quotas, train_costs, writes
 from .optimizers import STORED_TYPES
 from .provenance import Disclosure, Provenance
 from .replies import Reject, error_reply
@@ -71,6 +71,7 @@ class Ops:
         grad = bool(header.get("g", True))  # False: the client's op ran under torch.no_grad()
         op = short_name(name)
         ran = False
+        spent: Optional[float] = None  # the op's estimate, for the autograd work behind its results
         try:
             fn = self.worker.allowlist.lookup(name)
             if fn is None:
@@ -85,7 +86,10 @@ class Ops:
                 # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
                 raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
             key = costs.signature(name, args, kwargs, grad)
-            cost = costs.cached(key)  # the hot path: a known cheap op costs this look-up, no fake run
+            if fn in train_costs.THROUGH_GRAPH:  # a backward: priced per call from the graph it goes through
+                key, cost = None, train_costs.of_graph(used)
+            else:
+                cost = costs.cached(key)  # the hot path: a known cheap op costs this look-up, no fake run
             if cost is None and key is not None and not costs.warm() and costs.small(args) \
                     and not session.lane.busy:  # the first seconds after start: small ops at once, unpriced
                 result, written = self._call(fn, args, kwargs, grad, used)
@@ -103,19 +107,21 @@ class Ops:
                         took = time.perf_counter() - t1
                         if cost.slow or took > 2 * cost.seconds + costs.SLOW_SECONDS:  # (observe's test, inlined)
                             costs.observe(key, cost, took)
-                    ran = True
+                    ran, spent = True, cost.seconds
         except Exception as exc:
             self._failed(session, name, out, used, exc, t0)
         if ran:  # (outside the try: _finish records its own failures)
+            if spent is None:  # (unpriced: what it took)
+                spent = time.perf_counter() - t0
             if written is not None:
-                self._written(session, op, used, written)
-            return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0)
+                self._written(session, op, used, written, spent)
+            return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, spent=spent)
 
-        def work() -> Tuple[Any, Optional[List[Entry]], float, Any]:
+        def work() -> Tuple[Any, Optional[List[Entry]], float, float, Any]:
             estimate = cost
             if estimate is None and key is not None and costs.warm():
                 try:
-                    estimate = costs.scaled(costs.estimate(fn, args, kwargs, grad), key)
+                    estimate = costs.scaled(train_costs.estimate(fn, args, kwargs, grad), key)
                 except costs.Unestimable:
                     estimate = costs.UNPRICED  # runs unpriced; its results are still charged before they are kept
                 costs.remember(key, estimate)
@@ -128,8 +134,9 @@ class Ops:
                 if estimate is not None and estimate.priced:
                     costs.observe(key, estimate, time.perf_counter() - t1)
             seconds = time.perf_counter() - t1
+            spent = estimate.seconds if estimate is not None and estimate.priced else seconds
             # what the result discloses, traced here too (off the serving thread: it may take milliseconds)
-            return result, written, seconds, self.disclosure.of_result(op, fn, args, kwargs, used, result)
+            return result, written, seconds, spent, self.disclosure.of_result(op, fn, args, kwargs, used, result)
 
         def done(router: zmq.Socket, value: Any, error: Optional[BaseException], _seconds: float) -> None:
             session.lane.busy = False
@@ -139,13 +146,14 @@ class Ops:
             try:
                 if error is not None:
                     self._failed(session, name, out, used, error, t0)
-                result, written, seconds, disclosed = value
-                self._written(session, op, used, written)
+                result, written, seconds, spent, disclosed = value
+                self._written(session, op, used, written, spent)
                 if seconds > session.quotas.op_seconds:  # a kernel cannot be stopped: reported, counted
                     self.refuse("op ran over its time budget")
                     self.events.emit("overran", client=session.label, op=op, seconds=round(seconds, 3),
                                      budget=session.quotas.op_seconds)
-                reply = self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, disclosed)
+                reply = self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, disclosed,
+                                     spent)
             except Exception as failed:  # (recorded by _failed or _finish)
                 setattr(failed, "seq", header.get("s"))
                 reply = error_reply(failed)
@@ -206,10 +214,13 @@ class Ops:
 
     def _finish(self, session: Session, header: dict, name: str, call: Tuple[Any, Any, Any], result: Any,
                 out: list, used: List[Entry], t0: float,
-                disclosed: Optional[Tuple[Provenance, Optional[List[bool]]]] = None) -> Optional[List[Any]]:
+                disclosed: Optional[Tuple[Provenance, Optional[List[bool]]]] = None,
+                spent: float = 0.0) -> Optional[List[Any]]:
         """Store an op's results for its client (charged to its quota, with their provenance: see
-        :mod:`.provenance`) and describe them if asked. ``call``: ``(fn, args, kwargs)`` of the op;
-        ``disclosed``: what :meth:`Disclosure.of_result` says of it, if already known."""
+        :mod:`.provenance`, and the autograd work behind them: see :mod:`.train_costs`) and describe them
+        if asked. ``call``: ``(fn, args, kwargs)`` of the op; ``disclosed``: what
+        :meth:`Disclosure.of_result` says of it, if already known; ``spent``: its part of the autograd
+        work behind its results (its estimate, else what it took)."""
         op = short_name(name)
         leaves = flatten(result)[0]
         prov, shown = disclosed or self.disclosure.of_result(op, *call, used, result)
@@ -236,10 +247,16 @@ class Ops:
             self._fail(session, name, [] if header.get("m") else out, used, exc, t0, prov)
         inputs = tuple(e.id for e in used)
         now = time.time()
+        graph: Any = False  # the work behind results with a grad_fn (found once: they share the op's inputs)
         for i, oid, leaf, charge in kept:
+            work = None
+            if isinstance(leaf, torch.Tensor) and leaf.grad_fn is not None:
+                if graph is False:
+                    graph = train_costs.work_of(spent, used)
+                work = graph
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
-                                 created=now, last_access=now, provenance=self.disclosure.leaf(prov, shown, i)),
-                           charge=charge)
+                                 created=now, last_access=now, provenance=self.disclosure.leaf(prov, shown, i),
+                                 work=work), charge=charge)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
@@ -251,10 +268,11 @@ class Ops:
             return self.store.charge_of(value)
         return Entry(b"", value).nbytes
 
-    def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]]) -> None:
-        """Record the writes an op made: into a client's object, in its history (an approval shows it);
-        into the owner's data (the guard failed to foresee it), reported loudly. ``None``: it writes
-        nothing, by its schema."""
+    def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],
+                 spent: float = 0.0) -> None:
+        """Record the writes an op made: into a client's object, in its history (an approval shows it),
+        with the autograd work it added (``spent``: its estimate); into the owner's data (the guard
+        failed to foresee it), reported loudly. ``None``: it writes nothing, by its schema."""
         if written is None:
             return
         for entry in written:
@@ -263,6 +281,9 @@ class Ops:
                 self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
             entry.history.append((op, tuple(e.id for e in used if e is not entry)))
             entry.seen_version = entry.version
+            t = entry.tensor
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:  # written in place into a graph: it grew
+                entry.work = train_costs.work_of(spent + (entry.work or 0.0), [e for e in used if e is not entry])
         self.disclosure.taint(used, written)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,

@@ -45,6 +45,9 @@ class Entry:
     seen_version: int = -1
     #: derived from whose data, and whether its shape may be told (see :mod:`syft_magics.owner.provenance`)
     provenance: Provenance = CLIENT
+    #: seconds of autograd work recorded behind the tensor, for a backward's estimate (see
+    #: :mod:`syft_magics.owner.train_costs`); None: none recorded (a leaf, or a graph the worker did not build)
+    work: Optional[float] = None
 
     def __post_init__(self) -> None:
         self.seen_version = self.version

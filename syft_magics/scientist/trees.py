@@ -34,7 +34,7 @@ def walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) -
     t = type(obj)
     if t is PointerTensor:
         pointers.append(obj)
-        return obj.wire_ref, ("P", obj.signature)
+        return obj.wire_ref, ("P", obj.signature, obj.leaf)  # (leaf: in-place ops are refused on a grad leaf)
     if t in _SCALARS:
         return obj, (t, obj)
     if t is tuple or t is list:
@@ -87,6 +87,9 @@ def to_meta(obj: Any, memo: Dict[int, torch.Tensor], found: List[torch.Tensor], 
                 with torch._C.DisableTorchFunctionSubclass():
                     shape, dtype, requires_grad = x.signature
                     s = torch.empty(shape or (), dtype=dtype, device="meta", requires_grad=requires_grad)
+                    if requires_grad and not x.leaf:  # a non-leaf, as on the worker: in-place ops are allowed
+                        with torch.enable_grad():
+                            s = s.clone()
                 memo[id(x)] = s
             found.append(s)
             return s
