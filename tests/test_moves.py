@@ -264,6 +264,46 @@ def test_a_rule_can_let_models_go_to_one_worker_only(make_worker, make_client):
         bob.policy.allow_get(kind="model", to="")
 
 
+def test_a_rule_to_carol_does_not_apply_to_a_scientists_own_worker_called_carol(make_worker, make_client):
+    """The scientist names a move's target: a worker of its own called Carol (no connection file of this
+    machine's user names it) gets nothing by the owner's rule; the move falls to review."""
+    from syft_magics.wire import discovery
+
+    bob = make_worker("Bob", policy="review")
+    bob.policy.allow_get(kind="model", to="Carol")
+    impostor = make_worker("Carol", policy="open")
+    discovery.remove(impostor._conn)  # as if it ran elsewhere, or as another user
+    b, i = make_client("Bob"), make_client(impostor.address, key=impostor.key)
+    remote = b.send(nn.Linear(2, 2))
+    with pytest.raises(sm.GetTimeout):
+        remote.move(i, timeout=0.3)
+    assert len(impostor.store) == 0
+    assert any("rule to Carol not applied" in e["status"] for e in bob.events.of_kind("get"))
+    carol = make_worker("Carol", policy="open")  # the Carol this machine knows
+    assert remote.move(make_client("Carol")).location == "Carol"
+    assert len(carol.store) > 0  # the model and its weights
+
+
+@pytest.mark.skipif(not __import__("zmq").has("curve"), reason="this libzmq has no CurveZMQ")
+def test_a_rule_pinned_by_key_lets_models_go_to_that_key_only(make_worker, make_client):
+    bob = make_worker("Bob", policy="review")
+    impostor = make_worker("Carol", policy="open", secure=True)
+    i = make_client("Carol")
+    carol = make_worker("Carol", policy="open", secure=True)
+    c = make_client("Carol")  # the latest started Carol
+    rule = bob.policy.allow_get(kind="model", to="Carol", key=carol.server_key)
+    assert str(rule) == f"kind=model to Carol (key {carol.server_key[:8]}...) only"
+    b = make_client("Bob")
+    remote = b.send(nn.Linear(2, 2))
+    with pytest.raises(sm.GetTimeout):
+        remote.move(i, timeout=0.3)  # called Carol, known here even, but not the key pinned
+    assert remote.move(c).location == "Carol" and len(carol.store) > 0 and len(impostor.store) == 0
+    with pytest.raises(ValueError, match="pins the worker"):
+        bob.policy.allow_get(kind="model", key=carol.server_key)  # a key without to=
+    with pytest.raises(ValueError, match="pins the worker"):
+        bob.policy.allow_get(kind="model", to="Carol", key="short")
+
+
 def test_a_withheld_shape_does_not_move_and_moved_data_stays_the_owners_on_the_target(make_worker, make_client):
     bob = make_worker("Bob", policy="review")
     bob.share(torch.arange(12.0), "#x")

@@ -25,6 +25,7 @@ from . import releases
 from .courier import Courier, Destination
 from .models import ModelWeights
 from .replies import Reject
+from .rules import Target
 from .sessions import Session
 from .store import Entry
 
@@ -50,7 +51,8 @@ def on_move(server: "Server", session: Session, header: dict, used: List[Entry])
                            bytes=entry.nbytes)
         _start(server, Courier(server, session.ident, seq, dest, payload))
 
-    return releases.move_out(server, session, seq, entry, dest.name, dest.address, send)
+    target = Target(dest.name, dest.address, dest.instance, dest.curve.server if dest.curve else None)
+    return releases.move_out(server, session, seq, entry, target, send)
 
 
 def destination(header: dict) -> Destination:

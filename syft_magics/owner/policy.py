@@ -107,13 +107,14 @@ class Policy:
         return book
 
     def allow_get(self, *, max_numel: Optional[int] = None, kind: Optional[str] = None,
-                  to: Optional[str] = None) -> GetRule:
+                  to: Optional[str] = None, key: Optional[str] = None) -> GetRule:
         """Allow, without review, gets of tensors of at most ``max_numel`` elements and/or of ``kind``
         (``"model"``: a trained model's weights). E.g. ``bob.policy.allow_get(max_numel=1)`` for losses.
         With ``to="Carol"`` the rule allows only moves to the worker Carol (a trusted aggregator), never a
-        get by the scientist. (Carol is named by the scientist's ticket, and checked against the worker
-        that issued it; without key pinning a name is what that worker announces.)"""
-        return self.rules.add(GetRule(max_numel=max_numel, kind=kind, to=to))
+        get by the scientist. The scientist names a move's target, so the rule applies only to the Carol
+        it pins: ``key=carol.server_key`` (an encrypted Carol, on any machine), or without a key the Carol
+        whose connection file this machine holds (same user); any other target follows the policy."""
+        return self.rules.add(GetRule(max_numel=max_numel, kind=kind, to=to, key=key))
 
     def accept_moves(self, rule: Union[bool, Callable[[MoveIn], bool]] = True) -> None:
         """Which objects other workers may move here for a scientist (``ptr.move(alice)``): ``True`` (the

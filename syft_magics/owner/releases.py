@@ -21,6 +21,7 @@ from ..wire.protocol import Kind, encode, field
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .provenance import of_entry
 from .replies import Reject
+from .rules import Target
 
 if TYPE_CHECKING:
     from .serving import Server
@@ -93,22 +94,27 @@ def _shown(server: "Server", session: "Session", entry: "Entry") -> Dict[str, An
                 lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
 
 
-def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", target: str, where: str,
+def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", target: Target,
              send: Callable[[], None]) -> Optional[List[Any]]:
-    """A move of ``entry``'s value to the worker ``target`` (at ``where``): the owner's decision, as for a get
-    by another party. ``send()`` hands the value to the courier when allowed (then ``None``: the courier
-    answers later); else the pending reply, or :class:`Reject` if refused."""
+    """A move of ``entry``'s value to the worker ``target``: the owner's decision, as for a get by another
+    party (a rule ``to=`` applies only to the worker it pins: see :mod:`.rules`). ``send()`` hands the value
+    to the courier when allowed (then ``None``: the courier answers later); else the pending reply, or
+    :class:`Reject` if refused."""
     if of_entry(entry).hidden and server.disclosure.guarded:  # the ticket's declared shape would test it
         raise Reject(ErrorCode.DENIED, f"the shape of {entry.label} is withheld (it depends on {server.name}'s "
                                        "data): ask for it first (ptr.request_shape()), then move it")
     entry.last_access = time.time()
-    to = f"{target} at {where}"
+    to = f"{target.name} at {target.address}"
 
     def fields() -> Dict[str, Any]:
         return _shown(server, session, entry)
 
     policy = server.worker.policy
     rule = policy.rules.match(entry.kind, entry.shape, to=target) if policy.rules else None
+    if rule is None and any(r.to == target.name for r in policy.rules):  # named, but not the worker pinned
+        server.events.emit("get", client=session.label, id=entry.hex,
+                           status=f"rule to {target.name} not applied: {target.address} is not the {target.name} "
+                                  "it pins (key, or this machine's connection file)")
     if rule is not None and type(policy).decide is not OpenPolicy.decide \
             and not server.requests.take_grant(session.ident, entry.id, entry.version, "move", to):
         server.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule}) (move to {to})")
