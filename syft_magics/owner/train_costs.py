@@ -46,8 +46,8 @@ THROUGH_GRAPH = frozenset({autograd.backward, torch.autograd.backward, torch.aut
 
 
 def work_of(seconds: float, used: Iterable[Entry]) -> Optional[float]:
-    """The autograd work behind a new tensor with a ``grad_fn``: the seconds its op took plus the work
-    behind its inputs (counted once each); None if some input stands on a graph the worker did not
+    """The autograd work behind a new tensor with a ``grad_fn``: ``seconds``, its op's estimate, plus the
+    work behind its inputs (counted once each); None if some input stands on a graph the worker did not
     record (an owner's tensor shared with its ``grad_fn``)."""
     total = seconds
     seen = set()
@@ -66,10 +66,8 @@ def work_of(seconds: float, used: Iterable[Entry]) -> Optional[float]:
 def of_graph(used: Iterable[Entry]) -> Optional[Cost]:
     """A backward's estimate from the work recorded behind its tensors; None (unpriced: it runs on the
     lane, and is never refused up front) when unknown or too heavy to run at once."""
-    from .costs import INLINE_SECONDS
-
     work = work_of(0.0, used)
-    if work is None or BACKWARD_FACTOR * work > INLINE_SECONDS:
+    if work is None or BACKWARD_FACTOR * work > costs.INLINE_SECONDS:
         return None
     return Cost(BACKWARD_FACTOR * work, 0, 0)
 
