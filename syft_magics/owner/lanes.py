@@ -31,7 +31,6 @@ class Lane:
         #: an op is running in the background: this client's messages wait
         self.busy = False
         self.backlog: Deque[Deferred] = deque()
-        self.thread: Optional[threading.Thread] = None
 
     def holds(self) -> bool:
         """Whether a message of this client must wait (an op runs, or earlier messages wait)."""
@@ -59,5 +58,4 @@ class Lane:
             seconds = time.perf_counter() - t0
             call_soon(lambda router: done(router, result, error, seconds))
 
-        self.thread = threading.Thread(target=main, name=f"syft-lane-{self.label}", daemon=True)
-        self.thread.start()
+        threading.Thread(target=main, name=f"syft-lane-{self.label}", daemon=True).start()
