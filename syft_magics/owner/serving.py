@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NoReturn, Optional, Tuple
 
 import torch
 import zmq
@@ -246,11 +246,7 @@ class Server(Handshakes, DirectPort, Ops):
             if isinstance(exc, ProtocolError):
                 self.refuse("malformed message")
             # unreadable arguments (e.g. a freed input): answer with the seq, poison the op's results
-            head = peek(parts[0])
-            setattr(exc, "seq", head.get("s"))  # (any exception: the reply names its request)
-            if head.get("t") == Kind.OP and isinstance(head.get("o"), list):
-                self._fail(session, str(head.get("f")), head["o"], used, exc, time.perf_counter(), Provenance())
-            raise
+            self._answers_message(session, parts, exc, used)
         kind = header["t"]
         if kind == Kind.BATCH and not batched:
             return self._on_batch(session, header, parts[1:])
@@ -282,15 +278,20 @@ class Server(Handshakes, DirectPort, Ops):
         return None
 
     def _refused_message(self, session: Session, parts: List[Any], check: Callable[[], None]) -> None:
-        """Raise the refusal ``check`` raises, naming the message's request (and poisoning an op's results)."""
+        """Raise the refusal ``check`` raises, as the answer to the message ``parts``."""
         try:
             check()
         except Exception as exc:
-            head = peek(parts[0])
-            setattr(exc, "seq", head.get("s"))
-            if head.get("t") == Kind.OP and isinstance(head.get("o"), list):
-                self._fail(session, str(head.get("f")), head["o"], [], exc, time.perf_counter())
-            raise
+            self._answers_message(session, parts, exc, [])
+
+    def _answers_message(self, session: Session, parts: List[Any], exc: Exception, used: List[Entry]) -> NoReturn:
+        """Raise ``exc`` as the answer to the message ``parts`` (read or not): it names the message's
+        request (any exception: the reply carries its seq), and an op's results exist, failed with it."""
+        head = peek(parts[0])
+        setattr(exc, "seq", head.get("s"))
+        if head.get("t") == Kind.OP and isinstance(head.get("o"), list):
+            self._fail(session, str(head.get("f")), head["o"], used, exc, time.perf_counter(), Provenance())
+        raise exc
 
     def _on_batch(self, session: Session, header: dict, frames: List[Any]) -> "Replies":
         """Pipelined messages sent together: headers ``m``, and ``n``, how many of the frames are each one's."""
