@@ -116,19 +116,19 @@ class ClientQuotas:
         base = self._client_quotas.get(client, self.quotas)
         return base.with_(**invite.limits) if invite is not None and invite.limits else base
 
-#: The command-line flags of ``%syft_worker`` and ``python -m syft_magics worker`` (flag, field, help).
+#: The command-line flags of ``%syft_worker`` and ``python -m syft_magics worker`` (flag, field, metavar, help).
 FLAGS = (
-    ("--max-bytes", "max_bytes", "bytes each client may hold, e.g. 512MB (default: 2GB)"),
-    ("--max-objects", "max_objects", "objects each client may hold (default: 100000)"),
-    ("--max-message", "max_message_bytes", "largest message a client may send, e.g. 64MB (default: 1GB)"),
-    ("--op-seconds", "op_seconds", "time budget of one op, in seconds (default: 20)"),
+    ("--max-bytes", "max_bytes", "SIZE", "bytes each client may hold, e.g. 512MB (default: 2GB)"),
+    ("--max-objects", "max_objects", "N", "objects each client may hold (default: 100000)"),
+    ("--max-message", "max_message_bytes", "SIZE", "largest message a client may send, e.g. 64MB (default: 1GB)"),
+    ("--op-seconds", "op_seconds", "S", "time budget of one op, in seconds (default: 20)"),
 )
 
 
 def from_flags(values: Any) -> Quotas:
     """The worker's quotas from parsed ``FLAGS`` (attributes named as the fields); ValueError if one is bad."""
     changes: Dict[str, Any] = {}
-    for _flag, name, _help in FLAGS:
+    for _flag, name, _metavar, _help in FLAGS:
         value = getattr(values, name, None)
         if value is not None:
             changes[name] = int(value) if name == "max_objects" else float(value) if name == "op_seconds" else value

@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who may .get() values: everyone, only what you approve (default), nobody")
     w.add_argument("--verbose", action="store_true", help="print one line per command received")
     w.add_argument("--log", metavar="FILE", help="append one JSON line per command to FILE")
-    for flag, dest, text in QUOTA_FLAGS:
-        w.add_argument(flag, dest=dest, default=None, metavar="N", help=text)
+    for flag, dest, metavar, text in QUOTA_FLAGS:
+        w.add_argument(flag, dest=dest, default=None, metavar=metavar, help=text)
     w.add_argument("--share", action="append", default=[], metavar="'#TAG[,#TAG2]=PATH'",
                    help="share a tensor from a .pt/.pth (loaded with weights_only=True) or .npy file; repeatable")
     d = sub.add_parser("demo", help="run the seed tutorial with a worker in a second process",

@@ -8,7 +8,7 @@ notebook (``bob`` for ``Bob``, or ``--as VAR``).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -21,6 +21,7 @@ from ..config import defaults
 from ..display import table
 from ..errors import SyftError, UnknownWorker
 from ..owner.policy import POLICIES
+from ..owner.quotas import FLAGS as QUOTA_FLAGS
 from ..owner.quotas import from_flags
 from ..owner.worker import Worker, live_workers
 from ..scientist.client import Client, connect
@@ -34,6 +35,13 @@ def _var_name(name: str, given: Optional[str]) -> str:
     if not var.isidentifier():
         raise UsageError(f"{var!r} is not a valid variable name; choose one with --as VAR")
     return var
+
+
+def _quota_arguments(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The quota flags of ``%syft_worker`` (``--max-bytes``...), as ``python -m syft_magics worker`` has them."""
+    for flag, dest, metavar, text in reversed(QUOTA_FLAGS):
+        fn = argument(flag, dest=dest, default=None, metavar=metavar, help=text)(fn)
+    return fn
 
 
 @magics_class
@@ -67,14 +75,7 @@ class SyftMagics(Magics):
     @argument("--as", dest="var", default=None, metavar="VAR",
               help="variable to bind (default: the name in lower case)")
     @argument("--panel", action="store_true", help="display the worker's live panel (registry, commands, requests)")
-    @argument("--max-bytes", dest="max_bytes", default=None, metavar="SIZE",
-              help="bytes each client may hold, e.g. 512MB (default: 2GB)")
-    @argument("--max-objects", dest="max_objects", default=None, metavar="N",
-              help="objects each client may hold (default: 100000)")
-    @argument("--max-message", dest="max_message_bytes", default=None, metavar="SIZE",
-              help="largest message a client may send, e.g. 64MB (default: 1GB)")
-    @argument("--op-seconds", dest="op_seconds", default=None, metavar="S",
-              help="time budget of one op, in seconds (default: 20)")
+    @_quota_arguments
     @argument("--strict-port", action="store_true",
               help="fail if PORT is taken by another process (default: serve on a free port instead and say so)")
     @argument("--device", default=None, metavar="DEVICE",
