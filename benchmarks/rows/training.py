@@ -50,6 +50,15 @@ def _epoch(model, opt, x, y, n: int, batch: int = 64) -> Any:
     return loss
 
 
+def _epoch_seconds(model, opt, x, y, n: int, client: Any = None) -> float:
+    """One timed epoch; remote (``client`` given): until the worker has run all of it."""
+    t0 = time.perf_counter()
+    _epoch(model, opt, x, y, n)
+    if client is not None:
+        client.sync()
+    return time.perf_counter() - t0
+
+
 def _paired_epochs(client, X, Y, pairs: int) -> Tuple[List[float], List[float]]:
     """Seconds of ``pairs`` epochs remotely and locally, alternating (remote, then local, then remote...),
     so that the machine's drift over the run falls on both sides alike. A first remote epoch, not timed,
@@ -64,13 +73,8 @@ def _paired_epochs(client, X, Y, pairs: int) -> Tuple[List[float], List[float]]:
     remote_s: List[float] = []
     local_s: List[float] = []
     for _ in range(pairs):
-        t0 = time.perf_counter()
-        _epoch(remote, opt, x, y, len(X))
-        client.sync()
-        remote_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        _epoch(model, local_opt, X, Y, len(X))
-        local_s.append(time.perf_counter() - t0)
+        remote_s.append(_epoch_seconds(remote, opt, x, y, len(X), client))
+        local_s.append(_epoch_seconds(model, local_opt, X, Y, len(X)))
     return remote_s, local_s
 
 
@@ -78,12 +82,7 @@ def _local_epochs(X, Y, reps: int) -> List[float]:
     """Seconds of ``reps`` local epochs back to back (warm caches: local torch at its best)."""
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        _epoch(model, opt, X, Y, len(X))
-        out.append(time.perf_counter() - t0)
-    return out
+    return [_epoch_seconds(model, opt, X, Y, len(X)) for _ in range(reps)]
 
 
 def _messages_per_step(client, X, Y, hidden: int) -> int:
