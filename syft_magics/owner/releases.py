@@ -12,6 +12,7 @@ a get nor a move to anyone else.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
@@ -53,9 +54,7 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
     oid = field(header, "id", bytes)
     entry = entry_for(server, session, oid)
     entry.last_access = time.time()
-
-    def fields() -> Dict[str, Any]:  # what the owner is shown: built only when a decision needs it
-        return _shown(server, session, entry)
+    fields = functools.partial(_shown, server, session, entry)  # what the owner is shown: built when asked
 
     def released() -> None:  # the client now knows its shape
         entry.provenance = entry.provenance.released()
@@ -105,10 +104,7 @@ def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", tar
                                        "data): ask for it first (ptr.request_shape()), then move it")
     entry.last_access = time.time()
     to = f"{target.name} at {target.address}"
-
-    def fields() -> Dict[str, Any]:
-        return _shown(server, session, entry)
-
+    fields = functools.partial(_shown, server, session, entry)
     policy = server.worker.policy
     rule = policy.rules.match(entry.kind, entry.shape, to=target) if policy.rules else None
     if rule is None and any(r.to == target.name for r in policy.rules):  # named, but not the worker pinned
