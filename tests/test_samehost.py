@@ -78,10 +78,26 @@ def test_lent_memory_is_read_once_and_held_only_until_the_reader_says_so(big, mo
     assert reads == [os.getpid()] and session.pool.fd == -1, "lent and read once, not copied into a memory file"
     client.sync()  # the release rides the next message
     assert wait_until(lambda: len(session.pool) == 0), "the worker drops the lent buffer once read"
-    p = client.send(torch.ones(MIB))
+    p = client.send(torch.ones(2 * MIB))  # 8 MiB: sent by itself, as a zero-copy TCP send would be
     assert len(reads) == 2 and len(client._link.pool) == 0 and client._link.pool.fd == -1, \
         "a lent send is read once and released at the acknowledgement"
-    assert p.get().sum() == MIB
+    assert p.get().sum() == 2 * MIB
+
+
+def test_a_send_under_8_mib_is_pipelined_through_the_memory_file(big):
+    """Below 8 MiB a same-host send waits for nothing, as over TCP: copied into the memory file (never lent: the
+    caller may change its tensor at once), the region held until a later request is answered."""
+    bob, client, _ = big
+    link = client._link
+    t = torch.arange(MIB, dtype=torch.float32)  # 4 MiB
+    ptrs = [client.send(t + i) for i in range(3)]
+    t.fill_(-1.0)  # right after send() returns
+    assert len(link.pool) == 3 and len(link.held) == 3 and link.pool.fd >= 0, \
+        "three regions of the memory file in flight, none lent, no acknowledgement awaited"
+    client.sync()
+    assert len(link.pool) == 0 and not link.held, "the sync's answer shows the worker read them"
+    for i, p in enumerate(ptrs):
+        assert torch.equal(p.get(), torch.arange(MIB, dtype=torch.float32) + i)
 
 
 def test_a_bad_lent_reference_is_a_clear_error_not_a_crash():

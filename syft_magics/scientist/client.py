@@ -149,9 +149,20 @@ class Client:
             header["rg"] = True  # send keeps requires_grad
         nbytes = tensor.numel() * tensor.element_size()
         pool = self._link.pool
-        if pool is not None and samehost.SHARED_MIN_BYTES <= nbytes <= samehost.POOL_MAX_BYTES:
-            # same host: copied into the link's memory file now (the caller may change the tensor at
-            # once); its region is free again once the worker acknowledges that it read it
+        if pool is not None and samehost.SHARED_MIN_BYTES <= nbytes < LARGE_FRAME_BYTES:
+            # same host, pipelined as over TCP at this size: copied into the link's memory file now (the caller
+            # may change the tensor at once), never lent; its region is free again once a later request is
+            # answered (the worker handles messages in order). A full pool sends it by TCP instead.
+            seq = self._link.next_seq()
+            header["s"] = seq
+            self._origins[seq] = ("send", user_site())
+            pool.written.clear()
+            parts = encode(header, pool, lend=False)
+            self._link.hold(seq, pool.written[:])
+            self._link.send(parts, flush=bool(tags))
+        elif pool is not None and samehost.SHARED_MIN_BYTES <= nbytes <= samehost.POOL_MAX_BYTES:
+            # same host, larger: lent (one copy) or copied into the memory file; the caller waits until the
+            # worker acknowledges that it read it, as a zero-copy TCP send does
             header["ack"] = True
             pool.written.clear()
             try:
@@ -295,6 +306,7 @@ class Client:
 
     def _settled(self, seq: int) -> None:
         """Everything up to ``seq`` has run: raise the first error among those ops, forget their origins."""
+        self._link.settled(seq)
         errors = self._link.errors
         error = None
         if errors:

@@ -51,6 +51,8 @@ class LinkBase:
         self.host_peer: Optional[samehost.Peer] = None
         #: and the memory file our large sends travel through then
         self.pool: Optional[samehost.Pool] = None
+        #: the pool regions of pipelined sends, with their seqs: free again once a later request is answered
+        self.held: Deque[Tuple[int, List[int]]] = deque()
         self.broken: Optional[SyftError] = None
         #: ``broken`` while the worker is silent past the heartbeat timeout (link.py); an answer clears it
         self._lapse: Optional[WorkerUnreachable] = None
@@ -122,6 +124,20 @@ class LinkBase:
             self.on_error(header)
         else:
             self.replies[seq] = header
+
+    def hold(self, seq: int, regions: List[int]) -> None:
+        """Keep the pool ``regions`` of the pipelined message ``seq`` until the worker has read them."""
+        if regions:
+            self.held.append((seq, regions))
+
+    def settled(self, seq: int) -> None:
+        """The reply to request ``seq`` came: the worker handled every message sent before it (in order),
+        so the pool regions of earlier sends are free again."""
+        held, pool = self.held, self.pool
+        while held and held[0][0] < seq:
+            regions = held.popleft()[1]
+            if pool is not None:
+                pool.release(regions)
 
     def expect(self, seq: int) -> None:
         """Mark ``seq`` as a request whose error reply belongs to its waiter, not the error list."""

@@ -198,12 +198,14 @@ class Encoder:
     ``Packer`` costs more than packing a small header).
     """
 
-    __slots__ = ("frames", "pool", "_packer")
+    __slots__ = ("frames", "pool", "lend", "_packer")
 
     def __init__(self) -> None:
         self.frames: List[Any] = []
         #: where large tensors go instead of frames, for a peer on this host (``samehost.Pool``)
         self.pool: Optional[samehost.Pool] = None
+        #: whether the pool may lend (rather than copy) a tensor's memory
+        self.lend = True
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
 
     def pack(self, obj: Any) -> bytes:
@@ -223,7 +225,7 @@ class Encoder:
             if nbytes <= INLINE_MAX_BYTES:
                 return msgpack.ExtType(EXT_TENSOR, msgpack.packb([_small_bytes(obj), name, list(obj.shape)]))
             if self.pool is not None and nbytes >= samehost.SHARED_MIN_BYTES:
-                where = self.pool.put(tensor_buffer(obj))
+                where = self.pool.put(tensor_buffer(obj), self.lend)
                 if where is not None:
                     return msgpack.ExtType(EXT_SHARED, msgpack.packb([*where, name, list(obj.shape)]))
             self.frames.append(tensor_buffer(obj))
@@ -258,16 +260,18 @@ class Encoder:
 _encoders = threading.local()
 
 
-def encode(header: dict, pool: Optional[samehost.Pool] = None) -> List[Any]:
+def encode(header: dict, pool: Optional[samehost.Pool] = None, lend: bool = True) -> List[Any]:
     """``[packed header, *tensor frames]``, ready to send (large frames zero-copy).
 
-    With a ``pool`` (the peer was verified to run on this host), large tensors are copied into
-    it instead of frames, where it has room (:mod:`syft_magics.wire.samehost`).
+    With a ``pool`` (the peer was verified to run on this host), large tensors are lent to the
+    peer or copied into the pool instead of frames, where it has room (:mod:`syft_magics.wire.samehost`);
+    ``lend=False``: copied, never lent (the sender will not wait until the peer has read them).
     """
     enc = getattr(_encoders, "enc", None)
     if enc is None:
         enc = _encoders.enc = Encoder()
     enc.pool = pool
+    enc.lend = lend
     kind = header.get("t")
     if type(kind) is Kind:  # packed as its plain string here rather than by the packer's fallback hook
         header = {**header, "t": kind._value_}

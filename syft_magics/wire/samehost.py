@@ -29,9 +29,11 @@ What it keeps of the TCP path's guarantees:
   as opening its files through ``/proc`` (ptrace's read mode, i.e. the same user): a peer that may
   lend has that access already; a sender lends only the buffer it would otherwise have sent.
 - **The caller may change a sent tensor at once; a received tensor is the receiver's own.** A send
-  on this path returns once the worker acknowledges it has read the bytes (lent) or once they are
-  in the pool; the receiver always copies into fresh memory of its own: neither process ever maps
-  the other's memory.
+  under 8 MiB is pipelined like a TCP send of that size: its bytes are copied into the pool (never
+  lent) and the region is freed once a later request is answered (the worker handles a client's
+  messages in order). A larger send returns once the worker acknowledges it has read the bytes
+  (lent, or from the pool), as a zero-copy TCP send does. The receiver always copies into fresh
+  memory of its own: neither process ever maps the other's memory.
 - **Only the peer uses it.** A memfd has no name; ``/proc/<pid>/fd`` opens only for processes
   allowed to inspect the sender (the same user, who can read the connection file and its key
   anyway). A pool holds only bytes its owner chose to send.
@@ -208,14 +210,15 @@ class Pool:
         self._lent: Dict[int, Tuple[Any, float]] = {}  # key (< 0) -> (buffer kept alive, when lent)
         self._next_key = -1
 
-    def put(self, data: Any) -> Optional[Tuple[int, int, int]]:
+    def put(self, data: Any, lend: bool = True) -> Optional[Tuple[int, int, int]]:
         """Lend ``data`` (a buffer) or copy it into a free region; ``(fd, inode, offset)`` to name a region,
-        ``(LENT, key, address)`` to name lent memory, or None if full."""
+        ``(LENT, key, address)`` to name lent memory, or None if full. ``lend=False`` always copies (the
+        caller will not wait until the peer has read it, so ``data`` may change at once)."""
         view = memoryview(data).cast("B")
         nbytes = view.nbytes
         if not SHARED_MIN_BYTES <= nbytes <= POOL_MAX_BYTES or len(self) >= MAX_REGIONS:
             return None
-        if self.lend:
+        if self.lend and lend:
             address = _address(data)
             if address is not None:
                 key, self._next_key = self._next_key, self._next_key - 1
