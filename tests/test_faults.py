@@ -118,8 +118,9 @@ def test_a_paused_worker_is_waited_for_briefly_marked_disconnected_when_silent_a
     assert torch.equal((x + 1).get(), X + 1)  # the worker's first op is slow (torch warms up): not timed here
     # a pause shorter than the heartbeat timeout: a get issued meanwhile simply waits
     bob.signal(signal.SIGSTOP)
-    later(0.3, lambda: bob.signal(signal.SIGCONT)).join(0)
+    resume = later(0.3, lambda: bob.signal(signal.SIGCONT))
     assert torch.equal(x.get(), X)
+    resume.join()  # (the get may be answered before the stop takes effect: the resume must not land after the next)
     # a longer one: the first call that waits raises, and the link is marked dead at once
     bob.signal(signal.SIGSTOP)
     with pytest.raises(sm.WorkerUnreachable, match="stopped answering"):
