@@ -89,9 +89,10 @@ def test_a_send_under_8_mib_is_pipelined_through_the_memory_file(big):
     caller may change its tensor at once), the region held until a later request is answered."""
     bob, client, _ = big
     link = client._link
-    t = torch.arange(MIB, dtype=torch.float32)  # 4 MiB
-    ptrs = [client.send(t + i) for i in range(3)]
-    t.fill_(-1.0)  # right after send() returns
+    sent = [torch.arange(MIB, dtype=torch.float32) + i for i in range(3)]  # 4 MiB each
+    ptrs = [client.send(t) for t in sent]
+    for t in sent:
+        t.fill_(-1.0)  # right after send() returns
     assert len(link.pool) == 3 and len(link.held) == 3 and link.pool.fd >= 0, \
         "three regions of the memory file in flight, none lent, no acknowledgement awaited"
     client.sync()
