@@ -145,3 +145,28 @@ def test_a_streamed_upload_over_the_byte_quota_is_refused_before_it_is_allocated
     assert reply["t"] == "err" and reply["code"] == "quota" and "this upload" in reply["msg"], reply
     assert not bob.server.sessions[p.ident].streams.uploads
     assert bob.stats["refusals"]["over a quota or time budget"] == 1
+
+
+def test_an_optimizers_state_is_charged_when_it_is_made(make_worker, make_client):
+    """Each optimizer keeps state of its own (Adam: two moments per parameter), even over the same parameters:
+    its client is charged for it when it is made, so a client cannot grow the worker's memory past its quota
+    by making optimizers (before: charged nothing, and each first step allocated its moments)."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="2.5MB"))
+    alice = make_client(bob.address, key=bob.key)
+    remote = alice.send(torch.nn.Linear(500, 250))  # 125,250 parameters: 501 KB
+    session = next(iter(bob.server.sessions))
+    alice.sync()
+    model_bytes = bob.store.held_bytes(session)
+    sgd = alice.optim.SGD(remote.parameters(), lr=0.1)  # no state
+    adam = alice.optim.Adam(remote.parameters())  # two moments: twice the model
+    alice.sync()
+    assert bob.store.held_bytes(session) >= model_bytes + 2 * 125_250 * 4, "Adam's two moments are charged"
+    with pytest.raises(QuotaExceeded, match=r"max_bytes"):
+        alice.optim.Adam(remote.parameters())  # two more moments: over 2.5 MB
+        alice.sync()
+    x = alice.send(torch.randn(8, 500))
+    for opt in (sgd, adam):  # the optimizers within the quota train as before
+        opt.zero_grad()
+        remote(x).pow(2).mean().backward()
+        opt.step()
+    alice.sync()

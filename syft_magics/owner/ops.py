@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional,
 
 import torch
 import zmq
+from torch.optim import Optimizer
 
 from ..errors import ProtocolError
 from ..events import EventStream
@@ -22,7 +23,7 @@ from ..wire import limits
 from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import flatten
-from . import costs, quotas, train_costs, writes
+from . import costs, optimizers, quotas, train_costs, writes
 from .optimizers import STORED_TYPES
 from .provenance import Disclosure, Provenance
 from .replies import Reject, error_reply
@@ -263,9 +264,12 @@ class Ops:
 
     def _charge(self, value: Any) -> int:
         """The bytes a new object costs its client: its tensor's whole memory (a small view can keep a
-        large block alive), nothing for a view of the owner's data (the owner keeps it anyway)."""
+        large block alive), nothing for a view of the owner's data (the owner keeps it anyway); for an
+        optimizer, the state its steps will keep (:func:`.optimizers.state_bytes`)."""
         if isinstance(value, torch.Tensor):
             return self.store.charge_of(value)
+        if isinstance(value, Optimizer):
+            return optimizers.state_bytes(value)
         return Entry(b"", value).nbytes
 
     def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],

@@ -4,10 +4,16 @@
 the worker builds a real ``torch.optim.SGD`` from an allowlist of classes, over parameters it holds
 (leaves that require grad: never the owner's data, which cannot require grad). ``step()`` and
 ``zero_grad()`` are then one op each, whatever the number of parameters.
+
+An optimizer's state (Adam's two moments per parameter, SGD's momentum buffer) is allocated by its
+first ``step()``, and each optimizer has its own, even over the same parameters: a client is charged
+for it when the optimizer is made (:func:`state_bytes`), so that a hundred optimizers over one model
+are refused by the client's byte quota instead of allocating a hundred sets of moments.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+import threading
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from torch.optim import Optimizer
@@ -88,6 +94,53 @@ def ops() -> Dict[str, Callable]:
     table.update({f"syft.optim.{n}": _optimizer_factory(c) for n, c in OPTIMIZERS.items()})
     table.update({f"syft.lr_scheduler.{n}": _scheduler_factory(c) for n, c in SCHEDULERS.items()})
     return table
+
+
+#: State bytes per parameter byte, by optimizer class and group options (measured once each, see state_bytes).
+_ratios: Dict[Tuple[type, str], float] = {}
+_ratios_lock = threading.Lock()
+#: The ratio assumed where a measurement fails: the most any allowed optimizer keeps (Adam with amsgrad,
+#: RMSprop centered with momentum: three buffers the size of the parameter).
+_MOST = 3.0
+
+
+def state_bytes(opt: Optimizer) -> int:
+    """The bytes of state ``opt`` holds, or will hold once it has stepped: what its client is charged for it
+    (its parameters and their gradients are charged with the tensors or model they belong to)."""
+    will = 0
+    for group in opt.param_groups:
+        params = group["params"]
+        will += int(_ratio(type(opt), group) * sum(p.numel() * p.element_size() for p in params))
+    held = sum(v.numel() * v.element_size() for state in opt.state.values() for v in state.values()
+               if isinstance(v, torch.Tensor))
+    return max(will, held)
+
+
+def _ratio(cls: type, group: Dict[str, Any]) -> float:
+    """State bytes per parameter byte of ``cls`` with ``group``'s options, measured on a few small
+    parameters after one step (so Adam's ``step`` counters, a few bytes each, are counted too)."""
+    options = {k: v for k, v in group.items() if k != "params"}
+    # what decides the state is which options are on (momentum, amsgrad, centered), not their values: keyed
+    # so, a client varying a learning rate cannot grow this table or make the worker probe again
+    key = (cls, repr(sorted((k, v if type(v) is bool or v is None else bool(v) if type(v) in (int, float) else
+                             type(v).__name__) for k, v in options.items())))
+    with _ratios_lock:
+        known = _ratios.get(key)
+        if known is None:
+            params = [torch.zeros(1024, requires_grad=True) for _ in range(4)]
+            for p in params:
+                p.grad = torch.ones(1024)
+            try:
+                probe = cls([{**options, "params": params}])
+                with torch.no_grad():
+                    probe.step()
+                held = sum(v.numel() * v.element_size() for state in probe.state.values() for v in state.values()
+                           if isinstance(v, torch.Tensor))
+                known = held / sum(p.numel() * p.element_size() for p in params)
+            except Exception:  # (options this probe cannot take: the most any allowed optimizer keeps)
+                known = _MOST
+            _ratios[key] = known
+        return known
 
 
 #: Objects other than tensors that an op may leave in a worker's store.

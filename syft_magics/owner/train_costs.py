@@ -152,7 +152,9 @@ def _step(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
     nbytes = _nbytes(params)
     byte_rate = rates()[1]
     seconds = len(params) * per_param_seconds(type(obj)) + STEP_PASSES * nbytes / byte_rate
-    return Cost(seconds, 0, max((_nbytes([p]) for p in params), default=0))  # (Adam's moments, made on the first step)
+    # (its state, Adam's moments, was charged when the optimizer was made: optimizers.state_bytes; what may
+    # be allocated here is a temporary the size of its largest parameter)
+    return Cost(seconds, 0, max((_nbytes([p]) for p in params), default=0))
 
 
 def _zero_grad(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
