@@ -35,11 +35,13 @@ def _reps(size_mib: int, full: bool) -> int:
 
 
 def _round_robin(measures: Dict[str, Callable[[], float]], reps: int, budget: float) -> Dict[str, List[float]]:
-    """``reps`` rounds, each running every measure once, so load spikes from elsewhere hit all alike."""
+    """``reps`` rounds, each running every measure once, so load spikes from elsewhere hit all alike; every
+    other round in reverse order, so no measure always comes first (after the caches were cold) or last."""
     out: Dict[str, List[float]] = {k: [] for k in measures}
     end = time.monotonic() + budget
+    items = list(measures.items())
     for i in range(reps):
-        for k, fn in measures.items():
+        for k, fn in items if i % 2 == 0 else items[::-1]:
             try:
                 out[k].append(fn())
             except OSError:  # e.g. process_vm_readv refused
