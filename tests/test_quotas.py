@@ -2,6 +2,7 @@
 before the worker allocates anything; other clients keep working; freeing objects makes room again."""
 from __future__ import annotations
 
+import gc
 import os
 import resource
 
@@ -151,7 +152,7 @@ def test_an_optimizers_state_is_charged_when_it_is_made(make_worker, make_client
     """Each optimizer keeps state of its own (Adam: two moments per parameter), even over the same parameters:
     its client is charged for it when it is made, so a client cannot grow the worker's memory past its quota
     by making optimizers (before: charged nothing, and each first step allocated its moments)."""
-    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="2.5MB"))
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="2MB"))
     alice = make_client(bob.address, key=bob.key)
     remote = alice.send(torch.nn.Linear(500, 250))  # 125,250 parameters: 501 KB
     session = next(iter(bob.server.sessions))
@@ -162,7 +163,7 @@ def test_an_optimizers_state_is_charged_when_it_is_made(make_worker, make_client
     alice.sync()
     assert bob.store.held_bytes(session) >= model_bytes + 2 * 125_250 * 4, "Adam's two moments are charged"
     with pytest.raises(QuotaExceeded, match=r"max_bytes"):
-        alice.optim.Adam(remote.parameters())  # two more moments: over 2.5 MB
+        alice.optim.Adam(remote.parameters())  # two more moments: over 2 MB
         alice.sync()
     x = alice.send(torch.randn(8, 500))
     for opt in (sgd, adam):  # the optimizers within the quota train as before
@@ -170,3 +171,27 @@ def test_an_optimizers_state_is_charged_when_it_is_made(make_worker, make_client
         remote(x).pow(2).mean().backward()
         opt.step()
     alice.sync()
+
+
+def test_a_memory_block_is_charged_once_however_many_objects_hold_it(make_worker, make_client):
+    """Views of a client's tensor (mini-batches sliced out of its data) and the parameters of a model it sent
+    cost nothing more: a block's bytes are charged once, while any object holds it (before: each view was
+    charged the whole block again, so eight 4 KB slices of a 1 MB tensor went over a 4 MB quota)."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="4MB"))
+    alice = make_client(bob.address, key=bob.key)
+    x = alice.send(torch.arange(250_000, dtype=torch.float32))  # 1 MB
+    batches = [x[i * 1000:(i + 1) * 1000] for i in range(8)] + list(x.chunk(4))
+    alice.sync()
+    session = next(iter(bob.server.sessions))
+    assert bob.store.held_bytes(session) == 1_000_000
+    remote = alice.send(torch.nn.Linear(500, 250))  # 501 KB, its parameters pointed to as well
+    alice.sync()
+    assert bob.store.held_bytes(session) == 1_501_000
+    del x
+    alice.sync()
+    assert bob.store.held_bytes(session) == 1_501_000, "the views still hold the block"
+    assert torch.equal(batches[3].get(), torch.arange(3000, 4000, dtype=torch.float32))
+    del batches, remote
+    gc.collect()
+    alice.sync()
+    assert bob.store.held_bytes(session) == 0

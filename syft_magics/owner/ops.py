@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple
 
 import torch
 import zmq
@@ -232,7 +232,9 @@ class Ops:
             elif len(out) != len(leaves):
                 raise Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, the client expected "
                                                  f"{len(out)}", public=not prov.hidden)
-            kept = [(i, oid, leaf, self._charge(leaf)) for i, (oid, leaf) in enumerate(zip(out, leaves))
+            seen: Set[int] = set()  # the memory blocks of this op's results: each charged once
+            kept = [(i, oid, leaf, self._charge(leaf, session.ident, seen))
+                    for i, (oid, leaf) in enumerate(zip(out, leaves))
                     if oid is not None and isinstance(leaf, STORED_TYPES)]  # tensors, models, optimizers built here
             if kept:
                 q, sid = session.quotas, session.ident
@@ -262,12 +264,15 @@ class Ops:
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
 
-    def _charge(self, value: Any) -> int:
-        """The bytes a new object costs its client: its tensor's whole memory (a small view can keep a
-        large block alive), nothing for a view of the owner's data (the owner keeps it anyway); for an
-        optimizer, the state its steps will keep (:func:`.optimizers.state_bytes`)."""
+    def _charge(self, value: Any, session: bytes, seen: Set[int]) -> int:
+        """The bytes a new object adds to its client's charge: its tensor's whole memory block (a small view
+        can keep a large block alive) unless the client holds that block already, nothing for a view of the
+        owner's data (the owner keeps it anyway); for an optimizer, the state its steps will keep
+        (:func:`.optimizers.state_bytes`)."""
         if isinstance(value, torch.Tensor):
-            return self.store.charge_of(value)
+            return self.store.charge_of(value, session, seen)
+        if isinstance(value, torch.nn.Module):  # its parameters and buffers, by block like tensors
+            return sum(self.store.charge_of(t, session, seen) for t in value.state_dict(keep_vars=True).values())
         if isinstance(value, Optimizer):
             return optimizers.state_bytes(value)
         return Entry(b"", value).nbytes

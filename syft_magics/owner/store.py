@@ -123,12 +123,18 @@ class ObjectStore:
         self._by_session: Dict[bytes, Set[bytes]] = {}
         self._owner_storage: Dict[int, int] = {}  # storage key -> count of owner objects in it
         self._held: Dict[bytes, int] = {}  # session -> bytes charged to it (its quota)
-        self._charges: Dict[bytes, int] = {}  # object id -> bytes charged for it
+        self._charges: Dict[bytes, int] = {}  # object id -> bytes charged for it (models, optimizers)
+        #: a session's tensors by memory block: (session, storage key) -> [objects in it, bytes charged once]
+        self._blocks: Dict[Tuple[bytes, int], List[int]] = {}
+        self._in_block: Dict[bytes, List[Tuple[bytes, int]]] = {}  # object id -> the blocks it holds
         self._lock = threading.RLock()
 
     # -- adding and removing -------------------------------------------------
     def put(self, entry: Entry, charge: Optional[int] = None) -> Entry:
-        """Add ``entry``; a client's object is charged ``charge`` bytes (default: its size) to its session."""
+        """Add ``entry``. A client's tensor or model is charged to its session by memory block: each block's
+        whole size once, however many of the session's objects hold it (views, a model and the parameters
+        ``remote.parameters()`` points to); nothing for the owner's data. Another object (an optimizer)
+        is charged ``charge`` bytes (default: its size)."""
         with self._lock:
             old = self._entries.get(entry.id)
             if old is not None:
@@ -138,6 +144,19 @@ class ObjectStore:
                 self._tags.setdefault(tag, set()).add(entry.id)
             if entry.session is not None:
                 self._by_session.setdefault(entry.session, set()).add(entry.id)
+                blocks = self._blocks_of(entry.tensor)
+                if blocks is not None:
+                    holds = self._in_block[entry.id] = []
+                    for key, nbytes in blocks:
+                        where = (entry.session, key)
+                        held = self._blocks.get(where)
+                        if held is None:
+                            self._blocks[where] = [1, nbytes]
+                            self._held[entry.session] = self._held.get(entry.session, 0) + nbytes
+                        else:
+                            held[0] += 1
+                        holds.append(where)
+                    return entry
                 cost = entry.nbytes if charge is None else charge
                 if cost:
                     self._charges[entry.id] = cost
@@ -166,6 +185,12 @@ class ObjectStore:
             if ids is not None:
                 ids.discard(entry.id)
             cost = self._charges.pop(entry.id, 0)
+            for where in self._in_block.pop(entry.id, ()):
+                block = self._blocks[where]
+                block[0] -= 1
+                if block[0] == 0:  # the session's last object in that block: its bytes are free again
+                    del self._blocks[where]
+                    cost += block[1]
             if cost:
                 left = self._held.get(entry.session, 0) - cost
                 if left > 0:
@@ -211,16 +236,47 @@ class ObjectStore:
             found = [self._entries[i] for i in ids if self._entries[i].session is None]
         return sorted(found, key=lambda e: e.created)
 
-    def charge_of(self, t: torch.Tensor) -> int:
-        """What a new object ``t`` costs its client's quota: its tensor's whole memory block (a small view
-        can keep a large block alive), nothing for (a view of) the owner's data. One storage look-up:
-        this runs for every result."""
+    def _blocks_of(self, value: Any) -> Optional[List[Tuple[int, int]]]:
+        """``(storage key, bytes)`` of each memory block a client's tensor or model is charged by (none for
+        the owner's data and empty tensors); None for what is charged otherwise (an optimizer, a tensor
+        without a storage)."""
+        if isinstance(value, torch.nn.Module):
+            tensors = list(value.state_dict(keep_vars=True).values())
+        elif isinstance(value, torch.Tensor):
+            tensors = [value]
+        else:
+            return None
+        blocks: Dict[int, int] = {}
+        for t in tensors:
+            if t.numel() == 0:
+                continue
+            try:
+                storage = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                return None
+            key = storage.data_ptr()
+            if key not in self._owner_storage:
+                blocks[key] = int(storage.nbytes())
+        return list(blocks.items())
+
+    def charge_of(self, t: torch.Tensor, session: Optional[bytes] = None, seen: Optional[Set[int]] = None) -> int:
+        """What a new object ``t`` would add to its client's charge: its tensor's whole memory block (a small
+        view can keep a large block alive), unless ``session`` already holds that block (or it is in
+        ``seen``, the blocks of the op's other results, to which it is added); nothing for (a view of)
+        the owner's data. One storage look-up: this runs for every result."""
         try:
             storage = t.untyped_storage()
         except (RuntimeError, NotImplementedError):
             return t.numel() * t.element_size()
-        if self._owner_storage and t.numel() > 0 and storage.data_ptr() in self._owner_storage:
+        if t.numel() == 0:
             return 0
+        key = storage.data_ptr()
+        if (self._owner_storage and key in self._owner_storage) or (session, key) in self._blocks:
+            return 0
+        if seen is not None:
+            if key in seen:
+                return 0
+            seen.add(key)
         return int(storage.nbytes())
 
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
