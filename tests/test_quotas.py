@@ -195,3 +195,31 @@ def test_a_memory_block_is_charged_once_however_many_objects_hold_it(make_worker
     gc.collect()
     alice.sync()
     assert bob.store.held_bytes(session) == 0
+
+
+def test_data_assignment_keeps_a_tensors_memory_and_its_charge(make_worker, raw):
+    """``t.data = d`` copies ``d`` into ``t``'s own memory, of ``t``'s shape and dtype: a hostile message cannot
+    swap a small tensor's memory for a copy of a large one (before: any shape, the copy charged nothing, and
+    repeatable on any number of small tensors)."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="4MB"))
+    p = raw(bob)
+    small, big = os.urandom(16), os.urandom(16)
+    sent = [{"t": "send", "s": 1, "id": small, "x": torch.zeros(4), "tags": [], "ack": True},
+            {"t": "send", "s": 2, "id": big, "x": torch.ones(250_000), "tags": [], "ack": True}]
+    for header in sent:
+        assert p.request(header)["t"] == "ok"
+    session = next(iter(bob.server.sessions))
+    held = bob.store.held_bytes(session)
+    swap = p.request({"t": "op", "s": 3, "f": "syft.set_data_", "a": [ref_ext(small), ref_ext(big)], "o": [None],
+                      "m": True})
+    assert swap["t"] == "err" and "another shape" in swap["msg"], swap
+    assert bob.store.get(small).tensor.shape == (4,) and bob.store.held_bytes(session) == held
+    same = os.urandom(16)
+    seven = {"t": "send", "s": 4, "id": same, "x": torch.full((4,), 7.0), "tags": [], "ack": True}
+    assert p.request(seven)["t"] == "ok"
+    storage = bob.store.get(small).tensor.untyped_storage().data_ptr()
+    done = p.request({"t": "op", "s": 5, "f": "syft.set_data_", "a": [ref_ext(small), ref_ext(same)], "o": [None],
+                      "m": True})
+    assert done["t"] == "ok", done
+    t = bob.store.get(small).tensor
+    assert torch.equal(t, torch.full((4,), 7.0)) and t.untyped_storage().data_ptr() == storage, "copied in place"

@@ -26,8 +26,14 @@ def set_grad_(t: torch.Tensor, g: Optional[torch.Tensor]) -> None:
 
 
 def set_data_(t: torch.Tensor, d: torch.Tensor) -> None:
-    """``t.data = d``; a copy, so a tensor an optimizer updates never aliases the owner's data."""
-    t.data = d.detach().clone()
+    """``t.data = d`` for a ``d`` of ``t``'s shape and dtype (what the client allows): ``d``'s values copied into
+    ``t``'s own memory, so ``t`` never aliases the owner's data, and never takes memory of another size than the
+    one its client was charged for (a raw message could otherwise swap a small tensor's memory for a copy of a
+    large one, any number of times)."""
+    if not isinstance(d, torch.Tensor) or d.shape != t.shape or d.dtype != t.dtype or d.device != t.device:
+        raise ValueError("assigning .data of another shape, dtype or device is not supported; make a new tensor "
+                         "instead")
+    t.data.copy_(d.detach())
 
 
 def requires_grad_(t: torch.Tensor, requires_grad: bool = True) -> torch.Tensor:

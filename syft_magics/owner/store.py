@@ -124,8 +124,9 @@ class ObjectStore:
         self._owner_storage: Dict[int, int] = {}  # storage key -> count of owner objects in it
         self._held: Dict[bytes, int] = {}  # session -> bytes charged to it (its quota)
         self._charges: Dict[bytes, int] = {}  # object id -> bytes charged for it (models, optimizers)
-        #: a session's tensors by memory block: (session, storage key) -> [objects in it, bytes charged once]
-        self._blocks: Dict[Tuple[bytes, int], List[int]] = {}
+        #: a session's tensors by memory block: (session, storage key) -> [objects in it, bytes charged once, the
+        #: storage itself: held, so its address cannot be reused by another block while this one is charged]
+        self._blocks: Dict[Tuple[bytes, int], List[Any]] = {}
         self._in_block: Dict[bytes, List[Tuple[bytes, int]]] = {}  # object id -> the blocks it holds
         self._lock = threading.RLock()
 
@@ -147,11 +148,11 @@ class ObjectStore:
                 blocks = self._blocks_of(entry.tensor)
                 if blocks is not None:
                     holds = self._in_block[entry.id] = []
-                    for key, nbytes in blocks:
+                    for key, nbytes, storage in blocks:
                         where = (entry.session, key)
                         held = self._blocks.get(where)
                         if held is None:
-                            self._blocks[where] = [1, nbytes]
+                            self._blocks[where] = [1, nbytes, storage]
                             self._held[entry.session] = self._held.get(entry.session, 0) + nbytes
                         else:
                             held[0] += 1
@@ -236,9 +237,9 @@ class ObjectStore:
             found = [self._entries[i] for i in ids if self._entries[i].session is None]
         return sorted(found, key=lambda e: e.created)
 
-    def _blocks_of(self, value: Any) -> Optional[List[Tuple[int, int]]]:
-        """``(storage key, bytes)`` of each memory block a client's tensor or model is charged by (none for
-        the owner's data and empty tensors); None for what is charged otherwise (an optimizer, a tensor
+    def _blocks_of(self, value: Any) -> Optional[List[Tuple[int, int, Any]]]:
+        """``(storage key, bytes, storage)`` of each memory block a client's tensor or model is charged by (none
+        for the owner's data and empty tensors); None for what is charged otherwise (an optimizer, a tensor
         without a storage)."""
         if isinstance(value, torch.nn.Module):
             tensors = list(value.state_dict(keep_vars=True).values())
@@ -246,7 +247,7 @@ class ObjectStore:
             tensors = [value]
         else:
             return None
-        blocks: Dict[int, int] = {}
+        blocks: Dict[int, Tuple[int, int, Any]] = {}
         for t in tensors:
             if t.numel() == 0:
                 continue
@@ -256,8 +257,8 @@ class ObjectStore:
                 return None
             key = storage.data_ptr()
             if key not in self._owner_storage:
-                blocks[key] = int(storage.nbytes())
-        return list(blocks.items())
+                blocks[key] = (key, int(storage.nbytes()), storage)
+        return list(blocks.values())
 
     def charge_of(self, t: torch.Tensor, session: Optional[bytes] = None, seen: Optional[Set[int]] = None) -> int:
         """What a new object ``t`` would add to its client's charge: its tensor's whole memory block (a small
