@@ -223,3 +223,19 @@ def test_data_assignment_keeps_a_tensors_memory_and_its_charge(make_worker, raw)
     assert done["t"] == "ok", done
     t = bob.store.get(small).tensor
     assert torch.equal(t, torch.full((4,), 7.0)) and t.untyped_storage().data_ptr() == storage, "copied in place"
+
+
+def test_an_empty_view_keeps_its_whole_block_charged(make_worker, make_client):
+    """``x[0:0]`` holds no element but keeps ``x``'s memory alive: freeing ``x`` and keeping such views must not
+    let a client hold memory its quota no longer counts."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="4MB"))
+    alice = make_client(bob.address, key=bob.key)
+    empties = []
+    with pytest.raises(QuotaExceeded, match=r"max_bytes"):
+        for _ in range(6):  # 1 MB each
+            x = alice.send(torch.zeros(250_000))
+            empties.append(x[0:0])
+            del x
+            gc.collect()
+        alice.sync()
+    assert bob.store.held_bytes(next(iter(bob.server.sessions))) <= 4_000_000

@@ -239,7 +239,7 @@ class ObjectStore:
 
     def _blocks_of(self, value: Any) -> Optional[List[Tuple[int, int, Any]]]:
         """``(storage key, bytes, storage)`` of each memory block a client's tensor or model is charged by (none
-        for the owner's data and empty tensors); None for what is charged otherwise (an optimizer, a tensor
+        for the owner's data and empty blocks); None for what is charged otherwise (an optimizer, a tensor
         without a storage)."""
         if isinstance(value, torch.nn.Module):
             tensors = list(value.state_dict(keep_vars=True).values())
@@ -249,15 +249,14 @@ class ObjectStore:
             return None
         blocks: Dict[int, Tuple[int, int, Any]] = {}
         for t in tensors:
-            if t.numel() == 0:
-                continue
             try:
                 storage = t.untyped_storage()
             except (RuntimeError, NotImplementedError):
                 return None
+            nbytes = int(storage.nbytes())  # (an empty view of a block keeps the whole block alive)
             key = storage.data_ptr()
-            if key not in self._owner_storage:
-                blocks[key] = (key, int(storage.nbytes()), storage)
+            if nbytes and key not in self._owner_storage:
+                blocks[key] = (key, nbytes, storage)
         return list(blocks.values())
 
     def charge_of(self, t: torch.Tensor, session: Optional[bytes] = None, seen: Optional[Set[int]] = None) -> int:
@@ -269,16 +268,15 @@ class ObjectStore:
             storage = t.untyped_storage()
         except (RuntimeError, NotImplementedError):
             return t.numel() * t.element_size()
-        if t.numel() == 0:
-            return 0
+        nbytes = int(storage.nbytes())  # (an empty view of a block keeps the whole block alive)
         key = storage.data_ptr()
-        if (self._owner_storage and key in self._owner_storage) or (session, key) in self._blocks:
+        if not nbytes or (self._owner_storage and key in self._owner_storage) or (session, key) in self._blocks:
             return 0
         if seen is not None:
             if key in seen:
                 return 0
             seen.add(key)
-        return int(storage.nbytes())
+        return nbytes
 
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""
