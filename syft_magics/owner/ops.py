@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional,
 
 import torch
 import zmq
-from torch.optim import Optimizer
 
 from ..errors import ProtocolError
 from ..events import EventStream
@@ -23,7 +22,7 @@ from ..wire import limits
 from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import flatten
-from . import costs, optimizers, quotas, train_costs, writes
+from . import costs, quotas, train_costs, writes
 from .optimizers import STORED_TYPES
 from .provenance import Disclosure, Provenance
 from .replies import Reject, error_reply
@@ -265,17 +264,13 @@ class Ops:
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
 
     def _charge(self, value: Any, session: bytes, seen: Set[int]) -> int:
-        """The bytes a new object adds to its client's charge: its tensor's whole memory block (a small view
-        can keep a large block alive) unless the client holds that block already, nothing for a view of the
-        owner's data (the owner keeps it anyway); for an optimizer, the state its steps will keep
-        (:func:`.optimizers.state_bytes`)."""
+        """The bytes a new object adds to its client's charge: the memory blocks it keeps alive that the client
+        does not hold yet (a tensor's whole block: a small view keeps a large block alive; a model's
+        parameters; an optimizer's parameters and the state its steps will keep), nothing for a view of the
+        owner's data (the owner keeps it anyway). See :meth:`.ObjectStore.put`."""
         if isinstance(value, torch.Tensor):
             return self.store.charge_of(value, session, seen)
-        if isinstance(value, torch.nn.Module):  # its parameters and buffers, by block like tensors
-            return sum(self.store.charge_of(t, session, seen) for t in value.state_dict(keep_vars=True).values())
-        if isinstance(value, Optimizer):
-            return optimizers.state_bytes(value)
-        return Entry(b"", value).nbytes
+        return self.store.adds(value, session, seen)
 
     def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],
                  spent: float = 0.0) -> None:

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from ..display import dtype_text, esc, html_row, html_table, human_bytes, short_id, table
 from ..wire.names import check_tag
+from .optimizers import state_bytes
 from .provenance import CLIENT, Provenance
 
 __all__ = ["OWNER", "Entry", "ObjectStore", "Registry", "check_tag", "new_id"]
@@ -132,10 +135,11 @@ class ObjectStore:
 
     # -- adding and removing -------------------------------------------------
     def put(self, entry: Entry, charge: Optional[int] = None) -> Entry:
-        """Add ``entry``. A client's tensor or model is charged to its session by memory block: each block's
-        whole size once, however many of the session's objects hold it (views, a model and the parameters
-        ``remote.parameters()`` points to); nothing for the owner's data. Another object (an optimizer)
-        is charged ``charge`` bytes (default: its size)."""
+        """Add ``entry``. A client's object is charged to its session by the memory blocks it keeps alive
+        (:meth:`_blocks_of`): each block's whole size once, however many of the session's objects hold it
+        (views, a model and the parameters ``remote.parameters()`` points to, an optimizer over them), and
+        while any does; nothing for the owner's data. Anything else is charged ``charge`` bytes (default:
+        its size)."""
         with self._lock:
             old = self._entries.get(entry.id)
             if old is not None:
@@ -238,16 +242,24 @@ class ObjectStore:
         return sorted(found, key=lambda e: e.created)
 
     def _blocks_of(self, value: Any) -> Optional[List[Tuple[int, int, Any]]]:
-        """``(storage key, bytes, storage)`` of each memory block a client's tensor or model is charged by (none
-        for the owner's data and empty blocks); None for what is charged otherwise (an optimizer, a tensor
-        without a storage)."""
+        """``(key, bytes, what holds it)`` of each memory block a client's object is charged by, i.e. keeps
+        alive: a tensor's storage; a model's parameters and buffers; an optimizer's parameters and its state
+        (a block of its own, keyed by the optimizer: the state its steps will keep, see
+        :func:`.optimizers.state_bytes`); a scheduler's optimizer's. None for the owner's data and empty
+        blocks; None for anything else (charged by size) and a tensor without a storage."""
+        extra: List[Tuple[int, int, Any]] = []
+        if isinstance(value, LRScheduler):
+            value = value.optimizer  # (it keeps its optimizer alive)
         if isinstance(value, torch.nn.Module):
             tensors = list(value.state_dict(keep_vars=True).values())
         elif isinstance(value, torch.Tensor):
             tensors = [value]
+        elif isinstance(value, Optimizer):
+            tensors = [p for group in value.param_groups for p in group["params"]]
+            extra.append((-id(value), state_bytes(value), value))  # (negative: never a storage's address)
         else:
             return None
-        blocks: Dict[int, Tuple[int, int, Any]] = {}
+        blocks: Dict[int, Tuple[int, int, Any]] = {key: (key, n, held) for key, n, held in extra}
         for t in tensors:
             try:
                 storage = t.untyped_storage()
@@ -258,6 +270,19 @@ class ObjectStore:
             if nbytes and key not in self._owner_storage:
                 blocks[key] = (key, nbytes, storage)
         return list(blocks.values())
+
+    def adds(self, value: Any, session: bytes, seen: Set[int]) -> int:
+        """What storing ``value`` (not a tensor: see :meth:`charge_of`) would add to ``session``'s charge: the
+        blocks it keeps alive that the session does not hold yet, nor ``seen`` (to which they are added)."""
+        blocks = self._blocks_of(value)
+        if blocks is None:
+            return Entry(b"", value).nbytes
+        more = 0
+        for key, nbytes, _ in blocks:
+            if (session, key) not in self._blocks and key not in seen:
+                seen.add(key)
+                more += nbytes
+        return more
 
     def charge_of(self, t: torch.Tensor, session: Optional[bytes] = None, seen: Optional[Set[int]] = None) -> int:
         """What a new object ``t`` would add to its client's charge: its tensor's whole memory block (a small
