@@ -111,9 +111,21 @@ def state_bytes(opt: Optimizer) -> int:
     for group in opt.param_groups:
         params = group["params"]
         will += int(_ratio(type(opt), group) * sum(p.numel() * p.element_size() for p in params))
-    held = sum(v.numel() * v.element_size() for state in opt.state.values() for v in state.values()
+    return max(will, _held(opt))
+
+
+def _held(opt: Optimizer) -> int:
+    """The bytes of the state tensors ``opt`` holds now."""
+    return sum(v.numel() * v.element_size() for state in opt.state.values() for v in state.values()
                if isinstance(v, torch.Tensor))
-    return max(will, held)
+
+
+def probe_params(n: int, numel: int) -> list:
+    """``n`` small parameters with gradients, to measure an optimizer class on (not the client's)."""
+    params = [torch.zeros(numel, requires_grad=True) for _ in range(n)]
+    for p in params:
+        p.grad = torch.ones(numel)
+    return params
 
 
 def _ratio(cls: type, group: Dict[str, Any]) -> float:
@@ -127,16 +139,12 @@ def _ratio(cls: type, group: Dict[str, Any]) -> float:
     with _ratios_lock:
         known = _ratios.get(key)
         if known is None:
-            params = [torch.zeros(1024, requires_grad=True) for _ in range(4)]
-            for p in params:
-                p.grad = torch.ones(1024)
+            params = probe_params(4, 1024)
             try:
                 probe = cls([{**options, "params": params}])
                 with torch.no_grad():
                     probe.step()
-                held = sum(v.numel() * v.element_size() for state in probe.state.values() for v in state.values()
-                           if isinstance(v, torch.Tensor))
-                known = held / sum(p.numel() * p.element_size() for p in params)
+                known = _held(probe) / sum(p.numel() * p.element_size() for p in params)
             except Exception:  # (options this probe cannot take: the most any allowed optimizer keeps)
                 known = _MOST
             _ratios[key] = known

@@ -128,9 +128,7 @@ def per_param_seconds(cls: type) -> float:
     with _per_param_lock:
         known = _per_param.get(cls)
         if known is None:
-            params = [torch.zeros(4, requires_grad=True) for _ in range(8)]
-            for p in params:
-                p.grad = torch.ones(4)
+            params = optimizers.probe_params(8, 4)
             opt = cls(params, lr=1e-3)
             best = float("inf")
             with torch.no_grad():
