@@ -148,20 +148,9 @@ class Client:
         if tensor.requires_grad:
             header["rg"] = True  # send keeps requires_grad
         nbytes = tensor.numel() * tensor.element_size()
-        pool = self._link.pool
-        if pool is not None and samehost.SHARED_MIN_BYTES <= nbytes < LARGE_FRAME_BYTES:
-            # same host, pipelined as over TCP at this size: copied into the link's memory file now (the caller
-            # may change the tensor at once), never lent; its region is free again once a later request is
-            # answered (the worker handles messages in order). A full pool sends it by TCP instead.
-            seq = self._link.next_seq()
-            header["s"] = seq
-            self._origins[seq] = ("send", user_site())
-            pool.written.clear()
-            parts = encode(header, pool, lend=False)
-            self._link.hold(seq, pool.written[:])
-            self._link.send(parts, flush=bool(tags))
-        elif pool is not None and samehost.SHARED_MIN_BYTES <= nbytes <= samehost.POOL_MAX_BYTES:
-            # same host, larger: lent (one copy) or copied into the memory file; the caller waits until the
+        pool = self._link.pool if samehost.SHARED_MIN_BYTES <= nbytes <= samehost.POOL_MAX_BYTES else None
+        if pool is not None and nbytes >= LARGE_FRAME_BYTES:
+            # same host: lent (one copy) or copied into the link's memory file; the caller waits until the
             # worker acknowledges that it read it, as a zero-copy TCP send does
             header["ack"] = True
             pool.written.clear()
@@ -169,19 +158,27 @@ class Client:
                 self._request(header, op="send", pool=pool)
             finally:
                 pool.release(pool.written)
-        elif nbytes >= defaults.stream_min_bytes and self._link.streams_values:
+        elif pool is None and nbytes >= defaults.stream_min_bytes and self._link.streams_values:
             # streamed in chunks (wire/chunks.py): returns once the worker holds every byte
             self._request(transfers.put_header(oid, tensor, list(tags)), op="send", upload=tensor)
-        elif nbytes >= LARGE_FRAME_BYTES:
+        elif pool is None and nbytes >= LARGE_FRAME_BYTES:
             # sent zero-copy: the worker's acknowledgement says when the tensor may change again
             header["ack"] = True
             self._request(header, op="send")
-        else:
+        else:  # pipelined: copied now (the caller may change the tensor at once)
             seq = self._link.next_seq()
             header["s"] = seq
             self._origins[seq] = ("send", user_site())
+            if pool is not None:
+                # same host: into the link's memory file, never lent; its region is free again once a later
+                # request is answered (the worker handles messages in order). A full pool: by TCP instead
+                pool.written.clear()
+                parts = encode(header, pool, lend=False)
+                self._link.hold(seq, pool.written[:])
+            else:
+                parts = encode(header)
             # a tagged tensor is meant to be found, perhaps by another client: send it now
-            self._link.send(encode(header), flush=bool(tags))
+            self._link.send(parts, flush=bool(tags))
         ptr = PointerTensor(self, oid, tuple(tensor.shape), tensor.dtype, owned=True, tags=tags,
                             requires_grad=tensor.requires_grad)
         self.events.emit("send", id=oid, shape=tuple(tensor.shape))
