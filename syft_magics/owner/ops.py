@@ -232,13 +232,14 @@ class Ops:
                 raise Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, the client expected "
                                                  f"{len(out)}", public=not prov.hidden)
             seen: Set[int] = set()  # the memory blocks of this op's results: each charged once
-            kept = [(i, oid, leaf, self._charge(leaf, session.ident, seen))
+            # each result's charge (its memory blocks the client does not hold yet: see ObjectStore.put) and blocks
+            kept = [(i, oid, leaf, self.store.charge(leaf, session.ident, seen))
                     for i, (oid, leaf) in enumerate(zip(out, leaves))
                     if oid is not None and isinstance(leaf, STORED_TYPES)]  # tensors, models, optimizers built here
             if kept:
                 q, sid = session.quotas, session.ident
                 count, held = self.store.session_count(sid), self.store.held_bytes(sid)
-                more = sum(k[3] for k in kept)
+                more = sum(k[3][0] for k in kept)
                 if count + len(kept) > q.max_objects or held + more > q.max_bytes:
                     self.refuse("over a quota or time budget")
                     quotas.check_objects(q, session.label, count, len(kept))
@@ -250,7 +251,7 @@ class Ops:
         inputs = tuple(e.id for e in used)
         now = time.time()
         graph: Any = False  # the work behind results with a grad_fn (found once: they share the op's inputs)
-        for i, oid, leaf, charge in kept:
+        for i, oid, leaf, (charge, blocks) in kept:
             work = None
             if isinstance(leaf, torch.Tensor) and leaf.grad_fn is not None:
                 if graph is False:
@@ -258,19 +259,10 @@ class Ops:
                 work = graph
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                  created=now, last_access=now, provenance=self.disclosure.leaf(prov, shown, i),
-                                 work=work), charge=charge)
+                                 work=work), charge=charge, blocks=blocks)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
-
-    def _charge(self, value: Any, session: bytes, seen: Set[int]) -> int:
-        """The bytes a new object adds to its client's charge: the memory blocks it keeps alive that the client
-        does not hold yet (a tensor's whole block: a small view keeps a large block alive; a model's
-        parameters; an optimizer's parameters and the state its steps will keep), nothing for a view of the
-        owner's data (the owner keeps it anyway). See :meth:`.ObjectStore.put`."""
-        if isinstance(value, torch.Tensor):
-            return self.store.charge_of(value, session, seen)
-        return self.store.adds(value, session, seen)
 
     def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],
                  spent: float = 0.0) -> None:

@@ -117,6 +117,11 @@ def storage_key(t: torch.Tensor) -> int:
         return 0
 
 
+#: One memory block a client's object keeps alive: ``(key, bytes, what holds it)`` (see :meth:`ObjectStore.blocks_of`).
+Block = Tuple[int, int, Any]
+_FIND = object()  # (put's blocks: not given, find them)
+
+
 class ObjectStore:
     """Thread-safe id -> :class:`Entry` map with a tag index and per-session ownership."""
 
@@ -134,12 +139,12 @@ class ObjectStore:
         self._lock = threading.RLock()
 
     # -- adding and removing -------------------------------------------------
-    def put(self, entry: Entry, charge: Optional[int] = None) -> Entry:
+    def put(self, entry: Entry, charge: Optional[int] = None, blocks: Any = _FIND) -> Entry:
         """Add ``entry``. A client's object is charged to its session by the memory blocks it keeps alive
-        (:meth:`_blocks_of`): each block's whole size once, however many of the session's objects hold it
-        (views, a model and the parameters ``remote.parameters()`` points to, an optimizer over them), and
-        while any does; nothing for the owner's data. Anything else is charged ``charge`` bytes (default:
-        its size)."""
+        (:meth:`blocks_of`, or ``blocks`` as :meth:`charge` found them): each block's whole size once, however
+        many of the session's objects hold it (views, a model and the parameters ``remote.parameters()`` points
+        to, an optimizer over them), and while any does; nothing for the owner's data. Anything else is charged
+        ``charge`` bytes (default: its size)."""
         with self._lock:
             old = self._entries.get(entry.id)
             if old is not None:
@@ -149,7 +154,8 @@ class ObjectStore:
                 self._tags.setdefault(tag, set()).add(entry.id)
             if entry.session is not None:
                 self._by_session.setdefault(entry.session, set()).add(entry.id)
-                blocks = self._blocks_of(entry.tensor)
+                if blocks is _FIND:
+                    blocks = self.blocks_of(entry.tensor)
                 if blocks is not None:
                     holds = self._in_block[entry.id] = []
                     for key, nbytes, storage in blocks:
@@ -241,13 +247,13 @@ class ObjectStore:
             found = [self._entries[i] for i in ids if self._entries[i].session is None]
         return sorted(found, key=lambda e: e.created)
 
-    def _blocks_of(self, value: Any) -> Optional[List[Tuple[int, int, Any]]]:
+    def blocks_of(self, value: Any) -> Optional[List[Block]]:
         """``(key, bytes, what holds it)`` of each memory block a client's object is charged by, i.e. keeps
         alive: a tensor's storage; a model's parameters and buffers; an optimizer's parameters and its state
         (a block of its own, keyed by the optimizer: the state its steps will keep, see
         :func:`.optimizers.state_bytes`); a scheduler's optimizer's. None for the owner's data and empty
         blocks; None for anything else (charged by size) and a tensor without a storage."""
-        extra: List[Tuple[int, int, Any]] = []
+        extra: List[Block] = []
         if isinstance(value, LRScheduler):
             value = value.optimizer  # (it keeps its optimizer alive)
         if isinstance(value, torch.nn.Module):
@@ -259,7 +265,7 @@ class ObjectStore:
             extra.append((-id(value), state_bytes(value), value))  # (negative: never a storage's address)
         else:
             return None
-        blocks: Dict[int, Tuple[int, int, Any]] = {key: (key, n, held) for key, n, held in extra}
+        blocks: Dict[int, Block] = {key: (key, n, held) for key, n, held in extra}
         for t in tensors:
             try:
                 storage = t.untyped_storage()
@@ -271,37 +277,19 @@ class ObjectStore:
                 blocks[key] = (key, nbytes, storage)
         return list(blocks.values())
 
-    def adds(self, value: Any, session: bytes, seen: Set[int]) -> int:
-        """What storing ``value`` (not a tensor: see :meth:`charge_of`) would add to ``session``'s charge: the
-        blocks it keeps alive that the session does not hold yet, nor ``seen`` (to which they are added)."""
-        blocks = self._blocks_of(value)
+    def charge(self, value: Any, session: bytes, seen: Set[int]) -> Tuple[int, Optional[List[Block]]]:
+        """What storing ``value`` (a new result) would add to ``session``'s charge, and the blocks it is charged
+        by (:meth:`blocks_of`, to hand to :meth:`put`): the blocks it keeps alive that the session does not hold
+        yet, nor ``seen`` (the op's other results' blocks, to which they are added). This runs for every result."""
+        blocks = self.blocks_of(value)
         if blocks is None:
-            return Entry(b"", value).nbytes
+            return Entry(b"", value).nbytes, None
         more = 0
         for key, nbytes, _ in blocks:
             if (session, key) not in self._blocks and key not in seen:
                 seen.add(key)
                 more += nbytes
-        return more
-
-    def charge_of(self, t: torch.Tensor, session: Optional[bytes] = None, seen: Optional[Set[int]] = None) -> int:
-        """What a new object ``t`` would add to its client's charge: its tensor's whole memory block (a small
-        view can keep a large block alive), unless ``session`` already holds that block (or it is in
-        ``seen``, the blocks of the op's other results, to which it is added); nothing for (a view of)
-        the owner's data. One storage look-up: this runs for every result."""
-        try:
-            storage = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):
-            return t.numel() * t.element_size()
-        nbytes = int(storage.nbytes())  # (an empty view of a block keeps the whole block alive)
-        key = storage.data_ptr()
-        if not nbytes or (self._owner_storage and key in self._owner_storage) or (session, key) in self._blocks:
-            return 0
-        if seen is not None:
-            if key in seen:
-                return 0
-            seen.add(key)
-        return nbytes
+        return more, blocks
 
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""
