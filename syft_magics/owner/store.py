@@ -6,9 +6,11 @@ freed when that session's pointers die or the session ends).
 """
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
@@ -122,6 +124,16 @@ Block = Tuple[int, int, Any]
 _FIND = object()  # (put's blocks: not given, find them)
 
 
+class _Saved:
+    """The blocks one op's autograd graph is charged in, and how many of the tensors it saved are alive (see
+    :meth:`ObjectStore.keep_saved`): let go when the last of them is freed."""
+
+    __slots__ = ("session", "blocks", "alive")
+
+    def __init__(self, session: bytes, blocks: List[Tuple[bytes, int]]) -> None:
+        self.session, self.blocks, self.alive = session, blocks, 0
+
+
 class ObjectStore:
     """Thread-safe id -> :class:`Entry` map with a tag index and per-session ownership."""
 
@@ -136,6 +148,10 @@ class ObjectStore:
         #: storage itself: held, so its address cannot be reused by another block while this one is charged]
         self._blocks: Dict[Tuple[bytes, int], List[Any]] = {}
         self._in_block: Dict[bytes, List[Tuple[bytes, int]]] = {}  # object id -> the blocks it holds
+        #: what the sessions' autograd graphs saved (see :meth:`keep_saved`): a weak reference to each saved tensor
+        #: -> its op's graph; the references of those freed since (by torch, on any thread), to count down here
+        self._saved: Dict[Any, _Saved] = {}
+        self._released: "collections.deque[Any]" = collections.deque()
         self._lock = threading.RLock()
 
     # -- adding and removing -------------------------------------------------
@@ -157,16 +173,7 @@ class ObjectStore:
                 if blocks is _FIND:
                     blocks = self.blocks_of(entry.tensor)
                 if blocks is not None:
-                    holds = self._in_block[entry.id] = []
-                    for key, nbytes, storage in blocks:
-                        where = (entry.session, key)
-                        held = self._blocks.get(where)
-                        if held is None:
-                            self._blocks[where] = [1, nbytes, storage]
-                            self._held[entry.session] = self._held.get(entry.session, 0) + nbytes
-                        else:
-                            held[0] += 1
-                        holds.append(where)
+                    self._take(entry.id, entry.session, blocks)
                     return entry
                 cost = entry.nbytes if charge is None else charge
                 if cost:
@@ -176,6 +183,48 @@ class ObjectStore:
                 key = storage_key(entry.tensor)
                 self._owner_storage[key] = self._owner_storage.get(key, 0) + 1
             return entry
+
+    def _take(self, holder: bytes, session: bytes, blocks: List[Block]) -> None:
+        self._in_block[holder] = [self._take_block(session, block) for block in blocks]
+
+    def _take_block(self, session: bytes, block: Block) -> Tuple[bytes, int]:
+        """Count one more holder of ``block`` for ``session``; charge its bytes if it is the first."""
+        key, nbytes, storage = block
+        where = (session, key)
+        held = self._blocks.get(where)
+        if held is None:
+            self._blocks[where] = [1, nbytes, storage]
+            self._held[session] = self._held.get(session, 0) + nbytes
+        else:
+            held[0] += 1
+        return where
+
+    def keep_saved(self, session: bytes, saved: List[Tuple[torch.Tensor, Block]]) -> None:
+        """Charge ``session`` for the blocks of the tensors one op's autograd graph saved (as :meth:`charge_saved`
+        found them) while torch keeps any of them (see :mod:`.graphs`): a block's bytes once, however many of
+        the session's objects and graphs hold it."""
+        with self._lock:
+            self._drain()
+            blocks = {block[0]: block for _, block in saved}
+            graph = _Saved(session, [self._take_block(session, b) for b in blocks.values()])
+            # (the callback, a deque's append, runs on whichever thread frees the tensor: counted at _drain)
+            refs = [weakref.ref(t, self._released.append) for t, _ in saved]
+            graph.alive = len(refs)
+            self._saved.update(dict.fromkeys(refs, graph))
+
+    def _drain(self) -> None:
+        """Let go the blocks of the graphs whose saved tensors were all freed since (under the lock)."""
+        while self._released:
+            graph = self._saved.pop(self._released.popleft(), None)
+            if graph is not None:
+                graph.alive -= 1
+                if graph.alive == 0:
+                    self._let_go_saved(graph)
+
+    def _let_go_saved(self, graph: "_Saved") -> None:
+        for where in graph.blocks:
+            self._let_go_block(where, self._blocks[where])
+        graph.blocks = []
 
     def remove(self, oid: bytes) -> Optional[Entry]:
         with self._lock:
@@ -195,19 +244,7 @@ class ObjectStore:
             ids = self._by_session.get(entry.session)
             if ids is not None:
                 ids.discard(entry.id)
-            cost = self._charges.pop(entry.id, 0)
-            for where in self._in_block.pop(entry.id, ()):
-                block = self._blocks[where]
-                block[0] -= 1
-                if block[0] == 0:  # the session's last object in that block: its bytes are free again
-                    del self._blocks[where]
-                    cost += block[1]
-            if cost:
-                left = self._held.get(entry.session, 0) - cost
-                if left > 0:
-                    self._held[entry.session] = left
-                else:
-                    self._held.pop(entry.session, None)
+            self._let_go(entry.id, entry.session, self._charges.pop(entry.id, 0))
         elif entry.tensor is not None:
             key = storage_key(entry.tensor)
             left = self._owner_storage.get(key, 0) - 1
@@ -215,6 +252,26 @@ class ObjectStore:
                 self._owner_storage[key] = left
             else:
                 self._owner_storage.pop(key, None)
+
+    def _let_go(self, holder: bytes, session: bytes, cost: int) -> None:
+        """Uncharge what ``holder`` (an object or a hold) was charged: ``cost`` bytes and its blocks."""
+        for where in self._in_block.pop(holder, ()):
+            self._let_go_block(where, self._blocks[where])
+        if cost:
+            self._uncharge(session, cost)
+
+    def _let_go_block(self, where: Tuple[bytes, int], block: List[Any]) -> None:
+        block[0] -= 1
+        if block[0] == 0:  # the session's last holder of that block: its bytes are free again
+            del self._blocks[where]
+            self._uncharge(where[0], block[1])
+
+    def _uncharge(self, session: bytes, nbytes: int) -> None:
+        left = self._held.get(session, 0) - nbytes
+        if left > 0:
+            self._held[session] = left
+        else:
+            self._held.pop(session, None)
 
     def free(self, session: bytes, ids: List[bytes]) -> int:
         """Free the objects in ``ids`` that belong to ``session``; owner data is never touched."""
@@ -233,6 +290,9 @@ class ObjectStore:
             ids = list(self._by_session.pop(session, ()))
             for oid in ids:
                 self.remove(oid)
+            self._drain()
+            for ref in [r for r, g in self._saved.items() if g.session == session]:  # graphs still alive: let go
+                self._let_go_saved(self._saved.pop(ref))
             return len(ids)
 
     # -- looking up ----------------------------------------------------------
@@ -284,12 +344,39 @@ class ObjectStore:
         blocks = self.blocks_of(value)
         if blocks is None:
             return Entry(b"", value).nbytes, None
+        if self._released:
+            with self._lock:
+                self._drain()
         more = 0
         for key, nbytes, _ in blocks:
             if (session, key) not in self._blocks and key not in seen:
                 seen.add(key)
                 more += nbytes
         return more, blocks
+
+    def charge_saved(self, saved: List[torch.Tensor], session: bytes,
+                     seen: Set[int]) -> Tuple[int, List[Tuple[torch.Tensor, Block]]]:
+        """Like :meth:`charge`, for the tensors an op's autograd graph saved (to hand to :meth:`keep_saved`):
+        each with its block (the owner's data left out), and the bytes of the blocks the session does not
+        hold yet, nor ``seen``. (Runs for every op that builds a graph: a training step's forward saves its
+        input and every weight.)"""
+        if self._released:
+            with self._lock:
+                self._drain()
+        found: List[Tuple[torch.Tensor, Block]] = []
+        owner, more = self._owner_storage, 0
+        for t in saved:
+            try:
+                storage = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                continue
+            key, nbytes = storage.data_ptr(), int(storage.nbytes())
+            if nbytes and key not in owner:
+                found.append((t, (key, nbytes, storage)))
+                if (session, key) not in self._blocks and key not in seen:
+                    seen.add(key)
+                    more += nbytes
+        return more, found
 
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""
@@ -325,7 +412,10 @@ class ObjectStore:
                           if any(self._entries[i].session is None for i in ids))
 
     def held_bytes(self, session: bytes) -> int:
-        """The bytes charged to a session's objects (what its ``max_bytes`` quota bounds)."""
+        """The bytes charged to a session's objects and graphs (what its ``max_bytes`` quota bounds)."""
+        if self._released:
+            with self._lock:
+                self._drain()
         return self._held.get(session, 0)
 
     def session_count(self, session: bytes) -> int:

@@ -1,0 +1,60 @@
+"""The memory an autograd graph keeps alive, charged to the client whose ops built it.
+
+A result that requires grad keeps, through its ``grad_fn``, every tensor its graph saved for the
+backward: inputs, the intermediates of a model's forward, results. A client may drop its pointers to
+all of those and keep only the last result: ``for _ in range(n): z = z * 1.0 + z.exp()`` held 600 MB
+under a 16 MB quota before this module, the quota counting only the objects the client pointed to.
+
+So an op that can build a graph (grad enabled, and an input that requires grad or a model) runs under
+torch's ``saved_tensors_hooks`` (:class:`Recorder`), which see each tensor autograd saves, and the op's
+client is charged for the memory blocks of those tensors exactly while torch keeps them
+(:meth:`.ObjectStore.keep_saved`: each block once, however many of the client's objects and saved
+tensors hold it): until the graph node that saved one is gone, or a backward without ``retain_graph``
+freed it. Nothing is guessed from the op or the graph's shape; ``backward(create_graph=True)``'s new
+graph is saved through the same hooks.
+
+What this does not count: ``.grad`` tensors (one per leaf, bounded by the leaves' own charge), and the
+saved tensors of a graph the worker did not build (an owner's shared tensor with a ``grad_fn``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, List
+
+import torch
+
+__all__ = ["Recorder", "builds_graph"]
+
+
+def builds_graph(values: Iterable[Any]) -> bool:
+    """Whether an op over ``values`` (its inputs), with grad asked for, may save tensors for a backward: grad is
+    on here and one of them requires grad or is a model (whose parameters may)."""
+    if not torch.is_grad_enabled():
+        return False
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.requires_grad or isinstance(v, torch.nn.Module):
+            return True
+    return False
+
+
+class Recorder(torch.autograd.graph.saved_tensors_hooks):
+    """While active (``with``), each tensor autograd saves is saved detached, and kept in :attr:`saved` too
+    (until the op's results are stored): the store then watches each one's lifetime, which is torch's.
+
+    Detached, as torch itself keeps a saved tensor: a result saved as itself would make a reference cycle
+    through its ``grad_fn`` that no garbage collection frees; torch gives it back its ``grad_fn`` when the
+    backward unpacks it."""
+
+    def __init__(self) -> None:
+        self.saved: List[torch.Tensor] = []
+        keep = self.saved.append
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            d = t.detach()
+            keep(d)
+            return d
+
+        super().__init__(pack, _unpack)
+
+
+def _unpack(t: torch.Tensor) -> torch.Tensor:
+    return t
