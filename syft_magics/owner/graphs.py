@@ -7,22 +7,22 @@ under a 16 MB quota before this module, the quota counting only the objects the 
 
 So an op that can build a graph (grad enabled, and an input that requires grad or a model) runs under
 torch's ``saved_tensors_hooks`` (:class:`Recorder`), which see each tensor autograd saves, and the op's
-client is charged for the memory blocks of those tensors exactly while torch keeps them
-(:meth:`.ObjectStore.keep_saved`: each block once, however many of the client's objects and saved
-tensors hold it): until the graph node that saved one is gone, or a backward without ``retain_graph``
-freed it. Nothing is guessed from the op or the graph's shape; ``backward(create_graph=True)``'s new
-graph is saved through the same hooks.
+client is charged for the memory blocks of those tensors while torch keeps any of them
+(:meth:`.ObjectStore.keep_saved`: each block once, however many of the client's objects and graphs hold
+it): until the graph nodes that saved them are gone, or a backward without ``retain_graph`` freed them.
+Nothing is guessed from the op or the graph's shape; ``backward(create_graph=True)`` saves its new graph
+through the same hooks.
 
 What this does not count: ``.grad`` tensors (one per leaf, bounded by the leaves' own charge), and the
 saved tensors of a graph the worker did not build (an owner's shared tensor with a ``grad_fn``).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, List
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 import torch
 
-__all__ = ["Recorder", "builds_graph"]
+__all__ = ["Graph", "Recorder", "builds_graph"]
 
 
 def builds_graph(values: Iterable[Any]) -> bool:
@@ -36,25 +36,43 @@ def builds_graph(values: Iterable[Any]) -> bool:
     return False
 
 
-class Recorder(torch.autograd.graph.saved_tensors_hooks):
-    """While active (``with``), each tensor autograd saves is saved detached, and kept in :attr:`saved` too
-    (until the op's results are stored): the store then watches each one's lifetime, which is torch's.
+class Graph:
+    """What one op's autograd graph saved: torch keeps each saved tensor with a reference to this object, so
+    it is freed (``__del__``) when torch has freed the last of them (the graph's nodes dropped, or a backward
+    without ``retain_graph`` run through them); ``on_freed`` is then called with :attr:`key` (any thread, at
+    any point of the code: it should only queue)."""
 
-    Detached, as torch itself keeps a saved tensor: a result saved as itself would make a reference cycle
-    through its ``grad_fn`` that no garbage collection frees; torch gives it back its ``grad_fn`` when the
-    backward unpacks it."""
+    __slots__ = ("key", "on_freed")
+
+    def __init__(self) -> None:
+        self.key = 0
+        self.on_freed: Optional[Callable[[int], None]] = None
+
+    def __del__(self) -> None:
+        if self.on_freed is not None:
+            self.on_freed(self.key)
+
+
+class Recorder(torch.autograd.graph.saved_tensors_hooks):
+    """While active (``with``), each tensor autograd saves is kept in :attr:`saved` too (until the op's results
+    are stored), and saved by torch with a reference to :attr:`graph`.
+
+    Saved detached, as torch itself keeps a saved tensor: a result saved as itself would make a reference
+    cycle through its ``grad_fn`` that no garbage collection frees; torch gives it back its ``grad_fn`` when
+    the backward unpacks it."""
 
     def __init__(self) -> None:
         self.saved: List[torch.Tensor] = []
+        self.graph = graph = Graph()
         keep = self.saved.append
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor) -> Tuple[Graph, torch.Tensor]:
             d = t.detach()
             keep(d)
-            return d
+            return graph, d
 
         super().__init__(pack, _unpack)
 
 
-def _unpack(t: torch.Tensor) -> torch.Tensor:
-    return t
+def _unpack(packed: Tuple[Graph, torch.Tensor]) -> torch.Tensor:
+    return packed[1]

@@ -118,7 +118,7 @@ class Ops:
             return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, spent=spent,
                                 saved=saved)
 
-        def work() -> Tuple[Any, Optional[List[Entry]], float, float, Any, Optional[List[torch.Tensor]]]:
+        def work() -> Tuple[Any, Optional[List[Entry]], float, float, Any, Optional[graphs.Recorder]]:
             estimate = cost
             if estimate is None and key is not None and costs.warm():
                 try:
@@ -170,16 +170,16 @@ class Ops:
         return None
 
     def _call(self, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
-              used: List[Entry]) -> Tuple[Any, Optional[List[Entry]], Optional[List[torch.Tensor]]]:
+              used: List[Entry]) -> Tuple[Any, Optional[List[Entry]], Optional[graphs.Recorder]]:
         """Run the op under the write guard; its result, the entries it wrote into (None: it writes
-        nothing, by its schema) and the tensors autograd saved for a backward while it ran (None: it could
-        not build a graph; see :mod:`.graphs`). Raises :class:`_Ran` (the error and the writes made before
-        it) if the op failed after it may have written."""
+        nothing, by its schema) and what recorded the tensors autograd saved for a backward while it
+        ran (None: it could not build a graph; see :mod:`.graphs`). Raises :class:`_Ran` (the error and
+        the writes made before it) if the op failed after it may have written."""
         recorder = graphs.Recorder() if grad and graphs.builds_graph(e.tensor for e in used) else None
         if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
             if recorder is not None:
                 with recorder:
-                    return fn(*args, **kwargs), None, recorder.saved
+                    return fn(*args, **kwargs), None, recorder
             if grad:
                 return fn(*args, **kwargs), None, None
             with torch.no_grad():  # (the client's op ran under torch.no_grad())
@@ -191,7 +191,7 @@ class Ops:
                 result = fn(*args, **kwargs)
         except Exception as exc:
             raise _Ran(exc, writes.changed(before)) from None
-        return result, writes.changed(before), recorder.saved if recorder is not None else None
+        return result, writes.changed(before), recorder
 
     def _check_cost(self, session: Session, op: str, cost: costs.Cost, n_out: int) -> None:
         """Refuse, before it runs, an op over the client's time budget, bytes or objects."""
@@ -223,7 +223,7 @@ class Ops:
     def _finish(self, session: Session, header: dict, name: str, call: Tuple[Any, Any, Any], result: Any,
                 out: list, used: List[Entry], t0: float,
                 disclosed: Optional[Tuple[Provenance, Optional[List[bool]]]] = None,
-                spent: float = 0.0, saved: Optional[List[torch.Tensor]] = None) -> Optional[List[Any]]:
+                spent: float = 0.0, saved: Optional[graphs.Recorder] = None) -> Optional[List[Any]]:
         """Store an op's results for its client (charged to its quota, with their provenance: see
         :mod:`.provenance`, and the autograd work behind them: see :mod:`.train_costs`) and describe them
         if asked; charge it what the op's graph keeps alive (``saved``, see :mod:`.graphs`). ``call``:
@@ -245,7 +245,8 @@ class Ops:
             kept = [(i, oid, leaf, self.store.charge(leaf, session.ident, seen))
                     for i, (oid, leaf) in enumerate(zip(out, leaves))
                     if oid is not None and isinstance(leaf, STORED_TYPES)]  # tensors, models, optimizers built here
-            graph_more, kept_saved = self.store.charge_saved(saved, session.ident, seen) if saved else (0, None)
+            graph_more, kept_saved = self.store.charge_saved(saved.saved, session.ident, seen) \
+                if saved is not None and saved.saved else (0, None)
             if kept or kept_saved:  # (what its graph keeps alive: see .graphs; its results' blocks counted once)
                 q, sid = session.quotas, session.ident
                 count, held = self.store.session_count(sid), self.store.held_bytes(sid)
@@ -270,8 +271,8 @@ class Ops:
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                  created=now, last_access=now, provenance=self.disclosure.leaf(prov, shown, i),
                                  work=work), charge=charge, blocks=blocks)
-        if kept_saved:
-            self.store.keep_saved(session.ident, kept_saved)
+        if kept_saved and saved is not None:
+            self.store.keep_saved(session.ident, saved.graph, kept_saved)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None

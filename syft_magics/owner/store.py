@@ -7,10 +7,10 @@ freed when that session's pointers die or the session ends).
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..display import dtype_text, esc, html_row, html_table, human_bytes, short_id, table
 from ..wire.names import check_tag
+from .graphs import Graph
 from .optimizers import state_bytes
 from .provenance import CLIENT, Provenance
 
@@ -124,16 +125,6 @@ Block = Tuple[int, int, Any]
 _FIND = object()  # (put's blocks: not given, find them)
 
 
-class _Saved:
-    """The blocks one op's autograd graph is charged in, and how many of the tensors it saved are alive (see
-    :meth:`ObjectStore.keep_saved`): let go when the last of them is freed."""
-
-    __slots__ = ("session", "blocks", "alive")
-
-    def __init__(self, session: bytes, blocks: List[Tuple[bytes, int]]) -> None:
-        self.session, self.blocks, self.alive = session, blocks, 0
-
-
 class ObjectStore:
     """Thread-safe id -> :class:`Entry` map with a tag index and per-session ownership."""
 
@@ -148,10 +139,11 @@ class ObjectStore:
         #: storage itself: held, so its address cannot be reused by another block while this one is charged]
         self._blocks: Dict[Tuple[bytes, int], List[Any]] = {}
         self._in_block: Dict[bytes, List[Tuple[bytes, int]]] = {}  # object id -> the blocks it holds
-        #: what the sessions' autograd graphs saved (see :meth:`keep_saved`): a weak reference to each saved tensor
-        #: -> its op's graph; the references of those freed since (by torch, on any thread), to count down here
-        self._saved: Dict[Any, _Saved] = {}
-        self._released: "collections.deque[Any]" = collections.deque()
+        #: what the sessions' autograd graphs saved (see :meth:`keep_saved`): graph key -> (session, its blocks);
+        #: the keys of those torch freed since (on any thread), to let go of here
+        self._graphs: Dict[int, Tuple[bytes, List[Tuple[bytes, int]]]] = {}
+        self._graph_keys = itertools.count(1)
+        self._released: "collections.deque[int]" = collections.deque()
         self._lock = threading.RLock()
 
     # -- adding and removing -------------------------------------------------
@@ -199,32 +191,24 @@ class ObjectStore:
             held[0] += 1
         return where
 
-    def keep_saved(self, session: bytes, saved: List[Tuple[torch.Tensor, Block]]) -> None:
-        """Charge ``session`` for the blocks of the tensors one op's autograd graph saved (as :meth:`charge_saved`
-        found them) while torch keeps any of them (see :mod:`.graphs`): a block's bytes once, however many of
-        the session's objects and graphs hold it."""
+    def keep_saved(self, session: bytes, graph: Graph, saved: List[Block]) -> None:
+        """Charge ``session`` for the blocks of the tensors one op's autograd ``graph`` saved (as
+        :meth:`charge_saved` found them) until torch has freed them all (see :mod:`.graphs`): a block's bytes
+        once, however many of the session's objects and graphs hold it."""
         with self._lock:
             self._drain()
-            blocks = {block[0]: block for _, block in saved}
-            graph = _Saved(session, [self._take_block(session, b) for b in blocks.values()])
-            # (the callback, a deque's append, runs on whichever thread frees the tensor: counted at _drain)
-            refs = [weakref.ref(t, self._released.append) for t, _ in saved]
-            graph.alive = len(refs)
-            self._saved.update(dict.fromkeys(refs, graph))
+            blocks = {block[0]: block for block in saved}
+            key = graph.key = next(self._graph_keys)
+            self._graphs[key] = (session, [self._take_block(session, b) for b in blocks.values()])
+            graph.on_freed = self._released.append  # (runs on whichever thread frees it: counted at _drain)
 
     def _drain(self) -> None:
-        """Let go the blocks of the graphs whose saved tensors were all freed since (under the lock)."""
+        """Let go the blocks of the graphs torch freed since (under the lock)."""
         while self._released:
-            graph = self._saved.pop(self._released.popleft(), None)
-            if graph is not None:
-                graph.alive -= 1
-                if graph.alive == 0:
-                    self._let_go_saved(graph)
-
-    def _let_go_saved(self, graph: "_Saved") -> None:
-        for where in graph.blocks:
-            self._let_go_block(where, self._blocks[where])
-        graph.blocks = []
+            found = self._graphs.pop(self._released.popleft(), None)
+            if found is not None:
+                for where in found[1]:
+                    self._let_go_block(where, self._blocks[where])
 
     def remove(self, oid: bytes) -> Optional[Entry]:
         with self._lock:
@@ -291,8 +275,9 @@ class ObjectStore:
             for oid in ids:
                 self.remove(oid)
             self._drain()
-            for ref in [r for r, g in self._saved.items() if g.session == session]:  # graphs still alive: let go
-                self._let_go_saved(self._saved.pop(ref))
+            for key in [k for k, (s, _) in self._graphs.items() if s == session]:  # graphs still alive: let go
+                self._released.append(key)
+            self._drain()
             return len(ids)
 
     # -- looking up ----------------------------------------------------------
@@ -354,16 +339,15 @@ class ObjectStore:
                 more += nbytes
         return more, blocks
 
-    def charge_saved(self, saved: List[torch.Tensor], session: bytes,
-                     seen: Set[int]) -> Tuple[int, List[Tuple[torch.Tensor, Block]]]:
+    def charge_saved(self, saved: List[torch.Tensor], session: bytes, seen: Set[int]) -> Tuple[int, List[Block]]:
         """Like :meth:`charge`, for the tensors an op's autograd graph saved (to hand to :meth:`keep_saved`):
-        each with its block (the owner's data left out), and the bytes of the blocks the session does not
-        hold yet, nor ``seen``. (Runs for every op that builds a graph: a training step's forward saves its
-        input and every weight.)"""
+        their blocks (the owner's data left out), and the bytes of those the session does not hold yet, nor
+        ``seen``. (Runs for every op that builds a graph: a training step's forward saves its input and every
+        weight.)"""
         if self._released:
             with self._lock:
                 self._drain()
-        found: List[Tuple[torch.Tensor, Block]] = []
+        found: List[Block] = []
         owner, more = self._owner_storage, 0
         for t in saved:
             try:
@@ -372,7 +356,7 @@ class ObjectStore:
                 continue
             key, nbytes = storage.data_ptr(), int(storage.nbytes())
             if nbytes and key not in owner:
-                found.append((t, (key, nbytes, storage)))
+                found.append((key, nbytes, storage))
                 if (session, key) not in self._blocks and key not in seen:
                     seen.add(key)
                     more += nbytes
