@@ -8,6 +8,7 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import wait_until
 
 from syft_magics.errors import QuotaExceeded
 from syft_magics.owner.quotas import Quotas
@@ -106,3 +107,34 @@ def test_gradients_built_by_create_graph_are_charged_with_their_graph(make_worke
     gc.collect()
     alice.sync()
     assert bob.store.held_bytes(_session(bob)) == held
+
+
+def test_graphs_built_by_ops_on_the_clients_lane_are_charged_too(make_worker, make_client, monkeypatch):
+    """Heavy ops run on the client's lane (a thread of their own): what their graphs save is charged the same."""
+    from syft_magics.owner import costs
+
+    monkeypatch.setattr(costs, "INLINE_SECONDS", 0.0)  # every priced op goes to the lane
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="8MB"))
+    alice = make_client(bob.address, key=bob.key)
+    z = alice.send(torch.zeros(250_000)).requires_grad_()
+    with pytest.raises(QuotaExceeded, match=r"max_bytes"):
+        for _ in range(12):
+            z = z * 1.0 + z.exp()
+            gc.collect()
+        alice.sync()
+    assert bob.store.held_bytes(_session(bob)) <= 8 * MB
+
+
+def test_a_client_that_leaves_with_its_graphs_alive_leaves_no_charge_behind(make_worker, make_client):
+    bob = make_worker("Bob", policy="open")
+    alice = make_client(bob.address, key=bob.key)
+    z = alice.send(torch.zeros(1000)).requires_grad_()
+    for _ in range(5):
+        z = z * 2.0 + z.exp()
+    alice.sync()
+    session = _session(bob)
+    assert bob.store.held_bytes(session) > 4000
+    alice.disconnect()
+    gc.collect()
+    assert wait_until(lambda: session not in bob.server.sessions)
+    assert bob.store.held_bytes(session) == 0 and not bob.store._graphs
