@@ -4,6 +4,7 @@ charge stays flat (its graphs released as torch frees them)."""
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
 import torch
@@ -12,9 +13,22 @@ from helpers import wait_until
 
 from syft_magics.errors import QuotaExceeded
 from syft_magics.owner.quotas import Quotas
+from syft_magics.wire.protocol import encode, ref_ext
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("fresh_estimates")]
 MB = 1_000_000
+
+
+@pytest.fixture
+def raw(peers):
+    """``raw(bob)``: a logged-in hand-driven peer (tests/raw_peer.py), as an attacker would speak."""
+
+    def login(bob):
+        p = peers(bob.address)
+        p.login(bob.key, name="raw")
+        return p
+
+    return login
 
 
 def _session(bob):
@@ -89,24 +103,83 @@ def test_a_backward_releases_the_graph_it_frees_and_training_stays_flat(make_wor
     assert loss.get().item() < 2.3
 
 
-def test_gradients_built_by_create_graph_are_charged_with_their_graph(make_worker, make_client):
-    """``backward(create_graph=True)`` builds a graph behind each leaf's ``.grad``; it is charged (while the
-    gradient keeps it) and the second-order gradient is right."""
+def test_second_order_gradients_are_charged_with_their_graph(make_worker, make_client):
+    """``torch.autograd.grad(..., create_graph=True)`` returns gradients with a graph of their own: it is charged
+    while they keep it, and the second-order gradient is right."""
     bob = make_worker("Bob", policy="open")
     alice = make_client(bob.address, key=bob.key)
     w = alice.send(torch.linspace(0, 1, 250_000)).requires_grad_()
     alice.sync()
     held = bob.store.held_bytes(_session(bob))
-    w.exp().sum().backward(create_graph=True)
+    (g,) = torch.autograd.grad(w.exp().sum(), [w], create_graph=True)
     alice.sync()
-    assert bob.store.held_bytes(_session(bob)) >= held + MB, "exp's saved result, kept by w.grad's graph"
-    (g,) = torch.autograd.grad(w.grad.sum(), [w])
-    assert torch.allclose(g.get(), torch.linspace(0, 1, 250_000).exp())
-    w.grad = None
-    del g
+    assert bob.store.held_bytes(_session(bob)) >= held + 2 * MB, "g, and exp's result its graph saved"
+    (h,) = torch.autograd.grad(g.sum(), [w])
+    assert torch.allclose(h.get(), torch.linspace(0, 1, 250_000).exp())
+    del g, h
     gc.collect()
     alice.sync()
     assert bob.store.held_bytes(_session(bob)) == held
+
+
+def test_backward_with_create_graph_is_refused_with_what_to_use_instead(make_worker, make_client):
+    """It would build a graph behind each leaf's ``.grad`` that refers back to the leaf: a reference cycle that
+    keeps their memory after the client freed them, even after it left (an attacker's probe: 12 MB more each
+    session, for good). ``torch.autograd.grad(..., create_graph=True)`` does the same without the cycle."""
+    bob = make_worker("Bob", policy="open")
+    alice = make_client(bob.address, key=bob.key)
+    w = alice.send(torch.ones(4)).requires_grad_()
+    with pytest.raises(Exception, match=r"create_graph=True\) is not supported.*torch.autograd.grad"):
+        w.exp().sum().backward(create_graph=True)
+        alice.sync()
+    with pytest.raises(Exception, match=r"create_graph=True\) is not supported"):
+        torch.autograd.backward([w.exp().sum()], create_graph=True)
+        alice.sync()
+    assert all(e.tensor is None or e.tensor.grad is None for e in bob.store.entries()), "nothing ran"
+
+
+def test_a_gradient_larger_than_its_tensors_memory_is_refused(make_worker, make_client):
+    """``x.expand(n)`` holds one element's memory but its gradient would be n elements, which no quota charges
+    (an attacker's probe: 1 GB of gradients under an 8 MB quota): ``requires_grad_`` and ``retain_grad`` on such
+    a tensor are refused with what to do instead."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="8MB"))
+    alice = make_client(bob.address, key=bob.key)
+    one = alice.send(torch.zeros(1))
+    with pytest.raises(Exception, match=r"more memory than the tensor; use .contiguous\(\)"):
+        one.expand(25_000_000).requires_grad_()
+        alice.sync()
+    w = alice.send(torch.ones(1)).requires_grad_()
+    y = w.expand(1000)
+    with pytest.raises(Exception, match=r"retain_grad\(\) on a tensor whose elements share memory"):
+        y.retain_grad()
+        alice.sync()
+    x = one.expand(1000).contiguous().requires_grad_()  # what the message says: dense, charged
+    x.sum().backward()
+    assert torch.equal(x.grad.get(), torch.ones(1000))
+
+
+def test_what_an_op_saved_is_charged_even_when_its_result_is_refused(make_worker, raw):
+    """An in-place op writes into a tensor that exists already, so its graph (here a copy of ``z`` before the
+    write, saved for ``w``'s gradient) stays on ``z`` even if the op's reply is an error (a hand-made message
+    with no result id for it). Before, each such message held 4 MB more, uncharged, without bound; now it is
+    charged, and a client over its quota runs nothing more until it frees objects."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="16MB"))
+    p = raw(bob)
+    x, z, w = os.urandom(16), os.urandom(16), os.urandom(16)
+    for seq, oid, value in ((1, x, torch.ones(1_000_000)), (2, w, torch.full((1_000_000,), 1.0001))):
+        assert p.request({"t": "send", "s": seq, "id": oid, "x": value, "tags": [], "ack": True})["t"] == "ok"
+        made = p.request({"t": "op", "s": seq + 10, "f": "Tensor.requires_grad_", "a": [ref_ext(oid)], "o": [None],
+                          "m": True})
+        assert made["t"] == "ok", made
+    p.send_raw(encode({"t": "op", "s": 20, "f": "Tensor.mul", "a": [ref_ext(x), 1.0], "o": [z]}))
+    assert p.request({"t": "sync", "s": 21})["t"] == "ok"
+    codes = []
+    for seq in range(30, 45):
+        reply = p.request({"t": "op", "s": seq, "f": "Tensor.mul_", "a": [ref_ext(z), ref_ext(w)], "o": []})
+        codes.append(reply["code"])
+    session = _session(bob)
+    assert codes[0] == "bad_args" and codes[-1] == "quota", codes
+    assert bob.store.held_bytes(session) <= 20 * MB, "one op past the quota at most, all of it charged"
 
 
 def test_graphs_built_by_ops_on_the_clients_lane_are_charged_too(make_worker, make_client, monkeypatch):

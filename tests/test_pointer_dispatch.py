@@ -410,3 +410,21 @@ def test_masked_ops_are_refused_clearly(seed, name):
     with pytest.raises(sm.OpNotAllowed, match="'meta' device"):
         x + torch.ones(4, device=x.device)  # the same mistake by hand
     assert torch.equal((x * 1).get(), x.get())  # nothing was sent, the link is fine
+
+
+def test_contiguous_makes_a_dense_copy_on_the_worker(make_worker, make_client):
+    """``x.expand(n).contiguous()``: the stand-in has no strides, so it looked contiguous and the pointer to the
+    expanded tensor came back as the result, while the worker's tensor stayed one element's memory (a silent
+    no-op). Now the pointer is to what the worker's ``contiguous()`` returned."""
+    bob = make_worker("Bob", policy="open")
+    client = make_client(bob.address, key=bob.key)
+    one = client.send(torch.tensor([3.0]))
+    wide = one.expand(1000)
+    dense = wide.contiguous()
+    client.sync()
+    assert dense is not wide
+    held = bob.store.get(dense.oid).tensor
+    assert held.is_contiguous() and held.untyped_storage().nbytes() == 4000
+    assert torch.equal(dense.get(), torch.full((1000,), 3.0))
+    same = one.contiguous()  # already contiguous: the worker returns it, kept under the new pointer too
+    assert torch.equal(same.get(), torch.tensor([3.0]))

@@ -36,14 +36,45 @@ def set_data_(t: torch.Tensor, d: torch.Tensor) -> None:
     t.data.copy_(d.detach())
 
 
+def _dense_gradient(t: torch.Tensor, what: str) -> None:
+    """Refuse ``what`` on a tensor with more elements than memory (``x.expand(n)``): its gradient would be a
+    full tensor of them, which no quota charges (a client's ``.grad`` is bounded by its tensors' own memory)."""
+    if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+        raise ValueError(f"{what} on a tensor whose elements share memory (e.g. made by expand) is not supported: "
+                         "its gradient would take more memory than the tensor; use .contiguous() or .clone() first")
+
+
 def requires_grad_(t: torch.Tensor, requires_grad: bool = True) -> torch.Tensor:
+    if requires_grad:
+        _dense_gradient(t, "requires_grad_()")
     return t.requires_grad_(requires_grad)
+
+
+def retain_grad(t: torch.Tensor) -> None:
+    _dense_gradient(t, "retain_grad()")
+    t.retain_grad()
+
+
+_CREATE_GRAPH = ("backward(create_graph=True) is not supported on a worker: the graph it builds behind each leaf's "
+                 ".grad refers back to the leaf, a reference cycle that keeps their memory after the pointers are "
+                 "freed (torch warns of it); use torch.autograd.grad(loss, inputs, create_graph=True), which "
+                 "returns the gradients")
 
 
 def backward(t: torch.Tensor, gradient: Optional[torch.Tensor] = None, retain_graph: Optional[bool] = None,
              create_graph: bool = False, inputs: Any = None) -> None:
     """``t.backward(...)``: accumulates into the ``.grad`` of the worker's leaves."""
+    if create_graph:
+        raise ValueError(_CREATE_GRAPH)
     t.backward(gradient, retain_graph, create_graph, inputs=inputs)
+
+
+def autograd_backward(tensors: Any, grad_tensors: Any = None, retain_graph: Optional[bool] = None,
+                      create_graph: bool = False, grad_variables: Any = None, inputs: Any = None) -> None:
+    """``torch.autograd.backward(...)``, without ``create_graph`` (see :func:`backward`)."""
+    if create_graph:
+        raise ValueError(_CREATE_GRAPH)
+    torch.autograd.backward(tensors, grad_tensors, retain_graph, False, grad_variables, inputs=inputs)
 
 
 #: The largest permutation a client may ask a worker to draw.
@@ -65,9 +96,9 @@ def ops() -> Dict[str, Callable]:
         "syft.set_grad_": set_grad_,
         "syft.set_data_": set_data_,
         "Tensor.requires_grad_": requires_grad_,
-        "Tensor.retain_grad": torch.Tensor.retain_grad,
+        "Tensor.retain_grad": retain_grad,
         "Tensor.backward": backward,
-        "torch.autograd.backward": torch.autograd.backward,
+        "torch.autograd.backward": autograd_backward,
         "torch.autograd.grad": torch.autograd.grad,
         "Tensor.detach_": torch.Tensor.detach_,
         "syft.randperm": randperm,

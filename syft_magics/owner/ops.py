@@ -92,7 +92,7 @@ class Ops:
                 cost = costs.cached(key)  # the hot path: a known cheap op costs this look-up, no fake run
             if cost is None and key is not None and not costs.warm() and costs.small(args) \
                     and not session.lane.busy:  # the first seconds after start: small ops at once, unpriced
-                result, written, saved = self._call(fn, args, kwargs, grad, used)
+                result, written = self._call(session, fn, args, kwargs, grad, used)
                 ran = True
             elif cost is not None and cost.priced:
                 q, sid = session.quotas, session.ident
@@ -102,7 +102,7 @@ class Ops:
                 if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy:
                     t1 = time.perf_counter()
                     try:
-                        result, written, saved = self._call(fn, args, kwargs, grad, used)
+                        result, written = self._call(session, fn, args, kwargs, grad, used)
                     finally:
                         took = time.perf_counter() - t1
                         if cost.slow or took > 2 * cost.seconds + costs.SLOW_SECONDS:  # (observe's test, inlined)
@@ -115,10 +115,9 @@ class Ops:
                 spent = time.perf_counter() - t0
             if written is not None:
                 self._written(session, op, used, written, spent)
-            return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, spent=spent,
-                                saved=saved)
+            return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, spent=spent)
 
-        def work() -> Tuple[Any, Optional[List[Entry]], float, float, Any, Optional[graphs.Recorder]]:
+        def work() -> Tuple[Any, Optional[List[Entry]], float, float, Any]:
             estimate = cost
             if estimate is None and key is not None and costs.warm():
                 try:
@@ -128,17 +127,18 @@ class Ops:
                 costs.remember(key, estimate)
             if estimate is not None and estimate.priced:
                 self._check_cost(session, op, estimate, len(out))
+            else:  # (unpriced: at least not past the quota already)
+                quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(session.ident), 0, op)
             t1 = time.perf_counter()
             try:
-                result, written, saved = self._call(fn, args, kwargs, grad, used)
+                result, written = self._call(session, fn, args, kwargs, grad, used)
             finally:
                 if estimate is not None and estimate.priced:
                     costs.observe(key, estimate, time.perf_counter() - t1)
             seconds = time.perf_counter() - t1
             spent = estimate.seconds if estimate is not None and estimate.priced else seconds
             # what the result discloses, traced here too (off the serving thread: it may take milliseconds)
-            return result, written, seconds, spent, self.disclosure.of_result(op, fn, args, kwargs, used, result), \
-                saved
+            return result, written, seconds, spent, self.disclosure.of_result(op, fn, args, kwargs, used, result)
 
         def done(router: zmq.Socket, value: Any, error: Optional[BaseException], _seconds: float) -> None:
             session.lane.busy = False
@@ -148,14 +148,14 @@ class Ops:
             try:
                 if error is not None:
                     self._failed(session, name, out, used, error, t0)
-                result, written, seconds, spent, disclosed, saved = value
+                result, written, seconds, spent, disclosed = value
                 self._written(session, op, used, written, spent)
                 if seconds > session.quotas.op_seconds:  # a kernel cannot be stopped: reported, counted
                     self.refuse("op ran over its time budget")
                     self.events.emit("overran", client=session.label, op=op, seconds=round(seconds, 3),
                                      budget=session.quotas.op_seconds)
                 reply = self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, disclosed,
-                                     spent, saved)
+                                     spent)
             except Exception as failed:  # (recorded by _failed or _finish)
                 setattr(failed, "seq", header.get("s"))
                 reply = error_reply(failed)
@@ -169,29 +169,34 @@ class Ops:
         session.lane.run(work, done, self.call_soon)
         return None
 
-    def _call(self, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
-              used: List[Entry]) -> Tuple[Any, Optional[List[Entry]], Optional[graphs.Recorder]]:
-        """Run the op under the write guard; its result, the entries it wrote into (None: it writes
-        nothing, by its schema) and what recorded the tensors autograd saved for a backward while it
-        ran (None: it could not build a graph; see :mod:`.graphs`). Raises :class:`_Ran` (the error and
-        the writes made before it) if the op failed after it may have written."""
+    def _call(self, session: Session, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
+              used: List[Entry]) -> Tuple[Any, Optional[List[Entry]]]:
+        """Run the op under the write guard; its result and the entries it wrote into (None: it writes
+        nothing, by its schema). Raises :class:`_Ran` (the error and the writes made before it) if the
+        op failed after it may have written. What its autograd graph saved is charged to its client from
+        here on, whatever becomes of its results (an in-place op or a backward leaves it on objects that
+        already exist: see :mod:`.graphs`)."""
         recorder = graphs.Recorder() if grad and graphs.builds_graph(e.tensor for e in used) else None
-        if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
-            if recorder is not None:
-                with recorder:
-                    return fn(*args, **kwargs), None, recorder
-            if grad:
-                return fn(*args, **kwargs), None, None
-            with torch.no_grad():  # (the client's op ran under torch.no_grad())
-                return fn(*args, **kwargs), None, None
-        before = writes.versions(used)
         try:
-            with writes.guard(self.store, used), contextlib.nullcontext() if grad else torch.no_grad(), \
-                    recorder or contextlib.nullcontext():
-                result = fn(*args, **kwargs)
-        except Exception as exc:
-            raise _Ran(exc, writes.changed(before)) from None
-        return result, writes.changed(before), recorder
+            if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
+                if recorder is not None:
+                    with recorder:
+                        return fn(*args, **kwargs), None
+                if grad:
+                    return fn(*args, **kwargs), None
+                with torch.no_grad():  # (the client's op ran under torch.no_grad())
+                    return fn(*args, **kwargs), None
+            before = writes.versions(used)
+            try:
+                with writes.guard(self.store, used), contextlib.nullcontext() if grad else torch.no_grad(), \
+                        recorder or contextlib.nullcontext():
+                    result = fn(*args, **kwargs)
+            except Exception as exc:
+                raise _Ran(exc, writes.changed(before)) from None
+            return result, writes.changed(before)
+        finally:
+            if recorder is not None and recorder.saved:
+                self.store.keep_saved(session.ident, recorder.graph, recorder.saved)
 
     def _check_cost(self, session: Session, op: str, cost: costs.Cost, n_out: int) -> None:
         """Refuse, before it runs, an op over the client's time budget, bytes or objects."""
@@ -223,13 +228,12 @@ class Ops:
     def _finish(self, session: Session, header: dict, name: str, call: Tuple[Any, Any, Any], result: Any,
                 out: list, used: List[Entry], t0: float,
                 disclosed: Optional[Tuple[Provenance, Optional[List[bool]]]] = None,
-                spent: float = 0.0, saved: Optional[graphs.Recorder] = None) -> Optional[List[Any]]:
+                spent: float = 0.0) -> Optional[List[Any]]:
         """Store an op's results for its client (charged to its quota, with their provenance: see
         :mod:`.provenance`, and the autograd work behind them: see :mod:`.train_costs`) and describe them
-        if asked; charge it what the op's graph keeps alive (``saved``, see :mod:`.graphs`). ``call``:
-        ``(fn, args, kwargs)`` of the op; ``disclosed``: what :meth:`Disclosure.of_result` says of it, if
-        already known; ``spent``: its part of the autograd work behind its results (its estimate, else what
-        it took)."""
+        if asked. ``call``: ``(fn, args, kwargs)`` of the op; ``disclosed``: what
+        :meth:`Disclosure.of_result` says of it, if already known; ``spent``: its part of the autograd
+        work behind its results (its estimate, else what it took)."""
         op = short_name(name)
         leaves = flatten(result)[0]
         prov, shown = disclosed or self.disclosure.of_result(op, *call, used, result)
@@ -245,12 +249,10 @@ class Ops:
             kept = [(i, oid, leaf, self.store.charge(leaf, session.ident, seen))
                     for i, (oid, leaf) in enumerate(zip(out, leaves))
                     if oid is not None and isinstance(leaf, STORED_TYPES)]  # tensors, models, optimizers built here
-            graph_more, kept_saved = self.store.charge_saved(saved.saved, session.ident, seen) \
-                if saved is not None and saved.saved else (0, None)
-            if kept or kept_saved:  # (what its graph keeps alive: see .graphs; its results' blocks counted once)
+            if kept:
                 q, sid = session.quotas, session.ident
                 count, held = self.store.session_count(sid), self.store.held_bytes(sid)
-                more = sum(k[3][0] for k in kept) + graph_more
+                more = sum(k[3][0] for k in kept)
                 if count + len(kept) > q.max_objects or held + more > q.max_bytes:
                     self.refuse("over a quota or time budget")
                     quotas.check_objects(q, session.label, count, len(kept))
@@ -271,8 +273,6 @@ class Ops:
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                  created=now, last_access=now, provenance=self.disclosure.leaf(prov, shown, i),
                                  work=work), charge=charge, blocks=blocks)
-        if kept_saved and saved is not None:
-            self.store.keep_saved(session.ident, saved.graph, kept_saved)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None

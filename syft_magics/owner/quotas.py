@@ -142,10 +142,12 @@ def exceeded(client: str, limit: str, usage: str) -> Reject:
 
 
 def check_bytes(quotas: Quotas, client: str, held: int, more: int, what: str) -> None:
-    """Refuse ``what`` if it would take the client's held bytes over ``max_bytes``."""
-    if more > 0 and held + more > int(quotas.max_bytes):
-        raise exceeded(client, f"{human_bytes(int(quotas.max_bytes))} held (max_bytes)",
-                       f"{what} would add {human_bytes(more)} to the {human_bytes(held)} it holds")
+    """Refuse ``what`` if it would take the client's held bytes over ``max_bytes``, or if they are over it
+    already (an op whose allocation could not be foreseen, such as a backward, ran past it: see .graphs)."""
+    if held + more > int(quotas.max_bytes):
+        usage = f"{what} would add {human_bytes(more)} to the {human_bytes(held)} it holds" if more > 0 else \
+            f"it holds {human_bytes(held)} already, so {what} cannot run"
+        raise exceeded(client, f"{human_bytes(int(quotas.max_bytes))} held (max_bytes)", usage)
 
 
 def check_objects(quotas: Quotas, client: str, held: int, more: int) -> None:

@@ -191,13 +191,23 @@ class ObjectStore:
             held[0] += 1
         return where
 
-    def keep_saved(self, session: bytes, graph: Graph, saved: List[Block]) -> None:
-        """Charge ``session`` for the blocks of the tensors one op's autograd ``graph`` saved (as
-        :meth:`charge_saved` found them) until torch has freed them all (see :mod:`.graphs`): a block's bytes
-        once, however many of the session's objects and graphs hold it."""
+    def keep_saved(self, session: bytes, graph: Graph, saved: List[torch.Tensor]) -> None:
+        """Charge ``session`` for the memory blocks of the tensors one op's autograd ``graph`` saved until torch
+        has freed them all (see :mod:`.graphs`): a block's bytes once, however many of the session's objects and
+        graphs hold it; the owner's data is not charged. (Runs for every op that builds a graph: a training
+        step's forward saves its input and every weight.)"""
+        blocks: Dict[int, Block] = {}
+        owner = self._owner_storage
+        for t in saved:
+            try:
+                storage = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                continue
+            key, nbytes = storage.data_ptr(), int(storage.nbytes())
+            if nbytes and key not in owner:
+                blocks[key] = (key, nbytes, storage)
         with self._lock:
             self._drain()
-            blocks = {block[0]: block for block in saved}
             key = graph.key = next(self._graph_keys)
             self._graphs[key] = (session, [self._take_block(session, b) for b in blocks.values()])
             graph.on_freed = self._released.append  # (runs on whichever thread frees it: counted at _drain)
@@ -338,29 +348,6 @@ class ObjectStore:
                 seen.add(key)
                 more += nbytes
         return more, blocks
-
-    def charge_saved(self, saved: List[torch.Tensor], session: bytes, seen: Set[int]) -> Tuple[int, List[Block]]:
-        """Like :meth:`charge`, for the tensors an op's autograd graph saved (to hand to :meth:`keep_saved`):
-        their blocks (the owner's data left out), and the bytes of those the session does not hold yet, nor
-        ``seen``. (Runs for every op that builds a graph: a training step's forward saves its input and every
-        weight.)"""
-        if self._released:
-            with self._lock:
-                self._drain()
-        found: List[Block] = []
-        owner, more = self._owner_storage, 0
-        for t in saved:
-            try:
-                storage = t.untyped_storage()
-            except (RuntimeError, NotImplementedError):
-                continue
-            key, nbytes = storage.data_ptr(), int(storage.nbytes())
-            if nbytes and key not in owner:
-                found.append((key, nbytes, storage))
-                if (session, key) not in self._blocks and key not in seen:
-                    seen.add(key)
-                    more += nbytes
-        return more, found
 
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""

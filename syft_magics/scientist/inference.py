@@ -80,7 +80,7 @@ def infer(func: Callable, key: Any, make_standins: Callable[[], Tuple[tuple, dic
         positions: Dict[int, int] = {}
         for k, s in enumerate(standins):
             positions.setdefault(id(s), k)
-        template = _template(result, positions)
+        template = _template(result, positions, func in _MAY_COPY)
     if cache_key is not None:
         if len(_CACHE) >= _CACHE_LIMIT:
             _CACHE.clear()
@@ -113,11 +113,16 @@ def _reject_local_inplace(result: Any, local_ids: set) -> None:
                         "(the result would live on the worker); write local = local + ptr, or ptr + local")
 
 
-def _template(result: Any, inputs: Dict[int, int]) -> Tree:
+#: Ops that return their input or a copy depending on its strides, which a stand-in does not have: on the
+#: worker ``x.expand(n).contiguous()`` is a new tensor, on the stand-in ``x`` itself.
+_MAY_COPY = frozenset({torch.Tensor.contiguous})
+
+
+def _template(result: Any, inputs: Dict[int, int], may_copy: bool = False) -> Tree:
     def leaf(x: Any) -> Leaf:
         if isinstance(x, torch.Tensor):
             k = inputs.get(id(x))
-            if k is not None:
+            if k is not None and not may_copy:
                 return ("in", k)
             if x.device.type != "meta":
                 return ("V", x)
