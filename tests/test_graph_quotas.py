@@ -211,3 +211,47 @@ def test_a_client_that_leaves_with_its_graphs_alive_leaves_no_charge_behind(make
     gc.collect()
     assert wait_until(lambda: session not in bob.server.sessions)
     assert bob.store.held_bytes(session) == 0 and not bob.store._graphs
+
+
+def test_a_leaf_stays_charged_while_a_graph_points_to_it(make_worker, make_client):
+    """``y = x.sum()`` saves nothing, yet ``y``'s graph keeps ``x`` (torch's node that accumulates its gradient),
+    and after a backward ``x.grad``: freeing ``x``'s pointer and keeping ``y`` must not free ``x``'s charge (an
+    attacker's probe: 20 rounds held 800 MB under a 32 MB quota, 0 charged). A sent model likewise."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="4MB"))
+    alice = make_client(bob.address, key=bob.key)
+    sums = []
+    with pytest.raises(QuotaExceeded, match=r"max_bytes"):
+        for _ in range(6):  # 1 MB each
+            x = alice.send(torch.zeros(250_000)).requires_grad_()
+            sums.append(x.sum())
+            sums[-1].backward()
+            del x
+            gc.collect()
+            alice.sync()
+    assert len(sums) >= 3
+    sums.clear()
+    gc.collect()
+    alice.sync()
+    assert bob.store.held_bytes(_session(bob)) == 0
+    losses = []
+    with pytest.raises(QuotaExceeded, match=r"max_bytes"):
+        for _ in range(6):  # 1 MB of weights each
+            model = alice.send(torch.nn.Linear(500, 500))
+            losses.append(model(alice.send(torch.ones(1, 500))).sum())
+            del model
+            gc.collect()
+            alice.sync()
+    assert len(losses) >= 2
+    del losses
+    gc.collect()
+    alice.sync()
+    assert bob.store.held_bytes(_session(bob)) == 0
+
+
+def test_setting_a_gradient_larger_than_its_tensors_memory_is_refused(make_worker, make_client):
+    bob = make_worker("Bob", policy="open")
+    alice = make_client(bob.address, key=bob.key)
+    wide = alice.send(torch.zeros(1)).expand(1000)
+    with pytest.raises(Exception, match=r"setting .grad on a tensor whose elements share memory"):
+        wide.grad = alice.send(torch.ones(1000))
+        alice.sync()

@@ -21,7 +21,11 @@ def grad_of(t: torch.Tensor) -> torch.Tensor:
 
 
 def set_grad_(t: torch.Tensor, g: Optional[torch.Tensor]) -> None:
-    """``t.grad = g`` (``g`` may be None, as in ``ptr.grad = None``); a copy, so it never aliases the owner's data."""
+    """``t.grad = g`` (``g`` may be None, as in ``ptr.grad = None``); a copy, so it never aliases the owner's data.
+    Not on a tensor with more elements than memory: the gradient would be the uncharged part (see
+    :func:`_dense_gradient`)."""
+    if g is not None:
+        _dense_gradient(t, "setting .grad")
     t.grad = None if g is None else g.detach().clone()
 
 

@@ -197,9 +197,16 @@ def observe(key: Optional[Tuple[Any, ...]], cost: Optional[Cost], seconds: float
 
 
 # -- estimating -------------------------------------------------------------------------------------
-#: Dense linear algebra (ATen names containing one of these): about ``CUBIC_FACTOR * batch * n**3``.
-_CUBIC = ("linalg_", "cholesky", "triangular_solve", "lu_", "_lu", "geqrf", "orgqr", "ormqr", "svd",
-          "eig", "inverse", "det", "solve", "lstsq", "matrix_exp", "qr")
+#: Dense linear algebra: ATen names with one of these words (split at ``_``: ``linalg_inv_ex``, ``_linalg_det``;
+#: not ``detach``, ``relu_`` or ``sqrt``, which a substring test priced as n**3), or ``matrix_exp``; about
+#: ``CUBIC_FACTOR * batch * n**3``.
+_CUBIC = frozenset({"cholesky", "det", "slogdet", "logdet", "eig", "eigh", "eigvals", "eigvalsh", "svd", "svdvals",
+                    "inv", "inverse", "solve", "lstsq", "qr", "geqrf", "orgqr", "ormqr", "lu", "ldl", "householder"})
+
+
+def _cubic(name: str) -> bool:
+    """Whether the ATen op ``name`` is dense linear algebra (see :data:`_CUBIC`)."""
+    return not _CUBIC.isdisjoint(name.split("_")) or "matrix_exp" in name
 CUBIC_FACTOR = 10
 #: Sorts and selections: ``n log2 n`` element moves.
 _NLOGN = ("sort", "topk", "kthvalue", "median", "mode", "unique", "fft")
@@ -234,7 +241,7 @@ class WorkCounter(TorchDispatchMode):
             flops = float(count(*args, **kwargs, out_val=out))
             scale = 1.0 if ins and ins[0].is_floating_point() else 16.0  # integer products skip BLAS
             self.flops += flops * scale * max(1, ins[0].element_size() // 4 if ins else 1)
-        elif ins and ins[0].dim() >= 2 and any(c in name for c in _CUBIC):
+        elif ins and ins[0].dim() >= 2 and _cubic(name):
             a = ins[0]
             n = max(a.shape[-1], a.shape[-2])
             self.flops += CUBIC_FACTOR * (a.numel() // max(1, a.shape[-1] * a.shape[-2])) * float(n) ** 3

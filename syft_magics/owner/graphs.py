@@ -10,19 +10,46 @@ torch's ``saved_tensors_hooks`` (:class:`Recorder`), which see each tensor autog
 client is charged for the memory blocks of those tensors while torch keeps any of them
 (:meth:`.ObjectStore.keep_saved`: each block once, however many of the client's objects and graphs hold
 it): until the graph nodes that saved them are gone, or a backward without ``retain_graph`` freed them.
-Nothing is guessed from the op or the graph's shape; ``backward(create_graph=True)`` saves its new graph
-through the same hooks.
+Nothing is guessed from the op or the graph's shape. A graph also points to the leaves it differentiates
+(torch's ``AccumulateGrad`` nodes keep the tensors that require grad, a model's parameters, and after a
+backward their ``.grad``), saved or not: ``y = x.sum()`` saves nothing yet keeps ``x``. So the op's leaf
+inputs stay charged while its result's nodes live (:func:`keep_with_nodes`), after their pointers are
+freed.
 
-What this does not count: ``.grad`` tensors (one per leaf, bounded by the leaves' own charge), and the
+What this does not count: ``.grad`` tensors (one per leaf, no larger than the leaf, which stays charged
+while a graph keeps it: requires_grad_ is refused on a tensor with more elements than memory), and the
 saved tensors of a graph the worker did not build (an owner's shared tensor with a ``grad_fn``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import torch
 
-__all__ = ["Graph", "Recorder", "builds_graph"]
+from ..wire.results import flatten
+
+__all__ = ["Graph", "Recorder", "builds_graph", "is_leaf_input", "keep_with_nodes"]
+
+
+def is_leaf_input(value: Any) -> bool:
+    """Whether an op's graph may point to ``value`` itself (a leaf that requires grad, or a model's parameters),
+    through the node that accumulates its gradient: kept alive by the graph, saved or not."""
+    return isinstance(value, torch.nn.Module) or isinstance(value, torch.Tensor) and value.requires_grad \
+        and value.grad_fn is None
+
+
+def keep_with_nodes(result: Any, graph: "Graph") -> bool:
+    """Make ``graph`` live as long as the autograd nodes of ``result``'s tensors (in their ``metadata``);
+    False if it has none (the op built no graph that outlives it)."""
+    kept = False
+    for leaf in flatten(result)[0]:
+        if isinstance(leaf, torch.Tensor) and leaf.grad_fn is not None:
+            cast(Dict[str, Any], leaf.grad_fn.metadata).setdefault(_KEY, []).append(graph)
+            kept = True
+    return kept
+
+
+_KEY = "syft_magics.graph"
 
 
 def builds_graph(values: Iterable[Any]) -> bool:

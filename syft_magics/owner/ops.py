@@ -181,7 +181,9 @@ class Ops:
             if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
                 if recorder is not None:
                     with recorder:
-                        return fn(*args, **kwargs), None
+                        result = fn(*args, **kwargs)
+                    self._keep_leaves(session, used, result)
+                    return result, None
                 if grad:
                     return fn(*args, **kwargs), None
                 with torch.no_grad():  # (the client's op ran under torch.no_grad())
@@ -193,10 +195,20 @@ class Ops:
                     result = fn(*args, **kwargs)
             except Exception as exc:
                 raise _Ran(exc, writes.changed(before)) from None
+            if recorder is not None:
+                self._keep_leaves(session, used, result)
             return result, writes.changed(before)
         finally:
             if recorder is not None and recorder.saved:
                 self.store.keep_saved(session.ident, recorder.graph, recorder.saved)
+
+    def _keep_leaves(self, session: Session, used: List[Entry], result: Any) -> None:
+        """Keep the op's leaf inputs charged while its result's graph points to them (see :mod:`.graphs`)."""
+        leaves = [e for e in used if e.session == session.ident and graphs.is_leaf_input(e.tensor)]
+        if leaves:
+            graph = graphs.Graph()
+            if graphs.keep_with_nodes(result, graph):
+                self.store.keep_leaves(session.ident, graph, leaves)
 
     def _check_cost(self, session: Session, op: str, cost: costs.Cost, n_out: int) -> None:
         """Refuse, before it runs, an op over the client's time budget, bytes or objects."""

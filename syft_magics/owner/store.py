@@ -208,9 +208,23 @@ class ObjectStore:
                 blocks[key] = (key, nbytes, storage)
         with self._lock:
             self._drain()
-            key = graph.key = next(self._graph_keys)
-            self._graphs[key] = (session, [self._take_block(session, b) for b in blocks.values()])
-            graph.on_freed = self._released.append  # (runs on whichever thread frees it: counted at _drain)
+            self._hold(graph, session, [self._take_block(session, b) for b in blocks.values()])
+
+    def keep_leaves(self, session: bytes, graph: Graph, leaves: List[Entry]) -> None:
+        """Keep ``session`` charged for what ``leaves`` (its objects: tensors that require grad, models) hold
+        while ``graph`` lives: the graph nodes an op made point to them (torch's ``AccumulateGrad``), so
+        freeing their pointers does not free them (see :mod:`.graphs`)."""
+        with self._lock:
+            self._drain()
+            wheres = [where for e in leaves for where in self._in_block.get(e.id, ())]
+            for where in wheres:
+                self._blocks[where][0] += 1
+            self._hold(graph, session, wheres)
+
+    def _hold(self, graph: Graph, session: bytes, wheres: List[Tuple[bytes, int]]) -> None:
+        key = graph.key = next(self._graph_keys)
+        self._graphs[key] = (session, wheres)
+        graph.on_freed = self._released.append  # (runs on whichever thread frees it: counted at _drain)
 
     def _drain(self) -> None:
         """Let go the blocks of the graphs torch freed since (under the lock)."""
