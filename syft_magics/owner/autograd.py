@@ -81,6 +81,9 @@ def autograd_backward(tensors: Any, grad_tensors: Any = None, retain_graph: Opti
     torch.autograd.backward(tensors, grad_tensors, retain_graph, False, grad_variables, inputs=inputs)
 
 
+#: Backwards that build no graph (``create_graph`` is refused): nothing to record while they run (see .graphs).
+SAVES_NOTHING = frozenset({backward, autograd_backward})
+
 #: The largest permutation a client may ask a worker to draw.
 MAX_RANDPERM = 1 << 28
 

@@ -84,9 +84,9 @@ class Recorder(torch.autograd.graph.saved_tensors_hooks):
     """While active (``with``), each tensor autograd saves is kept in :attr:`saved` too (until the op's results
     are stored), and saved by torch with a reference to :attr:`graph`.
 
-    Saved detached, as torch itself keeps a saved tensor: a result saved as itself would make a reference
-    cycle through its ``grad_fn`` that no garbage collection frees; torch gives it back its ``grad_fn`` when
-    the backward unpacks it."""
+    A tensor with a ``grad_fn`` is saved detached, as torch itself keeps a saved result: saved as itself it
+    would make a reference cycle through its ``grad_fn`` that no garbage collection frees; torch gives it
+    back its ``grad_fn`` when the backward unpacks it."""
 
     def __init__(self) -> None:
         self.saved: List[torch.Tensor] = []
@@ -94,9 +94,10 @@ class Recorder(torch.autograd.graph.saved_tensors_hooks):
         keep = self.saved.append
 
         def pack(t: torch.Tensor) -> Tuple[Graph, torch.Tensor]:
-            d = t.detach()
-            keep(d)
-            return graph, d
+            if t.grad_fn is not None:  # (a tensor without one, a leaf, cannot be in a cycle with this graph)
+                t = t.detach()
+            keep(t)
+            return graph, t
 
         super().__init__(pack, _unpack)
 

@@ -22,7 +22,7 @@ from ..wire import limits
 from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import flatten
-from . import costs, graphs, quotas, train_costs, writes
+from . import autograd, costs, graphs, quotas, train_costs, writes
 from .optimizers import STORED_TYPES
 from .provenance import Disclosure, Provenance
 from .replies import Reject, error_reply
@@ -176,7 +176,8 @@ class Ops:
         op failed after it may have written. What its autograd graph saved is charged to its client from
         here on, whatever becomes of its results (an in-place op or a backward leaves it on objects that
         already exist: see :mod:`.graphs`)."""
-        recorder = graphs.Recorder() if grad and graphs.builds_graph(e.tensor for e in used) else None
+        recorder = graphs.Recorder() if grad and fn not in autograd.SAVES_NOTHING \
+            and graphs.builds_graph(e.tensor for e in used) else None
         try:
             if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
                 if recorder is not None:
