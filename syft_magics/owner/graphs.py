@@ -52,14 +52,17 @@ def keep_with_nodes(result: Any, graph: "Graph") -> bool:
 _KEY = "syft_magics.graph"
 
 
-def builds_graph(values: Iterable[Any]) -> bool:
-    """Whether an op over ``values`` (its inputs), with grad asked for, may save tensors for a backward: grad is
-    on here and one of them requires grad or is a model (whose parameters may)."""
-    if not torch.is_grad_enabled():
-        return False
-    for v in values:
-        if isinstance(v, torch.Tensor) and v.requires_grad or isinstance(v, torch.nn.Module):
-            return True
+def builds_graph(entries: Iterable[Any]) -> bool:
+    """Whether an op over ``entries`` (the stored objects it uses), with grad asked for, may save tensors for a
+    backward: grad is on here and one of them requires grad or is a model (whose parameters may). Runs for
+    every op: the common case (no tensor that requires grad) costs a loop over its inputs."""
+    for e in entries:
+        v = e.tensor
+        if isinstance(v, torch.Tensor):
+            if v.requires_grad:
+                return torch.is_grad_enabled()
+        elif isinstance(v, torch.nn.Module):
+            return torch.is_grad_enabled()
     return False
 
 

@@ -177,7 +177,7 @@ class Ops:
         here on, whatever becomes of its results (an in-place op or a backward leaves it on objects that
         already exist: see :mod:`.graphs`)."""
         recorder = graphs.Recorder() if grad and fn not in autograd.SAVES_NOTHING \
-            and graphs.builds_graph(e.tensor for e in used) else None
+            and graphs.builds_graph(used) else None
         try:
             if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
                 if recorder is not None:

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
 import torch
 from torch.optim import Optimizer
@@ -176,20 +176,23 @@ class ObjectStore:
                 self._owner_storage[key] = self._owner_storage.get(key, 0) + 1
             return entry
 
-    def _take(self, holder: bytes, session: bytes, blocks: List[Block]) -> None:
-        self._in_block[holder] = [self._take_block(session, block) for block in blocks]
+    def _take(self, holder: bytes, session: bytes, blocks: Iterable[Block]) -> None:
+        self._in_block[holder] = self._take_blocks(session, blocks)
 
-    def _take_block(self, session: bytes, block: Block) -> Tuple[bytes, int]:
-        """Count one more holder of ``block`` for ``session``; charge its bytes if it is the first."""
-        key, nbytes, storage = block
-        where = (session, key)
-        held = self._blocks.get(where)
-        if held is None:
-            self._blocks[where] = [1, nbytes, storage]
-            self._held[session] = self._held.get(session, 0) + nbytes
-        else:
-            held[0] += 1
-        return where
+    def _take_blocks(self, session: bytes, blocks: Iterable[Block]) -> List[Tuple[bytes, int]]:
+        """Count one more holder of each of ``blocks`` for ``session``, charging those it held none of; where
+        each is counted (every op's results come through here: one loop, no call per block)."""
+        wheres = []
+        for key, nbytes, storage in blocks:
+            where = (session, key)
+            held = self._blocks.get(where)
+            if held is None:
+                self._blocks[where] = [1, nbytes, storage]
+                self._held[session] = self._held.get(session, 0) + nbytes
+            else:
+                held[0] += 1
+            wheres.append(where)
+        return wheres
 
     def keep_saved(self, session: bytes, graph: Graph, saved: List[torch.Tensor]) -> None:
         """Charge ``session`` for the memory blocks of the tensors one op's autograd ``graph`` saved until torch
@@ -208,7 +211,7 @@ class ObjectStore:
                 blocks[key] = (key, nbytes, storage)
         with self._lock:
             self._drain()
-            self._hold(graph, session, [self._take_block(session, b) for b in blocks.values()])
+            self._hold(graph, session, self._take_blocks(session, blocks.values()))
 
     def keep_leaves(self, session: bytes, graph: Graph, leaves: List[Entry]) -> None:
         """Keep ``session`` charged for what ``leaves`` (its objects: tensors that require grad, models) hold
@@ -231,8 +234,7 @@ class ObjectStore:
         while self._released:
             found = self._graphs.pop(self._released.popleft(), None)
             if found is not None:
-                for where in found[1]:
-                    self._let_go_block(where, self._blocks[where])
+                self._let_go(found[1], found[0], 0)
 
     def remove(self, oid: bytes) -> Optional[Entry]:
         with self._lock:
@@ -252,7 +254,7 @@ class ObjectStore:
             ids = self._by_session.get(entry.session)
             if ids is not None:
                 ids.discard(entry.id)
-            self._let_go(entry.id, entry.session, self._charges.pop(entry.id, 0))
+            self._let_go(self._in_block.pop(entry.id, ()), entry.session, self._charges.pop(entry.id, 0))
         elif entry.tensor is not None:
             key = storage_key(entry.tensor)
             left = self._owner_storage.get(key, 0) - 1
@@ -261,25 +263,22 @@ class ObjectStore:
             else:
                 self._owner_storage.pop(key, None)
 
-    def _let_go(self, holder: bytes, session: bytes, cost: int) -> None:
-        """Uncharge what ``holder`` (an object or a hold) was charged: ``cost`` bytes and its blocks."""
-        for where in self._in_block.pop(holder, ()):
-            self._let_go_block(where, self._blocks[where])
+    def _let_go(self, wheres: Iterable[Tuple[bytes, int]], session: bytes, cost: int) -> None:
+        """Uncharge what a holder (an object or a graph) of ``session`` was charged: ``cost`` bytes, and one
+        holder of each of the blocks at ``wheres`` (every freed object comes through here: one loop)."""
+        blocks = self._blocks
+        for where in wheres:
+            block = blocks[where]
+            block[0] -= 1
+            if block[0] == 0:  # the session's last holder of that block: its bytes are free again
+                del blocks[where]
+                cost += block[1]
         if cost:
-            self._uncharge(session, cost)
-
-    def _let_go_block(self, where: Tuple[bytes, int], block: List[Any]) -> None:
-        block[0] -= 1
-        if block[0] == 0:  # the session's last holder of that block: its bytes are free again
-            del self._blocks[where]
-            self._uncharge(where[0], block[1])
-
-    def _uncharge(self, session: bytes, nbytes: int) -> None:
-        left = self._held.get(session, 0) - nbytes
-        if left > 0:
-            self._held[session] = left
-        else:
-            self._held.pop(session, None)
+            left = self._held.get(session, 0) - cost
+            if left > 0:
+                self._held[session] = left
+            else:
+                self._held.pop(session, None)
 
     def free(self, session: bytes, ids: List[bytes]) -> int:
         """Free the objects in ``ids`` that belong to ``session``; owner data is never touched."""
