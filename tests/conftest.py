@@ -115,6 +115,18 @@ def peers():
 
 
 @pytest.fixture
+def raw(peers):
+    """``raw(worker, name="raw")``: a hand-driven peer (tests/raw_peer.py) logged in to ``worker``."""
+
+    def login(worker: Any, name: str = "raw") -> Any:
+        p = peers(worker.address)
+        p.login(worker.key, name=name)
+        return p
+
+    return login
+
+
+@pytest.fixture
 def ip():
     """An in-process IPython shell with the extension loaded; the names a test binds are removed after."""
     from IPython.testing import globalipapp

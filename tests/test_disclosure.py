@@ -20,21 +20,6 @@ from syft_magics.wire.results import describe, from_wire
 SECRET = torch.tensor([0.123456, 0.654321, 0.5, 0.999999])
 
 
-@pytest.fixture
-def raw():
-    made = []
-
-    def make(worker: sm.Worker) -> RawPeer:
-        peer = RawPeer(f"tcp://127.0.0.1:{worker.port}")
-        peer.login(worker.key)
-        made.append(peer)
-        return peer
-
-    yield make
-    for p in made:
-        p.close()
-
-
 class Attacker:
     """Speaks the wire by hand: runs ops, asks the worker to describe results, reads replies."""
 

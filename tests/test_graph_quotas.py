@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from helpers import wait_until
 
 from syft_magics.errors import QuotaExceeded
+from syft_magics.owner import costs
 from syft_magics.owner.quotas import Quotas
 from syft_magics.wire.protocol import encode, ref_ext
 
@@ -19,25 +20,31 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("fresh_estimates"
 MB = 1_000_000
 
 
-@pytest.fixture
-def raw(peers):
-    """``raw(bob)``: a logged-in hand-driven peer (tests/raw_peer.py), as an attacker would speak."""
-
-    def login(bob):
-        p = peers(bob.address)
-        p.login(bob.key, name="raw")
-        return p
-
-    return login
+def _kept_until_refused(client, make, keep, rounds=6):
+    """``keep(x)`` for each new ``x = make()`` (1 MB), whose pointer is freed at once, until the quota refuses
+    one (it must, within ``rounds``); what was kept."""
+    kept = []
+    with pytest.raises(QuotaExceeded, match=r"max_bytes"):
+        for _ in range(rounds):
+            x = make()
+            kept.append(keep(x))
+            del x
+            gc.collect()
+            client.sync()
+    return kept
 
 
 def _session(bob):
     return next(iter(bob.server.sessions))
 
 
-def test_a_graph_kept_through_its_last_result_is_charged(make_worker, make_client):
+@pytest.mark.parametrize("where", ["at once", "on the lane"])
+def test_a_graph_kept_through_its_last_result_is_charged(make_worker, make_client, monkeypatch, where):
     """The attacker's loop: each step's ``exp`` saves its 1 MB result in the graph behind the next ``z``; the
-    client drops every pointer but the last. Before: 300 steps held 600 MB under a 16 MB quota, charged 1 MB."""
+    client drops every pointer but the last. Before: 300 steps held 600 MB under a 16 MB quota, charged 1 MB.
+    The same for heavy ops, which run on the client's lane (a thread of their own)."""
+    if where == "on the lane":
+        monkeypatch.setattr(costs, "INLINE_SECONDS", 0.0)  # every priced op goes to the lane
     bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="8MB"))
     alice = make_client(bob.address, key=bob.key)
     z = alice.send(torch.zeros(250_000)).requires_grad_()
@@ -59,14 +66,7 @@ def test_an_input_a_graph_saved_stays_charged_after_its_pointer_is_freed(make_wo
     bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="4MB"))
     alice = make_client(bob.address, key=bob.key)
     w = alice.send(torch.tensor(2.0)).requires_grad_()
-    sums = []
-    with pytest.raises(QuotaExceeded, match=r"max_bytes"):
-        for _ in range(6):  # 1 MB each
-            x = alice.send(torch.ones(250_000))
-            sums.append((x * w).sum())
-            del x
-            gc.collect()
-            alice.sync()
+    sums = _kept_until_refused(alice, lambda: alice.send(torch.ones(250_000)), lambda x: (x * w).sum())
     assert len(sums) >= 3
     sums.clear()
     gc.collect()
@@ -182,22 +182,6 @@ def test_what_an_op_saved_is_charged_even_when_its_result_is_refused(make_worker
     assert bob.store.held_bytes(session) <= 20 * MB, "one op past the quota at most, all of it charged"
 
 
-def test_graphs_built_by_ops_on_the_clients_lane_are_charged_too(make_worker, make_client, monkeypatch):
-    """Heavy ops run on the client's lane (a thread of their own): what their graphs save is charged the same."""
-    from syft_magics.owner import costs
-
-    monkeypatch.setattr(costs, "INLINE_SECONDS", 0.0)  # every priced op goes to the lane
-    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="8MB"))
-    alice = make_client(bob.address, key=bob.key)
-    z = alice.send(torch.zeros(250_000)).requires_grad_()
-    with pytest.raises(QuotaExceeded, match=r"max_bytes"):
-        for _ in range(12):
-            z = z * 1.0 + z.exp()
-            gc.collect()
-        alice.sync()
-    assert bob.store.held_bytes(_session(bob)) <= 8 * MB
-
-
 def test_a_client_that_leaves_with_its_graphs_alive_leaves_no_charge_behind(make_worker, make_client):
     bob = make_worker("Bob", policy="open")
     alice = make_client(bob.address, key=bob.key)
@@ -219,15 +203,13 @@ def test_a_leaf_stays_charged_while_a_graph_points_to_it(make_worker, make_clien
     attacker's probe: 20 rounds held 800 MB under a 32 MB quota, 0 charged). A sent model likewise."""
     bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="4MB"))
     alice = make_client(bob.address, key=bob.key)
-    sums = []
-    with pytest.raises(QuotaExceeded, match=r"max_bytes"):
-        for _ in range(6):  # 1 MB each
-            x = alice.send(torch.zeros(250_000)).requires_grad_()
-            sums.append(x.sum())
-            sums[-1].backward()
-            del x
-            gc.collect()
-            alice.sync()
+    def summed_and_differentiated(x):
+        y = x.sum()
+        y.backward()
+        return y
+
+    sums = _kept_until_refused(alice, lambda: alice.send(torch.zeros(250_000)).requires_grad_(),
+                               summed_and_differentiated)
     assert len(sums) >= 3
     sums.clear()
     gc.collect()

@@ -20,18 +20,6 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("fresh_estimates"
 X = torch.arange(4.0)
 
 
-@pytest.fixture
-def raw(peers):
-    """``raw(bob, name)``: a logged-in hand-driven peer (tests/raw_peer.py), closed after the test."""
-
-    def login(bob, name="raw"):
-        p = peers(bob.address)
-        p.login(bob.key, name=name)
-        return p
-
-    return login
-
-
 def test_sizes_and_limits_are_checked():
     assert parse_size("2GB") == 2 << 30 and parse_size("512 MiB") == 512 << 20 and parse_size(4096) == 4096
     assert Quotas(max_bytes="1.5KB").max_bytes == 1536
