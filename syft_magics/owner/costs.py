@@ -207,6 +207,8 @@ _CUBIC = frozenset({"cholesky", "det", "slogdet", "logdet", "eig", "eigh", "eigv
 def _cubic(name: str) -> bool:
     """Whether the ATen op ``name`` is dense linear algebra (see :data:`_CUBIC`)."""
     return not _CUBIC.isdisjoint(name.split("_")) or "matrix_exp" in name
+
+
 CUBIC_FACTOR = 10
 #: Sorts and selections: ``n log2 n`` element moves.
 _NLOGN = ("sort", "topk", "kthvalue", "median", "mode", "unique", "fft")
