@@ -81,13 +81,17 @@ def _on_aggregator(models: List[RemoteModule], weights: List[float], on: "Client
             done.result()
     held = [m for m in there if m is not None]
     names = first.move_names
-    shapes = [first.state_dict()[n] for n in names]
+    state = first.state_dict()
+    # what the stand-in needs, not the pointers: it is kept as a key of the client's inference cache, and a
+    # pointer kept there kept the first model's parameters on its worker after every round
+    specs = [(tuple(state[n].shape), state[n].dtype, state[n].requires_grad) for n in names]
+    del state
 
     def standin(w: Any, n: Any, *handles: Any) -> tuple:
         with torch._C.DisableTorchFunctionSubclass():
             return (torch.empty(0, device="meta"),
-                    *[torch.empty(t.shape, dtype=t.dtype, device="meta", requires_grad=t.requires_grad)
-                      for t in shapes])
+                    *[torch.empty(shape, dtype=dtype, device="meta", requires_grad=grad)
+                      for shape, dtype, grad in specs])
 
     made = on.run(standin, "syft.average_models", (weights, list(names), *[m.handle for m in held]), {})
     # the moved copies are freed on the aggregator when their pointers die, at the end of this call

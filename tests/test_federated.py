@@ -3,6 +3,7 @@ sample counts and equals the same computation done locally; each owner's policy 
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -146,3 +147,22 @@ def test_fedavg_on_an_aggregator_follows_every_owners_policy(make_worker, make_c
         fedavg(remotes, weights=[1, 1], on=c)
     with pytest.raises(ValueError, match="one weight per model"):
         fedavg(remotes, weights=[1], on=c)
+
+
+def test_rounds_on_an_aggregator_leave_nothing_held_on_the_owners(make_worker, make_client):
+    """Each round's average used to keep the first model's parameters alive on its owner: the client's
+    inference cache kept a stand-in function that held pointers to them (found by an attacker's probe)."""
+    torch.manual_seed(0)
+    workers, remotes, _ = _two_trained(make_worker, make_client, nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 3)))
+    for w in workers:
+        w.policy.allow_get(kind="model")
+    make_worker("Carol", policy="review")
+    c = make_client("Carol")
+    for _ in range(3):
+        fedavg(remotes, weights=[1, 1], on=c)
+    clients = [r.client for r in remotes]
+    del remotes
+    gc.collect()
+    for w, client in zip(workers, clients):
+        client.sync()
+        assert w.store.held_bytes(next(iter(w.server.sessions))) == 0, w.name

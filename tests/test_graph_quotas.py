@@ -237,3 +237,72 @@ def test_setting_a_gradient_larger_than_its_tensors_memory_is_refused(make_worke
     with pytest.raises(Exception, match=r"setting .grad on a tensor whose elements share memory"):
         wide.grad = alice.send(torch.ones(1000))
         alice.sync()
+
+
+@pytest.mark.parametrize("how", ["setitem", "through a view"])
+def test_a_leaf_written_into_a_tensor_stays_charged_while_that_tensor_keeps_it(make_worker, make_client, how):
+    """``z[idx] = leaf`` returns nothing and an in-place write through a view gives the view's base the graph
+    node; either way ``z``'s graph keeps the 4 MB leaf after its pointer is freed (a probe: 200 leaves, 869 MB
+    under an 8 MB quota, 2.5 MB charged)."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="8MB"))
+    alice = make_client(bob.address, key=bob.key)
+    idx = alice.send(torch.zeros(1024, dtype=torch.long))
+
+    def written_into_z(leaf):
+        z = alice.send(torch.zeros(2, 1024)) * 1.0
+        if how == "setitem":
+            z[idx] = leaf
+        else:
+            z[0:1].index_put_((idx,), leaf)
+        return z
+
+    kept = _kept_until_refused(alice, lambda: alice.send(torch.randn(1024, 1024)).requires_grad_(), written_into_z)
+    assert 1 <= len(kept) <= 2
+    kept.clear()
+    gc.collect()
+    alice.sync()
+    assert bob.store.held_bytes(_session(bob)) == 8192, "idx only"
+
+
+def test_a_saved_tensor_that_later_joins_its_graph_is_freed_with_it(make_worker, make_client):
+    """``y = x * w; x.add_(y)``: ``x`` was saved for ``w``'s gradient, then got a ``grad_fn`` leading back to
+    that node. Saved as itself it closed a reference cycle no garbage collection frees (the memory outlived
+    the session: a probe's worker grew 20 MB per connection); saved detached it is freed with its graph."""
+    import weakref
+
+    bob = make_worker("Bob", policy="open")
+    alice = make_client(bob.address, key=bob.key)
+    x = alice.send(torch.randn(1000))
+    w = alice.send(torch.ones(1)).requires_grad_()
+    x.add_(x * w)
+    alice.sync()
+    held = weakref.ref(bob.store.get(x.oid).tensor)
+    del x, w
+    gc.collect()
+    alice.sync()
+    gc.collect()
+    assert held() is None
+
+
+def test_a_refused_results_graph_is_freed_at_once(make_worker, make_client):
+    """A forward whose saved tensors take its client over the quota is refused, and its graph must go with it
+    at once: the refusal's traceback held the result in a reference cycle, so the client stayed over its quota
+    and every op was refused until Python's garbage collector happened to run (a probe, with it off: never)."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="16MB"))
+    alice = make_client(bob.address, key=bob.key)
+    layers = [torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU()]
+    model = alice.send(torch.nn.Sequential(*layers, torch.nn.Linear(512, 10)))
+    x = alice.send(torch.randn(5000, 64))  # each hidden layer 10 MB (under the quota), the forward saves two
+    alice.sync()
+    before = bob.store.held_bytes(_session(bob))
+    gc.disable()
+    try:
+        with pytest.raises(QuotaExceeded, match=r"max_bytes"):
+            model(x)
+            alice.sync()
+        assert bob.store.held_bytes(_session(bob)) == before
+        loss = model(x[:100]).sum()  # the client works on at once
+        loss.backward()
+        alice.sync()
+    finally:
+        gc.enable()

@@ -26,8 +26,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import torch
 
-from ..wire.results import flatten
-
 __all__ = ["Graph", "Recorder", "builds_graph", "is_leaf_input", "keep_with_nodes"]
 
 
@@ -38,14 +36,18 @@ def is_leaf_input(value: Any) -> bool:
         and value.grad_fn is None
 
 
-def keep_with_nodes(result: Any, graph: "Graph") -> bool:
-    """Make ``graph`` live as long as the autograd nodes of ``result``'s tensors (in their ``metadata``);
-    False if it has none (the op built no graph that outlives it)."""
+def keep_with_nodes(tensors: Iterable[Any], graph: "Graph") -> bool:
+    """Make ``graph`` live as long as the autograd nodes an op left on ``tensors`` (its results, and the
+    tensors it wrote into: ``z[i] = leaf`` returns nothing), and on the base of each that is a view (an
+    in-place write through a view gives its base the node: ``CopySlices``); False if there are none."""
     kept = False
-    for leaf in flatten(result)[0]:
-        if isinstance(leaf, torch.Tensor) and leaf.grad_fn is not None:
-            cast(Dict[str, Any], leaf.grad_fn.metadata).setdefault(_KEY, []).append(graph)
-            kept = True
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            base = t._base if t._is_view() else None
+            for node in (t.grad_fn, base.grad_fn if base is not None else None):
+                if node is not None:
+                    cast(Dict[str, Any], node.metadata).setdefault(_KEY, []).append(graph)
+                    kept = True
     return kept
 
 
@@ -87,9 +89,10 @@ class Recorder(torch.autograd.graph.saved_tensors_hooks):
     """While active (``with``), each tensor autograd saves is kept in :attr:`saved` too (until the op's results
     are stored), and saved by torch with a reference to :attr:`graph`.
 
-    A tensor with a ``grad_fn`` is saved detached, as torch itself keeps a saved result: saved as itself it
-    would make a reference cycle through its ``grad_fn`` that no garbage collection frees; torch gives it
-    back its ``grad_fn`` when the backward unpacks it."""
+    Saved detached, as torch itself keeps a saved tensor: a tensor saved as itself makes a reference cycle
+    through its ``grad_fn`` that no garbage collection frees, if it is the node's own result or gets a
+    ``grad_fn`` later (``y = x * w; x.add_(y)``: the memory outlived its session, found by a probe); torch
+    gives a saved result back its ``grad_fn`` when the backward unpacks it."""
 
     def __init__(self) -> None:
         self.saved: List[torch.Tensor] = []
@@ -97,10 +100,9 @@ class Recorder(torch.autograd.graph.saved_tensors_hooks):
         keep = self.saved.append
 
         def pack(t: torch.Tensor) -> Tuple[Graph, torch.Tensor]:
-            if t.grad_fn is not None:  # (a tensor without one, a leaf, cannot be in a cycle with this graph)
-                t = t.detach()
-            keep(t)
-            return graph, t
+            d = t.detach()
+            keep(d)
+            return graph, d
 
         super().__init__(pack, _unpack)
 

@@ -25,7 +25,7 @@ from ..wire.results import flatten
 from . import autograd, costs, graphs, quotas, train_costs, writes
 from .optimizers import STORED_TYPES
 from .provenance import Disclosure, Provenance
-from .replies import Reject, error_reply
+from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
 from .store import Entry, ObjectStore, new_id
 
@@ -159,6 +159,7 @@ class Ops:
             except Exception as failed:  # (recorded by _failed or _finish)
                 setattr(failed, "seq", header.get("s"))
                 reply = error_reply(failed)
+                forget_frames(failed)
             if reply is not None:
                 try:
                     self.to(router, session.ident, reply)
@@ -183,7 +184,7 @@ class Ops:
                 if recorder is not None:
                     with recorder:
                         result = fn(*args, **kwargs)
-                    self._keep_leaves(session, used, result)
+                    self._keep_leaves(session, used, result, None)
                     return result, None
                 if grad:
                     return fn(*args, **kwargs), None
@@ -196,19 +197,21 @@ class Ops:
                     result = fn(*args, **kwargs)
             except Exception as exc:
                 raise _Ran(exc, writes.changed(before)) from None
+            written = writes.changed(before)
             if recorder is not None:
-                self._keep_leaves(session, used, result)
-            return result, writes.changed(before)
+                self._keep_leaves(session, used, result, written)
+            return result, written
         finally:
             if recorder is not None and recorder.saved:
                 self.store.keep_saved(session.ident, recorder.graph, recorder.saved)
 
-    def _keep_leaves(self, session: Session, used: List[Entry], result: Any) -> None:
-        """Keep the op's leaf inputs charged while its result's graph points to them (see :mod:`.graphs`)."""
+    def _keep_leaves(self, session: Session, used: List[Entry], result: Any, written: Optional[List[Entry]]) -> None:
+        """Keep the op's leaf inputs charged while the graph it left on its results and on what it wrote into
+        points to them (see :mod:`.graphs`)."""
         leaves = [e for e in used if e.session == session.ident and graphs.is_leaf_input(e.tensor)]
         if leaves:
             graph = graphs.Graph()
-            if graphs.keep_with_nodes(result, graph):
+            if graphs.keep_with_nodes(flatten(result)[0] + [e.tensor for e in written or ()], graph):
                 self.store.keep_leaves(session.ident, graph, leaves)
 
     def _check_cost(self, session: Session, op: str, cost: costs.Cost, n_out: int) -> None:

@@ -79,3 +79,16 @@ def error_reply(exc: Exception) -> List[Any]:
         log.warning("an error reply could not be encoded", exc_info=True)
         return encode({"t": Kind.ERR, "s": None, "code": ErrorCode.ERROR, "etype": "Exception",
                        "msg": "unprintable error"})
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Drop the frames a handled error's traceback keeps (its own and its context's): they hold the failed
+    op's results and arguments, and an error held in a frame of its own traceback makes a reference cycle that
+    only Python's garbage collector frees. A refused result's graph stayed charged until then, and its client
+    could run nothing meanwhile (found by an attacker's probe)."""
+    seen: set = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__context__ or e.__cause__

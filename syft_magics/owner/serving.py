@@ -32,7 +32,7 @@ from .models import export
 from .ops import Ops
 from .policy import GetRequest, OpenPolicy
 from .provenance import Disclosure, Provenance
-from .replies import Reject, Replies, Tracked, error_reply
+from .replies import Reject, Replies, Tracked, error_reply, forget_frames
 from .sessions import Session, beat
 from .store import Entry
 
@@ -222,7 +222,9 @@ class Server(Handshakes, DirectPort, Ops):
         except Exception as exc:  # the worker survives anything a client sends
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("worker %s answers %s with an error", self.name, ident.hex()[:8], exc_info=True)
-            return error_reply(exc)
+            reply = error_reply(exc)
+            forget_frames(exc)
+            return reply
 
     def _handle(self, ident: bytes, parts: List[Any], batched: bool = False, queued: bool = False) -> Any:
         session = self.sessions.get(ident)
