@@ -98,6 +98,19 @@ def _wait_line(lines: "queue.Queue[str]", needle: str, timeout: float) -> str:
     raise AssertionError(f"{needle!r} never came; output so far:\n{seen}")
 
 
+def _until_still(path: Path, timeout: float) -> None:
+    """Wait until the file at ``path`` has not grown for a second (at most ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = path.stat().st_size if path.exists() else 0
+        if now != size:
+            size, since = now, time.monotonic()
+        elif time.monotonic() - since >= 1.0:
+            return
+        time.sleep(0.1)
+
+
 def _pump(stream, lines: "queue.Queue[str]") -> threading.Thread:
     thread = threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True)
     thread.start()
@@ -173,6 +186,7 @@ def test_over_a_veth_link_only_invited_keys_get_in_and_nothing_travels_in_clear(
     finally:
         if capture is not None:
             if capture.poll() is None:
+                _until_still(pcap, 15.0)  # a busy machine's tcpdump lags: SIGINT drops what it has not read
                 os.killpg(capture.pid, signal.SIGINT)  # tcpdump flushes the capture file on SIGINT
             try:
                 capture.wait(15)
