@@ -26,29 +26,59 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import torch
 
-__all__ = ["Graph", "Recorder", "builds_graph", "is_leaf_input", "keep_with_nodes"]
+__all__ = ["MAX_DEPTH", "Graph", "Recorder", "builds_graph", "depth_of", "has_graph", "is_leaf_input",
+           "keep_with_nodes"]
+
+
+#: The deepest autograd graph a client may build (ops on its longest path, a model's forward counting its
+#: layers): a deep enough chain of nodes that Python has seen (``grad_fn`` read, as :func:`keep_with_nodes`
+#: does) is freed by recursion, which overflowed the serving thread's stack and killed the worker process (a
+#: probe: 50,000 ``b = b * w``, or ``total.add_(1.0)``, then ``del``; 20,000 passed).
+MAX_DEPTH = 10_000
+
+
+def depth_of(used: Iterable[Any], check: bool = True) -> int:
+    """The depth of the graph an op over the stored objects ``used`` makes: one more than its deepest input's,
+    plus a model's layers; ``check``: :class:`ValueError` (before the op runs) if that is over :data:`MAX_DEPTH`."""
+    depth = 0
+    for e in used:
+        v = e.tensor
+        depth = max(depth, e.depth + (sum(1 for _ in v.modules()) if isinstance(v, torch.nn.Module) else 0))
+    depth += 1
+    if check and depth > MAX_DEPTH:
+        raise ValueError(f"this op would make an autograd graph {depth:,} ops deep, over the worker's "
+                         f"{MAX_DEPTH:,}: call .backward() on it, or .detach() or .item() what you keep "
+                         "(e.g. a running loss), before going on")
+    return depth
+
+
+def has_graph(t: Any) -> bool:
+    """Whether ``t`` is a tensor with an autograd node behind it (without reading ``grad_fn``, which gives
+    the node a Python object: see :data:`MAX_DEPTH`)."""
+    return isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf
 
 
 def is_leaf_input(value: Any) -> bool:
     """Whether an op's graph may point to ``value`` itself (a leaf that requires grad, or a model's parameters),
     through the node that accumulates its gradient: kept alive by the graph, saved or not."""
     return isinstance(value, torch.nn.Module) or isinstance(value, torch.Tensor) and value.requires_grad \
-        and value.grad_fn is None
+        and value.is_leaf
 
 
-def keep_with_nodes(tensors: Iterable[Any], graph: "Graph") -> bool:
-    """Make ``graph`` live as long as the autograd nodes an op left on ``tensors`` (its results, and the
-    tensors it wrote into: ``z[i] = leaf`` returns nothing), and on the base of each that is a view (an
-    in-place write through a view gives its base the node: ``CopySlices``); False if there are none."""
-    kept = False
-    for t in tensors:
-        if isinstance(t, torch.Tensor):
+def keep_with_nodes(results: Iterable[Any], written: Iterable[Any], graph: "Graph") -> bool:
+    """Make ``graph`` live as long as the autograd nodes an op left on its ``results`` and on the tensors it
+    wrote into (``z[i] = leaf`` returns nothing), and on the base of each of those that is a view (an in-place
+    write through a view gives its base the node: ``CopySlices``); False if there are none."""
+    nodes = [t.grad_fn for t in results if has_graph(t)]
+    for t in written:
+        if has_graph(t):
+            nodes.append(t.grad_fn)
             base = t._base if t._is_view() else None
-            for node in (t.grad_fn, base.grad_fn if base is not None else None):
-                if node is not None:
-                    cast(Dict[str, Any], node.metadata).setdefault(_KEY, []).append(graph)
-                    kept = True
-    return kept
+            if base is not None and base.grad_fn is not None:
+                nodes.append(base.grad_fn)
+    for node in nodes:
+        cast(Dict[str, Any], node.metadata).setdefault(_KEY, []).append(graph)
+    return bool(nodes)
 
 
 _KEY = "syft_magics.graph"

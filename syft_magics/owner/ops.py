@@ -147,7 +147,10 @@ class Ops:
             reply: Optional[List[Any]] = None
             try:
                 if error is not None:
-                    self._failed(session, name, out, used, error, t0)
+                    try:
+                        self._failed(session, name, out, used, error, t0)
+                    finally:
+                        forget_frames(error)  # (raised outside its except: not the context of what _failed raises)
                 result, written, seconds, spent, disclosed = value
                 self._written(session, op, used, written, spent)
                 if seconds > session.quotas.op_seconds:  # a kernel cannot be stopped: reported, counted
@@ -190,6 +193,8 @@ class Ops:
                     return fn(*args, **kwargs), None
                 with torch.no_grad():  # (the client's op ran under torch.no_grad())
                     return fn(*args, **kwargs), None
+            if recorder is not None:  # (it may deepen a graph in place: refused before it runs if too deep)
+                graphs.depth_of(used)
             before = writes.versions(used)
             try:
                 with writes.guard(self.store, used), contextlib.nullcontext() if grad else torch.no_grad(), \
@@ -211,7 +216,7 @@ class Ops:
         leaves = [e for e in used if e.session == session.ident and graphs.is_leaf_input(e.tensor)]
         if leaves:
             graph = graphs.Graph()
-            if graphs.keep_with_nodes(flatten(result)[0] + [e.tensor for e in written or ()], graph):
+            if graphs.keep_with_nodes(flatten(result)[0], [e.tensor for e in written or ()], graph):
                 self.store.keep_leaves(session.ident, graph, leaves)
 
     def _check_cost(self, session: Session, op: str, cost: costs.Cost, n_out: int) -> None:
@@ -265,6 +270,9 @@ class Ops:
             kept = [(i, oid, leaf, self.store.charge(leaf, session.ident, seen))
                     for i, (oid, leaf) in enumerate(zip(out, leaves))
                     if oid is not None and isinstance(leaf, STORED_TYPES)]  # tensors, models, optimizers built here
+            # the work and depth behind results with a graph (the op's inputs'); too deep: refused (.graphs)
+            graph = (train_costs.work_of(spent, used), graphs.depth_of(used)) \
+                if any(graphs.has_graph(k[2]) for k in kept) else (None, 0)
             if kept:
                 q, sid = session.quotas, session.ident
                 count, held = self.store.session_count(sid), self.store.held_bytes(sid)
@@ -279,16 +287,11 @@ class Ops:
             self._fail(session, name, [] if header.get("m") else out, used, exc, t0, prov)
         inputs = tuple(e.id for e in used)
         now = time.time()
-        graph: Any = False  # the work behind results with a grad_fn (found once: they share the op's inputs)
         for i, oid, leaf, (charge, blocks) in kept:
-            work = None
-            if isinstance(leaf, torch.Tensor) and leaf.grad_fn is not None:
-                if graph is False:
-                    graph = train_costs.work_of(spent, used)
-                work = graph
+            work, depth = graph if graphs.has_graph(leaf) else (None, 0)
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                  created=now, last_access=now, provenance=self.disclosure.leaf(prov, shown, i),
-                                 work=work), charge=charge, blocks=blocks)
+                                 work=work, depth=depth), charge=charge, blocks=blocks)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
@@ -306,9 +309,10 @@ class Ops:
                 self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
             entry.history.append((op, tuple(e.id for e in used if e is not entry)))
             entry.seen_version = entry.version
-            t = entry.tensor
-            if isinstance(t, torch.Tensor) and t.grad_fn is not None:  # written in place into a graph: it grew
-                entry.work = train_costs.work_of(spent + (entry.work or 0.0), [e for e in used if e is not entry])
+            if graphs.has_graph(entry.tensor):  # written in place into a graph: it grew
+                others = [e for e in used if e is not entry]
+                entry.work = train_costs.work_of(spent + (entry.work or 0.0), others)
+                entry.depth = max(entry.depth + 1, graphs.depth_of(others, check=False))
         self.disclosure.taint(used, written)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,

@@ -54,6 +54,8 @@ class Entry:
     #: seconds of autograd work recorded behind the tensor, for a backward's estimate (see
     #: :mod:`syft_magics.owner.train_costs`); None: none recorded (a leaf, or a graph the worker did not build)
     work: Optional[float] = None
+    #: ops on the longest autograd path behind the tensor (0: none recorded), bounded (see .graphs.MAX_DEPTH)
+    depth: int = 0
 
     def __post_init__(self) -> None:
         self.seen_version = self.version

@@ -56,7 +56,7 @@ def work_of(seconds: float, used: Iterable[Entry]) -> Optional[float]:
             continue
         seen.add(id(e))
         t = e.tensor
-        if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+        if isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf:  # (not grad_fn: see graphs.MAX_DEPTH)
             if e.work is None:
                 return None
             total += e.work
