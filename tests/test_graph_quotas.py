@@ -138,6 +138,21 @@ def test_backward_with_create_graph_is_refused_with_what_to_use_instead(make_wor
     assert all(e.tensor is None or e.tensor.grad is None for e in bob.store.entries()), "nothing ran"
 
 
+def test_the_worker_refuses_backward_with_create_graph_from_a_hand_made_message(make_worker, raw):
+    """The client refuses it at the user's line; the worker does too, whatever a client sends."""
+    bob = make_worker("Bob", policy="open")
+    p = raw(bob)
+    w, loss = os.urandom(16), os.urandom(16)
+    assert p.request({"t": "send", "s": 1, "id": w, "x": torch.ones(4), "tags": [], "ack": True})["t"] == "ok"
+    assert p.request({"t": "op", "s": 2, "f": "Tensor.requires_grad_", "a": [ref_ext(w)], "o": [None],
+                      "m": True})["t"] == "ok"
+    p.send_raw(encode({"t": "op", "s": 3, "f": "Tensor.sum", "a": [ref_ext(w)], "o": [loss]}))
+    for name, args in (("Tensor.backward", [ref_ext(loss)]), ("torch.autograd.backward", [[ref_ext(loss)]])):
+        reply = p.request({"t": "op", "s": 4, "f": name, "a": args, "k": {"create_graph": True}, "o": [None],
+                           "m": True})
+        assert reply["t"] == "err" and "create_graph=True) is not supported" in reply["msg"], reply
+
+
 def test_a_gradient_larger_than_its_tensors_memory_is_refused(make_worker, make_client):
     """``x.expand(n)`` holds one element's memory but its gradient would be n elements, which no quota charges
     (an attacker's probe: 1 GB of gradients under an 8 MB quota): ``requires_grad_`` and ``retain_grad`` on such

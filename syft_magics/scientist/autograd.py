@@ -196,6 +196,21 @@ def grad_fn(ptr: "PointerTensor") -> None:
                        "on the pointer instead); ptr.is_leaf and ptr.requires_grad tell what the tensor is")
 
 
+def _without_create_graph(func: Callable, name: str) -> Callable:
+    """``func`` (a backward) on the worker, refused here with ``create_graph=True``, as the worker refuses it
+    (before the stand-ins' own backward runs and torch warns of the cycle it would make)."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("create_graph"):
+            raise OpNotAllowed("backward(create_graph=True) is not supported on pointers: the graph it builds "
+                               "behind each leaf's .grad refers back to the leaf, which keeps their memory on the "
+                               "worker; use torch.autograd.grad(loss, inputs, create_graph=True), which returns "
+                               "the gradients")
+        return _ptr_run(func, name, args, kwargs)
+
+    return run
+
+
 #: Functions torch hands to ``__torch_function__`` that need the worker, by the function object.
 SPECIAL: Dict[Any, Callable] = {
     torch.Tensor.requires_grad_: requires_grad_,
@@ -209,6 +224,8 @@ SPECIAL: Dict[Any, Callable] = {
     torch.Tensor.cpu: cpu,
     torch.Tensor.cuda: cuda,
     torch.autograd.grad: autograd_grad,
+    torch.Tensor.backward: _without_create_graph(torch.Tensor.backward, "Tensor.backward"),
+    torch.autograd.backward: _without_create_graph(torch.autograd.backward, "torch.autograd.backward"),
     torch.Tensor.is_leaf.__get__: is_leaf,  # type: ignore[attr-defined]
     torch.Tensor.grad_fn.__get__: grad_fn,  # type: ignore[union-attr]
     torch.Tensor.register_hook: refuse("register_hook (a Python function would have to run on the worker)"),
