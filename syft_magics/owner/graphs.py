@@ -37,19 +37,40 @@ __all__ = ["MAX_DEPTH", "Graph", "Recorder", "builds_graph", "depth_of", "has_gr
 MAX_DEPTH = 10_000
 
 
+#: The attribute, on a tensor written in place through views, of its graph's depth: an in-place op on
+#: ``b[0:1]`` deepens ``b``'s graph (``CopySlices``), and ``b``'s stored entry is not among the op's inputs (a
+#: probe: a fresh view each time, 60,000 writes, then ``del b`` crashed the worker past the depth cap). On the
+#: tensor itself, so it lives as long as the tensor (a mapping keyed by tensors would compare them with ``==``).
+_BASE_DEPTH = "_syft_magics_depth"
+
+
 def depth_of(used: Iterable[Any], check: bool = True) -> int:
-    """The depth of the graph an op over the stored objects ``used`` makes: one more than its deepest input's,
-    plus a model's layers; ``check``: :class:`ValueError` (before the op runs) if that is over :data:`MAX_DEPTH`."""
+    """The depth of the graph an op over the stored objects ``used`` makes: one more than its deepest input's
+    (a view's: its base's too), plus a model's layers; ``check``: :class:`ValueError` (before the op runs) if
+    that is over :data:`MAX_DEPTH`."""
     depth = 0
     for e in used:
         v = e.tensor
-        depth = max(depth, e.depth + (sum(1 for _ in v.modules()) if isinstance(v, torch.nn.Module) else 0))
+        if isinstance(v, torch.Tensor):
+            d = max(e.depth, getattr(v._base if v._is_view() else v, _BASE_DEPTH, 0))
+        elif isinstance(v, torch.nn.Module):
+            d = e.depth + sum(1 for _ in v.modules())
+        else:
+            d = e.depth
+        depth = max(depth, d)
     depth += 1
     if check and depth > MAX_DEPTH:
         raise ValueError(f"this op would make an autograd graph {depth:,} ops deep, over the worker's "
                          f"{MAX_DEPTH:,}: call .backward() on it, or .detach() or .item() what you keep "
                          "(e.g. a running loss), before going on")
     return depth
+
+
+def written_through(t: torch.Tensor, depth: int) -> None:
+    """Record that an in-place write deepened the graph of ``t``'s base to ``depth``, if ``t`` is a view."""
+    base = t._base if t._is_view() else None
+    if base is not None:
+        setattr(base, _BASE_DEPTH, max(getattr(base, _BASE_DEPTH, 0), depth))
 
 
 def has_graph(t: Any) -> bool:

@@ -312,7 +312,8 @@ class Ops:
             if graphs.has_graph(entry.tensor):  # written in place into a graph: it grew
                 others = [e for e in used if e is not entry]
                 entry.work = train_costs.work_of(spent + (entry.work or 0.0), others)
-                entry.depth = max(entry.depth + 1, graphs.depth_of(others, check=False))
+                entry.depth = max(entry.depth + 1, graphs.depth_of(used, check=False))
+                graphs.written_through(entry.tensor, entry.depth)
         self.disclosure.taint(used, written)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
