@@ -389,3 +389,25 @@ def test_views_of_a_kept_tensor_do_not_pile_up_graph_records(make_worker, make_c
     bob.store.held_bytes(_session(bob))  # (lets go of the graphs torch freed)
     assert len(bob.store._graphs) < 100  # the views not freed yet, not one per op since b was made
     del v
+
+
+def test_writes_under_no_grad_do_not_count_towards_the_depth(make_worker, make_client, monkeypatch):
+    """In-place updates under ``torch.no_grad()`` add no node to a graph (a probe's 10,050 ``h.add_`` under
+    no_grad were refused once the cap came in; local torch runs them)."""
+    from syft_magics.owner import graphs
+
+    monkeypatch.setattr(graphs, "MAX_DEPTH", 50)
+    bob = make_worker("Bob", policy="open")
+    alice = make_client(bob.address, key=bob.key)
+    a = alice.send(torch.ones(3)).requires_grad_()
+    h = a * 2
+    with torch.no_grad():
+        for _ in range(60):
+            h.add_(1.0)
+    (h * a).sum().backward()
+    local = torch.ones(3, requires_grad=True)
+    lh = local * 2
+    with torch.no_grad():
+        lh.add_(60.0)
+    (lh * local).sum().backward()
+    assert torch.equal(a.grad.get(), local.grad)  # 64: h's value (62) and h's graph (2)

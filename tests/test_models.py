@@ -185,6 +185,29 @@ def test_an_optimizer_refuses_tensors_that_do_not_require_grad(seed):
     del opt
 
 
+def test_optimizers_and_schedulers_take_their_options_by_position_as_torch_does(seed):
+    """``client.optim.SGD(params, 0.1, 0.9)`` (torch's own way to write it) failed on the worker with an internal
+    error at a later line; now the options reach it by name, and a wrong one raises at the user's line."""
+    bob, client = seed
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    remote = client.send(model)
+    opt = client.optim.SGD(remote.parameters(), 0.1, 0.9)
+    schedule = client.lr_scheduler.StepLR(opt, 1, 0.5)
+    local_opt = torch.optim.SGD(model.parameters(), 0.1, 0.9)
+    local_schedule = torch.optim.lr_scheduler.StepLR(local_opt, 1, 0.5)
+    x = torch.randn(4, 3)
+    for _ in range(3):
+        for o, s, m, inp in ((opt, schedule, remote, client.send(x)), (local_opt, local_schedule, model, x)):
+            o.zero_grad()
+            m(inp).pow(2).sum().backward()
+            o.step()
+            s.step()
+    assert torch.allclose(remote.get().weight, model.weight, atol=1e-6)
+    with pytest.raises(TypeError):
+        client.optim.SGD(remote.parameters(), 0.1, 0.9, 0.0, 0.0, False, "too many")
+
+
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
 

@@ -114,7 +114,7 @@ class Ops:
             if spent is None:  # (unpriced: what it took)
                 spent = time.perf_counter() - t0
             if written is not None:
-                self._written(session, op, used, written, spent)
+                self._written(session, op, used, written, spent, grad)
             return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, spent=spent)
 
         def work() -> Tuple[Any, Optional[List[Entry]], float, float, Any]:
@@ -152,7 +152,7 @@ class Ops:
                     finally:
                         forget_frames(error)  # (raised outside its except: not the context of what _failed raises)
                 result, written, seconds, spent, disclosed = value
-                self._written(session, op, used, written, spent)
+                self._written(session, op, used, written, spent, grad)
                 if seconds > session.quotas.op_seconds:  # a kernel cannot be stopped: reported, counted
                     self.refuse("op ran over its time budget")
                     self.events.emit("overran", client=session.label, op=op, seconds=round(seconds, 3),
@@ -297,7 +297,7 @@ class Ops:
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
 
     def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],
-                 spent: float = 0.0) -> None:
+                 spent: float = 0.0, grad: bool = True) -> None:
         """Record the writes an op made: into a client's object, in its history (an approval shows it),
         with the autograd work it added (``spent``: its estimate); into the owner's data (the guard
         failed to foresee it), reported loudly. ``None``: it writes nothing, by its schema."""
@@ -312,8 +312,9 @@ class Ops:
             if graphs.has_graph(entry.tensor):  # written in place into a graph: it grew
                 others = [e for e in used if e is not entry]
                 entry.work = train_costs.work_of(spent + (entry.work or 0.0), others)
-                entry.depth = max(entry.depth + 1, graphs.depth_of(used, check=False))
-                graphs.written_through(entry.tensor, entry.depth)
+                if grad:  # (a write under the client's no_grad adds no node)
+                    entry.depth = max(entry.depth + 1, graphs.depth_of(used, check=False))
+                    graphs.written_through(entry.tensor, entry.depth)
         self.disclosure.taint(used, written)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,

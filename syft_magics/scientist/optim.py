@@ -7,6 +7,7 @@ parameters (PySyft sent one per parameter), so a training step costs a constant 
 """
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -76,7 +77,11 @@ class _Namespace:
                                  f"{', '.join(self._names)})")
 
         def make(first: Any, *args: Any, **kwargs: Any) -> RemoteObject:
-            return self._cls(self._client, self._kind, name, (self._first(first), *args), kwargs)
+            if args:  # (``SGD(params, 0.1)``): by name, as torch's own signature reads them; wrong ones raise here
+                torch_cls = getattr(torch.optim if self._kind == "optim" else torch.optim.lr_scheduler, name)
+                given = inspect.signature(torch_cls).bind(first, *args, **kwargs).arguments
+                kwargs = {k: v for i, (k, v) in enumerate(given.items()) if i}
+            return self._cls(self._client, self._kind, name, (self._first(first),), kwargs)
 
         make.__name__ = name
         return make
