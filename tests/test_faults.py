@@ -40,8 +40,18 @@ class ChildWorker:
         assert line == "ready", f"the worker process did not start: {line!r}"
 
     def signal(self, sig: int) -> None:
+        """Send ``sig``; for SIGSTOP and SIGCONT, return once the process is stopped, or running again."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+            if sig in (signal.SIGSTOP, signal.SIGCONT):
+                wait_until(lambda: self._stopped() == (sig == signal.SIGSTOP), timeout=5)
+
+    def _stopped(self) -> bool:
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+        except OSError:
+            return False
 
     def stop(self) -> None:
         self.signal(signal.SIGCONT)

@@ -150,6 +150,7 @@ def test_a_small_op_is_answered_while_a_big_get_is_still_streaming(streamed, fas
     bob.share(big, "#BIG")
     ptr, = client.search("#BIG")
     x, = client.search("#X")
+    assert torch.equal((x * 2).get(), torch.tensor([2.0, 4, 6]))  # priced now, not while the get streams
     got: list = []
     getter = threading.Thread(target=lambda: got.append(ptr.get()))
     getter.start()
