@@ -146,7 +146,7 @@ def test_an_interrupted_send_leaves_nothing_half_stored(streamed, monkeypatch):
 def test_a_small_op_is_answered_while_a_big_get_is_still_streaming(streamed, fast_defaults):
     bob, client = streamed
     fast_defaults.chunk_window = 1  # one chunk in flight: the big get takes hundreds of round trips
-    big = torch.randn(8 << 20)  # 32 MiB in 512 chunks
+    big = torch.randn(32 << 20)  # 128 MiB in 2,048 chunks (32 MiB went by before the small op on a fast machine)
     bob.share(big, "#BIG")
     ptr, = client.search("#BIG")
     x, = client.search("#X")
