@@ -42,6 +42,8 @@ MAX_DEPTH = 10_000
 #: probe: a fresh view each time, 60,000 writes, then ``del b`` crashed the worker past the depth cap). On the
 #: tensor itself, so it lives as long as the tensor (a mapping keyed by tensors would compare them with ``==``).
 _BASE_DEPTH = "_syft_magics_depth"
+#: Where in a graph node's ``metadata`` the :class:`Graph` objects that live as long as the node are kept.
+_KEY = "syft_magics.graph"
 
 
 def depth_of(used: Iterable[Any], check: bool = True) -> int:
@@ -100,9 +102,6 @@ def keep_with_nodes(results: Iterable[Any], written: Iterable[Any], graph: "Grap
     for node in nodes:
         cast(Dict[str, Any], node.metadata).setdefault(_KEY, []).append(graph)
     return bool(nodes)
-
-
-_KEY = "syft_magics.graph"
 
 
 def builds_graph(entries: Iterable[Any]) -> bool:

@@ -313,7 +313,7 @@ class Ops:
                 others = [e for e in used if e is not entry]
                 entry.work = train_costs.work_of(spent + (entry.work or 0.0), others)
                 if grad:  # (a write under the client's no_grad adds no node)
-                    entry.depth = max(entry.depth + 1, graphs.depth_of(used, check=False))
+                    entry.depth = graphs.depth_of(used, check=False)  # (used holds the entry: one deeper than it)
                     graphs.written_through(entry.tensor, entry.depth)
         self.disclosure.taint(used, written)
 

@@ -167,7 +167,7 @@ class ObjectStore:
                 if blocks is _FIND:
                     blocks = self.blocks_of(entry.tensor)
                 if blocks is not None:
-                    self._take(entry.id, entry.session, blocks)
+                    self._in_block[entry.id] = self._take_blocks(entry.session, blocks)
                     return entry
                 cost = entry.nbytes if charge is None else charge
                 if cost:
@@ -177,9 +177,6 @@ class ObjectStore:
                 key = storage_key(entry.tensor)
                 self._owner_storage[key] = self._owner_storage.get(key, 0) + 1
             return entry
-
-    def _take(self, holder: bytes, session: bytes, blocks: Iterable[Block]) -> None:
-        self._in_block[holder] = self._take_blocks(session, blocks)
 
     def _take_blocks(self, session: bytes, blocks: Iterable[Block]) -> List[Tuple[bytes, int]]:
         """Count one more holder of each of ``blocks`` for ``session``, charging those it held none of; where
@@ -212,7 +209,6 @@ class ObjectStore:
             if nbytes and key not in owner:
                 blocks[key] = (key, nbytes, storage)
         with self._lock:
-            self._drain()
             self._hold(graph, session, self._take_blocks(session, blocks.values()))
 
     def keep_leaves(self, session: bytes, graph: Graph, leaves: List[Entry]) -> None:
@@ -220,7 +216,6 @@ class ObjectStore:
         while ``graph`` lives: the graph nodes an op made point to them (torch's ``AccumulateGrad``), so
         freeing their pointers does not free them (see :mod:`.graphs`)."""
         with self._lock:
-            self._drain()
             wheres = [where for e in leaves for where in self._in_block.get(e.id, ())]
             for where in wheres:
                 self._blocks[where][0] += 1
@@ -232,11 +227,14 @@ class ObjectStore:
         graph.on_freed = self._released.append  # (runs on whichever thread frees it: counted at _drain)
 
     def _drain(self) -> None:
-        """Let go the blocks of the graphs torch freed since (under the lock)."""
-        while self._released:
-            found = self._graphs.pop(self._released.popleft(), None)
-            if found is not None:
-                self._let_go(found[1], found[0], 0)
+        """Let go the blocks of the graphs torch freed since (costs a look at the queue when there are none)."""
+        if not self._released:
+            return
+        with self._lock:
+            while self._released:
+                found = self._graphs.pop(self._released.popleft(), None)
+                if found is not None:
+                    self._let_go(found[1], found[0], 0)
 
     def remove(self, oid: bytes) -> Optional[Entry]:
         with self._lock:
@@ -299,7 +297,6 @@ class ObjectStore:
             ids = list(self._by_session.pop(session, ()))
             for oid in ids:
                 self.remove(oid)
-            self._drain()
             for key in [k for k, (s, _) in self._graphs.items() if s == session]:  # graphs still alive: let go
                 self._released.append(key)
             self._drain()
@@ -354,9 +351,7 @@ class ObjectStore:
         blocks = self.blocks_of(value)
         if blocks is None:
             return Entry(b"", value).nbytes, None
-        if self._released:
-            with self._lock:
-                self._drain()
+        self._drain()
         more = 0
         for key, nbytes, _ in blocks:
             if (session, key) not in self._blocks and key not in seen:
@@ -399,9 +394,7 @@ class ObjectStore:
 
     def held_bytes(self, session: bytes) -> int:
         """The bytes charged to a session's objects and graphs (what its ``max_bytes`` quota bounds)."""
-        if self._released:
-            with self._lock:
-                self._drain()
+        self._drain()
         return self._held.get(session, 0)
 
     def session_count(self, session: bytes) -> int:
