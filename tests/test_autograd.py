@@ -121,12 +121,66 @@ def test_detach_retain_grad_and_autograd_grad(seed):
     assert torch.equal(g.get(), torch.full((3,), 3.0))
 
 
-def test_grad_before_backward_is_a_clear_error(seed):
+def test_grad_is_none_where_torch_says_none(seed):
+    """``if p.grad is not None`` (torch's idiom, e.g. in hand-written optimizers) must read the worker's state:
+    None before a backward reaches the tensor and after an optimizer's zero_grad(), a pointer in between."""
     bob, client = seed
     w = client.send(torch.ones(2, requires_grad=True))
+    unused = client.send(torch.ones(2, requires_grad=True))
     assert client.send(torch.ones(2)).grad is None
-    with pytest.raises(sm.RemoteError, match="no gradient yet"):
-        w.grad.get()
+    assert w.grad is None
+    (w * 3).sum().backward()
+    assert torch.equal(w.grad.get(), torch.full((2,), 3.0))
+    assert unused.grad is None  # the backward did not reach it
+    opt = client.optim.SGD([w], lr=0.1)
+    opt.zero_grad()  # set_to_none, torch's default
+    assert w.grad is None
+    client.sync()  # and nothing failed on the way
+
+
+def test_autograd_grad_allow_unused_and_create_graph_follow_torch(seed):
+    bob, client = seed
+    a_local, b_local = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    a, b = client.send(a_local.detach().requires_grad_()), client.send(b_local.detach().requires_grad_())
+    local = torch.autograd.grad((a_local * 2).sum(), [a_local, b_local], allow_unused=True)
+    remote = torch.autograd.grad((a * 2).sum(), [a, b], allow_unused=True)
+    assert local[1] is None and remote[1] is None
+    assert torch.equal(remote[0].get(), local[0])
+    # positional options, as torch binds them (grad_outputs, retain_graph, create_graph, only_inputs, allow_unused)
+    assert torch.autograd.grad((a * 2).sum(), [a, b], None, None, False, True, True)[1] is None
+    materialized = torch.autograd.grad((a * 2).sum(), [a, b], allow_unused=True, materialize_grads=True)
+    assert torch.equal(materialized[1].get(), torch.zeros(3))
+    # create_graph: a cube's gradient requires grad (and a second backward goes through it), a line's does not
+    (g_local,) = torch.autograd.grad((a_local ** 3).sum(), a_local, create_graph=True)
+    (g,) = torch.autograd.grad((a ** 3).sum(), a, create_graph=True)
+    assert g.requires_grad and not g.is_leaf and g_local.requires_grad
+    g.sum().backward()
+    g_local.sum().backward()
+    assert torch.equal(a.grad.get(), a_local.grad)
+    (line,) = torch.autograd.grad((a * 2).sum(), a, create_graph=True)
+    (line_local,) = torch.autograd.grad((a_local * 2).sum(), a_local, create_graph=True)
+    assert line.requires_grad is line_local.requires_grad is False
+    client.sync()
+
+
+def test_a_write_through_a_view_made_under_no_grad_works_as_in_torch(seed):
+    """Both under the client's no_grad: torch allows it; the worker's own bookkeeping (is the view a node of a
+    graph?) asked torch a question it refuses for such a view, and the op was reported failed although it ran."""
+    bob, client = seed
+    p_local = torch.ones(4, requires_grad=True)
+    p = client.send(torch.ones(4, requires_grad=True))
+    with torch.no_grad():
+        v_local, v = p_local[:2], p[:2]
+        v_local.mul_(3)
+        v.mul_(3)
+        w = v + 1
+    assert torch.equal(p.get(), p_local.detach())
+    assert torch.equal(w.get(), torch.full((2,), 4.0))
+    assert torch.equal(v.get(), torch.full((2,), 3.0))
+    with pytest.raises(RuntimeError, match="view was created in no_grad mode"):
+        v_local + 1  # torch refuses the view with grad on: the pointer gives torch's own error
+    with pytest.raises(sm.RemoteError, match="view was created in no_grad mode"):
+        (v + 1).get()
 
 
 def test_owner_data_cannot_be_made_to_require_grad(seed):

@@ -11,13 +11,10 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 
-def grad_of(t: torch.Tensor) -> torch.Tensor:
-    """``t.grad`` itself (not a copy: ``ptr.grad.zero_()`` zeroes the worker's gradient)."""
-    g = t.grad
-    if g is None:
-        raise RuntimeError("this tensor has no gradient yet: it needs requires_grad=True (or retain_grad() for a "
-                           "non-leaf) and a loss.backward() that reaches it")
-    return g
+def grad_of(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """``t.grad`` itself (not a copy: ``ptr.grad.zero_()`` zeroes the worker's gradient), or None (the client
+    asks for a description of the result: ``ptr.grad`` is None there too)."""
+    return t.grad
 
 
 def set_grad_(t: torch.Tensor, g: Optional[torch.Tensor]) -> None:

@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import torch
 
+from ..wire.results import autograd_leaf
+
 __all__ = ["MAX_DEPTH", "Graph", "Recorder", "builds_graph", "depth_of", "has_graph", "is_leaf_input",
            "keep_with_nodes"]
 
@@ -78,14 +80,14 @@ def written_through(t: torch.Tensor, depth: int) -> None:
 def has_graph(t: Any) -> bool:
     """Whether ``t`` is a tensor with an autograd node behind it (without reading ``grad_fn``, which gives
     the node a Python object: see :data:`MAX_DEPTH`)."""
-    return isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf
+    return isinstance(t, torch.Tensor) and t.requires_grad and autograd_leaf(t) is False
 
 
 def is_leaf_input(value: Any) -> bool:
     """Whether an op's graph may point to ``value`` itself (a leaf that requires grad, or a model's parameters),
     through the node that accumulates its gradient: kept alive by the graph, saved or not."""
     return isinstance(value, torch.nn.Module) or isinstance(value, torch.Tensor) and value.requires_grad \
-        and value.is_leaf
+        and autograd_leaf(value) is True
 
 
 def keep_with_nodes(results: Iterable[Any], written: Iterable[Any], graph: "Graph") -> bool:

@@ -403,7 +403,7 @@ class Server(Handshakes, DirectPort, Ops):
             return streamed
         if session.pool is not None:
             session.pool.written.clear()
-        reply = encode({"t": Kind.VALUE, "s": seq, "x": tensor.clone() if copy else tensor}, session.pool)
+        reply = encode({"t": Kind.VALUE, "s": seq, "x": tensor.detach().clone() if copy else tensor}, session.pool)
         return Tracked(reply, session.unread, nbytes) if nbytes >= ZERO_COPY_BYTES else reply
 
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:

@@ -31,7 +31,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils._pytree import tree_flatten, tree_map_only
 
-from . import autograd, costs, models, optimizers
+from . import autograd, costs, graphs, models, optimizers
 from .costs import Cost, Unestimable, WorkCounter, rates
 from .store import Entry
 
@@ -56,7 +56,7 @@ def work_of(seconds: float, used: Iterable[Entry]) -> Optional[float]:
             continue
         seen.add(id(e))
         t = e.tensor
-        if isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf:  # (not grad_fn: see graphs.MAX_DEPTH)
+        if graphs.has_graph(t):
             if e.work is None:
                 return None
             total += e.work

@@ -7,7 +7,7 @@ either runs on the worker (one pipelined message) or raises a clear error at the
 
 * ``ptr.requires_grad_()`` / ``ptr.requires_grad = True``: on the worker, and the pointer's metadata;
 * ``loss.backward()``, ``y.retain_grad()``, ``torch.autograd.grad``: on the worker (one message);
-* ``ptr.grad``: a pointer to the worker's gradient (``ptr.grad = None`` clears it there);
+* ``ptr.grad``: a pointer to the worker's gradient, or None where it has none (``ptr.grad = None`` clears it);
 * ``ptr.data`` (a remote ``detach``), ``ptr.data = other``, ``detach_``;
 * ``ptr.to(dtype)``, ``ptr.to("cpu")``, ``ptr.cpu()``: on the worker, within its allowed devices.
 
@@ -16,6 +16,7 @@ Ops that return no tensor are answered locally only when the answer is metadata 
 """
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 import torch
@@ -50,11 +51,11 @@ def local_answer(name: str, template: "Tree") -> bool:
                        "supported on pointers; compute it on the worker as a tensor, or .get() the value")
 
 
-def _ptr_run(func: Callable, name: str, args: tuple, kwargs: Optional[dict] = None) -> Any:
+def _ptr_run(func: Callable, name: str, args: tuple, kwargs: Optional[dict] = None, described: bool = False) -> Any:
     from .pointer import _first_pointer
 
     ptr = _first_pointer(args, kwargs or {})
-    return ptr.client.run(func, name, args, kwargs or {})
+    return ptr.client.run(func, name, args, kwargs or {}, described)
 
 
 def _mark_requires_grad(ptr: "PointerTensor", flag: bool) -> None:
@@ -87,16 +88,17 @@ def detach_(ptr: "PointerTensor") -> "PointerTensor":
     return ptr
 
 
-def _grad_standin(t: torch.Tensor) -> torch.Tensor:
-    with torch._C.DisableTorchFunctionSubclass():
-        return torch.empty(t.shape, dtype=t.dtype, device="meta")
-
-
 def get_grad(ptr: "PointerTensor") -> Optional["PointerTensor"]:
-    """A pointer to the worker's ``.grad`` (None for a pointer that does not require grad)."""
+    """A pointer to the worker's ``.grad``, or None where it has none (as torch says: no backward has reached
+    it yet, or an optimizer's ``zero_grad()`` cleared it). Only the worker knows which, so this waits for its
+    answer (one round trip; a pointer that does not require grad answers None at once)."""
     if not ptr.signature[2]:
         return None
-    return ptr.client.run(_grad_standin, "syft.grad", (ptr,), {})
+    return ptr.client.run(_no_standin, "syft.grad", (ptr,), {}, described=True)
+
+
+def _no_standin(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("a described op has no stand-in")  # (never called: the worker says what came out)
 
 
 def _set_grad_standin(t: torch.Tensor, g: Any) -> None:
@@ -178,9 +180,20 @@ def _autograd_grad_standin(outputs: Any, inputs: Any, *args: Any, **kwargs: Any)
         return tuple(torch.empty(i.shape, dtype=i.dtype, device="meta") for i in inputs)
 
 
-def autograd_grad(outputs: Any, inputs: Any, *args: Any, **kwargs: Any) -> tuple:
-    """``torch.autograd.grad`` on the worker: pointers to the gradients of ``inputs``."""
-    return _ptr_run(_autograd_grad_standin, "torch.autograd.grad", (outputs, inputs, *args), kwargs)
+_GRAD_SIGNATURE = inspect.signature(torch.autograd.grad)
+
+
+def autograd_grad(*args: Any, **kwargs: Any) -> tuple:
+    """``torch.autograd.grad`` on the worker: pointers to the gradients of ``inputs``.
+
+    Pipelined when the result is known here: one gradient per input, none requiring grad. With
+    ``create_graph=True`` (whether a gradient requires grad depends on the graph: that of a linear function
+    does not) or ``allow_unused=True`` (an unused input's gradient is None) it waits for the worker's answer.
+    """
+    options = _GRAD_SIGNATURE.bind(*args, **kwargs).arguments
+    described = bool(options.get("create_graph")) or \
+        bool(options.get("allow_unused")) and not options.get("materialize_grads")
+    return _ptr_run(_autograd_grad_standin, "torch.autograd.grad", args, kwargs, described)
 
 
 def is_leaf(ptr: "PointerTensor") -> bool:

@@ -339,10 +339,13 @@ class Client:
         return exc
 
     # -- ops on pointers -------------------------------------------------------------------
-    def run(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+    def run(self, func: Any, name: str, args: tuple, kwargs: dict, described: bool = False) -> Any:
         """Run ``func`` (wire name ``name``) on this worker; called by :class:`PointerTensor` for every op.
 
         Returns new pointers at once (their shapes inferred locally); the op itself is pipelined.
+        ``described``: wait for the worker to say what came out instead (a result only it knows:
+        ``ptr.grad`` may be None there, ``torch.autograd.grad(..., create_graph=True)`` may or may
+        not require grad).
         """
         self._link.check()  # a dead link fails before the (first-time costly) shape inference
         pointers: List[PointerTensor] = []
@@ -376,8 +379,8 @@ class Client:
             meta_kwargs = to_meta(kwargs, memo, found, local_ids)
             return meta_args, meta_kwargs, found, local_ids
 
-        if unknown is not None:  # a shape the owner withholds: only the worker knows what comes out
-            if name in LOCAL_ANSWERS:
+        if unknown is not None or described:  # e.g. a shape the owner withholds: only the worker knows
+            if unknown is not None and name in LOCAL_ANSWERS:
                 raise unknown.shape_unknown()
             return self._run_remote(name, wire_args, wire_kwargs)
         template = infer(func, (key_args, key_kwargs, grad), standins)

@@ -41,6 +41,16 @@ def _is_leaf(obj: Any) -> bool:
 _LEAF = pytree.treespec_leaf()
 
 
+def autograd_leaf(t: torch.Tensor) -> Optional[bool]:
+    """``t.is_leaf``, or None where torch refuses to answer: a view made under ``no_grad`` whose base was
+    written in place since (torch then raises for any autograd question about it, and for any op on it
+    with grad mode on). Such a tensor has no usable graph: it is neither a node nor a leaf of one."""
+    try:
+        return t.is_leaf
+    except RuntimeError:
+        return None
+
+
 def flatten(result: Any) -> Tuple[List[Any], pytree.TreeSpec]:
     """The leaves of a result, in order, and its structure."""
     if isinstance(result, torch.Tensor):  # most ops: one tensor (the worker's hot path)
@@ -120,7 +130,7 @@ def describe(result: Any, ids: Sequence[Optional[bytes]], shown: Optional[Sequen
         if isinstance(x, torch.Tensor):
             show = shown is None or (i < len(shown) and shown[i])
             out.append(["T", oid, list(x.shape) if show else None, dtype_name(x.dtype), x.requires_grad,
-                        x.is_leaf])
+                        autograd_leaf(x) is not False])
         else:
             out.append(["V"])
     return [spec_to_wire(spec), out]
