@@ -115,6 +115,28 @@ def test_a_goodbye_while_an_op_runs_ends_the_session_and_drops_its_results(gated
     assert y not in bob.store
 
 
+def test_a_goodbye_behind_queued_messages_runs_them_first_even_once_the_connection_closes(gated):
+    """A script's last ops, its goodbye and its exit arrive while an op runs: the ops still run (they wait in
+    the lane, as the goodbye does), then the session ends. Ending at the goodbye or the closed connection
+    dropped them (``sm`` sends both at a script's exit: see scientist/at_exit.py)."""
+    gate, make, peer = gated
+    bob, x = make()
+    alice = peer(bob, "alice")
+    op(alice, 1, "test.gate", ref_ext(x))
+    assert gate.entered.wait(20)
+    before = bob.stats["commands"]
+    for seq in range(2, 6):
+        op(alice, seq, "torch.add", ref_ext(x), 1.0)
+    alice.send_raw(_encode({"t": "bye", "s": None}))
+    alice.close()
+    time.sleep(0.5)  # the worker sees the connection close meanwhile
+    assert alice.ident in bob.server.sessions
+    gate.open.set()
+    assert wait_until(lambda: alice.ident not in bob.server.sessions, timeout=10)
+    assert bob.stats["commands"] - before == 4
+    assert bob.store.session_count(alice.ident) == 0
+
+
 def test_messages_queued_behind_a_running_op_are_bounded(gated):
     gate, make, peer = gated
     bob, x = make(quotas=Quotas(max_queued=3))

@@ -263,16 +263,19 @@ class Server(Handshakes, DirectPort, Ops):
             raise
 
     def _wait_in_lane(self, session: Session, parts: List[Any], batched: bool) -> Any:
-        """A message of a client whose op runs in the background: a heartbeat is answered and a goodbye
-        served at once, anything else waits its turn (up to the client's ``max_queued``)."""
+        """A message of a client whose op runs in the background: a heartbeat is answered at once, anything
+        else waits its turn (up to the client's ``max_queued``). A goodbye behind nothing else ends the session
+        at once (the running op's results are dropped); behind messages that wait (a script's last ops, sent
+        at its exit) it waits too, so that they run first."""
         head = peek(parts[0])
         kind = head.get("t")
         if kind == Kind.PING:
             return encode({"t": Kind.PONG, "s": head.get("s")})
-        if kind == Kind.BYE:
+        backlog = len(session.lane.backlog)
+        if kind == Kind.BYE and (not backlog or backlog >= session.quotas.max_queued):
             self._end_session(session.ident, "disconnected")
             return None
-        if len(session.lane.backlog) >= session.quotas.max_queued:
+        if backlog >= session.quotas.max_queued:
             self.refuse("queue over a quota")
             self._refused_message(session, parts, lambda: quotas.check_queued(session.quotas, session.label,
                                                                               len(session.lane.backlog)))
@@ -351,9 +354,10 @@ class Server(Handshakes, DirectPort, Ops):
                 self.handshakes.pop(ident, None)
 
     def _connection_closed(self, token: int) -> None:
-        """A TCP connection closed: its session ends (a new connection must authenticate anew)."""
+        """A TCP connection closed: its session ends (a new connection must authenticate anew), once the
+        messages it sent before its goodbye have run, if they wait behind an op (a script's last ops)."""
         for ident, session in list(self.sessions.items()):
-            if session.conn == token:
+            if session.conn == token and not _leaving(session):
                 self._end_session(ident, "connection closed")
         for ident, pending in list(self.handshakes.items()):
             if pending[3] == token:
@@ -472,3 +476,9 @@ class Server(Handshakes, DirectPort, Ops):
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
                 Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release, **streams.HANDLERS,
                 Kind.TICKET: tickets.on_ticket, Kind.MOVE: moves.on_move}
+
+
+def _leaving(session: Session) -> bool:
+    """Whether the client's goodbye waits in its lane, behind messages it sent before it (it ends the session;
+    frees of pointers collected at the client's exit may follow it)."""
+    return any(peek(parts[0]).get("t") == Kind.BYE for _, parts, _ in session.lane.backlog)
