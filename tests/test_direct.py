@@ -134,7 +134,8 @@ def test_nothing_is_shared_between_the_client_and_the_worker(make_worker, make_c
     for n in (5, 1 << 16):  # inline and framed
         t = torch.ones(n)
         p = client.send(t)
-        t.zero_()
+        t.zero_()  # before the queued send reaches the worker
+        client.sync()
         assert bool((bob.store.get(p.oid).tensor == 1).all()), "a sent tensor is the worker's own"
         weight = torch.ones(n)
         out = client.search("#D")[0][:n] * weight

@@ -84,18 +84,25 @@ class DirectPort:
             self._direct.pop(ident, None)
 
     def call(self, ident: bytes, parts: List[Any]) -> List[List[Any]]:
-        """Handle one message of the link ``ident`` on the caller's thread; its replies, in order.
+        """Handle one message of the link ``ident`` on the caller's thread; its replies, in order."""
+        return self.call_many(ident, [parts])
+
+    def call_many(self, ident: bytes, messages: List[List[Any]]) -> List[List[Any]]:
+        """Handle the messages of the link ``ident``, in order, on the caller's thread; their replies, in order.
 
         A worker that is stopping answers as its serving thread does when it stops: goodbye.
         """
+        replies: List[List[Any]] = []
         with self.lock, _as_serving_thread():
-            if not self._running or ident not in self._direct:
-                return [encode({"t": Kind.BYE})]
-            self._conn = DIRECT  # sessions made here are bound to this door
-            reply = self._answer(ident, parts)
-        if reply is None:
-            return []
-        return list(reply) if type(reply) is Replies else [reply]
+            for parts in messages:
+                if not self._running or ident not in self._direct:
+                    replies.append(encode({"t": Kind.BYE}))
+                    break
+                self._conn = DIRECT  # sessions made here are bound to this door
+                reply = self._answer(ident, parts)
+                if reply is not None:
+                    replies.extend(reply) if type(reply) is Replies else replies.append(reply)
+        return replies
 
     def poll_unlocked(self, poller: zmq.Poller, timeout_ms: int) -> Dict[Any, int]:
         """The serving thread waits for messages without holding :attr:`lock` (direct links go then)."""
