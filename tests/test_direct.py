@@ -1,6 +1,7 @@
 """A client in the worker's own process talks to it directly (no socket): same worker, same rules."""
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -41,6 +42,24 @@ def test_a_chain_and_data_dependent_ops_run_on_the_worker(bob, make_client):
     assert torch.equal(torch.topk(x, 2).values.get(), torch.tensor([5.0, 4]))
     client.sync()
     assert len(bob.store) < 20, "dead pointers' objects are freed"
+
+
+def test_queued_ops_reach_the_worker_without_a_request_and_in_order(bob, make_client):
+    """Ops travel in batches (as over a socket): a full batch runs at once, a partial one within
+    flush_interval, so the owner's panel sees a loop that never asks for a value; frees go after the ops
+    that may still use their objects; an op's error waits for the next request, naming its line."""
+    client = make_client(bob)
+    x = client.search("#X")[0]
+    before = bob.stats["commands"]
+    z = x
+    for _ in range(600):  # two full batches, then a partial one; each z dies as the next is made
+        z = z + 1
+    assert bob.stats["commands"] - before >= 512
+    assert wait_until(lambda: bob.stats["commands"] - before == 600, timeout=5)
+    assert torch.equal(z.get(), X + 600)
+    x[torch.tensor([10])]; line = sys._getframe().f_lineno  # out of range: only the worker can tell  # noqa: E702
+    with pytest.raises(sm.RemoteError, match=f"issued at .*test_direct.py:{line}"):
+        client.sync()
 
 
 def test_the_callers_torch_modes_do_not_reach_the_worker(bob, make_client):

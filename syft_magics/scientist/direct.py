@@ -109,15 +109,17 @@ class DirectLink(LinkBase):
         # copies: the worker must never hold (or expose) the caller's memory, nor the caller the worker's
         message = [parts[0], *(bytearray(p) for p in parts[1:])]
         with self._lock:
-            queue = self._queue
-            if not (flush or awaited):
+            frees = awaited or len(self.free_queue) >= FREE_BUNCH
+            if flush or awaited:
+                replies = self._run(message, frees)
+            else:
+                queue = self._queue
                 queue.append(message)
                 if len(queue) == 1:
                     self._queued_at = time.monotonic()
                 if len(queue) < BATCH:
                     return
-                message = None
-            replies = self._run(message, frees=awaited or len(self.free_queue) >= FREE_BUNCH)
+                replies = self._run(None, frees)
         if replies:
             self._file_all(replies)
 
