@@ -62,6 +62,11 @@ class Connections:
                 if token is not None:
                     self._closed.append(token)
 
+    @property
+    def closing(self) -> bool:
+        """Whether connections closed that :meth:`end_closed` has not reported yet."""
+        return bool(self._closed)
+
     def end_closed(self) -> None:
         """Report the connections closed so far (call when their queued messages have been read)."""
         while self._closed:

@@ -150,17 +150,21 @@ class Server(Handshakes, DirectPort, Ops):
             while self._running:
                 ready = self.poll_unlocked(poller, 200)
                 if router in ready:
-                    for _ in range(256):
-                        if not readable(router):
+                    for i in range(256):
+                        if i and not readable(router):  # (the first: the poll just said so)
                             break
                         while self._calls:  # the owner's decisions first: one made before a get arrived applies to it
                             self._calls.popleft()(router)
                         if not self._running:
                             break
                         conns.poll_events()
-                        self._guarded(router, recv_parts(router))
+                        try:
+                            parts = recv_parts(router)
+                        except zmq.Again:  # (a readiness without a message)
+                            break
+                        self._guarded(router, parts)
                 conns.poll_events()
-                if not readable(router):
+                if conns.closing and not readable(router):  # (their messages read first)
                     conns.end_closed()
                 if wake in ready:
                     while True:

@@ -320,6 +320,14 @@ class ObjectStore:
         (a block of its own, keyed by the optimizer: the state its steps will keep, see
         :func:`.optimizers.state_bytes`); a scheduler's optimizer's. None for the owner's data and empty
         blocks; None for anything else (charged by size) and a tensor without a storage."""
+        if type(value) is torch.Tensor:  # most results (the hot path): one storage
+            try:
+                storage = value.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                return None
+            nbytes = int(storage.nbytes())
+            key = storage.data_ptr()
+            return [(key, nbytes, storage)] if nbytes and key not in self._owner_storage else []
         extra: List[Block] = []
         if isinstance(value, LRScheduler):
             value = value.optimizer  # (it keeps its optimizer alive)

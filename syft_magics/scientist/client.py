@@ -70,7 +70,10 @@ class Client:
         #: ids of remote objects whose pointers died, freed with the next message that leaves
         self.free_queue = self._link.free_queue
         self._origins: Dict[int, Tuple[str, Optional[Tuple[str, int]]]] = {}
-        self._pointers: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
+        #: the pointers made or found, by local id, as weak references: dead ones are dropped when the dict has
+        #: doubled since the last sweep (a WeakValueDictionary's callback per pointer cost a chain ~1 us per op)
+        self._pointers: Dict[int, "weakref.ref[PointerTensor]"] = {}
+        self._sweep_at = 1024
         self._new_id = id_source()
         self._link.on_error = self._emit_error
         _LIVE.add(self)
@@ -108,7 +111,7 @@ class Client:
         Safe to read from another thread (a panel's timer) while pointers are being made: the
         weak references are copied in one step before they are followed.
         """
-        refs = list(self._pointers.data.values())  # type: ignore[attr-defined]  # the dict of weakrefs
+        refs = list(self._pointers.values())
         return [p for p in (ref() for ref in refs) if p is not None]
 
     def search(self, *tags: Union[str, Iterable[str]]) -> SearchResult:
@@ -256,7 +259,7 @@ class Client:
     def __repr__(self) -> str:
         state = "connected" if self.connected else "disconnected"
         return (f"<Client of {self.name} at {self.address}, {state}, policy={self.policy}, "
-                f"{len(self._pointers)} live pointers>")
+                f"{len(self.pointers)} live pointers>")
 
     # -- requests that wait ---------------------------------------------------------------
     def _request(self, header: dict, timeout: Optional[float] = None, *, approval_timeout: float = 0.0,
@@ -404,8 +407,8 @@ class Client:
             header["g"] = False
         self._link.send(encode(header))
         result = build(self, template, out, pointers)
-        self.events.emit("op", seq=seq, op=short_name(name), inputs=tuple(p.oid for p in pointers),
-                         out=tuple(o for o in out if o is not None))
+        self.events.emit("op", seq=seq, op=short_name(name), inputs=[p.oid for p in pointers],
+                         out=out if None not in out else [o for o in out if o is not None])
         return result
 
     def _run_remote(self, name: str, wire_args: Any, wire_kwargs: Any) -> Any:
@@ -420,7 +423,11 @@ class Client:
     # -- pointer bookkeeping (called by PointerTensor) ----------------------------------------
     def track(self, ptr: PointerTensor) -> None:
         """List a new pointer among :attr:`pointers`."""
-        self._pointers[ptr.id] = ptr
+        refs = self._pointers
+        refs[ptr._local_id] = weakref.ref(ptr)
+        if len(refs) >= self._sweep_at:
+            self._pointers = refs = {k: r for k, r in refs.items() if r() is not None}
+            self._sweep_at = max(1024, 2 * len(refs))
 
     def untrack(self, ptr: PointerTensor) -> None:
         """Not listed among :attr:`pointers`: a handle standing for a model or optimizer on the worker."""

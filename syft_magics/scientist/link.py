@@ -274,7 +274,7 @@ class Link(LinkBase):
                 try:
                     self._ping_if_due(now)  # the background thread leaves the socket to the waiter
                     if self._poller.poll(max(1, int(min(deadline - now, 0.05) * 1000))):
-                        self._drain()
+                        self._drain(ready=True)
                 except zmq.ZMQError as exc:
                     self._lost(exc)
 
@@ -290,9 +290,12 @@ class Link(LinkBase):
             self._next_ping = now + defaults.heartbeat_interval
             self._unanswered_since = self._unanswered_since or now
 
-    def _drain(self) -> None:
+    def _drain(self, ready: bool = False) -> None:
+        """File every reply waiting on the socket (``ready``: a poll just said one waits; asking the socket
+        again is one more system call per round trip)."""
         sock = self._sock
-        while readable(sock):
+        while ready or readable(sock):
+            ready = False
             try:
                 parts = recv_parts(sock)
             except zmq.Again:

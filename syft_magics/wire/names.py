@@ -39,6 +39,7 @@ _INPLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itrued
                     "__ilshift__", "__irshift__"}
 
 
+@functools.lru_cache(maxsize=4096)
 def is_inplace(name: str) -> bool:
     """Whether the op ``name`` writes into its first argument."""
     short = name.rsplit(".", 1)[-1]
