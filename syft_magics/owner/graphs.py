@@ -22,6 +22,7 @@ saved tensors of a graph the worker did not build (an owner's shared tensor with
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import torch
@@ -48,6 +49,18 @@ _BASE_DEPTH = "_syft_magics_depth"
 _KEY = "syft_magics.graph"
 
 
+#: The number of modules of each model a client used (walking them on every forward cost a training step ~10 us;
+#: a worker's models are built from its allowlist and no op adds modules to them).
+_LAYERS: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
+
+
+def _layers(model: torch.nn.Module) -> int:
+    n = _LAYERS.get(model)
+    if n is None:
+        n = _LAYERS[model] = sum(1 for _ in model.modules())
+    return n
+
+
 def depth_of(used: Iterable[Any], check: bool = True) -> int:
     """The depth of the graph an op over the stored objects ``used`` makes: one more than its deepest input's
     (a view's: its base's too), plus a model's layers; ``check``: :class:`ValueError` (before the op runs) if
@@ -58,7 +71,7 @@ def depth_of(used: Iterable[Any], check: bool = True) -> int:
         if isinstance(v, torch.Tensor):
             d = max(e.depth, getattr(v._base if v._is_view() else v, _BASE_DEPTH, 0))
         elif isinstance(v, torch.nn.Module):
-            d = e.depth + sum(1 for _ in v.modules())
+            d = e.depth + _layers(v)
         else:
             d = e.depth
         depth = max(depth, d)
