@@ -165,6 +165,84 @@ def test_a_small_op_is_answered_while_a_big_get_is_still_streaming(streamed, fas
     assert torch.equal(got[0], big)
 
 
+def test_a_streamed_send_while_another_thread_runs_ops_on_the_link_stores_the_right_values(streamed):
+    """The uploading thread's chunks go alone (the worker may serve an op queued behind them first); riding in a
+    batch with the other thread's ops, a chunk overtook the ones the worker held and broke the upload."""
+    bob, client = streamed
+    x, = client.search("#X")
+    stop = threading.Event()
+    done: list = []
+
+    def ops() -> None:
+        while not stop.is_set():
+            done.append(torch.equal((x + 1).get(), torch.tensor([2.0, 3, 4])))
+
+    worker = threading.Thread(target=ops)
+    worker.start()
+    try:
+        assert wait_until(lambda: done, timeout=20)
+        for i in range(4):
+            t = torch.randn(1 << 20)  # 4 MiB in 64 chunks
+            assert torch.equal(client.send(t).get(), t)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert done and all(done)
+
+
+def test_an_op_behind_upload_chunks_is_answered_before_them(streamed):
+    """Chunks already on their way are served after the messages queued behind them (owner/chunk_queue.py), in
+    their own order, so that a small op sent during a big upload waits for at most the chunk being copied."""
+    bob, client = streamed
+    link = client._link
+    oid = os.urandom(16)
+    seq = put(client, id=oid, sh=[4 * CHUNK // 4], n=4 * CHUNK)
+    order: list = []
+    filed = link._file
+
+    def file(header: dict) -> None:
+        if header["t"] in (Kind.CREDIT, Kind.OK):  # (not the heartbeats' pongs)
+            order.append((header["t"], header.get("o", header.get("s"))))
+        filed(header)
+
+    link._file = file
+    with bob.server.lock:  # the worker takes all of it at once (it waits for this lock after each poll)
+        for k in range(3):
+            header = {"t": Kind.CHUNK, "s": seq, "o": k * CHUNK, "x": torch.full((CHUNK,), k, dtype=torch.uint8)}
+            link.send(encode(header), flush=True, awaited=True, alone=True)
+        sync = link.next_seq()
+        link.expect(sync)
+        link.send(encode({"t": Kind.SYNC, "s": sync}), flush=True, awaited=True)
+        time.sleep(0.3)  # all four on the worker's socket
+    link.wait(sync, 10)
+    assert wait_until(lambda: link.credits.get(seq) == 3 * CHUNK, timeout=10)
+    assert order[0] == ("ok", sync), "the op's answer came first"
+    assert [o for _, o in order[1:]] == [CHUNK, 2 * CHUNK, 3 * CHUNK], "then the chunks', in their order"
+    header = {"t": Kind.CHUNK, "s": seq, "o": 3 * CHUNK, "x": torch.full((CHUNK,), 3, dtype=torch.uint8)}
+    link.expect(seq)
+    link.send(encode(header), flush=True, awaited=True, alone=True)
+    assert link.wait(seq, 10)["t"] == Kind.OK
+    stored = bob.store.get(oid).tensor.view(torch.uint8).reshape(4, CHUNK)
+    assert torch.equal(stored[:, 0], torch.arange(4, dtype=torch.uint8)), "in their own order"
+
+
+def test_chunks_held_when_their_client_leaves_are_dropped_quietly(streamed, make_client):
+    bob, client = streamed
+    link = client._link
+    seq = put(client, sh=[4 * CHUNK // 4], n=4 * CHUNK)
+    refused = bob.stats.get("refused", 0)
+    with bob.server.lock:
+        for k in range(2):
+            header = {"t": Kind.CHUNK, "s": seq, "o": k * CHUNK, "x": torch.zeros(CHUNK, dtype=torch.uint8)}
+            link.send(encode(header), flush=True, awaited=True, alone=True)
+        client.disconnect()
+        time.sleep(0.3)
+    assert wait_until(lambda: not bob.clients, timeout=10)
+    other = make_client(f"tcp://127.0.0.1:{bob.port}", key=bob.key)
+    assert torch.equal(other.search("#X")[0].get(), torch.tensor([1.0, 2, 3]))
+    assert bob.stats.get("refused", 0) == refused, "not answered as a stranger's malformed handshake"
+
+
 def test_the_progress_bar_shows_bytes_and_rate_when_asked_and_never_otherwise(streamed, fast_defaults, capsys):
     bob, client = streamed
     bob.share(torch.randn(1 << 20), "#P")

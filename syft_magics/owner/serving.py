@@ -25,6 +25,7 @@ from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import ZERO_COPY_BYTES, readable, recv_parts
 from . import costs, moves, provenance, quotas, releases, streams, tickets, writes
+from .chunk_queue import ChunkQueue
 from .connections import Connections
 from .direct import DirectPort
 from .handshake import Handshakes
@@ -145,10 +146,11 @@ class Server(Handshakes, DirectPort, Ops):
         if conns.socket is not None:
             poller.register(conns.socket, zmq.POLLIN)
         next_check = time.monotonic() + 1.0
+        chunks = ChunkQueue()  # upload chunks served after the messages behind them (see .chunk_queue)
         self.lock.acquire()  # held while serving, let go while waiting (links of this process: direct.py)
         try:
             while self._running:
-                ready = self.poll_unlocked(poller, 200)
+                ready = self.poll_unlocked(poller, 0 if chunks else 200)
                 if router in ready:
                     for i in range(256):
                         if i and not readable(router):  # (the first: the poll just said so)
@@ -162,7 +164,12 @@ class Server(Handshakes, DirectPort, Ops):
                             parts = recv_parts(router)
                         except zmq.Again:  # (a readiness without a message)
                             break
-                        self._guarded(router, parts)
+                        if not chunks.set_aside(self, router, parts):
+                            self._guarded(router, parts)
+                            if chunks.passed():
+                                chunks.serve_one(self, router)
+                if chunks and not readable(router):
+                    chunks.serve_one(self, router)  # (one, then the socket again: a message may have come)
                 conns.poll_events()
                 if conns.closing and not readable(router):  # (their messages read first)
                     conns.end_closed()
@@ -191,9 +198,12 @@ class Server(Handshakes, DirectPort, Ops):
             router.close()
             wake.close(0)
 
-    def _guarded(self, router: zmq.Socket, parts: List[zmq.Frame]) -> None:
+    def _guarded(self, router: zmq.Socket, parts: List[zmq.Frame], token: Optional[int] = None) -> None:
+        """Answer one message received on the socket (``token``: its connection's, if known already)."""
         ident = parts[0].bytes
-        self._conn = self.connections.token(parts[-1]) if self.connections is not None else 0
+        if token is None:
+            token = self.connections.token(parts[-1]) if self.connections is not None else 0
+        self._conn = token
         reply = self._answer(ident, parts[1:]) if len(parts) > 1 else \
             error_reply(ProtocolError("message has no header"))
         self._send_replies(router, ident, reply)

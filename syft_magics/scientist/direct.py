@@ -102,7 +102,7 @@ class DirectLink(LinkBase):
         return [decode(reply) for reply in self._port.call(self.session, parts)]
 
     # -- sending -----------------------------------------------------------------
-    def send(self, parts: List[Any], *, flush: bool = False, awaited: bool = False) -> None:
+    def send(self, parts: List[Any], *, flush: bool = False, awaited: bool = False, alone: bool = False) -> None:
         """Queue one message for the worker; ``flush=True`` runs it, and everything queued, now (on this
         thread). Replies (an error, an answer) are filed for ``wait``."""
         self.check()

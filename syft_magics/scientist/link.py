@@ -73,6 +73,10 @@ class Link(LinkBase):
         self._sock = self._ctx.socket(zmq.DEALER)
         self._poller = zmq.Poller()  # kept: Socket.poll builds one per call
         self._poller.register(self._sock, zmq.POLLIN)
+        # a thread that wants to send while another holds the lock to wait for replies wakes it (_take_lock)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._senders = 0
         self._sock.setsockopt(zmq.ROUTING_ID, self.session)
         self._sock.setsockopt(zmq.LINGER, 0)
         # No ZMQ_IMMEDIATE: with it, replies not yet read when the worker closes its socket (its "bye",
@@ -160,7 +164,7 @@ class Link(LinkBase):
                 raise ProtocolError(f"handshake failed: {reply.get('msg')}")
 
     # -- sending -----------------------------------------------------------------
-    def send(self, parts: List[Any], *, flush: bool = False, awaited: bool = False) -> None:
+    def send(self, parts: List[Any], *, flush: bool = False, awaited: bool = False, alone: bool = False) -> None:
         """Queue one message for the worker; ``flush=True`` sends it, and everything queued, now.
 
         Pipelined messages (ops, small sends) travel together as one ``batch``: with the next
@@ -169,12 +173,15 @@ class Link(LinkBase):
         ``defaults.free_interval`` after a pause). Large tensors go at once, zero-copy; this call
         then returns only when ZeroMQ has let go of their memory (so the caller may change it
         again), unless the caller will wait for the worker's reply (``awaited``), which proves it.
+        ``alone``: never in a batch (a chunk of an upload: the worker may serve the messages behind it first,
+        see ``owner/chunk_queue.py``, which it can only do for a message of its own).
         """
         self.check()
         big = not self._copy and any(len(p) >= LARGE_FRAME_BYTES for p in parts[1:])
         now = awaited or big  # goes as it is, after the queued batch
         tracker = None
-        with self.lock:
+        self._take_lock()
+        try:
             if not now:
                 # smaller frames are copied now: the caller may change the tensor before the batch leaves
                 self._batch_heads.append(parts[0])
@@ -189,15 +196,18 @@ class Link(LinkBase):
                     return
             deadline = time.monotonic() + defaults.reply_timeout
             try:
-                tracker = self._flush(deadline, parts if now else None, track=big and not awaited)
+                tracker = self._flush(deadline, parts if now else None, track=big and not awaited, alone=alone)
             except zmq.ZMQError as exc:
                 self._lost(exc)
+        finally:
+            self.lock.release()
         if tracker is not None:
             self._wait_tracker(tracker, deadline)
 
-    def _flush(self, deadline: float, last: Optional[List[Any]] = None,
-               track: bool = False) -> Optional[zmq.MessageTracker]:
-        """Send queued messages and frees (then ``last``, if given) as one message; call with ``lock`` held."""
+    def _flush(self, deadline: float, last: Optional[List[Any]] = None, track: bool = False,
+               alone: bool = False) -> Optional[zmq.MessageTracker]:
+        """Send queued messages and frees (then ``last``, if given) as one message (``alone``: ``last`` as a
+        message of its own, after them); call with ``lock`` held."""
         heads, frames, counts = self._batch_heads, self._batch_frames, self._batch_counts
         # frees go after the queued ops: an op queued before a pointer died may still use its object
         while self.free_queue:
@@ -210,6 +220,10 @@ class Link(LinkBase):
             # the regions of the worker's memory file that values were read from are free again
             heads.append(encode({"t": Kind.RELEASE, "i": self.host_peer.take_read()})[0])
             counts.append(0)
+        if last is not None and alone and counts:
+            self._batch_heads, self._batch_frames, self._batch_counts, self._batch_bytes = heads, frames, counts, 0
+            self._flush(deadline)
+            heads, frames, counts = [], [], []
         if last is not None:
             heads.append(last[0])
             frames.extend(last[1:])
@@ -273,10 +287,31 @@ class Link(LinkBase):
                     continue
                 try:
                     self._ping_if_due(now)  # the background thread leaves the socket to the waiter
-                    if self._poller.poll(max(1, int(min(deadline - now, 0.05) * 1000))):
-                        self._drain(ready=True)
+                    for item, _ in self._poller.poll(max(1, int(min(deadline - now, 0.05) * 1000))):
+                        if item is self._sock:
+                            self._drain(ready=True)
+                        else:  # another thread wants the lock
+                            _empty(self._wake_r)
                 except zmq.ZMQError as exc:
                     self._lost(exc)
+            if self._senders:
+                time.sleep(0)  # (let the thread that woke us take the lock: a release alone hands nothing over)
+
+    def _take_lock(self) -> None:
+        """Take :attr:`lock`. If another thread holds it to wait for replies (polling the socket), wake it: a
+        message sent meanwhile (an op during a streamed upload, from another thread) would otherwise wait until
+        the next reply came, a chunk's credit, hundreds of microseconds."""
+        if self.lock.acquire(blocking=False):
+            return
+        self._senders += 1
+        try:
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:  # (wake-ups are pending already)
+                pass
+            self.lock.acquire()
+        finally:
+            self._senders -= 1
 
     def _ping_if_due(self, now: float) -> None:
         """Send a heartbeat when one is due (call with ``lock`` held)."""
@@ -427,6 +462,16 @@ class Link(LinkBase):
         if self.host_peer is not None:
             self.host_peer.close()
         self._sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         if self._own_ctx:
             self._ctx.term()
 
+
+def _empty(fd: int) -> None:
+    """Read a non-blocking pipe's pending bytes (wake-ups)."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

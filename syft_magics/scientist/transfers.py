@@ -116,7 +116,7 @@ class Watch:
             if credit != out.acked:
                 out.credit(credit)
             for message in out.due():
-                self.link.send(encode(message), flush=True, awaited=True)
+                self.link.send(encode(message), flush=True, awaited=True, alone=True)
             done, total = out.acked, out.total
         else:
             stream = self.link.streams.get(self.seq)

@@ -68,7 +68,7 @@ class LinkBase:
         self._abandoned: set = set()
         self._closed = False
 
-    def send(self, parts: List[Any], *, flush: bool = False, awaited: bool = False) -> None:
+    def send(self, parts: List[Any], *, flush: bool = False, awaited: bool = False, alone: bool = False) -> None:
         raise NotImplementedError
 
     def wait(self, seq: int, timeout: float, tick: Optional[Callable[[], bool]] = None) -> dict:
