@@ -54,6 +54,9 @@ _COMPUTED_PROPERTIES: Dict[Any, Callable[[Any], Any]] = {
 }
 
 
+_META = torch.device("meta")
+
+
 class _Owned:
     """Frees the remote object when the pointer dies: queues the id, no I/O here."""
 
@@ -85,12 +88,13 @@ class PointerTensor(torch.Tensor):
     #: what shape inference needs: ``(shape, dtype, requires_grad)``; the shape is ``None`` while unknown
     signature: Tuple[Optional[Tuple[int, ...]], torch.dtype, bool]
     _client: "Client"
-    _tags: Tuple[str, ...]
     _handle: Optional[_Owned]
     _local_id: int
-    _deleted: bool
-    _placeholder: bool
-    leaf: bool
+    # (defaults on the class: a pointer sets only what differs, one attribute fewer per op each)
+    _tags: Tuple[str, ...] = ()
+    _deleted: bool = False
+    _placeholder: bool = False
+    leaf: bool = True
 
     @staticmethod
     def __new__(cls, client: "Client", oid: bytes, shape: Optional[Tuple[int, ...]], dtype: torch.dtype,
@@ -98,19 +102,21 @@ class PointerTensor(torch.Tensor):
                 leaf: bool = True) -> "PointerTensor":
         # an unknown shape (None): the wrapper gets a placeholder, never shown (see _SHAPE_GETTERS)
         ptr = torch.Tensor._make_wrapper_subclass(cls, () if shape is None else shape, dtype=dtype,
-                                                  device=torch.device("meta"), requires_grad=requires_grad)
-        ptr._placeholder = shape is None
+                                                  device=_META, requires_grad=requires_grad)
+        if shape is None:
+            ptr._placeholder = True
         ptr._client = client
         ptr.oid = oid
         ptr.wire_ref = ref_ext(oid)
-        ptr._tags = tags
+        if tags:
+            ptr._tags = tags
         ptr.signature = (None if shape is None else tuple(shape), dtype, requires_grad)
         ptr._handle = _Owned(client.free_queue, oid) if owned else None
         ptr._local_id = next(_local_ids)
-        ptr._deleted = False
-        #: whether the worker's tensor is an autograd leaf: sent, found and moved tensors are; an op's result
-        #: that requires grad is not (it has a grad_fn there). Known from shape inference, which follows torch.
-        ptr.leaf = leaf or not requires_grad
+        if not leaf and requires_grad:
+            #: whether the worker's tensor is an autograd leaf: sent, found and moved tensors are; an op's result
+            #: that requires grad is not (it has a grad_fn there). Known from shape inference, which follows torch.
+            ptr.leaf = False
         client.track(ptr)
         return ptr
 
