@@ -38,12 +38,16 @@ Deliver = Callable[[List[Any]], None]
 def _as_serving_thread() -> ContextManager[Any]:
     """The torch state of the serving thread, for a handler run on a caller's thread: the caller's
     thread-local modes (inference mode, autocast, its own torch-function or dispatch modes) must not
-    change what the worker computes or stores. (Grad mode travels in each op's header, as over a socket.)
+    change what the worker computes or stores. Grad mode travels in each op's header, as over a socket, and
+    the worker turns it off for an op sent under ``no_grad``: on, as on the serving thread, whatever the thread
+    that hands the ops over (a ``sync()`` under ``no_grad`` runs ops issued before it with grad on).
     Checked first, so the usual caller pays a few flag reads, not a stack of context managers."""
-    if not (torch.is_inference_mode_enabled() or _autocast_cpu()
-            or torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack()):
+    if torch.is_grad_enabled() and not (torch.is_inference_mode_enabled() or _autocast_cpu()
+                                        or torch._C._is_torch_function_mode_enabled()
+                                        or torch._C._len_torch_dispatch_stack()):
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
+    stack.enter_context(torch.enable_grad())
     stack.enter_context(torch.inference_mode(False))
     stack.enter_context(torch.autocast("cpu", enabled=False))
     stack.enter_context(_disable_current_modes())
