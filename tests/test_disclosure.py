@@ -213,6 +213,36 @@ def test_a_pointer_with_a_withheld_shape_says_so_pipelines_and_can_be_released(m
     assert w.shape == value.shape == (3, 1)
 
 
+@pytest.mark.parametrize("how", ["grad", "sgd step", "gradient argument", "model"])
+def test_gradients_from_the_owners_data_are_the_owners(make_worker, make_client, how):
+    """A backward through the owner's data writes gradients into the client's own objects, which no argument
+    names: t.grad (and what an optimizer computes from it) derived from #X but read as the client's, so a
+    shape told #X's values, with no approval (an attacker probe recovered all of #X with bincount)."""
+    bob, _ = _shared(make_worker, "review")
+    client = make_client(bob)
+    x = client.search("#X")[0]
+    if how == "model":
+        remote = client.send(torch.nn.Linear(4, 1))
+        opt = client.optim.SGD(remote.parameters(), lr=0.1)
+        (remote(client.send(torch.ones(2, 4))).sum() * x.sum()).backward()  # the forward saw only own data
+        opt.step()
+        leaked = next(iter(remote.parameters()))
+    else:
+        t = client.send(torch.ones(4)).requires_grad_()
+        if how == "gradient argument":
+            t.backward(gradient=x)
+        else:
+            (t * x).sum().backward()
+        leaked = t.grad
+        if how == "sgd step":
+            client.optim.SGD([t], lr=1.0).step()
+            leaked = t
+    counts = torch.bincount((leaked.reshape(-1)[0:1].abs() * 100).long())  # its length would tell a value
+    assert counts.known_shape is None
+    with pytest.raises(sm.GetTimeout):
+        leaked.get(timeout=0.2)  # the owner decides
+
+
 def test_closed_denies_the_shape_and_open_tells_it(make_worker, make_client):
     bob, _ = _shared(make_worker, "closed")
     z = torch.nonzero(make_client(bob).search("#X")[0] > 0.4)

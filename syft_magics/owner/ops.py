@@ -182,6 +182,8 @@ class Ops:
         already exist: see :mod:`.graphs`)."""
         recorder = graphs.Recorder() if grad and fn not in autograd.SAVES_NOTHING \
             and graphs.builds_graph(used) else None
+        grads = self.disclosure.grads_before(self.store.of_session(session.ident), used) \
+            if fn in autograd.WRITES_GRADS else None
         try:
             if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
                 if recorder is not None:
@@ -209,6 +211,7 @@ class Ops:
         finally:
             if recorder is not None and recorder.saved:
                 self.store.keep_saved(session.ident, recorder.graph, recorder.saved)
+            self.disclosure.grads_written(grads)
 
     def _keep_leaves(self, session: Session, used: List[Entry], result: Any, written: Optional[List[Entry]]) -> None:
         """Keep the op's leaf inputs charged while the graph it left on its results and on what it wrote into

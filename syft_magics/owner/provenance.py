@@ -203,6 +203,30 @@ class Disclosure:
                                                   entry.provenance.hidden >= prov.hidden):
                 entry.provenance = prov
 
+    def grads_before(self, session: List["Entry"], used: List["Entry"]) -> Optional[Tuple[Provenance, list]]:
+        """Before an op that writes gradients (a backward, ``ptr.grad = g``) over the owner's data: what
+        gradient each of the client's objects ``session`` holds now (see :meth:`grads_written`). None when
+        there is nothing to withhold."""
+        if not self.guarded:
+            return None
+        prov = self.of_inputs(used)
+        if not prov.owner:
+            return None
+        return prov, [(e, _grads(e.tensor)) for e in session if e.session is not None]
+
+    @staticmethod
+    def grads_written(before: Optional[Tuple[Provenance, list]]) -> None:
+        """After it: the objects whose gradient it wrote (a tensor's ``.grad``, a model's or an optimizer's
+        parameters') now derive from the owner's data: the gradient itself, what an optimizer step computes
+        from it. Their inputs never named them, so :meth:`taint` alone did not see it (a probe read ``#X``
+        back through ``t.grad`` of ``(t * X).sum().backward()``, by shapes, with no approval)."""
+        if before is None:
+            return
+        prov, seen = before
+        for entry, grads in seen:
+            if not entry.provenance.owner and _grads(entry.tensor) != grads:
+                entry.provenance = Provenance(True, prov.sources)
+
     def describe(self, result: Any, ids: List[Optional[bytes]], shown: Optional[List[bool]]) -> list:
         """The reply to a client that asked what an op returned (see :mod:`syft_magics.wire.results`)."""
         if shown is not None and not shown and not flatten(result)[1].is_leaf():
@@ -299,4 +323,20 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, hidden_ids: set) -> Any:
 def _static(shape: Any) -> Optional[Tuple[int, ...]]:
     if all(type(d) is int for d in shape):
         return tuple(shape)
+    return None
+
+
+def _grads(value: Any) -> Any:
+    """Which gradient ``value`` holds now (None if none), its parameters' for a model or an optimizer: each as
+    ``(id, version)``, which any write into it changes."""
+    if isinstance(value, torch.Tensor):
+        try:  # (a non-leaf has a .grad only if it retains it; torch warns when one is read otherwise)
+            g = value.grad if value.requires_grad and (value.is_leaf or value.retains_grad) else None
+        except RuntimeError:  # a view torch answers no autograd question about (see wire.results.autograd_leaf)
+            return None
+        return None if g is None else (id(g), g._version)
+    if isinstance(value, torch.nn.Module):
+        return tuple(_grads(p) for p in value.parameters())
+    if isinstance(value, torch.optim.Optimizer):
+        return tuple(_grads(p) for group in value.param_groups for p in group["params"])
     return None

@@ -414,6 +414,11 @@ class ObjectStore:
     def __contains__(self, oid: object) -> bool:
         return oid in self._entries
 
+    def of_session(self, session: bytes) -> List[Entry]:
+        """The objects of one client's session."""
+        with self._lock:
+            return [self._entries[oid] for oid in self._by_session.get(session, ())]
+
     def entries(self) -> List[Entry]:
         with self._lock:
             return list(self._entries.values())
