@@ -192,3 +192,18 @@ def test_values_a_client_does_not_read_are_bounded_in_bytes_per_client(make_work
     assert values + errors == asked and values == asked - refused
     # once it has read, it may ask again
     assert hog.request({"t": "get", "s": 9, "id": oid})["t"] == "value"
+
+
+def test_failed_ops_record_no_more_results_than_the_clients_objects_quota(make_worker, raw):
+    """A failed op records each result it names as failed (a later op on it names the error): a hand-made op
+    naming 880,000 results left that many records, uncharged, 600 MB per message (an attacker probe)."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_objects=1000))
+    p = raw(bob)
+    reply = p.request({"t": "op", "s": 1, "f": "no.such.op", "a": [], "k": {}, "o": [os.urandom(16)] * 5000})
+    assert reply["t"] == "err" and "at most 4096 results" in reply["msg"]
+    for seq in range(2, 6):  # within the bound each, past the quota together
+        p.send_raw(encode({"t": "op", "s": seq, "f": "no.such.op", "a": [], "k": {},
+                           "o": [os.urandom(16) for _ in range(400)]}))
+    assert wait_until(lambda: bob.stats["errors"] == 4, timeout=10)
+    session, = bob.server.sessions.values()
+    assert bob.store.session_count(session.ident) == 1000

@@ -21,6 +21,7 @@ from ..events import EventStream
 from ..wire import limits
 from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
+from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
 from . import autograd, costs, graphs, quotas, train_costs, writes
 from .optimizers import STORED_TYPES
@@ -67,6 +68,8 @@ class Ops:
         out = header.get("o") or []
         if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not isinstance(out, list):
             raise ProtocolError("op arguments must be a list, keyword arguments a map, outputs a list")
+        if len(out) > MAX_RESULTS:
+            raise ProtocolError(f"an op returns at most {MAX_RESULTS} results, not {len(out)}")
         self.stats["commands"] += 1
         grad = bool(header.get("g", True))  # False: the client's op ran under torch.no_grad()
         op = short_name(name)
@@ -327,7 +330,10 @@ class Ops:
         self.stats["errors"] += 1
         op = short_name(name)
         shown = self.disclosure.failure(session, op, prov or self.disclosure.of_inputs(used), exc)
-        for oid in out:
+        # its results exist, failed (a later op on them names this error), as many as the client's objects quota
+        # still holds: a hand-made op naming 880,000 results left that many records, uncharged (a probe)
+        room = session.quotas.max_objects - self.store.session_count(session.ident)
+        for oid in out[:max(0, min(room, MAX_RESULTS))]:
             if isinstance(oid, bytes) and len(oid) == 16 and oid not in self.store:
                 self.store.put(Entry(oid, None, origin=session.label, session=session.ident, op=op,
                                      error=f"{op}: {limits.clip(shown)}"))
