@@ -137,6 +137,50 @@ def test_a_goodbye_behind_queued_messages_runs_them_first_even_once_the_connecti
     assert bob.store.session_count(alice.ident) == 0
 
 
+def test_what_a_closed_connection_left_queued_does_not_renew_its_lease(gated):
+    """The messages a client queued before its goodbye run after its connection closed, but within its lease
+    from its last message: each one served renewed it, so a client that left could keep the owner's CPU for
+    max_queued x op_seconds (an attacker probe kept a session 50 s after closing, lease 3 s)."""
+    gate, make, peer = gated
+    second = Gate()
+    bob, x = make()
+    bob.allowlist.allow("test.gate2", second)
+    alice = peer(bob, "alice")
+    op(alice, 1, "test.gate", ref_ext(x))
+    assert gate.entered.wait(20)
+    op(alice, 2, "test.gate2", ref_ext(x))
+    alice.send_raw(_encode({"t": "bye", "s": None}))
+    session = bob.server.sessions[alice.ident]
+    alice.close()
+    assert wait_until(lambda: session.gone, timeout=10)
+    seen = session.last_seen
+    gate.open.set()
+    try:
+        assert second.entered.wait(20), "the queued op runs after the close"
+        assert session.last_seen == seen
+    finally:
+        second.open.set()
+    assert wait_until(lambda: alice.ident not in bob.server.sessions, timeout=10)
+
+
+def test_a_batch_cut_by_a_background_op_queues_no_more_than_max_queued(gated):
+    gate, make, peer = gated
+    bob, x = make(quotas=Quotas(max_queued=3))
+    alice = peer(bob, "alice")
+    from syft_magics.wire.protocol import encode
+
+    heads = [encode({"t": "op", "s": 1, "f": "test.gate", "a": [ref_ext(x)], "k": {}, "o": [os.urandom(16)]})[0]]
+    heads += [encode({"t": "sync", "s": seq})[0] for seq in range(2, 8)]
+    alice.send_raw(encode({"t": "batch", "m": heads, "n": [0] * len(heads)}))
+    assert gate.entered.wait(20)
+    refused = [alice.reply(timeout=10) for _ in range(3)]
+    assert all(r["t"] == "err" and r["code"] == "quota" for r in refused), refused
+    assert sorted(r["s"] for r in refused) == [5, 6, 7]
+    assert len(bob.server.sessions[alice.ident].lane.backlog) == 3
+    gate.open.set()
+    assert sorted(alice.reply(timeout=10)["s"] for _ in range(3)) == [2, 3, 4]
+
+
 def test_messages_queued_behind_a_running_op_are_bounded(gated):
     gate, make, peer = gated
     bob, x = make(quotas=Quotas(max_queued=3))

@@ -15,7 +15,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Tuple
+
+from ..wire.protocol import Kind, encode, peek
+from . import quotas
+from .replies import error_reply
+
+if TYPE_CHECKING:
+    from .serving import Server
+    from .sessions import Session
 
 #: (connection token, [header, *frames], whether it came in a batch)
 Deferred = Tuple[int, List[Any], bool]
@@ -35,6 +43,11 @@ class Lane:
     def holds(self) -> bool:
         """Whether a message of this client must wait (an op runs, or earlier messages wait)."""
         return self.busy or bool(self.backlog)
+
+    def says_goodbye(self) -> bool:
+        """Whether the client's goodbye waits in the backlog, behind messages it sent before it (it ends the
+        session; frees of pointers collected at the client's exit may follow it)."""
+        return any(peek(parts[0]).get("t") == Kind.BYE for _, parts, _ in self.backlog)
 
     def defer(self, conn: int, parts: List[Any], batched: bool, front: bool = False) -> None:
         """Keep a message to serve once the lane is free (``front``: before those already waiting)."""
@@ -59,3 +72,33 @@ class Lane:
             call_soon(lambda router: done(router, result, error, seconds))
 
         threading.Thread(target=main, name=f"syft-lane-{self.label}", daemon=True).start()
+
+
+def wait(server: "Server", session: "Session", parts: List[Any], batched: bool) -> Any:
+    """The reply to a message of a client whose op runs in the background: a heartbeat is answered at once,
+    anything else waits its turn (up to the client's ``max_queued``). A goodbye behind nothing else ends the
+    session at once (the running op's results are dropped); behind messages that wait (a script's last ops,
+    sent at its exit) it waits too, so that they run first."""
+    head = peek(parts[0])
+    kind = head.get("t")
+    if kind == Kind.PING:
+        return encode({"t": Kind.PONG, "s": head.get("s")})
+    backlog = len(session.lane.backlog)
+    if kind == Kind.BYE and (not backlog or backlog >= session.quotas.max_queued):
+        server._end_session(session.ident, "disconnected")
+        return None
+    if backlog >= session.quotas.max_queued:
+        return queue_full(server, session, parts)
+    session.lane.defer(server._conn, parts, batched)
+    return None
+
+
+def queue_full(server: "Server", session: "Session", parts: List[Any]) -> Any:
+    """The refusal of a message past the client's ``max_queued`` (alone, or part of a batch), as its reply."""
+    server.refuse("queue over a quota")
+    try:
+        server._refused_message(session, parts, lambda: quotas.check_queued(session.quotas, session.label,
+                                                                            session.quotas.max_queued))
+    except Exception as exc:
+        return error_reply(exc)
+    return None  # (never: check_queued refuses at max_queued)

@@ -24,7 +24,7 @@ from ..wire import limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import ZERO_COPY_BYTES, readable, recv_parts
-from . import costs, moves, provenance, quotas, releases, streams, tickets, writes
+from . import costs, lanes, moves, provenance, quotas, releases, streams, tickets, writes
 from .chunk_queue import ChunkQueue
 from .connections import Connections
 from .direct import DirectPort
@@ -246,7 +246,8 @@ class Server(Handshakes, DirectPort, Ops):
             # a session is served only on the connection that authenticated it: the routing id
             # alone (chosen by the peer, sent in clear) proves nothing
             return self._handshake(ident, parts, taken=session is not None)
-        session.last_seen = time.monotonic()
+        if not session.gone:
+            session.last_seen = time.monotonic()
         if not batched:
             size = len(parts[0]) if len(parts) == 1 else sum(len(p) for p in parts)
             if size > int(session.quotas.max_message_bytes):
@@ -254,7 +255,7 @@ class Server(Handshakes, DirectPort, Ops):
                 self._refused_message(session, parts, lambda: quotas.check_message(session.quotas, session.label,
                                                                                    size))
         if not queued and session.lane.holds():
-            return self._wait_in_lane(session, parts, batched)
+            return lanes.wait(self, session, parts, batched)
         used: List[Entry] = []
         try:
             header = decode(parts, self._resolver(session, used), session.host_peer)
@@ -275,26 +276,6 @@ class Server(Handshakes, DirectPort, Ops):
         except Exception as exc:
             setattr(exc, "seq", seq)
             raise
-
-    def _wait_in_lane(self, session: Session, parts: List[Any], batched: bool) -> Any:
-        """A message of a client whose op runs in the background: a heartbeat is answered at once, anything
-        else waits its turn (up to the client's ``max_queued``). A goodbye behind nothing else ends the session
-        at once (the running op's results are dropped); behind messages that wait (a script's last ops, sent
-        at its exit) it waits too, so that they run first."""
-        head = peek(parts[0])
-        kind = head.get("t")
-        if kind == Kind.PING:
-            return encode({"t": Kind.PONG, "s": head.get("s")})
-        backlog = len(session.lane.backlog)
-        if kind == Kind.BYE and (not backlog or backlog >= session.quotas.max_queued):
-            self._end_session(session.ident, "disconnected")
-            return None
-        if backlog >= session.quotas.max_queued:
-            self.refuse("queue over a quota")
-            self._refused_message(session, parts, lambda: quotas.check_queued(session.quotas, session.label,
-                                                                              len(session.lane.backlog)))
-        session.lane.defer(self._conn, parts, batched)
-        return None
 
     def _refused_message(self, session: Session, parts: List[Any], check: Callable[[], None]) -> None:
         """Raise the refusal ``check`` raises, as the answer to the message ``parts``."""
@@ -327,7 +308,10 @@ class Server(Handshakes, DirectPort, Ops):
                 for h, c in zip(heads[n:], counts[n:]):
                     tail.append([h, *frames[j:j + c]])
                     j += c
-                for parts in reversed(tail):
+                room = max(0, session.quotas.max_queued - len(session.lane.backlog))
+                for parts in tail[room:]:  # (as many as max_queued wait, as for messages sent one by one)
+                    replies.append(lanes.queue_full(self, session, parts))
+                for parts in reversed(tail[:room]):
                     session.lane.defer(self._conn, parts, True, front=True)
                 break
             reply = self._answer(session.ident, [head, *frames[i:i + count]], batched=True, queued=True)
@@ -371,8 +355,11 @@ class Server(Handshakes, DirectPort, Ops):
         """A TCP connection closed: its session ends (a new connection must authenticate anew), once the
         messages it sent before its goodbye have run, if they wait behind an op (a script's last ops)."""
         for ident, session in list(self.sessions.items()):
-            if session.conn == token and not _leaving(session):
-                self._end_session(ident, "connection closed")
+            if session.conn == token:
+                if not session.lane.says_goodbye():
+                    self._end_session(ident, "connection closed")
+                else:  # its lease runs from its last message: what it queued has that long (a probe kept one 50 s)
+                    session.gone = True
         for ident, pending in list(self.handshakes.items()):
             if pending[3] == token:
                 self.handshakes.pop(ident, None)
@@ -491,8 +478,3 @@ class Server(Handshakes, DirectPort, Ops):
                 Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release, **streams.HANDLERS,
                 Kind.TICKET: tickets.on_ticket, Kind.MOVE: moves.on_move}
 
-
-def _leaving(session: Session) -> bool:
-    """Whether the client's goodbye waits in its lane, behind messages it sent before it (it ends the session;
-    frees of pointers collected at the client's exit may follow it)."""
-    return any(peek(parts[0]).get("t") == Kind.BYE for _, parts, _ in session.lane.backlog)

@@ -50,6 +50,8 @@ class Session:
     limits: Dict[str, Any] = field(default_factory=dict)
     #: its TCP connection: (descriptor, peer address) as seen when it authenticated, to cut it on revocation
     endpoint: Optional[Tuple[int, Any]] = field(default=None, repr=False)
+    #: its connection closed while what it queued before its goodbye still waits: served, without renewing the lease
+    gone: bool = False
 
     def __post_init__(self) -> None:
         self.lane = Lane(self.ident.hex()[:8])
