@@ -1,7 +1,9 @@
 """A worker's process-wide effects: the switch interval, log files, and late decisions."""
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -74,3 +76,27 @@ def test_in_place_op_on_an_empty_session_tensor_is_allowed(make_worker, make_cli
     mine.add_(1)
     client.sync()
     assert mine.get().shape == (0,)
+
+
+RNG_SCRIPT = """
+import threading, torch, syft_magics as sm
+torch.manual_seed(0)
+expected = torch.rand(5)
+torch.manual_seed(0)
+worker = sm.Worker("Bob", port=0, connection_file=False).start()
+for thread in threading.enumerate():
+    if "warm-up" in thread.name:
+        thread.join(60)
+got = torch.rand(5)
+worker.stop()
+print(torch.equal(got, expected))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_starting_a_worker_draws_nothing_from_the_owners_random_numbers(tmp_path):
+    """The cost warm-up measured its rates on torch.rand: a kernel's seeded draws (a model's initialisation)
+    came out different, depending on when the warm-up thread ran (found by a user's walk-through)."""
+    env = {**os.environ, "SYFT_MAGICS_RUNTIME_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", RNG_SCRIPT], capture_output=True, text=True, timeout=100, env=env)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
