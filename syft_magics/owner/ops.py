@@ -24,7 +24,7 @@ from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
 from . import autograd, costs, graphs, quotas, train_costs, writes
-from .optimizers import STORED_TYPES
+from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
 from .provenance import Disclosure, Provenance
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
@@ -88,6 +88,10 @@ class Ops:
                                                  for e in used):
                 # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
                 raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
+            if fn in OPTIMIZER_FACTORIES:  # (its steps would write into the tensors it is given)
+                owned = next((e for e in used if writes.owner_view(self.store, e)), None)
+                if owned is not None:
+                    raise writes.OwnerDataWrite(op, "params", owned.label)
             key = costs.signature(name, args, kwargs, grad)
             if fn in train_costs.THROUGH_GRAPH:  # a backward: priced per call from the graph it goes through
                 key, cost = None, train_costs.of_graph(used)

@@ -37,9 +37,9 @@ def _options(kwargs: Dict[str, Any], what: str) -> Dict[str, Any]:
 def _check_param(p: Any) -> torch.Tensor:
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"optimizer parameters must be tensors (pointers), got {type(p).__name__}")
-    if not p.requires_grad or not p.is_leaf:
-        raise ValueError("optimizer parameters must be leaf tensors that require grad "
-                         "(e.g. remote.parameters(), or ptr.requires_grad_())")
+    if not p.is_leaf:  # (one that does not require grad is skipped by its steps, as torch does: a frozen layer)
+        raise ValueError("optimizer parameters must be leaf tensors, not results of ops (e.g. remote.parameters(), "
+                         "or a sent tensor with ptr.requires_grad_())")
     return p
 
 
@@ -89,9 +89,14 @@ def zero_grad(opt: Any, set_to_none: bool = True) -> None:
     opt.zero_grad(set_to_none=bool(set_to_none))
 
 
+#: The optimizers' constructors, by name (their parameters must be a client's own tensors: see ops.py).
+_FACTORIES = {f"syft.optim.{n}": _optimizer_factory(c) for n, c in OPTIMIZERS.items()}
+OPTIMIZER_FACTORIES = frozenset(_FACTORIES.values())
+
+
 def ops() -> Dict[str, Callable]:
     table: Dict[str, Callable] = {"syft.optim_step": step, "syft.optim_zero_grad": zero_grad}
-    table.update({f"syft.optim.{n}": _optimizer_factory(c) for n, c in OPTIMIZERS.items()})
+    table.update(_FACTORIES)
     table.update({f"syft.lr_scheduler.{n}": _scheduler_factory(c) for n, c in SCHEDULERS.items()})
     return table
 

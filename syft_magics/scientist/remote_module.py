@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple, cast
 
 import torch
 import torch.nn as nn
@@ -88,16 +88,19 @@ class RemoteModule:
                 f"module (client.send(nn.LSTM(...))) or build the model from standard layers only ({self.why})")
         self._template = copy.deepcopy(module)  # a local copy, for get()
         shell = copy.deepcopy(module)
-        self._pointers = {}
+        sent: Dict[int, PointerTensor] = {}  # a weight used in two places (tied) is sent once, one pointer in both
         for owner, kind, name, tensor in _slots(shell):
-            grad = kind == "_parameters" and tensor.requires_grad
-            getattr(owner, kind)[name] = self._client.send(tensor.detach().requires_grad_(grad))
-        for full, (owner, kind, name, _) in zip(self._slot_names(shell), _slots(shell)):
-            self._pointers[full] = getattr(owner, kind)[name]
+            ptr = sent.get(id(tensor))
+            if ptr is None:
+                grad = kind == "_parameters" and tensor.requires_grad
+                ptr = sent[id(tensor)] = self._client.send(tensor.detach().requires_grad_(grad))
+            getattr(owner, kind)[name] = ptr
+        self._pointers = dict(zip(self._slot_names(shell), (cast(PointerTensor, t) for _, _, _, t in _slots(shell))))
         self._shell = shell
         # the weights, grouped on the worker so that get() fetches them as one model (the owner's kind="model")
-        names = list(self._pointers)
-        self._handle = self._client.run(_handle_standin, "syft.model_weights", (names, *self._pointers.values()), {})
+        names = self.move_names
+        self._handle = self._client.run(_handle_standin, "syft.model_weights",
+                                        (names, *[self._pointers[n] for n in names]), {})
         self._client.untrack(self._handle)
 
     @staticmethod
@@ -159,14 +162,21 @@ class RemoteModule:
         return dict(self._pointers)
 
     def get(self, timeout: Any = None) -> nn.Module:
-        """A local module with the worker's current weights (the owner's policy decides)."""
-        state = self._client.get(self._handle, timeout=timeout)
+        """A local module with the worker's current weights (the owner's policy decides), in the training mode
+        and with the frozen parameters (``requires_grad``) the remote one has now."""
+        state = cast(Dict[str, torch.Tensor], self._client.get(self._handle, timeout=timeout))
         if self.path == "worker":
             module = spec_format.build(self._spec, device="cpu")
+            for mine, theirs in zip(module.modules(), self._meta.modules()):
+                mine.training = theirs.training
         else:
             module = copy.deepcopy(self._template)
-            module.train(self.training)
-        module.load_state_dict(state)  # type: ignore[arg-type]
+            for mine, theirs in zip(module.modules(), self._shell.modules()):
+                mine.training = theirs.training
+            state = _with_tied(module, state)
+        module.load_state_dict(state)
+        for name, param in module.named_parameters():
+            param.requires_grad_(self._pointers[name].requires_grad)
         return module
 
     @property
@@ -184,8 +194,23 @@ class RemoteModule:
 
     @property
     def move_names(self) -> List[str]:
-        """The names of the tensors a move carries, in the order the model's handle holds them."""
-        return list(self._names) if self.path == "worker" else list(self._pointers)
+        """The names of the tensors a move carries, in the order the model's handle holds them (a tied weight
+        once, under its first name)."""
+        if self.path == "worker":
+            return list(self._names)
+        aliases = self.aliases
+        return [n for n in self._pointers if n not in aliases]
+
+    @property
+    def aliases(self) -> Dict[str, str]:
+        """The names of tied weights after their first (client path): each with that first name."""
+        first: Dict[int, str] = {}
+        out: Dict[str, str] = {}
+        for name, ptr in self._pointers.items():
+            out_name = first.setdefault(id(ptr), name)
+            if out_name != name:
+                out[name] = out_name
+        return out
 
     def move(self, target: "Client", timeout: Any = None) -> "RemoteModule":
         """Send this model from its worker straight to ``target``'s (never through here); returns it there.
@@ -212,7 +237,8 @@ class RemoteModule:
         twin._param_names, twin._names = list(self._param_names), list(self._names)
         twin._handle = handle
         client.untrack(handle)
-        twin._pointers = {n: named[n] for n in self._pointers}
+        aliases = self.aliases
+        twin._pointers = {n: named[aliases.get(n, n)] for n in self._pointers}
         if self.path == "worker":
             twin._spec = self._spec
             twin._meta = copy.deepcopy(self._meta)
@@ -242,6 +268,20 @@ def _none(*args: Any, **kwargs: Any) -> None:
 
 def _handle_standin(*args: Any, **kwargs: Any) -> torch.Tensor:
     return torch.empty(0, device="meta")
+
+
+def _with_tied(module: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state`` with the names of ``module``'s tied weights (a layer used twice, a weight shared by two layers)
+    filled from the name it was sent under."""
+    names: Dict[int, List[str]] = {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        names.setdefault(id(t), []).append(name)
+    out = dict(state)
+    for group in names.values():
+        given = next((n for n in group if n in state), None)
+        if given is not None:
+            out.update({n: state[given] for n in group if n not in state})
+    return out
 
 
 def _slots(module: nn.Module) -> List[Tuple[nn.Module, str, str, torch.Tensor]]:

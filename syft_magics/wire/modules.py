@@ -96,7 +96,14 @@ def _generic_args(m: nn.Module) -> Dict[str, Any]:
 
 def describe(module: nn.Module) -> Dict[str, Any]:
     """The spec of ``module``; raises :class:`NotStandard` if it is not made only of standard layers."""
+    if len(list(module.named_modules(remove_duplicate=False))) != len(list(module.modules())) or \
+            len(list(module.named_parameters(remove_duplicate=False))) != len(list(module.parameters())):
+        raise NotStandard(f"{type(module).__name__} uses a layer or a weight in two places (tied weights), which a "
+                          "spec of layers cannot say")
     spec = _describe(module, "model")
+    frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
+    if frozen:
+        spec["frozen"] = frozen
     rebuilt = build(spec)
     if repr(rebuilt) != repr(module) or _shapes(rebuilt) != _shapes(module):
         raise NotStandard(f"{type(module).__name__} does not rebuild identically from its constructor arguments")
@@ -128,7 +135,14 @@ def build(spec: Any, device: str = "meta") -> nn.Module:
     """
     count = [0]
     with torch.device(device):
-        return _build(spec, 0, count)
+        module = _build(spec, 0, count)
+    frozen = spec.get("frozen", [])
+    params = dict(module.named_parameters())
+    if not isinstance(frozen, list) or not all(isinstance(n, str) and n in params for n in frozen):
+        raise ValueError("a spec's frozen parameters are a list of the model's parameter names")
+    for name in frozen:  # (requires_grad=False where the client froze them: an optimizer must not train them)
+        params[name].requires_grad_(False)
+    return module
 
 
 def _build(spec: Any, depth: int, count: list) -> nn.Module:
