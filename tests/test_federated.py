@@ -166,3 +166,18 @@ def test_rounds_on_an_aggregator_leave_nothing_held_on_the_owners(make_worker, m
     for w, client in zip(workers, clients):
         client.sync()
         assert w.store.held_bytes(next(iter(w.server.sessions))) == 0, w.name
+
+
+def test_the_next_round_starts_from_an_average_made_under_review_without_looking_at_it(make_worker, make_client):
+    """fedavg(..., on=carol) then avg.move(bob): Carol (review) withheld the average's shapes (a model's state
+    cannot be traced), so the move was refused until the scientist fetched the average (a user's walk-through).
+    An average's shapes are its models' architecture's: public."""
+    for name in ("Bob", "Alice"):
+        make_worker(name, policy="open")
+    carol = make_worker("Carol", policy="review")
+    carol.policy.allow_get(kind="model")  # Carol lets the average go on to the next round
+    bob, alice, c = make_client("Bob"), make_client("Alice"), make_client("Carol")
+    avg = fedavg([bob.send(nn.Linear(3, 1)), alice.send(nn.Linear(3, 1))], weights=[1, 1], on=c)
+    back = avg.move(bob)
+    assert back.location == "Bob" and back(bob.send(torch.ones(2, 3))).shape == (2, 1)
+    assert not carol.requests.pending, "nothing was shown to the scientist"

@@ -39,6 +39,8 @@ from torch.utils import _pytree as pytree
 from ..errors import ErrorCode
 from ..wire import limits
 from ..wire.results import describe, flatten, quiet_tracing
+from .aggregate import average_models
+from .models import model_weights
 from .policy import OpenPolicy
 
 if TYPE_CHECKING:
@@ -65,6 +67,10 @@ class Provenance:
         """The same object once the owner released its shape (or its value)."""
         return Provenance(self.owner, self.sources, False, "released by the owner") if self.hidden else self
 
+
+#: Ops over models whose results' shapes are their models' parameters' (an average of models, a model's weights
+#: grouped): public, though no trace can tell it (a model's state is not traced).
+SHAPES_OF_MODELS = frozenset({average_models, model_weights})
 
 #: A client's own object (sent, or computed from its own objects): nothing to withhold.
 CLIENT = Provenance()
@@ -150,6 +156,8 @@ class Disclosure:
         prov = self.of_inputs(used)
         if not prov.owner or not self.guarded:
             return prov, None
+        if fn in SHAPES_OF_MODELS:  # (shapes set by the models' architectures, never by values)
+            return Provenance(True, prov.sources), None
         public = self._public_leaves(fn, args, kwargs, used, result)
         if public is not None and all(public):
             return Provenance(True, prov.sources), None
