@@ -181,6 +181,23 @@ def test_a_batch_cut_by_a_background_op_queues_no_more_than_max_queued(gated):
     assert sorted(alice.reply(timeout=10)["s"] for _ in range(3)) == [2, 3, 4]
 
 
+def test_messages_queued_after_a_goodbye_are_answered_as_a_strangers(gated):
+    """A goodbye waits behind the messages queued before it; what was queued after it found the session gone
+    and was dropped without an answer (the fuzz test's marker waited 30 s)."""
+    gate, make, peer = gated
+    bob, x = make()
+    alice = peer(bob, "alice")
+    op(alice, 1, "test.gate", ref_ext(x))
+    assert gate.entered.wait(20)
+    alice.send_raw(_encode({"t": "sync", "s": 2}))
+    alice.send_raw(_encode({"t": "bye", "s": None}))
+    alice.send_raw(_encode({"t": "sync", "s": 3}))
+    gate.open.set()
+    first, second = alice.reply(timeout=10), alice.reply(timeout=10)
+    assert first["s"] == 2 and first["t"] == "ok"
+    assert second is not None and second["code"] == "unknown_session"
+
+
 def test_messages_queued_behind_a_running_op_are_bounded(gated):
     gate, make, peer = gated
     bob, x = make(quotas=Quotas(max_queued=3))

@@ -217,7 +217,11 @@ class Server(Handshakes, DirectPort, Ops):
                 lane.backlog.clear()
                 return
             self._conn, parts, batched = lane.backlog.popleft()
+            after = list(lane.backlog) if lane.backlog and peek(parts[0]).get("t") == Kind.BYE else ()
             self._send_replies(router, session.ident, self._answer(session.ident, parts, batched, queued=True))
+            if after and self.sessions.get(session.ident) is not session:
+                for self._conn, parts, batched in after:  # sent after its goodbye: answered as a stranger's are
+                    self._send_replies(router, session.ident, self._answer(session.ident, parts, batched))
 
     def _send_replies(self, router: zmq.Socket, ident: bytes, reply: Any) -> None:
         try:
