@@ -336,3 +336,26 @@ def test_a_custom_module_around_a_recurrent_layer_is_refused_at_send(seed):
 
     with pytest.raises(NotImplementedError, match="recurrent layers"):
         client.send(Tagger())
+
+
+@pytest.mark.parametrize("opt_cls", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])
+def test_torchs_own_optimizers_over_pointers_equal_local_ones(seed, opt_cls):
+    """A local torch.optim over pointer parameters: each of its ops runs on the worker. Adam's state is made with
+    torch.zeros_like(p, memory_format=torch.preserve_format), and a memory_format could not be sent (a user's
+    walk-through); it travels as one of torch's four layouts, by name."""
+    bob, client = seed
+    X = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    local = torch.randn(4, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    remote = client.send(local.detach().clone().requires_grad_())
+    x = client.send(X)
+    local_opt, remote_opt = opt_cls([local], lr=0.1), opt_cls([remote], lr=0.1)
+    for _ in range(3):
+        local_opt.zero_grad()
+        remote_opt.zero_grad()
+        (X @ local).pow(2).mean().backward()
+        (x @ remote).pow(2).mean().backward()
+        local_opt.step()
+        remote_opt.step()
+    assert torch.allclose(remote.get(), local.detach(), atol=1e-6)
+    y = client.send(torch.randn(2, 3, 4, 5))
+    assert torch.equal(y.float(memory_format=torch.channels_last).get(), y.get())

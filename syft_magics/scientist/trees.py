@@ -51,7 +51,7 @@ def walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) -
     if t is slice:
         parts = [walk(o, pointers, locals_) for o in (obj.start, obj.stop, obj.step)]
         return slice(*(p[0] for p in parts)), ("s", tuple(p[1] for p in parts))
-    if obj is Ellipsis or isinstance(obj, torch.dtype):
+    if obj is Ellipsis or isinstance(obj, (torch.dtype, torch.memory_format)):
         return obj, obj
     if isinstance(obj, torch.Size):
         return obj, ("S", tuple(obj))

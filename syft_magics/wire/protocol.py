@@ -20,6 +20,7 @@ code   Python value   payload
 8      complex        ``[real, imag]``
 9      torch.Tensor   ``[fd, inode, offset, dtype name, shape]``: bytes in the sender's
                       pool, same host only (:mod:`syft_magics.wire.samehost`)
+10     memory_format  its name (from :data:`MEMORY_FORMATS` only)
 =====  =============  ===================================================
 
 Pipelined messages may travel together as one ``batch``: ``[{"t": "batch", "m":
@@ -88,7 +89,12 @@ class Kind(WireEnum):
     BYE = "bye"  # the client leaves, or the worker stops
 
 
-EXT_REF, EXT_TENSOR, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_SIZE, EXT_COMPLEX, EXT_SHARED = range(1, 10)
+EXT_REF, EXT_TENSOR, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_SIZE, EXT_COMPLEX, EXT_SHARED, \
+    EXT_MEMORY_FORMAT = range(1, 11)
+#: The memory layouts an op may name (``x.float(memory_format=...)``, ``torch.zeros_like(p,
+#: memory_format=torch.preserve_format)`` in torch's optimizers), by name.
+MEMORY_FORMATS = {str(f).split(".")[-1]: f for f in (torch.contiguous_format, torch.preserve_format,
+                                                     torch.channels_last, torch.channels_last_3d)}
 
 #: The only dtypes that may cross the wire, by name.
 DTYPES = {
@@ -245,6 +251,8 @@ class Encoder:
             return msgpack.ExtType(EXT_ELLIPSIS, b"")
         if isinstance(obj, torch.dtype):
             return msgpack.ExtType(EXT_DTYPE, dtype_name(obj).encode())
+        if isinstance(obj, torch.memory_format):
+            return msgpack.ExtType(EXT_MEMORY_FORMAT, str(obj).split(".")[-1].encode())
         if isinstance(obj, bool):
             return bool(obj)
         if isinstance(obj, int):
@@ -357,6 +365,11 @@ class _Decoder:
             if name not in DTYPES:
                 raise ProtocolError(f"unknown dtype {name!r}")
             return DTYPES[name]
+        if code == EXT_MEMORY_FORMAT:
+            fmt = MEMORY_FORMATS.get(bytes(data).decode(errors="replace"))
+            if fmt is None:
+                raise ProtocolError("unknown memory format")
+            return fmt
         if code == EXT_COMPLEX:
             re, im = _plain(data)
             return complex(re, im)
