@@ -241,3 +241,13 @@ def test_in_place_ops_on_a_non_leaf_work_as_in_torch(seed):
     assert torch.equal(w.grad.get(), w_local.grad)
     with pytest.raises(RuntimeError, match="leaf Variable"):  # on the leaf itself, refused as torch does
         w.mul_(3)
+
+
+def test_code_that_moves_tensors_to_a_pointers_device_gets_a_clear_error(seed):
+    """clip_grad_norm_ moves the norms to ``p.device``, which is 'meta' on a pointer: the error said the worker
+    allowed "cpu, not meta" (a user's walk-through); it now says why and what works instead."""
+    bob, client = seed
+    remote = client.send(torch.nn.Linear(3, 2))
+    remote(client.send(torch.ones(4, 3))).sum().backward()
+    with pytest.raises(sm.OpNotAllowed, match="holds no data on this side.*clip_grad_norm_"):
+        torch.nn.utils.clip_grad_norm_(remote.parameters(), 1.0)
