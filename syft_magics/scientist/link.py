@@ -76,7 +76,8 @@ class Link(LinkBase):
         # a thread that wants to send while another holds the lock to wait for replies wakes it (_take_lock)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poller.register(self._wake_r, zmq.POLLIN)
-        self._senders = 0
+        self._senders = 0  # threads waiting for the lock to send (the waiter lets them have it first)
+        self._handoff = threading.Condition()
         self._sock.setsockopt(zmq.ROUTING_ID, self.session)
         self._sock.setsockopt(zmq.LINGER, 0)
         # No ZMQ_IMMEDIATE: with it, replies not yet read when the worker closes its socket (its "bye",
@@ -294,8 +295,9 @@ class Link(LinkBase):
                             _empty(self._wake_r)
                 except zmq.ZMQError as exc:
                     self._lost(exc)
-            if self._senders:
-                time.sleep(0)  # (let the thread that woke us take the lock: a release alone hands nothing over)
+            if self._senders:  # let the threads that woke us take the lock first (a release hands nothing over)
+                with self._handoff:
+                    self._handoff.wait_for(lambda: not self._senders, timeout=0.005)
 
     def _take_lock(self) -> None:
         """Take :attr:`lock`. If another thread holds it to wait for replies (polling the socket), wake it: a
@@ -303,7 +305,8 @@ class Link(LinkBase):
         the next reply came, a chunk's credit, hundreds of microseconds."""
         if self.lock.acquire(blocking=False):
             return
-        self._senders += 1
+        with self._handoff:
+            self._senders += 1
         try:
             try:
                 os.write(self._wake_w, b"\0")
@@ -311,7 +314,9 @@ class Link(LinkBase):
                 pass
             self.lock.acquire()
         finally:
-            self._senders -= 1
+            with self._handoff:
+                self._senders -= 1
+                self._handoff.notify_all()
 
     def _ping_if_due(self, now: float) -> None:
         """Send a heartbeat when one is due (call with ``lock`` held)."""
