@@ -43,10 +43,7 @@ class ChunkQueue:
 
     def take(self, parts: List[Any], token: int) -> bool:
         """Set the message ``parts`` (``[routing id, header, *frames]``, on the connection ``token``, of an
-        authenticated session) aside if it is an upload chunk; whether it was. While none is held only a
-        message carrying a chunk-sized frame is looked at (an op pays one length check)."""
-        if not self._held and not (len(parts) == 3 and len(parts[2]) >= limits.MIN_CHUNK_BYTES):
-            return False
+        authenticated session) aside if it is an upload chunk; whether it was."""
         if peek(parts[1]).get("t") != Kind.CHUNK:
             return False
         size = sum(len(p) for p in parts)
@@ -77,9 +74,10 @@ class ChunkQueue:
 
     def set_aside(self, server: "Server", router: zmq.Socket, parts: List[Any]) -> bool:
         """Hold the received message ``parts`` if it is an upload chunk of a session on its own connection;
-        whether it was (else the caller serves it now)."""
+        whether it was (else the caller serves it now). While none is held, only a message carrying a
+        chunk-sized frame is looked at: an op pays one length check."""
         if not self._held and not (len(parts) == 3 and len(parts[2]) >= limits.MIN_CHUNK_BYTES):
-            return False  # (the common small message: one length check)
+            return False
         token = server.connections.token(parts[-1]) if server.connections is not None else 0
         session = server.sessions.get(parts[0].bytes)
         if session is None or session.conn != token or not self.take(parts, token):

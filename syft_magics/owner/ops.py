@@ -189,8 +189,7 @@ class Ops:
         already exist: see :mod:`.graphs`)."""
         recorder = graphs.Recorder() if grad and fn not in autograd.SAVES_NOTHING \
             and graphs.builds_graph(used) else None
-        grads = self.disclosure.grads_before(self.store.of_session(session.ident), used) \
-            if fn in autograd.WRITES_GRADS else None
+        grads = self.disclosure.grads_before(session.ident, used) if fn in autograd.WRITES_GRADS else None
         try:
             if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
                 if recorder is not None:

@@ -211,16 +211,16 @@ class Disclosure:
                                                   entry.provenance.hidden >= prov.hidden):
                 entry.provenance = prov
 
-    def grads_before(self, session: List["Entry"], used: List["Entry"]) -> Optional[Tuple[Provenance, list]]:
+    def grads_before(self, session: bytes, used: List["Entry"]) -> Optional[Tuple[Provenance, list]]:
         """Before an op that writes gradients (a backward, ``ptr.grad = g``) over the owner's data: what
-        gradient each of the client's objects ``session`` holds now (see :meth:`grads_written`). None when
+        gradient each object of the client's ``session`` holds now (see :meth:`grads_written`). None when
         there is nothing to withhold."""
         if not self.guarded:
             return None
         prov = self.of_inputs(used)
         if not prov.owner:
             return None
-        return prov, [(e, _grads(e.tensor)) for e in session if e.session is not None]
+        return prov, [(e, _grads(e.tensor)) for e in self.worker.store.of_session(session)]
 
     @staticmethod
     def grads_written(before: Optional[Tuple[Provenance, list]]) -> None:
