@@ -94,6 +94,8 @@ class PointerTensor(torch.Tensor):
     _tags: Tuple[str, ...] = ()
     _deleted: bool = False
     _placeholder: bool = False
+    #: whether the worker's tensor is an autograd leaf: sent, found and moved tensors are; an op's result that
+    #: requires grad is not (it has a grad_fn there). Known from shape inference, which follows torch.
     leaf: bool = True
 
     @staticmethod
@@ -114,8 +116,6 @@ class PointerTensor(torch.Tensor):
         ptr._handle = _Owned(client.free_queue, oid) if owned else None
         ptr._local_id = next(_local_ids)
         if not leaf and requires_grad:
-            #: whether the worker's tensor is an autograd leaf: sent, found and moved tensors are; an op's result
-            #: that requires grad is not (it has a grad_fn there). Known from shape inference, which follows torch.
             ptr.leaf = False
         client.track(ptr)
         return ptr

@@ -415,18 +415,8 @@ def decode(
     head = _frame_bytes(parts[0])
     if len(head) > max_header:
         raise ProtocolError(f"message header of {len(head)} bytes exceeds the limit of {max_header}")
-    decoder = _Decoder(parts[1:], resolve, peer)
-    decoder.depth = 1  # (the header itself: what _Decoder.unpack counts, without its call on every message)
-    try:
-        header = msgpack.unpackb(head, ext_hook=decoder.ext_hook, raw=False, strict_map_key=True,
-                                 max_array_len=limits.MAX_ITEMS, max_map_len=limits.MAX_ITEMS)
-    except ProtocolError:
-        raise
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ProtocolError("malformed message header: " + (str(exc) or type(exc).__name__)) from None
-    if type(header) is not dict or type(header.get("t")) is not str:
-        raise ProtocolError("message header must be a map with a string field 't'")
-    return header
+    return _header(_Decoder(parts[1:], resolve, peer).unpack, head, "malformed message header: ",
+                   lambda exc: str(exc) or type(exc).__name__)
 
 
 def decode_handshake(parts: Sequence[Any]) -> dict:
