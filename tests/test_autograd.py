@@ -186,9 +186,12 @@ def test_a_write_through_a_view_made_under_no_grad_works_as_in_torch(seed):
 def test_owner_data_cannot_be_made_to_require_grad(seed):
     bob, client = seed
     x = client.search("#X")[0]
-    x.requires_grad_()
+    with pytest.raises(sm.ReadOnlyError, match="Bob's data"):
+        x.requires_grad_()  # at the user's line, and the pointer does not say otherwise (a user's walk-through)
     with pytest.raises(sm.ReadOnlyError):
-        client.sync()
+        x.requires_grad = True
+    assert not x.requires_grad
+    client.sync()
     assert not bob.store.search(("#X",))[0].tensor.requires_grad
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 import torch
 
-from ..errors import OpNotAllowed
+from ..errors import OpNotAllowed, ReadOnlyError
 from ..wire.names import short_name
 
 if TYPE_CHECKING:
@@ -69,6 +69,10 @@ def requires_grad_(ptr: "PointerTensor", requires_grad: bool = True) -> "Pointer
     if requires_grad and not (ptr.dtype.is_floating_point or ptr.dtype.is_complex):
         raise RuntimeError(f"only tensors of floating point and complex dtype can require gradients (this "
                            f"pointer is {ptr.dtype})")
+    if not ptr.owned and not ptr.deleted:  # (refused there too; here before the pointer says otherwise)
+        raise ReadOnlyError(f"{' '.join(ptr.tags) or 'this'} is {ptr.client.name}'s data and cannot be changed "
+                            "(requires_grad_ writes into it); compute on a copy instead, e.g. ptr.clone()",
+                            op="Tensor.requires_grad_", code="read_only")
     ptr.client.run(_requires_grad_, "Tensor.requires_grad_", (ptr, bool(requires_grad)), {})
     _mark_requires_grad(ptr, bool(requires_grad))
     return ptr
