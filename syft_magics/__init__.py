@@ -42,7 +42,8 @@ from .owner.allowlist import Allowlist
 from .owner.policy import ClosedPolicy, GetRequest, OpenPolicy, Policy, ReviewPolicy
 from .owner.quotas import Quotas
 from .owner.worker import Worker
-from .scientist.client import Client, SearchResult, connect
+from .scientist.client import Client, SearchResult
+from .scientist.connecting import connect
 from .scientist.pointer import PointerTensor
 from .scientist.remote_module import RemoteModule
 

@@ -5,7 +5,8 @@
 - :mod:`.pointer`: :class:`PointerTensor`, torch's ``__torch_function__`` protocol
 - :mod:`.inference`: a result's shape and dtype from meta tensors, with no round trip
 """
-from .client import Client, SearchResult, connect, live_clients
+from .client import Client, SearchResult, live_clients
+from .connecting import connect
 from .pointer import PointerTensor
 
 __all__ = ["Client", "PointerTensor", "SearchResult", "connect", "live_clients"]

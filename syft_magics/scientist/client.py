@@ -18,21 +18,18 @@ import torch
 
 from ..config import defaults
 from ..errors import (
-    AuthenticationError,
     CrossWorkerError,
     GetTimeout,
     PointerFreed,
     RemoteError,
     ReplyTimeout,
     TagError,
-    UnknownWorker,
     WithheldError,
-    WorkerUnreachable,
     error_class,
 )
 from ..events import EventStream
 from ..traces import describe, user_site
-from ..wire import auth, discovery, samehost
+from ..wire import auth, samehost
 from ..wire.names import check_tag, id_source, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
 from ..wire.results import Tree, from_wire, wire_dtype
@@ -456,53 +453,6 @@ def _user() -> str:
 
 def _label(ptr: PointerTensor) -> str:
     return " ".join(ptr.tags) if ptr.tags else ptr.oid.hex()[:8]
-
-
-# -- connecting -------------------------------------------------------------------------------
-def connect(target: Any = None, *, key: Optional[str] = None, timeout: Optional[float] = None,
-            file: Optional[str] = None) -> Client:
-    """Connect to a worker and return a :class:`Client`.
-    ``target`` is a worker name (found through its connection file on this
-    machine), an address (``"tcp://host:port"``, ``"host:port"`` or a port),
-    a connection file path, an ``inproc://`` address or a :class:`Worker` of
-    this process. ``key`` is needed only for an address with no connection file on this machine.
-    ``file``: an invitation (``bob.invite``), from any machine (see :mod:`.invitation`)."""
-    from ..owner.worker import Worker, live_workers
-    from .invitation import connect_file
-    if file is not None:  # an invitation (or any connection file); an address as ``target`` overrides its own
-        return connect_file(target, file, timeout)
-    if isinstance(target, Worker):
-        if not target.running:
-            raise UnknownWorker(f"worker {target.name} is not running (call .start() first)")
-        return Client(target.inproc_address, key or target.key, timeout=timeout, context=target.context,
-                      worker=target)
-    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
-        target = f"tcp://127.0.0.1:{int(target)}"
-    if not isinstance(target, str) or not target:
-        raise TypeError("connect() takes a worker name, an address, a connection file or a Worker")
-    if target.startswith("inproc://"):
-        for worker in live_workers():
-            if worker.inproc_address == target:
-                return connect(worker, key=key, timeout=timeout)
-        raise UnknownWorker(f"no worker in this process serves {target}")
-    if target.endswith(".json") and os.path.isfile(target):
-        return connect_file(None, target, timeout, key)
-    if target.startswith("tcp://") or ":" in target:
-        address = target if target.startswith("tcp://") else f"tcp://{target}"
-        if key is None:
-            found = discovery.find_by_address(address)
-            if found is None:
-                raise AuthenticationError(
-                    f"no key for {address}: no worker on this machine has a connection file for it. "
-                    "Pass key=... (from the worker's connection file), or connect by name.")
-            return Client(address, found.key, timeout=timeout, connection_file=found.path, curve=found.curve)
-        return Client(address, key, timeout=timeout)
-    info = discovery.find(target)
-    try:
-        return Client(info.address, key or info.key, timeout=timeout, connection_file=info.path, curve=info.curve)
-    except WorkerUnreachable as exc:
-        raise WorkerUnreachable(f"{exc}. Its connection file {info.path} names process {info.pid}, "
-                                "which is running but not answering.") from None
 
 
 def live_clients() -> List[Client]:

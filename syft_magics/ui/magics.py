@@ -24,7 +24,8 @@ from ..owner.policy import POLICIES
 from ..owner.quotas import FLAGS as QUOTA_FLAGS
 from ..owner.quotas import from_flags
 from ..owner.worker import Worker, live_workers
-from ..scientist.client import Client, connect
+from ..scientist.client import Client
+from ..scientist.connecting import connect
 
 _NAMES = ("syft_worker", "syft_connect", "syft_share", "syft_workers", "syft_panel", "syft_stop", "syft_disconnect",
           "syft_inspect")
