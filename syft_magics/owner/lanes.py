@@ -69,9 +69,18 @@ class Lane:
             except BaseException as exc:  # handed back to the serving thread, which replies with it
                 error = exc
             seconds = time.perf_counter() - t0
-            call_soon(lambda router: done(router, result, error, seconds))
+            # the result travels in the callback alone: this thread may still be here when the serving thread has
+            # answered and let go of it (its autograd graph, charged until freed, then outlived the client's sync)
+            handing = _handing(done, (result, error, seconds))
+            result = error = None
+            call_soon(handing)
 
         threading.Thread(target=main, name=f"syft-lane-{self.label}", daemon=True).start()
+
+
+def _handing(done: Done, handed: Tuple[Any, Optional[BaseException], float]) -> Callable[[Any], None]:
+    """``done(router, *handed)``, for the serving thread: the only holder of what ``handed`` holds."""
+    return lambda router: done(router, *handed)
 
 
 def wait(server: "Server", session: "Session", parts: List[Any], batched: bool) -> Any:
