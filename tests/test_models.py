@@ -359,3 +359,14 @@ def test_torchs_own_optimizers_over_pointers_equal_local_ones(seed, opt_cls):
     assert torch.allclose(remote.get(), local.detach(), atol=1e-6)
     y = client.send(torch.randn(2, 3, 4, 5))
     assert torch.equal(y.float(memory_format=torch.channels_last).get(), y.get())
+
+
+def test_an_optimizer_on_a_worker_refuses_local_parameters(seed):
+    """client.optim.SGD(local_model.parameters()) would train copies sent along, never the local weights: a silent
+    no-op (it was refused only because the copies did not require grad, until frozen layers were allowed)."""
+    bob, client = seed
+    model = nn.Linear(3, 1)
+    with pytest.raises(TypeError, match="pointers to its parameters"):
+        client.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="pointers to its parameters"):
+        client.optim.Adam([{"params": list(model.parameters()), "lr": 0.1}])

@@ -360,7 +360,7 @@ class Client:
             if ptr.client is not self:
                 raise CrossWorkerError(
                     f"{short_name(name)} mixes pointers on {self.name} and on {ptr.client.name}; "
-                    f"move one side first (e.g. .get() it, then send it to the other worker)")
+                    f"move one side first (ptr.move(other_worker), worker to worker; or .get() it and send it)")
             if ptr.deleted:
                 raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
         if "out" in kwargs:

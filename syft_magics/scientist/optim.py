@@ -91,11 +91,18 @@ class _Namespace:
 
 
 def _params(params: Any) -> Any:
-    if isinstance(params, PointerTensor):
-        return [params]
-    if isinstance(params, dict):
-        return [params]
-    return [dict(p) if isinstance(p, dict) else p for p in params]
+    if isinstance(params, (PointerTensor, dict)):
+        params = [params]
+    groups = [dict(p) if isinstance(p, dict) else p for p in params]
+    for item in groups:
+        inner = item.get("params", ()) if isinstance(item, dict) else (item,)
+        for p in [inner] if isinstance(inner, torch.Tensor) else inner:
+            if isinstance(p, torch.Tensor) and not isinstance(p, PointerTensor):
+                # a copy would be trained on the worker and this tensor never (a silent no-op)
+                raise TypeError("an optimizer on a worker takes pointers to its parameters (remote.parameters(), "
+                                "or sent tensors), not local tensors: send the model first, remote = "
+                                "client.send(model)")
+    return groups
 
 
 def _optimizer_handle(opt: Any) -> PointerTensor:
