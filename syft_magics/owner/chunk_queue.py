@@ -79,8 +79,7 @@ class ChunkQueue:
         if not self._held and not (len(parts) == 3 and len(parts[2]) >= limits.MIN_CHUNK_BYTES):
             return False
         token = server.connections.token(parts[-1]) if server.connections is not None else 0
-        session = server.sessions.get(parts[0].bytes)
-        if session is None or session.conn != token or not self.take(parts, token):
+        if not _alive(server, parts, token) or not self.take(parts, token):
             return False
         while self.full:
             self.serve_one(server, router)
@@ -92,6 +91,11 @@ class ChunkQueue:
         if held is None:
             return
         token, parts = held
-        session = server.sessions.get(parts[0].bytes)
-        if session is not None and session.conn == token:
+        if _alive(server, parts, token):
             server._guarded(router, parts, token)
+
+
+def _alive(server: "Server", parts: List[Any], token: int) -> bool:
+    """Whether the message ``parts`` comes from a session served on the connection ``token`` (it came in on)."""
+    session = server.sessions.get(parts[0].bytes)
+    return session is not None and session.conn == token

@@ -47,7 +47,7 @@ class Lane:
     def says_goodbye(self) -> bool:
         """Whether the client's goodbye waits in the backlog, behind messages it sent before it (it ends the
         session; frees of pointers collected at the client's exit may follow it)."""
-        return any(peek(parts[0]).get("t") == Kind.BYE for _, parts, _ in self.backlog)
+        return any(is_goodbye(parts) for _, parts, _ in self.backlog)
 
     def defer(self, conn: int, parts: List[Any], batched: bool, front: bool = False) -> None:
         """Keep a message to serve once the lane is free (``front``: before those already waiting)."""
@@ -76,6 +76,11 @@ class Lane:
             call_soon(handing)
 
         threading.Thread(target=main, name=f"syft-lane-{self.label}", daemon=True).start()
+
+
+def is_goodbye(parts: List[Any]) -> bool:
+    """Whether the message ``parts`` (``[header, *frames]``, not decoded yet) is a client's goodbye."""
+    return peek(parts[0]).get("t") == Kind.BYE
 
 
 def _handing(done: Done, handed: Tuple[Any, Optional[BaseException], float]) -> Callable[[Any], None]:

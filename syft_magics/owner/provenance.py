@@ -38,7 +38,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import ErrorCode
 from ..wire import limits
-from ..wire.results import describe, flatten, quiet_tracing
+from ..wire.results import autograd_leaf, describe, flatten, quiet_tracing
 from .aggregate import average_models
 from .models import model_weights
 from .policy import OpenPolicy
@@ -338,10 +338,9 @@ def _grads(value: Any) -> Any:
     """Which gradient ``value`` holds now (None if none), its parameters' for a model or an optimizer: each as
     ``(id, version)``, which any write into it changes."""
     if isinstance(value, torch.Tensor):
-        try:  # (a non-leaf has a .grad only if it retains it; torch warns when one is read otherwise)
-            g = value.grad if value.requires_grad and (value.is_leaf or value.retains_grad) else None
-        except RuntimeError:  # a view torch answers no autograd question about (see wire.results.autograd_leaf)
-            return None
+        leaf = autograd_leaf(value)  # (None: a view torch answers no autograd question about)
+        # (a non-leaf has a .grad only if it retains it; torch warns when one is read otherwise)
+        g = value.grad if value.requires_grad and (leaf or leaf is False and value.retains_grad) else None
         return None if g is None else (id(g), g._version)
     if isinstance(value, torch.nn.Module):
         return tuple(_grads(p) for p in value.parameters())

@@ -217,7 +217,7 @@ class Server(Handshakes, DirectPort, Ops):
                 lane.backlog.clear()
                 return
             self._conn, parts, batched = lane.backlog.popleft()
-            after = list(lane.backlog) if lane.backlog and peek(parts[0]).get("t") == Kind.BYE else ()
+            after = list(lane.backlog) if lane.backlog and lanes.is_goodbye(parts) else ()
             self._send_replies(router, session.ident, self._answer(session.ident, parts, batched, queued=True))
             if after and self.sessions.get(session.ident) is not session:
                 for self._conn, parts, batched in after:  # sent after its goodbye: answered as a stranger's are
@@ -481,4 +481,3 @@ class Server(Handshakes, DirectPort, Ops):
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
                 Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release, **streams.HANDLERS,
                 Kind.TICKET: tickets.on_ticket, Kind.MOVE: moves.on_move}
-

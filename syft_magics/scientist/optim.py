@@ -34,9 +34,13 @@ class RemoteObject:
     """An optimizer or scheduler on a worker, reached through a handle the worker frees when it dies."""
 
     def __init__(self, client: "Client", kind: str, name: str, args: tuple, kwargs: dict) -> None:
-        for ptr in _pointers((args, kwargs)):
-            if ptr.client is not client:
-                raise CrossWorkerError(f"{kind}.{name} on {client.name} was given a pointer on {ptr.client.name}; "
+        for t in _tensors((args, kwargs)):
+            if not isinstance(t, PointerTensor):  # a copy would be trained on the worker and this tensor never
+                raise TypeError("an optimizer on a worker takes pointers to its parameters (remote.parameters(), "
+                                "or sent tensors), not local tensors: send the model first, remote = "
+                                "client.send(model)")
+            if t.client is not client:
+                raise CrossWorkerError(f"{kind}.{name} on {client.name} was given a pointer on {t.client.name}; "
                                        "an optimizer updates parameters on one worker only")
         self._client = client
         self.name = name
@@ -92,17 +96,8 @@ class _Namespace:
 
 def _params(params: Any) -> Any:
     if isinstance(params, (PointerTensor, dict)):
-        params = [params]
-    groups = [dict(p) if isinstance(p, dict) else p for p in params]
-    for item in groups:
-        inner = item.get("params", ()) if isinstance(item, dict) else (item,)
-        for p in [inner] if isinstance(inner, torch.Tensor) else inner:
-            if isinstance(p, torch.Tensor) and not isinstance(p, PointerTensor):
-                # a copy would be trained on the worker and this tensor never (a silent no-op)
-                raise TypeError("an optimizer on a worker takes pointers to its parameters (remote.parameters(), "
-                                "or sent tensors), not local tensors: send the model first, remote = "
-                                "client.send(model)")
-    return groups
+        return [params]
+    return [dict(p) if isinstance(p, dict) else p for p in params]
 
 
 def _optimizer_handle(opt: Any) -> PointerTensor:
@@ -121,11 +116,11 @@ def lr_scheduler(client: "Client") -> _Namespace:
     return _Namespace(client, "lr_scheduler", SCHEDULERS, RemoteScheduler, _optimizer_handle)
 
 
-def _pointers(obj: Any) -> list:
-    if isinstance(obj, PointerTensor):
+def _tensors(obj: Any) -> list:
+    if isinstance(obj, torch.Tensor):
         return [obj]
     if isinstance(obj, (list, tuple)):
-        return [p for o in obj for p in _pointers(o)]
+        return [t for o in obj for t in _tensors(o)]
     if isinstance(obj, dict):
-        return [p for o in obj.values() for p in _pointers(o)]
+        return [t for o in obj.values() for t in _tensors(o)]
     return []

@@ -132,8 +132,13 @@ class RemoteModule:
     eval = _evaluation
 
     @property
+    def _here(self) -> nn.Module:
+        """The local stand-in that follows the remote model's modes: its shell (client path) or meta copy."""
+        return self._shell if self.path == "client" else self._meta
+
+    @property
     def training(self) -> bool:
-        return (self._shell if self.path == "client" else self._meta).training
+        return self._here.training
 
     def to(self, device: Any) -> "RemoteModule":
         """Move the model on the worker, within the devices it allows (the CPU by default)."""
@@ -167,13 +172,11 @@ class RemoteModule:
         state = cast(Dict[str, torch.Tensor], self._client.get(self._handle, timeout=timeout))
         if self.path == "worker":
             module = spec_format.build(self._spec, device="cpu")
-            for mine, theirs in zip(module.modules(), self._meta.modules()):
-                mine.training = theirs.training
         else:
             module = copy.deepcopy(self._template)
-            for mine, theirs in zip(module.modules(), self._shell.modules()):
-                mine.training = theirs.training
             state = _with_tied(module, state)
+        for mine, theirs in zip(module.modules(), self._here.modules()):
+            mine.training = theirs.training
         module.load_state_dict(state)
         for name, param in module.named_parameters():
             param.requires_grad_(self._pointers[name].requires_grad)
@@ -204,13 +207,7 @@ class RemoteModule:
     @property
     def aliases(self) -> Dict[str, str]:
         """The names of tied weights after their first (client path): each with that first name."""
-        first: Dict[int, str] = {}
-        out: Dict[str, str] = {}
-        for name, ptr in self._pointers.items():
-            out_name = first.setdefault(id(ptr), name)
-            if out_name != name:
-                out[name] = out_name
-        return out
+        return {name: group[0] for group in _tied(self._pointers) for name in group[1:]}
 
     def move(self, target: "Client", timeout: Any = None) -> "RemoteModule":
         """Send this model from its worker straight to ``target``'s (never through here); returns it there.
@@ -270,14 +267,19 @@ def _handle_standin(*args: Any, **kwargs: Any) -> torch.Tensor:
     return torch.empty(0, device="meta")
 
 
+def _tied(named: Dict[str, Any]) -> List[List[str]]:
+    """The names of ``named`` grouped by the object they name, in order (a group of two or more: tied)."""
+    groups: Dict[int, List[str]] = {}
+    for name, obj in named.items():
+        groups.setdefault(id(obj), []).append(name)
+    return list(groups.values())
+
+
 def _with_tied(module: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """``state`` with the names of ``module``'s tied weights (a layer used twice, a weight shared by two layers)
     filled from the name it was sent under."""
-    names: Dict[int, List[str]] = {}
-    for name, t in module.state_dict(keep_vars=True).items():
-        names.setdefault(id(t), []).append(name)
     out = dict(state)
-    for group in names.values():
+    for group in _tied(module.state_dict(keep_vars=True)):
         given = next((n for n in group if n in state), None)
         if given is not None:
             out.update({n: state[given] for n in group if n not in state})

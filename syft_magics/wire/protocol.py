@@ -95,6 +95,7 @@ EXT_REF, EXT_TENSOR, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_SIZE, EX
 #: memory_format=torch.preserve_format)`` in torch's optimizers), by name.
 MEMORY_FORMATS = {str(f).split(".")[-1]: f for f in (torch.contiguous_format, torch.preserve_format,
                                                      torch.channels_last, torch.channels_last_3d)}
+_FORMAT_NAMES = {f: name.encode() for name, f in MEMORY_FORMATS.items()}
 
 #: The only dtypes that may cross the wire, by name.
 DTYPES = {
@@ -252,7 +253,7 @@ class Encoder:
         if isinstance(obj, torch.dtype):
             return msgpack.ExtType(EXT_DTYPE, dtype_name(obj).encode())
         if isinstance(obj, torch.memory_format):
-            return msgpack.ExtType(EXT_MEMORY_FORMAT, str(obj).split(".")[-1].encode())
+            return msgpack.ExtType(EXT_MEMORY_FORMAT, _FORMAT_NAMES[obj])
         if isinstance(obj, bool):
             return bool(obj)
         if isinstance(obj, int):
