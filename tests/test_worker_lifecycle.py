@@ -100,3 +100,64 @@ def test_starting_a_worker_draws_nothing_from_the_owners_random_numbers(tmp_path
     env = {**os.environ, "SYFT_MAGICS_RUNTIME_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", RNG_SCRIPT], capture_output=True, text=True, timeout=100, env=env)
     assert out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+def _warm_ups_done() -> bool:
+    import threading
+
+    return not any("warm-up" in t.name or t.name == "syft-gc-freeze" for t in threading.enumerate())
+
+
+def test_what_exists_when_a_worker_has_warmed_up_is_out_of_the_collectors_reach_until_it_stops(make_worker):
+    import gc
+    import weakref
+
+    from helpers import wait_until
+
+    assert gc.get_freeze_count() == 0
+    old = [object() for _ in range(3)]  # (tracked containers of their own would do as well)
+    old_list = [old]
+    bob = make_worker("Bob")
+    assert wait_until(_warm_ups_done, timeout=60)
+    frozen = gc.get_freeze_count()
+    assert frozen > 100_000, "torch, the package and the warm-ups' imports are frozen"
+    tracked = {id(o) for o in gc.get_objects()}
+    assert id(old_list) not in tracked, "a full collection does not walk what existed before"
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a reference cycle made while the worker runs is garbage as always
+    dead = weakref.ref(a)
+    del a, b
+    gc.collect()
+    assert dead() is None
+    alice = make_worker("Alice")
+    bob.stop()
+    assert gc.get_freeze_count() >= frozen, "Alice still runs"
+    alice.stop()
+    assert gc.get_freeze_count() == 0
+    assert id(old_list) in {id(o) for o in gc.get_objects()}
+
+
+def test_a_process_that_froze_objects_itself_is_left_alone(make_worker, monkeypatch):
+    import gc
+
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        bob = make_worker("Bob")
+        assert gc.get_freeze_count() == mine
+        bob.stop()
+        assert gc.get_freeze_count() == mine, "not unfrozen by the worker"
+    finally:
+        gc.unfreeze()
+
+
+def test_freezing_can_be_turned_off(make_worker, monkeypatch):
+    import gc
+
+    monkeypatch.setattr(sm.defaults, "freeze_gc", False)
+    make_worker("Bob")
+    assert gc.get_freeze_count() == 0

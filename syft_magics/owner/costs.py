@@ -326,11 +326,11 @@ def warm() -> bool:
     return _warm.is_set() or not _warming.locked()
 
 
-def warm_up() -> None:
-    """Measure the rates and load the fake-tensor machinery once, in a background thread (seconds on
-    a busy machine, which would otherwise delay a client's first heavy op)."""
+def warm_up() -> Optional[threading.Thread]:
+    """Measure the rates and load the fake-tensor machinery once, in a background thread (returned; None
+    if one ran already): seconds on a busy machine, which would otherwise delay a client's first heavy op."""
     if not _warming.acquire(blocking=False):
-        return
+        return None
 
     def run() -> None:
         try:
@@ -342,4 +342,6 @@ def warm_up() -> None:
             _warm.set()
 
     # not a daemon: a daemon thread still importing when the interpreter exits crashes it
-    threading.Thread(target=run, name="torch-cost-warm-up", daemon=False).start()
+    thread = threading.Thread(target=run, name="torch-cost-warm-up", daemon=False)
+    thread.start()
+    return thread

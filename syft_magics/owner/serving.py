@@ -26,6 +26,7 @@ from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import ZERO_COPY_BYTES, readable, recv_parts
 from . import costs, lanes, moves, provenance, quotas, releases, streams, tickets, writes
 from .chunk_queue import ChunkQueue
+from .collector import freezer
 from .connections import Connections
 from .direct import DirectPort
 from .handshake import Handshakes
@@ -85,9 +86,7 @@ class Server(Handshakes, DirectPort, Ops):
         wake_send.connect(address)
         self._wake_send = wake_send
         self._running = True
-        writes.warm_up()
-        costs.warm_up()
-        provenance.warm_up()
+        freezer.acquire([writes.warm_up(), costs.warm_up(), provenance.warm_up()])
         self._thread = threading.Thread(target=self._serve, args=(router, wake_recv),
                                         name=f"syft-worker-{self.name}", daemon=True)
         self._thread.start()
@@ -102,6 +101,7 @@ class Server(Handshakes, DirectPort, Ops):
             if self._wake_send is not None:
                 self._wake_send.close(0)
                 self._wake_send = None
+                freezer.release()
         return self._thread is None or not self._thread.is_alive()
 
     def end_all(self, reason: str) -> None:

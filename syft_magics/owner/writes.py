@@ -162,18 +162,21 @@ _NO_GUARD = contextlib.nullcontext()
 _warming = threading.Lock()
 
 
-def warm_up() -> None:
-    """Run the guard once, in a background thread: the first dispatch mode of a process makes torch
-    import its compiler stack (seconds), which would otherwise delay a client's first op on the owner's data."""
+def warm_up() -> Optional[threading.Thread]:
+    """Run the guard once, in a background thread (returned; None if one ran already): the first dispatch
+    mode of a process makes torch import its compiler stack (seconds), which would otherwise delay a
+    client's first op on the owner's data."""
     if not _warming.acquire(blocking=False):
-        return
+        return None
 
     def run() -> None:
         with WriteGuard(set(), set(), {}):
             torch.zeros(1).add_(1)
 
     # not a daemon: a daemon thread still importing when the interpreter exits crashes it
-    threading.Thread(target=run, name="torch-dispatch-warm-up", daemon=False).start()
+    thread = threading.Thread(target=run, name="torch-dispatch-warm-up", daemon=False)
+    thread.start()
+    return thread
 
 
 def versions(used: List["Entry"]) -> List[Tuple["Entry", int]]:
