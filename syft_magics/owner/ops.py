@@ -270,7 +270,7 @@ class Ops:
         try:
             if header.get("m"):
                 out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
-                reply = self.disclosure.describe(result, out, shown)
+                reply = self.disclosure.describe(result, out, shown, call[0])
             elif len(out) != len(leaves):
                 raise Reject(ErrorCode.BAD_ARGS, f"{op} returned {len(leaves)} results, the client expected "
                                                  f"{len(out)}", public=not prov.hidden)

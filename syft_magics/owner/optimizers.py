@@ -19,6 +19,9 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ..wire.protocol import ErrorCode
+from ..wire.results import MAX_TEXT
+
 OPTIMIZERS: Dict[str, type] = {name: getattr(torch.optim, name)
                                for name in ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")}
 SCHEDULERS: Dict[str, type] = {name: getattr(torch.optim.lr_scheduler, name)
@@ -89,13 +92,80 @@ def zero_grad(opt: Any, set_to_none: bool = True) -> None:
     opt.zero_grad(set_to_none=bool(set_to_none))
 
 
+def settings(obj: Any) -> str:
+    """What a client reads of an optimizer or a scheduler: each parameter group's options without its
+    parameters (``opt.param_groups``), and a scheduler's ``get_last_lr()`` and ``last_epoch``, as JSON.
+    All of it follows from what the client chose (the options it gave, plain numbers: :func:`_options`)
+    and how many steps it took, never from the values trained on: the client reads it in the op's reply,
+    without a get (see ``provenance.VALUES_OF_CLIENT``)."""
+    import json
+
+    if isinstance(obj, LRScheduler):
+        found: Dict[str, Any] = {"last_lr": [_plain("lr", v) for v in obj.get_last_lr()],
+                                 "last_epoch": int(obj.last_epoch), "groups": _groups(obj.optimizer)}
+    elif isinstance(obj, Optimizer):
+        found = {"groups": _groups(obj)}
+    else:
+        raise TypeError(f"settings() needs an optimizer or a scheduler, got {type(obj).__name__}")
+    data = json.dumps(found)
+    if len(data) > MAX_TEXT:  # (a few hundred characters per group)
+        raise ValueError(f"the optimizer's settings take {len(data)} characters, more than {MAX_TEXT}")
+    return data
+
+
+def _groups(opt: Optimizer) -> list:
+    return [{k: _plain(k, v) for k, v in group.items() if k != "params"} for group in opt.param_groups]
+
+
+def _plain(key: str, value: Any) -> Any:
+    """``value`` as JSON may carry it: None, a bool, a number or a tuple of numbers; anything else (a tensor
+    torch itself put there) is refused rather than described."""
+    if value is None or type(value) in _SCALARS:
+        return value
+    if type(value) in (tuple, list) and all(type(v) in _SCALARS for v in value):
+        return list(value)
+    raise TypeError(f"the optimizer's {key} is a {type(value).__name__}, which cannot be read this way")
+
+
+def set_option(opt: Any, group: int, key: str, value: Any) -> None:
+    """``opt.param_groups[group][key] = value``, for an option the group has (a learning rate, a weight decay...),
+    to a plain value of the same kind. Refused where the change would make the optimizer keep more state
+    than it was charged for when it was made (momentum turned on: see :func:`state_bytes`): a new optimizer
+    with that option is charged for it."""
+    from .replies import Reject  # (its refusals tell only the client's own choices: never withheld)
+
+    if not isinstance(opt, Optimizer):
+        raise Reject(ErrorCode.BAD_ARGS, f"param_groups can be set on an optimizer, not a {type(opt).__name__}")
+    if type(group) is not int or not 0 <= group < len(opt.param_groups):
+        raise Reject(ErrorCode.BAD_ARGS, f"the optimizer has {len(opt.param_groups)} parameter groups, "
+                                         f"no group {group!r}")
+    options = opt.param_groups[group]
+    if key == "params" or type(key) is not str or key not in options:
+        known = ", ".join(k for k in options if k != "params")
+        raise Reject(ErrorCode.BAD_ARGS, f"{type(opt).__name__}'s parameter groups have no option {key!r} that "
+                                         f"can be set (options: {known})")
+    old = options[key]
+    values = value if isinstance(value, tuple) else (value,)
+    if not all(v is None or type(v) in _SCALARS for v in values) or isinstance(old, tuple) != isinstance(
+            value, tuple) or (isinstance(old, tuple) and len(old) != len(value)):
+        raise Reject(ErrorCode.BAD_ARGS, f"{type(opt).__name__}'s {key} is {old!r}: a value of that kind is "
+                                         f"expected, not a {type(value).__name__}")
+    changed = {**{k: v for k, v in options.items() if k != "params"}, key: value}
+    if _ratio(type(opt), changed) > _ratio(type(opt), options):
+        raise Reject(ErrorCode.BAD_ARGS, f"setting {key}={value!r} would make this {type(opt).__name__} keep "
+                                         f"state it was not charged for; make a new optimizer with "
+                                         f"{key}={value!r} instead")
+    options[key] = value
+
+
 #: The optimizers' constructors, by name (their parameters must be a client's own tensors: see ops.py).
 _FACTORIES = {f"syft.optim.{n}": _optimizer_factory(c) for n, c in OPTIMIZERS.items()}
 OPTIMIZER_FACTORIES = frozenset(_FACTORIES.values())
 
 
 def ops() -> Dict[str, Callable]:
-    table: Dict[str, Callable] = {"syft.optim_step": step, "syft.optim_zero_grad": zero_grad}
+    table: Dict[str, Callable] = {"syft.optim_step": step, "syft.optim_zero_grad": zero_grad,
+                                  "syft.optim_settings": settings, "syft.optim_set": set_option}
     table.update(_FACTORIES)
     table.update({f"syft.lr_scheduler.{n}": _scheduler_factory(c) for n, c in SCHEDULERS.items()})
     return table

@@ -41,6 +41,7 @@ from ..wire import limits
 from ..wire.results import autograd_leaf, describe, flatten, quiet_tracing
 from .aggregate import average_models
 from .models import model_weights
+from .optimizers import settings
 from .policy import OpenPolicy
 
 if TYPE_CHECKING:
@@ -71,6 +72,11 @@ class Provenance:
 #: Ops over models whose results' shapes are their models' parameters' (an average of models, a model's weights
 #: grouped): public, though no trace can tell it (a model's state is not traced).
 SHAPES_OF_MODELS = frozenset({average_models, model_weights})
+
+#: Ops whose results follow from what the client chose alone, whatever they are computed over: an optimizer's
+#: options (plain numbers it gave, moved by its schedulers' step counts: optimizers.settings). Their results
+#: (text) travel in the reply that describes them (wire.results.describe), with no get to approve.
+VALUES_OF_CLIENT = frozenset({settings})
 
 #: A client's own object (sent, or computed from its own objects): nothing to withhold.
 CLIENT = Provenance()
@@ -153,6 +159,8 @@ class Disclosure:
                   result: Any) -> Tuple[Provenance, Optional[List[bool]]]:
         """The provenance of an op's result, and which of its leaves have a shape the client may see
         (``None``: all of them; an empty list: not even the result's structure may be told)."""
+        if fn in VALUES_OF_CLIENT:
+            return CLIENT, None
         prov = self.of_inputs(used)
         if not prov.owner or not self.guarded:
             return prov, None
@@ -235,14 +243,15 @@ class Disclosure:
             if not entry.provenance.owner and _grads(entry.tensor) != grads:
                 entry.provenance = Provenance(True, prov.sources)
 
-    def describe(self, result: Any, ids: List[Optional[bytes]], shown: Optional[List[bool]]) -> list:
-        """The reply to a client that asked what an op returned (see :mod:`syft_magics.wire.results`)."""
+    def describe(self, result: Any, ids: List[Optional[bytes]], shown: Optional[List[bool]], fn: Any = None) -> list:
+        """The reply to a client that asked what an op returned (see :mod:`syft_magics.wire.results`): with
+        the text its op ``fn`` returned, if its values are the client's (:data:`VALUES_OF_CLIENT`)."""
         if shown is not None and not shown and not flatten(result)[1].is_leaf():
             from .replies import Reject
 
             raise Reject(ErrorCode.BAD_ARGS, "how many tensors this op returns depends on a shape the owner "
                                              "withholds; request that shape first (ptr.request_shape())")
-        return describe(result, ids, shown)
+        return describe(result, ids, shown, text=fn in VALUES_OF_CLIENT)
 
     # -- errors ----------------------------------------------------------------------------
     def failure(self, session: Any, op: str, prov: Provenance, exc: Exception) -> Exception:
@@ -276,15 +285,18 @@ class Withheld(Exception):
 _warming = threading.Lock()
 
 
-def warm_up() -> None:
-    """Trace one op in a background thread at worker start: the first trace imports torch's symbolic
-    shapes (sympy; seconds), which would otherwise hold the serving thread on a client's first op."""
+def warm_up() -> Optional[threading.Thread]:
+    """Trace one op in a background thread (returned; None if one ran already) at worker start: the first
+    trace imports torch's symbolic shapes (sympy; seconds), which would otherwise hold the serving thread
+    on a client's first op."""
     if not _warming.acquire(blocking=False):
-        return
+        return None
     x = torch.zeros(2)
     # not a daemon: a daemon thread still importing when the interpreter exits crashes it
-    threading.Thread(target=_trace, args=(torch.nonzero, [x], pytree.tree_flatten(((x,), {}))[1], set()),
-                     name="torch-trace-warm-up", daemon=False).start()
+    thread = threading.Thread(target=_trace, args=(torch.nonzero, [x], pytree.tree_flatten(((x,), {}))[1], set()),
+                              name="torch-trace-warm-up", daemon=False)
+    thread.start()
+    return thread
 
 
 def _signature(x: Any, hidden: bool) -> Any:

@@ -171,9 +171,16 @@ def _train(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
     return Cost(sum(1 for _ in args[0].modules()) * 1e-6, 0, 0)
 
 
+def _settings(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
+    # (a few dict reads per group; setting an option may first measure the optimizer class's state once)
+    return Cost(1e-4, 0, optimizers.MAX_TEXT)
+
+
 _RULES: Dict[Callable[..., Any], Callable[[Any, Dict[str, Any], bool], Cost]] = {
     models.module_call: _forward,
     models.module_train: _train,
     optimizers.step: _step,
     optimizers.zero_grad: _zero_grad,
+    optimizers.settings: _settings,
+    optimizers.set_option: _settings,
 }

@@ -8,11 +8,13 @@ parameters (PySyft sent one per parameter), so a training step costs a constant 
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Callable
+import json
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
-from ..errors import CrossWorkerError
+from ..errors import CrossWorkerError, ProtocolError
 from .pointer import PointerTensor
 
 if TYPE_CHECKING:
@@ -28,6 +30,10 @@ def _handle_standin(*args: Any, **kwargs: Any) -> torch.Tensor:
 
 def _none(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+def _text(*args: Any, **kwargs: Any) -> str:
+    return ""
 
 
 class RemoteObject:
@@ -47,9 +53,23 @@ class RemoteObject:
         self._handle: PointerTensor = client.run(_handle_standin, f"syft.{kind}.{name}", args, kwargs)
         client.untrack(self._handle)  # a handle, not a tensor to list
 
-    def step(self) -> None:
-        """One message, run on the worker."""
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One message, run on the worker. ``closure`` (torch's optional argument): called first, with grad
+        on, to compute the loss again (its ops run on the worker as any); its result is returned."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         self._client.run(_none, "syft.optim_step", (self._handle,), {})
+        return loss
+
+    def _settings(self) -> Dict[str, Any]:
+        """What the worker says of this object's options now (after every op sent before): one round trip,
+        its answer in the reply (the client's own choices: no get to approve)."""
+        text = self._client.run(_text, "syft.optim_settings", (self._handle,), {}, described=True)
+        if not isinstance(text, str):
+            raise ProtocolError(f"{self._client.name} did not describe the optimizer's options")
+        return json.loads(text)
 
     @property
     def location(self) -> str:
@@ -62,13 +82,97 @@ class RemoteObject:
 class RemoteOptimizer(RemoteObject):
     """``torch.optim.<name>`` on the worker."""
 
+    def __init__(self, client: "Client", kind: str, name: str, args: tuple, kwargs: dict) -> None:
+        super().__init__(client, kind, name, args, kwargs)
+        first = args[0] if args else []
+        #: the pointers of each parameter group, as given (``param_groups[i]["params"]``)
+        self._params: List[List[torch.Tensor]] = [_tensors(g.get("params", ())) for g in first] \
+            if first and isinstance(first[0], dict) else [_tensors(first)]
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """One message, run on the worker."""
         self._client.run(_none, "syft.optim_zero_grad", (self._handle, bool(set_to_none)), {})
 
+    @property
+    def param_groups(self) -> List["ParamGroup"]:
+        """Each parameter group, as ``torch.optim`` has them: ``opt.param_groups[0]["lr"]`` reads the
+        worker's current learning rate (schedulers' steps included), ``... = 0.01`` sets it there."""
+        return [ParamGroup(self, i) for i in range(len(self._settings()["groups"]))]
+
+    @property
+    def defaults(self) -> Dict[str, Any]:
+        """The options of the first parameter group (those the optimizer was made with, unless set since)."""
+        return dict(self._settings()["groups"][0])
+
+    def state_dict(self) -> Dict[str, Any]:
+        raise NotImplementedError(
+            f"state_dict() of an optimizer on {self._client.name} is not available: its state (momentum, "
+            "Adam's moments) is computed from the owner's data and stays on the worker; checkpoint the model "
+            "(remote.get() where the owner allows it) and make a new optimizer to resume")
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        raise NotImplementedError(f"load_state_dict() of an optimizer on {self._client.name} is not available: "
+                                  "make a new optimizer with the options you want (client.optim...)")
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        raise NotImplementedError(f"add_param_group() of an optimizer on {self._client.name} is not available: "
+                                  "make the optimizer with every group at once (a list of dicts, as torch takes)")
+
+
+class ParamGroup(MutableMapping):
+    """One parameter group of a :class:`RemoteOptimizer`: reads ask the worker (each one current, after the
+    ops sent before it), writes set the option there and wait for its answer (an unknown option, a value
+    of the wrong kind or one that would need more optimizer state raise here)."""
+
+    def __init__(self, optimizer: RemoteOptimizer, index: int) -> None:
+        self._opt, self._index = optimizer, index
+
+    def _options(self) -> Dict[str, Any]:
+        return self._opt._settings()["groups"][self._index]
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "params":
+            return list(self._opt._params[self._index]) if self._index < len(self._opt._params) else []
+        value = self._options()[key]
+        return tuple(value) if isinstance(value, list) else value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "params":
+            raise TypeError("a parameter group's params cannot be changed on a worker: make a new optimizer")
+        values = value if isinstance(value, tuple) else (value,)
+        if not all(v is None or type(v) in (bool, int, float) for v in values):
+            raise TypeError(f"{key} must be a number, a bool or a tuple of numbers, not a {type(value).__name__} "
+                            "(a tensor's value would have to come from the worker first)")
+        self._opt._client.run(_none, "syft.optim_set", (self._opt._handle, self._index, key, value), {},
+                              described=True)
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("an optimizer's options cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(["params", *self._options()])
+
+    def __len__(self) -> int:
+        return 1 + len(self._options())
+
+    def __repr__(self) -> str:
+        return f"<param group {self._index} of {self._opt!r}: {self._options()}>"
+
 
 class RemoteScheduler(RemoteObject):
     """``torch.optim.lr_scheduler.<name>`` on the worker, over a :class:`RemoteOptimizer`."""
+
+    def get_last_lr(self) -> List[float]:
+        """The learning rate of each parameter group after the scheduler's last step (one round trip)."""
+        return list(self._settings()["last_lr"])
+
+    @property
+    def last_epoch(self) -> int:
+        return int(self._settings()["last_epoch"])
+
+    def state_dict(self) -> Dict[str, Any]:
+        raise NotImplementedError(f"state_dict() of a scheduler on {self._client.name} is not available: "
+                                  "make a new one with last_epoch=... to resume")
 
 
 class _Namespace:

@@ -29,6 +29,8 @@ from .protocol import DTYPES, dtype_name
 #: The deepest result tree read from the wire, and the most leaves (a worker is not trusted blindly).
 MAX_DEPTH = 16
 MAX_LEAVES = 4096
+#: The longest text a description carries (an optimizer's options: a few hundred characters).
+MAX_TEXT = 1 << 16
 
 Leaf = Tuple[Any, ...]
 
@@ -120,10 +122,12 @@ def quiet_tracing() -> Iterator[None]:
 
 
 # -- the wire form ---------------------------------------------------------------------------
-def describe(result: Any, ids: Sequence[Optional[bytes]], shown: Optional[Sequence[bool]] = None) -> list:
+def describe(result: Any, ids: Sequence[Optional[bytes]], shown: Optional[Sequence[bool]] = None,
+             text: bool = False) -> list:
     """The wire description of an op's result: ``[structure, leaves]``; a tensor leaf is
-    ``["T", id, shape or None, dtype, requires_grad, is_leaf]`` and any other leaf ``["V"]`` (no value).
-    ``shown``: which leaves' shapes may be told (``None``: all)."""
+    ``["T", id, shape or None, dtype, requires_grad, is_leaf]`` and any other leaf ``["V"]`` (no value), or
+    ``["V", text]`` for a string where ``text`` (the op's values are the client's own: an optimizer's
+    options). ``shown``: which leaves' shapes may be told (``None``: all)."""
     leaves, spec = flatten(result)
     out = []
     for i, (oid, x) in enumerate(zip(ids, leaves)):
@@ -132,7 +136,7 @@ def describe(result: Any, ids: Sequence[Optional[bytes]], shown: Optional[Sequen
             out.append(["T", oid, list(x.shape) if show else None, dtype_name(x.dtype), x.requires_grad,
                         autograd_leaf(x) is not False])
         else:
-            out.append(["V"])
+            out.append(["V", x] if text and type(x) is str and len(x) <= MAX_TEXT else ["V"])
     return [spec_to_wire(spec), out]
 
 
@@ -167,7 +171,9 @@ def from_wire(desc: Any) -> Tuple[Tree, List[Optional[bytes]]]:
             leaves.append(("T", shape, wire_dtype(item[3]), bool(item[4]), leaf))
             ids.append(item[1])
         else:
-            leaves.append(("V", None))
+            text = item[1] if isinstance(item, list) and len(item) == 2 and type(item[1]) is str \
+                and len(item[1]) <= MAX_TEXT else None
+            leaves.append(("V", text))
             ids.append(None)
     if len(leaves) != spec.num_leaves or len(leaves) > MAX_LEAVES:
         raise ProtocolError("result description from the worker does not match its structure")
