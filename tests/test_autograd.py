@@ -246,11 +246,29 @@ def test_in_place_ops_on_a_non_leaf_work_as_in_torch(seed):
         w.mul_(3)
 
 
-def test_code_that_moves_tensors_to_a_pointers_device_gets_a_clear_error(seed):
-    """clip_grad_norm_ moves the norms to ``p.device``, which is 'meta' on a pointer: the error said the worker
-    allowed "cpu, not meta" (a user's walk-through); it now says why and what works instead."""
+@pytest.mark.parametrize("norm_type", [2.0, float("inf")])
+def test_clip_grad_norm_on_a_remote_model_equals_torchs(seed, norm_type):
+    """clip_grad_norm_ moves the norms to ``p.device``, which reads 'meta' on a pointer: refused before (with
+    a clear error since a user's walk-through), it now stands for the worker's device, the CPU, where
+    every tensor of a CPU worker is (a worker with several devices still refuses it, below)."""
+    bob, client = seed
+    torch.manual_seed(0)
+    local = torch.nn.Linear(3, 2)
+    remote = client.send(local)
+    x = torch.randn(4, 3)
+    remote(client.send(x)).sum().backward()
+    local(x).sum().backward()
+    total = torch.nn.utils.clip_grad_norm_(remote.parameters(), 0.1, norm_type=norm_type)
+    local_total = torch.nn.utils.clip_grad_norm_(local.parameters(), 0.1, norm_type=norm_type)
+    assert torch.allclose(total.get(), local_total)
+    for p, q in zip(remote.parameters(), local.parameters()):
+        assert torch.allclose(p.grad.get(), q.grad)
+
+
+def test_moving_to_a_pointers_device_on_a_worker_of_several_devices_gets_a_clear_error(seed, monkeypatch):
     bob, client = seed
     remote = client.send(torch.nn.Linear(3, 2))
     remote(client.send(torch.ones(4, 3))).sum().backward()
+    monkeypatch.setattr(type(client), "devices", property(lambda self: ("cpu", "cuda")))
     with pytest.raises(sm.OpNotAllowed, match="holds no data on this side.*clip_grad_norm_"):
         torch.nn.utils.clip_grad_norm_(remote.parameters(), 1.0)

@@ -217,7 +217,8 @@ class Ops:
         finally:
             if recorder is not None and recorder.saved:
                 self.store.keep_saved(session.ident, recorder.graph, recorder.saved)
-            self.disclosure.grads_written(grads)
+            if grads is not None:
+                self.disclosure.grads_written(grads)
 
     def _keep_leaves(self, session: Session, used: List[Entry], result: Any, written: Optional[List[Entry]]) -> None:
         """Keep the op's leaf inputs charged while the graph it left on its results and on what it wrote into

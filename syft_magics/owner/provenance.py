@@ -211,10 +211,13 @@ class Disclosure:
     def taint(self, used: List["Entry"], written: List["Entry"]) -> None:
         """After an op: the clients' objects it wrote (and the models and optimizers it used, whose
         state it may have changed) now derive from whatever it read."""
+        touched = [*written, *(e for e in used if not isinstance(e.tensor, torch.Tensor))]
+        if not touched:  # (most ops: they wrote nothing and used tensors only)
+            return
         prov = self.of_inputs(used)
         if not prov.owner:
             return
-        for entry in (*written, *(e for e in used if not isinstance(e.tensor, torch.Tensor))):
+        for entry in touched:
             if entry.session is not None and not (entry.provenance.owner and
                                                   entry.provenance.hidden >= prov.hidden):
                 entry.provenance = prov

@@ -94,20 +94,27 @@ def keyword_writes(fn: Any) -> Optional[FrozenSet[str]]:
     except TypeError:  # unhashable
         return None
     found: Optional[FrozenSet[str]] = None
-    if type(fn) in _BUILTIN_TYPES:
+    packets: List[Any] = []
+    if fn is torch.Tensor.__getitem__:  # (no operator of its name: those Python indexing dispatches to)
+        packets = [getattr(torch.ops.aten, name) for name in _INDEXING]
+    elif type(fn) in _BUILTIN_TYPES:
         name = getattr(fn, "__name__", "")
         packet = getattr(torch.ops.aten, name, None) if name else None
         if packet is None and name.startswith("__") and not name.startswith(("__i", "__r")):
             packet = getattr(torch.ops.aten, name.strip("_"), None)  # Tensor.__mul__ is aten::mul
-        if isinstance(packet, torch._ops.OpOverloadPacket):
-            writes = [w for overload in packet.overloads() for w in _write_plan(getattr(packet, overload))]
-            if all(i >= 0 and kwarg_only for i, _, kwarg_only in writes):
-                found = frozenset({"out", *(arg_name for _, arg_name, _ in writes)})
+        packets = [packet] if isinstance(packet, torch._ops.OpOverloadPacket) else []
+    if packets:
+        writes = [w for packet in packets for overload in packet.overloads()
+                  for w in _write_plan(getattr(packet, overload))]
+        if all(i >= 0 and kwarg_only for i, _, kwarg_only in writes):
+            found = frozenset({"out", *(arg_name for _, arg_name, _ in writes)})
     _KEYWORD_WRITES[fn] = found
     return found
 
 
 _BUILTIN_TYPES = (type(torch.add), type(torch.Tensor.add))
+#: The ATen operators ``x[...]`` dispatches to (basic and advanced indexing, ``None``, ``...``).
+_INDEXING = ("slice", "select", "index", "unsqueeze", "alias", "lift_fresh")
 _KEYWORD_WRITES: Dict[Any, Optional[FrozenSet[str]]] = {}
 
 

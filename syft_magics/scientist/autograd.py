@@ -141,11 +141,14 @@ def to(ptr: "PointerTensor", *args: Any, **kwargs: Any) -> "PointerTensor":
         raise NotImplementedError("ptr.to(other_tensor) is not supported; give a dtype or a device")
     device, dtype = _meta_device(args, kwargs)
     allowed = ptr.client.devices
+    if device is not None and device.type == "meta" and allowed == ("cpu",):
+        device = None  # the device every pointer's .device stands for, as torch.nn.utils.clip_grad_norm_ asks
     if device is not None and device.type == "meta":
         raise OpNotAllowed(f"a pointer's .device reads 'meta' here because it holds no data on this side (its "
-                           f"tensor is on {ptr.client.name}): code that moves tensors to ptr.device, such as "
-                           "torch.nn.utils.clip_grad_norm_, does not work on pointers; compute on the pointers "
-                           "themselves (e.g. clip_grad_value_, or norms with torch.linalg.vector_norm)")
+                           f"tensor is on {ptr.client.name}, which allows {', '.join(allowed)}): code that moves "
+                           "tensors to ptr.device, such as torch.nn.utils.clip_grad_norm_, cannot tell which device "
+                           "it means; name the device (ptr.to('cuda')), or compute on the pointers themselves "
+                           "(e.g. clip_grad_value_, or norms with torch.linalg.vector_norm)")
     if device is not None and device.type not in allowed:
         raise OpNotAllowed(f"{ptr.client.name} allows the devices {', '.join(allowed)}, not {device} "
                            "(results come back to you on the CPU)")
