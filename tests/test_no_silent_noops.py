@@ -110,3 +110,17 @@ def test_a_value_computed_from_a_stand_in_is_refused(seed):
     p = client.send(torch.ones(3))
     with pytest.raises(sm.OpNotAllowed, match="data_ptr"):
         p.data_ptr()
+
+
+def test_a_local_model_applied_to_a_pointer_is_refused_at_the_users_line(seed):
+    """Its weights would travel as copies: backward filled the copies' gradients on the worker and the local
+    optimizer's step changed nothing, silently (a user's walk-through). Refused where grad is on; under
+    no_grad (inference) it runs, as does a detached constant."""
+    bob, client = seed
+    model = nn.Linear(3, 2)
+    x = client.send(torch.randn(4, 3))
+    with pytest.raises(sm.OpNotAllowed, match="requires grad.*client.send\\(model\\)"):
+        model(x)
+    with torch.no_grad():
+        assert model(x).shape == (4, 2)
+    assert torch.allclose(F.linear(x, model.weight.detach()).get(), F.linear(x.get(), model.weight.detach()))

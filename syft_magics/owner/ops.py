@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple, TypeVar
 
 import torch
 import zmq
@@ -25,7 +25,7 @@ from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
 from . import autograd, costs, graphs, quotas, train_costs, writes
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
-from .provenance import Disclosure, Provenance
+from .provenance import PUBLIC_REFUSALS, Disclosure, Provenance
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
 from .store import Entry, ObjectStore, new_id
@@ -192,15 +192,18 @@ class Ops:
         grads = self.disclosure.grads_before(session.ident, used) if fn in autograd.WRITES_GRADS else None
         try:
             if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
-                if recorder is not None:
+                try:
+                    if recorder is None:
+                        if grad:
+                            return fn(*args, **kwargs), None
+                        with torch.no_grad():  # (the client's op ran under torch.no_grad())
+                            return fn(*args, **kwargs), None
                     with recorder:
                         result = fn(*args, **kwargs)
-                    self._keep_leaves(session, used, result, None)
-                    return result, None
-                if grad:
-                    return fn(*args, **kwargs), None
-                with torch.no_grad():  # (the client's op ran under torch.no_grad())
-                    return fn(*args, **kwargs), None
+                except Reject as exc:
+                    raise _own_refusal(fn, exc)
+                self._keep_leaves(session, used, result, None)
+                return result, None
             if recorder is not None:  # (it may deepen a graph in place: refused before it runs if too deep)
                 graphs.depth_of(used)
             before = writes.versions(used)
@@ -209,7 +212,7 @@ class Ops:
                         recorder or contextlib.nullcontext():
                     result = fn(*args, **kwargs)
             except Exception as exc:
-                raise _Ran(exc, writes.changed(before)) from None
+                raise _Ran(_own_refusal(fn, exc), writes.changed(before)) from None
             written = writes.changed(before)
             if recorder is not None:
                 self._keep_leaves(session, used, result, written)
@@ -346,6 +349,18 @@ class Ops:
         if shown is exc:
             raise exc
         raise shown from None
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def _own_refusal(fn: Any, exc: E) -> E:
+    """An error the op's own code raised: a refusal of its (a ``Reject``) is public only for the ops that vet
+    their refusals' text (``provenance.PUBLIC_REFUSALS``); any other is withheld as a torch error is, when the
+    op's inputs derive from the owner's data (its text may name them: a pointer's repr is the owner's tensor)."""
+    if isinstance(exc, Reject) and fn not in PUBLIC_REFUSALS:
+        exc.public = False
+    return exc
 
 
 class _Ran(Exception):

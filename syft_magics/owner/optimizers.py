@@ -12,8 +12,9 @@ are refused by the client's byte quota instead of allocating a hundred sets of m
 """
 from __future__ import annotations
 
+import inspect
 import threading
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
 import torch
 from torch.optim import Optimizer
@@ -27,13 +28,30 @@ OPTIMIZERS: Dict[str, type] = {name: getattr(torch.optim, name)
 SCHEDULERS: Dict[str, type] = {name: getattr(torch.optim.lr_scheduler, name)
                                for name in ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR")}
 _SCALARS = (bool, int, float)
+#: The longest tuple an option may be (Adam's betas: 2; a MultiStepLR's milestones: a few), and the most
+#: parameter groups an optimizer may have: an optimizer is charged for its state, not for its options.
+MAX_OPTION_ITEMS = 1024
+MAX_GROUPS = 1024
 
 
-def _options(kwargs: Dict[str, Any], what: str) -> Dict[str, Any]:
+def _known(cls: type) -> FrozenSet[str]:
+    """The options ``cls`` takes by name (its constructor's, but ``params``): what a parameter group may set."""
+    return frozenset(n for n in inspect.signature(cls).parameters if n not in ("params", "self"))
+
+
+_KNOWN: Dict[type, FrozenSet[str]] = {cls: _known(cls) for cls in OPTIMIZERS.values()}
+
+
+def _options(kwargs: Dict[str, Any], what: str, known: Optional[FrozenSet[str]] = None) -> Dict[str, Any]:
+    """``kwargs``, checked to be options ``known`` names (if given) of plain values: None, a bool, a number,
+    or a short tuple of them (never a tensor: an option's value is the client's own choice)."""
     for key, value in kwargs.items():
+        if known is not None and key not in known:
+            raise TypeError(f"{what} has no option {key!r} (options: {', '.join(sorted(known))})")
         values = value if isinstance(value, tuple) else (value,)
-        if not all(v is None or type(v) in _SCALARS for v in values):
-            raise TypeError(f"{what} option {key}= must be a number, a bool or a tuple of numbers")
+        if len(values) > MAX_OPTION_ITEMS or not all(v is None or type(v) in _SCALARS for v in values):
+            raise TypeError(f"{what} option {key}= must be a number, a bool or a tuple of at most "
+                            f"{MAX_OPTION_ITEMS} numbers")
     return kwargs
 
 
@@ -46,17 +64,22 @@ def _check_param(p: Any) -> torch.Tensor:
     return p
 
 
-def _params(params: Any) -> list:
+def _params(params: Any, cls: type) -> list:
     if isinstance(params, torch.Tensor):
         params = [params]
     if not isinstance(params, (list, tuple)) or not params:
         raise TypeError("an optimizer needs a non-empty list of parameters or of parameter groups")
+    if len(params) > MAX_GROUPS and isinstance(params[0], dict):
+        raise ValueError(f"an optimizer on a worker takes at most {MAX_GROUPS} parameter groups")
     groups = []
     for item in params:
         if isinstance(item, dict):
-            group = _options({k: v for k, v in item.items() if k != "params"}, "parameter group")
+            group = _options({k: v for k, v in item.items() if k != "params"}, f"{cls.__name__}'s parameter group",
+                             _KNOWN[cls])
             inner = item.get("params")
             inner = [inner] if isinstance(inner, torch.Tensor) else list(inner or ())
+            if not inner:
+                raise ValueError("a parameter group needs parameters")
             groups.append({**group, "params": [_check_param(p) for p in inner]})
         else:
             groups.append(_check_param(item))  # type: ignore[arg-type]  # (a bare parameter, as torch accepts)
@@ -65,7 +88,7 @@ def _params(params: Any) -> list:
 
 def _optimizer_factory(cls: type) -> Callable:
     def make(params: Any, **kwargs: Any) -> Optimizer:
-        return cls(_params(params), **_options(kwargs, cls.__name__))
+        return cls(_params(params, cls), **_options(kwargs, cls.__name__, _KNOWN[cls]))
     make.__name__ = cls.__name__
     return make
 
@@ -127,35 +150,62 @@ def _plain(key: str, value: Any) -> Any:
     raise TypeError(f"the optimizer's {key} is a {type(value).__name__}, which cannot be read this way")
 
 
-def set_option(opt: Any, group: int, key: str, value: Any) -> None:
-    """``opt.param_groups[group][key] = value``, for an option the group has (a learning rate, a weight decay...),
-    to a plain value of the same kind. Refused where the change would make the optimizer keep more state
-    than it was charged for when it was made (momentum turned on: see :func:`state_bytes`): a new optimizer
-    with that option is charged for it."""
-    from .replies import Reject  # (its refusals tell only the client's own choices: never withheld)
+def set_option(opt: Any, group: Any, key: Any, value: Any) -> None:
+    """``opt.param_groups[group][key] = value``, for an option of its class the group has (a learning rate, a
+    weight decay...), to a plain value of the same kind (a number for a number, a bool for a bool, a tuple of
+    as many numbers). Refused where the change would make the optimizer keep more state than it was charged
+    for when it was made (momentum turned on: see :func:`state_bytes`): a new optimizer with that option is
+    charged for it. Its refusals say only what the client sent, checked plain first (never an argument's
+    ``repr`` before its type is known: a pointer there would be the owner's tensor)."""
+    from .replies import Reject
+
+    def refuse(text: str) -> Reject:
+        return Reject(ErrorCode.BAD_ARGS, text)
 
     if not isinstance(opt, Optimizer):
-        raise Reject(ErrorCode.BAD_ARGS, f"param_groups can be set on an optimizer, not a {type(opt).__name__}")
-    if type(group) is not int or not 0 <= group < len(opt.param_groups):
-        raise Reject(ErrorCode.BAD_ARGS, f"the optimizer has {len(opt.param_groups)} parameter groups, "
-                                         f"no group {group!r}")
-    options = opt.param_groups[group]
-    if key == "params" or type(key) is not str or key not in options:
-        known = ", ".join(k for k in options if k != "params")
-        raise Reject(ErrorCode.BAD_ARGS, f"{type(opt).__name__}'s parameter groups have no option {key!r} that "
-                                         f"can be set (options: {known})")
+        raise refuse(f"param_groups can be set on an optimizer, not a {type(opt).__name__}")
+    if type(group) is not int or type(key) is not str:
+        raise refuse(f"a parameter group is named by an int and an option by a str, not a {type(group).__name__} "
+                     f"and a {type(key).__name__}")
+    if not 0 <= group < len(opt.param_groups):
+        raise refuse(f"the optimizer has {len(opt.param_groups)} parameter groups, no group {group}")
+    options, known = opt.param_groups[group], _KNOWN.get(type(opt), frozenset()) - _IMPLEMENTATION
+    if key not in known or key not in options:
+        raise refuse(f"{type(opt).__name__}'s parameter groups have no option {key[:100]!r} that can be set "
+                     f"(options: {', '.join(sorted(known))})")
     old = options[key]
-    values = value if isinstance(value, tuple) else (value,)
-    if not all(v is None or type(v) in _SCALARS for v in values) or isinstance(old, tuple) != isinstance(
-            value, tuple) or (isinstance(old, tuple) and len(old) != len(value)):
-        raise Reject(ErrorCode.BAD_ARGS, f"{type(opt).__name__}'s {key} is {old!r}: a value of that kind is "
-                                         f"expected, not a {type(value).__name__}")
+    if not _same_kind(old, value):
+        raise refuse(f"{type(opt).__name__}'s {key} is {_kind(old)}: a value of that kind is expected, not "
+                     f"{_kind(value)}")
     changed = {**{k: v for k, v in options.items() if k != "params"}, key: value}
     if _ratio(type(opt), changed) > _ratio(type(opt), options):
-        raise Reject(ErrorCode.BAD_ARGS, f"setting {key}={value!r} would make this {type(opt).__name__} keep "
-                                         f"state it was not charged for; make a new optimizer with "
-                                         f"{key}={value!r} instead")
+        raise refuse(f"setting {key}={value!r} would make this {type(opt).__name__} keep state it was not charged "
+                     f"for; make a new optimizer with {key}={value!r} instead")
     options[key] = value
+
+
+#: Options that choose an implementation rather than a training hyperparameter: given when an optimizer is made.
+_IMPLEMENTATION = frozenset({"foreach", "fused", "capturable", "differentiable"})
+
+
+def _kind(value: Any) -> str:
+    if type(value) is tuple and all(type(v) in _SCALARS for v in value):
+        return f"a tuple of {len(value)} numbers"
+    if type(value) is bool:
+        return "a bool"
+    return "a number" if type(value) in (int, float) else "None" if value is None else f"a {type(value).__name__}"
+
+
+def _same_kind(old: Any, value: Any) -> bool:
+    """Whether ``value`` (checked plain here) may replace the option ``old``: a number a number (int or float), a
+    bool a bool, a tuple of numbers one as long; an option that is None now is not set this way."""
+    if type(old) is bool or type(value) is bool:
+        return type(old) is type(value)
+    if type(old) in (int, float):
+        return type(value) in (int, float)
+    if type(old) is tuple and type(value) is tuple:
+        return len(old) == len(value) and all(type(v) in (int, float) for v in value)
+    return False
 
 
 #: The optimizers' constructors, by name (their parameters must be a client's own tensors: see ops.py).
@@ -206,7 +256,8 @@ def probe_params(n: int, numel: int) -> list:
 def _ratio(cls: type, group: Dict[str, Any]) -> float:
     """State bytes per parameter byte of ``cls`` with ``group``'s options, measured on a few small
     parameters after one step (so Adam's ``step`` counters, a few bytes each, are counted too)."""
-    options = {k: v for k, v in group.items() if k != "params"}
+    names = _KNOWN.get(cls)
+    options = {k: v for k, v in group.items() if k != "params" and (names is None or k in names)}
     # what decides the state is which options are on (momentum, amsgrad, centered), not their values: keyed
     # so, a client varying a learning rate cannot grow this table or make the worker probe again
     key = (cls, repr(sorted((k, v if type(v) is bool or v is None else bool(v) if type(v) in (int, float) else

@@ -41,7 +41,7 @@ from ..wire import limits
 from ..wire.results import autograd_leaf, describe, flatten, quiet_tracing
 from .aggregate import average_models
 from .models import model_weights
-from .optimizers import settings
+from .optimizers import set_option, settings
 from .policy import OpenPolicy
 
 if TYPE_CHECKING:
@@ -77,6 +77,11 @@ SHAPES_OF_MODELS = frozenset({average_models, model_weights})
 #: options (plain numbers it gave, moved by its schedulers' step counts: optimizers.settings). Their results
 #: (text) travel in the reply that describes them (wire.results.describe), with no get to approve.
 VALUES_OF_CLIENT = frozenset({settings})
+
+#: Ops whose own refusals (a ``Reject`` raised by the op's code) tell only what the client sent, checked plain
+#: before it is named: their text is shown whatever the op ran on. Any other op's refusal is withheld like a
+#: torch error when its inputs derive from the owner's data (ops.Ops._call), since its text may name them.
+PUBLIC_REFUSALS = frozenset({set_option})
 
 #: A client's own object (sent, or computed from its own objects): nothing to withhold.
 CLIENT = Provenance()

@@ -32,7 +32,7 @@ from ..traces import describe, user_site
 from ..wire import auth, samehost
 from ..wire.names import check_tag, id_source, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
-from ..wire.results import Tree, from_wire, wire_dtype
+from ..wire.results import TEXT_OPS, Tree, from_wire, wire_dtype
 from . import transfers
 from .autograd import LOCAL_ANSWERS, local_answer
 from .direct import DirectLink
@@ -41,7 +41,7 @@ from .link import LARGE_FRAME_BYTES, Link
 from .pointer import PointerTensor
 from .search import SearchResult
 from .transport import LinkBase
-from .trees import build, no_meta_locals, to_meta, walk
+from .trees import build, check_locals, to_meta, walk
 
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
@@ -352,7 +352,7 @@ class Client:
         locals_: List[torch.Tensor] = []
         wire_args, key_args = walk(args, pointers, locals_)
         wire_kwargs, key_kwargs = walk(kwargs, pointers, locals_) if kwargs else ({}, ())
-        no_meta_locals(name, locals_)
+        check_locals(name, locals_)
         unknown = None
         for ptr in pointers:
             if ptr.signature[0] is None:
@@ -414,7 +414,7 @@ class Client:
         if not torch.is_grad_enabled():
             header["g"] = False
         reply = self._request(header, op=name)
-        tree, ids = from_wire(reply["r"])
+        tree, ids = from_wire(reply["r"], text=name in TEXT_OPS)
         return build(self, tree, ids, [])
 
     # -- pointer bookkeeping (called by PointerTensor) ----------------------------------------

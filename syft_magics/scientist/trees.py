@@ -63,10 +63,15 @@ def walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) -
     raise TypeError(f"a {t.__name__} cannot be sent to a worker as an argument")
 
 
-def no_meta_locals(name: str, locals_: List[torch.Tensor]) -> None:
-    """Refuse an op given a local tensor on the 'meta' device: a pointer's ``.device`` is 'meta' (it holds
-    no data here), so code that builds a tensor with ``device=ptr.device`` (``torch.masked.*``, some library
-    helpers) made an empty local one, whose values would be garbage on the worker."""
+def check_locals(name: str, locals_: List[torch.Tensor]) -> None:
+    """Refuse an op given a local tensor it cannot use as the user means:
+
+    * one on the 'meta' device: a pointer's ``.device`` is 'meta' (it holds no data here), so code that
+      builds a tensor with ``device=ptr.device`` (``torch.masked.*``, some library helpers) made an empty
+      local one, whose values would be garbage on the worker;
+    * one that requires grad, with grad on: it travels as a copy, so the gradient a backward computes
+      for it stays with the copy on the worker and never reaches it (a local model applied to a pointer:
+      ``loss.backward()`` then ``opt.step()`` changed nothing, silently)."""
     for t in locals_:
         if t.device.type == "meta":
             raise OpNotAllowed(
@@ -74,6 +79,13 @@ def no_meta_locals(name: str, locals_: List[torch.Tensor]) -> None:
                 "(a pointer holds no data on this side). torch.masked.* ops and code that creates tensors with "
                 "device=ptr.device are not supported on pointers; create the tensor on the worker instead "
                 "(e.g. ptr.new_full(...), torch.where(mask, ptr, value))")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise OpNotAllowed(
+                f"{short_name(name)} mixes pointers with a local tensor that requires grad (of shape "
+                f"{tuple(t.shape)}): it would travel as a copy, and the gradient a backward computes for it "
+                "would stay with the copy on the worker, never reaching it. Send the model (or the tensor) "
+                "first: remote = client.send(model), then train remote with client.optim; or pass "
+                "tensor.detach() if it is a constant")
 
 
 def to_meta(obj: Any, memo: Dict[int, torch.Tensor], found: List[torch.Tensor], local_ids: List[int]) -> Any:
@@ -131,4 +143,4 @@ def _pointer(client: "Client", oid: Any, leaf: Leaf) -> PointerTensor:
     return PointerTensor(client, oid, leaf[1], leaf[2], requires_grad=leaf[3], leaf=leaf[4])
 
 
-__all__ = ["build", "no_meta_locals", "to_meta", "walk", "wire_dtype"]
+__all__ = ["build", "check_locals", "to_meta", "walk", "wire_dtype"]

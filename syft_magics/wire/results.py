@@ -29,8 +29,10 @@ from .protocol import DTYPES, dtype_name
 #: The deepest result tree read from the wire, and the most leaves (a worker is not trusted blindly).
 MAX_DEPTH = 16
 MAX_LEAVES = 4096
-#: The longest text a description carries (an optimizer's options: a few hundred characters).
+#: The longest text a description carries (an optimizer's options: a few hundred characters), and the ops whose
+#: described result is text (the client reads text from no other: a worker cannot hand it strings for ``ptr.grad``).
 MAX_TEXT = 1 << 16
+TEXT_OPS = frozenset({"syft.optim_settings"})
 
 Leaf = Tuple[Any, ...]
 
@@ -156,8 +158,9 @@ def spec_to_wire(spec: pytree.TreeSpec) -> Any:
     return [name, keys, [spec_to_wire(c) for c in spec.children()]]
 
 
-def from_wire(desc: Any) -> Tuple[Tree, List[Optional[bytes]]]:
-    """A worker's description read back: the :class:`Tree` and the id of each leaf."""
+def from_wire(desc: Any, text: bool = False) -> Tuple[Tree, List[Optional[bytes]]]:
+    """A worker's description read back: the :class:`Tree` and the id of each leaf; ``text``: the op is one of
+    :data:`TEXT_OPS`, whose result is one string, given."""
     if not isinstance(desc, list) or len(desc) != 2 or not isinstance(desc[1], list):
         raise ProtocolError("malformed result description from the worker")
     spec = _spec_from_wire(desc[0], 0)
@@ -171,12 +174,16 @@ def from_wire(desc: Any) -> Tuple[Tree, List[Optional[bytes]]]:
             leaves.append(("T", shape, wire_dtype(item[3]), bool(item[4]), leaf))
             ids.append(item[1])
         else:
-            text = item[1] if isinstance(item, list) and len(item) == 2 and type(item[1]) is str \
-                and len(item[1]) <= MAX_TEXT else None
-            leaves.append(("V", text))
+            leaves.append(("V", None))
             ids.append(None)
     if len(leaves) != spec.num_leaves or len(leaves) > MAX_LEAVES:
         raise ProtocolError("result description from the worker does not match its structure")
+    if text:
+        item = desc[1][0] if len(desc[1]) == 1 and spec.is_leaf() else None
+        if not (isinstance(item, list) and len(item) == 2 and item[0] == "V" and type(item[1]) is str
+                and len(item[1]) <= MAX_TEXT):
+            raise ProtocolError("the worker did not describe its answer as one text")
+        leaves = [("V", item[1])]
     return Tree(spec, leaves), ids
 
 
