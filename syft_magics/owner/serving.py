@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NoReturn, Op
 import torch
 import zmq
 
+from ..collector import freezer
 from ..display import short_id
 from ..errors import ProtocolError, TagError
 from ..wire import limits, samehost
@@ -26,7 +27,6 @@ from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import ZERO_COPY_BYTES, readable, recv_parts
 from . import costs, lanes, moves, provenance, quotas, releases, streams, tickets, writes
 from .chunk_queue import ChunkQueue
-from .collector import freezer
 from .connections import Connections
 from .direct import DirectPort
 from .handshake import Handshakes

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union, cast
 
 import torch
 
+from ..collector import freezer
 from ..config import defaults
 from ..errors import (
     CrossWorkerError,
@@ -33,7 +34,7 @@ from ..wire import auth, samehost
 from ..wire.names import check_tag, id_source, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
 from ..wire.results import TEXT_OPS, Tree, from_wire, wire_dtype
-from . import transfers
+from . import inference, transfers
 from .autograd import LOCAL_ANSWERS, local_answer
 from .direct import DirectLink
 from .inference import REMOTE, infer
@@ -74,6 +75,9 @@ class Client:
         self._new_id = id_source()
         self._link.on_error = self._emit_error
         _LIVE.add(self)
+        freezer.acquire([inference.warm_up()])
+        #: gives the collector back its objects once, at disconnect or when this client is dropped
+        self._thaw = weakref.finalize(self, freezer.release)
 
     # -- public API ------------------------------------------------------------------
     @property
@@ -244,6 +248,7 @@ class Client:
             self._link.close()
             self.events.emit("disconnect")
         _LIVE.discard(self)
+        self._thaw()
 
     close = disconnect
 

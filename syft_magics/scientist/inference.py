@@ -15,7 +15,8 @@ to ask the worker.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple, Union
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch._subclasses.fake_tensor import (
@@ -86,6 +87,26 @@ def infer(func: Callable, key: Any, make_standins: Callable[[], Tuple[tuple, dic
             _CACHE.clear()
         _CACHE[cache_key] = template
     return template
+
+
+_warming = threading.Lock()
+
+
+def warm_up() -> Optional[threading.Thread]:
+    """Run one op on meta stand-ins in a background thread (returned; None if one ran already), when a client
+    connects: torch imports its meta kernels' machinery on the first (some 800 modules, 0.8 s here), which
+    would otherwise land on the scientist's first op."""
+    if not _warming.acquire(blocking=False):
+        return None
+
+    def run() -> None:
+        with torch._C.DisableTorchFunctionSubclass():
+            torch.add(torch.empty(2, device="meta"), 1)
+
+    # not a daemon: a daemon thread still importing when the interpreter exits crashes it
+    thread = threading.Thread(target=run, name="syft-inference-warm-up", daemon=False)
+    thread.start()
+    return thread
 
 
 def _data_dependent(func: Callable, args: tuple, kwargs: dict, exc: Exception) -> bool:
