@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .owner.aggregate import average_state
+from .owner.aggregate import average_state, check_weights
 from .scientist.moves import Move
 from .scientist.remote_module import RemoteModule
 
@@ -51,6 +51,7 @@ def fedavg(models: Sequence[RemoteModule], weights: Optional[Sequence[float]] = 
         raise TypeError("fedavg takes RemoteModules (client.send(model)), one per worker")
     if len(weights) != len(models):
         raise ValueError(f"fedavg needs one weight per model: {len(models)} models, {len(weights)} weights")
+    check_weights(weights)  # here, before any model moves or is fetched for nothing
     if on is None:
         local = fetch(models, timeout)
         averaged = local[0]

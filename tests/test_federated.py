@@ -181,3 +181,18 @@ def test_the_next_round_starts_from_an_average_made_under_review_without_looking
     back = avg.move(bob)
     assert back.location == "Bob" and back(bob.send(torch.ones(2, 3))).shape == (2, 1)
     assert not carol.requests.pending, "nothing was shown to the scientist"
+
+
+def test_bad_weights_are_refused_before_any_model_moves(make_worker, make_client):
+    """They were checked on the aggregator, after the owners' models had moved (a release for nothing), and
+    under review the user's own mistake came back later as a withheld error (a user's walk-through)."""
+    workers = [make_worker(n, policy="open") for n in ("Bob", "Alice", "Carol")]
+    bob, alice, carol = (make_client(w.name) for w in workers)
+    models = [c.send(nn.Linear(2, 1)) for c in (bob, alice)]
+    carol.sync()
+    held = len(workers[2].store)
+    for weights in ([0, 0], [-1, 2], [float("nan"), 1]):
+        with pytest.raises(ValueError, match="weights"):
+            fedavg(models, weights, on=carol)
+    carol.sync()
+    assert len(workers[2].store) == held, "nothing moved to Carol"

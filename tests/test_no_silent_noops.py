@@ -124,3 +124,45 @@ def test_a_local_model_applied_to_a_pointer_is_refused_at_the_users_line(seed):
     with torch.no_grad():
         assert model(x).shape == (4, 2)
     assert torch.allclose(F.linear(x, model.weight.detach()).get(), F.linear(x.get(), model.weight.detach()))
+
+
+def test_autocast_is_refused_rather_than_ignored(seed):
+    """The worker ran ops in their own dtypes under the client's torch.autocast: float32 where bfloat16 was
+    meant, silently (a user's walk-through)."""
+    bob, client = seed
+    x = client.send(torch.randn(4, 3))
+    remote = client.send(nn.Linear(3, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for run in (lambda: x @ x.T, lambda: remote(x)):
+            with pytest.raises(sm.OpNotAllowed, match="autocast"):
+                run()
+    assert (x @ x.T).dtype == torch.float32
+
+
+def test_pointers_in_a_forked_dataloader_worker_say_why_they_cannot_work(seed):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    bob, client = seed
+    x, y = client.send(torch.randn(8, 3)), client.send(torch.arange(8))
+    loader = DataLoader(TensorDataset(x, y), batch_size=4, num_workers=1, multiprocessing_context="fork")
+    with pytest.raises(Exception, match="forked"):
+        next(iter(loader))
+
+
+def test_a_remote_models_everyday_methods_work_or_say_what_does(seed):
+    import copy
+
+    bob, client = seed
+    local = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    remote = client.send(local)
+    remote(client.send(torch.randn(4, 3))).sum().backward()
+    assert next(remote.parameters()).grad is not None
+    remote.zero_grad()
+    assert all(p.grad is None for p in remote.parameters())
+    assert [n for n, _ in remote.named_buffers()] == [n for n, _ in local.named_buffers()]
+    remote.requires_grad_(False)
+    assert not any(p.requires_grad for p in remote.parameters())
+    with pytest.raises(AttributeError, match="send it again"):
+        remote.modules()
+    with pytest.raises(TypeError, match="remote.get\\(\\) first"):
+        copy.deepcopy(remote)

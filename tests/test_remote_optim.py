@@ -213,3 +213,41 @@ def test_a_described_answer_is_read_as_text_only_for_the_ops_that_answer_text():
     assert tree.leaves == (("V", "hello"),)
     with pytest.raises(ProtocolError):
         from_wire([0, [["V"]]], text=True)
+
+
+def test_defaults_are_the_options_the_optimizer_was_made_with_as_torchs(seed):
+    bob, client = seed
+    remote, opt, model, local_opt = _pair(client, momentum=0.9)
+    schedule = client.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    _train(remote, opt, client.send(torch.ones(1, 3)))
+    schedule.step()
+    opt.param_groups[0]["lr"] = 1.0
+    assert opt.defaults == local_opt.defaults
+
+
+def test_a_bad_option_raises_at_the_constructors_line_as_torchs_does(seed):
+    """It was refused at the next sync, and named by a later line's error (a user's walk-through)."""
+    bob, client = seed
+    remote = client.send(nn.Linear(3, 2))
+    with pytest.raises(sm.RemoteError, match="Invalid learning rate"):
+        client.optim.Adam(remote.parameters(), lr=-1.0)
+    opt = client.optim.SGD(remote.parameters(), lr=0.1)
+    schedule = client.lr_scheduler.MultiStepLR(opt, milestones=[1, 2], gamma=0.5)  # (a list, as torch shows it)
+    for _ in range(2):
+        opt.step()
+        schedule.step()
+    assert schedule.get_last_lr() == pytest.approx([0.025])
+
+
+def test_a_scheduler_resumes_with_last_epoch_after_initial_lr_is_set(seed):
+    bob, client = seed
+    remote, opt, model, local_opt = _pair(client)
+    opt.param_groups[0]["initial_lr"] = 0.1
+    local_opt.param_groups[0]["initial_lr"] = 0.1
+    schedule = client.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5, last_epoch=2)
+    local_schedule = torch.optim.lr_scheduler.StepLR(local_opt, step_size=1, gamma=0.5, last_epoch=2)
+    local_opt.step()
+    opt.step()
+    schedule.step()
+    local_schedule.step()
+    assert schedule.get_last_lr() == pytest.approx(local_schedule.get_last_lr())

@@ -18,15 +18,21 @@ import torch.nn as nn
 from .models import ModelWeights
 
 
-def average_state(states: Sequence[Dict[str, torch.Tensor]], weights: Sequence[float]) -> Dict[str, torch.Tensor]:
-    """The weighted average of state dicts with the same keys and shapes (integer buffers: the first's)."""
-    if not states or len(states) != len(weights):
-        raise ValueError("average_state needs one weight per state dict, and at least one")
+def check_weights(weights: Sequence[float]) -> float:
+    """Their sum, once checked to be sample counts: finite, non-negative numbers with a positive sum."""
     if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
         raise ValueError("weights (sample counts) must be finite numbers")
     total = float(sum(weights))
     if total <= 0 or any(w < 0 for w in weights):
         raise ValueError("weights (sample counts) must be non-negative with a positive sum")
+    return total
+
+
+def average_state(states: Sequence[Dict[str, torch.Tensor]], weights: Sequence[float]) -> Dict[str, torch.Tensor]:
+    """The weighted average of state dicts with the same keys and shapes (integer buffers: the first's)."""
+    if not states or len(states) != len(weights):
+        raise ValueError("average_state needs one weight per state dict, and at least one")
+    total = check_weights(weights)
     keys = list(states[0])
     for s in states[1:]:
         if list(s) != keys or any(s[k].shape != states[0][k].shape or s[k].dtype != states[0][k].dtype

@@ -264,6 +264,9 @@ def estimate(fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bo
     """Run ``fn`` on fake copies of its arguments and price what it did; raises :class:`Unestimable`."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    if any(isinstance(a, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler))
+           for a in tree_flatten((args, kwargs))[0]):  # (fake tensors would not keep it from changing its state)
+        raise Unestimable("an op over a live optimizer is not run to be priced")
     mode = FakeTensorMode()
     try:
         fargs, fkwargs = tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))

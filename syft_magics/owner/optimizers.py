@@ -48,7 +48,7 @@ def _options(kwargs: Dict[str, Any], what: str, known: Optional[FrozenSet[str]] 
     for key, value in kwargs.items():
         if known is not None and key not in known:
             raise TypeError(f"{what} has no option {key!r} (options: {', '.join(sorted(known))})")
-        values = value if isinstance(value, tuple) else (value,)
+        values = value if isinstance(value, (tuple, list)) else (value,)  # (milestones=[30, 80], as torch shows)
         if len(values) > MAX_OPTION_ITEMS or not all(v is None or type(v) in _SCALARS for v in values):
             raise TypeError(f"{what} option {key}= must be a number, a bool or a tuple of at most "
                             f"{MAX_OPTION_ITEMS} numbers")
@@ -170,7 +170,10 @@ def set_option(opt: Any, group: Any, key: Any, value: Any) -> None:
     if not 0 <= group < len(opt.param_groups):
         raise refuse(f"the optimizer has {len(opt.param_groups)} parameter groups, no group {group}")
     options, known = opt.param_groups[group], _KNOWN.get(type(opt), frozenset()) - _IMPLEMENTATION
-    if key not in known or key not in options:
+    if key == "initial_lr" and type(value) in (int, float) and "initial_lr" not in options:
+        options[key] = value  # (what a scheduler made with last_epoch=n, to resume, reads: torch sets it itself)
+        return
+    if key not in known | {"initial_lr"} or key not in options:
         raise refuse(f"{type(opt).__name__}'s parameter groups have no option {key[:100]!r} that can be set "
                      f"(options: {', '.join(sorted(known))})")
     old = options[key]
@@ -211,13 +214,15 @@ def _same_kind(old: Any, value: Any) -> bool:
 #: The optimizers' constructors, by name (their parameters must be a client's own tensors: see ops.py).
 _FACTORIES = {f"syft.optim.{n}": _optimizer_factory(c) for n, c in OPTIMIZERS.items()}
 OPTIMIZER_FACTORIES = frozenset(_FACTORIES.values())
+_SCHEDULER_FACTORIES = {f"syft.lr_scheduler.{n}": _scheduler_factory(c) for n, c in SCHEDULERS.items()}
+SCHEDULER_FACTORIES = frozenset(_SCHEDULER_FACTORIES.values())
 
 
 def ops() -> Dict[str, Callable]:
     table: Dict[str, Callable] = {"syft.optim_step": step, "syft.optim_zero_grad": zero_grad,
                                   "syft.optim_settings": settings, "syft.optim_set": set_option}
     table.update(_FACTORIES)
-    table.update({f"syft.lr_scheduler.{n}": _scheduler_factory(c) for n, c in SCHEDULERS.items()})
+    table.update(_SCHEDULER_FACTORIES)
     return table
 
 

@@ -171,9 +171,13 @@ def _train(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
     return Cost(sum(1 for _ in args[0].modules()) * 1e-6, 0, 0)
 
 
-def _settings(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
-    # (a few dict reads per group; setting an option may first measure the optimizer class's state once)
-    return Cost(1e-4, 0, optimizers.MAX_TEXT)
+def _options(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
+    # (an optimizer's options read or set, a scheduler made over one: a few dict reads and writes per group;
+    # setting an option may first measure its class's state once. Never priced by running them: a scheduler
+    # made to price it would step the live optimizer, a second time with last_epoch=n). Bytes: none that count
+    # (a scheduler's milestones are bounded by optimizers.MAX_OPTION_ITEMS), since the estimate of a signature
+    # is doubled per number it holds (costs.scaled): a few milestones would price 4 GiB
+    return Cost(1e-6, 0, 0)
 
 
 _RULES: Dict[Callable[..., Any], Callable[[Any, Dict[str, Any], bool], Cost]] = {
@@ -181,6 +185,7 @@ _RULES: Dict[Callable[..., Any], Callable[[Any, Dict[str, Any], bool], Cost]] = 
     models.module_train: _train,
     optimizers.step: _step,
     optimizers.zero_grad: _zero_grad,
-    optimizers.settings: _settings,
-    optimizers.set_option: _settings,
+    optimizers.settings: _options,
+    optimizers.set_option: _options,
+    **{make: _options for make in optimizers.SCHEDULER_FACTORIES},
 }

@@ -21,6 +21,7 @@ from ..config import defaults
 from ..errors import (
     CrossWorkerError,
     GetTimeout,
+    OpNotAllowed,
     PointerFreed,
     RemoteError,
     ReplyTimeout,
@@ -89,6 +90,13 @@ class Client:
     def devices(self) -> Tuple[str, ...]:
         """The device types the worker allows ``ptr.to(...)`` to name (the CPU, and its ``--device``)."""
         return self._link.devices
+
+    def where(self, other: "Client") -> str:
+        """How an error names this connection and ``other``'s: their workers, or two sessions of one worker."""
+        if other.name != self.name:
+            return f"on {self.name} and on {other.name}"
+        return (f"of two connections to {self.name} (each is a session of its own, whose objects the other "
+                "cannot use)")
 
     @property
     def same_host(self) -> bool:
@@ -353,6 +361,10 @@ class Client:
         not require grad).
         """
         self._link.check()  # a dead link fails before the (first-time costly) shape inference
+        if torch._C._is_any_autocast_enabled():
+            raise OpNotAllowed(f"{short_name(name)} on pointers under torch.autocast: the worker runs ops in their "
+                               "own dtypes and would ignore it (a float32 result where you expect bfloat16); cast "
+                               "instead: client.send(model.to(torch.bfloat16)), x.to(torch.bfloat16)")
         pointers: List[PointerTensor] = []
         locals_: List[torch.Tensor] = []
         wire_args, key_args = walk(args, pointers, locals_)
@@ -364,8 +376,8 @@ class Client:
                 unknown = ptr
             if ptr.client is not self:
                 raise CrossWorkerError(
-                    f"{short_name(name)} mixes pointers on {self.name} and on {ptr.client.name}; "
-                    f"move one side first (ptr.move(other_worker), worker to worker; or .get() it and send it)")
+                    f"{short_name(name)} mixes pointers {self.where(ptr.client)}; move one side first "
+                    "(ptr.move(other_worker), worker to worker; or .get() it and send it)")
             if ptr.deleted:
                 raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
         if "out" in kwargs:

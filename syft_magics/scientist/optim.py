@@ -46,12 +46,14 @@ class RemoteObject:
                                 "or sent tensors), not local tensors: send the model first, remote = "
                                 "client.send(model)")
             if t.client is not client:
-                raise CrossWorkerError(f"{kind}.{name} on {client.name} was given a pointer on {t.client.name}; "
-                                       "an optimizer updates parameters on one worker only")
+                raise CrossWorkerError(f"{kind}.{name} was given pointers {client.where(t.client)}; an optimizer "
+                                       "updates parameters of one connection to one worker only")
         self._client = client
         self.name = name
+        self._kwargs = dict(kwargs)
         self._handle: PointerTensor = client.run(_handle_standin, f"syft.{kind}.{name}", args, kwargs)
         client.untrack(self._handle)  # a handle, not a tensor to list
+        client.sync()  # (torch refuses bad options at this line: so does the worker, one round trip)
 
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One message, run on the worker. ``closure`` (torch's optional argument): called first, with grad
@@ -101,8 +103,12 @@ class RemoteOptimizer(RemoteObject):
 
     @property
     def defaults(self) -> Dict[str, Any]:
-        """The options of the first parameter group (those the optimizer was made with, unless set since)."""
-        return dict(self._settings()["groups"][0])
+        """The options the optimizer was made with (torch's defaults for those not given), as torch keeps them:
+        unchanged by schedulers and by setting ``param_groups``."""
+        cls = getattr(torch.optim, self.name)
+        found = {n: p.default for n, p in inspect.signature(cls).parameters.items()
+                 if n != "params" and p.default is not inspect.Parameter.empty}
+        return {**found, **self._kwargs}
 
     def state_dict(self) -> Dict[str, Any]:
         raise NotImplementedError(
@@ -171,8 +177,9 @@ class RemoteScheduler(RemoteObject):
         return int(self._settings()["last_epoch"])
 
     def state_dict(self) -> Dict[str, Any]:
-        raise NotImplementedError(f"state_dict() of a scheduler on {self._client.name} is not available: "
-                                  "make a new one with last_epoch=... to resume")
+        raise NotImplementedError(f"state_dict() of a scheduler on {self._client.name} is not available: to resume, "
+                                  "set opt.param_groups[i]['initial_lr'] (as torch needs) and make a new one with "
+                                  "last_epoch=<the epoch reached>")
 
 
 class _Namespace:

@@ -18,6 +18,7 @@ owner for it like a get; an approved ``.get()`` tells it too.
 from __future__ import annotations
 
 import itertools
+import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -250,6 +251,10 @@ class PointerTensor(torch.Tensor):
     # -- torch's protocols ---------------------------------------------------------
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if _forked:
+            raise OpNotAllowed("pointers cannot be used in a process forked from the one that made them (a "
+                               "DataLoader's num_workers > 0): their connection is that process's; use "
+                               "num_workers=0, or syft_magics.data.DataLoader, which cuts batches on the worker")
         kwargs = kwargs or {}
         special = SPECIAL.get(func)
         if special is not None:
@@ -293,6 +298,17 @@ class PointerTensor(torch.Tensor):
             return args[0].get().item()
         raise RuntimeError(f"{func} reached PointerTensor below the torch-function layer; "
                            "this operation is not supported on pointers")
+
+
+_forked = False  # (set in a child of fork(): a DataLoader's worker processes)
+
+
+def _in_forked_child() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_in_forked_child)
 
 
 def _first_pointer(args: Any, kwargs: Any) -> PointerTensor:

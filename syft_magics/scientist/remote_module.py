@@ -155,12 +155,50 @@ class RemoteModule:
                 ptr.data = ptr.to(dev, copy=True)  # in place on the worker: the optimizer keeps its parameters
         return self
 
-    def parameters(self) -> List[PointerTensor]:
-        """Pointers to the model's parameters on the worker (for ``client.optim``)."""
-        return [p for _, p in self.named_parameters()]
+    def parameters(self) -> Iterator[PointerTensor]:
+        """Pointers to the model's parameters on the worker (for ``client.optim``), an iterator as torch's."""
+        return iter([p for _, p in self.named_parameters()])
 
     def named_parameters(self) -> Iterator[Tuple[str, PointerTensor]]:
         return iter([(n, self._pointers[n]) for n in self._param_names])
+
+    def buffers(self) -> Iterator[PointerTensor]:
+        return iter([p for _, p in self.named_buffers()])
+
+    def named_buffers(self) -> Iterator[Tuple[str, PointerTensor]]:
+        params = set(self._param_names)
+        return iter([(n, p) for n, p in self._pointers.items() if n not in params])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Each parameter's gradient set to None (or zeroed) on the worker, as ``nn.Module.zero_grad``."""
+        with torch.no_grad():
+            for p in self.parameters():
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    def requires_grad_(self, requires_grad: bool = True) -> "RemoteModule":
+        """Freeze (or unfreeze) every parameter on the worker, as ``nn.Module.requires_grad_``."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError(f"a RemoteModule has no {name!r}: it offers calling it, train()/eval(), parameters(), "
+                             "named_parameters(), buffers(), state_dict() (pointers), zero_grad(), requires_grad_(), "
+                             "to(device), get(), move(); for the rest (its layers, modules(), a dtype cast, "
+                             "load_state_dict), use your local model and send it again (client.send(model))")
+
+    def __getitem__(self, index: Any) -> Any:
+        raise TypeError("a RemoteModule's layers are not pointers of their own: call the whole model, or send "
+                        "the layer you need (client.send(model[i]))")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a RemoteModule cannot be pickled, saved or copied: remote.get() first (the owner's policy "
+                        "decides), then torch.save(model.state_dict(), ...)")
 
     def state_dict(self) -> Dict[str, PointerTensor]:
         """Pointers to every parameter and buffer (the live tensors on the worker)."""
