@@ -329,6 +329,17 @@ def stop_all_children() -> None:
 atexit.register(stop_all_children)
 
 
+def wait_warm_ups(timeout: float = 120.0) -> None:
+    """Join this process's warm-up threads (a worker's: dispatch, cost estimates, traces; a client's: shape
+    inference) and the garbage-collector freeze that follows them: about 150,000 objects of imports, a
+    second here, that would otherwise land in whatever is measured first, holding the GIL."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name.endswith("warm-up") or thread.name == "syft-gc-freeze":
+            thread.join(timeout)
+
+
 class Owner:
     """A data owner's process (``python -m benchmarks._owner``), used as a context manager.
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import torch
 
 from .._clients import op_times, syft_connect
-from .._util import Config, Owner, info_row, median, row
+from .._util import Config, Owner, info_row, median, row, wait_warm_ups
 from .pipeline import chain
 
 NAME = "onekernel"
@@ -50,6 +50,7 @@ def run(cfg: Config) -> Dict[str, Any]:
                 clients["inproc"] = syft_magics.connect(worker)
             finally:
                 syft_magics.defaults.in_process_direct = saved
+            wait_warm_ups()  # (the worker's and the clients' of this process)
             args = {}
             for name, client in clients.items():
                 x, = client.search("#X")

@@ -48,6 +48,11 @@ LARGE_FRAME_BYTES = 8 << 20
 #: A batch of pipelined messages leaves when it holds this many messages or bytes.
 _BATCH_MESSAGES = 256
 _BATCH_BYTES = 8 << 20
+#: ... or, with the next message, once its first has waited this long (s): the worker starts on a stream of ops
+#: while the caller queues the rest (an epoch's 200 ops, queued in 3 ms, waited for its closing sync in one
+#: 5 ms batch: 14.5 ms an epoch against 12.8). Batches nobody adds to leave from the link's thread, which ticks
+#: every ``defaults.flush_interval`` (more often, it would take the GIL from the caller's loop).
+_BATCH_AGE = 0.001
 
 
 class Link(LinkBase):
@@ -193,7 +198,7 @@ class Link(LinkBase):
                 if queued == 1:
                     self._batch_started = time.monotonic()
                 if not flush and queued < _BATCH_MESSAGES and self._batch_bytes < _BATCH_BYTES and \
-                        (queued == 1 or time.monotonic() - self._batch_started < defaults.flush_interval):
+                        (queued == 1 or time.monotonic() - self._batch_started < _BATCH_AGE):
                     return
             deadline = time.monotonic() + defaults.reply_timeout
             try:

@@ -187,8 +187,9 @@ class RemoteModule:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        raise AttributeError(f"a RemoteModule has no {name!r}: it offers calling it, the train and eval modes, parameters(), "
-                             "named_parameters(), buffers(), state_dict() (pointers), zero_grad(), requires_grad_(), "
+        raise AttributeError(f"a RemoteModule has no {name!r}: it offers calling it, the train and eval modes, "
+                             "parameters(), named_parameters(), buffers(), state_dict() (pointers), zero_grad(), "
+                             "requires_grad_(), "
                              "to(device), get(), move(); for the rest (its layers, modules(), a dtype cast, "
                              "load_state_dict), use your local model and send it again (client.send(model))")
 
