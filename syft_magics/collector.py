@@ -28,7 +28,7 @@ class _Freezer:
 
     def __init__(self) -> None:
         self._users = 0
-        self._ours = False  # we froze: we unfreeze when the last worker stops
+        self._ours = False  # we froze: we unfreeze when the last worker stops or client disconnects
         self._lock = threading.Lock()
 
     def acquire(self, warming: Iterable[Optional[threading.Thread]] = ()) -> None:
