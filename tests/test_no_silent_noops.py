@@ -166,3 +166,29 @@ def test_a_remote_models_everyday_methods_work_or_say_what_does(seed):
         remote.modules()
     with pytest.raises(TypeError, match="remote.get\\(\\) first"):
         copy.deepcopy(remote)
+
+
+def _child_connects_anew(address: str, key: str, out) -> None:
+    try:
+        client = sm.connect(address, key=key)
+        out.put(float((client.send(torch.ones(2)) + 1).sum().get()))
+        client.disconnect()
+    except BaseException as exc:  # (reported to the parent)
+        out.put(repr(exc))
+
+
+def test_a_forked_process_uses_the_pointers_of_its_own_new_connection(seed):
+    import multiprocessing
+
+    bob, client = seed
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child_connects_anew, args=(bob.address, bob.key, out))
+    child.start()
+    try:
+        assert out.get(timeout=60) == 4.0
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join(5)

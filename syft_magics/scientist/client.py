@@ -74,6 +74,8 @@ class Client:
         self._pointers: Dict[int, "weakref.ref[PointerTensor]"] = {}
         self._sweep_at = 1024
         self._new_id = id_source()
+        #: the process that made this connection (a forked child's copy cannot use it: see pointer.py)
+        self.pid = os.getpid()
         self._link.on_error = self._emit_error
         _LIVE.add(self)
         freezer.acquire([inference.warm_up()])

@@ -251,7 +251,7 @@ class PointerTensor(torch.Tensor):
     # -- torch's protocols ---------------------------------------------------------
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if _forked:
+        if _forked and _first_pointer(args, kwargs)._client.pid != os.getpid():
             raise OpNotAllowed("pointers cannot be used in a process forked from the one that made them (a "
                                "DataLoader's num_workers > 0): their connection is that process's; use "
                                "num_workers=0, or syft_magics.data.DataLoader, which cuts batches on the worker")
@@ -300,7 +300,7 @@ class PointerTensor(torch.Tensor):
                            "this operation is not supported on pointers")
 
 
-_forked = False  # (set in a child of fork(): a DataLoader's worker processes)
+_forked = False  # (set in a child of fork(): a DataLoader's worker processes; its own new clients' pointers work)
 
 
 def _in_forked_child() -> None:
