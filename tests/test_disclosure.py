@@ -310,3 +310,20 @@ def test_data_dependent_ops_are_recognised_by_fake_tensor_types():
     assert infer(torch.Tensor.item, None, lambda: ((scalar,), {}, [scalar], [])) is REMOTE
     with pytest.raises(RuntimeError, match="broadcast"):
         infer(torch.add, None, lambda: ((meta, torch.empty(3, device="meta")), {}, [meta], []))
+
+
+@pytest.mark.parametrize("view_first", [False, True], ids=["view made after", "view made before"])
+def test_a_write_through_a_view_makes_its_base_and_other_views_the_owners_too(review_seed, view_first):
+    """``z[:].add_(x)`` marked only the view: ``z`` (the client's own tensor, holding #X now) still read as the
+    client's, so an error naming its values was shown: a probe read #X back exactly, with no request."""
+    bob, client = review_seed
+    x = client.search("#X")[0]
+    z = client.send(torch.zeros(5))
+    early = z.view(torch.int32) if view_first else None
+    z[:].add_(x)
+    bits = early if view_first else z.view(torch.int32)
+    one = client.send(torch.ones(1))
+    with pytest.raises(sm.RemoteError) as caught:
+        one[bits[0]].sum().get()
+    text = str(caught.value)
+    assert "withheld" in text and "1065353216" not in text and "out of bounds" not in text, text

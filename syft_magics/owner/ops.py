@@ -328,7 +328,8 @@ class Ops:
                 if grad:  # (a write under the client's no_grad adds no node)
                     entry.depth = graphs.depth_of(used, check=False)  # (used holds the entry: one deeper than it)
                     graphs.written_through(entry.tensor, entry.depth)
-        self.disclosure.taint(used, written)
+        # (through a view: its base and the other views hold what it wrote too, and derive from it)
+        self.disclosure.taint(used, self.store.sharing(written) if written else written)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
               prov: Optional[Provenance] = None) -> NoReturn:

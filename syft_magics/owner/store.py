@@ -141,6 +141,7 @@ class ObjectStore:
         #: storage itself: held, so its address cannot be reused by another block while this one is charged]
         self._blocks: Dict[Tuple[bytes, int], List[Any]] = {}
         self._in_block: Dict[bytes, List[Tuple[bytes, int]]] = {}  # object id -> the blocks it holds
+        self._holders: Dict[Tuple[bytes, int], Set[bytes]] = {}  # a session's block -> the objects holding it
         #: what the sessions' autograd graphs saved (see :meth:`keep_saved`): graph key -> (session, its blocks);
         #: the keys of those torch freed since (on any thread), to let go of here
         self._graphs: Dict[int, Tuple[bytes, List[Tuple[bytes, int]]]] = {}
@@ -167,7 +168,9 @@ class ObjectStore:
                 if blocks is _FIND:
                     blocks = self.blocks_of(entry.tensor)
                 if blocks is not None:
-                    self._in_block[entry.id] = self._take_blocks(entry.session, blocks)
+                    self._in_block[entry.id] = wheres = self._take_blocks(entry.session, blocks)
+                    for where in wheres:
+                        self._holders.setdefault(where, set()).add(entry.id)
                     return entry
                 cost = entry.nbytes if charge is None else charge
                 if cost:
@@ -254,7 +257,14 @@ class ObjectStore:
             ids = self._by_session.get(entry.session)
             if ids is not None:
                 ids.discard(entry.id)
-            self._let_go(self._in_block.pop(entry.id, ()), entry.session, self._charges.pop(entry.id, 0))
+            wheres = self._in_block.pop(entry.id, ())
+            for where in wheres:
+                holders = self._holders.get(where)
+                if holders is not None:
+                    holders.discard(entry.id)
+                    if not holders:
+                        del self._holders[where]
+            self._let_go(wheres, entry.session, self._charges.pop(entry.id, 0))
         elif entry.tensor is not None:
             key = storage_key(entry.tensor)
             left = self._owner_storage.get(key, 0) - 1
@@ -366,6 +376,19 @@ class ObjectStore:
                 seen.add(key)
                 more += nbytes
         return more, blocks
+
+    def sharing(self, entries: List[Entry]) -> List[Entry]:
+        """``entries`` and every other object of their sessions that holds the same memory (a view's base, the
+        other views of it): what a write into one of them wrote into too."""
+        found = {id(e): e for e in entries}
+        with self._lock:
+            for e in entries:
+                for where in self._in_block.get(e.id, ()):
+                    for oid in self._holders.get(where, ()):
+                        other = self._entries.get(oid)
+                        if other is not None:
+                            found.setdefault(id(other), other)
+        return list(found.values())
 
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""
