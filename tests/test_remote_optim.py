@@ -251,3 +251,32 @@ def test_a_scheduler_resumes_with_last_epoch_after_initial_lr_is_set(seed):
     schedule.step()
     local_schedule.step()
     assert schedule.get_last_lr() == pytest.approx(local_schedule.get_last_lr())
+
+
+@pytest.mark.parametrize("make", [
+    lambda c, p: c.lr_scheduler.ExponentialLR(c.optim.SGD(p, lr=10_000), gamma=[1] * 1024),
+    lambda c, p: c.optim.SGD([{"params": p, "lr": [1] * 1024}], lr=0.1),
+    lambda c, p: c.optim.Adam(p, lr=0.1, amsgrad=1),
+], ids=["list gamma", "list rate in a group", "int for a bool"])
+def test_an_option_takes_only_its_defaults_kind(seed, make):
+    """Found by a probe once lists were accepted for milestones: a scheduler multiplied a list-valued rate by
+    its gamma each step (10 million items in one step, 8 GB in three, charged 16 bytes)."""
+    bob, client = seed
+    params = list(client.send(nn.Linear(3, 2)).parameters())
+    with pytest.raises(sm.RemoteError, match="must be"):
+        make(client, params)
+
+
+def test_a_scheduler_is_charged_for_what_it_holds(make_worker, make_client):
+    """2,000 schedulers of 1,024 milestones held 160 MB, each charged nothing (its optimizer's memory was
+    held already): a probe."""
+    from syft_magics import Quotas
+
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="1MB"))
+    client = make_client(bob.address, key=bob.key)
+    opt = client.optim.SGD(client.send(nn.Linear(3, 2)).parameters(), lr=0.1)
+    kept = []
+    with pytest.raises(sm.QuotaExceeded):
+        for _ in range(40):
+            kept.append(client.lr_scheduler.MultiStepLR(opt, milestones=list(range(1024))))
+    assert 10 <= len(kept) < 20, "about 65 KiB each"

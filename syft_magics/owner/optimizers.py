@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Tuple
 
 import torch
 from torch.optim import Optimizer
@@ -34,25 +34,48 @@ MAX_OPTION_ITEMS = 1024
 MAX_GROUPS = 1024
 
 
-def _known(cls: type) -> FrozenSet[str]:
-    """The options ``cls`` takes by name (its constructor's, but ``params``): what a parameter group may set."""
-    return frozenset(n for n in inspect.signature(cls).parameters if n not in ("params", "self"))
+def _defaults(cls: type) -> Dict[str, Any]:
+    """The options ``cls`` takes by name (its constructor's, but what it is made over), with their defaults
+    (``_REQUIRED`` for those without one)."""
+    return {n: (_REQUIRED if p.default is inspect.Parameter.empty else p.default)
+            for n, p in inspect.signature(cls).parameters.items() if n not in ("params", "optimizer", "self")}
 
 
-_KNOWN: Dict[type, FrozenSet[str]] = {cls: _known(cls) for cls in OPTIMIZERS.values()}
+_REQUIRED = object()
+_DEFAULTS: Dict[type, Dict[str, Any]] = {cls: _defaults(cls) for cls in (*OPTIMIZERS.values(), *SCHEDULERS.values())}
+_KNOWN: Dict[type, FrozenSet[str]] = {cls: frozenset(d) for cls, d in _DEFAULTS.items()}
 
 
-def _options(kwargs: Dict[str, Any], what: str, known: Optional[FrozenSet[str]] = None) -> Dict[str, Any]:
-    """``kwargs``, checked to be options ``known`` names (if given) of plain values: None, a bool, a number,
-    or a short tuple of them (never a tensor: an option's value is the client's own choice)."""
+def _options(kwargs: Dict[str, Any], cls: type, what: str = "") -> Dict[str, Any]:
+    """``kwargs``, checked to be options of ``cls``, each of its default's kind: a bool for a bool, a number
+    for a number, a tuple of as many numbers for a tuple (Adam's betas), a bool or None for None (foreach);
+    a MultiStepLR's milestones a list of at most :data:`MAX_OPTION_ITEMS` ints, any other option without a
+    default a number. Never a tensor, a list in a number's place (a scheduler multiplied a list-valued rate
+    by its gamma each step: 8 GB in three), nor anything else."""
+    what = what or cls.__name__
+    known = _DEFAULTS[cls]
     for key, value in kwargs.items():
-        if known is not None and key not in known:
+        if key not in known:
             raise TypeError(f"{what} has no option {key!r} (options: {', '.join(sorted(known))})")
-        values = value if isinstance(value, (tuple, list)) else (value,)  # (milestones=[30, 80], as torch shows)
-        if len(values) > MAX_OPTION_ITEMS or not all(v is None or type(v) in _SCALARS for v in values):
-            raise TypeError(f"{what} option {key}= must be a number, a bool or a tuple of at most "
-                            f"{MAX_OPTION_ITEMS} numbers")
+        if not _fits(key, known[key], value):
+            wanted = (f"a list of at most {MAX_OPTION_ITEMS} ints" if key == "milestones" else "a number") \
+                if known[key] is _REQUIRED else _kind(known[key])
+            raise TypeError(f"{what} option {key}= must be {wanted}, not {_kind(value)}")
     return kwargs
+
+
+def _fits(key: str, default: Any, value: Any) -> bool:
+    if default is _REQUIRED:
+        if key == "milestones":
+            return type(value) in (list, tuple) and len(value) <= MAX_OPTION_ITEMS and \
+                all(type(v) is int for v in value)
+        return type(value) in (int, float)
+    if default is None:
+        return value is None or type(value) is bool
+    if type(default) is tuple:
+        return type(value) in (tuple, list) and len(value) == len(default) and all(type(v) in (int, float)
+                                                                                  for v in value)
+    return _same_kind(default, value)
 
 
 def _check_param(p: Any) -> torch.Tensor:
@@ -74,8 +97,8 @@ def _params(params: Any, cls: type) -> list:
     groups = []
     for item in params:
         if isinstance(item, dict):
-            group = _options({k: v for k, v in item.items() if k != "params"}, f"{cls.__name__}'s parameter group",
-                             _KNOWN[cls])
+            group = _options({k: v for k, v in item.items() if k != "params"}, cls,
+                             f"{cls.__name__}'s parameter group")
             inner = item.get("params")
             inner = [inner] if isinstance(inner, torch.Tensor) else list(inner or ())
             if not inner:
@@ -88,7 +111,7 @@ def _params(params: Any, cls: type) -> list:
 
 def _optimizer_factory(cls: type) -> Callable:
     def make(params: Any, **kwargs: Any) -> Optimizer:
-        return cls(_params(params, cls), **_options(kwargs, cls.__name__, _KNOWN[cls]))
+        return cls(_params(params, cls), **_options(kwargs, cls))
     make.__name__ = cls.__name__
     return make
 
@@ -97,7 +120,7 @@ def _scheduler_factory(cls: type) -> Callable:
     def make(optimizer: Any, **kwargs: Any) -> LRScheduler:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{cls.__name__} needs an optimizer on this worker")
-        return cls(optimizer, **_options(kwargs, cls.__name__))
+        return cls(optimizer, **_options(kwargs, cls))
     make.__name__ = cls.__name__
     return make
 
@@ -242,6 +265,13 @@ def state_bytes(opt: Optimizer) -> int:
         params = group["params"]
         will += int(_ratio(type(opt), group) * sum(p.numel() * p.element_size() for p in params))
     return max(will, _held(opt))
+
+
+def scheduler_bytes(s: LRScheduler) -> int:
+    """What a client is charged for a scheduler itself: its lists and maps (a MultiStepLR's milestones, each
+    group's rates) at 64 bytes an item, and a kilobyte (2,000 schedulers of 1,024 milestones each held 160 MB,
+    charged nothing: a probe)."""
+    return 1024 + 64 * sum(len(v) for v in vars(s).values() if isinstance(v, (list, tuple, dict)))
 
 
 def _held(opt: Optimizer) -> int:

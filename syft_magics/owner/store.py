@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ..display import dtype_text, esc, html_row, html_table, human_bytes, short_id, table
 from ..wire.names import check_tag
 from .graphs import Graph
-from .optimizers import state_bytes
+from .optimizers import scheduler_bytes, state_bytes
 from .provenance import CLIENT, Provenance
 
 __all__ = ["OWNER", "Entry", "ObjectStore", "Registry", "check_tag", "new_id"]
@@ -328,8 +328,9 @@ class ObjectStore:
         """``(key, bytes, what holds it)`` of each memory block a client's object is charged by, i.e. keeps
         alive: a tensor's storage; a model's parameters and buffers; an optimizer's parameters and its state
         (a block of its own, keyed by the optimizer: the state its steps will keep, see
-        :func:`.optimizers.state_bytes`); a scheduler's optimizer's. None for the owner's data and empty
-        blocks; None for anything else (charged by size) and a tensor without a storage."""
+        :func:`.optimizers.state_bytes`); a scheduler's optimizer's, and a block of its own (its milestones and
+        rates). None for the owner's data and empty blocks; None for anything else (charged by size) and a
+        tensor without a storage."""
         if type(value) is torch.Tensor:  # most results (the hot path): one storage
             try:
                 storage = value.untyped_storage()
@@ -340,6 +341,7 @@ class ObjectStore:
             return [(key, nbytes, storage)] if nbytes and key not in self._owner_storage else []
         extra: List[Block] = []
         if isinstance(value, LRScheduler):
+            extra.append((-id(value), scheduler_bytes(value), value))  # (its milestones, rates: its own block)
             value = value.optimizer  # (it keeps its optimizer alive)
         if isinstance(value, torch.nn.Module):
             tensors = list(value.state_dict(keep_vars=True).values())
