@@ -151,3 +151,15 @@ def test_a_models_forward_is_priced_by_its_matrix_products_not_as_linear_algebra
     for fn, x in ((torch.sqrt, torch.rand(3000, 1000)), (F.gelu, torch.rand(3000, 1000))):
         assert costs.estimate(fn, (x.requires_grad_(),), {}).flops == 0
     assert costs.estimate(torch.linalg.inv, (torch.rand(64, 64),), {}).flops >= costs.CUBIC_FACTOR * 64 ** 3
+
+
+def test_an_op_with_long_list_arguments_is_not_keyed_but_runs(seed):
+    """A key holds a small tuple per list item: three 2 MB messages of list arguments left 570 MB in the
+    process-wide cost cache, charged nothing, kept after the client and the worker had gone (a probe)."""
+    from syft_magics.owner import costs
+
+    bob, client = seed
+    assert costs.signature("Tensor.new_tensor", ([0.0] * 2000,), {}, True) is None
+    assert costs.signature("Tensor.new_tensor", ([0.0] * 20,), {}, True) is not None
+    x = client.search("#X")[0]
+    assert torch.equal(x.new_tensor([1.0] * 2000).get(), torch.ones(2000))

@@ -91,6 +91,7 @@ def _sig(value: Any, acc: List[int]) -> Any:
     if t in _PLAIN:
         return (t, value)
     if t is tuple or t is list or t is torch.Size:
+        _count(acc, len(value))
         return (t, tuple([_sig(v, acc) for v in value]))
     if isinstance(value, torch.Tensor):  # parameters
         return (value.shape, value.dtype)
@@ -99,10 +100,23 @@ def _sig(value: Any, acc: List[int]) -> Any:
     if value is Ellipsis:
         return Ellipsis
     if t is dict:
+        _count(acc, len(value))
         return (dict, tuple([(k, _sig(v, acc)) for k, v in value.items()]))
     if isinstance(value, _OBJECTS):
         return (object, _serial(value))
     raise Unestimable(t.__name__)
+
+
+#: The most items an op's arguments may hold in lists, tuples and maps and still be keyed: a key holds a small
+#: tuple per item, about 95x the message's size, and the cache kept them (three 2 MB messages: 570 MB, charged
+#: nothing, after the client and the worker had gone; a probe). Beyond, the op runs unpriced, on its lane.
+MAX_KEY_ITEMS = 1024
+
+
+def _count(acc: List[int], n: int) -> None:
+    acc[1] += n
+    if acc[1] > MAX_KEY_ITEMS:
+        raise Unestimable(f"arguments of more than {MAX_KEY_ITEMS} items are not keyed")
 
 
 #: Objects built on a worker that ops take (models, optimizers, schedulers): keyed by a serial number,
@@ -124,7 +138,7 @@ def signature(name: str, args: Any, kwargs: Dict[str, Any], grad: bool) -> Optio
     optimizer by which one it is; its last item is how many numbers were bucketed), or None if it holds
     something else that cannot be keyed (such ops always run on the lane)."""
     try:
-        acc = [0]
+        acc = [0, 0]  # numbers bucketed, items in lists, tuples and maps
         key: List[Any] = [name, grad]
         for value in args:  # the usual arguments first (the serving thread's hot path)
             key.append((value.shape, value.dtype) if type(value) is torch.Tensor else _sig(value, acc))
