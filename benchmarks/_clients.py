@@ -189,8 +189,13 @@ def local_copy(nbytes: int) -> float:
 def syft_connect(address: str, key: str):
     import syft_magics
 
+    from ._util import wait_warm_ups
+
     syft_magics.defaults.reply_timeout = WAIT_S
-    return syft_magics.connect(address, key=key, timeout=WAIT_S)
+    syft_magics.defaults.freeze_gc_after = 0.0  # (the steady state: frozen once warm, not 10 s into a row)
+    client = syft_magics.connect(address, key=key, timeout=WAIT_S)
+    wait_warm_ups()  # (the client's shape-inference warm-up and the freeze after it: before any measurement)
+    return client
 
 
 def send_seconds(client: Any, src: torch.Tensor) -> float:

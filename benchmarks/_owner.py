@@ -164,6 +164,7 @@ def main() -> None:
     if args.server == "syft":
         import syft_magics
 
+        syft_magics.defaults.freeze_gc_after = 0.0  # (the steady state: frozen once warm, measured after)
         worker = syft_magics.Worker("Owner", port=0, policy="open", connection_file=False,
                                     secure=True if args.secure else None).start()
         for tag, t in tensors.items():

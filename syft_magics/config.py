@@ -35,10 +35,12 @@ class Defaults:
     #: Thread switch interval (s) set while a worker runs, so it answers while the owner's
     #: notebook computes; None leaves the interpreter's setting alone (see _switch.py).
     switch_interval: Optional[float] = 0.00025
-    #: While a worker runs, the objects that exist once it has warmed up are frozen (``gc.freeze()``), so that
-    #: Python's full collections do not walk torch's 330,000 objects (0.2 s each); False leaves gc alone
-    #: (see owner/collector.py).
+    #: While a worker or client runs, the objects that exist once it has warmed up are frozen (``gc.freeze()``),
+    #: so that Python's full collections do not walk torch's 330,000 objects (0.2 s each); False leaves gc alone
+    #: (see collector.py).
     freeze_gc: bool = True
+    #: Seconds a worker or client runs before what exists is frozen (its warm-ups done first); 0: at once.
+    freeze_gc_after: float = 10.0
     #: Large tensors between a client and a worker verified to run on one host, as one user, travel as
     #: sealed memory files instead of through TCP (:mod:`syft_magics.wire.samehost`); False: always TCP.
     #: Read when a client connects.

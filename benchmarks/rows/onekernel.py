@@ -35,6 +35,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     budget = cfg.budget(3.0 if cfg.full else 1.5)
     chains: Dict[str, List[float]] = {"direct": [], "inproc": [], "cross": []}
     trips: Dict[str, List[float]] = {"direct": [], "inproc": [], "cross": []}
+    syft_magics.defaults.freeze_gc_after = 0.0  # (the steady state: frozen once warm, measured after)
     worker = syft_magics.Worker("OneKernel", tcp=False, policy="open").start()
     clients: Dict[str, Any] = {}
     try:
