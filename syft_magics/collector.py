@@ -50,7 +50,8 @@ class _Freezer:
                 return
             self._period += 1
             period, self._stopped = self._period, threading.Event()
-        threading.Thread(target=self._after, args=([t for t in warming if t is not None], period, self._stopped),
+            stopped = self._stopped
+        threading.Thread(target=self._after, args=([t for t in warming if t is not None], period, stopped),
                          name="syft-gc-freeze", daemon=True).start()
 
     def _after(self, threads: Iterable[threading.Thread], period: int, stopped: threading.Event) -> None:
