@@ -13,6 +13,7 @@ are refused by the client's byte quota instead of allocating a hundred sets of m
 from __future__ import annotations
 
 import inspect
+import json
 import threading
 from typing import Any, Callable, Dict, FrozenSet, Tuple
 
@@ -28,8 +29,8 @@ OPTIMIZERS: Dict[str, type] = {name: getattr(torch.optim, name)
 SCHEDULERS: Dict[str, type] = {name: getattr(torch.optim.lr_scheduler, name)
                                for name in ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR")}
 _SCALARS = (bool, int, float)
-#: The longest tuple an option may be (Adam's betas: 2; a MultiStepLR's milestones: a few), and the most
-#: parameter groups an optimizer may have: an optimizer is charged for its state, not for its options.
+#: The most milestones a MultiStepLR may have (a tuple option is as long as its default: Adam's betas, 2), and the
+#: most parameter groups an optimizer may have: an optimizer is charged for its state, not for its options.
 MAX_OPTION_ITEMS = 1024
 MAX_GROUPS = 1024
 
@@ -144,8 +145,6 @@ def settings(obj: Any) -> str:
     All of it follows from what the client chose (the options it gave, plain numbers: :func:`_options`)
     and how many steps it took, never from the values trained on: the client reads it in the op's reply,
     without a get (see ``provenance.VALUES_OF_CLIENT``)."""
-    import json
-
     if isinstance(obj, LRScheduler):
         found: Dict[str, Any] = {"last_lr": [_plain("lr", v) for v in obj.get_last_lr()],
                                  "last_epoch": int(obj.last_epoch), "groups": _groups(obj.optimizer)}

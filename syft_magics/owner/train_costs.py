@@ -171,7 +171,7 @@ def _train(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
     return Cost(sum(1 for _ in args[0].modules()) * 1e-6, 0, 0)
 
 
-def _options(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
+def _option_ops(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
     # (an optimizer's options read or set, a scheduler made over one: a few dict reads and writes per group;
     # setting an option may first measure its class's state once. Never priced by running them: a scheduler
     # made to price it would step the live optimizer, a second time with last_epoch=n). Bytes: none that count
@@ -185,7 +185,7 @@ _RULES: Dict[Callable[..., Any], Callable[[Any, Dict[str, Any], bool], Cost]] = 
     models.module_train: _train,
     optimizers.step: _step,
     optimizers.zero_grad: _zero_grad,
-    optimizers.settings: _options,
-    optimizers.set_option: _options,
-    **{make: _options for make in optimizers.SCHEDULER_FACTORIES},
+    optimizers.settings: _option_ops,
+    optimizers.set_option: _option_ops,
+    **{make: _option_ops for make in optimizers.SCHEDULER_FACTORIES},
 }
