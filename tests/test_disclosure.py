@@ -107,9 +107,13 @@ def test_sizes_read_from_values_and_the_structure_of_results_are_withheld(make_w
     _, (n,) = a.op("Tensor.long", ref_ext(scaled))
     _, (n0,) = a.op("Tensor.__getitem__", ref_ext(n), 0)
     reply, _ = a.op("Tensor.new_zeros", ref_ext(x), ref_ext(n0), described=True)  # new_zeros(123)
+    # no public fact bounds that size, so it cannot be charged without telling it: refused, whatever the value
+    assert reply["t"] == "err" and reply["code"] == "denied" and "without telling it" in reply["msg"]
+    assert "123" not in reply["msg"]
+    reply, _ = a.op("torch.nonzero", ref_ext(x), described=True)  # bounded (at most 4 rows): kept, shape withheld
     assert reply["t"] == "ok" and reply["r"][1][0][2] is None
     reply, _ = a.op("Tensor.split", ref_ext(x), ref_ext(n0), described=True)  # how many chunks: a value
-    assert reply["t"] == "err" and "withholds" in reply["msg"]
+    assert reply["t"] == "err" and "withholds" in reply["msg"] and "123" not in reply["msg"]
     _, (nz,) = a.op("torch.nonzero", ref_ext(x))
     reply, _ = a.op("Tensor.unbind", ref_ext(nz), described=True)  # as many tensors as nonzero values
     assert reply["t"] == "err" and "4" not in reply["msg"]
@@ -237,8 +241,8 @@ def test_gradients_from_the_owners_data_are_the_owners(make_worker, make_client,
         if how == "sgd step":
             client.optim.SGD([t], lr=1.0).step()
             leaked = t
-    counts = torch.bincount((leaked.reshape(-1)[0:1].abs() * 100).long())  # its length would tell a value
-    assert counts.known_shape is None
+    rows = torch.nonzero(leaked.reshape(-1)[0:1] > 0.5)  # its length would tell a bit of a value
+    assert rows.known_shape is None
     with pytest.raises(sm.GetTimeout):
         leaked.get(timeout=0.2)  # the owner decides
 
@@ -324,6 +328,6 @@ def test_a_write_through_a_view_makes_its_base_and_other_views_the_owners_too(re
     bits = early if view_first else z.view(torch.int32)
     one = client.send(torch.ones(1))
     with pytest.raises(sm.RemoteError) as caught:
-        one[bits[0]].sum().get()
+        one[bits[0:1]].sum().get()
     text = str(caught.value)
     assert "withheld" in text and "1065353216" not in text and "out of bounds" not in text, text

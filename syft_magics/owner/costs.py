@@ -103,7 +103,7 @@ def _sig(value: Any, acc: List[int]) -> Any:
         _count(acc, len(value))
         return (dict, tuple([(k, _sig(v, acc)) for k, v in value.items()]))
     if isinstance(value, _OBJECTS):
-        return (object, _serial(value))
+        return (object, serial(value))
     raise Unestimable(t.__name__)
 
 
@@ -126,11 +126,13 @@ _serials: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 _next_serial = itertools.count()
 
 
-def _serial(obj: Any) -> int:
-    serial = _serials.get(obj)
-    if serial is None:
-        serial = _serials[obj] = next(_next_serial)
-    return serial
+def serial(obj: Any) -> int:
+    """A number for a model, an optimizer or a scheduler, unique for the life of the process (a key that
+    does not keep it alive)."""
+    n = _serials.get(obj)
+    if n is None:
+        n = _serials[obj] = next(_next_serial)
+    return n
 
 
 def signature(name: str, args: Any, kwargs: Dict[str, Any], grad: bool) -> Optional[Tuple[Any, ...]]:
@@ -274,6 +276,20 @@ class WorkCounter(TorchDispatchMode):
         return out
 
 
+def fakes(mode: Any, tree: Any) -> Any:
+    """``tree`` with its tensors made fake in ``mode``; a tensor on the 'meta' device stands for one whose shape
+    is withheld (:meth:`.provenance.Disclosure.standins`: the same dtype, its public bound for a shape), on the
+    device it names."""
+    def fake(x: torch.Tensor) -> torch.Tensor:
+        if not x.is_meta:
+            return mode.from_tensor(x)
+        with mode:
+            f = torch.empty(x.shape, dtype=x.dtype, device=getattr(x, "standing_for", "cpu"))
+            return f.requires_grad_(True) if x.requires_grad else f
+
+    return tree_map_only(torch.Tensor, fake, tree)
+
+
 def estimate(fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool = True) -> Cost:
     """Run ``fn`` on fake copies of its arguments and price what it did; raises :class:`Unestimable`."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -283,7 +299,7 @@ def estimate(fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bo
         raise Unestimable("an op over a live optimizer is not run to be priced")
     mode = FakeTensorMode()
     try:
-        fargs, fkwargs = tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))
+        fargs, fkwargs = fakes(mode, (args, kwargs))
         counter = WorkCounter()
         with mode, counter, (torch.enable_grad() if grad else torch.no_grad()):
             result = fn(*fargs, **fkwargs)

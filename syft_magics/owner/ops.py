@@ -25,10 +25,10 @@ from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
 from . import autograd, costs, graphs, quotas, train_costs, writes
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
-from .provenance import PUBLIC_REFUSALS, Disclosure, Provenance
+from .provenance import PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
-from .store import Entry, ObjectStore, new_id
+from .store import Block, Entry, ObjectStore, new_id
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -92,14 +92,16 @@ class Ops:
                 owned = next((e for e in used if writes.owner_view(self.store, e)), None)
                 if owned is not None:
                     raise writes.OwnerDataWrite(op, "params", owned.label)
-            key = costs.signature(name, args, kwargs, grad)
+            # (priced as the client can know it: a withheld shape at its public bound)
+            pargs, pkwargs = self.disclosure.standins(args, kwargs, used)
+            key = costs.signature(name, pargs, pkwargs, grad)
             if fn in train_costs.THROUGH_GRAPH:  # a backward: priced per call from the graph it goes through
                 key, cost = None, train_costs.of_graph(used)
             else:
                 cost = costs.cached(key)  # the hot path: a known cheap op costs this look-up, no fake run
-            if cost is None and key is not None and not costs.warm() and costs.small(args) \
+            if cost is None and key is not None and not costs.warm() and costs.small(pargs) \
                     and not session.lane.busy:  # the first seconds after start: small ops at once, unpriced
-                result, written = self._call(session, fn, args, kwargs, grad, used)
+                result, written = self._call(session, op, fn, args, kwargs, grad, used)
                 ran = True
             elif cost is not None and cost.priced:
                 q, sid = session.quotas, session.ident
@@ -109,7 +111,7 @@ class Ops:
                 if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy:
                     t1 = time.perf_counter()
                     try:
-                        result, written = self._call(session, fn, args, kwargs, grad, used)
+                        result, written = self._call(session, op, fn, args, kwargs, grad, used)
                     finally:
                         took = time.perf_counter() - t1
                         if cost.slow or took > 2 * cost.seconds + costs.SLOW_SECONDS:  # (observe's test, inlined)
@@ -128,17 +130,18 @@ class Ops:
             estimate = cost
             if estimate is None and key is not None and costs.warm():
                 try:
-                    estimate = costs.scaled(train_costs.estimate(fn, args, kwargs, grad), key)
+                    estimate = costs.scaled(train_costs.estimate(fn, pargs, pkwargs, grad), key)
                 except costs.Unestimable:
                     estimate = costs.UNPRICED  # runs unpriced; its results are still charged before they are kept
                 costs.remember(key, estimate)
             if estimate is not None and estimate.priced:
                 self._check_cost(session, op, estimate, len(out))
-            else:  # (unpriced: at least not past the quota already)
+            else:  # (unpriced: at least not past the quota already, and a size that can be charged)
                 quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(session.ident), 0, op)
+                self._bounded(op, fn, args, kwargs, used)
             t1 = time.perf_counter()
             try:
-                result, written = self._call(session, fn, args, kwargs, grad, used)
+                result, written = self._call(session, op, fn, args, kwargs, grad, used)
             finally:
                 if estimate is not None and estimate.priced:
                     costs.observe(key, estimate, time.perf_counter() - t1)
@@ -180,7 +183,7 @@ class Ops:
         session.lane.run(work, done, self.call_soon)
         return None
 
-    def _call(self, session: Session, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
+    def _call(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
               used: List[Entry]) -> Tuple[Any, Optional[List[Entry]]]:
         """Run the op under the write guard; its result and the entries it wrote into (None: it writes
         nothing, by its schema). Raises :class:`_Ran` (the error and the writes made before it) if the
@@ -189,6 +192,8 @@ class Ops:
         already exist: see :mod:`.graphs`)."""
         recorder = graphs.Recorder() if grad and fn not in autograd.SAVES_NOTHING \
             and graphs.builds_graph(used) else None
+        if recorder is not None and any(e.provenance.hidden for e in used):
+            raise Reject(ErrorCode.DENIED, self._no_graph_text(op))
         grads = self.disclosure.grads_before(session.ident, used) if fn in autograd.WRITES_GRADS else None
         try:
             if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
@@ -232,6 +237,19 @@ class Ops:
             if graphs.keep_with_nodes(flatten(result)[0], [e.tensor for e in written or ()], graph):
                 self.store.keep_leaves(session.ident, graph, leaves)
 
+    def _bounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List[Entry]) -> None:
+        """Refuse, before it runs, an unpriced op over the owner's data whose results torch cannot bound (it
+        would be refused once it ran, see :meth:`_finish`: ``bincount``, a size read from a tensor, whose real
+        allocation no estimate foresaw)."""
+        why = self.disclosure.unbounded(op, fn, args, kwargs, used)
+        if why is not None:
+            raise Reject(ErrorCode.DENIED, why)
+
+    def _no_graph_text(self, op: str) -> str:
+        return (f"{op} would build an autograd graph over a tensor whose shape {self.name} withholds: what the "
+                "graph saves would be charged to your quota by its real size, which would tell that size; ask "
+                "for the shape first (ptr.request_shape()), or compute under torch.no_grad()")
+
     def _check_cost(self, session: Session, op: str, cost: costs.Cost, n_out: int) -> None:
         """Refuse, before it runs, an op over the client's time budget, bytes or objects."""
         q = session.quotas
@@ -261,7 +279,7 @@ class Ops:
 
     def _finish(self, session: Session, header: dict, name: str, call: Tuple[Any, Any, Any], result: Any,
                 out: list, used: List[Entry], t0: float,
-                disclosed: Optional[Tuple[Provenance, Optional[List[bool]]]] = None,
+                disclosed: Optional[Disclosed] = None,
                 spent: float = 0.0) -> Optional[List[Any]]:
         """Store an op's results for its client (charged to its quota, with their provenance: see
         :mod:`.provenance`, and the autograd work behind them: see :mod:`.train_costs`) and describe them
@@ -270,7 +288,8 @@ class Ops:
         work behind its results (its estimate, else what it took)."""
         op = short_name(name)
         leaves = flatten(result)[0]
-        prov, shown = disclosed or self.disclosure.of_result(op, *call, used, result)
+        disclosed = disclosed or self.disclosure.of_result(op, *call, used, result)
+        prov, shown = disclosed.prov, disclosed.shown
         try:
             if header.get("m"):
                 out = [new_id() if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
@@ -282,7 +301,8 @@ class Ops:
             # each result's charge (its memory blocks the client does not hold yet: see ObjectStore.put) and blocks
             kept = [(i, oid, leaf, self.store.charge(leaf, session.ident, seen))
                     for i, (oid, leaf) in enumerate(zip(out, leaves))
-                    if oid is not None and isinstance(leaf, STORED_TYPES)]  # tensors, models, optimizers built here
+                    if oid is not None and isinstance(leaf, STORED_TYPES)] if not disclosed.withheld \
+                else self._charged_publicly(session, op, disclosed, out, leaves, seen)
             # the work and depth behind results with a graph (the op's inputs'); too deep: refused (.graphs)
             graph = (train_costs.work_of(spent, used), graphs.depth_of(used)) \
                 if any(graphs.has_graph(k[2]) for k in kept) else (None, 0)
@@ -295,19 +315,37 @@ class Ops:
                     quotas.check_objects(q, session.label, count, len(kept))
                     quotas.check_bytes(q, session.label, held, more, f"{op}'s result")
         except Exception as exc:
-            if isinstance(exc, Reject) and exc.code == ErrorCode.QUOTA and prov.hidden:
-                exc.public = False  # its text would tell the size of a result whose shape is withheld
             self._fail(session, name, [] if header.get("m") else out, used, exc, t0, prov)
         inputs = tuple(e.id for e in used)
         now = time.time()
         for i, oid, leaf, (charge, blocks) in kept:
             work, depth = graph if graphs.has_graph(leaf) else (None, 0)
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
-                                 created=now, last_access=now, provenance=self.disclosure.leaf(prov, shown, i),
+                                 created=now, last_access=now, provenance=disclosed.leaf(i),
                                  work=work, depth=depth), charge=charge, blocks=blocks)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
+
+    def _charged_publicly(self, session: Session, op: str, disclosed: Disclosed, out: list, leaves: List[Any],
+                          seen: Set[int]) -> list:
+        """The results of an op that reads or makes a withheld shape, each with the charge its trace bounds by
+        public facts (see :mod:`.fake_trace`) rather than by its memory; refused if one has no bound, or
+        has an autograd graph (what the graph saved was charged by its real size)."""
+        kept: List[Tuple[int, bytes, Any, Tuple[int, Optional[List[Block]]]]] = []
+        for i, (oid, leaf) in enumerate(zip(out, leaves)):
+            if oid is None or not isinstance(leaf, STORED_TYPES):
+                continue
+            if not isinstance(leaf, torch.Tensor):  # a model or an optimizer: its architecture's size, public
+                kept.append((i, oid, leaf, self.store.charge(leaf, session.ident, seen)))
+                continue
+            public = disclosed.charge(i)
+            if public is None:
+                raise Reject(ErrorCode.DENIED, self.disclosure.unbounded_text(op, disclosed.trace is None))
+            if graphs.has_graph(leaf):
+                raise Reject(ErrorCode.DENIED, self._no_graph_text(op))
+            kept.append((i, oid, leaf, self.store.charge_public(leaf, session.ident, seen, public)))
+        return kept
 
     def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],
                  spent: float = 0.0, grad: bool = True) -> None:

@@ -16,6 +16,11 @@ This module decides, once for every op and every reply, what the client may lear
     result when torch cannot even trace its structure without the values (``split(x, n)``).
     A withheld shape stays withheld in everything computed from it, until the owner releases
     it (an approved get of the value, or of the shape: ``ptr.request_shape()``);
+  - its **size**, through quotas, only as a public upper bound: a result of an op that reads
+    or makes a withheld shape is charged by the bound the same trace gives (``nonzero(x)``:
+    ``x.numel()`` rows), and an owner's rule of sizes (``allow_get(max_numel=1)``) reads that
+    bound; a result torch cannot bound is refused, and no autograd graph is built over a
+    withheld shape (what it saves would be charged by its real size);
   - the **text of an error** raised by an op that read it: the client gets the exception's
     type and a generic message with a number; the owner's log and panel get the full text,
     and the owner may release it like a value (``err.request_message()``).
@@ -28,18 +33,18 @@ took (see SECURITY.md, "The timing channel").
 from __future__ import annotations
 
 import logging
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, cast
 
 import torch
 from torch.utils import _pytree as pytree
 
 from ..errors import ErrorCode
 from ..wire import limits
-from ..wire.results import autograd_leaf, describe, flatten, quiet_tracing
+from ..wire.results import autograd_leaf, describe, flatten
 from .aggregate import average_models
+from .fake_trace import Bounds, Trace, signature, trace
 from .models import model_weights
 from .optimizers import set_option, settings
 from .policy import OpenPolicy
@@ -63,10 +68,45 @@ class Provenance:
     hidden: bool = False
     #: why it is hidden (for the owner's request and the log)
     rule: str = ""
+    #: a hidden shape's public upper bound, dimension by dimension (see :mod:`.fake_trace`): what the client
+    #: is charged for and what an owner's rule of sizes reads, instead of the real shape
+    bounds: Bounds = None
 
     def released(self) -> "Provenance":
         """The same object once the owner released its shape (or its value)."""
         return Provenance(self.owner, self.sources, False, "released by the owner") if self.hidden else self
+
+    def hiding(self, bounds: Bounds) -> "Provenance":
+        """The same provenance for one object whose withheld shape is bounded by ``bounds``."""
+        return Provenance(self.owner, self.sources, True, self.rule, bounds)
+
+
+class Disclosed(NamedTuple):
+    """What :meth:`Disclosure.of_result` decided about an op's result."""
+
+    #: what the result derives from (``hidden``: from an input whose shape is withheld)
+    prov: Provenance
+    #: which leaves have a shape the client may see (None: all of them; empty: not even the structure)
+    shown: Optional[List[bool]] = None
+    #: the op reads or makes a withheld shape: its results are charged by :attr:`trace` (public facts alone),
+    #: not by their memory, which would tell the withheld sizes
+    withheld: bool = False
+    #: the op traced on value-free stand-ins (None: torch cannot trace or bound it without the values)
+    trace: Optional[Trace] = None
+
+    def charge(self, i: int) -> Optional[int]:
+        """The public charge of leaf ``i`` (None: it has none, and cannot be kept)."""
+        t = self.trace
+        return t.charges[i] if t is not None and i < len(t.charges) else None
+
+    def leaf(self, i: int) -> Provenance:
+        """The provenance of the ``i``-th leaf."""
+        shown, t = self.shown, self.trace
+        if shown is not None and i < len(shown) and shown[i]:
+            return Provenance(True, self.prov.sources)
+        if shown is not None and t is not None and i < len(t.bounds):
+            return self.prov.hiding(t.bounds[i])
+        return self.prov
 
 
 #: Ops over models whose results' shapes are their models' parameters' (an average of models, a model's weights
@@ -160,58 +200,87 @@ class Disclosure:
             return CLIENT
         return Provenance(True, tuple(sources), hidden is not None, hidden or "")
 
-    def of_result(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"],
-                  result: Any) -> Tuple[Provenance, Optional[List[bool]]]:
-        """The provenance of an op's result, and which of its leaves have a shape the client may see
-        (``None``: all of them; an empty list: not even the result's structure may be told)."""
+    def of_result(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"], result: Any) -> Disclosed:
+        """The provenance of an op's result, which of its leaves have a shape the client may see, and, where
+        the op reads or makes a withheld shape, the public bounds its results are charged by."""
         if fn in VALUES_OF_CLIENT:
-            return CLIENT, None
+            return Disclosed(CLIENT)
         prov = self.of_inputs(used)
         if not prov.owner or not self.guarded:
-            return prov, None
+            return Disclosed(prov)
         if fn in SHAPES_OF_MODELS:  # (shapes set by the models' architectures, never by values)
-            return Provenance(True, prov.sources), None
-        public = self._public_leaves(fn, args, kwargs, used, result)
-        if public is not None and all(public):
-            return Provenance(True, prov.sources), None
+            return Disclosed(Provenance(True, prov.sources))
+        traced = self.trace(fn, args, kwargs, used)
+        public = _public_leaves(traced, result)
+        if public is not None and all(public) and not prov.hidden:
+            return Disclosed(Provenance(True, prov.sources))
         rule = prov.rule or f"the size of {op}'s result depends on the values"
-        return Provenance(True, prov.sources, True, rule), public or []
+        return Disclosed(Provenance(True, prov.sources, True, rule), public or [], True, traced)
 
-    def _public_leaves(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"],
-                       result: Any) -> Optional[List[bool]]:
-        """Trace ``fn`` on values-free stand-ins: which result leaves have a shape that follows from
-        public metadata alone (and equals the real one). ``None``: the structure itself is not public."""
-        hidden_ids = {id(e.tensor) for e in used if of_entry(e).hidden}
-        if any(not isinstance(e.tensor, torch.Tensor) for e in used):
-            return None  # a model or an optimizer: its state cannot be traced without side effects
+    def trace(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Optional[Trace]:
+        """``fn`` traced on value-free stand-ins (see :mod:`.fake_trace`), remembered by what it depends on;
+        None where torch cannot trace it without the values (a model's or an optimizer's state: not traced)."""
+        if any(not isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used):
+            return None  # an optimizer: its state cannot be traced without side effects
+        withheld = {id(e.tensor): bounds_of(e) for e in used if of_entry(e).hidden}
         leaves, spec = pytree.tree_flatten((args, kwargs))
         try:
-            key = (fn, spec, tuple(_signature(x, id(x) in hidden_ids) for x in leaves))
+            key = (fn, spec, tuple(signature(x, withheld.get(id(x))) for x in leaves))
             hash(key)
         except TypeError:
             key = None
-        traced = self._traced.get(key) if key is not None else None
-        if traced is None:
-            traced = _trace(fn, leaves, spec, hidden_ids)
+        traced: Any = self._traced.get(key, False) if key is not None else False
+        if traced is False:
+            traced = trace(fn, leaves, spec, withheld)
             if key is not None:
                 if len(self._traced) > 4096:
                     self._traced.clear()
                 self._traced[key] = traced
-        if traced is False:
-            return None
-        fake_spec, fake_shapes = traced
-        real, real_spec = flatten(result)
-        if real_spec != fake_spec:
-            return None
-        return [not isinstance(x, torch.Tensor) or (s is not None and tuple(x.shape) == s)
-                for x, s in zip(real, fake_shapes)]
+        return cast(Optional[Trace], traced)
 
     @staticmethod
-    def leaf(prov: Provenance, shown: Optional[List[bool]], i: int) -> Provenance:
-        """The provenance of the ``i``-th leaf of a result (see :meth:`of_result`)."""
-        if shown is not None and i < len(shown) and shown[i]:
-            return Provenance(True, prov.sources)
-        return prov
+    def standins(args: Any, kwargs: Any, used: List["Entry"]) -> Tuple[Any, Any]:
+        """``(args, kwargs)`` as an op's price sees them: a tensor whose shape is withheld stands as an empty
+        'meta' tensor of its public bound (the price of the op at its largest), so that neither an estimate
+        nor a refusal tells the real size (``args`` themselves when none is withheld: most ops)."""
+        for e in used:
+            if e.provenance.hidden:
+                break
+        else:  # (the hot path: one look per input)
+            return args, kwargs
+        withheld = {id(e.tensor): e for e in used if e.provenance.hidden and isinstance(e.tensor, torch.Tensor)}
+
+        def standin(x: torch.Tensor) -> torch.Tensor:
+            entry = withheld.get(id(x))
+            if entry is None:
+                return x
+            s = torch.empty(bounds_of(entry), dtype=x.dtype, device="meta", requires_grad=x.requires_grad)
+            setattr(s, "standing_for", x.device)  # (read by costs.fakes)
+            return s
+
+        return pytree.tree_map_only(torch.Tensor, standin, (args, kwargs))
+
+    def unbounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Optional[str]:
+        """Before an op runs: why its results could not be kept (see :meth:`unbounded_text`), or None. For an
+        op no estimate priced: its real allocation would happen before the refusal."""
+        if not self.guarded or fn in VALUES_OF_CLIENT or fn in SHAPES_OF_MODELS or not self.of_inputs(used).owner \
+                or any(not isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used):
+            return None
+        traced = self.trace(fn, args, kwargs, used)  # (None: it may fail on the values too; it runs, and says)
+        return self.unbounded_text(op) if traced is not None and None in traced.charges else None
+
+    def unbounded_text(self, op: str, untraced: bool = False) -> str:
+        """Why the results of ``op`` cannot be kept: one has a withheld size that no public fact bounds
+        (``untraced``: torch cannot even work it out without the values)."""
+        owner = self.worker.name
+        if untraced:
+            return (f"torch cannot work out the size of {op}'s result without reading {owner}'s values (e.g. an "
+                    "index read from them: write x[i.view(1)] rather than x[i]), so it cannot be charged to your "
+                    f"quota without telling it")
+        return (f"the size of {op}'s result depends on {owner}'s data and has no bound that follows from public "
+                f"facts, so {owner} cannot charge it to your quota without telling it; compute it with sizes "
+                "you choose (e.g. F.one_hot(y, num_classes=n).sum(0) for bincount(y)), or ask for the shape of "
+                "its input first (ptr.request_shape())")
 
     def taint(self, used: List["Entry"], written: List["Entry"]) -> None:
         """After an op: the clients' objects it wrote (and the models and optimizers it used, whose
@@ -225,7 +294,8 @@ class Disclosure:
         for entry in touched:
             if entry.session is not None and not (entry.provenance.owner and
                                                   entry.provenance.hidden >= prov.hidden):
-                entry.provenance = prov
+                # (written in place: its shape, public until now, is its withheld shape's bound)
+                entry.provenance = prov.hiding(bounds_of(entry)) if prov.hidden else prov
 
     def grads_before(self, session: bytes, used: List["Entry"]) -> Optional[Tuple[Provenance, list]]:
         """Before an op that writes gradients (a backward, ``ptr.grad = g``) over the owner's data: what
@@ -290,68 +360,24 @@ class Withheld(Exception):
         self.n, self.etype = n, etype
 
 
-_warming = threading.Lock()
-
-
-def warm_up() -> Optional[threading.Thread]:
-    """Trace one op in a background thread (returned; None if one ran already) at worker start: the first
-    trace imports torch's symbolic shapes (sympy; seconds), which would otherwise hold the serving thread
-    on a client's first op."""
-    if not _warming.acquire(blocking=False):
+def _public_leaves(traced: Optional[Trace], result: Any) -> Optional[List[bool]]:
+    """Which leaves of ``result`` have the shape ``traced`` found from public facts alone (None: not even its
+    structure is public)."""
+    if traced is None:
         return None
-    x = torch.zeros(2)
-    # not a daemon: a daemon thread still importing when the interpreter exits crashes it
-    thread = threading.Thread(target=_trace, args=(torch.nonzero, [x], pytree.tree_flatten(((x,), {}))[1], set()),
-                              name="torch-trace-warm-up", daemon=False)
-    thread.start()
-    return thread
+    real, real_spec = flatten(result)
+    if real_spec != traced.spec:
+        return None
+    return [not isinstance(x, torch.Tensor) or (s is not None and tuple(x.shape) == s)
+            for x, s in zip(real, traced.shapes)]
 
 
-def _signature(x: Any, hidden: bool) -> Any:
-    if isinstance(x, torch.Tensor):
-        if hidden:
-            return ("H", x.dim(), x.dtype, x.requires_grad)
-        return ("T", tuple(x.shape), x.stride(), x.dtype, x.requires_grad)
-    if isinstance(x, slice):
-        return ("s", x.start, x.stop, x.step)
-    return (type(x), x)
-
-
-def _trace(fn: Any, leaves: List[Any], spec: Any, hidden_ids: set) -> Any:
-    """``(structure, shapes)`` of ``fn``'s result on value-free stand-ins (a shape is ``None`` where it
-    depends on a value), or ``False`` when torch cannot trace it without the values."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import ShapeEnv
-
-    env = ShapeEnv()
-    try:
-        with quiet_tracing(), FakeTensorMode(shape_env=env, allow_non_fake_inputs=True) as mode:
-            fakes = []
-            for x in leaves:
-                if isinstance(x, torch.Tensor):
-                    if id(x) in hidden_ids:
-                        f = torch.empty([env.create_unbacked_symint() for _ in range(x.dim())], dtype=x.dtype)
-                        if x.requires_grad:
-                            f.requires_grad_(True)
-                    else:
-                        f = mode.from_tensor(x, static_shapes=True)
-                    fakes.append(f)
-                else:
-                    fakes.append(x)
-            args, kwargs = pytree.tree_unflatten(fakes, spec)
-            with torch.no_grad():
-                out = fn(*args, **kwargs)
-            out_leaves, out_spec = flatten(out)
-            shapes = [_static(o.shape) if isinstance(o, torch.Tensor) else () for o in out_leaves]
-    except Exception:
-        return False
-    return out_spec, shapes
-
-
-def _static(shape: Any) -> Optional[Tuple[int, ...]]:
-    if all(type(d) is int for d in shape):
-        return tuple(shape)
-    return None
+def bounds_of(entry: "Entry") -> Tuple[int, ...]:
+    """The public upper bound of an object's shape: its shape where the client may know it."""
+    prov = of_entry(entry)
+    if prov.hidden and prov.bounds is not None:
+        return prov.bounds
+    return tuple(entry.tensor.shape) if isinstance(entry.tensor, torch.Tensor) else ()
 
 
 def _grads(value: Any) -> Any:

@@ -25,7 +25,7 @@ from ..wire import limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import ZERO_COPY_BYTES, readable, recv_parts
-from . import costs, lanes, moves, provenance, quotas, releases, streams, tickets, writes
+from . import costs, fake_trace, lanes, moves, quotas, releases, streams, tickets, writes
 from .chunk_queue import ChunkQueue
 from .connections import Connections
 from .direct import DirectPort
@@ -86,7 +86,7 @@ class Server(Handshakes, DirectPort, Ops):
         wake_send.connect(address)
         self._wake_send = wake_send
         self._running = True
-        freezer.acquire([writes.warm_up(), costs.warm_up(), provenance.warm_up()])
+        freezer.acquire([writes.warm_up(), costs.warm_up(), fake_trace.warm_up()])
         self._thread = threading.Thread(target=self._serve, args=(router, wake_recv),
                                         name=f"syft-worker-{self.name}", daemon=True)
         self._thread.start()

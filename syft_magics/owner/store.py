@@ -146,6 +146,7 @@ class ObjectStore:
         #: the keys of those torch freed since (on any thread), to let go of here
         self._graphs: Dict[int, Tuple[bytes, List[Tuple[bytes, int]]]] = {}
         self._graph_keys = itertools.count(1)
+        self._own_keys = itertools.count(1 << 62)  # (blocks of their own: never an address, nor an -id())
         self._released: "collections.deque[int]" = collections.deque()
         self._lock = threading.RLock()
 
@@ -378,6 +379,23 @@ class ObjectStore:
                 seen.add(key)
                 more += nbytes
         return more, blocks
+
+    def charge_public(self, value: torch.Tensor, session: bytes, seen: Set[int],
+                      public: int) -> Tuple[int, Optional[List[Block]]]:
+        """As :meth:`charge`, for a result whose size is withheld (see :mod:`.fake_trace`): charged ``public``
+        bytes, its public upper bound, whatever its memory really holds; nothing (as :meth:`charge`) when its
+        trace found it a view of the op's inputs. Its block, if new, is charged that bound; if the session
+        held it already (a view where the trace saw a copy), a block of its own carries the charge."""
+        if not public:
+            return self.charge(value, session, seen)
+        blocks = self.blocks_of(value) or []
+        self._drain()
+        for i, (key, _nbytes, storage) in enumerate(blocks):
+            if (session, key) not in self._blocks and key not in seen:
+                seen.add(key)
+                blocks[i] = (key, public, storage)
+                return public, blocks
+        return public, [*blocks, (-next(self._own_keys), public, None)]
 
     def sharing(self, entries: List[Entry]) -> List[Entry]:
         """``entries`` and every other object of their sessions that holds the same memory (a view's base, the

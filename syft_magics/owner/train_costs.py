@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from torch.utils._pytree import tree_flatten, tree_map_only
+from torch.utils._pytree import tree_flatten
 
 from . import autograd, costs, graphs, models, optimizers
 from .costs import Cost, Unestimable, WorkCounter, rates
@@ -100,7 +100,7 @@ def _forward(args: Any, kwargs: Dict[str, Any], grad: bool) -> Cost:
     try:
         with FakeCopyMode(mode):  # a copy with fake weights: the live model is never touched
             fake_model = copy.deepcopy(model)
-        fake_args, fake_kwargs = tree_map_only(torch.Tensor, mode.from_tensor, (inputs, kwargs))
+        fake_args, fake_kwargs = costs.fakes(mode, (inputs, kwargs))
         counter = WorkCounter()
         with mode, counter, (torch.enable_grad() if grad else torch.no_grad()):
             result = fake_model(*fake_args, **fake_kwargs)

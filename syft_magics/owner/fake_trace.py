@@ -1,0 +1,157 @@
+"""An op traced on value-free stand-ins: which result shapes follow from public facts, and how large a result
+can be without anyone looking at the owner's values.
+
+:mod:`.provenance` asks this for every op over the owner's data (under any policy but ``open``). The op runs
+again under torch's ``FakeTensorMode`` with a ``ShapeEnv``: tensors have no values, and an input whose shape
+is withheld has unbacked symbolic sizes, each constrained to the public upper bound it was given when it was
+made. A result dimension that comes out a plain integer depends on no value; one that comes out symbolic is
+withheld, and torch's value ranges (``bound_sympy``) give its public upper bound: ``nonzero(x)`` has at most
+``x.numel()`` rows, ``y.repeat(1000, 1)`` of such a result 1000 times as many. The same bound of the result's
+memory (its storage's bytes, or nothing for a view of an input) is what its client is charged, so a quota's
+refusal depends on public facts only (a charge of real bytes told withheld sizes: a probe bisected ``#X``
+through ``QuotaExceeded``). A result torch cannot bound (``bincount``, ``unique`` of a withheld shape, a size
+read from a tensor) has no public charge: :mod:`.ops` refuses it.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch.utils import _pytree as pytree
+
+from ..wire.results import flatten, quiet_tracing
+from .costs import serial
+
+#: A bound above this is no bound (torch writes "unbounded" as sys.maxsize - 1 or infinity).
+UNBOUNDED = 1 << 62
+
+#: Per-dimension public upper bounds of a withheld shape (None: a tensor whose shape is public).
+Bounds = Optional[Tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What a trace tells of an op's result, leaf by leaf (the leaves of :func:`~..wire.results.flatten`)."""
+
+    #: the result's structure (a pytree spec)
+    spec: Any
+    #: each leaf's shape where it follows from public facts alone, else None (not a tensor: ``()``)
+    shapes: List[Optional[Tuple[int, ...]]]
+    #: each leaf's public upper bound, dimension by dimension (None: torch cannot bound it)
+    bounds: List[Bounds]
+    #: each leaf's public charge in bytes: its storage's upper bound, 0 for a view of an input or of an earlier
+    #: leaf (None: no bound)
+    charges: List[Optional[int]]
+
+
+def signature(x: Any, bounds: Bounds) -> Any:
+    """What a trace depends on of one argument (a withheld tensor by its bounds, not its shape)."""
+    if isinstance(x, torch.Tensor):
+        if bounds is not None:
+            return ("H", bounds, x.dtype, x.requires_grad)
+        return ("T", tuple(x.shape), x.stride(), x.dtype, x.requires_grad)
+    if isinstance(x, slice):
+        return ("s", x.start, x.stop, x.step)
+    if isinstance(x, nn.Module):  # (by which one it is: the key must not keep it alive)
+        return ("M", serial(x))
+    return (type(x), x)
+
+
+def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Tuple[int, ...]]) -> Optional[Trace]:
+    """Trace ``fn`` over ``leaves`` (the flattened ``(args, kwargs)``, ``spec`` their structure); ``withheld``:
+    ``id(tensor)`` -> the public bounds of an input whose shape is withheld. None when torch cannot trace it
+    without the values (then even the result's structure is not public)."""
+    from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    env = ShapeEnv()
+    try:
+        with quiet_tracing(), FakeTensorMode(shape_env=env, allow_non_fake_inputs=True) as mode:
+            fakes: List[Any] = []
+            for x in leaves:
+                if isinstance(x, torch.Tensor):
+                    bounds = withheld.get(id(x))
+                    if bounds is not None:
+                        sizes = []
+                        for b in bounds:
+                            s = env.create_unbacked_symint()
+                            torch._constrain_as_size(s, min=0, max=b)
+                            sizes.append(s)
+                        f = torch.empty(sizes, dtype=x.dtype, device=x.device)
+                        if x.requires_grad:
+                            f.requires_grad_(True)
+                    else:
+                        f = mode.from_tensor(x, static_shapes=True)
+                    fakes.append(f)
+                elif isinstance(x, nn.Module):  # a copy with fake weights: the live model is never touched
+                    with FakeCopyMode(mode):
+                        fakes.append(copy.deepcopy(x))
+                else:
+                    fakes.append(x)
+            args, kwargs = pytree.tree_unflatten(fakes, spec)
+            with torch.no_grad():
+                out = fn(*args, **kwargs)
+            out_leaves, out_spec = flatten(out)
+            # (storages of the inputs and of earlier results: a result in one of them adds no memory)
+            held = {StorageWeakRef(f.untyped_storage()) for f in fakes if isinstance(f, torch.Tensor)}
+            shapes: List[Optional[Tuple[int, ...]]] = []
+            all_bounds: List[Bounds] = []
+            charges: List[Optional[int]] = []
+            for o in out_leaves:
+                if not isinstance(o, torch.Tensor):
+                    shapes.append(())
+                    all_bounds.append(())
+                    charges.append(0)
+                    continue
+                static = tuple(o.shape) if all(type(d) is int for d in o.shape) else None
+                shapes.append(static)
+                dims = [_upper(d, env) for d in o.shape]
+                all_bounds.append(tuple(d for d in dims if d is not None) if None not in dims else None)
+                ref = StorageWeakRef(o.untyped_storage())
+                charges.append(0 if ref in held else _upper(o.untyped_storage().nbytes(), env))
+                held.add(ref)
+    except Exception:
+        return None
+    return Trace(out_spec, shapes, all_bounds, charges)
+
+
+def _upper(value: Any, env: Any) -> Optional[int]:
+    """A size's public upper bound (None: unbounded)."""
+    if type(value) is int:
+        return value
+    from torch.utils._sympy.value_ranges import bound_sympy
+
+    upper = bound_sympy(value.node.expr, env.var_to_range).upper
+    from torch.utils._sympy.numbers import IntInfinity
+
+    if isinstance(upper, IntInfinity) or getattr(upper, "is_finite", True) is not True:  # (torch's, sympy's)
+        return None
+    try:
+        n = int(upper)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return None
+    return n if 0 <= n < UNBOUNDED and n < sys.maxsize - 1 else None
+
+
+_warming = threading.Lock()
+
+
+def warm_up() -> Optional[threading.Thread]:
+    """Trace one op in a background thread (returned; None if one ran already) at worker start: the first
+    trace imports torch's symbolic shapes (sympy; seconds), which would otherwise hold the serving thread
+    on a client's first op."""
+    if not _warming.acquire(blocking=False):
+        return None
+    x = torch.zeros(2)
+    # not a daemon: a daemon thread still importing when the interpreter exits crashes it
+    thread = threading.Thread(target=trace, args=(torch.nonzero, [x], pytree.tree_flatten(((x,), {}))[1],
+                                                  {id(x): (2,)}),
+                              name="torch-trace-warm-up", daemon=False)
+    thread.start()
+    return thread

@@ -1,0 +1,114 @@
+"""A withheld shape does not leak through quotas (session 13's probe: ``nonzero(x[i:i+1] > t)`` added 0 or 8
+bytes to the client's charge, and a bisection over ``QuotaExceeded`` read every value of ``#X`` in 2.8 s under
+review). Everything the client can observe of its quota, prices and the owner's rules of sizes follows from
+public facts: a result of an op that reads or makes a withheld shape is charged its public upper bound (from a
+trace on value-free stand-ins), priced at that bound, and matched against ``allow_get(max_numel=...)`` by it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import syft_magics as sm
+from syft_magics.errors import PermissionDenied, QuotaExceeded
+from syft_magics.owner.quotas import Quotas
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("fresh_estimates")]
+
+SECRET = torch.tensor([0.123456, 0.654321, 0.5, 0.999999])
+
+
+def _bob(make_worker, **kwargs):
+    bob = make_worker("Bob", policy="review", connection_file=False, **kwargs)
+    bob.share(SECRET.clone(), "#X")
+    return bob
+
+
+def _held(bob) -> int:
+    return bob.store.held_bytes(next(iter(bob.server.sessions)))
+
+
+@pytest.mark.parametrize("t", [0.0, 2.0], ids=["every value above", "none above"])
+def test_a_withheld_result_is_charged_its_public_bound_whatever_its_real_size(make_worker, make_client, t):
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    kept = [torch.nonzero(x[i:i + 1] > t) for i in range(4)]  # real: 1 row each, or none
+    grown = kept[0].float().repeat(1000, 1)  # computed from a withheld shape: bounded through it
+    client.sync()
+    # at most one row of one index each (8 B), and 1000 such rows of float32: the same for either threshold
+    assert _held(bob) == 4 * 8 + 1000 * 4
+    assert kept[0].known_shape is None and grown.known_shape is None
+
+
+def test_quota_refusals_are_the_same_whatever_the_withheld_values(make_worker, make_client):
+    """The probe's oracle: keep ``nonzero(x[i:i+1] > t)`` results until the quota refuses one; the count and
+    the text of the refusal were a read of ``x``. Both follow from public facts now."""
+    seen = []
+    for t in (0.0, 2.0):
+        bob = _bob(make_worker, quotas=Quotas(max_bytes=100))
+        client = make_client(bob.address, key=bob.key)
+        x = client.search("#X")[0]
+        kept = []
+        with pytest.raises(QuotaExceeded) as refused:
+            for _ in range(40):
+                kept.append(torch.nonzero(x[0:1] > t))
+                client.sync()
+        seen.append((len(kept), str(refused.value)))
+    assert seen[0] == seen[1], seen
+
+
+def test_an_op_over_a_withheld_shape_is_priced_at_its_bound(make_worker, make_client):
+    """An estimate from the real size would refuse a big result and let a small one through."""
+    bob = make_worker("Bob", policy="review", connection_file=False, quotas=Quotas(max_bytes="64MB"))
+    bob.share(torch.zeros(1_000_000), "#Z")
+    client = make_client(bob.address, key=bob.key)
+    z = client.search("#Z")[0]
+    rows = torch.nonzero(z > 0.5)  # really none; at most a million (8 MB)
+    client.sync()
+    with pytest.raises(QuotaExceeded, match="allocating"):  # 16x the bound: 128 MB over a 64 MB quota
+        rows.repeat(16, 1).sum().item()
+
+
+def test_an_unbounded_size_is_refused_with_what_to_do(make_worker, make_client):
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    with pytest.raises(PermissionDenied, match=r"bincount's result .*no bound.*one_hot"):
+        torch.bincount((x * 10).long()).sum().item()
+    # a size read from the owner's values, the same
+    with pytest.raises(PermissionDenied, match="without telling it"):
+        x.new_zeros((x[0] * 1000).long()).sum().item()
+    # the client's own data is not the owner's: nothing to withhold
+    mine = client.send(torch.tensor([1, 2, 2]))
+    assert tuple(torch.bincount(mine).shape) == (3,)
+
+
+def test_no_autograd_graph_over_a_withheld_shape(make_worker, make_client):
+    """What a graph saves is charged by its real size: it would tell a withheld one."""
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    w = client.send(torch.ones(4)).requires_grad_()
+    with pytest.raises(PermissionDenied, match=r"autograd graph .*request_shape"):
+        w[x > 0.5].sum().item()  # the result's shape is withheld, and the index its backward saves
+    picked = x[x > 0.5]
+    with pytest.raises(PermissionDenied, match="autograd graph"):
+        (picked * w[0]).sum().item()  # over a withheld input
+    with torch.no_grad():
+        total = (picked * w[0]).sum()  # no graph: allowed
+    client.sync()
+    assert total.known_shape == ()
+
+
+def test_an_owners_rule_of_sizes_reads_the_public_bound(make_worker, make_client):
+    """``allow_get(max_numel=1)`` applied to the real numel told whether a withheld result had more than one
+    element (auto-allowed or left to review)."""
+    bob = _bob(make_worker)
+    bob.policy.allow_get(max_numel=1)
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    none = torch.nonzero(x[0:2] > 2.0)  # really empty, at most 2 elements: left to the owner
+    with pytest.raises(sm.GetTimeout):
+        none.get(timeout=0.3)
+    one = torch.nonzero(x[0:1] > 0.0)  # at most one element: the rule applies
+    assert one.get(timeout=5).tolist() == [[0]]
