@@ -7,7 +7,7 @@ so code that already handles those keeps working.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Dict, List, Optional, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 
 class WireEnum(str, Enum):
@@ -205,3 +205,28 @@ ERROR_CLASSES: Dict[ErrorCode, Type[SyftError]] = {
 def error_class(code: object) -> Type[SyftError]:
     """The exception class for an ``err`` reply's ``code`` (any value a worker may send)."""
     return ERROR_CLASSES.get(code, RemoteError) if isinstance(code, str) else RemoteError  # type: ignore[call-overload]
+
+
+#: The built-in exceptions a failed op's error also is, by the name the worker sends (``etype``): what torch
+#: raises locally, so that ``except RuntimeError`` catches a remote "backward through the graph a second time"
+#: as it catches the local one. Other names (a worker's own classes) add none.
+BUILTIN_KINDS: Dict[str, Type[Exception]] = {e.__name__: e for e in (
+    RuntimeError, ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, NotImplementedError,
+    AssertionError, OverflowError, ArithmeticError, LookupError)}
+_typed: Dict[Tuple[type, type], type] = {}
+
+
+def typed(cls: Type[RemoteError], remote_type: object) -> Type[RemoteError]:
+    """``cls`` that is also the built-in exception ``remote_type`` names (e.g. a ``WithheldError`` that is an
+    ``IndexError``), else ``cls`` itself. One class per pair, made once."""
+    kind = BUILTIN_KINDS.get(remote_type) if isinstance(remote_type, str) else None
+    if kind is None or issubclass(cls, kind):
+        return cls
+    made = _typed.get((cls, kind))
+    if made is None:
+        try:
+            made = type(cls.__name__, (cls, kind), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+        except TypeError:  # (a class that is an OSError already cannot be a RuntimeError too)
+            made = cls
+        _typed[(cls, kind)] = made
+    return made

@@ -255,6 +255,30 @@ def test_remote_error_carries_the_structured_fields():
     assert str(err) == "boom"
 
 
+def test_a_remote_torch_error_is_caught_as_the_local_one_would_be(seed):
+    """``except RuntimeError`` around a training step caught torch's "backward through the graph a second
+    time" locally, but not on a pointer (a RemoteError only)."""
+    _, client = seed
+    w = client.send(torch.ones(3)).requires_grad_()
+    loss = (w * w).sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="second time") as caught:
+        loss.backward()
+        client.sync()
+    assert isinstance(caught.value, sm.RemoteError) and caught.value.remote_type == "RuntimeError"
+    assert type(caught.value).__name__ == "RemoteError"
+
+
+def test_a_withheld_error_is_still_the_builtin_error_its_kind_names(review_seed):
+    """On the owner's data only the kind is told; it is enough for ``except IndexError``."""
+    _, client = review_seed
+    x = client.search("#X")[0]
+    with pytest.raises(IndexError) as caught:
+        x.index_select(0, (x * 0 + 99).long()).sum()
+        client.sync()
+    assert isinstance(caught.value, sm.WithheldError) and "out of range" not in caught.value.remote_message
+
+
 def test_error_messages_of_the_runtime_dir_are_isolated(runtime_dir):
     assert os.environ["SYFT_MAGICS_RUNTIME_DIR"] == str(runtime_dir)
     assert discovery.runtime_dir() == runtime_dir

@@ -28,6 +28,7 @@ from ..errors import (
     TagError,
     WithheldError,
     error_class,
+    typed,
 )
 from ..events import EventStream
 from ..traces import describe, user_site
@@ -348,7 +349,8 @@ class Client:
             text += f"\n  issued at {line}"
         if more:
             text += f"\n  ({more} more op{'s' if more > 1 else ''} failed since; fix this one first)"
-        exc = cls(text, op=op, remote_type=header.get("etype"), remote_message=msg, line=line, code=code)
+        etype = header.get("etype")
+        exc = typed(cls, etype)(text, op=op, remote_type=etype, remote_message=msg, line=line, code=code)
         if isinstance(exc, WithheldError) and isinstance(header.get("w"), int):
             exc.withheld, exc.client = header["w"], self  # err.request_message() asks the owner for the text
         return exc
