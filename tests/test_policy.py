@@ -171,6 +171,9 @@ def test_request_book_repr_and_history():
     assert "#2" in text and "denied" in text and ".add(#X, #Y)" in text and "too detailed" in text
     assert "cdcdcdcd" in text and "(2, 2)" in text
     assert [r.n for r in book.pending] == [1] and [r.n for r in book.history] == [2]
+    assert book[2] is b
+    with pytest.raises(TypeError, match=r"by their number .* bob.requests.pending"):
+        book[:1]  # (it raised "unhashable type: 'slice'")
     assert "ana@host wants #X" in a.describe()
 
 

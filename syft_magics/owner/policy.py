@@ -208,6 +208,11 @@ class RequestBook:
             return req
 
     def get(self, n: int) -> GetRequest:
+        """Request number ``n`` (as the panel and the log number it: ``#3``)."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"requests are looked up by their number (bob.requests[3] is request #3), not by "
+                            f"{type(n).__name__}; for several, use bob.requests.pending, .history or "
+                            "list(bob.requests)")
         try:
             return self._by_n[n]
         except KeyError:
