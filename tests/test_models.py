@@ -259,6 +259,35 @@ def test_tied_weights_stay_tied(seed, make):
     assert torch.allclose(got(X), local(X), atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [_sequential, Net], ids=["worker path", "client path"])
+def test_load_state_dict_copies_weights_into_the_remote_model_in_place(seed, make):
+    """A federated round sends the average back into each worker's model: its optimizer keeps training it."""
+    bob, client = seed
+    X, Y = _data()
+    torch.manual_seed(0)
+    remote = client.send(make())
+    opt = client.optim.SGD(remote.parameters(), lr=0.1)
+    torch.manual_seed(1)
+    other = make()
+    keys = remote.load_state_dict(other.state_dict())
+    assert (keys.missing_keys, keys.unexpected_keys) == ([], [])
+    x = client.send(X)
+    assert torch.allclose(remote(x).get(), other(X).detach(), atol=1e-6)
+    local_opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    for o, m, inp in ((opt, remote, x), (local_opt, other, X)):  # one step each: the optimizer saw the new weights
+        o.zero_grad()
+        F.cross_entropy(m(inp), client.send(Y) if m is remote else Y).backward()
+        o.step()
+    assert torch.allclose(remote(x).get(), other(X).detach(), atol=1e-5)
+    state = other.state_dict()
+    name = next(iter(state))
+    with pytest.raises(RuntimeError, match="missing key"):
+        remote.load_state_dict({k: v for k, v in state.items() if k != name})
+    assert remote.load_state_dict({k: v for k, v in state.items() if k != name}, strict=False).missing_keys == [name]
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        remote.load_state_dict({**state, name: torch.zeros(2, 2)})
+
+
 def test_optimizers_and_schedulers_take_their_options_by_position_as_torch_does(seed):
     """``client.optim.SGD(params, 0.1, 0.9)`` (torch's own way to write it) failed on the worker with an internal
     error at a later line; now the options reach it by name, and a wrong one raises at the user's line."""

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple, cast
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Tuple, cast
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.module import _IncompatibleKeys
 
 from ..errors import OpNotAllowed
 from ..wire import modules as spec_format
@@ -190,8 +191,8 @@ class RemoteModule:
         raise AttributeError(f"a RemoteModule has no {name!r}: it offers calling it, the train and eval modes, "
                              "parameters(), named_parameters(), buffers(), state_dict() (pointers), zero_grad(), "
                              "requires_grad_(), "
-                             "to(device), get(), move(); for the rest (its layers, modules(), a dtype cast, "
-                             "load_state_dict), use your local model and send it again (client.send(model))")
+                             "load_state_dict(), to(device), get(), move(); for the rest (its layers, modules(), "
+                             "a dtype cast), use your local model and send it again (client.send(model))")
 
     def __getitem__(self, index: Any) -> Any:
         raise TypeError("a RemoteModule's layers are not pointers of their own: call the whole model, or send "
@@ -204,6 +205,33 @@ class RemoteModule:
     def state_dict(self) -> Dict[str, PointerTensor]:
         """Pointers to every parameter and buffer (the live tensors on the worker)."""
         return dict(self._pointers)
+
+    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True) -> Any:
+        """Copy ``state_dict``'s tensors (local ones, or pointers on this worker) into the remote parameters and
+        buffers, in place, as ``nn.Module.load_state_dict`` (an optimizer over them keeps them): e.g. a
+        federated round's average sent back to each worker. Checked here first, as torch checks: missing or
+        unexpected keys (with ``strict``) and shapes; then one pipelined copy per tensor."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict takes a mapping of names to tensors, not {type(state_dict).__name__}")
+        missing = [k for k in self._pointers if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in self._pointers]
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"Error(s) in loading state_dict for the RemoteModule: missing key(s) {missing}, "
+                               f"unexpected key(s) {unexpected}")
+        for name, value in state_dict.items():
+            ptr = self._pointers.get(name)
+            if ptr is None:
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"state_dict[{name!r}] is a {type(value).__name__}, not a tensor")
+            if tuple(value.shape) != tuple(ptr.shape):
+                raise RuntimeError(f"size mismatch for {name}: copying a param with shape {tuple(value.shape)}, "
+                                   f"the parameter in the remote model has shape {tuple(ptr.shape)}")
+        with torch.no_grad():
+            for name, ptr in self._pointers.items():
+                if name in state_dict:
+                    ptr.copy_(state_dict[name])
+        return _IncompatibleKeys(missing, unexpected)
 
     def get(self, timeout: Any = None) -> nn.Module:
         """A local module with the worker's current weights (the owner's policy decides), in the training mode
