@@ -44,6 +44,7 @@ from ..errors import ErrorCode
 from ..wire import limits
 from ..wire.results import autograd_leaf, describe, flatten
 from .aggregate import average_models
+from .costs import MAX_KEY_ITEMS
 from .fake_trace import Bounds, Trace, signature, trace
 from .models import model_weights
 from .optimizers import set_option, settings
@@ -215,7 +216,9 @@ class Disclosure:
         if public is not None and all(public) and not prov.hidden:
             return Disclosed(Provenance(True, prov.sources))
         rule = prov.rule or f"the size of {op}'s result depends on the values"
-        return Disclosed(Provenance(True, prov.sources, True, rule), public or [], True, traced)
+        # (a trace whose structure is not the result's bounds nothing of it)
+        return Disclosed(Provenance(True, prov.sources, True, rule), public or [], True,
+                         traced if public is not None else None)
 
     def trace(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Optional[Trace]:
         """``fn`` traced on value-free stand-ins (see :mod:`.fake_trace`), remembered by what it depends on;
@@ -224,8 +227,9 @@ class Disclosure:
             return None  # an optimizer: its state cannot be traced without side effects
         withheld = {id(e.tensor): bounds_of(e) for e in used if of_entry(e).hidden}
         leaves, spec = pytree.tree_flatten((args, kwargs))
-        try:
-            key = (fn, spec, tuple(signature(x, withheld.get(id(x))) for x in leaves))
+        try:  # (not remembered when long: a key holds each argument, as the cost cache's, costs.MAX_KEY_ITEMS)
+            key = (fn, spec, tuple(signature(x, withheld.get(id(x))) for x in leaves)) \
+                if len(leaves) <= MAX_KEY_ITEMS else None
             hash(key)
         except TypeError:
             key = None
