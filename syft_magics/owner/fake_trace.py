@@ -32,6 +32,13 @@ UNBOUNDED = 1 << 62
 
 #: Per-dimension public upper bounds of a withheld shape (None: a tensor whose shape is public).
 Bounds = Optional[Tuple[int, ...]]
+#: A withheld shape as a trace sees it: its bounds, and which of its dimensions are withheld (the others are
+#: public: their bound is their size).
+HiddenShape = Tuple[Tuple[int, ...], Tuple[int, ...]]
+
+#: At most this many withheld dimensions over an op's inputs: each is a symbol of the trace, whose work grows
+#: exponentially with them (a probe held the serving thread 17 s with 13, in a 1 KB message).
+MAX_WITHHELD_DIMS = 4
 
 
 @dataclass(frozen=True)
@@ -44,16 +51,20 @@ class Trace:
     shapes: List[Optional[Tuple[int, ...]]]
     #: each leaf's public upper bound, dimension by dimension (None: torch cannot bound it)
     bounds: List[Bounds]
-    #: each leaf's public charge in bytes: its storage's upper bound, 0 for a view of an input or of an earlier
-    #: leaf (None: no bound)
+    #: each leaf's withheld dimensions (those the trace left symbolic)
+    free: List[Tuple[int, ...]]
+    #: each leaf's public charge in bytes (None: no bound): the upper bound of its storage where the trace made
+    #: new memory for it, else (a view of an input or of an earlier leaf) of its own elements. Never 0 for
+    #: a view: torch may copy where the trace saw a view (``.contiguous()`` of a withheld shape whose real
+    #: strides the stand-in does not have), and what is charged must not depend on which it did
     charges: List[Optional[int]]
 
 
-def signature(x: Any, bounds: Bounds) -> Any:
+def signature(x: Any, withheld: Optional[HiddenShape]) -> Any:
     """What a trace depends on of one argument (a withheld tensor by its bounds, not its shape)."""
     if isinstance(x, torch.Tensor):
-        if bounds is not None:
-            return ("H", bounds, x.dtype, x.requires_grad)
+        if withheld is not None:
+            return ("H", withheld, x.dtype, x.requires_grad)
         return ("T", tuple(x.shape), x.stride(), x.dtype, x.requires_grad)
     if isinstance(x, slice):
         return ("s", x.start, x.stop, x.step)
@@ -62,10 +73,13 @@ def signature(x: Any, bounds: Bounds) -> Any:
     return (type(x), x)
 
 
-def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Tuple[int, ...]]) -> Optional[Trace]:
+def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape]) -> Optional[Trace]:
     """Trace ``fn`` over ``leaves`` (the flattened ``(args, kwargs)``, ``spec`` their structure); ``withheld``:
-    ``id(tensor)`` -> the public bounds of an input whose shape is withheld. None when torch cannot trace it
-    without the values (then even the result's structure is not public)."""
+    ``id(tensor)`` -> the public bounds of an input whose shape is withheld, and which of its dimensions are
+    (at most :data:`MAX_WITHHELD_DIMS` in all). None when torch cannot trace it without the values (then
+    even the result's structure is not public)."""
+    if sum(len(free) for _, free in withheld.values()) > MAX_WITHHELD_DIMS:
+        return None
     from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
     from torch.multiprocessing.reductions import StorageWeakRef
@@ -76,13 +90,14 @@ def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Tuple[int, 
             fakes: List[Any] = []
             for x in leaves:
                 if isinstance(x, torch.Tensor):
-                    bounds = withheld.get(id(x))
-                    if bounds is not None:
-                        sizes = []
-                        for b in bounds:
+                    hidden = withheld.get(id(x))
+                    if hidden is not None:
+                        bounds, free = hidden
+                        sizes: List[Any] = list(bounds)
+                        for i in free:
                             s = env.create_unbacked_symint()
-                            torch._constrain_as_size(s, min=0, max=b)
-                            sizes.append(s)
+                            torch._constrain_as_size(s, min=0, max=bounds[i])
+                            sizes[i] = s
                         f = torch.empty(sizes, dtype=x.dtype, device=x.device)
                         if x.requires_grad:
                             f.requires_grad_(True)
@@ -102,23 +117,27 @@ def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Tuple[int, 
             held = {StorageWeakRef(f.untyped_storage()) for f in fakes if isinstance(f, torch.Tensor)}
             shapes: List[Optional[Tuple[int, ...]]] = []
             all_bounds: List[Bounds] = []
+            all_free: List[Tuple[int, ...]] = []
             charges: List[Optional[int]] = []
             for o in out_leaves:
                 if not isinstance(o, torch.Tensor):
                     shapes.append(())
                     all_bounds.append(())
+                    all_free.append(())
                     charges.append(0)
                     continue
                 static = tuple(o.shape) if all(type(d) is int for d in o.shape) else None
                 shapes.append(static)
                 dims = [_upper(d, env) for d in o.shape]
                 all_bounds.append(tuple(d for d in dims if d is not None) if None not in dims else None)
+                all_free.append(tuple(i for i, d in enumerate(o.shape) if type(d) is not int))
                 ref = StorageWeakRef(o.untyped_storage())
-                charges.append(0 if ref in held else _upper(o.untyped_storage().nbytes(), env))
+                charges.append(_upper(o.numel() * o.element_size(), env) if ref in held
+                               else _upper(o.untyped_storage().nbytes(), env))
                 held.add(ref)
     except Exception:
         return None
-    return Trace(out_spec, shapes, all_bounds, charges)
+    return Trace(out_spec, shapes, all_bounds, all_free, charges)
 
 
 def _upper(value: Any, env: Any) -> Optional[int]:
@@ -151,7 +170,7 @@ def warm_up() -> Optional[threading.Thread]:
     x = torch.zeros(2)
     # not a daemon: a daemon thread still importing when the interpreter exits crashes it
     thread = threading.Thread(target=trace, args=(torch.nonzero, [x], pytree.tree_flatten(((x,), {}))[1],
-                                                  {id(x): (2,)}),
+                                                  {id(x): ((2,), (0,))}),
                               name="torch-trace-warm-up", daemon=False)
     thread.start()
     return thread

@@ -28,7 +28,7 @@ from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
 from .provenance import PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
-from .store import Block, Entry, ObjectStore, new_id
+from .store import Block, Entry, ObjectStore, new_id, withheld_charge
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -84,14 +84,17 @@ class Ops:
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
                     raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
+            if is_inplace(name) and args and any(e.tensor is args[0] and e.read_only for e in used):
+                raise writes.WithheldWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
             if is_inplace(name) and args and any(e.tensor is args[0] and writes.owner_view(self.store, e)
                                                  for e in used):
                 # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
                 raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
             if fn in OPTIMIZER_FACTORIES:  # (its steps would write into the tensors it is given)
-                owned = next((e for e in used if writes.owner_view(self.store, e)), None)
+                owned = next((e for e in used if writes.owner_view(self.store, e) or e.read_only), None)
                 if owned is not None:
-                    raise writes.OwnerDataWrite(op, "params", owned.label)
+                    refusal = writes.WithheldWrite if owned.read_only else writes.OwnerDataWrite
+                    raise refusal(op, "params", owned.label)
             # (priced as the client can know it: a withheld shape at its public bound)
             pargs, pkwargs = self.disclosure.standins(args, kwargs, used)
             key = costs.signature(name, pargs, pkwargs, grad)
@@ -266,7 +269,12 @@ class Ops:
         if isinstance(exc, _Ran):
             self._written(session, op, used, exc.written)
             exc = exc.error
-        if isinstance(exc, writes.OwnerDataWrite):
+        if isinstance(exc, writes.WithheldWrite):
+            exc = Reject(ErrorCode.READ_ONLY, f"{op} writes into {exc.label}, a result computed over a shape "
+                                              f"{self.name} withholds: such results are read-only (a write would "
+                                              "reach, or miss, memory whose size is withheld); compute out of "
+                                              "place instead (y + 1, not y.add_(1))")
+        elif isinstance(exc, writes.OwnerDataWrite):
             self.refuse("write into the owner's data")
             exc = Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
                                               f"changed ({op} writes into it); compute on a copy "
@@ -302,7 +310,7 @@ class Ops:
             kept = [(i, oid, leaf, self.store.charge(leaf, session.ident, seen))
                     for i, (oid, leaf) in enumerate(zip(out, leaves))
                     if oid is not None and isinstance(leaf, STORED_TYPES)] if not disclosed.withheld \
-                else self._charged_publicly(session, op, disclosed, out, leaves, seen)
+                else self._charged_publicly(session, op, disclosed, out, leaves, used, seen)
             # the work and depth behind results with a graph (the op's inputs'); too deep: refused (.graphs)
             graph = (train_costs.work_of(spent, used), graphs.depth_of(used)) \
                 if any(graphs.has_graph(k[2]) for k in kept) else (None, 0)
@@ -322,29 +330,46 @@ class Ops:
             work, depth = graph if graphs.has_graph(leaf) else (None, 0)
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                  created=now, last_access=now, provenance=disclosed.leaf(i),
-                                 work=work, depth=depth), charge=charge, blocks=blocks)
+                                 work=work, depth=depth, withheld_bytes=withheld_charge(blocks),
+                                 # (memory of withheld size, or a copy taken of it: see _charged_publicly)
+                                 read_only=bool(withheld_charge(blocks)) or leaf is not leaves[i]),
+                           charge=charge, blocks=blocks)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
 
     def _charged_publicly(self, session: Session, op: str, disclosed: Disclosed, out: list, leaves: List[Any],
-                          seen: Set[int]) -> list:
-        """The results of an op that reads or makes a withheld shape, each with the charge its trace bounds by
-        public facts (see :mod:`.fake_trace`) rather than by its memory; refused if one has no bound, or
-        has an autograd graph (what the graph saved was charged by its real size)."""
+                          used: List[Entry], seen: Set[int]) -> list:
+        """The results of an op that reads or makes a withheld shape, charged by public facts alone (see
+        :mod:`.fake_trace`). One whose shape is withheld: its public bound, in a block of its own while it
+        lives; the memory it keeps alive, of withheld size, is held at no charge of its own. One whose shape
+        is public: its memory, once that is its own (a view into memory of withheld size is copied: the size
+        would tell, and the memory would outlive its charge). The withheld ones and the copies are read-only
+        (a write would reach, or miss, memory of withheld size). Refused if one has no bound, or an autograd
+        graph (what the graph saved was charged by its real size)."""
         kept: List[Tuple[int, bytes, Any, Tuple[int, Optional[List[Block]]]]] = []
+        sid = session.ident
+        withheld: Set[int] = set()  # (the memory of this op's withheld results)
+        # (a view may keep a withheld input's memory alive: charged at least what that input is)
+        kept_alive = max((e.withheld_bytes for e in used), default=0)
         for i, (oid, leaf) in enumerate(zip(out, leaves)):
             if oid is None or not isinstance(leaf, STORED_TYPES):
                 continue
             if not isinstance(leaf, torch.Tensor):  # a model or an optimizer: its architecture's size, public
-                kept.append((i, oid, leaf, self.store.charge(leaf, session.ident, seen)))
+                kept.append((i, oid, leaf, self.store.charge(leaf, sid, seen)))
+                continue
+            if graphs.has_graph(leaf):
+                raise Reject(ErrorCode.DENIED, self._no_graph_text(op))
+            if disclosed.shown and i < len(disclosed.shown) and disclosed.shown[i]:
+                if self.store.in_withheld_memory(leaf, sid, withheld):
+                    leaf = leaf.clone(memory_format=torch.contiguous_format)
+                kept.append((i, oid, leaf, self.store.charge(leaf, sid, seen)))
                 continue
             public = disclosed.charge(i)
             if public is None:
                 raise Reject(ErrorCode.DENIED, self.disclosure.unbounded_text(op, disclosed.trace is None))
-            if graphs.has_graph(leaf):
-                raise Reject(ErrorCode.DENIED, self._no_graph_text(op))
-            kept.append((i, oid, leaf, self.store.charge_public(leaf, session.ident, seen, public)))
+            withheld.update(self.store.storage_keys(leaf))
+            kept.append((i, oid, leaf, self.store.charge_public(leaf, sid, seen, max(public, kept_alive))))
         return kept
 
     def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],

@@ -45,7 +45,7 @@ from ..wire import limits
 from ..wire.results import autograd_leaf, describe, flatten
 from .aggregate import average_models
 from .costs import MAX_KEY_ITEMS
-from .fake_trace import Bounds, Trace, signature, trace
+from .fake_trace import MAX_WITHHELD_DIMS, Bounds, HiddenShape, Trace, signature, trace
 from .models import model_weights
 from .optimizers import set_option, settings
 from .policy import OpenPolicy
@@ -72,14 +72,17 @@ class Provenance:
     #: a hidden shape's public upper bound, dimension by dimension (see :mod:`.fake_trace`): what the client
     #: is charged for and what an owner's rule of sizes reads, instead of the real shape
     bounds: Bounds = None
+    #: which of its dimensions are withheld (the others' bounds are their sizes, which the client knows)
+    free: Tuple[int, ...] = ()
 
     def released(self) -> "Provenance":
         """The same object once the owner released its shape (or its value)."""
         return Provenance(self.owner, self.sources, False, "released by the owner") if self.hidden else self
 
-    def hiding(self, bounds: Bounds) -> "Provenance":
-        """The same provenance for one object whose withheld shape is bounded by ``bounds``."""
-        return Provenance(self.owner, self.sources, True, self.rule, bounds)
+    def hiding(self, bounds: Bounds, free: Tuple[int, ...]) -> "Provenance":
+        """The same provenance for one object whose withheld shape is bounded by ``bounds`` (its dimensions
+        ``free`` withheld, the others public)."""
+        return Provenance(self.owner, self.sources, True, self.rule, bounds, free)
 
 
 class Disclosed(NamedTuple):
@@ -106,7 +109,7 @@ class Disclosed(NamedTuple):
         if shown is not None and i < len(shown) and shown[i]:
             return Provenance(True, self.prov.sources)
         if shown is not None and t is not None and i < len(t.bounds):
-            return self.prov.hiding(t.bounds[i])
+            return self.prov.hiding(t.bounds[i], t.free[i])
         return self.prov
 
 
@@ -225,7 +228,7 @@ class Disclosure:
         None where torch cannot trace it without the values (a model's or an optimizer's state: not traced)."""
         if any(not isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used):
             return None  # an optimizer: its state cannot be traced without side effects
-        withheld = {id(e.tensor): bounds_of(e) for e in used if of_entry(e).hidden}
+        withheld = {id(e.tensor): withheld_of(e) for e in used if of_entry(e).hidden}
         leaves, spec = pytree.tree_flatten((args, kwargs))
         try:  # (not remembered when long: a key holds each argument, as the cost cache's, costs.MAX_KEY_ITEMS)
             key = (fn, spec, tuple(signature(x, withheld.get(id(x))) for x in leaves)) \
@@ -253,6 +256,12 @@ class Disclosure:
         else:  # (the hot path: one look per input)
             return args, kwargs
         withheld = {id(e.tensor): e for e in used if e.provenance.hidden and isinstance(e.tensor, torch.Tensor)}
+        if sum(len(withheld_of(e)[1]) for e in withheld.values()) > MAX_WITHHELD_DIMS:
+            from .replies import Reject
+
+            raise Reject(ErrorCode.DENIED, f"an op over more than {MAX_WITHHELD_DIMS} dimensions whose sizes the "
+                                           "owner withholds is not run (each makes working out its result's "
+                                           "size slower); ask for a shape first (ptr.request_shape())")
 
         def standin(x: torch.Tensor) -> torch.Tensor:
             entry = withheld.get(id(x))
@@ -299,7 +308,7 @@ class Disclosure:
             if entry.session is not None and not (entry.provenance.owner and
                                                   entry.provenance.hidden >= prov.hidden):
                 # (written in place: its shape, public until now, is its withheld shape's bound)
-                entry.provenance = prov.hiding(bounds_of(entry)) if prov.hidden else prov
+                entry.provenance = prov.hiding(bounds_of(entry), ()) if prov.hidden else prov
 
     def grads_before(self, session: bytes, used: List["Entry"]) -> Optional[Tuple[Provenance, list]]:
         """Before an op that writes gradients (a backward, ``ptr.grad = g``) over the owner's data: what
@@ -378,10 +387,16 @@ def _public_leaves(traced: Optional[Trace], result: Any) -> Optional[List[bool]]
 
 def bounds_of(entry: "Entry") -> Tuple[int, ...]:
     """The public upper bound of an object's shape: its shape where the client may know it."""
+    return withheld_of(entry)[0]
+
+
+def withheld_of(entry: "Entry") -> HiddenShape:
+    """An object's shape as a trace may see it: its public bounds, and which dimensions are withheld."""
     prov = of_entry(entry)
     if prov.hidden and prov.bounds is not None:
-        return prov.bounds
-    return tuple(entry.tensor.shape) if isinstance(entry.tensor, torch.Tensor) else ()
+        return prov.bounds, prov.free
+    shape = tuple(entry.tensor.shape) if isinstance(entry.tensor, torch.Tensor) else ()
+    return shape, tuple(range(len(shape))) if prov.hidden else ()  # (no bounds recorded: every dimension)
 
 
 def _grads(value: Any) -> Any:

@@ -56,6 +56,10 @@ class Entry:
     work: Optional[float] = None
     #: ops on the longest autograd path behind the tensor (0: none recorded), bounded (see .graphs.MAX_DEPTH)
     depth: int = 0
+    #: no op may write into it: a result of an op over a withheld shape (see ``ObjectStore.charge_public``)
+    read_only: bool = False
+    #: what it is charged for memory of withheld size it keeps alive (a public upper bound: ``charge_public``)
+    withheld_bytes: int = 0
 
     def __post_init__(self) -> None:
         self.seen_version = self.version
@@ -114,6 +118,11 @@ class Entry:
                 f"bytes={self.nbytes}, origin={self.origin})")
 
 
+def withheld_charge(blocks: Optional[List["Block"]]) -> int:
+    """The charge of the block of its own a result of :meth:`ObjectStore.charge_public` carries (0: none)."""
+    return blocks[-1][1] if blocks and blocks[-1][2] is None else 0
+
+
 def storage_key(t: torch.Tensor) -> int:
     """Identifies the memory a tensor lives in, so views of shared data can be recognised."""
     try:
@@ -147,6 +156,7 @@ class ObjectStore:
         self._graphs: Dict[int, Tuple[bytes, List[Tuple[bytes, int]]]] = {}
         self._graph_keys = itertools.count(1)
         self._own_keys = itertools.count(1 << 62)  # (blocks of their own: never an address, nor an -id())
+        self._withheld: Set[Tuple[bytes, int]] = set()  # a session's blocks of withheld size (charge_public)
         self._released: "collections.deque[int]" = collections.deque()
         self._lock = threading.RLock()
 
@@ -192,6 +202,8 @@ class ObjectStore:
             if held is None:
                 self._blocks[where] = [1, nbytes, storage]
                 self._held[session] = self._held.get(session, 0) + nbytes
+                if not nbytes and storage is not None:  # (memory of withheld size: charge_public)
+                    self._withheld.add(where)
             else:
                 held[0] += 1
             wheres.append(where)
@@ -284,6 +296,7 @@ class ObjectStore:
             if block[0] == 0:  # the session's last holder of that block: its bytes are free again
                 del blocks[where]
                 cost += block[1]
+                self._withheld.discard(where)
         if cost:
             left = self._held.get(session, 0) - cost
             if left > 0:
@@ -382,20 +395,28 @@ class ObjectStore:
 
     def charge_public(self, value: torch.Tensor, session: bytes, seen: Set[int],
                       public: int) -> Tuple[int, Optional[List[Block]]]:
-        """As :meth:`charge`, for a result whose size is withheld (see :mod:`.fake_trace`): charged ``public``
-        bytes, its public upper bound, whatever its memory really holds; nothing (as :meth:`charge`) when its
-        trace found it a view of the op's inputs. Its block, if new, is charged that bound; if the session
-        held it already (a view where the trace saw a copy), a block of its own carries the charge."""
-        if not public:
-            return self.charge(value, session, seen)
-        blocks = self.blocks_of(value) or []
+        """As :meth:`charge`, for a result whose shape is withheld (see :mod:`.fake_trace`): charged ``public``
+        bytes, its public upper bound, in a block of its own while it lives, whatever its memory is and whether
+        torch made it a view or a copy. Its memory blocks are held at no charge of their own (they count as
+        withheld memory: :meth:`in_withheld_memory`): what they add or when they are freed would tell sizes
+        and which results share memory."""
         self._drain()
-        for i, (key, _nbytes, storage) in enumerate(blocks):
-            if (session, key) not in self._blocks and key not in seen:
-                seen.add(key)
-                blocks[i] = (key, public, storage)
-                return public, blocks
-        return public, [*blocks, (-next(self._own_keys), public, None)]
+        held = [(key, 0, storage) for key, _nbytes, storage in self.blocks_of(value) or ()]
+        return public, [*held, (-next(self._own_keys), public, None)]
+
+    def storage_keys(self, value: torch.Tensor) -> List[int]:
+        """The memory blocks a tensor keeps alive (by key)."""
+        return [key for key, _, _ in self.blocks_of(value) or ()]
+
+    def in_withheld_memory(self, value: torch.Tensor, session: bytes, withheld: Set[int]) -> bool:
+        """Whether ``value`` (a new result) keeps memory of withheld size alive: a block a withheld result of
+        ``session`` holds, one of ``withheld`` (this op's), or a block larger than ``value`` itself."""
+        for key, nbytes, _ in self.blocks_of(value) or ():
+            where = (session, key)
+            if key in withheld or where in self._withheld or (
+                    where not in self._blocks and nbytes > value.numel() * value.element_size()):
+                return True
+        return False
 
     def sharing(self, entries: List[Entry]) -> List[Entry]:
         """``entries`` and every other object of their sessions that holds the same memory (a view's base, the

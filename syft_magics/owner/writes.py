@@ -41,6 +41,11 @@ class OwnerDataWrite(Exception):
         self.op, self.argument, self.label = op, argument, label
 
 
+class WithheldWrite(OwnerDataWrite):
+    """An op tried to write into a result of an op over a withheld shape (``Entry.read_only``): its memory
+    is of withheld size, or a copy that a write would set apart from what it was taken from."""
+
+
 def _write_plan(func: Any) -> Tuple[Tuple[int, str, bool], ...]:
     """(position, name, keyword-only) of each argument ``func`` may write into, from its schema; for the
     ops that write running statistics unannotated, those arguments with position -1 (see :func:`_written`)."""
@@ -126,9 +131,12 @@ class WriteGuard(TorchDispatchMode):
     ``labels`` name them in the error (storage key -> label).
     """
 
-    def __init__(self, storages: Set[int], tensors: Set[int], labels: Dict[int, str]) -> None:
+    def __init__(self, storages: Set[int], tensors: Set[int], labels: Dict[int, str],
+                 frozen: Optional[Set[int]] = None, frozen_tensors: Optional[Set[int]] = None) -> None:
         super().__init__()
         self.storages, self.tensors, self.labels = storages, tensors, labels
+        #: the same for read-only results (see ``Entry.read_only``): refused as :class:`WithheldWrite`
+        self.frozen, self.frozen_tensors = frozen or set(), frozen_tensors or set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -137,6 +145,8 @@ class WriteGuard(TorchDispatchMode):
                 if isinstance(t, torch.Tensor) and self._protected(t):
                     raise OwnerDataWrite(str(func.overloadpacket.__name__), name,
                                          self.labels.get(storage_key(t), "the owner's data"))
+                if isinstance(t, torch.Tensor) and (id(t) in self.frozen_tensors or storage_key(t) in self.frozen):
+                    raise WithheldWrite(str(func.overloadpacket.__name__), name, "a read-only result")
         return func(*args, **kwargs)
 
     def _protected(self, t: torch.Tensor) -> bool:
@@ -154,13 +164,16 @@ def writes_nothing(fn: Any, kwargs: Dict[str, Any]) -> bool:
 
 
 def guard(store: "ObjectStore", used: List["Entry"]) -> ContextManager[Any]:
-    """A :class:`WriteGuard` if any object in ``used`` is (or aliases) the owner's data, else a no-op."""
+    """A :class:`WriteGuard` if any object in ``used`` is (or aliases) the owner's data or is read-only,
+    else a no-op."""
     owned = [e for e in used if owner_view(store, e)]
-    if not owned:
+    frozen = [e for e in used if e.read_only and isinstance(e.tensor, torch.Tensor)]
+    if not owned and not frozen:
         return _NO_GUARD
-    storages = store.owner_storages()
+    storages = store.owner_storages() if owned else set()
     labels = {storage_key(e.tensor): e.label for e in owned}
-    return WriteGuard(storages, {id(e.tensor) for e in owned}, labels)
+    return WriteGuard(storages, {id(e.tensor) for e in owned}, labels,
+                      {storage_key(e.tensor) for e in frozen}, {id(e.tensor) for e in frozen})
 
 
 _NO_GUARD = contextlib.nullcontext()
