@@ -273,7 +273,7 @@ class Ops:
             exc = Reject(ErrorCode.READ_ONLY, f"{op} writes into {exc.label}, a result computed over a shape "
                                               f"{self.name} withholds: such results are read-only (a write would "
                                               "reach, or miss, memory whose size is withheld); compute out of "
-                                              "place instead (y + 1, not y.add_(1))")
+                                              f"place instead ({_out_of_place(op)})")
         elif isinstance(exc, writes.OwnerDataWrite):
             self.refuse("write into the owner's data")
             exc = Reject(ErrorCode.READ_ONLY, f"{exc.label} is {self.name}'s data (or a view of it) and cannot be "
@@ -413,6 +413,14 @@ class Ops:
         if shown is exc:
             raise exc
         raise shown from None
+
+
+def _out_of_place(op: str) -> str:
+    """How to write ``op`` out of place: ``z.mul(...) rather than z.mul_(...)``."""
+    name = op.lstrip(".")
+    if name.endswith("_") and not name.endswith("__"):
+        return f"z.{name[:-1]}(...) rather than z.{name}(...)"
+    return "e.g. z + 1 rather than z.add_(1)"
 
 
 E = TypeVar("E", bound=BaseException)
