@@ -175,3 +175,33 @@ def test_an_op_over_many_withheld_dimensions_is_refused(make_worker, make_client
     assert torch.cat(parts[:4]).sum().known_shape == ()
     with pytest.raises(PermissionDenied, match="more than 4 dimensions"):
         torch.cat(parts).sum().item()
+
+
+def test_a_trace_never_runs_on_the_serving_thread(make_worker, make_client, monkeypatch):
+    """A first trace takes milliseconds of sympy (seconds for many withheld dimensions): a client varying its
+    shapes would hold the serving thread for every other client. Such an op runs on its client's lane."""
+    import threading
+
+    from syft_magics.owner import provenance
+
+    where = []
+    traced = provenance.trace
+
+    def recording(*args, **kwargs):
+        where.append(threading.current_thread().name)
+        return traced(*args, **kwargs)
+
+    monkeypatch.setattr(provenance, "trace", recording)
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    from syft_magics.owner import costs
+
+    assert costs.wait_warm(60)
+    mine = client.send(torch.zeros(4))
+    for t in (mine, x):  # priced (and cheap) on the client's own data, where nothing is traced; then traced
+        where.clear()
+        for i in range(1, 4):
+            torch.nonzero(t[:i] > 0.5)
+        client.sync()
+    assert where and not any(name.startswith("syft-worker") for name in where), where

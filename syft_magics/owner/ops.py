@@ -103,7 +103,8 @@ class Ops:
             else:
                 cost = costs.cached(key)  # the hot path: a known cheap op costs this look-up, no fake run
             if cost is None and key is not None and not costs.warm() and costs.small(pargs) \
-                    and not session.lane.busy:  # the first seconds after start: small ops at once, unpriced
+                    and not session.lane.busy and not self.disclosure.would_trace(fn, args, kwargs, used):
+                # (the first seconds after start: small ops at once, unpriced)
                 result, written = self._call(session, op, fn, args, kwargs, grad, used)
                 ran = True
             elif cost is not None and cost.priced:
@@ -111,7 +112,8 @@ class Ops:
                 if cost.seconds > q.op_seconds or cost.peak_bytes + self.store.held_bytes(sid) > q.max_bytes \
                         or len(out) + self.store.session_count(sid) > q.max_objects:  # (checks inlined: hot path)
                     self._check_cost(session, op, cost, len(out))
-                if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy:
+                if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy \
+                        and not self.disclosure.would_trace(fn, args, kwargs, used):
                     t1 = time.perf_counter()
                     try:
                         result, written = self._call(session, op, fn, args, kwargs, grad, used)

@@ -230,12 +230,7 @@ class Disclosure:
             return None  # an optimizer: its state cannot be traced without side effects
         withheld = {id(e.tensor): withheld_of(e) for e in used if of_entry(e).hidden}
         leaves, spec = pytree.tree_flatten((args, kwargs))
-        try:  # (not remembered when long: a key holds each argument, as the cost cache's, costs.MAX_KEY_ITEMS)
-            key = (fn, spec, tuple(signature(x, withheld.get(id(x))) for x in leaves)) \
-                if len(leaves) <= MAX_KEY_ITEMS else None
-            hash(key)
-        except TypeError:
-            key = None
+        key = self._key(fn, leaves, spec, withheld)
         traced: Any = self._traced.get(key, False) if key is not None else False
         if traced is False:
             traced = trace(fn, leaves, spec, withheld)
@@ -244,6 +239,31 @@ class Disclosure:
                     self._traced.clear()
                 self._traced[key] = traced
         return cast(Optional[Trace], traced)
+
+    def would_trace(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> bool:
+        """Whether :meth:`of_result` would trace ``fn`` afresh (milliseconds of sympy, more for a withheld
+        shape): such an op runs on its client's lane, never on the serving thread (varied shapes, each traced
+        once, would hold it for everyone)."""
+        if not self.guarded or fn in VALUES_OF_CLIENT or fn in SHAPES_OF_MODELS or not self.of_inputs(used).owner \
+                or any(not isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used):
+            return False
+        withheld = {id(e.tensor): withheld_of(e) for e in used if of_entry(e).hidden}
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        key = self._key(fn, leaves, spec, withheld)
+        return key is None or key not in self._traced
+
+    @staticmethod
+    def _key(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape]) -> Any:
+        """What a trace depends on (None: not remembered; long arguments are not keyed, as the cost cache's
+        are: costs.MAX_KEY_ITEMS)."""
+        if len(leaves) > MAX_KEY_ITEMS:
+            return None
+        try:
+            key = (fn, spec, tuple(signature(x, withheld.get(id(x))) for x in leaves))
+            hash(key)
+        except TypeError:
+            return None
+        return key
 
     @staticmethod
     def standins(args: Any, kwargs: Any, used: List["Entry"]) -> Tuple[Any, Any]:
