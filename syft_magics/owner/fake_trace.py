@@ -58,6 +58,8 @@ class Trace:
     #: a view: torch may copy where the trace saw a view (``.contiguous()`` of a withheld shape whose real
     #: strides the stand-in does not have), and what is charged must not depend on which it did
     charges: List[Optional[int]]
+    #: whether each leaf is a view of an input or of an earlier leaf (by the trace, whatever torch does)
+    views: List[bool]
 
 
 def signature(x: Any, withheld: Optional[HiddenShape]) -> Any:
@@ -78,13 +80,25 @@ def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape
     ``id(tensor)`` -> the public bounds of an input whose shape is withheld, and which of its dimensions are
     (at most :data:`MAX_WITHHELD_DIMS` in all). None when torch cannot trace it without the values (then
     even the result's structure is not public)."""
-    if sum(len(free) for _, free in withheld.values()) > MAX_WITHHELD_DIMS:
+    n = sum(len(free) for _, free in withheld.values())
+    if n > MAX_WITHHELD_DIMS:
         return None
+    traced = _trace(fn, leaves, spec, withheld, False)
+    if traced is None and n > 1:
+        # Two withheld sizes an op needs equal (``a * b[:, None]`` of ``x[m]`` and ``y[m]``) are two symbols
+        # torch cannot prove equal. Again, as one symbol per bound: where the op succeeds for real, the sizes it
+        # needed equal were (it fails otherwise), and bounds of the results are those of the same ranges.
+        traced = _trace(fn, leaves, spec, withheld, True)
+    return traced
+
+
+def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape], unify: bool) -> Optional[Trace]:
     from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
     from torch.multiprocessing.reductions import StorageWeakRef
 
     env = ShapeEnv()
+    symbols: Dict[int, Any] = {}  # (unify: bound -> its one symbol)
     try:
         with quiet_tracing(), FakeTensorMode(shape_env=env, allow_non_fake_inputs=True) as mode:
             fakes: List[Any] = []
@@ -95,8 +109,12 @@ def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape
                         bounds, free = hidden
                         sizes: List[Any] = list(bounds)
                         for i in free:
-                            s = env.create_unbacked_symint()
-                            torch._constrain_as_size(s, min=0, max=bounds[i])
+                            s = symbols.get(bounds[i]) if unify else None
+                            if s is None:
+                                s = env.create_unbacked_symint()
+                                torch._constrain_as_size(s, min=0, max=bounds[i])
+                                if unify:
+                                    symbols[bounds[i]] = s
                             sizes[i] = s
                         f = torch.empty(sizes, dtype=x.dtype, device=x.device)
                         if x.requires_grad:
@@ -119,12 +137,14 @@ def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape
             all_bounds: List[Bounds] = []
             all_free: List[Tuple[int, ...]] = []
             charges: List[Optional[int]] = []
+            views: List[bool] = []
             for o in out_leaves:
                 if not isinstance(o, torch.Tensor):
                     shapes.append(())
                     all_bounds.append(())
                     all_free.append(())
                     charges.append(0)
+                    views.append(False)
                     continue
                 static = tuple(o.shape) if all(type(d) is int for d in o.shape) else None
                 shapes.append(static)
@@ -132,12 +152,13 @@ def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape
                 all_bounds.append(tuple(d for d in dims if d is not None) if None not in dims else None)
                 all_free.append(tuple(i for i, d in enumerate(o.shape) if type(d) is not int))
                 ref = StorageWeakRef(o.untyped_storage())
+                views.append(ref in held)
                 charges.append(_upper(o.numel() * o.element_size(), env) if ref in held
                                else _upper(o.untyped_storage().nbytes(), env))
                 held.add(ref)
     except Exception:
         return None
-    return Trace(out_spec, shapes, all_bounds, all_free, charges)
+    return Trace(out_spec, shapes, all_bounds, all_free, charges, views)
 
 
 def _upper(value: Any, env: Any) -> Optional[int]:

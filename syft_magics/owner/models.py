@@ -68,6 +68,10 @@ def export(obj: Any) -> Any:
     raise TypeError(f"a {type(obj).__name__} cannot be fetched")
 
 
+#: Ops that make a model of tensors they are given (refused over a withheld shape: see ops.Ops._on_op).
+MODEL_FACTORIES = frozenset({build_module, model_weights})
+
+
 def ops() -> Dict[str, Callable]:
     return {"syft.build_module": build_module, "syft.module_call": module_call,
             "syft.module_train": module_train, "syft.model_weights": model_weights}

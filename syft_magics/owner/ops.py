@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple, TypeVar
 
 import torch
 import zmq
@@ -24,8 +24,9 @@ from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
 from . import autograd, costs, graphs, quotas, train_costs, writes
+from .models import MODEL_FACTORIES
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
-from .provenance import PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
+from .provenance import PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance, withheld_shape
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
 from .store import Block, Entry, ObjectStore, new_id, withheld_charge
@@ -90,6 +91,11 @@ class Ops:
                                                  for e in used):
                 # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
                 raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
+            if fn in MODEL_FACTORIES and any(withheld_shape(e) or e.withheld_bytes for e in used):
+                # (its tensors would hold memory of withheld size, charged as a model's, by their real size)
+                raise Reject(ErrorCode.DENIED, f"a model cannot be made of a tensor computed over a shape "
+                                               f"{self.name} withholds; ask for the shape (ptr.request_shape()), "
+                                               "then use a copy (ptr.clone())")
             if fn in OPTIMIZER_FACTORIES:  # (its steps would write into the tensors it is given)
                 owned = next((e for e in used if writes.owner_view(self.store, e) or e.read_only), None)
                 if owned is not None:
@@ -197,7 +203,7 @@ class Ops:
         already exist: see :mod:`.graphs`)."""
         recorder = graphs.Recorder() if grad and fn not in autograd.SAVES_NOTHING \
             and graphs.builds_graph(used) else None
-        if recorder is not None and any(e.provenance.hidden for e in used):
+        if recorder is not None and any(withheld_shape(e) or e.withheld_bytes for e in used):
             raise Reject(ErrorCode.DENIED, self._no_graph_text(op))
         grads = self.disclosure.grads_before(session.ident, used) if fn in autograd.WRITES_GRADS else None
         try:
@@ -251,9 +257,10 @@ class Ops:
             raise Reject(ErrorCode.DENIED, why)
 
     def _no_graph_text(self, op: str) -> str:
-        return (f"{op} would build an autograd graph over a tensor whose shape {self.name} withholds: what the "
-                "graph saves would be charged to your quota by its real size, which would tell that size; ask "
-                "for the shape first (ptr.request_shape()), or compute under torch.no_grad()")
+        return (f"{op} would build an autograd graph over a tensor computed over a shape {self.name} withholds: "
+                "what the graph saves would be charged to your quota by its real size, which would tell that "
+                "size; ask for the shape (ptr.request_shape()) and train on a copy (ptr.clone()), or compute "
+                "under torch.no_grad()")
 
     def _check_cost(self, session: Session, op: str, cost: costs.Cost, n_out: int) -> None:
         """Refuse, before it runs, an op over the client's time budget, bytes or objects."""
@@ -309,10 +316,10 @@ class Ops:
                                                  f"{len(out)}", public=not prov.hidden)
             seen: Set[int] = set()  # the memory blocks of this op's results: each charged once
             # each result's charge (its memory blocks the client does not hold yet: see ObjectStore.put) and blocks
-            kept = [(i, oid, leaf, self.store.charge(leaf, session.ident, seen))
-                    for i, (oid, leaf) in enumerate(zip(out, leaves))
-                    if oid is not None and isinstance(leaf, STORED_TYPES)] if not disclosed.withheld \
-                else self._charged_publicly(session, op, disclosed, out, leaves, used, seen)
+            kept, frozen = ([(i, oid, leaf, self.store.charge(leaf, session.ident, seen))
+                             for i, (oid, leaf) in enumerate(zip(out, leaves))
+                             if oid is not None and isinstance(leaf, STORED_TYPES)], _NONE) \
+                if not disclosed.withheld else self._charged_publicly(session, op, disclosed, out, leaves, used, seen)
             # the work and depth behind results with a graph (the op's inputs'); too deep: refused (.graphs)
             graph = (train_costs.work_of(spent, used), graphs.depth_of(used)) \
                 if any(graphs.has_graph(k[2]) for k in kept) else (None, 0)
@@ -333,15 +340,14 @@ class Ops:
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                  created=now, last_access=now, provenance=disclosed.leaf(i),
                                  work=work, depth=depth, withheld_bytes=withheld_charge(blocks),
-                                 # (memory of withheld size, or a copy taken of it: see _charged_publicly)
-                                 read_only=bool(withheld_charge(blocks)) or leaf is not leaves[i]),
+                                 read_only=oid in frozen),  # (see _charged_publicly)
                            charge=charge, blocks=blocks)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
 
     def _charged_publicly(self, session: Session, op: str, disclosed: Disclosed, out: list, leaves: List[Any],
-                          used: List[Entry], seen: Set[int]) -> list:
+                          used: List[Entry], seen: Set[int]) -> Tuple[list, AbstractSet[bytes]]:
         """The results of an op that reads or makes a withheld shape, charged by public facts alone (see
         :mod:`.fake_trace`). One whose shape is withheld: its public bound, in a block of its own while it
         lives; the memory it keeps alive, of withheld size, is held at no charge of its own. One whose shape
@@ -350,6 +356,7 @@ class Ops:
         (a write would reach, or miss, memory of withheld size). Refused if one has no bound, or an autograd
         graph (what the graph saved was charged by its real size)."""
         kept: List[Tuple[int, bytes, Any, Tuple[int, Optional[List[Block]]]]] = []
+        frozen: Set[bytes] = set()  # (the read-only ones)
         sid = session.ident
         withheld: Set[int] = set()  # (the memory of this op's withheld results)
         # (a view may keep a withheld input's memory alive: charged at least what that input is)
@@ -363,16 +370,22 @@ class Ops:
             if graphs.has_graph(leaf):
                 raise Reject(ErrorCode.DENIED, self._no_graph_text(op))
             if disclosed.shown and i < len(disclosed.shown) and disclosed.shown[i]:
-                if self.store.in_withheld_memory(leaf, sid, withheld):
+                # a view by the trace is a copy, read-only (public facts decide); so is one torch made a view of
+                # memory of withheld size where the trace saw a copy (torch leaves it open: reshape), writable
+                view = disclosed.trace is not None and disclosed.trace.views[i]
+                if view or self.store.in_withheld_memory(leaf, sid, withheld):
                     leaf = leaf.clone(memory_format=torch.contiguous_format)
+                if view:
+                    frozen.add(oid)
                 kept.append((i, oid, leaf, self.store.charge(leaf, sid, seen)))
                 continue
             public = disclosed.charge(i)
             if public is None:
                 raise Reject(ErrorCode.DENIED, self.disclosure.unbounded_text(op, disclosed.trace is None))
             withheld.update(self.store.storage_keys(leaf))
+            frozen.add(oid)
             kept.append((i, oid, leaf, self.store.charge_public(leaf, sid, seen, max(public, kept_alive))))
-        return kept
+        return kept, frozen
 
     def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],
                  spent: float = 0.0, grad: bool = True) -> None:
@@ -415,6 +428,9 @@ class Ops:
         if shown is exc:
             raise exc
         raise shown from None
+
+
+_NONE: AbstractSet[bytes] = frozenset()
 
 
 def _out_of_place(op: str) -> str:

@@ -212,11 +212,13 @@ class Disclosure:
         prov = self.of_inputs(used)
         if not prov.owner or not self.guarded:
             return Disclosed(prov)
-        if fn in SHAPES_OF_MODELS:  # (shapes set by the models' architectures, never by values)
+        if fn in SHAPES_OF_MODELS:  # (shapes set by the models' architectures, never by values: see ops, MODELS_OF)
             return Disclosed(Provenance(True, prov.sources))
         traced = self.trace(fn, args, kwargs, used)
         public = _public_leaves(traced, result)
         if public is not None and all(public) and not prov.hidden:
+            if any(e.withheld_bytes for e in used):  # (a released shape's memory is still charged publicly)
+                return Disclosed(Provenance(True, prov.sources), public, True, traced)
             return Disclosed(Provenance(True, prov.sources))
         rule = prov.rule or f"the size of {op}'s result depends on the values"
         # (a trace whose structure is not the result's bounds nothing of it)
@@ -327,8 +329,10 @@ class Disclosure:
         for entry in touched:
             if entry.session is not None and not (entry.provenance.owner and
                                                   entry.provenance.hidden >= prov.hidden):
-                # (written in place: its shape, public until now, is its withheld shape's bound)
-                entry.provenance = prov.hiding(bounds_of(entry), ()) if prov.hidden else prov
+                # (written in place: its shape, public until now, stays so: its bound; a model's, an
+                # optimizer's are their architecture's, whatever they ran on)
+                entry.provenance = Provenance(True, prov.sources) if not isinstance(entry.tensor, torch.Tensor) \
+                    else prov.hiding(bounds_of(entry), ()) if prov.hidden else prov
 
     def grads_before(self, session: bytes, used: List["Entry"]) -> Optional[Tuple[Provenance, list]]:
         """Before an op that writes gradients (a backward, ``ptr.grad = g``) over the owner's data: what
@@ -403,6 +407,11 @@ def _public_leaves(traced: Optional[Trace], result: Any) -> Optional[List[bool]]
         return None
     return [not isinstance(x, torch.Tensor) or (s is not None and tuple(x.shape) == s)
             for x, s in zip(real, traced.shapes)]
+
+
+def withheld_shape(entry: "Entry") -> bool:
+    """Whether a tensor's shape has a dimension the client does not know."""
+    return of_entry(entry).hidden and isinstance(entry.tensor, torch.Tensor) and bool(withheld_of(entry)[1])
 
 
 def bounds_of(entry: "Entry") -> Tuple[int, ...]:
