@@ -85,12 +85,13 @@ class Ops:
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
                     raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
-            if is_inplace(name) and args and any(e.tensor is args[0] and e.read_only for e in used):
-                raise writes.WithheldWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
-            if is_inplace(name) and args and any(e.tensor is args[0] and writes.owner_view(self.store, e)
-                                                 for e in used):
-                # named in place (add_, requires_grad_): refused before it runs, whatever it dispatches to
-                raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
+            if is_inplace(name) and args:  # named in place (add_, requires_grad_): refused before it runs
+                target = next((e for e in used if e.tensor is args[0]), None)
+                if target is not None and target.read_only:
+                    raise writes.WithheldWrite(op, "self", target.label)
+                if any(e.tensor is args[0] and writes.owner_view(self.store, e) for e in used):
+                    # (whatever it dispatches to)
+                    raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
             if fn in MODEL_FACTORIES and any(withheld_shape(e) or e.withheld_bytes for e in used):
                 # (its tensors would hold memory of withheld size, charged as a model's, by their real size)
                 raise Reject(ErrorCode.DENIED, f"a model cannot be made of a tensor computed over a shape "
@@ -101,15 +102,16 @@ class Ops:
                 if owned is not None:
                     refusal = writes.WithheldWrite if owned.read_only else writes.OwnerDataWrite
                     raise refusal(op, "params", owned.label)
+            guarded = self.disclosure.guarded  # (withheld shapes: every policy but open)
             # (priced as the client can know it: a withheld shape at its public bound)
-            pargs, pkwargs = self.disclosure.standins(args, kwargs, used)
+            pargs, pkwargs = self.disclosure.standins(args, kwargs, used) if guarded else (args, kwargs)
             key = costs.signature(name, pargs, pkwargs, grad)
             if fn in train_costs.THROUGH_GRAPH:  # a backward: priced per call from the graph it goes through
                 key, cost = None, train_costs.of_graph(used)
             else:
                 cost = costs.cached(key)  # the hot path: a known cheap op costs this look-up, no fake run
             if cost is None and key is not None and not costs.warm() and costs.small(pargs) \
-                    and not session.lane.busy and not self.disclosure.would_trace(fn, args, kwargs, used):
+                    and not session.lane.busy and not (guarded and self.disclosure.would_trace(fn, args, kwargs, used)):
                 # (the first seconds after start: small ops at once, unpriced)
                 result, written = self._call(session, op, fn, args, kwargs, grad, used)
                 ran = True
@@ -119,7 +121,7 @@ class Ops:
                         or len(out) + self.store.session_count(sid) > q.max_objects:  # (checks inlined: hot path)
                     self._check_cost(session, op, cost, len(out))
                 if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy \
-                        and not self.disclosure.would_trace(fn, args, kwargs, used):
+                        and not (guarded and self.disclosure.would_trace(fn, args, kwargs, used)):
                     t1 = time.perf_counter()
                     try:
                         result, written = self._call(session, op, fn, args, kwargs, grad, used)
@@ -339,7 +341,7 @@ class Ops:
             work, depth = graph if graphs.has_graph(leaf) else (None, 0)
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                  created=now, last_access=now, provenance=disclosed.leaf(i),
-                                 work=work, depth=depth, withheld_bytes=withheld_charge(blocks),
+                                 work=work, depth=depth, withheld_bytes=withheld_charge(blocks) if frozen else 0,
                                  read_only=oid in frozen),  # (see _charged_publicly)
                            charge=charge, blocks=blocks)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],

@@ -132,6 +132,20 @@ CLIENT = Provenance()
 MAX_SOURCES = 4
 
 
+_OF_CLIENT = Disclosed(CLIENT)
+_DISCLOSED: Dict[int, Disclosed] = {}
+
+
+def _disclosed(prov: Provenance) -> Disclosed:
+    """``Disclosed(prov)``, made once per provenance (most are shared: one per owner's object, see _shared)."""
+    found = _DISCLOSED.get(id(prov))
+    if found is None or found.prov is not prov:
+        if len(_DISCLOSED) >= 4096:
+            _DISCLOSED.clear()
+        found = _DISCLOSED[id(prov)] = Disclosed(prov)
+    return found
+
+
 def of_entry(entry: "Entry") -> Provenance:
     """The provenance of a stored object (the owner's shared objects are their own source)."""
     if entry.session is None:
@@ -208,10 +222,12 @@ class Disclosure:
         """The provenance of an op's result, which of its leaves have a shape the client may see, and, where
         the op reads or makes a withheld shape, the public bounds its results are charged by."""
         if fn in VALUES_OF_CLIENT:
-            return Disclosed(CLIENT)
+            return _OF_CLIENT
         prov = self.of_inputs(used)
+        if prov is CLIENT:  # (the common case: the client's own objects)
+            return _OF_CLIENT
         if not prov.owner or not self.guarded:
-            return Disclosed(prov)
+            return _disclosed(prov)
         if fn in SHAPES_OF_MODELS:  # (shapes set by the models' architectures, never by values: see ops, MODELS_OF)
             return Disclosed(Provenance(True, prov.sources))
         traced = self.trace(fn, args, kwargs, used)
