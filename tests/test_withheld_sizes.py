@@ -280,3 +280,44 @@ def test_an_op_needing_two_withheld_sizes_equal_is_traced(make_worker, make_clie
     a, b = x[x > 0.3], (x * 2)[x > 0.3]
     assert torch.nn.functional.mse_loss(a, b).known_shape == ()
     client.sync()
+
+
+@pytest.mark.parametrize("t", [0.0, 2.0], ids=["a row", "no row"])
+def test_a_write_into_the_clients_empty_tensor_next_to_an_empty_withheld_result(make_worker, make_client, t):
+    """helper-29: an empty withheld result has no memory (address 0), as the client's own empty tensor has: the
+    read-only guard took one for the other, and the refusal told whether x[i] > t."""
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    mine, none = client.send(torch.zeros(0, dtype=torch.long)), client.send(torch.zeros(0, dtype=torch.bool))
+    mine.masked_scatter_(none, torch.nonzero(x[0:1] > t))  # selects nothing: fine, as in torch
+    client.sync()
+
+
+def test_gradients_written_over_the_owners_data_with_many_objects_are_looked_for_off_the_serving_thread(
+        make_worker, make_client, monkeypatch):
+    """helper-29: ``p.grad = g`` (g from #X) looked at all 80,000 parameters of a client's models on the serving
+    thread: 0.6 s per op, another client's round trip up to 1.2 s."""
+    import threading
+
+    from syft_magics.owner import ops, provenance
+
+    where = []
+    looked = provenance.Disclosure.grads_before
+
+    def recording(self, *args, **kwargs):
+        where.append(threading.current_thread().name)
+        return looked(self, *args, **kwargs)
+
+    monkeypatch.setattr(provenance.Disclosure, "grads_before", recording)
+    monkeypatch.setattr(ops, "GRADS_INLINE", 16)
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    model = client.send(torch.nn.Sequential(*[torch.nn.Linear(1, 1) for _ in range(10)]))  # 21 objects
+    p = client.send(torch.zeros(4)).requires_grad_()
+    for _ in range(3):  # (priced on the first, cheap afterwards)
+        p.grad = x * 2
+        client.sync()
+    assert where and not any(name.startswith("syft-worker") for name in where), where
+    del model

@@ -110,8 +110,11 @@ class Ops:
                 key, cost = None, train_costs.of_graph(used)
             else:
                 cost = costs.cached(key)  # the hot path: a known cheap op costs this look-up, no fake run
+            # (slow work no price covers: a first trace of its result, a look at every object for gradients)
+            slow = guarded and ((fn in autograd.WRITES_GRADS and self.store.session_count(session.ident) > GRADS_INLINE)
+                                or self.disclosure.would_trace(fn, args, kwargs, used))
             if cost is None and key is not None and not costs.warm() and costs.small(pargs) \
-                    and not session.lane.busy and not (guarded and self.disclosure.would_trace(fn, args, kwargs, used)):
+                    and not session.lane.busy and not slow:
                 # (the first seconds after start: small ops at once, unpriced)
                 result, written = self._call(session, op, fn, args, kwargs, grad, used)
                 ran = True
@@ -120,8 +123,7 @@ class Ops:
                 if cost.seconds > q.op_seconds or cost.peak_bytes + self.store.held_bytes(sid) > q.max_bytes \
                         or len(out) + self.store.session_count(sid) > q.max_objects:  # (checks inlined: hot path)
                     self._check_cost(session, op, cost, len(out))
-                if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy \
-                        and not (guarded and self.disclosure.would_trace(fn, args, kwargs, used)):
+                if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy and not slow:
                     t1 = time.perf_counter()
                     try:
                         result, written = self._call(session, op, fn, args, kwargs, grad, used)
@@ -433,6 +435,11 @@ class Ops:
 
 
 _NONE: AbstractSet[bytes] = frozenset()
+
+#: An op that writes gradients over the owner's data looks at every object of its client for the gradients it
+#: wrote (provenance.Disclosure.grads_before): with more objects than this, on its lane, not the serving thread
+#: (80,000 parameters held it 0.6 s per op, for everyone: a probe).
+GRADS_INLINE = 1024
 
 
 def _out_of_place(op: str) -> str:

@@ -145,7 +145,8 @@ class WriteGuard(TorchDispatchMode):
                 if isinstance(t, torch.Tensor) and self._protected(t):
                     raise OwnerDataWrite(str(func.overloadpacket.__name__), name,
                                          self.labels.get(storage_key(t), "the owner's data"))
-                if isinstance(t, torch.Tensor) and (id(t) in self.frozen_tensors or storage_key(t) in self.frozen):
+                if isinstance(t, torch.Tensor) and (id(t) in self.frozen_tensors or (
+                        t.numel() > 0 and storage_key(t) in self.frozen)):  # (empty tensors share no memory)
                     raise WithheldWrite(str(func.overloadpacket.__name__), name, "a read-only result")
         return func(*args, **kwargs)
 
@@ -173,7 +174,7 @@ def guard(store: "ObjectStore", used: List["Entry"]) -> ContextManager[Any]:
     storages = store.owner_storages() if owned else set()
     labels = {storage_key(e.tensor): e.label for e in owned}
     return WriteGuard(storages, {id(e.tensor) for e in owned}, labels,
-                      {storage_key(e.tensor) for e in frozen}, {id(e.tensor) for e in frozen})
+                      {storage_key(e.tensor) for e in frozen if e.tensor.numel() > 0}, {id(e.tensor) for e in frozen})
 
 
 _NO_GUARD = contextlib.nullcontext()
