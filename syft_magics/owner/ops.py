@@ -283,6 +283,7 @@ class Ops:
             self._written(session, op, used, exc.written)
             exc = exc.error
         if isinstance(exc, writes.WithheldWrite):
+            self.refuse("write into a read-only result")
             exc = Reject(ErrorCode.READ_ONLY, f"{op} writes into {exc.label}, a result computed over a shape "
                                               f"{self.name} withholds: such results are read-only (a write would "
                                               "reach, or miss, memory whose size is withheld); compute out of "

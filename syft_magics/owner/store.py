@@ -12,19 +12,19 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ..display import dtype_text, esc, html_row, html_table, human_bytes, short_id, table
+from ..display import dtype_text, short_id
 from ..wire.names import check_tag
 from .graphs import Graph
 from .optimizers import scheduler_bytes, state_bytes
 from .provenance import CLIENT, Provenance
 
-__all__ = ["OWNER", "Entry", "ObjectStore", "Registry", "check_tag", "new_id"]
+__all__ = ["OWNER", "Entry", "ObjectStore", "check_tag", "new_id"]
 
 OWNER = "owner"
 def new_id() -> bytes:
@@ -490,38 +490,3 @@ class ObjectStore:
     @property
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self.entries())
-
-
-class Registry(Mapping[str, Entry]):
-    """A read-only snapshot of a worker's objects, hex id -> :class:`Entry`, for display."""
-
-    def __init__(self, name: str, entries: List[Entry]) -> None:
-        self._name = name
-        self._entries = {e.hex: e for e in sorted(entries, key=lambda e: e.created)}
-
-    def __getitem__(self, key: str) -> Entry:
-        return self._entries[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def by_tag(self, tag: str) -> List[Entry]:
-        return [e for e in self._entries.values() if tag in e.tags]
-
-    def _rows(self) -> List[Tuple[object, ...]]:
-        return [(e.hex[:8], " ".join(e.tags), tuple(e.shape), e.dtype, human_bytes(e.nbytes), e.origin,
-                 time.strftime("%H:%M:%S", time.localtime(e.created))) for e in self._entries.values()]
-
-    _HEADERS = ("id", "tags", "shape", "dtype", "bytes", "origin", "created")
-
-    def __repr__(self) -> str:
-        if not self._entries:
-            return f"{self._name} holds no objects"
-        return f"{self._name} holds {len(self)} objects\n" + table(self._HEADERS, self._rows())
-
-    def _repr_html_(self) -> str:
-        return (f"<b>{esc(self._name)}</b> holds {len(self)} objects"
-                + html_table(self._HEADERS, [html_row(cells) for cells in self._rows()]))

@@ -38,9 +38,10 @@ from .policy import (
     make_policy,
 )
 from .quotas import ClientQuotas, Quotas
+from .registry import Registry
 from .serving import Server
 from .sessions import Session
-from .store import OWNER, Entry, ObjectStore, Registry, new_id
+from .store import OWNER, Entry, ObjectStore, new_id
 from .switch import switch_interval
 
 #: Live workers of this process, so re-running a cell restarts instead of failing.
