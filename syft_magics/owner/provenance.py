@@ -228,7 +228,7 @@ class Disclosure:
             return _OF_CLIENT
         if not prov.owner or not self.guarded:
             return _disclosed(prov)
-        if fn in SHAPES_OF_MODELS:  # (shapes set by the models' architectures, never by values: see ops, MODELS_OF)
+        if fn in SHAPES_OF_MODELS:  # (the models' architectures', never values': models.MODEL_FACTORIES)
             return Disclosed(Provenance(True, prov.sources))
         traced = self.trace(fn, args, kwargs, used)
         public = _public_leaves(traced, result)
@@ -262,13 +262,18 @@ class Disclosure:
         """Whether :meth:`of_result` would trace ``fn`` afresh (milliseconds of sympy, more for a withheld
         shape): such an op runs on its client's lane, never on the serving thread (varied shapes, each traced
         once, would hold it for everyone)."""
-        if not self.guarded or fn in VALUES_OF_CLIENT or fn in SHAPES_OF_MODELS or not self.of_inputs(used).owner \
-                or any(not isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used):
+        if not self._traces(fn, used):
             return False
         withheld = {id(e.tensor): withheld_of(e) for e in used if of_entry(e).hidden}
         leaves, spec = pytree.tree_flatten((args, kwargs))
         key = self._key(fn, leaves, spec, withheld)
         return key is None or key not in self._traced
+
+    def _traces(self, fn: Any, used: List["Entry"]) -> bool:
+        """Whether :meth:`of_result` traces ``fn`` over ``used``: an op over the owner's tensors or models, under
+        a policy that withholds shapes."""
+        return self.guarded and fn not in VALUES_OF_CLIENT and fn not in SHAPES_OF_MODELS \
+            and self.of_inputs(used).owner and all(isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used)
 
     @staticmethod
     def _key(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape]) -> Any:
@@ -314,8 +319,7 @@ class Disclosure:
     def unbounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Optional[str]:
         """Before an op runs: why its results could not be kept (see :meth:`unbounded_text`), or None. For an
         op no estimate priced: its real allocation would happen before the refusal."""
-        if not self.guarded or fn in VALUES_OF_CLIENT or fn in SHAPES_OF_MODELS or not self.of_inputs(used).owner \
-                or any(not isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used):
+        if not self._traces(fn, used):
             return None
         traced = self.trace(fn, args, kwargs, used)  # (None: it may fail on the values too; it runs, and says)
         return self.unbounded_text(op) if traced is not None and None in traced.charges else None
