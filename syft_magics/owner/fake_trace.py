@@ -7,10 +7,10 @@ is withheld has unbacked symbolic sizes, each constrained to the public upper bo
 made. A result dimension that comes out a plain integer depends on no value; one that comes out symbolic is
 withheld, and torch's value ranges (``bound_sympy``) give its public upper bound: ``nonzero(x)`` has at most
 ``x.numel()`` rows, ``y.repeat(1000, 1)`` of such a result 1000 times as many. The same bound of the result's
-memory (its storage's bytes, or nothing for a view of an input) is what its client is charged, so a quota's
-refusal depends on public facts only (a charge of real bytes told withheld sizes: a probe bisected ``#X``
-through ``QuotaExceeded``). A result torch cannot bound (``bincount``, ``unique`` of a withheld shape, a size
-read from a tensor) has no public charge: :mod:`.ops` refuses it.
+memory (its storage's bytes; its own elements' for a view) is what its client is charged (see
+``ObjectStore.charge_public``), so a quota's refusal depends on public facts only (a charge of real bytes told
+withheld sizes: a probe bisected ``#X`` through ``QuotaExceeded``). A result torch cannot bound (``bincount``,
+``unique`` of a withheld shape, a size read from a tensor) has no public charge: :mod:`.ops` refuses it.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
             with torch.no_grad():
                 out = fn(*args, **kwargs)
             out_leaves, out_spec = flatten(out)
-            # (storages of the inputs and of earlier results: a result in one of them adds no memory)
+            # (storages of the inputs and of earlier results: a result in one of them is a view)
             held = {StorageWeakRef(f.untyped_storage()) for f in fakes if isinstance(f, torch.Tensor)}
             shapes: List[Optional[Tuple[int, ...]]] = []
             all_bounds: List[Bounds] = []
