@@ -321,3 +321,40 @@ def test_gradients_written_over_the_owners_data_with_many_objects_are_looked_for
         client.sync()
     assert where and not any(name.startswith("syft-worker") for name in where), where
     del model
+
+
+def test_a_tensor_written_from_withheld_rows_keeps_its_public_shape(make_worker, make_client):
+    """helper-30: ``p.addmv_(x[m].t(), y[m])`` marked the client's p (shape (5,), its own memory) as withheld:
+    autograd over it and moving it were refused as if its shape were unknown."""
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.rand(8, 5), "#D")
+    bob.share(torch.rand(8), "#Y")
+    client = make_client(bob.address, key=bob.key)
+    d, y = client.search("#D")[0], client.search("#Y")[0]
+    m = d[:, 0] > 0.5
+    p = client.send(torch.zeros(5)).requires_grad_()
+    with torch.no_grad():
+        p.addmv_(d[m].t(), y[m])
+    (p * 2).sum().backward()  # a graph over p: its shape is public
+    client.sync()
+    assert p.known_shape == (5,) and p.grad is not None
+    entry = bob.store.get(p.oid)
+    assert entry.provenance.owner and not entry.provenance.hidden  # (its values are Bob's: a get is reviewed)
+
+
+def test_an_op_that_may_write_over_a_withheld_shape_torch_cannot_trace_is_refused_before_it_writes(
+        make_worker, make_client, monkeypatch):
+    """helper-30: such an op ran, wrote, and only then were its results refused (the write stayed)."""
+    from syft_magics.owner import provenance
+
+    traced = provenance.trace
+    monkeypatch.setattr(provenance, "trace", lambda fn, *a: None if fn is torch.Tensor.index_add_ else traced(fn, *a))
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    rows = torch.nonzero(x > 0.3)[:, 0]  # withheld: which rows
+    p = client.send(torch.zeros(4))
+    with pytest.raises(PermissionDenied, match="cannot work out"):
+        p.index_add_(0, rows, torch.ones_like(rows, dtype=torch.float32))
+        client.sync()
+    assert bob.store.get(p.oid).tensor.sum().item() == 0  # nothing written

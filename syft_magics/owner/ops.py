@@ -124,6 +124,8 @@ class Ops:
                         or len(out) + self.store.session_count(sid) > q.max_objects:  # (checks inlined: hot path)
                     self._check_cost(session, op, cost, len(out))
                 if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy and not slow:
+                    if guarded:
+                        self._bounded(op, fn, args, kwargs, used)
                     t1 = time.perf_counter()
                     try:
                         result, written = self._call(session, op, fn, args, kwargs, grad, used)
@@ -151,9 +153,9 @@ class Ops:
                 costs.remember(key, estimate)
             if estimate is not None and estimate.priced:
                 self._check_cost(session, op, estimate, len(out))
-            else:  # (unpriced: at least not past the quota already, and a size that can be charged)
+            else:  # (unpriced: at least not past the quota already)
                 quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(session.ident), 0, op)
-                self._bounded(op, fn, args, kwargs, used)
+            self._bounded(op, fn, args, kwargs, used)  # (results that could not be kept: refused before it runs)
             t1 = time.perf_counter()
             try:
                 result, written = self._call(session, op, fn, args, kwargs, grad, used)
@@ -253,10 +255,11 @@ class Ops:
                 self.store.keep_leaves(session.ident, graph, leaves)
 
     def _bounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List[Entry]) -> None:
-        """Refuse, before it runs, an unpriced op over the owner's data whose results torch cannot bound (it
-        would be refused once it ran, see :meth:`_finish`: ``bincount``, a size read from a tensor, whose real
-        allocation no estimate foresaw)."""
-        why = self.disclosure.unbounded(op, fn, args, kwargs, used)
+        """Refuse, before it runs, an op over the owner's data whose results could not be kept (see
+        :meth:`_charged_publicly`): torch cannot bound them (``bincount``, a size read from a tensor: a real
+        allocation no estimate foresaw), or cannot trace an op that may write (its write would stay, its
+        results refused)."""
+        why = self.disclosure.unbounded(op, fn, args, kwargs, used, not writes.writes_nothing(fn, kwargs))
         if why is not None:
             raise Reject(ErrorCode.DENIED, why)
 

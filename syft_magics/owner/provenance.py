@@ -316,13 +316,18 @@ class Disclosure:
 
         return pytree.tree_map_only(torch.Tensor, standin, (args, kwargs))
 
-    def unbounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Optional[str]:
-        """Before an op runs: why its results could not be kept (see :meth:`unbounded_text`), or None. For an
-        op no estimate priced: its real allocation would happen before the refusal."""
+    def unbounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"],
+                  may_write: bool) -> Optional[str]:
+        """Before an op runs: why its results could not be kept (see :meth:`unbounded_text`), or None: no bound
+        (its real allocation would happen before the refusal), or no trace of an op that ``may_write`` (its
+        write would stay though its results are refused)."""
         if not self._traces(fn, used):
             return None
-        traced = self.trace(fn, args, kwargs, used)  # (None: it may fail on the values too; it runs, and says)
-        return self.unbounded_text(op) if traced is not None and None in traced.charges else None
+        traced = self.trace(fn, args, kwargs, used)
+        if traced is None:  # (it may fail on the values too: it runs, and says; unless it may write over a
+            # withheld shape: its results would be refused after its write, which would stay)
+            return self.unbounded_text(op, True) if may_write and any(of_entry(e).hidden for e in used) else None
+        return self.unbounded_text(op) if None in traced.charges else None
 
     def unbounded_text(self, op: str, untraced: bool = False) -> str:
         """Why the results of ``op`` cannot be kept: one has a withheld size that no public fact bounds
@@ -349,10 +354,9 @@ class Disclosure:
         for entry in touched:
             if entry.session is not None and not (entry.provenance.owner and
                                                   entry.provenance.hidden >= prov.hidden):
-                # (written in place: its shape, public until now, stays so: its bound; a model's, an
-                # optimizer's are their architecture's, whatever they ran on)
-                entry.provenance = Provenance(True, prov.sources) if not isinstance(entry.tensor, torch.Tensor) \
-                    else prov.hiding(bounds_of(entry), ()) if prov.hidden else prov
+                # (written in place: its values derive from what the op read; its shape, public until now, stays
+                # so, and its memory is its own, charged as before: a model's, an optimizer's too)
+                entry.provenance = Provenance(True, prov.sources) if prov.hidden else prov
 
     def grads_before(self, session: bytes, used: List["Entry"]) -> Optional[Tuple[Provenance, list]]:
         """Before an op that writes gradients (a backward, ``ptr.grad = g``) over the owner's data: what
