@@ -396,3 +396,25 @@ def test_an_optimizer_on_a_worker_refuses_local_parameters(seed):
         client.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TypeError, match="pointers to its parameters"):
         client.optim.Adam([{"params": list(model.parameters()), "lr": 0.1}])
+
+
+@pytest.mark.parametrize("make", [_sequential, Net], ids=["worker path", "client path"])
+def test_a_remote_models_parameters_by_name(seed, make):
+    """``remote.fc1.weight`` as on the local model (helper-30: an AttributeError listing what a RemoteModule
+    offers)."""
+    bob, client = seed
+    local = make()
+    remote = client.send(local)
+    names = dict(local.named_parameters())
+    for name, param in names.items():
+        found = remote
+        for part in name.split("."):
+            found = getattr(found, part)
+        assert torch.equal(found.get(), param.detach()), name
+    layer = getattr(remote, next(iter(names)).split(".")[0])
+    with pytest.raises(TypeError, match="call the whole model"):
+        layer(client.send(torch.zeros(1, 8)))
+    with pytest.raises(AttributeError, match="no parameter or buffer 'nope'"):
+        layer.nope
+    with pytest.raises(AttributeError, match="by name"):
+        remote.nope

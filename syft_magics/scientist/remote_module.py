@@ -188,11 +188,14 @@ class RemoteModule:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        found = _named(self._pointers, name)
+        if found is not None:  # remote.weight, remote.fc1.weight: pointers to the worker's tensors
+            return found
         raise AttributeError(f"a RemoteModule has no {name!r}: it offers calling it, the train and eval modes, "
-                             "parameters(), named_parameters(), buffers(), state_dict() (pointers), zero_grad(), "
-                             "requires_grad_(), "
-                             "load_state_dict(), to(device), get(), move(); for the rest (its layers, modules(), "
-                             "a dtype cast), use your local model and send it again (client.send(model))")
+                             "parameters(), named_parameters(), buffers(), state_dict() (pointers), its parameters "
+                             "and buffers by name (remote.fc1.weight), zero_grad(), requires_grad_(), "
+                             "load_state_dict(), to(device), get(), move(); for the rest (calling one of its layers, "
+                             "modules(), a dtype cast), use your local model and send it again (client.send(model))")
 
     def __getitem__(self, index: Any) -> Any:
         raise TypeError("a RemoteModule's layers are not pointers of their own: call the whole model, or send "
@@ -324,6 +327,39 @@ class RemoteModule:
     def __repr__(self) -> str:
         arch = repr(self._meta if self.path == "worker" else self._shell).replace("\n", "\n  ")
         return f"RemoteModule(location={self._client.name}, path={self.path!r},\n  {arch})"
+
+
+def _named(pointers: Dict[str, PointerTensor], path: str) -> Any:
+    """The pointer to the parameter or buffer named ``path`` (``fc1.weight``), a :class:`_Layer` for a prefix of
+    such names (``fc1``), or None."""
+    if path in pointers:
+        return pointers[path]
+    prefix = path + "."
+    return _Layer(pointers, path) if any(n.startswith(prefix) for n in pointers) else None
+
+
+class _Layer:
+    """``remote.fc1``: the way to its parameters and buffers by name (``remote.fc1.weight``), not a model of its
+    own (the worker holds the whole model as one object)."""
+
+    def __init__(self, pointers: Dict[str, PointerTensor], path: str) -> None:
+        self._pointers, self._path = pointers, path
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        found = _named(self._pointers, f"{self._path}.{name}")
+        if found is None:
+            raise AttributeError(f"{self._path} of the remote model has no parameter or buffer {name!r}")
+        return found
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{self._path} is a layer of a model that lives on the worker as one object: call the whole "
+                        f"model, or send the layer you need (client.send(model.{self._path}))")
+
+    def __repr__(self) -> str:
+        names = [n for n in self._pointers if n.startswith(self._path + ".")]
+        return f"<layer {self._path} of a remote model: {', '.join(names)}>"
 
 
 def _none(*args: Any, **kwargs: Any) -> None:
