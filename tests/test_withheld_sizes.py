@@ -358,3 +358,24 @@ def test_an_op_that_may_write_over_a_withheld_shape_torch_cannot_trace_is_refuse
         p.index_add_(0, rows, torch.ones_like(rows, dtype=torch.float32))
         client.sync()
     assert bob.store.get(p.oid).tensor.sum().item() == 0  # nothing written
+
+
+def test_an_in_place_op_under_no_grad_on_a_view_of_a_parameter_over_withheld_rows(make_worker, make_client):
+    """helper-30: ``W.view(5).addmv_(d[m].t(), y[m])`` under the client's no_grad wrote W, then failed: the copy
+    of its public-shape result was taken with grad mode on ("a view was created in no_grad mode...")."""
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.rand(8, 5), "#D")
+    bob.share(torch.rand(8), "#Y")
+    client = make_client(bob.address, key=bob.key)
+    d, y = client.search("#D")[0], client.search("#Y")[0]
+    remote = client.send(torch.nn.Linear(5, 1))
+    weight = next(remote.parameters())
+    client.sync()
+    live = next(e.tensor for e in bob.store.entries() if isinstance(e.tensor, torch.nn.Linear)).weight
+    before = live.detach().clone()
+    m = d[:, 0] > -1.0  # every row
+    with torch.no_grad():
+        weight.view(5).addmv_(d[m].t(), y[m])
+    client.sync()
+    expected = before.view(5) + bob.store.search(("#D",))[0].tensor.t() @ bob.store.search(("#Y",))[0].tensor
+    assert torch.allclose(live.detach().view(5), expected)

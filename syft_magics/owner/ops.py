@@ -382,7 +382,8 @@ class Ops:
                 # memory of withheld size where the trace saw a copy (torch leaves it open: reshape), writable
                 view = disclosed.trace is not None and disclosed.trace.views[i]
                 if view or self.store.in_withheld_memory(leaf, sid, withheld):
-                    leaf = leaf.clone(memory_format=torch.contiguous_format)
+                    with torch.no_grad():  # (it has no graph; a view made under no_grad must not be cloned with one)
+                        leaf = leaf.detach().clone(memory_format=torch.contiguous_format)
                 if view:
                     frozen.add(oid)
                 kept.append((i, oid, leaf, self.store.charge(leaf, sid, seen)))
