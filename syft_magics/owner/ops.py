@@ -26,7 +26,7 @@ from ..wire.results import flatten
 from . import autograd, costs, graphs, quotas, train_costs, writes
 from .models import MODEL_FACTORIES
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
-from .provenance import PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance, withheld_shape
+from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance, withheld_shape
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
 from .store import Block, Entry, ObjectStore, new_id, withheld_charge
@@ -111,8 +111,9 @@ class Ops:
             else:
                 cost = costs.cached(key)  # the hot path: a known cheap op costs this look-up, no fake run
             # (slow work no price covers: a first trace of its result, a look at every object for gradients)
+            known = self.disclosure.remembered(fn, args, kwargs, used) if guarded else None
             slow = guarded and ((fn in autograd.WRITES_GRADS and self.store.session_count(session.ident) > GRADS_INLINE)
-                                or self.disclosure.would_trace(fn, args, kwargs, used))
+                                or known is PENDING)
             if cost is None and key is not None and not costs.warm() and costs.small(pargs) \
                     and not session.lane.busy and not slow:
                 # (the first seconds after start: small ops at once, unpriced)
@@ -125,7 +126,7 @@ class Ops:
                     self._check_cost(session, op, cost, len(out))
                 if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy and not slow:
                     if guarded:
-                        self._bounded(op, fn, args, kwargs, used)
+                        self._bounded(op, fn, args, kwargs, used, known)
                     t1 = time.perf_counter()
                     try:
                         result, written = self._call(session, op, fn, args, kwargs, grad, used)
@@ -141,7 +142,8 @@ class Ops:
                 spent = time.perf_counter() - t0
             if written is not None:
                 self._written(session, op, used, written, spent, grad)
-            return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, spent=spent)
+            return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, spent=spent,
+                                known=known)
 
         def work() -> Tuple[Any, Optional[List[Entry]], float, float, Any]:
             estimate = cost
@@ -254,12 +256,12 @@ class Ops:
             if graphs.keep_with_nodes(flatten(result)[0], [e.tensor for e in written or ()], graph):
                 self.store.keep_leaves(session.ident, graph, leaves)
 
-    def _bounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List[Entry]) -> None:
+    def _bounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List[Entry], known: Any = PENDING) -> None:
         """Refuse, before it runs, an op over the owner's data whose results could not be kept (see
         :meth:`_charged_publicly`): torch cannot bound them (``bincount``, a size read from a tensor: a real
         allocation no estimate foresaw), or cannot trace an op that may write (its write would stay, its
         results refused)."""
-        why = self.disclosure.unbounded(op, fn, args, kwargs, used, not writes.writes_nothing(fn, kwargs))
+        why = self.disclosure.unbounded(op, fn, args, kwargs, used, not writes.writes_nothing(fn, kwargs), known)
         if why is not None:
             raise Reject(ErrorCode.DENIED, why)
 
@@ -305,15 +307,16 @@ class Ops:
     def _finish(self, session: Session, header: dict, name: str, call: Tuple[Any, Any, Any], result: Any,
                 out: list, used: List[Entry], t0: float,
                 disclosed: Optional[Disclosed] = None,
-                spent: float = 0.0) -> Optional[List[Any]]:
+                spent: float = 0.0, known: Any = PENDING) -> Optional[List[Any]]:
         """Store an op's results for its client (charged to its quota, with their provenance: see
         :mod:`.provenance`, and the autograd work behind them: see :mod:`.train_costs`) and describe them
         if asked. ``call``: ``(fn, args, kwargs)`` of the op; ``disclosed``: what
         :meth:`Disclosure.of_result` says of it, if already known; ``spent``: its part of the autograd
-        work behind its results (its estimate, else what it took)."""
+        work behind its results (its estimate, else what it took); ``known``: its trace, as
+        :meth:`Disclosure.remembered` found it before it ran."""
         op = short_name(name)
         leaves = flatten(result)[0]
-        disclosed = disclosed or self.disclosure.of_result(op, *call, used, result)
+        disclosed = disclosed or self.disclosure.of_result(op, *call, used, result, known)
         prov, shown = disclosed.prov, disclosed.shown
         try:
             if header.get("m"):

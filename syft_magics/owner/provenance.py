@@ -133,6 +133,8 @@ MAX_SOURCES = 4
 
 
 _OF_CLIENT = Disclosed(CLIENT)
+#: A trace not remembered yet (see :meth:`Disclosure.remembered`).
+PENDING: Any = object()
 _DISCLOSED: Dict[int, Disclosed] = {}
 
 
@@ -218,9 +220,11 @@ class Disclosure:
             return CLIENT
         return Provenance(True, tuple(sources), hidden is not None, hidden or "")
 
-    def of_result(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"], result: Any) -> Disclosed:
+    def of_result(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"], result: Any,
+                  known: Any = PENDING) -> Disclosed:
         """The provenance of an op's result, which of its leaves have a shape the client may see, and, where
-        the op reads or makes a withheld shape, the public bounds its results are charged by."""
+        the op reads or makes a withheld shape, the public bounds its results are charged by (``known``: its
+        trace, as :meth:`remembered` found it before it ran)."""
         if fn in VALUES_OF_CLIENT:
             return _OF_CLIENT
         prov = self.of_inputs(used)
@@ -230,7 +234,7 @@ class Disclosure:
             return _disclosed(prov)
         if fn in SHAPES_OF_MODELS:  # (the models' architectures', never values': models.MODEL_FACTORIES)
             return Disclosed(Provenance(True, prov.sources))
-        traced = self.trace(fn, args, kwargs, used)
+        traced = self.trace(fn, args, kwargs, used, known)
         public = _public_leaves(traced, result)
         if public is not None and all(public) and not prov.hidden:
             if any(e.withheld_bytes for e in used):  # (a released shape's memory is still charged publicly)
@@ -241,16 +245,16 @@ class Disclosure:
         return Disclosed(Provenance(True, prov.sources, True, rule), public or [], True,
                          traced if public is not None else None)
 
-    def trace(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Optional[Trace]:
+    def trace(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"], known: Any = PENDING) -> Optional[Trace]:
         """``fn`` traced on value-free stand-ins (see :mod:`.fake_trace`), remembered by what it depends on;
-        None where torch cannot trace it without the values (a model's or an optimizer's state: not traced)."""
+        None where torch cannot trace it without the values (a model's or an optimizer's state: not traced).
+        ``known``: what :meth:`remembered` found for this op already (the serving thread's hot path)."""
+        if known is not PENDING:
+            return cast(Optional[Trace], known)
         if any(not isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used):
             return None  # an optimizer: its state cannot be traced without side effects
-        withheld = {id(e.tensor): withheld_of(e) for e in used if of_entry(e).hidden}
-        leaves, spec = pytree.tree_flatten((args, kwargs))
-        key = self._key(fn, leaves, spec, withheld)
-        traced: Any = self._traced.get(key, False) if key is not None else False
-        if traced is False:
+        leaves, spec, withheld, key, traced = self._lookup(fn, args, kwargs, used)
+        if traced is PENDING:
             traced = trace(fn, leaves, spec, withheld)
             if key is not None:
                 if len(self._traced) > 4096:
@@ -258,16 +262,19 @@ class Disclosure:
                 self._traced[key] = traced
         return cast(Optional[Trace], traced)
 
-    def would_trace(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> bool:
-        """Whether :meth:`of_result` would trace ``fn`` afresh (milliseconds of sympy, more for a withheld
-        shape): such an op runs on its client's lane, never on the serving thread (varied shapes, each traced
-        once, would hold it for everyone)."""
-        if not self._traces(fn, used):
-            return False
+    def remembered(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Any:
+        """The trace :meth:`of_result` will use for ``fn``, if remembered (a :class:`Trace`; None: torch cannot
+        trace it, or nothing is traced for this op), else :data:`PENDING`: tracing it takes milliseconds of sympy
+        (more for a withheld shape), so such an op runs on its client's lane, never on the serving thread
+        (varied shapes, each traced once, would hold it for everyone)."""
+        return self._lookup(fn, args, kwargs, used)[-1] if self._traces(fn, used) else None
+
+    def _lookup(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Tuple[Any, Any, Any, Any, Any]:
+        """``(leaves, spec, withheld, key, remembered trace or PENDING)`` of ``fn`` over ``args``, ``kwargs``."""
         withheld = {id(e.tensor): withheld_of(e) for e in used if of_entry(e).hidden}
         leaves, spec = pytree.tree_flatten((args, kwargs))
         key = self._key(fn, leaves, spec, withheld)
-        return key is None or key not in self._traced
+        return leaves, spec, withheld, key, self._traced.get(key, PENDING) if key is not None else PENDING
 
     def _traces(self, fn: Any, used: List["Entry"]) -> bool:
         """Whether :meth:`of_result` traces ``fn`` over ``used``: an op over the owner's tensors or models, under
@@ -317,13 +324,13 @@ class Disclosure:
         return pytree.tree_map_only(torch.Tensor, standin, (args, kwargs))
 
     def unbounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"],
-                  may_write: bool) -> Optional[str]:
+                  may_write: bool, known: Any = PENDING) -> Optional[str]:
         """Before an op runs: why its results could not be kept (see :meth:`unbounded_text`), or None: no bound
         (its real allocation would happen before the refusal), or no trace of an op that ``may_write`` (its
         write would stay though its results are refused)."""
         if not self._traces(fn, used):
             return None
-        traced = self.trace(fn, args, kwargs, used)
+        traced = self.trace(fn, args, kwargs, used, known)
         if traced is None:  # (it may fail on the values too: it runs, and says; unless it may write over a
             # withheld shape: its results would be refused after its write, which would stay)
             return self.unbounded_text(op, True) if may_write and any(of_entry(e).hidden for e in used) else None
