@@ -19,6 +19,7 @@ import torch
 import zmq
 
 from ..collector import freezer
+from ..config import defaults
 from ..display import short_id
 from ..errors import ProtocolError, TagError
 from ..wire import limits, samehost
@@ -148,10 +149,13 @@ class Server(Handshakes, DirectPort, Ops):
         next_check = time.monotonic() + 1.0
         chunks = ChunkQueue()  # upload chunks served after the messages behind them (see .chunk_queue)
         self.lock.acquire()  # held while serving, let go while waiting (links of this process: direct.py)
+        served = False
         try:
             while self._running:
-                ready = self.poll_unlocked(poller, 0 if chunks else 200)
-                if router in ready:
+                # (after a message, another is likely soon: a spin answers it warm, see defaults.spin_seconds)
+                ready = self.poll_unlocked(poller, 0 if chunks else 200, defaults.spin_seconds if served else 0.0)
+                served = router in ready
+                if served:
                     for i in range(256):
                         if i and not readable(router):  # (the first: the poll just said so)
                             break

@@ -1,0 +1,116 @@
+"""The serving thread answers warm: after a message it looks for the next one without sleeping, briefly,
+and never while idle or while another thread needs the GIL (syft_magics/owner/spin.py)."""
+from __future__ import annotations
+
+import time
+from typing import Any, List
+
+import torch
+import zmq
+
+import syft_magics as sm
+from syft_magics.owner import spin
+from syft_magics.owner.spin import Spinner
+
+
+class FakePoller:
+    """Records each poll's timeout; zero-timeout looks find a message on the ``ready_on``-th look, and each
+    takes ``look_seconds`` (a look that waited for the GIL takes a switch interval or more)."""
+
+    def __init__(self, ready_on: int = 0, look_seconds: float = 0.0) -> None:
+        self.timeouts: List[int] = []
+        self.ready_on = ready_on
+        self.look_seconds = look_seconds
+
+    def poll(self, timeout: int) -> List[Any]:
+        self.timeouts.append(timeout)
+        if timeout == 0:
+            if self.look_seconds:
+                time.sleep(self.look_seconds)
+            if len(self.timeouts) == self.ready_on:
+                return [("socket", zmq.POLLIN)]
+        return []
+
+
+def test_a_message_that_comes_during_the_spin_is_found_without_sleeping():
+    poller = FakePoller(ready_on=3)
+    assert Spinner().poll(poller, 200, spin=0.05) == {"socket": zmq.POLLIN}  # type: ignore[arg-type]
+    assert poller.timeouts == [0, 0, 0], "it looked three times and never blocked"
+
+
+def test_with_nothing_coming_the_spin_ends_in_a_blocking_poll():
+    poller = FakePoller()
+    t0 = time.perf_counter()
+    assert Spinner().poll(poller, 200, spin=0.002) == {}  # type: ignore[arg-type]
+    assert time.perf_counter() - t0 < 0.5
+    assert poller.timeouts[-1] == 200 and set(poller.timeouts[:-1]) == {0} and len(poller.timeouts) > 2
+
+
+def test_no_spin_when_turned_off_or_when_not_waiting():
+    for spin_seconds, timeout in ((0.0, 200), (0.05, 0)):
+        poller = FakePoller()
+        Spinner().poll(poller, timeout, spin=spin_seconds)  # type: ignore[arg-type]
+        assert poller.timeouts == [timeout]
+
+
+def test_a_look_that_waited_for_the_gil_stops_the_spin_for_a_while():
+    spinner, poller = Spinner(), FakePoller(look_seconds=2 * spin.CONTENDED_SECONDS)
+    spinner.poll(poller, 200, spin=0.05)  # type: ignore[arg-type]
+    assert poller.timeouts == [0, 200], "one slow look, then it blocked"
+    poller.timeouts.clear()
+    spinner.poll(poller, 200, spin=0.05)  # type: ignore[arg-type]
+    assert poller.timeouts == [200], "no spin right after"
+    time.sleep(spin.BACKOFF_SECONDS)
+    poller.timeouts.clear()
+    poller.look_seconds = 0.0
+    spinner.poll(poller, 200, spin=0.002)  # type: ignore[arg-type]
+    assert poller.timeouts[0] == 0, "it spins again once the back-off has passed"
+
+
+def _serving_thread_cpu(worker: sm.Worker) -> float:
+    tid = worker.server._thread.native_id
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0  # (utime, stime in clock ticks of 10 ms)
+
+
+def test_the_worker_spins_after_answering_a_socket_client_and_not_while_idle(make_worker, make_client,
+                                                                            monkeypatch):
+    spins: List[float] = []
+    original = Spinner.poll
+
+    def recording(self: Spinner, poller: Any, timeout_ms: int, spin_seconds: float) -> Any:
+        spins.append(spin_seconds)
+        return original(self, poller, timeout_ms, spin_seconds)
+
+    monkeypatch.setattr(Spinner, "poll", recording)
+    bob = make_worker("Bob", policy="open")
+    bob.share(torch.ones(3), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x, = client.search("#X")
+    spins.clear()
+    for _ in range(20):
+        assert (x + 1).get().tolist() == [2.0, 2.0, 2.0]
+    assert spins.count(sm.defaults.spin_seconds) >= 10, "a spin after answered messages"
+    cpu = _serving_thread_cpu(bob)
+    time.sleep(1.0)
+    assert _serving_thread_cpu(bob) - cpu < 0.2, "idle, the serving thread sleeps"
+
+
+def test_spin_seconds_zero_turns_it_off(make_worker, make_client, monkeypatch):
+    monkeypatch.setattr(sm.defaults, "spin_seconds", 0.0)
+    looks: List[int] = []
+    original = zmq.Poller.poll
+
+    def counting(self: zmq.Poller, timeout: Any = None) -> Any:
+        looks.append(timeout)
+        return original(self, timeout)
+
+    bob = make_worker("Bob", policy="open")
+    bob.share(torch.ones(3), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x, = client.search("#X")
+    monkeypatch.setattr(zmq.Poller, "poll", counting)
+    for _ in range(20):
+        (x + 1).get()
+    assert 0 not in looks, "no zero-timeout looks on either side"
