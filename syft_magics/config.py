@@ -63,10 +63,9 @@ class Defaults:
     #: A transfer shows its bar once it has taken this many seconds.
     progress_delay: float = 2.0
     #: After it answers a message, a worker's serving thread polls its socket without sleeping for up to this
-    #: many seconds before it blocks, and so does a client waiting for a reply: a thread that sleeps wakes up
-    #: cold (on a virtual machine its CPU halts: the wake-up and cold caches cost a third of an op's round
-    #: trip, measured in benchmarks/README.md). The spin lets go of the GIL between looks (the worker's) or
-    #: lasts less than a thread switch interval (the client's); 0: never spin.
+    #: many seconds before it blocks: a thread that sleeps wakes up cold (on a virtual machine its CPU halts),
+    #: which costs a quarter of an op's round trip. Only while it pays: spins that keep finding nothing, or
+    #: that wait for the GIL or a CPU, stop (:mod:`syft_magics.owner.spin`). 0: never spin.
     spin_seconds: float = 0.0003
     #: Commands kept in a worker's recent-events ring.
     event_history: int = 500

@@ -1,5 +1,5 @@
 """The serving thread answers warm: after a message it looks for the next one without sleeping, briefly,
-and never while idle or while another thread needs the GIL (syft_magics/owner/spin.py)."""
+and only while that pays: never while idle, nor while another thread needs the GIL (syft_magics/owner/spin.py)."""
 from __future__ import annotations
 
 import time
@@ -10,7 +10,7 @@ import zmq
 
 import syft_magics as sm
 from syft_magics.owner import spin
-from syft_magics.owner.spin import Spinner
+from syft_magics.owner.spin import Spin
 
 
 class FakePoller:
@@ -27,21 +27,21 @@ class FakePoller:
         if timeout == 0:
             if self.look_seconds:
                 time.sleep(self.look_seconds)
-            if len(self.timeouts) == self.ready_on:
+            if len(self.timeouts) == self.ready_on or self.ready_on < 0:
                 return [("socket", zmq.POLLIN)]
         return []
 
 
 def test_a_message_that_comes_during_the_spin_is_found_without_sleeping():
     poller = FakePoller(ready_on=3)
-    assert Spinner().poll(poller, 200, spin=0.05) == {"socket": zmq.POLLIN}  # type: ignore[arg-type]
+    assert Spin().poll(poller, 200, 0.05) == [("socket", zmq.POLLIN)]  # type: ignore[arg-type]
     assert poller.timeouts == [0, 0, 0], "it looked three times and never blocked"
 
 
 def test_with_nothing_coming_the_spin_ends_in_a_blocking_poll():
     poller = FakePoller()
     t0 = time.perf_counter()
-    assert Spinner().poll(poller, 200, spin=0.002) == {}  # type: ignore[arg-type]
+    assert Spin().poll(poller, 200, 0.002) == []  # type: ignore[arg-type]
     assert time.perf_counter() - t0 < 0.5
     assert poller.timeouts[-1] == 200 and set(poller.timeouts[:-1]) == {0} and len(poller.timeouts) > 2
 
@@ -49,22 +49,40 @@ def test_with_nothing_coming_the_spin_ends_in_a_blocking_poll():
 def test_no_spin_when_turned_off_or_when_not_waiting():
     for spin_seconds, timeout in ((0.0, 200), (0.05, 0)):
         poller = FakePoller()
-        Spinner().poll(poller, timeout, spin=spin_seconds)  # type: ignore[arg-type]
+        Spin().poll(poller, timeout, spin_seconds)  # type: ignore[arg-type]
         assert poller.timeouts == [timeout]
 
 
 def test_a_look_that_waited_for_the_gil_stops_the_spin_for_a_while():
-    spinner, poller = Spinner(), FakePoller(look_seconds=2 * spin.CONTENDED_SECONDS)
-    spinner.poll(poller, 200, spin=0.05)  # type: ignore[arg-type]
+    spinner, poller = Spin(), FakePoller(look_seconds=2 * spin.CONTENDED_SECONDS)
+    spinner.poll(poller, 200, 0.05)  # type: ignore[arg-type]
     assert poller.timeouts == [0, 200], "one slow look, then it blocked"
     poller.timeouts.clear()
-    spinner.poll(poller, 200, spin=0.05)  # type: ignore[arg-type]
+    spinner.poll(poller, 200, 0.05)  # type: ignore[arg-type]
     assert poller.timeouts == [200], "no spin right after"
     time.sleep(spin.BACKOFF_SECONDS)
     poller.timeouts.clear()
     poller.look_seconds = 0.0
-    spinner.poll(poller, 200, spin=0.002)  # type: ignore[arg-type]
+    spinner.poll(poller, 200, 0.002)  # type: ignore[arg-type]
     assert poller.timeouts[0] == 0, "it spins again once the back-off has passed"
+
+
+def test_spins_that_keep_finding_nothing_stop_until_a_probe_finds_a_message():
+    spinner, poller = Spin(), FakePoller()
+    for _ in range(spin.MISSES):
+        spinner.poll(poller, 200, 0.001)  # type: ignore[arg-type]
+    assert poller.timeouts.count(200) == spin.MISSES and 0 in poller.timeouts
+    poller.timeouts.clear()
+    for _ in range(spin.PROBE_EVERY - 1):
+        spinner.poll(poller, 200, 0.001)  # type: ignore[arg-type]
+    assert poller.timeouts == [200] * (spin.PROBE_EVERY - 1), "quiet: no spin"
+    poller.timeouts.clear()
+    poller.ready_on = -1  # (from now on a message waits)
+    assert spinner.poll(poller, 200, 0.001) == [("socket", zmq.POLLIN)]  # type: ignore[arg-type]
+    assert poller.timeouts == [0], "the probe spun, and found one"
+    poller.timeouts.clear()
+    spinner.poll(poller, 200, 0.001)  # type: ignore[arg-type]
+    assert poller.timeouts == [0], "it pays again: every wait spins"
 
 
 def _serving_thread_cpu(worker: sm.Worker) -> float:
@@ -77,13 +95,13 @@ def _serving_thread_cpu(worker: sm.Worker) -> float:
 def test_the_worker_spins_after_answering_a_socket_client_and_not_while_idle(make_worker, make_client,
                                                                             monkeypatch):
     spins: List[float] = []
-    original = Spinner.poll
+    original = Spin.poll
 
-    def recording(self: Spinner, poller: Any, timeout_ms: int, spin_seconds: float) -> Any:
+    def recording(self: Spin, poller: Any, timeout_ms: int, spin_seconds: float) -> Any:
         spins.append(spin_seconds)
         return original(self, poller, timeout_ms, spin_seconds)
 
-    monkeypatch.setattr(Spinner, "poll", recording)
+    monkeypatch.setattr(Spin, "poll", recording)
     bob = make_worker("Bob", policy="open")
     bob.share(torch.ones(3), "#X")
     client = make_client(bob.address, key=bob.key)

@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 from ..wire.protocol import Kind, encode
 from ..wire.sockets import send_parts
 from .replies import Replies, Tracked
-from .spin import Spinner
+from .spin import Spin
 
 #: The connection token of direct links: a session made by one is served only through this door (a
 #: socket peer presenting its routing id is refused, as one on another connection).
@@ -67,7 +67,7 @@ class DirectPort:
     """A mix-in of :class:`~syft_magics.owner.serving.Server`: messages from links in this process."""
 
     lock: threading.Lock
-    _spinner: Spinner
+    _spin: Spin
     _conn: int
     _running: bool
 
@@ -78,7 +78,7 @@ class DirectPort:
         #: held while a message or an owner's decision is handled, by whichever thread handles it
         self.lock = threading.Lock()
         self._direct: Dict[bytes, Deliver] = {}
-        self._spinner = Spinner()
+        self._spin = Spin()
 
     def open_direct(self, ident: bytes, deliver: Deliver) -> None:
         """Register a link of this process (it then says hello and proves the key, as over a socket)."""
@@ -116,7 +116,7 @@ class DirectPort:
         ``spin``: seconds to look without sleeping first (see :mod:`.spin`)."""
         self.lock.release()
         try:
-            return self._spinner.poll(poller, timeout_ms, spin)
+            return dict(self._spin.poll(poller, timeout_ms, spin))
         finally:
             self.lock.acquire()
 
