@@ -190,6 +190,52 @@ def test_a_streamed_send_while_another_thread_runs_ops_on_the_link_stores_the_ri
     assert done and all(done)
 
 
+def test_an_upload_keeps_one_chunk_in_flight_while_ops_share_the_link(streamed, monkeypatch):
+    """Ops from another thread during an upload wait behind the chunks already sent: the upload keeps one chunk
+    in flight while they come (transfers.SHARED_SECONDS), its whole window when it is alone."""
+    bob, client = streamed
+    x, = client.search("#X")
+    in_flight: list = []
+    due = chunks.Outgoing.due
+
+    def recording(self: chunks.Outgoing, window=None) -> list:
+        out = due(self, window)
+        if threading.current_thread() is threading.main_thread():  # (the upload's: the worker's get streams too)
+            in_flight.append((self.sent - self.acked) // self.chunk)
+        return out
+
+    monkeypatch.setattr(chunks.Outgoing, "due", recording)
+    t = torch.randn(1 << 20)  # 4 MiB in 64 chunks
+    assert torch.equal(client.send(t).get(), t)
+    assert max(in_flight) == 4, "alone: its whole window"
+    stop = threading.Event()
+    done: list = []
+
+    def ops() -> None:
+        while not stop.is_set():
+            done.append(torch.equal((x + 1).get(), torch.tensor([2.0, 3, 4])))
+
+    worker = threading.Thread(target=ops)
+    worker.start()
+    try:
+        assert wait_until(lambda: done, timeout=20)
+        in_flight.clear()
+        assert torch.equal(client.send(t).get(), t)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert all(done) and max(in_flight[-20:]) == 1, "beside the ops: one (once one went out during it)"
+
+
+def test_a_stream_sends_no_more_chunks_than_the_window_it_is_given():
+    out = chunks.Outgoing(1, torch.zeros(10 * CHUNK // 4), CHUNK, 4)
+    assert len(out.due(2)) == 2
+    assert out.due(2) == [], "two in flight already"
+    assert len(out.due()) == 2, "its own window: two more"
+    out.credit(CHUNK)
+    assert len(out.due(8)) == 1, "never more than its own window"
+
+
 def test_an_op_behind_upload_chunks_is_answered_before_them(streamed):
     """Chunks already on their way are served after the messages queued behind them (owner/chunk_queue.py), in
     their own order, so that a small op sent during a big upload waits for at most the chunk being copied."""

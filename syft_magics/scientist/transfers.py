@@ -3,7 +3,8 @@ travel in chunks, show a progress bar when they are slow, and stop cleanly on a 
 
 A :class:`Watch` goes with every request that may stream (a ``get``, a streamed upload's ``put``). While
 the caller waits for the reply it runs between polls (:meth:`Link.wait`'s ``tick``): an upload sends the
-chunks the worker's credit allows; a download (filled in by :func:`receive` as chunks arrive, whichever
+chunks the worker's credit allows (one at a time while other messages share the link:
+:data:`SHARED_SECONDS`); a download (filled in by :func:`receive` as chunks arrive, whichever
 thread reads the socket) reports its bytes. Either updates its :class:`~.progress.Bar`.
 
 Interrupts: while a stream runs on the main thread, SIGINT (Ctrl-C, a Jupyter kernel interrupt) only
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any, List, Optional
 
 import torch
@@ -28,6 +30,13 @@ from .progress import Bar
 
 if TYPE_CHECKING:
     from .transport import LinkBase as Link
+
+#: While other messages go out on the link during an upload (ops from another thread; the last within this
+#: many seconds), the upload keeps one chunk in flight instead of its window, so that they wait behind one
+#: chunk at most. Measured on 2 cores, an op's round trip during a 256 MiB send: 0.46-0.54 ms (2.6-2.8x
+#: idle) against 0.71-1.26 ms with the whole window (4 chunks) in flight, and 0.79-0.85 ms with 2; the
+#: upload then takes 0.24-0.27 s instead of 0.12-0.17. An upload alone keeps its whole window.
+SHARED_SECONDS = 0.05
 
 
 def plan() -> List[int]:
@@ -96,6 +105,7 @@ class Watch:
             else None
         self.bar: Optional[Bar] = None
         self.moved = -1
+        self.since = 0.0  # (an upload: when it first ticked)
         self.interrupted = False
         self._saved: Any = None
 
@@ -115,7 +125,11 @@ class Watch:
                 return False  # the worker has not accepted the upload yet
             if credit != out.acked:
                 out.credit(credit)
-            for message in out.due():
+            # (other messages share the link: they wait behind one chunk at most, see SHARED_SECONDS)
+            now, last = time.monotonic(), self.link.shared_at
+            self.since = self.since or now  # (the first tick: our own declaration has gone)
+            shared = last > self.since and now - last < SHARED_SECONDS
+            for message in out.due(1 if shared else None):
                 self.link.send(encode(message), flush=True, awaited=True, alone=True)
             done, total = out.acked, out.total
         else:

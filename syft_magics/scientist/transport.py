@@ -46,6 +46,8 @@ class LinkBase:
         self.streams: Dict[Any, chunks.Incoming] = {}
         #: bytes of each streamed upload the worker holds so far, by request
         self.credits: Dict[Any, int] = {}
+        #: when a message other than an upload's chunk last left (transfers.SHARED_SECONDS)
+        self.shared_at = 0.0
         #: the worker's process when it runs on this host as this user (verified at the handshake):
         #: large tensors then travel as sealed memory files (:mod:`syft_magics.wire.samehost`)
         self.host_peer: Optional[samehost.Peer] = None

@@ -7,7 +7,9 @@ by a **credit** from the receiver (the bytes it now holds). The sender keeps at 
 chunks unanswered. Why:
 
 - **Small ops are not stuck behind it.** Between two messages of one link at most ``window``
-  chunks are queued, so an op sent during a 1 GiB transfer waits for a few MiB, not for the GiB.
+  chunks are queued, so an op sent during a 1 GiB transfer waits for a few MiB, not for the GiB; an
+  upload keeps one chunk in flight while other messages share the link
+  (:data:`syft_magics.scientist.transfers.SHARED_SECONDS`).
 - **Memory stays about 1x the tensor on each side.** The sender sends views of its tensor (no copy,
   except where today's single-frame path copies too); the receiver allocates the whole tensor once
   (the declared size, nothing more) and copies each chunk into it, so at most ``window`` chunk
@@ -118,10 +120,12 @@ class Outgoing:
         self.acked = received
         self.touched = time.monotonic()
 
-    def due(self) -> List[dict]:
-        """The chunk messages the window allows now (headers; their ``x`` is a view or copy of the bytes)."""
+    def due(self, window: Optional[int] = None) -> List[dict]:
+        """The chunk messages the window allows now (headers; their ``x`` is a view or copy of the bytes);
+        ``window``: chunks in flight at most this time, if fewer than the stream's own."""
         out = []
-        while self.sent < self.total and self.sent - self.acked < self.chunk * self.window:
+        limit = self.chunk * (self.window if window is None else max(1, min(window, self.window)))
+        while self.sent < self.total and self.sent - self.acked < limit:
             if self.source._version != self.version:
                 raise ProtocolError("the tensor changed while it was being sent; the transfer stopped "
                                     "(ask again for the new value)")
