@@ -214,6 +214,49 @@ def test_frozen_layers_stay_frozen_and_get_returns_the_mode_and_flags_of_now(see
     assert all(m.training for m in remote.get().modules())
 
 
+@pytest.mark.parametrize("make", [_sequential, Net])
+def test_a_model_frozen_on_the_worker_gives_results_that_do_not_require_grad_as_there(seed, make):
+    """The worker path's meta copy kept requiring grad after remote.requires_grad_(False): the client said the
+    result required grad, the worker's did not."""
+    bob, client = seed
+    X, _ = _data()
+    remote = client.send(make())
+    x = client.send(X)
+    assert remote(x).requires_grad
+    remote.requires_grad_(False)
+    out = remote(x)
+    client.sync()
+    assert out.requires_grad is False and bob.store.get(out.oid).tensor.requires_grad is False
+    remote.parameters().__next__().requires_grad_(True)  # one layer unfrozen, by its pointer
+    out = remote(x)
+    client.sync()
+    assert out.requires_grad is True and bob.store.get(out.oid).tensor.requires_grad is True
+
+
+def test_a_model_sent_again_finds_its_forward_inferred(seed, monkeypatch):
+    """Federated rounds send the model again to each worker: the forward of a model of one architecture, in one
+    state, is inferred here once (a meta forward costs a millisecond or more), not once per model sent."""
+    bob, client = seed
+    X, _ = _data()
+    x = client.send(X)
+    client.send(_sequential())(x)
+    meta_forwards: list = []
+    forward = nn.Sequential.forward
+
+    def counting(self, *args):
+        meta_forwards.append(1)
+        return forward(self, *args)
+
+    monkeypatch.setattr(nn.Sequential, "forward", counting)
+    again = client.send(_sequential())
+    out = again(x)
+    assert meta_forwards == [] and out.shape == (32, 3)
+    again.eval()
+    again(x)
+    assert meta_forwards == [1], "another state (eval mode): inferred once more"
+    assert torch.equal(out.get(), again.get().train()(X)), "and the values are the second model's own"
+
+
 class Tied(nn.Module):
     """A weight shared by two layers (a language model's embedding and output)."""
 

@@ -26,6 +26,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from ..errors import OpNotAllowed
 from ..wire import modules as spec_format
+from . import model_standins
 from .pointer import PointerTensor
 
 if TYPE_CHECKING:
@@ -68,12 +69,8 @@ class RemoteModule:
         self._handle: PointerTensor = made[0]
         self._client.untrack(self._handle)  # the model's handle is not a tensor to list
         self._pointers: Dict[str, PointerTensor] = dict(zip(self._names, made[1:]))
-        meta = self._meta
-
-        def call_standin(handle: Any, *args: Any, **kwargs: Any) -> Any:
-            return meta(*args, **kwargs)
-
-        self._call_standin = call_standin
+        self._arch = repr(self._spec)  # (its forward's stand-in is shared by models of one architecture)
+        self._modes = model_standins.modes(self._meta)
 
     def _tensors_of(self, module: nn.Module) -> List[torch.Tensor]:
         tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
@@ -113,7 +110,10 @@ class RemoteModule:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.path == "client":
             return self._shell(*args, **kwargs)
-        return self._client.run(self._call_standin, "syft.module_call", (self._handle, *args), kwargs)
+        # (the meta copy in this model's state: its layers' modes, which parameters require grad now)
+        state = (self._modes, tuple(self._pointers[n].requires_grad for n in self._param_names))
+        return self._client.run(model_standins.standin(self._arch, state, self._meta), "syft.module_call",
+                                (self._handle, *args), kwargs)
 
     forward = __call__
 
@@ -123,6 +123,7 @@ class RemoteModule:
             self._shell.train(mode)
         else:
             self._meta.train(mode)
+            self._modes = model_standins.modes(self._meta)
             self._client.run(_none, "syft.module_train", (self._handle, bool(mode)), {})
         return self
 
@@ -307,14 +308,9 @@ class RemoteModule:
         aliases = self.aliases
         twin._pointers = {n: named[aliases.get(n, n)] for n in self._pointers}
         if self.path == "worker":
-            twin._spec = self._spec
+            twin._spec, twin._arch = self._spec, self._arch
             twin._meta = copy.deepcopy(self._meta)
-            meta = twin._meta
-
-            def call_standin(handle: Any, *args: Any, **kwargs: Any) -> Any:
-                return meta(*args, **kwargs)
-
-            twin._call_standin = call_standin
+            twin._modes = self._modes
         else:
             twin._template = copy.deepcopy(self._template)
             shell = copy.deepcopy(self._template)
