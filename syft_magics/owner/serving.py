@@ -384,6 +384,7 @@ class Server(Handshakes, DirectPort, Ops):
         if session is None:
             return
         session.lane.backlog.clear()  # an op running in the background is left to end; its results are dropped
+        session.lane.close()
         freed = self.store.drop_session(ident)
         self.requests.end_session(ident, reason)
         session.close_files()

@@ -6,7 +6,7 @@ by running the model's meta copy on meta stand-ins (:mod:`.inference`), cached b
 it and its arguments' signature. That function is the same for every remote model of one architecture in
 one state, so:
 
-- **State.** The state is the modes of its layers (``train()``/``eval()``: dropout, batch statistics) and
+- **State.** The state is the modes of its layers (training or evaluation: dropout, batch statistics) and
   which parameters require grad, read from the model's parameter pointers at each call: a model frozen
   on the worker (``remote.requires_grad_(False)``, ``remote.fc1.weight.requires_grad_(False)``) gives
   results that do not require grad, as there (its meta copy once kept requiring grad: a result the
