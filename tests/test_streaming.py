@@ -6,10 +6,12 @@ moves them in well under a second; the real signal path (SIGINT to this process)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -165,11 +167,10 @@ def test_a_small_op_is_answered_while_a_big_get_is_still_streaming(streamed, fas
     assert torch.equal(got[0], big)
 
 
-def test_a_streamed_send_while_another_thread_runs_ops_on_the_link_stores_the_right_values(streamed):
-    """The uploading thread's chunks go alone (the worker may serve an op queued behind them first); riding in a
-    batch with the other thread's ops, a chunk overtook the ones the worker held and broke the upload."""
-    bob, client = streamed
-    x, = client.search("#X")
+@contextlib.contextmanager
+def ops_from_another_thread(x: Any) -> Iterator[list]:
+    """Op round trips on ``x`` (#X: [1, 2, 3]) from a second thread while the block runs (at least one before
+    it starts); yields whether each gave the right value."""
     stop = threading.Event()
     done: list = []
 
@@ -181,12 +182,21 @@ def test_a_streamed_send_while_another_thread_runs_ops_on_the_link_stores_the_ri
     worker.start()
     try:
         assert wait_until(lambda: done, timeout=20)
-        for i in range(4):
-            t = torch.randn(1 << 20)  # 4 MiB in 64 chunks
-            assert torch.equal(client.send(t).get(), t)
+        yield done
     finally:
         stop.set()
         worker.join(30)
+
+
+def test_a_streamed_send_while_another_thread_runs_ops_on_the_link_stores_the_right_values(streamed):
+    """The uploading thread's chunks go alone (the worker may serve an op queued behind them first); riding in a
+    batch with the other thread's ops, a chunk overtook the ones the worker held and broke the upload."""
+    bob, client = streamed
+    x, = client.search("#X")
+    with ops_from_another_thread(x) as done:
+        for i in range(4):
+            t = torch.randn(1 << 20)  # 4 MiB in 64 chunks
+            assert torch.equal(client.send(t).get(), t)
     assert done and all(done)
 
 
@@ -208,22 +218,9 @@ def test_an_upload_keeps_one_chunk_in_flight_while_ops_share_the_link(streamed, 
     t = torch.randn(1 << 20)  # 4 MiB in 64 chunks
     assert torch.equal(client.send(t).get(), t)
     assert max(in_flight) == 4, "alone: its whole window"
-    stop = threading.Event()
-    done: list = []
-
-    def ops() -> None:
-        while not stop.is_set():
-            done.append(torch.equal((x + 1).get(), torch.tensor([2.0, 3, 4])))
-
-    worker = threading.Thread(target=ops)
-    worker.start()
-    try:
-        assert wait_until(lambda: done, timeout=20)
+    with ops_from_another_thread(x) as done:
         in_flight.clear()
         assert torch.equal(client.send(t).get(), t)
-    finally:
-        stop.set()
-        worker.join(30)
     assert all(done) and max(in_flight[-20:]) == 1, "beside the ops: one (once one went out during it)"
 
 
