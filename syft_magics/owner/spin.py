@@ -2,7 +2,7 @@
 
 A thread that sleeps lets its CPU go idle; on a virtual machine the CPU halts, and the wake-up when
 the next message comes (an interrupt through the hypervisor) and the caches it finds cold cost about
-a quarter of an op's round trip (benchmarks/README.md: with the spin, the serving thread answers an op
+a quarter of an op's round trip (README.md, Performance: with the spin, the serving thread answers an op
 and its ``.get()`` in 62 us instead of 94, and its ZeroMQ send takes 10 us instead of 29). So after it
 answers a message from its socket, the serving thread polls without sleeping for up to
 ``defaults.spin_seconds`` before it blocks: a client whose next request follows its reply (a loop of
