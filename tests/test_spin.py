@@ -115,6 +115,30 @@ def test_the_worker_spins_after_answering_a_socket_client_and_not_while_idle(mak
     assert _serving_thread_cpu(bob) - cpu < 0.2, "idle, the serving thread sleeps"
 
 
+def test_a_strangers_messages_are_answered_without_a_spin(make_worker, peers, monkeypatch):
+    """A peer without the key could otherwise keep a CPU busy with a message every 0.3 ms."""
+    spins: List[float] = []
+    original = Spin.poll
+
+    def recording(self: Spin, poller: Any, timeout_ms: int, spin_seconds: float) -> Any:
+        spins.append(spin_seconds)
+        return original(self, poller, timeout_ms, spin_seconds)
+
+    monkeypatch.setattr(Spin, "poll", recording)
+    bob = make_worker("Bob", policy="open")
+    stranger = peers(bob.address)
+    for _ in range(10):
+        assert stranger.request({"t": "hello", "s": 0, "v": 1, "name": "x"}) is not None
+        stranger.send_raw([b"not msgpack"])
+    assert stranger.request({"t": "ping", "s": 1}) is not None, "answered all along"
+    assert sm.defaults.spin_seconds not in spins
+    client = peers(bob.address)
+    client.login(bob.key)
+    for _ in range(5):
+        client.request({"t": "ping", "s": 2})
+    assert sm.defaults.spin_seconds in spins, "a signed-in client's are"
+
+
 def test_spin_seconds_zero_turns_it_off(make_worker, make_client, monkeypatch):
     monkeypatch.setattr(sm.defaults, "spin_seconds", 0.0)
     looks: List[int] = []

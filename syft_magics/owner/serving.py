@@ -68,6 +68,8 @@ class Server(Handshakes, DirectPort, Ops):
         #: routing id -> (nonce, hello, time, connection token) of peers that said hello
         self.handshakes: Dict[bytes, Tuple[bytes, dict, float, int]] = {}
         self.connections: Optional[Connections] = None
+        #: a signed-in client's message was just answered: the next poll may spin (owner/spin.py)
+        self._warm = False
         self._conn, self._cuts = 0, []  # the message's connection token; revoked connections to cut (handshake)
         self.tickets = tickets.Tickets()  # for objects moved here from other workers (owner/tickets.py)
         self._calls: Deque[Callable[[zmq.Socket], None]] = deque()
@@ -149,13 +151,12 @@ class Server(Handshakes, DirectPort, Ops):
         next_check = time.monotonic() + 1.0
         chunks = ChunkQueue()  # upload chunks served after the messages behind them (see .chunk_queue)
         self.lock.acquire()  # held while serving, let go while waiting (links of this process: direct.py)
-        served = False
         try:
             while self._running:
-                # (after a message, another is likely soon: a spin answers it warm, see defaults.spin_seconds)
-                ready = self.poll_unlocked(poller, 0 if chunks else 200, defaults.spin_seconds if served else 0.0)
-                served = router in ready
-                if served:
+                # (after a client's message, another is likely soon: a spin answers it warm, see owner/spin.py)
+                ready = self.poll_unlocked(poller, 0 if chunks else 200, defaults.spin_seconds if self._warm else 0.0)
+                self._warm = False
+                if router in ready:
                     for i in range(256):
                         if i and not readable(router):  # (the first: the poll just said so)
                             break
@@ -211,6 +212,9 @@ class Server(Handshakes, DirectPort, Ops):
         reply = self._answer(ident, parts[1:]) if len(parts) > 1 else \
             error_reply(ProtocolError("message has no header"))
         self._send_replies(router, ident, reply)
+        # (a spin follows a message of a signed-in client only: a stranger's would keep a CPU busy for free)
+        session = self.sessions.get(ident)
+        self._warm = self._warm or (session is not None and session.conn == token)
 
     def _drain(self, session: Session, router: zmq.Socket) -> None:
         """Serve, in order, the messages that waited behind a client's background op, until another

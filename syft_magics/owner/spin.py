@@ -10,7 +10,9 @@ round trips, a training step's ``.item()``) finds it warm.
 
 What it costs, and how that is bounded (:class:`Spin`):
 
-- **CPU: only while it pays.** A spin that ends without a message is a miss. After :data:`MISSES`
+- **CPU: only for a signed-in client, and only while it pays.** A stranger's messages (a hello, anything
+  unreadable) are answered without a spin after them: otherwise a peer without the key could keep a CPU
+  busy with a message every 0.3 ms. A spin that ends without a message is a miss. After :data:`MISSES`
   misses in a row the thread spins only once every :data:`PROBE_EVERY` waits, until a spin finds a
   message again: a user who types the next cell costs a spin now and then, not each time.
 - **The GIL.** Each look lets go of it, but a thread of this process that waits for it (an
