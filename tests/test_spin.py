@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, List
 
+import pytest
 import torch
 import zmq
 
@@ -85,6 +86,20 @@ def test_spins_that_keep_finding_nothing_stop_until_a_probe_finds_a_message():
     assert poller.timeouts == [0], "it pays again: every wait spins"
 
 
+@pytest.fixture
+def spins(monkeypatch: pytest.MonkeyPatch) -> List[float]:
+    """The spin (seconds) each wait of a serving thread was allowed, in order."""
+    allowed: List[float] = []
+    original = Spin.poll
+
+    def recording(self: Spin, poller: Any, timeout_ms: int, spin_seconds: float) -> Any:
+        allowed.append(spin_seconds)
+        return original(self, poller, timeout_ms, spin_seconds)
+
+    monkeypatch.setattr(Spin, "poll", recording)
+    return allowed
+
+
 def _serving_thread_cpu(worker: sm.Worker) -> float:
     tid = worker.server._thread.native_id
     with open(f"/proc/self/task/{tid}/stat") as f:
@@ -92,16 +107,7 @@ def _serving_thread_cpu(worker: sm.Worker) -> float:
     return (int(fields[11]) + int(fields[12])) / 100.0  # (utime, stime in clock ticks of 10 ms)
 
 
-def test_the_worker_spins_after_answering_a_socket_client_and_not_while_idle(make_worker, make_client,
-                                                                            monkeypatch):
-    spins: List[float] = []
-    original = Spin.poll
-
-    def recording(self: Spin, poller: Any, timeout_ms: int, spin_seconds: float) -> Any:
-        spins.append(spin_seconds)
-        return original(self, poller, timeout_ms, spin_seconds)
-
-    monkeypatch.setattr(Spin, "poll", recording)
+def test_the_worker_spins_after_answering_a_socket_client_and_not_while_idle(make_worker, make_client, spins):
     bob = make_worker("Bob", policy="open")
     bob.share(torch.ones(3), "#X")
     client = make_client(bob.address, key=bob.key)
@@ -115,16 +121,8 @@ def test_the_worker_spins_after_answering_a_socket_client_and_not_while_idle(mak
     assert _serving_thread_cpu(bob) - cpu < 0.2, "idle, the serving thread sleeps"
 
 
-def test_a_strangers_messages_are_answered_without_a_spin(make_worker, peers, monkeypatch):
+def test_a_strangers_messages_are_answered_without_a_spin(make_worker, peers, spins):
     """A peer without the key could otherwise keep a CPU busy with a message every 0.3 ms."""
-    spins: List[float] = []
-    original = Spin.poll
-
-    def recording(self: Spin, poller: Any, timeout_ms: int, spin_seconds: float) -> Any:
-        spins.append(spin_seconds)
-        return original(self, poller, timeout_ms, spin_seconds)
-
-    monkeypatch.setattr(Spin, "poll", recording)
     bob = make_worker("Bob", policy="open")
     stranger = peers(bob.address)
     for _ in range(10):
