@@ -379,3 +379,29 @@ def test_an_in_place_op_under_no_grad_on_a_view_of_a_parameter_over_withheld_row
     client.sync()
     expected = before.view(5) + bob.store.search(("#D",))[0].tensor.t() @ bob.store.search(("#Y",))[0].tensor
     assert torch.allclose(live.detach().view(5), expected)
+
+
+def test_how_many_rows_passed_a_filter_does_not_show_through_squeeze(make_worker, make_client):
+    """Torch decides ``squeeze()`` over a size it does not know as if that size were not 1; the real result of
+    one row differed, and whether its shape was shown told it: ``x[x[:, 0] > t].squeeze().sum(0)`` had the
+    shape (3,) unless exactly one row passed, threshold by threshold (found reviewing this session's work). The
+    trace's public facts must hold at sizes 0 and 1 too, or the op is refused, whatever the data."""
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.tensor([[1.0, -2, 3], [4, 5, -6], [7, 8, 9]]), "#M")
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    seen = []
+    for t in (0.5, 3.0, 5.0, 8.0):  # 3, 2, 1 and 0 rows pass
+        rows = m[m[:, 0] > t]
+        outcome = []
+        for make in (lambda r: r.squeeze(), lambda r: r.squeeze().sum(0), lambda r: r.squeeze(0)):
+            try:
+                out = make(rows)
+                client.sync()
+                outcome.append(out.known_shape)
+            except PermissionDenied as exc:
+                outcome.append(type(exc).__name__)
+        outcome.append(rows.sum(0).shape)  # (what stays public: a sum over the withheld rows)
+        seen.append(outcome)
+    assert all(o == seen[0] for o in seen), seen
+    assert seen[0][-1] == (3,)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -60,6 +60,8 @@ class Trace:
     charges: List[Optional[int]]
     #: whether each leaf is a view of an input or of an earlier leaf (by the trace, whatever torch does)
     views: List[bool]
+    #: each leaf's sizes as the trace found them: an int where public, None where withheld (not a tensor: ``()``)
+    sizes: List[Tuple[Optional[int], ...]] = field(default_factory=list)
 
 
 def signature(x: Any, withheld: Optional[HiddenShape]) -> Any:
@@ -89,7 +91,36 @@ def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape
         # torch cannot prove equal. Again, as one symbol per bound: where the op succeeds for real, the sizes it
         # needed equal were (it fails otherwise), and bounds of the results are those of the same ranges.
         traced = _trace(fn, leaves, spec, withheld, True)
+    if traced is not None and not _holds_at_the_edges(fn, leaves, spec, withheld, traced):
+        return None
     return traced
+
+
+#: Withheld sizes at which torch's size-oblivious reasoning may not hold (see :func:`_holds_at_the_edges`).
+EDGES = (0, 1)
+
+
+def _holds_at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape],
+                        traced: Trace) -> bool:
+    """Whether what ``traced`` found public (the result's structure, each leaf's rank and static sizes) holds
+    when the withheld sizes are 0, and when they are 1. Torch decides some questions about a size it does not
+    know as if it were neither (``squeeze()`` keeps the dimension, as for n >= 2): where that decided the
+    result's shape, the real result differs at n = 0 or 1, and whether its shape was shown then told whether
+    exactly one row passed a filter (``x[x[:, 0] > t].squeeze().sum(0)``: a probe read the owner's values so,
+    threshold by threshold). Such an op is then not traced: its results stay withheld, whatever the data."""
+    for edge in EDGES:
+        concrete: Dict[int, HiddenShape] = {
+            k: (tuple(min(edge, b) if i in free else b for i, b in enumerate(bounds)), ())
+            for k, (bounds, free) in withheld.items()}
+        at_edge = _trace(fn, leaves, spec, concrete, False)
+        if at_edge is None:
+            continue  # (it fails at that size, as it would for real: an error, not a shape)
+        if at_edge.spec != traced.spec:
+            return False
+        for sym, real in zip(traced.sizes, at_edge.sizes):
+            if len(sym) != len(real) or any(s is not None and s != r for s, r in zip(sym, real)):
+                return False
+    return True
 
 
 def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape], unify: bool) -> Optional[Trace]:
@@ -107,7 +138,7 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
                     hidden = withheld.get(id(x))
                     if hidden is not None:
                         bounds, free = hidden
-                        sizes: List[Any] = list(bounds)
+                        given: List[Any] = list(bounds)
                         for i in free:
                             s = symbols.get(bounds[i]) if unify else None
                             if s is None:
@@ -115,8 +146,8 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
                                 torch._constrain_as_size(s, min=0, max=bounds[i])
                                 if unify:
                                     symbols[bounds[i]] = s
-                            sizes[i] = s
-                        f = torch.empty(sizes, dtype=x.dtype, device=x.device)
+                            given[i] = s
+                        f = torch.empty(given, dtype=x.dtype, device=x.device)
                         if x.requires_grad:
                             f.requires_grad_(True)
                     else:
@@ -138,9 +169,11 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
             all_free: List[Tuple[int, ...]] = []
             charges: List[Optional[int]] = []
             views: List[bool] = []
+            sizes: List[Tuple[Optional[int], ...]] = []
             for o in out_leaves:
                 if not isinstance(o, torch.Tensor):
                     shapes.append(())
+                    sizes.append(())
                     all_bounds.append(())
                     all_free.append(())
                     charges.append(0)
@@ -148,6 +181,7 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
                     continue
                 static = tuple(o.shape) if all(type(d) is int for d in o.shape) else None
                 shapes.append(static)
+                sizes.append(tuple(d if type(d) is int else None for d in o.shape))
                 dims = [_upper(d, env) for d in o.shape]
                 all_bounds.append(tuple(d for d in dims if d is not None) if None not in dims else None)
                 all_free.append(tuple(i for i, d in enumerate(o.shape) if type(d) is not int))
@@ -158,7 +192,7 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
                 held.add(ref)
     except Exception:
         return None
-    return Trace(out_spec, shapes, all_bounds, all_free, charges, views)
+    return Trace(out_spec, shapes, all_bounds, all_free, charges, views, sizes)
 
 
 def _upper(value: Any, env: Any) -> Optional[int]:
