@@ -368,7 +368,9 @@ class Server(Handshakes, DirectPort, Ops):
         messages it sent before its goodbye have run, if they wait behind an op (a script's last ops)."""
         for ident, session in list(self.sessions.items()):
             if session.conn == token:
-                if not session.lane.says_goodbye():
+                # (messages that wait behind its background op were sent before the close: a script's last ops,
+                # its goodbye, which ZeroMQ may hand over after the close is reported: they run first)
+                if not session.lane.holds():
                     self._end_session(ident, "connection closed")
                 else:  # its lease runs from its last message: what it queued has that long (a probe kept one 50 s)
                     session.gone = True
