@@ -17,8 +17,9 @@ from __future__ import annotations
 import copy
 import sys
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import torch
 import torch.nn as nn
@@ -47,12 +48,10 @@ class Trace:
 
     #: the result's structure (a pytree spec)
     spec: Any
-    #: each leaf's shape where it follows from public facts alone, else None (not a tensor: ``()``)
-    shapes: List[Optional[Tuple[int, ...]]]
+    #: each leaf's sizes as the trace found them: an int where public, None where withheld (not a tensor: ``()``)
+    sizes: List[Tuple[Optional[int], ...]]
     #: each leaf's public upper bound, dimension by dimension (None: torch cannot bound it)
     bounds: List[Bounds]
-    #: each leaf's withheld dimensions (those the trace left symbolic)
-    free: List[Tuple[int, ...]]
     #: each leaf's public charge in bytes (None: no bound): the upper bound of its storage where the trace made
     #: new memory for it, else (a view of an input or of an earlier leaf) of its own elements. Never 0 for
     #: a view: torch may copy where the trace saw a view (``.contiguous()`` of a withheld shape whose real
@@ -60,8 +59,16 @@ class Trace:
     charges: List[Optional[int]]
     #: whether each leaf is a view of an input or of an earlier leaf (by the trace, whatever torch does)
     views: List[bool]
-    #: each leaf's sizes as the trace found them: an int where public, None where withheld (not a tensor: ``()``)
-    sizes: List[Tuple[Optional[int], ...]] = field(default_factory=list)
+
+    @cached_property
+    def shapes(self) -> List[Optional[Tuple[int, ...]]]:
+        """Each leaf's shape where it follows from public facts alone, else None (not a tensor: ``()``)."""
+        return [cast(Tuple[int, ...], s) if None not in s else None for s in self.sizes]
+
+    @cached_property
+    def free(self) -> List[Tuple[int, ...]]:
+        """Each leaf's withheld dimensions (those the trace left symbolic)."""
+        return [tuple(i for i, d in enumerate(s) if d is None) for s in self.sizes]
 
 
 def signature(x: Any, withheld: Optional[HiddenShape]) -> Any:
@@ -164,27 +171,20 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
             out_leaves, out_spec = flatten(out)
             # (storages of the inputs and of earlier results: a result in one of them is a view)
             held = {StorageWeakRef(f.untyped_storage()) for f in fakes if isinstance(f, torch.Tensor)}
-            shapes: List[Optional[Tuple[int, ...]]] = []
+            sizes: List[Tuple[Optional[int], ...]] = []
             all_bounds: List[Bounds] = []
-            all_free: List[Tuple[int, ...]] = []
             charges: List[Optional[int]] = []
             views: List[bool] = []
-            sizes: List[Tuple[Optional[int], ...]] = []
             for o in out_leaves:
                 if not isinstance(o, torch.Tensor):
-                    shapes.append(())
                     sizes.append(())
                     all_bounds.append(())
-                    all_free.append(())
                     charges.append(0)
                     views.append(False)
                     continue
-                static = tuple(o.shape) if all(type(d) is int for d in o.shape) else None
-                shapes.append(static)
                 sizes.append(tuple(d if type(d) is int else None for d in o.shape))
                 dims = [_upper(d, env) for d in o.shape]
                 all_bounds.append(tuple(d for d in dims if d is not None) if None not in dims else None)
-                all_free.append(tuple(i for i, d in enumerate(o.shape) if type(d) is not int))
                 ref = StorageWeakRef(o.untyped_storage())
                 views.append(ref in held)
                 charges.append(_upper(o.numel() * o.element_size(), env) if ref in held
@@ -192,7 +192,7 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
                 held.add(ref)
     except Exception:
         return None
-    return Trace(out_spec, shapes, all_bounds, all_free, charges, views, sizes)
+    return Trace(out_spec, sizes, all_bounds, charges, views)
 
 
 def _upper(value: Any, env: Any) -> Optional[int]:
