@@ -183,8 +183,6 @@ class Link(LinkBase):
         see ``owner/chunk_queue.py``, which it can only do for a message of its own).
         """
         self.check()
-        if not alone:  # (an upload streaming now, or starting soon, keeps fewer chunks ahead of this message)
-            self.shared_at = time.monotonic()
         big = not self._copy and any(len(p) >= LARGE_FRAME_BYTES for p in parts[1:])
         now = awaited or big  # goes as it is, after the queued batch
         tracker = None

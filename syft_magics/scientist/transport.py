@@ -46,8 +46,6 @@ class LinkBase:
         self.streams: Dict[Any, chunks.Incoming] = {}
         #: bytes of each streamed upload the worker holds so far, by request
         self.credits: Dict[Any, int] = {}
-        #: when a message other than an upload's chunk last left (transfers.SHARED_SECONDS)
-        self.shared_at = 0.0
         #: the worker's process when it runs on this host as this user (verified at the handshake):
         #: large tensors then travel as sealed memory files (:mod:`syft_magics.wire.samehost`)
         self.host_peer: Optional[samehost.Peer] = None
@@ -93,6 +91,11 @@ class LinkBase:
 
     def next_seq(self) -> int:
         self._seq += 1
+        return self._seq
+
+    @property
+    def last_seq(self) -> int:
+        """The number of the last request or op sent (an upload's chunks take none: transfers.SHARED_SECONDS)."""
         return self._seq
 
     def _file(self, header: dict) -> None:
