@@ -262,3 +262,49 @@ def test_an_optimizer_or_scheduler_keeps_what_it_holds_charged(make_worker, make
     gc.collect()
     alice.sync()
     assert bob.store.held_bytes(session) == 0
+
+
+def test_ops_on_the_owners_data_may_fail_only_so_often(make_worker, make_client):
+    """Whether an op on the owner's data failed is reported (a WithheldError), and it can tell a bit of the values
+    the op read: an index built from them bisects a value in ~30 ops. Failures are rationed per client name, and a
+    new connection does not reset them; the client's own data is not rationed."""
+    bob = make_worker("Bob", policy="review", connection_file=False, quotas=Quotas(failed_ops_per_hour=3))
+    bob.share(torch.tensor([0.25, 0.5, 0.75, 1.0]), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x, = client.search("#X")
+    past_the_end = client.send(torch.tensor([7]))
+    for _ in range(3):
+        with pytest.raises(sm.WithheldError):
+            x[past_the_end]
+            client.sync()
+    with pytest.raises(QuotaExceeded, match=r"failed_ops_per_hour.*run again in \d+ s") as refused:
+        x * 2  # an op that would not fail: refused too, before it runs
+        client.sync()
+    assert "Bob's data" in str(refused.value)
+    mine = past_the_end + 1  # the client's own data: not rationed
+    client.sync()
+    assert bob.store.get(mine.oid).tensor.tolist() == [8]
+    again = make_client(bob.address, key=bob.key)
+    with pytest.raises(QuotaExceeded, match="failed_ops_per_hour"):
+        again.search("#X")[0] * 2
+        again.sync()
+
+
+def test_the_failure_budget_refills_at_its_rate(monkeypatch):
+    from syft_magics.owner import quotas
+
+    now = [1000.0]
+    monkeypatch.setattr(quotas.time, "monotonic", lambda: now[0])
+    budget = quotas.FailureBudget(per_hour=2)
+    budget.spend()
+    budget.spend()
+    assert budget.wait() == pytest.approx(1800)  # one more after half an hour
+    now[0] += 900
+    assert budget.wait() == pytest.approx(900)
+    now[0] += 900
+    assert budget.wait() == 0
+    now[0] += 10 * 3600
+    budget.spend()
+    assert budget.wait() == 0  # (refilled to 2 at most: one left)
+    budget.spend()
+    assert budget.wait() > 0

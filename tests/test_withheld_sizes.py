@@ -127,9 +127,11 @@ def _held_after(make_worker, make_client, t, steps):
     # torch copies (n = 2: nonzero's rows are column-major) or returns a view (n = 0) where the trace saw a view
     lambda x, t: torch.nonzero(x[0:1].view(1, 1).expand(1, 2) > t).contiguous(),
     # and which results share memory showed once the one in between was freed (a copy's block outlived it)
-    lambda x, t: torch.nonzero(x.view(2, 2) > t).reshape(-1).unflatten(0, (-1, 2)),
+    # (views of views; ``.reshape(-1).unflatten(0, (-1, 2))`` is refused now: its flat size, twice the withheld
+    # one, cannot be 1 (the stand-ins of the edge check do not know that))
+    lambda x, t: torch.nonzero(x.view(2, 2) > t).t().t(),
     lambda x, t: torch.nonzero(x.view(2, 2) > t)[:, :1],
-], ids=["contiguous", "unflatten", "narrow"])
+], ids=["contiguous", "view of a view", "narrow"])
 def test_whether_torch_made_a_view_or_a_copy_does_not_show_in_the_charge(make_worker, make_client, steps):
     """helper-27's probe read #X in 0.3 s from ``nonzero(x[i] > t (expanded)).contiguous()``: charged 70 or
     38 bytes as torch copied or not."""
@@ -143,13 +145,15 @@ def test_a_view_with_a_public_shape_of_withheld_memory_is_a_copy_of_its_own(make
     client = make_client(bob.address, key=bob.key)
     x = client.search("#X")[0]
     rows = torch.nonzero(x > 0.3)  # 3 rows really, at most 4 (32 B)
-    first = rows[0]  # shape (1,): public
+    # shape (0, 1): public (a view of some rows would fail when none passed, and is refused: see
+    # test_whether_an_op_over_a_filtered_result_fails_does_not_tell_how_many_rows_passed)
+    first = rows[:0]
     client.sync()
-    assert first.known_shape == (1,)
+    assert first.known_shape == (0, 1)
     before = _held(bob)
     del rows
     client.sync()
-    assert _held(bob) == before - 4 * 8 and _held(bob) == 8  # what stays is the copy's own 8 bytes
+    assert _held(bob) == before - 4 * 8 and _held(bob) == 0  # what stays is the copy's own 0 bytes
 
 
 def test_results_over_withheld_shapes_are_read_only(make_worker, make_client):
@@ -161,7 +165,7 @@ def test_results_over_withheld_shapes_are_read_only(make_worker, make_client):
         rows.add_(1)
         client.sync()
     with pytest.raises(sm.ReadOnlyError, match="out of place"):
-        rows[0].zero_()  # (a copy: writing it would leave rows as they are)
+        rows[:0].zero_()  # (a copy: writing it would leave rows as they are)
         client.sync()
     assert (rows + 1).sum().known_shape == ()  # out of place: fine
 
@@ -346,9 +350,11 @@ def test_an_op_that_may_write_over_a_withheld_shape_torch_cannot_trace_is_refuse
         make_worker, make_client, monkeypatch):
     """helper-30: such an op ran, wrote, and only then were its results refused (the write stayed)."""
     from syft_magics.owner import provenance
+    from syft_magics.owner.fake_trace import Untraced
 
     traced = provenance.trace
-    monkeypatch.setattr(provenance, "trace", lambda fn, *a: None if fn is torch.Tensor.index_add_ else traced(fn, *a))
+    monkeypatch.setattr(provenance, "trace",
+                        lambda fn, *a: Untraced() if fn is torch.Tensor.index_add_ else traced(fn, *a))
     bob = _bob(make_worker)
     client = make_client(bob.address, key=bob.key)
     x = client.search("#X")[0]
@@ -405,3 +411,65 @@ def test_how_many_rows_passed_a_filter_does_not_show_through_squeeze(make_worker
         seen.append(outcome)
     assert all(o == seen[0] for o in seen), seen
     assert seen[0][-1] == (3,)
+
+
+#: Ops over ``rows = M[M[:, 0] > t]`` that fail on real data when no row (or one) passed, and succeeded else:
+#: a ``WithheldError`` instead of a result told whether any row passed, and a threshold search read the column's
+#: maximum (found reviewing session 15's work). Each is refused now, whatever the data.
+FAILS_AT_AN_EDGE = {
+    "rows[0]": lambda r, c: r[0],
+    "rows[-1]": lambda r, c: r[-1],
+    "rows[1]": lambda r, c: r[1],
+    "max(0)": lambda r, c: r.max(0).values,
+    "amax(0)": lambda r, c: r.amax(0),
+    "max()": lambda r, c: r.max(),
+    "median(0)": lambda r, c: r.median(0).values,
+    "topk(1, 0)": lambda r, c: r.topk(1, 0).values,
+    "cumsum(0)[-1]": lambda r, c: r.cumsum(0)[-1],
+    "rows[:1].expand(4, 3)": lambda r, c: r[:1].expand(4, 3),
+    "view(3)": lambda r, c: r.view(3),  # (runs at exactly one row only)
+    "reshape(-1, 6)": lambda r, c: r.reshape(-1, 6),  # (an even count only)
+    "index_select(0, i)": lambda r, c: r.index_select(0, c.send(torch.tensor([0]))),  # (the client's index)
+    "gather(0, i)": lambda r, c: r.gather(0, c.send(torch.zeros(1, 3, dtype=torch.long))),
+}
+
+
+def test_whether_an_op_over_a_filtered_result_fails_does_not_tell_how_many_rows_passed(make_worker, make_client):
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.tensor([[1.0, -2, 3], [4, 5, -6], [7, 8, 9]]), "#M")
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    seen = {}
+    for t in (0.5, 3.0, 5.0, 8.0):  # 3, 2, 1 and 0 rows pass
+        rows = m[m[:, 0] > t]
+        for name, make in FAILS_AT_AN_EDGE.items():
+            try:
+                make(rows, client)
+                client.sync()
+                outcome = "ran"
+            except sm.SyftError as exc:
+                outcome = type(exc).__name__
+            seen.setdefault(name, []).append(outcome)
+    assert {name: o for name, o in seen.items() if o != ["PermissionDenied"] * 4} == {}
+    with pytest.raises(PermissionDenied, match=r"fails when a size Bob withholds is 0 .*torch\.where"):
+        rows.max(0)
+        client.sync()
+
+
+def test_ops_over_a_filtered_result_that_cannot_fail_still_run(make_worker, make_client):
+    """What the edge check leaves alone: ops that run at any count of rows, and the same question asked with
+    a mask, which needs no withheld size; an op that fails whatever the data says torch's own error."""
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.tensor([[1.0, -2, 3], [4, 5, -6], [7, 8, 9]]), "#M")
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    keep = m[:, 0] > 5.0
+    rows = m[keep]
+    assert [rows.sum(0).shape, rows.mean(0).shape, rows.sort(0).values.sum(0).shape, rows.t().matmul(rows).shape] \
+        == [(3,), (3,), (3,), (3, 3)]
+    masked = torch.where(keep[:, None], m, torch.tensor(float("-inf"))).amax(0)
+    bob.policy.allow_get(max_numel=3)
+    assert masked.get(timeout=5).tolist() == [7.0, 8.0, 9.0]
+    with pytest.raises(RuntimeError, match="must match the size"):
+        rows + torch.ones(4)
+        client.sync()

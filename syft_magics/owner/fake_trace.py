@@ -15,11 +15,13 @@ withheld sizes: a probe bisected ``#X`` through ``QuotaExceeded``). A result tor
 from __future__ import annotations
 
 import copy
+import re
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Dict, List, Optional, Tuple, cast
+from typing import AbstractSet, Any, Dict, List, Optional, Tuple, Union, cast
 
 import torch
 import torch.nn as nn
@@ -84,53 +86,135 @@ def signature(x: Any, withheld: Optional[HiddenShape]) -> Any:
     return (type(x), x)
 
 
-def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape]) -> Optional[Trace]:
+@dataclass(frozen=True)
+class Untraced:
+    """Why an op over the owner's data has no :class:`Trace`, so that it can be refused before it runs where
+    whether it fails would tell a withheld size.
+
+    ``edge``: a withheld size (0 or 1) at which the op fails though it runs at the sizes torch does not know
+    (``rows.max(0)``, ``rows[0]`` fail when no row passed a filter). ``error``: what torch said on the
+    stand-ins where that is not a question about values (a shape mismatch: the op fails whatever the data), as
+    ``(type name, text)``. Neither: torch cannot work out the result without the values."""
+
+    edge: Optional[int] = None
+    error: Optional[Tuple[str, str]] = None
+
+
+def _about_values(exc: BaseException) -> bool:
+    """Whether an error on the stand-ins asks about values or about a withheld size (it names one of the
+    trace's symbols: ``u0``), or says torch cannot run the op on them at all (no meta kernel, symbolic
+    strides): not the op's own failure whatever the data."""
+    from torch._subclasses.fake_tensor import (
+        DataDependentOutputException,
+        DynamicOutputShapeException,
+        UnsupportedOperatorException,
+    )
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    if isinstance(exc, (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException,
+                        GuardOnDataDependentSymNode, NotImplementedError)) \
+            or not isinstance(exc, (RuntimeError, IndexError, ValueError, TypeError)):
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in ("meta", "symbolic", "data-dependent", "data dependent", "unbacked")) \
+        or _SYMBOL.search(text) is not None
+
+
+#: A symbol of a trace in an error's text (torch names unbacked sizes u0, u1, ...; backed ones s0, ...).
+_SYMBOL = re.compile(r"\b[us]\d+\b")
+
+
+def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape],
+          owned: AbstractSet[int] = frozenset()) -> Union[Trace, Untraced]:
     """Trace ``fn`` over ``leaves`` (the flattened ``(args, kwargs)``, ``spec`` their structure); ``withheld``:
     ``id(tensor)`` -> the public bounds of an input whose shape is withheld, and which of its dimensions are
-    (at most :data:`MAX_WITHHELD_DIMS` in all). None when torch cannot trace it without the values (then
-    even the result's structure is not public)."""
+    (at most :data:`MAX_WITHHELD_DIMS` in all); ``owned``: ``id``s of the owner's tensors among them.
+    :class:`Untraced` when torch cannot trace it without the values (then even the result's structure is not
+    public), or when it fails at a withheld size of 0 or 1."""
     n = sum(len(free) for _, free in withheld.values())
     if n > MAX_WITHHELD_DIMS:
-        return None
+        return Untraced()
     traced = _trace(fn, leaves, spec, withheld, False)
-    if traced is None and n > 1:
+    if isinstance(traced, BaseException) and n > 1:
         # Two withheld sizes an op needs equal (``a * b[:, None]`` of ``x[m]`` and ``y[m]``) are two symbols
         # torch cannot prove equal. Again, as one symbol per bound: where the op succeeds for real, the sizes it
         # needed equal were (it fails otherwise), and bounds of the results are those of the same ranges.
         traced = _trace(fn, leaves, spec, withheld, True)
-    if traced is not None and not _holds_at_the_edges(fn, leaves, spec, withheld, traced):
-        return None
-    return traced
+    if isinstance(traced, BaseException):
+        error = None if _about_values(traced) else (type(traced).__name__, _clip(str(traced)))
+        return Untraced(error=error)
+    return _at_the_edges(fn, leaves, spec, withheld, owned, traced) if n else traced
 
 
-#: Withheld sizes at which torch's size-oblivious reasoning may not hold (see :func:`_holds_at_the_edges`).
+#: Withheld sizes at which torch's size-oblivious reasoning may not hold (see :func:`_at_the_edges`).
 EDGES = (0, 1)
 
 
-def _holds_at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape],
-                        traced: Trace) -> bool:
-    """Whether what ``traced`` found public (the result's structure, each leaf's rank and static sizes) holds
-    when the withheld sizes are 0, and when they are 1. Torch decides some questions about a size it does not
-    know as if it were neither (``squeeze()`` keeps the dimension, as for n >= 2): where that decided the
-    result's shape, the real result differs at n = 0 or 1, and whether its shape was shown then told whether
-    exactly one row passed a filter (``x[x[:, 0] > t].squeeze().sum(0)``: a probe read the owner's values so,
-    threshold by threshold). Such an op is then not traced: its results stay withheld, whatever the data."""
+def _at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape], owned: AbstractSet[int],
+                  traced: Trace) -> Union[Trace, Untraced]:
+    """``traced`` if what it found public (the result's structure, each leaf's rank and static sizes) holds
+    when the withheld sizes are 0, and when they are 1, and the op runs at both; else :class:`Untraced`.
+
+    Torch decides some questions about a size it does not know as if it were neither (``squeeze()`` keeps the
+    dimension, as for n >= 2): where that decided the result's shape, the real result differs at n = 0 or 1,
+    and whether its shape was shown then told whether exactly one row passed a filter
+    (``x[x[:, 0] > t].squeeze().sum(0)``: read threshold by threshold). And an op that fails at n = 0 or 1
+    only (``rows[0]``, ``rows.max(0)``, ``rows.index_select(0, i)``) told by failing whether any row passed:
+    a threshold search read a column's maximum. Such an op is refused before it runs, whatever the data.
+    Whether it runs is asked of the real kernels too (:func:`_runs_at`): torch's value-free ones do not check
+    everything (``max(0)`` of no rows, an index past the end)."""
     for edge in EDGES:
         concrete: Dict[int, HiddenShape] = {
             k: (tuple(min(edge, b) if i in free else b for i, b in enumerate(bounds)), ())
             for k, (bounds, free) in withheld.items()}
         at_edge = _trace(fn, leaves, spec, concrete, False)
-        if at_edge is None:
-            continue  # (it fails at that size, as it would for real: an error, not a shape)
+        if isinstance(at_edge, BaseException):
+            return Untraced() if _about_values(at_edge) else Untraced(edge=edge)
         if at_edge.spec != traced.spec:
-            return False
+            return Untraced()
         for sym, real in zip(traced.sizes, at_edge.sizes):
             if len(sym) != len(real) or any(s is not None and s != r for s, r in zip(sym, real)):
-                return False
+                return Untraced()
+        if not _runs_at(fn, leaves, spec, concrete, owned):
+            return Untraced(edge=edge)
+    return traced
+
+
+def _runs_at(fn: Any, leaves: List[Any], spec: Any, concrete: Dict[int, HiddenShape], owned: AbstractSet[int]) -> bool:
+    """Whether ``fn`` runs on real tensors with the withheld sizes of ``concrete``: every one of the owner's
+    tensors stands as zeros of its public (or edge) shape, so that the answer depends on public facts alone; the
+    client's own are copies (the op may write into them). Random draws come from a copy of the generator's
+    state. A model's forward is asked of the value-free kernels only (a real one could change its state)."""
+    if any(isinstance(x, nn.Module) for x in leaves):
+        return True
+    standins: List[Any] = []
+    for x in leaves:
+        if isinstance(x, torch.Tensor):
+            hidden = concrete.get(id(x))
+            if hidden is not None or id(x) in owned:
+                shape = hidden[0] if hidden is not None else tuple(x.shape)
+                x = torch.zeros(shape, dtype=x.dtype, device=x.device)
+            else:
+                x = x.detach().clone()
+        standins.append(x)
+    args, kwargs = pytree.tree_unflatten(standins, spec)
+    try:
+        with quiet_tracing(), warnings.catch_warnings(), torch.no_grad(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore")  # (the real op warns, if it does, when it runs)
+            fn(*args, **kwargs)
+    except Exception:
+        return False
     return True
 
 
-def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape], unify: bool) -> Optional[Trace]:
+def _clip(text: str, limit: int = 300) -> str:
+    """An error's first line, at most ``limit`` characters (torch's C++ errors add their stack)."""
+    text = text.strip().split("\n", 1)[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape],
+           unify: bool) -> Union[Trace, BaseException]:
     from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
     from torch.multiprocessing.reductions import StorageWeakRef
@@ -190,8 +274,8 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
                 charges.append(_upper(o.numel() * o.element_size(), env) if ref in held
                                else _upper(o.untyped_storage().nbytes(), env))
                 held.add(ref)
-    except Exception:
-        return None
+    except Exception as exc:
+        return exc
     return Trace(out_spec, sizes, all_bounds, charges, views)
 
 

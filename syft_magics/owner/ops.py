@@ -117,6 +117,8 @@ class Ops:
             if cost is None and key is not None and not costs.warm() and costs.small(pargs) \
                     and not session.lane.busy and not slow:
                 # (the first seconds after start: small ops at once, unpriced)
+                if guarded:
+                    self._bounded(session, op, fn, args, kwargs, used, known)
                 result, written = self._call(session, op, fn, args, kwargs, grad, used)
                 ran = True
             elif cost is not None and cost.priced:
@@ -126,7 +128,7 @@ class Ops:
                     self._check_cost(session, op, cost, len(out))
                 if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy and not slow:
                     if guarded:
-                        self._bounded(op, fn, args, kwargs, used, known)
+                        self._bounded(session, op, fn, args, kwargs, used, known)
                     t1 = time.perf_counter()
                     try:
                         result, written = self._call(session, op, fn, args, kwargs, grad, used)
@@ -157,7 +159,7 @@ class Ops:
                 self._check_cost(session, op, estimate, len(out))
             else:  # (unpriced: at least not past the quota already)
                 quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(session.ident), 0, op)
-            self._bounded(op, fn, args, kwargs, used)  # (results that could not be kept: refused before it runs)
+            self._bounded(session, op, fn, args, kwargs, used)  # (what could not be kept: refused before it runs)
             t1 = time.perf_counter()
             try:
                 result, written = self._call(session, op, fn, args, kwargs, grad, used)
@@ -256,14 +258,16 @@ class Ops:
             if graphs.keep_with_nodes(flatten(result)[0], [e.tensor for e in written or ()], graph):
                 self.store.keep_leaves(session.ident, graph, leaves)
 
-    def _bounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List[Entry], known: Any = PENDING) -> None:
-        """Refuse, before it runs, an op over the owner's data whose results could not be kept (see
-        :meth:`_charged_publicly`): torch cannot bound them (``bincount``, a size read from a tensor: a real
-        allocation no estimate foresaw), or cannot trace an op that may write (its write would stay, its
-        results refused)."""
-        why = self.disclosure.unbounded(op, fn, args, kwargs, used, not writes.writes_nothing(fn, kwargs), known)
-        if why is not None:
-            raise Reject(ErrorCode.DENIED, why)
+    def _bounded(self, session: Session, op: str, fn: Any, args: Any, kwargs: Any, used: List[Entry],
+                 known: Any = PENDING) -> None:
+        """Refuse, before it runs, an op over the owner's data that :meth:`.Disclosure.unbounded` refuses: its
+        client's ops on that data failed too often (``Quotas.failed_ops_per_hour``); its results could not be
+        kept (torch cannot bound them: ``bincount``, a size read from a tensor; see :meth:`_charged_publicly`),
+        or whether it fails would tell a withheld size (torch cannot trace it over one, or it fails at a withheld
+        size of 0 or 1: ``rows[0]``)."""
+        refusal = self.disclosure.unbounded(session, op, fn, args, kwargs, used, known)
+        if refusal is not None:
+            raise refusal
 
     def _no_graph_text(self, op: str) -> str:
         return (f"{op} would build an autograd graph over a tensor computed over a shape {self.name} withholds: "

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union, cast
 
 import torch
 from torch.utils import _pytree as pytree
@@ -43,14 +43,16 @@ from torch.utils import _pytree as pytree
 from ..errors import ErrorCode
 from ..wire import limits
 from ..wire.results import autograd_leaf, describe, flatten
+from . import quotas  # (a module: quotas imports replies, which imports this one)
 from .aggregate import average_models
 from .costs import MAX_KEY_ITEMS
-from .fake_trace import MAX_WITHHELD_DIMS, Bounds, HiddenShape, Trace, signature, trace
+from .fake_trace import MAX_WITHHELD_DIMS, Bounds, HiddenShape, Trace, Untraced, signature, trace
 from .models import model_weights
 from .optimizers import set_option, settings
 from .policy import OpenPolicy
 
 if TYPE_CHECKING:
+    from .sessions import Session
     from .store import Entry
     from .worker import Worker
 
@@ -178,6 +180,8 @@ class Disclosure:
         self.errors: "OrderedDict[int, Tuple[bytes, str, str]]" = OrderedDict()
         self._next_error = 1
         self._traced: Dict[Any, Any] = {}
+        #: failures each client may still have on the owner's data, by client name (see quotas.FailureBudget)
+        self._budgets: Dict[str, quotas.FailureBudget] = {}
 
     @property
     def guarded(self) -> bool:
@@ -234,7 +238,8 @@ class Disclosure:
             return _disclosed(prov)
         if fn in SHAPES_OF_MODELS:  # (the models' architectures', never values': models.MODEL_FACTORIES)
             return Disclosed(Provenance(True, prov.sources))
-        traced = self.trace(fn, args, kwargs, used, known)
+        found = self.trace(fn, args, kwargs, used, known)
+        traced = found if isinstance(found, Trace) else None
         public = _public_leaves(traced, result)
         if public is not None and all(public) and not prov.hidden:
             if any(e.withheld_bytes for e in used):  # (a released shape's memory is still charged publicly)
@@ -245,22 +250,25 @@ class Disclosure:
         return Disclosed(Provenance(True, prov.sources, True, rule), public or [], True,
                          traced if public is not None else None)
 
-    def trace(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"], known: Any = PENDING) -> Optional[Trace]:
+    def trace(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"],
+              known: Any = PENDING) -> Union[Trace, Untraced, None]:
         """``fn`` traced on value-free stand-ins (see :mod:`.fake_trace`), remembered by what it depends on;
-        None where torch cannot trace it without the values (a model's or an optimizer's state: not traced).
-        ``known``: what :meth:`remembered` found for this op already (the serving thread's hot path)."""
+        :class:`Untraced` where torch cannot trace it without the values or it fails at a withheld size of 0
+        or 1; None: not traced (a model's or an optimizer's state). ``known``: what :meth:`remembered` found
+        for this op already (the serving thread's hot path)."""
         if known is not PENDING:
-            return cast(Optional[Trace], known)
+            return cast(Union[Trace, Untraced, None], known)
         if any(not isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used):
             return None  # an optimizer: its state cannot be traced without side effects
         leaves, spec, withheld, key, traced = self._lookup(fn, args, kwargs, used)
         if traced is PENDING:
-            traced = trace(fn, leaves, spec, withheld)
+            owned = {id(e.tensor) for e in used if of_entry(e).owner} if withheld else set()
+            traced = trace(fn, leaves, spec, withheld, owned)
             if key is not None:
                 if len(self._traced) > 4096:
                     self._traced.clear()
                 self._traced[key] = traced
-        return cast(Optional[Trace], traced)
+        return cast(Union[Trace, Untraced], traced)
 
     def remembered(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Any:
         """The trace :meth:`of_result` will use for ``fn``, if remembered (a :class:`Trace`; None: torch cannot
@@ -323,18 +331,44 @@ class Disclosure:
 
         return pytree.tree_map_only(torch.Tensor, standin, (args, kwargs))
 
-    def unbounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"],
-                  may_write: bool, known: Any = PENDING) -> Optional[str]:
-        """Before an op runs: why its results could not be kept (see :meth:`unbounded_text`), or None: no bound
-        (its real allocation would happen before the refusal), or no trace of an op that ``may_write`` (its
-        write would stay though its results are refused)."""
+    def unbounded(self, session: "Session", op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"],
+                  known: Any = PENDING) -> Optional[Exception]:
+        """Before an op of ``session`` runs: the refusal to raise (None: it runs). Its client's ops on the
+        owner's data failed too often (see :meth:`failure`). Its results could not be kept (see
+        :meth:`unbounded_text`: its real allocation would happen before the refusal); or torch cannot trace it
+        over a withheld shape (:meth:`untraced_text`), where whether it fails, or what it writes, could tell
+        that shape. Untraced over public shapes it runs, and says; its results cannot be kept."""
+        from .replies import Reject
+
         if not self._traces(fn, used):
             return None
+        budget = self._budgets.get(_principal(session))
+        if budget is not None:
+            quotas.check_failures(session.quotas, session.label, self.worker.name, budget)
         traced = self.trace(fn, args, kwargs, used, known)
-        if traced is None:  # (it may fail on the values too: it runs, and says; unless it may write over a
-            # withheld shape: its results would be refused after its write, which would stay)
-            return self.unbounded_text(op, True) if may_write and any(of_entry(e).hidden for e in used) else None
-        return self.unbounded_text(op) if None in traced.charges else None
+        if isinstance(traced, Trace):
+            return Reject(ErrorCode.DENIED, self.unbounded_text(op)) if None in traced.charges else None
+        if traced is None or not any(of_entry(e).hidden for e in used):
+            return None
+        if traced.error is not None and traced.edge is None:  # (a failure public facts tell: said as torch's)
+            return Reject(ErrorCode.ERROR, self.untraced_text(op, traced), etype=traced.error[0])
+        return Reject(ErrorCode.DENIED, self.untraced_text(op, traced))
+
+    def untraced_text(self, op: str, untraced: Untraced) -> str:
+        """Why ``op``, over a shape the owner withholds, is not run (see :class:`~.fake_trace.Untraced`)."""
+        owner = self.worker.name
+        if untraced.edge is not None:
+            when = "no row passed a filter" if untraced.edge == 0 else "exactly one row passed a filter"
+            return (f"{op} fails when a size {owner} withholds is {untraced.edge} (as when {when}), so whether it "
+                    f"ran would tell that size: it is not run; ask for the shape first (ptr.request_shape()), or "
+                    "compute over the whole tensor with a mask (torch.where(mask[:, None], x, fill) rather than "
+                    "x[mask])")
+        if untraced.error is not None:
+            etype, text = untraced.error
+            return f"{op} fails whatever {owner}'s data (torch says so from public shapes alone): {etype}: {text}"
+        return (f"torch cannot work out {op}'s result over a shape {owner} withholds without knowing that shape "
+                "(whether it runs, or the size it makes, may depend on it), so it is not run; ask for the shape "
+                "first (ptr.request_shape())")
 
     def unbounded_text(self, op: str, untraced: bool = False) -> str:
         """Why the results of ``op`` cannot be kept: one has a withheld size that no public fact bounds
@@ -408,6 +442,13 @@ class Disclosure:
         if isinstance(exc, Withheld) or (isinstance(exc, Reject) and exc.public) \
                 or not prov.owner or not self.guarded:
             return exc
+        who = _principal(session)
+        budget = self._budgets.get(who)
+        if budget is None:
+            if len(self._budgets) >= 4096:  # (names of clients that left: their budgets start afresh)
+                self._budgets.clear()
+            budget = self._budgets[who] = quotas.FailureBudget(session.quotas.failed_ops_per_hour)
+        budget.spend()
         n = self._next_error
         self._next_error += 1
         full = limits.clip(exc)
@@ -417,6 +458,11 @@ class Disclosure:
         log.info("worker %s withheld the message of error #%d (%s in %s) from %s: %s",
                  self.worker.name, n, type(exc).__name__, op, session.label, full)
         return Withheld(n, type(exc).__name__, op, self.worker.name)
+
+
+def _principal(session: Any) -> str:
+    """Whom a client's failure budget belongs to: its invitation's name, or every holder of the worker's key."""
+    return session.client or ""
 
 
 class Withheld(Exception):

@@ -11,6 +11,7 @@ invitation uses). A request over a quota is refused before anything is allocated
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Optional, Union
 
@@ -65,11 +66,15 @@ class Quotas:
     op_seconds: float = 20.0
     #: Bytes of values sent to the client that it has not read yet (held in the worker's memory).
     max_unread_bytes: int = 1 << 30
+    #: Ops on the owner's data that may fail per hour (a burst of as many, then one per 3600/N s): whether an op
+    #: failed can tell a bit of the values it read (an index built from them), so failures are rationed
+    #: (:class:`FailureBudget`).
+    failed_ops_per_hour: int = 120
 
     def __post_init__(self) -> None:
         for name in ("max_bytes", "max_message_bytes", "max_unread_bytes"):
             object.__setattr__(self, name, parse_size(getattr(self, name)))
-        for name in ("max_objects", "max_queued"):
+        for name in ("max_objects", "max_queued", "failed_ops_per_hour"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
@@ -85,7 +90,7 @@ class Quotas:
         """One line for the owner: ``2.0 GiB, 100,000 objects, messages 1.0 GiB, ...``."""
         return (f"{human_bytes(int(self.max_bytes))} in {self.max_objects:,} objects, messages up to "
                 f"{human_bytes(int(self.max_message_bytes))}, {self.max_queued:,} queued, "
-                f"{self.op_seconds:g} s per op")
+                f"{self.op_seconds:g} s per op, {self.failed_ops_per_hour:,} failed ops per hour")
 
 
 QUOTA_FIELDS = tuple(f.name for f in fields(Quotas))
@@ -122,6 +127,8 @@ FLAGS = (
     ("--max-objects", "max_objects", "N", "objects each client may hold (default: 100000)"),
     ("--max-message", "max_message_bytes", "SIZE", "largest message a client may send, e.g. 64MB (default: 1GB)"),
     ("--op-seconds", "op_seconds", "S", "time budget of one op, in seconds (default: 20)"),
+    ("--failed-ops-per-hour", "failed_ops_per_hour", "N",
+     "ops on the owner's data each client may have fail per hour (default: 120)"),
 )
 
 
@@ -131,7 +138,8 @@ def from_flags(values: Any) -> Quotas:
     for _flag, name, _metavar, _help in FLAGS:
         value = getattr(values, name, None)
         if value is not None:
-            changes[name] = int(value) if name == "max_objects" else float(value) if name == "op_seconds" else value
+            changes[name] = int(value) if name in ("max_objects", "failed_ops_per_hour") \
+                else float(value) if name == "op_seconds" else value
     return Quotas().with_(**changes)
 
 
@@ -184,3 +192,45 @@ def check_seconds(quotas: Quotas, client: str, op: str, seconds: float) -> None:
     if seconds > quotas.op_seconds:
         raise exceeded(client, f"{quotas.op_seconds:g} s per op (op_seconds)",
                        f"{op} is estimated to take {seconds:,.3g} s on this worker")
+
+
+class FailureBudget:
+    """How many more ops on the owner's data one client may have fail: ``failed_ops_per_hour`` at once, then
+    refilled at that rate. A failed op on the owner's data is reported to its client (a ``WithheldError``:
+    its type and number; hiding it would make pipelined ops fail silently), and whether it failed can tell a
+    bit of the values it read: an index built from them, out of range or not, bisects a value in ~30 ops.
+    With the budget spent, the client's ops on the owner's data are refused before they run, until it refills:
+    such a read costs hours, in the owner's log and panel. Kept per client name where keys are per client
+    (invitations), else one for every holder of the worker's key (a new connection must not reset it)."""
+
+    def __init__(self, per_hour: int) -> None:
+        self.per_hour = per_hour
+        self._left = float(per_hour)
+        self._at = time.monotonic()
+
+    def _refill(self) -> float:
+        now = time.monotonic()
+        self._left = min(float(self.per_hour), self._left + (now - self._at) * self.per_hour / 3600.0)
+        self._at = now
+        return self._left
+
+    def spend(self) -> None:
+        """One failure."""
+        self._refill()
+        self._left -= 1.0
+
+    def wait(self) -> float:
+        """Seconds until one more failure is allowed (0: now)."""
+        left = self._refill()
+        return 0.0 if left >= 1.0 else (1.0 - left) * 3600.0 / self.per_hour
+
+
+def check_failures(quotas: Quotas, client: str, owner: str, budget: FailureBudget) -> None:
+    """Refuse an op on ``owner``'s data while the client's :class:`FailureBudget` is spent."""
+    wait = budget.wait()
+    if wait > 0:
+        raise Reject(ErrorCode.QUOTA, f"over {client}'s quota: {quotas.failed_ops_per_hour:,} of its ops on {owner}'s "
+                                      f"data failed within the hour, the limit is {quotas.failed_ops_per_hour:,} per "
+                                      f"hour (failed_ops_per_hour: whether an op fails can tell a bit of the values "
+                                      f"it read); ops on {owner}'s data run again in {wait:.0f} s, or ask the owner "
+                                      "for a larger quota")

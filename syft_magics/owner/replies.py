@@ -22,9 +22,12 @@ log = logging.getLogger(__name__)
 class Reject(Exception):
     """A request the worker refuses; ``code`` tells the client which error to raise."""
 
-    def __init__(self, code: ErrorCode, message: str, public: bool = True, **extra: Any) -> None:
+    def __init__(self, code: ErrorCode, message: str, public: bool = True, etype: Optional[str] = None,
+                 **extra: Any) -> None:
         super().__init__(message)
         self.code = code
+        #: the built-in exception the client's error also is (see errors.typed): a failure public facts tell
+        self.etype = etype
         #: whether the text tells only public facts (else it is withheld like a torch error's)
         self.public = public
         self.extra = extra
@@ -71,7 +74,7 @@ def error_reply(exc: Exception) -> List[Any]:
     code = exc.code if isinstance(exc, Reject) else ErrorCode.WITHHELD if isinstance(exc, Withheld) else \
         ErrorCode.PROTOCOL if isinstance(exc, ProtocolError) else ErrorCode.ERROR
     extra = exc.extra if isinstance(exc, Reject) else {"w": exc.n} if isinstance(exc, Withheld) else {}
-    etype = exc.etype if isinstance(exc, Withheld) else type(exc).__name__
+    etype = exc.etype if isinstance(exc, Withheld) or isinstance(exc, Reject) and exc.etype else type(exc).__name__
     try:
         return encode({"t": Kind.ERR, "s": getattr(exc, "seq", None), "code": code, **extra,
                        "etype": etype, "msg": limits.clip(exc)})
