@@ -277,12 +277,15 @@ def test_a_forward_on_withheld_rows_under_no_grad_does_not_stop_training(make_wo
 
 
 def test_an_op_needing_two_withheld_sizes_equal_is_traced(make_worker, make_client):
-    """Two results of one mask are two symbols of the trace, which torch cannot prove equal (mse_loss)."""
+    """Rows picked by one mask have one size, whatever the data: an op that needs them equal (mse_loss) is
+    traced with one symbol for both."""
     bob = _bob(make_worker)
     client = make_client(bob.address, key=bob.key)
     x = client.search("#X")[0]
-    a, b = x[x > 0.3], (x * 2)[x > 0.3]
+    m = x > 0.3
+    a, b = x[m], (x * 2)[m]
     assert torch.nn.functional.mse_loss(a, b).known_shape == ()
+    assert (torch.nonzero(m)[:, 0] * a).sum().known_shape == ()  # (nonzero(m) counts the same elements)
     client.sync()
 
 
@@ -385,91 +388,3 @@ def test_an_in_place_op_under_no_grad_on_a_view_of_a_parameter_over_withheld_row
     client.sync()
     expected = before.view(5) + bob.store.search(("#D",))[0].tensor.t() @ bob.store.search(("#Y",))[0].tensor
     assert torch.allclose(live.detach().view(5), expected)
-
-
-def test_how_many_rows_passed_a_filter_does_not_show_through_squeeze(make_worker, make_client):
-    """Torch decides ``squeeze()`` over a size it does not know as if that size were not 1; the real result of
-    one row differed, and whether its shape was shown told it: ``x[x[:, 0] > t].squeeze().sum(0)`` had the
-    shape (3,) unless exactly one row passed, threshold by threshold (found reviewing this session's work). The
-    trace's public facts must hold at sizes 0 and 1 too, or the op is refused, whatever the data."""
-    bob = make_worker("Bob", policy="review", connection_file=False)
-    bob.share(torch.tensor([[1.0, -2, 3], [4, 5, -6], [7, 8, 9]]), "#M")
-    client = make_client(bob.address, key=bob.key)
-    m, = client.search("#M")
-    seen = []
-    for t in (0.5, 3.0, 5.0, 8.0):  # 3, 2, 1 and 0 rows pass
-        rows = m[m[:, 0] > t]
-        outcome = []
-        for make in (lambda r: r.squeeze(), lambda r: r.squeeze().sum(0), lambda r: r.squeeze(0)):
-            try:
-                out = make(rows)
-                client.sync()
-                outcome.append(out.known_shape)
-            except PermissionDenied as exc:
-                outcome.append(type(exc).__name__)
-        outcome.append(rows.sum(0).shape)  # (what stays public: a sum over the withheld rows)
-        seen.append(outcome)
-    assert all(o == seen[0] for o in seen), seen
-    assert seen[0][-1] == (3,)
-
-
-#: Ops over ``rows = M[M[:, 0] > t]`` that fail on real data when no row (or one) passed, and succeeded else:
-#: a ``WithheldError`` instead of a result told whether any row passed, and a threshold search read the column's
-#: maximum (found reviewing session 15's work). Each is refused now, whatever the data.
-FAILS_AT_AN_EDGE = {
-    "rows[0]": lambda r, c: r[0],
-    "rows[-1]": lambda r, c: r[-1],
-    "rows[1]": lambda r, c: r[1],
-    "max(0)": lambda r, c: r.max(0).values,
-    "amax(0)": lambda r, c: r.amax(0),
-    "max()": lambda r, c: r.max(),
-    "median(0)": lambda r, c: r.median(0).values,
-    "topk(1, 0)": lambda r, c: r.topk(1, 0).values,
-    "cumsum(0)[-1]": lambda r, c: r.cumsum(0)[-1],
-    "rows[:1].expand(4, 3)": lambda r, c: r[:1].expand(4, 3),
-    "view(3)": lambda r, c: r.view(3),  # (runs at exactly one row only)
-    "reshape(-1, 6)": lambda r, c: r.reshape(-1, 6),  # (an even count only)
-    "index_select(0, i)": lambda r, c: r.index_select(0, c.send(torch.tensor([0]))),  # (the client's index)
-    "gather(0, i)": lambda r, c: r.gather(0, c.send(torch.zeros(1, 3, dtype=torch.long))),
-}
-
-
-def test_whether_an_op_over_a_filtered_result_fails_does_not_tell_how_many_rows_passed(make_worker, make_client):
-    bob = make_worker("Bob", policy="review", connection_file=False)
-    bob.share(torch.tensor([[1.0, -2, 3], [4, 5, -6], [7, 8, 9]]), "#M")
-    client = make_client(bob.address, key=bob.key)
-    m, = client.search("#M")
-    seen = {}
-    for t in (0.5, 3.0, 5.0, 8.0):  # 3, 2, 1 and 0 rows pass
-        rows = m[m[:, 0] > t]
-        for name, make in FAILS_AT_AN_EDGE.items():
-            try:
-                make(rows, client)
-                client.sync()
-                outcome = "ran"
-            except sm.SyftError as exc:
-                outcome = type(exc).__name__
-            seen.setdefault(name, []).append(outcome)
-    assert {name: o for name, o in seen.items() if o != ["PermissionDenied"] * 4} == {}
-    with pytest.raises(PermissionDenied, match=r"fails when a size Bob withholds is 0 .*torch\.where"):
-        rows.max(0)
-        client.sync()
-
-
-def test_ops_over_a_filtered_result_that_cannot_fail_still_run(make_worker, make_client):
-    """What the edge check leaves alone: ops that run at any count of rows, and the same question asked with
-    a mask, which needs no withheld size; an op that fails whatever the data says torch's own error."""
-    bob = make_worker("Bob", policy="review", connection_file=False)
-    bob.share(torch.tensor([[1.0, -2, 3], [4, 5, -6], [7, 8, 9]]), "#M")
-    client = make_client(bob.address, key=bob.key)
-    m, = client.search("#M")
-    keep = m[:, 0] > 5.0
-    rows = m[keep]
-    assert [rows.sum(0).shape, rows.mean(0).shape, rows.sort(0).values.sum(0).shape, rows.t().matmul(rows).shape] \
-        == [(3,), (3,), (3,), (3, 3)]
-    masked = torch.where(keep[:, None], m, torch.tensor(float("-inf"))).amax(0)
-    bob.policy.allow_get(max_numel=3)
-    assert masked.get(timeout=5).tolist() == [7.0, 8.0, 9.0]
-    with pytest.raises(RuntimeError, match="must match the size"):
-        rows + torch.ones(4)
-        client.sync()

@@ -10,6 +10,8 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
+from ..wire.results import autograd_leaf
+
 
 def grad_of(t: torch.Tensor) -> Optional[torch.Tensor]:
     """``t.grad`` itself (not a copy: ``ptr.grad.zero_()`` zeroes the worker's gradient), or None (the client
@@ -110,3 +112,18 @@ def ops() -> Dict[str, Callable]:
         "Tensor.detach_": torch.Tensor.detach_,
         "syft.randperm": randperm,
     }
+
+
+def grads_held(value: Any) -> Any:
+    """Which gradient ``value`` holds now (None if none), its parameters' for a model or an optimizer: each as
+    ``(id, version)``, which any write into it changes."""
+    if isinstance(value, torch.Tensor):
+        leaf = autograd_leaf(value)  # (None: a view torch answers no autograd question about)
+        # (a non-leaf has a .grad only if it retains it; torch warns when one is read otherwise)
+        g = value.grad if value.requires_grad and (leaf or leaf is False and value.retains_grad) else None
+        return None if g is None else (id(g), g._version)
+    if isinstance(value, torch.nn.Module):
+        return tuple(grads_held(p) for p in value.parameters())
+    if isinstance(value, torch.optim.Optimizer):
+        return tuple(grads_held(p) for group in value.param_groups for p in group["params"])
+    return None

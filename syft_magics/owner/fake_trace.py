@@ -15,6 +15,8 @@ withheld sizes: a probe bisected ``#X`` through ``QuotaExceeded``). A result tor
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import re
 import sys
 import threading
@@ -35,9 +37,11 @@ UNBOUNDED = 1 << 62
 
 #: Per-dimension public upper bounds of a withheld shape (None: a tensor whose shape is public).
 Bounds = Optional[Tuple[int, ...]]
-#: A withheld shape as a trace sees it: its bounds, and which of its dimensions are withheld (the others are
-#: public: their bound is their size).
-HiddenShape = Tuple[Tuple[int, ...], Tuple[int, ...]]
+#: A withheld shape as a trace sees it: its bounds, which of its dimensions are withheld (the others are
+#: public: their bound is their size), and the symbol of each withheld one: sizes known to be equal (rows picked
+#: by one mask: ``x[m]`` and ``y[m]``) share a symbol, numbered in order of appearance over the op's inputs
+#: (see :mod:`.sizes`).
+HiddenShape = Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]
 
 #: At most this many withheld dimensions over an op's inputs: each is a symbol of the trace, whose work grows
 #: exponentially with them (a probe held the serving thread 17 s with 13, in a 1 KB message).
@@ -61,6 +65,8 @@ class Trace:
     charges: List[Optional[int]]
     #: whether each leaf is a view of an input or of an earlier leaf (by the trace, whatever torch does)
     views: List[bool]
+    #: where each leaf's withheld sizes come from, one per withheld dimension (see :data:`Origin`)
+    origins: List[Tuple["Origin", ...]] = ()  # type: ignore[assignment]
 
     @cached_property
     def shapes(self) -> List[Optional[Tuple[int, ...]]]:
@@ -73,11 +79,31 @@ class Trace:
         return [tuple(i for i, d in enumerate(s) if d is None) for s in self.sizes]
 
 
-def signature(x: Any, withheld: Optional[HiddenShape]) -> Any:
-    """What a trace depends on of one argument (a withheld tensor by its bounds, not its shape)."""
+#: Where a result's withheld size comes from: ``("in", k)``, it is the inputs' symbol ``k``; ``("count", j)``, it
+#: counts the true (nonzero) elements of the input leaf ``j`` (``x[m]``, ``nonzero(m)``); ``("new",)``, neither
+#: (its own size, equal to no other as far as anyone can tell).
+Origin = Tuple[Any, ...]
+
+#: Ops whose new withheld size is the count of true (nonzero) elements of one input: of the one boolean index
+#: (``x[m]``, ``masked_select(x, m)``), or of the first input (``nonzero(m)``).
+_COUNTS_A_MASK = frozenset({torch.Tensor.__getitem__, torch.masked_select, torch.Tensor.masked_select})
+_COUNTS_NONZERO = frozenset({torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere})
+
+
+#: A client's integer tensor over this many elements is not keyed by its values: the op is traced each time.
+MAX_KEYED_VALUES = 4096
+
+
+def signature(x: Any, withheld: Optional[HiddenShape], by_value: bool = False) -> Any:
+    """What a trace depends on of one argument (a withheld tensor by its bounds, not its shape; ``by_value``:
+    an integer or boolean tensor by its values too, which the edge check's real kernels read)."""
     if isinstance(x, torch.Tensor):
         if withheld is not None:
             return ("H", withheld, x.dtype, x.requires_grad)
+        if by_value and not x.dtype.is_floating_point and not x.dtype.is_complex:
+            if x.numel() > MAX_KEYED_VALUES or x.device.type != "cpu":
+                raise TypeError("not keyed")  # (read as: not remembered)
+            return ("V", tuple(x.shape), x.dtype, x.detach().contiguous().numpy().tobytes())
         return ("T", tuple(x.shape), x.stride(), x.dtype, x.requires_grad)
     if isinstance(x, slice):
         return ("s", x.start, x.stop, x.step)
@@ -125,25 +151,25 @@ _SYMBOL = re.compile(r"\b[us]\d+\b")
 
 
 def trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape],
-          owned: AbstractSet[int] = frozenset()) -> Union[Trace, Untraced]:
+          owned: AbstractSet[int] = frozenset(), may_write: bool = True) -> Union[Trace, Untraced]:
     """Trace ``fn`` over ``leaves`` (the flattened ``(args, kwargs)``, ``spec`` their structure); ``withheld``:
-    ``id(tensor)`` -> the public bounds of an input whose shape is withheld, and which of its dimensions are
-    (at most :data:`MAX_WITHHELD_DIMS` in all); ``owned``: ``id``s of the owner's tensors among them.
-    :class:`Untraced` when torch cannot trace it without the values (then even the result's structure is not
-    public), or when it fails at a withheld size of 0 or 1."""
-    n = sum(len(free) for _, free in withheld.values())
+    ``id(tensor)`` -> the public bounds of an input whose shape is withheld, which of its dimensions are (at
+    most :data:`MAX_WITHHELD_DIMS` in all) and their symbols; ``owned``: ``id``s of the owner's tensors among
+    them; ``may_write``: whether the op may write into its arguments. :class:`Untraced` when torch cannot trace
+    it without the values (then even the result's structure is not public), or when it fails at a withheld
+    size of 0 or 1.
+
+    Withheld sizes not known to be equal are distinct symbols: an op that needs two of them equal
+    (``a * b`` of rows picked by two filters) cannot be traced, and is refused (it failed exactly when the
+    counts differed: comparing the counts of two thresholds read a column's values)."""
+    n = sum(len(free) for _, free, _ in withheld.values())
     if n > MAX_WITHHELD_DIMS:
         return Untraced()
-    traced = _trace(fn, leaves, spec, withheld, False)
-    if isinstance(traced, BaseException) and n > 1:
-        # Two withheld sizes an op needs equal (``a * b[:, None]`` of ``x[m]`` and ``y[m]``) are two symbols
-        # torch cannot prove equal. Again, as one symbol per bound: where the op succeeds for real, the sizes it
-        # needed equal were (it fails otherwise), and bounds of the results are those of the same ranges.
-        traced = _trace(fn, leaves, spec, withheld, True)
+    traced = _trace(fn, leaves, spec, withheld, {})
     if isinstance(traced, BaseException):
         error = None if _about_values(traced) else (type(traced).__name__, _clip(str(traced)))
         return Untraced(error=error)
-    return _at_the_edges(fn, leaves, spec, withheld, owned, traced) if n else traced
+    return _at_the_edges(fn, leaves, spec, withheld, owned, may_write, traced) if n else traced
 
 
 #: Withheld sizes at which torch's size-oblivious reasoning may not hold (see :func:`_at_the_edges`).
@@ -151,9 +177,10 @@ EDGES = (0, 1)
 
 
 def _at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape], owned: AbstractSet[int],
-                  traced: Trace) -> Union[Trace, Untraced]:
+                  may_write: bool, traced: Trace) -> Union[Trace, Untraced]:
     """``traced`` if what it found public (the result's structure, each leaf's rank and static sizes) holds
-    when the withheld sizes are 0, and when they are 1, and the op runs at both; else :class:`Untraced`.
+    when any of the withheld sizes are 0 or 1 (the others unknown), and the op runs then; else
+    :class:`Untraced`.
 
     Torch decides some questions about a size it does not know as if it were neither (``squeeze()`` keeps the
     dimension, as for n >= 2): where that decided the result's shape, the real result differs at n = 0 or 1,
@@ -161,41 +188,76 @@ def _at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Hid
     (``x[x[:, 0] > t].squeeze().sum(0)``: read threshold by threshold). And an op that fails at n = 0 or 1
     only (``rows[0]``, ``rows.max(0)``, ``rows.index_select(0, i)``) told by failing whether any row passed:
     a threshold search read a column's maximum. Such an op is refused before it runs, whatever the data.
-    Whether it runs is asked of the real kernels too (:func:`_runs_at`): torch's value-free ones do not check
-    everything (``max(0)`` of no rows, an index past the end)."""
-    for edge in EDGES:
-        concrete: Dict[int, HiddenShape] = {
-            k: (tuple(min(edge, b) if i in free else b for i, b in enumerate(bounds)), ())
-            for k, (bounds, free) in withheld.items()}
-        at_edge = _trace(fn, leaves, spec, concrete, False)
-        if isinstance(at_edge, BaseException):
-            return Untraced() if _about_values(at_edge) else Untraced(edge=edge)
-        if at_edge.spec != traced.spec:
-            return Untraced()
-        for sym, real in zip(traced.sizes, at_edge.sizes):
-            if len(sym) != len(real) or any(s is not None and s != r for s, r in zip(sym, real)):
+    Whether it runs is asked of the real kernels too (:func:`_runs_at`, each unknown size as 2): torch's
+    value-free ones do not check everything (``max(0)`` of no rows, an index past the end)."""
+    symbols = sorted({k for _, _, ks in withheld.values() for k in ks})
+    for sizes in itertools.product((*EDGES, None), repeat=len(symbols)):
+        fixed = {k: v for k, v in zip(symbols, sizes) if v is not None}
+        if fixed:
+            at_edge = _trace(fn, leaves, spec, withheld, fixed)
+            if isinstance(at_edge, BaseException):
+                return Untraced() if _about_values(at_edge) else Untraced(edge=min(fixed.values()))
+            if at_edge.spec != traced.spec:
                 return Untraced()
-        if not _runs_at(fn, leaves, spec, concrete, owned):
-            return Untraced(edge=edge)
+            for sym, real in zip(traced.sizes, at_edge.sizes):
+                if len(sym) != len(real) or any(s is not None and s != r for s, r in zip(sym, real)):
+                    return Untraced()
+        at = {k: 2 if v is None else v for k, v in zip(symbols, sizes)}
+        runs = _runs_at(fn, leaves, spec, withheld, at, owned, may_write)
+        if not runs:
+            return Untraced(edge=min(at.values())) if runs is False else Untraced()
     return traced
 
 
-def _runs_at(fn: Any, leaves: List[Any], spec: Any, concrete: Dict[int, HiddenShape], owned: AbstractSet[int]) -> bool:
-    """Whether ``fn`` runs on real tensors with the withheld sizes of ``concrete``: every one of the owner's
-    tensors stands as zeros of its public (or edge) shape, so that the answer depends on public facts alone; the
-    client's own are copies (the op may write into them). Random draws come from a copy of the generator's
-    state. A model's forward is asked of the value-free kernels only (a real one could change its state)."""
-    if any(isinstance(x, nn.Module) for x in leaves):
-        return True
+#: Bytes of zeros the edge check makes for the owner's tensors, at most; past them, a stand-in is one zero
+#: expanded to its shape (no memory, but strides of its own: a view of it may fail where the real one would not,
+#: and the op is then refused).
+STANDIN_BYTES = 64 << 20
+
+
+def _runs_at(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape], at: Dict[int, int],
+             owned: AbstractSet[int], may_write: bool) -> Optional[bool]:
+    """Whether ``fn`` runs on real tensors with each withheld size of symbol ``k`` at ``at[k]`` (at most its
+    bound): every one of the owner's tensors, and every weight of a model, stands as zeros of its public (or
+    that) shape, so that the answer depends on public facts alone (one stand-in per tensor, within
+    :data:`STANDIN_BYTES`; a model is a copy made of stand-ins, never the live one, whose state its forward
+    could change); the client's own tensors are themselves, or copies if the op may write into them (None: more
+    than the room would be copied, and nothing is asked). Random draws come from a copy of the generator's
+    state."""
+    made: Dict[int, Any] = {}
+    room = [STANDIN_BYTES]
+
+    def zeros(x: torch.Tensor, shape: List[int]) -> torch.Tensor:
+        nbytes = math.prod(shape) * x.element_size()
+        if nbytes <= room[0]:
+            room[0] -= nbytes
+            return torch.zeros(shape, dtype=x.dtype, device=x.device)
+        return torch.zeros((), dtype=x.dtype, device=x.device).expand(shape)
+
     standins: List[Any] = []
     for x in leaves:
-        if isinstance(x, torch.Tensor):
-            hidden = concrete.get(id(x))
-            if hidden is not None or id(x) in owned:
-                shape = hidden[0] if hidden is not None else tuple(x.shape)
-                x = torch.zeros(shape, dtype=x.dtype, device=x.device)
-            else:
-                x = x.detach().clone()
+        if isinstance(x, (torch.Tensor, nn.Module)):
+            s = made.get(id(x))
+            if s is None:
+                hidden = withheld.get(id(x)) if isinstance(x, torch.Tensor) else None
+                if isinstance(x, nn.Module):
+                    memo: Dict[int, Any] = {}
+                    for t in itertools.chain(x.parameters(), x.buffers()):
+                        z = zeros(t, list(t.shape))
+                        memo[id(t)] = nn.Parameter(z, t.requires_grad) if isinstance(t, nn.Parameter) else z
+                    s = copy.deepcopy(x, memo)  # (the weights stand in; nothing else of them is copied)
+                elif hidden is not None or id(x) in owned:
+                    s = zeros(x, _sizes(hidden, at) if hidden is not None else list(x.shape))
+                elif may_write:  # (a copy it may write into, within the room: else it is not asked, and refused)
+                    nbytes = x.numel() * x.element_size()
+                    if nbytes > room[0]:
+                        return None
+                    room[0] -= nbytes
+                    s = x.detach().clone()
+                else:
+                    s = x.detach()
+                made[id(x)] = s
+            x = s
         standins.append(x)
     args, kwargs = pytree.tree_unflatten(standins, spec)
     try:
@@ -207,6 +269,18 @@ def _runs_at(fn: Any, leaves: List[Any], spec: Any, concrete: Dict[int, HiddenSh
     return True
 
 
+def _sizes(hidden: HiddenShape, at: Dict[int, Any]) -> List[Any]:
+    """A withheld shape's sizes with the size of each symbol ``k`` in ``at`` (at most its bound; one not in
+    ``at`` stays its bound)."""
+    bounds, free, symbols = hidden
+    sizes: List[Any] = list(bounds)
+    for i, k in zip(free, symbols):
+        if k in at:
+            v = at[k]
+            sizes[i] = min(v, bounds[i]) if type(v) is int else v
+    return sizes
+
+
 def _clip(text: str, limit: int = 300) -> str:
     """An error's first line, at most ``limit`` characters (torch's C++ errors add their stack)."""
     text = text.strip().split("\n", 1)[0]
@@ -214,31 +288,34 @@ def _clip(text: str, limit: int = 300) -> str:
 
 
 def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape],
-           unify: bool) -> Union[Trace, BaseException]:
+           fixed: Dict[int, int]) -> Union[Trace, BaseException]:
+    """``fn`` on value-free stand-ins, each withheld size an unbacked symbol bounded by its public bound (one per
+    symbol number), but those of ``fixed``, which have that size; the error it raised, if any."""
     from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
     from torch.multiprocessing.reductions import StorageWeakRef
 
     env = ShapeEnv()
-    symbols: Dict[int, Any] = {}  # (unify: bound -> its one symbol)
     try:
         with quiet_tracing(), FakeTensorMode(shape_env=env, allow_non_fake_inputs=True) as mode:
+            # one symbol per number, bounded by the least bound of the sizes it stands for
+            least: Dict[int, int] = {}
+            for bounds, free, ks in withheld.values():
+                for i, k in zip(free, ks):
+                    least[k] = min(least.get(k, bounds[i]), bounds[i])
+            symbols: Dict[int, Any] = {}
+            for k, bound in least.items():
+                if k in fixed:
+                    symbols[k] = min(fixed[k], bound)
+                else:
+                    symbols[k] = env.create_unbacked_symint()
+                    torch._constrain_as_size(symbols[k], min=0, max=bound)
             fakes: List[Any] = []
             for x in leaves:
                 if isinstance(x, torch.Tensor):
                     hidden = withheld.get(id(x))
                     if hidden is not None:
-                        bounds, free = hidden
-                        given: List[Any] = list(bounds)
-                        for i in free:
-                            s = symbols.get(bounds[i]) if unify else None
-                            if s is None:
-                                s = env.create_unbacked_symint()
-                                torch._constrain_as_size(s, min=0, max=bounds[i])
-                                if unify:
-                                    symbols[bounds[i]] = s
-                            given[i] = s
-                        f = torch.empty(given, dtype=x.dtype, device=x.device)
+                        f = torch.empty(_sizes(hidden, symbols), dtype=x.dtype, device=x.device)
                         if x.requires_grad:
                             f.requires_grad_(True)
                     else:
@@ -255,18 +332,23 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
             out_leaves, out_spec = flatten(out)
             # (storages of the inputs and of earlier results: a result in one of them is a view)
             held = {StorageWeakRef(f.untyped_storage()) for f in fakes if isinstance(f, torch.Tensor)}
+            by_expr = {v.node.expr: k for k, v in symbols.items() if type(v) is not int}
             sizes: List[Tuple[Optional[int], ...]] = []
             all_bounds: List[Bounds] = []
             charges: List[Optional[int]] = []
             views: List[bool] = []
+            origins: List[Tuple[Origin, ...]] = []
             for o in out_leaves:
                 if not isinstance(o, torch.Tensor):
                     sizes.append(())
                     all_bounds.append(())
                     charges.append(0)
                     views.append(False)
+                    origins.append(())
                     continue
                 sizes.append(tuple(d if type(d) is int else None for d in o.shape))
+                origins.append(tuple(_origin(fn, leaves, cast(Any, d).node.expr, by_expr)
+                                     for d in o.shape if type(d) is not int))
                 dims = [_upper(d, env) for d in o.shape]
                 all_bounds.append(tuple(d for d in dims if d is not None) if None not in dims else None)
                 ref = StorageWeakRef(o.untyped_storage())
@@ -276,7 +358,22 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
                 held.add(ref)
     except Exception as exc:
         return exc
-    return Trace(out_spec, sizes, all_bounds, charges, views)
+    return Trace(out_spec, sizes, all_bounds, charges, views, origins)
+
+
+def _origin(fn: Any, leaves: List[Any], expr: Any, by_expr: Dict[Any, int]) -> Origin:
+    """Where a result's withheld size ``expr`` comes from (see :data:`Origin`)."""
+    k = by_expr.get(expr)
+    if k is not None:
+        return ("in", k)
+    if getattr(expr, "is_Symbol", False):  # (a new size of its own: what does it count?)
+        if fn in _COUNTS_NONZERO and leaves and isinstance(leaves[0], torch.Tensor):
+            return ("count", 0)
+        if fn in _COUNTS_A_MASK:
+            masks = [j for j, x in enumerate(leaves) if j and isinstance(x, torch.Tensor) and x.dtype == torch.bool]
+            if len(masks) == 1:
+                return ("count", masks[0])
+    return ("new",)
 
 
 def _upper(value: Any, env: Any) -> Optional[int]:
@@ -309,7 +406,7 @@ def warm_up() -> Optional[threading.Thread]:
     x = torch.zeros(2)
     # not a daemon: a daemon thread still importing when the interpreter exits crashes it
     thread = threading.Thread(target=trace, args=(torch.nonzero, [x], pytree.tree_flatten(((x,), {}))[1],
-                                                  {id(x): ((2,), (0,))}),
+                                                  {id(x): ((2,), (0,), (0,))}),
                               name="torch-trace-warm-up", daemon=False)
     thread.start()
     return thread

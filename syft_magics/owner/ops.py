@@ -23,7 +23,7 @@ from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
-from . import autograd, costs, graphs, quotas, train_costs, writes
+from . import autograd, costs, graphs, quotas, randomness, train_costs, writes
 from .models import MODEL_FACTORIES
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance, withheld_shape
@@ -206,6 +206,16 @@ class Ops:
 
     def _call(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
               used: List[Entry]) -> Tuple[Any, Optional[List[Entry]]]:
+        """Run the op (see :meth:`_run`); over the owner's data under a policy that withholds anything, on a
+        random generator state of its own (see :mod:`.randomness`)."""
+        if self.disclosure.guarded and self.disclosure.of_inputs(used).owner:
+            device = self.worker.devices.device
+            with randomness.apart([device.index] if device.type == "cuda" else []):
+                return self._run(session, op, fn, args, kwargs, grad, used)
+        return self._run(session, op, fn, args, kwargs, grad, used)
+
+    def _run(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
+             used: List[Entry]) -> Tuple[Any, Optional[List[Entry]]]:
         """Run the op under the write guard; its result and the entries it wrote into (None: it writes
         nothing, by its schema). Raises :class:`_Ran` (the error and the writes made before it) if the
         op failed after it may have written. What its autograd graph saved is charged to its client from
@@ -376,6 +386,7 @@ class Ops:
         withheld: Set[int] = set()  # (the memory of this op's withheld results)
         # (a view may keep a withheld input's memory alive: charged at least what that input is)
         kept_alive = max((e.withheld_bytes for e in used), default=0)
+        copies = 0  # (bytes of the copies made so far)
         for i, (oid, leaf) in enumerate(zip(out, leaves)):
             if oid is None or not isinstance(leaf, STORED_TYPES):
                 continue
@@ -389,6 +400,10 @@ class Ops:
                 # memory of withheld size where the trace saw a copy (torch leaves it open: reshape), writable
                 view = disclosed.trace is not None and disclosed.trace.views[i]
                 if view or self.store.in_withheld_memory(leaf, sid, withheld):
+                    # (within the client's quota before the copy is made: a probe copied a 1 GB view 8 times)
+                    copies += leaf.numel() * leaf.element_size()
+                    quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(sid), copies,
+                                       f"{op}'s result")
                     with torch.no_grad():  # (it has no graph; a view made under no_grad must not be cloned with one)
                         leaf = leaf.detach().clone(memory_format=torch.contiguous_format)
                 if view:

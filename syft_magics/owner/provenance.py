@@ -33,19 +33,18 @@ took (see SECURITY.md, "The timing channel").
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union, cast
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, NamedTuple, Optional, Tuple, Union, cast
 
 import torch
 from torch.utils import _pytree as pytree
 
 from ..errors import ErrorCode
-from ..wire import limits
-from ..wire.results import autograd_leaf, describe, flatten
-from . import quotas  # (a module: quotas imports replies, which imports this one)
+from ..wire.results import describe, flatten
+from . import autograd, sizes
 from .aggregate import average_models
 from .costs import MAX_KEY_ITEMS
+from .failures import Failures, Withheld
 from .fake_trace import MAX_WITHHELD_DIMS, Bounds, HiddenShape, Trace, Untraced, signature, trace
 from .models import model_weights
 from .optimizers import set_option, settings
@@ -76,15 +75,17 @@ class Provenance:
     bounds: Bounds = None
     #: which of its dimensions are withheld (the others' bounds are their sizes, which the client knows)
     free: Tuple[int, ...] = ()
+    #: what identifies each withheld size: equal keys, equal sizes (see :mod:`.sizes`)
+    keys: Tuple[Any, ...] = ()
 
     def released(self) -> "Provenance":
         """The same object once the owner released its shape (or its value)."""
         return Provenance(self.owner, self.sources, False, "released by the owner") if self.hidden else self
 
-    def hiding(self, bounds: Bounds, free: Tuple[int, ...]) -> "Provenance":
+    def hiding(self, bounds: Bounds, free: Tuple[int, ...], keys: Tuple[Any, ...] = ()) -> "Provenance":
         """The same provenance for one object whose withheld shape is bounded by ``bounds`` (its dimensions
-        ``free`` withheld, the others public)."""
-        return Provenance(self.owner, self.sources, True, self.rule, bounds, free)
+        ``free`` withheld, the others public; ``keys``: their sizes' keys)."""
+        return Provenance(self.owner, self.sources, True, self.rule, bounds, free, keys)
 
 
 class Disclosed(NamedTuple):
@@ -99,6 +100,8 @@ class Disclosed(NamedTuple):
     withheld: bool = False
     #: the op traced on value-free stand-ins (None: torch cannot trace or bound it without the values)
     trace: Optional[Trace] = None
+    #: the keys of each leaf's withheld sizes (see :mod:`.sizes`)
+    keys: Optional[List[Tuple[Any, ...]]] = None
 
     def charge(self, i: int) -> Optional[int]:
         """The public charge of leaf ``i`` (None: it has none, and cannot be kept)."""
@@ -111,7 +114,7 @@ class Disclosed(NamedTuple):
         if shown is not None and i < len(shown) and shown[i]:
             return Provenance(True, self.prov.sources)
         if shown is not None and t is not None and i < len(t.bounds):
-            return self.prov.hiding(t.bounds[i], t.free[i])
+            return self.prov.hiding(t.bounds[i], t.free[i], self.keys[i] if self.keys and i < len(self.keys) else ())
         return self.prov
 
 
@@ -177,11 +180,9 @@ class Disclosure:
     def __init__(self, worker: "Worker") -> None:
         self.worker = worker
         #: withheld error texts: number -> (session, op, full text); the oldest are forgotten
-        self.errors: "OrderedDict[int, Tuple[bytes, str, str]]" = OrderedDict()
-        self._next_error = 1
+        #: the errors withheld from clients, and each client's budget of them
+        self.failures = Failures(worker)
         self._traced: Dict[Any, Any] = {}
-        #: failures each client may still have on the owner's data, by client name (see quotas.FailureBudget)
-        self._budgets: Dict[str, quotas.FailureBudget] = {}
 
     @property
     def guarded(self) -> bool:
@@ -247,8 +248,23 @@ class Disclosure:
             return Disclosed(Provenance(True, prov.sources))
         rule = prov.rule or f"the size of {op}'s result depends on the values"
         # (a trace whose structure is not the result's bounds nothing of it)
-        return Disclosed(Provenance(True, prov.sources, True, rule), public or [], True,
-                         traced if public is not None else None)
+        if public is None or traced is None:
+            return Disclosed(Provenance(True, prov.sources, True, rule), [], True)
+        return Disclosed(Provenance(True, prov.sources, True, rule), public, True, traced,
+                         self._keys(traced, args, kwargs, used))
+
+    @staticmethod
+    def _keys(traced: Trace, args: Any, kwargs: Any, used: List["Entry"]) -> List[Tuple[Any, ...]]:
+        """The keys of the withheld sizes of an op's results (see :mod:`.sizes`)."""
+        by_number = _withheld(used)[1]
+        leaves = pytree.tree_flatten((args, kwargs))[0]
+        entries = {id(e.tensor): e for e in used}
+
+        def counted(j: int) -> Any:
+            entry = entries.get(id(leaves[j])) if j < len(leaves) else None
+            return sizes.count_key(entry) if entry is not None else None
+
+        return [sizes.result_keys(o, by_number, counted) for o in traced.origins]
 
     def trace(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"],
               known: Any = PENDING) -> Union[Trace, Untraced, None]:
@@ -262,8 +278,9 @@ class Disclosure:
             return None  # an optimizer: its state cannot be traced without side effects
         leaves, spec, withheld, key, traced = self._lookup(fn, args, kwargs, used)
         if traced is PENDING:
-            owned = {id(e.tensor) for e in used if of_entry(e).owner} if withheld else set()
-            traced = trace(fn, leaves, spec, withheld, owned)
+            from .writes import writes_nothing  # (writes imports store, which imports this module)
+
+            traced = trace(fn, leaves, spec, withheld, _owned(used, withheld), not writes_nothing(fn, kwargs))
             if key is not None:
                 if len(self._traced) > 4096:
                     self._traced.clear()
@@ -279,9 +296,9 @@ class Disclosure:
 
     def _lookup(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Tuple[Any, Any, Any, Any, Any]:
         """``(leaves, spec, withheld, key, remembered trace or PENDING)`` of ``fn`` over ``args``, ``kwargs``."""
-        withheld = {id(e.tensor): withheld_of(e) for e in used if of_entry(e).hidden}
+        withheld = _withheld(used)[0]
         leaves, spec = pytree.tree_flatten((args, kwargs))
-        key = self._key(fn, leaves, spec, withheld)
+        key = self._key(fn, leaves, spec, withheld, _owned(used, withheld))
         return leaves, spec, withheld, key, self._traced.get(key, PENDING) if key is not None else PENDING
 
     def _traces(self, fn: Any, used: List["Entry"]) -> bool:
@@ -291,13 +308,15 @@ class Disclosure:
             and self.of_inputs(used).owner and all(isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used)
 
     @staticmethod
-    def _key(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape]) -> Any:
+    def _key(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape], owned: AbstractSet[int]) -> Any:
         """What a trace depends on (None: not remembered; long arguments are not keyed, as the cost cache's
-        are: costs.MAX_KEY_ITEMS)."""
+        are: costs.MAX_KEY_ITEMS). Over a withheld shape, the client's own integer tensors by their values too:
+        whether the op runs at the edges was asked with them (an index of 0 runs over one row, one of 5 not)."""
         if len(leaves) > MAX_KEY_ITEMS:
             return None
         try:
-            key = (fn, spec, tuple(signature(x, withheld.get(id(x))) for x in leaves))
+            key = (fn, spec, tuple(signature(x, withheld.get(id(x)), bool(withheld) and id(x) not in owned)
+                                   for x in leaves))
             hash(key)
         except TypeError:
             return None
@@ -342,9 +361,7 @@ class Disclosure:
 
         if not self._traces(fn, used):
             return None
-        budget = self._budgets.get(_principal(session))
-        if budget is not None:
-            quotas.check_failures(session.quotas, session.label, self.worker.name, budget)
+        self.failures.check(session)
         traced = self.trace(fn, args, kwargs, used, known)
         if isinstance(traced, Trace):
             return Reject(ErrorCode.DENIED, self.unbounded_text(op)) if None in traced.charges else None
@@ -358,8 +375,9 @@ class Disclosure:
         """Why ``op``, over a shape the owner withholds, is not run (see :class:`~.fake_trace.Untraced`)."""
         owner = self.worker.name
         if untraced.edge is not None:
-            when = "no row passed a filter" if untraced.edge == 0 else "exactly one row passed a filter"
-            return (f"{op} fails when a size {owner} withholds is {untraced.edge} (as when {when}), so whether it "
+            when = {0: "no row", 1: "exactly one row"}.get(untraced.edge, f"{untraced.edge} rows")
+            return (f"{op} fails when a size {owner} withholds is {untraced.edge} (as when {when} passed a "
+                    "filter), so whether it "
                     f"ran would tell that size: it is not run; ask for the shape first (ptr.request_shape()), or "
                     "compute over the whole tensor with a mask (torch.where(mask[:, None], x, fill) rather than "
                     "x[mask])")
@@ -408,7 +426,7 @@ class Disclosure:
         prov = self.of_inputs(used)
         if not prov.owner:
             return None
-        return prov, [(e, _grads(e.tensor)) for e in self.worker.store.of_session(session)]
+        return prov, [(e, autograd.grads_held(e.tensor)) for e in self.worker.store.of_session(session)]
 
     @staticmethod
     def grads_written(before: Optional[Tuple[Provenance, list]]) -> None:
@@ -420,7 +438,7 @@ class Disclosure:
             return
         prov, seen = before
         for entry, grads in seen:
-            if not entry.provenance.owner and _grads(entry.tensor) != grads:
+            if not entry.provenance.owner and autograd.grads_held(entry.tensor) != grads:
                 entry.provenance = Provenance(True, prov.sources)
 
     def describe(self, result: Any, ids: List[Optional[bytes]], shown: Optional[List[bool]], fn: Any = None) -> list:
@@ -436,42 +454,13 @@ class Disclosure:
     # -- errors ----------------------------------------------------------------------------
     def failure(self, session: Any, op: str, prov: Provenance, exc: Exception) -> Exception:
         """The error the client may see for ``exc``, raised by ``op`` on objects of provenance ``prov``:
-        ``exc`` itself, or a :class:`Withheld` with its type and a generic message."""
+        ``exc`` itself, or a :class:`~.failures.Withheld` with its type and a number (see :mod:`.failures`)."""
         from .replies import Reject
 
         if isinstance(exc, Withheld) or (isinstance(exc, Reject) and exc.public) \
                 or not prov.owner or not self.guarded:
             return exc
-        who = _principal(session)
-        budget = self._budgets.get(who)
-        if budget is None:
-            if len(self._budgets) >= 4096:  # (names of clients that left: their budgets start afresh)
-                self._budgets.clear()
-            budget = self._budgets[who] = quotas.FailureBudget(session.quotas.failed_ops_per_hour)
-        budget.spend()
-        n = self._next_error
-        self._next_error += 1
-        full = limits.clip(exc)
-        self.errors[n] = (session.ident, op, full)
-        while len(self.errors) > 1000:
-            self.errors.popitem(last=False)
-        log.info("worker %s withheld the message of error #%d (%s in %s) from %s: %s",
-                 self.worker.name, n, type(exc).__name__, op, session.label, full)
-        return Withheld(n, type(exc).__name__, op, self.worker.name)
-
-
-def _principal(session: Any) -> str:
-    """Whom a client's failure budget belongs to: its invitation's name, or every holder of the worker's key."""
-    return session.client or ""
-
-
-class Withheld(Exception):
-    """An op on the owner's data failed; the client sees its type and number, not its text."""
-
-    def __init__(self, n: int, etype: str, op: str, owner: str) -> None:
-        super().__init__(f"{etype} in {op} on {owner}'s data; the message is withheld (error #{n}: "
-                         f"err.request_message() asks {owner} to release it)")
-        self.n, self.etype = n, etype
+        return self.failures.withhold(session, op, exc)
 
 
 def _public_leaves(traced: Optional[Trace], result: Any) -> Optional[List[bool]]:
@@ -486,6 +475,18 @@ def _public_leaves(traced: Optional[Trace], result: Any) -> Optional[List[bool]]
             for x, s in zip(real, traced.shapes)]
 
 
+def _withheld(used: List["Entry"]) -> Tuple[Dict[int, HiddenShape], List[Any]]:
+    """The withheld shapes of an op's inputs as its trace sees them, and the key of each symbol number."""
+    return sizes.numbered((id(e.tensor), *withheld_of(e), sizes.keys_of(e, of_entry(e).keys, withheld_of(e)[1]))
+                          for e in used if of_entry(e).hidden)
+
+
+def _owned(used: List["Entry"], withheld: Dict[int, HiddenShape]) -> AbstractSet[int]:
+    """The ``id``s of the owner's tensors (and of those derived from them) among an op's inputs, when it reads a
+    withheld shape (else none: nothing asks)."""
+    return {id(e.tensor) for e in used if of_entry(e).owner} if withheld else frozenset()
+
+
 def withheld_shape(entry: "Entry") -> bool:
     """Whether a tensor's shape has a dimension the client does not know."""
     return of_entry(entry).hidden and isinstance(entry.tensor, torch.Tensor) and bool(withheld_of(entry)[1])
@@ -496,25 +497,10 @@ def bounds_of(entry: "Entry") -> Tuple[int, ...]:
     return withheld_of(entry)[0]
 
 
-def withheld_of(entry: "Entry") -> HiddenShape:
+def withheld_of(entry: "Entry") -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """An object's shape as a trace may see it: its public bounds, and which dimensions are withheld."""
     prov = of_entry(entry)
     if prov.hidden and prov.bounds is not None:
         return prov.bounds, prov.free
     shape = tuple(entry.tensor.shape) if isinstance(entry.tensor, torch.Tensor) else ()
     return shape, tuple(range(len(shape))) if prov.hidden else ()  # (no bounds recorded: every dimension)
-
-
-def _grads(value: Any) -> Any:
-    """Which gradient ``value`` holds now (None if none), its parameters' for a model or an optimizer: each as
-    ``(id, version)``, which any write into it changes."""
-    if isinstance(value, torch.Tensor):
-        leaf = autograd_leaf(value)  # (None: a view torch answers no autograd question about)
-        # (a non-leaf has a .grad only if it retains it; torch warns when one is read otherwise)
-        g = value.grad if value.requires_grad and (leaf or leaf is False and value.retains_grad) else None
-        return None if g is None else (id(g), g._version)
-    if isinstance(value, torch.nn.Module):
-        return tuple(_grads(p) for p in value.parameters())
-    if isinstance(value, torch.optim.Optimizer):
-        return tuple(_grads(p) for group in value.param_groups for p in group["params"])
-    return None

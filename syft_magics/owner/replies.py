@@ -14,7 +14,7 @@ import zmq
 from ..errors import ErrorCode, ProtocolError
 from ..wire import limits
 from ..wire.protocol import Kind, encode
-from .provenance import Withheld
+from .failures import Withheld
 
 log = logging.getLogger(__name__)
 

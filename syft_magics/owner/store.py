@@ -27,6 +27,9 @@ from .provenance import CLIENT, Provenance
 __all__ = ["OWNER", "Entry", "ObjectStore", "check_tag", "new_id"]
 
 OWNER = "owner"
+_serials = itertools.count()
+
+
 def new_id() -> bytes:
     return os.urandom(16)
 
@@ -60,6 +63,8 @@ class Entry:
     read_only: bool = False
     #: what it is charged for memory of withheld size it keeps alive (a public upper bound: ``charge_public``)
     withheld_bytes: int = 0
+    #: which entry it is, for as long as the worker runs (its ``id`` is its client's choice, and may be reused)
+    serial: int = field(default_factory=_serials.__next__)
 
     def __post_init__(self) -> None:
         self.seen_version = self.version

@@ -1,0 +1,211 @@
+"""An op over a withheld size runs only if it runs whatever that size is, so that neither its result's shape nor
+whether it fails tells how many rows passed a filter (see ``owner/fake_trace.py``, ``owner/sizes.py``): it is
+traced with the withheld sizes unknown, and again with each at 0 and at 1 (the others unknown), on torch's
+value-free kernels and on its real ones over zero-filled stand-ins. Random draws over the owner's data come
+from a generator state of their own (``owner/randomness.py``)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import syft_magics as sm
+from syft_magics.errors import PermissionDenied
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("fresh_estimates")]
+
+M = torch.tensor([[1.0, -2, 3], [4, 5, -6], [7, 8, 9]])
+THRESHOLDS = (0.5, 3.0, 5.0, 8.0)  # 3, 2, 1 and 0 rows of M pass M[:, 0] > t
+
+
+def _bob(make_worker, data=M):
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(data.clone(), "#M")
+    return bob
+
+
+def test_how_many_rows_passed_a_filter_does_not_show_through_squeeze(make_worker, make_client):
+    """Torch decides ``squeeze()`` over a size it does not know as if that size were not 1; the real result of
+    one row differed, and whether its shape was shown told it: ``x[x[:, 0] > t].squeeze().sum(0)`` had the
+    shape (3,) unless exactly one row passed, threshold by threshold (found reviewing this session's work). The
+    trace's public facts must hold at sizes 0 and 1 too, or the op is refused, whatever the data."""
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.tensor([[1.0, -2, 3], [4, 5, -6], [7, 8, 9]]), "#M")
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    seen = []
+    for t in (0.5, 3.0, 5.0, 8.0):  # 3, 2, 1 and 0 rows pass
+        rows = m[m[:, 0] > t]
+        outcome = []
+        for make in (lambda r: r.squeeze(), lambda r: r.squeeze().sum(0), lambda r: r.squeeze(0)):
+            try:
+                out = make(rows)
+                client.sync()
+                outcome.append(out.known_shape)
+            except PermissionDenied as exc:
+                outcome.append(type(exc).__name__)
+        outcome.append(rows.sum(0).shape)  # (what stays public: a sum over the withheld rows)
+        seen.append(outcome)
+    assert all(o == seen[0] for o in seen), seen
+    assert seen[0][-1] == (3,)
+
+
+#: Ops over ``rows = M[M[:, 0] > t]`` that fail on real data when no row (or one) passed, and succeeded else:
+#: a ``WithheldError`` instead of a result told whether any row passed, and a threshold search read the column's
+#: maximum (found reviewing session 15's work). Each is refused now, whatever the data.
+FAILS_AT_AN_EDGE = {
+    "rows[0]": lambda r, c: r[0],
+    "rows[-1]": lambda r, c: r[-1],
+    "rows[1]": lambda r, c: r[1],
+    "max(0)": lambda r, c: r.max(0).values,
+    "amax(0)": lambda r, c: r.amax(0),
+    "max()": lambda r, c: r.max(),
+    "median(0)": lambda r, c: r.median(0).values,
+    "topk(1, 0)": lambda r, c: r.topk(1, 0).values,
+    "cumsum(0)[-1]": lambda r, c: r.cumsum(0)[-1],
+    "rows[:1].expand(4, 3)": lambda r, c: r[:1].expand(4, 3),
+    "view(3)": lambda r, c: r.view(3),  # (runs at exactly one row only)
+    "reshape(-1, 6)": lambda r, c: r.reshape(-1, 6),  # (an even count only)
+    "index_select(0, i)": lambda r, c: r.index_select(0, c.send(torch.tensor([0]))),  # (the client's index)
+    "gather(0, i)": lambda r, c: r.gather(0, c.send(torch.zeros(1, 3, dtype=torch.long))),
+}
+
+
+def test_whether_an_op_over_a_filtered_result_fails_does_not_tell_how_many_rows_passed(make_worker, make_client):
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.tensor([[1.0, -2, 3], [4, 5, -6], [7, 8, 9]]), "#M")
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    seen = {}
+    for t in (0.5, 3.0, 5.0, 8.0):  # 3, 2, 1 and 0 rows pass
+        rows = m[m[:, 0] > t]
+        for name, make in FAILS_AT_AN_EDGE.items():
+            try:
+                make(rows, client)
+                client.sync()
+                outcome = "ran"
+            except sm.SyftError as exc:
+                outcome = type(exc).__name__
+            seen.setdefault(name, []).append(outcome)
+    assert {name: o for name, o in seen.items() if o != ["PermissionDenied"] * 4} == {}
+    with pytest.raises(PermissionDenied, match=r"fails when a size Bob withholds is 0 .*torch\.where"):
+        rows.max(0)
+        client.sync()
+
+
+def test_ops_over_a_filtered_result_that_cannot_fail_still_run(make_worker, make_client):
+    """What the edge check leaves alone: ops that run at any count of rows, and the same question asked with
+    a mask, which needs no withheld size; an op that fails whatever the data says torch's own error."""
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.tensor([[1.0, -2, 3], [4, 5, -6], [7, 8, 9]]), "#M")
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    keep = m[:, 0] > 5.0
+    rows = m[keep]
+    assert [rows.sum(0).shape, rows.mean(0).shape, rows.sort(0).values.sum(0).shape, rows.t().matmul(rows).shape] \
+        == [(3,), (3,), (3,), (3, 3)]
+    masked = torch.where(keep[:, None], m, torch.tensor(float("-inf"))).amax(0)
+    bob.policy.allow_get(max_numel=3)
+    assert masked.get(timeout=5).tolist() == [7.0, 8.0, 9.0]
+    with pytest.raises(RuntimeError, match="must match the size"):
+        rows + torch.ones(4)
+        client.sync()
+
+
+def test_whether_two_filters_passed_as_many_rows_does_not_show(make_worker, make_client):
+    """``a * b`` of rows picked by two filters ran when as many rows passed both (or one passed one), and failed
+    otherwise: comparing the counts of two thresholds on one column reads its values (found reviewing session
+    16's work). Sizes not known to be equal are distinct symbols now: such an op is refused, whatever the
+    counts; and so is an op over rows picked by two masks computed alike (``x[x > t]``, ``y[x > t]``: name
+    the mask once)."""
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.tensor([[1.0, 2, 3], [4, 5, 6], [7, 8, 9]]), "#M")
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    seen = []
+    for t1, t2 in [(0, 0), (0, 3), (3, 3), (0, 6), (10, 10)]:  # 3 and 3 rows, 3 and 2, 2 and 2, 3 and 1, none
+        a, b = m[m[:, 0] > t1], m[m[:, 1] > t2]
+        try:
+            (a * b).sum()
+            client.sync()
+            seen.append("ran")
+        except sm.SyftError as exc:
+            seen.append(type(exc).__name__)
+    assert seen == ["PermissionDenied"] * 5, seen
+    m0 = m[:, 0] > 3
+    assert (m[m0] * m[m0]).sum().known_shape == ()  # one mask: fine
+    client.sync()
+
+
+def test_the_verdict_at_the_edges_is_remembered_by_the_clients_index_values(make_worker, make_client):
+    """helper-31: the verdict was remembered by the shape of the client's index: ``rows[:, i]`` with ``i = [0]``
+    first, then ``[5]`` (same shape) ran when no row passed and failed otherwise, telling whether any row
+    passed. It is remembered by the index's values now: ``[5]`` is asked on its own (it fails at one row)."""
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    first, second = client.send(torch.tensor([0])), client.send(torch.tensor([5]))
+    seen = []
+    for t in THRESHOLDS:
+        rows = m[m[:, 0] > t]
+        outcome = []
+        for index in (first, second):
+            try:
+                rows[:, index].sum()
+                client.sync()
+                outcome.append("ran")
+            except sm.SyftError as exc:
+                outcome.append(type(exc).__name__)
+        seen.append(outcome)
+    assert seen == [["ran", "PermissionDenied"]] * 4, seen
+
+
+def test_random_draws_over_the_owners_data_do_not_move_the_workers_generator(make_worker, make_client):
+    """helper-31: every op drew from torch's one global generator, whose state a client rebuilt from ~1,300
+    draws of its own; ``rand_like(rows)`` moved it by the number of rows that passed (and ``poisson(x)`` by an
+    amount that depends on values): all of ``#X`` read in 0.1 s, without a get or a failed op. Ops over the
+    owner's data draw from a state of their own now: the client's next draw is the same however many rows
+    passed."""
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    mine = client.send(torch.zeros(8, dtype=torch.int32))
+    draws = []
+    for t in THRESHOLDS:
+        torch.manual_seed(1234)  # (the worker runs in this process: its generator is this one)
+        rows = m[m[:, 0] > t]
+        torch.rand_like(rows).sum()
+        torch.nn.functional.dropout(m, 0.5).sum()
+        drawn = mine.random_()
+        client.sync()
+        draws.append(bob.store.get(drawn.oid).tensor.tolist())
+    assert all(d == draws[0] for d in draws), draws
+    assert len(set(map(tuple, draws))) == 1 and draws[0] != [0] * 8  # (the client's own op did draw)
+
+
+def test_the_edge_checks_stand_ins_are_one_per_tensor_and_bounded(monkeypatch):
+    """helper-31: the real-kernel check made a full-size copy of every tensor an op named, each time it was
+    named, outside any quota (+7.5 GiB from a 64 MB quota with one 1 GB tensor named 8 times). The owner's
+    tensors stand as zeros within ``STANDIN_BYTES`` (past it, one zero expanded); the client's are themselves,
+    copied only where the op may write into them."""
+    from torch.utils import _pytree as pytree
+
+    from syft_magics.owner import fake_trace
+
+    monkeypatch.setattr(fake_trace, "STANDIN_BYTES", 1000)
+    big, small, mine = torch.ones(100, 10), torch.ones(2, 2), torch.ones(10)
+    seen = []
+
+    def op(*tensors):
+        seen.append(tensors)
+
+    args = (big, big, small, mine)
+    leaves, spec = pytree.tree_flatten((args, {}))
+    owned = {id(big), id(small)}
+    for may_write in (False, True):
+        assert fake_trace._runs_at(op, leaves, spec, {}, {}, owned, may_write)
+    monkeypatch.setattr(fake_trace, "STANDIN_BYTES", 16)  # (the client's 40 bytes do not fit: not asked)
+    assert fake_trace._runs_at(op, leaves, spec, {}, {}, owned, True) is None
+    (b1, b2, s, c), (_, _, _, c_copy) = seen
+    assert b1 is b2 and b1.stride() == (0, 0) and not b1.any()  # 4,000 bytes: over the room, expanded
+    assert s.stride() == (2, 1) and not s.any()  # 16 bytes: zeros of its own
+    assert c.data_ptr() == mine.data_ptr() and c_copy.data_ptr() != mine.data_ptr()
