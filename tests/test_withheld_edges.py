@@ -209,3 +209,49 @@ def test_the_edge_checks_stand_ins_are_one_per_tensor_and_bounded(monkeypatch):
     assert b1 is b2 and b1.stride() == (0, 0) and not b1.any()  # 4,000 bytes: over the room, expanded
     assert s.stride() == (2, 1) and not s.any()  # 16 bytes: zeros of its own
     assert c.data_ptr() == mine.data_ptr() and c_copy.data_ptr() != mine.data_ptr()
+
+
+def test_a_views_copy_is_checked_against_the_quota_before_it_is_made(make_worker, make_client, monkeypatch):
+    """helper-31: a result the trace says views its inputs is a copy of its own; ``atleast_1d(rows, *[big] * 8)``
+    copied a 1 GB owner tensor 8 times before the quota refused the results (64 MB quota)."""
+    from syft_magics.owner.quotas import Quotas
+
+    bob = make_worker("Bob", policy="review", connection_file=False, quotas=Quotas(max_bytes="1MB"))
+    bob.share(M.clone(), "#M")
+    bob.share(torch.zeros(1 << 20), "#BIG")  # 4 MiB
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    big, = client.search("#BIG")
+    rows = m[m[:, 0] > 3]
+    copied = []
+    clone = torch.Tensor.clone
+
+    def counting(t, *args, **kwargs):
+        if t.numel() >= 1 << 20:
+            copied.append(t.numel())
+        return clone(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "clone", counting)
+    with pytest.raises(sm.QuotaExceeded, match="max_bytes"):
+        torch.atleast_1d(rows, big, big)
+        client.sync()
+    assert copied == []
+
+
+def test_a_broadcast_masks_count_is_not_taken_for_the_masks_own(make_worker, make_client):
+    """``masked_select(x, m)`` broadcasts ``m``: its length is a multiple of ``m``'s count, so it does not share
+    the size of ``y[m]`` (found reviewing this session's work: taken as equal, ``masked_select(M, m) + M[0][m]``
+    ran when no element passed and failed otherwise)."""
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    x, = client.search("#M")
+    seen = []
+    for t in (-3.0, 0.0, 2.0, 5.0):  # 3, 2, 1 and 0 of M[0] = [1, -2, 3] pass
+        m = x[0] > t
+        try:
+            (torch.masked_select(x, m) + x[0][m]).sum()
+            client.sync()
+            seen.append("ran")
+        except sm.SyftError as exc:
+            seen.append(type(exc).__name__)
+    assert seen == ["PermissionDenied"] * 4, seen

@@ -85,8 +85,9 @@ class Trace:
 Origin = Tuple[Any, ...]
 
 #: Ops whose new withheld size is the count of true (nonzero) elements of one input: of the one boolean index
-#: (``x[m]``, ``masked_select(x, m)``), or of the first input (``nonzero(m)``).
-_COUNTS_A_MASK = frozenset({torch.Tensor.__getitem__, torch.masked_select, torch.Tensor.masked_select})
+#: (``x[m]``: a mask must match the dimensions it picks from), or of the first input (``nonzero(m)``). Not
+#: ``masked_select(x, m)``: ``m`` broadcasts, and its count can be a multiple of ``m``'s.
+_COUNTS_A_MASK = frozenset({torch.Tensor.__getitem__})
 _COUNTS_NONZERO = frozenset({torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere})
 
 

@@ -32,7 +32,6 @@ took (see SECURITY.md, "The timing channel").
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, NamedTuple, Optional, Tuple, Union, cast
 
@@ -55,7 +54,6 @@ if TYPE_CHECKING:
     from .store import Entry
     from .worker import Worker
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -179,8 +177,7 @@ class Disclosure:
 
     def __init__(self, worker: "Worker") -> None:
         self.worker = worker
-        #: withheld error texts: number -> (session, op, full text); the oldest are forgotten
-        #: the errors withheld from clients, and each client's budget of them
+        #: the errors withheld from clients (their texts, for the owner's release), and each client's budget of them
         self.failures = Failures(worker)
         self._traced: Dict[Any, Any] = {}
 
