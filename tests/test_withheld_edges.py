@@ -255,3 +255,32 @@ def test_a_broadcast_masks_count_is_not_taken_for_the_masks_own(make_worker, mak
         except sm.SyftError as exc:
             seen.append(type(exc).__name__)
     assert seen == ["PermissionDenied"] * 4, seen
+
+
+def test_overlapping_ops_put_back_the_generator_state_the_first_found():
+    """Two ops over the owner's data on two threads at once, the first to start ending first: the second had
+    saved the first's fresh state and put it back last, leaving the worker's generator in a state drawn from a
+    fresh seed, which a client could rebuild from its draws and rewind to its seeding, counting the draws made
+    since (found reviewing this session's work)."""
+    import threading
+
+    from syft_magics.owner import randomness
+
+    torch.manual_seed(7)
+    before = torch.random.get_rng_state()
+    second_in, first_done = threading.Event(), threading.Event()
+
+    def second() -> None:
+        with randomness.apart():
+            torch.rand(5)
+            second_in.set()
+            first_done.wait(5)
+
+    thread = threading.Thread(target=second)
+    with randomness.apart():
+        torch.rand(3)
+        thread.start()  # (starts after this one, ends after it)
+        assert second_in.wait(5)
+    first_done.set()
+    thread.join(5)
+    assert torch.equal(torch.random.get_rng_state(), before)
