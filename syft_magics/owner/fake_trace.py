@@ -15,6 +15,7 @@ withheld sizes: a probe bisected ``#X`` through ``QuotaExceeded``). A result tor
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import math
 import re
@@ -104,7 +105,9 @@ def signature(x: Any, withheld: Optional[HiddenShape], by_value: bool = False) -
         if by_value and not x.dtype.is_floating_point and not x.dtype.is_complex:
             if x.numel() > MAX_KEYED_VALUES or x.device.type != "cpu":
                 raise TypeError("not keyed")  # (read as: not remembered)
-            return ("V", tuple(x.shape), x.dtype, x.detach().contiguous().numpy().tobytes())
+            # (by a digest: a key is remembered, and 4,096 of them must not hold the values themselves)
+            digest = hashlib.blake2b(x.detach().contiguous().numpy().tobytes(), digest_size=16).digest()
+            return ("V", tuple(x.shape), x.dtype, digest)
         return ("T", tuple(x.shape), x.stride(), x.dtype, x.requires_grad)
     if isinstance(x, slice):
         return ("s", x.start, x.stop, x.step)
