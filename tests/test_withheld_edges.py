@@ -284,3 +284,51 @@ def test_overlapping_ops_put_back_the_generator_state_the_first_found():
     first_done.set()
     thread.join(5)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_a_withheld_result_is_kept_contiguous_as_the_edge_check_sees_it(make_worker, make_client):
+    """helper-32: ``rows.t()`` was kept as a transposed view, while the edge check's stand-ins are contiguous:
+    ``rows.t().view(-1)`` ran with 0 or 1 rows and failed with more."""
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    seen = []
+    for t in THRESHOLDS:
+        try:
+            m[m[:, 0] > t].t().view(-1).sum()
+            client.sync()
+            seen.append("ran")
+        except sm.SyftError as exc:
+            seen.append(type(exc).__name__)
+    assert seen == ["ran"] * 4, seen
+
+
+def test_the_edge_check_is_bounded_in_time_and_its_keys_in_size(monkeypatch):
+    """helper-32: four withheld sizes and a costly op took 81 real runs (10 s for an op priced at 0.1 s); and a
+    client's index named 1,000 times in one op put 1,000 copies of its values in a remembered key (the worker
+    grew 32 MB per 1 KB message)."""
+    from torch.utils import _pytree as pytree
+
+    from syft_magics.owner import fake_trace
+    from syft_magics.owner.provenance import Disclosure
+
+    x = torch.ones(3, 2)
+    leaves, spec = pytree.tree_flatten(((x,), {"dim": 0}))
+    withheld = {id(x): ((3, 2), (0,), (0,))}
+    assert isinstance(fake_trace.trace(torch.sum, leaves, spec, withheld), fake_trace.Trace)
+    monkeypatch.setattr(fake_trace, "EDGE_SECONDS", -1.0)
+    assert fake_trace.trace(torch.sum, leaves, spec, withheld) == fake_trace.Untraced()
+
+    index = torch.arange(5)
+    few = pytree.tree_flatten(((x, *[index] * 10), {}))
+    many = pytree.tree_flatten(((x, *[index] * 1000), {}))  # 5,000 of the client's elements: not remembered
+    assert Disclosure._key(torch.stack, *few, withheld, {id(x)}) is not None
+    assert Disclosure._key(torch.stack, *many, withheld, {id(x)}) is None
+
+
+def test_a_models_remembered_trace_follows_its_mode():
+    from syft_magics.owner.fake_trace import signature
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout())
+    trained = signature(model, None)
+    assert signature(model.eval(), None) != trained and signature(model.train(), None) == trained

@@ -21,6 +21,7 @@ import math
 import re
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -92,18 +93,21 @@ _COUNTS_A_MASK = frozenset({torch.Tensor.__getitem__})
 _COUNTS_NONZERO = frozenset({torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere})
 
 
-#: A client's integer tensor over this many elements is not keyed by its values: the op is traced each time.
+#: An op whose client's integer tensors have more elements than this in all is not keyed by their values, nor
+#: remembered: it is traced each time.
 MAX_KEYED_VALUES = 4096
 
 
-def signature(x: Any, withheld: Optional[HiddenShape], by_value: bool = False) -> Any:
-    """What a trace depends on of one argument (a withheld tensor by its bounds, not its shape; ``by_value``:
-    an integer or boolean tensor by its values too, which the edge check's real kernels read)."""
+def signature(x: Any, withheld: Optional[HiddenShape], by_value: Optional[List[int]] = None) -> Any:
+    """What a trace depends on of one argument (a withheld tensor by its bounds, not its shape). ``by_value``:
+    an integer or boolean tensor by a digest of its values too, which the edge check's real kernels read, out of
+    a room of :data:`MAX_KEYED_VALUES` elements for the op's arguments (its one item is what is left)."""
     if isinstance(x, torch.Tensor):
         if withheld is not None:
             return ("H", withheld, x.dtype, x.requires_grad)
-        if by_value and not x.dtype.is_floating_point and not x.dtype.is_complex:
-            if x.numel() > MAX_KEYED_VALUES or x.device.type != "cpu":
+        if by_value is not None and not x.dtype.is_floating_point and not x.dtype.is_complex:
+            by_value[0] -= x.numel()
+            if by_value[0] < 0 or x.device.type != "cpu":
                 raise TypeError("not keyed")  # (read as: not remembered)
             # (by a digest: a key is remembered, and 4,096 of them must not hold the values themselves)
             digest = hashlib.blake2b(x.detach().contiguous().numpy().tobytes(), digest_size=16).digest()
@@ -111,8 +115,9 @@ def signature(x: Any, withheld: Optional[HiddenShape], by_value: bool = False) -
         return ("T", tuple(x.shape), x.stride(), x.dtype, x.requires_grad)
     if isinstance(x, slice):
         return ("s", x.start, x.stop, x.step)
-    if isinstance(x, nn.Module):  # (by which one it is: the key must not keep it alive)
-        return ("M", serial(x))
+    if isinstance(x, nn.Module):  # (by which one it is, its layers' modes and its weights' shapes: not itself)
+        return ("M", serial(x), tuple(m.training for m in x.modules()),
+                tuple(tuple(t.shape) for t in itertools.chain(x.parameters(), x.buffers())))
     return (type(x), x)
 
 
@@ -195,7 +200,10 @@ def _at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Hid
     Whether it runs is asked of the real kernels too (:func:`_runs_at`, each unknown size as 2): torch's
     value-free ones do not check everything (``max(0)`` of no rows, an index past the end)."""
     symbols = sorted({k for _, _, ks in withheld.values() for k in ks})
+    deadline = time.monotonic() + EDGE_SECONDS
     for sizes in itertools.product((*EDGES, None), repeat=len(symbols)):
+        if time.monotonic() > deadline:
+            return Untraced()
         fixed = {k: v for k, v in zip(symbols, sizes) if v is not None}
         if fixed:
             at_edge = _trace(fn, leaves, spec, withheld, fixed)
@@ -212,6 +220,11 @@ def _at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Hid
             return Untraced(edge=min(at.values())) if runs is False else Untraced()
     return traced
 
+
+#: Seconds the edge check of one op may take, at most (3^k traces and real runs for k withheld sizes: an op
+#: priced at 0.1 s over four of them cost 10 s): past them, the op is refused. A verdict of the machine's speed,
+#: not of the data.
+EDGE_SECONDS = 2.0
 
 #: Bytes of zeros the edge check makes for the owner's tensors, at most; past them, a stand-in is one zero
 #: expanded to its shape (no memory, but strides of its own: a view of it may fail where the real one would not,

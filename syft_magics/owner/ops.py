@@ -26,9 +26,10 @@ from ..wire.results import flatten
 from . import autograd, costs, graphs, quotas, randomness, train_costs, writes
 from .models import MODEL_FACTORIES
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
-from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance, withheld_shape
+from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
+from .sizes import withheld_shape
 from .store import Block, Entry, ObjectStore, new_id, withheld_charge
 
 if TYPE_CHECKING:
@@ -270,11 +271,9 @@ class Ops:
 
     def _bounded(self, session: Session, op: str, fn: Any, args: Any, kwargs: Any, used: List[Entry],
                  known: Any = PENDING) -> None:
-        """Refuse, before it runs, an op over the owner's data that :meth:`.Disclosure.unbounded` refuses: its
-        client's ops on that data failed too often (``Quotas.failed_ops_per_hour``); its results could not be
-        kept (torch cannot bound them: ``bincount``, a size read from a tensor; see :meth:`_charged_publicly`),
-        or whether it fails would tell a withheld size (torch cannot trace it over one, or it fails at a withheld
-        size of 0 or 1: ``rows[0]``)."""
+        """Refuse, before it runs, an op over the owner's data that :meth:`.Disclosure.unbounded` refuses (its
+        results could not be kept, whether it fails would tell a withheld size, or its client's failures are
+        spent)."""
         refusal = self.disclosure.unbounded(session, op, fn, args, kwargs, used, known)
         if refusal is not None:
             raise refusal
@@ -413,6 +412,8 @@ class Ops:
             public = disclosed.charge(i)
             if public is None:
                 raise Reject(ErrorCode.DENIED, self.disclosure.unbounded_text(op, disclosed.trace is None))
+            if not leaf.is_contiguous():  # (as the edge check's stand-ins are: rows.t().view(-1) ran at 0 or 1 rows)
+                leaf = leaf.detach().contiguous()  # (it has no graph: see above)
             withheld.update(self.store.storage_keys(leaf))
             frozen.add(oid)
             kept.append((i, oid, leaf, self.store.charge_public(leaf, sid, seen, max(public, kept_alive))))

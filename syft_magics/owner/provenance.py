@@ -44,7 +44,7 @@ from . import autograd, sizes
 from .aggregate import average_models
 from .costs import MAX_KEY_ITEMS
 from .failures import Failures, Withheld
-from .fake_trace import MAX_WITHHELD_DIMS, Bounds, HiddenShape, Trace, Untraced, signature, trace
+from .fake_trace import MAX_KEYED_VALUES, MAX_WITHHELD_DIMS, Bounds, HiddenShape, Trace, Untraced, signature, trace
 from .models import model_weights
 from .optimizers import set_option, settings
 from .policy import OpenPolicy
@@ -171,6 +171,9 @@ def _shared(label: str) -> Tuple[Provenance, Provenance]:
 
 _SHARED: Dict[str, Tuple[Provenance, Provenance]] = {}
 
+#: Arguments the remembered traces' keys may hold in all (about 100 bytes each) before they are forgotten.
+MAX_TRACED_ITEMS = 1 << 18
+
 
 class Disclosure:
     """A worker's decisions about what leaves: result shapes, error text, and the owner's releases."""
@@ -180,6 +183,7 @@ class Disclosure:
         #: the errors withheld from clients (their texts, for the owner's release), and each client's budget of them
         self.failures = Failures(worker)
         self._traced: Dict[Any, Any] = {}
+        self._traced_items = 0
 
     @property
     def guarded(self) -> bool:
@@ -253,7 +257,7 @@ class Disclosure:
     @staticmethod
     def _keys(traced: Trace, args: Any, kwargs: Any, used: List["Entry"]) -> List[Tuple[Any, ...]]:
         """The keys of the withheld sizes of an op's results (see :mod:`.sizes`)."""
-        by_number = _withheld(used)[1]
+        by_number = sizes.withheld_inputs(used)[1]
         leaves = pytree.tree_flatten((args, kwargs))[0]
         entries = {id(e.tensor): e for e in used}
 
@@ -277,10 +281,15 @@ class Disclosure:
         if traced is PENDING:
             from .writes import writes_nothing  # (writes imports store, which imports this module)
 
-            traced = trace(fn, leaves, spec, withheld, _owned(used, withheld), not writes_nothing(fn, kwargs))
+            owned = sizes.owned_inputs(used, withheld)
+            traced = trace(fn, leaves, spec, withheld, owned, not writes_nothing(fn, kwargs))
             if key is not None:
-                if len(self._traced) > 4096:
+                # (bounded by what its keys hold, an item per argument, not by their count alone: a probe grew
+                # the worker by 32 MB per 1 KB message with long keys)
+                self._traced_items += len(leaves)
+                if len(self._traced) > 4096 or self._traced_items > MAX_TRACED_ITEMS:
                     self._traced.clear()
+                    self._traced_items = len(leaves)
                 self._traced[key] = traced
         return cast(Union[Trace, Untraced], traced)
 
@@ -293,9 +302,9 @@ class Disclosure:
 
     def _lookup(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Tuple[Any, Any, Any, Any, Any]:
         """``(leaves, spec, withheld, key, remembered trace or PENDING)`` of ``fn`` over ``args``, ``kwargs``."""
-        withheld = _withheld(used)[0]
+        withheld = sizes.withheld_inputs(used)[0]
         leaves, spec = pytree.tree_flatten((args, kwargs))
-        key = self._key(fn, leaves, spec, withheld, _owned(used, withheld))
+        key = self._key(fn, leaves, spec, withheld, sizes.owned_inputs(used, withheld))
         return leaves, spec, withheld, key, self._traced.get(key, PENDING) if key is not None else PENDING
 
     def _traces(self, fn: Any, used: List["Entry"]) -> bool:
@@ -312,7 +321,8 @@ class Disclosure:
         if len(leaves) > MAX_KEY_ITEMS:
             return None
         try:
-            key = (fn, spec, tuple(signature(x, withheld.get(id(x)), bool(withheld) and id(x) not in owned)
+            room = [MAX_KEYED_VALUES] if withheld else None
+            key = (fn, spec, tuple(signature(x, withheld.get(id(x)), room if id(x) not in owned else None)
                                    for x in leaves))
             hash(key)
         except TypeError:
@@ -330,7 +340,7 @@ class Disclosure:
         else:  # (the hot path: one look per input)
             return args, kwargs
         withheld = {id(e.tensor): e for e in used if e.provenance.hidden and isinstance(e.tensor, torch.Tensor)}
-        if sum(len(withheld_of(e)[1]) for e in withheld.values()) > MAX_WITHHELD_DIMS:
+        if sum(len(sizes.withheld_of(e)[1]) for e in withheld.values()) > MAX_WITHHELD_DIMS:
             from .replies import Reject
 
             raise Reject(ErrorCode.DENIED, f"an op over more than {MAX_WITHHELD_DIMS} dimensions whose sizes the "
@@ -341,7 +351,7 @@ class Disclosure:
             entry = withheld.get(id(x))
             if entry is None:
                 return x
-            s = torch.empty(bounds_of(entry), dtype=x.dtype, device="meta", requires_grad=x.requires_grad)
+            s = torch.empty(sizes.bounds_of(entry), dtype=x.dtype, device="meta", requires_grad=x.requires_grad)
             setattr(s, "standing_for", x.device)  # (read by costs.fakes)
             return s
 
@@ -470,34 +480,3 @@ def _public_leaves(traced: Optional[Trace], result: Any) -> Optional[List[bool]]
         return None
     return [not isinstance(x, torch.Tensor) or (s is not None and tuple(x.shape) == s)
             for x, s in zip(real, traced.shapes)]
-
-
-def _withheld(used: List["Entry"]) -> Tuple[Dict[int, HiddenShape], List[Any]]:
-    """The withheld shapes of an op's inputs as its trace sees them, and the key of each symbol number."""
-    return sizes.numbered((id(e.tensor), *withheld_of(e), sizes.keys_of(e, of_entry(e).keys, withheld_of(e)[1]))
-                          for e in used if of_entry(e).hidden)
-
-
-def _owned(used: List["Entry"], withheld: Dict[int, HiddenShape]) -> AbstractSet[int]:
-    """The ``id``s of the owner's tensors (and of those derived from them) among an op's inputs, when it reads a
-    withheld shape (else none: nothing asks)."""
-    return {id(e.tensor) for e in used if of_entry(e).owner} if withheld else frozenset()
-
-
-def withheld_shape(entry: "Entry") -> bool:
-    """Whether a tensor's shape has a dimension the client does not know."""
-    return of_entry(entry).hidden and isinstance(entry.tensor, torch.Tensor) and bool(withheld_of(entry)[1])
-
-
-def bounds_of(entry: "Entry") -> Tuple[int, ...]:
-    """The public upper bound of an object's shape: its shape where the client may know it."""
-    return withheld_of(entry)[0]
-
-
-def withheld_of(entry: "Entry") -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """An object's shape as a trace may see it: its public bounds, and which dimensions are withheld."""
-    prov = of_entry(entry)
-    if prov.hidden and prov.bounds is not None:
-        return prov.bounds, prov.free
-    shape = tuple(entry.tensor.shape) if isinstance(entry.tensor, torch.Tensor) else ()
-    return shape, tuple(range(len(shape))) if prov.hidden else ()  # (no bounds recorded: every dimension)

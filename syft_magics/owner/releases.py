@@ -20,9 +20,10 @@ from ..display import short_id
 from ..errors import ErrorCode
 from ..wire.protocol import Kind, encode, field
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
-from .provenance import bounds_of, of_entry
+from .provenance import of_entry
 from .replies import Reject
 from .rules import Target
+from .sizes import bounds_of
 
 if TYPE_CHECKING:
     from .serving import Server

@@ -11,7 +11,9 @@ of two thresholds read a column's values.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
 
 from .fake_trace import HiddenShape, Origin
 
@@ -63,3 +65,35 @@ def count_key(entry: "Entry") -> Key:
     """The key of the count of ``entry``'s true (nonzero) elements: its own while it is not written (by its
     serial, not its id, which its client may give again to another tensor)."""
     return ("count", entry.serial, entry.version)
+
+
+# -- an object's withheld shape (its provenance: see .provenance; the owner's shared data withholds none) ----------
+def withheld_of(entry: "Entry") -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """An object's shape as a trace may see it: its public bounds, and which dimensions are withheld."""
+    prov = entry.provenance
+    if prov.hidden and prov.bounds is not None:
+        return prov.bounds, prov.free
+    shape = tuple(entry.tensor.shape) if isinstance(entry.tensor, torch.Tensor) else ()
+    return shape, tuple(range(len(shape))) if prov.hidden else ()  # (no bounds recorded: every dimension)
+
+
+def withheld_shape(entry: "Entry") -> bool:
+    """Whether a tensor's shape has a dimension the client does not know."""
+    return entry.provenance.hidden and isinstance(entry.tensor, torch.Tensor) and bool(withheld_of(entry)[1])
+
+
+def bounds_of(entry: "Entry") -> Tuple[int, ...]:
+    """The public upper bound of an object's shape: its shape where the client may know it."""
+    return withheld_of(entry)[0]
+
+
+def withheld_inputs(used: List["Entry"]) -> Tuple[Dict[int, HiddenShape], List[Key]]:
+    """The withheld shapes of an op's inputs as its trace sees them, and the key of each symbol number."""
+    return numbered((id(e.tensor), *withheld_of(e), keys_of(e, e.provenance.keys, withheld_of(e)[1]))
+                    for e in used if e.provenance.hidden)
+
+
+def owned_inputs(used: List["Entry"], withheld: Dict[int, HiddenShape]) -> AbstractSet[int]:
+    """The ``id``s of the owner's tensors (and of those derived from them) among an op's inputs, when it reads a
+    withheld shape (else none: nothing asks)."""
+    return {id(e.tensor) for e in used if e.session is None or e.provenance.owner} if withheld else frozenset()
