@@ -317,7 +317,7 @@ def test_the_edge_check_is_bounded_in_time_and_its_keys_in_size(monkeypatch):
     withheld = {id(x): ((3, 2), (0,), (0,))}
     assert isinstance(fake_trace.trace(torch.sum, leaves, spec, withheld), fake_trace.Trace)
     monkeypatch.setattr(fake_trace, "EDGE_SECONDS", -1.0)
-    assert fake_trace.trace(torch.sum, leaves, spec, withheld) == fake_trace.Untraced()
+    assert fake_trace.trace(torch.sum, leaves, spec, withheld) == fake_trace.Untraced(late=True)
 
     index = torch.arange(5)
     few = pytree.tree_flatten(((x, *[index] * 10), {}))
@@ -332,3 +332,99 @@ def test_a_models_remembered_trace_follows_its_mode():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout())
     trained = signature(model, None)
     assert signature(model.eval(), None) != trained and signature(model.train(), None) == trained
+
+
+def test_the_edge_checks_real_run_puts_back_the_generator_state_the_first_op_found():
+    """helper-33: the real run of the edge check saved and put back the generator state on its own (torch's
+    ``fork_rng``): started while an op over the owner's data drew from its fresh state and ending after it, it
+    put that fresh state back, drawn from since, which told how many rows the other op drew for (184,887
+    draws: three per passing row)."""
+    import threading
+
+    from torch.utils import _pytree as pytree
+
+    from syft_magics.owner import fake_trace, randomness
+
+    torch.manual_seed(11)
+    before = torch.random.get_rng_state()
+    check_started, other_done = threading.Event(), threading.Event()
+
+    def other_op() -> None:
+        with randomness.apart():
+            torch.rand(6)
+            assert check_started.wait(5)
+        other_done.set()
+
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        check_started.set()
+        assert other_done.wait(5)
+        return x
+
+    thread = threading.Thread(target=other_op)
+    thread.start()
+    x = torch.ones(2)
+    leaves, spec = pytree.tree_flatten(((x,), {}))
+    withheld = {id(x): ((2,), (0,), (0,))}
+    assert fake_trace._runs_at(slow, leaves, spec, withheld, {0: 1}, {id(x)}, False)
+    thread.join(5)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_a_withheld_copy_is_checked_against_the_quota_by_its_public_charge_before_it_is_made(
+        make_worker, make_client, monkeypatch):
+    """helper-33: a withheld result made contiguous was copied before the quota check: ``rows[:, None, :]
+    .expand(-1, 40_000_000, -1)`` took the worker from 347 MB to 1.7 GB over a 64 MB quota, in a 100-byte
+    message. It is refused by its public charge (so whatever the real rows), before the copy."""
+    from syft_magics.owner.quotas import Quotas
+
+    bob = make_worker("Bob", policy="review", connection_file=False, quotas=Quotas(max_bytes="1MB"))
+    bob.share(M.clone(), "#M")
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    copied = []
+    contiguous = torch.Tensor.contiguous
+
+    def counting(t, *args, **kwargs):
+        if t.numel() >= 1 << 16:
+            copied.append(t.numel())
+        return contiguous(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "contiguous", counting)
+    for t in THRESHOLDS[:3]:
+        with pytest.raises(sm.QuotaExceeded, match="max_bytes"):
+            m[m[:, 0] > t][:, None, :].expand(-1, 100_000, -1).sum()
+            client.sync()
+    assert copied == []
+
+
+def test_long_strings_and_keyword_names_are_not_kept_in_remembered_keys(make_worker, raw):
+    """helper-33: an einsum equation padded with 1 MB of spaces was kept whole in the cost cache and in the
+    trace cache, per message (143 MB each for 150 messages; the cost cache outlives the worker)."""
+    from syft_magics.owner import costs, fake_trace
+
+    long = "ij" + " " * 5000 + "->i"
+    assert costs.signature("torch.einsum", (long, torch.ones(2, 2)), {}, False) is None
+    with pytest.raises(TypeError):
+        fake_trace.signature(long, None)
+    assert fake_trace.signature("ij->i", None) is not None
+    bob = _bob(make_worker)
+    peer = raw(bob)
+    reply = peer.request({"t": "op", "s": 1, "f": "torch.zeros", "a": [2], "k": {"x" * 65: 1}, "o": [], "m": True})
+    assert reply is not None and reply["t"] == "err" and "names of at most 64 characters" in reply["msg"]
+
+
+def test_a_check_that_ran_out_of_time_is_not_remembered(make_worker, make_client, monkeypatch):
+    """helper-33: a refusal because the edge check ran past its time (on a busy worker) was remembered, and the
+    same op was refused for every client afterwards, saying torch could not work it out."""
+    from syft_magics.owner import fake_trace
+
+    bob = _bob(make_worker)
+    client = make_client(bob.address, key=bob.key)
+    m, = client.search("#M")
+    rows = m[m[:, 0] > 3]
+    monkeypatch.setattr(fake_trace, "EDGE_SECONDS", -1.0)
+    with pytest.raises(PermissionDenied, match="took longer than"):
+        rows.sum(0)
+        client.sync()
+    monkeypatch.setattr(fake_trace, "EDGE_SECONDS", 5.0)
+    assert rows.sum(0).shape == (3,)

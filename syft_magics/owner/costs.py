@@ -89,6 +89,8 @@ def _sig(value: Any, acc: List[int]) -> Any:
     if t is int or t is float or t is bool:
         return _num(value, acc)
     if t in _PLAIN:
+        if t is str:  # (a key holds it: counted by its length, as a list by its items)
+            _count(acc, len(value) // 4)
         return (t, value)
     if t is tuple or t is list or t is torch.Size:
         _count(acc, len(value))
@@ -101,7 +103,7 @@ def _sig(value: Any, acc: List[int]) -> Any:
         return Ellipsis
     if t is dict:
         _count(acc, len(value))
-        return (dict, tuple([(k, _sig(v, acc)) for k, v in value.items()]))
+        return (dict, tuple([(_sig(k, acc), _sig(v, acc)) for k, v in value.items()]))
     if isinstance(value, _OBJECTS):
         return (object, serial(value))
     raise Unestimable(t.__name__)

@@ -32,6 +32,7 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from ..wire.results import flatten, quiet_tracing
+from . import randomness
 from .costs import serial
 
 #: A bound above this is no bound (torch writes "unbounded" as sys.maxsize - 1 or infinity).
@@ -93,6 +94,9 @@ _COUNTS_A_MASK = frozenset({torch.Tensor.__getitem__})
 _COUNTS_NONZERO = frozenset({torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere})
 
 
+#: A string argument longer than this is not kept in a remembered key (the op is traced each time).
+MAX_KEYED_CHARS = 64
+
 #: An op whose client's integer tensors have more elements than this in all is not keyed by their values, nor
 #: remembered: it is traced each time.
 MAX_KEYED_VALUES = 4096
@@ -115,6 +119,8 @@ def signature(x: Any, withheld: Optional[HiddenShape], by_value: Optional[List[i
         return ("T", tuple(x.shape), x.stride(), x.dtype, x.requires_grad)
     if isinstance(x, slice):
         return ("s", x.start, x.stop, x.step)
+    if isinstance(x, str) and len(x) > MAX_KEYED_CHARS:
+        raise TypeError("not keyed")  # (a remembered key must not hold a long string: not remembered)
     if isinstance(x, nn.Module):  # (by which one it is, its layers' modes and its weights' shapes: not itself)
         return ("M", serial(x), tuple(m.training for m in x.modules()),
                 tuple(tuple(t.shape) for t in itertools.chain(x.parameters(), x.buffers())))
@@ -133,6 +139,8 @@ class Untraced:
 
     edge: Optional[int] = None
     error: Optional[Tuple[str, str]] = None
+    #: the edge check ran out of time (:data:`EDGE_SECONDS`): a verdict of the machine's load, not remembered
+    late: bool = False
 
 
 def _about_values(exc: BaseException) -> bool:
@@ -203,7 +211,7 @@ def _at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Hid
     deadline = time.monotonic() + EDGE_SECONDS
     for sizes in itertools.product((*EDGES, None), repeat=len(symbols)):
         if time.monotonic() > deadline:
-            return Untraced()
+            return Untraced(late=True)
         fixed = {k: v for k, v in zip(symbols, sizes) if v is not None}
         if fixed:
             at_edge = _trace(fn, leaves, spec, withheld, fixed)
@@ -222,9 +230,9 @@ def _at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Hid
 
 
 #: Seconds the edge check of one op may take, at most (3^k traces and real runs for k withheld sizes: an op
-#: priced at 0.1 s over four of them cost 10 s): past them, the op is refused. A verdict of the machine's speed,
-#: not of the data.
-EDGE_SECONDS = 2.0
+#: priced at 0.1 s over four of them cost 10 s): past them, the op is refused, and the refusal not remembered. A
+#: verdict of the machine's load, not of the data (four withheld sizes take 0.5 s on an idle 2-core machine).
+EDGE_SECONDS = 5.0
 
 #: Bytes of zeros the edge check makes for the owner's tensors, at most; past them, a stand-in is one zero
 #: expanded to its shape (no memory, but strides of its own: a view of it may fail where the real one would not,
@@ -239,8 +247,9 @@ def _runs_at(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenSh
     that) shape, so that the answer depends on public facts alone (one stand-in per tensor, within
     :data:`STANDIN_BYTES`; a model is a copy made of stand-ins, never the live one, whose state its forward
     could change); the client's own tensors are themselves, or copies if the op may write into them (None: more
-    than the room would be copied, and nothing is asked). Random draws come from a copy of the generator's
-    state."""
+    than the room would be copied, and nothing is asked). Random draws come from a fresh state, as an op's over
+    the owner's data do (:mod:`.randomness`: saving and putting back the state here, on its own, put back
+    another op's fresh state, drawn from since, which told how many rows that op drew for: helper-33)."""
     made: Dict[int, Any] = {}
     room = [STANDIN_BYTES]
 
@@ -278,7 +287,7 @@ def _runs_at(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenSh
         standins.append(x)
     args, kwargs = pytree.tree_unflatten(standins, spec)
     try:
-        with quiet_tracing(), warnings.catch_warnings(), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with quiet_tracing(), warnings.catch_warnings(), torch.no_grad(), randomness.apart():
             warnings.simplefilter("ignore")  # (the real op warns, if it does, when it runs)
             fn(*args, **kwargs)
     except Exception:

@@ -68,8 +68,10 @@ class Ops:
         args = header.get("a", ())
         kwargs = header.get("k") or {}
         out = header.get("o") or []
-        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not isinstance(out, list):
-            raise ProtocolError("op arguments must be a list, keyword arguments a map, outputs a list")
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not isinstance(out, list) \
+                or any(type(k) is not str or len(k) > limits.MAX_NAME_CHARS for k in kwargs):
+            raise ProtocolError("op arguments must be a list, keyword arguments a map of names of at most "
+                                f"{limits.MAX_NAME_CHARS} characters, outputs a list")
         if len(out) > MAX_RESULTS:
             raise ProtocolError(f"an op returns at most {MAX_RESULTS} results, not {len(out)}")
         self.stats["commands"] += 1
@@ -207,8 +209,7 @@ class Ops:
 
     def _call(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
               used: List[Entry]) -> Tuple[Any, Optional[List[Entry]]]:
-        """Run the op (see :meth:`_run`); over the owner's data under a policy that withholds anything, on a
-        random generator state of its own (see :mod:`.randomness`)."""
+        """:meth:`_run`; over the owner's data under a guarded policy, on a fresh random state (:mod:`.randomness`)."""
         if self.disclosure.guarded and self.disclosure.of_inputs(used).owner:
             device = self.worker.devices.device
             with randomness.apart([device.index] if device.type == "cuda" else []):
@@ -271,9 +272,8 @@ class Ops:
 
     def _bounded(self, session: Session, op: str, fn: Any, args: Any, kwargs: Any, used: List[Entry],
                  known: Any = PENDING) -> None:
-        """Refuse, before it runs, an op over the owner's data that :meth:`.Disclosure.unbounded` refuses (its
-        results could not be kept, whether it fails would tell a withheld size, or its client's failures are
-        spent)."""
+        """Refuse, before it runs, an op :meth:`.Disclosure.unbounded` refuses (results that could not be kept,
+        a failure that would tell a withheld size, or its client's failures spent)."""
         refusal = self.disclosure.unbounded(session, op, fn, args, kwargs, used, known)
         if refusal is not None:
             raise refusal
@@ -381,11 +381,10 @@ class Ops:
         graph (what the graph saved was charged by its real size)."""
         kept: List[Tuple[int, bytes, Any, Tuple[int, Optional[List[Block]]]]] = []
         frozen: Set[bytes] = set()  # (the read-only ones)
-        sid = session.ident
+        sid, copies = session.ident, 0  # (copies: bytes of the copies made so far)
         withheld: Set[int] = set()  # (the memory of this op's withheld results)
         # (a view may keep a withheld input's memory alive: charged at least what that input is)
         kept_alive = max((e.withheld_bytes for e in used), default=0)
-        copies = 0  # (bytes of the copies made so far)
         for i, (oid, leaf) in enumerate(zip(out, leaves)):
             if oid is None or not isinstance(leaf, STORED_TYPES):
                 continue
@@ -413,7 +412,9 @@ class Ops:
             if public is None:
                 raise Reject(ErrorCode.DENIED, self.disclosure.unbounded_text(op, disclosed.trace is None))
             if not leaf.is_contiguous():  # (as the edge check's stand-ins are: rows.t().view(-1) ran at 0 or 1 rows)
-                leaf = leaf.detach().contiguous()  # (it has no graph: see above)
+                copies += max(public, kept_alive)  # (within the quota first, by its public charge: helper-33)
+                quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(sid), copies, f"{op}'s result")
+                leaf = leaf.detach().contiguous()
             withheld.update(self.store.storage_keys(leaf))
             frozen.add(oid)
             kept.append((i, oid, leaf, self.store.charge_public(leaf, sid, seen, max(public, kept_alive))))
@@ -495,5 +496,4 @@ class _Ran(Exception):
 
     def __init__(self, error: Exception, written: List[Entry]) -> None:
         super().__init__(str(error))
-        self.error = error
-        self.written = written
+        self.error, self.written = error, written

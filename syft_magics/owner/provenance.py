@@ -44,7 +44,17 @@ from . import autograd, sizes
 from .aggregate import average_models
 from .costs import MAX_KEY_ITEMS
 from .failures import Failures, Withheld
-from .fake_trace import MAX_KEYED_VALUES, MAX_WITHHELD_DIMS, Bounds, HiddenShape, Trace, Untraced, signature, trace
+from .fake_trace import (
+    EDGE_SECONDS,
+    MAX_KEYED_VALUES,
+    MAX_WITHHELD_DIMS,
+    Bounds,
+    HiddenShape,
+    Trace,
+    Untraced,
+    signature,
+    trace,
+)
 from .models import model_weights
 from .optimizers import set_option, settings
 from .policy import OpenPolicy
@@ -283,7 +293,7 @@ class Disclosure:
 
             owned = sizes.owned_inputs(used, withheld)
             traced = trace(fn, leaves, spec, withheld, owned, not writes_nothing(fn, kwargs))
-            if key is not None:
+            if key is not None and not (isinstance(traced, Untraced) and traced.late):
                 # (bounded by what its keys hold, an item per argument, not by their count alone: a probe grew
                 # the worker by 32 MB per 1 KB message with long keys)
                 self._traced_items += len(leaves)
@@ -388,6 +398,10 @@ class Disclosure:
                     f"ran would tell that size: it is not run; ask for the shape first (ptr.request_shape()), or "
                     "compute over the whole tensor with a mask (torch.where(mask[:, None], x, fill) rather than "
                     "x[mask])")
+        if untraced.late:
+            return (f"working out whether {op} runs at every size {owner} withholds took longer than "
+                    f"{EDGE_SECONDS:g} s (the worker is busy, or the op is large); try again, or ask for the shape "
+                    "first (ptr.request_shape())")
         if untraced.error is not None:
             etype, text = untraced.error
             return f"{op} fails whatever {owner}'s data (torch says so from public shapes alone): {etype}: {text}"
