@@ -23,6 +23,20 @@ def _bob(make_worker, data=M):
     return bob
 
 
+def _copies(monkeypatch, method: str, at_least: int) -> list:
+    """The sizes of the tensors of ``at_least`` elements that ``Tensor.<method>`` copies from now on."""
+    copied: list = []
+    original = getattr(torch.Tensor, method)
+
+    def counting(t, *args, **kwargs):
+        if t.numel() >= at_least:
+            copied.append(t.numel())
+        return original(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, method, counting)
+    return copied
+
+
 def test_how_many_rows_passed_a_filter_does_not_show_through_squeeze(make_worker, make_client):
     """Torch decides ``squeeze()`` over a size it does not know as if that size were not 1; the real result of
     one row differed, and whether its shape was shown told it: ``x[x[:, 0] > t].squeeze().sum(0)`` had the
@@ -223,15 +237,7 @@ def test_a_views_copy_is_checked_against_the_quota_before_it_is_made(make_worker
     m, = client.search("#M")
     big, = client.search("#BIG")
     rows = m[m[:, 0] > 3]
-    copied = []
-    clone = torch.Tensor.clone
-
-    def counting(t, *args, **kwargs):
-        if t.numel() >= 1 << 20:
-            copied.append(t.numel())
-        return clone(t, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "clone", counting)
+    copied = _copies(monkeypatch, "clone", 1 << 20)
     with pytest.raises(sm.QuotaExceeded, match="max_bytes"):
         torch.atleast_1d(rows, big, big)
         client.sync()
@@ -381,15 +387,7 @@ def test_a_withheld_copy_is_checked_against_the_quota_by_its_public_charge_befor
     bob.share(M.clone(), "#M")
     client = make_client(bob.address, key=bob.key)
     m, = client.search("#M")
-    copied = []
-    contiguous = torch.Tensor.contiguous
-
-    def counting(t, *args, **kwargs):
-        if t.numel() >= 1 << 16:
-            copied.append(t.numel())
-        return contiguous(t, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "contiguous", counting)
+    copied = _copies(monkeypatch, "contiguous", 1 << 16)
     for t in THRESHOLDS[:3]:
         with pytest.raises(sm.QuotaExceeded, match="max_bytes"):
             m[m[:, 0] > t][:, None, :].expand(-1, 100_000, -1).sum()
