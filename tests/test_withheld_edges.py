@@ -426,3 +426,44 @@ def test_a_check_that_ran_out_of_time_is_not_remembered(make_worker, make_client
         client.sync()
     monkeypatch.setattr(fake_trace, "EDGE_SECONDS", 5.0)
     assert rows.sum(0).shape == (3,)
+
+
+def test_a_clients_own_draws_wait_until_no_op_over_the_owners_data_draws():
+    """helper-34: while one op over the owner's data held a fresh generator state (a long op on a lane),
+    another client's ``rand_like(rows)`` drew from it, and the client's own ``random_()`` drew right after,
+    from the same state: rebuilt and rewound to its seeding, it told the row count exactly (5 of 5). Ops whose
+    draws a client may read back now wait until no op over the owner's data runs (on the serving thread they
+    do not wait: ``Busy``, and the op goes to its lane), and draw from the state the worker had before."""
+    import threading
+
+    from syft_magics.owner import randomness
+
+    torch.manual_seed(5)
+    expected = torch.rand(3, generator=torch.Generator().set_state(torch.random.get_rng_state()))
+    owner_in, owner_may_end = threading.Event(), threading.Event()
+    got = []
+
+    def owner_op() -> None:
+        with randomness.section(True):
+            torch.rand(7)
+            owner_in.set()
+            assert owner_may_end.wait(5)
+
+    def clients_op() -> None:
+        with randomness.section(False, wait=True):
+            got.append(torch.rand(3))
+
+    owner = threading.Thread(target=owner_op)
+    owner.start()
+    assert owner_in.wait(5)
+    with pytest.raises(randomness.Busy):
+        with randomness.section(False, wait=False):
+            pass
+    client = threading.Thread(target=clients_op)
+    client.start()
+    client.join(0.2)
+    assert not got  # (it waits its turn)
+    owner_may_end.set()
+    owner.join(5)
+    client.join(5)
+    assert torch.equal(got[0], expected)

@@ -34,6 +34,8 @@ class Devices:
             self.device = torch.device("cuda", torch.cuda.current_device())
         #: device types ``.to()`` may name here
         self.allowed: Tuple[str, ...] = tuple(dict.fromkeys(("cpu", self.device.type)))
+        #: the CUDA devices whose random generators its ops draw from (see .randomness)
+        self.generators: Tuple[int, ...] = (self.device.index,) if self.device.type == "cuda" else ()
 
     def check(self, device: Any) -> None:
         """Refuse a device this worker does not allow (a clear error naming the allowed ones)."""

@@ -118,13 +118,31 @@ def signature(x: Any, withheld: Optional[HiddenShape], by_value: Optional[List[i
             return ("V", tuple(x.shape), x.dtype, digest)
         return ("T", tuple(x.shape), x.stride(), x.dtype, x.requires_grad)
     if isinstance(x, slice):
-        return ("s", x.start, x.stop, x.step)
-    if isinstance(x, str) and len(x) > MAX_KEYED_CHARS:
-        raise TypeError("not keyed")  # (a remembered key must not hold a long string: not remembered)
+        return ("s", *(signature(v, None) for v in (x.start, x.stop, x.step)))
     if isinstance(x, nn.Module):  # (by which one it is, its layers' modes and its weights' shapes: not itself)
         return ("M", serial(x), tuple(m.training for m in x.modules()),
                 tuple(tuple(t.shape) for t in itertools.chain(x.parameters(), x.buffers())))
-    return (type(x), x)
+    if type(x) in _KEYED or x is Ellipsis or (type(x) is str and len(x) <= MAX_KEYED_CHARS):
+        return (type(x), x)
+    raise TypeError("not keyed")  # (a remembered key holds small plain values only: bytes, long strings, not)
+
+
+#: The plain values a remembered key may hold as they are.
+_KEYED = frozenset({int, float, bool, complex, type(None), torch.dtype, torch.device, torch.layout,
+                    torch.memory_format})
+
+
+def spec_keyed(spec: Any) -> bool:
+    """Whether an op's arguments' structure may be kept in a remembered key: the keys of its maps are short
+    strings or numbers (a probe kept 8 MB per message in keys of a map)."""
+    nodes = [spec]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node.context, list) and any(
+                not (type(k) is str and len(k) <= MAX_KEYED_CHARS or type(k) is int) for k in node.context):
+            return False
+        nodes.extend(node.children())
+    return True
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,8 @@ class Ops:
                         if cost.slow or took > 2 * cost.seconds + costs.SLOW_SECONDS:  # (observe's test, inlined)
                             costs.observe(key, cost, took)
                     ran, spent = True, cost.seconds
+        except randomness.Busy:  # (it did not start: run it on its lane, in its turn)
+            assert fn is not None  # (Busy comes from _call, after the look-up)
         except Exception as exc:
             self._failed(session, name, out, used, exc, t0)
         if ran:  # (outside the try: _finish records its own failures)
@@ -165,7 +167,7 @@ class Ops:
             self._bounded(session, op, fn, args, kwargs, used)  # (what could not be kept: refused before it runs)
             t1 = time.perf_counter()
             try:
-                result, written = self._call(session, op, fn, args, kwargs, grad, used)
+                result, written = self._call(session, op, fn, args, kwargs, grad, used, wait=True)
             finally:
                 if estimate is not None and estimate.priced:
                     costs.observe(key, estimate, time.perf_counter() - t1)
@@ -208,13 +210,13 @@ class Ops:
         return None
 
     def _call(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
-              used: List[Entry]) -> Tuple[Any, Optional[List[Entry]]]:
-        """:meth:`_run`; over the owner's data under a guarded policy, on a fresh random state (:mod:`.randomness`)."""
-        if self.disclosure.guarded and self.disclosure.of_inputs(used).owner:
-            device = self.worker.devices.device
-            with randomness.apart([device.index] if device.type == "cuda" else []):
-                return self._run(session, op, fn, args, kwargs, grad, used)
-        return self._run(session, op, fn, args, kwargs, grad, used)
+              used: List[Entry], wait: bool = False) -> Tuple[Any, Optional[List[Entry]]]:
+        """:meth:`_run`, under a guarded policy in its turn to draw random numbers (:mod:`.randomness`; ``wait``
+        False, on the serving thread: :class:`~.randomness.Busy` rather than wait for it)."""
+        if not self.disclosure.guarded:
+            return self._run(session, op, fn, args, kwargs, grad, used)
+        with randomness.section(self.disclosure.of_inputs(used).owner, self.worker.devices.generators, wait):
+            return self._run(session, op, fn, args, kwargs, grad, used)
 
     def _run(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
              used: List[Entry]) -> Tuple[Any, Optional[List[Entry]]]:
@@ -272,8 +274,7 @@ class Ops:
 
     def _bounded(self, session: Session, op: str, fn: Any, args: Any, kwargs: Any, used: List[Entry],
                  known: Any = PENDING) -> None:
-        """Refuse, before it runs, an op :meth:`.Disclosure.unbounded` refuses (results that could not be kept,
-        a failure that would tell a withheld size, or its client's failures spent)."""
+        """Refuse, before it runs, an op :meth:`.Disclosure.unbounded` refuses."""
         refusal = self.disclosure.unbounded(session, op, fn, args, kwargs, used, known)
         if refusal is not None:
             raise refusal
@@ -395,7 +396,7 @@ class Ops:
                 raise Reject(ErrorCode.DENIED, self._no_graph_text(op))
             if disclosed.shown and i < len(disclosed.shown) and disclosed.shown[i]:
                 # a view by the trace is a copy, read-only (public facts decide); so is one torch made a view of
-                # memory of withheld size where the trace saw a copy (torch leaves it open: reshape), writable
+                # withheld memory where the trace saw a copy (reshape), writable
                 view = disclosed.trace is not None and disclosed.trace.views[i]
                 if view or self.store.in_withheld_memory(leaf, sid, withheld):
                     # (within the client's quota before the copy is made: a probe copied a 1 GB view 8 times)
@@ -449,8 +450,7 @@ class Ops:
         self.stats["errors"] += 1
         op = short_name(name)
         shown = self.disclosure.failure(session, op, prov or self.disclosure.of_inputs(used), exc)
-        # its results exist, failed (a later op on them names this error), as many as the client's objects quota
-        # still holds: a hand-made op naming 880,000 results left that many records, uncharged (a probe)
+        # its results exist, failed (a later op on them names this error), within the client's objects quota
         room = session.quotas.max_objects - self.store.session_count(session.ident)
         for oid in out[:max(0, min(room, MAX_RESULTS))]:
             if isinstance(oid, bytes) and len(oid) == 16 and oid not in self.store:

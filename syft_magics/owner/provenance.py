@@ -53,6 +53,7 @@ from .fake_trace import (
     Trace,
     Untraced,
     signature,
+    spec_keyed,
     trace,
 )
 from .models import model_weights
@@ -328,7 +329,7 @@ class Disclosure:
         """What a trace depends on (None: not remembered; long arguments are not keyed, as the cost cache's
         are: costs.MAX_KEY_ITEMS). Over a withheld shape, the client's own integer tensors by their values too:
         whether the op runs at the edges was asked with them (an index of 0 runs over one row, one of 5 not)."""
-        if len(leaves) > MAX_KEY_ITEMS:
+        if len(leaves) > MAX_KEY_ITEMS or not spec_keyed(spec):
             return None
         try:
             room = [MAX_KEYED_VALUES] if withheld else None
