@@ -102,10 +102,12 @@ MAX_KEYED_CHARS = 64
 MAX_KEYED_VALUES = 4096
 
 
-def signature(x: Any, withheld: Optional[HiddenShape], by_value: Optional[List[int]] = None) -> Any:
+def signature(x: Any, withheld: Optional[HiddenShape], by_value: Optional[List[int]] = None,
+              edges: bool = False) -> Any:
     """What a trace depends on of one argument (a withheld tensor by its bounds, not its shape). ``by_value``:
     an integer or boolean tensor by a digest of its values too, which the edge check's real kernels read, out of
-    a room of :data:`MAX_KEYED_VALUES` elements for the op's arguments (its one item is what is left)."""
+    a room of :data:`MAX_KEYED_VALUES` elements for the op's arguments (its one item is what is left).
+    ``edges``: the op is over a withheld shape (its edge check runs), so a model by its modes and shapes too."""
     if isinstance(x, torch.Tensor):
         if withheld is not None:
             return ("H", withheld, x.dtype, x.requires_grad)
@@ -118,8 +120,14 @@ def signature(x: Any, withheld: Optional[HiddenShape], by_value: Optional[List[i
             return ("V", tuple(x.shape), x.dtype, digest)
         return ("T", tuple(x.shape), x.stride(), x.dtype, x.requires_grad)
     if isinstance(x, slice):
-        return ("s", *(signature(v, None) for v in (x.start, x.stop, x.step)))
-    if isinstance(x, nn.Module):  # (by which one it is, its layers' modes and its weights' shapes: not itself)
+        bounds = (x.start, x.stop, x.step)
+        if all(v is None or type(v) is int for v in bounds):  # (the common case, at once)
+            return ("s", *bounds)
+        return ("s", *(signature(v, None) for v in bounds))
+    if isinstance(x, nn.Module):  # (by which one it is, not itself; over a withheld shape, whose edge check ran
+        # on its layers in their modes and on its weights' shapes, those too: a walk of its layers, not for every op)
+        if not edges:
+            return ("M", serial(x))
         return ("M", serial(x), tuple(m.training for m in x.modules()),
                 tuple(tuple(t.shape) for t in itertools.chain(x.parameters(), x.buffers())))
     if type(x) in _KEYED or x is Ellipsis or (type(x) is str and len(x) <= MAX_KEYED_CHARS):

@@ -333,8 +333,8 @@ class Disclosure:
             return None
         try:
             room = [MAX_KEYED_VALUES] if withheld else None
-            key = (fn, spec, tuple(signature(x, withheld.get(id(x)), room if id(x) not in owned else None)
-                                   for x in leaves))
+            key = (fn, spec, tuple(signature(x, withheld.get(id(x)), room if id(x) not in owned else None,
+                                             room is not None) for x in leaves))
             hash(key)
         except TypeError:
             return None
