@@ -385,7 +385,7 @@ class Disclosure:
             return Reject(ErrorCode.DENIED, self.unbounded_text(op)) if None in traced.charges else None
         if traced is None or not any(of_entry(e).hidden for e in used):
             return None
-        if traced.error is not None and traced.edge is None:  # (a failure public facts tell: said as torch's)
+        if traced.error is not None:  # (a failure public facts tell: said as torch's)
             return Reject(ErrorCode.ERROR, self.untraced_text(op, traced), etype=traced.error[0])
         return Reject(ErrorCode.DENIED, self.untraced_text(op, traced))
 

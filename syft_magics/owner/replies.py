@@ -74,7 +74,7 @@ def error_reply(exc: Exception) -> List[Any]:
     code = exc.code if isinstance(exc, Reject) else ErrorCode.WITHHELD if isinstance(exc, Withheld) else \
         ErrorCode.PROTOCOL if isinstance(exc, ProtocolError) else ErrorCode.ERROR
     extra = exc.extra if isinstance(exc, Reject) else {"w": exc.n} if isinstance(exc, Withheld) else {}
-    etype = exc.etype if isinstance(exc, Withheld) or isinstance(exc, Reject) and exc.etype else type(exc).__name__
+    etype = getattr(exc, "etype", None) or type(exc).__name__  # (a Withheld's, or a Reject's that names one)
     try:
         return encode({"t": Kind.ERR, "s": getattr(exc, "seq", None), "code": code, **extra,
                        "etype": etype, "msg": limits.clip(exc)})

@@ -26,9 +26,10 @@ Key = Any
 _fresh = itertools.count()
 
 
-def keys_of(entry: "Entry", keys: Tuple[Key, ...], free: Tuple[int, ...]) -> Tuple[Key, ...]:
-    """The keys of an object's withheld dimensions ``free`` (``keys``: those its provenance recorded; one of
-    its own per dimension where it recorded none)."""
+def keys_of(entry: "Entry", free: Tuple[int, ...]) -> Tuple[Key, ...]:
+    """The keys of an object's withheld dimensions ``free``: those its provenance recorded, else one of its own
+    per dimension."""
+    keys = entry.provenance.keys
     if len(keys) == len(free):
         return keys
     return tuple(("entry", entry.serial, i) for i in free)
@@ -89,8 +90,11 @@ def bounds_of(entry: "Entry") -> Tuple[int, ...]:
 
 def withheld_inputs(used: List["Entry"]) -> Tuple[Dict[int, HiddenShape], List[Key]]:
     """The withheld shapes of an op's inputs as its trace sees them, and the key of each symbol number."""
-    return numbered((id(e.tensor), *withheld_of(e), keys_of(e, e.provenance.keys, withheld_of(e)[1]))
-                    for e in used if e.provenance.hidden)
+    def shape(e: "Entry") -> Tuple[int, Tuple[int, ...], Tuple[int, ...], Tuple[Key, ...]]:
+        bounds, free = withheld_of(e)
+        return id(e.tensor), bounds, free, keys_of(e, free)
+
+    return numbered(shape(e) for e in used if e.provenance.hidden)
 
 
 def owned_inputs(used: List["Entry"], withheld: Dict[int, HiddenShape]) -> AbstractSet[int]:
