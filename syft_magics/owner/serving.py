@@ -22,7 +22,7 @@ from ..collector import freezer
 from ..config import defaults
 from ..display import short_id
 from ..errors import ProtocolError, TagError
-from ..wire import limits, samehost
+from ..wire import buffers, limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import ZERO_COPY_BYTES, readable, recv_parts
@@ -112,6 +112,7 @@ class Server(Handshakes, DirectPort, Ops):
         for ident in list(self.sessions):
             self._end_session(ident, reason)
         self.handshakes.clear()
+        buffers.trim(everything=True)  # (nothing of this worker trims it any more)
 
     def call_soon(self, fn: Callable[[zmq.Socket], None]) -> None:
         """Run ``fn(router)`` on the serving thread, in order with the messages it handles."""
@@ -362,6 +363,7 @@ class Server(Handshakes, DirectPort, Ops):
         for ident, pending in list(self.handshakes.items()):
             if now - pending[2] > HANDSHAKE_TIMEOUT:
                 self.handshakes.pop(ident, None)
+        buffers.trim()
 
     def _connection_closed(self, token: int) -> None:
         """A TCP connection closed: its session ends (a new connection must authenticate anew), once the

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..events import EventStream
 from ..traces import describe, user_site
-from ..wire import auth, samehost
+from ..wire import auth, buffers, samehost
 from ..wire.names import check_tag, id_source, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
 from ..wire.results import TEXT_OPS, Tree, from_wire, wire_dtype
@@ -257,6 +257,7 @@ class Client:
         """Close the link; the worker frees this session's objects (never the owner's)."""
         if not self.closed:
             self._link.close()
+            buffers.trim(everything=True)  # (its housekeeping trimmed the memory kept for received tensors)
             self.events.emit("disconnect")
         _LIVE.discard(self)
         self._thaw()

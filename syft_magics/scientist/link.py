@@ -33,7 +33,7 @@ from ..errors import (
     WorkerUnreachable,
     error_class,
 )
-from ..wire import auth, samehost
+from ..wire import auth, buffers, samehost
 from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind, decode, encode, peek
 from ..wire.sockets import readable, recv_parts, send_parts
 from . import at_exit
@@ -418,6 +418,7 @@ class Link(LinkBase):
             active = self._batch_counts or time.monotonic() - self._batch_started < 1.0
             if self._stop.wait(defaults.flush_interval if active else defaults.free_interval):
                 return
+            buffers.trim()  # (what received tensors left unused: not kept past its time)
             # a caller that holds the lock is waiting for a reply: it sent the batch and keeps the
             # heartbeat going itself, so never queue behind it
             if not self.lock.acquire(blocking=False):

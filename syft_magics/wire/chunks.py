@@ -49,7 +49,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import ProtocolError
-from . import limits
+from . import buffers, limits
 from .protocol import DTYPES, Kind, dtype_name
 
 
@@ -146,7 +146,7 @@ class Incoming:
     flat: Any
 
     def __init__(self, dtype: torch.dtype, shape: Sequence[int], chunk: int, meta: Any = None) -> None:
-        self.tensor = torch.empty(tuple(shape), dtype=dtype)
+        self.tensor = buffers.empty(shape, dtype)
         # numpy's copies run on this thread; torch's copy_ would wake its thread pool for every chunk
         self.flat = self.tensor.reshape(-1).view(torch.uint8).numpy()
         self.total = self.flat.size

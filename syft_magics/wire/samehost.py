@@ -67,6 +67,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import ProtocolError
+from . import buffers
 
 #: Tensors at least this large take the same-host path where it is available.
 SHARED_MIN_BYTES = 1 << 20
@@ -294,7 +295,7 @@ class Peer:
         if fd == LENT:
             if not (type(ino) is int and ino < 0):
                 raise SameHostError(f"bad lent-memory key {ino!r}")
-            tensor = torch.empty(shape, dtype=dtype)
+            tensor = buffers.empty(shape, dtype)
             _read_memory(self.pid, offset, tensor.view(torch.uint8).reshape(-1).numpy())
             if self.confirm:
                 self.read.append(ino)
@@ -305,7 +306,7 @@ class Peer:
             for old in self._files.values():  # one pool per peer: a new inode replaces the old one
                 os.close(old)
             self._files = {ino: own}
-        tensor = torch.empty(shape, dtype=dtype)
+        tensor = buffers.empty(shape, dtype)
         _read_exact(own, tensor.view(torch.uint8).reshape(-1).numpy(), offset)
         if self.confirm:
             self.read.append(offset)
