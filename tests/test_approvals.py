@@ -88,3 +88,19 @@ def test_the_approved_version_is_what_arrives(review):
     reply = mallory.reply()
     assert reply["t"] == "value" and torch.equal(reply["x"], torch.zeros(5))
     assert wait_until(lambda: bob.stats["commands"] >= 2)
+
+
+def test_an_approval_does_not_pass_to_another_object_given_the_same_id(review):
+    # helper-35: approve z = zeros_like(#X), free z, make #X.clone() under z's id (version 0 again), get z
+    bob, mallory, x = review
+    z = _run(mallory, "torch.zeros_like", x)
+    assert mallory.request({"t": "get", "s": 1, "id": z})["n"] == 1
+    bob.approve(1)
+    assert mallory.reply()["t"] == "approved"
+    mallory.send_raw(encode({"t": "free", "ids": [z]}))
+    mallory.send_raw(encode({"t": "op", "s": 0, "f": "Tensor.clone", "a": [x], "o": [z]}))
+    _sync(mallory)
+    assert bob.store.get(z).version == 0 and bob.store.lineage(bob.store.get(z)) == ".clone(#X)"
+    reply = mallory.request({"t": "get", "s": 2, "id": z})
+    assert reply["t"] == "pending" and reply["n"] == 2, reply  # never #X's values on zeros' approval
+    assert bob.requests[2].lineage == ".clone(#X)" and "void" in bob.requests[1].reason

@@ -43,8 +43,8 @@ class GetRequest:
     oid: bytes = field(default=b"", repr=False, compare=False)
     #: the seq of the client's waiting get, answered when the owner decides
     seq: Optional[int] = field(default=None, repr=False, compare=False)
-    #: the object's version counter when asked: an approval lets exactly that version through
-    version: Optional[int] = field(default=None, repr=False, compare=False)
+    #: the object and its version counter when asked (``Entry.stamp``): an approval lets exactly that through
+    version: Any = field(default=None, repr=False, compare=False)
     #: what is asked for: the object's ``value``, its ``shape`` (withheld: it depends on the owner's
     #: values), the text of an ``error`` withheld from the client, or a ``move`` of the value to
     #: another worker (:mod:`syft_magics.owner.moves`)
@@ -228,20 +228,21 @@ class RequestBook:
                 self._grants[(req.session, req.oid, req.release)] = req
             return req
 
-    def take_grant(self, session: bytes, oid: bytes, version: Optional[int] = None, what: str = "value",
+    def take_grant(self, session: bytes, oid: bytes, version: Any = None, what: str = "value",
                    to: str = "") -> bool:
-        """Whether an approval lets this release of ``oid`` (now at ``version``) through (it is used up).
-        An approval of another version (the object was written after the owner saw it) is void; one of
+        """Whether an approval lets this release of ``oid`` (now at ``version``: its ``Entry.stamp``) through (it
+        is used up). An approval of another version (the object was written after the owner saw it, or its id
+        now names another object) is void; one of
         another kind or target (a move to Alice, not a get; not a move to Eve) lets nothing else through."""
         with self._lock:
             return self._take(session, oid, version, (what, to))
 
-    def _take(self, session: bytes, oid: bytes, version: Optional[int], release: Tuple[str, str]) -> bool:
+    def _take(self, session: bytes, oid: bytes, version: Any, release: Tuple[str, str]) -> bool:
         req = self._grants.pop((session, oid, release), None)
         if req is None:
             return False
         if req.version != version:
-            req.reason = "void: the object was written after this approval"
+            req.reason = "void: the object was written (or its id used for another object) after this approval"
             return False
         return True
 
@@ -261,7 +262,8 @@ class RequestBook:
                     if req.version == version:
                         req.seq = seq
                         return req, False
-                    req.status, req.reason, req.decided = "cancelled", "the object was written meanwhile", time.time()
+                    req.status, req.reason, req.decided = ("cancelled", "the object was written (or its id used for "
+                                                           "another object) meanwhile", time.time())
             req = GetRequest(n=self._next, session=session, oid=oid, seq=seq, **fields)
             self._next += 1
             self._by_n[req.n] = req

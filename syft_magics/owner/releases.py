@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ..display import short_id
 from ..errors import ErrorCode
@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from .store import Entry
 
 WHATS = ("value", "shape", "error")
+
+
+def stamp(entry: "Entry") -> Tuple[int, int]:
+    """What a request and its approval bind: which object (its id is its client's choice: freed, it may name
+    another object, even one at the same version) and its version counter (a write voids an approval)."""
+    return entry.serial, entry.version
 
 
 def entry_for(server: "Server", session: "Session", oid: bytes) -> "Entry":
@@ -73,7 +79,7 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
             shown["lineage"] = f"shape of {shown['lineage']} ({of_entry(entry).rule})"
             return shown
 
-        return decide(server, session, seq, oid, entry.version, "shape", shape_fields, shape)
+        return decide(server, session, seq, oid, stamp(entry), "shape", shape_fields, shape)
 
     def value() -> List[Any]:
         released()
@@ -83,10 +89,10 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
     # (an owner's rule of sizes reads a withheld shape's public bound: its match must not tell the real one)
     rule = policy.rules.match(entry.kind, bounds_of(entry)) if policy.rules else None
     if rule is not None and type(policy).decide is not OpenPolicy.decide \
-            and not server.requests.take_grant(session.ident, oid, entry.version):
+            and not server.requests.take_grant(session.ident, oid, stamp(entry)):
         # an owner's rule for training (allow_get): decided without a click, and logged
         server.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule})")
-    return decide(server, session, seq, oid, entry.version, "value", fields, value, auto=rule is not None)
+    return decide(server, session, seq, oid, stamp(entry), "value", fields, value, auto=rule is not None)
 
 
 def _shown(server: "Server", session: "Session", entry: "Entry") -> Dict[str, Any]:
@@ -114,10 +120,10 @@ def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", tar
                            status=f"rule to {target.name} not applied: {target.address} is not the {target.name} "
                                   "it pins (key, or this machine's connection file)")
     if rule is not None and type(policy).decide is not OpenPolicy.decide \
-            and not server.requests.take_grant(session.ident, entry.id, entry.version, "move", to):
+            and not server.requests.take_grant(session.ident, entry.id, stamp(entry), "move", to):
         server.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule}) (move to {to})")
 
-    return decide(server, session, seq, entry.id, entry.version, "move", fields, send, auto=rule is not None, to=to)
+    return decide(server, session, seq, entry.id, stamp(entry), "move", fields, send, auto=rule is not None, to=to)
 
 
 def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> Optional[List[Any]]:
