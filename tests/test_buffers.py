@@ -6,7 +6,9 @@ import time
 
 import pytest
 import torch
+from helpers import wait_until
 
+from syft_magics.owner.quotas import Quotas
 from syft_magics.wire import buffers
 
 MiB = 1 << 20
@@ -114,3 +116,52 @@ def test_a_streamed_upload_and_download_reuse_memory_and_show_only_their_own_byt
     del got
     again = second.get()
     assert again.data_ptr() == mine and torch.equal(again, stored)
+
+
+def test_a_received_tensor_is_no_view_of_the_kept_memory():
+    # helper-35: a view could not be detached in place, one received under no_grad not written with grad, and
+    # it started at the version count the memory's earlier tensor left
+    a = buffers.empty((N,), torch.float32)
+    a.add_(1).mul_(2)
+    address = a.data_ptr()
+    del a
+    b = buffers.empty((N,), torch.float32)
+    assert b.data_ptr() == address and not b._is_view() and b._version <= 1
+    b.detach_()
+    with torch.no_grad():
+        c = buffers.empty((2, N), torch.float32)
+    c.mul_(torch.ones(2, N, requires_grad=True))
+    assert c.grad_fn is not None and type(c.grad_fn).__name__ == "MulBackward0"
+
+
+def test_memory_is_kept_per_receiver():
+    a = buffers.empty((N,), torch.float32, key=b"alice")
+    address = a.data_ptr()
+    del a
+    assert buffers.empty((N,), torch.float32, key=b"eve").data_ptr() != address, "another client's: not handed over"
+    b = buffers.empty((N,), torch.float32, key=b"alice")
+    assert b.data_ptr() == address
+    del b
+    buffers.trim(everything=True, key=b"eve")
+    assert buffers.idle_bytes() == MiB, "alice's kept"
+    buffers.trim(everything=True, key=b"alice")
+    assert buffers.idle_bytes() == 0
+
+
+def test_a_client_cannot_make_the_worker_keep_unused_memory_past_its_quota(make_worker, make_client, fast_defaults):
+    # helper-35: uploads of 16 sizes just under an 8 MiB quota, each freed at once, kept 127 MiB unused, charged nothing
+    fast_defaults.same_host = False
+    fast_defaults.stream_min_bytes = 256 << 10
+    fast_defaults.chunk_bytes = 256 << 10
+    fast_defaults.progress = False
+    bob = make_worker("Bob", policy="open", connection_file=False, quotas=Quotas(max_bytes="4MB"))
+    client = make_client(f"tcp://127.0.0.1:{bob.port}", key=bob.key)
+    most = 0
+    for i in range(8):
+        p = client.send(torch.zeros(N + 1024 * i))  # (1 MiB and more: each size its own memory)
+        p.delete()
+        client.sync()
+        most = max(most, buffers.idle_bytes())
+    assert 0 < most <= 4 * MiB
+    client.disconnect()
+    assert wait_until(lambda: buffers.idle_bytes() == 0, timeout=2.0), "its session ended: what was kept for it goes"

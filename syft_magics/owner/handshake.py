@@ -180,7 +180,7 @@ class Handshakes:
             pid = samehost.check_probe(header.get("probe"), nonce)
             if pid is not None:
                 # the client frees a sent tensor's region when we acknowledge the send: nothing to confirm
-                session.host_peer, session.pool, ok = samehost.Peer(pid, confirm=False), samehost.Pool(), True
+                session.host_peer, session.pool, ok = samehost.Peer(pid, False, session.ident), samehost.Pool(), True
                 session.pool.lend = header.get("lend") is True  # the client can read our memory: lend it
                 lend = samehost.can_read_memory(header.get("probe"), pid, nonce)
         return encode({"t": Kind.OK, "s": header.get("s"), "host": ok, "lend": lend})

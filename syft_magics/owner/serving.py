@@ -112,7 +112,6 @@ class Server(Handshakes, DirectPort, Ops):
         for ident in list(self.sessions):
             self._end_session(ident, reason)
         self.handshakes.clear()
-        buffers.trim(everything=True)  # (nothing of this worker trims it any more)
 
     def call_soon(self, fn: Callable[[zmq.Socket], None]) -> None:
         """Run ``fn(router)`` on the serving thread, in order with the messages it handles."""
@@ -396,6 +395,7 @@ class Server(Handshakes, DirectPort, Ops):
         freed = self.store.drop_session(ident)
         self.requests.end_session(ident, reason)
         session.close_files()
+        buffers.trim(everything=True, key=ident)  # (memory kept for its receives)
         self.events.emit("disconnect", client=session.label, session=session.short, reason=reason, freed=freed)
 
     # -- message handlers ----------------------------------------------------------

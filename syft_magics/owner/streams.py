@@ -121,13 +121,14 @@ def on_put(server: "Server", session: "Session", header: dict, used: List["Entry
     try:  # the client's quotas, before the tensor is allocated (its partial uploads count as held)
         sid = session.ident
         quotas.check_objects(session.quotas, session.label, server.store.session_count(sid) + len(uploads), 1)
-        quotas.check_bytes(session.quotas, session.label, server.store.held_bytes(sid) + session.streams.declared(),
-                           nbytes, "this upload")
+        held = server.store.held_bytes(sid) + session.streams.declared()
+        quotas.check_bytes(session.quotas, session.label, held, nbytes, "this upload")
     except Reject:
         server.refuse("over a quota or time budget")
         raise
-    try:
-        inc = chunks.Incoming(dtype, shape, chunk, meta={"id": oid, "tags": tags, "rg": bool(header.get("rg"))})
+    try:  # (memory kept unused for this client's uploads stays within its quota too: helper-35)
+        inc = chunks.Incoming(dtype, shape, chunk, meta={"id": oid, "tags": tags, "rg": bool(header.get("rg"))},
+                              key=sid, room=int(session.quotas.max_bytes) - held)
     except RuntimeError as exc:  # out of memory
         raise Reject(ErrorCode.ERROR, f"{server.name} cannot hold {nbytes >> 20} MiB more: {exc}") from None
     uploads[seq] = inc

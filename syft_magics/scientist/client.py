@@ -257,7 +257,7 @@ class Client:
         """Close the link; the worker frees this session's objects (never the owner's)."""
         if not self.closed:
             self._link.close()
-            buffers.trim(everything=True)  # (its housekeeping trimmed the memory kept for received tensors)
+            buffers.trim(everything=True, key=None)  # (its housekeeping trimmed what its receives kept)
             self.events.emit("disconnect")
         _LIVE.discard(self)
         self._thaw()

@@ -145,8 +145,9 @@ class Incoming:
 
     flat: Any
 
-    def __init__(self, dtype: torch.dtype, shape: Sequence[int], chunk: int, meta: Any = None) -> None:
-        self.tensor = buffers.empty(shape, dtype)
+    def __init__(self, dtype: torch.dtype, shape: Sequence[int], chunk: int, meta: Any = None, key: Any = None,
+                 room: Optional[int] = None) -> None:
+        self.tensor = buffers.empty(shape, dtype, key, room)  # (memory kept for this receiver: see .buffers)
         # numpy's copies run on this thread; torch's copy_ would wake its thread pool for every chunk
         self.flat = self.tensor.reshape(-1).view(torch.uint8).numpy()
         self.total = self.flat.size

@@ -277,9 +277,10 @@ class Pool:
 class Peer:
     """The receiving end for one verified peer process: reads its pool, remembers what to free."""
 
-    def __init__(self, pid: int, confirm: bool = True) -> None:
+    def __init__(self, pid: int, confirm: bool = True, key: Any = None) -> None:
         self.pid = pid
         self.confirm = confirm
+        self.key = key  # (whose receives: memory is kept per receiver, see .buffers)
         self.read: List[int] = []  # offsets read, to tell the sender (when ``confirm``)
         self._files: Dict[int, int] = {}  # the peer's inode -> our descriptor
 
@@ -295,7 +296,7 @@ class Peer:
         if fd == LENT:
             if not (type(ino) is int and ino < 0):
                 raise SameHostError(f"bad lent-memory key {ino!r}")
-            tensor = buffers.empty(shape, dtype)
+            tensor = buffers.empty(shape, dtype, self.key)
             _read_memory(self.pid, offset, tensor.view(torch.uint8).reshape(-1).numpy())
             if self.confirm:
                 self.read.append(ino)
@@ -306,7 +307,7 @@ class Peer:
             for old in self._files.values():  # one pool per peer: a new inode replaces the old one
                 os.close(old)
             self._files = {ino: own}
-        tensor = buffers.empty(shape, dtype)
+        tensor = buffers.empty(shape, dtype, self.key)
         _read_exact(own, tensor.view(torch.uint8).reshape(-1).numpy(), offset)
         if self.confirm:
             self.read.append(offset)
