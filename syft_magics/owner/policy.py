@@ -43,7 +43,7 @@ class GetRequest:
     oid: bytes = field(default=b"", repr=False, compare=False)
     #: the seq of the client's waiting get, answered when the owner decides
     seq: Optional[int] = field(default=None, repr=False, compare=False)
-    #: the object and its version counter when asked (``Entry.stamp``): an approval lets exactly that through
+    #: the object and its version counter when asked (``releases.stamp``): an approval lets exactly that through
     version: Any = field(default=None, repr=False, compare=False)
     #: what is asked for: the object's ``value``, its ``shape`` (withheld: it depends on the owner's
     #: values), the text of an ``error`` withheld from the client, or a ``move`` of the value to
@@ -230,7 +230,7 @@ class RequestBook:
 
     def take_grant(self, session: bytes, oid: bytes, version: Any = None, what: str = "value",
                    to: str = "") -> bool:
-        """Whether an approval lets this release of ``oid`` (now at ``version``: its ``Entry.stamp``) through (it
+        """Whether an approval lets this release of ``oid`` (now at ``version``: its ``releases.stamp``) through (it
         is used up). An approval of another version (the object was written after the owner saw it, or its id
         now names another object) is void; one of
         another kind or target (a move to Alice, not a get; not a move to Eve) lets nothing else through."""

@@ -41,8 +41,9 @@ MAX_BYTES = 64 << 20
 #: Memory kept at most, in use or idle, and in how many tensors (each receive looks at each).
 HELD_BYTES = 128 << 20
 HELD_COUNT = 16
-#: How long unused memory is kept.
+#: How long unused memory is kept, and how often housekeeping looks (at most).
 IDLE_SECONDS = 5.0
+TRIM_SECONDS = 0.5
 
 _use_count: Optional[Callable[[Any], int]] = getattr(torch._C, "_storage_Use_Count", None)
 
@@ -73,6 +74,7 @@ class _Pool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: List[_Held] = []
+        self._swept = 0.0  # (when, by time.monotonic())
 
     def empty(self, shape: Sequence[int], dtype: torch.dtype, key: Hashable = None,
               room: Optional[int] = None) -> torch.Tensor:
@@ -125,6 +127,7 @@ class _Pool:
         """Note which memory nothing uses any more (since when); drop what stayed unused too long, and
         what is no longer plain memory of ours (moved to shared memory, or resized, by its user)."""
         assert _use_count is not None
+        self._swept = now
         kept = []
         for h in self._held:
             storage = h.base.untyped_storage()
@@ -140,13 +143,14 @@ class _Pool:
         self._held = kept
 
     def trim(self, everything: bool = False, key: Hashable = _ALL) -> None:
-        if not self._held:
+        now = time.monotonic()
+        if not self._held or not everything and now - self._swept < TRIM_SECONDS:  # (a link's tick: every ms)
             return
         with self._lock:
             if everything:
                 self._held = [] if key is _ALL else [h for h in self._held if h.key != key]
             else:
-                self._sweep(time.monotonic())
+                self._sweep(now)
 
     def idle_bytes(self) -> int:
         if _use_count is None:
