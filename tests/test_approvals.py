@@ -34,6 +34,15 @@ def _sync(peer: RawPeer) -> None:
     assert peer.request({"t": "sync", "s": 99})["t"] == "ok"
 
 
+def _approved_zeros(bob, mallory: RawPeer, x: Ref) -> bytes:
+    """``z = zeros_like(#X)``, asked for (request #1) and approved by the owner."""
+    z = _run(mallory, "torch.zeros_like", x)
+    assert mallory.request({"t": "get", "s": 1, "id": z})["n"] == 1
+    bob.approve(1)
+    assert mallory.reply()["t"] == "approved"
+    return z
+
+
 def test_a_write_before_the_approval_shows_in_the_request_and_voids_the_old_one(review):
     bob, mallory, x = review
     z = _run(mallory, "torch.zeros_like", x)
@@ -77,10 +86,7 @@ def test_a_write_through_a_view_shows_and_voids(review):
 
 def test_the_approved_version_is_what_arrives(review):
     bob, mallory, x = review
-    z = _run(mallory, "torch.zeros_like", x)
-    assert mallory.request({"t": "get", "s": 1, "id": z})["n"] == 1
-    bob.approve(1)
-    assert mallory.reply()["t"] == "approved"
+    z = _approved_zeros(bob, mallory, x)
     # the get and a write right behind it, pipelined: the value sent is the approved zeros
     mallory.send_raw(encode({"t": "get", "s": 2, "id": z}))
     mallory.send_raw(encode(
@@ -93,10 +99,7 @@ def test_the_approved_version_is_what_arrives(review):
 def test_an_approval_does_not_pass_to_another_object_given_the_same_id(review):
     # helper-35: approve z = zeros_like(#X), free z, make #X.clone() under z's id (version 0 again), get z
     bob, mallory, x = review
-    z = _run(mallory, "torch.zeros_like", x)
-    assert mallory.request({"t": "get", "s": 1, "id": z})["n"] == 1
-    bob.approve(1)
-    assert mallory.reply()["t"] == "approved"
+    z = _approved_zeros(bob, mallory, x)
     mallory.send_raw(encode({"t": "free", "ids": [z]}))
     mallory.send_raw(encode({"t": "op", "s": 0, "f": "Tensor.clone", "a": [x], "o": [z]}))
     _sync(mallory)
