@@ -107,3 +107,16 @@ def test_an_approval_does_not_pass_to_another_object_given_the_same_id(review):
     reply = mallory.request({"t": "get", "s": 2, "id": z})
     assert reply["t"] == "pending" and reply["n"] == 2, reply  # never #X's values on zeros' approval
     assert bob.requests[2].lineage == ".clone(#X)" and "void" in bob.requests[1].reason
+
+
+def test_set_data_is_a_write_an_approval_sees_and_makes_the_target_the_owners(review):
+    # helper-36: syft.set_data_ wrote through .data, whose version counter is its own: z = zeros approved, then
+    # set_data_(z, #X), and the next get returned #X; a client's own z so filled showed #X in error text
+    bob, mallory, x = review
+    z = _approved_zeros(bob, mallory, x)
+    mallory.send_raw(encode({"t": "op", "s": 0, "f": "syft.set_data_", "a": [Ref(z), x], "o": [None]}))
+    _sync(mallory)
+    reply = mallory.request({"t": "get", "s": 2, "id": z})
+    assert reply["t"] == "pending" and reply["n"] == 2, reply
+    assert "set_data_(#X)" in bob.requests[2].lineage and "void" in bob.requests[1].reason
+    assert bob.store.get(z).provenance.owner, "it holds #X's values now"

@@ -37,6 +37,9 @@ def set_data_(t: torch.Tensor, d: torch.Tensor) -> None:
         raise ValueError("assigning .data of another shape, dtype or device is not supported; make a new tensor "
                          "instead")
     t.data.copy_(d.detach())
+    # (``t.data`` has a version counter of its own: without this the write went unseen, by the approval of ``t``
+    # it changed and by what ``t`` derives from: helper-36 read #X's values in error text, with no request)
+    torch.autograd.graph.increment_version(t)
 
 
 def _dense_gradient(t: torch.Tensor, what: str) -> None:
