@@ -120,3 +120,23 @@ def test_set_data_is_a_write_an_approval_sees_and_makes_the_target_the_owners(re
     assert reply["t"] == "pending" and reply["n"] == 2, reply
     assert "set_data_(#X)" in bob.requests[2].lineage and "void" in bob.requests[1].reason
     assert bob.store.get(z).provenance.owner, "it holds #X's values now"
+
+
+def test_an_optimizer_step_voids_an_approval_of_its_parameters(review):
+    # helper-36: a fused SGD step wrote -#X into p (its gradient set from #X) without moving p's version: an
+    # approval of p's zeros let -#X leave
+    bob, mallory, x = review
+    p = os.urandom(16)
+    assert mallory.request({"t": "send", "s": 7, "id": p, "x": torch.zeros(5), "rg": True, "ack": True})["t"] == "ok"
+    assert mallory.request({"t": "get", "s": 1, "id": p})["n"] == 1
+    bob.approve(1)
+    assert mallory.reply()["t"] == "approved"
+    opt = os.urandom(16)
+    mallory.send_raw(encode({"t": "op", "s": 0, "f": "syft.optim.SGD", "a": [[Ref(p)]], "k": {"lr": 1.0, "fused": True},
+                             "o": [opt]}))
+    mallory.send_raw(encode({"t": "op", "s": 0, "f": "syft.set_grad_", "a": [Ref(p), x], "o": [None]}))
+    mallory.send_raw(encode({"t": "op", "s": 0, "f": "syft.optim_step", "a": [Ref(opt)], "o": [None]}))
+    _sync(mallory)
+    assert torch.equal(bob.store.get(p).tensor.detach(), -X), "the step ran"
+    reply = mallory.request({"t": "get", "s": 2, "id": p})
+    assert reply["t"] == "pending" and reply["n"] == 2, reply

@@ -131,6 +131,10 @@ def step(obj: Any) -> None:
     if not isinstance(obj, (Optimizer, LRScheduler)):
         raise TypeError(f"step() needs an optimizer or a scheduler, got {type(obj).__name__}")
     obj.step()
+    if isinstance(obj, Optimizer):  # (torch's fused steps write parameters without moving their versions, which
+        for group in obj.param_groups:  # approvals bind: helper-36 had -#X leave on an approval of zeros)
+            for p in group["params"]:
+                torch.autograd.graph.increment_version(p)
 
 
 def zero_grad(opt: Any, set_to_none: bool = True) -> None:
