@@ -140,3 +140,18 @@ def test_an_optimizer_step_voids_an_approval_of_its_parameters(review):
     assert torch.equal(bob.store.get(p).tensor.detach(), -X), "the step ran"
     reply = mallory.request({"t": "get", "s": 2, "id": p})
     assert reply["t"] == "pending" and reply["n"] == 2, reply
+
+
+def test_a_write_into_a_models_weight_voids_the_models_approval(review):
+    # helper-36: a model has no version counter of its own: after copy_(w, #X) its approval let #X leave
+    bob, mallory, x = review
+    w = _run(mallory, "torch.zeros_like", x)
+    mw = os.urandom(16)
+    mallory.send_raw(encode({"t": "op", "s": 0, "f": "syft.model_weights", "a": [["w"], Ref(w)], "o": [mw]}))
+    assert mallory.request({"t": "get", "s": 1, "id": mw})["n"] == 1
+    bob.approve(1)
+    assert mallory.reply()["t"] == "approved"
+    mallory.send_raw(encode({"t": "op", "s": 0, "f": "Tensor.copy_", "a": [Ref(w), x], "o": [None]}))
+    _sync(mallory)
+    reply = mallory.request({"t": "get", "s": 2, "id": mw})
+    assert reply["t"] == "pending" and reply["n"] == 2, reply

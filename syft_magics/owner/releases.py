@@ -16,6 +16,8 @@ import functools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
+import torch
+
 from ..display import short_id
 from ..errors import ErrorCode
 from ..wire.protocol import Kind, encode, field
@@ -33,10 +35,21 @@ if TYPE_CHECKING:
 WHATS = ("value", "shape", "error")
 
 
-def stamp(entry: "Entry") -> Tuple[int, int]:
+def stamp(entry: "Entry") -> Tuple[int, Any]:
     """What a request and its approval bind: which object (its id is its client's choice: freed, it may name
-    another object, even one at the same version) and its version counter (a write voids an approval)."""
+    another object, even one at the same version) and its version counter (a write voids an approval); a
+    model's, the counters of its weights and buffers (helper-36: a write into a weight left a model's approval
+    standing, and #X left as the model's weight)."""
+    if isinstance(entry.tensor, torch.nn.Module):
+        return entry.serial, tuple(_version(t) for t in entry.tensor.state_dict().values())
     return entry.serial, entry.version
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors
+        return -1
 
 
 def entry_for(server: "Server", session: "Session", oid: bytes) -> "Entry":
