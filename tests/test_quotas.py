@@ -308,3 +308,25 @@ def test_the_failure_budget_refills_at_its_rate(monkeypatch):
     assert budget.wait() == 0  # (refilled to 2 at most: one left)
     budget.spend()
     assert budget.wait() > 0
+
+
+def test_objects_moved_in_count_against_the_quotas_like_uploads(make_worker):
+    # helper-36: tickets redeemed by the scientist itself (it holds their secrets) stored 96 MiB in 12 objects
+    # under a 1 MiB, 10-object quota
+    from raw_peer import RawPeer
+
+    bob = make_worker("Bob", policy="review", quotas=Quotas(max_bytes="1MB", max_objects=10))
+    mallory = RawPeer(bob.address)
+    mallory.login(bob.key, name="mallory")
+    try:
+        def ticket(numel: int) -> dict:
+            return mallory.request({"t": "ticket", "s": 1, "kind": "tensor", "from": "Mine", "o": [os.urandom(16)],
+                                    "shapes": [[numel]], "dtypes": ["float32"], "rg": [False]})
+
+        big = ticket(8 << 18)  # 8 MiB
+        assert big["t"] == "err" and big["code"] == "quota" and "this move" in big["msg"], big
+        assert ticket(150_000)["t"] == "ok"  # 0.6 MB
+        second = ticket(150_000)  # (with the first, still open, over the 1 MiB)
+        assert second["t"] == "err" and second["code"] == "quota", second
+    finally:
+        mallory.close()

@@ -31,6 +31,7 @@ from ..errors import ErrorCode, ProtocolError
 from ..wire import auth, limits
 from ..wire.protocol import DTYPES, Kind, decode, encode
 from ..wire.protocol import field as header_field
+from . import quotas
 from .models import ModelWeights
 from .policy import MoveIn
 from .provenance import Provenance
@@ -158,6 +159,7 @@ def on_ticket(server: "Server", session: Session, header: dict, used: List[Entry
         if not isinstance(oid, bytes) or len(oid) != 16 or oid in server.store:
             raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
     nbytes = sum(math.prod(s) * DTYPES[d].itemsize for s, d in zip(shapes, dtypes))
+    _within_quotas(server, session, len(out), nbytes)
     move = MoveIn(client=session.label, source=source, kind=kind, shapes=shapes, dtypes=dtypes, nbytes=nbytes)
     accepted, reason = server.worker.policy.accepts(move)
     if not accepted:
@@ -180,6 +182,22 @@ def on_ticket(server: "Server", session: Session, header: dict, used: List[Entry
     if curve is not None:
         reply["curve"] = [worker.server_key, *curve]
     return encode(reply)
+
+
+def _within_quotas(server: "Server", session: Session, count: int, nbytes: int) -> None:
+    """Refuse a move in that would take its session over its quotas, counting what its open tickets will bring
+    as held, like partial uploads (helper-36: tickets the scientist delivered itself stored 96 MiB in 12 objects
+    under a 1 MiB, 10-object quota)."""
+    mine = [t for t in server.tickets.open.values() if t.session == session.ident]
+    q, sid = session.quotas, session.ident
+    try:
+        quotas.check_objects(q, session.label, server.store.session_count(sid) + sum(len(t.out) for t in mine), count)
+        held = server.store.held_bytes(sid) + session.streams.declared()
+        quotas.check_bytes(q, session.label, held + sum(t.max_bytes - SPEC_SLACK_BYTES for t in mine), nbytes,
+                           "this move")
+    except Reject:
+        server.refuse("over a quota or time budget")
+        raise
 
 
 def handshake(server: "Server", ident: bytes, header: dict) -> List[Any]:
@@ -234,6 +252,7 @@ def deliver(server: "Server", ident: bytes, parts: List[Any]) -> List[Any]:
         raise Reject(ErrorCode.UNKNOWN_SESSION, f"the scientist's session on {server.name} has ended; "
                                                 "nobody would own the moved object")
     try:
+        _within_quotas(server, session, len(ticket.out), ticket.max_bytes - SPEC_SLACK_BYTES)
         made = _store(server, ticket, header)
     except Reject as exc:
         setattr(exc, "seq", seq)
