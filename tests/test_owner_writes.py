@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from raw_peer import RawPeer
 
 from syft_magics.owner import writes
-from syft_magics.wire.protocol import Ref
+from syft_magics.wire.protocol import Ref, encode
 
 X = torch.tensor([[1.0, 2, 3], [4, 5, 6]])
 
@@ -146,3 +146,20 @@ def test_keyword_writes_follow_the_schemas():
     for fn in (torch.Tensor.add_, torch.Tensor.__iadd__, torch.batch_norm, F.relu, torch.Tensor.copy_,
                torch.Tensor.__setitem__, torch.Tensor.requires_grad_, torch.norm):
         assert writes.keyword_writes(fn) is None, fn
+
+
+def test_a_view_of_the_owners_data_stays_read_only_after_it_is_unshared(bob_and_mallory):
+    # helper-36: share() keeps the owner's own tensor; unshare() dropped its memory from the guard while a client's
+    # view made before still held it: fill_ through the view wrote into the owner's tensor in the owner's process
+    bob, owner, mallory = bob_and_mallory
+    view = os.urandom(16)
+    x = Ref(bob.store.search(("#X",))[0].id)
+    mallory.send_raw(encode({"t": "op", "s": 0, "f": "Tensor.__getitem__", "a": [x, 0], "o": [view]}))
+    assert mallory.request({"t": "sync", "s": 9})["t"] == "ok"
+    assert bob.unshare("#X") == 1
+    reply = _op(mallory, "Tensor.fill_", Ref(view), -999.0)
+    assert reply["t"] == "err" and reply["code"] == "read_only", reply
+    assert torch.equal(owner, X)
+    mallory.send_raw(encode({"t": "free", "ids": [view]}))
+    assert mallory.request({"t": "sync", "s": 10})["t"] == "ok"
+    assert not bob.store.owner_storages(), "the last view gone: nothing of it is kept as the owner's"

@@ -20,6 +20,8 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..display import dtype_text, short_id
 from ..wire.names import check_tag
+from .blocks import Block, storage_key
+from .blocks import withheld_charge as withheld_charge  # (ops' import)
 from .graphs import Graph
 from .optimizers import scheduler_bytes, state_bytes
 from .provenance import CLIENT, Provenance
@@ -123,21 +125,6 @@ class Entry:
                 f"bytes={self.nbytes}, origin={self.origin})")
 
 
-def withheld_charge(blocks: Optional[List["Block"]]) -> int:
-    """The charge of the block of its own a result of :meth:`ObjectStore.charge_public` carries (0: none)."""
-    return blocks[-1][1] if blocks and blocks[-1][2] is None else 0
-
-
-def storage_key(t: torch.Tensor) -> int:
-    """Identifies the memory a tensor lives in, so views of shared data can be recognised."""
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return 0
-
-
-#: One memory block a client's object keeps alive: ``(key, bytes, what holds it)`` (see :meth:`ObjectStore.blocks_of`).
-Block = Tuple[int, int, Any]
 _FIND = object()  # (put's blocks: not given, find them)
 
 
@@ -149,6 +136,7 @@ class ObjectStore:
         self._tags: Dict[str, Set[bytes]] = {}
         self._by_session: Dict[bytes, Set[bytes]] = {}
         self._owner_storage: Dict[int, int] = {}  # storage key -> count of owner objects in it
+        self._retired: Set[int] = set()  # (keys of it no owner object holds any more, that a client's view does)
         self._held: Dict[bytes, int] = {}  # session -> bytes charged to it (its quota)
         self._charges: Dict[bytes, int] = {}  # object id -> bytes charged for it (models, optimizers)
         #: a session's tensors by memory block: (session, storage key) -> [objects in it, bytes charged once, the
@@ -275,6 +263,11 @@ class ObjectStore:
             ids = self._by_session.get(entry.session)
             if ids is not None:
                 ids.discard(entry.id)
+            if self._retired and isinstance(entry.tensor, torch.Tensor):  # (see below: the last such view went)
+                key = storage_key(entry.tensor)
+                if key in self._retired and self._owner_storage.get(key) == 0 and not self._aliased(key):
+                    self._retired.discard(key)
+                    del self._owner_storage[key]
             wheres = self._in_block.pop(entry.id, ())
             for where in wheres:
                 holders = self._holders.get(where)
@@ -286,10 +279,18 @@ class ObjectStore:
         elif entry.tensor is not None:
             key = storage_key(entry.tensor)
             left = self._owner_storage.get(key, 0) - 1
-            if left > 0:
-                self._owner_storage[key] = left
+            # (unshared, its memory stays the owner's, read-only, while a client's view holds it: helper-36 wrote
+            # into the owner's own tensor through a view made before unshare())
+            if left > 0 or self._aliased(key):
+                self._owner_storage[key] = max(left, 0)
+                if left <= 0:
+                    self._retired.add(key)
             else:
                 self._owner_storage.pop(key, None)
+
+    def _aliased(self, key: int) -> bool:
+        return any(e.session is not None and isinstance(e.tensor, torch.Tensor) and e.tensor.numel()
+                   and storage_key(e.tensor) == key for e in self._entries.values())
 
     def _let_go(self, wheres: Iterable[Tuple[bytes, int]], session: bytes, cost: int) -> None:
         """Uncharge what a holder (an object or a graph) of ``session`` was charged: ``cost`` bytes, and one

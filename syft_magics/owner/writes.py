@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Dict, FrozenSet, Iterable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .store import storage_key
+from .blocks import storage_key
 
 if TYPE_CHECKING:
     from .store import Entry, ObjectStore
