@@ -331,3 +331,24 @@ def test_a_write_through_a_view_makes_its_base_and_other_views_the_owners_too(re
         one[bits[0:1]].sum().get()
     text = str(caught.value)
     assert "withheld" in text and "1065353216" not in text and "out of bounds" not in text, text
+
+
+def test_a_withheld_error_stays_its_sessions_not_its_routing_ids(make_worker):
+    # helper-36: after mallory left, eve logged in with mallory's routing id and asked for mallory's error text
+    bob, x = _shared(make_worker, "review")
+    mallory = RawPeer(bob.address)
+    mallory.login(bob.key, name="mallory")
+    err = mallory.request({"t": "op", "s": 5, "f": "Tensor.__getitem__", "a": [torch.zeros(1), ref_ext(x)],
+                           "o": [os.urandom(16)]})
+    assert err["code"] == "withheld", err
+    mallory.send_raw(_encode({"t": "bye"}))
+    mallory.close()
+    assert wait_until(lambda: not bob.clients)
+    eve = RawPeer(bob.address, ident=mallory.ident)
+    try:
+        eve.login(bob.key, name="eve")
+        reply = eve.request({"t": "get", "s": 1, "what": "error", "n": err["w"]})
+        assert reply["t"] == "err" and reply["code"] == "unknown_object", reply
+        assert not bob.requests.pending
+    finally:
+        eve.close()

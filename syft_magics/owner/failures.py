@@ -41,8 +41,8 @@ class Failures:
 
     def __init__(self, worker: "Worker") -> None:
         self.worker = worker
-        #: withheld error texts: number -> (session, op, full text)
-        self.errors: "OrderedDict[int, Tuple[bytes, str, str]]" = OrderedDict()
+        #: withheld error texts: number -> (the session's serial, op, full text)
+        self.errors: "OrderedDict[int, Tuple[int, str, str]]" = OrderedDict()
         self._next = 1
         self._budgets: Dict[str, quotas.FailureBudget] = {}
 
@@ -66,7 +66,7 @@ class Failures:
         n = self._next
         self._next += 1
         full = limits.clip(exc)
-        self.errors[n] = (session.ident, op, full)
+        self.errors[n] = (session.serial, op, full)
         while len(self.errors) > MAX_KEPT:
             self.errors.popitem(last=False)
         log.info("worker %s withheld the message of error #%d (%s in %s) from %s: %s",

@@ -141,7 +141,7 @@ def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", tar
 
 def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> Optional[List[Any]]:
     withheld = server.disclosure.failures.errors.get(n)
-    if withheld is None or withheld[0] != session.ident:
+    if withheld is None or withheld[0] != session.serial:  # (that session's, not its routing id's: helper-36)
         raise Reject(ErrorCode.UNKNOWN_OBJECT, f"{server.name} has no withheld error #{n} of this session")
     _, op, text = withheld
 

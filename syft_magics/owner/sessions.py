@@ -1,6 +1,7 @@
 """What a worker knows about one connected client."""
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -14,6 +15,8 @@ from .lanes import Lane
 from .quotas import Quotas
 from .replies import Unread
 from .streams import Streams
+
+_serials = itertools.count(1)
 
 
 @dataclass
@@ -52,6 +55,8 @@ class Session:
     endpoint: Optional[Tuple[int, Any]] = field(default=None, repr=False)
     #: its connection closed while what it queued before its goodbye still waits: served, without renewing the lease
     gone: bool = False
+    #: which session it is (its ``ident`` is the client's choice: a later session may present the same one)
+    serial: int = field(default_factory=_serials.__next__, repr=False)
 
     def __post_init__(self) -> None:
         self.lane = Lane(self.ident.hex()[:8])
