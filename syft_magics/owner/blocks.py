@@ -1,4 +1,5 @@
-"""How the worker names the memory objects live in: a storage's key, and the blocks a client's object keeps alive."""
+"""How the worker names the memory objects live in and its state: a storage's key, the blocks a client's object
+keeps alive, a tensor's version counter."""
 from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
@@ -20,3 +21,12 @@ def storage_key(t: torch.Tensor) -> int:
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):
         return 0
+
+
+def version_of(t: Any) -> int:
+    """A tensor's version counter: it moves with every write, through any view (-1: not a tensor, or an
+    inference tensor, which has none)."""
+    try:
+        return t._version if isinstance(t, torch.Tensor) else -1
+    except RuntimeError:
+        return -1

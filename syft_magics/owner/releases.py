@@ -21,6 +21,7 @@ import torch
 from ..display import short_id
 from ..errors import ErrorCode
 from ..wire.protocol import Kind, encode, field
+from .blocks import version_of
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .provenance import of_entry
 from .replies import Reject
@@ -41,15 +42,8 @@ def stamp(entry: "Entry") -> Tuple[int, Any]:
     model's, the counters of its weights and buffers (helper-36: a write into a weight left a model's approval
     standing, and #X left as the model's weight)."""
     if isinstance(entry.tensor, torch.nn.Module):
-        return entry.serial, tuple(_version(t) for t in entry.tensor.state_dict().values())
+        return entry.serial, tuple(version_of(t) for t in entry.tensor.state_dict().values())
     return entry.serial, entry.version
-
-
-def _version(t: torch.Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors
-        return -1
 
 
 def entry_for(server: "Server", session: "Session", oid: bytes) -> "Entry":

@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..display import dtype_text, short_id
 from ..wire.names import check_tag
-from .blocks import Block, storage_key
+from .blocks import Block, storage_key, version_of
 from .blocks import withheld_charge as withheld_charge  # (ops' import)
 from .graphs import Graph
 from .optimizers import scheduler_bytes, state_bytes
@@ -74,10 +74,7 @@ class Entry:
     @property
     def version(self) -> int:
         """The tensor's version counter: it moves with every write, through any view (-1: none)."""
-        try:
-            return self.tensor._version if isinstance(self.tensor, torch.Tensor) else -1
-        except RuntimeError:  # inference tensors
-            return -1
+        return version_of(self.tensor)
 
     @property
     def hex(self) -> str:

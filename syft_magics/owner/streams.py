@@ -102,6 +102,22 @@ def on_credit(server: "Server", session: "Session", header: dict, used: List["En
     return Replies(encode(m) for m in due)
 
 
+def within_quotas(server: "Server", session: "Session", count: int, nbytes: int, what: str, pending_objects: int = 0,
+                  pending_bytes: int = 0) -> int:
+    """Refuse ``what`` (``count`` objects of ``nbytes`` in all) if it would take ``session`` over its quotas, what
+    is on its way counted as held: its partial uploads, and ``pending_objects`` and ``pending_bytes`` (a move's
+    open tickets); the bytes so held, else."""
+    q, sid = session.quotas, session.ident
+    try:
+        quotas.check_objects(q, session.label, server.store.session_count(sid) + pending_objects, count)
+        held = server.store.held_bytes(sid) + session.streams.declared() + pending_bytes
+        quotas.check_bytes(q, session.label, held, nbytes, what)
+    except Reject:
+        server.refuse("over a quota or time budget")
+        raise
+    return held
+
+
 def on_put(server: "Server", session: "Session", header: dict, used: List["Entry"]) -> List[Any]:
     """A client declares a streamed upload: checked against the limits and allocated whole, now."""
     seq = header.get("s")
@@ -118,17 +134,11 @@ def on_put(server: "Server", session: "Session", header: dict, used: List["Entry
     if len(uploads) >= limits.MAX_UPLOADS or session.streams.declared() + nbytes > limits.MAX_UPLOAD_BYTES:
         raise Reject(ErrorCode.BAD_ARGS, f"{server.name} takes at most {limits.MAX_UPLOADS} uploads of "
                                          f"{limits.MAX_UPLOAD_BYTES >> 20} MiB in all at once from one client")
-    try:  # the client's quotas, before the tensor is allocated (its partial uploads count as held)
-        sid = session.ident
-        quotas.check_objects(session.quotas, session.label, server.store.session_count(sid) + len(uploads), 1)
-        held = server.store.held_bytes(sid) + session.streams.declared()
-        quotas.check_bytes(session.quotas, session.label, held, nbytes, "this upload")
-    except Reject:
-        server.refuse("over a quota or time budget")
-        raise
+    # the client's quotas, before the tensor is allocated (its partial uploads count as held)
+    held = within_quotas(server, session, 1, nbytes, "this upload", len(uploads))
     try:  # (memory kept unused for this client's uploads stays within its quota too: helper-35)
         inc = chunks.Incoming(dtype, shape, chunk, meta={"id": oid, "tags": tags, "rg": bool(header.get("rg"))},
-                              key=sid, room=int(session.quotas.max_bytes) - held)
+                              key=session.ident, room=int(session.quotas.max_bytes) - held)
     except RuntimeError as exc:  # out of memory
         raise Reject(ErrorCode.ERROR, f"{server.name} cannot hold {nbytes >> 20} MiB more: {exc}") from None
     uploads[seq] = inc

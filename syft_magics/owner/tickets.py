@@ -31,7 +31,7 @@ from ..errors import ErrorCode, ProtocolError
 from ..wire import auth, limits
 from ..wire.protocol import DTYPES, Kind, decode, encode
 from ..wire.protocol import field as header_field
-from . import quotas
+from . import streams
 from .models import ModelWeights
 from .policy import MoveIn
 from .provenance import Provenance
@@ -185,19 +185,12 @@ def on_ticket(server: "Server", session: Session, header: dict, used: List[Entry
 
 
 def _within_quotas(server: "Server", session: Session, count: int, nbytes: int) -> None:
-    """Refuse a move in that would take its session over its quotas, counting what its open tickets will bring
-    as held, like partial uploads (helper-36: tickets the scientist delivered itself stored 96 MiB in 12 objects
+    """Refuse a move in that would take its session over its quotas, what its open tickets will bring counted as
+    held, like partial uploads (helper-36: tickets the scientist delivered itself stored 96 MiB in 12 objects
     under a 1 MiB, 10-object quota)."""
     mine = [t for t in server.tickets.open.values() if t.session == session.ident]
-    q, sid = session.quotas, session.ident
-    try:
-        quotas.check_objects(q, session.label, server.store.session_count(sid) + sum(len(t.out) for t in mine), count)
-        held = server.store.held_bytes(sid) + session.streams.declared()
-        quotas.check_bytes(q, session.label, held + sum(t.max_bytes - SPEC_SLACK_BYTES for t in mine), nbytes,
-                           "this move")
-    except Reject:
-        server.refuse("over a quota or time budget")
-        raise
+    streams.within_quotas(server, session, count, nbytes, "this move", sum(len(t.out) for t in mine),
+                          sum(t.max_bytes - SPEC_SLACK_BYTES for t in mine))
 
 
 def handshake(server: "Server", ident: bytes, header: dict) -> List[Any]:
