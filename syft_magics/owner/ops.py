@@ -23,14 +23,14 @@ from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
-from . import autograd, costs, graphs, quotas, randomness, train_costs, writes
+from . import autograd, costs, graphs, public_charges, quotas, randomness, train_costs, writes
 from .models import MODEL_FACTORIES
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
 from .sizes import withheld_shape
-from .store import Block, Entry, ObjectStore, new_id, withheld_charge
+from .store import Entry, ObjectStore, new_id, withheld_charge
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -228,7 +228,7 @@ class Ops:
         recorder = graphs.Recorder() if grad and fn not in autograd.SAVES_NOTHING \
             and graphs.builds_graph(used) else None
         if recorder is not None and any(withheld_shape(e) or e.withheld_bytes for e in used):
-            raise Reject(ErrorCode.DENIED, self._no_graph_text(op))
+            raise Reject(ErrorCode.DENIED, public_charges.no_graph_text(self.name, op))
         grads = self.disclosure.grads_before(session.ident, used) if fn in autograd.WRITES_GRADS else None
         try:
             if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
@@ -278,12 +278,6 @@ class Ops:
         refusal = self.disclosure.unbounded(session, op, fn, args, kwargs, used, known)
         if refusal is not None:
             raise refusal
-
-    def _no_graph_text(self, op: str) -> str:
-        return (f"{op} would build an autograd graph over a tensor computed over a shape {self.name} withholds: "
-                "what the graph saves would be charged to your quota by its real size, which would tell that "
-                "size; ask for the shape (ptr.request_shape()) and train on a copy (ptr.clone()), or compute "
-                "under torch.no_grad()")
 
     def _check_cost(self, session: Session, op: str, cost: costs.Cost, n_out: int) -> None:
         """Refuse, before it runs, an op over the client's time budget, bytes or objects."""
@@ -344,7 +338,8 @@ class Ops:
             kept, frozen = ([(i, oid, leaf, self.store.charge(leaf, session.ident, seen))
                              for i, (oid, leaf) in enumerate(zip(out, leaves))
                              if oid is not None and isinstance(leaf, STORED_TYPES)], _NONE) \
-                if not disclosed.withheld else self._charged_publicly(session, op, disclosed, out, leaves, used, seen)
+                if not disclosed.withheld else \
+                public_charges.charged_publicly(self, session, op, disclosed, out, leaves, used, seen)
             # the work and depth behind results with a graph (the op's inputs'); too deep: refused (.graphs)
             graph = (train_costs.work_of(spent, used), graphs.depth_of(used)) \
                 if any(graphs.has_graph(k[2]) for k in kept) else (None, 0)
@@ -365,61 +360,11 @@ class Ops:
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                  created=now, last_access=now, provenance=disclosed.leaf(i),
                                  work=work, depth=depth, withheld_bytes=withheld_charge(blocks) if frozen else 0,
-                                 read_only=oid in frozen),  # (see _charged_publicly)
+                                 read_only=oid in frozen),  # (see public_charges)
                            charge=charge, blocks=blocks)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
-
-    def _charged_publicly(self, session: Session, op: str, disclosed: Disclosed, out: list, leaves: List[Any],
-                          used: List[Entry], seen: Set[int]) -> Tuple[list, AbstractSet[bytes]]:
-        """The results of an op that reads or makes a withheld shape, charged by public facts alone (see
-        :mod:`.fake_trace`). One whose shape is withheld: its public bound, in a block of its own while it
-        lives; the memory it keeps alive, of withheld size, is held at no charge of its own. One whose shape
-        is public: its memory, once that is its own (a view into memory of withheld size is copied: the size
-        would tell, and the memory would outlive its charge). The withheld ones and the copies are read-only
-        (a write would reach, or miss, memory of withheld size). Refused if one has no bound, or an autograd
-        graph (what the graph saved was charged by its real size)."""
-        kept: List[Tuple[int, bytes, Any, Tuple[int, Optional[List[Block]]]]] = []
-        frozen: Set[bytes] = set()  # (the read-only ones)
-        sid, copies = session.ident, 0  # (copies: bytes of the copies made so far)
-        withheld: Set[int] = set()  # (the memory of this op's withheld results)
-        # (a view may keep a withheld input's memory alive: charged at least what that input is)
-        kept_alive = max((e.withheld_bytes for e in used), default=0)
-        for i, (oid, leaf) in enumerate(zip(out, leaves)):
-            if oid is None or not isinstance(leaf, STORED_TYPES):
-                continue
-            if not isinstance(leaf, torch.Tensor):  # a model or an optimizer: its architecture's size, public
-                kept.append((i, oid, leaf, self.store.charge(leaf, sid, seen)))
-                continue
-            if graphs.has_graph(leaf):
-                raise Reject(ErrorCode.DENIED, self._no_graph_text(op))
-            if disclosed.shown and i < len(disclosed.shown) and disclosed.shown[i]:
-                # a view by the trace is a copy, read-only (public facts decide); so is one torch made a view of
-                # withheld memory where the trace saw a copy (reshape), writable
-                view = disclosed.trace is not None and disclosed.trace.views[i]
-                if view or self.store.in_withheld_memory(leaf, sid, withheld):
-                    # (within the client's quota before the copy is made: a probe copied a 1 GB view 8 times)
-                    copies += leaf.numel() * leaf.element_size()
-                    quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(sid), copies,
-                                       f"{op}'s result")
-                    with torch.no_grad():  # (it has no graph; a view made under no_grad must not be cloned with one)
-                        leaf = leaf.detach().clone(memory_format=torch.contiguous_format)
-                if view:
-                    frozen.add(oid)
-                kept.append((i, oid, leaf, self.store.charge(leaf, sid, seen)))
-                continue
-            public = disclosed.charge(i)
-            if public is None:
-                raise Reject(ErrorCode.DENIED, self.disclosure.unbounded_text(op, disclosed.trace is None))
-            if not leaf.is_contiguous():  # (as the edge check's stand-ins are: rows.t().view(-1) ran at 0 or 1 rows)
-                copies += max(public, kept_alive)  # (within the quota first, by its public charge: helper-33)
-                quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(sid), copies, f"{op}'s result")
-                leaf = leaf.detach().contiguous()
-            withheld.update(self.store.storage_keys(leaf))
-            frozen.add(oid)
-            kept.append((i, oid, leaf, self.store.charge_public(leaf, sid, seen, max(public, kept_alive))))
-        return kept, frozen
 
     def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],
                  spent: float = 0.0, grad: bool = True) -> None:
