@@ -320,3 +320,22 @@ def test_a_clients_background_ops_run_on_one_thread_while_they_keep_coming(monke
     assert len(ran) == 3, "idle, it ended; the next op started another"
     lane.close()
     assert wait_until(lambda: not any(t.name == "syft-lane-test" for t in threading.enumerate()), timeout=10)
+
+
+def test_a_result_id_taken_while_the_op_ran_on_its_lane_fails_the_op_and_leaves_the_other_object(gated):
+    # session 17's review: the result of a background op was stored without looking whether its id was still
+    # free; another client's object made under that id meanwhile was replaced (and freed)
+    gate, make, peer = gated
+    bob, x = make()
+    alice, mallory = peer(bob, "alice"), peer(bob, "mallory")
+    oid = os.urandom(16)
+    op(alice, 1, "test.gate", ref_ext(x), out=oid)
+    assert gate.entered.wait(20), "the gated op never started"
+    op(mallory, 1, "Tensor.__add__", ref_ext(x), 1.0, out=oid)
+    assert mallory.request({"t": "sync", "s": 2})["t"] == "ok"
+    gate.open.set()
+    failed = alice.reply(timeout=20)
+    assert failed["s"] == 1 and failed["code"] == "bad_id", failed
+    reply = alice.request({"t": "get", "s": 3, "id": oid}, timeout=20)
+    assert reply["t"] == "err" and reply["code"] == "unknown_object", reply  # mallory's, not alice's
+    assert torch.equal(mallory.request({"t": "get", "s": 4, "id": oid})["x"], torch.arange(4.0) + 1)

@@ -330,3 +330,21 @@ def test_objects_moved_in_count_against_the_quotas_like_uploads(make_worker):
         assert second["t"] == "err" and second["code"] == "quota", second
     finally:
         mallory.close()
+
+
+def test_a_partial_upload_counts_against_the_byte_quota_of_ops(make_worker, raw):
+    """helper-36 (session 17): partial uploads were counted for sends and uploads, not for ops: a session held
+    4 MiB of objects plus a 4 MiB declared upload under a 4 MiB quota."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="4MB"))
+    p = raw(bob)
+    n = 7 << 17  # float32: 3.5 MiB declared, allocated whole, not a chunk sent yet
+    reply = p.request({"t": "put", "s": 1, "id": os.urandom(16), "d": "float32", "sh": [n], "n": n * 4,
+                       "c": 1 << 20, "tags": []})
+    assert reply["t"] != "err", reply
+    t = os.urandom(16)
+    assert p.request({"t": "send", "s": 3, "id": t, "x": torch.zeros(1), "ack": True})["t"] == "ok"
+    op = msgpack.packb({"t": "op", "s": 2, "f": "Tensor.new_zeros", "a": [ref_ext(t), [1 << 18]],
+                        "o": [os.urandom(16)]})  # 1 MiB
+    p.send_raw([op])
+    reply = p.reply(timeout=30)
+    assert reply["t"] == "err" and reply["code"] == "quota" and reply["s"] == 2, reply

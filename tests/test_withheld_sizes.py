@@ -307,16 +307,16 @@ def test_gradients_written_over_the_owners_data_with_many_objects_are_looked_for
     thread: 0.6 s per op, another client's round trip up to 1.2 s."""
     import threading
 
-    from syft_magics.owner import ops, provenance
+    from syft_magics.owner import ops, side_writes
 
     where = []
-    looked = provenance.Disclosure.grads_before
+    looked = side_writes.watch
 
-    def recording(self, *args, **kwargs):
+    def recording(*args, **kwargs):
         where.append(threading.current_thread().name)
-        return looked(self, *args, **kwargs)
+        return looked(*args, **kwargs)
 
-    monkeypatch.setattr(provenance.Disclosure, "grads_before", recording)
+    monkeypatch.setattr(side_writes, "watch", recording)
     monkeypatch.setattr(ops, "GRADS_INLINE", 16)
     bob = _bob(make_worker)
     client = make_client(bob.address, key=bob.key)

@@ -86,7 +86,7 @@ def autograd_backward(tensors: Any, grad_tensors: Any = None, retain_graph: Opti
 #: Backwards that build no graph (``create_graph`` is refused): nothing to record while they run (see .graphs).
 SAVES_NOTHING = frozenset({backward, autograd_backward})
 #: The operations that write gradients into objects their arguments do not name (the leaves' ``.grad``): what
-#: they write derives from what they read (see ``Disclosure.grads_written``).
+#: they write derives from what they read (see ``side_writes.Watch``).
 WRITES_GRADS = frozenset({backward, autograd_backward, set_grad_})
 
 #: The largest permutation a client may ask a worker to draw.

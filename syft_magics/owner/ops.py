@@ -23,12 +23,13 @@ from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
-from . import autograd, costs, graphs, public_charges, quotas, randomness, train_costs, writes
+from . import autograd, costs, graphs, lineage, public_charges, quotas, randomness, side_writes, train_costs, writes
 from .models import MODEL_FACTORIES
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
+from .side_writes import Watch
 from .sizes import withheld_shape
 from .store import Entry, ObjectStore, new_id, withheld_charge
 
@@ -126,7 +127,7 @@ class Ops:
                 ran = True
             elif cost is not None and cost.priced:
                 q, sid = session.quotas, session.ident
-                if cost.seconds > q.op_seconds or cost.peak_bytes + self.store.held_bytes(sid) > q.max_bytes \
+                if cost.seconds > q.op_seconds or cost.peak_bytes + self.held_by(session) > q.max_bytes \
                         or len(out) + self.store.session_count(sid) > q.max_objects:  # (checks inlined: hot path)
                     self._check_cost(session, op, cost, len(out))
                 if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy and not slow:
@@ -163,7 +164,7 @@ class Ops:
             if estimate is not None and estimate.priced:
                 self._check_cost(session, op, estimate, len(out))
             else:  # (unpriced: at least not past the quota already)
-                quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(session.ident), 0, op)
+                quotas.check_bytes(session.quotas, session.label, self.held_by(session), 0, op)
             self._bounded(session, op, fn, args, kwargs, used)  # (what could not be kept: refused before it runs)
             t1 = time.perf_counter()
             try:
@@ -229,7 +230,6 @@ class Ops:
             and graphs.builds_graph(used) else None
         if recorder is not None and any(withheld_shape(e) or e.withheld_bytes for e in used):
             raise Reject(ErrorCode.DENIED, public_charges.no_graph_text(self.name, op))
-        grads = self.disclosure.grads_before(session.ident, used) if fn in autograd.WRITES_GRADS else None
         try:
             if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
                 try:
@@ -247,21 +247,30 @@ class Ops:
             if recorder is not None:  # (it may deepen a graph in place: refused before it runs if too deep)
                 graphs.depth_of(used)
             before = writes.versions(used)
+            watch = side_writes.watch(self.disclosure, session.ident, fn, args, kwargs, used)
             try:
                 with writes.guard(self.store, used), contextlib.nullcontext() if grad else torch.no_grad(), \
                         recorder or contextlib.nullcontext():
                     result = fn(*args, **kwargs)
             except Exception as exc:
-                raise _Ran(_own_refusal(fn, exc), writes.changed(before)) from None
-            written = writes.changed(before)
+                raise _Ran(_own_refusal(fn, exc), self._changed(session, before, watch)) from None
+            written = self._changed(session, before, watch)
             if recorder is not None:
                 self._keep_leaves(session, used, result, written)
             return result, written
         finally:
             if recorder is not None and recorder.saved:
                 self.store.keep_saved(session.ident, recorder.graph, recorder.saved)
-            if grads is not None:
-                self.disclosure.grads_written(grads)
+
+    def _changed(self, session: Session, before: List[Tuple[Entry, int]], watch: Optional[Watch]) -> List[Entry]:
+        """After an op: the objects it wrote, by their version counters (:func:`.writes.changed`), and the client's
+        objects holding memory it wrote without naming it (:mod:`.side_writes`); the objects whose gradient it
+        wrote derive from what it read."""
+        written = writes.changed(before)
+        if watch is None:
+            return written
+        named = {id(e) for e in written}
+        return written + [e for e in self.store.holding(session.ident, watch.written()) if id(e) not in named]
 
     def _keep_leaves(self, session: Session, used: List[Entry], result: Any, written: Optional[List[Entry]]) -> None:
         """Keep the op's leaf inputs charged while the graph it left on its results and on what it wrote into
@@ -279,11 +288,16 @@ class Ops:
         if refusal is not None:
             raise refusal
 
+    def held_by(self, session: Session) -> int:
+        """The bytes ``session``'s quota counts as held: its objects' and graphs', and its partial uploads' (allocated
+        whole when declared: helper-36 held 4 MiB of objects and a 4 MiB upload under a 4 MiB quota)."""
+        return self.store.held_bytes(session.ident) + session.streams.declared()
+
     def _check_cost(self, session: Session, op: str, cost: costs.Cost, n_out: int) -> None:
         """Refuse, before it runs, an op over the client's time budget, bytes or objects."""
         q = session.quotas
         quotas.check_seconds(q, session.label, op, cost.seconds)
-        quotas.check_bytes(q, session.label, self.store.held_bytes(session.ident), cost.peak_bytes,
+        quotas.check_bytes(q, session.label, self.held_by(session), cost.peak_bytes,
                            f"{op} (allocating)")
         quotas.check_objects(q, session.label, self.store.session_count(session.ident), n_out)
 
@@ -340,12 +354,14 @@ class Ops:
                              if oid is not None and isinstance(leaf, STORED_TYPES)], _NONE) \
                 if not disclosed.withheld else \
                 public_charges.charged_publicly(self, session, op, disclosed, out, leaves, used, seen)
+            if any(k[1] in self.store for k in kept):  # (taken while it ran on its lane: another client's now)
+                raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
             # the work and depth behind results with a graph (the op's inputs'); too deep: refused (.graphs)
             graph = (train_costs.work_of(spent, used), graphs.depth_of(used)) \
                 if any(graphs.has_graph(k[2]) for k in kept) else (None, 0)
             if kept:
                 q, sid = session.quotas, session.ident
-                count, held = self.store.session_count(sid), self.store.held_bytes(sid)
+                count, held = self.store.session_count(sid), self.held_by(session)
                 more = sum(k[3][0] for k in kept)
                 if count + len(kept) > q.max_objects or held + more > q.max_bytes:
                     self.refuse("over a quota or time budget")
@@ -373,13 +389,14 @@ class Ops:
         failed to foresee it), reported loudly. ``None``: it writes nothing, by its schema."""
         if written is None:
             return
+        named = {id(e) for e in used}
         for entry in written:
             if writes.owner_view(self.store, entry):
                 self.refuse("unforeseen write into the owner's data")
                 self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
-            entry.history.append((op, tuple(e.id for e in used if e is not entry)))
+            lineage.record(entry, op, tuple(e.id for e in used if e is not entry))
             entry.seen_version = entry.version
-            if graphs.has_graph(entry.tensor):  # written in place into a graph: it grew
+            if graphs.has_graph(entry.tensor) and id(entry) in named:  # written in place into a graph: it grew
                 others = [e for e in used if e is not entry]
                 entry.work = train_costs.work_of(spent + (entry.work or 0.0), others)
                 if grad:  # (a write under the client's no_grad adds no node)
@@ -411,7 +428,7 @@ class Ops:
 _NONE: AbstractSet[bytes] = frozenset()
 
 #: An op that writes gradients over the owner's data looks at every object of its client for the gradients it
-#: wrote (provenance.Disclosure.grads_before): with more objects than this, on its lane, not the serving thread
+#: wrote (provenance.Disclosure.watch): with more objects than this, on its lane, not the serving thread
 #: (80,000 parameters held it 0.6 s per op, for everyone: a probe).
 GRADS_INLINE = 1024
 

@@ -32,15 +32,15 @@ took (see SECURITY.md, "The timing channel").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, NamedTuple, Optional, Tuple, Union, cast
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch.utils import _pytree as pytree
 
 from ..errors import ErrorCode
 from ..wire.results import describe, flatten
-from . import autograd, sizes
+from . import sizes
 from .aggregate import average_models
 from .costs import MAX_KEY_ITEMS
 from .failures import Failures, Withheld
@@ -90,6 +90,15 @@ class Provenance:
     def released(self) -> "Provenance":
         """The same object once the owner released its shape (or its value)."""
         return Provenance(self.owner, self.sources, False, "released by the owner") if self.hidden else self
+
+    def merged(self, prov: "Provenance") -> "Provenance":
+        """This object's provenance once written by an op over objects of provenance ``prov`` (``prov.owner``):
+        its values derive from what the op read too, sources added (the owner's request names them: see
+        :mod:`.lineage`); its shape, public until now, stays so, and its memory is its own, charged as before."""
+        if not self.owner:
+            return Provenance(True, prov.sources) if prov.hidden else prov
+        sources = self.sources + tuple(s for s in prov.sources if s not in self.sources)
+        return self if sources == self.sources else replace(self, sources=_bounded(sources))
 
     def hiding(self, bounds: Bounds, free: Tuple[int, ...], keys: Tuple[Any, ...] = ()) -> "Provenance":
         """The same provenance for one object whose withheld shape is bounded by ``bounds`` (its dimensions
@@ -143,7 +152,9 @@ PUBLIC_REFUSALS = frozenset({set_option})
 
 #: A client's own object (sent, or computed from its own objects): nothing to withhold.
 CLIENT = Provenance()
-MAX_SOURCES = 4
+MAX_SOURCES = 8
+#: In an object's sources: the owner's objects it derives from were more than :data:`MAX_SOURCES`.
+MORE_SOURCES = "…"
 
 
 _OF_CLIENT = Disclosed(CLIENT)
@@ -229,13 +240,13 @@ class Disclosure:
             if prov.owner:
                 owner = True
                 for s in prov.sources:
-                    if s not in sources and len(sources) < MAX_SOURCES:
+                    if s not in sources:
                         sources.append(s)
                 if prov.hidden and hidden is None:
                     hidden = f"computed from {entry.label}, whose shape is withheld"
         if not owner:
             return CLIENT
-        return Provenance(True, tuple(sources), hidden is not None, hidden or "")
+        return Provenance(True, _bounded(sources), hidden is not None, hidden or "")
 
     def of_result(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"], result: Any,
                   known: Any = PENDING) -> Disclosed:
@@ -433,35 +444,8 @@ class Disclosure:
         if not prov.owner:
             return
         for entry in touched:
-            if entry.session is not None and not (entry.provenance.owner and
-                                                  entry.provenance.hidden >= prov.hidden):
-                # (written in place: its values derive from what the op read; its shape, public until now, stays
-                # so, and its memory is its own, charged as before: a model's, an optimizer's too)
-                entry.provenance = Provenance(True, prov.sources) if prov.hidden else prov
-
-    def grads_before(self, session: bytes, used: List["Entry"]) -> Optional[Tuple[Provenance, list]]:
-        """Before an op that writes gradients (a backward, ``ptr.grad = g``) over the owner's data: what
-        gradient each object of the client's ``session`` holds now (see :meth:`grads_written`). None when
-        there is nothing to withhold."""
-        if not self.guarded:
-            return None
-        prov = self.of_inputs(used)
-        if not prov.owner:
-            return None
-        return prov, [(e, autograd.grads_held(e.tensor)) for e in self.worker.store.of_session(session)]
-
-    @staticmethod
-    def grads_written(before: Optional[Tuple[Provenance, list]]) -> None:
-        """After it: the objects whose gradient it wrote (a tensor's ``.grad``, a model's or an optimizer's
-        parameters') now derive from the owner's data: the gradient itself, what an optimizer step computes
-        from it. Their inputs never named them, so :meth:`taint` alone did not see it (a probe read ``#X``
-        back through ``t.grad`` of ``(t * X).sum().backward()``, by shapes, with no approval)."""
-        if before is None:
-            return
-        prov, seen = before
-        for entry, grads in seen:
-            if not entry.provenance.owner and autograd.grads_held(entry.tensor) != grads:
-                entry.provenance = Provenance(True, prov.sources)
+            if entry.session is not None:
+                entry.provenance = entry.provenance.merged(prov)
 
     def describe(self, result: Any, ids: List[Optional[bytes]], shown: Optional[List[bool]], fn: Any = None) -> list:
         """The reply to a client that asked what an op returned (see :mod:`syft_magics.wire.results`): with
@@ -483,6 +467,13 @@ class Disclosure:
                 or not prov.owner or not self.guarded:
             return exc
         return self.failures.withhold(session, op, exc)
+
+
+def _bounded(sources: Sequence[str]) -> Tuple[str, ...]:
+    """At most :data:`MAX_SOURCES` sources, then ``…`` when there were more (the owner is told there were)."""
+    if len(sources) <= MAX_SOURCES:
+        return tuple(sources)
+    return (*(s for s in sources[:MAX_SOURCES] if s != MORE_SOURCES), MORE_SOURCES)
 
 
 def _public_leaves(traced: Optional[Trace], result: Any) -> Optional[List[bool]]:

@@ -54,7 +54,7 @@ def charged_publicly(ops: "Ops", session: Session, op: str, disclosed: Disclosed
             if view or ops.store.in_withheld_memory(leaf, sid, withheld):
                 # (within the client's quota before the copy is made: a probe copied a 1 GB view 8 times)
                 copies += leaf.numel() * leaf.element_size()
-                quotas.check_bytes(session.quotas, session.label, ops.store.held_bytes(sid), copies,
+                quotas.check_bytes(session.quotas, session.label, ops.held_by(session), copies,
                                    f"{op}'s result")
                 with torch.no_grad():  # (it has no graph; a view made under no_grad must not be cloned with one)
                     leaf = leaf.detach().clone(memory_format=torch.contiguous_format)
@@ -67,7 +67,7 @@ def charged_publicly(ops: "Ops", session: Session, op: str, disclosed: Disclosed
             raise Reject(ErrorCode.DENIED, ops.disclosure.unbounded_text(op, disclosed.trace is None))
         if not leaf.is_contiguous():  # (as the edge check's stand-ins are: rows.t().view(-1) ran at 0 or 1 rows)
             copies += max(public, kept_alive)  # (within the quota first, by its public charge: helper-33)
-            quotas.check_bytes(session.quotas, session.label, ops.store.held_bytes(sid), copies, f"{op}'s result")
+            quotas.check_bytes(session.quotas, session.label, ops.held_by(session), copies, f"{op}'s result")
             leaf = leaf.detach().contiguous()
         withheld.update(ops.store.storage_keys(leaf))
         frozen.add(oid)

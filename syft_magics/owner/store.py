@@ -23,6 +23,7 @@ from ..wire.names import check_tag
 from .blocks import Block, storage_key, version_of
 from .blocks import withheld_charge as withheld_charge  # (ops' import)
 from .graphs import Graph
+from .lineage import lineage
 from .optimizers import scheduler_bytes, state_bytes
 from .provenance import CLIENT, Provenance
 
@@ -52,6 +53,8 @@ class Entry:
     error: Optional[str] = None  # set when the op meant to create it failed
     #: writes made into it after it was made: (op, ids of the op's other inputs), in order
     history: List[Tuple[str, Tuple[bytes, ...]]] = field(default_factory=list)
+    #: writes past the first ``lineage.MAX_HISTORY``, counted (see :func:`.lineage.record`)
+    more_writes: int = 0
     #: the tensor's version counter when its history was last brought up to date
     seen_version: int = -1
     #: derived from whose data, and whether its shape may be told (see :mod:`syft_magics.owner.provenance`)
@@ -434,6 +437,12 @@ class ObjectStore:
                             found.setdefault(id(other), other)
         return list(found.values())
 
+    def holding(self, session: bytes, keys: Iterable[int]) -> List[Entry]:
+        """The objects of ``session`` that hold any of the memory blocks ``keys`` (see :mod:`.side_writes`)."""
+        with self._lock:
+            oids = {oid for key in keys for oid in self._holders.get((session, key), ())}
+            return [self._entries[oid] for oid in oids if oid in self._entries]
+
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""
         return bool(self._owner_storage) and t.numel() > 0 and storage_key(t) in self._owner_storage
@@ -444,20 +453,13 @@ class ObjectStore:
             return set(self._owner_storage)
 
     def lineage(self, entry: Entry) -> str:
-        """How ``entry`` was made, e.g. ``add(#X, #Y)``; its label if it was shared or sent."""
-        text = f"{entry.op}({self._labels(entry.inputs)})" if entry.op else entry.label
-        for op, inputs in entry.history:
-            text += f", then {op}({self._labels(inputs)})"
-        if entry.version != entry.seen_version:
-            text += ", then written through a view or alias"
-        return text
+        """How ``entry`` was made, as the owner is shown it (see :func:`.lineage.lineage`)."""
+        return lineage(self, entry)
 
-    def _labels(self, ids: Tuple[bytes, ...]) -> str:
-        labels = []
-        for oid in ids:
-            inp = self._entries.get(oid)
-            labels.append(inp.label if inp is not None else short_id(oid))
-        return ", ".join(labels)
+    def label_of(self, oid: bytes) -> str:
+        """An object's label (``#X``, ``a1b2c3d4…``), or its short id once it is gone."""
+        entry = self._entries.get(oid)
+        return entry.label if entry is not None else short_id(oid)
 
     def all_tags(self, owner_only: bool = False) -> List[str]:
         """Every tag in use; ``owner_only``: only those of the owner's shared objects (what clients see)."""

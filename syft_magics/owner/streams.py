@@ -110,7 +110,7 @@ def within_quotas(server: "Server", session: "Session", count: int, nbytes: int,
     q, sid = session.quotas, session.ident
     try:
         quotas.check_objects(q, session.label, server.store.session_count(sid) + pending_objects, count)
-        held = server.store.held_bytes(sid) + session.streams.declared() + pending_bytes
+        held = server.held_by(session) + pending_bytes
         quotas.check_bytes(q, session.label, held, nbytes, what)
     except Reject:
         server.refuse("over a quota or time budget")

@@ -1,0 +1,137 @@
+"""Writes an op makes without naming what it writes: every object holding that memory is recorded as written.
+
+helper-37's probe read all of #X, with no request, through each route here: torch writes batch norm's running
+statistics without moving a version counter, and an optimizer step, a module's forward or a backward writes
+memory that other client objects (``w.detach()``, a pointer to ``w.grad``, to a buffer) hold. Such an object
+must lose the approval it had, derive from the owner's data (its error text withheld), and the owner's
+request must name #X (see ``owner/side_writes.py``, ``owner/lineage.py``).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from syft_magics.errors import GetTimeout
+
+X = torch.tensor([[1.5, -2.0, 3.25], [4.0, 5.5, -6.0], [7.0, 8.0, 9.75], [0.5, 0.25, 11.0]])
+
+
+@pytest.fixture
+def bob_and_client(make_worker, make_client):
+    bob = make_worker("Bob", policy="review")
+    bob.share(X.clone(), "#X")
+    client = make_client(bob.address, key=bob.key)
+    return bob, client, client.search("#X")[0]
+
+
+def _approved(bob, ptr) -> None:
+    """The owner approves a get of ``ptr`` as it is now; the approval waits for the client's next get."""
+    with pytest.raises(GetTimeout):
+        ptr.get(timeout=0.3)
+    bob.approve(bob.requests.pending[-1].n)
+
+
+def _asked_again(bob, ptr) -> str:
+    """A get of ``ptr`` now opens a new request (the approval no longer holds); what the owner is shown."""
+    with pytest.raises(GetTimeout):
+        ptr.get(timeout=0.3)
+    return bob.requests.pending[-1].lineage
+
+
+def _entry(bob, ptr):
+    return bob.store.get(ptr.oid)
+
+
+def test_batch_norm_running_statistics_of_the_owners_data_void_an_approval_and_derive_from_it(bob_and_client):
+    bob, client, x = bob_and_client
+    rm, rv = client.send(torch.zeros(3)), client.send(torch.ones(3))
+    _approved(bob, rm)
+    F.batch_norm(x, rm, rv, training=True, momentum=1.0)  # writes mean(#X) into rm: torch moves no version
+    client.sync()
+    assert "F.batch_norm(#X" in _asked_again(bob, rm)  # not mean(#X) on the approval of zeros
+    assert _entry(bob, rm).provenance.owner and _entry(bob, rv).provenance.owner  # error texts withheld
+    with pytest.raises(Exception, match="withheld"):
+        client.send(torch.zeros(1))[(rv[0] * 1000).long().view(1)].sum()  # an index error would read var(#X)
+        client.sync()
+
+
+def test_batch_norm_in_evaluation_mode_writes_nothing_and_an_approval_stands(bob_and_client):
+    bob, client, x = bob_and_client
+    rm, rv = client.send(torch.zeros(3)), client.send(torch.ones(3))
+    _approved(bob, rm)
+    F.batch_norm(x, rm, rv, training=False)
+    client.sync()
+    assert torch.equal(rm.get(timeout=2), torch.zeros(3))
+    assert not _entry(bob, rm).provenance.owner
+
+
+def test_a_modules_running_statistics_written_in_training_void_the_buffers_approval(bob_and_client):
+    bob, client, x = bob_and_client
+    model = client.send(nn.BatchNorm1d(3, momentum=1.0))
+    rm = dict(model.named_buffers())["running_mean"]
+    _approved(bob, rm)
+    model(x)
+    client.sync()
+    assert "syft.module_call(" in _asked_again(bob, rm) and "#X" in bob.requests.pending[-1].lineage
+    assert _entry(bob, rm).provenance.owner and _entry(bob, model.handle).provenance.owner
+
+
+def test_a_models_approval_is_void_once_batch_norm_writes_its_buffers(bob_and_client):
+    # the functional form leaves num_batches_tracked alone: no version of the model's state moved
+    bob, client, x = bob_and_client
+    model = client.send(nn.BatchNorm1d(3))
+    buffers = dict(model.named_buffers())
+    _approved(bob, model.handle)
+    F.batch_norm(x, buffers["running_mean"], buffers["running_var"], training=True, momentum=1.0)
+    client.sync()
+    assert "F.batch_norm(#X" in _asked_again(bob, model.handle)
+    assert _entry(bob, model.handle).provenance.owner
+
+
+def test_a_pointer_to_a_gradient_derives_from_the_owners_data_a_backward_adds_into_it(bob_and_client):
+    bob, client, x = bob_and_client
+    lin = client.send(nn.Linear(3, 1, bias=False))
+    w = dict(lin.named_parameters())["weight"]
+    lin(client.send(torch.zeros(1, 3))).sum().backward()  # w.grad exists (zeros)
+    g = w.grad  # the live gradient: the next backward adds into it in place
+    _approved(bob, g)
+    lin(x[0:1]).sum().backward()  # g += #X[0]
+    client.sync()
+    assert "(from #X)" in _asked_again(bob, g)
+    assert _entry(bob, g).provenance.owner
+
+
+def test_an_alias_of_a_parameter_derives_from_the_step_that_wrote_it(bob_and_client):
+    bob, client, x = bob_and_client
+    lin = client.send(nn.Linear(3, 1, bias=False))
+    w = dict(lin.named_parameters())["weight"]
+    alias = w.detach()  # the weight's memory, taken before anything of #X
+    opt = client.optim.SGD(lin.parameters(), lr=1.0)
+    lin(x[0:1]).sum().backward()
+    opt.step()  # w -= #X[0]: the op names the optimizer only
+    client.sync()
+    entry = _entry(bob, alias)
+    assert entry.provenance.owner and "optim_step" in bob.store.lineage(entry)
+    assert "(from #X)" in bob.store.lineage(entry)
+
+
+def test_the_owners_request_names_the_owners_data_behind_a_chain_of_ops(bob_and_client):
+    bob, client, x = bob_and_client
+    z = (x * 1).sum(0) + 0  # the request's ops name only the previous result
+    assert _asked_again(bob, z).endswith("(from #X)")
+    shown = x * 2  # named already: not repeated
+    assert _asked_again(bob, shown) == ".mul(#X)"
+
+
+def test_an_objects_history_is_bounded_and_counts_the_writes_after(bob_and_client):
+    # a loop of in-place ops grew an object's history (and its request's text) without bound
+    bob, client, x = bob_and_client
+    z = client.send(torch.zeros(4, 3))
+    for _ in range(40):
+        z.add_(x)
+    client.sync()
+    entry = _entry(bob, z)
+    assert len(entry.history) == 16 and entry.more_writes == 24
+    assert bob.store.lineage(entry).endswith("then 24 more writes")
