@@ -1,10 +1,12 @@
 """The data owner's process: a server in a background thread, the main thread idle or busy.
 
     python -m benchmarks._owner --server syft|raw [--tensor '#X=5' ...] [--busy] [--switch-interval S] [--secure]
+                                [--policy P] [--digits]
 
-``syft`` runs :class:`syft_magics.Worker` (policy ``open``) and shares one float32 tensor per
-``--tensor TAG=NUMEL``; ``raw`` runs a bare ZeroMQ ROUTER server with the same layout (one background
-thread, same socket options) that answers the baselines' messages (see :class:`RawServer`).
+``syft`` runs :class:`syft_magics.Worker` (policy ``open``, or ``--policy``) and shares one float32 tensor
+per ``--tensor TAG=NUMEL`` (and scikit-learn's digits with ``--digits``); ``raw`` runs a bare ZeroMQ ROUTER
+server with the same layout (one background thread, same socket options) that answers the baselines'
+messages (see :class:`RawServer`).
 
 It prints one JSON line (address, key, pid, switch interval) on stdout once it serves, then answers
 JSON commands read from stdin, one per line, on a control thread: ``count`` (the busy loop's progress),
@@ -144,6 +146,9 @@ def main() -> None:
     ap.add_argument("--server", choices=("syft", "raw"), required=True)
     ap.add_argument("--tensor", action="append", default=[], help="TAG=NUMEL (float32)")
     ap.add_argument("--busy", action="store_true", help="run a pure-Python loop on the main thread")
+    ap.add_argument("--policy", default="open", help="the worker's policy (syft only)")
+    ap.add_argument("--digits", action="store_true",
+                    help="share scikit-learn's digits as #digits_x (float32 / 16) and #digits_y (labels)")
     ap.add_argument("--switch-interval", type=float, default=None)
     ap.add_argument("--secure", action="store_true",
                     help="syft: encrypt links (CurveZMQ); the info line names an invitation file to connect with")
@@ -165,10 +170,16 @@ def main() -> None:
         import syft_magics
 
         syft_magics.defaults.freeze_gc_after = 0.0  # (the steady state: frozen once warm, measured after)
-        worker = syft_magics.Worker("Owner", port=0, policy="open", connection_file=False,
+        worker = syft_magics.Worker("Owner", port=0, policy=args.policy, connection_file=False,
                                     secure=True if args.secure else None).start()
         for tag, t in tensors.items():
             worker.share(t, tag)
+        if args.digits:
+            from sklearn.datasets import load_digits
+
+            digits = load_digits()
+            worker.share(torch.tensor(digits.data, dtype=torch.float32) / 16.0, "#digits_x")
+            worker.share(torch.tensor(digits.target, dtype=torch.long), "#digits_y")
         # let the worker's warm-ups finish, or they land in whatever is measured first (the memory row's peak RSS,
         # the first op's latency, the training row's first epochs: 15.8 ms against 12-13 once warm)
         wait_warm_ups()

@@ -346,12 +346,15 @@ class Owner:
     ``Owner("syft", tensors={"#X": 5})`` runs a :class:`syft_magics.Worker` in a background thread;
     ``Owner("raw")`` a raw ZeroMQ ROUTER server with the same layout. ``busy=True`` makes the owner's
     main thread run a pure-Python loop; ``switch_interval`` sets ``sys.setswitchinterval`` in the owner
-    (after the worker started, so it overrides whatever the package set).
+    (after the worker started, so it overrides whatever the package set); ``policy`` is the worker's (``open``);
+    ``digits=True`` shares scikit-learn's digits as ``#digits_x`` and ``#digits_y``.
     """
 
     def __init__(self, server: str, *, tensors: Optional[Dict[str, int]] = None, busy: bool = False,
-                 switch_interval: Optional[float] = None, start_timeout: float = 30.0, secure: bool = False) -> None:
-        args = ["--server", server] + (["--secure"] if secure else [])
+                 switch_interval: Optional[float] = None, start_timeout: float = 30.0, secure: bool = False,
+                 policy: str = "open", digits: bool = False) -> None:
+        args = ["--server", server, "--policy", policy] + (["--secure"] if secure else []) + \
+            (["--digits"] if digits else [])
         for tag, numel in (tensors or {}).items():
             args += ["--tensor", f"{tag}={numel}"]
         if busy:

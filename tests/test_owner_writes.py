@@ -9,14 +9,19 @@ import torch
 import torch.nn.functional as F
 from raw_peer import RawPeer
 
+import syft_magics as sm
 from syft_magics.owner import writes
 from syft_magics.wire.protocol import Ref, encode
 
 X = torch.tensor([[1.0, 2, 3], [4, 5, 6]])
 
 
-@pytest.fixture
-def bob_and_mallory(make_worker):
+@pytest.fixture(params=["copies", "guard"])
+def bob_and_mallory(make_worker, request, monkeypatch):
+    """A worker holding #X, a raw client; the owner's data protected either way: an op given a little of it
+    runs on copies (``writes.Copies``), one given more under the dispatch guard (``writes.WriteGuard``)."""
+    if request.param == "guard":
+        monkeypatch.setattr(writes, "COPY_MAX_BYTES", -1)
     bob = make_worker("Bob", policy="open")
     owner = X.clone()
     bob.share(owner, "#X")
@@ -116,8 +121,9 @@ def test_the_guard_reads_writes_from_op_schemas():
 def test_an_unforeseen_write_is_reported(bob_and_mallory, monkeypatch):
     bob, owner, mallory = bob_and_mallory
     oid = bob.store.search(("#X",))[0].id
-    # pretend the schemas missed a write: the version counter still tells
+    # pretend the schemas missed a write (and no copy was made): the version counter still tells
     monkeypatch.setattr(writes, "guard", lambda *a, **k: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(writes, "copies_for", lambda *a, **k: None)
     _op(mallory, "torch.tensordot", torch.ones(2, 2), torch.ones(2, 3), 1, Ref(oid))
     assert bob.events.totals["owner_write"] == 1
     assert bob.stats["refusals"]["unforeseen write into the owner's data"] == 1
@@ -137,7 +143,7 @@ def test_ops_whose_schema_writes_nothing_run_without_the_guard(bob_and_mallory, 
     assert entered == []
     assert _op(mallory, "torch.nn.functional.relu", x, True)["code"] == "read_only"
     assert _op(mallory, "Tensor.__mul__", x, 2.0, out=x)["t"] == "err"
-    assert len(entered) >= 1 and torch.equal(owner, X)
+    assert torch.equal(owner, X)
 
 
 def test_keyword_writes_follow_the_schemas():
@@ -163,3 +169,30 @@ def test_a_view_of_the_owners_data_stays_read_only_after_it_is_unshared(bob_and_
     mallory.send_raw(encode({"t": "free", "ids": [view]}))
     assert mallory.request({"t": "sync", "s": 10})["t"] == "ok"
     assert not bob.store.owner_storages(), "the last view gone: nothing of it is kept as the owner's"
+
+
+@pytest.mark.parametrize("protection", ["copies", "guard"])
+def test_ops_on_the_owners_data_alias_it_and_cannot_write_it_either_way(make_worker, make_client, monkeypatch,
+                                                                        protection):
+    """An op given a little of the owner's data runs on a copy (``writes.Copies``): what it returns is what it
+    returns under the guard, views of the owner's data included (read-only), and a write into it is refused."""
+    if protection == "guard":
+        monkeypatch.setattr(writes, "COPY_MAX_BYTES", -1)
+    bob = make_worker("Bob", policy="open")
+    owner = X.clone()
+    bob.share(owner, "#X")
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    same = F.dropout(x, 0.5, training=False)  # x itself
+    flat = client.send(torch.nn.Flatten(0))(x)  # a view of it
+    inplace = client.send(torch.nn.Sequential(torch.nn.ReLU(inplace=True)))
+    client.sync()
+    for ptr in (same, flat):
+        assert writes.owner_view(bob.store, bob.store.get(ptr.oid)), "it aliases the owner's data"
+        with pytest.raises(sm.RemoteError, match="cannot be changed"):
+            ptr.add_(1)
+            client.sync()
+    with pytest.raises(sm.RemoteError, match="cannot be changed"):
+        inplace(x)
+        client.sync()
+    assert torch.equal(owner, X) and torch.equal(flat.get(), X.flatten())

@@ -135,3 +135,59 @@ def test_an_objects_history_is_bounded_and_counts_the_writes_after(bob_and_clien
     entry = _entry(bob, z)
     assert len(entry.history) == 16 and entry.more_writes == 24
     assert bob.store.lineage(entry).endswith("then 24 more writes")
+
+
+def test_an_optimizer_step_reads_the_gradients_a_pointer_filled_with_the_owners_data(bob_and_client):
+    # helper-38: g = w.grad; g.copy_(#X); opt.step() wrote -#X into w while the step's one input, the optimizer,
+    # was the client's own: w, the model and the optimizer stayed untainted, index errors over w read #X
+    bob, client, x = bob_and_client
+    lin = client.send(nn.Linear(3, 4, bias=False))
+    w = dict(lin.named_parameters())["weight"]
+    lin(client.send(torch.ones(1, 3))).sum().backward()
+    g = w.grad
+    opt = client.optim.SGD(lin.parameters(), lr=1.0)
+    with torch.no_grad():
+        g.copy_(x)
+    opt.step()
+    client.sync()
+    for ptr in (w, lin.handle, opt._handle):
+        assert _entry(bob, ptr).provenance.owner, bob.store.lineage(_entry(bob, ptr))
+    assert bob.store.lineage(_entry(bob, w)).endswith("(from #X)")
+
+
+def test_a_pointer_to_memory_another_object_filled_with_the_owners_data_derives_from_it(bob_and_client):
+    # helper-38: w.grad asked again after g = w.grad was filled with #X is that same memory, whatever w derives from
+    bob, client, x = bob_and_client
+    lin = client.send(nn.Linear(3, 4, bias=False))
+    w = dict(lin.named_parameters())["weight"]
+    lin(client.send(torch.ones(1, 3))).sum().backward()
+    g = w.grad
+    with torch.no_grad():
+        g.copy_(x)
+    again = w.grad
+    client.sync()
+    assert not _entry(bob, w).provenance.owner and _entry(bob, again).provenance.owner
+
+
+def test_an_op_naming_one_object_many_times_keeps_a_bounded_record(bob_and_client):
+    # helper-38: F.batch_norm(#X, rm, rv, training=True, junk=[rm] * 100,000) failed, and left a record of 100,000
+    # ids in the history of every object on rm's memory, uncharged (330 KB of request text after three)
+    bob, client, x = bob_and_client
+    rm, rv = client.send(torch.zeros(3)), client.send(torch.ones(3))
+    view = rm[0:1]
+    with pytest.raises(Exception, match="withheld|junk"):
+        client.run(F.batch_norm, "torch.nn.functional.batch_norm", (x, rm, rv), {"training": True, "junk": [rm] * 5000},
+                   described=True)
+    many = torch.cat([x] * 200)
+    client.sync()
+    assert all(len(inputs) <= 16 for _, inputs in _entry(bob, view).history)
+    assert len(_entry(bob, many).inputs) == 16 and len(bob.store.lineage(_entry(bob, many))) < 1000
+
+
+def test_an_optimizer_over_one_parameter_many_times_is_refused(bob_and_client):
+    # helper-38: 50 SGD optimizers over [w] * 100,000 held 5M parameter references for 12 bytes of quota
+    _, client, _ = bob_and_client
+    w = client.send(torch.zeros(3)).requires_grad_()
+    with pytest.raises(Exception, match="more than once"):
+        client.optim.SGD([w] * 3, lr=0.1)
+        client.sync()

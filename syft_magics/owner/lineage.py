@@ -7,7 +7,8 @@ once its data had gone through two ops, a model's weights or an optimizer step.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Set, Tuple
+import itertools
+from typing import TYPE_CHECKING, List, Optional, Set, Tuple
 
 from .provenance import of_entry
 
@@ -18,6 +19,16 @@ if TYPE_CHECKING:
 #: Writes kept in an object's history; those after are counted (a loop of ``z.add_(x)`` or an optimizer's steps
 #: would grow it, and the request's text, without bound).
 MAX_HISTORY = 16
+
+
+#: Inputs an object's record keeps of the op that made or wrote it (the first): an op naming one object 100,000
+#: times, failing, left that many ids in the history of every object it wrote (helper-38).
+MAX_INPUTS = 16
+
+
+def inputs_of(used: List["Entry"], but: Optional["Entry"] = None) -> Tuple[bytes, ...]:
+    """The ids of an op's first :data:`MAX_INPUTS` inputs (``used``), but ``but``."""
+    return tuple(itertools.islice((e.id for e in used if e is not but), MAX_INPUTS))
 
 
 def record(entry: "Entry", op: str, inputs: Tuple[bytes, ...]) -> None:

@@ -31,7 +31,7 @@ from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
 from .side_writes import Watch
 from .sizes import withheld_shape
-from .store import Entry, ObjectStore, new_id, withheld_charge
+from .store import Block, Entry, ObjectStore, new_id, withheld_charge
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -248,10 +248,11 @@ class Ops:
                 graphs.depth_of(used)
             before = writes.versions(used)
             watch = side_writes.watch(self.disclosure, session.ident, fn, args, kwargs, used)
+            copies = writes.copies_for(self.store, used)  # (the owner's data copied, or the guard)
             try:
-                with writes.guard(self.store, used), contextlib.nullcontext() if grad else torch.no_grad(), \
-                        recorder or contextlib.nullcontext():
-                    result = fn(*args, **kwargs)
+                with writes.guard(self.store, used) if copies is None else contextlib.nullcontext(), \
+                        contextlib.nullcontext() if grad else torch.no_grad(), recorder or contextlib.nullcontext():
+                    result = fn(*args, **kwargs) if copies is None else copies.call(op, fn, args, kwargs)
             except Exception as exc:
                 raise _Ran(_own_refusal(fn, exc), self._changed(session, before, watch)) from None
             written = self._changed(session, before, watch)
@@ -270,7 +271,11 @@ class Ops:
         if watch is None:
             return written
         named = {id(e) for e in written}
-        return written + [e for e in self.store.holding(session.ident, watch.written()) if id(e) not in named]
+        written += [e for e in self.store.holding(session.ident, watch.written()) if id(e) not in named]
+        for entry in written:  # (what the op read: its inputs, and what it read through them, see .side_writes)
+            if entry.session is not None:
+                entry.provenance = entry.provenance.merged(watch.prov)
+        return written
 
     def _keep_leaves(self, session: Session, used: List[Entry], result: Any, written: Optional[List[Entry]]) -> None:
         """Keep the op's leaf inputs charged while the graph it left on its results and on what it wrote into
@@ -369,18 +374,30 @@ class Ops:
                     quotas.check_bytes(q, session.label, held, more, f"{op}'s result")
         except Exception as exc:
             self._fail(session, name, [] if header.get("m") else out, used, exc, t0, prov)
-        inputs = tuple(e.id for e in used)
+        inputs = lineage.inputs_of(used)
         now = time.time()
+        guarded = self.disclosure.guarded
         for i, oid, leaf, (charge, blocks) in kept:
             work, depth = graph if graphs.has_graph(leaf) else (None, 0)
+            prov = disclosed.leaf(i)
+            if guarded and blocks and charge < sum(block[1] for block in blocks):  # (memory its client holds)
+                prov = self._aliased(session, blocks, prov)
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
-                                 created=now, last_access=now, provenance=disclosed.leaf(i),
+                                 created=now, last_access=now, provenance=prov,
                                  work=work, depth=depth, withheld_bytes=withheld_charge(blocks) if frozen else 0,
                                  read_only=oid in frozen),  # (see public_charges)
                            charge=charge, blocks=blocks)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
         return encode({"t": Kind.OK, "s": header.get("s"), "r": reply}) if header.get("m") else None
+
+    def _aliased(self, session: Session, blocks: List[Block], prov: Provenance) -> Provenance:
+        """A result in memory other objects of its client hold derives from what they derive from too (helper-38:
+        ``syft.grad(w)`` is the tensor a pointer ``g = w.grad`` filled with ``#X``, whatever ``w`` derives from)."""
+        for other in self.store.holding(session.ident, [block[0] for block in blocks]):
+            if other.provenance.owner:
+                prov = prov.merged(other.provenance)
+        return prov
 
     def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],
                  spent: float = 0.0, grad: bool = True) -> None:
@@ -394,7 +411,7 @@ class Ops:
             if writes.owner_view(self.store, entry):
                 self.refuse("unforeseen write into the owner's data")
                 self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
-            lineage.record(entry, op, tuple(e.id for e in used if e is not entry))
+            lineage.record(entry, op, lineage.inputs_of(used, but=entry))
             entry.seen_version = entry.version
             if graphs.has_graph(entry.tensor) and id(entry) in named:  # written in place into a graph: it grew
                 others = [e for e in used if e is not entry]
@@ -418,7 +435,7 @@ class Ops:
             if isinstance(oid, bytes) and len(oid) == 16 and oid not in self.store:
                 self.store.put(Entry(oid, None, origin=session.label, session=session.ident, op=op,
                                      error=f"{op}: {limits.clip(shown)}"))
-        self.events.emit("command", client=session.label, op=op, inputs=tuple(e.id for e in used),
+        self.events.emit("command", client=session.label, op=op, inputs=lineage.inputs_of(used),
                          out=[], duration=time.perf_counter() - t0, status=f"error: {limits.clip(exc)}")
         if shown is exc:
             raise exc

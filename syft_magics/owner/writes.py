@@ -22,9 +22,12 @@ import threading
 from typing import TYPE_CHECKING, Any, ContextManager, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 import torch
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import side_writes
 from .blocks import storage_key
+from .models import ModelWeights
 
 if TYPE_CHECKING:
     from .store import Entry, ObjectStore
@@ -162,6 +165,83 @@ def writes_nothing(fn: Any, kwargs: Dict[str, Any]) -> bool:
     version counter as it was, which spares most ops tens of microseconds."""
     by_keyword = keyword_writes(fn)
     return by_keyword is not None and not (kwargs and by_keyword.intersection(kwargs))
+
+
+#: An op given at most this many bytes of the owner's data runs on copies of it rather than under the guard:
+#: :class:`WriteGuard` costs every ATen call inside the op a trip through Python (a third of a training step
+#: on a batch of the owner's rows, measured), a copy of a batch a microsecond.
+COPY_MAX_BYTES = 1 << 20
+
+
+class Copies:
+    """The owner's tensors an op is given, copied for it (:func:`copies_for`): the op cannot reach the owner's
+    memory, so it runs without the guard; a write it made into a copy is refused after it, as the guard refuses
+    one into the owner's data before it. A result that is a copy or a view of one is returned as that view of the
+    owner's tensor (:meth:`_restore`): what the op returns is what it would return without copies."""
+
+    def __init__(self, owned: List["Entry"]) -> None:
+        self._owned = {id(e.tensor): e for e in owned}
+        self._made: Dict[int, Tuple[torch.Tensor, int, "Entry"]] = {}
+
+    def call(self, op: str, fn: Any, args: Any, kwargs: Dict[str, Any]) -> Any:
+        """``fn(*args, **kwargs)`` on copies of the owner's tensors (one per tensor, however often it appears, made
+        under the op's grad mode: gradients still flow to them); refused before it runs if it would write running
+        statistics into one (torch moves no version counter for those: see :mod:`.side_writes`), after it if it
+        wrote into one otherwise."""
+        args, kwargs = pytree.tree_map(self._copy, args), pytree.tree_map(self._copy, kwargs)
+        copies = {id(made[0]): made[2] for made in self._made.values()}
+        for t in side_writes.running_stats_written(fn, args, kwargs):
+            if id(t) in copies:
+                raise OwnerDataWrite(op, "running statistics", copies[id(t)].label)
+        result = fn(*args, **kwargs)
+        self._check(op)
+        return pytree.tree_map(self._restore, result)
+
+    def _restore(self, x: Any) -> Any:
+        """A result that is a copy, or a view of one, as the same view of the owner's tensor (what the op returns
+        without copies: ``F.dropout(x, training=False)`` is ``x``, ``nn.Flatten()(x)`` a view of it, which stays
+        read-only); a view that cannot be mapped back (the copy's strides differ, or it has a graph) stays the
+        client's own copy."""
+        if not isinstance(x, torch.Tensor) or not self._made:
+            return x
+        key = storage_key(x)
+        for copy, _, entry in self._made.values():
+            if storage_key(copy) != key or x.requires_grad:
+                continue
+            owner = entry.tensor
+            if copy.stride() != owner.stride():  # (clone() keeps the strides of a dense tensor only)
+                return x
+            offset = owner.storage_offset() + x.storage_offset() - copy.storage_offset()
+            return owner.as_strided(x.shape, x.stride(), offset)
+        return x
+
+    def _copy(self, x: Any) -> Any:
+        entry = self._owned.get(id(x)) if isinstance(x, torch.Tensor) else None
+        if entry is None:
+            return x
+        made = self._made.get(id(x))
+        if made is None:
+            copy = x.clone()
+            made = self._made[id(x)] = (copy, copy._version, entry)
+        return made[0]
+
+    def _check(self, op: str) -> None:
+        """Refuse the op if it wrote into a copy: it would have written into the owner's data."""
+        for copy, version, entry in self._made.values():
+            if copy._version != version:
+                raise OwnerDataWrite(op, "an argument", entry.label)
+
+
+def copies_for(store: "ObjectStore", used: List["Entry"]) -> Optional[Copies]:
+    """:class:`Copies` of the owner's data among ``used``, when they can stand for :func:`guard`: at most
+    :data:`COPY_MAX_BYTES` of it, no read-only result among ``used`` (the guard keeps those), and no model that
+    holds live tensors (``syft.model_weights``, which may hold the owner's data out of reach of a copy). None:
+    nothing of the owner's, or the guard."""
+    owned = [e for e in used if owner_view(store, e)]
+    if not owned or sum(e.tensor.numel() * e.tensor.element_size() for e in owned) > COPY_MAX_BYTES or any(
+            e.read_only or isinstance(e.tensor, ModelWeights) for e in used):
+        return None
+    return Copies(owned)
 
 
 def guard(store: "ObjectStore", used: List["Entry"]) -> ContextManager[Any]:
