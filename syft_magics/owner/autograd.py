@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from ..wire.results import autograd_leaf
+from .models import parameters_of
 
 
 def grad_of(t: torch.Tensor) -> Optional[torch.Tensor]:
@@ -126,7 +127,7 @@ def grads_held(value: Any) -> Any:
         g = value.grad if value.requires_grad and (leaf or leaf is False and value.retains_grad) else None
         return None if g is None else (id(g), g._version)
     if isinstance(value, torch.nn.Module):
-        return tuple(grads_held(p) for p in value.parameters())
+        return tuple(grads_held(p) for p in parameters_of(value))
     if isinstance(value, torch.optim.Optimizer):
         return tuple(grads_held(p) for group in value.param_groups for p in group["params"])
     return None

@@ -9,6 +9,7 @@ sends a copy of its state dict, as the owner's policy allows (``allow_get(kind="
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Dict, List
 
 import torch
@@ -21,6 +22,29 @@ def module_of(m: Any) -> nn.Module:
     if not isinstance(m, nn.Module):
         raise TypeError(f"expected a model on this worker, got {type(m).__name__}")
     return m
+
+
+def modules_of(model: nn.Module) -> List[nn.Module]:
+    """``list(model.modules())``, kept per model: a model's modules never change once the worker built it (no op
+    adds or removes one; ``module_to`` replaces tensors, not modules), and walking them (``Module.parameters()``)
+    is most of what the worker's per-op checks of a model cost (``.side_writes``, ``.autograd.grads_held``)."""
+    found = _MODULES.get(model)
+    if found is None:
+        found = _MODULES[model] = list(model.modules())
+    return found
+
+
+def parameters_of(model: nn.Module) -> List[nn.Parameter]:
+    """``list(model.parameters())`` (each once), by :func:`modules_of`."""
+    found: Dict[int, nn.Parameter] = {}
+    for m in modules_of(model):
+        for p in m._parameters.values():
+            if p is not None:
+                found.setdefault(id(p), p)
+    return list(found.values())
+
+
+_MODULES: "weakref.WeakKeyDictionary[nn.Module, List[nn.Module]]" = weakref.WeakKeyDictionary()
 
 
 def build_module(spec: Any, state: Dict[str, torch.Tensor], names: List[str]) -> tuple:
