@@ -196,3 +196,31 @@ def test_ops_on_the_owners_data_alias_it_and_cannot_write_it_either_way(make_wor
         inplace(x)
         client.sync()
     assert torch.equal(owner, X) and torch.equal(flat.get(), X.flatten())
+
+
+def _made(peer: RawPeer, f: str, *args) -> Ref:
+    oid = os.urandom(16)
+    peer.send_raw(encode({"t": "op", "s": 0, "f": f, "a": list(args), "o": [oid]}))
+    assert peer.request({"t": "sync", "s": 9})["t"] == "ok"
+    return Ref(oid)
+
+
+@pytest.mark.filterwarnings("ignore:An output with one or more elements was resized")
+@pytest.mark.parametrize("f,args", [
+    ("torch.norm", lambda x, mine: (x, 2, 1, False)),  # out: 2 values, into #X's memory after the view
+    ("torch.nn.functional.normalize", lambda x, mine: (mine, 2.0, 1, 1e-12)),  # only the client's tensors given
+    ("torch.tensordot", lambda x, mine: (torch.zeros(64), torch.tensor(1.0), 0)),  # resized past #X: its memory moves
+], ids=["norm-resized-within", "normalize-clients-inputs", "tensordot-resized-past"])
+def test_an_empty_view_of_the_owners_data_is_the_owners_as_an_output(bob_and_mallory, f, args):
+    # helper-39: x.view(-1)[3:3] has no elements but lives in #X's memory; given as a positional out, torch
+    # resized it in place and wrote there (#X overwritten with the client's values), or moved #X's memory, after
+    # which no view of #X was recognised as the owner's and x[1].fill_(42) went through
+    bob, owner, mallory = bob_and_mallory
+    x = Ref(bob.store.search(("#X",))[0].id)
+    empty = _made(mallory, "Tensor.__getitem__", _made(mallory, "Tensor.view", x, -1), slice(3, 3, None))
+    mine = _made(mallory, "Tensor.__mul__", _made(mallory, "Tensor.clone", x), 1.0)  # the client's own 2x3
+    reply = _op(mallory, f, *args(x, mine), empty)
+    assert reply["t"] == "err" and reply["code"] == "read_only", reply
+    assert torch.equal(owner, X) and owner.data_ptr() == bob.store.search(("#X",))[0].tensor.data_ptr()
+    assert _op(mallory, "Tensor.fill_", _made(mallory, "Tensor.__getitem__", x, 1), 42.0)["code"] == "read_only"
+    assert torch.equal(owner, X)

@@ -137,17 +137,23 @@ def test_an_objects_history_is_bounded_and_counts_the_writes_after(bob_and_clien
     assert bob.store.lineage(entry).endswith("then 24 more writes")
 
 
-def test_an_optimizer_step_reads_the_gradients_a_pointer_filled_with_the_owners_data(bob_and_client):
-    # helper-38: g = w.grad; g.copy_(#X); opt.step() wrote -#X into w while the step's one input, the optimizer,
-    # was the client's own: w, the model and the optimizer stayed untainted, index errors over w read #X
-    bob, client, x = bob_and_client
+def _gradient_filled_with(client, x):
+    """A client's model ``lin``, its weight ``w``, and a pointer ``g`` to ``w.grad`` into which ``x`` was copied."""
     lin = client.send(nn.Linear(3, 4, bias=False))
     w = dict(lin.named_parameters())["weight"]
     lin(client.send(torch.ones(1, 3))).sum().backward()
     g = w.grad
-    opt = client.optim.SGD(lin.parameters(), lr=1.0)
     with torch.no_grad():
         g.copy_(x)
+    return lin, w, g
+
+
+def test_an_optimizer_step_reads_the_gradients_a_pointer_filled_with_the_owners_data(bob_and_client):
+    # helper-38: g = w.grad; g.copy_(#X); opt.step() wrote -#X into w while the step's one input, the optimizer,
+    # was the client's own: w, the model and the optimizer stayed untainted, index errors over w read #X
+    bob, client, x = bob_and_client
+    lin, w, g = _gradient_filled_with(client, x)
+    opt = client.optim.SGD(lin.parameters(), lr=1.0)
     opt.step()
     client.sync()
     for ptr in (w, lin.handle, opt._handle):
@@ -158,12 +164,7 @@ def test_an_optimizer_step_reads_the_gradients_a_pointer_filled_with_the_owners_
 def test_a_pointer_to_memory_another_object_filled_with_the_owners_data_derives_from_it(bob_and_client):
     # helper-38: w.grad asked again after g = w.grad was filled with #X is that same memory, whatever w derives from
     bob, client, x = bob_and_client
-    lin = client.send(nn.Linear(3, 4, bias=False))
-    w = dict(lin.named_parameters())["weight"]
-    lin(client.send(torch.ones(1, 3))).sum().backward()
-    g = w.grad
-    with torch.no_grad():
-        g.copy_(x)
+    _, w, _ = _gradient_filled_with(client, x)
     again = w.grad
     client.sync()
     assert not _entry(bob, w).provenance.owner and _entry(bob, again).provenance.owner

@@ -445,7 +445,7 @@ class Ops:
 _NONE: AbstractSet[bytes] = frozenset()
 
 #: An op that writes gradients over the owner's data looks at every object of its client for the gradients it
-#: wrote (provenance.Disclosure.watch): with more objects than this, on its lane, not the serving thread
+#: wrote (side_writes.watch): with more objects than this, on its lane, not the serving thread
 #: (80,000 parameters held it 0.6 s per op, for everyone: a probe).
 GRADS_INLINE = 1024
 

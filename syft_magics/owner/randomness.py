@@ -47,7 +47,7 @@ def section(owners: bool, devices: Sequence[int] = (), wait: bool = True) -> Ite
     generator and of the CUDA ``devices``'), once no op of the other side runs (``wait`` False: raise
     :class:`Busy` instead of waiting)."""
     global _found
-    seed = int.from_bytes(os.urandom(8), "little") >> 1
+    seed = int.from_bytes(os.urandom(8), "little") >> 1 if owners else 0
     with _turn:
         while _running[not owners]:
             if not wait:

@@ -64,9 +64,12 @@ class Watch:
         self.grads: List[Tuple["Entry", Any]] = []
         if session_objects is not None:
             for entry in session_objects:
-                self.grads.append((entry, autograd.grads_held(entry.tensor)))
-                for t in _grads(entry.tensor):
-                    tensors.setdefault(id(t), t)
+                t = entry.tensor
+                if type(t) is torch.Tensor and not _may_hold_grad(t):
+                    continue  # (a backward gives it no gradient: most of a training loop's objects)
+                self.grads.append((entry, autograd.grads_held(t)))
+                for g in _grads(t):
+                    tensors.setdefault(id(g), g)
         self.tensors = [(t, version_of(t)) for t in tensors.values()]
         #: the running statistics the op writes in training mode (no version counter of torch moves for them)
         self.forced = [*running_stats_written(fn, args, kwargs),
@@ -99,14 +102,10 @@ def watch(disclosure: "Disclosure", session: bytes, fn: Any, args: Any, kwargs: 
     if not disclosure.guarded:
         return None
     store = disclosure.worker.store
-    prov = disclosure.of_inputs(used)
+    read = read_through(store, session, used)
+    prov = disclosure.of_inputs([*used, *read] if read else used)
     if not prov.owner:
-        read = read_through(store, session, used)
-        if not read:
-            return None
-        prov = disclosure.of_inputs([*used, *read])
-        if not prov.owner:
-            return None
+        return None
     everyone = store.of_session(session) if fn in autograd.WRITES_GRADS else None
     return Watch(prov, fn, args, kwargs, used, everyone)
 
@@ -124,6 +123,15 @@ def _parameters(obj: Any) -> Iterator[torch.Tensor]:
     opt = obj.optimizer if isinstance(obj, LRScheduler) else obj
     for group in opt.param_groups:
         yield from group["params"]
+
+
+def _may_hold_grad(t: torch.Tensor) -> bool:
+    """Whether a backward may give ``t`` a gradient (a leaf that requires one, or a tensor retaining its own);
+    True where torch refuses to answer (:func:`.autograd.grads_held` looks then)."""
+    try:
+        return t.requires_grad and (t.is_leaf or t.retains_grad)
+    except RuntimeError:
+        return True
 
 
 def _inside(obj: Any) -> Iterator[torch.Tensor]:

@@ -182,7 +182,8 @@ class ObjectStore:
                     self._held[entry.session] = self._held.get(entry.session, 0) + cost
             elif entry.tensor is not None:
                 key = storage_key(entry.tensor)
-                self._owner_storage[key] = self._owner_storage.get(key, 0) + 1
+                if key:  # (an empty tensor with no memory of its own names no memory: 0)
+                    self._owner_storage[key] = self._owner_storage.get(key, 0) + 1
             return entry
 
     def _take_blocks(self, session: bytes, blocks: Iterable[Block]) -> List[Tuple[bytes, int]]:
@@ -444,8 +445,9 @@ class ObjectStore:
             return [self._entries[oid] for oid in oids if oid in self._entries]
 
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
-        """Whether ``t`` shares memory with an object the owner shared (empty tensors share nothing)."""
-        return bool(self._owner_storage) and t.numel() > 0 and storage_key(t) in self._owner_storage
+        """Whether ``t`` shares memory with an object the owner shared, empty or not (helper-39: an empty view of
+        ``#X`` given as a positional ``out`` was resized into ``#X``'s memory and written, counted as the client's)."""
+        return bool(self._owner_storage) and storage_key(t) in self._owner_storage
 
     def owner_storages(self) -> Set[int]:
         """The storage keys of the owner's shared data (a copy)."""

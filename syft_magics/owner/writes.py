@@ -147,15 +147,14 @@ class WriteGuard(TorchDispatchMode):
                 if isinstance(t, torch.Tensor) and self._protected(t):
                     raise OwnerDataWrite(str(func.overloadpacket.__name__), name,
                                          self.labels.get(storage_key(t), "the owner's data"))
-                if isinstance(t, torch.Tensor) and (id(t) in self.frozen_tensors or (
-                        t.numel() > 0 and storage_key(t) in self.frozen)):  # (empty tensors share no memory)
+                if isinstance(t, torch.Tensor) and (id(t) in self.frozen_tensors or storage_key(t) in self.frozen):
                     raise WithheldWrite(str(func.overloadpacket.__name__), name, "a read-only result")
         return func(*args, **kwargs)
 
     def _protected(self, t: torch.Tensor) -> bool:
         if id(t) in self.tensors:
             return True
-        return t.numel() > 0 and storage_key(t) in self.storages
+        return storage_key(t) in self.storages
 
 
 def writes_nothing(fn: Any, kwargs: Dict[str, Any]) -> bool:
@@ -205,7 +204,7 @@ class Copies:
             return x
         key = storage_key(x)
         for copy, _, entry in self._made.values():
-            if storage_key(copy) != key or x.requires_grad:
+            if storage_key(copy) != key or x.requires_grad or x.dtype != copy.dtype:
                 continue
             owner = entry.tensor
             if copy.stride() != owner.stride():  # (clone() keeps the strides of a dense tensor only)
@@ -264,7 +263,7 @@ def guard(store: "ObjectStore", used: List["Entry"]) -> ContextManager[Any]:
     storages = store.owner_storages() if owned else set()
     labels = {storage_key(e.tensor): e.label for e in owned}
     return WriteGuard(storages, {id(e.tensor) for e in owned}, labels,
-                      {storage_key(e.tensor) for e in frozen if e.tensor.numel() > 0}, {id(e.tensor) for e in frozen})
+                      {storage_key(e.tensor) for e in frozen} - {0}, {id(e.tensor) for e in frozen})
 
 
 _NO_GUARD = contextlib.nullcontext()
