@@ -14,7 +14,7 @@ import syft_magics as sm
 from syft_magics.errors import QuotaExceeded
 from syft_magics.owner.quotas import Quotas, parse_size
 from syft_magics.ui.panels import owner_tables
-from syft_magics.wire.protocol import encode, ref_ext
+from syft_magics.wire.protocol import Ref, encode, ref_ext
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("fresh_estimates")]
 X = torch.arange(4.0)
@@ -348,3 +348,30 @@ def test_a_partial_upload_counts_against_the_byte_quota_of_ops(make_worker, raw)
     p.send_raw([op])
     reply = p.reply(timeout=30)
     assert reply["t"] == "err" and reply["code"] == "quota" and reply["s"] == 2, reply
+
+
+def test_memory_an_op_grows_in_place_is_charged(make_worker, raw):
+    # found reviewing helper-39's route: a positional out into an empty view of the client's own z was resized in
+    # place by torch; z, charged 4 bytes, kept 8 MiB each time: 160 MiB held under a 64 MiB quota, charged nothing
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="16MB"))
+    p = raw(bob)
+    seed = os.urandom(16)
+    assert p.request({"t": "send", "s": 1, "id": seed, "x": torch.zeros(1), "ack": True})["t"] == "ok"
+
+    def made(f, *args):
+        oid = os.urandom(16)
+        p.send_raw(encode({"t": "op", "s": 0, "f": f, "a": list(args), "o": [oid]}))
+        return Ref(oid), oid
+
+    refused = None
+    for i in range(8):  # 8 x 4 MiB
+        z, _ = made("Tensor.new_zeros", Ref(seed), [1])
+        empty, _ = made("Tensor.__getitem__", z, slice(0, 0, None))  # z[0:0]: no elements, in z's memory
+        big, big_id = made("Tensor.new_zeros", Ref(seed), [1 << 20])
+        out, out_id = made("torch.tensordot", big, torch.tensor(1.0), 0, empty)
+        p.send_raw(encode({"t": "free", "ids": [big_id, out_id]}))
+        reply = p.request({"t": "sync", "s": 2 + i})
+        if reply["t"] == "err" or bob.stats.get("refusals"):
+            refused = i
+            break
+    assert refused is not None and refused < 5, "the grown memory was never charged"

@@ -420,7 +420,9 @@ class Ops:
                     entry.depth = graphs.depth_of(used, check=False)  # (used holds the entry: one deeper than it)
                     graphs.written_through(entry.tensor, entry.depth)
         # (through a view: its base and the other views hold what it wrote too, and derive from it)
-        self.disclosure.taint(used, self.store.sharing(written) if written else written)
+        shared = self.store.sharing(written) if written else written
+        self.store.regrow(shared)
+        self.disclosure.taint(used, shared)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
               prov: Optional[Provenance] = None) -> NoReturn:

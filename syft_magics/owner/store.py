@@ -8,122 +8,23 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
 import threading
-import time
-from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ..display import dtype_text, short_id
+from ..display import short_id
 from ..wire.names import check_tag
-from .blocks import Block, storage_key, version_of
+from .blocks import Block, storage_key
 from .blocks import withheld_charge as withheld_charge  # (ops' import)
+from .entry import OWNER, Entry, new_id
 from .graphs import Graph
 from .lineage import lineage
 from .optimizers import scheduler_bytes, state_bytes
-from .provenance import CLIENT, Provenance
 
 __all__ = ["OWNER", "Entry", "ObjectStore", "check_tag", "new_id"]
-
-OWNER = "owner"
-_serials = itertools.count()
-
-
-def new_id() -> bytes:
-    return os.urandom(16)
-
-
-@dataclass
-class Entry:
-    """One object held by a worker."""
-
-    id: bytes
-    tensor: Any  # a tensor; a model or an optimizer built on the worker; None for a failed op
-    tags: Tuple[str, ...] = ()
-    origin: str = OWNER
-    session: Optional[bytes] = None
-    op: str = ""  # the op that made it ("" for shared or sent objects)
-    inputs: Tuple[bytes, ...] = ()
-    created: float = field(default_factory=time.time)
-    last_access: float = field(default_factory=time.time)
-    error: Optional[str] = None  # set when the op meant to create it failed
-    #: writes made into it after it was made: (op, ids of the op's other inputs), in order
-    history: List[Tuple[str, Tuple[bytes, ...]]] = field(default_factory=list)
-    #: writes past the first ``lineage.MAX_HISTORY``, counted (see :func:`.lineage.record`)
-    more_writes: int = 0
-    #: the tensor's version counter when its history was last brought up to date
-    seen_version: int = -1
-    #: derived from whose data, and whether its shape may be told (see :mod:`syft_magics.owner.provenance`)
-    provenance: Provenance = CLIENT
-    #: seconds of autograd work recorded behind the tensor, for a backward's estimate (see
-    #: :mod:`syft_magics.owner.train_costs`); None: none recorded (a leaf, or a graph the worker did not build)
-    work: Optional[float] = None
-    #: ops on the longest autograd path behind the tensor (0: none recorded), bounded (see .graphs.MAX_DEPTH)
-    depth: int = 0
-    #: no op may write into it: a result of an op over a withheld shape (see ``ObjectStore.charge_public``)
-    read_only: bool = False
-    #: what it is charged for memory of withheld size it keeps alive (a public upper bound: ``charge_public``)
-    withheld_bytes: int = 0
-    #: which entry it is, for as long as the worker runs (its ``id`` is its client's choice, and may be reused)
-    serial: int = field(default_factory=_serials.__next__)
-
-    def __post_init__(self) -> None:
-        self.seen_version = self.version
-
-    @property
-    def version(self) -> int:
-        """The tensor's version counter: it moves with every write, through any view (-1: none)."""
-        return version_of(self.tensor)
-
-    @property
-    def hex(self) -> str:
-        return self.id.hex()
-
-    @property
-    def label(self) -> str:
-        """How the object reads in logs: its tags, else a short id."""
-        return " ".join(self.tags) if self.tags else short_id(self.id)
-
-    @property
-    def kind(self) -> str:
-        """``tensor``, ``model`` (an ``nn.Module`` built on the worker) or ``object`` (an optimizer...)."""
-        t = self.tensor
-        if t is None or isinstance(t, torch.Tensor):
-            return "tensor"
-        return "model" if isinstance(t, torch.nn.Module) else "object"
-
-    @property
-    def shape(self) -> Tuple[int, ...]:
-        return tuple(self.tensor.shape) if isinstance(self.tensor, torch.Tensor) else ()
-
-    @property
-    def dtype(self) -> str:
-        t = self.tensor
-        if isinstance(t, torch.Tensor):
-            return dtype_text(t.dtype)
-        return "-" if t is None else type(t).__name__
-
-    @property
-    def nbytes(self) -> int:
-        t = self.tensor
-        if isinstance(t, torch.Tensor):
-            return t.numel() * t.element_size()
-        if isinstance(t, torch.nn.Module):
-            return sum(v.numel() * v.element_size() for v in t.state_dict().values())
-        return 0
-
-    def summary(self) -> Dict[str, object]:
-        return {"tags": self.tags, "shape": self.shape, "dtype": self.dtype, "bytes": self.nbytes,
-                "origin": self.origin, "created": self.created}
-
-    def __repr__(self) -> str:
-        return (f"Entry({self.label}, shape={self.shape}, dtype={self.dtype}, "
-                f"bytes={self.nbytes}, origin={self.origin})")
-
 
 _FIND = object()  # (put's blocks: not given, find them)
 
@@ -204,10 +105,9 @@ class ObjectStore:
         return wheres
 
     def keep_saved(self, session: bytes, graph: Graph, saved: List[torch.Tensor]) -> None:
-        """Charge ``session`` for the memory blocks of the tensors one op's autograd ``graph`` saved until torch
-        has freed them all (see :mod:`.graphs`): a block's bytes once, however many of the session's objects and
-        graphs hold it; the owner's data is not charged. (Runs for every op that builds a graph: a training
-        step's forward saves its input and every weight.)"""
+        """Charge ``session`` for the memory blocks of the tensors one op's autograd ``graph`` saved until torch has
+        freed them all (:mod:`.graphs`): a block's bytes once, however many objects and graphs hold it; the owner's
+        data not. (Every op that builds a graph: a training step's forward saves its input and every weight.)"""
         blocks: Dict[int, Block] = {}
         owner = self._owner_storage
         for t in saved:
@@ -402,11 +302,9 @@ class ObjectStore:
 
     def charge_public(self, value: torch.Tensor, session: bytes, seen: Set[int],
                       public: int) -> Tuple[int, Optional[List[Block]]]:
-        """As :meth:`charge`, for a result whose shape is withheld (see :mod:`.fake_trace`): charged ``public``
-        bytes, its public upper bound, in a block of its own while it lives, whatever its memory is and whether
-        torch made it a view or a copy. Its memory blocks are held at no charge of their own (they count as
-        withheld memory: :meth:`in_withheld_memory`): what they add or when they are freed would tell sizes
-        and which results share memory."""
+        """As :meth:`charge`, for a result whose shape is withheld (:mod:`.fake_trace`): charged ``public`` bytes, its
+        public bound, in a block of its own while it lives, whatever its memory; its memory blocks held at no charge
+        (withheld memory, :meth:`in_withheld_memory`: what they add or when freed would tell sizes)."""
         self._drain()
         held = [(key, 0, storage) for key, _nbytes, storage in self.blocks_of(value) or ()]
         return public, [*held, (-next(self._own_keys), public, None)]
@@ -443,6 +341,17 @@ class ObjectStore:
         with self._lock:
             oids = {oid for key in keys for oid in self._holders.get((session, key), ())}
             return [self._entries[oid] for oid in oids if oid in self._entries]
+
+    def regrow(self, entries: List[Entry]) -> None:
+        """Charge anew those of ``entries`` (client objects an op wrote) whose memory is not what they are charged by:
+        torch resized it in place (a positional ``out`` into an empty view), which charged nothing (held 0 MiB with
+        160 MiB grown that way under a 64 MiB quota); a client over its quota so is refused its next op."""
+        with self._lock:
+            for e in entries:
+                wheres = self._in_block.get(e.id) if e.session is not None and not e.read_only else None
+                if wheres is not None and [(w[1], self._blocks[w][1]) for w in wheres] != \
+                        [(key, nbytes) for key, nbytes, _ in self.blocks_of(e.tensor) or ()]:
+                    self.put(e)
 
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares memory with an object the owner shared, empty or not (helper-39: an empty view of
