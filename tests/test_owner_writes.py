@@ -50,10 +50,9 @@ def test_positional_out_into_owner_data_is_refused(bob_and_mallory, f, args):
     x = Ref(bob.store.search(("#X",))[0].id)
     version = owner._version
     reply = _op(mallory, f, *args(x))
-    assert reply["t"] == "err" and reply["code"] == "read_only", reply
-    assert "#X" in reply["msg"]
+    # (refused as out= is, whatever it names: torch resizes an out in place; see the empty views below)
+    assert reply["t"] == "err" and reply["code"] == "bad_args" and "out=" in reply["msg"], reply
     assert torch.equal(owner, X) and owner._version == version and owner.shape == X.shape
-    assert bob.stats["refusals"]["write into the owner's data"] >= 1
 
 
 @pytest.mark.parametrize("f,args,kwargs", [
@@ -82,11 +81,11 @@ def test_writes_into_the_clients_own_objects_still_work_and_are_recorded(bob_and
     oid = bob.store.search(("#X",))[0].id
     mine = os.urandom(16)
     assert mallory.request({"t": "send", "s": 1, "id": mine, "x": torch.zeros(2, 3), "ack": True})["t"] == "ok"
-    reply = _op(mallory, "torch.tensordot", torch.ones(2, 2), torch.ones(2, 3), 1, Ref(mine))
+    reply = _op(mallory, "torch.nn.functional.relu", Ref(mine), True)
     assert reply["t"] == "ok", reply
     reply = _op(mallory, "Tensor.copy_", Ref(mine), Ref(oid))
     assert reply["t"] == "ok", reply
-    assert [op for op, _ in bob.store.get(mine).history] == ["tensordot", ".copy_"]
+    assert [op for op, _ in bob.store.get(mine).history] == ["F.relu", ".copy_"]
     assert bob.store.get(mine).history[1][1] == (oid,)
     assert torch.equal(bob.store.get(mine).tensor, X) and torch.equal(owner, X)
 
@@ -124,7 +123,7 @@ def test_an_unforeseen_write_is_reported(bob_and_mallory, monkeypatch):
     # pretend the schemas missed a write (and no copy was made): the version counter still tells
     monkeypatch.setattr(writes, "guard", lambda *a, **k: __import__("contextlib").nullcontext())
     monkeypatch.setattr(writes, "copies_for", lambda *a, **k: None)
-    _op(mallory, "torch.tensordot", torch.ones(2, 2), torch.ones(2, 3), 1, Ref(oid))
+    _op(mallory, "torch.nn.functional.relu", Ref(oid), True)
     assert bob.events.totals["owner_write"] == 1
     assert bob.stats["refusals"]["unforeseen write into the owner's data"] == 1
 
@@ -169,6 +168,21 @@ def test_a_view_of_the_owners_data_stays_read_only_after_it_is_unshared(bob_and_
     mallory.send_raw(encode({"t": "free", "ids": [view]}))
     assert mallory.request({"t": "sync", "s": 10})["t"] == "ok"
     assert not bob.store.owner_storages(), "the last view gone: nothing of it is kept as the owner's"
+
+
+def test_an_empty_view_keeps_the_owners_memory_the_owners_after_it_is_unshared(bob_and_mallory):
+    # helper-40: a client holding only x.view(-1)[0:0] when the owner unshared #X: its memory was let go as the
+    # owner's (an empty view counted as holding nothing), and a positional out resized the view over #X
+    bob, owner, mallory = bob_and_mallory
+    x = Ref(bob.store.search(("#X",))[0].id)
+    flat = _made(mallory, "Tensor.view", x, -1)
+    empty = _made(mallory, "Tensor.__getitem__", flat, slice(0, 0, None))
+    mallory.send_raw(encode({"t": "free", "ids": [flat.id]}))  # (only the empty view holds #X's memory)
+    assert mallory.request({"t": "sync", "s": 11})["t"] == "ok"
+    assert bob.unshare("#X") == 1
+    assert writes.owner_view(bob.store, bob.store.get(empty.id)), "still the owner's memory"
+    assert _op(mallory, "torch.tensordot", torch.ones(12), torch.tensor(-7.0), 0, empty)["t"] == "err"
+    assert torch.equal(owner, X)
 
 
 @pytest.mark.parametrize("protection", ["copies", "guard"])
@@ -219,8 +233,9 @@ def test_an_empty_view_of_the_owners_data_is_the_owners_as_an_output(bob_and_mal
     x = Ref(bob.store.search(("#X",))[0].id)
     empty = _made(mallory, "Tensor.__getitem__", _made(mallory, "Tensor.view", x, -1), slice(3, 3, None))
     mine = _made(mallory, "Tensor.__mul__", _made(mallory, "Tensor.clone", x), 1.0)  # the client's own 2x3
+    assert writes.owner_view(bob.store, bob.store.get(empty.id)), "an empty view of #X is the owner's"
     reply = _op(mallory, f, *args(x, mine), empty)
-    assert reply["t"] == "err" and reply["code"] == "read_only", reply
+    assert reply["t"] == "err" and reply["code"] in ("read_only", "bad_args"), reply
     assert torch.equal(owner, X) and owner.data_ptr() == bob.store.search(("#X",))[0].tensor.data_ptr()
     assert _op(mallory, "Tensor.fill_", _made(mallory, "Tensor.__getitem__", x, 1), 42.0)["code"] == "read_only"
     assert torch.equal(owner, X)

@@ -84,7 +84,7 @@ class Ops:
             fn = self.worker.allowlist.lookup(name)
             if fn is None:
                 raise Reject(ErrorCode.OP_NOT_ALLOWED, f"{op} is not on {self.name}'s allowlist of ops")
-            if "out" in kwargs:
+            if "out" in kwargs or writes.positional_out(fn, args):
                 raise Reject(ErrorCode.BAD_ARGS, "out= is not supported on pointers")
             for oid in out:
                 if oid is not None and (not isinstance(oid, bytes) or len(oid) != 16 or oid in self.store):
@@ -420,9 +420,7 @@ class Ops:
                     entry.depth = graphs.depth_of(used, check=False)  # (used holds the entry: one deeper than it)
                     graphs.written_through(entry.tensor, entry.depth)
         # (through a view: its base and the other views hold what it wrote too, and derive from it)
-        shared = self.store.sharing(written) if written else written
-        self.store.regrow(shared)
-        self.disclosure.taint(used, shared)
+        self.disclosure.taint(used, self.store.sharing(written) if written else written)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
               prov: Optional[Provenance] = None) -> NoReturn:

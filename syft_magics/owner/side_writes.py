@@ -214,7 +214,7 @@ def _positions(fn: Any) -> Optional[Tuple[List[Tuple[str, int]], Tuple[str, int]
         pass
     except TypeError:  # unhashable
         return None
-    names = _parameter_names(fn)
+    names = parameter_names(fn)
     found = None
     flag = next((n for n in _TRAINING if n in names), None)
     if flag is not None and any(n in names for n in RUNNING_STATS):
@@ -226,7 +226,8 @@ def _positions(fn: Any) -> Optional[Tuple[List[Tuple[str, int]], Tuple[str, int]
 _POSITIONS: Dict[Any, Optional[Tuple[List[Tuple[str, int]], Tuple[str, int]]]] = {}
 
 
-def _parameter_names(fn: Any) -> List[str]:
+def parameter_names(fn: Any) -> List[str]:
+    """``fn``'s parameters, by its Python signature or (a builtin) its ATen operator's schema; empty if unknown."""
     try:
         return list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):  # a builtin: its ATen operator's schema, if it has one of its name

@@ -190,7 +190,7 @@ class ObjectStore:
                 self._owner_storage.pop(key, None)
 
     def _aliased(self, key: int) -> bool:
-        return any(e.session is not None and isinstance(e.tensor, torch.Tensor) and e.tensor.numel()
+        return any(e.session is not None and isinstance(e.tensor, torch.Tensor)  # (empty views too: helper-40)
                    and storage_key(e.tensor) == key for e in self._entries.values())
 
     def _let_go(self, wheres: Iterable[Tuple[bytes, int]], session: bytes, cost: int) -> None:
@@ -341,17 +341,6 @@ class ObjectStore:
         with self._lock:
             oids = {oid for key in keys for oid in self._holders.get((session, key), ())}
             return [self._entries[oid] for oid in oids if oid in self._entries]
-
-    def regrow(self, entries: List[Entry]) -> None:
-        """Charge anew those of ``entries`` (client objects an op wrote) whose memory is not what they are charged by:
-        torch resized it in place (a positional ``out`` into an empty view), which charged nothing (held 0 MiB with
-        160 MiB grown that way under a 64 MiB quota); a client over its quota so is refused its next op."""
-        with self._lock:
-            for e in entries:
-                wheres = self._in_block.get(e.id) if e.session is not None and not e.read_only else None
-                if wheres is not None and [(w[1], self._blocks[w][1]) for w in wheres] != \
-                        [(key, nbytes) for key, nbytes, _ in self.blocks_of(e.tensor) or ()]:
-                    self.put(e)
 
     def aliases_owner_data(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares memory with an object the owner shared, empty or not (helper-39: an empty view of
