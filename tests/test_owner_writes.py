@@ -239,3 +239,20 @@ def test_an_empty_view_of_the_owners_data_is_the_owners_as_an_output(bob_and_mal
     assert torch.equal(owner, X) and owner.data_ptr() == bob.store.search(("#X",))[0].tensor.data_ptr()
     assert _op(mallory, "Tensor.fill_", _made(mallory, "Tensor.__getitem__", x, 1), 42.0)["code"] == "read_only"
     assert torch.equal(owner, X)
+
+
+def test_a_backward_seeded_with_the_owners_data_gives_no_gradient_in_its_memory(make_worker, make_client):
+    # helper-41: w.view(...).backward(#B) (2 MiB: past the copies, under the guard): torch adopted a fresh view of #B
+    # as w.grad without a copy (no ATen write for the guard to see), and (w * 1).backward(v) added v into #B
+    bob = make_worker("Bob", policy="open")
+    owner = torch.arange(512 * 1024, dtype=torch.float32).reshape(1024, 512)
+    bob.share(owner, "#B")
+    client = make_client(bob.address, key=bob.key)
+    b = client.search("#B")[0]
+    w = client.send(torch.zeros(owner.numel())).requires_grad_()
+    w.view(1024, 512).backward(b)
+    (w * 1).backward(client.send(torch.full((owner.numel(),), 5.0)))
+    client.sync()
+    assert torch.equal(owner, torch.arange(512 * 1024, dtype=torch.float32).reshape(1024, 512))
+    grad = bob.store.get(w.oid).tensor.grad
+    assert not bob.store.aliases_owner_data(grad) and torch.equal(grad, owner.flatten() + 5.0)

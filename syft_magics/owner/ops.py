@@ -248,7 +248,7 @@ class Ops:
                 graphs.depth_of(used)
             before = writes.versions(used)
             watch = side_writes.watch(self.disclosure, session.ident, fn, args, kwargs, used)
-            copies = writes.copies_for(self.store, used)  # (the owner's data copied, or the guard)
+            copies = writes.copies_for(self.store, used, fn)  # (the owner's data copied, or the guard)
             try:
                 with writes.guard(self.store, used) if copies is None else contextlib.nullcontext(), \
                         contextlib.nullcontext() if grad else torch.no_grad(), recorder or contextlib.nullcontext():

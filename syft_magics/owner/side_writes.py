@@ -65,8 +65,12 @@ class Watch:
         if session_objects is not None:
             for entry in session_objects:
                 t = entry.tensor
-                if type(t) is torch.Tensor and not _may_hold_grad(t):
-                    continue  # (a backward gives it no gradient: most of a training loop's objects)
+                if isinstance(t, torch.Tensor):
+                    # (a backward adds into gradients in place: a pointer to one, or a client's tensor torch adopted
+                    # as one, is written even when the leaf's own pointer is gone, its graph holding it: helper-42)
+                    tensors.setdefault(id(t), t)
+                    if not _may_hold_grad(t):
+                        continue  # (a backward gives it no gradient: most of a training loop's objects)
                 self.grads.append((entry, autograd.grads_held(t)))
                 for g in _grads(t):
                     tensors.setdefault(id(g), g)
@@ -102,6 +106,7 @@ def watch(disclosure: "Disclosure", session: bytes, fn: Any, args: Any, kwargs: 
     if not disclosure.guarded:
         return None
     store = disclosure.worker.store
+    used = list({id(e): e for e in used}.values())  # (an object named 20,000 times is looked at once: helper-41)
     read = read_through(store, session, used)
     prov = disclosure.of_inputs([*used, *read] if read else used)
     if not prov.owner:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, FrozenSet
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import side_writes
+from . import autograd, side_writes
 from .blocks import storage_key
 from .models import ModelWeights
 
@@ -259,13 +259,19 @@ def _mapped(fn: Callable[[Any], Any], tree: Any) -> Any:
     return fn(tree)
 
 
-def copies_for(store: "ObjectStore", used: List["Entry"]) -> Optional[Copies]:
+def copies_for(store: "ObjectStore", used: List["Entry"], fn: Any = None) -> Optional[Copies]:
     """:class:`Copies` of the owner's data among ``used``, when they can stand for :func:`guard`: at most
     :data:`COPY_MAX_BYTES` of it, no read-only result among ``used`` (the guard keeps those), and no model that
     holds live tensors (``syft.model_weights``, which may hold the owner's data out of reach of a copy). None:
-    nothing of the owner's, or the guard."""
+    nothing of the owner's, or the guard. A backward (``fn``) always gets copies, whatever their size: torch
+    adopts the gradient it is given, or a fresh view of it, as a leaf's ``.grad`` without a copy (no ATen write
+    for the guard to see), and the next backward adds into it in place (helper-41 wrote into a 2 MiB ``#B`` so)."""
     owned = [e for e in used if owner_view(store, e)]
-    if not owned or sum(e.tensor.numel() * e.tensor.element_size() for e in owned) > COPY_MAX_BYTES or any(
+    if not owned:
+        return None
+    if fn in autograd.WRITES_GRADS:
+        return Copies(owned)
+    if sum(e.tensor.numel() * e.tensor.element_size() for e in owned) > COPY_MAX_BYTES or any(
             e.read_only or isinstance(e.tensor, ModelWeights) for e in used):
         return None
     return Copies(owned)
