@@ -15,9 +15,10 @@ what the op read (its error text and data-dependent shapes are withheld). helper
   instance norm in training mode (``F.batch_norm(x, rm, rv, training=True)``, the modules' buffers; torch's
   schemas do not mark them written either: see :mod:`.writes`). They are made to move it here.
 
-A :class:`Watch` is taken before such an op runs, only when its inputs derive from the owner's data (an op over
-a client's own objects alone writes nothing of the owner's) and the policy withholds anything; after it (also
-when it fails) :meth:`Watch.written` names the memory written, and the store finds every object holding it.
+A :class:`Watch` is taken before such an op runs, only when its inputs, or what it reads through them (the
+gradients an optimizer's step reads: :func:`read_through`), derive from the owner's data (an op over a client's own
+objects alone writes nothing of the owner's) and the policy withholds anything; after it (also when it fails)
+:meth:`Watch.written` names the memory written, and the store finds every object holding it.
 """
 from __future__ import annotations
 
@@ -101,8 +102,9 @@ class Watch:
 def watch(disclosure: "Disclosure", session: bytes, fn: Any, args: Any, kwargs: Any,
           used: List["Entry"]) -> Optional[Watch]:
     """Before an op that may write more than it names, over the owner's data: what it may write, as it is now;
-    for an op that writes gradients (a backward, ``ptr.grad = g``), every object of its client's gradient too.
-    None when there is nothing to withhold (its inputs are the client's own, or the policy is open)."""
+    for an op that writes gradients (a backward, ``ptr.grad = g``), every tensor of its client and every gradient
+    its objects hold too. None when there is nothing to withhold (its inputs are the client's own, or the policy is
+    open)."""
     if not disclosure.guarded:
         return None
     store = disclosure.worker.store
