@@ -169,7 +169,7 @@ def test_a_pointer_to_memory_another_object_filled_with_the_owners_data_derives_
     _, w, _ = _gradient_filled_with(client, x)
     again = w.grad
     client.sync()
-    assert not _entry(bob, w).provenance.owner and _entry(bob, again).provenance.owner
+    assert _entry(bob, again).provenance.owner  # (and w, whose gradient it is: see the test below)
 
 
 def test_an_op_naming_one_object_many_times_keeps_a_bounded_record(bob_and_client):
@@ -237,3 +237,24 @@ def test_a_gradient_written_after_its_leafs_pointer_is_gone_derives_from_the_own
     client.sync()
     assert _entry(bob, g).provenance.owner
     assert "(from #X)" in _asked_again(bob, g) or "#X" in bob.requests.pending[-1].lineage
+
+
+@pytest.mark.parametrize("then", ["its gradient asked again", "an optimizer step"])
+def test_a_gradient_filled_through_a_freed_pointer_leaves_its_leaf_derived_from_the_owners_data(bob_and_client, then):
+    # helper-43: g = w.grad; g.copy_(#X); del g: the taint went with g; a new w.grad, or opt.step() writing -#X
+    # into w, read #X back from w, the client's own, through index errors, no request
+    bob, client, x = bob_and_client
+    lin, w, g = _gradient_filled_with(client, x)
+    opt = client.optim.SGD(lin.parameters(), lr=1.0)
+    del g
+    gc.collect()
+    client.sync()
+    if then == "its gradient asked again":
+        again = w.grad
+        client.sync()
+        assert _entry(bob, again).provenance.owner
+    else:
+        opt.step()
+        client.sync()
+    assert _entry(bob, w).provenance.owner and _entry(bob, opt._handle).provenance.owner
+    assert bob.store.lineage(_entry(bob, w)).endswith("(from #X)")

@@ -24,6 +24,7 @@ from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
 from . import autograd, costs, graphs, lineage, public_charges, quotas, randomness, side_writes, train_costs, writes
+from .blocks import storage_key
 from .models import MODEL_FACTORIES
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
@@ -420,7 +421,27 @@ class Ops:
                     entry.depth = graphs.depth_of(used, check=False)  # (used holds the entry: one deeper than it)
                     graphs.written_through(entry.tensor, entry.depth)
         # (through a view: its base and the other views hold what it wrote too, and derive from it)
-        self.disclosure.taint(used, self.store.sharing(written) if written else written)
+        shared = self.store.sharing(written) if written else written
+        self.disclosure.taint(used, shared)
+        if shared:
+            for entry in shared:  # (requires_grad_ made it one)
+                self.store.note_grads(entry)
+            self._grads_written(session, used, shared)
+
+    def _grads_written(self, session: Session, used: List[Entry], shared: List[Entry]) -> None:
+        """A write into memory that is an object's gradient (through a pointer ``g = w.grad``) is a write into that
+        object, its model and its optimizers: they derive from what the op read (helper-43: with ``g`` freed, a new
+        ``w.grad`` and ``opt.step()`` read ``#X`` back, each from ``w``, the client's own)."""
+        if not self.disclosure.guarded:
+            return
+        prov = self.disclosure.of_inputs(used)
+        if not prov.owner:
+            return
+        keys = self.store.keys_of(shared)
+        hit = [e for e in self.store.grad_holders(session.ident)
+               if any(storage_key(g) in keys for g in side_writes.grads_of(e.tensor))]
+        for entry in self.store.sharing(hit) if hit else ():
+            entry.provenance = entry.provenance.merged(prov)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
               prov: Optional[Provenance] = None) -> NoReturn:

@@ -132,6 +132,17 @@ def _parameters(obj: Any) -> Iterator[torch.Tensor]:
         yield from group["params"]
 
 
+def holds_grads(obj: Any) -> bool:
+    """Whether ``obj`` may hold a gradient: a tensor a backward may give one, a model, an optimizer, a scheduler."""
+    return _may_hold_grad(obj) if isinstance(obj, torch.Tensor) else isinstance(
+        obj, (torch.nn.Module, Optimizer, LRScheduler))
+
+
+def grads_of(obj: Any) -> Iterable[torch.Tensor]:
+    """The gradients a tensor, a model or an optimizer (a scheduler's) holds now."""
+    return _grads(obj.optimizer if isinstance(obj, LRScheduler) else obj)
+
+
 def _may_hold_grad(t: torch.Tensor) -> bool:
     """Whether a backward may give ``t`` a gradient (a leaf that requires one, or a tensor retaining its own);
     True where torch refuses to answer (:func:`.autograd.grads_held` looks then)."""
@@ -169,7 +180,10 @@ def _inside(obj: Any) -> Iterator[torch.Tensor]:
 def _grads(obj: Any) -> Iterable[torch.Tensor]:
     """The gradients a tensor, a model or an optimizer holds now (those a backward may write into in place)."""
     if isinstance(obj, torch.Tensor):
-        g = obj.grad if obj.requires_grad and obj.is_leaf else None
+        try:
+            g = obj.grad if obj.requires_grad and obj.is_leaf else None
+        except RuntimeError:  # (a view made under no_grad whose base was written since: no autograd question)
+            return ()
         return () if g is None else (g,)
     if isinstance(obj, torch.nn.Module):
         return [p.grad for p in parameters_of(obj) if p.grad is not None]

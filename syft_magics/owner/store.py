@@ -23,6 +23,7 @@ from .entry import OWNER, Entry, new_id
 from .graphs import Graph
 from .lineage import lineage
 from .optimizers import scheduler_bytes, state_bytes
+from .side_writes import holds_grads
 
 __all__ = ["OWNER", "Entry", "ObjectStore", "check_tag", "new_id"]
 
@@ -36,6 +37,8 @@ class ObjectStore:
         self._entries: Dict[bytes, Entry] = {}
         self._tags: Dict[str, Set[bytes]] = {}
         self._by_session: Dict[bytes, Set[bytes]] = {}
+        #: a session's objects that may hold a gradient (leaves that require one, models, optimizers): see grad_holders
+        self._grad_holders: Dict[bytes, Set[bytes]] = {}
         self._owner_storage: Dict[int, int] = {}  # storage key -> count of owner objects in it
         self._retired: Set[int] = set()  # (keys of it no owner object holds any more, that a client's view does)
         self._held: Dict[bytes, int] = {}  # session -> bytes charged to it (its quota)
@@ -70,6 +73,7 @@ class ObjectStore:
                 self._tags.setdefault(tag, set()).add(entry.id)
             if entry.session is not None:
                 self._by_session.setdefault(entry.session, set()).add(entry.id)
+                self.note_grads(entry)
                 if blocks is _FIND:
                     blocks = self.blocks_of(entry.tensor)
                 if blocks is not None:
@@ -153,7 +157,24 @@ class ObjectStore:
                 self._forget(entry)
             return entry
 
+    def note_grads(self, entry: Entry) -> None:
+        """Count ``entry`` among its session's objects that may hold a gradient, if it may (now)."""
+        if entry.session is not None and holds_grads(entry.tensor):
+            self._grad_holders.setdefault(entry.session, set()).add(entry.id)
+
+    def grad_holders(self, session: bytes) -> List[Entry]:
+        """The session's objects that may hold a gradient (an op that writes one's memory writes into them)."""
+        with self._lock:
+            return [self._entries[i] for i in self._grad_holders.get(session, ()) if i in self._entries]
+
+    def keys_of(self, entries: Iterable[Entry]) -> Set[int]:
+        """The keys of the memory blocks ``entries`` hold."""
+        with self._lock:
+            return {where[1] for e in entries for where in self._in_block.get(e.id, ())}
+
     def _forget(self, entry: Entry) -> None:
+        if entry.session is not None:
+            self._grad_holders.get(entry.session, set()).discard(entry.id)
         for tag in entry.tags:
             ids = self._tags.get(tag)
             if ids is not None:
