@@ -258,3 +258,27 @@ def test_a_gradient_filled_through_a_freed_pointer_leaves_its_leaf_derived_from_
         client.sync()
     assert _entry(bob, w).provenance.owner and _entry(bob, opt._handle).provenance.owner
     assert bob.store.lineage(_entry(bob, w)).endswith("(from #X)")
+
+
+@pytest.mark.parametrize("route", ["requires_grad turned off meanwhile", "a retained gradient of a non-leaf"])
+def test_a_gradient_torch_keeps_out_of_sight_is_still_its_holders(bob_and_client, route):
+    # helper-44: g = w.grad; w.requires_grad_(False); g.copy_(#X); del g; then w.grad again: w's gradient was not
+    # looked for while w did not require one; and y.retain_grad()'s gradient was not counted as y's at all
+    bob, client, x = bob_and_client
+    w = client.send(torch.zeros(4, 3)).requires_grad_()
+    holder = w if route.startswith("requires_grad") else w * 1
+    if holder is not w:
+        holder.retain_grad()
+    holder.sum().backward()
+    g = holder.grad
+    if holder is w:
+        w.requires_grad_(False)
+    g.copy_(x)
+    del g
+    gc.collect()
+    client.sync()
+    if holder is w:
+        w.requires_grad_(True)
+    again = holder.grad
+    client.sync()
+    assert _entry(bob, again).provenance.owner and _entry(bob, holder).provenance.owner

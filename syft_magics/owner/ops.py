@@ -24,7 +24,6 @@ from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
 from . import autograd, costs, graphs, lineage, public_charges, quotas, randomness, side_writes, train_costs, writes
-from .blocks import storage_key
 from .models import MODEL_FACTORIES
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
@@ -257,6 +256,9 @@ class Ops:
             except Exception as exc:
                 raise _Ran(_own_refusal(fn, exc), self._changed(session, before, watch)) from None
             written = self._changed(session, before, watch)
+            if fn in autograd.WRITES_GRADS and self.disclosure.guarded:  # (objects it gave a gradient: helper-44)
+                for entry in self.store.of_session(session.ident):
+                    self.store.note_grads(entry)
             if recorder is not None:
                 self._keep_leaves(session, used, result, written)
             return result, written
@@ -426,22 +428,7 @@ class Ops:
         if shared:
             for entry in shared:  # (requires_grad_ made it one)
                 self.store.note_grads(entry)
-            self._grads_written(session, used, shared)
-
-    def _grads_written(self, session: Session, used: List[Entry], shared: List[Entry]) -> None:
-        """A write into memory that is an object's gradient (through a pointer ``g = w.grad``) is a write into that
-        object, its model and its optimizers: they derive from what the op read (helper-43: with ``g`` freed, a new
-        ``w.grad`` and ``opt.step()`` read ``#X`` back, each from ``w``, the client's own)."""
-        if not self.disclosure.guarded:
-            return
-        prov = self.disclosure.of_inputs(used)
-        if not prov.owner:
-            return
-        keys = self.store.keys_of(shared)
-        hit = [e for e in self.store.grad_holders(session.ident)
-               if any(storage_key(g) in keys for g in side_writes.grads_of(e.tensor))]
-        for entry in self.store.sharing(hit) if hit else ():
-            entry.provenance = entry.provenance.merged(prov)
+            side_writes.grads_written(self.disclosure, session.ident, used, shared)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
               prov: Optional[Provenance] = None) -> NoReturn:

@@ -117,6 +117,23 @@ def watch(disclosure: "Disclosure", session: bytes, fn: Any, args: Any, kwargs: 
     return Watch(prov, fn, args, kwargs, used, everyone)
 
 
+def grads_written(disclosure: "Disclosure", session: bytes, used: List["Entry"], shared: List["Entry"]) -> None:
+    """A write into memory that is an object's gradient (through a pointer ``g = w.grad``) is a write into that
+    object, its model and its optimizers: they derive from what the op read (helper-43: with ``g`` freed, a new
+    ``w.grad`` and ``opt.step()`` read ``#X`` back, each from ``w``, the client's own). ``shared``: the objects
+    holding the memory the op wrote."""
+    if not disclosure.guarded:
+        return
+    prov = disclosure.of_inputs(used)
+    if not prov.owner:
+        return
+    store = disclosure.worker.store
+    keys = store.keys_of(shared)
+    hit = [e for e in store.grad_holders(session) if any(storage_key(g) in keys for g in grads_of(e.tensor))]
+    for entry in store.sharing(hit) if hit else ():
+        entry.provenance = entry.provenance.merged(prov)
+
+
 def read_through(store: "ObjectStore", session: bytes, used: List["Entry"]) -> List["Entry"]:
     """The client's objects an op reads without naming them: those holding the gradients of an optimizer's
     parameters, which its step reads (helper-38: ``g = w.grad``, ``g.copy_(#X)``, then ``opt.step()`` wrote
@@ -133,9 +150,11 @@ def _parameters(obj: Any) -> Iterator[torch.Tensor]:
 
 
 def holds_grads(obj: Any) -> bool:
-    """Whether ``obj`` may hold a gradient: a tensor a backward may give one, a model, an optimizer, a scheduler."""
-    return _may_hold_grad(obj) if isinstance(obj, torch.Tensor) else isinstance(
-        obj, (torch.nn.Module, Optimizer, LRScheduler))
+    """Whether ``obj`` may hold a gradient: a tensor a backward may give one or that has one, a model, an
+    optimizer, a scheduler."""
+    if isinstance(obj, torch.Tensor):
+        return _may_hold_grad(obj) or bool(_grads(obj))
+    return isinstance(obj, (torch.nn.Module, Optimizer, LRScheduler))
 
 
 def grads_of(obj: Any) -> Iterable[torch.Tensor]:
@@ -180,8 +199,8 @@ def _inside(obj: Any) -> Iterator[torch.Tensor]:
 def _grads(obj: Any) -> Iterable[torch.Tensor]:
     """The gradients a tensor, a model or an optimizer holds now (those a backward may write into in place)."""
     if isinstance(obj, torch.Tensor):
-        try:
-            g = obj.grad if obj.requires_grad and obj.is_leaf else None
+        try:  # (whatever requires_grad says now: torch keeps a gradient when it is turned off; helper-44)
+            g = obj.grad if obj.is_leaf or obj.retains_grad else None  # (torch warns when a non-leaf's is read)
         except RuntimeError:  # (a view made under no_grad whose base was written since: no autograd question)
             return ()
         return () if g is None else (g,)
