@@ -6,11 +6,12 @@ so the serving loop refuses them on the owner's data exactly as it refuses ``add
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
-from ..wire.results import autograd_leaf
 from .models import parameters_of
 
 
@@ -118,16 +119,23 @@ def ops() -> Dict[str, Callable]:
     }
 
 
-def grads_held(value: Any) -> Any:
-    """Which gradient ``value`` holds now (None if none), its parameters' for a model or an optimizer: each as
-    ``(id, version)``, which any write into it changes."""
+def grads_of(value: Any) -> Tuple[torch.Tensor, ...]:
+    """The gradients ``value`` holds now: a tensor's own (whatever ``requires_grad`` says now: torch keeps a
+    gradient when it is turned off, helper-44; a non-leaf's only if it retains it, torch warns when one is read
+    otherwise), a model's or an optimizer's (a scheduler's) parameters'."""
     if isinstance(value, torch.Tensor):
-        leaf = autograd_leaf(value)  # (None: a view torch answers no autograd question about)
-        # (a non-leaf has a .grad only if it retains it; torch warns when one is read otherwise)
-        g = value.grad if value.requires_grad and (leaf or leaf is False and value.retains_grad) else None
-        return None if g is None else (id(g), g._version)
-    if isinstance(value, torch.nn.Module):
-        return tuple(grads_held(p) for p in parameters_of(value))
-    if isinstance(value, torch.optim.Optimizer):
-        return tuple(grads_held(p) for group in value.param_groups for p in group["params"])
-    return None
+        try:
+            g = value.grad if value.is_leaf or value.retains_grad else None
+        except RuntimeError:  # (a view made under no_grad whose base was written since: no autograd question)
+            return ()
+        return () if g is None else (g,)
+    if isinstance(value, LRScheduler):
+        value = value.optimizer
+    params = parameters_of(value) if isinstance(value, torch.nn.Module) else \
+        [p for group in value.param_groups for p in group["params"]] if isinstance(value, Optimizer) else ()
+    return tuple(p.grad for p in params if p.grad is not None)
+
+
+def grads_stamp(grads: Tuple[torch.Tensor, ...]) -> Tuple[Tuple[int, int], ...]:
+    """Which gradients these are and their version counters: any write into one, or a new one, changes it."""
+    return tuple((id(g), g._version) for g in grads)

@@ -27,7 +27,7 @@ def module_of(m: Any) -> nn.Module:
 def modules_of(model: nn.Module) -> List[nn.Module]:
     """``list(model.modules())``, kept per model: a model's modules never change once the worker built it (no op
     adds or removes one; ``module_to`` replaces tensors, not modules), and walking them (``Module.parameters()``)
-    is most of what the worker's per-op checks of a model cost (``.side_writes``, ``.autograd.grads_held``)."""
+    is most of what the worker's per-op checks of a model cost (``.side_writes``, ``.autograd.grads_of``)."""
     found = _MODULES.get(model)
     if found is None:
         found = _MODULES[model] = list(model.modules())

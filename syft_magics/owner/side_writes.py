@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch.optim import Optimizer
@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from . import autograd
 from .blocks import storage_key, version_of
-from .models import ModelWeights, module_call, modules_of, parameters_of
+from .models import ModelWeights, module_call, modules_of
 
 if TYPE_CHECKING:
     from .provenance import Disclosure, Provenance
@@ -72,8 +72,9 @@ class Watch:
                     tensors.setdefault(id(t), t)
                     if not _may_hold_grad(t):
                         continue  # (a backward gives it no gradient: most of a training loop's objects)
-                self.grads.append((entry, autograd.grads_held(t)))
-                for g in _grads(t):
+                grads = autograd.grads_of(t)
+                self.grads.append((entry, autograd.grads_stamp(grads)))
+                for g in grads:
                     tensors.setdefault(id(g), g)
         self.tensors = [(t, version_of(t)) for t in tensors.values()]
         #: the running statistics the op writes in training mode (no version counter of torch moves for them)
@@ -94,7 +95,7 @@ class Watch:
                 keys.add(storage_key(t))
         keys.discard(0)
         for entry, held in self.grads:
-            if autograd.grads_held(entry.tensor) != held:
+            if autograd.grads_stamp(autograd.grads_of(entry.tensor)) != held:
                 entry.provenance = entry.provenance.merged(self.prov)
         return keys
 
@@ -129,7 +130,7 @@ def grads_written(disclosure: "Disclosure", session: bytes, used: List["Entry"],
         return
     store = disclosure.worker.store
     keys = store.keys_of(shared)
-    hit = [e for e in store.grad_holders(session) if any(storage_key(g) in keys for g in grads_of(e.tensor))]
+    hit = [e for e in store.grad_holders(session) if any(storage_key(g) in keys for g in autograd.grads_of(e.tensor))]
     for entry in store.sharing(hit) if hit else ():
         entry.provenance = entry.provenance.merged(prov)
 
@@ -138,33 +139,22 @@ def read_through(store: "ObjectStore", session: bytes, used: List["Entry"]) -> L
     """The client's objects an op reads without naming them: those holding the gradients of an optimizer's
     parameters, which its step reads (helper-38: ``g = w.grad``, ``g.copy_(#X)``, then ``opt.step()`` wrote
     ``-#X`` into ``w`` while the step's one input, the optimizer, was the client's own)."""
-    keys = [storage_key(p.grad) for e in used if isinstance(e.tensor, (Optimizer, LRScheduler))
-            for p in _parameters(e.tensor) if p.grad is not None]
+    keys = [storage_key(g) for e in used if isinstance(e.tensor, (Optimizer, LRScheduler))
+            for g in autograd.grads_of(e.tensor)]
     return store.holding(session, keys) if keys else []
-
-
-def _parameters(obj: Any) -> Iterator[torch.Tensor]:
-    opt = obj.optimizer if isinstance(obj, LRScheduler) else obj
-    for group in opt.param_groups:
-        yield from group["params"]
 
 
 def holds_grads(obj: Any) -> bool:
     """Whether ``obj`` may hold a gradient: a tensor a backward may give one or that has one, a model, an
     optimizer, a scheduler."""
     if isinstance(obj, torch.Tensor):
-        return _may_hold_grad(obj) or bool(_grads(obj))
+        return _may_hold_grad(obj) or bool(autograd.grads_of(obj))
     return isinstance(obj, (torch.nn.Module, Optimizer, LRScheduler))
-
-
-def grads_of(obj: Any) -> Iterable[torch.Tensor]:
-    """The gradients a tensor, a model or an optimizer (a scheduler's) holds now."""
-    return _grads(obj.optimizer if isinstance(obj, LRScheduler) else obj)
 
 
 def _may_hold_grad(t: torch.Tensor) -> bool:
     """Whether a backward may give ``t`` a gradient (a leaf that requires one, or a tensor retaining its own);
-    True where torch refuses to answer (:func:`.autograd.grads_held` looks then)."""
+    True where torch refuses to answer (:func:`.autograd.grads_of` looks then)."""
     try:
         return t.requires_grad and (t.is_leaf or t.retains_grad)
     except RuntimeError:
@@ -194,21 +184,6 @@ def _inside(obj: Any) -> Iterator[torch.Tensor]:
             for t in state.values() if isinstance(state, dict) else ():
                 if isinstance(t, torch.Tensor):
                     yield t
-
-
-def _grads(obj: Any) -> Iterable[torch.Tensor]:
-    """The gradients a tensor, a model or an optimizer holds now (those a backward may write into in place)."""
-    if isinstance(obj, torch.Tensor):
-        try:  # (whatever requires_grad says now: torch keeps a gradient when it is turned off; helper-44)
-            g = obj.grad if obj.is_leaf or obj.retains_grad else None  # (torch warns when a non-leaf's is read)
-        except RuntimeError:  # (a view made under no_grad whose base was written since: no autograd question)
-            return ()
-        return () if g is None else (g,)
-    if isinstance(obj, torch.nn.Module):
-        return [p.grad for p in parameters_of(obj) if p.grad is not None]
-    if isinstance(obj, Optimizer):
-        return [p.grad for group in obj.param_groups for p in group["params"] if p.grad is not None]
-    return ()
 
 
 def _module_stats(obj: Any) -> Iterator[torch.Tensor]:

@@ -109,9 +109,10 @@ class ObjectStore:
         return wheres
 
     def keep_saved(self, session: bytes, graph: Graph, saved: List[torch.Tensor]) -> None:
-        """Charge ``session`` for the memory blocks of the tensors one op's autograd ``graph`` saved until torch has
-        freed them all (:mod:`.graphs`): a block's bytes once, however many objects and graphs hold it; the owner's
-        data not. (Every op that builds a graph: a training step's forward saves its input and every weight.)"""
+        """Charge ``session`` for the memory blocks of the tensors one op's autograd ``graph`` saved until torch
+        has freed them all (see :mod:`.graphs`): a block's bytes once, however many of the session's objects and
+        graphs hold it; the owner's data is not charged. (Runs for every op that builds a graph: a training
+        step's forward saves its input and every weight.)"""
         blocks: Dict[int, Block] = {}
         owner = self._owner_storage
         for t in saved:
@@ -247,6 +248,7 @@ class ObjectStore:
         """Free every object of a session (it disconnected or its lease ran out)."""
         with self._lock:
             ids = list(self._by_session.pop(session, ()))
+            self._grad_holders.pop(session, None)
             for oid in ids:
                 self.remove(oid)
             for key in [k for k, (s, _) in self._graphs.items() if s == session]:  # graphs still alive: let go
@@ -323,9 +325,11 @@ class ObjectStore:
 
     def charge_public(self, value: torch.Tensor, session: bytes, seen: Set[int],
                       public: int) -> Tuple[int, Optional[List[Block]]]:
-        """As :meth:`charge`, for a result whose shape is withheld (:mod:`.fake_trace`): charged ``public`` bytes, its
-        public bound, in a block of its own while it lives, whatever its memory; its memory blocks held at no charge
-        (withheld memory, :meth:`in_withheld_memory`: what they add or when freed would tell sizes)."""
+        """As :meth:`charge`, for a result whose shape is withheld (see :mod:`.fake_trace`): charged ``public``
+        bytes, its public upper bound, in a block of its own while it lives, whatever its memory is and whether
+        torch made it a view or a copy. Its memory blocks are held at no charge of their own (they count as
+        withheld memory: :meth:`in_withheld_memory`): what they add or when they are freed would tell sizes
+        and which results share memory."""
         self._drain()
         held = [(key, 0, storage) for key, _nbytes, storage in self.blocks_of(value) or ()]
         return public, [*held, (-next(self._own_keys), public, None)]
