@@ -130,6 +130,22 @@ def test_an_interrupted_get_stops_the_worker_sending_and_the_link_stays_usable(s
     assert torch.equal(ptr.get(), big), "and a new get is whole"
 
 
+def test_a_get_interrupted_before_its_stream_began_stops_the_worker_sending(streamed, monkeypatch):
+    """Ctrl-C after the request went out, before the value's first chunk came: the stream the worker
+    starts anyway is cancelled when its header arrives, instead of waiting a minute for credit."""
+    bob, client = streamed
+    bob.share(torch.randn(4 << 20), "#BIG")
+    ptr, = client.search("#BIG")
+    interrupt_after(monkeypatch, type(client._link), "send")
+    with pytest.raises(KeyboardInterrupt):
+        ptr.get()
+    monkeypatch.undo()
+    x, = client.search("#X")  # (reads the worker's replies, the stream's header among them)
+    assert wait_until(lambda: (x + 0).get() is not None and len(session_of(bob).streams) == 0, timeout=5), \
+        "the worker stopped sending"
+    assert not client._link.streams
+
+
 def test_an_interrupted_send_leaves_nothing_half_stored(streamed, monkeypatch):
     bob, client = streamed
     before = len(bob.store)

@@ -119,11 +119,14 @@ class LinkBase:
                 self.broken = SessionExpired(
                     f"{self.worker_name} ended this session (no heartbeat for {self.lease:g} s) and freed "
                     f"its objects. Connect again (%syft_connect {self.worker_name}).")
+        elif kind in (Kind.CHUNK, Kind.CREDIT) or (kind == Kind.VALUE and header.get("z") is not None):
+            if seq in self._awaited:
+                transfers.receive(self, seq, header)
+            elif kind == Kind.VALUE:  # a stream begun after its caller stopped waiting (Ctrl-C before it came)
+                self.say({"t": Kind.CANCEL, "s": seq})
+            # (else: chunks of a stream that was cancelled, dropped)
         elif seq in self._abandoned:
             pass  # e.g. the owner decided after the client's GetTimeout: the next get asks again
-        elif kind in (Kind.CHUNK, Kind.CREDIT) or (kind == Kind.VALUE and header.get("z") is not None):
-            if seq in self._awaited:  # (not: a stream that was cancelled; its chunks are dropped)
-                transfers.receive(self, seq, header)
         elif kind == Kind.ERR and seq not in self._awaited:
             self.errors.append(header)
             self.on_error(header)
