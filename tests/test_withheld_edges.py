@@ -316,7 +316,6 @@ def test_the_edge_check_is_bounded_in_time_and_its_keys_in_size(monkeypatch):
     from torch.utils import _pytree as pytree
 
     from syft_magics.owner import fake_trace
-    from syft_magics.owner.provenance import Disclosure
 
     x = torch.ones(3, 2)
     leaves, spec = pytree.tree_flatten(((x,), {"dim": 0}))
@@ -326,10 +325,10 @@ def test_the_edge_check_is_bounded_in_time_and_its_keys_in_size(monkeypatch):
     assert fake_trace.trace(torch.sum, leaves, spec, withheld) == fake_trace.Untraced(late=True)
 
     index = torch.arange(5)
-    few = pytree.tree_flatten(((x, *[index] * 10), {}))
-    many = pytree.tree_flatten(((x, *[index] * 1000), {}))  # 5,000 of the client's elements: not remembered
-    assert Disclosure._key(torch.stack, *few, withheld, {id(x)}) is not None
-    assert Disclosure._key(torch.stack, *many, withheld, {id(x)}) is None
+    few, many = (x, *[index] * 10), (x, *[index] * 1000)  # 5,000 of the client's elements: not remembered
+    for nest in (lambda a: a, lambda a: ([*a],)):  # (as arguments, and in a list: the key's two paths)
+        assert fake_trace.trace_key(torch.stack, nest(few), {}, withheld, {id(x)}) is not None
+        assert fake_trace.trace_key(torch.stack, nest(many), {}, withheld, {id(x)}) is None
 
 
 def test_a_models_remembered_trace_follows_its_mode():

@@ -33,7 +33,7 @@ from torch.utils import _pytree as pytree
 
 from ..wire.results import flatten, quiet_tracing
 from . import randomness
-from .costs import serial
+from .costs import MAX_KEY_ITEMS, serial
 
 #: A bound above this is no bound (torch writes "unbounded" as sys.maxsize - 1 or infinity).
 UNBOUNDED = 1 << 62
@@ -151,6 +151,33 @@ def spec_keyed(spec: Any) -> bool:
             return False
         nodes.extend(node.children())
     return True
+
+
+def trace_key(fn: Any, args: Any, kwargs: Dict[str, Any], withheld: Dict[int, HiddenShape],
+              owned: AbstractSet[int]) -> Any:
+    """What a trace of ``fn`` over ``(args, kwargs)`` depends on, the key it is remembered by (None: not
+    remembered; long arguments are not keyed, as the cost cache's are: ``costs.MAX_KEY_ITEMS``). Over a withheld
+    shape, the client's own integer tensors by their values too (see :func:`signature`). Arguments with no
+    nesting (most ops: tensors, numbers, slices) are keyed as they come, without pytree's walk and its spec,
+    which took a third of the look-up on the serving thread."""
+    if len(args) + len(kwargs) <= MAX_KEY_ITEMS and all(pytree.tree_is_leaf(x) for x in args) \
+            and all(pytree.tree_is_leaf(v) for v in kwargs.values()):
+        if any(not (type(k) is str and len(k) <= MAX_KEYED_CHARS) for k in kwargs):
+            return None
+        leaves, layout = [*args, *kwargs.values()], (len(args), tuple(kwargs))
+    else:
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        if len(leaves) > MAX_KEY_ITEMS or not spec_keyed(spec):
+            return None
+        layout = cast(Any, spec)
+    try:
+        room = [MAX_KEYED_VALUES] if withheld else None
+        key = (fn, layout, tuple(signature(x, withheld.get(id(x)), room if id(x) not in owned else None,
+                                           room is not None) for x in leaves))
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 @dataclass(frozen=True)

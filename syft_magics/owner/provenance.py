@@ -33,7 +33,7 @@ took (see SECURITY.md, "The timing channel").
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch.utils import _pytree as pytree
@@ -42,19 +42,15 @@ from ..errors import ErrorCode
 from ..wire.results import describe, flatten
 from . import sizes
 from .aggregate import average_models
-from .costs import MAX_KEY_ITEMS
 from .failures import Failures, Withheld
 from .fake_trace import (
     EDGE_SECONDS,
-    MAX_KEYED_VALUES,
     MAX_WITHHELD_DIMS,
     Bounds,
-    HiddenShape,
     Trace,
     Untraced,
-    signature,
-    spec_keyed,
     trace,
+    trace_key,
 )
 from .models import model_weights
 from .optimizers import set_option, settings
@@ -299,10 +295,11 @@ class Disclosure:
             return cast(Union[Trace, Untraced, None], known)
         if any(not isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used):
             return None  # an optimizer: its state cannot be traced without side effects
-        leaves, spec, withheld, key, traced = self._lookup(fn, args, kwargs, used)
+        withheld, key, traced = self._lookup(fn, args, kwargs, used)
         if traced is PENDING:
             from .writes import writes_nothing  # (writes imports store, which imports this module)
 
+            leaves, spec = pytree.tree_flatten((args, kwargs))
             owned = sizes.owned_inputs(used, withheld)
             traced = trace(fn, leaves, spec, withheld, owned, not writes_nothing(fn, kwargs))
             if key is not None and not (isinstance(traced, Untraced) and traced.late):
@@ -322,34 +319,17 @@ class Disclosure:
         (varied shapes, each traced once, would hold it for everyone)."""
         return self._lookup(fn, args, kwargs, used)[-1] if self._traces(fn, used) else None
 
-    def _lookup(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Tuple[Any, Any, Any, Any, Any]:
-        """``(leaves, spec, withheld, key, remembered trace or PENDING)`` of ``fn`` over ``args``, ``kwargs``."""
+    def _lookup(self, fn: Any, args: Any, kwargs: Any, used: List["Entry"]) -> Tuple[Any, Any, Any]:
+        """``(withheld, key, remembered trace or PENDING)`` of ``fn`` over ``args``, ``kwargs``."""
         withheld = sizes.withheld_inputs(used)[0]
-        leaves, spec = pytree.tree_flatten((args, kwargs))
-        key = self._key(fn, leaves, spec, withheld, sizes.owned_inputs(used, withheld))
-        return leaves, spec, withheld, key, self._traced.get(key, PENDING) if key is not None else PENDING
+        key = trace_key(fn, args, kwargs, withheld, sizes.owned_inputs(used, withheld))
+        return withheld, key, self._traced.get(key, PENDING) if key is not None else PENDING
 
     def _traces(self, fn: Any, used: List["Entry"]) -> bool:
         """Whether :meth:`of_result` traces ``fn`` over ``used``: an op over the owner's tensors or models, under
         a policy that withholds shapes."""
         return self.guarded and fn not in VALUES_OF_CLIENT and fn not in SHAPES_OF_MODELS \
             and self.of_inputs(used).owner and all(isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used)
-
-    @staticmethod
-    def _key(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape], owned: AbstractSet[int]) -> Any:
-        """What a trace depends on (None: not remembered; long arguments are not keyed, as the cost cache's
-        are: costs.MAX_KEY_ITEMS). Over a withheld shape, the client's own integer tensors by their values too:
-        whether the op runs at the edges was asked with them (an index of 0 runs over one row, one of 5 not)."""
-        if len(leaves) > MAX_KEY_ITEMS or not spec_keyed(spec):
-            return None
-        try:
-            room = [MAX_KEYED_VALUES] if withheld else None
-            key = (fn, spec, tuple(signature(x, withheld.get(id(x)), room if id(x) not in owned else None,
-                                             room is not None) for x in leaves))
-            hash(key)
-        except TypeError:
-            return None
-        return key
 
     @staticmethod
     def standins(args: Any, kwargs: Any, used: List["Entry"]) -> Tuple[Any, Any]:
