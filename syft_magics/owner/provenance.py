@@ -55,6 +55,7 @@ from .fake_trace import (
 from .models import model_weights
 from .optimizers import set_option, settings
 from .policy import OpenPolicy
+from .replies import Reject
 
 if TYPE_CHECKING:
     from .sessions import Session
@@ -343,8 +344,6 @@ class Disclosure:
             return args, kwargs
         withheld = {id(e.tensor): e for e in used if e.provenance.hidden and isinstance(e.tensor, torch.Tensor)}
         if sum(len(sizes.withheld_of(e)[1]) for e in withheld.values()) > MAX_WITHHELD_DIMS:
-            from .replies import Reject
-
             raise Reject(ErrorCode.DENIED, f"an op over more than {MAX_WITHHELD_DIMS} dimensions whose sizes the "
                                            "owner withholds is not run (each makes working out its result's "
                                            "size slower); ask for a shape first (ptr.request_shape())")
@@ -366,8 +365,6 @@ class Disclosure:
         :meth:`unbounded_text`: its real allocation would happen before the refusal); or torch cannot trace it
         over a withheld shape (:meth:`untraced_text`), where whether it fails, or what it writes, could tell
         that shape. Untraced over public shapes it runs, and says; its results cannot be kept."""
-        from .replies import Reject
-
         if not self._traces(fn, used):
             return None
         self.failures.check(session)
@@ -431,8 +428,6 @@ class Disclosure:
         """The reply to a client that asked what an op returned (see :mod:`syft_magics.wire.results`): with
         the text its op ``fn`` returned, if its values are the client's (:data:`VALUES_OF_CLIENT`)."""
         if shown is not None and not shown and not flatten(result)[1].is_leaf():
-            from .replies import Reject
-
             raise Reject(ErrorCode.BAD_ARGS, "how many tensors this op returns depends on a shape the owner "
                                              "withholds; request that shape first (ptr.request_shape())")
         return describe(result, ids, shown, text=fn in VALUES_OF_CLIENT)
@@ -441,8 +436,6 @@ class Disclosure:
     def failure(self, session: Any, op: str, prov: Provenance, exc: Exception) -> Exception:
         """The error the client may see for ``exc``, raised by ``op`` on objects of provenance ``prov``:
         ``exc`` itself, or a :class:`~.failures.Withheld` with its type and a number (see :mod:`.failures`)."""
-        from .replies import Reject
-
         if isinstance(exc, Withheld) or (isinstance(exc, Reject) and exc.public) \
                 or not prov.owner or not self.guarded:
             return exc
