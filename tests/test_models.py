@@ -156,6 +156,26 @@ def test_the_worker_constructs_only_standard_layers_from_plain_data():
         build_module(huge, {}, [])
 
 
+def test_a_spec_that_would_take_seconds_to_build_is_refused_before_it_does():
+    """helper-46: a delivered model is rebuilt on the receiving worker's serving thread; a 200-byte spec of an
+    RNN of 16,000 layers (or 9,999 TransformerEncoderLayers, each 9 modules) held it for seconds to minutes."""
+    import time
+
+    from syft_magics.wire import modules
+
+    rnn = {"type": "RNN", "args": {"input_size": 1, "hidden_size": 1, "num_layers": 16_000}}
+    layers = {"type": "Sequential", "children": [[str(i), {"type": "TransformerEncoderLayer",
+                                                           "args": {"d_model": 2, "nhead": 1}}] for i in range(9_999)]}
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="1 to 64 layers"):
+        build_module(rnn, {}, ["weight_ih_l0"])
+    with pytest.raises(ValueError, match="2000 modules at most"):
+        modules.build(layers)
+    assert time.perf_counter() - t0 < 2.0  # (0.3 s here; the former bounds: 10.7 s for the second alone)
+    ok = nn.Sequential(nn.LSTM(4, 8, num_layers=2, bidirectional=True), nn.TransformerEncoderLayer(8, 2))
+    assert repr(modules.build(describe(ok))) == repr(ok)
+
+
 def test_a_custom_modules_refused_op_is_a_clear_error(seed):
     bob, client = seed
     bob.allowlist.deny("torch.nn.functional.relu")

@@ -28,9 +28,14 @@ RNN LSTM GRU MultiheadAttention TransformerEncoderLayer Sequential ModuleList Mo
 #: The module types a worker will construct, by name.
 MODULE_TYPES: Dict[str, type] = {name: getattr(nn, name) for name in _NAMES.split()}
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-#: Bounds on what a spec may ask a worker to construct.
-MAX_MODULES = 10_000
+#: Bounds on what a spec may ask a worker to construct: modules as built, the layers inside a layer counted
+#: (a TransformerEncoderLayer is 9), and the layers of an RNN, LSTM or GRU (their constructor's time grows with the
+#: square of them: 2,048 bidirectional took 2 s) before it is built. A delivered model is rebuilt on the receiving
+#: worker's serving thread: 9,999 TransformerEncoderLayers held it 10.7 s under the former bound of 10,000
+#: modules as the spec counted them (helper-46); 2,000 modules as built take 0.3 s at most.
+MAX_MODULES = 2_000
 MAX_DEPTH = 32
+MAX_RNN_LAYERS = 64
 _SKIPPED_ARGS = {"self", "device", "dtype"}
 _ACTIVATIONS = {F.relu: "relu", F.gelu: "gelu"}
 
@@ -172,7 +177,15 @@ def _build(spec: Any, depth: int, count: list) -> nn.Module:
             raise ValueError(f"{spec['type']} spec needs a map of constructor arguments")
         for name, value in args.items():
             _plain(value, f"{spec['type']}.{name}")
+        if issubclass(cls, nn.RNNBase):
+            layers = args.get("num_layers", 1)
+            if type(layers) is not int or not 0 < layers <= MAX_RNN_LAYERS:
+                raise ValueError(f"{spec['type']} may have 1 to {MAX_RNN_LAYERS} layers, not {layers!r}")
         module = cls(**args)  # type: ignore[assignment]
+        count[0] += sum(1 for _ in module.modules()) - 1  # (the layers inside it)
+        if count[0] > MAX_MODULES:
+            raise ValueError(f"a module spec may hold {MAX_MODULES} modules at most (the layers inside each "
+                             "counted)")
     module.train(bool(spec.get("training", True)))
     return module
 
