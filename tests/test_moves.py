@@ -284,6 +284,52 @@ def test_a_rule_to_carol_does_not_apply_to_a_scientists_own_worker_called_carol(
     assert len(carol.store) > 0  # the model and its weights
 
 
+def test_a_listener_at_a_look_alike_address_of_carols_gets_nothing(make_worker, make_client, monkeypatch):
+    """helper-46: the connection-file pin took Carol's port at any local address (127.0.0.2, the machine's LAN
+    address) with the instance any connected client learns; a listener of the scientist's there, called Carol,
+    with a ticket of its own, got Bob's model and no click. Whoever answers must prove the key in Carol's file."""
+    from syft_magics.wire import discovery
+
+    bob = make_worker("Bob", policy="review")
+    bob.policy.allow_get(kind="model", to="Carol")
+    carol = make_worker("Carol", policy="open")
+    impostor = make_worker("Carol", policy="open", connection_file=False)
+    b, i = make_client("Bob"), make_client(impostor.address, key=impostor.key)
+    monkeypatch.setattr(impostor, "instance", carol.instance)  # (a connected client learns it)
+    found = discovery.find_by_address  # (tests bind 127.0.0.1 only: the impostor's port stands for the look-alike)
+    monkeypatch.setattr(discovery, "find_by_address", lambda a: found(carol.address if a == impostor.address else a))
+    remote = b.send(nn.Linear(2, 2))
+    with pytest.raises(sm.SyftError, match="is not the Carol of this machine's connection file"):
+        remote.move(i)
+    assert len(impostor.store) == 0 and not bob.requests.pending
+    assert remote.move(make_client("Carol")).location == "Carol" and len(carol.store) > 0  # the real one: no click
+    assert not discovery._is_local("127.0.0.1.example.com") and discovery._is_local("127.0.0.2")
+
+
+def test_a_rule_pinned_by_key_does_not_take_an_inproc_worker_of_that_name(make_worker, make_client, monkeypatch):
+    """helper-46: ``key=`` was compared with the key the scientist's order named; to an ``inproc://`` address the
+    courier uses no CurveZMQ, so any worker of the owner's process called Carol took the model. There the worker
+    itself is compared."""
+    from syft_magics.scientist import moves
+
+    bob = make_worker("Bob", policy="review")
+    carol = make_worker("Carol", policy="open")
+    bob.policy.allow_get(kind="model", to="Carol", key="k" * 40)  # (Carol's CurveZMQ key, were she encrypted)
+    scratch = make_worker("Carol", policy="open", tcp=False)
+    b, s = make_client("Bob"), make_client(scratch)
+    ticket = moves.Move.ticket
+
+    def claiming_the_key(self):
+        ticket(self)
+        self._ticket["curve"] = ["k" * 40, "0" * 40, "0" * 40]
+
+    monkeypatch.setattr(moves.Move, "ticket", claiming_the_key)
+    remote = b.send(nn.Linear(2, 2))
+    with pytest.raises(sm.GetTimeout):
+        remote.move(s, timeout=0.3)  # under review: the rule does not pin it
+    assert len(scratch.store) == 0 and carol is not None
+
+
 @pytest.mark.skipif(not __import__("zmq").has("curve"), reason="this libzmq has no CurveZMQ")
 def test_a_rule_pinned_by_key_lets_models_go_to_that_key_only(make_worker, make_client):
     bob = make_worker("Bob", policy="review")

@@ -42,6 +42,9 @@ class Destination:
     wait: float  # seconds to wait for the target's first answer
     #: an encrypted target's public key and the courier's one-time key pair from the ticket (else None)
     curve: Optional[auth.CurveKeys] = None
+    #: the key of this machine's connection file of the worker at ``address``, which the target must prove it
+    #: holds (else None: no such file)
+    file_key: Optional[str] = None
 
 
 class CourierError(Exception):
@@ -95,11 +98,15 @@ class Courier:
             hello = {"t": Kind.HELLO, "s": 0, "v": PROTOCOL_VERSION, "ticket": dest.tid, "cn": ours,
                      "name": f"courier of {self.server.name}", "pid": os.getpid(), "hostname": _socket.gethostname()}
             challenge = self._ask(sock, hello, dest.wait, Kind.CHALLENGE, unreachable=True)
-            proof = challenge.get("tp")
-            if challenge.get("instance") != dest.instance or type(proof) is not bytes or \
-                    not auth.verify(dest.secret.hex(), b"worker" + ours, ident, proof):
+            if challenge.get("instance") != dest.instance or \
+                    not _proves(dest.secret.hex(), b"worker" + ours, ident, challenge.get("tp")):
                 raise CourierError(ErrorCode.UNAUTHENTICATED, f"the worker at {dest.address} is not the {dest.name} "
                                                               "that issued the ticket")
+            if dest.file_key is not None and not _proves(dest.file_key, b"owner" + ours, ident, challenge.get("kp")):
+                # (helper-46: a listener of the scientist's at a look-alike address of Carol's, 127.0.0.2 or the LAN
+                # address at Carol's port, named Carol, with Carol's instance and a ticket of the scientist's own)
+                raise CourierError(ErrorCode.UNAUTHENTICATED, f"the worker at {dest.address} is not the {dest.name} "
+                                                              "of this machine's connection file")
             nonce = challenge.get("nonce")
             if type(nonce) is not bytes:
                 raise CourierError(ErrorCode.PROTOCOL, f"{dest.name}'s challenge carries no nonce")
@@ -127,6 +134,10 @@ class Courier:
             if reply.get("t") == Kind.ERR:
                 code = reply.get("code") or ErrorCode.ERROR
                 raise CourierError(code, f"{dest.name} refused it: {reply.get('msg')}")
+
+
+def _proves(key: str, nonce: bytes, ident: bytes, mac: Any) -> bool:
+    return type(mac) is bytes and auth.verify(key, nonce, ident, mac)
 
 
 def _context_for(address: str) -> Optional[zmq.Context]:

@@ -12,13 +12,14 @@ target has stored it (or with the reason it did not). Nothing passes through the
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 
 from ..errors import ErrorCode
-from ..wire import auth, limits
+from ..wire import auth, discovery, limits
 from ..wire import modules as spec_format
 from ..wire.protocol import field
 from . import releases
@@ -41,6 +42,9 @@ def on_move(server: "Server", session: Session, header: dict, used: List[Entry])
     seq = header.get("s")
     entry = releases.entry_for(server, session, field(header, "id", bytes))
     dest = destination(header)
+    if dest.address.startswith("tcp://"):  # (whoever answers there must prove the key of this machine's file of it)
+        info = discovery.find_by_address(dest.address)
+        dest = replace(dest, file_key=info.key if info is not None else None)
     if entry.kind == "object":
         raise Reject(ErrorCode.BAD_ARGS, f"{entry.label} is an optimizer or scheduler: only tensors and models move")
 

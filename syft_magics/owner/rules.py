@@ -65,7 +65,12 @@ class GetRule:
         if target.name != self.to:
             return False
         if self.key is not None:
-            return target.server_key == self.key
+            if target.address.startswith("inproc://"):  # (no CurveZMQ there: the worker of this process itself)
+                from .worker import live_workers
+
+                here = [w for w in live_workers() if w.inproc_address == target.address]
+                return bool(here) and here[0].name == self.to and here[0].server_key == self.key
+            return target.address.startswith("tcp://") and target.server_key == self.key
         info = discovery.find_by_address(target.address) if target.address.startswith("tcp://") else None
         return info is not None and info.name == self.to \
             and info.instance == target.instance and (info.server_key or None) == target.server_key

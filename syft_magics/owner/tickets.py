@@ -210,9 +210,14 @@ def handshake(server: "Server", ident: bytes, header: dict) -> List[Any]:
         while len(book.pending) >= limits.MAX_PENDING_HANDSHAKES:
             book.pending.pop(next(iter(book.pending)))
         book.pending[ident] = (ticket, nonce, server._conn, now)
-        # we prove we hold the secret too: the courier reached the worker that issued the ticket
-        return encode({"t": Kind.CHALLENGE, "nonce": nonce, "instance": server.worker.instance, "name": server.name,
-                       "tp": auth.proof(ticket.key, b"worker" + theirs, ident)})
+        # we prove we hold the secret too: the courier reached the worker that issued the ticket; and the key of our
+        # connection file, if any: a courier that found it at our address asks (see courier.Destination.file_key)
+        challenge = {"t": Kind.CHALLENGE, "nonce": nonce, "instance": server.worker.instance, "name": server.name,
+                     "tp": auth.proof(ticket.key, b"worker" + theirs, ident)}
+        key = file_key(server)
+        if key is not None:
+            challenge["kp"] = auth.proof(key, b"owner" + theirs, ident)
+        return encode(challenge)
     pending = book.pending.pop(ident, None)
     mac = header.get("mac")
     if pending is None or pending[2] != server._conn or type(mac) is not bytes or \
@@ -221,6 +226,12 @@ def handshake(server: "Server", ident: bytes, header: dict) -> List[Any]:
         raise refused
     book.couriers[ident] = (pending[0], server._conn, now)  # the ticket is used up: one delivery
     return encode({"t": Kind.WELCOME, "instance": server.worker.instance, "name": server.name})
+
+
+def file_key(server: "Server") -> Optional[str]:
+    """The key this worker's connection file holds (None: it wrote none)."""
+    conn = server.worker._conn
+    return conn.key if conn is not None else None
 
 
 def _no_refs(oid: bytes) -> Any:

@@ -7,6 +7,7 @@ hang. Set ``SYFT_MAGICS_RUNTIME_DIR`` to use another directory (tests do).
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -180,7 +181,12 @@ def find_by_address(address: str) -> Optional[ConnectionInfo]:
 
 def _is_local(host: str) -> bool:
     """Whether ``host`` names this machine (loopback, any of its interfaces, or a bind-all address)."""
-    return host in ("localhost", "*", "::1") or host.startswith("127.") or is_local_ip(host)
+    if host in ("localhost", "*"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback or is_local_ip(host)
+    except ValueError:
+        return False  # a name: 127.example.com is not loopback (helper-46)
 
 
 def remove_stale(name: str) -> None:
