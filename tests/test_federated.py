@@ -196,3 +196,50 @@ def test_bad_weights_are_refused_before_any_model_moves(make_worker, make_client
             fedavg(models, weights, on=carol)
     carol.sync()
     assert len(workers[2].store) == held, "nothing moved to Carol"
+
+
+@pytest.fixture
+def held_for_carol(make_worker, make_client):
+    """Bob and Alice (review) let models go to Carol only; Carol (review) lets models out, meant for the average
+    (the Federated notebook's policies). Each owner's model trained on its data."""
+    torch.manual_seed(0)
+    workers, remotes, _ = _two_trained(make_worker, make_client, nn.Linear(6, 3))
+    for w in workers:
+        w.policy.allow_get(kind="model", to="Carol")
+    carol = make_worker("Carol", policy="review")
+    carol.policy.allow_get(kind="model")
+    return workers, remotes, carol, make_client("Carol")
+
+
+def test_the_aggregators_rule_releases_the_average_and_not_an_owners_own_model(held_for_carol):
+    """helper-46: Carol's allow_get(kind="model"), meant for the average, released Bob's model as it arrived
+    (Bob let it go to Carol only); and an "average" of Bob's model alone, or weighted [1, 0], or with a model the
+    scientist chose, was Bob's model again. Carol's rules speak for her data: another owner's, released to her only,
+    leaves only in an aggregate of at least two owners' models, or by her click."""
+    (bob, alice), (b_model, a_model), carol, c = held_for_carol
+    moved = b_model.move(c)  # Bob's rule: to Carol, no click
+    with pytest.raises(sm.GetTimeout):
+        moved.get(timeout=0.3)
+    assert any("not applied" in str(e.data.get("status")) for e in carol.events.of_kind("get"))
+    own = c.send(nn.Linear(6, 3))  # the scientist's own model, on Carol
+    for models, weights in (([b_model], [1]), ([b_model, a_model], [1, 0]), ([b_model, a_model], [1, 1e-9]),
+                            ([b_model, own], [1, 1])):
+        with pytest.raises(sm.GetTimeout):
+            fedavg(models, weights=weights, on=c).get(timeout=0.3)
+    assert len(carol.requests.pending) == 5  # each for Carol's owner to decide
+    assert isinstance(fedavg([b_model, a_model], weights=[30, 10], on=c).get(), nn.Linear)  # Carol's rule
+    assert len(carol.requests.pending) == 5
+
+
+def test_an_average_counts_only_owners_whose_courier_proved_it(held_for_carol, monkeypatch):
+    """A move's source is the scientist's claim: delivering a model itself with a ticket of Carol's, it could
+    call its own model Alice's. A model counts towards an aggregate only if the courier that brought it proved it
+    is the worker its ticket names (the key of this machine's connection file of that worker)."""
+    from syft_magics.owner import tickets
+
+    (bob, alice), (b_model, a_model), carol, c = held_for_carol
+    with monkeypatch.context() as patch:
+        patch.setattr(tickets, "_proves_source", lambda *args: False)
+        with pytest.raises(sm.GetTimeout):
+            fedavg([b_model, a_model], weights=[1, 1], on=c).get(timeout=0.3)
+    assert isinstance(fedavg([b_model, a_model], weights=[1, 1], on=c).get(), nn.Linear)

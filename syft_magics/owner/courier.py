@@ -110,8 +110,11 @@ class Courier:
             nonce = challenge.get("nonce")
             if type(nonce) is not bytes:
                 raise CourierError(ErrorCode.PROTOCOL, f"{dest.name}'s challenge carries no nonce")
-            self._ask(sock, {"t": Kind.AUTH, "s": 0, "mac": auth.proof(dest.secret.hex(), nonce, ident)},
-                      dest.wait, Kind.WELCOME)
+            answer = {"t": Kind.AUTH, "s": 0, "mac": auth.proof(dest.secret.hex(), nonce, ident)}
+            conn = self.server.worker._conn
+            if conn is not None:  # (we are the source the ticket names: .guests)
+                answer["sp"] = auth.proof(conn.key, b"source" + nonce, ident)
+            self._ask(sock, answer, dest.wait, Kind.WELCOME)
             self._ask(sock, {"t": Kind.DELIVER, "s": 1, **self.payload}, defaults.reply_timeout, Kind.OK)
         finally:
             sock.close(0)

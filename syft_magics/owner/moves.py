@@ -48,8 +48,8 @@ def on_move(server: "Server", session: Session, header: dict, used: List[Entry])
     if entry.kind == "object":
         raise Reject(ErrorCode.BAD_ARGS, f"{entry.label} is an optimizer or scheduler: only tensors and models move")
 
-    def send() -> None:  # allowed: the courier answers the scientist when the target has the object
-        payload = _payload(entry.tensor)
+    def send(held: bool) -> None:  # allowed: the courier answers the scientist when the target has the object
+        payload = {**_payload(entry.tensor), "held": held}  # (released for the target only: .guests)
         server.stats["bytes_out"] += entry.nbytes
         server.events.emit("get", client=session.label, id=entry.hex, status=f"moving to {dest.name}",
                            bytes=entry.nbytes)

@@ -113,13 +113,17 @@ class Policy:
         With ``to="Carol"`` the rule allows only moves to the worker Carol (a trusted aggregator), never a
         get by the scientist. The scientist names a move's target, so the rule applies only to the Carol
         it pins: ``key=carol.server_key`` (an encrypted Carol, on any machine), or without a key the Carol
-        whose connection file this machine holds (same user); any other target follows the policy."""
+        whose connection file this machine holds (same user); any other target follows the policy. A rule
+        releases this owner's data only: another owner's, moved here for this worker only, leaves by a click or
+        in an aggregate (see :mod:`syft_magics.owner.guests`)."""
         return self.rules.add(GetRule(max_numel=max_numel, kind=kind, to=to, key=key))
 
     def accept_moves(self, rule: Union[bool, Callable[[MoveIn], bool]] = True) -> None:
         """Which objects other workers may move here for a scientist (``ptr.move(alice)``): ``True`` (the
         default: a connected scientist may move objects into its own session), ``False`` (none), or a
-        function of the :class:`MoveIn` request, e.g. ``lambda m: m.source == "Bob" and m.nbytes < 1e8``."""
+        function of the :class:`MoveIn` request, e.g. ``lambda m: m.nbytes < 1e8`` (``m.source`` is the worker
+        the scientist names; its courier proves it only afterwards, and only with this machine's connection file of
+        that worker: see :mod:`syft_magics.owner.guests`)."""
         if not (isinstance(rule, bool) or callable(rule)):
             raise TypeError("accept_moves takes True, False or a function of the move request")
         self.__dict__["_accept"] = rule

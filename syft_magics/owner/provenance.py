@@ -40,7 +40,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import ErrorCode
 from ..wire.results import describe, flatten
-from . import sizes
+from . import guests, sizes
 from .aggregate import average_models
 from .failures import Failures, Withheld
 from .fake_trace import (
@@ -258,6 +258,10 @@ class Disclosure:
         if not prov.owner or not self.guarded:
             return _disclosed(prov)
         if fn in SHAPES_OF_MODELS:  # (the models' architectures', never values': models.MODEL_FACTORIES)
+            if fn is average_models:  # (an aggregate of other owners' models is this worker's own: .guests)
+                return Disclosed(Provenance(True, guests.averaged(args[0] if args else None, args[2:],
+                                                                  {id(e.tensor): of_entry(e).sources for e in used},
+                                                                  prov.sources)))
             return Disclosed(Provenance(True, prov.sources))
         found = self.trace(fn, args, kwargs, used, known)
         traced = found if isinstance(found, Trace) else None
@@ -443,10 +447,13 @@ class Disclosure:
 
 
 def _bounded(sources: Sequence[str]) -> Tuple[str, ...]:
-    """At most :data:`MAX_SOURCES` sources, then ``…`` when there were more (the owner is told there were)."""
+    """At most :data:`MAX_SOURCES` sources, then ``…`` when there were more (the owner is told there were); other
+    owners' data released for this worker only first, whatever their place (this owner's rules look for one)."""
     if len(sources) <= MAX_SOURCES:
         return tuple(sources)
-    return (*(s for s in sources[:MAX_SOURCES] if s != MORE_SOURCES), MORE_SOURCES)
+    held = guests.held(sources)
+    kept = [*held, *(s for s in sources if s not in held and s != MORE_SOURCES)]
+    return (*kept[:MAX_SOURCES], MORE_SOURCES)
 
 
 def _public_leaves(traced: Optional[Trace], result: Any) -> Optional[List[bool]]:

@@ -21,11 +21,12 @@ import torch
 from ..display import short_id
 from ..errors import ErrorCode
 from ..wire.protocol import Kind, encode, field
+from . import guests
 from .blocks import version_of
 from .policy import ALLOW, DENY, GetRequest, OpenPolicy
 from .provenance import of_entry
 from .replies import Reject
-from .rules import Target
+from .rules import GetRule, Target
 from .sizes import bounds_of
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
 
     policy = server.worker.policy
     # (an owner's rule of sizes reads a withheld shape's public bound: its match must not tell the real one)
-    rule = policy.rules.match(entry.kind, bounds_of(entry)) if policy.rules else None
+    rule = _rule(server, session, entry, policy.rules.match(entry.kind, bounds_of(entry))) if policy.rules else None
     if rule is not None and type(policy).decide is not OpenPolicy.decide \
             and not server.requests.take_grant(session.ident, oid, stamp(entry)):
         # an owner's rule for training (allow_get): decided without a click, and logged
@@ -108,11 +109,26 @@ def _shown(server: "Server", session: "Session", entry: "Entry") -> Dict[str, An
                 lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
 
 
+def _rule(server: "Server", session: "Session", entry: "Entry", rule: Optional[GetRule]) -> Optional[GetRule]:
+    """``rule``, unless ``entry`` derives from another owner's data released for this worker only: this owner's
+    rules speak for its own data (see .guests); then None, and the owner's panel says why."""
+    if rule is None:
+        return None
+    held = guests.held(of_entry(entry).sources)
+    if not held:
+        return rule
+    server.events.emit("get", client=session.label, id=entry.hex,
+                       status=f"rule {rule} not applied: {entry.label} derives from another owner's data "
+                              f"({held[0]})")
+    return None
+
+
 def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", target: Target,
-             send: Callable[[], None]) -> Optional[List[Any]]:
+             send: Callable[[bool], None]) -> Optional[List[Any]]:
     """A move of ``entry``'s value to the worker ``target``: the owner's decision, as for a get by another
-    party (a rule ``to=`` applies only to the worker it pins: see :mod:`.rules`). ``send()`` hands the value
-    to the courier when allowed (then ``None``: the courier answers later); else the pending reply, or
+    party (a rule ``to=`` applies only to the worker it pins: see :mod:`.rules`). ``send(held)`` hands the value
+    to the courier when allowed (then ``None``: the courier answers later; ``held``: released for that worker
+    only, by a rule ``to=`` or a click, not as a get would be: see .guests); else the pending reply, or
     :class:`Reject` if refused."""
     if of_entry(entry).hidden and server.disclosure.guarded:  # the ticket's declared shape would test it
         raise Reject(ErrorCode.DENIED, f"the shape of {entry.label} is withheld (it depends on {server.name}'s "
@@ -121,8 +137,9 @@ def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", tar
     to = f"{target.name} at {target.address}"
     fields = functools.partial(_shown, server, session, entry)
     policy = server.worker.policy
-    rule = policy.rules.match(entry.kind, entry.shape, to=target) if policy.rules else None
-    if rule is None and any(r.to == target.name for r in policy.rules):  # named, but not the worker pinned
+    found = policy.rules.match(entry.kind, entry.shape, to=target) if policy.rules else None
+    rule = _rule(server, session, entry, found)
+    if found is None and any(r.to == target.name for r in policy.rules):  # named, but not the worker pinned
         server.events.emit("get", client=session.label, id=entry.hex,
                            status=f"rule to {target.name} not applied: {target.address} is not the {target.name} "
                                   "it pins (key, or this machine's connection file)")
@@ -130,7 +147,9 @@ def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", tar
             and not server.requests.take_grant(session.ident, entry.id, stamp(entry), "move", to):
         server.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule}) (move to {to})")
 
-    return decide(server, session, seq, entry.id, stamp(entry), "move", fields, send, auto=rule is not None, to=to)
+    held = type(policy).decide is not OpenPolicy.decide and (rule is None or rule.to is not None)
+    return decide(server, session, seq, entry.id, stamp(entry), "move", fields, functools.partial(send, held),
+                  auto=rule is not None, to=to)
 
 
 def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> Optional[List[Any]]:

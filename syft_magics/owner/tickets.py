@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Tuple
 import torch
 
 from ..errors import ErrorCode, ProtocolError
-from ..wire import auth, limits
+from ..wire import auth, discovery, limits
 from ..wire.protocol import DTYPES, Kind, decode, encode
 from ..wire.protocol import field as header_field
-from . import streams
+from . import guests, streams
 from .models import ModelWeights
 from .policy import MoveIn
 from .provenance import Provenance
@@ -85,8 +85,9 @@ class Tickets:
         self.open: Dict[bytes, Ticket] = {}
         #: courier routing id -> (ticket, our nonce, connection token, when)
         self.pending: Dict[bytes, Tuple[Ticket, bytes, int, float]] = {}
-        #: courier routing id -> (ticket, connection token, when): may send one delivery
-        self.couriers: Dict[bytes, Tuple[Ticket, int, float]] = {}
+        #: courier routing id -> (ticket, connection token, when, proven: it proved it is the ticket's source worker):
+        #: may send one delivery
+        self.couriers: Dict[bytes, Tuple[Ticket, int, float, bool]] = {}
         #: the CurveZMQ keys of open tickets, read by the ZAP handler's thread (replaced whole, never changed)
         self.curve_keys: FrozenSet[str] = frozenset()
 
@@ -224,8 +225,18 @@ def handshake(server: "Server", ident: bytes, header: dict) -> List[Any]:
             not auth.verify(pending[0].key, pending[1], ident, mac) or book.use(pending[0].tid) is None:
         server.refuse("bad ticket")
         raise refused
-    book.couriers[ident] = (pending[0], server._conn, now)  # the ticket is used up: one delivery
+    proven = _proves_source(pending[0].source, header.get("sp"), pending[1], ident)
+    book.couriers[ident] = (pending[0], server._conn, now, proven)  # the ticket is used up: one delivery
     return encode({"t": Kind.WELCOME, "instance": server.worker.instance, "name": server.name})
+
+
+def _proves_source(source: str, mac: Any, nonce: bytes, ident: bytes) -> bool:
+    """Whether a courier proved it is the worker ``source`` its ticket names (the scientist's claim): the key of
+    this machine's connection file of that worker (none: not proven; see .guests)."""
+    if type(mac) is not bytes:
+        return False
+    return any(info.name == source and info.alive and auth.verify(info.key, b"source" + nonce, ident, mac)
+               for info in discovery.all_files())
 
 
 def file_key(server: "Server") -> Optional[str]:
@@ -240,7 +251,7 @@ def _no_refs(oid: bytes) -> Any:
 
 def deliver(server: "Server", ident: bytes, parts: List[Any]) -> List[Any]:
     """The courier's one message: the object, checked against its ticket, stored for the scientist's session."""
-    ticket, conn, _ = server.tickets.couriers.pop(ident)
+    ticket, conn, _, proven = server.tickets.couriers.pop(ident)
     t0 = time.perf_counter()
     size = sum(len(p) for p in parts)
     if conn != server._conn:
@@ -257,7 +268,7 @@ def deliver(server: "Server", ident: bytes, parts: List[Any]) -> List[Any]:
                                                 "nobody would own the moved object")
     try:
         _within_quotas(server, session, len(ticket.out), ticket.max_bytes - SPEC_SLACK_BYTES)
-        made = _store(server, ticket, header)
+        made = _store(server, ticket, header, proven)
     except Reject as exc:
         setattr(exc, "seq", seq)
         raise
@@ -279,7 +290,7 @@ def _checked(ticket: Ticket, i: int, value: Any, what: str) -> torch.Tensor:
     return value
 
 
-def _store(server: "Server", ticket: Ticket, header: dict) -> List[bytes]:
+def _store(server: "Server", ticket: Ticket, header: dict, proven: bool) -> List[bytes]:
     place = server.worker.place
     origin = f"{ticket.client} (moved from {ticket.source})"
     op = f"move from {ticket.source}"
@@ -306,8 +317,10 @@ def _store(server: "Server", ticket: Ticket, header: dict) -> List[bytes]:
         if oid in server.store:
             raise Reject(ErrorCode.BAD_ID, "result ids must be fresh 16-byte ids")
     # another owner's data, released to this worker: treated here like this owner's own (shapes that depend
-    # on its values and error text from it are withheld, see .provenance), never as the scientist's
-    prov = Provenance(True, (f"moved from {ticket.source}",), False, f"moved from {ticket.source}")
+    # on its values and error text from it are withheld, see .provenance), never as the scientist's; released for
+    # this worker only, this worker's rules do not release it (see .guests)
+    source = guests.label(ticket.source, header.get("held") is not False, proven)
+    prov = Provenance(True, (source,), False, source)
     for oid, obj in zip(ticket.out, objects):
         server.store.put(Entry(oid, obj, origin=origin, session=ticket.session, op=op, created=now, last_access=now,
                                provenance=prov))
