@@ -243,3 +243,23 @@ def test_an_average_counts_only_owners_whose_courier_proved_it(held_for_carol, m
         with pytest.raises(sm.GetTimeout):
             fedavg([b_model, a_model], weights=[1, 1], on=c).get(timeout=0.3)
     assert isinstance(fedavg([b_model, a_model], weights=[1, 1], on=c).get(), nn.Linear)
+
+
+def test_a_couriers_proof_of_its_source_holds_only_at_the_address_it_reached(held_for_carol, monkeypatch):
+    """A courier proves which worker it is over the target's nonce and the address it connected to: a listener of
+    the scientist's that relays a real aggregator's nonce to Bob's courier gets a proof that counts nowhere else.
+    Seen here through an alias of Carol's address (localhost for 127.0.0.1): the models arrive, unproven."""
+    from syft_magics.scientist import moves
+
+    (bob, alice), (b_model, a_model), carol, c = held_for_carol
+    ticket = moves.Move.ticket
+
+    def by_alias(self):
+        ticket(self)
+        self._ticket["address"] = self._ticket["address"].replace("127.0.0.1", "localhost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(moves.Move, "ticket", by_alias)
+        with pytest.raises(sm.GetTimeout):
+            fedavg([b_model, a_model], weights=[1, 1], on=c).get(timeout=0.3)
+    assert isinstance(fedavg([b_model, a_model], weights=[1, 1], on=c).get(), nn.Linear)

@@ -112,8 +112,8 @@ class Courier:
                 raise CourierError(ErrorCode.PROTOCOL, f"{dest.name}'s challenge carries no nonce")
             answer = {"t": Kind.AUTH, "s": 0, "mac": auth.proof(dest.secret.hex(), nonce, ident)}
             conn = self.server.worker._conn
-            if conn is not None:  # (we are the source the ticket names: .guests)
-                answer["sp"] = auth.proof(conn.key, b"source" + nonce, ident)
+            if conn is not None:  # (we are the source the ticket names, at the address we reached: .guests)
+                answer["sp"] = auth.proof(conn.key, b"source" + nonce + dest.address.encode(), ident)
             self._ask(sock, answer, dest.wait, Kind.WELCOME)
             self._ask(sock, {"t": Kind.DELIVER, "s": 1, **self.payload}, defaults.reply_timeout, Kind.OK)
         finally:

@@ -225,7 +225,9 @@ def handshake(server: "Server", ident: bytes, header: dict) -> List[Any]:
             not auth.verify(pending[0].key, pending[1], ident, mac) or book.use(pending[0].tid) is None:
         server.refuse("bad ticket")
         raise refused
-    proven = _proves_source(pending[0].source, header.get("sp"), pending[1], ident)
+    # (over our address too: a proof a courier gave a listener elsewhere, relaying our nonce, proves nothing here)
+    here = pending[1] + str(server.worker.address).encode()
+    proven = _proves_source(pending[0].source, header.get("sp"), here, ident)
     book.couriers[ident] = (pending[0], server._conn, now, proven)  # the ticket is used up: one delivery
     return encode({"t": Kind.WELCOME, "instance": server.worker.instance, "name": server.name})
 
