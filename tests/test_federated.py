@@ -263,3 +263,85 @@ def test_a_couriers_proof_of_its_source_holds_only_at_the_address_it_reached(hel
         with pytest.raises(sm.GetTimeout):
             fedavg([b_model, a_model], weights=[1, 1], on=c).get(timeout=0.3)
     assert isinstance(fedavg([b_model, a_model], weights=[1, 1], on=c).get(), nn.Linear)
+
+
+def test_a_relayed_proof_of_source_proves_nothing(held_for_carol):
+    """helper-47: a courier's proof of its source was an HMAC over a nonce and a routing id the other side chose,
+    concatenated: a listener of the scientist's, sent Carol's own model-out courier (Carol's rule lets models out),
+    relayed Carol's nonce to it so that its proof read byte for byte as the one Carol checks for a delivery of the
+    scientist's own, with a routing id of its choosing. A zero model then counted as Carol's, proven, and its
+    average with Bob's model (only one owner) was Bob's model. Proofs are over fields framed with their lengths."""
+    import os
+    import socket
+    import threading
+
+    import zmq
+
+    from syft_magics.owner import tickets
+    from syft_magics.owner.moves import _payload
+    from syft_magics.owner.provenance import of_entry
+    from syft_magics.wire.protocol import PROTOCOL_VERSION, Kind, decode, encode
+
+    (bob, alice), (b_model, a_model), carol, c = held_for_carol
+    at_carol = b_model.move(c)
+    ctx = zmq.Context()
+    listener = ctx.socket(zmq.ROUTER)
+    listener.setsockopt(zmq.LINGER, 0)
+    here = f"tcp://127.0.0.1:{listener.bind_to_random_port('tcp://127.0.0.1')}"
+    tid, secret = os.urandom(16), os.urandom(32)  # the ticket the listener made up for the bait move
+    out = [c._new_id() for _ in range(3)]  # (the model, its weight and bias)
+    ticket = c._request({"t": Kind.TICKET, "from": "Carol", "o": out, "shapes": [[3, 6], [3]],
+                         "dtypes": ["float32", "float32"], "rg": [True, True], "kind": "model",
+                         "path": b_model.path, "names": list(b_model.move_names)}, op="move")
+    seen: dict = {}
+
+    def relay() -> None:
+        if not listener.poll(10_000):
+            return
+        ident_b, *parts = listener.recv_multipart()
+        hello = decode(parts)
+        to_carol = ctx.socket(zmq.DEALER)
+        ident_c = here.encode() + ident_b
+        to_carol.setsockopt(zmq.ROUTING_ID, ident_c)
+        to_carol.setsockopt(zmq.LINGER, 0)
+        to_carol.connect(carol.address)
+        try:
+            to_carol.send_multipart(encode({"t": Kind.HELLO, "s": 0, "v": PROTOCOL_VERSION, "ticket": ticket["tid"],
+                                            "cn": os.urandom(16), "name": "courier", "pid": 1,
+                                            "hostname": socket.gethostname()}))
+            nonce = decode(to_carol.recv_multipart())["nonce"]
+            proof = tickets.worker_proof(secret.hex(), hello["cn"], ident_b)
+            listener.send_multipart([ident_b, *encode({"t": Kind.CHALLENGE, "nonce": nonce + carol.address.encode(),
+                                                       "instance": "I", "name": "X", "tp": proof})])
+            if not listener.poll(10_000):
+                return
+            auth_msg = decode(listener.recv_multipart()[1:])
+            to_carol.send_multipart(encode({"t": Kind.AUTH, "s": 0, "sp": auth_msg.get("sp"),
+                                            "mac": sm.wire.auth.proof(ticket["secret"].hex(), nonce, ident_c)}))
+            seen["welcome"] = decode(to_carol.recv_multipart())["t"]
+            zero = nn.Linear(6, 3)
+            with torch.no_grad():
+                zero.weight.zero_(), zero.bias.zero_()
+            to_carol.send_multipart(encode({"t": Kind.DELIVER, "s": 1, **_payload(zero)}))
+            seen["delivered"] = decode(to_carol.recv_multipart())["t"]
+            listener.send_multipart([ident_b, *encode({"t": Kind.ERR, "s": 1, "code": "error", "msg": "bye"})])
+        finally:
+            to_carol.close(0)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    try:
+        bait = c.send(nn.Linear(1, 1))  # moved out of Carol by her rule (no to=): her courier comes to the listener
+        with pytest.raises(sm.SyftError):
+            c._request({"t": Kind.MOVE, "id": bait.handle.oid, "to": here, "name": "X", "instance": "I", "tid": tid,
+                        "secret": secret, "w": 5.0}, approval_timeout=3, op="move", what="move")
+        thread.join(15)
+        assert seen == {"welcome": "welcome", "delivered": "ok"}
+        label, = [of_entry(e).sources for e in carol.store._entries.values() if e.id == out[0]]
+        assert "not proven" in label[0], label
+        forged = b_model.moved_to(c, out)
+        with pytest.raises(sm.GetTimeout):
+            fedavg([at_carol, forged], weights=[1, 1], on=c).get(timeout=0.3)
+    finally:
+        listener.close(0)
+        ctx.term()

@@ -394,3 +394,23 @@ def test_moves_into_an_encrypted_worker_use_a_one_time_curve_key(make_worker, ma
     with pytest.raises(sm.AuthenticationError, match="refused the link"):
         sm.Client(carol.address, carol.key, timeout=5, curve=CurveKeys(*ticket["curve"]))
     assert carol.stats["refusals"]["key not invited"] == 1
+
+
+def test_another_clients_tickets_do_not_evict_a_rounds_ticket(make_worker, make_client):
+    """helper-47: past the 256 open tickets of a worker, the oldest gave way, whoever's: a client with 17 sessions of
+    16 tickets each made an honest move fail half way. The session holding the most gives way."""
+    from syft_magics.owner import tickets
+    from syft_magics.scientist.moves import Move
+
+    bob = make_worker("Bob", policy="review")
+    bob.policy.allow_get(kind="model", to="Carol")
+    make_worker("Carol", policy="review")
+    b, c = make_client("Bob"), make_client("Carol")
+    move = Move(b.send(nn.Linear(6, 3)), c)
+    move.ticket()
+    for _ in range(tickets.MAX_TICKETS // tickets.MAX_TICKETS_PER_SESSION + 1):
+        m = make_client("Carol")
+        for _ in range(tickets.MAX_TICKETS_PER_SESSION):
+            m._request({"t": Kind.TICKET, "from": "x", "o": [m._new_id()], "shapes": [[0]], "dtypes": ["float32"],
+                        "rg": [False], "kind": "tensor"}, op="move")
+    assert move.order().location == "Carol"

@@ -23,6 +23,7 @@ from ..errors import ErrorCode
 from ..wire import auth
 from ..wire.protocol import PROTOCOL_VERSION, Kind, decode, encode
 from ..wire.sockets import send_parts
+from .tickets import worker_proof
 
 if TYPE_CHECKING:
     from .serving import Server
@@ -99,10 +100,11 @@ class Courier:
                      "name": f"courier of {self.server.name}", "pid": os.getpid(), "hostname": _socket.gethostname()}
             challenge = self._ask(sock, hello, dest.wait, Kind.CHALLENGE, unreachable=True)
             if challenge.get("instance") != dest.instance or \
-                    not _proves(dest.secret.hex(), b"worker" + ours, ident, challenge.get("tp")):
+                    not auth.same(challenge.get("tp"), worker_proof(dest.secret.hex(), ours, ident)):
                 raise CourierError(ErrorCode.UNAUTHENTICATED, f"the worker at {dest.address} is not the {dest.name} "
                                                               "that issued the ticket")
-            if dest.file_key is not None and not _proves(dest.file_key, b"owner" + ours, ident, challenge.get("kp")):
+            if dest.file_key is not None and not auth.verify_of(dest.file_key, challenge.get("kp"), b"owner", ours,
+                                                                ident):
                 # (helper-46: a listener of the scientist's at a look-alike address of Carol's, 127.0.0.2 or the LAN
                 # address at Carol's port, named Carol, with Carol's instance and a ticket of the scientist's own)
                 raise CourierError(ErrorCode.UNAUTHENTICATED, f"the worker at {dest.address} is not the {dest.name} "
@@ -113,7 +115,7 @@ class Courier:
             answer = {"t": Kind.AUTH, "s": 0, "mac": auth.proof(dest.secret.hex(), nonce, ident)}
             conn = self.server.worker._conn
             if conn is not None:  # (we are the source the ticket names, at the address we reached: .guests)
-                answer["sp"] = auth.proof(conn.key, b"source" + nonce + dest.address.encode(), ident)
+                answer["sp"] = auth.proof_of(conn.key, b"source", nonce, dest.address.encode(), ident)
             self._ask(sock, answer, dest.wait, Kind.WELCOME)
             self._ask(sock, {"t": Kind.DELIVER, "s": 1, **self.payload}, defaults.reply_timeout, Kind.OK)
         finally:
@@ -137,10 +139,6 @@ class Courier:
             if reply.get("t") == Kind.ERR:
                 code = reply.get("code") or ErrorCode.ERROR
                 raise CourierError(code, f"{dest.name} refused it: {reply.get('msg')}")
-
-
-def _proves(key: str, nonce: bytes, ident: bytes, mac: Any) -> bool:
-    return type(mac) is bytes and auth.verify(key, nonce, ident, mac)
 
 
 def _context_for(address: str) -> Optional[zmq.Context]:

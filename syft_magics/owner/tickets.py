@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 import time
@@ -111,11 +112,16 @@ class Tickets:
         self._keys_changed()
 
     def add(self, ticket: Ticket) -> None:
+        """Open ``ticket``; past the bounds the oldest of its session's gives way, or, past :data:`MAX_TICKETS`, the
+        oldest of the session holding the most (helper-47: one client's 17 sessions evicted another's tickets in
+        the middle of its round)."""
         mine = [t for t in self.open.values() if t.session == ticket.session]
         if len(mine) >= MAX_TICKETS_PER_SESSION:
             del self.open[mine[0].tid]
         while len(self.open) >= MAX_TICKETS:
-            del self.open[next(iter(self.open))]
+            counts = collections.Counter(t.session for t in self.open.values())
+            most = max(counts, key=lambda s: counts[s])
+            del self.open[next(t.tid for t in self.open.values() if t.session == most)]
         self.open[ticket.tid] = ticket
         self._keys_changed()
 
@@ -214,10 +220,10 @@ def handshake(server: "Server", ident: bytes, header: dict) -> List[Any]:
         # we prove we hold the secret too: the courier reached the worker that issued the ticket; and the key of our
         # connection file, if any: a courier that found it at our address asks (see courier.Destination.file_key)
         challenge = {"t": Kind.CHALLENGE, "nonce": nonce, "instance": server.worker.instance, "name": server.name,
-                     "tp": auth.proof(ticket.key, b"worker" + theirs, ident)}
+                     "tp": worker_proof(ticket.key, theirs, ident)}
         key = file_key(server)
         if key is not None:
-            challenge["kp"] = auth.proof(key, b"owner" + theirs, ident)
+            challenge["kp"] = auth.proof_of(key, b"owner", theirs, ident)
         return encode(challenge)
     pending = book.pending.pop(ident, None)
     mac = header.get("mac")
@@ -225,19 +231,25 @@ def handshake(server: "Server", ident: bytes, header: dict) -> List[Any]:
             not auth.verify(pending[0].key, pending[1], ident, mac) or book.use(pending[0].tid) is None:
         server.refuse("bad ticket")
         raise refused
-    # (over our address too: a proof a courier gave a listener elsewhere, relaying our nonce, proves nothing here)
-    here = pending[1] + str(server.worker.address).encode()
-    proven = _proves_source(pending[0].source, header.get("sp"), here, ident)
+    proven = _proves_source(pending[0].source, header.get("sp"), pending[1], str(server.worker.address), ident)
     book.couriers[ident] = (pending[0], server._conn, now, proven)  # the ticket is used up: one delivery
     return encode({"t": Kind.WELCOME, "instance": server.worker.instance, "name": server.name})
 
 
-def _proves_source(source: str, mac: Any, nonce: bytes, ident: bytes) -> bool:
+def worker_proof(key: str, theirs: bytes, ident: bytes) -> bytes:
+    """A worker's proof, to the courier ``ident`` that sent the nonce ``theirs``, that it issued the ticket of secret
+    ``key`` (checked by :class:`~.courier.Courier`)."""
+    return auth.proof_of(key, b"worker", theirs, ident)
+
+
+def _proves_source(source: str, mac: Any, nonce: bytes, address: str, ident: bytes) -> bool:
     """Whether a courier proved it is the worker ``source`` its ticket names (the scientist's claim): the key of
-    this machine's connection file of that worker (none: not proven; see .guests)."""
+    this machine's connection file of that worker (none: not proven; see .guests), over our nonce and our address
+    (a proof a courier gave a listener elsewhere, relaying our nonce, proves nothing here)."""
     if type(mac) is not bytes:
         return False
-    return any(info.name == source and info.alive and auth.verify(info.key, b"source" + nonce, ident, mac)
+    return any(info.name == source and info.alive
+               and auth.verify_of(info.key, mac, b"source", nonce, address.encode(), ident)
                for info in discovery.all_files())
 
 

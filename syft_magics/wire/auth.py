@@ -43,6 +43,24 @@ def verify(key: str, nonce: bytes, session: bytes, mac: bytes) -> bool:
     return hmac.compare_digest(proof(key, nonce, session), mac)
 
 
+def proof_of(key: str, what: bytes, *fields: bytes) -> bytes:
+    """An HMAC with ``key`` over ``what`` (which proof it is) and ``fields``, each prefixed with its length, so that
+    no other list of fields signs alike (a worker-to-worker proof over a nonce and a routing id the other side
+    chose, both of any length, split differently, was another proof: helper-47), nor a client's :func:`proof`."""
+    framed = b"".join(len(f).to_bytes(4, "big") + f for f in (what, *fields))
+    return hmac.new(key.encode(), b"syft-proof\x00" + framed, hashlib.sha256).digest()
+
+
+def verify_of(key: str, mac: Any, what: bytes, *fields: bytes) -> bool:
+    """Whether ``mac`` is :func:`proof_of` ``(key, what, *fields)``."""
+    return same(mac, proof_of(key, what, *fields))
+
+
+def same(mac: Any, expected: bytes) -> bool:
+    """Whether ``mac`` (as received: any type) is ``expected``, compared in constant time."""
+    return type(mac) is bytes and hmac.compare_digest(mac, expected)
+
+
 # -- CurveZMQ: encryption and per-client identity off this machine ------------------------------
 @dataclass(frozen=True)
 class CurveKeys:
