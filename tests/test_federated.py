@@ -345,3 +345,32 @@ def test_a_relayed_proof_of_source_proves_nothing(held_for_carol):
     finally:
         listener.close(0)
         ctx.term()
+
+
+class _Counted(nn.Module):
+    """A model with an integer buffer, as a BatchNorm's batch count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+        self.register_buffer("q", torch.zeros(8, 6, dtype=torch.long))
+
+    def forward(self, t):
+        return self.lin(t)
+
+
+def test_an_average_whose_integer_tensors_differ_is_no_aggregate(held_for_carol):
+    """helper-47: an average takes the first model's integer tensors as they are; Bob's ``round(#x * 1e6)`` in one
+    left Carol as part of the 'aggregate'. Models whose integer tensors differ make no aggregate."""
+    (bob, alice), _, carol, c = held_for_carol
+    clients = [sm.connect(w.name) for w in (bob, alice)]
+    try:
+        rb, ra = (cl.send(_Counted()) for cl in clients)
+        q = (clients[0].search("#x")[0][:8] * 1e6).round().long()
+        rb.load_state_dict({"lin.weight": torch.zeros(3, 6), "lin.bias": torch.zeros(3), "q": q})
+        with pytest.raises(sm.GetTimeout):
+            fedavg([rb, ra], weights=[1, 1], on=c).get(timeout=0.3)
+        assert isinstance(fedavg([clients[0].send(_Counted()), ra], weights=[1, 1], on=c).get(), nn.Module)
+    finally:
+        for cl in clients:
+            cl.disconnect()

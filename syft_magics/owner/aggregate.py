@@ -52,7 +52,8 @@ def average_state(states: Sequence[Dict[str, torch.Tensor]], weights: Sequence[f
     return out
 
 
-def _tensors(m: nn.Module) -> Dict[str, torch.Tensor]:
+def tensors_of(m: nn.Module) -> Dict[str, torch.Tensor]:
+    """A model's tensors by name: its parameters and buffers (a client-side model's weights)."""
     if isinstance(m, ModelWeights):
         return m.state_dict()
     return {**dict(m.named_parameters()), **dict(m.named_buffers())}
@@ -67,7 +68,7 @@ def average_models(weights: List[float], names: List[str], *models: Any) -> tupl
     kinds = {type(m) is ModelWeights for m in models}
     if len(kinds) != 1:
         raise ValueError("the models differ in kind (rebuilt here, or weights of a client-side model)")
-    states = [_tensors(m) for m in models]
+    states = [tensors_of(m) for m in models]
     if any(set(s) != set(names) for s in states):
         raise ValueError("the models differ in architecture; FedAvg averages models of one architecture")
     avg = average_state([{n: s[n] for n in names} for s in states], weights)
@@ -79,11 +80,11 @@ def average_models(weights: List[float], names: List[str], *models: Any) -> tupl
     else:
         made = copy.deepcopy(first)  # built here from allowlisted layers: no client code
         with torch.no_grad():
-            for n, t in _tensors(made).items():
+            for n, t in tensors_of(made).items():
                 t.copy_(avg[n])
                 if t.grad is not None:
                     t.grad = None
-    found = _tensors(made)
+    found = tensors_of(made)
     return (made, *[found[n] for n in names])
 
 

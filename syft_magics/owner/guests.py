@@ -9,17 +9,25 @@ average, let the scientist fetch Bob's own model as it arrived). Such an object 
 click (or its policy function), or as part of an **aggregate** (:func:`averaged`): the average
 ``syft.average_models`` makes of models that each come from one such owner, at least two owners, each proven
 by its courier (the key of this machine's connection file of that worker: see :mod:`.courier`), each weighing
-at least :data:`MIN_SHARE` of an even share. The aggregate is this worker's own result, which its rules release.
+at least :data:`MIN_SHARE` of an even share, their integer tensors equal. The aggregate is this worker's own result,
+which its rules release.
 
-What this cannot stop: a scientist who knows every model in an average but one (a model it trained with no
-data, or zeroed, on a worker of an owner that lets models go to the aggregator) learns that one from the
-average. FedAvg hides a model among others only as far as the others are unknown to whoever reads the average.
+What this does not do: hide a model from a scientist who writes the training. A rule that lets models go
+(``allow_get(kind="model", to="Carol")``) lets go whatever the scientist's ops put in them: weights computed from
+the owner's data, scaled to swamp the other models of an average; a model never trained, moved to Carol beside
+another owner's, whose average then gives the other's away; the same two models moved twice and averaged with
+two sets of weights, which solve for both (helper-47). The aggregate stops the direct forms (a model fetched as it
+arrived, an average of one model, of one owner twice, weighted ``[1, 0]``, with integer tensors that pass through
+unaveraged) and keeps a scientist who follows the FedAvg API to the average; against one who does not, a model
+rule is trust in the scientist's code, as ``allow_get(kind="model")`` on the owner's own worker is.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .aggregate import check_weights
+import torch
+
+from .aggregate import check_weights, tensors_of
 
 #: Every label of an object moved here starts so; a released-for-here-only one ends with :data:`_HELD`.
 PREFIX = "moved from "
@@ -47,6 +55,14 @@ def _proven_owner(held_label: str) -> Optional[str]:
     return None if source.endswith(_UNVERIFIED) else source
 
 
+def _integers_agree(models: Sequence[Any]) -> bool:
+    """Whether the models' integer tensors, which an average takes from the first model as they are (a BatchNorm's
+    batch count), are equal in all: else the first one's pass through unaveraged (helper-47: ``round(#x * 1e6)``)."""
+    states = [tensors_of(m) for m in models]
+    return all(t.is_floating_point() or t.is_complex() or all(torch.equal(s[k], t) for s in states[1:])
+               for k, t in states[0].items())
+
+
 def averaged(weights: Any, models: Sequence[Any], sources_of: Dict[int, Sequence[str]],
              sources: Tuple[str, ...]) -> Tuple[str, ...]:
     """The sources of ``syft.average_models(weights, names, *models)``'s result: one label of this worker's own,
@@ -67,6 +83,6 @@ def averaged(weights: Any, models: Sequence[Any], sources_of: Dict[int, Sequence
         owners.append(_proven_owner(mine[0]))
     n = len(models)
     if n < 2 or None in owners or len(set(owners)) != n or len(weights) != n \
-            or min(weights) < MIN_SHARE * total / n:
+            or min(weights) < MIN_SHARE * total / n or not _integers_agree(models):
         return sources
     return (f"average of models from {', '.join(sorted(str(o) for o in owners))}",)
