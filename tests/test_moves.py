@@ -299,8 +299,8 @@ def test_a_listener_at_a_look_alike_address_of_carols_gets_nothing(make_worker, 
     found = discovery.find_by_address  # (tests bind 127.0.0.1 only: the impostor's port stands for the look-alike)
     monkeypatch.setattr(discovery, "find_by_address", lambda a: found(carol.address if a == impostor.address else a))
     remote = b.send(nn.Linear(2, 2))
-    with pytest.raises(sm.SyftError, match="is not the Carol of this machine's connection file"):
-        remote.move(i)
+    with pytest.raises(sm.SyftError, match="Carol refused the courier"):
+        remote.move(i)  # (dialled at the address Carol's file names: the impostor's ticket is none of hers)
     assert len(impostor.store) == 0 and not bob.requests.pending
     assert remote.move(make_client("Carol")).location == "Carol" and len(carol.store) > 0  # the real one: no click
     assert not discovery._is_local("127.0.0.1.example.com") and discovery._is_local("127.0.0.2")
@@ -414,3 +414,76 @@ def test_another_clients_tickets_do_not_evict_a_rounds_ticket(make_worker, make_
             m._request({"t": Kind.TICKET, "from": "x", "o": [m._new_id()], "shapes": [[0]], "dtypes": ["float32"],
                         "rg": [False], "kind": "tensor"}, op="move")
     assert move.order().location == "Carol"
+
+
+def test_a_look_alike_listener_relaying_carols_proof_gets_nothing(make_worker, make_client, monkeypatch):
+    """helper-48: with Carol's proof of her file's key demanded (helper-46), a listener of the scientist's at a
+    look-alike address of Carol's relayed the courier's nonce and routing id to the real Carol, and her proof back:
+    Bob's model, #x in its weights, reached the listener with no click. The courier now dials the address the
+    connection file names, where only Carol listens."""
+    import os
+    import socket
+    import threading
+
+    import zmq
+
+    from syft_magics.owner import tickets
+    from syft_magics.wire import discovery
+    from syft_magics.wire.protocol import PROTOCOL_VERSION, decode, encode
+
+    bob = make_worker("Bob", policy="review")
+    x = torch.randn(8, 6)
+    bob.share(x, "#x")
+    bob.policy.allow_get(kind="model", to="Carol")
+    carol = make_worker("Carol", policy="review")
+    b, c = make_client("Bob"), make_client("Carol")
+    ctx = zmq.Context()
+    fake = ctx.socket(zmq.ROUTER)
+    fake.setsockopt(zmq.LINGER, 0)
+    here = f"tcp://127.0.0.1:{fake.bind_to_random_port('tcp://127.0.0.1')}"
+    found = discovery.find_by_address  # (tests bind 127.0.0.1 only: the listener stands for 127.0.0.2:<Carol's port>)
+    monkeypatch.setattr(discovery, "find_by_address", lambda a: found(carol.address if a == here else a))
+    tid, secret = os.urandom(16), os.urandom(32)
+    stolen: dict = {}
+    lin = b.send(nn.Linear(6, 8, bias=False))
+    lin.load_state_dict({"weight": b.search("#x")[0]})
+    real = c._request({"t": Kind.TICKET, "from": "Bob", "o": [c._new_id(), c._new_id()], "shapes": [[8, 6]],
+                       "dtypes": ["float32"], "rg": [True], "kind": "model", "path": "worker", "names": ["weight"]},
+                      op="move")
+
+    def serve() -> None:
+        for _ in range(3):
+            if not fake.poll(2_000):
+                return
+            ident, *parts = fake.recv_multipart()
+            h = decode(parts)
+            if h["t"] == Kind.HELLO:  # the courier's nonce and routing id, to the real Carol, with a real ticket
+                relay = ctx.socket(zmq.DEALER)
+                relay.setsockopt(zmq.ROUTING_ID, ident)
+                relay.setsockopt(zmq.LINGER, 0)
+                relay.connect(carol.address)
+                relay.send_multipart(encode({"t": Kind.HELLO, "s": 0, "v": PROTOCOL_VERSION, "ticket": real["tid"],
+                                             "cn": h["cn"], "name": "courier", "pid": 1,
+                                             "hostname": socket.gethostname()}))
+                challenge = decode(relay.recv_multipart())
+                relay.close(0)
+                reply = {"t": Kind.CHALLENGE, "nonce": os.urandom(16), "instance": carol.instance, "name": "Carol",
+                         "tp": tickets.worker_proof(secret.hex(), h["cn"], ident), "kp": challenge.get("kp")}
+            elif h["t"] == Kind.AUTH:
+                reply = {"t": Kind.WELCOME, "instance": carol.instance, "name": "Carol"}
+            else:
+                stolen.update(h)
+                reply = {"t": Kind.OK, "s": h.get("s")}
+            fake.send_multipart([ident, *encode(reply)])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(sm.SyftError):
+            b._request({"t": Kind.MOVE, "id": lin.handle.oid, "to": here, "name": "Carol", "instance": carol.instance,
+                        "tid": tid, "secret": secret, "w": 3.0}, approval_timeout=3, op="move", what="move")
+        thread.join(3)
+        assert not stolen and not bob.requests.pending
+    finally:
+        fake.close(0)
+        ctx.term()

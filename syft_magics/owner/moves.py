@@ -42,9 +42,12 @@ def on_move(server: "Server", session: Session, header: dict, used: List[Entry])
     seq = header.get("s")
     entry = releases.entry_for(server, session, field(header, "id", bytes))
     dest = destination(header)
-    if dest.address.startswith("tcp://"):  # (whoever answers there must prove the key of this machine's file of it)
+    if dest.address.startswith("tcp://"):
         info = discovery.find_by_address(dest.address)
-        dest = replace(dest, file_key=info.key if info is not None else None)
+        if info is not None:  # a worker this machine knows: its courier dials the address its file names, where that
+            # worker listens, and has it prove the file's key (helper-46: a listener of the scientist's at a look-alike
+            # address, Carol's port on 127.0.0.2; helper-48: the same, relaying Carol's proof from the real Carol)
+            dest = replace(dest, address=info.address, file_key=info.key)
     if entry.kind == "object":
         raise Reject(ErrorCode.BAD_ARGS, f"{entry.label} is an optimizer or scheduler: only tensors and models move")
 
