@@ -23,7 +23,7 @@ from ..errors import ErrorCode
 from ..wire import auth
 from ..wire.protocol import PROTOCOL_VERSION, Kind, decode, encode
 from ..wire.sockets import send_parts
-from .tickets import worker_proof
+from .tickets import file_key, worker_proof
 
 if TYPE_CHECKING:
     from .serving import Server
@@ -113,9 +113,9 @@ class Courier:
             if type(nonce) is not bytes:
                 raise CourierError(ErrorCode.PROTOCOL, f"{dest.name}'s challenge carries no nonce")
             answer = {"t": Kind.AUTH, "s": 0, "mac": auth.proof(dest.secret.hex(), nonce, ident)}
-            conn = self.server.worker._conn
-            if conn is not None:  # (we are the source the ticket names, at the address we reached: .guests)
-                answer["sp"] = auth.proof_of(conn.key, b"source", nonce, dest.address.encode(), ident)
+            key = file_key(self.server)
+            if key is not None:  # (we are the source the ticket names, at the address we reached: .guests)
+                answer["sp"] = auth.proof_of(key, b"source", nonce, dest.address.encode(), ident)
             self._ask(sock, answer, dest.wait, Kind.WELCOME)
             self._ask(sock, {"t": Kind.DELIVER, "s": 1, **self.payload}, defaults.reply_timeout, Kind.OK)
         finally:
