@@ -221,9 +221,32 @@ def test_tickets_are_secret_one_time_and_bound_to_the_target(two):
     with pytest.raises(sm.SyftError, match="no such ticket"):
         _order(b, x, ticket)  # used up
     other = free_port()
-    with pytest.raises(sm.RemoteError, match="could not reach Alice"):
-        _order(b, x, _ticket(a, x), to=f"tcp://127.0.0.1:{other}")
+    with pytest.raises(sm.RemoteError, match="could not reach Zoe"):  # (a worker this machine does not know)
+        _order(b, x, _ticket(a, x), to=f"tcp://127.0.0.1:{other}", name="Zoe")
     assert alice.stats["refusals"]["bad ticket"] == 2  # the unknown and the used-up ticket
+
+
+def test_the_owner_approves_the_move_the_courier_makes(two):
+    """helper-49: a target name with an escape sequence made the request read "to Alice at <her address>" on the
+    owner's console while the courier dialled the scientist's listener; 'Alice' at another known worker's address
+    was shown as Alice, and a click sent the value there; 'Alice' at 127.2 (127.0.0.2, a form no parser here reads as
+    loopback) went to whoever listened there. Names are printable; a name this machine knows is dialled at its
+    file's address, and one that is not the name of the worker at the given address is refused."""
+    bob, alice, b, a = two
+    x = b.search("#x")[0]
+    ticket = _ticket(a, x)
+    for name in ("Alice\x1b[8m", "Alice\u202e", "Al\nice"):
+        with pytest.raises(sm.SyftError, match="printable"):
+            _order(b, x, ticket, name=name)
+    with pytest.raises(sm.SyftError, match=f"the worker at {bob.address} is Bob, not Alice"):
+        _order(b, x, ticket, to=bob.address)
+    with pytest.raises(sm.SyftError, match="printable"):
+        b.send(torch.zeros(1), "#z\x1b[8m")
+    port = alice.address.rsplit(":", 1)[1]
+    with pytest.raises(sm.GetTimeout):
+        _order(b, x, ticket, to=f"tcp://127.2:{port}")  # under review: the request names Alice's own address
+    request, = bob.requests.pending
+    assert request.to == f"Alice at {alice.address}"
 
 
 def test_a_delivery_must_match_its_ticket(two):
@@ -313,7 +336,6 @@ def test_a_rule_pinned_by_key_does_not_take_an_inproc_worker_of_that_name(make_w
     from syft_magics.scientist import moves
 
     bob = make_worker("Bob", policy="review")
-    carol = make_worker("Carol", policy="open")
     bob.policy.allow_get(kind="model", to="Carol", key="k" * 40)  # (Carol's CurveZMQ key, were she encrypted)
     scratch = make_worker("Carol", policy="open", tcp=False)
     b, s = make_client("Bob"), make_client(scratch)
@@ -327,7 +349,7 @@ def test_a_rule_pinned_by_key_does_not_take_an_inproc_worker_of_that_name(make_w
     remote = b.send(nn.Linear(2, 2))
     with pytest.raises(sm.GetTimeout):
         remote.move(s, timeout=0.3)  # under review: the rule does not pin it
-    assert len(scratch.store) == 0 and carol is not None
+    assert len(scratch.store) == 0
 
 
 @pytest.mark.skipif(not __import__("zmq").has("curve"), reason="this libzmq has no CurveZMQ")
@@ -487,3 +509,37 @@ def test_a_look_alike_listener_relaying_carols_proof_gets_nothing(make_worker, m
     finally:
         fake.close(0)
         ctx.term()
+
+
+def test_moves_on_their_way_are_bounded_in_number_and_bytes(make_worker, make_client):
+    """helper-49: every allowed move started a courier (a thread, a ZeroMQ context, a copy of the value) that waits
+    up to a minute for a target that may never answer: 400 moves of a scalar took every file descriptor of the
+    owner's process, and 40 of 48 MiB held 2 GiB against a 64 MB quota, charged nothing."""
+    from syft_magics.owner import moves
+    from syft_magics.owner.quotas import Quotas
+
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_bytes="8MB"))
+    b = make_client("Bob")
+    nowhere = f"tcp://127.0.0.1:{free_port()}"  # (nobody answers: the couriers wait)
+    small = b.send(torch.zeros(4))
+
+    def order(obj):
+        return b._request({"t": Kind.MOVE, "id": obj.oid, "to": nowhere, "name": "Zoe", "instance": "0" * 16,
+                           "tid": bytes(16), "secret": bytes(32), "w": 2.0}, timeout=10)
+
+    threads = [threading.Thread(target=lambda: pytest.raises(sm.SyftError, order, small), daemon=True)
+               for _ in range(moves.MAX_COURIERS_PER_SESSION)]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: len(bob.server.__dict__.get("couriers", ())) == moves.MAX_COURIERS_PER_SESSION)
+    with pytest.raises(sm.QuotaExceeded, match="moves on their way"):
+        order(small)
+    for t in threads:
+        t.join(10)
+    big = b.send(torch.zeros(3 << 20 >> 2))  # 3 MB: held 3, with its copy on its way 6 (of 8)
+    thread = threading.Thread(target=lambda: pytest.raises(sm.SyftError, order, big), daemon=True)
+    thread.start()
+    assert wait_until(lambda: len(bob.server.__dict__.get("couriers", ())) == 1)
+    with pytest.raises(sm.QuotaExceeded):
+        order(big)  # a second copy would make 9
+    thread.join(10)

@@ -190,9 +190,9 @@ def hello_fields(header: dict) -> dict:
     """The fields of a hello a session keeps, each checked and bounded (a name of 100 MiB is refused)."""
     name, hostname, pid = header.get("name", "client"), header.get("hostname", "?"), header.get("pid")
     for what, value in (("client name", name), ("host name", hostname)):
-        if not isinstance(value, str) or len(value) > limits.MAX_NAME_CHARS:
+        if not limits.is_name(value):
             raise Reject(ErrorCode.BAD_ARGS,
-                         f"the {what} must be a string of at most {limits.MAX_NAME_CHARS} characters")
+                         f"the {what} must be a string of at most {limits.MAX_NAME_CHARS} printable characters")
     if pid is not None and (type(pid) is not int or not 0 <= pid < 1 << 32):
         raise Reject(ErrorCode.BAD_ARGS, "the pid must be a small non-negative integer")
     host = header.get("host")

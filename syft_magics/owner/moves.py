@@ -22,7 +22,7 @@ from ..errors import ErrorCode
 from ..wire import auth, discovery, limits
 from ..wire import modules as spec_format
 from ..wire.protocol import field
-from . import releases
+from . import releases, streams
 from .courier import Courier, Destination
 from .models import ModelWeights
 from .replies import Reject
@@ -35,21 +35,20 @@ if TYPE_CHECKING:
 
 #: The longest a courier may wait for the target to answer its hello (the scientist's ``timeout``).
 MAX_CONNECT_SECONDS = 60.0
+#: Couriers on their way at once, per client and in all: each is a thread, a ZeroMQ context and a copy of what it
+#: carries (helper-49: 400 moves to an address nobody answers took every file descriptor for a minute).
+MAX_COURIERS_PER_SESSION = 4
+MAX_COURIERS = 32
 
 
 def on_move(server: "Server", session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
     """The scientist asks to move one of its objects (or the owner's, as the policy allows) to another worker."""
     seq = header.get("s")
     entry = releases.entry_for(server, session, field(header, "id", bytes))
-    dest = destination(header)
-    if dest.address.startswith("tcp://"):
-        info = discovery.find_by_address(dest.address)
-        if info is not None:  # a worker this machine knows: its courier dials the address its file names, where that
-            # worker listens, and has it prove the file's key (helper-46: a listener of the scientist's at a look-alike
-            # address, Carol's port on 127.0.0.2; helper-48: the same, relaying Carol's proof from the real Carol)
-            dest = replace(dest, address=info.address, file_key=info.key)
+    dest = known(destination(header))
     if entry.kind == "object":
         raise Reject(ErrorCode.BAD_ARGS, f"{entry.label} is an optimizer or scheduler: only tensors and models move")
+    _room(server, session, entry)
 
     def send(held: bool) -> None:  # allowed: the courier answers the scientist when the target has the object
         payload = {**_payload(entry.tensor), "held": held}  # (released for the target only: .guests)
@@ -75,13 +74,29 @@ def destination(header: dict) -> Destination:
         raise Reject(ErrorCode.BAD_ARGS, "a move's CurveZMQ keys are three 40-character Z85 keys")
     if not (address.startswith("tcp://") or address.startswith("inproc://")) or len(address) > 300:
         raise Reject(ErrorCode.BAD_ARGS, "a move needs the target's tcp:// address")
-    if len(name) > limits.MAX_NAME_CHARS or len(instance) > 64 or len(tid) != 16 or len(secret) != 32:
-        raise Reject(ErrorCode.BAD_ARGS, "a move needs the target's name, instance and ticket")
+    if not limits.is_name(name) or not limits.is_name(instance) or len(tid) != 16 or len(secret) != 32 \
+            or not address.isprintable():
+        raise Reject(ErrorCode.BAD_ARGS, "a move needs the target's name and instance (printable, at most "
+                                         f"{limits.MAX_NAME_CHARS} characters), address and ticket")
     if wait is not None and (not isinstance(wait, (int, float)) or not 0 < wait <= MAX_CONNECT_SECONDS):
         raise Reject(ErrorCode.BAD_ARGS, f"a move's timeout must be within (0, {MAX_CONNECT_SECONDS:g}] seconds")
     return Destination(address=address, name=name, instance=instance, tid=tid, secret=secret,
                        wait=float(wait) if wait is not None else 5.0,
                        curve=auth.CurveKeys(*curve) if curve is not None else None)
+
+
+def known(dest: Destination) -> Destination:
+    """``dest`` as this machine's connection files know it. A worker one knows, by the address the scientist gave (any
+    form of it) or else by its name, is dialled at the address its file names, where it listens, and must prove the
+    file's key; a name that is not the one the file at that address gives is refused. So the owner's request and
+    the courier both name the worker this machine knows (helper-46: a listener of the scientist's at a look-alike
+    address, Carol's port on 127.0.0.2; helper-48: the same, relaying Carol's proof from the real Carol; helper-49:
+    'Carol' at another known worker's address, or at 127.2, a form of 127.0.0.2 no parser here reads as loopback)."""
+    info = discovery.find_by_address(dest.address) if dest.address.startswith("tcp://") else None
+    if info is not None and info.name != dest.name:
+        raise Reject(ErrorCode.BAD_ARGS, f"the worker at {dest.address} is {info.name}, not {dest.name}")
+    info = info or discovery.find_by_name(dest.name)
+    return replace(dest, address=info.address, file_key=info.key) if info is not None else dest
 
 
 def _payload(obj: Any) -> Dict[str, Any]:
@@ -95,6 +110,18 @@ def _payload(obj: Any) -> Dict[str, Any]:
                  {**dict(obj.named_parameters()), **dict(obj.named_buffers())}.items()}
         return {"spec": spec_format.describe(obj), "state": state}
     raise Reject(ErrorCode.BAD_ARGS, f"a {type(obj).__name__} cannot move")
+
+
+def _room(server: "Server", session: Session, entry: Entry) -> None:
+    """Refuse a move beyond the couriers allowed on their way at once, or whose copy would take its client over its
+    quota, counting what its couriers on their way carry as held (a copy each, until delivered)."""
+    flying = list(server.__dict__.get("couriers", ()))  # (a snapshot: couriers leave the set from their threads)
+    mine = [c for c in flying if c.session == session.ident]
+    if len(mine) >= MAX_COURIERS_PER_SESSION or len(flying) >= MAX_COURIERS:
+        raise Reject(ErrorCode.QUOTA, f"{server.name} has {len(mine)} of this client's moves on their way "
+                                      f"({len(flying)} in all; at most {MAX_COURIERS_PER_SESSION} and "
+                                      f"{MAX_COURIERS}): wait for them")
+    streams.within_quotas(server, session, 0, entry.nbytes, "this move", 0, sum(c.nbytes for c in mine))
 
 
 def _start(server: "Server", courier: "Courier") -> None:

@@ -169,6 +169,11 @@ def find(name: str) -> ConnectionInfo:
     )
 
 
+def find_by_name(name: str) -> Optional[ConnectionInfo]:
+    """The connection file of the live worker called exactly ``name`` on this machine, if any."""
+    return next((info for info in all_files() if info.name == name and info.alive), None)
+
+
 def find_by_address(address: str) -> Optional[ConnectionInfo]:
     """The connection file of the live worker at ``address`` on this machine, if any."""
     host, _, port = address.removeprefix("tcp://").rpartition(":")
