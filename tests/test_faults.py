@@ -306,8 +306,14 @@ def test_a_kernel_interrupt_during_a_waiting_get_leaves_the_link_usable(make_wor
         kernel.run(KERNEL_SETUP.format(address=bob.address, key=bob.key), timeout=120)
         waiting = kernel.start("x.get()")
         assert wait_until(lambda: bob.requests.pending, timeout=30)
-        kernel.km.interrupt_kernel()
-        out = kernel.collect(waiting, timeout=30)
+        for attempt in range(3):  # (pyzmq drops a KeyboardInterrupt raised while it frees a frame: press again)
+            kernel.km.interrupt_kernel()
+            try:
+                out = kernel.collect(waiting, timeout=10)
+                break
+            except TimeoutError:
+                if attempt == 2:
+                    raise
         assert "KeyboardInterrupt" in out.error, out
         out = kernel.run("y = (x + 1) * 2\nc.sync()\nprint(c.connected, len(c.search('#X')))", timeout=30)
         assert out.stdout.strip() == "True 1"
