@@ -155,3 +155,25 @@ def test_a_write_into_a_models_weight_voids_the_models_approval(review):
     _sync(mallory)
     reply = mallory.request({"t": "get", "s": 2, "id": mw})
     assert reply["t"] == "pending" and reply["n"] == 2, reply
+
+
+def test_a_client_cannot_fill_the_owners_list_of_requests(review, monkeypatch):
+    """Every object, and every target of a move, is another request; each new one was matched against all the book
+    kept, and nothing bounded them: a client could fill the owner's list, and the serving thread's time, without
+    end. A client has at most MAX_PENDING_PER_SESSION requests waiting; decided ones are kept up to MAX_DECIDED."""
+    from syft_magics.owner import policy
+
+    monkeypatch.setattr(policy, "MAX_PENDING_PER_SESSION", 3)
+    monkeypatch.setattr(policy, "MAX_DECIDED", 2)
+    bob, mallory, x = review
+    objects = [_run(mallory, "torch.add", x, i) for i in range(6)]
+    for i, oid in enumerate(objects[:3]):
+        assert mallory.request({"t": "get", "s": 10 + i, "id": oid})["t"] == "pending"
+    refused = mallory.request({"t": "get", "s": 20, "id": objects[3]})
+    assert refused["code"] == "quota" and "requests of this client to decide already" in refused["msg"], refused
+    for req in bob.requests.pending:
+        bob.deny(req.n)
+        assert mallory.reply()["code"] == "denied"
+    for i, oid in enumerate(objects[3:]):
+        assert mallory.request({"t": "get", "s": 30 + i, "id": oid})["t"] == "pending"
+    assert len(bob.requests) <= 2 + 3  # (the decided ones trimmed)

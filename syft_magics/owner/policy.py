@@ -190,8 +190,20 @@ def make_policy(policy: "str | Policy") -> Policy:
         raise ValueError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}") from None
 
 
+#: Requests one client may have waiting for the owner at once: every other object, and every target of a move,
+#: is another request, and each new one was matched against all those kept (a client could fill the owner's
+#: list, and the serving thread's time, without bound).
+MAX_PENDING_PER_SESSION = 64
+#: Decided requests kept for the panel and the history (the oldest go first).
+MAX_DECIDED = 10_000
+
+
+class TooManyRequests(Exception):
+    """A client already has :data:`MAX_PENDING_PER_SESSION` requests waiting for the owner."""
+
+
 class RequestBook:
-    """All get requests of one worker: pending ones and the decided history.
+    """All get requests of one worker: pending ones and the decided history (the latest :data:`MAX_DECIDED`).
 
     An approval is a grant for one get of that object by that session, recorded under the
     book's lock in the same step as the decision: a get that arrives from then on is let
@@ -268,9 +280,15 @@ class RequestBook:
                         return req, False
                     req.status, req.reason, req.decided = ("cancelled", "the object was written (or its id used for "
                                                            "another object) meanwhile", time.time())
+            if sum(1 for r in self._by_n.values() if r.pending and r.session == session) >= MAX_PENDING_PER_SESSION:
+                raise TooManyRequests()
             req = GetRequest(n=self._next, session=session, oid=oid, seq=seq, **fields)
             self._next += 1
             self._by_n[req.n] = req
+            if len(self._by_n) > MAX_DECIDED + MAX_PENDING_PER_SESSION:
+                decided = [n for n, r in self._by_n.items() if not r.pending]
+                for n in decided[:len(decided) - MAX_DECIDED]:
+                    del self._by_n[n]
             return req, True
 
     def end_session(self, session: bytes, reason: str) -> List[GetRequest]:

@@ -23,7 +23,7 @@ from ..errors import ErrorCode
 from ..wire.protocol import Kind, encode, field
 from . import guests
 from .blocks import version_of
-from .policy import ALLOW, DENY, GetRequest, OpenPolicy
+from .policy import ALLOW, DENY, MAX_PENDING_PER_SESSION, GetRequest, OpenPolicy, TooManyRequests
 from .provenance import of_entry
 from .replies import Reject
 from .rules import GetRule, Target
@@ -193,7 +193,11 @@ def decide(server: "Server", session: "Session", seq: Any, key: bytes, version: 
         told = label if what == "value" else f"{label} to {to}" if what == "move" else f"the {what} of {label}"
         raise Reject(ErrorCode.DENIED, f"{server.name} refused to {'move' if what == 'move' else 'release'} {told}: "
                                        f"{policy.deny_reason(GetRequest(n=0, what=what, to=to, **fields))}")
-    req, opened = server.requests.ask(session.ident, key, seq, version=version, what=what, to=to, **fields)
+    try:
+        req, opened = server.requests.ask(session.ident, key, seq, version=version, what=what, to=to, **fields)
+    except TooManyRequests:
+        raise Reject(ErrorCode.QUOTA, f"{server.name}'s owner has {MAX_PENDING_PER_SESSION} requests of this client "
+                                      "to decide already: wait for those") from None
     if req is None:  # the owner approved while this get was on its way
         return send()
     if opened:
