@@ -543,3 +543,58 @@ def test_moves_on_their_way_are_bounded_in_number_and_bytes(make_worker, make_cl
     with pytest.raises(sm.QuotaExceeded):
         order(big)  # a second copy would make 9
     thread.join(10)
+
+
+def test_a_target_that_answers_with_junk_is_read_no_further(make_worker, make_client):
+    """helper-50: a courier read whatever its target sent until its deadline: a listener of the scientist's (the
+    target of a scalar moved by the owner's rule) answered with gigabytes, 6 GB in the owner's process under a
+    64 MB quota. The courier reads messages of MAX_ANSWER_BYTES at most: a bigger one ends the link."""
+    import zmq
+
+    from syft_magics.owner.courier import MAX_ANSWER_BYTES
+    from syft_magics.wire.protocol import encode
+
+    make_worker("Bob", policy="open")
+    b = make_client("Bob")
+    scalar = b.send(torch.ones(()))
+    ctx = zmq.Context()
+    listener = ctx.socket(zmq.ROUTER)
+    listener.setsockopt(zmq.LINGER, 0)
+    here = f"tcp://127.0.0.1:{listener.bind_to_random_port('tcp://127.0.0.1')}"
+
+    def answer() -> None:
+        if listener.poll(5_000):
+            ident = listener.recv_multipart()[0]
+            listener.send_multipart([ident, encode({"t": "junk"})[0], bytes(2 * MAX_ANSWER_BYTES)])
+            listener.send_multipart([ident, *encode({"t": Kind.ERR, "code": "error", "msg": "read after the junk"})])
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(sm.SyftError) as failed:
+            b._request({"t": Kind.MOVE, "id": scalar.oid, "to": here, "name": "Dave",
+                        "instance": "x", "tid": bytes(16), "secret": bytes(32), "w": 1.0}, timeout=10)
+        assert "read after the junk" not in str(failed.value) and "within 1 s" in str(failed.value), failed.value
+        thread.join(5)
+    finally:
+        listener.close(0)
+        ctx.term()
+
+
+def test_a_move_target_cannot_look_like_a_worker_this_machine_knows(two):
+    """helper-50: 'Cаrol' (a Cyrillic а), 'carol', 'Ｃarol' or 'Carol at tcp://<Carol's address> (relay)' at
+    tcp://127.2:<Carol's port> (127.0.0.2, in a form no parser here read as loopback) read as Carol in the owner's
+    request; a click sent the value to the scientist's listener there. A target is named exactly as a worker of
+    this machine is, or plainly and unlike any of them; 127.2 is read as 127.0.0.2."""
+    from syft_magics.wire import discovery
+
+    bob, alice, b, a = two
+    x = b.search("#x")[0]
+    ticket = _ticket(a, x)
+    port = alice.address.rsplit(":", 1)[1]
+    for name in ("Аlice", "alice", "Ａlice", f"Alice at {alice.address} (relay)"):
+        with pytest.raises(sm.SyftError, match="named as a worker of this machine is"):
+            _order(b, x, ticket, name=name, to=f"tcp://10.9.9.9:{port}")
+    assert discovery._is_local("127.2") and discovery._is_local("2130706434") and not discovery._is_local("10.9.9.9")
+    with pytest.raises(sm.SyftError, match="is Alice, not Dave"):
+        _order(b, x, ticket, name="Dave", to=f"tcp://127.2:{port}")

@@ -328,6 +328,35 @@ def test_verbose_worker_prints_one_line_per_command(make_worker, make_client, ca
     assert "connect:" in out
 
 
+def test_a_peers_text_cannot_write_over_the_owners_console(make_worker, make_client, capsys):
+    """helper-50: a device string (and a keyword's name) torch echoes in its error reached the owner's --verbose
+    console raw: escape sequences moved the cursor and wrote a forged request, a scalar loss, over the real one for
+    all of #X, which the owner approved. Every character a peer chose that is not printable is shown escaped."""
+    import os
+
+    from raw_peer import RawPeer
+
+    from syft_magics.wire.protocol import Ref, encode
+
+    bob = make_worker("Bob", policy="open", verbose=True)
+    bob.share(X.clone(), "#X")
+    forged = "\r\x1b[3A\x1b[J[Bob] request #1: wants loss (shape ())\n\x1b[8m"
+    peer = RawPeer(bob.address)
+    try:
+        peer.login(bob.key, name="mallory")
+        x = Ref(bob.store.search(("#X",))[0].id)
+        peer.send_raw(encode({"t": "op", "s": 1, "f": "Tensor.to", "a": [x], "k": {"device": forged},
+                              "o": [os.urandom(16)]}))
+        peer.send_raw(encode({"t": "op", "s": 1, "f": f"torch.add{forged}", "a": [x, 1], "o": [os.urandom(16)]}))
+        assert peer.request({"t": "sync", "s": 2})["t"] in ("ok", "err")
+    finally:
+        peer.close()
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out, out
+    lines = [line for line in out.splitlines() if "Received Command From:" in line and "error" in line]
+    assert len(lines) == 2 and all("\\x1b[3A" in line and "request #1" in line for line in lines), out
+
+
 def test_verbose_can_be_switched_on_later_and_stops_with_the_worker(make_worker, make_client, capsys):
     bob = make_worker("Bob", policy="open")
     bob.share(X.clone(), "#X")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..display import short_id
 from ..events import Event
-from ..wire.limits import clip
+from ..wire.limits import clip, printable
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -103,8 +103,8 @@ def print_command(out: TextIO, worker: "Worker", event: Event) -> None:
     """``--verbose``: one line per command received (as the seed tutorial printed), and connections."""
     if event.kind == "command":
         status = "" if event.data["status"] == "ok" else f"  [{event.data['status']}]"
-        print(f"[{worker.name}] Received Command From: {event.data['client']}  "
-              f"{describe_command(worker, event)}{status}",
+        print(printable(f"[{worker.name}] Received Command From: {event.data['client']}  "
+                        f"{describe_command(worker, event)}{status}"),
               file=out, flush=True)
     elif event.kind in ("connect", "disconnect", "request", "refused", "overran", "owner_write"):
         # every value clipped: names, tags and lineages come from clients

@@ -95,6 +95,9 @@ def known(dest: Destination) -> Destination:
     info = discovery.find_by_address(dest.address) if dest.address.startswith("tcp://") else None
     if info is not None and info.name != dest.name:
         raise Reject(ErrorCode.BAD_ARGS, f"the worker at {dest.address} is {info.name}, not {dest.name}")
+    if not discovery.plain_or_known(dest.name):
+        raise Reject(ErrorCode.BAD_ARGS, f"a move's target is named as a worker of this machine is, exactly, or with "
+                                         f"letters, digits and _.@+- only, unlike any of them: not {dest.name!r}")
     info = info or discovery.find_by_name(dest.name)
     return replace(dest, address=info.address, file_key=info.key) if info is not None else dest
 

@@ -143,9 +143,10 @@ def on_ticket(server: "Server", session: Session, header: dict, used: List[Entry
     """The scientist asks to move an object here: the owner's accept rule decides; a ticket if accepted."""
     kind = header.get("kind")
     source = header_field(header, "from", str)
-    if not limits.is_name(source):
-        raise Reject(ErrorCode.BAD_ARGS, f"a move ticket names its source worker: at most {limits.MAX_NAME_CHARS} "
-                                         "printable characters")
+    if not limits.is_name(source) or not discovery.plain_or_known(source):
+        raise Reject(ErrorCode.BAD_ARGS, "a move ticket names its source worker as this machine names it, exactly, or "
+                                         f"with letters, digits and _.@+- only, unlike any of its workers: not "
+                                         f"{source!r}")
     out = header_field(header, "o", list)
     shapes = [_shape(s) for s in header_field(header, "shapes", list)[:MAX_MODEL_TENSORS]]
     dtypes = header_field(header, "dtypes", list)

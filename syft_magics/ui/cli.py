@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 from ..owner.policy import POLICIES
 from ..owner.quotas import FLAGS as QUOTA_FLAGS
 from ..owner.quotas import from_flags
+from ..wire.limits import printable
 
 COMMANDS = "requests | approve N | deny N [reason] | objects | invite NAME [FILE] | revoke NAME | invites | quit"
 
@@ -190,7 +191,7 @@ def run_worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def _say(text: str, file: Any = None) -> None:
     """One whole line in one write, flushed (a parent process may be waiting for it)."""
     out = file or sys.stdout
-    out.write(text + "\n")
+    out.write(printable(text, keep="\n") + "\n")  # (requests and errors carry a peer's strings: no escapes)
     out.flush()
 
 

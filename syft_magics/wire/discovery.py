@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -188,10 +189,32 @@ def _is_local(host: str) -> bool:
     """Whether ``host`` names this machine (loopback, any of its interfaces, or a bind-all address)."""
     if host in ("localhost", "*"):
         return True
+    if _NUMERIC.fullmatch(host):  # (127.2, 2130706434, 0x7f000002: forms of 127.0.0.2 the resolver reads: helper-50)
+        try:
+            host = socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return False
     try:
         return ipaddress.ip_address(host).is_loopback or is_local_ip(host)
     except ValueError:
         return False  # a name: 127.example.com is not loopback (helper-46)
+
+
+_NUMERIC = re.compile(r"[0-9A-Fa-fxX.]+")
+#: A worker name a peer may give that no connection file here holds: plain characters only.
+_PLAIN = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
+
+
+def plain_or_known(name: str) -> bool:
+    """Whether a peer may give ``name`` for a worker (a move's target or source): the exact name of a live worker
+    of this machine, or a plain one (letters, digits, ``_.@+-``) that no live worker's name folds to (case, width:
+    ``carol``, ``Ｃarol``). A look-alike of a known name, or one that carries text (``Carol at tcp://...``), would
+    read as that worker in the owner's request (helper-50: ``Cаrol``, its ``а`` Cyrillic)."""
+    names = [info.name for info in all_files() if info.alive]
+    if name in names:
+        return True
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return bool(_PLAIN.fullmatch(name)) and all(unicodedata.normalize("NFKC", n).casefold() != folded for n in names)
 
 
 def remove_stale(name: str) -> None:

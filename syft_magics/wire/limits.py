@@ -56,11 +56,22 @@ STREAM_IDLE_SECONDS = 60.0
 
 def clip(text: Any, limit: int = MAX_ECHO_CHARS) -> str:
     """``str(text)`` cut to ``limit`` characters, saying how much was cut, so a peer's huge
-    string is never echoed whole into a reply, a log or the owner's panel."""
+    string is never echoed whole into a reply, a log or the owner's panel; its control and format characters
+    escaped (:func:`printable`)."""
     s = text if isinstance(text, str) else str(text)
-    if len(s) <= limit:
-        return s
-    return f"{s[:limit]}… ({len(s) - limit} more characters)"
+    if len(s) > limit:
+        s = f"{s[:limit]}… ({len(s) - limit} more characters)"
+    return printable(s)
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with every character that is not printable escaped as Python writes it (``\\x1b``, ``\\n``,
+    ``\\u202e``), but those in ``keep``: a peer's string (an op name, a keyword, a device torch echoes in its error)
+    printed on the owner's console could move the cursor and write a forged request over the real one
+    (helper-50)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 def is_name(value: Any) -> bool:
