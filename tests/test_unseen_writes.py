@@ -127,6 +127,28 @@ def test_the_owners_request_names_the_owners_data_behind_a_chain_of_ops(bob_and_
     assert _asked_again(bob, shown) == ".mul(#X)"
 
 
+def test_the_owners_data_shows_in_a_short_request_whatever_the_scientists_labels(bob_and_client):
+    """helper-51: 16 writes of the scientist's own tensors, each with 32 tags of 128 characters padded with blank
+    Braille cells, then z.add_(#X): the request named #X in its last 3 of 134,340 characters, 17,600 pixels below
+    the Approve button, and the owner's click released #X. Labels are cut at 40 characters, the ops at 600, the
+    owner's data always named; a tag of blank-looking characters is refused."""
+    from syft_magics.errors import TagError
+    from syft_magics.owner import lineage
+
+    bob, client, x = bob_and_client
+    with pytest.raises(TagError, match="visible"):
+        client.send(torch.zeros(4, 3), "#p" + "\u2800" * 120)
+    tags = [f"#n{j}" + "x" * 120 for j in range(32)]
+    noise = [client.send(torch.zeros(4, 3), *tags) for _ in range(2)]
+    z = client.send(torch.zeros(4, 3), *tags)
+    for i in range(16):
+        z.addcmul_(noise[i % 2], noise[(i + 1) % 2])
+    z.add_(x)
+    shown = _asked_again(bob, z)
+    assert len(shown) < lineage.MAX_OPS_CHARS + 100 and shown.endswith("(from #X)"), shown
+    assert "#X" in bob.requests.pending[-1].describe()[:800]
+
+
 def test_an_objects_history_is_bounded_and_counts_the_writes_after(bob_and_client):
     # a loop of in-place ops grew an object's history (and its request's text) without bound
     bob, client, x = bob_and_client

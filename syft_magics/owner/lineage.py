@@ -8,7 +8,7 @@ once its data had gone through two ops, a model's weights or an optimizer step.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from .provenance import of_entry
 
@@ -39,26 +39,51 @@ def record(entry: "Entry", op: str, inputs: Tuple[bytes, ...]) -> None:
         entry.more_writes += 1
 
 
+#: A label as a request shows it (an object's tags, joined: up to 32 of 128 characters), and the ops of its history
+#: (up to 16 writes of 16 inputs): helper-51's request, 134 KB of the scientist's own tags padded with blank-looking
+#: characters, named the owner's data in its last three characters, 17,600 pixels below the owner's Approve button.
+MAX_LABEL_CHARS = 40
+MAX_OPS_CHARS = 600
+
+
 def lineage(store: "ObjectStore", entry: "Entry") -> str:
     """How ``entry`` was made, e.g. ``add(#X, #Y)``; its label if it was shared or sent; then the owner's
-    objects it derives from that the text has not named."""
-    named: Set[str] = set()
-    text = f"{entry.op}({_labels(store, entry.inputs, named)})" if entry.op else entry.label
-    named.add(entry.label)
-    for op, inputs in entry.history:
-        text += f", then {op}({_labels(store, inputs, named)})"
+    objects it derives from that the text has not named. The ops are cut at :data:`MAX_OPS_CHARS` (each label at
+    :data:`MAX_LABEL_CHARS`), never the owner's objects: they are named after the cut unless shown whole before it."""
+    steps = [(entry.op, entry.inputs)] if entry.op else []
+    steps += [(f", then {op}", inputs) for op, inputs in entry.history]
+    parts = [(f"{op}({', '.join(_clip(label) for label in labels)})", labels)
+             for op, labels in ((op, [store.label_of(oid) for oid in ids]) for op, ids in steps)]
+    if not entry.op:
+        parts.insert(0, (_clip(entry.label), [entry.label]))
     if entry.more_writes:
-        text += f", then {entry.more_writes} more writes"
+        parts.append((f", then {entry.more_writes} more writes", []))
     if entry.version != entry.seen_version:
-        text += ", then written through a view or alias"
+        parts.append((", then written through a view or alias", []))
+    text, named = "", {entry.label}
+    for i, (part, labels) in enumerate(parts):
+        if i and len(text) + len(part) > MAX_OPS_CHARS:
+            text += f", … ({len(parts) - i} more not shown)"
+            break
+        text += part
+        named.update(label for label in labels if len(label) <= MAX_LABEL_CHARS)
     prov = of_entry(entry)
-    missing = [s for s in prov.sources if s not in named] if prov.owner else []
+    missing = [_clip(s) for s in prov.sources if s not in named] if prov.owner else []
     if missing:
         text += f" (from {', '.join(missing)})"
     return text
 
 
-def _labels(store: "ObjectStore", ids: Tuple[bytes, ...], named: Set[str]) -> str:
-    labels: List[str] = [store.label_of(oid) for oid in ids]
-    named.update(labels)
-    return ", ".join(labels)
+def shown_tags(tags: Tuple[str, ...]) -> Tuple[str, ...]:
+    """An object's tags as a request shows them: as many as fit :data:`MAX_LABEL_CHARS`, each cut there, then how
+    many more."""
+    shown: List[str] = []
+    for tag in tags:
+        if shown and sum(len(t) + 1 for t in shown) + len(tag) > MAX_LABEL_CHARS:
+            return (*shown, f"(+{len(tags) - len(shown)} tags)")
+        shown.append(_clip(tag))
+    return tuple(shown)
+
+
+def _clip(label: str) -> str:
+    return label if len(label) <= MAX_LABEL_CHARS else f"{label[:MAX_LABEL_CHARS]}…"

@@ -23,6 +23,7 @@ from ..errors import ErrorCode
 from ..wire.protocol import Kind, encode, field
 from . import guests
 from .blocks import version_of
+from .lineage import shown_tags
 from .policy import ALLOW, DENY, MAX_PENDING_PER_SESSION, GetRequest, OpenPolicy, TooManyRequests
 from .provenance import of_entry
 from .replies import Reject
@@ -106,7 +107,7 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
 def _shown(server: "Server", session: "Session", entry: "Entry") -> Dict[str, Any]:
     """What the policy and the owner are shown of a release of ``entry``'s value (its request's fields)."""
     return dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
-                lineage=server.store.lineage(entry), tags=entry.tags, label=entry.label)
+                lineage=server.store.lineage(entry), tags=shown_tags(entry.tags), label=entry.label)
 
 
 def _rule(server: "Server", session: "Session", entry: "Entry", rule: Optional[GetRule]) -> Optional[GetRule]:

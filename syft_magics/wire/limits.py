@@ -8,6 +8,7 @@ and counts, since an authenticated client is not trusted either.
 """
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 #: Largest header (first frame) of a message sent before authentication, in bytes.
@@ -74,9 +75,29 @@ def printable(text: str, keep: str = "") -> str:
     return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
+#: Characters Python counts as printable that show as nothing (a Braille blank, Hangul fillers): a tag padded with
+#: them pushed the owner's data out of a request's view (helper-51).
+_BLANK = frozenset("\u2800\u3164\u115f\u1160\uffa0")
+
+
+def is_visible(text: str) -> bool:
+    """Whether every character of ``text`` shows: printable, none of :data:`_BLANK`, and no more than two combining
+    marks on one letter (more stack over the text around them)."""
+    if not text.isprintable():
+        return False
+    marks = 0
+    for c in text:
+        if c in _BLANK:
+            return False
+        marks = marks + 1 if unicodedata.category(c).startswith("M") else 0
+        if marks > 2:
+            return False
+    return True
+
+
 def is_name(value: Any) -> bool:
     """Whether ``value`` is a name a peer may give (a client's, a host's, a move's target or source): a string of at
     most :data:`MAX_NAME_CHARS` printable characters. Names reach the owner's requests, console and panels: a
     control or format character (an escape sequence, a bidi override) made the move an owner approved read as
     going to Carol's address while it went to another (helper-49)."""
-    return isinstance(value, str) and len(value) <= MAX_NAME_CHARS and value.isprintable()
+    return isinstance(value, str) and len(value) <= MAX_NAME_CHARS and is_visible(value)

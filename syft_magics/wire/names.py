@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TagError
+from .limits import is_visible
 
 _TAG = re.compile(r"^#[^\s#,]+$")
 
@@ -28,8 +29,8 @@ def check_tag(tag: object) -> str:
         raise TagError(f"a tag must be a string like '#X', not {type(tag).__name__}")
     if len(tag) > 128:
         raise TagError(f"a tag is at most 128 characters, this one has {len(tag)}")
-    if not tag.isprintable():  # (tags reach the owner's requests: no escape sequences, no bidi overrides)
-        raise TagError(f"bad tag {tag!r}: tags are printable characters")
+    if not is_visible(tag):  # (tags reach the owner's requests: no escape sequences, bidi overrides, blank padding)
+        raise TagError(f"bad tag {tag!r}: tags are visible, printable characters")
     if not _TAG.match(tag):
         hint = f"; did you mean '#{tag}'?" if tag and not tag.startswith("#") and " " not in tag else ""
         raise TagError(f"bad tag {tag!r}: tags start with '#' and contain no spaces or commas, e.g. '#X'{hint}")
