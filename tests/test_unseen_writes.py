@@ -149,6 +149,22 @@ def test_the_owners_data_shows_in_a_short_request_whatever_the_scientists_labels
     assert "#X" in bob.requests.pending[-1].describe()[:800]
 
 
+def test_the_owners_data_is_named_however_many_of_the_owners_objects_a_value_derives_from(bob_and_client):
+    """helper-52: an object's sources were cut at 8: eight other shares of the owner's first, then #X, and the
+    request read "(from #s0, ..., #s7, …)"; the owner's click released #X. Every one of the owner's objects is
+    named (other owners' data moved here is cut at 8)."""
+    from syft_magics.owner.provenance import MAX_SOURCES, _bounded
+
+    bob, client, x = bob_and_client
+    for i in range(8):
+        bob.share(torch.ones(4, 3), f"#s{i}")
+    z = sum(client.search(f"#s{i}")[0] * 0 for i in range(8)) + x * 1
+    assert "#X" in _asked_again(bob, z)
+    moved = [f"moved from Eve{i}, released to this worker only" for i in range(MAX_SOURCES + 2)]
+    assert _bounded(["#X", *moved])[0] == "#X" and _bounded([*moved, "#X"]).count("#X") == 1
+    assert len(_bounded([*moved, "#X"])) == MAX_SOURCES + 2  # (#X, 8 moved, "…")
+
+
 def test_an_objects_history_is_bounded_and_counts_the_writes_after(bob_and_client):
     # a loop of in-place ops grew an object's history (and its request's text) without bound
     bob, client, x = bob_and_client

@@ -149,8 +149,10 @@ PUBLIC_REFUSALS = frozenset({set_option})
 
 #: A client's own object (sent, or computed from its own objects): nothing to withhold.
 CLIENT = Provenance()
+#: Other owners' data (moved here) an object's sources name at most; this owner's own are all named (as many as it
+#: shared): cut to 8 in all, a value of 8 other shares and then ``#X`` read as derived from the 8 alone (helper-52).
 MAX_SOURCES = 8
-#: In an object's sources: the owner's objects it derives from were more than :data:`MAX_SOURCES`.
+#: In an object's sources: other owners' data it derives from was more than :data:`MAX_SOURCES`.
 MORE_SOURCES = "…"
 
 
@@ -447,13 +449,16 @@ class Disclosure:
 
 
 def _bounded(sources: Sequence[str]) -> Tuple[str, ...]:
-    """At most :data:`MAX_SOURCES` sources, then ``…`` when there were more (the owner is told there were); other
-    owners' data released for this worker only first, whatever their place (this owner's rules look for one)."""
-    if len(sources) <= MAX_SOURCES:
+    """Every one of this owner's objects among ``sources``, then at most :data:`MAX_SOURCES` of other owners' data
+    moved here, those released for this worker only first (this owner's rules look for one), and ``…`` when there
+    were more (the owner is told there were)."""
+    moved = [s for s in sources if s.startswith(guests.PREFIX)]
+    if len(moved) <= MAX_SOURCES:
         return tuple(sources)
-    held = guests.held(sources)
-    kept = [*held, *(s for s in sources if s not in held and s != MORE_SOURCES)]
-    return (*kept[:MAX_SOURCES], MORE_SOURCES)
+    own = [s for s in sources if not s.startswith(guests.PREFIX) and s != MORE_SOURCES]
+    held = guests.held(moved)
+    kept = [*held, *(s for s in moved if s not in held)]
+    return (*own, *kept[:MAX_SOURCES], MORE_SOURCES)
 
 
 def _public_leaves(traced: Optional[Trace], result: Any) -> Optional[List[bool]]:
