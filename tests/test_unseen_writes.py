@@ -165,6 +165,33 @@ def test_the_owners_data_is_named_however_many_of_the_owners_objects_a_value_der
     assert len(_bounded([*moved, "#X"])) == MAX_SOURCES + 2  # (#X, 8 moved, "…")
 
 
+def test_error_and_long_label_requests_name_the_owners_data_whole(bob_and_client):
+    """helper-53: a request for a withheld error's text named no data (``index 1234 is out of bounds``: 1234 was
+    #X[0]); two of the owner's labels with 40 characters in common read alike in "(from …)"; and with thousands of
+    the owner's objects behind a value its request grew to 160 KB, each op over two such objects costing seconds.
+    The error's request names the owner's data the op read; the owner's labels are named whole; past 16, how many."""
+    import syft_magics as sm
+    from syft_magics.owner import provenance
+
+    bob, client, x = bob_and_client
+    long = "#diabetes_cohort_2023_summary_statistics_patient_rows"
+    bob.share(torch.arange(10.0), long)
+    table, = client.search(long)
+    table.index_select(0, x.max().long().reshape(1))
+    with pytest.raises(sm.WithheldError) as info:
+        client.sync()
+    with pytest.raises(sm.GetTimeout):
+        info.value.request_message(timeout=0.3)
+    request = bob.requests.pending[-1].lineage
+    assert f"(from {long}, #X)" in request or f"(from #X, {long})" in request, request
+    assert _asked_again(bob, table * 2).endswith(f"(from {long})")
+    sources = tuple(f"#s{i}" for i in range(provenance.MAX_OWN_SOURCES + 10))
+    kept = provenance._bounded(sources)
+    assert len(kept) == provenance.MAX_OWN_SOURCES + 1 and kept[-1] == provenance.MORE_OWN
+    from syft_magics.owner.lineage import sources_text
+    assert sources_text(kept).endswith("#s15, 48+ more of yours")
+
+
 def test_an_objects_history_is_bounded_and_counts_the_writes_after(bob_and_client):
     # a loop of in-place ops grew an object's history (and its request's text) without bound
     bob, client, x = bob_and_client

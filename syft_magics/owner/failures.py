@@ -41,8 +41,8 @@ class Failures:
 
     def __init__(self, worker: "Worker") -> None:
         self.worker = worker
-        #: withheld error texts: number -> (the session's serial, op, full text)
-        self.errors: "OrderedDict[int, Tuple[int, str, str]]" = OrderedDict()
+        #: withheld error texts: number -> (the session's serial, op, full text, the owner's data the op read)
+        self.errors: "OrderedDict[int, Tuple[int, str, str, Tuple[str, ...]]]" = OrderedDict()
         self._next = 1
         self._budgets: Dict[str, quotas.FailureBudget] = {}
 
@@ -53,9 +53,10 @@ class Failures:
         if budget is not None:
             quotas.check_failures(session.quotas, session.label, self.worker.name, budget)
 
-    def withhold(self, session: Any, op: str, exc: BaseException) -> Withheld:
-        """Keep ``exc``'s text for the owner, count it against its client's budget, and say what the client
-        may see of it."""
+    def withhold(self, session: Any, op: str, exc: BaseException, sources: Tuple[str, ...] = ()) -> Withheld:
+        """Keep ``exc``'s text for the owner, with the owner's data the failed op read (``sources``: its request
+        names them, as a value's does), count it against its client's budget, and say what the client may see
+        of it."""
         who = _principal(session)
         budget = self._budgets.get(who)
         if budget is None:
@@ -66,7 +67,7 @@ class Failures:
         n = self._next
         self._next += 1
         full = limits.clip(exc)
-        self.errors[n] = (session.serial, op, full)
+        self.errors[n] = (session.serial, op, full, sources)
         while len(self.errors) > MAX_KEPT:
             self.errors.popitem(last=False)
         log.info("worker %s withheld the message of error #%d (%s in %s) from %s: %s",

@@ -8,9 +8,10 @@ once its data had gone through two ops, a model's weights or an optimizer step.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
-from .provenance import of_entry
+from .guests import PREFIX
+from .provenance import MORE_OWN, MORE_SOURCES, of_entry
 
 if TYPE_CHECKING:
     from .store import Entry, ObjectStore
@@ -49,7 +50,8 @@ MAX_OPS_CHARS = 600
 def lineage(store: "ObjectStore", entry: "Entry") -> str:
     """How ``entry`` was made, e.g. ``add(#X, #Y)``; its label if it was shared or sent; then the owner's
     objects it derives from that the text has not named. The ops are cut at :data:`MAX_OPS_CHARS` (each label at
-    :data:`MAX_LABEL_CHARS`), never the owner's objects: they are named after the cut unless shown whole before it."""
+    :data:`MAX_LABEL_CHARS`), never the owner's objects: they are named after them unless shown whole before
+    (:func:`sources_text`)."""
     steps = [(entry.op, entry.inputs)] if entry.op else []
     steps += [(f", then {op}", inputs) for op, inputs in entry.history]
     parts = [(f"{op}({', '.join(_clip(label) for label in labels)})", labels)
@@ -68,10 +70,29 @@ def lineage(store: "ObjectStore", entry: "Entry") -> str:
         text += part
         named.update(label for label in labels if len(label) <= MAX_LABEL_CHARS)
     prov = of_entry(entry)
-    missing = [_clip(s) for s in prov.sources if s not in named] if prov.owner else []
+    missing = [s for s in prov.sources if s not in named] if prov.owner else []
     if missing:
-        text += f" (from {', '.join(missing)})"
+        text += f" (from {sources_text(missing)})"
     return text
+
+
+#: The owner's objects a request names one by one; past them, how many more.
+SHOWN_OWN = 16
+
+
+def sources_text(sources: Sequence[str]) -> str:
+    """The owner's data behind a value as a request names it: the owner's own objects first, whole (labels the owner
+    chose: two of 40 characters in common read alike, helper-53), :data:`SHOWN_OWN` of them then how many more;
+    other owners' data moved here after them, each label cut."""
+    own = [s for s in sources if not s.startswith(PREFIX) and s not in (MORE_OWN, MORE_SOURCES)]
+    names = own[:SHOWN_OWN]
+    more = len(own) - len(names)
+    if more or MORE_OWN in sources:
+        names.append(f"{more}{'+' if MORE_OWN in sources else ''} more of yours")
+    names += [_clip(s) for s in sources if s.startswith(PREFIX)]
+    if MORE_SOURCES in sources:
+        names.append(MORE_SOURCES)
+    return ", ".join(names)
 
 
 def shown_tags(tags: Tuple[str, ...]) -> Tuple[str, ...]:

@@ -94,7 +94,7 @@ class Provenance:
         :mod:`.lineage`); its shape, public until now, stays so, and its memory is its own, charged as before."""
         if not self.owner:
             return Provenance(True, prov.sources) if prov.hidden else prov
-        sources = self.sources + tuple(s for s in prov.sources if s not in self.sources)
+        sources = tuple(dict.fromkeys(self.sources + prov.sources))  # (in order, each once: O(n), helper-53)
         return self if sources == self.sources else replace(self, sources=_bounded(sources))
 
     def hiding(self, bounds: Bounds, free: Tuple[int, ...], keys: Tuple[Any, ...] = ()) -> "Provenance":
@@ -149,11 +149,16 @@ PUBLIC_REFUSALS = frozenset({set_option})
 
 #: A client's own object (sent, or computed from its own objects): nothing to withhold.
 CLIENT = Provenance()
-#: Other owners' data (moved here) an object's sources name at most; this owner's own are all named (as many as it
-#: shared): cut to 8 in all, a value of 8 other shares and then ``#X`` read as derived from the 8 alone (helper-52).
+#: Other owners' data (moved here) an object's sources name at most; this owner's own, at most
+#: :data:`MAX_OWN_SOURCES`, then how many more (cut to 8 in all, a value of 8 other shares and then ``#X`` read as
+#: derived from the 8 alone: helper-52; uncut, 8,000 shares made a request of 160 KB and an op over two such
+#: objects 3 s of the serving thread: helper-53).
 MAX_SOURCES = 8
+MAX_OWN_SOURCES = 64
 #: In an object's sources: other owners' data it derives from was more than :data:`MAX_SOURCES`.
 MORE_SOURCES = "…"
+#: ... this owner's objects were more than :data:`MAX_OWN_SOURCES`.
+MORE_OWN = "…+"
 
 
 _OF_CLIENT = Disclosed(CLIENT)
@@ -232,20 +237,18 @@ class Disclosure:
             if not found.hidden and not found.rule:  # one source (or the same twice): as the general case below
                 return found
         owner = False
-        sources: List[str] = []
+        sources: Dict[str, None] = {}  # (in order, each once)
         hidden = None
         for entry in used:
             prov = of_entry(entry)
             if prov.owner:
                 owner = True
-                for s in prov.sources:
-                    if s not in sources:
-                        sources.append(s)
+                sources.update(dict.fromkeys(prov.sources))
                 if prov.hidden and hidden is None:
                     hidden = f"computed from {entry.label}, whose shape is withheld"
         if not owner:
             return CLIENT
-        return Provenance(True, _bounded(sources), hidden is not None, hidden or "")
+        return Provenance(True, _bounded(list(sources)), hidden is not None, hidden or "")
 
     def of_result(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"], result: Any,
                   known: Any = PENDING) -> Disclosed:
@@ -445,20 +448,22 @@ class Disclosure:
         if isinstance(exc, Withheld) or (isinstance(exc, Reject) and exc.public) \
                 or not prov.owner or not self.guarded:
             return exc
-        return self.failures.withhold(session, op, exc)
+        return self.failures.withhold(session, op, exc, prov.sources)
 
 
 def _bounded(sources: Sequence[str]) -> Tuple[str, ...]:
-    """Every one of this owner's objects among ``sources``, then at most :data:`MAX_SOURCES` of other owners' data
-    moved here, those released for this worker only first (this owner's rules look for one), and ``…`` when there
-    were more (the owner is told there were)."""
-    moved = [s for s in sources if s.startswith(guests.PREFIX)]
-    if len(moved) <= MAX_SOURCES:
+    """At most :data:`MAX_OWN_SOURCES` of this owner's objects among ``sources`` (then :data:`MORE_OWN`), then at most
+    :data:`MAX_SOURCES` of other owners' data moved here, those released for this worker only first (this owner's
+    rules look for one), then :data:`MORE_SOURCES` if there were more: the owner is told there were."""
+    if len(sources) <= MAX_SOURCES and MORE_OWN not in sources and MORE_SOURCES not in sources:
         return tuple(sources)
-    own = [s for s in sources if not s.startswith(guests.PREFIX) and s != MORE_SOURCES]
+    own = [s for s in sources if not s.startswith(guests.PREFIX) and s not in (MORE_OWN, MORE_SOURCES)]
+    moved = [s for s in sources if s.startswith(guests.PREFIX)]
     held = guests.held(moved)
     kept = [*held, *(s for s in moved if s not in held)]
-    return (*own, *kept[:MAX_SOURCES], MORE_SOURCES)
+    more_own = (MORE_OWN,) if len(own) > MAX_OWN_SOURCES or MORE_OWN in sources else ()
+    more = (MORE_SOURCES,) if len(kept) > MAX_SOURCES or MORE_SOURCES in sources else ()
+    return (*own[:MAX_OWN_SOURCES], *more_own, *kept[:MAX_SOURCES], *more)
 
 
 def _public_leaves(traced: Optional[Trace], result: Any) -> Optional[List[bool]]:

@@ -23,7 +23,7 @@ from ..errors import ErrorCode
 from ..wire.protocol import Kind, encode, field
 from . import guests
 from .blocks import version_of
-from .lineage import shown_tags
+from .lineage import shown_tags, sources_text
 from .policy import ALLOW, DENY, MAX_PENDING_PER_SESSION, GetRequest, OpenPolicy, TooManyRequests
 from .provenance import of_entry
 from .replies import Reject
@@ -157,7 +157,8 @@ def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> Optio
     withheld = server.disclosure.failures.errors.get(n)
     if withheld is None or withheld[0] != session.serial:  # (that session's, not its routing id's: helper-36)
         raise Reject(ErrorCode.UNKNOWN_OBJECT, f"{server.name} has no withheld error #{n} of this session")
-    _, op, text = withheld
+    _, op, text, sources = withheld
+    came = f" (from {sources_text(sources)})" if sources else ""
 
     def send() -> List[Any]:
         server.events.emit("get", client=session.label, id=f"error #{n}", status="error text sent")
@@ -166,7 +167,7 @@ def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> Optio
     key = b"error#%d" % n
     def fields() -> Dict[str, Any]:
         return dict(client=session.label, object_id=f"error #{n}", shape=(), dtype="-",
-                    lineage=f"the message of an error in {op}: {text}")
+                    lineage=f"the message of an error in {op}{came}: {text}")
 
     return decide(server, session, seq, key, None, "error", fields, send)
 
