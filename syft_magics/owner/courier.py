@@ -61,11 +61,11 @@ class CourierError(Exception):
 class Courier:
     """Delivers one payload to one destination, then answers the scientist's request ``seq``."""
 
-    def __init__(self, server: "Server", session: bytes, seq: Any, dest: Destination, payload: Dict[str, Any]) -> None:
+    def __init__(self, server: "Server", session: bytes, seq: Any, dest: Destination, payload: Dict[str, Any],
+                 nbytes: int = 0) -> None:
         self.server, self.session, self.seq, self.dest, self.payload = server, session, seq, dest, payload
         #: the bytes of the copy it carries (held by its client until delivered: see moves._room)
-        self.nbytes = sum(t.numel() * t.element_size() for t in
-                          ([payload["x"]] if "x" in payload else payload.get("state", {}).values()))
+        self.nbytes = nbytes
         self.on_done: Callable[["Courier"], None] = lambda courier: None
 
     def run(self) -> None:

@@ -55,7 +55,7 @@ def on_move(server: "Server", session: Session, header: dict, used: List[Entry])
         server.stats["bytes_out"] += entry.nbytes
         server.events.emit("get", client=session.label, id=entry.hex, status=f"moving to {dest.name}",
                            bytes=entry.nbytes)
-        _start(server, Courier(server, session.ident, seq, dest, payload))
+        _start(server, Courier(server, session.ident, seq, dest, payload, entry.nbytes))
 
     target = Target(dest.name, dest.address, dest.instance, dest.curve.server if dest.curve else None)
     return releases.move_out(server, session, seq, entry, target, send)

@@ -273,14 +273,19 @@ class RequestBook:
         with self._lock:
             if self._take(session, oid, version, release):
                 return None, False
+            waiting = 0  # (this client's other requests still pending)
             for req in self._by_n.values():
-                if req.pending and req.session == session and req.oid == oid and req.release == release:
+                if not req.pending or req.session != session:
+                    continue
+                if req.oid == oid and req.release == release:
                     if req.version == version:
                         req.seq = seq
                         return req, False
                     req.status, req.reason, req.decided = ("cancelled", "the object was written (or its id used for "
                                                            "another object) meanwhile", time.time())
-            if sum(1 for r in self._by_n.values() if r.pending and r.session == session) >= MAX_PENDING_PER_SESSION:
+                else:
+                    waiting += 1
+            if waiting >= MAX_PENDING_PER_SESSION:
                 raise TooManyRequests()
             req = GetRequest(n=self._next, session=session, oid=oid, seq=seq, **fields)
             self._next += 1

@@ -97,7 +97,7 @@ def is_visible(text: str) -> bool:
 
 def is_name(value: Any) -> bool:
     """Whether ``value`` is a name a peer may give (a client's, a host's, a move's target or source): a string of at
-    most :data:`MAX_NAME_CHARS` printable characters. Names reach the owner's requests, console and panels: a
-    control or format character (an escape sequence, a bidi override) made the move an owner approved read as
-    going to Carol's address while it went to another (helper-49)."""
+    most :data:`MAX_NAME_CHARS` visible characters (:func:`is_visible`). Names reach the owner's requests, console
+    and panels: a control or format character (an escape sequence, a bidi override) made the move an owner approved
+    read as going to Carol's address while it went to another (helper-49)."""
     return isinstance(value, str) and len(value) <= MAX_NAME_CHARS and is_visible(value)
