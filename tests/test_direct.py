@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import pytest
@@ -59,6 +60,39 @@ def test_queued_ops_reach_the_worker_without_a_request_and_in_order(bob, make_cl
     x[torch.tensor([10])]; line = sys._getframe().f_lineno  # out of range: only the worker can tell  # noqa: E702
     with pytest.raises(sm.RemoteError, match=f"issued at .*test_direct.py:{line}"):
         client.sync()
+
+
+def test_a_caller_still_issuing_ops_runs_its_batches_itself(bob, make_client, fast_defaults, monkeypatch):
+    """The background thread takes only batches their caller stopped adding to: taking the worker's turn while
+    the caller still queues ops only traded the GIL between two threads (a chain of ops 10-15% slower)."""
+    import syft_magics.scientist.direct as direct
+
+    fast_defaults.flush_interval = 0.001  # the background thread looks often
+    fast_defaults.heartbeat_interval = 60.0
+    monkeypatch.setattr(direct, "STALE_AFTER", 60.0)
+    client = make_client(bob)
+    x = client.search("#X")[0]
+    client.sync()
+    runners = []
+    call_many = bob.server.call_many
+
+    def recording(ident, messages):
+        runners.append(threading.current_thread().name)
+        return call_many(ident, messages)
+
+    monkeypatch.setattr(bob.server, "call_many", recording)
+    z = x
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:  # ops keep coming, more than a batch of them
+        z = z + 1
+        time.sleep(0.0002)
+    issued = len(runners)
+    assert torch.equal(z.get(), X + (z.get() - X)[0])
+    assert issued >= 1 and set(runners[:issued]) == {threading.current_thread().name}, runners
+    before = bob.stats["commands"]
+    z = z + 1  # a lone op nobody waits for still runs, from the background thread
+    assert wait_until(lambda: bob.stats["commands"] > before, timeout=5)
+    assert runners[-1] != threading.current_thread().name
 
 
 def test_ops_handed_over_under_no_grad_keep_the_grad_mode_they_were_issued_in(bob, make_client):
