@@ -49,6 +49,9 @@ def big(request, make_worker, make_client, monkeypatch):
     the other process) where the peers may read each other's memory, else the memory-file pool."""
     if request.param == "pool":  # as where ptrace rules (Yama's ptrace_scope) forbid reading a sibling
         monkeypatch.setattr(samehost, "_process_vm_readv", None)
+    # (worker and client in this process, over TCP: a peer is never this process, but for these tests of the
+    # path's mechanics; tests below and in other processes check the real rule)
+    monkeypatch.setattr(samehost, "_SELF_PEER", True, raising=False)
     bob = make_worker("Bob", policy="open")
     x = torch.randn(4 * MIB)  # 16 MiB
     bob.share(x, "#B")
@@ -101,7 +104,8 @@ def test_a_send_under_8_mib_is_pipelined_through_the_memory_file(big):
         assert torch.equal(p.get(), torch.arange(MIB, dtype=torch.float32) + i)
 
 
-def test_a_bad_lent_reference_is_a_clear_error_not_a_crash():
+def test_a_bad_lent_reference_is_a_clear_error_not_a_crash(monkeypatch):
+    monkeypatch.setattr(samehost, "_SELF_PEER", True, raising=False)
     peer = samehost.Peer(os.getpid())
     with pytest.raises(samehost.SameHostError, match="cannot read the peer's lent memory"):
         peer.take(samehost.LENT, -1, 8, torch.float32, [MIB])  # address 8: not mapped
@@ -177,7 +181,8 @@ def test_a_forged_probe_does_not_make_a_peer_same_host(make_worker, peers):
     """A peer that names some other process's file (here the worker's own probe) fails the nonce check."""
     bob = make_worker("Bob", policy="open")
     dealer = peers(bob.address)
-    challenge = dealer.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "raw", "host": b"n" * 16})
+    challenge = dealer.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "raw", "host": b"n" * 16,
+                                "pid": 4242})
     from syft_magics.wire import auth
 
     welcome = dealer.request({"t": "auth", "s": 0, "mac": auth.proof(bob.key, challenge["nonce"], dealer.ident)})
@@ -188,7 +193,52 @@ def test_a_forged_probe_does_not_make_a_peer_same_host(make_worker, peers):
     assert session.host_peer is None and session.pool is None
 
 
-def test_a_bad_region_reference_is_a_clear_error_not_a_crash():
+@pytest.mark.parametrize("self_peer", [False, True], ids=["as-shipped", "own-process-peers-allowed"])
+def test_another_sessions_probe_does_not_make_a_peer_same_host(make_worker, peers, monkeypatch, self_peer):
+    """helper-54 (Critical): a second session's hello carried the first session's challenge nonce as its own, so the
+    worker wrote it into its own probe file; the first session named that file as its probe, the worker took itself
+    for the client's same-host peer and then copied any address of its own memory (``#X``) into the client's objects.
+    A probe holds a proof bound to the key, both nonces of its own handshake, its role and both pids; and a worker is
+    never its own peer (refused even where the proof would pass)."""
+    monkeypatch.setattr(samehost, "_SELF_PEER", self_peer, raising=False)
+    from syft_magics.wire import auth
+
+    bob = make_worker("Bob", policy="review")
+    bob.share(torch.randn(4 * MIB), "#X")
+
+    def hello(peer, host):
+        return peer.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "raw", "pid": 4242, "host": host})
+
+    def auth_(peer, challenge):
+        return peer.request({"t": "auth", "s": 0, "mac": auth.proof(bob.key, challenge["nonce"], peer.ident)})
+
+    a, b = peers(bob.address), peers(bob.address)
+    welcome_a = auth_(a, hello(a, b"a" * 16))
+    w_a = welcome_a["host"]["nonce"]  # the nonce session A must prove it holds in a file of its own
+    welcome_b = auth_(b, hello(b, w_a))  # B asks the worker to write A's nonce into the worker's own probe
+    for offer in (welcome_b["host"]["probe"], welcome_a["host"]["probe"]):
+        reply = a.request({"t": "host", "s": 1, "probe": offer, "lend": True})
+        assert reply["t"] == "ok" and reply["host"] is False and reply["lend"] is False, reply
+    assert all(s.host_peer is None and s.pool is None for s in bob.clients)
+
+
+def test_this_process_is_never_read_as_a_same_host_peer():
+    """Whatever a session proved, reading "the peer's" memory or files never reads this process's own."""
+    peer = samehost.Peer(os.getpid())
+    buffer = torch.ones(16, dtype=torch.uint8)
+    with pytest.raises(samehost.SameHostError, match="never this one"):
+        peer.take(samehost.LENT, -1, buffer.data_ptr(), torch.uint8, [16])
+    pool = samehost.Pool()
+    try:
+        fd, ino, offset = pool.put(torch.ones(MIB).numpy())
+        with pytest.raises(samehost.SameHostError, match="never this one"):
+            peer.take(fd, ino, offset, torch.float32, [MIB])
+    finally:
+        pool.close()
+
+
+def test_a_bad_region_reference_is_a_clear_error_not_a_crash(monkeypatch):
+    monkeypatch.setattr(samehost, "_SELF_PEER", True, raising=False)
     peer = samehost.Peer(os.getpid())
     pool = samehost.Pool()
     try:
@@ -292,21 +342,26 @@ def test_a_worker_killed_mid_transfer_gives_a_clear_error_and_leaves_nothing(tmp
     assert shm_names() == before_shm
 
 
-def test_the_probe_holds_only_the_nonce_and_is_checked_by_content():
-    probe = samehost.make_probe(b"a" * 16)
+def test_the_probe_holds_only_its_proof_and_is_checked_by_content(monkeypatch):
+    monkeypatch.setattr(samehost, "_SELF_PEER", True, raising=False)  # (this process plays the peer)
+    a, b = b"a" * 32, b"b" * 32
+    probe = samehost.make_probe(a)
     announce = probe.announce
     pid = os.getpid()
     try:
-        assert samehost.check_probe(announce, b"a" * 16) == pid
-        assert samehost.check_probe(announce, b"b" * 16) is None
-        assert samehost.check_probe([pid, probe.fd, announce[2] + 1], b"a" * 16) is None
-        assert samehost.check_probe("not a probe", b"a" * 16) is None
-        # the nonce in memory: readable by a process allowed to (here: this one), checked by content too
-        assert samehost.can_read_memory(announce, pid, b"a" * 16)
-        assert not samehost.can_read_memory(announce, pid, b"b" * 16)
-        assert not samehost.can_read_memory([*announce[:3], 8], pid, b"a" * 16), "an unmapped address"
-        assert not samehost.can_read_memory(announce[:3], pid, b"a" * 16)
-        assert not samehost.can_read_memory([pid + 1, *announce[1:]], pid, b"a" * 16), "another pid"
+        assert samehost.check_probe(announce, lambda writer: a) == pid
+        assert samehost.check_probe(announce, lambda writer: b) is None
+        assert samehost.check_probe([pid, probe.fd, announce[2] + 1], lambda writer: a) is None
+        assert samehost.check_probe("not a probe", lambda writer: a) is None
+        # the proof in memory: readable by a process allowed to (here: this one), checked by content too
+        assert samehost.can_read_memory(announce, pid, a)
+        assert not samehost.can_read_memory(announce, pid, b)
+        assert not samehost.can_read_memory([*announce[:3], 8], pid, a), "an unmapped address"
+        assert not samehost.can_read_memory(announce[:3], pid, a)
+        assert not samehost.can_read_memory([pid + 1, *announce[1:]], pid, a), "another pid"
+        monkeypatch.setattr(samehost, "_SELF_PEER", False, raising=False)
+        assert samehost.check_probe(announce, lambda writer: a) is None, "never this process as its own peer"
+        assert not samehost.can_read_memory(announce, pid, a)
     finally:
         probe.close()
     assert decode(encode({"t": "ok", "s": 1}))["t"] == "ok"
@@ -318,7 +373,7 @@ def test_a_probe_in_a_file_that_is_not_our_memory_file_is_refused(tmp_path):
     path.write_bytes(b"a" * 16)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert samehost.check_probe([os.getpid(), fd, os.fstat(fd).st_ino], b"a" * 16) is None
+        assert samehost.check_probe([os.getpid(), fd, os.fstat(fd).st_ino], lambda writer: b"a" * 16) is None
     finally:
         os.close(fd)
 
@@ -339,7 +394,7 @@ def test_a_root_worker_does_not_take_another_users_process_for_a_same_host_peer(
     try:
         probe = json.loads(child.stdout.readline())
         assert probe[0] == child.pid
-        assert samehost.check_probe(probe, b"a" * 16) is None
+        assert samehost.check_probe(probe, lambda writer: b"a" * 16) is None
         with pytest.raises(samehost.SameHostError, match="does not run as this user"):
             samehost.Peer(child.pid).take(probe[1], probe[2], 0, torch.uint8, [16])
     finally:

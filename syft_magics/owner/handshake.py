@@ -124,13 +124,14 @@ class Handshakes:
             welcome = {"t": Kind.WELCOME, "instance": self.worker.instance, "name": self.name,
                        "policy": self.worker.policy.name, "lease": self.worker.lease_timeout,
                        "devices": list(self.worker.devices.allowed)}
-            host_nonce = hello.get("host")
+            host_nonce, pid = hello.get("host"), hello["pid"]
             if type(host_nonce) is bytes and len(host_nonce) == 16 and session.peer != "inproc" \
-                    and samehost.available():
+                    and type(pid) is int and 0 < pid < 1 << 31 and samehost.available():
                 # offer the same-host path: prove we can be read, ask the client to prove the same
-                probe = samehost.make_probe(host_nonce)
-                session.host_probe = (probe, os.urandom(16))
-                welcome["host"] = {"probe": probe.announce, "nonce": session.host_probe[1]}
+                nonces = (host_nonce, os.urandom(16))
+                probe = samehost.make_probe(samehost.probe_proof(key, samehost.WORKER, nonces, os.getpid(), pid))
+                session.host_probe = (probe, nonces, key)
+                welcome["host"] = {"probe": probe.announce, "nonce": nonces[1]}
             return encode(welcome)
         raise unknown
 
@@ -174,15 +175,19 @@ class Handshakes:
         """The client's half of the same-host check: its probe must hold the nonce we gave it."""
         ok = lend = False
         if session.host_probe is not None:
-            probe, nonce = session.host_probe
+            probe, nonces, key = session.host_probe
             session.host_probe = None
             probe.close()
-            pid = samehost.check_probe(header.get("probe"), nonce)
+
+            def expect(writer: int) -> bytes:
+                return samehost.probe_proof(key, samehost.CLIENT, nonces, writer, os.getpid())
+
+            pid = samehost.check_probe(header.get("probe"), expect)
             if pid is not None:
                 # the client frees a sent tensor's region when we acknowledge the send: nothing to confirm
                 session.host_peer, session.pool, ok = samehost.Peer(pid, False, session.ident), samehost.Pool(), True
                 session.pool.lend = header.get("lend") is True  # the client can read our memory: lend it
-                lend = samehost.can_read_memory(header.get("probe"), pid, nonce)
+                lend = samehost.can_read_memory(header.get("probe"), pid, expect(pid))
         return encode({"t": Kind.OK, "s": header.get("s"), "host": ok, "lend": lend})
 
 

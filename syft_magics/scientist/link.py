@@ -133,16 +133,25 @@ class Link(LinkBase):
         self.lease = float(welcome.get("lease") or defaults.lease_timeout)
         offer = welcome.get("host")
         if isinstance(offer, dict) and "host" in hello:
-            self._same_host(offer, host_nonce, timeout)
+            self._same_host(offer, host_nonce, key, timeout)
 
-    def _same_host(self, offer: dict, nonce: bytes, timeout: float) -> None:
-        """Both sides prove they can open the other's memory files; then large tensors take that path."""
-        pid = samehost.check_probe(offer.get("probe"), nonce)
+    def _same_host(self, offer: dict, nonce: bytes, key: str, timeout: float) -> None:
+        """Both sides prove they can open the other's memory files (see :func:`.samehost.probe_proof`); then large
+        tensors take that path."""
         theirs = offer.get("nonce")
-        if pid is None or not isinstance(theirs, bytes) or len(theirs) != 16:
+        if not isinstance(theirs, bytes) or len(theirs) != 16:
             return
-        lend = samehost.can_read_memory(offer.get("probe"), pid, nonce)  # then the worker lends us results
-        probe = samehost.make_probe(theirs)
+        nonces, me = (nonce, theirs), os.getpid()
+
+        def proof(writer: int, reader: int, role: bytes) -> bytes:
+            return samehost.probe_proof(key, role, nonces, writer, reader)
+
+        pid = samehost.check_probe(offer.get("probe"), lambda writer: proof(writer, me, samehost.WORKER))
+        if pid is None:
+            return
+        # then the worker lends us results
+        lend = samehost.can_read_memory(offer.get("probe"), pid, proof(pid, me, samehost.WORKER))
+        probe = samehost.make_probe(proof(me, pid, samehost.CLIENT))
         try:
             reply = self._request_raw({"t": Kind.HOST, "s": 0, "probe": probe.announce, "lend": lend}, timeout,
                                       expect=Kind.OK)

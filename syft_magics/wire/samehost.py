@@ -19,12 +19,14 @@ Both skip the socket, the kernel's copies on loopback TCP and ZeroMQ's framing.
 What it keeps of the TCP path's guarantees:
 
 - **Detected, never assumed.** After authentication each side proves it can open the other's
-  memory files: the worker writes the client's nonce into a memory file and the client reads it
-  back through ``/proc``; then the client does the same with the worker's nonce
-  (:func:`make_probe`, :func:`check_probe`). The same nonce, kept in the prober's memory, shows
-  whether the peer may also read that memory (:func:`can_read_memory`): only then does the prober
-  lend. Across hosts, users or PID namespaces a probe fails and the TCP path is used. The peer's
-  pid is the verified probe's, never a later message's.
+  memory files: the worker writes a proof into a memory file and the client reads it back through
+  ``/proc``; then the client does the same (:func:`make_probe`, :func:`check_probe`). A proof is an
+  HMAC with the link's key over both nonces of this handshake, the writer's role and pid and the
+  reader's pid (:func:`probe_proof`): no other session's probe, nor a probe of either side read as
+  the other's, nor this process itself, passes (:func:`_not_us`). The same proof, kept in the
+  prober's memory, shows whether the peer may also read that memory (:func:`can_read_memory`): only
+  then does the prober lend. Across hosts, users or PID namespaces a probe fails and the TCP path is
+  used. The peer's pid is the verified probe's, never a later message's.
 - **No wider access than before.** Reading another process's memory needs the same permission
   as opening its files through ``/proc`` (ptrace's read mode, i.e. the same user): a peer that may
   lend has that access already; a sender lends only the buffer it would otherwise have sent.
@@ -58,16 +60,17 @@ What it keeps of the TCP path's guarantees:
 from __future__ import annotations
 
 import ctypes
+import hmac
 import os
 import stat
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..errors import ProtocolError
-from . import buffers
+from . import auth, buffers
 
 #: Tensors at least this large take the same-host path where it is available.
 SHARED_MIN_BYTES = 1 << 20
@@ -116,6 +119,7 @@ def _open_peer_file(pid: int, fd: int, ino: int) -> int:
     if not (type(pid) is int and type(fd) is int and type(ino) is int and 0 < pid < 1 << 31
             and 0 <= fd < 1 << 31):
         raise SameHostError(f"bad same-host file reference ({pid!r}, {fd!r}, {ino!r})")
+    _not_us(pid)
     if not _runs_as_us(pid):
         raise SameHostError("the peer process does not run as this user")
     try:
@@ -136,6 +140,18 @@ def _open_peer_file(pid: int, fd: int, ino: int) -> int:
 
 #: How our memory files read in ``/proc/*/fd`` (``memfd_create("syft-pool")`` and ``("syft-probe")``).
 _MEMFD_PREFIX = "/memfd:syft-"
+
+
+#: Whether a peer may be this very process (tests of the path's mechanics only: see :func:`_not_us`).
+_SELF_PEER = False
+
+
+def _not_us(pid: int) -> None:
+    """Refuse this process as a peer: a client in a worker's process talks to it directly, and a worker that took
+    itself for its peer would copy any address of its own memory, or its own memory files, into a client's objects
+    (helper-54: a remote client read ``#X`` so, with no request)."""
+    if pid == os.getpid() and not _SELF_PEER:
+        raise SameHostError("a same-host peer is another process, never this one")
 
 
 def _runs_as_us(pid: int) -> bool:
@@ -166,6 +182,7 @@ def _read_memory(pid: int, address: int, buffer: Any) -> None:
     view = memoryview(buffer).cast("B")
     if view.nbytes == 0:
         return
+    _not_us(pid)
     if _process_vm_readv is None:
         raise SameHostError("this system cannot read another process's memory")
     base = ctypes.addressof(ctypes.c_char.from_buffer(view))
@@ -324,9 +341,23 @@ class Peer:
 
 
 # -- the handshake probe ---------------------------------------------------------------------------
+#: Who wrote a probe: the worker (checked by its client), or the client (checked by its worker).
+WORKER, CLIENT = b"worker", b"client"
+
+
+def probe_proof(key: str, role: bytes, nonces: Tuple[bytes, bytes], writer: int, reader: int) -> bytes:
+    """What a probe holds: an HMAC with the link's key over who wrote it (``role`` and pid), for whom (the reader's
+    pid) and both nonces of this handshake (the client's, the worker's). The bare nonce a peer chose was written
+    before: a client had the worker write another session's nonce into the worker's own probe, and that session
+    then named it as its own probe, so the worker took itself for its peer (helper-54). A probe now proves
+    nothing but this handshake, in this direction, between these two processes."""
+    return auth.proof_of(key, b"syft-samehost-" + role, *nonces, writer.to_bytes(8, "little"),
+                         reader.to_bytes(8, "little"))
+
+
 class Probe:
-    """What one side shows the other at the handshake: a memory file holding the peer's nonce (can the
-    peer open our files?) and the same nonce in this process's memory (can the peer read our memory?).
+    """What one side shows the other at the handshake: a memory file holding a proof (:func:`probe_proof`: can the
+    peer open our files?) and the same proof in this process's memory (can the peer read our memory?).
     Kept until the peer has checked it; :meth:`close` then."""
 
     def __init__(self, nonce: bytes) -> None:
@@ -342,14 +373,15 @@ class Probe:
             self.fd = -1
 
 
-def make_probe(nonce: bytes) -> Probe:
-    """A :class:`Probe` holding the peer's ``nonce``."""
-    return Probe(nonce)
+def make_probe(proof: bytes) -> Probe:
+    """A :class:`Probe` holding ``proof`` (:func:`probe_proof`)."""
+    return Probe(proof)
 
 
-def check_probe(probe: Any, nonce: bytes) -> Optional[int]:
-    """The peer's pid if its announced ``probe`` holds our ``nonce`` in a memory file (so it runs here,
-    as us), else None."""
+def check_probe(probe: Any, expect: Callable[[int], bytes]) -> Optional[int]:
+    """The peer's pid if its announced ``probe`` holds, in one of our memory files, ``expect(pid)``: the proof a
+    writer of that pid owes us (so it runs here, as us, and is the peer of this very handshake), else None.
+    This process is never its own peer."""
     if not _AVAILABLE or not isinstance(probe, list) or len(probe) not in (3, 4):
         return None
     pid, fd, ino = probe[:3]
@@ -358,24 +390,25 @@ def check_probe(probe: Any, nonce: bytes) -> Optional[int]:
     except SameHostError:
         return None
     try:
-        got = bytearray(len(nonce))
+        want = expect(pid)
+        got = bytearray(len(want))
         _read_exact(own, got, 0)
-        return pid if bytes(got) == nonce else None
+        return pid if hmac.compare_digest(bytes(got), want) else None
     except (SameHostError, OSError):
         return None
     finally:
         os.close(own)
 
 
-def can_read_memory(probe: Any, pid: int, nonce: bytes) -> bool:
-    """Whether we can read the verified peer ``pid``'s memory: its probe's address holds our ``nonce``
-    (where ptrace rules forbid it, e.g. Yama's ``ptrace_scope`` >= 1 between siblings, the pool is used)."""
+def can_read_memory(probe: Any, pid: int, proof: bytes) -> bool:
+    """Whether we can read the verified peer ``pid``'s memory: its probe's address holds the ``proof`` its file
+    held (where ptrace rules forbid it, e.g. Yama's ``ptrace_scope`` >= 1 between siblings, the pool is used)."""
     if not isinstance(probe, list) or len(probe) != 4 or probe[0] != pid or type(probe[3]) is not int \
             or not 0 < probe[3] < 1 << 64:
         return False
-    got = bytearray(len(nonce))
+    got = bytearray(len(proof))
     try:
         _read_memory(pid, probe[3], got)
     except SameHostError:
         return False
-    return bytes(got) == nonce
+    return hmac.compare_digest(bytes(got), proof)
