@@ -360,10 +360,10 @@ class Probe:
     peer open our files?) and the same proof in this process's memory (can the peer read our memory?).
     Kept until the peer has checked it; :meth:`close` then."""
 
-    def __init__(self, nonce: bytes) -> None:
+    def __init__(self, proof: bytes) -> None:
         self.fd = os.memfd_create("syft-probe", os.MFD_CLOEXEC)
-        os.pwrite(self.fd, nonce, 0)
-        self._memory = ctypes.create_string_buffer(nonce, len(nonce))
+        os.pwrite(self.fd, proof, 0)
+        self._memory = ctypes.create_string_buffer(proof, len(proof))
         #: what to announce: ``[pid, fd, inode, address of the nonce in memory]``
         self.announce = [os.getpid(), self.fd, os.fstat(self.fd).st_ino, ctypes.addressof(self._memory)]
 
