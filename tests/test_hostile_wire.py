@@ -194,6 +194,44 @@ def test_values_a_client_does_not_read_are_bounded_in_bytes_per_client(make_work
     assert hog.request({"t": "get", "s": 9, "id": oid})["t"] == "value"
 
 
+def test_streamed_values_a_client_does_not_read_count_as_unread_too(make_worker, peers):
+    """helper-55 (High): a streamed value's chunks counted nowhere: a client that never read its socket, asking for
+    a streamed value of its own (the first window covering all of it) then freeing it, made the worker hold every
+    chunk of every value, past both quotas (+480 MiB of 16 MiB gets under 64 MB quotas). Each chunk counts as
+    unread until ZeroMQ has written it, a window holds no more than the quota leaves, and a freed object's stream
+    ends."""
+    mib = 1 << 20
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_unread_bytes="8MB", max_bytes="16MB"))
+    hog = peers(bob.address, rcvhwm=1)
+    hog.login(bob.key)
+    asked = 12  # 4 MiB each: 48 MiB, never read
+    for i in range(asked):
+        oid = os.urandom(16)
+        hog.send_raw(encode({"t": "send", "s": 3 * i, "id": oid, "x": torch.ones(mib), "tags": []}))
+        hog.send_raw(encode({"t": "get", "s": 3 * i + 1, "id": oid, "c": [1 * mib, 8, mib]}))  # streamed, 1 window
+        hog.send_raw(encode({"t": "free", "s": 3 * i + 2, "ids": [oid]}))
+    assert wait_until(lambda: bob.stats.get("refusals", {}).get("values not read, over a quota", 0) >= asked // 2,
+                      timeout=10), bob.stats.get("refusals")
+    held = sum(s.unread.nbytes() for s in bob.server.sessions.values())
+    assert held <= 8 * mib + mib, held  # the quota, and at most one chunk past it
+
+
+def test_a_freed_objects_stream_ends(make_worker, peers):
+    """A stream held its object's memory after the object was freed, uncharged, for as long as its client sent a
+    credit now and then (helper-55): freeing the object ends it."""
+    mib = 1 << 20
+    bob = make_worker("Bob", policy="open")
+    peer = peers(bob.address)
+    peer.login(bob.key)
+    oid = os.urandom(16)
+    assert peer.request({"t": "send", "s": 1, "id": oid, "x": torch.ones(mib), "tags": [], "ack": True})["t"] == "ok"
+    assert peer.request({"t": "get", "s": 2, "id": oid, "c": [mib // 4, 1, mib]})["t"] == "value"  # 1 of 4 chunks
+    session, = bob.server.sessions.values()
+    assert wait_until(lambda: len(session.streams.downloads) == 1)
+    peer.send_raw(encode({"t": "free", "s": 3, "ids": [oid]}))
+    assert wait_until(lambda: not session.streams.downloads and len(bob.store) == 0)
+
+
 def test_failed_ops_record_no_more_results_than_the_clients_objects_quota(make_worker, raw):
     """A failed op records each result it names as failed (a later op on it names the error): a hand-made op
     naming 880,000 results left that many records, uncharged, 600 MB per message (an attacker probe)."""

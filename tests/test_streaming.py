@@ -100,8 +100,8 @@ def test_a_streamed_get_of_a_value_changed_mid_transfer_stops_with_a_clear_error
     ptr, = client.search("#D")
     original = chunks.Outgoing.due
 
-    def due(self):
-        out = original(self)
+    def due(self, window=None):
+        out = original(self, window)
         data.add_(1)  # the owner's notebook changes its tensor while it is being sent
         return out
 

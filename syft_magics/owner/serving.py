@@ -420,7 +420,7 @@ class Server(Handshakes, DirectPort, Ops):
         copy = (session.peer == "inproc" and tensor is entry.tensor) or (
             entry.session is not None and isinstance(tensor, torch.Tensor)
             and type(self.worker.policy).decide is not OpenPolicy.decide)
-        streamed = streams.download(session, header, tensor, copy)  # big values: chunk by chunk, copies if copy
+        streamed = streams.download(session, header, tensor, copy, entry.id)  # big values: in chunks, copies if copy
         if streamed is not None:
             return streamed
         if session.pool is not None:
@@ -469,6 +469,7 @@ class Server(Handshakes, DirectPort, Ops):
     def _on_free(self, session: Session, header: dict, used: List[Entry]) -> None:
         ids = [i for i in field(header, "ids", list) if isinstance(i, bytes)]
         freed = self.store.free(session.ident, ids)
+        session.streams.end_downloads_of(ids)
         if freed:
             self.events.emit("free", client=session.label, count=freed)
         return None

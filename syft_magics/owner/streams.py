@@ -19,7 +19,7 @@ from ..wire import chunks, limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, encode, field
 from . import quotas
-from .replies import Reject, Replies
+from .replies import Reject, Replies, Tracked
 
 if TYPE_CHECKING:
     from .serving import Server
@@ -54,17 +54,26 @@ class Streams:
             del self.downloads[seq]
         return len(stale) + len(gone)
 
+    def end_downloads_of(self, ids: List[bytes]) -> None:
+        """End the downloads of objects just freed: a stream held its object's memory, uncharged, for as long as its
+        client sent a credit now and then (helper-55)."""
+        if self.downloads:
+            gone = set(ids)
+            for seq in [s for s, d in self.downloads.items() if d.meta in gone]:
+                del self.downloads[seq]
+
     def clear(self) -> None:
         """Forget every stream (the session ended): partial uploads are freed, never stored."""
         self.uploads.clear()
         self.downloads.clear()
 
 
-def download(session: "Session", header: dict, tensor: Any, copy: bool) -> Optional[Replies]:
+def download(session: "Session", header: dict, tensor: Any, copy: bool, oid: bytes = b"") -> Optional[Replies]:
     """The start of a streamed value for a ``get`` whose client takes streams (its ``c`` field): the
-    ``value`` header and the first window of chunks. None where the value goes as one frame: the client
-    did not ask, the value is small or not a tensor, it takes the same-host path, or the session already
-    has :data:`limits.MAX_DOWNLOADS` streams out."""
+    ``value`` header and the first window of chunks (:func:`_chunks`). None where the value goes as one frame:
+    the client did not ask, the value is small or not a tensor, it takes the same-host path, or the session
+    already has :data:`limits.MAX_DOWNLOADS` streams out. ``oid``: the object sent (its stream ends if it is
+    freed)."""
     plan = header.get("c")
     if not isinstance(plan, list) or len(plan) != 3 or not isinstance(tensor, torch.Tensor):
         return None
@@ -76,13 +85,23 @@ def download(session: "Session", header: dict, tensor: Any, copy: bool) -> Optio
     if session.pool is not None and nbytes <= samehost.POOL_MAX_BYTES:
         return None
     seq = header.get("s")
-    out = chunks.Outgoing(seq, tensor, chunk, window, copy=copy)
+    out = chunks.Outgoing(seq, tensor, chunk, window, copy=copy, meta=oid)
     dname, shape, n = chunks.declaration(tensor)
     replies = Replies([encode({"t": Kind.VALUE, "s": seq, "x": None, "z": [dname, shape, n, chunk]})])
-    replies.extend(encode(m) for m in out.due())
+    replies.extend(_chunks(session, out))
     if not out.done:
         session.streams.downloads[seq] = out
     return replies
+
+
+def _chunks(session: "Session", out: chunks.Outgoing) -> Replies:
+    """The chunks of a download its window allows now, each counted as its client's unread bytes until ZeroMQ has
+    written it (as a value sent in one frame is), and no more of them than ``max_unread_bytes`` leaves room for
+    (one, when none is in flight). A client that never read its socket made the worker hold every chunk of any
+    number of streamed values, past both quotas (helper-55: +480 MiB of 16 MiB gets under 64 MB quotas)."""
+    room = int(session.quotas.max_unread_bytes) - session.unread.nbytes()
+    return Replies(Tracked(encode(m), session.unread, m["x"].numel())
+                   for m in out.due(max(0, room) // out.chunk))
 
 
 def on_credit(server: "Server", session: "Session", header: dict, used: List["Entry"]) -> Optional[Replies]:
@@ -93,13 +112,13 @@ def on_credit(server: "Server", session: "Session", header: dict, used: List["En
         return None  # a credit for a stream that ended or was cancelled: nothing to send
     try:
         out.credit(header.get("o"))
-        due = out.due()
+        due = _chunks(session, out)
     except ProtocolError:
         del session.streams.downloads[seq]
         raise
     if out.done:
         del session.streams.downloads[seq]
-    return Replies(encode(m) for m in due)
+    return due
 
 
 def within_quotas(server: "Server", session: "Session", count: int, nbytes: int, what: str, pending_objects: int = 0,

@@ -95,10 +95,13 @@ class Outgoing:
     """
 
     __slots__ = ("seq", "source", "flat", "total", "chunk", "window", "sent", "acked", "copy", "version",
-                 "touched")
+                 "touched", "meta")
 
-    def __init__(self, seq: Any, tensor: torch.Tensor, chunk: int, window: int, copy: bool = False) -> None:
+    def __init__(self, seq: Any, tensor: torch.Tensor, chunk: int, window: int, copy: bool = False,
+                 meta: Any = None) -> None:
         self.seq = seq
+        #: what the sender keeps with the stream (the worker: the id of the object it sends)
+        self.meta = meta
         self.source = tensor
         self.flat = byte_view(tensor)
         self.total = self.flat.numel()
@@ -122,9 +125,11 @@ class Outgoing:
 
     def due(self, window: Optional[int] = None) -> List[dict]:
         """The chunk messages the window allows now (headers; their ``x`` is a view or copy of the bytes);
-        ``window``: chunks in flight at most this time, if fewer than the stream's own."""
+        ``window``: chunks in flight at most this time, if fewer than the stream's own (0: none unless none is in
+        flight, so that a stream never stalls)."""
         out = []
-        limit = self.chunk * (self.window if window is None else max(1, min(window, self.window)))
+        limit = self.chunk * (self.window if window is None else max(min(window, self.window),
+                                                                      int(self.sent == self.acked)))
         while self.sent < self.total and self.sent - self.acked < limit:
             if self.source._version != self.version:
                 raise ProtocolError("the tensor changed while it was being sent; the transfer stopped "
