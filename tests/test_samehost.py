@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,29 @@ def test_another_sessions_probe_does_not_make_a_peer_same_host(make_worker, peer
         reply = a.request({"t": "host", "s": 1, "probe": offer, "lend": True})
         assert reply["t"] == "ok" and reply["host"] is False and reply["lend"] is False, reply
     assert all(s.host_peer is None and s.pool is None for s in bob.clients)
+
+
+def test_a_probe_nobody_answers_is_closed(make_worker, make_client, fast_defaults, peers):
+    """The worker's probe stayed open for the session's life when the client's check failed (a client on another
+    host, or in this very process): the client says so at once, and a probe nobody answers is closed after
+    ``PROBE_SECONDS``."""
+    fast_defaults.in_process_direct = False
+    bob = make_worker("Bob", policy="open")
+    client = make_client(bob.address, key=bob.key)  # over TCP, from this process: never its own peer
+    assert not client.same_host
+    session, = bob.server.sessions.values()
+    assert session.host_probe is None and memory_files() == [], "declined: the worker's probe is closed"
+    from syft_magics.wire import auth
+
+    silent = peers(bob.address)  # asks for the path, then never answers the offer
+    challenge = silent.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "raw", "pid": 4242,
+                                "host": b"h" * 16})
+    assert "host" in silent.request({"t": "auth", "s": 0, "mac": auth.proof(bob.key, challenge["nonce"],
+                                                                            silent.ident)})
+    waiting = bob.server.sessions[silent.ident]
+    assert waiting.host_probe is not None and len(memory_files()) == 1
+    waiting.expire(time.monotonic() + samehost.PROBE_SECONDS + 1)
+    assert waiting.host_probe is None and memory_files() == []
 
 
 def test_this_process_is_never_read_as_a_same_host_peer():

@@ -130,7 +130,7 @@ class Handshakes:
                 # offer the same-host path: prove we can be read, ask the client to prove the same
                 nonces = (host_nonce, os.urandom(16))
                 probe = samehost.make_probe(samehost.probe_proof(key, samehost.WORKER, nonces, os.getpid(), pid))
-                session.host_probe = (probe, nonces, key)
+                session.host_probe = (probe, nonces, key, time.monotonic())
                 welcome["host"] = {"probe": probe.announce, "nonce": nonces[1]}
             return encode(welcome)
         raise unknown
@@ -175,7 +175,7 @@ class Handshakes:
         """The client's half of the same-host check: its probe must hold the nonce we gave it."""
         ok = lend = False
         if session.host_probe is not None:
-            probe, nonces, key = session.host_probe
+            probe, nonces, key, _ = session.host_probe
             session.host_probe = None
             probe.close()
 

@@ -67,10 +67,13 @@ class Session:
         return auth.fingerprint(self.key) if self.key else None
 
     def expire(self, now: float) -> None:
-        """Drop what this session left idle too long: same-host regions, stalled streams."""
+        """Drop what this session left idle too long: same-host regions, stalled streams, a probe never answered."""
         if self.pool is not None:
             self.pool.expire(now)
         self.streams.expire(now)
+        if self.host_probe is not None and now - self.host_probe[3] > samehost.PROBE_SECONDS:
+            self.host_probe[0].close()
+            self.host_probe = None
 
     def close_files(self) -> None:
         """Close the same-host memory files this session holds and drop its partial streams (it ended)."""

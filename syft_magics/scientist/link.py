@@ -147,7 +147,8 @@ class Link(LinkBase):
             return samehost.probe_proof(key, role, nonces, writer, reader)
 
         pid = samehost.check_probe(offer.get("probe"), lambda writer: proof(writer, me, samehost.WORKER))
-        if pid is None:
+        if pid is None:  # (another host, user or namespace, or this very process): the worker may close its probe
+            self._request_raw({"t": Kind.HOST, "s": 0, "probe": None}, timeout, expect=Kind.OK)
             return
         # then the worker lends us results
         lend = samehost.can_read_memory(offer.get("probe"), pid, proof(pid, me, samehost.WORKER))

@@ -78,6 +78,8 @@ SHARED_MIN_BYTES = 1 << 20
 POOL_MAX_BYTES = 64 << 20
 #: A region the receiver has not freed after this long is reclaimed (the receiver read it, or is gone).
 HOLD_SECONDS = 120.0
+#: A handshake probe its peer has not answered within this long (s) is closed (a peer that declines says so at once).
+PROBE_SECONDS = 10.0
 #: At most this many regions of one pool are in flight.
 MAX_REGIONS = 64
 
