@@ -3,6 +3,7 @@ they send crashes it, grows its memory beyond a small bound, or lets them speak 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import msgpack
@@ -214,6 +215,41 @@ def test_streamed_values_a_client_does_not_read_count_as_unread_too(make_worker,
                       timeout=10), bob.stats.get("refusals")
     held = sum(s.unread.nbytes() for s in bob.server.sessions.values())
     assert held <= 8 * mib + mib, held  # the quota, and at most one chunk past it
+
+
+def test_small_values_a_client_does_not_read_count_as_unread_too(make_worker, peers):
+    """helper-56 (High): values under 64 KiB were bounded by ZeroMQ's count of replies alone (50,000): gets of 60 KiB
+    values a client never read held 3.2 GiB per session. Values of ``TRACK_BYTES`` and more count as unread."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_unread_bytes="2MB"))
+    hog = peers(bob.address, rcvhwm=1)
+    hog.login(bob.key)
+    asked = 1600  # 16 KiB each: 25 MiB, never read (beyond what the kernel's buffers take)
+    _hog_asks(bob, hog, asked, nbytes=16 << 10)
+    refused = bob.stats.get("refusals", {}).get("values not read, over a quota", 0)
+    assert refused > asked // 2, refused
+    assert max(s.unread.nbytes() for s in bob.server.sessions.values()) <= 2 << 20  # ("2MB": 2 MiB)
+
+
+def test_credits_for_chunks_never_read_do_not_open_the_window(make_worker, peers):
+    """helper-56 (Medium): a stream sent its next chunk whenever the client's credit said it held every chunk sent, so
+    credits for chunks it never read kept chunks coming past ``max_unread_bytes`` (240 MiB under 64 MB). Whether a
+    chunk is still in flight is ZeroMQ's word now, not the client's."""
+    mib = 1 << 20
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_unread_bytes=16 * mib, max_bytes="64MB"))
+    hog = peers(bob.address, rcvhwm=1)
+    hog.login(bob.key)
+    for i in range(4):  # four downloads of 12 MiB (48 MiB) in 1 MiB chunks, one chunk in flight each
+        oid = os.urandom(16)
+        hog.send_raw(encode({"t": "send", "s": 10 + i, "id": oid, "x": torch.ones(3 * mib), "tags": []}))
+        hog.send_raw(encode({"t": "get", "s": 20 + i, "id": oid, "c": [mib, 1, mib]}))
+    session, = bob.server.sessions.values()
+    assert wait_until(lambda: len(session.streams.downloads) == 4)
+    for sent in range(1, 12):  # a credit for every chunk "received", none of them read
+        for i in range(4):
+            hog.send_raw(encode({"t": "credit", "s": 20 + i, "o": sent * mib}))
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert session.unread.nbytes() <= 20 * mib, session.unread.nbytes()  # the quota, and a chunk per stream
 
 
 def test_a_freed_objects_stream_ends(make_worker, peers):

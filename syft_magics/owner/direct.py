@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from ..wire.protocol import Kind, encode
 from ..wire.sockets import send_parts
-from .replies import Replies, Tracked
+from .replies import TRACK_BYTES, Replies, Tracked
 from .spin import Spin
 
 #: The connection token of direct links: a session made by one is served only through this door (a
@@ -126,7 +126,8 @@ class DirectPort:
         deliver = self._direct.get(ident)
         if deliver is None:
             if type(parts) is Tracked:  # a large value: its frame counts as unread until ZeroMQ lets it go
-                parts.unread.add(send_parts(router, [ident, *parts], flags=0, track=True), parts.nbytes)
+                parts.unread.add(send_parts(router, [ident, *parts], flags=0, track=True, track_from=TRACK_BYTES),
+                                 parts.nbytes)
             else:
                 send_parts(router, [ident, *parts], flags=0)
         else:

@@ -25,7 +25,7 @@ from ..errors import ProtocolError, TagError
 from ..wire import buffers, limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
-from ..wire.sockets import ZERO_COPY_BYTES, readable, recv_parts
+from ..wire.sockets import readable, recv_parts
 from . import costs, fake_trace, lanes, moves, quotas, releases, streams, tickets, writes
 from .chunk_queue import ChunkQueue
 from .connections import Connections
@@ -35,7 +35,7 @@ from .models import export
 from .ops import Ops
 from .policy import GetRequest, OpenPolicy
 from .provenance import Disclosure, Provenance
-from .replies import Reject, Replies, Tracked, error_reply, forget_frames
+from .replies import TRACK_BYTES, Reject, Replies, Tracked, error_reply, forget_frames
 from .sessions import Session, beat
 from .store import Entry
 
@@ -406,7 +406,7 @@ class Server(Handshakes, DirectPort, Ops):
         """The ``value`` reply carrying ``entry``'s tensor (the owner allowed it); big values stream."""
         seq = header.get("s")
         nbytes = entry.nbytes
-        if nbytes >= ZERO_COPY_BYTES:  # a client that does not read must not pile values up here
+        if nbytes >= TRACK_BYTES:  # a client that does not read must not pile values up here
             unread = session.unread.nbytes()
             if unread + nbytes > session.quotas.max_unread_bytes:
                 self.refuse("values not read, over a quota")
@@ -426,7 +426,7 @@ class Server(Handshakes, DirectPort, Ops):
         if session.pool is not None:
             session.pool.written.clear()
         reply = encode({"t": Kind.VALUE, "s": seq, "x": tensor.detach().clone() if copy else tensor}, session.pool)
-        return Tracked(reply, session.unread, nbytes) if nbytes >= ZERO_COPY_BYTES else reply
+        return Tracked(reply, session.unread, nbytes) if nbytes >= TRACK_BYTES else reply
 
     def _on_send(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
         oid = field(header, "id", bytes)

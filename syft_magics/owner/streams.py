@@ -19,7 +19,7 @@ from ..wire import chunks, limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, encode, field
 from . import quotas
-from .replies import Reject, Replies, Tracked
+from .replies import Reject, Replies, Tracked, Unread
 
 if TYPE_CHECKING:
     from .serving import Server
@@ -86,6 +86,7 @@ def download(session: "Session", header: dict, tensor: Any, copy: bool, oid: byt
         return None
     seq = header.get("s")
     out = chunks.Outgoing(seq, tensor, chunk, window, copy=copy, meta=oid)
+    out.held = Unread(parent=session.unread)
     dname, shape, n = chunks.declaration(tensor)
     replies = Replies([encode({"t": Kind.VALUE, "s": seq, "x": None, "z": [dname, shape, n, chunk]})])
     replies.extend(_chunks(session, out))
@@ -97,11 +98,14 @@ def download(session: "Session", header: dict, tensor: Any, copy: bool, oid: byt
 def _chunks(session: "Session", out: chunks.Outgoing) -> Replies:
     """The chunks of a download its window allows now, each counted as its client's unread bytes until ZeroMQ has
     written it (as a value sent in one frame is), and no more of them than ``max_unread_bytes`` leaves room for
-    (one, when none is in flight). A client that never read its socket made the worker hold every chunk of any
-    number of streamed values, past both quotas (helper-55: +480 MiB of 16 MiB gets under 64 MB quotas)."""
-    room = int(session.quotas.max_unread_bytes) - session.unread.nbytes()
-    return Replies(Tracked(encode(m), session.unread, m["x"].numel())
-                   for m in out.due(max(0, room) // out.chunk))
+    (one, when ZeroMQ holds none of this stream's: else it could stall). A client that never read its socket made
+    the worker hold every chunk of any number of streamed values, past both quotas (helper-55: +480 MiB of 16 MiB
+    gets under 64 MB quotas); "none in flight" is ZeroMQ's word, not the client's credit, which may name chunks it
+    never read (helper-56: 240 MiB under 64 MB)."""
+    window = max(0, int(session.quotas.max_unread_bytes) - session.unread.nbytes()) // out.chunk
+    if not window and not out.held.nbytes():
+        window = 1
+    return Replies(Tracked(encode(m), out.held, m["x"].numel()) for m in out.due(window))
 
 
 def on_credit(server: "Server", session: "Session", header: dict, used: List["Entry"]) -> Optional[Replies]:

@@ -95,13 +95,15 @@ class Outgoing:
     """
 
     __slots__ = ("seq", "source", "flat", "total", "chunk", "window", "sent", "acked", "copy", "version",
-                 "touched", "meta")
+                 "touched", "meta", "held")
 
     def __init__(self, seq: Any, tensor: torch.Tensor, chunk: int, window: int, copy: bool = False,
                  meta: Any = None) -> None:
         self.seq = seq
-        #: what the sender keeps with the stream (the worker: the id of the object it sends)
-        self.meta = meta
+        #: what the sender keeps with the stream (the worker: the id of the object it sends, and in ``held`` what
+        #: of it ZeroMQ still holds)
+        self.meta: Any = meta
+        self.held: Any = None
         self.source = tensor
         self.flat = byte_view(tensor)
         self.total = self.flat.numel()
@@ -125,11 +127,9 @@ class Outgoing:
 
     def due(self, window: Optional[int] = None) -> List[dict]:
         """The chunk messages the window allows now (headers; their ``x`` is a view or copy of the bytes);
-        ``window``: chunks in flight at most this time, if fewer than the stream's own (0: none unless none is in
-        flight, so that a stream never stalls)."""
+        ``window``: chunks in flight at most this time, if fewer than the stream's own (0: none)."""
         out = []
-        limit = self.chunk * (self.window if window is None else max(min(window, self.window),
-                                                                      int(self.sent == self.acked)))
+        limit = self.chunk * (self.window if window is None else min(window, self.window))
         while self.sent < self.total and self.sent - self.acked < limit:
             if self.source._version != self.version:
                 raise ProtocolError("the tensor changed while it was being sent; the transfer stopped "

@@ -21,8 +21,9 @@ ZERO_COPY_BYTES = zmq.COPY_THRESHOLD
 
 
 def send_parts(sock: zmq.Socket, parts: Sequence[Any], *, flags: int = NOBLOCK, copy: bool = False,
-               track: bool = False) -> Optional[zmq.MessageTracker]:
-    """Send one multipart message; with ``track``, a tracker of its zero-copy parts.
+               track: bool = False, track_from: int = ZERO_COPY_BYTES) -> Optional[zmq.MessageTracker]:
+    """Send one multipart message; with ``track``, a tracker of its zero-copy parts, and of its parts of
+    ``track_from`` bytes or more (from the second part: copied first, so the tracker tells when ZeroMQ has let go).
 
     ``copy=True`` copies every part (for inproc peers, which would otherwise share the
     sender's memory). Raises ``zmq.Again`` only before the first part is queued: ZeroMQ
@@ -32,7 +33,10 @@ def send_parts(sock: zmq.Socket, parts: Sequence[Any], *, flags: int = NOBLOCK, 
     trackers: List[zmq.MessageTracker] = []
     for i, part in enumerate(parts):
         f = flags if i == last else flags | SNDMORE
-        if copy or len(part) < ZERO_COPY_BYTES:
+        if track and i and not copy and track_from <= len(part) < ZERO_COPY_BYTES:
+            # (an explicit frame: pyzmq copies parts under its copy_threshold, 64 KiB; their tracker is done at once)
+            trackers.append(sock.send(zmq.Frame(bytes(part), track=True, copy=False), f, copy=False, track=True))
+        elif copy or len(part) < ZERO_COPY_BYTES:
             sock.send(part, f)
         elif track:
             trackers.append(sock.send(part, f, copy=False, track=True))
