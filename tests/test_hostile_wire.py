@@ -252,6 +252,40 @@ def test_credits_for_chunks_never_read_do_not_open_the_window(make_worker, peers
     assert session.unread.nbytes() <= 20 * mib, session.unread.nbytes()  # the quota, and a chunk per stream
 
 
+def test_connections_that_carry_nothing_are_cut(make_worker, make_client, monkeypatch):
+    """helper-56 (High): a peer without the key opened 1,100 idle TCP connections that never said hello; they held
+    every descriptor of the worker and no client could connect. A connection with no session, handshake or courier is
+    cut after ``UNBOUND_SECONDS``, and at once beyond ``MAX_UNBOUND``; a signed-in client's idle link stays."""
+    import socket as socket_
+
+    monkeypatch.setattr(limits, "UNBOUND_SECONDS", 1.0, raising=False)
+    monkeypatch.setattr(limits, "MAX_UNBOUND", 8, raising=False)
+    bob = make_worker("Bob", policy="open")
+    bob.share(X.clone(), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x, = client.search("#X")
+    host, port = bob.address.rsplit("/", 1)[1].rsplit(":", 1)
+    idle = [socket_.create_connection((host, int(port)), timeout=5) for _ in range(20)]
+    try:
+        def closed(sock: socket_.socket) -> bool:
+            sock.settimeout(0.01)
+            try:
+                return sock.recv(1 << 16) == b""
+            except socket_.timeout:
+                return False
+            except OSError:
+                return True
+
+        assert wait_until(lambda: sum(map(closed, idle)) >= 12, timeout=5), "beyond 8, cut at once"
+        assert wait_until(lambda: all(map(closed, idle)), timeout=10), "all of them after UNBOUND_SECONDS"
+        assert bob.stats["refusals"]["connection without a session"] == 20
+        time.sleep(1.5)
+        assert torch.equal((x + 1).get(), X + 1), "the signed-in client's idle link was left alone"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 def test_a_freed_objects_stream_ends(make_worker, peers):
     """A stream held its object's memory after the object was freed, uncharged, for as long as its client sent a
     credit now and then (helper-55): freeing the object ends it."""

@@ -18,12 +18,13 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import wire  # noqa: F401  (keeps the package import order)
+from ..wire import limits
 
 #: The token of messages that arrive without a descriptor (``inproc://`` peers in this process).
 INPROC = 0
@@ -33,14 +34,21 @@ _EVENTS_OPTION, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # (plain ints: pyzmq
 _EVENTS = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
 
 class Connections:
-    """Tokens of the live connections of one ROUTER socket (serving thread only)."""
+    """Tokens of the live connections of one ROUTER socket (serving thread only).
 
-    def __init__(self, router: zmq.Socket, on_closed: Callable[[int], None]) -> None:
+    A connection that carries nothing of the worker's (no session, handshake or courier: ``bound`` names the tokens
+    that do) is cut after :data:`~syft_magics.wire.limits.UNBOUND_SECONDS`, and at once beyond
+    :data:`~syft_magics.wire.limits.MAX_UNBOUND` of them (``on_cut`` counts each)."""
+
+    def __init__(self, router: zmq.Socket, on_closed: Callable[[int], None],
+                 bound: Callable[[], Set[int]] = set, on_cut: Callable[[], None] = lambda: None) -> None:
         self._monitor: Optional[zmq.Socket] = router.get_monitor_socket(_EVENTS)
         self._router = router
         self._tokens: Dict[int, int] = {}  # fd -> token of the connection now on it
+        self._opened: Dict[int, Tuple[int, float, Any]] = {}  # fd -> (token, when accepted, peer address)
         self._counter = itertools.count(1)
         self._on_closed = on_closed
+        self._bound, self._on_cut = bound, on_cut
         self._closed: List[int] = []
 
     def poll_events(self) -> None:
@@ -56,7 +64,11 @@ class Connections:
             fd = int(event["value"])
             if event["event"] == zmq.EVENT_ACCEPTED:
                 self._tokens[fd] = next(self._counter)
+                self._opened[fd] = (self._tokens[fd], time.monotonic(), _peername(fd))
+                if len(self._opened) > limits.MAX_UNBOUND:
+                    self.cut_unbound(time.monotonic())
             elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._opened.pop(fd, None)
                 # its messages still queued keep their token until the descriptor is reused
                 token = self._tokens.get(fd)
                 if token is not None:
@@ -96,6 +108,17 @@ class Connections:
             return None
         peer = _peername(fd)
         return None if peer is None else (fd, peer)
+
+    def cut_unbound(self, now: float) -> None:
+        """Cut the connections that carry nothing of the worker's: those older than ``UNBOUND_SECONDS``, and the
+        oldest beyond ``MAX_UNBOUND`` of them."""
+        bound = self._bound()
+        unbound = sorted((at, fd, peer) for fd, (token, at, peer) in self._opened.items() if token not in bound)
+        over = len(unbound) - limits.MAX_UNBOUND
+        for i, (at, fd, peer) in enumerate(unbound):
+            if (i < over or now - at > limits.UNBOUND_SECONDS) and peer is not None and self.cut((fd, peer)):
+                self._opened.pop(fd, None)
+                self._on_cut()
 
     def cut(self, endpoint: Tuple[int, Any]) -> bool:
         """Shut down the TCP connection at ``endpoint`` (a revoked client's): libzmq's I/O thread then

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 import zmq
 
@@ -170,6 +170,11 @@ class Handshakes:
 
     def _end_session(self, ident: bytes, reason: str) -> None:  # pragma: no cover - the server's
         raise NotImplementedError
+
+    def bound_tokens(self) -> Set[int]:
+        """The connections that carry something of this worker's: a session, a handshake, a ticket or a courier."""
+        return {*(s.conn for s in self.sessions.values()), *(h[3] for h in self.handshakes.values()),
+                *(p[2] for p in self.tickets.pending.values()), *(c[1] for c in self.tickets.couriers.values())}
 
     def on_host(self, session: Session, header: dict, used: List[Any]) -> List[Any]:
         """The client's half of the same-host check: its probe must hold the nonce we gave it."""

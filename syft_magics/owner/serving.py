@@ -145,7 +145,8 @@ class Server(Handshakes, DirectPort, Ops):
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
-        conns = self.connections = Connections(router, self._connection_closed)
+        conns = self.connections = Connections(router, self._connection_closed, self.bound_tokens,
+                                               lambda: self.refuse("connection without a session"))
         if conns.socket is not None:
             poller.register(conns.socket, zmq.POLLIN)
         next_check = time.monotonic() + 1.0
@@ -189,6 +190,7 @@ class Server(Handshakes, DirectPort, Ops):
                 now = time.monotonic()
                 if now >= next_check:
                     conns.end_closed()
+                    conns.cut_unbound(now)
                     self._expire(now)
                     beat(router, self.sessions)
                     next_check = now + 1.0

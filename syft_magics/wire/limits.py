@@ -39,6 +39,11 @@ MAX_QUEUED_REPLIES = 50_000
 MAX_QUEUED_REQUESTS = 10_000
 #: Seconds a peer that said hello has to authenticate.
 HANDSHAKE_TIMEOUT = 5.0
+#: A TCP connection that carries no session, handshake or courier is cut after this long (s) ...
+UNBOUND_SECONDS = 10.0
+#: ... and at once beyond this many such connections (the oldest first): 1,100 idle connections of a peer without the
+#: key held every descriptor of a worker (limit 1,024), and no client could connect (helper-56).
+MAX_UNBOUND = 128
 #: Longest error text sent to a client or written to a log line, in characters.
 MAX_ECHO_CHARS = 500
 #: Streamed tensors (wire/chunks.py): smallest and largest chunk a peer may declare, most chunks in flight.
