@@ -207,3 +207,26 @@ def test_a_revoked_raw_peer_is_refused_and_its_connection_is_shut_down(bob, tmp_
         if watch is not None:
             watch.close(0)
         peer.close()
+
+
+def test_sessions_are_bounded_per_invited_client_and_per_worker(bob, make_client, tmp_path, monkeypatch):
+    """helper-56 (High): quotas are per session, and an invitation limited to 16 MB held 300 MB through 20
+    ``connect()`` calls. An invited client has at most ``MAX_SESSIONS_PER_CLIENT`` sessions, a worker
+    ``MAX_SESSIONS``; beyond, the link is refused with a clear ``QuotaExceeded``."""
+    from syft_magics.wire import limits
+
+    monkeypatch.setattr(limits, "MAX_SESSIONS_PER_CLIENT", 2, raising=False)
+    alice = str(bob.invite("alice", str(tmp_path / "alice.json")))
+    first = make_client(None, file=alice)
+    make_client(None, file=alice)
+    with pytest.raises(sm.QuotaExceeded, match="at most .* per invited client"):
+        make_client(None, file=alice)
+    carol = make_client(None, file=str(bob.invite("carol", str(tmp_path / "carol.json"))))
+    assert (carol.search("#X")[0] + 1).get().tolist() == [2, 3, 4], "another client is served"
+    first.disconnect()
+    assert wait_until(lambda: sum(s.client == "alice" for s in bob.clients) == 1)
+    assert make_client(None, file=alice).search("#X"), "room again once one closed"
+    monkeypatch.setattr(limits, "MAX_SESSIONS", len(bob.clients), raising=False)
+    with pytest.raises(sm.QuotaExceeded, match="at most"):
+        make_client("Bob")
+    assert bob.stats["refusals"]["too many sessions"] == 2

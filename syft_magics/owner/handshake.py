@@ -111,6 +111,7 @@ class Handshakes:
                                  key=invite.fingerprint if invite is not None else None)
                 raise Reject(ErrorCode.UNAUTHENTICATED, f"{self.name} refused the link: wrong key")
             hello = pending[1]
+            self._room_for_a_session(invite)
             # an invited client is named by its invitation (what the owner chose), not by what it says
             name = invite.name if invite is not None and not invite.local else hello["name"]
             session = Session(ident=ident, name=name, pid=hello["pid"],
@@ -170,6 +171,16 @@ class Handshakes:
 
     def _end_session(self, ident: bytes, reason: str) -> None:  # pragma: no cover - the server's
         raise NotImplementedError
+
+    def _room_for_a_session(self, invite: "Optional[Invite]") -> None:
+        """Refuse a session beyond ``MAX_SESSIONS``, or beyond ``MAX_SESSIONS_PER_CLIENT`` of one invited client."""
+        mine = sum(s.key == invite.public for s in self.sessions.values()) \
+            if invite is not None and not invite.local else 0  # (the owner's own user: the connection file)
+        if len(self.sessions) >= limits.MAX_SESSIONS or mine >= limits.MAX_SESSIONS_PER_CLIENT:
+            self.refuse("too many sessions")
+            raise Reject(ErrorCode.QUOTA, f"{self.name} serves at most {limits.MAX_SESSIONS} sessions, "
+                                          f"{limits.MAX_SESSIONS_PER_CLIENT} per invited client: close one first "
+                                          "(client.disconnect())")
 
     def bound_tokens(self) -> Set[int]:
         """The connections that carry something of this worker's: a session, a handshake, a ticket or a courier."""

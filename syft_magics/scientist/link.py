@@ -27,6 +27,7 @@ from ..config import defaults
 from ..errors import (
     AuthenticationError,
     ProtocolError,
+    QuotaExceeded,
     ReplyTimeout,
     SyftError,
     WorkerStopped,
@@ -177,6 +178,8 @@ class Link(LinkBase):
                     raise AuthenticationError(
                         f"{self.worker_name} at {self.address} refused the link: wrong key "
                         "(take the key from the worker's connection file)")
+                if error_class(reply.get("code")) is QuotaExceeded:  # (too many sessions)
+                    raise QuotaExceeded(f"{self.worker_name} refused the link: {reply.get('msg')}")
                 raise ProtocolError(f"handshake failed: {reply.get('msg')}")
 
     # -- sending -----------------------------------------------------------------

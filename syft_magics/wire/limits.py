@@ -39,6 +39,11 @@ MAX_QUEUED_REPLIES = 50_000
 MAX_QUEUED_REQUESTS = 10_000
 #: Seconds a peer that said hello has to authenticate.
 HANDSHAKE_TIMEOUT = 5.0
+#: Sessions a worker serves at once, and sessions of one invited client (its key): quotas are per session, and an
+#: invitation limited to 16 MB held 300 MB through 20 sessions (helper-56). Clients of the shared key have no identity
+#: of their own: only the first bound applies to them.
+MAX_SESSIONS = 256
+MAX_SESSIONS_PER_CLIENT = 8
 #: A TCP connection that carries no session, handshake or courier is cut after this long (s) ...
 UNBOUND_SECONDS = 10.0
 #: ... and at once beyond this many such connections (the oldest first): 1,100 idle connections of a peer without the
