@@ -126,7 +126,7 @@ class DirectLink(LinkBase):
             else:
                 queue = self._queue
                 if len(self.free_queue) >= FREES_IN_LINE:  # (they died before this message: after what is queued)
-                    queue.extend(self._frees())
+                    queue.extend(self.free_messages())
                 queue.append(message)
                 self._issued += 1
                 if len(queue) == 1:
@@ -143,22 +143,12 @@ class DirectLink(LinkBase):
         held."""
         messages, self._queue = self._queue, []
         if frees:
-            messages.extend(self._frees())
+            messages.extend(self.free_messages())
         if last is not None:
             messages.append(last)
         if not messages:
             return []
         return [decode(reply) for reply in self._port.call_many(self.session, messages)]
-
-    def _frees(self) -> List[List[Any]]:
-        """The messages that free the objects of the pointers dead so far."""
-        queue, messages = self.free_queue, []
-        while queue:
-            ids: List[bytes] = []
-            while queue and len(ids) < 4096:
-                ids.append(queue.popleft())
-            messages.append(encode({"t": Kind.FREE, "ids": ids}))
-        return messages
 
     def _file_all(self, replies: List[dict]) -> None:
         with self._inbox:

@@ -229,11 +229,8 @@ class Link(LinkBase):
         message of its own, after them); call with ``lock`` held."""
         heads, frames, counts = self._batch_heads, self._batch_frames, self._batch_counts
         # frees go after the queued ops: an op queued before a pointer died may still use its object
-        while self.free_queue:
-            ids: List[bytes] = []
-            while self.free_queue and len(ids) < 4096:
-                ids.append(self.free_queue.popleft())
-            heads.append(encode({"t": Kind.FREE, "ids": ids})[0])
+        for free in self.free_messages():
+            heads.append(free[0])
             counts.append(0)
         if self.host_peer is not None and self.host_peer.read:
             # the regions of the worker's memory file that values were read from are free again

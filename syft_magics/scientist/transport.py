@@ -12,7 +12,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..errors import SessionExpired, SyftError, WorkerRestarted, WorkerStopped, WorkerUnreachable
 from ..wire import chunks, samehost
-from ..wire.protocol import ErrorCode, Kind
+from ..wire.protocol import ErrorCode, Kind, encode
 from . import transfers
 
 
@@ -159,6 +159,16 @@ class LinkBase:
         self.credits.pop(seq, None)
         if abandoned:
             self._abandoned.add(seq)
+
+    def free_messages(self) -> List[List[Any]]:
+        """The messages that free the objects of the pointers dead so far (taken off :attr:`free_queue`)."""
+        queue, messages = self.free_queue, []
+        while queue:
+            ids: List[bytes] = []
+            while queue and len(ids) < 4096:
+                ids.append(queue.popleft())
+            messages.append(encode({"t": Kind.FREE, "ids": ids}))
+        return messages
 
     def check(self) -> None:
         """Raise if the link is unusable (closed, worker stopped or restarted)."""
