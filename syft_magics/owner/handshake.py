@@ -188,12 +188,12 @@ class Handshakes:
                 *(p[2] for p in self.tickets.pending.values()), *(c[1] for c in self.tickets.couriers.values())}
 
     def on_host(self, session: Session, header: dict, used: List[Any]) -> List[Any]:
-        """The client's half of the same-host check: its probe must hold the nonce we gave it."""
+        """The client's half of the same-host check: its probe must hold its proof (:func:`.samehost.probe_proof`);
+        no probe: it declines."""
         ok = lend = False
         if session.host_probe is not None:
-            probe, nonces, key, _ = session.host_probe
-            session.host_probe = None
-            probe.close()
+            _, nonces, key, _ = session.host_probe
+            session.drop_probe()
 
             def expect(writer: int) -> bytes:
                 return samehost.probe_proof(key, samehost.CLIENT, nonces, writer, os.getpid())

@@ -72,8 +72,7 @@ class Session:
             self.pool.expire(now)
         self.streams.expire(now)
         if self.host_probe is not None and now - self.host_probe[3] > samehost.PROBE_SECONDS:
-            self.host_probe[0].close()
-            self.host_probe = None
+            self.drop_probe()
 
     def close_files(self) -> None:
         """Close the same-host memory files this session holds and drop its partial streams (it ended)."""
@@ -82,6 +81,10 @@ class Session:
             self.pool.close()
         if self.host_peer is not None:
             self.host_peer.close()
+        self.drop_probe()
+
+    def drop_probe(self) -> None:
+        """Close the same-host probe offered at the handshake (answered, declined, unanswered, or the session ended)."""
         if self.host_probe is not None:
             self.host_probe[0].close()
             self.host_probe = None

@@ -60,7 +60,6 @@ What it keeps of the TCP path's guarantees:
 from __future__ import annotations
 
 import ctypes
-import hmac
 import os
 import stat
 import sys
@@ -395,7 +394,7 @@ def check_probe(probe: Any, expect: Callable[[int], bytes]) -> Optional[int]:
         want = expect(pid)
         got = bytearray(len(want))
         _read_exact(own, got, 0)
-        return pid if hmac.compare_digest(bytes(got), want) else None
+        return pid if auth.same(bytes(got), want) else None
     except (SameHostError, OSError):
         return None
     finally:
@@ -413,4 +412,4 @@ def can_read_memory(probe: Any, pid: int, proof: bytes) -> bool:
         _read_memory(pid, probe[3], got)
     except SameHostError:
         return False
-    return hmac.compare_digest(bytes(got), proof)
+    return auth.same(bytes(got), proof)
