@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 import pytest
 import torch
@@ -59,6 +60,27 @@ def test_review_get_blocks_until_the_owner_approves(review, capsys):
     req = bob.requests[1]
     assert req.status == "approved" and req.tags == ("#X",) and req.lineage == "#X" and req.shape == (5,)
     assert not bob.requests.pending
+
+
+def test_review_get_says_it_waits_even_when_the_decision_came_in_the_same_read(review, capsys):
+    # a loaded client reads the worker's "pending" note and the owner's approval in one go: the
+    # approval must not replace the note (the user would never see what they waited for)
+    bob, client = review
+    x = client.search("#X")[0]
+    link = client._link
+    drain = link._drain
+
+    def late_drain(*args, **kwargs):
+        if bob.requests.pending:
+            bob.approve(bob.requests.pending[0].n)
+            time.sleep(0.2)  # the approval reaches the socket before it is read
+        return drain(*args, **kwargs)
+
+    link._drain = late_drain
+    got = x.get()
+    assert torch.equal(got, X)
+    assert "waiting for Bob to approve request #1 (get of #X)" in capsys.readouterr().out
+    assert bob.requests[1].status == "approved"
 
 
 def test_review_shows_the_lineage_of_a_computed_value(review):

@@ -173,7 +173,7 @@ class DirectLink(LinkBase):
         deadline = time.monotonic() + timeout
         with self._inbox:
             while True:
-                reply = self.replies.pop(seq, None)
+                reply = self.take(seq)
                 if reply is not None:
                     return reply
                 self.check()

@@ -286,7 +286,7 @@ class Link(LinkBase):
         """
         deadline = time.monotonic() + timeout
         while True:
-            reply = self.replies.pop(seq, None)
+            reply = self.take(seq)
             if reply is not None:
                 return reply
             self.check()

@@ -39,6 +39,8 @@ class LinkBase:
         self.address = address
         self.session = os.urandom(16)
         self.replies: Dict[Any, dict] = {}  # by seq (whatever the worker put there)
+        #: the owner's decision on a get whose "pending" note is still unread in :attr:`replies`
+        self._decided: Dict[Any, dict] = {}
         self.errors: List[dict] = []
         self.on_error: Callable[[dict], None] = lambda header: None
         self.free_queue: Deque[bytes] = deque()
@@ -130,8 +132,17 @@ class LinkBase:
         elif kind == Kind.ERR and seq not in self._awaited:
             self.errors.append(header)
             self.on_error(header)
+        elif self.replies.get(seq, {}).get("t") == Kind.PENDING:
+            self._decided[seq] = header  # read in one go with its "pending" note: the waiter sees both, in order
         else:
             self.replies[seq] = header
+
+    def take(self, seq: int) -> Optional[dict]:
+        """The next reply to ``seq`` filed so far, or None: a "pending" note, then the owner's decision."""
+        reply = self.replies.pop(seq, None)
+        if reply is not None and seq in self._decided:
+            self.replies[seq] = self._decided.pop(seq)
+        return reply
 
     def hold(self, seq: int, regions: List[int]) -> None:
         """Keep the pool ``regions`` of the pipelined message ``seq`` until the worker has read them."""
@@ -155,6 +166,7 @@ class LinkBase:
         """The caller stopped waiting for ``seq``; replies still to come for an abandoned one are dropped."""
         self._awaited.discard(seq)
         self.replies.pop(seq, None)
+        self._decided.pop(seq, None)
         self.streams.pop(seq, None)
         self.credits.pop(seq, None)
         if abandoned:
