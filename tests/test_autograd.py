@@ -121,6 +121,16 @@ def test_detach_retain_grad_and_autograd_grad(seed):
     assert torch.equal(g.get(), torch.full((3,), 3.0))
 
 
+def test_autograd_grad_over_the_owners_data_under_review(review_seed):
+    # its results have the shapes of the tensors it is given: public, though torch cannot trace it on stand-ins
+    bob, client = review_seed
+    w = client.send(torch.zeros(5, requires_grad=True))
+    (g,) = torch.autograd.grad((w * client.search("#X")[0]).sum(), [w])
+    assert g.shape == (5,)
+    bob.policy.allow_get(max_numel=1)
+    assert g.sum().get() == 15.0
+
+
 def test_grad_is_none_where_torch_says_none(seed):
     """``if p.grad is not None`` (torch's idiom, e.g. in hand-written optimizers) must read the worker's state:
     None before a backward reaches the tensor and after an optimizer's zero_grad(), a pointer in between."""

@@ -468,7 +468,9 @@ def test_a_look_alike_listener_relaying_carols_proof_gets_nothing(make_worker, m
     tid, secret = os.urandom(16), os.urandom(32)
     stolen: dict = {}
     lin = b.send(nn.Linear(6, 8, bias=False))
-    lin.load_state_dict({"weight": b.search("#x")[0]})
+    opt = b.optim.SGD(lin.parameters(), lr=1.0)  # a step over #x: its weights derive from #x, by training
+    lin(b.search("#x")[0]).sum().backward()
+    opt.step()
     real = c._request({"t": Kind.TICKET, "from": "Bob", "o": [c._new_id(), c._new_id()], "shapes": [[8, 6]],
                        "dtypes": ["float32"], "rg": [True], "kind": "model", "path": "worker", "names": ["weight"]},
                       op="move")

@@ -53,6 +53,9 @@ class Entry:
     read_only: bool = False
     #: what it is charged for memory of withheld size it keeps alive (a public upper bound: ``charge_public``)
     withheld_bytes: int = 0
+    #: the first op that put the owner's data into it other than by training ("" if none): a model rule does not
+    #: release a model whose weights carry one (see :mod:`.trained`)
+    untrained: str = ""
     #: which entry it is, for as long as the worker runs (its ``id`` is its client's choice, and may be reused)
     serial: int = field(default_factory=_serials.__next__)
 

@@ -23,7 +23,19 @@ from ..wire.names import is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode, field
 from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
-from . import autograd, costs, graphs, lineage, public_charges, quotas, randomness, side_writes, train_costs, writes
+from . import (
+    autograd,
+    costs,
+    graphs,
+    lineage,
+    public_charges,
+    quotas,
+    randomness,
+    side_writes,
+    train_costs,
+    trained,
+    writes,
+)
 from .models import MODEL_FACTORIES
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
@@ -149,7 +161,7 @@ class Ops:
             if spent is None:  # (unpriced: what it took)
                 spent = time.perf_counter() - t0
             if written is not None:
-                self._written(session, op, used, written, spent, grad)
+                self._written(session, fn, op, used, written, spent, grad)
             return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, spent=spent,
                                 known=known)
 
@@ -189,7 +201,7 @@ class Ops:
                     finally:
                         forget_frames(error)  # (raised outside its except: not the context of what _failed raises)
                 result, written, seconds, spent, disclosed = value
-                self._written(session, op, used, written, spent, grad)
+                self._written(session, fn, op, used, written, spent, grad)
                 if seconds > session.quotas.op_seconds:  # a kernel cannot be stopped: reported, counted
                     self.refuse("op ran over its time budget")
                     self.events.emit("overran", client=session.label, op=op, seconds=round(seconds, 3),
@@ -315,7 +327,7 @@ class Ops:
         recorded, a write into the owner's data reads as read-only, a refusal over a quota is counted."""
         op = short_name(name)
         if isinstance(exc, _Ran):
-            self._written(session, op, used, exc.written)
+            self._written(session, self.worker.allowlist.lookup(name), op, used, exc.written)
             exc = exc.error
         if isinstance(exc, writes.WithheldWrite):
             self.refuse("write into a read-only result")
@@ -377,7 +389,7 @@ class Ops:
                     quotas.check_bytes(q, session.label, held, more, f"{op}'s result")
         except Exception as exc:
             self._fail(session, name, [] if header.get("m") else out, used, exc, t0, prov)
-        inputs = lineage.inputs_of(used)
+        inputs, mark = lineage.inputs_of(used), trained.of_result(call[0], op, used)
         now = time.time()
         guarded = self.disclosure.guarded
         for i, oid, leaf, (charge, blocks) in kept:
@@ -388,7 +400,7 @@ class Ops:
             self.store.put(Entry(oid, leaf, origin=session.label, session=session.ident, op=op, inputs=inputs,
                                  created=now, last_access=now, provenance=prov,
                                  work=work, depth=depth, withheld_bytes=withheld_charge(blocks) if frozen else 0,
-                                 read_only=oid in frozen),  # (see public_charges)
+                                 read_only=oid in frozen, untrained=mark),  # (see public_charges)
                            charge=charge, blocks=blocks)
         self.events.emit("command", client=session.label, op=op, inputs=inputs, out=[k[1] for k in kept],
                          duration=time.perf_counter() - t0, status="ok")
@@ -402,7 +414,7 @@ class Ops:
                 prov = prov.merged(other.provenance)
         return prov
 
-    def _written(self, session: Session, op: str, used: List[Entry], written: Optional[List[Entry]],
+    def _written(self, session: Session, fn: Any, op: str, used: List[Entry], written: Optional[List[Entry]],
                  spent: float = 0.0, grad: bool = True) -> None:
         """Record the writes an op made: into a client's object, in its history (an approval shows it),
         with the autograd work it added (``spent``: its estimate); into the owner's data (the guard
@@ -428,7 +440,8 @@ class Ops:
         if shared:
             for entry in shared:  # (requires_grad_ made it one)
                 self.store.note_grads(entry)
-            side_writes.grads_written(self.disclosure, session.ident, used, shared)
+            shared = [*shared, *side_writes.grads_written(self.disclosure, session.ident, used, shared)]
+        trained.written(self.store, fn, op, used, shared)  # (what a model rule releases: .trained)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
               prov: Optional[Provenance] = None) -> NoReturn:

@@ -137,6 +137,10 @@ class Disclosed(NamedTuple):
 #: grouped): public, though no trace can tell it (a model's state is not traced).
 SHAPES_OF_MODELS = frozenset({average_models, model_weights})
 
+#: Ops whose results have the shapes of tensors they are given (gradients, ``torch.autograd.grad``'s ``inputs``):
+#: public when no input's shape is withheld, though torch cannot trace them on stand-ins (no graph there).
+SHAPES_OF_INPUTS = frozenset({torch.autograd.grad})
+
 #: Ops whose results follow from what the client chose alone, whatever they are computed over: an optimizer's
 #: options (plain numbers it gave, moved by its schedulers' step counts: optimizers.settings). Their results
 #: (text) travel in the reply that describes them (wire.results.describe), with no get to approve.
@@ -268,6 +272,8 @@ class Disclosure:
                                                                   {id(e.tensor): of_entry(e).sources for e in used},
                                                                   prov.sources)))
             return Disclosed(Provenance(True, prov.sources))
+        if fn in SHAPES_OF_INPUTS and not prov.hidden:
+            return Disclosed(Provenance(True, prov.sources))
         found = self.trace(fn, args, kwargs, used, known)
         traced = found if isinstance(found, Trace) else None
         public = _public_leaves(traced, result)
@@ -339,6 +345,7 @@ class Disclosure:
         """Whether :meth:`of_result` traces ``fn`` over ``used``: an op over the owner's tensors or models, under
         a policy that withholds shapes."""
         return self.guarded and fn not in VALUES_OF_CLIENT and fn not in SHAPES_OF_MODELS \
+            and not (fn in SHAPES_OF_INPUTS and not any(of_entry(e).hidden for e in used)) \
             and self.of_inputs(used).owner and all(isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used)
 
     @staticmethod

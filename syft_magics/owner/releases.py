@@ -21,7 +21,7 @@ import torch
 from ..display import short_id
 from ..errors import ErrorCode
 from ..wire.protocol import Kind, encode, field
-from . import guests
+from . import guests, trained
 from .blocks import version_of
 from .lineage import shown_tags, sources_text
 from .policy import ALLOW, DENY, MAX_PENDING_PER_SESSION, GetRequest, OpenPolicy, TooManyRequests
@@ -107,13 +107,19 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
 def _shown(server: "Server", session: "Session", entry: "Entry") -> Dict[str, Any]:
     """What the policy and the owner are shown of a release of ``entry``'s value (its request's fields)."""
     return dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
-                lineage=server.store.lineage(entry), tags=shown_tags(entry.tags), label=entry.label)
+                lineage=server.store.lineage(entry) + trained.weights_text(server.store, entry),
+                tags=shown_tags(entry.tags), label=entry.label)
 
 
 def _rule(server: "Server", session: "Session", entry: "Entry", rule: Optional[GetRule]) -> Optional[GetRule]:
-    """``rule``, unless ``entry`` derives from another owner's data released for this worker only: this owner's
-    rules speak for its own data (see .guests); then None, and the owner's panel says why."""
+    """``rule``, unless ``entry`` derives from another owner's data released for this worker only (this owner's
+    rules speak for its own data: see .guests), or is a model holding the owner's data put there other than by
+    training (a model rule releases trained weights: see .trained); then None, and the owner's panel says why."""
     if rule is None:
+        return None
+    why = trained.why_not(server.store, entry) if entry.kind == "model" else None
+    if why is not None:
+        server.events.emit("get", client=session.label, id=entry.hex, status=f"rule {rule} not applied: {why}")
         return None
     held = guests.held(of_entry(entry).sources)
     if not held:

@@ -118,21 +118,24 @@ def watch(disclosure: "Disclosure", session: bytes, fn: Any, args: Any, kwargs: 
     return Watch(prov, fn, args, kwargs, used, everyone)
 
 
-def grads_written(disclosure: "Disclosure", session: bytes, used: List["Entry"], shared: List["Entry"]) -> None:
+def grads_written(disclosure: "Disclosure", session: bytes, used: List["Entry"],
+                  shared: List["Entry"]) -> List["Entry"]:
     """A write into memory that is an object's gradient (through a pointer ``g = w.grad``) is a write into that
     object, its model and its optimizers: they derive from what the op read (helper-43: with ``g`` freed, a new
     ``w.grad`` and ``opt.step()`` read ``#X`` back, each from ``w``, the client's own). ``shared``: the objects
-    holding the memory the op wrote."""
+    holding the memory the op wrote. Returns the objects it found so."""
     if not disclosure.guarded:
-        return
+        return []
     prov = disclosure.of_inputs(used)
     if not prov.owner:
-        return
+        return []
     store = disclosure.worker.store
     keys = store.keys_of(shared)
     hit = [e for e in store.grad_holders(session) if any(storage_key(g) in keys for g in autograd.grads_of(e.tensor))]
-    for entry in store.sharing(hit) if hit else ():
+    found = store.sharing(hit) if hit else []
+    for entry in found:
         entry.provenance = entry.provenance.merged(prov)
+    return found
 
 
 def read_through(store: "ObjectStore", session: bytes, used: List["Entry"]) -> List["Entry"]:
@@ -219,6 +222,11 @@ def running_stats_written(fn: Any, args: Any, kwargs: Dict[str, Any]) -> List[to
 
 
 _DEFAULT: Any = object()
+
+
+def writes_running_stats(fn: Any) -> bool:
+    """Whether ``fn`` takes running statistics it updates in training mode (``F.batch_norm``, ``F.instance_norm``)."""
+    return _positions(fn) is not None
 
 
 def _positions(fn: Any) -> Optional[Tuple[List[Tuple[str, int]], Tuple[str, int]]]:

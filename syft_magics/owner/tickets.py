@@ -341,6 +341,6 @@ def _store(server: "Server", ticket: Ticket, header: dict, proven: bool) -> List
     prov = Provenance(True, (source,), False, source)
     for oid, obj in zip(ticket.out, objects):
         server.store.put(Entry(oid, obj, origin=origin, session=ticket.session, op=op, created=now, last_access=now,
-                               provenance=prov))
+                               provenance=prov, untrained=op if ticket.kind == "tensor" else ""))
     return list(ticket.out)
 

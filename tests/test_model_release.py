@@ -1,0 +1,153 @@
+"""A model rule (``allow_get(kind="model")``) releases trained weights, not the owner's data copied into a model
+(helper-57: ``load_state_dict``, ``copy_`` into a weight released ``#X`` verbatim, no click); a model's request shows
+its weights, their shapes and which holds the owner's data by what."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import syft_magics as sm
+
+X = torch.arange(1.0, 33.0).view(4, 8)
+Y = torch.tensor([0, 1, 2, 0])
+
+
+class Net(nn.Module):
+    """A custom module (its forward runs on the client) with a batch norm, whose running statistics its forward
+    writes: training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+        self.bn = nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn(self.fc(x))
+
+
+@pytest.fixture
+def owner(make_worker, make_client):
+    """Bob under review, his data shared, and a rule that lets trained models go without a click."""
+    bob = make_worker("Bob", policy="review")
+    bob.share(X.clone(), "#X")
+    bob.share(Y.clone(), "#Y")
+    bob.policy.allow_get(kind="model")
+    return bob, make_client("Bob")
+
+
+def _train(client, remote, steps: int = 3) -> None:
+    x, y = client.search("#X")[0], client.search("#Y")[0]
+    opt = client.optim.SGD(remote.parameters(), lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(remote(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Sequential(nn.Linear(8, 3), nn.BatchNorm1d(3)), Net],
+                         ids=["standard", "custom"])
+def test_a_trained_model_is_released_by_the_rule(owner, make):
+    bob, client = owner
+    remote = client.send(make())
+    _train(client, remote)
+    trained = remote.get(timeout=10)
+    assert isinstance(trained, nn.Module) and not bob.requests.pending
+
+
+def test_a_model_trained_by_hand_is_released_by_the_rule(owner):
+    # gradients by torch.autograd.grad or .grad, a step written out: training too
+    bob, client = owner
+    remote = client.send(nn.Sequential(nn.Linear(8, 3)))
+    x, y = client.search("#X")[0], client.search("#Y")[0]
+    w, b = remote.parameters()
+    gw, gb = torch.autograd.grad(F.cross_entropy(remote(x), y), [w, b])
+    with torch.no_grad():
+        w.sub_(0.1 * gw)
+    F.cross_entropy(remote(x), y).backward()
+    with torch.no_grad():
+        b -= 0.1 * b.grad
+    remote.get(timeout=10)
+    assert not bob.requests.pending
+
+
+def _copy_into_weight(client, remote):
+    x = client.search("#X")[0]
+    with torch.no_grad():
+        remote.state_dict()["0.weight"].copy_(x[:3])
+
+
+def _load_state_dict(client, remote):
+    remote.load_state_dict({"0.weight": client.search("#X")[0][:3]}, strict=False)
+
+
+def _set_data(client, remote):
+    remote.state_dict()["0.weight"].data = client.search("#X")[0][:3] * 1
+
+
+def _through_a_view(client, remote):
+    with torch.no_grad():
+        remote.state_dict()["0.weight"].view(-1)[:8].copy_(client.search("#X")[0][0])
+
+
+def _gradient_then_step(client, remote):
+    w = remote.state_dict()["0.weight"]
+    opt = client.optim.SGD([w], lr=1.0)
+    with torch.no_grad():
+        w.zero_()
+    w.grad = -client.search("#X")[0][:3]
+    opt.step()
+
+
+def _into_the_gradient_then_step(client, remote):
+    w = remote.state_dict()["0.weight"]
+    opt = client.optim.SGD([w], lr=1.0)
+    (w * 0).sum().backward()
+    g = w.grad
+    g.copy_(-client.search("#X")[0][:3])
+    opt.step()
+
+
+@pytest.mark.parametrize("copy", [_copy_into_weight, _load_state_dict, _set_data, _through_a_view,
+                                  _gradient_then_step, _into_the_gradient_then_step])
+def test_a_model_holding_the_data_copied_in_waits_for_the_owner(owner, copy):
+    bob, client = owner
+    remote = client.send(nn.Sequential(nn.Linear(8, 3)))
+    copy(client, remote)
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.5)
+    (req,) = bob.requests.pending
+    assert "0.weight (3, 8)" in req.lineage and "NOT TRAINED: 0.weight holds the owner's data" in req.lineage
+    assert any("not applied" in str(e.data.get("status")) for e in bob.events.of_kind("get"))
+    # trained on top, or zeroed: still the owner's to decide (a mark is never cleared)
+    _train(client, remote, steps=1)
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.3)
+
+
+def test_a_model_built_from_the_data_waits_for_the_owner(owner):
+    bob, client = owner
+    x = client.search("#X")[0]
+    remote = client.send(nn.Sequential(nn.Linear(8, 3)))
+    _train(client, remote, steps=1)
+    # the scientist's own values written in (a federated round's average) keep it a trained model
+    remote.load_state_dict({"0.bias": torch.zeros(3)}, strict=False)
+    remote.get(timeout=10)
+    # a weight computed from the data (not by a step) does not
+    remote.load_state_dict({"0.bias": x[0, :3] * 2}, strict=False)
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.3)
+    assert "NOT TRAINED: 0.bias holds the owner's data put there by" in bob.requests.pending[0].lineage
+
+
+def test_a_model_request_shows_its_weights(owner):
+    bob, client = owner
+    for rule in list(bob.policy.rules):
+        bob.policy.rules.remove(rule)
+    remote = client.send(nn.Sequential(nn.Linear(8, 3)))
+    _train(client, remote, steps=1)
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.3)
+    (req,) = bob.requests.pending
+    assert "weights: 0.weight (3, 8), 0.bias (3,)" in req.lineage and "NOT TRAINED" not in req.lineage
