@@ -151,3 +151,57 @@ def test_a_model_request_shows_its_weights(owner):
         remote.get(timeout=0.3)
     (req,) = bob.requests.pending
     assert "weights: 0.weight (3, 8), 0.bias (3,)" in req.lineage and "NOT TRAINED" not in req.lineage
+
+
+def test_a_forward_writing_its_weights_from_the_data_waits_for_the_owner(owner):
+    """helper-58 (Critical): a standard ``nn.Embedding(max_norm=1)`` renormalises, in place, the rows its indices
+    name; indices computed from ``#X`` wrote ``#X`` into the weight in one forward, released as training."""
+    bob, client = owner
+    emb = nn.Embedding(64, 1, max_norm=1.0)
+    with torch.no_grad():
+        emb.weight.fill_(2.0)
+    remote = client.send(emb)
+    remote(client.search("#Y")[0])  # the rows the owner's labels name are renormalised
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.5)
+    assert "NOT TRAINED: weight holds the owner's data put there by a forward writing its weights" \
+        in bob.requests.pending[0].lineage
+    # the same forward over the scientist's own indices writes nothing of the owner's
+    clean = client.send(emb)
+    clean(client.send(torch.tensor([1, 2])))
+    clean.get(timeout=10)
+
+
+@pytest.mark.parametrize("seeded", ["backward", "autograd.grad"])
+def test_gradients_seeded_with_the_data_are_not_training(owner, seeded):
+    """helper-58: ``torch.autograd.grad(a * 1, a, grad_outputs=x)`` is ``x`` itself, no loss needed; copied into a
+    weight, it was released as a gradient (training)."""
+    bob, client = owner
+    remote = client.send(nn.Sequential(nn.Linear(8, 3)))
+    a = client.send(torch.zeros(4, 8, requires_grad=True))
+    x = client.search("#X")[0]
+    if seeded == "backward":
+        (a * 1).backward(x)
+        g = a.grad
+    else:
+        (g,) = torch.autograd.grad(a * 1, [a], x)
+    with torch.no_grad():
+        remote.state_dict()["0.weight"].copy_(g[:3])
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.5)
+    # a seed of ones (torch's idiom for a non-scalar output) is not the data
+    other = client.send(nn.Sequential(nn.Linear(8, 3)))
+    out = other(x)
+    out.backward(torch.ones_like(out))
+    client.optim.SGD(other.parameters(), lr=0.1).step()
+    other.get(timeout=10)
+
+
+def test_a_model_built_on_the_worker_over_a_withheld_shape_is_refused(owner):
+    """helper-58: the worker's ``syft.build_module`` (placing the model on its device) wraps the model factory,
+    and the check for models made of withheld shapes looked for the factory itself."""
+    from syft_magics.owner.models import makes_model
+
+    bob, _ = owner
+    assert makes_model(bob.server.worker.allowlist.lookup("syft.build_module"))
+

@@ -9,6 +9,7 @@ process can keep different devices.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, Tuple
 
 import torch
@@ -69,6 +70,7 @@ class Devices:
             check(device)
             models.module_of(m).to(device)
 
+        @functools.wraps(models.build_module)
         def build_module(spec: Any, state: Dict[str, torch.Tensor], names: Any) -> tuple:
             module = self.place_module(models.build_module(spec, state, names)[0])
             found = {**dict(module.named_parameters()), **dict(module.named_buffers())}

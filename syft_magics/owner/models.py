@@ -96,6 +96,12 @@ def export(obj: Any) -> Any:
 MODEL_FACTORIES = frozenset({build_module, model_weights})
 
 
+def makes_model(fn: Any) -> bool:
+    """Whether ``fn`` is one of :data:`MODEL_FACTORIES`, or wraps one (a worker's ``syft.build_module`` places the
+    model on its device: helper-58 found the withheld-shape check of ``ops`` missed it)."""
+    return fn in MODEL_FACTORIES or getattr(fn, "__wrapped__", None) in MODEL_FACTORIES
+
+
 def ops() -> Dict[str, Callable]:
     return {"syft.build_module": build_module, "syft.module_call": module_call,
             "syft.module_train": module_train, "syft.model_weights": model_weights}

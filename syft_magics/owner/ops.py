@@ -31,17 +31,17 @@ from . import (
     public_charges,
     quotas,
     randomness,
+    recorded,
     side_writes,
     train_costs,
     trained,
     writes,
 )
-from .models import MODEL_FACTORIES
+from .models import makes_model
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
-from .side_writes import Watch
 from .sizes import withheld_shape
 from .store import Block, Entry, ObjectStore, new_id, withheld_charge
 
@@ -108,7 +108,7 @@ class Ops:
                 if any(e.tensor is args[0] and writes.owner_view(self.store, e) for e in used):
                     # (whatever it dispatches to)
                     raise writes.OwnerDataWrite(op, "self", next(e.label for e in used if e.tensor is args[0]))
-            if fn in MODEL_FACTORIES and any(withheld_shape(e) or e.withheld_bytes for e in used):
+            if makes_model(fn) and any(withheld_shape(e) or e.withheld_bytes for e in used):
                 # (its tensors would hold memory of withheld size, charged as a model's, by their real size)
                 raise Reject(ErrorCode.DENIED, f"a model cannot be made of a tensor computed over a shape "
                                                f"{self.name} withholds; ask for the shape (ptr.request_shape()), "
@@ -161,7 +161,7 @@ class Ops:
             if spent is None:  # (unpriced: what it took)
                 spent = time.perf_counter() - t0
             if written is not None:
-                self._written(session, fn, op, used, written, spent, grad)
+                recorded.writes(self, session, (fn, args, kwargs), op, used, written, spent, grad)
             return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, spent=spent,
                                 known=known)
 
@@ -201,7 +201,7 @@ class Ops:
                     finally:
                         forget_frames(error)  # (raised outside its except: not the context of what _failed raises)
                 result, written, seconds, spent, disclosed = value
-                self._written(session, fn, op, used, written, spent, grad)
+                recorded.writes(self, session, (fn, args, kwargs), op, used, written, spent, grad)
                 if seconds > session.quotas.op_seconds:  # a kernel cannot be stopped: reported, counted
                     self.refuse("op ran over its time budget")
                     self.events.emit("overran", client=session.label, op=op, seconds=round(seconds, 3),
@@ -266,8 +266,9 @@ class Ops:
                         contextlib.nullcontext() if grad else torch.no_grad(), recorder or contextlib.nullcontext():
                     result = fn(*args, **kwargs) if copies is None else copies.call(op, fn, args, kwargs)
             except Exception as exc:
-                raise _Ran(_own_refusal(fn, exc), self._changed(session, before, watch)) from None
-            written = self._changed(session, before, watch)
+                wrote = recorded.changed(self.store, session, (fn, args, kwargs), op, used, before, watch)
+                raise _Ran(_own_refusal(fn, exc), wrote) from None
+            written = recorded.changed(self.store, session, (fn, args, kwargs), op, used, before, watch)
             if fn in autograd.WRITES_GRADS and self.disclosure.guarded:  # (objects it gave a gradient: helper-44)
                 for entry in self.store.of_session(session.ident):
                     self.store.note_grads(entry)
@@ -277,20 +278,6 @@ class Ops:
         finally:
             if recorder is not None and recorder.saved:
                 self.store.keep_saved(session.ident, recorder.graph, recorder.saved)
-
-    def _changed(self, session: Session, before: List[Tuple[Entry, int]], watch: Optional[Watch]) -> List[Entry]:
-        """After an op: the objects it wrote, by their version counters (:func:`.writes.changed`), and the client's
-        objects holding memory it wrote without naming it (:mod:`.side_writes`); the objects whose gradient it
-        wrote derive from what it read."""
-        written = writes.changed(before)
-        if watch is None:
-            return written
-        named = {id(e) for e in written}
-        written += [e for e in self.store.holding(session.ident, watch.written()) if id(e) not in named]
-        for entry in written:  # (what the op read: its inputs, and what it read through them, see .side_writes)
-            if entry.session is not None:
-                entry.provenance = entry.provenance.merged(watch.prov)
-        return written
 
     def _keep_leaves(self, session: Session, used: List[Entry], result: Any, written: Optional[List[Entry]]) -> None:
         """Keep the op's leaf inputs charged while the graph it left on its results and on what it wrote into
@@ -327,7 +314,7 @@ class Ops:
         recorded, a write into the owner's data reads as read-only, a refusal over a quota is counted."""
         op = short_name(name)
         if isinstance(exc, _Ran):
-            self._written(session, self.worker.allowlist.lookup(name), op, used, exc.written)
+            recorded.writes(self, session, (self.worker.allowlist.lookup(name), (), {}), op, used, exc.written)
             exc = exc.error
         if isinstance(exc, writes.WithheldWrite):
             self.refuse("write into a read-only result")
@@ -389,7 +376,7 @@ class Ops:
                     quotas.check_bytes(q, session.label, held, more, f"{op}'s result")
         except Exception as exc:
             self._fail(session, name, [] if header.get("m") else out, used, exc, t0, prov)
-        inputs, mark = lineage.inputs_of(used), trained.of_result(call[0], op, used)
+        inputs, mark = lineage.inputs_of(used), trained.of_result(call, op, used)
         now = time.time()
         guarded = self.disclosure.guarded
         for i, oid, leaf, (charge, blocks) in kept:
@@ -413,35 +400,6 @@ class Ops:
             if other.provenance.owner:
                 prov = prov.merged(other.provenance)
         return prov
-
-    def _written(self, session: Session, fn: Any, op: str, used: List[Entry], written: Optional[List[Entry]],
-                 spent: float = 0.0, grad: bool = True) -> None:
-        """Record the writes an op made: into a client's object, in its history (an approval shows it),
-        with the autograd work it added (``spent``: its estimate); into the owner's data (the guard
-        failed to foresee it), reported loudly. ``None``: it writes nothing, by its schema."""
-        if written is None:
-            return
-        named = {id(e) for e in used}
-        for entry in written:
-            if writes.owner_view(self.store, entry):
-                self.refuse("unforeseen write into the owner's data")
-                self.events.emit("owner_write", client=session.label, op=op, id=entry.hex, label=entry.label)
-            lineage.record(entry, op, lineage.inputs_of(used, but=entry))
-            entry.seen_version = entry.version
-            if graphs.has_graph(entry.tensor) and id(entry) in named:  # written in place into a graph: it grew
-                others = [e for e in used if e is not entry]
-                entry.work = train_costs.work_of(spent + (entry.work or 0.0), others)
-                if grad:  # (a write under the client's no_grad adds no node)
-                    entry.depth = graphs.depth_of(used, check=False)  # (used holds the entry: one deeper than it)
-                    graphs.written_through(entry.tensor, entry.depth)
-        # (through a view: its base and the other views hold what it wrote too, and derive from it)
-        shared = self.store.sharing(written) if written else written
-        self.disclosure.taint(used, shared)
-        if shared:
-            for entry in shared:  # (requires_grad_ made it one)
-                self.store.note_grads(entry)
-            shared = [*shared, *side_writes.grads_written(self.disclosure, session.ident, used, shared)]
-        trained.written(self.store, fn, op, used, shared)  # (what a model rule releases: .trained)
 
     def _fail(self, session: Session, name: str, out: list, used: List[Entry], exc: Exception, t0: float,
               prov: Optional[Provenance] = None) -> NoReturn:

@@ -50,7 +50,7 @@ RUNS_MODULES = frozenset({module_call})
 class Watch:
     """The tensors an op may write without naming them, with their version counters before it runs."""
 
-    __slots__ = ("prov", "tensors", "forced", "grads")
+    __slots__ = ("prov", "tensors", "forced", "grads", "forward", "weights_written", "regraded")
 
     def __init__(self, prov: "Provenance", fn: Any, args: Any, kwargs: Dict[str, Any], used: List["Entry"],
                  session_objects: Optional[List["Entry"]] = None) -> None:
@@ -80,6 +80,12 @@ class Watch:
         #: the running statistics the op writes in training mode (no version counter of torch moves for them)
         self.forced = [*running_stats_written(fn, args, kwargs),
                        *(t for e in used if fn in RUNS_MODULES for t in _module_stats(e.tensor))]
+        self.forward = fn in RUNS_MODULES
+        #: after a model's forward: the floating-point tensors inside it the forward wrote besides its running
+        #: statistics (an embedding's ``max_norm`` renormalises rows of its weight in place: helper-58)
+        self.weights_written: List[torch.Tensor] = []
+        #: after it: the objects whose gradient it wrote
+        self.regraded: List["Entry"] = []
 
     def written(self) -> Set[int]:
         """After the op: the storage keys it wrote (the running statistics' version counters are moved now).
@@ -90,13 +96,17 @@ class Watch:
         for t in self.forced:
             torch.autograd.graph.increment_version(t)
             keys.add(storage_key(t))
+        forced = {id(t) for t in self.forced} if self.forward else ()
         for t, version in self.tensors:
             if version_of(t) != version:
                 keys.add(storage_key(t))
+                if self.forward and id(t) not in forced and t.is_floating_point():  # (not a batch count)
+                    self.weights_written.append(t)
         keys.discard(0)
         for entry, held in self.grads:
             if autograd.grads_stamp(autograd.grads_of(entry.tensor)) != held:
                 entry.provenance = entry.provenance.merged(self.prov)
+                self.regraded.append(entry)
         return keys
 
 

@@ -7,23 +7,30 @@ carries an ``untrained`` mark: the first op that put the owner's data into it *o
 
 * A result is marked by its first marked input's mark, else by its own op when an input is the owner's own data
   (``x * 2``, a model's output, a model built from a pointer to ``#X``): values derived from the data.
-* A write marks what it wrote (and every object holding that memory: a weight's model, a gradient's tensor and
-  optimizers) the same way, from its other inputs, unless the op is **training**: a forward (its batch
-  statistics), a backward (gradients), an optimizer's ``zero_grad`` and ``step``, an average of models.
+* A write from an input that carries the data (marked, or the data itself) marks what it wrote with its op (and
+  every object holding the memory written: a weight's model, a gradient's tensor and optimizers), unless the op is
+  **training**: a model's forward writing its running statistics (not its weights: an embedding's ``max_norm``
+  renormalises the rows its indices name, helper-58), a backward from a loss (not from a seed that carries the
+  data: then the gradients are the data), an optimizer's ``zero_grad`` and ``step``, an average of models.
+  ``w.grad = g`` is not training.
 * Marks are never cleared (a zeroed weight stays marked: the owner reviews it once).
 
 A model rule releases a model only when neither it nor anything holding its weights' memory is marked; otherwise
 the model goes to the policy (a request under ``review``), whose text names the weight and the op
 (:func:`weights_text`). What training writes is released as training: a loss of the scientist's design can
 still steer the data into the weights through gradients (``(w * x).sum().backward()`` then a step of ``lr=1``
-writes ``-#X`` into a zeroed ``w``), and a batch norm's running mean over one row is that row. The rule trusts
-the scientist's training code; SECURITY.md says so.
+writes ``-#X`` into a zeroed ``w``), and a batch norm's running mean is its batch's mean (``#X`` flattened into
+one feature per element, a batch of two copies, ``momentum=1``: all of ``#X`` in one forward, helper-58). The rule
+trusts the scientist's training code; SECURITY.md says so. Refused as not training, though honest: a data-driven
+``Embedding(max_norm=...)``, a custom module's own running average (``self.mu.mul_(0.9).add_(x.mean(0))``), a bias
+initialised from the data: the owner clicks.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Tuple
 
 import torch
+import torch.utils._pytree as pytree
 
 from .aggregate import average_models
 from .autograd import autograd_backward, backward, set_grad_
@@ -35,8 +42,20 @@ from .side_writes import writes_running_stats
 if TYPE_CHECKING:
     from .store import Entry, ObjectStore
 
-#: Ops whose writes are training (see the module's text); ``set_grad_`` (``w.grad = g``) is not one of them.
+#: Ops whose writes are training (see the module's text); ``set_grad_`` (``w.grad = g``) is not one of them. A
+#: forward's writes into its model's weights are not (:func:`forward_wrote`), nor a backward's from a seed that
+#: carries the owner's data (:func:`_seeded`).
 TRAINING = frozenset({module_call, module_train, backward, autograd_backward, step, zero_grad, average_models})
+
+#: Ops whose results are training's: gradients (``torch.autograd.grad``), as a backward writes them.
+TRAINING_RESULTS = frozenset({torch.autograd.grad})
+
+#: Where each backward takes its seed (the gradient it starts from): by keyword, else by position.
+SEEDS = {backward: ("gradient", 1), autograd_backward: ("grad_tensors", 1), torch.autograd.grad: ("grad_outputs", 2)}
+
+#: Ops whose results' values do not depend on their inputs' values (``torch.ones_like(y)`` as a backward's seed).
+VALUE_FREE = frozenset({torch.ones_like, torch.zeros_like, torch.full_like, torch.rand_like, torch.randn_like,
+                        torch.randint_like, torch.Tensor.new_ones, torch.Tensor.new_zeros, torch.Tensor.new_full})
 
 
 def is_training(fn: Any) -> bool:
@@ -48,51 +67,91 @@ def is_training(fn: Any) -> bool:
         return False
 
 
-def _mark(e: "Entry") -> str:
-    """``e``'s mark, or what marks whatever is made of it: the owner's own data is the data itself."""
-    return e.untrained or ("" if e.session is not None else "the data itself")
+def _carries(e: "Entry") -> bool:
+    """Whether ``e`` carries the owner's data in a way training did not put there: marked, or the data itself."""
+    return bool(e.untrained) or e.session is None
 
 
-#: Ops whose results are training's: gradients (``torch.autograd.grad``), as a backward writes them.
-TRAINING_RESULTS = frozenset({torch.autograd.grad})
+def of_result(call: Tuple[Any, Any, Any], op: str, used: Iterable["Entry"]) -> str:
+    """The mark of what op ``op`` (``call``: its function and arguments) makes of ``used``: its first marked
+    input's, or ``op`` over the owner's data; none for values that do not depend on the inputs' and for gradients
+    (a manual step, ``w.sub_(lr * g)``, is training) unless seeded by the data."""
+    fn = call[0]
+    try:
+        if fn in VALUE_FREE or (fn in TRAINING_RESULTS and not _seeded(call, used)):
+            return ""
+    except TypeError:  # (unhashable)
+        pass
+    return _from(op, used)
 
 
-def of_result(fn: Any, op: str, used: Iterable["Entry"]) -> str:
-    """The mark of what op ``op`` (``fn``) makes of ``used``: its first marked input's, or ``op`` over the owner's
-    data; none for gradients (a manual step, ``w.sub_(lr * g)``, is training)."""
-    if fn in TRAINING_RESULTS:
-        return ""
+def _from(op: str, used: Iterable["Entry"]) -> str:
+    """The first mark among ``used``, or ``op`` if one is the owner's data."""
+    found = ""
     for e in used:
         if e.untrained:
             return e.untrained
-    for e in used:
-        if e.session is None:
-            return op
-    return ""
+        if not found and e.session is None:
+            found = op
+    return found
 
 
-def written(store: "ObjectStore", fn: Any, op: str, used: List["Entry"], targets: List["Entry"]) -> None:
-    """After op ``op`` (``fn``) wrote into ``targets`` (and everything holding their memory): mark them, unless
+def _carried(used: Iterable["Entry"], but: Iterable["Entry"] = ()) -> bool:
+    """Whether any of ``used`` but ``but`` carries the owner's data (:func:`_carries`)."""
+    skip = {id(e) for e in but}
+    return any(_carries(e) for e in used if id(e) not in skip)
+
+
+def _seeded(call: Tuple[Any, Any, Any], used: Iterable["Entry"]) -> bool:
+    """Whether a backward's seed carries the owner's data (``y.backward(x)``, ``autograd.grad(y, w, x)``: the
+    gradients are then the data, no loss needed: helper-58)."""
+    fn, args, kwargs = call
+    name, at = SEEDS.get(fn, ("", -1))
+    if at < 0:
+        return False
+    seed = kwargs.get(name) if name in kwargs else args[at] if len(args) > at else None
+    if seed is None:
+        return False
+    ids = {id(t) for t in pytree.tree_leaves(seed) if isinstance(t, torch.Tensor)}
+    return any(id(e.tensor) in ids and _carries(e) for e in used)
+
+
+def written(store: "ObjectStore", call: Tuple[Any, Any, Any], op: str, used: List["Entry"],
+            targets: List["Entry"]) -> None:
+    """After op ``op`` (``call``) wrote into ``targets`` (and everything holding their memory): mark them, unless
     it is training or read nothing marked besides them. ``w.grad = g`` writes into ``w`` (no memory of ``w``
     changes: :func:`~.autograd.set_grad_` makes a copy)."""
-    if is_training(fn):
-        return
-    if fn is set_grad_:
-        targets = [*targets, *used[:1]]
-    if not targets:
-        return
-    hit = {id(e) for e in targets}
-    mark = ""
-    for e in used:
-        if id(e) not in hit and _mark(e):
-            mark = e.untrained or op
-            break
+    if targets and not (is_training(call[0]) and not _seeded(call, used)) and _carried(used, targets):
+        _spread(store, targets, op)
+
+
+def grads_set(store: "ObjectStore", call: Tuple[Any, Any, Any], op: str, used: List["Entry"],
+              entries: List["Entry"]) -> None:
+    """After op ``op`` (``call``) gave ``entries`` a new gradient: ``w.grad = g`` (a copy: no memory of ``w``
+    changes) or a backward seeded with the data put the data there other than by training; a step then writes it
+    into ``w``."""
+    if (call[0] is set_grad_ or _seeded(call, used)) and _carried(used, entries):
+        _spread(store, entries, op)
+
+
+def forward_wrote(store: "ObjectStore", session: bytes, used: List["Entry"], tensors: List[torch.Tensor]) -> None:
+    """A model's forward over ``used`` wrote ``tensors`` inside it besides its running statistics: not training."""
+    if _carried(used):
+        _spread(store, store.holding(session, {storage_key(t) for t in tensors}),
+                "a forward writing its weights (not statistics)", tensors)
+
+
+def _spread(store: "ObjectStore", targets: List["Entry"], mark: str,
+            reached: Optional[List[torch.Tensor]] = None) -> None:
+    """Mark ``targets`` (or, of those, the ones holding the memory of ``reached``) and every object holding memory
+    they hold that the write reached: a model's weights may share one block, so only those overlapping what was
+    written are marked, and the models and optimizers holding it."""
     if not mark:
         return
-    spans = [_span(e.tensor) for e in targets if isinstance(e.tensor, torch.Tensor)]
+    hit = {id(e) for e in targets} if reached is None else set()
+    spans = [_span(t) for t in (reached if reached is not None else
+                                (e.tensor for e in targets if isinstance(e.tensor, torch.Tensor)))]
     for e in store.sharing(targets):
-        # (a model's weights may share one block of memory: only those the write reached are marked, and models
-        # and optimizers holding it)
         if e.session is not None and not e.untrained and (id(e) in hit or not isinstance(e.tensor, torch.Tensor)
                                                           or _overlaps(_span(e.tensor), spans)):
             e.untrained = mark
