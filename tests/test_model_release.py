@@ -205,3 +205,26 @@ def test_a_model_built_on_the_worker_over_a_withheld_shape_is_refused(owner):
     bob, _ = owner
     assert makes_model(bob.server.worker.allowlist.lookup("syft.build_module"))
 
+
+def test_a_model_moved_to_new_memory_is_followed(owner, monkeypatch):
+    """helper-58's hypothesis: on a CUDA worker, ``remote.to(device)`` gives the weights new memory that the store's
+    record of which object holds which memory did not follow: a view of a weight made after it, written from the
+    data and freed, left no mark (and the old memory stayed held by the record). Here the move to new memory is
+    stood in for on the CPU."""
+    bob, client = owner
+    remote = client.send(nn.Sequential(nn.Linear(8, 3)))
+    client.sync()
+    entry = bob.store.get(remote._handle.oid)
+    old = id(entry.tensor[0].weight.untyped_storage())
+    monkeypatch.setattr(nn.Module, "to", lambda self, *a, **k: self._apply(lambda t: t.clone()))
+    remote.to("cpu")
+    client.sync()
+    assert id(entry.tensor[0].weight.untyped_storage()) != old
+    view = remote.state_dict()["0.weight"].view(-1)
+    with torch.no_grad():
+        view[:8].copy_(client.search("#X")[0][0])
+    del view
+    client.sync()
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.5)
+

@@ -26,6 +26,8 @@ def changed(store: "ObjectStore", session: "Session", call: Tuple[Any, Any, Any]
     what it read. A model's forward that wrote its weights (not its running statistics: an embedding's ``max_norm``)
     wrote them other than by training, and so did ``w.grad = g`` and a backward seeded with the data (helper-58)."""
     written = guard.changed(before)
+    if getattr(call[0], "__name__", "") == "module_to":  # (a model's tensors on another device: new memory)
+        store.rebind(store.sharing([e for e in used if e.kind == "model"]))
     if watch is None:
         return written
     named = {id(e) for e in written}

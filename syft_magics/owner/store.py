@@ -173,6 +173,15 @@ class ObjectStore:
         with self._lock:
             return {where[1] for e in entries for where in self._in_block.get(e.id, ())}
 
+    def rebind(self, entries: Iterable[Entry]) -> None:
+        """Record anew the memory blocks ``entries`` (a client's objects) keep alive, after an op gave them new memory
+        (a model moved to another device: ``syft.module_to``): the old blocks are let go (their memory was kept by
+        the records: charged twice, and invisible to the writes looked for through the new)."""
+        with self._lock:
+            for entry in entries:
+                if entry.session is not None and self._entries.get(entry.id) is entry:
+                    self.put(entry)
+
     def _forget(self, entry: Entry) -> None:
         if entry.session is not None:
             self._grad_holders.get(entry.session, set()).discard(entry.id)
