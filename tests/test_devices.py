@@ -80,6 +80,33 @@ def test_a_cuda_worker_keeps_data_and_models_there_and_answers_on_the_cpu(make_w
     assert x.cpu().get().device.type == "cpu"
 
 
+class _Custom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@cuda
+@pytest.mark.parametrize("make", [lambda: nn.Sequential(nn.Linear(4, 2)), _Custom], ids=["standard", "custom"])
+def test_a_model_moves_between_the_cpu_and_cuda_and_trains_there(make_worker, make_client, make):
+    bob = make_worker("Bob", policy="open", device="cuda")
+    client = make_client("Bob")
+    remote = client.send(make())
+    x = client.send(torch.ones(3, 4))
+    for device in ("cpu", "cuda"):
+        remote.to(device)
+        client.sync()
+        assert {t.device.type for e in bob.store.entries() if isinstance(e.tensor, nn.Module)
+                for t in e.tensor.state_dict().values()} == {device}
+        opt = client.optim.SGD(remote.parameters(), lr=0.1)
+        remote(x.to(device)).sum().backward()
+        opt.step()
+    assert remote.get().state_dict().keys() == make().state_dict().keys()
+
+
 @cuda
 def test_a_move_between_cuda_workers(make_worker, make_client):
     bob = make_worker("Bob", policy="open", device="cuda")

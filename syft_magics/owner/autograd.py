@@ -35,10 +35,12 @@ def set_data_(t: torch.Tensor, d: torch.Tensor) -> None:
     ``t``'s own memory, so ``t`` never aliases the owner's data, and never takes memory of another size than the
     one its client was charged for (a raw message could otherwise swap a small tensor's memory for a copy of a
     large one, any number of times)."""
-    if not isinstance(d, torch.Tensor) or d.shape != t.shape or d.dtype != t.dtype or d.device != t.device:
-        raise ValueError("assigning .data of another shape, dtype or device is not supported; make a new tensor "
-                         "instead")
-    t.data.copy_(d.detach())
+    if not isinstance(d, torch.Tensor) or d.shape != t.shape or d.dtype != t.dtype:
+        raise ValueError("assigning .data of another shape or dtype is not supported; make a new tensor instead")
+    if d.device != t.device:  # (a device the worker allows, as d is there: a client-side model's .to(device))
+        t.data = d.detach().clone()  # (new memory: recorded anew, see .recorded)
+    else:
+        t.data.copy_(d.detach())
     # (``t.data`` has a version counter of its own: without this the write went unseen, by the approval of ``t``
     # it changed and by what ``t`` derives from: helper-36 read #X's values in error text, with no request)
     torch.autograd.graph.increment_version(t)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from . import graphs, lineage, side_writes, train_costs, trained
 from . import writes as guard
+from .autograd import set_data_
 from .side_writes import Watch
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ def changed(store: "ObjectStore", session: "Session", call: Tuple[Any, Any, Any]
     written = guard.changed(before)
     if getattr(call[0], "__name__", "") == "module_to":  # (a model's tensors on another device: new memory)
         store.rebind(store.sharing([e for e in used if e.kind == "model"]))
+    elif call[0] is set_data_ and used:  # (``t.data = d`` of another device: new memory too)
+        store.rebind(store.sharing(used[:1]))
     if watch is None:
         return written
     named = {id(e) for e in written}
