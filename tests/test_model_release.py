@@ -228,3 +228,31 @@ def test_a_model_moved_to_new_memory_is_followed(owner, monkeypatch):
     with pytest.raises(sm.GetTimeout):
         remote.get(timeout=0.5)
 
+
+def test_a_fill_value_of_the_data_marks_what_it_fills(owner):
+    """helper-59 (Critical): ``full_like``'s values do not depend on its first argument's, but its ``fill_value`` may
+    be a pointer to one element of ``#X``: element by element, ``#X`` went into a weight unmarked."""
+    bob, client = owner
+    remote = client.send(nn.Sequential(nn.Linear(8, 3)))
+    w, x = remote.state_dict()["0.weight"], client.search("#X")[0]
+    with torch.no_grad():
+        w[0, 0].copy_(torch.full_like(w[0, 0], x[0, 0]))
+        w[0, 1].copy_(w[0, 1].new_full((), x[0, 1]))
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.5)
+
+
+def test_the_deprecated_seed_argument_of_autograd_backward_is_refused(owner):
+    """helper-59 (Critical): a raw message's ``torch.autograd.backward([w * 1], grad_variables=[x])`` seeded the
+    backward with ``#X`` under torch's old name for ``grad_tensors``, which the seed check did not read."""
+    from syft_magics.owner import autograd
+
+    with pytest.raises(ValueError, match="grad_variables is deprecated"):
+        autograd.autograd_backward([torch.ones(1, requires_grad=True) * 1], grad_variables=[torch.ones(1)])
+    bob, client = owner
+    remote = client.send(nn.Sequential(nn.Linear(8, 3, bias=False)))
+    w, x = remote.state_dict()["0.weight"], client.search("#X")[0]
+    torch.autograd.backward([w * 1], grad_tensors=[x[:3]])  # (by its name, or by position: a seed of the data)
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.5)
+

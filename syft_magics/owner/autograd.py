@@ -81,10 +81,13 @@ def backward(t: torch.Tensor, gradient: Optional[torch.Tensor] = None, retain_gr
 
 def autograd_backward(tensors: Any, grad_tensors: Any = None, retain_graph: Optional[bool] = None,
                       create_graph: bool = False, grad_variables: Any = None, inputs: Any = None) -> None:
-    """``torch.autograd.backward(...)``, without ``create_graph`` (see :func:`backward`)."""
+    """``torch.autograd.backward(...)``, without ``create_graph`` (see :func:`backward`) nor torch's deprecated
+    ``grad_variables`` (``grad_tensors`` under an old name: one name for the seed, which :mod:`.trained` reads)."""
     if create_graph:
         raise ValueError(_CREATE_GRAPH)
-    torch.autograd.backward(tensors, grad_tensors, retain_graph, False, grad_variables, inputs=inputs)
+    if grad_variables is not None:
+        raise ValueError("torch.autograd.backward's grad_variables is deprecated: pass grad_tensors")
+    torch.autograd.backward(tensors, grad_tensors, retain_graph, False, inputs=inputs)
 
 
 #: Backwards that build no graph (``create_graph`` is refused): nothing to record while they run (see .graphs).

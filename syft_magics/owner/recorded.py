@@ -29,8 +29,8 @@ def changed(store: "ObjectStore", session: "Session", call: Tuple[Any, Any, Any]
     written = guard.changed(before)
     if getattr(call[0], "__name__", "") == "module_to":  # (a model's tensors on another device: new memory)
         store.rebind(store.sharing([e for e in used if e.kind == "model"]))
-    elif call[0] is set_data_ and used:  # (``t.data = d`` of another device: new memory too)
-        store.rebind(store.sharing(used[:1]))
+    elif call[0] is set_data_ and call[1]:  # (``t.data = d`` of another device: new memory for ``t``)
+        store.rebind(store.sharing([e for e in used if e.tensor is call[1][0]]))
     if watch is None:
         return written
     named = {id(e) for e in written}

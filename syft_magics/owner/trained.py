@@ -27,7 +27,8 @@ initialised from the data: the owner clicks.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Tuple
+import inspect
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.utils._pytree as pytree
@@ -50,10 +51,14 @@ TRAINING = frozenset({module_call, module_train, backward, autograd_backward, st
 #: Ops whose results are training's: gradients (``torch.autograd.grad``), as a backward writes them.
 TRAINING_RESULTS = frozenset({torch.autograd.grad})
 
-#: Where each backward takes its seed (the gradient it starts from): by keyword, else by position.
-SEEDS = {backward: ("gradient", 1), autograd_backward: ("grad_tensors", 1), torch.autograd.grad: ("grad_outputs", 2)}
+#: The arguments of each backward that say what it differentiates and where it stops (not its seed: the gradient it
+#: starts from, which may carry the data); any other tensor argument is a seed.
+NOT_SEEDS: Dict[Callable[..., Any], Tuple[str, ...]] = {
+    backward: ("t", "inputs"), autograd_backward: ("tensors", "inputs"), torch.autograd.grad: ("outputs", "inputs")}
+_SIGNATURES = {fn: inspect.signature(fn) for fn in NOT_SEEDS}
 
-#: Ops whose results' values do not depend on their inputs' values (``torch.ones_like(y)`` as a backward's seed).
+#: Ops whose results' values do not depend on their first argument's values (``torch.ones_like(y)`` as a backward's
+#: seed); another tensor argument (``full_like``'s ``fill_value``, helper-59) marks the result as any input does.
 VALUE_FREE = frozenset({torch.ones_like, torch.zeros_like, torch.full_like, torch.rand_like, torch.randn_like,
                         torch.randint_like, torch.Tensor.new_ones, torch.Tensor.new_zeros, torch.Tensor.new_full})
 
@@ -76,9 +81,12 @@ def of_result(call: Tuple[Any, Any, Any], op: str, used: Iterable["Entry"]) -> s
     """The mark of what op ``op`` (``call``: its function and arguments) makes of ``used``: its first marked
     input's, or ``op`` over the owner's data; none for values that do not depend on the inputs' and for gradients
     (a manual step, ``w.sub_(lr * g)``, is training) unless seeded by the data."""
-    fn = call[0]
+    fn, args, kwargs = call
     try:
-        if fn in VALUE_FREE or (fn in TRAINING_RESULTS and not _seeded(call, used)):
+        if fn in VALUE_FREE:
+            rest = {id(t) for t in pytree.tree_leaves((args[1:], kwargs)) if isinstance(t, torch.Tensor)}
+            return _from(op, [e for e in used if id(e.tensor) in rest])
+        if fn in TRAINING_RESULTS and not _seeded(call, used):
             return ""
     except TypeError:  # (unhashable)
         pass
@@ -106,13 +114,15 @@ def _seeded(call: Tuple[Any, Any, Any], used: Iterable["Entry"]) -> bool:
     """Whether a backward's seed carries the owner's data (``y.backward(x)``, ``autograd.grad(y, w, x)``: the
     gradients are then the data, no loss needed: helper-58)."""
     fn, args, kwargs = call
-    name, at = SEEDS.get(fn, ("", -1))
-    if at < 0:
+    named = NOT_SEEDS.get(fn)
+    if named is None:
         return False
-    seed = kwargs.get(name) if name in kwargs else args[at] if len(args) > at else None
-    if seed is None:
+    try:
+        bound = _SIGNATURES[fn].bind(*args, **kwargs).arguments
+    except TypeError:  # (torch refuses such a call: it runs nothing)
         return False
-    ids = {id(t) for t in pytree.tree_leaves(seed) if isinstance(t, torch.Tensor)}
+    seeds = [v for k, v in bound.items() if k not in named]
+    ids = {id(t) for t in pytree.tree_leaves(seeds) if isinstance(t, torch.Tensor)}
     return any(id(e.tensor) in ids and _carries(e) for e in used)
 
 
