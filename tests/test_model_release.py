@@ -256,3 +256,24 @@ def test_the_deprecated_seed_argument_of_autograd_backward_is_refused(owner):
     with pytest.raises(sm.GetTimeout):
         remote.get(timeout=0.5)
 
+
+def test_a_weights_name_cannot_push_the_warning_out_of_sight(owner):
+    """A custom module's weight names are the scientist's: the warning comes first, and names are cut and escaped."""
+    bob, client = owner
+
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_parameter("a" * 5000 + "\nweights: fine", nn.Parameter(torch.zeros(8)))
+
+        def forward(self, x):
+            return x * next(self.parameters())
+
+    remote = client.send(Odd())
+    with torch.no_grad():
+        next(remote.parameters()).copy_(client.search("#X")[0][0])
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.5)
+    text = bob.requests.pending[0].lineage
+    assert text.index("NOT TRAINED") < text.index("weights:") and "\n" not in text and len(text) < 1000
+
