@@ -264,7 +264,7 @@ def test_a_weights_name_cannot_push_the_warning_out_of_sight(owner):
     class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.register_parameter("a" * 5000 + "\nweights: fine", nn.Parameter(torch.zeros(8)))
+            self.register_parameter("a" * 1000 + "\nweights: fine", nn.Parameter(torch.zeros(8)))
 
         def forward(self, x):
             return x * next(self.parameters())
@@ -277,3 +277,34 @@ def test_a_weights_name_cannot_push_the_warning_out_of_sight(owner):
     text = bob.requests.pending[0].lineage
     assert text.index("NOT TRAINED") < text.index("weights:") and "\n" not in text and len(text) < 1000
 
+
+def test_names_kept_with_a_model_are_bounded(owner):
+    """helper-60: a 4 MB weight name was kept with the model and copied into an event per get, uncharged."""
+    from syft_magics.owner.models import MAX_WEIGHT_NAME, model_weights
+    from syft_magics.wire.modules import MAX_CHILD_NAME, load
+
+    with pytest.raises(ValueError, match="characters at most"):
+        model_weights(["w" * (MAX_WEIGHT_NAME + 1)], torch.zeros(1))
+    spec = {"type": "Sequential", "children": [["c" * (MAX_CHILD_NAME + 1), {"type": "ReLU"}]]}
+    with pytest.raises(ValueError, match="characters at most"):
+        load(spec, {})
+
+
+def test_the_check_of_a_large_model_is_linear(owner, monkeypatch):
+    """helper-60: a model of 1,000 weights, many of their pointers marked, took 4.3 s per get on the serving thread
+    (each weight compared with each marked holder); the check goes by sorted spans now."""
+    from syft_magics.owner import trained
+
+    bob, client = owner
+    remote = client.send(nn.Sequential(*[nn.Linear(2, 2, bias=False) for _ in range(1000)]))
+    client.sync()
+    entry = bob.store.get(remote._handle.oid)
+    late = {id(t) for t in list(entry.tensor.parameters())[500:]}
+    for e in bob.store.sharing([entry]):
+        if id(e.tensor) in late:
+            e.untrained = "copy_"
+    calls = []
+    span = trained._span
+    monkeypatch.setattr(trained, "_span", lambda t: calls.append(1) or span(t))
+    assert trained.why_not(bob.store, entry).startswith("500.weight holds")
+    assert len(calls) < 5 * 1000  # (pair by pair: 250,000)

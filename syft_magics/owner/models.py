@@ -76,10 +76,16 @@ class ModelWeights(nn.Module):
         return dict(self._named)
 
 
+#: The longest dotted name of a weight of a model whose forward runs on the client (``fc.weight``).
+MAX_WEIGHT_NAME = 1024
+
+
 def model_weights(names: List[str], *tensors: Any) -> ModelWeights:
     if not isinstance(names, list) or len(names) != len(tensors) or not all(isinstance(n, str) for n in names) \
             or not all(isinstance(t, torch.Tensor) for t in tensors):
         raise ValueError("model_weights needs a name for each tensor")
+    if any(len(n) > MAX_WEIGHT_NAME for n in names):  # (kept with the model, uncharged: helper-60)
+        raise ValueError(f"a weight's name has {MAX_WEIGHT_NAME} characters at most")
     return ModelWeights(dict(zip(names, tensors)))
 
 

@@ -36,6 +36,8 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 MAX_MODULES = 2_000
 MAX_DEPTH = 32
 MAX_RNN_LAYERS = 64
+#: The longest name of a container's child (helper-60: a 4 MB name was kept with the model and in every event)
+MAX_CHILD_NAME = 64
 _SKIPPED_ARGS = {"self", "device", "dtype"}
 _ACTIVATIONS = {F.relu: "relu", F.gelu: "gelu"}
 
@@ -164,6 +166,8 @@ def _build(spec: Any, depth: int, count: list) -> nn.Module:
         if not isinstance(children, list) or not all(
                 isinstance(c, (list, tuple)) and len(c) == 2 and isinstance(c[0], str) for c in children):
             raise ValueError(f"{spec['type']} spec needs a list of [name, spec] children")
+        if any(len(c[0]) > MAX_CHILD_NAME for c in children):  # (names are kept with the model, uncharged)
+            raise ValueError(f"a module's children have names of {MAX_CHILD_NAME} characters at most")
         built = [(name, _build(child, depth + 1, count)) for name, child in children]
         if cls is nn.Sequential:
             module: nn.Module = nn.Sequential(OrderedDict(built))
