@@ -56,7 +56,9 @@ TRAINING_RESULTS = frozenset({torch.autograd.grad})
 #: starts from, which may carry the data); any other tensor argument is a seed.
 NOT_SEEDS: Dict[Callable[..., Any], Tuple[str, ...]] = {
     backward: ("t", "inputs"), autograd_backward: ("tensors", "inputs"), torch.autograd.grad: ("outputs", "inputs")}
-_SIGNATURES = {fn: inspect.signature(fn) for fn in NOT_SEEDS}
+#: ... and their positions, by each function's signature.
+_NOT_SEED_AT = {fn: tuple(i for i, n in enumerate(inspect.signature(fn).parameters) if n in names)
+                for fn, names in NOT_SEEDS.items()}
 
 #: Ops whose results' values do not depend on their first argument's values (``torch.ones_like(y)`` as a backward's
 #: seed); another tensor argument (``full_like``'s ``fill_value``, helper-59) marks the result as any input does.
@@ -116,13 +118,10 @@ def _seeded(call: Tuple[Any, Any, Any], used: Iterable["Entry"]) -> bool:
     gradients are then the data, no loss needed: helper-58)."""
     fn, args, kwargs = call
     named = NOT_SEEDS.get(fn)
-    if named is None:
+    if named is None or (len(args) <= 1 and not kwargs):  # (``loss.backward()``: no seed)
         return False
-    try:
-        bound = _SIGNATURES[fn].bind(*args, **kwargs).arguments
-    except TypeError:  # (torch refuses such a call: it runs nothing)
-        return False
-    seeds = [v for k, v in bound.items() if k not in named]
+    at = _NOT_SEED_AT[fn]
+    seeds = [[a for i, a in enumerate(args) if i not in at], [v for k, v in kwargs.items() if k not in named]]
     ids = {id(t) for t in pytree.tree_leaves(seeds) if isinstance(t, torch.Tensor)}
     return any(id(e.tensor) in ids and _carries(e) for e in used)
 
