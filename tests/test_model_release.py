@@ -308,3 +308,15 @@ def test_the_check_of_a_large_model_is_linear(owner, monkeypatch):
     monkeypatch.setattr(trained, "_span", lambda t: calls.append(1) or span(t))
     assert trained.why_not(bob.store, entry).startswith("500.weight holds")
     assert len(calls) < 5 * 1000  # (pair by pair: 250,000)
+
+
+def test_a_model_request_names_settings_that_write_the_data_in(owner):
+    """helper-57: a batch norm of ``momentum=1`` keeps its last batch's mean itself; the request says so."""
+    bob, client = owner
+    for rule in list(bob.policy.rules):
+        bob.policy.rules.remove(rule)
+    remote = client.send(nn.Sequential(nn.Linear(8, 3), nn.BatchNorm1d(3, momentum=1.0)))
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.3)
+    assert "settings: 1 momentum=1.0" in bob.requests.pending[0].lineage
+

@@ -250,7 +250,21 @@ def weights_text(store: "ObjectStore", entry: "Entry") -> str:
     more = f", +{len(tensors) - SHOWN_WEIGHTS} more" if len(tensors) > SHOWN_WEIGHTS else ""
     why = why_not(store, entry)
     # (first: a custom module's weight names are the scientist's, and must not push it out of sight)
-    return (f"; NOT TRAINED: {why}" if why else "") + f"; weights: {shown}{more}"
+    return (f"; NOT TRAINED: {why}" if why else "") + f"; weights: {shown}{more}" + _settings(model)
+
+
+#: Layer settings a request names when they differ from torch's defaults: how much of a batch a forward writes
+#: into a running statistic (``momentum=1``: the last batch's mean itself), whether a forward writes its weights.
+_NOTED = ((torch.nn.modules.batchnorm._NormBase, "momentum", 0.1), (torch.nn.Embedding, "max_norm", None))
+
+
+def _settings(model: torch.nn.Module) -> str:
+    """A model's layer settings that say how its forwards write what it holds (:data:`_NOTED`), 4 at most."""
+    found = [f"{_shown(name) or 'model'} {attr}={getattr(m, attr)}" for name, m in model.named_modules()
+             for kind, attr, default in _NOTED if isinstance(m, kind) and getattr(m, attr) != default]
+    if not found:
+        return ""
+    return "; settings: " + ", ".join(found[:4]) + (f", +{len(found) - 4} more" if len(found) > 4 else "")
 
 
 def _shown(name: str) -> str:
