@@ -131,6 +131,19 @@ def test_autograd_grad_over_the_owners_data_under_review(review_seed):
     assert g.sum().get() == 15.0
 
 
+def test_batched_gradients_are_refused(seed):
+    """helper-61: ``is_grads_batched`` with an expanded seed of a few bytes made the worker allocate the batch times
+    the inputs before anything was charged (4.5 GiB under a 64 MB quota from one message)."""
+    _, client = seed
+    w = client.send(torch.ones(3, requires_grad=True))
+    seeds = client.send(torch.ones(1, 1)).expand(1000, 3)
+    with pytest.raises(sm.RemoteError, match="is_grads_batched"):
+        torch.autograd.grad(w * 2, [w], seeds, is_grads_batched=True)
+        client.sync()
+    (g,) = torch.autograd.grad((w * 2).sum(), [w])
+    assert torch.equal(g.get(), torch.full((3,), 2.0))
+
+
 def test_grad_is_none_where_torch_says_none(seed):
     """``if p.grad is not None`` (torch's idiom, e.g. in hand-written optimizers) must read the worker's state:
     None before a backward reaches the tensor and after an optimizer's zero_grad(), a pointer in between."""

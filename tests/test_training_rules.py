@@ -69,3 +69,17 @@ def test_closed_policy_with_no_rule_still_denies(make_worker, make_client):
         client.search("#X")[0].sum().get()
     bob.policy.allow_get(max_numel=1)
     assert client.search("#X")[0].sum().get() == 3.0
+
+
+def test_a_size_rule_counts_a_complex_number_as_two(review_seed):
+    """helper-61: ``x[i:i+4].view(torch.complex128)`` is one element and four float32 values of ``#X``;
+    ``allow_get(max_numel=1)`` let it go, 16 gets for 64 values, no click. A rule counts real numbers."""
+    bob, client = review_seed
+    bob.policy.allow_get(max_numel=1)
+    x = client.search("#X")[0]
+    with pytest.raises(sm.GetTimeout):
+        x[0:4].view(torch.complex128).get(timeout=0.3)
+    with pytest.raises(sm.GetTimeout):
+        torch.complex(x[0], x[1]).get(timeout=0.3)
+    assert x.sum().get() == 15.0
+

@@ -6,6 +6,7 @@ so the serving loop refuses them on the owner's data exactly as it refuses ``add
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -90,6 +91,18 @@ def autograd_backward(tensors: Any, grad_tensors: Any = None, retain_graph: Opti
     torch.autograd.backward(tensors, grad_tensors, retain_graph, False, inputs=inputs)
 
 
+@functools.wraps(torch.autograd.grad)
+def grad(*args: Any, **kwargs: Any) -> Any:
+    """``torch.autograd.grad(...)`` without ``is_grads_batched``: its gradients are as many times its inputs as its
+    seed's first dimension, which an expanded seed of a few bytes makes any number (helper-61: 4.5 GiB under a 64 MB
+    quota from one small message, before any charge); the worker prices a backward by its graph alone."""
+    if kwargs.get("is_grads_batched") or (len(args) > 7 and args[7]):
+        raise ValueError("torch.autograd.grad(is_grads_batched=True) is not supported on a worker (its memory is its "
+                         "seed's batch times its inputs, unknown before it runs): compute the gradients one seed at "
+                         "a time")
+    return torch.autograd.grad(*args, **kwargs)
+
+
 #: Backwards that build no graph (``create_graph`` is refused): nothing to record while they run (see .graphs).
 SAVES_NOTHING = frozenset({backward, autograd_backward})
 #: The operations that write gradients into objects their arguments do not name (the leaves' ``.grad``): what
@@ -118,7 +131,7 @@ def ops() -> Dict[str, Callable]:
         "Tensor.retain_grad": retain_grad,
         "Tensor.backward": backward,
         "torch.autograd.backward": autograd_backward,
-        "torch.autograd.grad": torch.autograd.grad,
+        "torch.autograd.grad": grad,
         "Tensor.detach_": torch.Tensor.detach_,
         "syft.randperm": randperm,
     }

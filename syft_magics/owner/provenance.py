@@ -40,7 +40,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import ErrorCode
 from ..wire.results import describe, flatten
-from . import guests, sizes
+from . import autograd, guests, sizes
 from .aggregate import average_models
 from .failures import Failures, Withheld
 from .fake_trace import (
@@ -139,7 +139,7 @@ SHAPES_OF_MODELS = frozenset({average_models, model_weights})
 
 #: Ops whose results have the shapes of tensors they are given (gradients, ``torch.autograd.grad``'s ``inputs``):
 #: public when no input's shape is withheld, though torch cannot trace them on stand-ins (no graph there).
-SHAPES_OF_INPUTS = frozenset({torch.autograd.grad})
+SHAPES_OF_INPUTS = frozenset({autograd.grad})
 
 #: Ops whose results follow from what the client chose alone, whatever they are computed over: an optimizer's
 #: options (plain numbers it gave, moved by its schedulers' step counts: optimizers.settings). Their results

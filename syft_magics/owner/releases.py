@@ -96,12 +96,20 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
 
     policy = server.worker.policy
     # (an owner's rule of sizes reads a withheld shape's public bound: its match must not tell the real one)
-    rule = _rule(server, session, entry, policy.rules.match(entry.kind, bounds_of(entry))) if policy.rules else None
+    rule = _rule(server, session, entry, policy.rules.match(entry.kind, _counted(entry, bounds_of(entry)))) \
+        if policy.rules else None
     if rule is not None and type(policy).decide is not OpenPolicy.decide \
             and not server.requests.take_grant(session.ident, oid, stamp(entry)):
         # an owner's rule for training (allow_get): decided without a click, and logged
         server.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule})")
     return decide(server, session, seq, oid, stamp(entry), "value", fields, value, auto=rule is not None)
+
+
+def _counted(entry: "Entry", shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The shape an owner's rule of sizes counts: a complex number is two (helper-61: ``x[i:i+4].view(complex128)``
+    is one element, four float32 values of ``#X``, and ``max_numel=1`` let it go)."""
+    t = entry.tensor
+    return (*shape, 2) if isinstance(t, torch.Tensor) and t.is_complex() else tuple(shape)
 
 
 def _shown(server: "Server", session: "Session", entry: "Entry") -> Dict[str, Any]:
@@ -144,7 +152,7 @@ def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", tar
     to = f"{target.name} at {target.address}"
     fields = functools.partial(_shown, server, session, entry)
     policy = server.worker.policy
-    found = policy.rules.match(entry.kind, entry.shape, to=target) if policy.rules else None
+    found = policy.rules.match(entry.kind, _counted(entry, entry.shape), to=target) if policy.rules else None
     rule = _rule(server, session, entry, found)
     if found is None and any(r.to == target.name for r in policy.rules):  # named, but not the worker pinned
         server.events.emit("get", client=session.label, id=entry.hex,

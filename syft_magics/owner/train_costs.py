@@ -42,7 +42,7 @@ PER_LAYER_SECONDS = 5e-6
 #: Passes an optimizer's step makes over its parameters' bytes (Adam: parameter, grad, two moments, ...).
 STEP_PASSES = 8
 #: The functions whose cost lies in the graph behind their tensor arguments.
-THROUGH_GRAPH = frozenset({autograd.backward, autograd.autograd_backward, torch.autograd.grad})
+THROUGH_GRAPH = frozenset({autograd.backward, autograd.autograd_backward, autograd.grad})
 
 
 def work_of(seconds: float, used: Iterable[Entry]) -> Optional[float]:

@@ -35,7 +35,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from .aggregate import average_models
-from .autograd import autograd_backward, backward, set_grad_
+from .autograd import autograd_backward, backward, grad, set_grad_
 from .blocks import storage_key
 from .models import module_call, module_train
 from .optimizers import step, zero_grad
@@ -50,12 +50,12 @@ if TYPE_CHECKING:
 TRAINING = frozenset({module_call, module_train, backward, autograd_backward, step, zero_grad, average_models})
 
 #: Ops whose results are training's: gradients (``torch.autograd.grad``), as a backward writes them.
-TRAINING_RESULTS = frozenset({torch.autograd.grad})
+TRAINING_RESULTS = frozenset({grad})
 
 #: The arguments of each backward that say what it differentiates and where it stops (not its seed: the gradient it
 #: starts from, which may carry the data); any other tensor argument is a seed.
 NOT_SEEDS: Dict[Callable[..., Any], Tuple[str, ...]] = {
-    backward: ("t", "inputs"), autograd_backward: ("tensors", "inputs"), torch.autograd.grad: ("outputs", "inputs")}
+    backward: ("t", "inputs"), autograd_backward: ("tensors", "inputs"), grad: ("outputs", "inputs")}
 #: ... and their positions, by each function's signature.
 _NOT_SEED_AT = {fn: tuple(i for i, n in enumerate(inspect.signature(fn).parameters) if n in names)
                 for fn, names in NOT_SEEDS.items()}
