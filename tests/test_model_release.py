@@ -172,29 +172,19 @@ def test_a_forward_writing_its_weights_from_the_data_waits_for_the_owner(owner):
     clean.get(timeout=10)
 
 
-@pytest.mark.parametrize("seeded", ["backward", "autograd.grad"])
-def test_gradients_seeded_with_the_data_are_not_training(owner, seeded):
-    """helper-58: ``torch.autograd.grad(a * 1, a, grad_outputs=x)`` is ``x`` itself, no loss needed; copied into a
-    weight, it was released as a gradient (training)."""
+def test_per_sample_weights_as_a_backwards_seed_are_training(owner):
+    """helper-62: ``loss.backward(weights)`` with per-sample weights from the labels waited for a click, while
+    ``(loss * weights).sum().backward()`` was released: a seed is a loss in another form (helper-58 had seeds of the
+    data marked; both forms can carry the data into gradients, the residual SECURITY.md states)."""
     bob, client = owner
     remote = client.send(nn.Sequential(nn.Linear(8, 3)))
-    a = client.send(torch.zeros(4, 8, requires_grad=True))
-    x = client.search("#X")[0]
-    if seeded == "backward":
-        (a * 1).backward(x)
-        g = a.grad
-    else:
-        (g,) = torch.autograd.grad(a * 1, [a], x)
-    with torch.no_grad():
-        remote.state_dict()["0.weight"].copy_(g[:3])
-    with pytest.raises(sm.GetTimeout):
-        remote.get(timeout=0.5)
-    # a seed of ones (torch's idiom for a non-scalar output) is not the data
-    other = client.send(nn.Sequential(nn.Linear(8, 3)))
-    out = other(x)
-    out.backward(torch.ones_like(out))
-    client.optim.SGD(other.parameters(), lr=0.1).step()
-    other.get(timeout=10)
+    x, y = client.search("#X")[0], client.search("#Y")[0]
+    opt = client.optim.SGD(remote.parameters(), lr=0.1)
+    losses = F.cross_entropy(remote(x), y, reduction="none")
+    losses.backward((y.float() + 1) / 4)
+    opt.step()
+    remote.get(timeout=10)
+    assert not bob.requests.pending
 
 
 def test_a_model_built_on_the_worker_over_a_withheld_shape_is_refused(owner):
@@ -242,19 +232,13 @@ def test_a_fill_value_of_the_data_marks_what_it_fills(owner):
         remote.get(timeout=0.5)
 
 
-def test_the_deprecated_seed_argument_of_autograd_backward_is_refused(owner):
-    """helper-59 (Critical): a raw message's ``torch.autograd.backward([w * 1], grad_variables=[x])`` seeded the
-    backward with ``#X`` under torch's old name for ``grad_tensors``, which the seed check did not read."""
+def test_the_deprecated_seed_argument_of_autograd_backward_is_refused():
+    """helper-59: a raw message's ``torch.autograd.backward([w * 1], grad_variables=[x])`` seeded the backward under
+    torch's old name for ``grad_tensors``: one name for the seed."""
     from syft_magics.owner import autograd
 
     with pytest.raises(ValueError, match="grad_variables is deprecated"):
         autograd.autograd_backward([torch.ones(1, requires_grad=True) * 1], grad_variables=[torch.ones(1)])
-    bob, client = owner
-    remote = client.send(nn.Sequential(nn.Linear(8, 3, bias=False)))
-    w, x = remote.state_dict()["0.weight"], client.search("#X")[0]
-    torch.autograd.backward([w * 1], grad_tensors=[x[:3]])  # (by its name, or by position: a seed of the data)
-    with pytest.raises(sm.GetTimeout):
-        remote.get(timeout=0.5)
 
 
 def test_a_weights_name_cannot_push_the_warning_out_of_sight(owner):

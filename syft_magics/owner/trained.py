@@ -10,16 +10,17 @@ carries an ``untrained`` mark: the first op that put the owner's data into it *o
 * A write from an input that carries the data (marked, or the data itself) marks what it wrote with its op (and
   every object holding the memory written: a weight's model, a gradient's tensor and optimizers), unless the op is
   **training**: a model's forward writing its running statistics (not its weights: an embedding's ``max_norm``
-  renormalises the rows its indices name, helper-58), a backward from a loss (not from a seed that carries the
-  data: then the gradients are the data), an optimizer's ``zero_grad`` and ``step``, an average of models.
-  ``w.grad = g`` is not training.
+  renormalises the rows its indices name, helper-58), a backward, an optimizer's ``zero_grad`` and ``step``, an
+  average of models. ``w.grad = g`` is not training.
 * Marks are never cleared (a zeroed weight stays marked: the owner reviews it once).
 
 A model rule releases a model only when neither it nor anything holding its weights' memory is marked; otherwise
 the model goes to the policy (a request under ``review``), whose text names the weight and the op
 (:func:`weights_text`). What training writes is released as training: a loss of the scientist's design can
-still steer the data into the weights through gradients (``(w * x).sum().backward()`` then a step of ``lr=1``
-writes ``-#X`` into a zeroed ``w``), and a batch norm's running mean is its batch's mean (``#X`` flattened into
+still steer the data into the weights through gradients (``(w * x).sum().backward()``, or ``(w * 1).backward(x)``
+with the data as its seed, then a step of ``lr=1`` writes ``-#X`` into a zeroed ``w``; helper-58 had seeds marked,
+helper-62 found honest per-sample weights ``loss.backward(weights)`` waiting for a click, and a seed is a loss in
+another form), and a batch norm's running mean is its batch's mean (``#X`` flattened into
 one feature per element, a batch of two copies, ``momentum=1``: all of ``#X`` in one forward, helper-58). The rule
 trusts the scientist's training code; SECURITY.md says so. Refused as not training, though honest: a data-driven
 ``Embedding(max_norm=...)``, a custom module's own running average (``self.mu.mul_(0.9).add_(x.mean(0))``), a bias
@@ -28,8 +29,7 @@ initialised from the data: the owner clicks.
 from __future__ import annotations
 
 import bisect
-import inspect
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.utils._pytree as pytree
@@ -44,21 +44,12 @@ from .side_writes import writes_running_stats
 if TYPE_CHECKING:
     from .store import Entry, ObjectStore
 
-#: Ops whose writes are training (see the module's text); ``set_grad_`` (``w.grad = g``) is not one of them. A
-#: forward's writes into its model's weights are not (:func:`forward_wrote`), nor a backward's from a seed that
-#: carries the owner's data (:func:`_seeded`).
+#: Ops whose writes are training (see the module's text); ``set_grad_`` (``w.grad = g``) is not one of them, nor a
+#: forward's writes into its model's weights (:func:`forward_wrote`).
 TRAINING = frozenset({module_call, module_train, backward, autograd_backward, step, zero_grad, average_models})
 
 #: Ops whose results are training's: gradients (``torch.autograd.grad``), as a backward writes them.
 TRAINING_RESULTS = frozenset({grad})
-
-#: The arguments of each backward that say what it differentiates and where it stops (not its seed: the gradient it
-#: starts from, which may carry the data); any other tensor argument is a seed.
-NOT_SEEDS: Dict[Callable[..., Any], Tuple[str, ...]] = {
-    backward: ("t", "inputs"), autograd_backward: ("tensors", "inputs"), grad: ("outputs", "inputs")}
-#: ... and their positions, by each function's signature.
-_NOT_SEED_AT = {fn: tuple(i for i, n in enumerate(inspect.signature(fn).parameters) if n in names)
-                for fn, names in NOT_SEEDS.items()}
 
 #: Ops whose results' values do not depend on their first argument's values (``torch.ones_like(y)`` as a backward's
 #: seed); another tensor argument (``full_like``'s ``fill_value``, helper-59) marks the result as any input does.
@@ -83,13 +74,13 @@ def _carries(e: "Entry") -> bool:
 def of_result(call: Tuple[Any, Any, Any], op: str, used: Iterable["Entry"]) -> str:
     """The mark of what op ``op`` (``call``: its function and arguments) makes of ``used``: its first marked
     input's, or ``op`` over the owner's data; none for values that do not depend on the inputs' and for gradients
-    (a manual step, ``w.sub_(lr * g)``, is training) unless seeded by the data."""
+    (a manual step, ``w.sub_(lr * g)``, is training)."""
     fn, args, kwargs = call
     try:
         if fn in VALUE_FREE:
             rest = {id(t) for t in pytree.tree_leaves((args[1:], kwargs)) if isinstance(t, torch.Tensor)}
             return _from(op, [e for e in used if id(e.tensor) in rest])
-        if fn in TRAINING_RESULTS and not _seeded(call, used):
+        if fn in TRAINING_RESULTS:
             return ""
     except TypeError:  # (unhashable)
         pass
@@ -113,34 +104,20 @@ def _carried(used: Iterable["Entry"], but: Iterable["Entry"] = ()) -> bool:
     return any(_carries(e) for e in used if id(e) not in skip)
 
 
-def _seeded(call: Tuple[Any, Any, Any], used: Iterable["Entry"]) -> bool:
-    """Whether a backward's seed carries the owner's data (``y.backward(x)``, ``autograd.grad(y, w, x)``: the
-    gradients are then the data, no loss needed: helper-58)."""
-    fn, args, kwargs = call
-    named = NOT_SEEDS.get(fn)
-    if named is None or (len(args) <= 1 and not kwargs):  # (``loss.backward()``: no seed)
-        return False
-    at = _NOT_SEED_AT[fn]
-    seeds = [[a for i, a in enumerate(args) if i not in at], [v for k, v in kwargs.items() if k not in named]]
-    ids = {id(t) for t in pytree.tree_leaves(seeds) if isinstance(t, torch.Tensor)}
-    return any(id(e.tensor) in ids and _carries(e) for e in used)
-
-
 def written(store: "ObjectStore", call: Tuple[Any, Any, Any], op: str, used: List["Entry"],
             targets: List["Entry"]) -> None:
     """After op ``op`` (``call``) wrote into ``targets`` (and everything holding their memory): mark them, unless
     it is training or read nothing marked besides them. ``w.grad = g`` writes into ``w`` (no memory of ``w``
     changes: :func:`~.autograd.set_grad_` makes a copy)."""
-    if targets and not (is_training(call[0]) and not _seeded(call, used)) and _carried(used, targets):
+    if targets and not is_training(call[0]) and _carried(used, targets):
         _spread(store, targets, op)
 
 
 def grads_set(store: "ObjectStore", call: Tuple[Any, Any, Any], op: str, used: List["Entry"],
               entries: List["Entry"]) -> None:
     """After op ``op`` (``call``) gave ``entries`` a new gradient: ``w.grad = g`` (a copy: no memory of ``w``
-    changes) or a backward seeded with the data put the data there other than by training; a step then writes it
-    into ``w``."""
-    if (call[0] is set_grad_ or _seeded(call, used)) and _carried(used, entries):
+    changes) put the data there other than by training; a step then writes it into ``w``."""
+    if call[0] is set_grad_ and _carried(used, entries):
         _spread(store, entries, op)
 
 
