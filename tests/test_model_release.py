@@ -111,14 +111,16 @@ def _into_the_gradient_then_step(client, remote):
 
 @pytest.mark.parametrize("copy", [_copy_into_weight, _load_state_dict, _set_data, _through_a_view,
                                   _gradient_then_step, _into_the_gradient_then_step])
-def test_a_model_holding_the_data_copied_in_waits_for_the_owner(owner, copy):
+def test_a_model_holding_the_data_copied_in_waits_for_the_owner(owner, copy, capsys):
     bob, client = owner
     remote = client.send(nn.Sequential(nn.Linear(8, 3)))
     copy(client, remote)
     with pytest.raises(sm.GetTimeout):
         remote.get(timeout=0.5)
     (req,) = bob.requests.pending
-    assert "0.weight (3, 8)" in req.lineage and "NOT TRAINED: 0.weight holds the owner's data" in req.lineage
+    assert "0.weight (3, 8)" in req.lineage and req.lineage.startswith("NOT TRAINED: 0.weight holds the owner's data")
+    # the scientist is told why (which of their own ops: no value of the owner's)
+    assert "Bob's rule for trained models does not apply: 0.weight holds" in capsys.readouterr().out
     assert any("not applied" in str(e.data.get("status")) for e in bob.events.of_kind("get"))
     # trained on top, or zeroed: still the owner's to decide (a mark is never cleared)
     _train(client, remote, steps=1)
@@ -302,5 +304,5 @@ def test_a_model_request_names_settings_that_write_the_data_in(owner):
     remote = client.send(nn.Sequential(nn.Linear(8, 3), nn.BatchNorm1d(3, momentum=1.0)))
     with pytest.raises(sm.GetTimeout):
         remote.get(timeout=0.3)
-    assert "settings: 1 momentum=1.0" in bob.requests.pending[0].lineage
+    assert "settings: layer 1 momentum=1.0" in bob.requests.pending[0].lineage
 

@@ -96,13 +96,17 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
 
     policy = server.worker.policy
     # (an owner's rule of sizes reads a withheld shape's public bound: its match must not tell the real one)
-    rule = _rule(server, session, entry, policy.rules.match(entry.kind, _counted(entry, bounds_of(entry)))) \
-        if policy.rules else None
+    found = policy.rules.match(entry.kind, _counted(entry, bounds_of(entry))) if policy.rules else None
+    rule = _rule(server, session, entry, found)
     if rule is not None and type(policy).decide is not OpenPolicy.decide \
             and not server.requests.take_grant(session.ident, oid, stamp(entry)):
         # an owner's rule for training (allow_get): decided without a click, and logged
         server.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule})")
-    return decide(server, session, seq, oid, stamp(entry), "value", fields, value, auto=rule is not None)
+    # (why a model rule did not apply, for the scientist too: it tells which of their own ops did it, no value)
+    note = trained.why_not(server.store, entry) if found is not None and rule is None and entry.kind == "model" \
+        else None
+    return decide(server, session, seq, oid, stamp(entry), "value", fields, value, auto=rule is not None,
+                  note=f"{server.name}'s rule for trained models does not apply: {note}" if note else "")
 
 
 def _counted(entry: "Entry", shape: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -115,7 +119,8 @@ def _counted(entry: "Entry", shape: Tuple[int, ...]) -> Tuple[int, ...]:
 def _shown(server: "Server", session: "Session", entry: "Entry") -> Dict[str, Any]:
     """What the policy and the owner are shown of a release of ``entry``'s value (its request's fields)."""
     return dict(client=session.label, object_id=entry.hex, shape=entry.shape, dtype=entry.dtype,
-                lineage=server.store.lineage(entry) + trained.weights_text(server.store, entry),
+                lineage=trained.warning(server.store, entry) + server.store.lineage(entry)
+                + trained.weights_text(server.store, entry),
                 tags=shown_tags(entry.tags), label=entry.label)
 
 
@@ -188,10 +193,10 @@ def _error_text(server: "Server", session: "Session", seq: Any, n: int) -> Optio
 
 def decide(server: "Server", session: "Session", seq: Any, key: bytes, version: Any, what: str,
            describe: Callable[[], Dict[str, Any]], send: Callable[[], Optional[List[Any]]], auto: bool = False,
-           to: str = "") -> Optional[List[Any]]:
+           to: str = "", note: str = "") -> Optional[List[Any]]:
     """Release through ``send()`` what the owner allows now, else open (or renew) a request; ``describe()``
     gives what the policy and the owner are shown of it (built only when they are asked). ``to`` names a
-    move's target: part of the request, and of any approval."""
+    move's target: part of the request, and of any approval; ``note`` tells the client why it waits."""
     if auto or server.requests.take_grant(session.ident, key, version, what, to):
         return send()
     policy = server.worker.policy
@@ -218,4 +223,4 @@ def decide(server: "Server", session: "Session", seq: Any, key: bytes, version: 
         return send()
     if opened:
         server.events.emit("request", n=req.n, client=session.label, id=fields["object_id"], lineage=req.lineage)
-    return encode({"t": Kind.PENDING, "s": seq, "n": req.n, "name": server.name})
+    return encode({"t": Kind.PENDING, "s": seq, "n": req.n, "name": server.name, **({"why": note} if note else {})})

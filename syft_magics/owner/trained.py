@@ -215,19 +215,23 @@ def why_not(store: "ObjectStore", entry: "Entry") -> Optional[str]:
 SHOWN_WEIGHTS = 8
 
 
+def warning(store: "ObjectStore", entry: "Entry") -> str:
+    """What a model's request says first when a weight holds the owner's data put there other than by training
+    (helper-62: after 750 characters of the model's history it went unread)."""
+    why = why_not(store, entry) if isinstance(entry.tensor, torch.nn.Module) else None
+    return f"NOT TRAINED: {why}. " if why else ""
+
+
 def weights_text(store: "ObjectStore", entry: "Entry") -> str:
-    """A model's weights as its request shows them: names and shapes (a model's shape reads ``()``), then, if a
-    weight holds the owner's data put there other than by training, which and by what (helper-57: the owner saw
-    only the model's own history)."""
+    """A model's weights as its request shows them after its history: names and shapes (a model's shape reads
+    ``()``; helper-57: the owner saw only the model's own history), and its layers' telling settings."""
     model = entry.tensor
     if not isinstance(model, torch.nn.Module):
         return ""
     tensors = _tensors(model)
     shown = ", ".join(f"{_shown(name)} {tuple(t.shape)}" for name, t in tensors[:SHOWN_WEIGHTS])
     more = f", +{len(tensors) - SHOWN_WEIGHTS} more" if len(tensors) > SHOWN_WEIGHTS else ""
-    why = why_not(store, entry)
-    # (first: a custom module's weight names are the scientist's, and must not push it out of sight)
-    return (f"; NOT TRAINED: {why}" if why else "") + f"; weights: {shown}{more}" + _settings(model)
+    return f"; weights: {shown}{more}" + _settings(model)
 
 
 #: Layer settings a request names when they differ from torch's defaults: how much of a batch a forward writes
@@ -237,7 +241,8 @@ _NOTED = ((torch.nn.modules.batchnorm._NormBase, "momentum", 0.1), (torch.nn.Emb
 
 def _settings(model: torch.nn.Module) -> str:
     """A model's layer settings that say how its forwards write what it holds (:data:`_NOTED`), 4 at most."""
-    found = [f"{_shown(name) or 'model'} {attr}={getattr(m, attr)}" for name, m in model.named_modules()
+    found = [f"layer {_shown(name)} {attr}={getattr(m, attr)}" if name else f"{attr}={getattr(m, attr)}"
+             for name, m in model.named_modules()
              for kind, attr, default in _NOTED if isinstance(m, kind) and getattr(m, attr) != default]
     if not found:
         return ""

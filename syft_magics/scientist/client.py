@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..events import EventStream
 from ..traces import describe, user_site
-from ..wire import auth, buffers, samehost
+from ..wire import auth, buffers, limits, samehost
 from ..wire.names import check_tag, id_source, is_inplace, short_name
 from ..wire.protocol import ErrorCode, Kind, encode
 from ..wire.results import TEXT_OPS, Tree, from_wire, wire_dtype
@@ -297,7 +297,9 @@ class Client:
                 reply = link.wait(seq, timeout if timeout is not None else defaults.reply_timeout, tick)
                 if reply["t"] == Kind.PENDING:
                     n = reply.get("n")
-                    print(f"waiting for {self.name} to approve request #{n} ({what or 'a value'})", flush=True)
+                    why = reply.get("why")
+                    print(f"waiting for {self.name} to approve request #{n} ({what or 'a value'})"
+                          + (f": {limits.clip(why)}" if isinstance(why, str) else ""), flush=True)
                     self.events.emit("waiting", n=n)
                     try:
                         reply = link.wait(seq, approval_timeout, tick)
