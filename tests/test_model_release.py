@@ -306,3 +306,19 @@ def test_a_model_request_names_settings_that_write_the_data_in(owner):
         remote.get(timeout=0.3)
     assert "settings: layer 1 momentum=1.0" in bob.requests.pending[0].lineage
 
+
+def test_torch_nn_init_reinitialises_remote_weights(owner):
+    """helper-62: ``nn.init.kaiming_uniform_(w)`` on a remote weight was refused as not on the allowlist. It runs on
+    the worker now, draws nothing from the owner's data (the model stays trained), and never writes the owner's."""
+    bob, client = owner
+    remote = client.send(nn.Sequential(nn.Linear(8, 3)))
+    w, b = remote.state_dict()["0.weight"], remote.state_dict()["0.bias"]
+    nn.init.kaiming_uniform_(w, nonlinearity="relu")
+    nn.init.zeros_(b)
+    _train(client, remote, steps=1)
+    trained = remote.get(timeout=10)
+    assert trained[0].weight.abs().max() > 0 and not bob.requests.pending
+    with pytest.raises(sm.SyftError, match="cannot be changed|read-only"):
+        nn.init.zeros_(client.search("#X")[0])
+        client.sync()
+

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, Iterator, Optional
 
+import torch
+
 from ..wire.names import DEFAULT_TABLE as _STANDARD
 from ..wire.names import is_inplace, resolve_torch_name, short_name, wire_name
 
@@ -30,7 +32,13 @@ def _defaults() -> Dict[str, Callable]:
 
     # .to() and the model builder are each worker's own (its device); these are the CPU's
     return {**schema_ops(), **_STANDARD, **autograd.ops(), **models.ops(), **optimizers.ops(), **aggregate.ops(),
-            **Devices().ops()}
+            **Devices().ops(), **{f"torch.nn.init.{n}": getattr(torch.nn.init, n) for n in INITS}}
+
+
+#: ``torch.nn.init``'s initialisers, in place from random draws or constants (helper-62: a newcomer's
+#: ``nn.init.kaiming_uniform_(w)`` was refused); like any name ending in ``_`` they never write the owner's data.
+INITS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
+         "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
 
 
 _DEFAULT: Dict[str, Callable] = _defaults()
