@@ -357,3 +357,21 @@ def test_an_average_whose_integer_tensors_differ_is_no_aggregate(held_for_carol)
     finally:
         for cl in clients:
             cl.disconnect()
+
+
+def test_batch_norm_models_trained_on_different_numbers_of_batches_make_an_aggregate(held_for_carol):
+    """helper-62: Bob's and Alice's batch norms had seen 15 and 10 batches; their counts differed, so the average
+    was no aggregate and waited at Carol. The count of an average where they differ is 0 (none of theirs)."""
+    (bob, alice), _, carol, c = held_for_carol
+    clients = [sm.connect(w.name) for w in (bob, alice)]
+    try:
+        remotes = [cl.send(nn.Sequential(nn.Linear(6, 3), nn.BatchNorm1d(3))) for cl in clients]
+        for times, remote, cl in zip((3, 2), remotes, clients):
+            for _ in range(times):
+                remote(cl.search("#x")[0])
+        average = fedavg(remotes, weights=[1, 1], on=c).get(timeout=10)
+        assert int(average[1].num_batches_tracked) == 0
+    finally:
+        for cl in clients:
+            cl.disconnect()
+

@@ -28,6 +28,10 @@ def check_weights(weights: Sequence[float]) -> float:
     return total
 
 
+#: A batch norm's count of the batches its running statistics have seen (an integer buffer).
+BATCH_COUNT = "num_batches_tracked"
+
+
 def average_state(states: Sequence[Dict[str, torch.Tensor]], weights: Sequence[float]) -> Dict[str, torch.Tensor]:
     """The weighted average of state dicts with the same keys and shapes (integer buffers: the first's)."""
     if not states or len(states) != len(weights):
@@ -43,7 +47,10 @@ def average_state(states: Sequence[Dict[str, torch.Tensor]], weights: Sequence[f
         for key in keys:
             first = states[0][key]
             if not (first.is_floating_point() or first.is_complex()):
-                out[key] = first.detach().clone()  # e.g. BatchNorm's num_batches_tracked
+                # (a batch norm's count of batches: an average of models trained on different numbers of batches has
+                # none of theirs, 0; any other integer tensor: the first's, see .guests)
+                same = all(torch.equal(s[key], first) for s in states[1:])
+                out[key] = torch.zeros_like(first) if not same and key.endswith(BATCH_COUNT) else first.detach().clone()
                 continue
             acc = torch.zeros_like(first, requires_grad=False)
             for state, w in zip(states, weights):

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .aggregate import check_weights, tensors_of
+from .aggregate import BATCH_COUNT, check_weights, tensors_of
 
 #: Every label of an object moved here starts so; a released-for-here-only one ends with :data:`_HELD`.
 PREFIX = "moved from "
@@ -56,11 +56,13 @@ def _proven_owner(held_label: str) -> Optional[str]:
 
 
 def _integers_agree(models: Sequence[Any]) -> bool:
-    """Whether the models' integer tensors, which an average takes from the first model as they are (a BatchNorm's
-    batch count), are equal in all: else the first one's pass through unaveraged (helper-47: ``round(#x * 1e6)``)."""
+    """Whether the models' integer tensors, which an average takes from the first model as they are, are equal in
+    all: else the first one's pass through unaveraged (helper-47: ``round(#x * 1e6)``). A batch norm's count of
+    batches is 0 in an average where they differ (helper-62: owners that trained on different numbers of batches
+    made no aggregate)."""
     states = [tensors_of(m) for m in models]
-    return all(t.is_floating_point() or t.is_complex() or all(torch.equal(s[k], t) for s in states[1:])
-               for k, t in states[0].items())
+    return all(t.is_floating_point() or t.is_complex() or k.endswith(BATCH_COUNT)
+               or all(torch.equal(s[k], t) for s in states[1:]) for k, t in states[0].items())
 
 
 def averaged(weights: Any, models: Sequence[Any], sources_of: Dict[int, Sequence[str]],
