@@ -12,7 +12,7 @@ carries an ``untrained`` mark: the first op that put the owner's data into it *o
   **training**: a model's forward writing its running statistics (not its weights: an embedding's ``max_norm``
   renormalises the rows its indices name, helper-58), a backward, an optimizer's ``zero_grad`` and ``step``, an
   average of models. ``w.grad = g`` is not training.
-* Marks are never cleared (a zeroed weight stays marked: the owner reviews it once).
+* Marks are never cleared (a zeroed weight stays marked: each get of the model is the owner's click).
 
 A model rule releases a model only when neither it nor anything holding its weights' memory is marked; otherwise
 the model goes to the policy (a request under ``review``), whose text names the weight and the op
