@@ -144,7 +144,23 @@ def test_batched_gradients_are_refused(seed):
     assert torch.equal(g.get(), torch.full((3,), 2.0))
 
 
-def test_grad_is_none_where_torch_says_none(seed):
+def test_a_backward_does_not_give_an_expanded_tensor_a_gradient_of_its_own(seed):
+    """helper-63: ``big.sum().backward(inputs=[big])`` on ``big = w.expand(N)`` kept an N-element gradient, charged
+    nothing (as ``retain_grad()`` on it would, which was already refused)."""
+    _, client = seed
+    w = client.send(torch.ones(1, requires_grad=True))
+    big = w.expand(1000)
+    for call in (lambda: big.sum().backward(inputs=[big]),
+                 lambda: torch.autograd.backward([big.sum()], inputs=[big]),
+                 lambda: torch.autograd.grad(big.sum(), [big])):
+        with pytest.raises(sm.RemoteError, match="elements share memory"):
+            call()
+            client.sync()
+    big.sum().backward()  # (to the leaf: its own size)
+    assert w.grad.get().item() == 1000.0
+
+
+
     """``if p.grad is not None`` (torch's idiom, e.g. in hand-written optimizers) must read the worker's state:
     None before a backward reaches the tensor and after an optimizer's zero_grad(), a pointer in between."""
     bob, client = seed
