@@ -160,7 +160,24 @@ def test_a_backward_does_not_give_an_expanded_tensor_a_gradient_of_its_own(seed)
     assert w.grad.get().item() == 1000.0
 
 
+def test_a_broadcast_view_in_a_graph_is_charged_whole(make_worker, make_client):
+    """helper-63: ``w.expand(3e9).mean().backward()`` allocated the expanded gradient (11.5 GiB) under a 16 MB
+    quota: the view kept nothing, and a backward is priced by its work, not its memory. A view in a graph is charged
+    the memory its backward will take."""
+    from syft_magics.owner.quotas import Quotas
 
+    make_worker("Bob", policy="open", quotas=Quotas(max_bytes="16MB"))
+    client = make_client("Bob")
+    w = client.send(torch.ones(1, requires_grad=True))
+    with pytest.raises(sm.QuotaExceeded):
+        w.expand(10**8).mean()
+        client.sync()
+    w.expand(1000).mean().backward()  # (a small broadcast, as in a model's forward)
+    assert w.grad.get().item() == pytest.approx(1.0)
+    assert client.send(torch.ones(1)).expand(10**8).shape == (10**8,)  # (no graph: nothing to charge)
+
+
+def test_grad_is_none_where_torch_says_none(seed):
     """``if p.grad is not None`` (torch's idiom, e.g. in hand-written optimizers) must read the worker's state:
     None before a backward reaches the tensor and after an optimizer's zero_grad(), a pointer in between."""
     bob, client = seed

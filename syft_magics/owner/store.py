@@ -291,7 +291,12 @@ class ObjectStore:
                 return None
             nbytes = int(storage.nbytes())
             key = storage.data_ptr()
-            return [(key, nbytes, storage)] if nbytes and key not in self._owner_storage else []
+            found: List[Block] = [(key, nbytes, storage)] if nbytes and key not in self._owner_storage else []
+            if value.requires_grad and value.numel() * value.element_size() > nbytes:
+                # (a broadcast view in a graph: a backward through it allocates it whole, which nothing prices:
+                # helper-63's w.expand(3e9).mean().backward() took 11.5 GiB under a 16 MB quota)
+                found.append((-next(self._own_keys), value.numel() * value.element_size(), None))
+            return found
         extra: List[Block] = []
         if isinstance(value, LRScheduler):
             extra.append((-id(value), scheduler_bytes(value), value))  # (its milestones, rates: its own block)
