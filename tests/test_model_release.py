@@ -322,3 +322,20 @@ def test_torch_nn_init_reinitialises_remote_weights(owner):
         nn.init.zeros_(client.search("#X")[0])
         client.sync()
 
+
+def test_the_owners_panel_shows_the_warning_apart(owner):
+    """helper-62: the warning was one sentence inside a kilobyte of history; the panel shows it first, as a badge."""
+    from syft_magics.ui.panels import WorkerPanel
+
+    bob, client = owner
+    remote = client.send(nn.Sequential(nn.Linear(8, 3)))
+    _copy_into_weight(client, remote)
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.3)
+    panel = WorkerPanel(bob)
+    try:
+        html = panel.pending_box.children[0].children[0].value
+        assert 'syft-warn' in html and html.index("NOT TRAINED: 0.weight holds") < html.index("syft.build_module")
+    finally:
+        panel.close()
+

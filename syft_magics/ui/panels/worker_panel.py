@@ -315,10 +315,15 @@ class WorkerPanel(LivePanel):
         what = " ".join(req.tags) or short_id(req.object_id)
         # a move to another worker reads "wants to move z to Alice at tcp://..."
         verb, where = ("wants to move", f" to {req.to}") if req.what == "move" else ("wants", "")
+        # (a model whose weights hold the owner's data put there other than by training: said first, as a warning)
+        warning, _, lineage = req.lineage.partition(". ") if req.lineage.startswith("NOT TRAINED:") \
+            else ("", "", req.lineage)
+        badge = f'<div class="syft-badge syft-warn" style="white-space:normal;margin:2px 0">{H.esc(warning)}</div>' \
+            if warning else ""
         desc = widgets.HTML(
-            H.STYLE + f'<div style="font-size:12px;line-height:1.35"><b>#{req.n}</b> '
+            H.STYLE + f'<div style="font-size:12px;line-height:1.35">{badge}<b>#{req.n}</b> '
             f'<span class="syft-muted">{H.esc(H.clock(req.created))}</span> {H.esc(req.client)} {verb} '
-            f'<b>{H.esc(what)}</b>{H.esc(where)} = <code>{H.esc(req.lineage)}</code><br><span class="syft-muted">shape '
+            f'<b>{H.esc(what)}</b>{H.esc(where)} = <code>{H.esc(lineage)}</code><br><span class="syft-muted">shape '
             f'{H.esc(tuple(req.shape))}, {H.esc(req.dtype)}, id {H.esc(req.object_id[:12])}…</span></div>')
         desc.layout = widgets.Layout(flex="1 1 auto", width="auto")
         approve = widgets.Button(description="Approve", button_style="success", icon="check",
