@@ -335,7 +335,8 @@ def test_the_owners_panel_shows_the_warning_apart(owner):
     panel = WorkerPanel(bob)
     try:
         html = panel.pending_box.children[0].children[0].value
-        assert 'syft-warn' in html and html.index("NOT TRAINED: 0.weight holds") < html.index("syft.build_module")
+        badge = html.index('<div class="syft-badge syft-warn"')
+        assert badge < html.index("NOT TRAINED: 0.weight holds") < html.index("<code>") and "<code>NOT" not in html
     finally:
         panel.close()
 
