@@ -97,16 +97,21 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
     policy = server.worker.policy
     # (an owner's rule of sizes reads a withheld shape's public bound: its match must not tell the real one)
     found = policy.rules.match(entry.kind, _counted(entry, bounds_of(entry))) if policy.rules else None
-    rule = _rule(server, session, entry, found)
+    untrained = _untrained(server, entry, found)
+    rule = _rule(server, session, entry, found, untrained)
     if rule is not None and type(policy).decide is not OpenPolicy.decide \
             and not server.requests.take_grant(session.ident, oid, stamp(entry)):
         # an owner's rule for training (allow_get): decided without a click, and logged
         server.events.emit("get", client=session.label, id=entry.hex, status=f"auto-allowed ({rule})")
-    # (why a model rule did not apply, for the scientist too: it tells which of their own ops did it, no value)
-    note = trained.why_not(server.store, entry) if found is not None and rule is None and entry.kind == "model" \
-        else None
+    # (why a model rule did not apply is told the scientist too: which of their own ops did it, no value)
     return decide(server, session, seq, oid, stamp(entry), "value", fields, value, auto=rule is not None,
-                  note=f"{server.name}'s rule for trained models does not apply: {note}" if note else "")
+                  note=f"{server.name}'s rule for trained models does not apply: {untrained}" if untrained else "")
+
+
+def _untrained(server: "Server", entry: "Entry", rule: Optional[GetRule]) -> Optional[str]:
+    """Why ``rule`` may not release the model ``entry`` (a weight holds the owner's data put there other than by
+    training: see .trained); None if it may, or there is no rule to ask about."""
+    return trained.why_not(server.store, entry) if rule is not None and entry.kind == "model" else None
 
 
 def _counted(entry: "Entry", shape: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -124,15 +129,16 @@ def _shown(server: "Server", session: "Session", entry: "Entry") -> Dict[str, An
                 tags=shown_tags(entry.tags), label=entry.label)
 
 
-def _rule(server: "Server", session: "Session", entry: "Entry", rule: Optional[GetRule]) -> Optional[GetRule]:
+def _rule(server: "Server", session: "Session", entry: "Entry", rule: Optional[GetRule],
+          untrained: Optional[str]) -> Optional[GetRule]:
     """``rule``, unless ``entry`` derives from another owner's data released for this worker only (this owner's
     rules speak for its own data: see .guests), or is a model holding the owner's data put there other than by
-    training (a model rule releases trained weights: see .trained); then None, and the owner's panel says why."""
+    training (``untrained`` says how: a model rule releases trained weights, see .trained); then None, and the
+    owner's panel says why."""
     if rule is None:
         return None
-    why = trained.why_not(server.store, entry) if entry.kind == "model" else None
-    if why is not None:
-        server.events.emit("get", client=session.label, id=entry.hex, status=f"rule {rule} not applied: {why}")
+    if untrained is not None:
+        server.events.emit("get", client=session.label, id=entry.hex, status=f"rule {rule} not applied: {untrained}")
         return None
     held = guests.held(of_entry(entry).sources)
     if not held:
@@ -158,7 +164,7 @@ def move_out(server: "Server", session: "Session", seq: Any, entry: "Entry", tar
     fields = functools.partial(_shown, server, session, entry)
     policy = server.worker.policy
     found = policy.rules.match(entry.kind, _counted(entry, entry.shape), to=target) if policy.rules else None
-    rule = _rule(server, session, entry, found)
+    rule = _rule(server, session, entry, found, _untrained(server, entry, found))
     if found is None and any(r.to == target.name for r in policy.rules):  # named, but not the worker pinned
         server.events.emit("get", client=session.label, id=entry.hex,
                            status=f"rule to {target.name} not applied: {target.address} is not the {target.name} "
