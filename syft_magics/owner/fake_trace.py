@@ -402,7 +402,7 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
                     fakes.append(f)
                 elif isinstance(x, nn.Module):  # a copy with fake weights: the live model is never touched
                     with FakeCopyMode(mode):
-                        fakes.append(copy.deepcopy(x))
+                        fakes.append(_traceable(copy.deepcopy(x)))
                 else:
                     fakes.append(x)
             args, kwargs = pytree.tree_unflatten(fakes, spec)
@@ -440,6 +440,15 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
     return Trace(out_spec, sizes, all_bounds, charges, views, origins)
 
 
+def _traceable(model: nn.Module) -> nn.Module:
+    """``model`` (a fake copy) with each cumulative batch norm (``momentum=None``, which reads its count of batches
+    as a number: a value a trace has not) exponential instead: the shapes are those of any momentum."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None:
+            m.momentum = 0.1
+    return model
+
+
 def _origin(fn: Any, leaves: List[Any], expr: Any, by_expr: Dict[Any, int]) -> Origin:
     """Where a result's withheld size ``expr`` comes from (see :data:`Origin`)."""
     k = by_expr.get(expr)
@@ -467,10 +476,9 @@ def _upper(value: Any, env: Any) -> Optional[int]:
     if isinstance(upper, IntInfinity) or getattr(upper, "is_finite", True) is not True:  # (torch's, sympy's)
         return None
     try:
-        n = int(upper)
+        return n if 0 <= (n := int(upper)) < UNBOUNDED and n < sys.maxsize - 1 else None
     except (TypeError, ValueError, OverflowError, AttributeError):
         return None
-    return n if 0 <= n < UNBOUNDED and n < sys.maxsize - 1 else None
 
 
 _warming = threading.Lock()

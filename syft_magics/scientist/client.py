@@ -41,6 +41,7 @@ from .autograd import LOCAL_ANSWERS, local_answer
 from .direct import DirectLink
 from .inference import REMOTE, infer
 from .link import LARGE_FRAME_BYTES, Link
+from .outs import write_out
 from .pointer import PointerTensor
 from .search import SearchResult
 from .transport import LinkBase
@@ -368,6 +369,12 @@ class Client:
         not require grad).
         """
         self._link.check()  # a dead link fails before the (first-time costly) shape inference
+        if "out" in kwargs:  # out=None (torch's collate) writes nothing; a pointer is written after the op
+            out = kwargs["out"]
+            kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+            if out is not None:
+                return write_out(short_name(name), self.run(func, name, args, kwargs, described), out,
+                                 torch.is_grad_enabled())
         if torch._C._is_any_autocast_enabled():
             raise OpNotAllowed(f"{short_name(name)} on pointers under torch.autocast: the worker runs ops in their "
                                "own dtypes and would ignore it (a float32 result where you expect bfloat16); cast "
@@ -387,12 +394,6 @@ class Client:
                     "(ptr.move(other_worker), worker to worker; or .get() it and send it)")
             if ptr.deleted:
                 raise PointerFreed(f"{ptr!r} was deleted and cannot be used")
-        if "out" in kwargs:
-            if kwargs["out"] is not None:
-                raise TypeError("out= is not supported with pointers; use the returned pointer")
-            kwargs = {k: v for k, v in kwargs.items() if k != "out"}  # out=None (torch's collate) writes nothing
-            wire_kwargs = {k: v for k, v in wire_kwargs.items() if k != "out"}
-            key_kwargs = ("d", tuple(kv for kv in key_kwargs[1] if kv[0] != "out"))  # type: ignore[misc]
         grad = torch.is_grad_enabled()
 
         def standins() -> Tuple[tuple, dict, List[torch.Tensor], List[int]]:

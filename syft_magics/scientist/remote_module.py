@@ -39,6 +39,7 @@ class RemoteModule:
     """A model on a worker; call it on pointers like the local module."""
 
     def __init__(self, client: "Client", module: nn.Module) -> None:
+        _check_sendable(module)
         self._client = client
         self._number = next(_numbers)
         self._param_names = [n for n, _ in module.named_parameters()]
@@ -323,6 +324,25 @@ class RemoteModule:
     def __repr__(self) -> str:
         arch = repr(self._meta if self.path == "worker" else self._shell).replace("\n", "\n  ")
         return f"RemoteModule(location={self._client.name}, path={self.path!r},\n  {arch})"
+
+
+def _check_sendable(module: nn.Module) -> None:
+    """Refuse, at ``send``, what could only fail later inside torch's code (helper-62): lazy weights, backward
+    hooks (torch's autograd on the client never runs a pointer's backward), the deprecated hook-based
+    ``weight_norm`` (whose weight torch itself cannot copy)."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for path, m in module.named_modules():
+        where = f"{path} ({type(m).__name__})" if path else type(m).__name__
+        if any(nn.parameter.is_lazy(t) for t in itertools.chain(m._parameters.values(), m._buffers.values())):
+            raise ValueError(f"{where} has lazy weights, not made yet: give its sizes (nn.Linear(in, out)), or "
+                             "run the model once here on a batch of the right shape, then send it")
+        if m._backward_hooks or m._backward_pre_hooks:
+            raise NotImplementedError(f"{where} has a backward hook (register_full_backward_hook): a model's "
+                                      "backward runs on the worker, where client code never runs; remove it")
+        if any(isinstance(h, WeightNorm) for h in m._forward_pre_hooks.values()):
+            raise NotImplementedError(f"{where} uses torch.nn.utils.weight_norm (deprecated; torch cannot copy "
+                                      "it): use torch.nn.utils.parametrizations.weight_norm, which can be sent")
 
 
 def _named(pointers: Dict[str, PointerTensor], path: str) -> Any:

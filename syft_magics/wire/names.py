@@ -131,8 +131,13 @@ kl_div poisson_nll_loss gaussian_nll_loss hinge_embedding_loss margin_ranking_lo
 soft_margin_loss multilabel_soft_margin_loss cosine_embedding_loss triplet_margin_loss
 """
 
+#: Torch functions under private names that public layers call: ``parametrizations.weight_norm``'s weight is
+#: ``torch._weight_norm(v, g, dim)``, a pure function of the two.
+LAYER_INTERNALS = ("_weight_norm",)
+
+
 def _default_table() -> Dict[str, Callable]:
-    table: Dict[str, Callable] = {}
+    table: Dict[str, Callable] = {f"torch.{name}": getattr(torch, name) for name in LAYER_INTERNALS}
     for name in ELEMENTWISE_AND_REDUCTIONS.split():
         for inplace in ("", "_"):
             fn = getattr(torch, name + inplace, None) if not inplace else None
