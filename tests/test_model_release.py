@@ -323,6 +323,28 @@ def test_torch_nn_init_reinitialises_remote_weights(owner):
         client.sync()
 
 
+def test_the_owners_command_log_shows_a_models_request_text_once(owner):
+    """helper-62: a model's kilobyte of request text was shown twice, on the Requests tab and in the command log."""
+    from syft_magics.display import esc
+    from syft_magics.ui.panels import WorkerPanel
+
+    bob, client = owner
+    remote = client.send(nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3)))
+    _copy_into_weight(client, remote)
+    with pytest.raises(sm.GetTimeout):
+        remote.get(timeout=0.3)
+    text = bob.requests.pending[0].lineage
+    assert len(text) > 200
+    panel = WorkerPanel(bob)
+    try:
+        panel.tabs.selected_index = 1
+        panel.refresh()
+        assert esc(text[:100]) in panel.commands.value and esc(text[-60:]) not in panel.commands.value
+        assert "(see Requests)" in panel.commands.value
+    finally:
+        panel.close()
+
+
 def test_the_owners_panel_shows_the_warning_apart(owner):
     """helper-62: the warning was one sentence inside a kilobyte of history; the panel shows it first, as a badge."""
     from syft_magics.ui.panels import WorkerPanel

@@ -92,7 +92,10 @@ def log_row(w: "Worker", e: Event, label: Callable[[Any], str]) -> Tuple[str, st
         cells = (when, d.get("client", "?"), f"get({label(d.get('id', ''))})", "-", status)
         cls = "syft-cmd syft-get" + (" syft-err" if d.get("status") == "denied" else "")
     elif e.kind == "request":
-        cells = (when, d.get("client", "?"), f"get({label(d.get('id', ''))}) = {d.get('lineage', '')}",
+        # (the request's whole text, a model's kilobyte of weights and history, is on the Requests tab: once)
+        lineage = str(d.get("lineage", ""))
+        lineage = lineage if len(lineage) <= LOGGED_LINEAGE else lineage[:LOGGED_LINEAGE] + "… (see Requests)"
+        cells = (when, d.get("client", "?"), f"get({label(d.get('id', ''))}) = {lineage}",
                  "-", f"request #{d.get('n')} waits for you")
         cls = "syft-cmd syft-request"
     else:  # decision
@@ -101,6 +104,10 @@ def log_row(w: "Worker", e: Event, label: Callable[[Any], str]) -> Tuple[str, st
         cls = "syft-cmd syft-decision"
     titles = [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time)), "", "", "", cells[4]]
     return H.row(cells, cls=cls, titles=titles), "  ".join(str(c) for c in cells)
+
+
+#: Characters of a request's text in the command log.
+LOGGED_LINEAGE = 120
 
 
 def commands_html(w: "Worker", rows: Sequence[str], kept: int) -> str:
