@@ -54,9 +54,12 @@ class Defaults:
     #: progress bar shows when one takes more than ``progress_delay`` s (:mod:`syft_magics.wire.chunks`).
     stream_min_bytes: int = 8 << 20
     #: Bytes per chunk of a stream, and chunks in flight before the receiver's credit comes back
-    #: (measured against the single-frame path: benchmarks/rows/streaming.py).
-    chunk_bytes: int = 1 << 20
-    chunk_window: int = 4
+    #: (measured against the single-frame path: benchmarks/rows/streaming.py; session 22, alternating full runs:
+    #: 2 MiB x 2 sends 16 MiB at 0.93-0.97x single frame and 1 GiB in 1.13-1.29 s, against 0.83-0.87x and
+    #: 1.80-1.96 s for 1 MiB x 4, with the same 4 MiB in flight ahead of another op; 2 MiB x 4 made that op
+    #: wait 4.9x idle).
+    chunk_bytes: int = 2 << 20
+    chunk_window: int = 2
     #: Progress bars for streamed transfers (tqdm.auto: a widget in a notebook, text in a terminal):
     #: None shows them when interactive (an IPython kernel, or stderr is a terminal); True/False force.
     progress: Optional[bool] = None
