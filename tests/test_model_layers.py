@@ -49,6 +49,29 @@ def test_normalised_weights_train_as_they_do_locally(seed, make):
         assert torch.allclose(a, b, atol=1e-5), name
 
 
+def test_weight_norm_with_a_g_that_does_not_fit_is_refused_before_it_runs():
+    # helper-64 (Critical): torch's fused kernel reads and writes g by v's slices and in v's dtype, unchecked: a
+    # one-element g crashed the worker, a few more read the heap into a result
+    import syft_magics as sm
+    from helpers import worker_child
+
+    with worker_child() as (proc, address, key):
+        client = sm.connect(address, key=key)
+        try:
+            v = client.send(torch.randn(6, 1000))
+            for g_shape, dtype, dim in [((1,), torch.float32, 0), ((6,), torch.float32, 0), ((6, 1), torch.int8, 0),
+                                        ((1, 1), torch.float32, 1), ((6, 1), torch.float32, 5)]:
+                g = client.send(torch.ones(g_shape, dtype=dtype))
+                # (as a raw client would: without the shape inference that refuses some of these here first)
+                with pytest.raises(Exception, match="_weight_norm: "):
+                    client.run(torch._weight_norm, "torch._weight_norm", (v, g, dim), {}, described=True)
+            good = torch._weight_norm(v, client.send(torch.ones(6, 1)), 0).get()
+            assert torch.allclose(good.norm(dim=1), torch.ones(6))
+        finally:
+            client.disconnect()
+        assert proc.poll() is None, "the worker is alive"
+
+
 def test_a_cumulative_batch_norm_trains_under_review(make_worker, make_client):
     # momentum=None reads its count of batches as a number: its trace was refused as if a shape were withheld
     X, Y = _data()

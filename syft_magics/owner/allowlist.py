@@ -26,13 +26,13 @@ from ..wire.names import is_inplace, resolve_torch_name, short_name, wire_name
 
 
 def _defaults() -> Dict[str, Callable]:
-    from . import aggregate, autograd, models, optimizers
+    from . import aggregate, autograd, checked, models, optimizers
     from .devices import Devices
     from .schema_ops import schema_ops
 
     # .to() and the model builder are each worker's own (its device); these are the CPU's
     return {**schema_ops(), **_STANDARD, **autograd.ops(), **models.ops(), **optimizers.ops(), **aggregate.ops(),
-            **Devices().ops(), **{f"torch.nn.init.{n}": getattr(torch.nn.init, n) for n in INITS}}
+            **Devices().ops(), **{f"torch.nn.init.{n}": getattr(torch.nn.init, n) for n in INITS}, **checked.ops()}
 
 
 #: ``torch.nn.init``'s initialisers, in place from random draws or constants (helper-62: a newcomer's
