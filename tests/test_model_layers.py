@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import worker_child
 
+import syft_magics as sm
 from syft_magics.errors import SyftError
 
 
@@ -52,9 +54,6 @@ def test_normalised_weights_train_as_they_do_locally(seed, make):
 def test_weight_norm_with_a_g_that_does_not_fit_is_refused_before_it_runs():
     # helper-64 (Critical): torch's fused kernel reads and writes g by v's slices and in v's dtype, unchecked: a
     # one-element g crashed the worker, a few more read the heap into a result
-    import syft_magics as sm
-    from helpers import worker_child
-
     with worker_child() as (proc, address, key):
         client = sm.connect(address, key=key)
         try:
@@ -124,6 +123,13 @@ def test_out_that_torch_would_resize_or_refuse_is_a_clear_error(seed):
         torch.add(pa, 1, out=torch.zeros(4))
     with pytest.raises(RuntimeError, match="don't support automatic differentiation"):
         torch.mul(client.send(torch.ones(4).requires_grad_()), 2, out=client.send(torch.zeros(4)))
+
+
+def test_an_out_buffer_from_empty_like_is_refused_with_what_to_use(seed):
+    # helper-64: uninitialised memory stays off the list, but the refusal said nothing of a way forward
+    bob, client = seed
+    with pytest.raises(SyftError, match="use torch.zeros_like"):
+        torch.empty_like(client.send(torch.ones(3))).get()
 
 
 def test_out_into_the_owners_data_is_refused_as_a_write(seed):

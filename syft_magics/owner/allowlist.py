@@ -82,6 +82,18 @@ class Allowlist:
         return f"<Allowlist of {len(self._table)} ops>"
 
 
+#: What to use instead of ops left out on purpose, said with their refusal (helper-64: a newcomer's ``out=`` buffer
+#: from ``torch.empty_like`` was refused with no way forward).
+_INSTEAD = {"empty": "torch.zeros", "empty_like": "torch.zeros_like", "new_empty": "x.new_zeros",
+            "empty_strided": "torch.zeros", "new_empty_strided": "x.new_zeros"}
+
+
+def hint(name: str) -> str:
+    """A sentence for the refusal of ``name`` where the default list leaves it out on purpose; else ``""``."""
+    instead = _INSTEAD.get(name.rsplit(".", 1)[-1])
+    return f" (its memory is uninitialised and may hold freed data: use {instead})" if instead else ""
+
+
 def default_names() -> Iterable[str]:
     """Every name on the default allowlist, sorted (the documented list)."""
     return sorted(_DEFAULT)

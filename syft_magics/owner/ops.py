@@ -37,6 +37,7 @@ from . import (
     trained,
     writes,
 )
+from .allowlist import hint as allowlist_hint
 from .models import makes_model
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
@@ -95,7 +96,8 @@ class Ops:
         try:
             fn = self.worker.allowlist.lookup(name)
             if fn is None:
-                raise Reject(ErrorCode.OP_NOT_ALLOWED, f"{op} is not on {self.name}'s allowlist of ops")
+                raise Reject(ErrorCode.OP_NOT_ALLOWED, f"{op} is not on {self.name}'s allowlist of ops"
+                                                       + allowlist_hint(name))
             if "out" in kwargs or writes.positional_out(fn, args):
                 raise Reject(ErrorCode.BAD_ARGS, "out= is not supported on pointers")
             for oid in out:
