@@ -108,7 +108,8 @@ def test_out_writes_the_result_into_a_pointer(seed):
     assert torch.equal(target.get(), a + b)
     values, indices = client.send(torch.zeros(2)), client.send(torch.zeros(2, dtype=torch.long))
     got = torch.max(client.send(torch.tensor([[1.0, 5], [7, 2]])), 1, out=(values, indices))
-    assert got[0] is values and torch.equal(values.get(), torch.tensor([5.0, 7]))
+    assert got[0] is values and got.values is values and got.indices is indices
+    assert torch.equal(values.get(), torch.tensor([5.0, 7]))
     assert torch.equal(indices.get(), torch.tensor([1, 0]))
 
 

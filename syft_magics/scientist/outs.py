@@ -34,7 +34,10 @@ def write_out(op: str, result: Any, out: Any, grad: bool) -> Any:
         _check(op, r, t, grad)
     for r, t in zip(results, targets):
         t.copy_(r)
-    return out if many else targets[0]
+    if not many:
+        return targets[0]
+    # (torch.max(x, 1, out=(v, i)) returns its named tuple of the out tensors: .values is v)
+    return type(result)(targets) if isinstance(result, tuple) and type(result) is not tuple else out
 
 
 def _check(op: str, result: "PointerTensor", target: "PointerTensor", grad: bool) -> None:
