@@ -1,16 +1,59 @@
 """Torch functions whose CPU kernels trust their arguments, run on the worker only after the checks torch skips.
 
-``torch._weight_norm(v, g, dim)`` (what ``nn.utils.parametrizations.weight_norm`` computes a weight with) takes,
-for ``dim`` 0 or the last, a fused kernel that sizes its output by ``g`` and reads ``g`` once per slice of ``v``
-as ``v``'s dtype, without a check: a one-element ``g`` beside a ``(1000, 10)`` ``v`` wrote past a heap buffer and
-crashed the worker, and a few elements more read heap memory into a result a rule of sizes released (helper-64).
-Its shape-only kernel broadcasts, so the worker's price and trace saw nothing wrong.
+The worker runs torch's kernels on arguments its clients chose; a kernel that does not check them is a crash of
+the worker (the owner's kernel, for a client in its process) or a read of its heap into a result. Found by
+helper-64 and helper-65 (a fuzz of the default allowlist), each reproduced in plain torch 2.13:
+
+- ``torch._weight_norm(v, g, dim)`` (``parametrizations.weight_norm``'s weight): for ``dim`` 0 or the last, a fused
+  kernel sizes its output by ``g`` and reads ``g`` once per slice of ``v``, in ``v``'s dtype: a one-element ``g``
+  crashed the worker, a few elements read heap pointers into a result a rule of sizes released;
+- ``F.ctc_loss`` with a target outside ``[0, C)``: a garbage loss, or SIGSEGV;
+- ``F.embedding_bag`` with an offset outside the input (a heap word in torch's error text, or SIGSEGV), or
+  ``include_last_offset`` with one offset (SIGSEGV);
+- ``repeat_interleave`` with negative repeats and ``output_size``, or repeats whose sum overflows: heap corruption;
+- ``F.grid_sample`` with a grid not finite: its backward (bilinear, border or reflection) crashes;
+- ``F.pdist`` of no rows: its backward crashes;
+- ``F.pad(mode="circular")`` whose negative pads leave nothing to wrap: an output of uninitialised memory;
+- ``F.fractional_max_pool2d/3d`` with a kernel below 1: indices past the input.
+
+Each is replaced on the default allowlist by a function that checks, then calls torch's. Value-free stand-ins (the
+fake tensors of a trace or a price) are not checked: no kernel runs on them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+import inspect
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensor
+
+
+def _real(*tensors: Any) -> bool:
+    """Whether none of ``tensors`` is a value-free stand-in (a fake or meta tensor): the kernel will run."""
+    return not any(isinstance(t, torch.Tensor) and (isinstance(t, FakeTensor) or t.is_meta) for t in tensors)
+
+
+def _fail(op: str, why: str) -> None:
+    raise ValueError(f"{op}: {why}")
+
+
+def _ints(x: Any) -> Optional[torch.Tensor]:
+    """A sequence of ints or an integer tensor, as an int64 tensor (None: neither)."""
+    if isinstance(x, torch.Tensor):
+        return x.long() if not x.is_floating_point() and not x.is_complex() else None
+    if isinstance(x, (list, tuple)) and all(type(i) is int for i in x):
+        return torch.tensor(x, dtype=torch.long) if x else torch.zeros(0, dtype=torch.long)
+    return None
+
+
+def _within(op: str, name: str, x: Any, low: int, high: int) -> None:
+    """``x``'s values in ``[low, high)``."""
+    t = _ints(x)
+    if t is None:
+        _fail(op, f"{name} must be integers")
+    elif t.numel() and (int(t.min()) < low or int(t.max()) >= high):
+        _fail(op, f"{name} must be in [{low}, {high})")
 
 
 def weight_norm(v: Any, g: Any, dim: Any = 0) -> torch.Tensor:
@@ -19,13 +62,13 @@ def weight_norm(v: Any, g: Any, dim: Any = 0) -> torch.Tensor:
     if not isinstance(v, torch.Tensor) or not isinstance(g, torch.Tensor) or type(dim) is not int:
         raise TypeError("_weight_norm(v, g, dim) takes two tensors and an int")
     if not -1 <= dim < max(v.dim(), 1):
-        raise ValueError(f"_weight_norm: dim {dim} for a tensor of {v.dim()} dimensions (-1: the whole tensor)")
+        _fail("_weight_norm", f"dim {dim} for a tensor of {v.dim()} dimensions (-1: the whole tensor)")
     if g.dtype != v.dtype or g.device != v.device:
-        raise ValueError(f"_weight_norm: g is {g.dtype} on {g.device}, v {v.dtype} on {v.device}: they must agree")
+        _fail("_weight_norm", f"g is {g.dtype} on {g.device}, v {v.dtype} on {v.device}: they must agree")
     want = norm_shape(tuple(v.shape), dim)
     if tuple(g.shape) != want:
-        raise ValueError(f"_weight_norm: g has shape {tuple(g.shape)}, not {want}, the shape of v's norm over all "
-                         f"dimensions but {dim} (torch.norm_except_dim(v, 2, {dim}))")
+        _fail("_weight_norm", f"g has shape {tuple(g.shape)}, not {want}, the shape of v's norm over all "
+                              f"dimensions but {dim} (torch.norm_except_dim(v, 2, {dim}))")
     return torch._weight_norm(v, g, dim)
 
 
@@ -36,6 +79,154 @@ def norm_shape(shape: Tuple[int, ...], dim: int) -> Tuple[int, ...]:
     return tuple(n if i == dim else 1 for i, n in enumerate(shape))
 
 
+def _bound(fn: Callable[..., Any], like: Optional[Callable[..., Any]] = None) -> Callable[..., Dict[str, Any]]:
+    """``(*args, **kwargs)`` -> ``fn``'s arguments by name, defaults applied (``like``: whose signature)."""
+    signature = inspect.signature(like or fn)
+
+    def bind(*args: Any, **kwargs: Any) -> Dict[str, Any]:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.arguments
+
+    return bind
+
+
+_ctc_args = _bound(F.ctc_loss)
+
+
+def ctc_loss(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """``F.ctc_loss`` once every target is a class of ``log_probs`` and the lengths fit."""
+    a = _ctc_args(*args, **kwargs)
+    log_probs, targets = a["log_probs"], a["targets"]
+    if isinstance(log_probs, torch.Tensor) and isinstance(targets, torch.Tensor) and log_probs.dim() in (2, 3) \
+            and _real(log_probs, targets, a["input_lengths"], a["target_lengths"]):
+        classes, steps = log_probs.size(-1), log_probs.size(0)
+        blank = a["blank"]
+        if type(blank) is not int or not 0 <= blank < classes:
+            _fail("ctc_loss", f"blank must be a class in [0, {classes})")
+        _within("ctc_loss", "targets", targets, 0, classes)
+        _within("ctc_loss", "input_lengths", a["input_lengths"], 0, steps + 1)
+        lengths = _ints(a["target_lengths"])
+        room = targets.size(-1) if targets.dim() == 2 else targets.numel()
+        _within("ctc_loss", "target_lengths", lengths, 0, room + 1)
+        if targets.dim() == 1 and lengths is not None and int(lengths.sum()) > targets.numel():
+            _fail("ctc_loss", "target_lengths add up to more than the targets given")
+    return F.ctc_loss(*args, **kwargs)
+
+
+_bag_args = _bound(F.embedding_bag)
+
+
+def embedding_bag(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """``F.embedding_bag`` once its offsets start bags within the input, in order, as many as its mode needs."""
+    a = _bag_args(*args, **kwargs)
+    source, offsets = a["input"], a["offsets"]
+    if isinstance(source, torch.Tensor) and isinstance(offsets, torch.Tensor) and _real(source, offsets):
+        if offsets.dim() != 1 or offsets.numel() < (2 if a["include_last_offset"] else 1):
+            _fail("embedding_bag", "offsets must be one-dimensional, with at least "
+                                   f"{2 if a['include_last_offset'] else 1} (include_last_offset="
+                                   f"{a['include_last_offset']})")
+        _within("embedding_bag", "offsets", offsets, 0, source.numel() + 1)
+        if offsets.numel() > 1 and bool((offsets[1:] < offsets[:-1]).any()):
+            _fail("embedding_bag", "offsets must not decrease")
+    return F.embedding_bag(*args, **kwargs)
+
+
+def repeat_interleave(source: Any, repeats: Any = None, dim: Optional[int] = None, *,
+                      output_size: Optional[int] = None) -> torch.Tensor:
+    """``torch.repeat_interleave`` (and the method) once its repeats are counts whose sum fits, and equals
+    ``output_size`` where given. ``repeat_interleave(repeats)`` alone repeats each index that many times."""
+    counts = source if repeats is None else repeats
+    if isinstance(counts, torch.Tensor) and _real(source, counts):
+        t = _ints(counts)
+        if t is None:
+            _fail("repeat_interleave", "repeats must be integers")
+        elif t.numel():
+            if int(t.min()) < 0:
+                _fail("repeat_interleave", "repeats must not be negative")
+            if int(t.max()) > (1 << 62) // t.numel():
+                _fail("repeat_interleave", "repeats add up to more than 2**62")
+            if output_size is not None and output_size != _total(source, t, repeats is None, dim):
+                _fail("repeat_interleave", "output_size must be the sum of the repeats")
+    elif type(counts) is int and counts < 0:
+        _fail("repeat_interleave", "repeats must not be negative")
+    extra = {} if output_size is None else {"output_size": output_size}
+    if repeats is None:
+        return torch.repeat_interleave(source, **extra)
+    return torch.repeat_interleave(source, repeats, dim, **extra)
+
+
+def _total(source: Any, counts: torch.Tensor, alone: bool, dim: Optional[int]) -> int:
+    """How many elements ``repeat_interleave`` makes along its dimension (repeats broadcast to it)."""
+    if alone or counts.numel() != 1:
+        return int(counts.sum())
+    along = source.numel() if dim is None else source.size(dim)
+    return int(counts.reshape(())) * along
+
+
+_grid_args = _bound(F.grid_sample)
+
+
+def grid_sample(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """``F.grid_sample`` once its grid is finite (its backward crashed on NaN or infinite points)."""
+    grid = _grid_args(*args, **kwargs)["grid"]
+    if isinstance(grid, torch.Tensor) and _real(grid) and grid.is_floating_point() \
+            and not bool(torch.isfinite(grid).all()):
+        _fail("grid_sample", "the grid must be finite")
+    return F.grid_sample(*args, **kwargs)
+
+
+def pdist(source: Any, p: float = 2) -> torch.Tensor:
+    """``F.pdist`` of at least one row (its backward of none crashed)."""
+    if isinstance(source, torch.Tensor) and _real(source) and source.dim() == 2 and source.size(0) == 0:
+        _fail("pdist", "the input needs at least one row")
+    return F.pdist(source, p)
+
+
+_pad_args = _bound(F.pad)
+
+
+def pad(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """``F.pad``, in ``circular`` mode once what its negative pads leave can be wrapped as its positive pads ask
+    (else torch left the output unwritten: uninitialised memory)."""
+    a = _pad_args(*args, **kwargs)
+    source, sizes = a["input"], a["pad"]
+    if a["mode"] == "circular" and isinstance(source, torch.Tensor) and _real(source) \
+            and isinstance(sizes, (list, tuple)) and all(type(n) is int for n in sizes):
+        for i, (before, after) in enumerate(zip(sizes[::2], sizes[1::2])):
+            if i >= source.dim():
+                break
+            left = source.size(-1 - i) + min(before, 0) + min(after, 0)
+            if left <= 0 or max(before, after) > left:
+                _fail("pad", f"circular pads {before, after} of dimension {-1 - i} wrap around what is left of it "
+                             f"({max(left, 0)}) more than once")
+    return F.pad(*args, **kwargs)
+
+
+def _fractional(fn: Callable[..., Any], like: Callable[..., Any]) -> Callable[..., Any]:
+    bind = _bound(fn, like)
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        """``F.fractional_max_pool2d/3d`` once its kernel is at least 1 (else its indices pointed past the
+        input)."""
+        kernel = bind(*args, **kwargs)["kernel_size"]
+        if any(type(k) is int and k < 1 for k in (kernel if isinstance(kernel, (list, tuple)) else (kernel,))):
+            _fail(like.__name__.replace("_with_indices", ""), "kernel_size must be >= 1")
+        return fn(*args, **kwargs)
+
+    return checked
+
+
 def ops() -> Dict[str, Callable[..., Any]]:
     """The checked functions, by the names clients send (replacing torch's own on the allowlist)."""
-    return {"torch._weight_norm": weight_norm}
+    return {"torch._weight_norm": weight_norm,
+            "torch.nn.functional.ctc_loss": ctc_loss,
+            "torch.nn.functional.embedding_bag": embedding_bag,
+            "torch.repeat_interleave": repeat_interleave, "Tensor.repeat_interleave": repeat_interleave,
+            "torch.nn.functional.grid_sample": grid_sample,
+            "torch.nn.functional.pdist": pdist,
+            "torch.nn.functional.pad": pad,
+            "torch.nn.functional.fractional_max_pool2d": _fractional(F.fractional_max_pool2d,
+                                                                     F.fractional_max_pool2d_with_indices),
+            "torch.nn.functional.fractional_max_pool3d": _fractional(F.fractional_max_pool3d,
+                                                                     F.fractional_max_pool3d_with_indices)}

@@ -1,0 +1,99 @@
+"""Torch kernels that trust their arguments (helper-64, helper-65: crashes of the worker and reads of its heap in
+plain torch 2.13) run on the worker only after the checks torch skips (``owner/checked.py``): each bad call is
+refused with its reason, the worker lives on, and good calls give torch's result."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import worker_child
+
+import syft_magics as sm
+
+LP = torch.full((5, 1, 4), -1.0).log_softmax(2)  # ctc: 5 steps, 1 sequence, 4 classes
+W = torch.full((10, 3), 7.0)
+NAN_GRID = torch.full((1, 1, 1, 2), float("nan"))
+
+
+def _raw(client, name, fn, *args, **kwargs):
+    """As a raw client would send it: without the shape inference that may refuse it here first."""
+    return client.run(fn, name, args, kwargs, described=True)
+
+
+BAD = [
+    ("torch.nn.functional.ctc_loss", F.ctc_loss, (LP, torch.tensor([[1, 100]]), torch.tensor([5]), torch.tensor([2])),
+     {}, "targets must be in"),
+    ("torch.nn.functional.ctc_loss", F.ctc_loss, (LP, torch.tensor([[1, 10**9]]), torch.tensor([5]),
+                                                  torch.tensor([2])), {}, "targets must be in"),
+    ("torch.nn.functional.embedding_bag", F.embedding_bag, (torch.tensor([1, 2, 3]), W, torch.tensor([0, -5])),
+     {"mode": "sum"}, "offsets must be in"),
+    ("torch.nn.functional.embedding_bag", F.embedding_bag, (torch.tensor([1, 2, 3]), W, torch.tensor([0])),
+     {"mode": "max", "include_last_offset": True}, "at least 2"),
+    ("torch.repeat_interleave", torch.repeat_interleave, (torch.tensor([-5, 10]),), {"output_size": 5},
+     "must not be negative"),
+    ("torch.repeat_interleave", torch.repeat_interleave, (torch.full((2,), 7.0), torch.tensor([-5, 10]), 0),
+     {"output_size": 5}, "must not be negative"),
+    ("Tensor.repeat_interleave", torch.Tensor.repeat_interleave,
+     (torch.full((5,), 7.0), torch.tensor([2**62, 2**62, 2**62, 2**62, 3]), 0), {}, "more than 2\\*\\*62"),
+    ("torch.nn.functional.grid_sample", F.grid_sample, (torch.full((1, 1, 4, 4), 7.0), NAN_GRID),
+     {"padding_mode": "border", "align_corners": False}, "must be finite"),
+    ("torch.nn.functional.pdist", F.pdist, (torch.ones(0, 3),), {}, "at least one row"),
+    ("torch.nn.functional.pad", F.pad, (torch.full((1, 2, 5), 7.0), (-5, 4)), {"mode": "circular"},
+     "more than once"),
+    ("torch._weight_norm", torch._weight_norm, (torch.ones(1000, 10), torch.tensor(1.0), 0), {}, "g has shape"),
+    ("torch._weight_norm", torch._weight_norm, (torch.full((10, 3), 7.0), torch.ones(1), 1), {}, "g has shape"),
+    ("torch.nn.functional.fractional_max_pool2d", F.fractional_max_pool2d, (torch.ones(1, 1, 4, 4), 0),
+     {"output_size": 2}, "kernel_size must be"),
+]
+
+GOOD = [
+    (F.ctc_loss, (LP, torch.tensor([[1, 2]]), torch.tensor([5]), torch.tensor([2])), {}),
+    (F.embedding_bag, (torch.tensor([1, 2, 3]), W, torch.tensor([0, 2])), {"mode": "sum"}),
+    (torch.repeat_interleave, (torch.tensor([2, 1]),), {"output_size": 3}),
+    (torch.Tensor.repeat_interleave, (torch.arange(3.0), torch.tensor([1, 0, 2]), 0), {}),
+    (F.grid_sample, (torch.arange(16.0).view(1, 1, 4, 4), torch.zeros(1, 1, 1, 2)), {"align_corners": False}),
+    (F.pdist, (torch.arange(6.0).view(3, 2),), {}),
+    (F.pad, (torch.arange(5.0).view(1, 1, 5), (-1, 2)), {"mode": "circular"}),
+]
+
+
+@pytest.fixture
+def child():
+    with worker_child() as (proc, address, key):
+        client = sm.connect(address, key=key)
+        try:
+            yield proc, client
+        finally:
+            client.disconnect()
+
+
+def test_calls_torch_would_not_check_are_refused_and_the_worker_lives(child):
+    proc, client = child
+    for name, fn, args, kwargs, why in BAD:
+        sent = tuple(client.send(a) if isinstance(a, torch.Tensor) else a for a in args)
+        with pytest.raises(sm.SyftError, match=why):
+            _raw(client, name, fn, *sent, **kwargs)
+            client.sync()
+        assert proc.poll() is None, f"the worker is alive after {name}"
+    client.sync()
+
+
+def test_good_calls_give_torchs_result(child):
+    proc, client = child
+    for fn, args, kwargs in GOOD:
+        sent = tuple(client.send(a) if isinstance(a, torch.Tensor) else a for a in args)
+        assert torch.allclose(fn(*sent, **kwargs).get().float(), fn(*args, **kwargs).float()), fn.__name__
+
+
+def test_backwards_of_checked_calls_reach_their_inputs(child):
+    # grid_sample's and pdist's crashes were in their backwards: a good grid or rows still train
+    proc, client = child
+    x = torch.arange(16.0).view(1, 1, 4, 4).requires_grad_()
+    grid = torch.full((1, 1, 1, 2), 0.25)
+    F.grid_sample(x, grid, padding_mode="border", align_corners=False).sum().backward()
+    rx = client.send(x.detach().requires_grad_())
+    F.grid_sample(rx, client.send(grid), padding_mode="border", align_corners=False).sum().backward()
+    assert torch.allclose(rx.grad.get(), x.grad)
+    rows = client.send(torch.arange(6.0).view(3, 2).requires_grad_())
+    F.pdist(rows).sum().backward()
+    assert rows.grad.get().shape == (3, 2)
