@@ -97,3 +97,24 @@ def test_backwards_of_checked_calls_reach_their_inputs(child):
     rows = client.send(torch.arange(6.0).view(3, 2).requires_grad_())
     F.pdist(rows).sum().backward()
     assert rows.grad.get().shape == (3, 2)
+
+
+@pytest.mark.parametrize("op", [
+    lambda c: torch.repeat_interleave(c.send(torch.tensor([1 << 26]))),
+    lambda c: torch.bincount(c.send(torch.tensor([1 << 26]))),
+    lambda c: F.one_hot(c.send(torch.tensor([1 << 26]))),
+    lambda c: c.send(torch.ones(2)).repeat_interleave(c.send(torch.tensor([1 << 25, 1 << 25])), 0),
+], ids=["repeat_interleave", "bincount", "one_hot", "Tensor.repeat_interleave"])
+def test_a_result_sized_by_values_is_refused_before_it_is_made(make_worker, make_client, op):
+    # repeat_interleave(tensor([2**31])), 40 bytes, allocated 16 GiB under a 2 GiB quota, then was refused
+    import resource
+
+    from syft_magics.owner.quotas import Quotas
+
+    make_worker("Bob", policy="open", quotas=Quotas(max_bytes="16MB"))
+    client = make_client("Bob")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(sm.QuotaExceeded, match="size read from the values"):
+        op(client).get()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 128 << 10, "512 MiB were never made"
+    assert torch.equal(torch.bincount(client.send(torch.tensor([0, 2, 2]))).get(), torch.tensor([1, 0, 2]))

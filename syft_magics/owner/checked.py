@@ -18,15 +18,47 @@ helper-64 and helper-65 (a fuzz of the default allowlist), each reproduced in pl
 
 Each is replaced on the default allowlist by a function that checks, then calls torch's. Value-free stand-ins (the
 fake tensors of a trace or a price) are not checked: no kernel runs on them.
+
+And three ops read their result's size from values, so no price foresees it: ``bincount`` (the largest value),
+``F.one_hot`` (the same, by default), ``repeat_interleave`` (the sum of the repeats). They ran, then were charged:
+``repeat_interleave(tensor([2**31]))``, 40 bytes, allocated 16 GiB under a 2 GiB quota before its refusal. They are
+:data:`VALUE_SIZED`: the worker runs them inside :func:`room`, and they refuse a result larger than the room the
+client's quota leaves before they make it.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Callable, Dict, Optional, Tuple
+from contextvars import ContextVar
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensor
+
+from . import quotas as quota_rules
+
+#: The client's quota, its name and the bytes it holds, while one of its value-sized ops runs on this thread.
+_room: ContextVar[Optional[Tuple[Any, str, int]]] = ContextVar("syft_magics_room", default=None)
+
+
+@contextlib.contextmanager
+def room(quotas: Any, client: str, held: int) -> Iterator[None]:
+    """Run the block as ``client``'s (``quotas``, ``held`` bytes held): a :data:`VALUE_SIZED` op refuses a result
+    that would take it over ``max_bytes`` before it makes it."""
+    token = _room.set((quotas, client, held))
+    try:
+        yield
+    finally:
+        _room.reset(token)
+
+
+def _fits(op: str, elements: int, itemsize: int) -> None:
+    """Refuse a result of ``elements`` that would not fit the room of the client whose op runs (see :func:`room`)."""
+    held = _room.get()
+    if held is not None:
+        quota_rules.check_bytes(held[0], held[1], held[2], max(elements, 0) * itemsize,
+                                f"{op}'s result (its size read from the values)")
 
 
 def _real(*tensors: Any) -> bool:
@@ -146,8 +178,11 @@ def repeat_interleave(source: Any, repeats: Any = None, dim: Optional[int] = Non
                 _fail("repeat_interleave", "repeats must not be negative")
             if int(t.max()) > (1 << 62) // t.numel():
                 _fail("repeat_interleave", "repeats add up to more than 2**62")
-            if output_size is not None and output_size != _total(source, t, repeats is None, dim):
+            total = _total(source, t, repeats is None, dim)
+            if output_size is not None and output_size != total:
                 _fail("repeat_interleave", "output_size must be the sum of the repeats")
+            inner = 1 if repeats is None or dim is None else source.numel() // max(source.size(dim), 1)
+            _fits("repeat_interleave", total * inner, 8 if repeats is None else source.element_size())
     elif type(counts) is int and counts < 0:
         _fail("repeat_interleave", "repeats must not be negative")
     extra = {} if output_size is None else {"output_size": output_size}
@@ -162,6 +197,22 @@ def _total(source: Any, counts: torch.Tensor, alone: bool, dim: Optional[int]) -
         return int(counts.sum())
     along = source.numel() if dim is None else source.size(dim)
     return int(counts.reshape(())) * along
+
+
+def bincount(source: Any, weights: Any = None, minlength: int = 0) -> torch.Tensor:
+    """``torch.bincount`` (and the method) once its result, as long as the largest value, fits the room."""
+    if isinstance(source, torch.Tensor) and _real(source, weights) and source.dim() == 1 and source.numel() \
+            and not source.is_floating_point() and type(minlength) is int:
+        _fits("bincount", max(int(source.max()) + 1, minlength), 8)
+    return torch.bincount(source, weights, minlength)
+
+
+def one_hot(source: Any, num_classes: int = -1) -> torch.Tensor:
+    """``F.one_hot`` once its result (a row per element, as wide as the largest value by default) fits the room."""
+    if isinstance(source, torch.Tensor) and _real(source) and source.numel() and type(num_classes) is int \
+            and not source.is_floating_point():
+        _fits("one_hot", source.numel() * (int(source.max()) + 1 if num_classes == -1 else num_classes), 8)
+    return F.one_hot(source, num_classes)
 
 
 _grid_args = _bound(F.grid_sample)
@@ -217,12 +268,17 @@ def _fractional(fn: Callable[..., Any], like: Callable[..., Any]) -> Callable[..
     return checked
 
 
+#: The ops whose result's size is read from values: run inside :func:`room`.
+VALUE_SIZED = frozenset({repeat_interleave, bincount, one_hot})
+
+
 def ops() -> Dict[str, Callable[..., Any]]:
     """The checked functions, by the names clients send (replacing torch's own on the allowlist)."""
     return {"torch._weight_norm": weight_norm,
             "torch.nn.functional.ctc_loss": ctc_loss,
             "torch.nn.functional.embedding_bag": embedding_bag,
             "torch.repeat_interleave": repeat_interleave, "Tensor.repeat_interleave": repeat_interleave,
+            "torch.bincount": bincount, "Tensor.bincount": bincount, "torch.nn.functional.one_hot": one_hot,
             "torch.nn.functional.grid_sample": grid_sample,
             "torch.nn.functional.pdist": pdist,
             "torch.nn.functional.pad": pad,

@@ -25,6 +25,7 @@ from ..wire.results import MAX_LEAVES as MAX_RESULTS
 from ..wire.results import flatten
 from . import (
     autograd,
+    checked,
     costs,
     graphs,
     lineage,
@@ -227,11 +228,14 @@ class Ops:
     def _call(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
               used: List[Entry], wait: bool = False) -> Tuple[Any, Optional[List[Entry]]]:
         """:meth:`_run`, under a guarded policy in its turn to draw random numbers (:mod:`.randomness`; ``wait``
-        False, on the serving thread: :class:`~.randomness.Busy` rather than wait for it)."""
-        if not self.disclosure.guarded:
-            return self._run(session, op, fn, args, kwargs, grad, used)
-        with randomness.section(self.disclosure.of_inputs(used).owner, self.worker.devices.generators, wait):
-            return self._run(session, op, fn, args, kwargs, grad, used)
+        False, on the serving thread: :class:`~.randomness.Busy` rather than wait for it); an op whose result's size
+        is read from values, within the room its client's quota leaves (:mod:`.checked`)."""
+        with checked.room(session.quotas, session.label, self.held_by(session)) if fn in checked.VALUE_SIZED \
+                else _ANY_ROOM:
+            if not self.disclosure.guarded:
+                return self._run(session, op, fn, args, kwargs, grad, used)
+            with randomness.section(self.disclosure.of_inputs(used).owner, self.worker.devices.generators, wait):
+                return self._run(session, op, fn, args, kwargs, grad, used)
 
     def _run(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
              used: List[Entry]) -> Tuple[Any, Optional[List[Entry]]]:
@@ -424,6 +428,7 @@ class Ops:
 
 
 _NONE: AbstractSet[bytes] = frozenset()
+_ANY_ROOM = contextlib.nullcontext()
 
 #: An op that writes gradients over the owner's data looks at every object of its client for the gradients it
 #: wrote (side_writes.watch): with more objects than this, on its lane, not the serving thread
