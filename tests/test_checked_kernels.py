@@ -44,6 +44,34 @@ BAD = [
     ("torch._weight_norm", torch._weight_norm, (torch.full((10, 3), 7.0), torch.ones(1), 1), {}, "g has shape"),
     ("torch.nn.functional.fractional_max_pool2d", F.fractional_max_pool2d, (torch.ones(1, 1, 4, 4), 0),
      {"output_size": 2}, "kernel_size must be"),
+    # helper-66: past the first checks (other forms of the same numbers), and integers beyond any size
+    ("torch.nn.functional.fractional_max_pool2d", F.fractional_max_pool2d, (torch.ones(1, 1, 10, 10),
+                                                                            torch.tensor(0)),
+     {"output_size": (5, 5)}, "kernel_size must be"),
+    ("torch.nn.functional.pad", F.pad, (torch.arange(100.0, 105.0).view(1, 1, 5), (-5, True)), {"mode": "circular"},
+     "more than once"),
+    ("torch.nn.functional.grid_sample", F.grid_sample, (torch.ones(1, 1, 4, 4), torch.full((1, 2, 2, 2), 3.4e38)),
+     {"padding_mode": "reflection", "align_corners": False}, "within"),
+    ("torch._weight_norm", torch._weight_norm, (torch.ones(0, 10), torch.ones(0, 1), 0), {}, "no elements"),
+    ("torch.repeat_interleave", torch.repeat_interleave, (torch.ones(8), torch.tensor(2**61)), {}, "2\\*\\*62"),
+    ("torch.nn.functional.max_pool1d", F.max_pool1d, (torch.randn(4, 4), 2**63 - 1), {}, "beyond any size"),
+    ("torch.nn.functional.max_pool1d", F.max_pool1d, (torch.randn(4, 4), 2**62), {}, "beyond any size"),
+    ("torch.nn.functional.max_pool1d", F.max_pool1d, (torch.ones(1, 1, 1), 2, 1, 0, 2**63 - 3), {},
+     "beyond any size"),
+    ("torch.nn.functional.unfold", F.unfold, (torch.ones(1, 1, 4, 4),), {"kernel_size": 2**63 - 1},
+     "beyond any size"),
+    ("torch.nn.functional.unfold", F.unfold, (torch.ones(1, 1, 4, 4),), {"kernel_size": 2, "dilation": 2**62},
+     "beyond any size"),
+    ("torch.nn.functional.adaptive_max_pool2d", F.adaptive_max_pool2d, (torch.ones(1, 1, 4, 4), (2**62, 0)), {},
+     "beyond any size"),
+    ("torch.nn.functional.max_pool1d", F.max_pool1d, (torch.randn(4, 4), torch.tensor(2**62)), {},
+     "beyond any size|as a Python number"),
+    ("torch.linalg.eigvals", torch.linalg.eigvals, (torch.full((3, 3), float("nan")),), {}, "must be finite"),
+    ("torch.fft.irfft", torch.fft.irfft, (torch.ones(4, dtype=torch.complex64),), {"n": 2**32 + 1},
+     "beyond any size|estimated to take"),
+    ("torch.fft.irfft", torch.fft.irfft, (torch.ones(4, dtype=torch.complex64), torch.tensor(2**32 + 1)), {},
+     "beyond any size|as a Python number"),
+    ("torch.linalg.matrix_power", torch.linalg.matrix_power, (torch.eye(2), -2**63), {}, "within"),
 ]
 
 GOOD = [
@@ -54,6 +82,12 @@ GOOD = [
     (F.grid_sample, (torch.arange(16.0).view(1, 1, 4, 4), torch.zeros(1, 1, 1, 2)), {"align_corners": False}),
     (F.pdist, (torch.arange(6.0).view(3, 2),), {}),
     (F.pad, (torch.arange(5.0).view(1, 1, 5), (-1, 2)), {"mode": "circular"}),
+    (torch.add, (torch.tensor([1, 2]), 2**62), {}),  # (a big number as a value, not a size)
+    (torch.linalg.matrix_power, (torch.tensor([[1.0, 1.0], [0.0, 1.0]]), 3), {}),
+    (torch.nonzero, (torch.tensor([[0.0, 1.0], [2.0, 0.0]]),), {}),
+    (torch.unique, (torch.tensor([3, 1, 3]),), {}),
+    (torch.masked_select, (torch.arange(4.0), torch.tensor([True, False, True, False])), {}),
+    (torch.bincount, (torch.tensor([0, 2, 2]),), {"minlength": 5}),
 ]
 
 
@@ -83,6 +117,8 @@ def test_good_calls_give_torchs_result(child):
     for fn, args, kwargs in GOOD:
         sent = tuple(client.send(a) if isinstance(a, torch.Tensor) else a for a in args)
         assert torch.allclose(fn(*sent, **kwargs).get().float(), fn(*args, **kwargs).float()), fn.__name__
+    drawn = client.send(torch.zeros(3, dtype=torch.long)).random_(0, 2**40).get()  # (its bounds are of values)
+    assert drawn.min() >= 0 and drawn.max() < 2**40
 
 
 def test_backwards_of_checked_calls_reach_their_inputs(child):
@@ -104,7 +140,12 @@ def test_backwards_of_checked_calls_reach_their_inputs(child):
     lambda c: torch.bincount(c.send(torch.tensor([1 << 26]))),
     lambda c: F.one_hot(c.send(torch.tensor([1 << 26]))),
     lambda c: c.send(torch.ones(2)).repeat_interleave(c.send(torch.tensor([1 << 25, 1 << 25])), 0),
-], ids=["repeat_interleave", "bincount", "one_hot", "Tensor.repeat_interleave"])
+    lambda c: torch.bincount(c.send(torch.tensor([1])), minlength=c.send(torch.tensor(1 << 26))),
+    lambda c: torch.nonzero(c.send(torch.ones(1)).expand(1 << 26)),
+    lambda c: torch.unique(c.send(torch.ones(1)).expand(1 << 26)),
+    lambda c: torch.masked_select(c.send(torch.ones(1 << 21)), c.send(torch.ones(1, dtype=torch.bool))),
+], ids=["repeat_interleave", "bincount", "one_hot", "Tensor.repeat_interleave", "bincount minlength as a tensor",
+        "nonzero of a view", "unique of a view", "masked_select"])
 def test_a_result_sized_by_values_is_refused_before_it_is_made(make_worker, make_client, op):
     # repeat_interleave(tensor([2**31])), 40 bytes, allocated 16 GiB under a 2 GiB quota, then was refused
     import resource
@@ -114,7 +155,21 @@ def test_a_result_sized_by_values_is_refused_before_it_is_made(make_worker, make
     make_worker("Bob", policy="open", quotas=Quotas(max_bytes="16MB"))
     client = make_client("Bob")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(sm.QuotaExceeded, match="size read from the values"):
+    with pytest.raises(sm.SyftError, match="size read from the values|as a Python number"):
         op(client).get()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 128 << 10, "512 MiB were never made"
     assert torch.equal(torch.bincount(client.send(torch.tensor([0, 2, 2]))).get(), torch.tensor([1, 0, 2]))
+
+
+def test_a_size_given_as_a_one_element_tensor_is_refused_where_it_cannot_be_priced(make_worker, make_client):
+    # helper-66: x.new_zeros(tensor(2**30)) ran unpriced (its price cannot read the tensor): 1.8 GiB from a few bytes
+    from syft_magics.owner.quotas import Quotas
+
+    make_worker("Bob", policy="open", quotas=Quotas(max_bytes="16MB"))
+    client = make_client("Bob")
+    x = client.send(torch.ones(2))
+    with pytest.raises(sm.SyftError, match="give it as a Python number"):
+        client.run(torch.Tensor.new_zeros, "Tensor.new_zeros", (x, client.send(torch.tensor(1 << 26))), {},
+                   described=True)
+    assert torch.equal(x.new_zeros(3).get(), torch.zeros(3))
+    assert torch.equal((x + client.send(torch.tensor(2))).get(), torch.full((2,), 3.0))  # (a number as a value)

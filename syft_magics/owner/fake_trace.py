@@ -32,7 +32,7 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from ..wire.results import flatten, quiet_tracing
-from . import randomness
+from . import checked, randomness
 from .costs import MAX_KEY_ITEMS, serial
 
 #: A bound above this is no bound (torch writes "unbounded" as sys.maxsize - 1 or infinity).
@@ -82,16 +82,16 @@ class Trace:
         return [tuple(i for i, d in enumerate(s) if d is None) for s in self.sizes]
 
 
-#: Where a result's withheld size comes from: ``("in", k)``, it is the inputs' symbol ``k``; ``("count", j)``, it
-#: counts the true (nonzero) elements of the input leaf ``j`` (``x[m]``, ``nonzero(m)``); ``("new",)``, neither
-#: (its own size, equal to no other as far as anyone can tell).
+#: Where a result's withheld size comes from: ``("in", k)``, it is the inputs' symbol ``k``; ``("count", j)``, it counts
+#: the true elements of the input leaf ``j`` (``x[m]``, ``nonzero(m)``); ``("new",)``, neither (its own size).
 Origin = Tuple[Any, ...]
 
 #: Ops whose new withheld size is the count of true (nonzero) elements of one input: of the one boolean index
 #: (``x[m]``: a mask must match the dimensions it picks from), or of the first input (``nonzero(m)``). Not
 #: ``masked_select(x, m)``: ``m`` broadcasts, and its count can be a multiple of ``m``'s.
 _COUNTS_A_MASK = frozenset({torch.Tensor.__getitem__})
-_COUNTS_NONZERO = frozenset({torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere})
+_COUNTS_NONZERO = frozenset({torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere,
+                             checked.nonzero, checked.argwhere})  # (the worker runs checked's)
 
 
 #: A string argument longer than this is not kept in a remembered key (the op is traced each time).
@@ -339,8 +339,9 @@ def _runs_at(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenSh
             x = s
         standins.append(x)
     args, kwargs = pytree.tree_unflatten(standins, spec)
+    bounded = checked.bounded(args, kwargs)  # (no integer beyond any size: helper-66's crashed kernels)
     try:
-        with quiet_tracing(), warnings.catch_warnings(), torch.no_grad(), randomness.apart():
+        with quiet_tracing(), warnings.catch_warnings(), torch.no_grad(), randomness.apart(), bounded:
             warnings.simplefilter("ignore")  # (the real op warns, if it does, when it runs)
             fn(*args, **kwargs)
     except Exception:
@@ -485,9 +486,8 @@ _warming = threading.Lock()
 
 
 def warm_up() -> Optional[threading.Thread]:
-    """Trace one op in a background thread (returned; None if one ran already) at worker start: the first
-    trace imports torch's symbolic shapes (sympy; seconds), which would otherwise hold the serving thread
-    on a client's first op."""
+    """Trace one op in a background thread (returned; None if one ran already) at worker start: the first trace
+    imports torch's symbolic shapes (sympy; seconds), which would otherwise hold the serving thread on a first op."""
     if not _warming.acquire(blocking=False):
         return None
     x = torch.zeros(2)

@@ -181,6 +181,10 @@ class Ops:
             else:  # (unpriced: at least not past the quota already)
                 quotas.check_bytes(session.quotas, session.label, self.held_by(session), 0, op)
             self._bounded(session, op, fn, args, kwargs, used)  # (what could not be kept: refused before it runs)
+            if estimate is not None and not estimate.priced and fn not in checked.VALUE_SIZED \
+                    and checked.numbers_in_tensors(args, kwargs):
+                raise Reject(ErrorCode.BAD_ARGS, f"{op} cannot be priced with a number given as a one-element integer "
+                                                 "tensor (a size, a count: helper-66): give it as a Python number")
             t1 = time.perf_counter()
             try:
                 result, written = self._call(session, op, fn, args, kwargs, grad, used, wait=True)
@@ -229,9 +233,10 @@ class Ops:
               used: List[Entry], wait: bool = False) -> Tuple[Any, Optional[List[Entry]]]:
         """:meth:`_run`, under a guarded policy in its turn to draw random numbers (:mod:`.randomness`; ``wait``
         False, on the serving thread: :class:`~.randomness.Busy` rather than wait for it); an op whose result's size
-        is read from values, within the room its client's quota leaves (:mod:`.checked`)."""
+        is read from values, within the room its client's quota leaves, and no integer argument beyond it
+        (:mod:`.checked`)."""
         with checked.room(session.quotas, session.label, self.held_by(session)) if fn in checked.VALUE_SIZED \
-                else _ANY_ROOM:
+                else _ANY_ROOM, checked.bounded(args, kwargs, int(session.quotas.max_bytes)):
             if not self.disclosure.guarded:
                 return self._run(session, op, fn, args, kwargs, grad, used)
             with randomness.section(self.disclosure.of_inputs(used).owner, self.worker.devices.generators, wait):
