@@ -339,7 +339,7 @@ def _runs_at(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenSh
             x = s
         standins.append(x)
     args, kwargs = pytree.tree_unflatten(standins, spec)
-    bounded = checked.bounded(args, kwargs)  # (no integer beyond any size: helper-66's crashed kernels)
+    bounded = checked.edge_run(args, kwargs)  # (no integer beyond any size: helper-66's crashed kernels)
     try:
         with quiet_tracing(), warnings.catch_warnings(), torch.no_grad(), randomness.apart(), bounded:
             warnings.simplefilter("ignore")  # (the real op warns, if it does, when it runs)

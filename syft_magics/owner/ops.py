@@ -182,7 +182,7 @@ class Ops:
                 quotas.check_bytes(session.quotas, session.label, self.held_by(session), 0, op)
             self._bounded(session, op, fn, args, kwargs, used)  # (what could not be kept: refused before it runs)
             if estimate is not None and not estimate.priced and fn not in checked.VALUE_SIZED \
-                    and checked.numbers_in_tensors(args, kwargs):
+                    and not name.startswith("syft.") and checked.numbers_in_tensors(args, kwargs):  # (torch's ops)
                 raise Reject(ErrorCode.BAD_ARGS, f"{op} cannot be priced with a number given as a one-element integer "
                                                  "tensor (a size, a count: helper-66): give it as a Python number")
             t1 = time.perf_counter()
@@ -235,8 +235,10 @@ class Ops:
         False, on the serving thread: :class:`~.randomness.Busy` rather than wait for it); an op whose result's size
         is read from values, within the room its client's quota leaves, and no integer argument beyond it
         (:mod:`.checked`)."""
-        with checked.room(session.quotas, session.label, self.held_by(session)) if fn in checked.VALUE_SIZED \
-                else _ANY_ROOM, checked.bounded(args, kwargs, int(session.quotas.max_bytes)):
+        # (over the owner's data under a guarding policy such results are charged by public bounds: no room)
+        sized = fn in checked.VALUE_SIZED and not (self.disclosure.guarded and self.disclosure.of_inputs(used).owner)
+        with checked.room(session.quotas, session.label, self.held_by(session)) if sized else _ANY_ROOM, \
+                checked.bounded(args, kwargs, int(session.quotas.max_bytes)):
             if not self.disclosure.guarded:
                 return self._run(session, op, fn, args, kwargs, grad, used)
             with randomness.section(self.disclosure.of_inputs(used).owner, self.worker.devices.generators, wait):
