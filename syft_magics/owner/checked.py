@@ -14,13 +14,17 @@ helper-64 and helper-65 (a fuzz of the default allowlist), each reproduced in pl
 - ``F.grid_sample`` with a grid not finite: its backward (bilinear, border or reflection) crashes;
 - ``F.pdist`` of no rows: its backward crashes;
 - ``F.pad(mode="circular")`` whose negative pads leave nothing to wrap: an output of uninitialised memory;
-- ``F.fractional_max_pool2d/3d`` with a kernel below 1: indices past the input.
+- ``F.fractional_max_pool2d/3d`` with a kernel below 1: indices past the input;
+- (helper-66) ``linalg.eigvals`` of NaN or infinite entries: SIGSEGV; ``matrix_power(m, -2**63)``: endless, its
+  price too.
 
-Each is replaced on the default allowlist by a function that checks, then calls torch's. Value-free stand-ins (the
-fake tensors of a trace or a price) are not checked: no kernel runs on them.
+Each is replaced on the default allowlist by a function that checks, then calls torch's, reading integers as torch
+does (a bool or a one-element tensor is one: helper-66 passed the first checks so). Value-free stand-ins (the fake
+tensors of a trace or a price) are not checked: no kernel runs on them.
 
 And any torch operator given an integer (a size, a kernel, a stride, an offset) beyond the bytes the client may
-hold is refused (:func:`bounded`): such numbers overflowed ``max_pool1d``, ``unfold`` and the adaptive pools.
+hold is refused (:func:`bounded`): such numbers overflowed ``max_pool1d``, ``unfold`` and the adaptive pools
+(helper-66).
 
 And some ops read their result's size from values, so no price foresees it: ``bincount`` (the largest value),
 ``F.one_hot`` (the same, by default), ``repeat_interleave`` (the sum of the repeats), ``nonzero``,
