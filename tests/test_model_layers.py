@@ -19,10 +19,11 @@ def _data():
     return torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
 
 
-def _train_both(client, model: nn.Module, X, Y, steps: int = 3):
+def _train_both(client, model: nn.Module, X, Y, x=None, y=None, steps: int = 3):
+    """``model`` trained on the worker (on pointers ``x``, ``y``: else ``X``, ``Y`` sent) and a copy here."""
     local = copy.deepcopy(model)
     remote = client.send(model)
-    x, y = client.send(X), client.send(Y)
+    x, y = (client.send(X), client.send(Y)) if x is None else (x, y)
     opt = client.optim.SGD(remote.parameters(), lr=0.1)
     lopt = torch.optim.SGD(local.parameters(), lr=0.1)
     for _ in range(steps):
@@ -81,18 +82,7 @@ def test_a_cumulative_batch_norm_trains_under_review(make_worker, make_client):
     client = make_client("Bob")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 3), nn.BatchNorm1d(3, momentum=None))
-    local = copy.deepcopy(model)
-    remote = client.send(model)
-    x, y = client.search("#X")[0], client.search("#Y")[0]
-    opt = client.optim.SGD(remote.parameters(), lr=0.1)
-    lopt = torch.optim.SGD(local.parameters(), lr=0.1)
-    for _ in range(3):
-        opt.zero_grad()
-        F.cross_entropy(remote(x), y).backward()
-        opt.step()
-        lopt.zero_grad()
-        F.cross_entropy(local(X), Y).backward()
-        lopt.step()
+    remote, local = _train_both(client, model, X, Y, client.search("#X")[0], client.search("#Y")[0])
     trained = remote.get(timeout=10)
     assert not bob.requests.pending
     for (name, a), b in zip(trained.state_dict().items(), local.state_dict().values()):
