@@ -362,3 +362,12 @@ def test_the_owners_panel_shows_the_warning_apart(owner):
     finally:
         panel.close()
 
+
+
+def test_the_warning_is_split_where_its_reason_ends_not_at_a_weights_name():
+    # a custom module's child may be named " b": its weight "a. b.weight" cut the badge at "NOT TRAINED: a"
+    from syft_magics.owner.trained import split_warning
+
+    text = "NOT TRAINED: a. b.weight holds the owner's data put there by .copy_, not by training. syft.build_module"
+    assert split_warning(text) == (text[:text.index(". syft")], "syft.build_module")
+    assert split_warning("syft.build_module(...)") == ("", "syft.build_module(...)")

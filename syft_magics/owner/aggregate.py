@@ -49,8 +49,8 @@ def average_state(states: Sequence[Dict[str, torch.Tensor]], weights: Sequence[f
             if not (first.is_floating_point() or first.is_complex()):
                 # (a batch norm's count of batches: an average of models trained on different numbers of batches has
                 # none of theirs, 0; any other integer tensor: the first's, see .guests)
-                same = all(torch.equal(s[key], first) for s in states[1:])
-                out[key] = torch.zeros_like(first) if not same and key.endswith(BATCH_COUNT) else first.detach().clone()
+                differ = key.endswith(BATCH_COUNT) and not all(torch.equal(s[key], first) for s in states[1:])
+                out[key] = torch.zeros_like(first) if differ else first.detach().clone()
                 continue
             acc = torch.zeros_like(first, requires_grad=False)
             for state, w in zip(states, weights):

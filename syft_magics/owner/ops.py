@@ -235,13 +235,15 @@ class Ops:
         False, on the serving thread: :class:`~.randomness.Busy` rather than wait for it); an op whose result's size
         is read from values, within the room its client's quota leaves, and no integer argument beyond it
         (:mod:`.checked`)."""
-        # (over the owner's data under a guarding policy such results are charged by public bounds: no room)
-        sized = fn in checked.VALUE_SIZED and not (self.disclosure.guarded and self.disclosure.of_inputs(used).owner)
+        guarded = self.disclosure.guarded
+        owners = guarded and self.disclosure.of_inputs(used).owner  # (over the owner's data, under a guarding policy)
+        # (such results are charged by public bounds: no room, whose refusal the values would decide)
+        sized = fn in checked.VALUE_SIZED and not owners
         with checked.room(session.quotas, session.label, self.held_by(session)) if sized else _ANY_ROOM, \
                 checked.bounded(args, kwargs, int(session.quotas.max_bytes)):
-            if not self.disclosure.guarded:
+            if not guarded:
                 return self._run(session, op, fn, args, kwargs, grad, used)
-            with randomness.section(self.disclosure.of_inputs(used).owner, self.worker.devices.generators, wait):
+            with randomness.section(owners, self.worker.devices.generators, wait):
                 return self._run(session, op, fn, args, kwargs, grad, used)
 
     def _run(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,

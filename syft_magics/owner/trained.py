@@ -191,6 +191,10 @@ def _tensors(model: torch.nn.Module) -> List[tuple]:
     return list(model.state_dict().items())
 
 
+#: How :func:`warning` starts, and how :func:`why_not`'s text (so the warning) ends.
+_WARNING, _WHY_END = "NOT TRAINED: ", ", not by training"
+
+
 def why_not(store: "ObjectStore", entry: "Entry") -> Optional[str]:
     """Why a model rule does not release the model ``entry``: which of its weights holds the owner's data put there
     by which op (not by training); None when none does."""
@@ -205,9 +209,9 @@ def why_not(store: "ObjectStore", entry: "Entry") -> Optional[str]:
         span = _span(t)
         if spans.reach(span):
             holder = next(h for h in marked if _Spans([_span(h.tensor)]).reach(span))
-            return f"{_shown(name)} holds the owner's data put there by {holder.untrained}, not by training"
+            return f"{_shown(name)} holds the owner's data put there by {holder.untrained}{_WHY_END}"
     if entry.untrained:
-        return f"a weight holds the owner's data put there by {entry.untrained}, not by training"
+        return f"a weight holds the owner's data put there by {entry.untrained}{_WHY_END}"
     return None
 
 
@@ -219,7 +223,14 @@ def warning(store: "ObjectStore", entry: "Entry") -> str:
     """What a model's request says first when a weight holds the owner's data put there other than by training
     (helper-62: after 750 characters of the model's history it went unread)."""
     why = why_not(store, entry) if isinstance(entry.tensor, torch.nn.Module) else None
-    return f"NOT TRAINED: {why}. " if why else ""
+    return f"{_WARNING}{why}. " if why else ""
+
+
+def split_warning(text: str) -> Tuple[str, str]:
+    """A request's text as its :func:`warning` (``""`` if none) and the rest (a weight's name may hold ``". "``,
+    so the warning ends where :func:`why_not`'s text does)."""
+    head, sep, rest = text.partition(f"{_WHY_END}. ") if text.startswith(_WARNING) else ("", "", text)
+    return (head + _WHY_END, rest) if sep else ("", text)
 
 
 def weights_text(store: "ObjectStore", entry: "Entry") -> str:

@@ -22,6 +22,7 @@ import ipywidgets as widgets
 from ...display import short_id
 from ...events import Event
 from ...owner.store import Entry
+from ...owner.trained import split_warning
 from . import _html as H
 from . import graph as G
 from . import owner_tables as T
@@ -316,8 +317,7 @@ class WorkerPanel(LivePanel):
         # a move to another worker reads "wants to move z to Alice at tcp://..."
         verb, where = ("wants to move", f" to {req.to}") if req.what == "move" else ("wants", "")
         # (a model whose weights hold the owner's data put there other than by training: said first, as a warning)
-        warning, _, lineage = req.lineage.partition(". ") if req.lineage.startswith("NOT TRAINED:") \
-            else ("", "", req.lineage)
+        warning, lineage = split_warning(req.lineage)
         badge = f'<div class="syft-badge syft-warn" style="white-space:normal;margin:2px 0">{H.esc(warning)}</div>' \
             if warning else ""
         desc = widgets.HTML(
