@@ -11,11 +11,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket as _socket
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -26,10 +24,10 @@ from ..errors import InsecureBind, PortInUse
 from ..events import EventStream
 from ..wire import auth, discovery, limits
 from ..wire.names import check_tag
-from ..wire.protocol import PROTOCOL_VERSION, ErrorCode, Kind
+from ..wire.protocol import ErrorCode, Kind
 from .allowlist import Allowlist
 from .devices import Devices
-from .invites import LOCAL, Invite, InviteBook, invite_path
+from .invites import LOCAL, Invitations, InviteBook
 from .logs import CommandLog, JsonLinesHandler, command_logger, describe_command, print_command
 from .policy import (
     GetRequest,
@@ -68,7 +66,7 @@ def live_workers() -> List["Worker"]:
         return list(_LIVE.values())
 
 
-class Worker(ClientQuotas):
+class Worker(ClientQuotas, Invitations):
     """Serves the tensors its owner shares; runs allowed ops for authenticated clients.
 
     ``Worker("Bob", port=3000).start()`` binds ``tcp://127.0.0.1:3000`` (port 0:
@@ -217,20 +215,6 @@ class Worker(ClientQuotas):
         self.events.emit("start", address=self.address)
         return self
 
-    def _connection_info(self, address: str, client: Optional[str],
-                         limits: Optional[Dict[str, Any]] = None) -> discovery.ConnectionInfo:
-        """A connection file's content; with ``client``, a new invitation of that name (its own keys)."""
-        info = discovery.ConnectionInfo(
-            name=self.name, address=address, key=self.key, pid=os.getpid(), hostname=_socket.gethostname(),
-            instance=self.instance, policy=self.policy.name, protocol=PROTOCOL_VERSION, started=time.time())
-        if client is not None and self._curve is not None:
-            invite, secret, old = self.invites.add(client, limits, local=client == LOCAL)
-            if old is not None:
-                self._end_invite(old, "invitation replaced")
-            info.key, info.client, info.server_key = invite.token, invite.name, self._curve[0]
-            info.public_key, info.secret_key = invite.public, secret
-        return info
-
     def _display_host(self) -> str:
         return "127.0.0.1" if self.host in ("*", "0.0.0.0") else self.host
 
@@ -354,80 +338,6 @@ class Worker(ClientQuotas):
         """The authenticated client sessions now connected."""
         return list(self.server.sessions.values())
 
-    # -- who may connect (encrypted workers) --------------------------------------------
-    @property
-    def fingerprint(self) -> Optional[str]:
-        """The fingerprint of this worker's CurveZMQ key (None when its links are not encrypted)."""
-        return auth.fingerprint(self._curve[0]) if self._curve is not None else None
-
-    @property
-    def server_key(self) -> Optional[str]:
-        """This worker's CurveZMQ public key (Z85; None when its links are not encrypted)."""
-        return self._curve[0] if self._curve is not None else None
-
-    def invite(self, client: str, path: Optional[str] = None, *, address: Optional[str] = None,
-               limits: Optional[Dict[str, Any]] = None) -> Path:
-        """Invite ``client``: write a connection file (0600) with a key pair of its own, to hand over.
-
-        The client connects with ``%syft_connect Bob --file alice.json`` (or
-        ``connect("Bob", file="alice.json")``) from any machine that reaches ``address``
-        (default: this worker's address; for ``0.0.0.0`` this machine's first network address).
-        ``limits``: this client's quotas (Quotas fields, e.g. ``{"max_bytes": "1GB"}``). Inviting a
-        name again replaces its key; :meth:`revoke` ends an invitation. Returns the file's path.
-        """
-        if not self.secure:
-            raise InsecureBind(f"{self.name} does not encrypt its links, so it cannot tell invited clients apart: "
-                               f"start it with secure=True (%syft_worker {self.name} --secure), or on a network "
-                               "interface (--host 0.0.0.0), which encrypts")
-        if not self._running:
-            raise RuntimeError(f"start {self.name} before inviting clients (its address is not known yet)")
-        self.quotas.with_(**(limits or {}))  # unknown or bad limits fail here (TypeError, ValueError)
-        target = invite_path(path, client)
-        if target.exists() and not _is_connection_file(target):
-            raise FileExistsError(f"{target} exists and is not a connection file; choose another path")
-        info = self._connection_info(address or self._public_address(), client, limits)
-        discovery.write_to(target, info)
-        invite = self.invites[client]
-        invite.path = str(target)
-        self.events.emit("invite", client=client, key=invite.fingerprint, path=str(target),
-                         limits=dict(invite.limits))
-        return target
-
-    def revoke(self, client: str) -> Invite:
-        """End ``client``'s invitation: its sessions end at once (its objects are freed, its
-        connections closed) and its key is refused from now on."""
-        try:
-            invite = self.invites.revoke(client)
-        except KeyError as exc:
-            raise KeyError(exc.args[0]) from None
-        self._end_invite(invite, "revoked")
-        self.events.emit("revoke", client=client, key=invite.fingerprint)
-        return invite
-
-    def _end_invite(self, invite: Invite, reason: str) -> None:
-        if self._running:
-            def end(router: zmq.Socket) -> None:
-                self.server.end_invite(router, invite, reason)
-
-            self.server.call_soon(end)
-
-    def _refused_key(self, fingerprint: str) -> None:
-        """The ZAP handler refused a key (its thread): count it on the serving thread."""
-        def count(router: zmq.Socket) -> None:
-            self.server.refuse("key not invited")
-            self.events.emit("auth_failed", peer="?", key=fingerprint)
-
-        self.server.call_soon(count)
-
-    def _public_address(self) -> str:
-        host = self.host
-        if host in ("*", "0.0.0.0", "", "::"):
-            from jupyter_client.localinterfaces import public_ips
-
-            ips = public_ips()
-            host = ips[0] if ips else _socket.gethostname()
-        return f"tcp://{host}:{self._port}"
-
     def panel(self):
         """A live ipywidgets panel of this worker: registry, commands, requests (with Approve/Deny)."""
         from ..ui.panels import WorkerPanel
@@ -490,10 +400,3 @@ class Worker(ClientQuotas):
         return (f"<Worker {self.name} {state}, policy={self.policy.name}, objects={len(self.store)}, "
                 f"clients={len(self.server.sessions)}>")
 
-
-def _is_connection_file(path: Path) -> bool:
-    try:
-        discovery.read(path)
-        return True
-    except (OSError, ValueError):
-        return False
