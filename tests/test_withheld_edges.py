@@ -203,9 +203,9 @@ def test_the_edge_checks_stand_ins_are_one_per_tensor_and_bounded(monkeypatch):
     copied only where the op may write into them."""
     from torch.utils import _pytree as pytree
 
-    from syft_magics.owner import fake_trace
+    from syft_magics.owner import edge_runs
 
-    monkeypatch.setattr(fake_trace, "STANDIN_BYTES", 1000)
+    monkeypatch.setattr(edge_runs, "STANDIN_BYTES", 1000)
     big, small, mine = torch.ones(100, 10), torch.ones(2, 2), torch.ones(10)
     seen = []
 
@@ -216,9 +216,9 @@ def test_the_edge_checks_stand_ins_are_one_per_tensor_and_bounded(monkeypatch):
     leaves, spec = pytree.tree_flatten((args, {}))
     owned = {id(big), id(small)}
     for may_write in (False, True):
-        assert fake_trace._runs_at(op, leaves, spec, {}, {}, owned, may_write)
-    monkeypatch.setattr(fake_trace, "STANDIN_BYTES", 16)  # (the client's 40 bytes do not fit: not asked)
-    assert fake_trace._runs_at(op, leaves, spec, {}, {}, owned, True) is None
+        assert edge_runs.runs_at(op, leaves, spec, {}, {}, owned, may_write)
+    monkeypatch.setattr(edge_runs, "STANDIN_BYTES", 16)  # (the client's 40 bytes do not fit: not asked)
+    assert edge_runs.runs_at(op, leaves, spec, {}, {}, owned, True) is None
     (b1, b2, s, c), (_, _, _, c_copy) = seen
     assert b1 is b2 and b1.stride() == (0, 0) and not b1.any()  # 4,000 bytes: over the room, expanded
     assert s.stride() == (2, 1) and not s.any()  # 16 bytes: zeros of its own
@@ -350,7 +350,7 @@ def test_the_edge_checks_real_run_puts_back_the_generator_state_the_first_op_fou
 
     from torch.utils import _pytree as pytree
 
-    from syft_magics.owner import fake_trace, randomness
+    from syft_magics.owner import edge_runs, randomness
 
     torch.manual_seed(11)
     before = torch.random.get_rng_state()
@@ -372,7 +372,7 @@ def test_the_edge_checks_real_run_puts_back_the_generator_state_the_first_op_fou
     x = torch.ones(2)
     leaves, spec = pytree.tree_flatten(((x,), {}))
     withheld = {id(x): ((2,), (0,), (0,))}
-    assert fake_trace._runs_at(slow, leaves, spec, withheld, {0: 1}, {id(x)}, False)
+    assert edge_runs.runs_at(slow, leaves, spec, withheld, {0: 1}, {id(x)}, False)
     thread.join(5)
     assert torch.equal(torch.random.get_rng_state(), before)
 

@@ -17,12 +17,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import math
 import re
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from typing import AbstractSet, Any, Dict, List, Optional, Tuple, Union, cast
@@ -32,8 +30,9 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from ..wire.results import flatten, quiet_tracing
-from . import checked, randomness
+from . import checked
 from .costs import MAX_KEY_ITEMS, serial
+from .edge_runs import runs_at, sizes_at
 
 #: A bound above this is no bound (torch writes "unbounded" as sys.maxsize - 1 or infinity).
 UNBOUNDED = 1 << 62
@@ -258,7 +257,7 @@ def _at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Hid
     (``x[x[:, 0] > t].squeeze().sum(0)``: read threshold by threshold). And an op that fails at n = 0 or 1
     only (``rows[0]``, ``rows.max(0)``, ``rows.index_select(0, i)``) told by failing whether any row passed:
     a threshold search read a column's maximum. Such an op is refused before it runs, whatever the data.
-    Whether it runs is asked of the real kernels too (:func:`_runs_at`, each unknown size as 2): torch's
+    Whether it runs is asked of the real kernels too (:func:`.edge_runs.runs_at`, each unknown size as 2): torch's
     value-free ones do not check everything (``max(0)`` of no rows, an index past the end)."""
     symbols = sorted({k for _, _, ks in withheld.values() for k in ks})
     deadline = time.monotonic() + EDGE_SECONDS
@@ -276,7 +275,7 @@ def _at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Hid
                 if len(sym) != len(real) or any(s is not None and s != r for s, r in zip(sym, real)):
                     return Untraced()
         at = {k: 2 if v is None else v for k, v in zip(symbols, sizes)}
-        runs = _runs_at(fn, leaves, spec, withheld, at, owned, may_write)
+        runs = runs_at(fn, leaves, spec, withheld, at, owned, may_write)
         if not runs:
             return Untraced(edge=min(at.values())) if runs is False else Untraced()
     return traced
@@ -286,80 +285,6 @@ def _at_the_edges(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, Hid
 #: priced at 0.1 s over four of them cost 10 s): past them, the op is refused, and the refusal not remembered. A
 #: verdict of the machine's load, not of the data (four withheld sizes take 0.5 s on an idle 2-core machine).
 EDGE_SECONDS = 5.0
-
-#: Bytes of zeros the edge check makes for the owner's tensors, at most; past them, a stand-in is one zero
-#: expanded to its shape (no memory, but strides of its own: a view of it may fail where the real one would not,
-#: and the op is then refused).
-STANDIN_BYTES = 64 << 20
-
-
-def _runs_at(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShape], at: Dict[int, int],
-             owned: AbstractSet[int], may_write: bool) -> Optional[bool]:
-    """Whether ``fn`` runs on real tensors with each withheld size of symbol ``k`` at ``at[k]`` (at most its
-    bound): every one of the owner's tensors, and every weight of a model, stands as zeros of its public (or
-    that) shape, so that the answer depends on public facts alone (one stand-in per tensor, within
-    :data:`STANDIN_BYTES`; a model is a copy made of stand-ins, never the live one, whose state its forward
-    could change); the client's own tensors are themselves, or copies if the op may write into them (None: more
-    than the room would be copied, and nothing is asked). Random draws come from a fresh state, as an op's over
-    the owner's data do (:mod:`.randomness`: saving and putting back the state here, on its own, put back
-    another op's fresh state, drawn from since, which told how many rows that op drew for: helper-33)."""
-    made: Dict[int, Any] = {}
-    room = [STANDIN_BYTES]
-
-    def zeros(x: torch.Tensor, shape: List[int]) -> torch.Tensor:
-        nbytes = math.prod(shape) * x.element_size()
-        if nbytes <= room[0]:
-            room[0] -= nbytes
-            return torch.zeros(shape, dtype=x.dtype, device=x.device)
-        return torch.zeros((), dtype=x.dtype, device=x.device).expand(shape)
-
-    standins: List[Any] = []
-    for x in leaves:
-        if isinstance(x, (torch.Tensor, nn.Module)):
-            s = made.get(id(x))
-            if s is None:
-                hidden = withheld.get(id(x)) if isinstance(x, torch.Tensor) else None
-                if isinstance(x, nn.Module):
-                    memo: Dict[int, Any] = {}
-                    for t in itertools.chain(x.parameters(), x.buffers()):
-                        z = zeros(t, list(t.shape))
-                        memo[id(t)] = nn.Parameter(z, t.requires_grad) if isinstance(t, nn.Parameter) else z
-                    s = copy.deepcopy(x, memo)  # (the weights stand in; nothing else of them is copied)
-                elif hidden is not None or id(x) in owned:
-                    s = zeros(x, _sizes(hidden, at) if hidden is not None else list(x.shape))
-                elif may_write:  # (a copy it may write into, within the room: else it is not asked, and refused)
-                    nbytes = x.numel() * x.element_size()
-                    if nbytes > room[0]:
-                        return None
-                    room[0] -= nbytes
-                    s = x.detach().clone()
-                else:
-                    s = x.detach()
-                made[id(x)] = s
-            x = s
-        standins.append(x)
-    args, kwargs = pytree.tree_unflatten(standins, spec)
-    bounded = checked.edge_run(args, kwargs)  # (no integer beyond any size: helper-66's crashed kernels)
-    try:
-        with quiet_tracing(), warnings.catch_warnings(), torch.no_grad(), randomness.apart(), bounded:
-            warnings.simplefilter("ignore")  # (the real op warns, if it does, when it runs)
-            fn(*args, **kwargs)
-    except Exception:
-        return False
-    return True
-
-
-def _sizes(hidden: HiddenShape, at: Dict[int, Any]) -> List[Any]:
-    """A withheld shape's sizes with the size of each symbol ``k`` in ``at`` (at most its bound; one not in
-    ``at`` stays its bound)."""
-    bounds, free, symbols = hidden
-    sizes: List[Any] = list(bounds)
-    for i, k in zip(free, symbols):
-        if k in at:
-            v = at[k]
-            sizes[i] = min(v, bounds[i]) if type(v) is int else v
-    return sizes
-
 
 def _clip(text: str, limit: int = 300) -> str:
     """An error's first line, at most ``limit`` characters (torch's C++ errors add their stack)."""
@@ -395,7 +320,7 @@ def _trace(fn: Any, leaves: List[Any], spec: Any, withheld: Dict[int, HiddenShap
                 if isinstance(x, torch.Tensor):
                     hidden = withheld.get(id(x))
                     if hidden is not None:
-                        f = torch.empty(_sizes(hidden, symbols), dtype=x.dtype, device=x.device)
+                        f = torch.empty(sizes_at(hidden, symbols), dtype=x.dtype, device=x.device)
                         if x.requires_grad:
                             f.requires_grad_(True)
                     else:
