@@ -21,12 +21,13 @@ import torch
 from ..display import short_id
 from ..errors import ErrorCode
 from ..wire.protocol import Kind, encode, field
-from . import guests, trained
+from . import guests, quotas, streams, trained
 from .blocks import version_of
 from .lineage import shown_tags, sources_text
+from .models import export
 from .policy import ALLOW, DENY, MAX_PENDING_PER_SESSION, GetRequest, OpenPolicy, TooManyRequests
 from .provenance import of_entry
-from .replies import Reject
+from .replies import TRACK_BYTES, Reject, Tracked
 from .rules import GetRule, Target
 from .sizes import bounds_of
 
@@ -92,7 +93,7 @@ def on_get(server: "Server", session: "Session", header: dict) -> Optional[List[
 
     def value() -> List[Any]:
         released()
-        return server.send_value(session, header, entry)
+        return value_reply(server, session, header, entry)
 
     policy = server.worker.policy
     # (an owner's rule of sizes reads a withheld shape's public bound: its match must not tell the real one)
@@ -230,3 +231,30 @@ def decide(server: "Server", session: "Session", seq: Any, key: bytes, version: 
     if opened:
         server.events.emit("request", n=req.n, client=session.label, id=fields["object_id"], lineage=req.lineage)
     return encode({"t": Kind.PENDING, "s": seq, "n": req.n, "name": server.name, **({"why": note} if note else {})})
+
+
+def value_reply(server: "Server", session: "Session", header: dict, entry: "Entry") -> Any:
+    """The ``value`` reply carrying ``entry``'s tensor (the owner allowed it); big values stream."""
+    seq = header.get("s")
+    nbytes = entry.nbytes
+    if nbytes >= TRACK_BYTES:  # a client that does not read must not pile values up here
+        unread = session.unread.nbytes()
+        if unread + nbytes > session.quotas.max_unread_bytes:
+            server.refuse("values not read, over a quota")
+            quotas.check_unread(session.quotas, session.label, unread, nbytes, entry.label)
+    server.stats["bytes_out"] += nbytes
+    server.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=nbytes)
+    tensor = export(entry.tensor)  # a model leaves as a copy of its state dict
+    # inproc:// passes the frame's memory itself: the client would hold the store's tensor (the owner's
+    # data) and could change it in place; and a frame is sent zero-copy, later, from ZeroMQ's I/O thread:
+    # a client's next op could write into its object before the bytes leave (other values than approved)
+    copy = (session.peer == "inproc" and tensor is entry.tensor) or (
+        entry.session is not None and isinstance(tensor, torch.Tensor)
+        and type(server.worker.policy).decide is not OpenPolicy.decide)
+    streamed = streams.download(session, header, tensor, copy, entry.id)  # big values: in chunks, copies if copy
+    if streamed is not None:
+        return streamed
+    if session.pool is not None:
+        session.pool.written.clear()
+    reply = encode({"t": Kind.VALUE, "s": seq, "x": tensor.detach().clone() if copy else tensor}, session.pool)
+    return Tracked(reply, session.unread, nbytes) if nbytes >= TRACK_BYTES else reply

@@ -15,7 +15,6 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NoReturn, Optional, Tuple
 
-import torch
 import zmq
 
 from ..collector import freezer
@@ -26,16 +25,15 @@ from ..wire import buffers, limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import readable, recv_parts
-from . import costs, fake_trace, lanes, moves, quotas, releases, streams, tickets, writes
+from . import costs, fake_trace, lanes, moves, quotas, releases, sends, streams, tickets, writes
 from .chunk_queue import ChunkQueue
 from .connections import Connections
 from .direct import DirectPort
 from .handshake import Handshakes
-from .models import export
 from .ops import Ops
-from .policy import GetRequest, OpenPolicy
+from .policy import GetRequest
 from .provenance import Disclosure, Provenance
-from .replies import TRACK_BYTES, Reject, Replies, Tracked, error_reply, forget_frames
+from .replies import Reject, Replies, error_reply, forget_frames
 from .sessions import Session, beat
 from .store import Entry
 
@@ -404,56 +402,6 @@ class Server(Handshakes, DirectPort, Ops):
     def _on_get(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
         return releases.on_get(self, session, header)
 
-    def send_value(self, session: Session, header: dict, entry: Entry) -> Any:
-        """The ``value`` reply carrying ``entry``'s tensor (the owner allowed it); big values stream."""
-        seq = header.get("s")
-        nbytes = entry.nbytes
-        if nbytes >= TRACK_BYTES:  # a client that does not read must not pile values up here
-            unread = session.unread.nbytes()
-            if unread + nbytes > session.quotas.max_unread_bytes:
-                self.refuse("values not read, over a quota")
-                quotas.check_unread(session.quotas, session.label, unread, nbytes, entry.label)
-        self.stats["bytes_out"] += nbytes
-        self.events.emit("get", client=session.label, id=entry.hex, status="sent", bytes=nbytes)
-        tensor = export(entry.tensor)  # a model leaves as a copy of its state dict
-        # inproc:// passes the frame's memory itself: the client would hold the store's tensor (the owner's
-        # data) and could change it in place; and a frame is sent zero-copy, later, from ZeroMQ's I/O thread:
-        # a client's next op could write into its object before the bytes leave (other values than approved)
-        copy = (session.peer == "inproc" and tensor is entry.tensor) or (
-            entry.session is not None and isinstance(tensor, torch.Tensor)
-            and type(self.worker.policy).decide is not OpenPolicy.decide)
-        streamed = streams.download(session, header, tensor, copy, entry.id)  # big values: in chunks, copies if copy
-        if streamed is not None:
-            return streamed
-        if session.pool is not None:
-            session.pool.written.clear()
-        reply = encode({"t": Kind.VALUE, "s": seq, "x": tensor.detach().clone() if copy else tensor}, session.pool)
-        return Tracked(reply, session.unread, nbytes) if nbytes >= TRACK_BYTES else reply
-
-    def _on_send(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
-        oid = field(header, "id", bytes)
-        tensor = field(header, "x", torch.Tensor)
-        tags = tuple(check_tag(t) for t in (header.get("tags") or ())[:limits.MAX_TAGS + 1])
-        if len(tags) > limits.MAX_TAGS:
-            raise Reject(ErrorCode.BAD_TAG, f"an object takes at most {limits.MAX_TAGS} tags")
-        if len(oid) != 16 or oid in self.store:
-            raise Reject(ErrorCode.BAD_ID, "sent objects need a fresh 16-byte id")
-        size = tensor.numel() * tensor.element_size()
-        self.stats["bytes_in"] += size
-        try:
-            quotas.check_objects(session.quotas, session.label, self.store.session_count(session.ident), 1)
-            quotas.check_bytes(session.quotas, session.label, self.store.held_bytes(session.ident), size, "this send")
-        except Reject as exc:  # its pointer reads as failed, with this reason, at the client's next use
-            self.refuse("over a quota or time budget")
-            self._fail(session, "send", [oid], [], exc, time.perf_counter())
-            raise
-        tensor = self.worker.place(tensor)
-        if header.get("rg") and (tensor.is_floating_point() or tensor.is_complex()):
-            tensor.requires_grad_(True)  # send keeps requires_grad
-        self.store.put(Entry(oid, tensor, tags=tags, origin=session.label, session=session.ident, op=""))
-        self.events.emit("command", client=session.label, op="send", inputs=(), out=[oid], duration=0.0, status="ok")
-        return encode({"t": Kind.OK, "s": header.get("s")}) if header.get("ack") else None
-
     def _on_search(self, session: Session, header: dict, used: List[Entry]) -> List[Any]:
         tags = field(header, "tags", list)
         if len(tags) > limits.MAX_TAGS:
@@ -493,7 +441,7 @@ class Server(Handshakes, DirectPort, Ops):
         return None
 
     #: the handler of each kind of message a client sends after the handshake (``batch`` aside)
-    HANDLERS = {Kind.OP: Ops._on_op, Kind.GET: _on_get, Kind.SEND: _on_send, Kind.SEARCH: _on_search,
+    HANDLERS = {Kind.OP: Ops._on_op, Kind.GET: _on_get, Kind.SEND: sends.on_send, Kind.SEARCH: _on_search,
                 Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
                 Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release, **streams.HANDLERS,
                 Kind.TICKET: tickets.on_ticket, Kind.MOVE: moves.on_move}
