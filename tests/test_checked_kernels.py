@@ -173,3 +173,16 @@ def test_a_size_given_as_a_one_element_tensor_is_refused_where_it_cannot_be_pric
                    described=True)
     assert torch.equal(x.new_zeros(3).get(), torch.zeros(3))
     assert torch.equal((x + client.send(torch.tensor(2))).get(), torch.full((2,), 3.0))  # (a number as a value)
+
+
+def test_a_checked_op_writes_as_the_torch_function_it_checks() -> None:
+    """The worker's tables keyed by torch's functions look through a checked one (``checked.unwrapped``): an op
+    that writes nothing by its schema runs without the write guard (``nonzero`` took the guarded path of ops
+    that may write), and ``nonzero``/``argwhere`` count a mask's rows in a trace as torch's do."""
+    from syft_magics.owner import checked, fake_trace, writes
+
+    for wrapper, torch_fn in checked.STANDS_FOR.items():
+        assert writes.writes_nothing(wrapper, {}) == writes.writes_nothing(torch_fn, {}), torch_fn
+    assert writes.writes_nothing(checked.nonzero, {}) and writes.writes_nothing(checked.bincount, {})
+    assert all(checked.unwrapped(f) in fake_trace._COUNTS_NONZERO for f in (checked.nonzero, checked.argwhere))
+    assert checked.unwrapped(torch.add) is torch.add and checked.unwrapped([]) == []

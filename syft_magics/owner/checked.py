@@ -435,6 +435,27 @@ class _Sizes(TorchDispatchMode):
 VALUE_SIZED = frozenset({repeat_interleave, bincount, one_hot, nonzero, argwhere, masked_select, unique})
 
 
+fractional_max_pool2d = _fractional(F.fractional_max_pool2d, F.fractional_max_pool2d_with_indices)
+fractional_max_pool3d = _fractional(F.fractional_max_pool3d, F.fractional_max_pool3d_with_indices)
+
+#: The torch function each checked one stands for: tables keyed by torch's functions (whether an op writes into
+#: its arguments, by its schema; which ops count nonzero elements) look through a checked one (:func:`unwrapped`).
+STANDS_FOR: Dict[Callable[..., Any], Callable[..., Any]] = {
+    weight_norm: torch._weight_norm, ctc_loss: F.ctc_loss, embedding_bag: F.embedding_bag,
+    repeat_interleave: torch.repeat_interleave, bincount: torch.bincount, one_hot: F.one_hot, nonzero: torch.nonzero,
+    argwhere: torch.argwhere, masked_select: torch.masked_select, unique: torch.unique, eigvals: torch.linalg.eigvals,
+    matrix_power: torch.matrix_power, grid_sample: F.grid_sample, pdist: F.pdist, pad: F.pad,
+    fractional_max_pool2d: F.fractional_max_pool2d, fractional_max_pool3d: F.fractional_max_pool3d}
+
+
+def unwrapped(fn: Any) -> Any:
+    """The torch function ``fn`` stands for, if it is a checked one; else ``fn``."""
+    try:
+        return STANDS_FOR.get(fn, fn)
+    except TypeError:  # unhashable
+        return fn
+
+
 def ops() -> Dict[str, Callable[..., Any]]:
     """The checked functions, by the names clients send (replacing torch's own on the allowlist)."""
     return {"torch._weight_norm": weight_norm,
@@ -450,7 +471,5 @@ def ops() -> Dict[str, Callable[..., Any]]:
             "torch.nn.functional.grid_sample": grid_sample,
             "torch.nn.functional.pdist": pdist,
             "torch.nn.functional.pad": pad,
-            "torch.nn.functional.fractional_max_pool2d": _fractional(F.fractional_max_pool2d,
-                                                                     F.fractional_max_pool2d_with_indices),
-            "torch.nn.functional.fractional_max_pool3d": _fractional(F.fractional_max_pool3d,
-                                                                     F.fractional_max_pool3d_with_indices)}
+            "torch.nn.functional.fractional_max_pool2d": fractional_max_pool2d,
+            "torch.nn.functional.fractional_max_pool3d": fractional_max_pool3d}

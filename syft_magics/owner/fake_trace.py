@@ -89,8 +89,7 @@ Origin = Tuple[Any, ...]
 #: (``x[m]``: a mask must match the dimensions it picks from), or of the first input (``nonzero(m)``). Not
 #: ``masked_select(x, m)``: ``m`` broadcasts, and its count can be a multiple of ``m``'s.
 _COUNTS_A_MASK = frozenset({torch.Tensor.__getitem__})
-_COUNTS_NONZERO = frozenset({torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere,
-                             checked.nonzero, checked.argwhere})  # (the worker runs checked's)
+_COUNTS_NONZERO = frozenset({torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere})
 
 
 #: A string argument longer than this is not kept in a remembered key (the op is traced each time).
@@ -381,7 +380,7 @@ def _origin(fn: Any, leaves: List[Any], expr: Any, by_expr: Dict[Any, int]) -> O
     if k is not None:
         return ("in", k)
     if getattr(expr, "is_Symbol", False):  # (a new size of its own: what does it count?)
-        if fn in _COUNTS_NONZERO and leaves and isinstance(leaves[0], torch.Tensor):
+        if checked.unwrapped(fn) in _COUNTS_NONZERO and leaves and isinstance(leaves[0], torch.Tensor):
             return ("count", 0)
         if fn in _COUNTS_A_MASK:
             masks = [j for j, x in enumerate(leaves) if j and isinstance(x, torch.Tensor) and x.dtype == torch.bool]

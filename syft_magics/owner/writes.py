@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, FrozenSet
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import autograd, side_writes
+from . import autograd, checked, side_writes
 from .blocks import storage_key
 from .models import ModelWeights
 
@@ -93,13 +93,15 @@ def keyword_writes(fn: Any) -> Optional[FrozenSet[str]]:
 
     An op whose every write goes through a keyword argument the call does not pass writes nothing, by
     its schema (the same schemas :class:`WriteGuard` trusts): it needs no guard, which saves a dispatch
-    mode (tens of microseconds) on most ops. Cached per function."""
+    mode (tens of microseconds) on most ops. A checked op (:mod:`.checked`) writes as the torch function it
+    checks and then calls. Cached per function."""
     try:
         return _KEYWORD_WRITES[fn]
     except KeyError:
         pass
     except TypeError:  # unhashable
         return None
+    key, fn = fn, checked.unwrapped(fn)
     found: Optional[FrozenSet[str]] = None
     packets: List[Any] = []
     if fn is torch.Tensor.__getitem__:  # (no operator of its name: those Python indexing dispatches to)
@@ -115,7 +117,7 @@ def keyword_writes(fn: Any) -> Optional[FrozenSet[str]]:
                   for w in _write_plan(getattr(packet, overload))]
         if all(i >= 0 and kwarg_only for i, _, kwarg_only in writes):
             found = frozenset({"out", *(arg_name for _, arg_name, _ in writes)})
-    _KEYWORD_WRITES[fn] = found
+    _KEYWORD_WRITES[key] = found
     return found
 
 
