@@ -290,6 +290,54 @@ def test_ops_on_the_owners_data_may_fail_only_so_often(make_worker, make_client)
         again.sync()
 
 
+def test_the_failure_budget_holds_for_ops_the_worker_does_not_trace(make_worker, make_client):
+    """helper-68: the budget was checked only for ops the worker traces, and ``torch.autograd.grad`` over tensors of
+    public shapes is not traced: past a spent budget, 354 of them failed or not on a seed the client chose times a
+    value of ``#X``, and read all of it in 1.6 s. Every op whose failure would be withheld is rationed now."""
+    bob = make_worker("Bob", policy="review", connection_file=False, quotas=Quotas(failed_ops_per_hour=2))
+    bob.share(torch.tensor([0.25, 0.5, 0.75, 1.0]), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x, = client.search("#X")
+    a = client.send(torch.ones(4, requires_grad=True))
+    out = (a * x).sum()  # built before the budget is spent: the grads below need no other op over #X
+    past_the_end = client.send(torch.tensor([7]))
+    client.sync()
+    for _ in range(2):
+        with pytest.raises(sm.WithheldError):
+            x[past_the_end]
+            client.sync()
+    with pytest.raises(QuotaExceeded, match="failed_ops_per_hour"):
+        torch.autograd.grad(out, a, retain_graph=True)
+        client.sync()
+
+
+def test_an_optimizer_is_an_argument_of_its_own_ops_only(make_worker, make_client):
+    """helper-68: an optimizer given to another op (``F.nll_loss(..., size_average=opt)``, through the client's
+    generic call) made that op untraceable, so over the owner's data it ran past the failure budget, and over a
+    withheld row count past the check that it runs at every count: whether it failed read the count in 9 calls.
+    Refused before it runs now, whatever it is given with, and the optimizer still steps."""
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.tensor([[1.0, 2.0], [-1.0, 3.0], [2.0, 0.5]]), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x, = client.search("#X")
+    w = client.send(torch.zeros(2, requires_grad=True))
+    opt = client.optim.SGD([w], lr=0.1)
+    rows = x[x[:, 0] > 0]  # a withheld number of rows
+
+    def standin(*args, **kwargs):
+        return torch.empty((), device="meta")
+
+    for k in (1, 2, 3):
+        target = client.send(torch.zeros(k, dtype=torch.long))
+        with pytest.raises(sm.RemoteError, match="cannot take an optimizer"), torch.no_grad():
+            client.run(standin, "torch.nn.functional.nll_loss", (rows, target), {"size_average": opt._handle})
+            client.sync()
+    (w * 2).sum().backward()
+    opt.step()
+    client.sync()
+    assert torch.equal(bob.store.get(w.oid).tensor.detach(), torch.tensor([-0.2, -0.2]))
+
+
 def test_the_failure_budget_refills_at_its_rate(monkeypatch):
     from syft_magics.owner import quotas
 

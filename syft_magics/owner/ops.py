@@ -40,7 +40,7 @@ from . import (
 )
 from .allowlist import hint as allowlist_hint
 from .models import makes_model
-from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES
+from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES, check_handles
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
 from .replies import Reject, error_reply, forget_frames
 from .sessions import Session
@@ -116,6 +116,7 @@ class Ops:
                 raise Reject(ErrorCode.DENIED, f"a model cannot be made of a tensor computed over a shape "
                                                f"{self.name} withholds; ask for the shape (ptr.request_shape()), "
                                                "then use a copy (ptr.clone())")
+            check_handles(fn, op, used)  # (an optimizer or scheduler: only for the ops that take one)
             if fn in OPTIMIZER_FACTORIES:  # (its steps would write into the tensors it is given)
                 owned = next((e for e in used if writes.owner_view(self.store, e) or e.read_only), None)
                 if owned is not None:

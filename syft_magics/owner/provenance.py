@@ -380,10 +380,17 @@ class Disclosure:
         owner's data failed too often (see :meth:`failure`). Its results could not be kept (see
         :meth:`unbounded_text`: its real allocation would happen before the refusal); or torch cannot trace it
         over a withheld shape (:meth:`untraced_text`), where whether it fails, or what it writes, could tell
-        that shape. Untraced over public shapes it runs, and says; its results cannot be kept."""
+        that shape. Untraced over public shapes it runs, and says; its results cannot be kept.
+
+        The failure budget holds for every op whose failure would be withheld (:meth:`failure`), traced or not
+        (helper-68: ``torch.autograd.grad``, whose shapes are public and not traced, failed 354 times past a spent
+        budget, each failure a bit of ``#X`` through a seed the client chose)."""
+        if not self.guarded:
+            return None
+        if self.of_inputs(used).owner:
+            self.failures.check(session)
         if not self._traces(fn, used):
             return None
-        self.failures.check(session)
         traced = self.trace(fn, args, kwargs, used, known)
         if isinstance(traced, Trace):
             return Reject(ErrorCode.DENIED, self.unbounded_text(op)) if None in traced.charges else None
