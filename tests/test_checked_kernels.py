@@ -1,5 +1,5 @@
-"""Torch kernels that trust their arguments (helper-64, helper-65: crashes of the worker and reads of its heap in
-plain torch 2.13) run on the worker only after the checks torch skips (``owner/checked.py``): each bad call is
+"""Torch kernels that trust their arguments (helper-64 to -67: crashes of the worker and reads of its heap in
+plain torch 2.13) run on the worker only after the checks torch skips (``owner/checked/``): each bad call is
 refused with its reason, the worker lives on, and good calls give torch's result."""
 from __future__ import annotations
 
@@ -72,6 +72,17 @@ BAD = [
     ("torch.fft.irfft", torch.fft.irfft, (torch.ones(4, dtype=torch.complex64), torch.tensor(2**32 + 1)), {},
      "beyond any size|as a Python number"),
     ("torch.linalg.matrix_power", torch.linalg.matrix_power, (torch.eye(2), -2**63), {}, "within"),
+    # helper-67: integer division of the smallest integer by -1 traps (SIGFPE); combinations makes n ** r elements
+    ("torch.div", torch.div, (torch.tensor([-2**63]), torch.tensor([-1])), {"rounding_mode": "trunc"}, "does not fit"),
+    ("torch.div", torch.div, (torch.tensor([-2**31], dtype=torch.int32), -1), {"rounding_mode": "trunc"},
+     "does not fit"),
+    ("Tensor.div_", torch.Tensor.div_, (torch.tensor([5, -2**31], dtype=torch.int32),
+                                        torch.tensor([2, -1], dtype=torch.int32)), {"rounding_mode": "trunc"},
+     "does not fit"),
+    ("torch.lcm", torch.lcm, (torch.tensor([-2**63]), torch.tensor([7])), {}, "least common multiple"),
+    ("Tensor.lcm_", torch.Tensor.lcm_, (torch.tensor([-2**31], dtype=torch.int32),
+                                        torch.tensor([2**31 - 1], dtype=torch.int32)), {}, "least common multiple"),
+    ("torch.combinations", torch.combinations, (torch.arange(10.0),), {"r": 8}, "combinations"),
 ]
 
 GOOD = [
@@ -88,6 +99,10 @@ GOOD = [
     (torch.unique, (torch.tensor([3, 1, 3]),), {}),
     (torch.masked_select, (torch.arange(4.0), torch.tensor([True, False, True, False])), {}),
     (torch.bincount, (torch.tensor([0, 2, 2]),), {"minlength": 5}),
+    (torch.div, (torch.tensor([7, -7, -2**63]), torch.tensor([2, 2, 1])), {"rounding_mode": "trunc"}),
+    (torch.lcm, (torch.tensor([4, 6]), torch.tensor([6, 4])), {}),
+    (torch.combinations, (torch.arange(4.0),), {"r": 3}),
+    (torch.unique_consecutive, (torch.tensor([1, 1, 2, 2, 1]),), {}),
 ]
 
 
@@ -144,8 +159,10 @@ def test_backwards_of_checked_calls_reach_their_inputs(child):
     lambda c: torch.nonzero(c.send(torch.ones(1)).expand(1 << 26)),
     lambda c: torch.unique(c.send(torch.ones(1)).expand(1 << 26)),
     lambda c: torch.masked_select(c.send(torch.ones(1 << 21)), c.send(torch.ones(1, dtype=torch.bool))),
+    lambda c: torch.unique_consecutive(c.send(torch.ones(1)).expand(1 << 26), return_counts=True)[0],
+    lambda c: torch.combinations(c.send(torch.arange(9.0)), r=7),
 ], ids=["repeat_interleave", "bincount", "one_hot", "Tensor.repeat_interleave", "bincount minlength as a tensor",
-        "nonzero of a view", "unique of a view", "masked_select"])
+        "nonzero of a view", "unique of a view", "masked_select", "unique_consecutive of a view", "combinations"])
 def test_a_result_sized_by_values_is_refused_before_it_is_made(make_worker, make_client, op):
     # repeat_interleave(tensor([2**31])), 40 bytes, allocated 16 GiB under a 2 GiB quota, then was refused
     import resource
@@ -155,7 +172,7 @@ def test_a_result_sized_by_values_is_refused_before_it_is_made(make_worker, make
     make_worker("Bob", policy="open", quotas=Quotas(max_bytes="16MB"))
     client = make_client("Bob")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(sm.SyftError, match="size read from the values|as a Python number"):
+    with pytest.raises(sm.SyftError, match="size read from the values|as a Python number|combinations's work"):
         op(client).get()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 128 << 10, "512 MiB were never made"
     assert torch.equal(torch.bincount(client.send(torch.tensor([0, 2, 2]))).get(), torch.tensor([1, 0, 2]))

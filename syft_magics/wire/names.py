@@ -133,7 +133,7 @@ soft_margin_loss multilabel_soft_margin_loss cosine_embedding_loss triplet_margi
 
 #: Torch functions under private names that public layers call: ``parametrizations.weight_norm``'s weight is
 #: ``torch._weight_norm(v, g, dim)``, a pure function of the two (whose kernel a worker runs only after checking
-#: them: ``owner/checked.py``).
+#: them: ``owner/checked/``).
 LAYER_INTERNALS = ("_weight_norm",)
 
 
