@@ -83,7 +83,9 @@ BAD = [
     ("Tensor.lcm_", torch.Tensor.lcm_, (torch.tensor([-2**31], dtype=torch.int32),
                                         torch.tensor([2**31 - 1], dtype=torch.int32)), {}, "least common multiple"),
     ("torch.combinations", torch.combinations, (torch.arange(10.0),), {"r": 8}, "combinations"),
-]
+] + [(f"Tensor.{name}", getattr(torch.Tensor, name), (torch.tensor([-2**63]), torch.tensor([-1])),
+       {"rounding_mode": "trunc"}, "does not fit")  # (helper-69: the operators take a rounding mode too)
+      for name in ("__idiv__", "__itruediv__", "__truediv__", "__div__")]
 
 GOOD = [
     (F.ctc_loss, (LP, torch.tensor([[1, 2]]), torch.tensor([5]), torch.tensor([2])), {}),

@@ -338,6 +338,35 @@ def test_an_optimizer_is_an_argument_of_its_own_ops_only(make_worker, make_clien
     assert torch.equal(bob.store.get(w.oid).tensor.detach(), torch.tensor([-0.2, -0.2]))
 
 
+def test_an_optimizers_own_ops_take_plain_values_only(make_worker, make_client):
+    """helper-69: ``zero_grad(opt, set_to_none=x[i, j] > t)`` (an optimizer's own op, untraced for its handle) read a
+    value of ``#X`` as a bool, and whether ``w.grad`` was then None told it: all of ``#X``, no failure, no click.
+    An optimizer's ops take their handle and plain values only."""
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.tensor([[1.0, -2.0]]), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x, = client.search("#X")
+    w = client.send(torch.zeros(2, requires_grad=True))
+    opt = client.optim.SGD([w], lr=0.1)
+    (w * 2).sum().backward()
+    client.sync()
+
+    def nothing(*args, **kwargs):
+        return None
+
+    for bit in (x[0, 0] > 0, x[0, 1] > 0):
+        with pytest.raises(sm.RemoteError, match="plain values"):
+            client.run(nothing, "syft.optim_zero_grad", (opt._handle, bit), {})
+            client.sync()
+        assert bob.store.get(w.oid).tensor.grad is not None, "the gradient is as it was"
+    with pytest.raises(sm.RemoteError, match="True or False"):
+        client.run(nothing, "syft.optim_zero_grad", (opt._handle, 1), {})
+        client.sync()
+    opt.zero_grad()
+    client.sync()
+    assert bob.store.get(w.oid).tensor.grad is None
+
+
 def test_the_failure_budget_refills_at_its_rate(monkeypatch):
     from syft_magics.owner import quotas
 

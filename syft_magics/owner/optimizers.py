@@ -145,9 +145,13 @@ def step(obj: Any) -> None:
 
 
 def zero_grad(opt: Any, set_to_none: bool = True) -> None:
+    """``optimizer.zero_grad(set_to_none)``, of a plain bool (helper-69: a pointer there was read as one, a bit of
+    ``#X`` per call, told by whether the gradients were then None)."""
     if not isinstance(opt, Optimizer):
         raise TypeError(f"zero_grad() needs an optimizer, got {type(opt).__name__}")
-    opt.zero_grad(set_to_none=bool(set_to_none))
+    if type(set_to_none) is not bool:
+        raise TypeError("zero_grad(set_to_none=...) takes True or False")
+    opt.zero_grad(set_to_none=set_to_none)
 
 
 def settings(obj: Any) -> str:
@@ -258,8 +262,15 @@ def check_handles(fn: Any, op: str, used: List["Entry"]) -> None:
     """Refuse an optimizer or a scheduler as an argument of an op other than those that take one: torch's
     functions have no use for it, and the worker cannot trace an op given one (helper-68: ``F.nll_loss(...,
     size_average=opt)`` over the owner's data ran untraced, past the failure budget and past the check that an op
-    over a withheld size runs whatever that size: a withheld row count read exactly in 9 failures)."""
+    over a withheld size runs whatever that size: a withheld row count read exactly in 9 failures). And those ops
+    take their handle and plain values only, no other object of the worker's (helper-69: ``zero_grad(opt,
+    set_to_none=x[i, j] > t)``, untraced for its handle, read a value of ``#X`` as a bool: all of it, no failure)."""
     if fn in TAKE_HANDLES:
+        for entry in used:
+            if not isinstance(entry.tensor, (Optimizer, LRScheduler)):
+                kind = "a tensor" if isinstance(entry.tensor, torch.Tensor) else "a model"
+                raise Reject(ErrorCode.BAD_ARGS, f"{op} takes an optimizer or a scheduler and plain values, not "
+                                                 f"{kind} ({entry.label})")
         return
     for entry in used:
         if isinstance(entry.tensor, (Optimizer, LRScheduler)):

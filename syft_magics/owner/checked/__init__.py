@@ -17,8 +17,8 @@ each reproduced in plain torch 2.13, one idea per module:
   before its refusal), and ``combinations``, whose kernel makes ``n ** r`` elements whatever its result (helper-67):
   :data:`VALUE_SIZED`, run inside :func:`room`, refuse what would not fit the room the client's quota leaves before
   they make it;
-- :mod:`.integers` (helper-67): integer division of a dtype's smallest integer by -1 (``div`` in ``trunc`` mode,
-  ``lcm``), which traps (SIGFPE);
+- :mod:`.integers` (helper-67, -69): integer division of a dtype's smallest integer by -1 (``div`` in ``trunc``
+  mode, and the operators ``/``, ``/=`` that take that mode too; ``lcm``), which traps (SIGFPE);
 - :mod:`.beyond`: any torch operator given an integer (a size, a kernel, a stride, an offset) beyond the bytes the
   client may hold is refused (:func:`bounded`): such numbers overflowed ``max_pool1d``, ``unfold`` and the adaptive
   pools (helper-66).
@@ -39,7 +39,18 @@ import torch.nn.functional as F
 from .. import quotas as quota_rules
 from .beyond import bounded, numbers_in_tensors
 from .common import room
-from .integers import div, lcm, tensor_div, tensor_div_, tensor_lcm, tensor_lcm_
+from .integers import (
+    div,
+    lcm,
+    tensor_div,
+    tensor_div_,
+    tensor_div_operator,
+    tensor_idiv,
+    tensor_itruediv,
+    tensor_lcm,
+    tensor_lcm_,
+    tensor_truediv,
+)
 from .kernels import (
     ctc_loss,
     eigvals,
@@ -91,6 +102,8 @@ STANDS_FOR: Dict[Callable[..., Any], Callable[..., Any]] = {
     matrix_power: torch.matrix_power, grid_sample: F.grid_sample, pdist: F.pdist, pad: F.pad,
     fractional_max_pool2d: F.fractional_max_pool2d, fractional_max_pool3d: F.fractional_max_pool3d,
     div: torch.div, tensor_div: torch.Tensor.div, tensor_div_: torch.Tensor.div_,
+    tensor_truediv: torch.Tensor.__truediv__, tensor_itruediv: torch.Tensor.__itruediv__,
+    tensor_div_operator: torch.Tensor.__div__, tensor_idiv: torch.Tensor.__idiv__,
     lcm: torch.lcm, tensor_lcm: torch.Tensor.lcm, tensor_lcm_: torch.Tensor.lcm_}
 
 
@@ -123,5 +136,7 @@ def ops() -> Dict[str, Callable[..., Any]]:
             "torch.nn.functional.fractional_max_pool2d": fractional_max_pool2d,
             "torch.nn.functional.fractional_max_pool3d": fractional_max_pool3d,
             "torch.div": div, "torch.divide": div, "Tensor.div": tensor_div, "Tensor.divide": tensor_div,
-            "Tensor.div_": tensor_div_, "Tensor.divide_": tensor_div_,
+            "Tensor.div_": tensor_div_, "Tensor.divide_": tensor_div_, "Tensor.__truediv__": tensor_truediv,
+            "Tensor.__itruediv__": tensor_itruediv, "Tensor.__div__": tensor_div_operator,
+            "Tensor.__idiv__": tensor_idiv,
             "torch.lcm": lcm, "Tensor.lcm": tensor_lcm, "Tensor.lcm_": tensor_lcm_}

@@ -36,7 +36,10 @@ def _smallest_by_minus_one(op: str, a: Any, b: Any) -> None:
 
 def _div(fn: Callable[..., Any]) -> Callable[..., Any]:
     def div(a: Any, b: Any, *args: Any, rounding_mode: Any = None, **kwargs: Any) -> Any:
-        """``torch.div`` (``divide``, the methods, in place), checked first in ``trunc`` mode (see the module)."""
+        """``torch.div`` (``divide``, the methods, in place, and the operators ``/``, ``/=``, which take a
+        ``rounding_mode`` too), checked first in ``trunc`` mode (see the module)."""
+        if rounding_mode is None:
+            return fn(a, b, *args, **kwargs)
         if rounding_mode == "trunc":
             _smallest_by_minus_one("div", a, b)
         return fn(a, b, *args, rounding_mode=rounding_mode, **kwargs)
@@ -47,6 +50,11 @@ def _div(fn: Callable[..., Any]) -> Callable[..., Any]:
 div = _div(torch.div)
 tensor_div = _div(torch.Tensor.div)
 tensor_div_ = _div(torch.Tensor.div_)
+#: (helper-69: ``a.__idiv__(b, rounding_mode="trunc")`` reached the same division, unchecked)
+tensor_truediv = _div(torch.Tensor.__truediv__)
+tensor_itruediv = _div(torch.Tensor.__itruediv__)
+tensor_div_operator = _div(torch.Tensor.__div__)
+tensor_idiv = _div(torch.Tensor.__idiv__)
 
 
 def _lcm(fn: Callable[..., Any]) -> Callable[..., Any]:
