@@ -25,7 +25,7 @@ def randperm(like: PointerTensor, n: int, seed: Optional[int] = None) -> Pointer
     """A random permutation of ``range(n)`` drawn on ``like``'s worker (``seed``: reproducible)."""
     if not isinstance(like, PointerTensor):
         raise TypeError("randperm needs a pointer, to know which worker draws the permutation")
-    return like.client.run(_randperm_standin, "syft.randperm", (int(n), seed), {})
+    return like.client.run(_randperm_standin, "syft.randperm", (int(n), None if seed is None else int(seed)), {})
 
 
 class DataLoader:

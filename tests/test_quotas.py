@@ -367,6 +367,40 @@ def test_an_optimizers_own_ops_take_plain_values_only(make_worker, make_client):
     assert bob.store.get(w.oid).tensor.grad is None
 
 
+def test_the_workers_own_ops_read_flags_as_bools_never_from_the_owners_values(make_worker, make_client):
+    """helper-69's class (``owner/plain.py``): ``backward(loss, retain_graph=x[0] > 0)`` ran, reading the owner's
+    value as the flag, and whether the next backward of the client's own loss then failed told it (publicly: the
+    loss is the client's). The worker's own ops take flags and seeds by type: the same refusal whatever the value."""
+    import torch.nn as nn
+
+    bob = make_worker("Bob", policy="review", connection_file=False)
+    bob.share(torch.tensor([1.0, -2.0]), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x, = client.search("#X")
+    w = client.send(torch.ones(2, requires_grad=True))
+    model = client.send(nn.Linear(2, 1))
+
+    def nothing(*args, **kwargs):
+        return None
+
+    outcomes = []
+    for bit in (x[0] > 0, x[1] > 0):  # True, then False
+        loss = (w * 2).sum()
+        seen = []
+        for name, args in (("Tensor.backward", (loss, None, bit)), ("syft.module_train", (model._handle, bit)),
+                           ("syft.randperm", (4, bit.long()))):
+            try:
+                client.run(nothing, name, args, {})
+                client.sync()
+                seen.append("ran")
+            except sm.SyftError as exc:
+                seen.append(type(exc).__name__)
+        loss.backward()  # the graph is there, whatever the owner's value
+        client.sync()
+        outcomes.append(seen)
+    assert outcomes[0] == outcomes[1] and "ran" not in outcomes[0], outcomes
+
+
 def test_the_failure_budget_refills_at_its_rate(monkeypatch):
     from syft_magics.owner import quotas
 

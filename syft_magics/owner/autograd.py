@@ -7,6 +7,7 @@ so the serving loop refuses them on the owner's data exactly as it refuses ``add
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -14,6 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .models import parameters_of
+from .plain import flag, integer, maybe_flag
 
 
 def grad_of(t: torch.Tensor) -> Optional[torch.Tensor]:
@@ -65,7 +67,7 @@ def _dense_inputs(inputs: Any, what: str) -> None:
 
 
 def requires_grad_(t: torch.Tensor, requires_grad: bool = True) -> torch.Tensor:
-    if requires_grad:
+    if flag(requires_grad, "requires_grad_()"):
         _dense_gradient(t, "requires_grad_()")
     return t.requires_grad_(requires_grad)
 
@@ -84,7 +86,8 @@ _CREATE_GRAPH = ("backward(create_graph=True) is not supported on a worker: the 
 def backward(t: torch.Tensor, gradient: Optional[torch.Tensor] = None, retain_graph: Optional[bool] = None,
              create_graph: bool = False, inputs: Any = None) -> None:
     """``t.backward(...)``: accumulates into the ``.grad`` of the worker's leaves."""
-    if create_graph:
+    retain_graph = maybe_flag(retain_graph, "backward(retain_graph=...)")
+    if flag(create_graph, "backward(create_graph=...)"):
         raise ValueError(_CREATE_GRAPH)
     _dense_inputs(inputs, "backward(inputs=...)")
     t.backward(gradient, retain_graph, create_graph, inputs=inputs)
@@ -94,7 +97,8 @@ def autograd_backward(tensors: Any, grad_tensors: Any = None, retain_graph: Opti
                       create_graph: bool = False, grad_variables: Any = None, inputs: Any = None) -> None:
     """``torch.autograd.backward(...)``, without ``create_graph`` (see :func:`backward`) nor torch's deprecated
     ``grad_variables`` (``grad_tensors`` under an old name: one name for the seed, which :mod:`.trained` reads)."""
-    if create_graph:
+    retain_graph = maybe_flag(retain_graph, "torch.autograd.backward(retain_graph=...)")
+    if flag(create_graph, "torch.autograd.backward(create_graph=...)"):
         raise ValueError(_CREATE_GRAPH)
     if grad_variables is not None:
         raise ValueError("torch.autograd.backward's grad_variables is deprecated: pass grad_tensors")
@@ -107,13 +111,21 @@ def grad(*args: Any, **kwargs: Any) -> Any:
     """``torch.autograd.grad(...)`` without ``is_grads_batched``: its gradients are as many times its inputs as its
     seed's first dimension, which an expanded seed of a few bytes makes any number (helper-61: 4.5 GiB under a 64 MB
     quota from one small message, before any charge); the worker prices a backward by its graph alone."""
-    if kwargs.get("is_grads_batched") or (len(args) > 7 and args[7]):
+    bound = _GRAD.bind(*args, **kwargs)
+    for name in ("retain_graph", "allow_unused"):
+        maybe_flag(bound.arguments.get(name), f"torch.autograd.grad({name}=...)")
+    for name in ("create_graph", "only_inputs", "is_grads_batched", "materialize_grads"):
+        if name in bound.arguments:
+            flag(bound.arguments[name], f"torch.autograd.grad({name}=...)")
+    if bound.arguments.get("is_grads_batched"):
         raise ValueError("torch.autograd.grad(is_grads_batched=True) is not supported on a worker (its memory is its "
                          "seed's batch times its inputs, unknown before it runs): compute the gradients one seed at "
                          "a time")
     _dense_inputs(kwargs.get("inputs", args[1] if len(args) > 1 else None), "torch.autograd.grad")
     return torch.autograd.grad(*args, **kwargs)
 
+
+_GRAD = inspect.signature(torch.autograd.grad)
 
 #: Backwards that build no graph (``create_graph`` is refused): nothing to record while they run (see .graphs).
 SAVES_NOTHING = frozenset({backward, autograd_backward})
@@ -129,7 +141,7 @@ def randperm(n: int, seed: Optional[int] = None) -> torch.Tensor:
     """A permutation for shuffling mini-batches on the worker (``seed`` for reproducible runs)."""
     if type(n) is not int or not 0 <= n <= MAX_RANDPERM:
         raise ValueError(f"randperm needs 0 <= n <= {MAX_RANDPERM}")
-    generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    generator = torch.Generator().manual_seed(integer(seed, "randperm(seed=...)")) if seed is not None else None
     return torch.randperm(n, generator=generator)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..wire.modules import export_state, load
+from .plain import flag
 
 
 def module_of(m: Any) -> nn.Module:
@@ -61,7 +62,7 @@ def module_call(m: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def module_train(m: Any, mode: bool = True) -> None:
-    module_of(m).train(bool(mode))
+    module_of(m).train(flag(mode, "train(mode=...)"))
 
 
 class ModelWeights(nn.Module):

@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..wire.protocol import ErrorCode
 from ..wire.results import MAX_TEXT
+from .plain import flag
 from .replies import Reject
 
 if TYPE_CHECKING:
@@ -149,9 +150,7 @@ def zero_grad(opt: Any, set_to_none: bool = True) -> None:
     ``#X`` per call, told by whether the gradients were then None)."""
     if not isinstance(opt, Optimizer):
         raise TypeError(f"zero_grad() needs an optimizer, got {type(opt).__name__}")
-    if type(set_to_none) is not bool:
-        raise TypeError("zero_grad(set_to_none=...) takes True or False")
-    opt.zero_grad(set_to_none=set_to_none)
+    opt.zero_grad(set_to_none=flag(set_to_none, "zero_grad(set_to_none=...)"))
 
 
 def settings(obj: Any) -> str:
