@@ -328,3 +328,36 @@ def test_moving_to_a_pointers_device_on_a_worker_of_several_devices_gets_a_clear
     monkeypatch.setattr(type(client), "devices", property(lambda self: ("cpu", "cuda")))
     with pytest.raises(sm.OpNotAllowed, match="holds no data on this side.*clip_grad_norm_"):
         torch.nn.utils.clip_grad_norm_(remote.parameters(), 1.0)
+
+
+@pytest.mark.parametrize("policy", ["open", "review"])
+def test_a_write_into_a_tensor_a_graph_saved_fails_its_backward_as_in_torch(make_worker, make_client, policy):
+    """torch refuses a backward through a saved tensor written since it was saved; with the worker's hooks on saved
+    tensors (which charge them to their client), torch left that check to the hook, and none was made: helper-70
+    copied ``#X`` into a tensor the client's own loss saved, and the loss's backward put ``#X`` into the client's
+    own, untainted ``a.grad``: all of it, no click. The worker makes torch's check, with torch's words."""
+    local_a = torch.zeros(4, requires_grad=True)
+    local_b = local_a * 1
+    local_loss = (local_b * local_b).sum() / 2
+    with torch.no_grad():
+        local_b.copy_(torch.ones(4))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        local_loss.backward()
+
+    bob = make_worker("Bob", policy=policy, connection_file=False)
+    bob.share(torch.tensor([1.5, -2.5, 3.5, 0.25]), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x, = client.search("#X")
+    a = client.send(torch.zeros(4, requires_grad=True))
+    b = a * 1
+    loss = (b * b).sum() / 2  # saves b
+    with torch.no_grad():
+        b.copy_(x)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+        client.sync()
+    assert bob.store.get(a.oid).tensor.grad is None, "no gradient, and none holding #X"
+    fresh = (a * 3).sum()  # an untouched graph still trains
+    fresh.backward()
+    client.sync()
+    assert torch.equal(bob.store.get(a.oid).tensor.grad, torch.full((4,), 3.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import resource
 
 import msgpack
@@ -386,19 +387,27 @@ def test_the_workers_own_ops_read_flags_as_bools_never_from_the_owners_values(ma
     outcomes = []
     for bit in (x[0] > 0, x[1] > 0):  # True, then False
         loss = (w * 2).sum()
+        b = w * 1  # (helper-70: F.relu(b, inplace=bit) ran in place or not, and its result's refusal told which)
         seen = []
-        for name, args in (("Tensor.backward", (loss, None, bit)), ("syft.module_train", (model._handle, bit)),
-                           ("syft.randperm", (4, bit.long()))):
+        for name, args, kwargs in (("Tensor.backward", (loss, None, bit), {}),
+                                   ("syft.module_train", (model._handle, bit), {}),
+                                   ("syft.randperm", (4, bit.long()), {}),
+                                   ("torch.nn.functional.relu", (b,), {"inplace": bit}),
+                                   ("torch.nn.functional.dropout", (b, 0.5, bit), {}),
+                                   ("torch.nn.functional.nll_loss", (b.view(1, 2), client.send(torch.tensor([0]))),
+                                    {"reduce": bit})):
             try:
-                client.run(nothing, name, args, {})
+                with torch.no_grad():
+                    client.run(nothing, name, args, kwargs)
                 client.sync()
                 seen.append("ran")
             except sm.SyftError as exc:
-                seen.append(type(exc).__name__)
+                seen.append(re.sub(r"error #\d+", "error #n", f"{type(exc).__name__}: {exc}"))
         loss.backward()  # the graph is there, whatever the owner's value
         client.sync()
         outcomes.append(seen)
     assert outcomes[0] == outcomes[1] and "ran" not in outcomes[0], outcomes
+    assert all("a flag" in o for o in outcomes[0][3:]), "torch's Python functions: refused before they run, publicly"
 
 
 def test_the_failure_budget_refills_at_its_rate(monkeypatch):

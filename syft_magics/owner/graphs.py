@@ -23,11 +23,12 @@ saved tensors of a graph the worker did not build (an owner's shared tensor with
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 import torch
 
 from ..wire.results import autograd_leaf
+from .blocks import storage_key
 
 __all__ = ["MAX_DEPTH", "Graph", "Recorder", "builds_graph", "depth_of", "has_graph", "is_leaf_input",
            "keep_with_nodes"]
@@ -152,25 +153,39 @@ class Graph:
 
 class Recorder(torch.autograd.graph.saved_tensors_hooks):
     """While active (``with``), each tensor autograd saves is kept in :attr:`saved` too (until the op's results
-    are stored), and saved by torch with a reference to :attr:`graph`.
+    are stored), and saved by torch with a reference to :attr:`graph` and its version.
 
     Saved detached, as torch itself keeps a saved tensor: a tensor saved as itself makes a reference cycle
     through its ``grad_fn`` that no garbage collection frees, if it is the node's own result or gets a
     ``grad_fn`` later (``y = x * w; x.add_(y)``: the memory outlived its session, found by a probe); torch
-    gives a saved result back its ``grad_fn`` when the backward unpacks it."""
+    gives a saved result back its ``grad_fn`` when the backward unpacks it.
+
+    With a hook, torch leaves to it the check that a saved tensor was not written since it was saved
+    (:func:`_unpack` makes it, with torch's own words): without it, ``b.copy_(x[i])`` into a tensor the client's
+    own loss saved made that loss's backward put ``#X`` into the client's own, untainted ``a.grad`` (helper-70).
+    Not for :attr:`exempt`: the running statistics a training-mode batch norm writes, whose version counters the
+    worker moves after the op (torch does not; see ``.side_writes``), and which the training-mode backward that
+    saved them does not read."""
 
     def __init__(self) -> None:
         self.saved: List[torch.Tensor] = []
         self.graph = graph = Graph()
-        keep = self.saved.append
+        #: storage keys of tensors saved without the version check (see above)
+        self.exempt: Set[int] = set()
+        keep, exempt = self.saved.append, self.exempt
 
-        def pack(t: torch.Tensor) -> Tuple[Graph, torch.Tensor]:
-            d = t.detach()
+        def pack(t: torch.Tensor) -> Tuple[Graph, torch.Tensor, Optional[int]]:
+            d = t.detach()  # (shares t's version counter)
             keep(d)
-            return graph, d
+            return graph, d, None if exempt and storage_key(d) in exempt else d._version
 
         super().__init__(pack, _unpack)
 
 
-def _unpack(packed: Tuple[Graph, torch.Tensor]) -> torch.Tensor:
-    return packed[1]
+def _unpack(packed: Tuple[Graph, torch.Tensor, Optional[int]]) -> torch.Tensor:
+    saved = packed[1]
+    if packed[2] is not None and saved._version != packed[2]:
+        raise RuntimeError(f"one of the variables needed for gradient computation has been modified by an inplace "
+                           f"operation: [{torch.typename(saved)} {list(saved.shape)}] is at version "
+                           f"{saved._version}; expected version {packed[2]} instead")
+    return saved

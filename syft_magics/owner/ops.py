@@ -29,6 +29,7 @@ from . import (
     costs,
     graphs,
     lineage,
+    plain,
     public_charges,
     quotas,
     randomness,
@@ -39,6 +40,7 @@ from . import (
     writes,
 )
 from .allowlist import hint as allowlist_hint
+from .blocks import storage_key
 from .models import makes_model
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES, check_handles
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
@@ -117,6 +119,7 @@ class Ops:
                                                f"{self.name} withholds; ask for the shape (ptr.request_shape()), "
                                                "then use a copy (ptr.clone())")
             check_handles(fn, op, used)  # (an optimizer or scheduler: only for the ops that take one)
+            plain.check_flags(fn, op, args, kwargs)  # (a flag is a bool, never the truth of a tensor)
             if fn in OPTIMIZER_FACTORIES:  # (its steps would write into the tensors it is given)
                 owned = next((e for e in used if writes.owner_view(self.store, e) or e.read_only), None)
                 if owned is not None:
@@ -276,6 +279,8 @@ class Ops:
                 graphs.depth_of(used)
             before = writes.versions(used)
             watch = side_writes.watch(self.disclosure, session.ident, fn, args, kwargs, used)
+            if recorder is not None and watch is not None and watch.forced:  # (their versions move after: .graphs)
+                recorder.exempt.update(storage_key(t) for t in watch.forced)
             copies = writes.copies_for(self.store, used, fn)  # (the owner's data copied, or the guard)
             try:
                 with writes.guard(self.store, used) if copies is None else contextlib.nullcontext(), \
