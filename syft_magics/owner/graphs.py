@@ -23,7 +23,7 @@ saved tensors of a graph the worker did not build (an owner's shared tensor with
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, cast
 
 import torch
 
@@ -163,28 +163,37 @@ class Recorder(torch.autograd.graph.saved_tensors_hooks):
     With a hook, torch leaves to it the check that a saved tensor was not written since it was saved
     (:func:`_unpack` makes it, with torch's own words): without it, ``b.copy_(x[i])`` into a tensor the client's
     own loss saved made that loss's backward put ``#X`` into the client's own, untainted ``a.grad`` (helper-70).
-    Not for :attr:`exempt`: the running statistics a training-mode batch norm writes, whose version counters the
-    worker moves after the op (torch does not; see ``.side_writes``), and which the training-mode backward that
-    saved them does not read."""
+    The running statistics a training-mode batch norm writes are the one write the worker itself makes after an
+    op (it moves their version counters, where torch moves none: see ``.side_writes``): :meth:`rebase` takes their
+    versions then as the saved ones, before any other op can write."""
 
     def __init__(self) -> None:
         self.saved: List[torch.Tensor] = []
         self.graph = graph = Graph()
-        #: storage keys of tensors saved without the version check (see above)
-        self.exempt: Set[int] = set()
-        keep, exempt = self.saved.append, self.exempt
+        #: each saved tensor as torch keeps it: ``[graph, tensor, its version when saved]``
+        self.packs: List[List[Any]] = []
+        keep, packs = self.saved.append, self.packs.append
 
-        def pack(t: torch.Tensor) -> Tuple[Graph, torch.Tensor, Optional[int]]:
+        def pack(t: torch.Tensor) -> List[Any]:
             d = t.detach()  # (shares t's version counter)
             keep(d)
-            return graph, d, None if exempt and storage_key(d) in exempt else d._version
+            packed = [graph, d, d._version]
+            packs(packed)
+            return packed
 
         super().__init__(pack, _unpack)
 
+    def rebase(self, written: Iterable[torch.Tensor]) -> None:
+        """Take the versions the worker gave ``written`` after the op as those saved (see above)."""
+        keys = {storage_key(t) for t in written}
+        for packed in self.packs:
+            if storage_key(packed[1]) in keys:
+                packed[2] = packed[1]._version
 
-def _unpack(packed: Tuple[Graph, torch.Tensor, Optional[int]]) -> torch.Tensor:
+
+def _unpack(packed: List[Any]) -> torch.Tensor:
     saved = packed[1]
-    if packed[2] is not None and saved._version != packed[2]:
+    if saved._version != packed[2]:
         raise RuntimeError(f"one of the variables needed for gradient computation has been modified by an inplace "
                            f"operation: [{torch.typename(saved)} {list(saved.shape)}] is at version "
                            f"{saved._version}; expected version {packed[2]} instead")

@@ -40,7 +40,6 @@ from . import (
     writes,
 )
 from .allowlist import hint as allowlist_hint
-from .blocks import storage_key
 from .models import makes_model
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES, check_handles
 from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
@@ -279,8 +278,6 @@ class Ops:
                 graphs.depth_of(used)
             before = writes.versions(used)
             watch = side_writes.watch(self.disclosure, session.ident, fn, args, kwargs, used)
-            if recorder is not None and watch is not None and watch.forced:  # (their versions move after: .graphs)
-                recorder.exempt.update(storage_key(t) for t in watch.forced)
             copies = writes.copies_for(self.store, used, fn)  # (the owner's data copied, or the guard)
             try:
                 with writes.guard(self.store, used) if copies is None else contextlib.nullcontext(), \
@@ -290,6 +287,8 @@ class Ops:
                 wrote = recorded.changed(self.store, session, (fn, args, kwargs), op, used, before, watch)
                 raise _Ran(_own_refusal(fn, exc), wrote) from None
             written = recorded.changed(self.store, session, (fn, args, kwargs), op, used, before, watch)
+            if recorder is not None and watch is not None and watch.forced:  # (versions the worker moved: .graphs)
+                recorder.rebase(watch.forced)
             if fn in autograd.WRITES_GRADS and self.disclosure.guarded:  # (objects it gave a gradient: helper-44)
                 for entry in self.store.of_session(session.ident):
                     self.store.note_grads(entry)
