@@ -388,6 +388,7 @@ def test_the_workers_own_ops_read_flags_as_bools_never_from_the_owners_values(ma
     for bit in (x[0] > 0, x[1] > 0):  # True, then False
         loss = (w * 2).sum()
         b = w * 1  # (helper-70: F.relu(b, inplace=bit) ran in place or not, and its result's refusal told which)
+        image = client.send(torch.arange(16.0).view(1, 1, 4, 4))
         seen = []
         for name, args, kwargs in (("Tensor.backward", (loss, None, bit), {}),
                                    ("syft.module_train", (model._handle, bit), {}),
@@ -395,7 +396,11 @@ def test_the_workers_own_ops_read_flags_as_bools_never_from_the_owners_values(ma
                                    ("torch.nn.functional.relu", (b,), {"inplace": bit}),
                                    ("torch.nn.functional.dropout", (b, 0.5, bit), {}),
                                    ("torch.nn.functional.nll_loss", (b.view(1, 2), client.send(torch.tensor([0]))),
-                                    {"reduce": bit})):
+                                    {"reduce": bit}),
+                                   # helper-71: a flag read by torch's dispatcher, a number read by its Python
+                                   ("torch.nn.functional.max_pool2d", (image, 2), {"return_indices": bit}),
+                                   ("torch.nn.functional.dropout", (b,),
+                                    {"p": bit.float(), "training": True, "inplace": True})):
             try:
                 with torch.no_grad():
                     client.run(nothing, name, args, kwargs)
@@ -407,7 +412,7 @@ def test_the_workers_own_ops_read_flags_as_bools_never_from_the_owners_values(ma
         client.sync()
         outcomes.append(seen)
     assert outcomes[0] == outcomes[1] and "ran" not in outcomes[0], outcomes
-    assert all("a flag" in o for o in outcomes[0][3:]), "torch's Python functions: refused before they run, publicly"
+    assert all("a Python value" in o for o in outcomes[0][3:]), "torch's Python functions: refused before they run"
 
 
 def test_the_failure_budget_refills_at_its_rate(monkeypatch):

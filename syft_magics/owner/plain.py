@@ -13,7 +13,7 @@ value said, and the refusal of its result told which).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -41,15 +41,19 @@ def integer(value: Any, what: str) -> int:
     return value
 
 
-#: Where each function takes a flag: ``(position or None for keyword-only, name)`` of each parameter whose default is
-#: a bool or whose annotation says ``bool`` (``inplace``, ``training``, ``align_corners``, ``size_average``...).
+#: Where each function takes a Python value: ``(position or None for keyword-only, name)`` of each parameter whose
+#: default is a bool or a number, or whose annotation says ``bool``, ``int`` or ``float`` and not ``Tensor``
+#: (``inplace``, ``training``, ``align_corners``, ``size_average``, ``p``, ``return_indices``...).
 _FLAGS: Dict[Any, Tuple[Tuple[Optional[int], str], ...]] = {}
+
+_NUMBERS = ("bool", "int", "float", "Number")
 
 
 def check_flags(fn: Any, op: str, args: Any, kwargs: Dict[str, Any]) -> None:
-    """Refuse a tensor given as a flag of ``fn`` (see :data:`_FLAGS`), before it runs: the same refusal whatever the
-    tensor holds. torch's C++ functions refuse one themselves; its Python functions, and the worker's own, would
-    read its truth."""
+    """Refuse a tensor given as a flag or a number of ``fn`` (see :data:`_FLAGS`), before it runs: the same refusal
+    whatever the tensor holds. torch's C++ functions refuse one for a bool themselves; its Python functions, and
+    the worker's own, would read its truth or its number (helper-71: dropout's ``p`` from ``#X``, in place, wrote
+    ``b`` or not as the owner's value said, which the version check of a saved ``b`` then told)."""
     try:
         where = _FLAGS[fn]
     except KeyError:
@@ -59,20 +63,44 @@ def check_flags(fn: Any, op: str, args: Any, kwargs: Dict[str, Any]) -> None:
     for position, name in where:
         value = args[position] if position is not None and position < len(args) else kwargs.get(name)
         if isinstance(value, torch.Tensor):
-            raise Reject(ErrorCode.BAD_ARGS, f"{op}'s {name} takes True or False (a flag), not a tensor")
+            raise Reject(ErrorCode.BAD_ARGS, f"{op}'s {name} takes a Python value (True or False, a number), not a "
+                                             "tensor")
 
 
-def _flags_of(fn: Any) -> Tuple[Tuple[Optional[int], str], ...]:
+def _flags_of(fn: Any, depth: int = 0) -> Tuple[Tuple[Optional[int], str], ...]:
+    found: List[Tuple[Optional[int], str]] = []
+    dispatch = _boolean_dispatch(fn)
+    if dispatch is not None:  # (helper-71: max_pool2d(..., return_indices=x > t) read it in torch's dispatcher)
+        index, name, branches = dispatch
+        found.append((index, name))
+        for branch in branches if depth < 4 else ():
+            found.extend(f for f in _flags_of(branch, depth + 1) if f not in found)
+        return tuple(found)
     if not inspect.isfunction(fn):  # (a builtin: torch's argument parser refuses a tensor for a bool)
         return ()
     try:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return ()
-    found = []
     for i, p in enumerate(parameters):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
         hint = str(p.annotation)
-        if isinstance(p.default, bool) or ("bool" in hint and "Tensor" not in hint):
+        default = p.default
+        if (isinstance(default, (bool, int, float)) and "Tensor" not in hint) or \
+                (any(n in hint for n in _NUMBERS) and "Tensor" not in hint):
             positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             found.append((i if positional else None, p.name))
     return tuple(found)
+
+
+def _boolean_dispatch(fn: Any) -> Optional[Tuple[int, str, Tuple[Any, Any]]]:
+    """``(position, name, the two functions it chooses between)`` of the flag of one of torch's ``boolean_dispatch``
+    functions (``F.max_pool2d``, ``torch.unique``...: ``(*args, **kwargs)``, the flag read inside)."""
+    try:
+        found = inspect.getclosurevars(fn).nonlocals if inspect.isfunction(fn) and fn.__closure__ else {}
+    except (TypeError, ValueError):
+        return None
+    if isinstance(found.get("arg_index"), int) and isinstance(found.get("arg_name"), str) and "if_true" in found:
+        return found["arg_index"], found["arg_name"], (found["if_true"], found.get("if_false"))
+    return None
