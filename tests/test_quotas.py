@@ -400,7 +400,8 @@ def test_the_workers_own_ops_read_flags_as_bools_never_from_the_owners_values(ma
                                    # helper-71: a flag read by torch's dispatcher, a number read by its Python
                                    ("torch.nn.functional.max_pool2d", (image, 2), {"return_indices": bit}),
                                    ("torch.nn.functional.dropout", (b,),
-                                    {"p": bit.float(), "training": True, "inplace": True})):
+                                    {"p": bit.float(), "training": True, "inplace": True}),
+                                   ("torch.tensordot", (image, image), {"dims": [bit.long(), 0]})):
             try:
                 with torch.no_grad():
                     client.run(nothing, name, args, kwargs)

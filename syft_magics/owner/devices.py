@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from . import models
+from .plain import flag
 
 
 class Devices:
@@ -63,7 +64,8 @@ class Devices:
         def safe_to(t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             device, dtype, non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
             check(device)
-            return t.to(device=device, dtype=dtype, non_blocking=non_blocking, copy=bool(kwargs.get("copy", False)),
+            return t.to(device=device, dtype=dtype, non_blocking=non_blocking, copy=flag(kwargs.get("copy", False),
+                                                                                         ".to(copy=...)"),
                         memory_format=memory_format or torch.preserve_format)
 
         def module_to(m: Any, device: Any) -> None:

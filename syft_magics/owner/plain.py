@@ -61,8 +61,9 @@ def check_flags(fn: Any, op: str, args: Any, kwargs: Dict[str, Any]) -> None:
     except TypeError:  # (unhashable: not a function of the allowlist)
         return
     for position, name in where:
-        value = args[position] if position is not None and position < len(args) else kwargs.get(name)
-        if isinstance(value, torch.Tensor):
+        value: Any = args[position] if position is not None and position < len(args) else kwargs.get(name)
+        if isinstance(value, torch.Tensor) or (isinstance(value, (list, tuple)) and any(
+                isinstance(v, torch.Tensor) for v in value)):  # (a list of numbers too: tensordot's dims)
             raise Reject(ErrorCode.BAD_ARGS, f"{op}'s {name} takes a Python value (True or False, a number), not a "
                                              "tensor")
 
