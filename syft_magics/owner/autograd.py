@@ -121,7 +121,7 @@ def grad(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("torch.autograd.grad(is_grads_batched=True) is not supported on a worker (its memory is its "
                          "seed's batch times its inputs, unknown before it runs): compute the gradients one seed at "
                          "a time")
-    _dense_inputs(kwargs.get("inputs", args[1] if len(args) > 1 else None), "torch.autograd.grad")
+    _dense_inputs(bound.arguments.get("inputs"), "torch.autograd.grad")
     return torch.autograd.grad(*args, **kwargs)
 
 

@@ -87,9 +87,7 @@ def _flags_of(fn: Any, depth: int = 0) -> Tuple[Tuple[Optional[int], str], ...]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         hint = str(p.annotation)
-        default = p.default
-        if (isinstance(default, (bool, int, float)) and "Tensor" not in hint) or \
-                (any(n in hint for n in _NUMBERS) and "Tensor" not in hint):
+        if "Tensor" not in hint and (isinstance(p.default, (bool, int, float)) or any(n in hint for n in _NUMBERS)):
             positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             found.append((i if positional else None, p.name))
     return tuple(found)

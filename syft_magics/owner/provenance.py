@@ -341,12 +341,13 @@ class Disclosure:
         key = trace_key(fn, args, kwargs, withheld, sizes.owned_inputs(used, withheld))
         return withheld, key, self._traced.get(key, PENDING) if key is not None else PENDING
 
-    def _traces(self, fn: Any, used: List["Entry"]) -> bool:
+    def _traces(self, fn: Any, used: List["Entry"], owner: Optional[bool] = None) -> bool:
         """Whether :meth:`of_result` traces ``fn`` over ``used``: an op over the owner's tensors or models, under
-        a policy that withholds shapes."""
+        a policy that withholds shapes (``owner``: whether ``used`` derive from the owner's data, if known)."""
         return self.guarded and fn not in VALUES_OF_CLIENT and fn not in SHAPES_OF_MODELS \
             and not (fn in SHAPES_OF_INPUTS and not any(of_entry(e).hidden for e in used)) \
-            and self.of_inputs(used).owner and all(isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used)
+            and (self.of_inputs(used).owner if owner is None else owner) \
+            and all(isinstance(e.tensor, (torch.Tensor, torch.nn.Module)) for e in used)
 
     @staticmethod
     def standins(args: Any, kwargs: Any, used: List["Entry"]) -> Tuple[Any, Any]:
@@ -387,9 +388,10 @@ class Disclosure:
         budget, each failure a bit of ``#X`` through a seed the client chose)."""
         if not self.guarded:
             return None
-        if self.of_inputs(used).owner:
+        owner = self.of_inputs(used).owner
+        if owner:
             self.failures.check(session)
-        if not self._traces(fn, used):
+        if not owner or not self._traces(fn, used, owner):
             return None
         traced = self.trace(fn, args, kwargs, used, known)
         if isinstance(traced, Trace):

@@ -45,17 +45,21 @@ def _beyond(x: Any, limit: int) -> bool:
         return False
     if kind is dict:
         return _beyond(list(x.values()), limit)
-    if isinstance(x, torch.Tensor) and x.dim() == 0 and not x.is_floating_point() and not x.is_complex() \
-            and x.dtype is not torch.bool and real(x):
+    if _integer_scalar(x) and real(x):
         return not -limit <= int(x) <= limit
     return False
+
+
+def _integer_scalar(x: Any) -> bool:
+    """Whether ``x`` is a 0-d integer tensor (not a bool): a number, where torch takes an ``int``."""
+    return isinstance(x, torch.Tensor) and x.dim() == 0 and not x.is_floating_point() and not x.is_complex() \
+        and x.dtype is not torch.bool
 
 
 def numbers_in_tensors(args: Any, kwargs: Any) -> bool:
     """Whether an op's arguments hold a one-element integer tensor, which torch reads as a number where it takes an
     ``int``: a size no price can see (``x.new_zeros(tensor(2**30))`` ran unpriced: 1.8 GiB from a few bytes)."""
-    return any(isinstance(t, torch.Tensor) and t.dim() == 0 and not t.is_floating_point() and not t.is_complex()
-               and t.dtype is not torch.bool for t in (*_leaves(args), *_leaves(kwargs)))
+    return any(_integer_scalar(t) for t in (*_leaves(args), *_leaves(kwargs)))
 
 
 def _leaves(x: Any) -> Iterator[Any]:
@@ -84,5 +88,5 @@ class _Sizes(TorchDispatchMode):
                     value = args[i] if i < len(args) else kwargs.get(arg.name)
                     if _beyond(value, self.limit):
                         fail(name, f"{arg.name}={value!r} is beyond any size, index or count here "
-                                    f"({self.limit:,}: the bytes the client may hold)")
+                                   f"({self.limit:,}: the bytes the client may hold)")
         return func(*args, **kwargs)

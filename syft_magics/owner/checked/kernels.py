@@ -24,7 +24,7 @@ def weight_norm(v: Any, g: Any, dim: Any = 0) -> torch.Tensor:
     want = norm_shape(tuple(v.shape), dim)
     if tuple(g.shape) != want:
         fail("_weight_norm", f"g has shape {tuple(g.shape)}, not {want}, the shape of v's norm over all "
-                              f"dimensions but {dim} (torch.norm_except_dim(v, 2, {dim}))")
+                             f"dimensions but {dim} (torch.norm_except_dim(v, 2, {dim}))")
     return torch._weight_norm(v, g, dim)
 
 
@@ -68,8 +68,8 @@ def embedding_bag(*args: Any, **kwargs: Any) -> torch.Tensor:
     if isinstance(source, torch.Tensor) and isinstance(offsets, torch.Tensor) and real(source, offsets):
         if offsets.dim() != 1 or offsets.numel() < (2 if a["include_last_offset"] else 1):
             fail("embedding_bag", "offsets must be one-dimensional, with at least "
-                                   f"{2 if a['include_last_offset'] else 1} (include_last_offset="
-                                   f"{a['include_last_offset']})")
+                                  f"{2 if a['include_last_offset'] else 1} (include_last_offset="
+                                  f"{a['include_last_offset']})")
         within("embedding_bag", "offsets", offsets, 0, source.numel() + 1)
         if offsets.numel() > 1 and bool((offsets[1:] < offsets[:-1]).any()):
             fail("embedding_bag", "offsets must not decrease")
@@ -130,7 +130,7 @@ def pad(*args: Any, **kwargs: Any) -> torch.Tensor:
             left = source.size(-1 - i) + min(before, 0) + min(after, 0)
             if left <= 0 or max(before, after) > left:
                 fail("pad", f"circular pads {before, after} of dimension {-1 - i} wrap around what is left of it "
-                             f"({max(left, 0)}) more than once")
+                            f"({max(left, 0)}) more than once")
     return F.pad(*args, **kwargs)
 
 
