@@ -6,6 +6,7 @@ import gc
 import os
 import re
 import resource
+import threading
 
 import msgpack
 import pytest
@@ -312,6 +313,36 @@ def test_the_failure_budget_holds_for_ops_the_worker_does_not_trace(make_worker,
         client.sync()
 
 
+def test_ops_running_at_once_in_several_sessions_hold_the_failure_budget_between_them(make_worker, make_client):
+    """helper-69: failures were counted after the op, so ops on the owner's data running at once on several sessions'
+    lanes were all checked before any had failed: 20 of 20 failed against a budget of 3 (20 more bits). Each now
+    holds a failure while it runs: at most the budget's failures, the others refused before they run."""
+    bob = make_worker("Bob", policy="review", connection_file=False, quotas=Quotas(failed_ops_per_hour=2))
+    bob.share(torch.zeros(400, 400), "#X")  # singular: every solve on it fails, after milliseconds on its lane
+    clients = [make_client(bob.address, key=bob.key) for _ in range(8)]
+    xs, bs = [c.search("#X")[0] for c in clients], [c.send(torch.ones(400, 1)) for c in clients]
+    for c in clients:
+        c.sync()
+    start, outcomes = threading.Barrier(len(clients)), []
+
+    def solve(i: int) -> None:
+        start.wait(timeout=30)
+        try:
+            torch.linalg.solve(xs[i], bs[i])
+            clients[i].sync()
+            outcomes.append("ran")
+        except (sm.WithheldError, QuotaExceeded) as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=solve, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(outcomes) == len(clients) and set(outcomes) <= {"WithheldError", "QuotaExceeded"}, outcomes
+    assert 1 <= outcomes.count("WithheldError") <= 2, outcomes
+
+
 def test_an_optimizer_is_an_argument_of_its_own_ops_only(make_worker, make_client):
     """helper-68: an optimizer given to another op (``F.nll_loss(..., size_average=opt)``, through the client's
     generic call) made that op untraceable, so over the owner's data it ran past the failure budget, and over a
@@ -434,6 +465,14 @@ def test_the_failure_budget_refills_at_its_rate(monkeypatch):
     assert budget.wait() == 0  # (refilled to 2 at most: one left)
     budget.spend()
     assert budget.wait() > 0
+    now[0] += 3600  # (refilled: two left)
+    assert budget.reserve() == 0 and budget.reserve() == 0  # two ops running, each holding one
+    assert budget.reserve() == pytest.approx(1800) and budget.reserved == 2  # a third: refused, nothing held
+    budget.spend()  # the first failed (counted), then ended
+    budget.release()
+    assert budget.reserve() > 0
+    budget.release()  # the second ran
+    assert budget.reserve() == 0
 
 
 def test_objects_moved_in_count_against_the_quotas_like_uploads(make_worker):

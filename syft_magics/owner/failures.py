@@ -46,24 +46,28 @@ class Failures:
         self._next = 1
         self._budgets: Dict[str, quotas.FailureBudget] = {}
 
-    def check(self, session: "Session") -> None:
-        """Refuse (:class:`~.replies.Reject`, a quota) an op on the owner's data of a client whose failures
-        are spent."""
-        budget = self._budgets.get(_principal(session))
-        if budget is not None:
-            quotas.check_failures(session.quotas, session.label, self.worker.name, budget)
+    def reserve(self, session: "Session") -> quotas.FailureBudget:
+        """Hold one failure of ``session``'s client for an op on the owner's data about to run, and return the
+        budget to :meth:`~.quotas.FailureBudget.release` it to when the op ends; refuse the op
+        (:class:`~.replies.Reject`, a quota) while the client's failures are spent or held by its running ops."""
+        budget = self._budget(session)
+        quotas.reserve_failure(session.quotas, session.label, self.worker.name, budget)
+        return budget
 
-    def withhold(self, session: Any, op: str, exc: BaseException, sources: Tuple[str, ...] = ()) -> Withheld:
-        """Keep ``exc``'s text for the owner, with the owner's data the failed op read (``sources``: its request
-        names them, as a value's does), count it against its client's budget, and say what the client may see
-        of it."""
+    def _budget(self, session: Any) -> quotas.FailureBudget:
         who = _principal(session)
         budget = self._budgets.get(who)
         if budget is None:
             if len(self._budgets) >= 4096:  # (names of clients that left: their budgets start afresh)
                 self._budgets.clear()
-            budget = self._budgets[who] = quotas.FailureBudget(session.quotas.failed_ops_per_hour)
-        budget.spend()
+            budget = self._budgets.setdefault(who, quotas.FailureBudget(session.quotas.failed_ops_per_hour))
+        return budget
+
+    def withhold(self, session: Any, op: str, exc: BaseException, sources: Tuple[str, ...] = ()) -> Withheld:
+        """Keep ``exc``'s text for the owner, with the owner's data the failed op read (``sources``: its request
+        names them, as a value's does), count it against its client's budget, and say what the client may see
+        of it."""
+        self._budget(session).spend()
         n = self._next
         self._next += 1
         full = limits.clip(exc)

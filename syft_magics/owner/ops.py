@@ -9,9 +9,8 @@ Its results are stored, charged to the client and described on the serving threa
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple
 
 import torch
 import zmq
@@ -34,7 +33,6 @@ from . import (
     quotas,
     randomness,
     recorded,
-    side_writes,
     train_costs,
     trained,
     writes,
@@ -42,8 +40,9 @@ from . import (
 from .allowlist import hint as allowlist_hint
 from .models import makes_model
 from .optimizers import OPTIMIZER_FACTORIES, STORED_TYPES, check_handles
-from .provenance import PENDING, PUBLIC_REFUSALS, Disclosed, Disclosure, Provenance
+from .provenance import PENDING, Disclosed, Disclosure, Provenance
 from .replies import Reject, error_reply, forget_frames
+from .running import Ran, Running
 from .sessions import Session
 from .sizes import withheld_shape
 from .store import Block, Entry, ObjectStore, new_id, withheld_charge
@@ -52,7 +51,7 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 
-class Ops:
+class Ops(Running):
     """The ``op`` handler and what it needs (the serving thread only)."""
 
     worker: "Worker"
@@ -76,6 +75,15 @@ class Ops:
         raise NotImplementedError
 
     def _on_op(self, session: Session, header: dict, used: List[Entry]) -> Optional[List[Any]]:
+        held: List[quotas.FailureBudget] = []  # (a failure an op run here holds: released once it is counted)
+        try:
+            return self._op(session, header, used, held)
+        finally:
+            for budget in held:
+                budget.release()
+
+    def _op(self, session: Session, header: dict, used: List[Entry], held: List[quotas.FailureBudget]
+            ) -> Optional[List[Any]]:
         t0 = time.perf_counter()
         name = field(header, "f", str)
         if len(name) > limits.MAX_OP_NAME_CHARS:
@@ -140,7 +148,7 @@ class Ops:
                     and not session.lane.busy and not slow:
                 # (the first seconds after start: small ops at once, unpriced)
                 if guarded:
-                    self._bounded(session, op, fn, args, kwargs, used, known)
+                    self._bounded(session, op, fn, args, kwargs, used, held, known)
                 result, written = self._call(session, op, fn, args, kwargs, grad, used)
                 ran = True
             elif cost is not None and cost.priced:
@@ -150,7 +158,7 @@ class Ops:
                     self._check_cost(session, op, cost, len(out))
                 if cost.seconds <= costs.INLINE_SECONDS and not session.lane.busy and not slow:
                     if guarded:
-                        self._bounded(session, op, fn, args, kwargs, used, known)
+                        self._bounded(session, op, fn, args, kwargs, used, held, known)
                     t1 = time.perf_counter()
                     try:
                         result, written = self._call(session, op, fn, args, kwargs, grad, used)
@@ -171,6 +179,8 @@ class Ops:
             return self._finish(session, header, name, (fn, args, kwargs), result, out, used, t0, spent=spent,
                                 known=known)
 
+        on_lane: List[quotas.FailureBudget] = []  # (released in done(), once a failure is counted)
+
         def work() -> Tuple[Any, Optional[List[Entry]], float, float, Any]:
             estimate = cost
             if estimate is None and key is not None and costs.warm():
@@ -183,7 +193,7 @@ class Ops:
                 self._check_cost(session, op, estimate, len(out))
             else:  # (unpriced: at least not past the quota already)
                 quotas.check_bytes(session.quotas, session.label, self.held_by(session), 0, op)
-            self._bounded(session, op, fn, args, kwargs, used)  # (what could not be kept: refused before it runs)
+            self._bounded(session, op, fn, args, kwargs, used, on_lane)  # (what could not be kept: refused first)
             if estimate is not None and not estimate.priced and fn not in checked.VALUE_SIZED \
                     and not name.startswith("syft.") and checked.numbers_in_tensors(args, kwargs):  # (torch's ops)
                 raise Reject(ErrorCode.BAD_ARGS, f"{op} cannot be priced with a number given as a one-element integer "
@@ -200,6 +210,13 @@ class Ops:
             return result, written, seconds, spent, self.disclosure.of_result(op, fn, args, kwargs, used, result)
 
         def done(router: zmq.Socket, value: Any, error: Optional[BaseException], _seconds: float) -> None:
+            try:
+                answer(router, value, error)
+            finally:
+                for budget in on_lane:
+                    budget.release()
+
+        def answer(router: zmq.Socket, value: Any, error: Optional[BaseException]) -> None:
             session.lane.busy = False
             if self.sessions.get(session.ident) is not session:  # it ended meanwhile: nobody to answer
                 return
@@ -232,86 +249,15 @@ class Ops:
         session.lane.run(work, done, self.call_soon)
         return None
 
-    def _call(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
-              used: List[Entry], wait: bool = False) -> Tuple[Any, Optional[List[Entry]]]:
-        """:meth:`_run`, under a guarded policy in its turn to draw random numbers (:mod:`.randomness`; ``wait``
-        False, on the serving thread: :class:`~.randomness.Busy` rather than wait for it); an op whose result's size
-        is read from values, within the room its client's quota leaves, and no integer argument beyond it
-        (:mod:`.checked`)."""
-        guarded = self.disclosure.guarded
-        owners = guarded and self.disclosure.of_inputs(used).owner  # (over the owner's data, under a guarding policy)
-        # (such results are charged by public bounds: no room, whose refusal the values would decide)
-        sized = fn in checked.VALUE_SIZED and not owners
-        with checked.room(session.quotas, session.label, self.held_by(session)) if sized else _ANY_ROOM, \
-                checked.bounded(args, kwargs, int(session.quotas.max_bytes)):
-            if not guarded:
-                return self._run(session, op, fn, args, kwargs, grad, used)
-            with randomness.section(owners, self.worker.devices.generators, wait):
-                return self._run(session, op, fn, args, kwargs, grad, used)
-
-    def _run(self, session: Session, op: str, fn: Callable[..., Any], args: Any, kwargs: Dict[str, Any], grad: bool,
-             used: List[Entry]) -> Tuple[Any, Optional[List[Entry]]]:
-        """Run the op under the write guard; its result and the entries it wrote into (None: it writes
-        nothing, by its schema). Raises :class:`_Ran` (the error and the writes made before it) if the
-        op failed after it may have written. What its autograd graph saved is charged to its client from
-        here on, whatever becomes of its results (an in-place op or a backward leaves it on objects that
-        already exist: see :mod:`.graphs`)."""
-        recorder = graphs.Recorder() if grad and fn not in autograd.SAVES_NOTHING \
-            and graphs.builds_graph(used) else None
-        if recorder is not None and any(withheld_shape(e) or e.withheld_bytes for e in used):
-            raise Reject(ErrorCode.DENIED, public_charges.no_graph_text(self.name, op))
-        try:
-            if writes.writes_nothing(fn, kwargs):  # by its schema (most ops): no guard, no write to look for
-                try:
-                    if recorder is None:
-                        if grad:
-                            return fn(*args, **kwargs), None
-                        with torch.no_grad():  # (the client's op ran under torch.no_grad())
-                            return fn(*args, **kwargs), None
-                    with recorder:
-                        result = fn(*args, **kwargs)
-                except Reject as exc:
-                    raise _own_refusal(fn, exc)
-                self._keep_leaves(session, used, result, None)
-                return result, None
-            if recorder is not None:  # (it may deepen a graph in place: refused before it runs if too deep)
-                graphs.depth_of(used)
-            before = writes.versions(used)
-            watch = side_writes.watch(self.disclosure, session.ident, fn, args, kwargs, used)
-            copies = writes.copies_for(self.store, used, fn)  # (the owner's data copied, or the guard)
-            try:
-                with writes.guard(self.store, used) if copies is None else contextlib.nullcontext(), \
-                        contextlib.nullcontext() if grad else torch.no_grad(), recorder or contextlib.nullcontext():
-                    result = fn(*args, **kwargs) if copies is None else copies.call(op, fn, args, kwargs)
-            except Exception as exc:
-                wrote = recorded.changed(self.store, session, (fn, args, kwargs), op, used, before, watch)
-                raise _Ran(_own_refusal(fn, exc), wrote) from None
-            written = recorded.changed(self.store, session, (fn, args, kwargs), op, used, before, watch)
-            if recorder is not None and watch is not None and watch.forced:  # (versions the worker moved: .graphs)
-                recorder.rebase(watch.forced)
-            if fn in autograd.WRITES_GRADS and self.disclosure.guarded:  # (objects it gave a gradient: helper-44)
-                for entry in self.store.of_session(session.ident):
-                    self.store.note_grads(entry)
-            if recorder is not None:
-                self._keep_leaves(session, used, result, written)
-            return result, written
-        finally:
-            if recorder is not None and recorder.saved:
-                self.store.keep_saved(session.ident, recorder.graph, recorder.saved)
-
-    def _keep_leaves(self, session: Session, used: List[Entry], result: Any, written: Optional[List[Entry]]) -> None:
-        """Keep the op's leaf inputs charged while the graph it left on its results and on what it wrote into
-        points to them (see :mod:`.graphs`)."""
-        leaves = [e for e in used if e.session == session.ident and graphs.is_leaf_input(e.tensor)]
-        if leaves:
-            graph = graphs.Graph()
-            if graphs.keep_with_nodes(flatten(result)[0], [e.tensor for e in written or ()], graph):
-                self.store.keep_leaves(session.ident, graph, leaves)
-
     def _bounded(self, session: Session, op: str, fn: Any, args: Any, kwargs: Any, used: List[Entry],
-                 known: Any = PENDING) -> None:
-        """Refuse, before it runs, an op :meth:`.Disclosure.unbounded` refuses."""
-        refusal = self.disclosure.unbounded(session, op, fn, args, kwargs, used, known)
+                 held: List[quotas.FailureBudget], known: Any = PENDING) -> None:
+        """Refuse, before it runs, an op :meth:`.Disclosure.unbounded` refuses, or one on the owner's data of a
+        client whose failures are spent; else the op holds one of them (in ``held``) until its caller releases it,
+        once the op ended (see :class:`~.quotas.FailureBudget`)."""
+        disclosure = self.disclosure
+        if disclosure.guarded and disclosure.of_inputs(used).owner:
+            held.append(disclosure.failures.reserve(session))
+        refusal = disclosure.unbounded(session, op, fn, args, kwargs, used, known)
         if refusal is not None:
             raise refusal
 
@@ -333,7 +279,7 @@ class Ops:
         """Record a failed op and raise what its client may see (see :meth:`_fail`): writes it made are
         recorded, a write into the owner's data reads as read-only, a refusal over a quota is counted."""
         op = short_name(name)
-        if isinstance(exc, _Ran):
+        if isinstance(exc, Ran):
             recorded.writes(self, session, (self.worker.allowlist.lookup(name), (), {}), op, used, exc.written)
             exc = exc.error
         if isinstance(exc, writes.WithheldWrite):
@@ -442,7 +388,6 @@ class Ops:
 
 
 _NONE: AbstractSet[bytes] = frozenset()
-_ANY_ROOM = contextlib.nullcontext()
 
 #: An op that writes gradients over the owner's data looks at every object of its client for the gradients it
 #: wrote (side_writes.watch): with more objects than this, on its lane, not the serving thread
@@ -456,23 +401,3 @@ def _out_of_place(op: str) -> str:
     if name.endswith("_") and not name.endswith("__"):
         return f"z.{name[:-1]}(...) rather than z.{name}(...)"
     return "e.g. z + 1 rather than z.add_(1)"
-
-
-E = TypeVar("E", bound=BaseException)
-
-
-def _own_refusal(fn: Any, exc: E) -> E:
-    """An error the op's own code raised: a refusal of its (a ``Reject``) is public only for the ops that vet
-    their refusals' text (``provenance.PUBLIC_REFUSALS``); any other is withheld as a torch error is, when the
-    op's inputs derive from the owner's data (its text may name them: a pointer's repr is the owner's tensor)."""
-    if isinstance(exc, Reject) and fn not in PUBLIC_REFUSALS:
-        exc.public = False
-    return exc
-
-
-class _Ran(Exception):
-    """An op that failed after it started: its error and the objects it wrote into before failing."""
-
-    def __init__(self, error: Exception, written: List[Entry]) -> None:
-        super().__init__(str(error))
-        self.error, self.written = error, written

@@ -377,20 +377,18 @@ class Disclosure:
 
     def unbounded(self, session: "Session", op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"],
                   known: Any = PENDING) -> Optional[Exception]:
-        """Before an op of ``session`` runs: the refusal to raise (None: it runs). Its client's ops on the
-        owner's data failed too often (see :meth:`failure`). Its results could not be kept (see
+        """Before an op of ``session`` runs: the refusal to raise (None: it runs). Its results could not be kept (see
         :meth:`unbounded_text`: its real allocation would happen before the refusal); or torch cannot trace it
         over a withheld shape (:meth:`untraced_text`), where whether it fails, or what it writes, could tell
         that shape. Untraced over public shapes it runs, and says; its results cannot be kept.
 
-        The failure budget holds for every op whose failure would be withheld (:meth:`failure`), traced or not
-        (helper-68: ``torch.autograd.grad``, whose shapes are public and not traced, failed 354 times past a spent
-        budget, each failure a bit of ``#X`` through a seed the client chose)."""
+        The failure budget (held by ``Ops._bounded`` before this) holds for every op whose failure would be
+        withheld (:meth:`failure`), traced or not (helper-68: ``torch.autograd.grad``, whose shapes are public and
+        not traced, failed 354 times past a spent budget, each failure a bit of ``#X`` through a seed the client
+        chose)."""
         if not self.guarded:
             return None
         owner = self.of_inputs(used).owner
-        if owner:
-            self.failures.check(session)
         if not owner or not self._traces(fn, used, owner):
             return None
         traced = self.trace(fn, args, kwargs, used, known)

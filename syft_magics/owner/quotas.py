@@ -11,6 +11,7 @@ invitation uses). A request over a quota is refused before anything is allocated
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Optional, Union
@@ -201,12 +202,19 @@ class FailureBudget:
     bit of the values it read: an index built from them, out of range or not, bisects a value in ~30 ops.
     With the budget spent, the client's ops on the owner's data are refused before they run, until it refills:
     such a read costs hours, in the owner's log and panel. Kept per client name where keys are per client
-    (invitations), else one for every holder of the worker's key (a new connection must not reset it)."""
+    (invitations), else one for every holder of the worker's key (a new connection must not reset it).
+
+    An op that may fail holds one failure of the budget while it runs (:meth:`reserve`, :meth:`release` when it
+    ends, after its failure was counted): ops of several sessions running at once on their lanes each count
+    before any of them failed (helper-69: 20 ran at once, and failed, against a budget of 3)."""
 
     def __init__(self, per_hour: int) -> None:
         self.per_hour = per_hour
         self._left = float(per_hour)
         self._at = time.monotonic()
+        self._lock = threading.Lock()  # (lanes reserve, the serving thread spends)
+        #: failures held by ops that are running
+        self.reserved = 0
 
     def _refill(self) -> float:
         now = time.monotonic()
@@ -216,18 +224,35 @@ class FailureBudget:
 
     def spend(self) -> None:
         """One failure."""
-        self._refill()
-        self._left -= 1.0
+        with self._lock:
+            self._refill()
+            self._left -= 1.0
 
     def wait(self) -> float:
-        """Seconds until one more failure is allowed (0: now)."""
-        left = self._refill()
+        """Seconds until one more failure is allowed (0: now), counting those the running ops hold."""
+        with self._lock:
+            left = self._refill() - self.reserved
         return 0.0 if left >= 1.0 else (1.0 - left) * 3600.0 / self.per_hour
 
+    def reserve(self) -> float:
+        """Hold one failure for an op about to run: 0 when held, else :meth:`wait`'s seconds (nothing held)."""
+        with self._lock:
+            left = self._refill() - self.reserved
+            if left >= 1.0:
+                self.reserved += 1
+                return 0.0
+        return (1.0 - left) * 3600.0 / self.per_hour
 
-def check_failures(quotas: Quotas, client: str, owner: str, budget: FailureBudget) -> None:
-    """Refuse an op on ``owner``'s data while the client's :class:`FailureBudget` is spent."""
-    wait = budget.wait()
+    def release(self) -> None:
+        """The op that held a failure ended (its failure, if it failed, already spent)."""
+        with self._lock:
+            self.reserved -= 1
+
+
+def reserve_failure(quotas: Quotas, client: str, owner: str, budget: FailureBudget) -> None:
+    """Hold one failure of the client's :class:`FailureBudget` for an op on ``owner``'s data about to run; refuse
+    the op while the budget is spent (or held by its running ops)."""
+    wait = budget.reserve()
     if wait > 0:
         raise Reject(ErrorCode.QUOTA, f"over {client}'s quota: {quotas.failed_ops_per_hour:,} of its ops on {owner}'s "
                                       f"data failed within the hour, the limit is {quotas.failed_ops_per_hour:,} per "
