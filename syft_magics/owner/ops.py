@@ -211,15 +211,17 @@ class Ops(Running):
 
         def done(router: zmq.Socket, value: Any, error: Optional[BaseException], _seconds: float) -> None:
             try:
-                answer(router, value, error)
+                answered = answer(router, value, error)
             finally:
                 for budget in on_lane:
                     budget.release()
+            if answered:  # (its session's ops queued behind it, once its failure is no longer held)
+                self._drain(session, router)
 
-        def answer(router: zmq.Socket, value: Any, error: Optional[BaseException]) -> None:
+        def answer(router: zmq.Socket, value: Any, error: Optional[BaseException]) -> bool:
             session.lane.busy = False
             if self.sessions.get(session.ident) is not session:  # it ended meanwhile: nobody to answer
-                return
+                return False
             reply: Optional[List[Any]] = None
             try:
                 if error is not None:
@@ -244,7 +246,7 @@ class Ops(Running):
                     self.to(router, session.ident, reply)
                 except zmq.ZMQError:
                     pass  # the client is gone; the worker serves on
-            self._drain(session, router)
+            return True
 
         session.lane.run(work, done, self.call_soon)
         return None
