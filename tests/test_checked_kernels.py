@@ -205,3 +205,34 @@ def test_a_checked_op_writes_as_the_torch_function_it_checks() -> None:
     assert writes.writes_nothing(checked.nonzero, {}) and writes.writes_nothing(checked.bincount, {})
     assert all(checked.unwrapped(f) in fake_trace._COUNTS_NONZERO for f in (checked.nonzero, checked.argwhere))
     assert checked.unwrapped(torch.add) is torch.add and checked.unwrapped([]) == []
+
+
+def test_fused_optimizer_steps_only_parameters_and_gradients_laid_out_as_they_assume(child):
+    """helper-74: torch's fused steps write ``numel`` elements in a row from a parameter's start, whatever its strides:
+    the last 1,024 floats of a storage expanded to 1,024 x 1,024 had 4 MiB written past its end (SIGSEGV, the worker
+    gone, from a few bytes of messages). Such a parameter is refused when the optimizer is made, a gradient of another
+    layout when a fused step would read it; fused steps of dense parameters give torch's result."""
+    proc, client = child
+    for make in (client.optim.SGD, client.optim.Adam, client.optim.Adagrad):
+        x = client.send(torch.zeros(1)).new_zeros(1024 * 1024 + 1024)
+        p = x[1024 * 1024:].view(1, 1024).expand(1024, 1024)
+        p.requires_grad_()
+        with pytest.raises(sm.SyftError, match="share memory"):
+            make([p], lr=0.1, fused=True).step()
+            client.sync()
+        assert proc.poll() is None, "the worker is alive"
+    w = client.send(torch.ones(4, 4)).requires_grad_()
+    (w * client.send(torch.arange(16.0).view(4, 4))).sum().backward()
+    opt = client.optim.SGD([w], lr=1.0, fused=True)
+    w.grad.t_()  # (a gradient of another layout: read as the parameter's, the wrong elements)
+    with pytest.raises(sm.SyftError, match="fused=True"):
+        opt.step()
+        client.sync()
+    local = torch.ones(4, 4, requires_grad=True)
+    (local * torch.arange(16.0).view(4, 4)).sum().backward()
+    torch.optim.Adam([local], lr=0.1, fused=True).step()
+    dense = client.send(torch.ones(4, 4)).requires_grad_()
+    (dense * client.send(torch.arange(16.0).view(4, 4))).sum().backward()
+    client.optim.Adam([dense], lr=0.1, fused=True).step()
+    assert torch.equal(dense.get(), local.detach())
+    assert proc.poll() is None

@@ -90,7 +90,32 @@ def _check_param(p: Any) -> torch.Tensor:
     if not p.is_leaf:  # (one that does not require grad is skipped by its steps, as torch does: a frozen layer)
         raise ValueError("optimizer parameters must be leaf tensors, not results of ops (e.g. remote.parameters(), "
                          "or a sent tensor with ptr.requires_grad_())")
+    if torch._debug_has_internal_overlap(p) == 1:  # (1: elements share memory; torch's own steps fail on it)
+        raise ValueError("an optimizer parameter whose elements share memory (e.g. made by expand) cannot be "
+                         "trained: use .contiguous() or .clone() first")
     return p
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill its memory, each once, in some order (torch's "non-overlapping and dense")."""
+    return torch._debug_has_internal_overlap(t) == 0
+
+
+def _check_fused(opt: Optimizer) -> None:
+    """Refuse a step of torch's fused kernels (``fused=True``) over a parameter or gradient they would misread: they
+    write ``numel`` elements in a row from a parameter's start and read its gradient so, whatever their strides
+    (helper-74: the last 1,024 floats of a storage, expanded to 1,024 x 1,024, had 4 MiB written past its end, of
+    values the client chose: the worker gone, its heap the client's). A dense parameter, its gradient laid out as
+    it is, is what they assume."""
+    for group in opt.param_groups:
+        if not group.get("fused"):
+            continue
+        for p in group["params"]:
+            g = p.grad
+            if not _dense(p) or (g is not None and (g.stride() != p.stride() or not _dense(g))):
+                raise ValueError(f"{type(opt).__name__}(fused=True) steps only parameters laid out densely, each with "
+                                 "a gradient of its own layout (torch's fused kernels read and write them as "
+                                 "contiguous memory): use fused=False, or parameters made by .contiguous()")
 
 
 def _params(params: Any, cls: type) -> list:
@@ -138,6 +163,8 @@ def step(obj: Any) -> None:
     """``optimizer.step()`` or ``scheduler.step()``."""
     if not isinstance(obj, (Optimizer, LRScheduler)):
         raise TypeError(f"step() needs an optimizer or a scheduler, got {type(obj).__name__}")
+    if isinstance(obj, Optimizer):
+        _check_fused(obj)
     obj.step()
     if isinstance(obj, Optimizer):  # (torch's fused steps write parameters without moving their versions, which
         for group in obj.param_groups:  # approvals bind: helper-36 had -#X leave on an approval of zeros)
