@@ -48,6 +48,10 @@ _FLAGS: Dict[Any, Tuple[Tuple[Optional[int], str], ...]] = {}
 
 _NUMBERS = ("bool", "int", "float", "Number")
 
+#: Parameters torch's Python functions read as numbers though their signatures do not say so (helper-73:
+#: ``x.split(t)`` reads ``int(t)``; ``einsum``'s sublists, in its ``*args``, each item compared and made a letter).
+_UNSAID: Dict[Any, Tuple[Tuple[Optional[int], str], ...]] = {torch.Tensor.split: ((1, "split_size"),)}
+
 
 def check_flags(fn: Any, op: str, args: Any, kwargs: Dict[str, Any]) -> None:
     """Refuse a tensor given as a flag or a number of ``fn`` (see :data:`_FLAGS`), before it runs: the same refusal
@@ -57,9 +61,13 @@ def check_flags(fn: Any, op: str, args: Any, kwargs: Dict[str, Any]) -> None:
     try:
         where = _FLAGS[fn]
     except KeyError:
-        where = _FLAGS[fn] = _flags_of(checked.unwrapped(fn))
+        inner = checked.unwrapped(fn)
+        where = _FLAGS[fn] = _flags_of(inner) + _UNSAID.get(inner, ())
     except TypeError:  # (unhashable: not a function of the allowlist)
         return
+    if fn is torch.einsum and args and not isinstance(args[0], str) and any(
+            isinstance(a, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in a) for a in args):
+        raise Reject(ErrorCode.BAD_ARGS, f"{op}'s sublists take a Python value (an integer), not a tensor")
     for position, name in where:
         value: Any = args[position] if position is not None and position < len(args) else kwargs.get(name)
         if isinstance(value, torch.Tensor) or (isinstance(value, (list, tuple)) and any(
