@@ -254,8 +254,8 @@ def reserve_failure(quotas: Quotas, client: str, owner: str, budget: FailureBudg
     the op while the budget is spent (or held by its running ops)."""
     wait = budget.reserve()
     if wait > 0:
-        raise Reject(ErrorCode.QUOTA, f"over {client}'s quota: {quotas.failed_ops_per_hour:,} of its ops on {owner}'s "
-                                      f"data failed within the hour, the limit is {quotas.failed_ops_per_hour:,} per "
-                                      f"hour (failed_ops_per_hour: whether an op fails can tell a bit of the values "
-                                      f"it read); ops on {owner}'s data run again in {wait:.0f} s, or ask the owner "
-                                      "for a larger quota")
+        n = quotas.failed_ops_per_hour
+        raise Reject(ErrorCode.QUOTA, f"over {client}'s quota: {n:,} of its ops on {owner}'s data failed within the "
+                                      f"hour or run now, the limit is {n:,} per hour (failed_ops_per_hour: whether "
+                                      f"an op fails can tell a bit of the values it read); ops on {owner}'s data run "
+                                      f"again in {wait:.0f} s, or ask the owner for a larger quota")
