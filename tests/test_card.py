@@ -153,6 +153,32 @@ def test_preview_of_a_small_and_an_integer_tensor():
     assert "min <b>0</b>" in html and "max <b>99</b>" in html and "syft-histogram" not in html
 
 
+def test_the_owners_card_of_a_clients_model_shows_its_layers(review_seed):
+    """helper-75: any client's model made the owner's card fail (a model has no ``numel``): the owner could not look
+    at a model before approving its get. Its class, size and layers now, escaped (the client named them)."""
+    import torch.nn as nn
+
+    bob, client = review_seed
+    layers = nn.Sequential()
+    layers.add_module("fc", nn.Linear(3, 2))
+    remote = client.send(layers)
+    opt = client.optim.SGD(remote.parameters(), lr=0.1)
+    client.sync()
+    model = next(e for e in bob.store.entries() if isinstance(e.tensor, nn.Module))
+    optimizer = next(e for e in bob.store.entries() if isinstance(e.tensor, torch.optim.Optimizer))
+    for entry, shown in ((model, ["model Sequential, 8 weights", "(fc): Linear(in_features=3, out_features=2"]),
+                         (optimizer, ["optimizer SGD over 2 parameters"])):
+        card = bob.inspect(entry.hex)
+        try:
+            assert all(text in card.preview.value for text in shown), card.preview.value
+        finally:
+            card.close()
+    named = nn.Sequential()
+    named.add_module("<b>x", nn.ReLU())
+    assert "<b>" not in preview_html(named) and "&lt;b&gt;x" in preview_html(named)
+    del remote, opt
+
+
 def test_the_owners_card_shows_values_holders_accesses_requests_and_lineage(review_seed):
     bob, client = review_seed
     x, y = client.search("#X")[0], client.search("#Y")[0]

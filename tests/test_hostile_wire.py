@@ -65,6 +65,9 @@ def test_a_handshake_holds_no_extension_values_and_no_long_names(seed, peers):
     assert reply["t"] == "err" and reply["code"] == "unknown_session"
     reply = p.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "m" * (limits.MAX_NAME_CHARS + 1)})
     assert reply["t"] == "err" and reply["code"] == "bad_args" and "m" * 60 not in reply["msg"]
+    # helper-75: a name is shown as name@address, and one with an '@' read as another host
+    reply = p.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "alice@10.0.0.7 (your analyst VM)"})
+    assert reply["t"] == "err" and reply["code"] == "bad_args" and "'@'" in reply["msg"], reply
     big = p.request({"t": "hello", "s": 0, "v": PROTOCOL_VERSION, "name": "m" * (100 << 20)}, timeout=20)
     assert big["t"] == "err" and len(big["msg"]) < 1000
     assert not bob.server.handshakes

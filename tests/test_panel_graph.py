@@ -83,6 +83,15 @@ def test_every_label_is_escaped():
     parse(svg)
 
 
+def test_a_client_cut_to_fit_keeps_the_address_the_worker_knows():
+    """helper-75: a client's name, its own choice, cut to fit its node, hid the address the worker appends
+    (``alice (your analyst VM)@127.0.0.1:53422`` read as ``alice (your analyst…``): the name is cut first."""
+    svg = G.render(G.Graph([G.Node("c:1", "alice-with-a-long-name (your analyst VM)@127.0.0.1:53422", G.LOCAL,
+                                   kind="client")], []))
+    text = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert any(t.endswith("…@127.0.0.1:53422") and t.startswith("alice") for t in text), text
+
+
 def chain(n: int) -> G.Graph:
     """#X, then n results x + i, each with its pointer ``keep[i]``."""
     nodes = [G.Node("o:X", "#X", G.REMOTE, group="Bob", order=0, pinned=True, kind="owner"),

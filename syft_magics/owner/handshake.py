@@ -214,6 +214,9 @@ def hello_fields(header: dict) -> dict:
         if not limits.is_name(value):
             raise Reject(ErrorCode.BAD_ARGS,
                          f"the {what} must be a string of at most {limits.MAX_NAME_CHARS} printable characters")
+    if isinstance(name, str) and "@" in name:  # (a label is name@address: a name with one reads as another host)
+        raise Reject(ErrorCode.BAD_ARGS, "the client name must not contain '@' (the worker shows a client as "
+                                         "name@address, the address it connected from)")
     if pid is not None and (type(pid) is not int or not 0 <= pid < 1 << 32):
         raise Reject(ErrorCode.BAD_ARGS, "the pid must be a small non-negative integer")
     host = header.get("host")

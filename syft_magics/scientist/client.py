@@ -381,10 +381,12 @@ class Client(Requests):
 
 
 def _user() -> str:
+    """This user's login name, as the client's name (the worker refuses '@' in it: it shows ``name@address``)."""
     try:
-        return os.getlogin()
+        name = os.getlogin()
     except OSError:
-        return os.environ.get("USER", "client")
+        name = os.environ.get("USER", "client")
+    return name.replace("@", "_")
 
 
 def _label(ptr: PointerTensor) -> str:

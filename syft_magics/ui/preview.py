@@ -6,11 +6,11 @@ owner's for his own data. Pure functions of a local tensor; nothing here touches
 from __future__ import annotations
 
 import html
-from typing import List
+from typing import Any, List
 
 import torch
 
-__all__ = ["preview_html", "stats", "histogram_svg", "SMALL", "HISTOGRAM_MIN"]
+__all__ = ["preview_html", "object_html", "stats", "histogram_svg", "SMALL", "HISTOGRAM_MIN"]
 
 SMALL = 20  #: tensors with at most this many elements are shown whole
 HISTOGRAM_MIN = 32  #: float tensors with more elements than this get a histogram
@@ -53,8 +53,11 @@ def _num(v: float) -> str:
     return f"{v:.4g}"
 
 
-def preview_html(t: torch.Tensor) -> str:
-    """The value itself when small; else the first elements, statistics and, for floats, a histogram."""
+def preview_html(t: Any) -> str:
+    """The value itself when small; else the first elements, statistics and, for floats, a histogram. Another
+    object (a model, an optimizer a client made on the owner's worker): :func:`object_html`."""
+    if not isinstance(t, torch.Tensor):
+        return object_html(t)
     n = t.numel()
     head = f"tensor of shape {tuple(t.shape)}, {str(t.dtype).removeprefix('torch.')}"
     if n <= SMALL:
@@ -71,4 +74,29 @@ def preview_html(t: torch.Tensor) -> str:
                      f'mean <b>{_num(s["mean"])}</b></div>')
     if t.is_floating_point() and n > HISTOGRAM_MIN:
         parts.append(histogram_svg(t))
+    return '<div class="syft-preview">' + "".join(parts) + "</div>"
+
+
+#: A model's layers shown at most (its ``repr``'s lines).
+MODEL_LINES = 40
+
+
+def object_html(obj: Any) -> str:
+    """What an object that is not a tensor is: a model's class, size and layers (its ``repr``, cut), an optimizer's
+    class and parameter count; everything escaped (a client chose the layers' names)."""
+    if isinstance(obj, torch.nn.Module):
+        numel = sum(t.numel() for t in obj.state_dict().values() if isinstance(t, torch.Tensor))
+        head = f"model {type(obj).__name__}, {numel:,} weights"
+        lines = repr(obj).splitlines()
+        if len(lines) > MODEL_LINES:
+            lines = [*lines[:MODEL_LINES], f"… {len(lines) - MODEL_LINES:,} more lines"]
+        body = "\n".join(line[:200] for line in lines)
+    elif isinstance(obj, torch.optim.Optimizer):
+        count = sum(len(g["params"]) for g in obj.param_groups)
+        head, body = f"optimizer {type(obj).__name__} over {count:,} parameters", ""
+    else:
+        head, body = type(obj).__name__, ""
+    parts = [f'<div class="syft-muted" style="font-size:12px">{html.escape(head)}</div>']
+    if body:
+        parts.append(f'<pre class="syft-card-model" style="margin:2px 0">{html.escape(body)}</pre>')
     return '<div class="syft-preview">' + "".join(parts) + "</div>"

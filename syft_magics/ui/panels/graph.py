@@ -306,9 +306,16 @@ _MUTED = "#6b6b6b"
 _FREED_OPACITY = "0.35"
 
 
-def _fit(text: str, width: float) -> str:
+def _fit(text: str, width: float, keep_address: bool = False) -> str:
+    """``text`` cut to ``width``; a client's ``name@address`` (``keep_address``) loses its name's end first: the
+    address is the worker's, the name the client's own choice (helper-75: ``alice@10.0.0.7 (your analyst VM)``)."""
     n = max(2, int(width / CHAR_W))
-    return text if len(text) <= n else text[: n - 1] + "…"
+    if len(text) <= n:
+        return text
+    name, at, address = text.rpartition("@")
+    if keep_address and at and len(address) + 3 <= n:
+        return name[: n - len(address) - 2] + "…@" + address
+    return text[: n - 1] + "…"
 
 
 def _node_svg(n: Node, box: Tuple[float, float, float, float]) -> str:
@@ -316,7 +323,7 @@ def _node_svg(n: Node, box: Tuple[float, float, float, float]) -> str:
     fill, stroke = _ERROR if n.state == ERROR else _STYLE.get(n.kind, _STYLE["result"])
     dash = ' stroke-dasharray="4 3"' if n.state == FREED or n.kind == "more" else ""
     opacity = f' opacity="{_FREED_OPACITY}"' if n.state == FREED and n.kind != "more" else ""
-    label = _fit(n.label, w - 12)
+    label = _fit(n.label, w - 12, n.kind == "client")
     room = w - 12 - len(label) * CHAR_W - 8
     detail = n.detail if n.detail and len(n.detail) * CHAR_W * 0.9 <= room else ""  # whole, or not at all
     color = _ERROR[1] if n.state == ERROR else _TEXT
