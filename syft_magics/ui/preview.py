@@ -1,7 +1,8 @@
 """A value at a glance, as HTML: the first elements, min / max / mean, and a small SVG histogram.
 
 Used by the cards (:mod:`.card`): the scientist's once the owner let a value through, the
-owner's for his own data. Pure functions of a local tensor; nothing here touches the network.
+owner's for his own data and what his clients made there (a model: its layers). Pure functions of a local
+object; nothing here touches the network.
 """
 from __future__ import annotations
 
