@@ -192,3 +192,64 @@ def test_a_forked_process_uses_the_pointers_of_its_own_new_connection(seed):
         if child.is_alive():
             child.kill()
             child.join(5)
+
+
+def test_every_initialiser_of_torch_nn_init_runs_on_the_worker_or_is_refused(seed):
+    """helper-77: ``orthogonal_``, ``trunc_normal_``, ``sparse_`` and ``dirac_`` test ``is_meta`` before torch's
+    override check, and a pointer's wrapper is on the meta device: they returned the weight untouched, with no error.
+    Every initialiser now reaches the worker (the weight changes as torch's would) or is refused (``sparse_``: a
+    Python loop per column, which no price bounds)."""
+    bob, client = seed
+    for name in ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_"):
+        shape = (4, 4, 3, 3) if name == "dirac_" else (6, 4)
+        args = (0.5,) if name == "constant_" else (0.5,) if name == "sparse_" else ()
+        w = client.send(torch.full(shape, 7.0))
+        try:
+            getattr(nn.init, name)(w, *args)
+            value = w.get()
+        except sm.SyftError as exc:
+            assert name == "sparse_" and "allowlist" in str(exc), (name, exc)
+            continue
+        local = getattr(nn.init, name)(torch.full(shape, 7.0), *args)
+        assert not torch.all(value == 7.0), f"{name} left the remote weight as it was"
+        if name in ("constant_", "ones_", "zeros_", "eye_", "dirac_"):
+            assert torch.equal(value, local), name
+        elif name == "orthogonal_":
+            assert torch.allclose(value.T @ value, torch.eye(4), atol=1e-5)
+        elif name == "trunc_normal_":
+            assert value.min() >= -2 and value.max() <= 2
+
+
+def test_assigning_to_a_remote_model_or_a_local_tensor_from_a_pointer_is_refused_at_the_users_line(seed):
+    """helper-77: ``remote.weight = nn.Parameter(...)``, ``remote.fc.weight = ...``, ``remote.scale = 2.0`` set an
+    attribute of the client's wrapper and changed nothing on the worker (and read back the local object);
+    ``local[i] = ptr`` wrote nothing (``__setitem__`` returns None, where the check looked for the written tensor).
+    Each is refused at the line now, saying what does work; a pointer's own ``ptr[i] = ...`` still writes."""
+    bob, client = seed
+    remote = client.send(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(AttributeError, match="cannot change a remote model"):
+        remote.weight = nn.Parameter(torch.zeros(2, 3))
+    with pytest.raises(AttributeError, match="remote.train"):
+        remote.training = False
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.scale = nn.Linear(3, 2), 1.0
+
+        def forward(self, x):
+            return self.fc(x) * self.scale
+
+    custom = client.send(Scaled())
+    with pytest.raises(AttributeError, match="cannot change a remote model"):
+        custom.scale = 2.0
+    with pytest.raises(AttributeError, match=r"remote\.fc\.weight = "):
+        custom.fc.weight = nn.Parameter(torch.zeros(2, 3))
+    local = torch.ones(4)
+    with pytest.raises(TypeError, match="in-place op on a local tensor"):
+        local[0] = client.send(torch.tensor(5.0))
+    assert local.tolist() == [1.0, 1.0, 1.0, 1.0]
+    p = client.send(torch.ones(4))
+    p[0] = client.send(torch.tensor(5.0))
+    assert p.get().tolist() == [5.0, 1.0, 1.0, 1.0]

@@ -75,7 +75,7 @@ def infer(func: Callable, key: Any, make_standins: Callable[[], Tuple[tuple, dic
         if any(s.shape != shape for s, shape in zip(standins, shapes)):
             raise NotImplementedError(f"{getattr(func, '__name__', func)} changes a pointer's shape in place, "
                                       "which pointers do not support; use the out-of-place form (ptr = ptr.op())")
-        _reject_local_inplace(result, set(local_ids))
+        _reject_local_inplace(func, args, result, set(local_ids))
         # a pointer passed twice (``p.add_(p)``) has one stand-in: name its first position, so the cached
         # template also fits ``a.add_(b)`` (the last position would make that return ``b``)
         positions: Dict[int, int] = {}
@@ -127,9 +127,12 @@ def _data_dependent(func: Callable, args: tuple, kwargs: dict, exc: Exception) -
     return True  # fake tensors manage where meta kernels do not: the worker describes the result
 
 
-def _reject_local_inplace(result: Any, local_ids: set) -> None:
+def _reject_local_inplace(func: Callable, args: tuple, result: Any, local_ids: set) -> None:
+    """Refuse an in-place op on a local tensor given a pointer: it returns that tensor, or, for ``t[i] = ptr``
+    (``__setitem__``), None (helper-77: it wrote nothing, silently)."""
     leaves = result if isinstance(result, (tuple, list)) else (result,)
-    if any(id(leaf) in local_ids for leaf in leaves):
+    if any(id(leaf) in local_ids for leaf in leaves) or (
+            func is torch.Tensor.__setitem__ and args and id(args[0]) in local_ids):
         raise TypeError("an in-place op on a local tensor cannot take a pointer argument "
                         "(the result would live on the worker); write local = local + ptr, or ptr + local")
 

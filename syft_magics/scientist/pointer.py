@@ -28,6 +28,7 @@ from ..errors import OpNotAllowed, ShapeUnknown
 from ..wire.names import wire_name
 from ..wire.protocol import ref_ext
 from .autograd import SPECIAL
+from .inits import install as _install_inits
 
 if TYPE_CHECKING:
     from .client import Client
@@ -78,6 +79,8 @@ class _Discard:
     def append(item: Any) -> None:
         pass
 
+
+_install_inits()  # (torch's initialisers that skip the override check: given it, see .inits)
 
 class PointerTensor(torch.Tensor):
     """A tensor on a worker, used like a local one; ``.get()`` brings its value back."""

@@ -199,6 +199,12 @@ class RemoteModule:
                              "load_state_dict(), to(device), get(), move(); for the rest (calling one of its layers, "
                              "modules(), a dtype cast), use your local model and send it again (client.send(model))")
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_") or name in ("path", "why"):  # (its own state, set as it is made)
+            object.__setattr__(self, name, value)
+            return
+        raise AttributeError(_setting(f"remote.{name}", name))
+
     def __getitem__(self, index: Any) -> Any:
         raise TypeError("a RemoteModule's layers are not pointers of their own: call the whole model, or send "
                         "the layer you need (client.send(model[i]))")
@@ -369,6 +375,12 @@ class _Layer:
             raise AttributeError(f"{self._path} of the remote model has no parameter or buffer {name!r}")
         return found
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        raise AttributeError(_setting(f"remote.{self._path}.{name}", name))
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"{self._path} is a layer of a model that lives on the worker as one object: call the whole "
                         f"model, or send the layer you need (client.send(model.{self._path}))")
@@ -415,3 +427,13 @@ def send_module(client: "Client", module: nn.Module) -> RemoteModule:
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(module).__name__}")
     return RemoteModule(client, module)
+
+
+def _setting(what: str, name: str) -> str:
+    """Why ``what = ...`` is refused (helper-77: it set an attribute of this wrapper and changed nothing remotely)."""
+    if name == "training":
+        return f"{what} cannot be set on a remote model: use remote.train(False) or remote.eval() (the worker's modes)"
+    return (f"{what} = ... cannot change a remote model: its weights and layers live on the worker. To change a "
+            f"weight's values: with torch.no_grad(): {what}.copy_(t), or remote.load_state_dict({{...}}, "
+            "strict=False); to change its layers or options, change your local model and send it again "
+            "(client.send(model))")
