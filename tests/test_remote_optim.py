@@ -280,3 +280,20 @@ def test_a_scheduler_is_charged_for_what_it_holds(make_worker, make_client):
         for _ in range(40):
             kept.append(client.lr_scheduler.MultiStepLR(opt, milestones=list(range(1024))))
     assert 10 <= len(kept) < 20, "about 65 KiB each"
+
+
+def test_changing_the_lists_read_from_a_remote_optimizer_raises(seed):
+    """helper-77: ``opt.param_groups`` is read from the worker, a new list each time: ``opt.param_groups[0] = {...}``,
+    ``.append(...)`` and ``param_groups[0]["params"].append(p)`` changed a copy and nothing on the worker, silently.
+    Each raises now, naming what works; setting an option through a group still does."""
+    _, client = seed
+    remote = client.send(torch.nn.Linear(3, 2))
+    opt = client.optim.SGD(remote.parameters(), lr=0.1)
+    groups = opt.param_groups
+    for change in (lambda: groups.__setitem__(0, {**groups[0], "lr": 0.9}), lambda: groups.append({}),
+                   lambda: groups[0]["params"].append(client.send(torch.ones(2))), lambda: groups.pop()):
+        with pytest.raises(TypeError, match="cannot be changed: set an option"):
+            change()
+    opt.param_groups[0]["lr"] = 0.5
+    assert opt.param_groups[0]["lr"] == 0.5 and len(opt.param_groups[0]["params"]) == 2
+    assert list(groups) == list(groups[:])  # (reads work as on a list)

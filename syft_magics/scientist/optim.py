@@ -99,7 +99,8 @@ class RemoteOptimizer(RemoteObject):
     def param_groups(self) -> List["ParamGroup"]:
         """Each parameter group, as ``torch.optim`` has them: ``opt.param_groups[0]["lr"]`` reads the
         worker's current learning rate (schedulers' steps included), ``... = 0.01`` sets it there."""
-        return [ParamGroup(self, i) for i in range(len(self._settings()["groups"]))]
+        return _Fixed([ParamGroup(self, i) for i in range(len(self._settings()["groups"]))],
+                      f"the parameter groups of an optimizer on {self._client.name}")
 
     @property
     def defaults(self) -> Dict[str, Any]:
@@ -125,6 +126,25 @@ class RemoteOptimizer(RemoteObject):
                                   "make the optimizer with every group at once (a list of dicts, as torch takes)")
 
 
+class _Fixed(list):
+    """A list read from a remote optimizer: a copy, so changing it would change nothing on the worker (helper-77:
+    ``opt.param_groups[0] = {...}`` and ``.append(...)`` did nothing); each change raises instead."""
+
+    def __init__(self, items: Any, what: str) -> None:
+        super().__init__(items)
+        self._what = what
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{self._what} cannot be changed: set an option with opt.param_groups[i][key] = value, or "
+                        "make a new optimizer with every group and parameter (a list of dicts, as torch takes)")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # (a copy is a plain list of the same items)
+        return list, (list(self),)
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+
 class ParamGroup(MutableMapping):
     """One parameter group of a :class:`RemoteOptimizer`: reads ask the worker (each one current, after the
     ops sent before it), writes set the option there and wait for its answer (an unknown option, a value
@@ -138,7 +158,8 @@ class ParamGroup(MutableMapping):
 
     def __getitem__(self, key: str) -> Any:
         if key == "params":
-            return list(self._opt._params[self._index]) if self._index < len(self._opt._params) else []
+            return _Fixed(self._opt._params[self._index] if self._index < len(self._opt._params) else [],
+                          f"a parameter group's params on {self._opt._client.name}")
         value = self._options()[key]
         return tuple(value) if isinstance(value, list) else value
 
