@@ -253,3 +253,17 @@ def test_assigning_to_a_remote_model_or_a_local_tensor_from_a_pointer_is_refused
     p = client.send(torch.ones(4))
     p[0] = client.send(torch.tensor(5.0))
     assert p.get().tolist() == [5.0, 1.0, 1.0, 1.0]
+
+
+def test_requires_grad_false_on_a_result_raises_at_the_line_as_torch(seed):
+    """helper-77: ``q.requires_grad = False`` on a non-leaf pointer changed the pointer's flag, not the worker's
+    (torch refuses it), and the worker's refusal surfaced later at an unrelated line; now it raises at the line."""
+    _, client = seed
+    p = client.send(torch.ones(3, requires_grad=True))
+    q = p * 2
+    with pytest.raises(RuntimeError, match="only change requires_grad flags of leaf variables"):
+        q.requires_grad = False
+    assert q.requires_grad is True
+    (q * 3).sum().backward()
+    assert p.grad.get().tolist() == [6.0, 6.0, 6.0]
+

@@ -69,6 +69,10 @@ def requires_grad_(ptr: "PointerTensor", requires_grad: bool = True) -> "Pointer
     if requires_grad and not (ptr.dtype.is_floating_point or ptr.dtype.is_complex):
         raise RuntimeError(f"only tensors of floating point and complex dtype can require gradients (this "
                            f"pointer is {ptr.dtype})")
+    if not requires_grad and not ptr.is_leaf:  # (as torch, at the line: helper-77 saw the flag change here only)
+        raise RuntimeError("you can only change requires_grad flags of leaf variables. If you want to use a computed "
+                           "variable in a subgraph that doesn't require differentiation use var_no_grad = "
+                           "var.detach().")
     if not ptr.owned and not ptr.deleted:  # (refused there too; here before the pointer says otherwise)
         raise ReadOnlyError(f"{' '.join(ptr.tags) or 'this'} is {ptr.client.name}'s data and cannot be changed "
                             "(requires_grad_ writes into it); compute on a copy instead, e.g. ptr.clone()",
