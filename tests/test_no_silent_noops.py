@@ -267,3 +267,21 @@ def test_requires_grad_false_on_a_result_raises_at_the_line_as_torch(seed):
     (q * 3).sum().backward()
     assert p.grad.get().tolist() == [6.0, 6.0, 6.0]
 
+
+def test_a_failure_not_reported_yet_is_raised_by_disconnect(make_worker, make_client):
+    """helper-77: ops that failed after the last ``sync()`` went unreported when the script ended with
+    ``disconnect()``; it waits for them now and raises the first failure once the link is closed (a ``with`` block
+    leaving on an error of its own keeps that error and logs this one)."""
+    bob = make_worker("Bob", policy="open", connection_file=False)
+    client = make_client(bob.address, key=bob.key)
+    p = client.send(torch.ones(3, requires_grad=True))
+    p.grad = torch.ones(4)  # fails on the worker: a gradient of another size
+    with pytest.raises(sm.RemoteError, match="gradient of size"):
+        client.disconnect()
+    assert client.closed
+    with pytest.raises(KeyError):
+        with make_client(bob.address, key=bob.key) as again:
+            q = again.send(torch.ones(3, requires_grad=True))
+            q.grad = torch.ones(4)
+            raise KeyError("the block's own error")
+

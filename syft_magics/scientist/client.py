@@ -8,6 +8,7 @@ issued it.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import weakref
@@ -21,6 +22,8 @@ from ..errors import (
     CrossWorkerError,
     OpNotAllowed,
     PointerFreed,
+    RemoteError,
+    SyftError,
     TagError,
 )
 from ..events import EventStream
@@ -42,6 +45,10 @@ from .transport import LinkBase
 from .trees import build, check_locals, to_meta, walk
 
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
+log = logging.getLogger(__name__)
+
+#: How long (s) ``disconnect()`` waits for the ops sent before it, to report a failure among them.
+DISCONNECT_SYNC_SECONDS = 5.0
 
 
 class Client(Requests):
@@ -249,21 +256,38 @@ class Client(Requests):
         return ConnectionPanel(self)
 
     def disconnect(self) -> None:
-        """Close the link; the worker frees this session's objects (never the owner's)."""
+        """Close the link; the worker frees this session's objects (never the owner's). A failure of an op sent
+        before it, not reported yet, is raised here once the link is closed (helper-77: a script whose last ops
+        failed ended with no word of it); the ops get :data:`DISCONNECT_SYNC_SECONDS` to run."""
+        failed: Optional[RemoteError] = None
         if not self.closed:
+            if self.connected:
+                try:
+                    self.sync(timeout=DISCONNECT_SYNC_SECONDS)
+                except RemoteError as exc:
+                    failed = exc
+                except SyftError:  # (the worker gone, restarted or too slow: nothing more to learn from it)
+                    pass
             self._link.close()
             buffers.trim(everything=True, key=None)  # (its housekeeping trimmed what its receives kept)
             self.events.emit("disconnect")
         _LIVE.discard(self)
         self._thaw()
+        if failed is not None:
+            raise failed
 
     close = disconnect
 
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.disconnect()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        try:
+            self.disconnect()
+        except RemoteError as failed:
+            if kind is None:
+                raise
+            log.warning("an op sent to %s before leaving the block failed: %s", self.name, failed)
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "disconnected"
