@@ -485,3 +485,17 @@ def test_a_remote_models_parameters_by_name(seed, make):
         layer.nope
     with pytest.raises(AttributeError, match="by name"):
         remote.nope
+
+
+def test_a_forward_under_inference_mode_leaves_training_of_that_architecture_working(seed):
+    """helper-77: the client's stand-in of a model's forward (kept per architecture and state) was made under the
+    caller's ``torch.inference_mode()``, so its tensors were inference tensors, and every later training forward of
+    that architecture failed ("Inference tensors cannot be saved for backward")."""
+    bob, client = seed
+    x, y = client.send(torch.randn(8, 8)), client.send(torch.randint(0, 3, (8,)))
+    remote = client.send(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)))
+    with torch.inference_mode():
+        remote(x)
+    F.cross_entropy(remote(x), y).backward()
+    client.sync()
+    assert next(iter(remote.parameters())).grad.get().abs().sum() > 0

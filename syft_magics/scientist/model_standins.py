@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Dict, Tuple
 
+import torch
 import torch.nn as nn
 
 #: the state of a model: its layers' training modes, and which of its parameters require grad
@@ -42,11 +43,12 @@ def standin(arch: str, state: State, meta: nn.Module) -> Callable[..., Any]:
     found = _STANDINS.get(key)
     if found is not None:
         return found
-    copied = copy.deepcopy(meta)
-    for m, training in zip(copied.modules(), state[0]):
-        m.training = training
-    for p, grad in zip(copied.parameters(), state[1]):
-        p.requires_grad_(grad)
+    with torch.inference_mode(False):  # (kept for every later call: made under the caller's inference mode, its
+        copied = copy.deepcopy(meta)   # tensors were inference tensors, and training's forwards failed, helper-77)
+        for m, training in zip(copied.modules(), state[0]):
+            m.training = training
+        for p, grad in zip(copied.parameters(), state[1]):
+            p.requires_grad_(grad)
 
     def forward(handle: Any, *args: Any, **kwargs: Any) -> Any:
         return copied(*args, **kwargs)
