@@ -285,3 +285,13 @@ def test_a_failure_not_reported_yet_is_raised_by_disconnect(make_worker, make_cl
             q.grad = torch.ones(4)
             raise KeyError("the block's own error")
 
+
+
+def test_a_format_spec_formats_a_one_element_pointers_number_as_torch(seed):
+    """helper-77: ``f"{loss:.4f}"`` printed the pointer's repr (its spec ignored); a number now, as ``float(loss)``
+    gives it, and torch's refusal for a spec on several elements."""
+    _, client = seed
+    loss = client.send(torch.tensor(1.23456))
+    assert f"{loss:.3f}" == "1.235" and f"{loss}".startswith("PointerTensor(")
+    with pytest.raises(TypeError, match="unsupported format string"):
+        f"{client.send(torch.ones(2)):.3f}"

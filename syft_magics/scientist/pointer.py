@@ -240,7 +240,14 @@ class PointerTensor(torch.Tensor):
         return mimebundle(self, include, exclude)
 
     def __format__(self, spec: str) -> str:
-        return repr(self)
+        """``f"{loss:.4f}"``: as torch, the number of a one-element pointer (its value fetched, as ``float(loss)``
+        does; helper-77: the spec was ignored and the pointer's repr printed); ``f"{ptr}"``: its repr."""
+        if not spec:
+            return repr(self)
+        if self.signature[0] != ():
+            raise TypeError(f"unsupported format string passed to {type(self).__name__}.__format__ (a format "
+                            "spec applies to one number, as for a tensor: .get() the values first)")
+        return format(self.item(), spec)
 
     def __hash__(self) -> int:
         return id(self)
