@@ -499,3 +499,34 @@ def test_a_forward_under_inference_mode_leaves_training_of_that_architecture_wor
     F.cross_entropy(remote(x), y).backward()
     client.sync()
     assert next(iter(remote.parameters())).grad.get().abs().sum() > 0
+
+
+class RunningMean(nn.Module):
+    """A custom model whose forward reassigns its buffer (a running mean, as such code often keeps one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+        self.register_buffer("mean", torch.zeros(8))
+
+    def forward(self, x):
+        if self.training:
+            self.mean = 0.9 * self.mean + 0.1 * x.mean(0).detach()
+        return self.fc(x - self.mean)
+
+
+def test_a_buffer_a_custom_forward_reassigns_is_the_remote_models_own(seed):
+    """helper-77: ``self.mean = 0.9 * self.mean + ...`` in a custom forward (which runs on the client) left the new
+    tensor in the client's copy: ``get()``, ``state_dict()`` and ``fedavg`` read the worker's model, which kept
+    zeros. Its value is now copied into the model's own tensor on the worker after each forward."""
+    bob, client = seed
+    torch.manual_seed(0)
+    X = torch.randn(16, 8)
+    local, remote, x = RunningMean(), client.send(RunningMean()), client.send(X)
+    remote.load_state_dict(local.state_dict())
+    for _ in range(3):
+        expected = local(X)
+        out = remote(x)
+    assert torch.allclose(out.get(), expected.detach(), atol=1e-6)
+    assert torch.allclose(remote.get().mean, local.mean) and torch.allclose(remote.state_dict()["mean"].get(),
+                                                                             local.mean)

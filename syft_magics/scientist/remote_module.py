@@ -110,13 +110,36 @@ class RemoteModule:
     # -- using ----------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.path == "client":
-            return self._shell(*args, **kwargs)
+            out = self._shell(*args, **kwargs)
+            self._keep_reassigned()
+            return out
         # (the meta copy in this model's state: its layers' modes, which parameters require grad now)
         state = (self._modes, tuple(self._pointers[n].requires_grad for n in self._param_names))
         return self._client.run(model_standins.standin(self._arch, state, self._meta), "syft.module_call",
                                 (self._handle, *args), kwargs)
 
     forward = __call__
+
+    def _keep_reassigned(self) -> None:
+        """A custom forward that reassigns a buffer or a parameter (``self.mean = 0.9 * self.mean + ...``) left the new
+        tensor in the client's copy only, and ``get()``, ``state_dict()`` and ``fedavg`` read the worker's model, which
+        kept the old one (helper-77). Its value is copied into the model's own tensor on the worker (an op like any
+        other, under ``no_grad``), and the model keeps that tensor."""
+        for prefix, m in self._shell.named_modules():
+            for kind in ("_parameters", "_buffers"):
+                slots = getattr(m, kind)
+                for name, t in list(slots.items()):
+                    kept = self._pointers.get(f"{prefix}{'.' if prefix else ''}{name}")
+                    if kept is None or t is kept:
+                        continue
+                    if not isinstance(t, torch.Tensor) or t.dtype != kept.dtype or t.shape != kept.shape:
+                        what = "a tensor of another shape or dtype" if isinstance(t, torch.Tensor) else type(t).__name__
+                        raise TypeError(f"the forward set {prefix or 'the model'}'s {name} to {what}: a remote "
+                                        "model's weights keep their shape and dtype (write into them, or send a "
+                                        "model built that way)")
+                    with torch.no_grad():
+                        kept.copy_(t)
+                    slots[name] = kept
 
     def train(self, mode: bool = True) -> "RemoteModule":
         """Training mode on the worker (dropout, batch statistics), as ``nn.Module.train``."""
