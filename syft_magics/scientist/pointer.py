@@ -82,6 +82,7 @@ class _Discard:
 
 _install_inits()  # (torch's initialisers that skip the override check: given it, see .inits)
 
+
 class PointerTensor(torch.Tensor):
     """A tensor on a worker, used like a local one; ``.get()`` brings its value back."""
 
