@@ -51,7 +51,9 @@ class Failures:
         budget to :meth:`~.quotas.FailureBudget.release` it to when the op ends; refuse the op
         (:class:`~.replies.Reject`, a quota) while the client's failures are spent or held by its running ops."""
         budget = self._budget(session)
-        quotas.reserve_failure(session.quotas, session.label, self.worker.name, budget)
+        # (the clients of the worker's key, without an invitation, share one: helper-76's client with no failure of
+        # its own read "its ops" failed)
+        quotas.reserve_failure(session.quotas, session.label, self.worker.name, budget, shared=not _principal(session))
         return budget
 
     def _budget(self, session: Any) -> quotas.FailureBudget:

@@ -249,13 +249,14 @@ class FailureBudget:
             self.reserved -= 1
 
 
-def reserve_failure(quotas: Quotas, client: str, owner: str, budget: FailureBudget) -> None:
+def reserve_failure(quotas: Quotas, client: str, owner: str, budget: FailureBudget, shared: bool = False) -> None:
     """Hold one failure of the client's :class:`FailureBudget` for an op on ``owner``'s data about to run; refuse
-    the op while the budget is spent (or held by its running ops)."""
+    the op while the budget is spent (or held by its running ops). ``shared``: the budget of every client of the
+    worker's key (no invitation), not of this one alone."""
     wait = budget.reserve()
     if wait > 0:
-        n = quotas.failed_ops_per_hour
-        raise Reject(ErrorCode.QUOTA, f"over {client}'s quota: {n:,} of its ops on {owner}'s data failed within the "
-                                      f"hour or run now, the limit is {n:,} per hour (failed_ops_per_hour: whether "
+        n, whose = quotas.failed_ops_per_hour, "the ops of the clients of this worker's key" if shared else "its ops"
+        raise Reject(ErrorCode.QUOTA, f"over {client}'s quota: {n:,} of {whose} on {owner}'s data failed within "
+                                      f"the hour or run now, the limit is {n:,} per hour (failed_ops_per_hour: whether "
                                       f"an op fails can tell a bit of the values it read); ops on {owner}'s data run "
                                       f"again in {wait:.0f} s, or ask the owner for a larger quota")
