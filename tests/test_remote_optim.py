@@ -297,3 +297,15 @@ def test_changing_the_lists_read_from_a_remote_optimizer_raises(seed):
     opt.param_groups[0]["lr"] = 0.5
     assert opt.param_groups[0]["lr"] == 0.5 and len(opt.param_groups[0]["params"]) == 2
     assert list(groups) == list(groups[:])  # (reads work as on a list)
+
+
+def test_an_optimizer_takes_named_parameters_as_torch_does(seed):
+    """helper-77: ``client.optim.SGD(remote.named_parameters())`` (torch 2.x takes the pairs) reached the worker as
+    tuples and failed there, after the user's line; the pairs' pointers are the parameters now."""
+    _, client = seed
+    remote = client.send(torch.nn.Linear(3, 2))
+    opt = client.optim.SGD(remote.named_parameters(), lr=0.1)
+    before = remote.get().weight.clone()
+    remote(client.send(torch.ones(4, 3))).sum().backward()
+    opt.step()
+    assert not torch.equal(remote.get().weight, before) and len(opt.param_groups[0]["params"]) == 2

@@ -227,9 +227,12 @@ class _Namespace:
 
 
 def _params(params: Any) -> Any:
+    """An optimizer's parameters as torch takes them: pointers, groups (dicts), or ``named_parameters()``'s pairs, whose
+    names are dropped (helper-77: the pairs reached the worker, which refused a tuple, not at the user's line)."""
     if isinstance(params, (PointerTensor, dict)):
         return [params]
-    return [dict(p) if isinstance(p, dict) else p for p in params]
+    return [dict(p) if isinstance(p, dict) else p[1] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+            else p for p in params]
 
 
 def _optimizer_handle(opt: Any) -> PointerTensor:
