@@ -257,9 +257,12 @@ class Ops(Running):
         client whose failures are spent; else the op holds one of them (in ``held``) until its caller releases it,
         once the op ended (see :class:`~.quotas.FailureBudget`)."""
         disclosure = self.disclosure
-        if disclosure.guarded and disclosure.of_inputs(used).owner:
+        if not disclosure.guarded:
+            return
+        owner = disclosure.of_inputs(used).owner
+        if owner:
             held.append(disclosure.failures.reserve(session))
-        refusal = disclosure.unbounded(session, op, fn, args, kwargs, used, known)
+        refusal = disclosure.unbounded(op, fn, args, kwargs, used, owner, known)
         if refusal is not None:
             raise refusal
 

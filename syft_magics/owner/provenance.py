@@ -58,7 +58,6 @@ from .policy import OpenPolicy
 from .replies import Reject
 
 if TYPE_CHECKING:
-    from .sessions import Session
     from .store import Entry
     from .worker import Worker
 
@@ -375,9 +374,9 @@ class Disclosure:
 
         return pytree.tree_map_only(torch.Tensor, standin, (args, kwargs))
 
-    def unbounded(self, session: "Session", op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"],
+    def unbounded(self, op: str, fn: Any, args: Any, kwargs: Any, used: List["Entry"], owner: bool,
                   known: Any = PENDING) -> Optional[Exception]:
-        """Before an op of ``session`` runs: the refusal to raise (None: it runs). Its results could not be kept (see
+        """Before an op runs: the refusal to raise (None: it runs). Its results could not be kept (see
         :meth:`unbounded_text`: its real allocation would happen before the refusal); or torch cannot trace it
         over a withheld shape (:meth:`untraced_text`), where whether it fails, or what it writes, could tell
         that shape. Untraced over public shapes it runs, and says; its results cannot be kept.
@@ -385,11 +384,8 @@ class Disclosure:
         The failure budget (held by ``Ops._bounded`` before this) holds for every op whose failure would be
         withheld (:meth:`failure`), traced or not (helper-68: ``torch.autograd.grad``, whose shapes are public and
         not traced, failed 354 times past a spent budget, each failure a bit of ``#X`` through a seed the client
-        chose)."""
-        if not self.guarded:
-            return None
-        owner = self.of_inputs(used).owner
-        if not owner or not self._traces(fn, used, owner):
+        chose). ``owner``: whether ``used`` derive from the owner's data (``of_inputs``, which the caller asked)."""
+        if not self.guarded or not owner or not self._traces(fn, used, owner):
             return None
         traced = self.trace(fn, args, kwargs, used, known)
         if isinstance(traced, Trace):

@@ -231,17 +231,19 @@ class FailureBudget:
     def wait(self) -> float:
         """Seconds until one more failure is allowed (0: now), counting those the running ops hold."""
         with self._lock:
-            left = self._refill() - self.reserved
-        return 0.0 if left >= 1.0 else (1.0 - left) * 3600.0 / self.per_hour
+            return self._wait()
 
     def reserve(self) -> float:
         """Hold one failure for an op about to run: 0 when held, else :meth:`wait`'s seconds (nothing held)."""
         with self._lock:
-            left = self._refill() - self.reserved
-            if left >= 1.0:
+            wait = self._wait()
+            if not wait:
                 self.reserved += 1
-                return 0.0
-        return (1.0 - left) * 3600.0 / self.per_hour
+            return wait
+
+    def _wait(self) -> float:
+        left = self._refill() - self.reserved
+        return 0.0 if left >= 1.0 else (1.0 - left) * 3600.0 / self.per_hour
 
     def release(self) -> None:
         """The op that held a failure ended (its failure, if it failed, already spent)."""
