@@ -38,6 +38,7 @@ class ErrorCode(WireEnum):
     BAD_ID = "bad_id"
     QUOTA = "quota"  # over one of the client's quotas (bytes, objects, message size, queue, op time budget)
     WITHHELD = "withheld"  # an op on the owner's data failed; its message waits for the owner's release
+    NOT_RUN = "not_run"  # not run: an earlier pipelined op of the client failed (owner/halts.py)
 
 
 class SyftError(Exception):

@@ -361,3 +361,14 @@ def test_a_write_into_a_tensor_a_graph_saved_fails_its_backward_as_in_torch(make
     fresh.backward()
     client.sync()
     assert torch.equal(bob.store.get(a.oid).tensor.grad, torch.full((4,), 3.0))
+
+
+def test_del_grad_clears_the_workers_gradient_as_torch_does(seed):
+    bob, client = seed
+    w = client.send(torch.ones(3, requires_grad=True))
+    (w * 2).sum().backward()
+    assert w.grad is not None
+    del w.grad  # torch: the same as w.grad = None
+    assert w.grad is None
+    client.sync()
+    assert bob.store.get(w.oid).tensor.grad is None

@@ -17,6 +17,7 @@ SWEEP = [
     ("torch.autograd.grad", lambda p, loss: torch.autograd.grad(loss, [p])),
     ("grad", lambda p, loss: p.grad),
     ("grad = None", lambda p, loss: setattr(p, "grad", None)),
+    ("del grad", lambda p, loss: delattr(p, "grad")),
     ("requires_grad_", lambda p, loss: p.detach().requires_grad_()),
     ("requires_grad_(False)", lambda p, loss: p.detach().requires_grad_(False)),
     ("requires_grad = True", lambda p, loss: setattr(p.detach(), "requires_grad", True)),

@@ -284,11 +284,13 @@ def test_worker_survives_authenticated_garbage(seed, peers, make_client):
         [msgpack.packb({"t": "op", "s": 17, "f": "torch.add",
                         "a": [msgpack.ExtType(2, msgpack.packb([5, "float32", [1]]))], "o": []})],
     ]
-    for parts in hostile:
-        dealer.send_raw(parts)
     answered = []
-    while len(answered) < len(hostile) - 1:  # the owner-data free is silent
-        answered.append(dealer.reply())
+    for parts in hostile:  # each followed by a sync: a failed op stops the ops after it until one (owner/halts.py)
+        dealer.send_raw(parts)
+        dealer.send_raw(encode({"t": "sync", "s": 99}))
+        while (reply := dealer.reply())["s"] != 99:
+            answered.append(reply)
+    assert len(answered) == len(hostile) - 1  # the owner-data free is silent
     assert all(r["t"] == "err" for r in answered), answered
     codes = {r.get("code") for r in answered}
     assert {"op_not_allowed", "protocol", "read_only", "unknown_object", "bad_id"} <= codes

@@ -18,7 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Tuple
 
 from ..wire.protocol import Kind, encode, peek
-from . import quotas
+from . import halts, quotas
 from .replies import error_reply
 
 if TYPE_CHECKING:
@@ -151,5 +151,6 @@ def queue_full(server: "Server", session: "Session", parts: List[Any]) -> Any:
         server._refused_message(session, parts, lambda: quotas.check_queued(session.quotas, session.label,
                                                                             session.quotas.max_queued))
     except Exception as exc:
+        halts.stop(session, parts)
         return error_reply(exc)
     return None  # (never: check_queued refuses at max_queued)

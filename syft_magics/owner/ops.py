@@ -27,6 +27,7 @@ from . import (
     checked,
     costs,
     graphs,
+    halts,
     lineage,
     plain,
     public_charges,
@@ -239,6 +240,7 @@ class Ops(Running):
                                      spent)
             except Exception as failed:  # (recorded by _failed or _finish)
                 setattr(failed, "seq", header.get("s"))
+                halts.stopped(session, header)
                 reply = error_reply(failed)
                 forget_frames(failed)
             if reply is not None:

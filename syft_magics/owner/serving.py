@@ -25,7 +25,7 @@ from ..wire import buffers, limits, samehost
 from ..wire.names import check_tag
 from ..wire.protocol import ErrorCode, Kind, decode, encode, field, peek
 from ..wire.sockets import readable, recv_parts
-from . import costs, fake_trace, lanes, moves, quotas, releases, sends, streams, tickets, writes
+from . import costs, fake_trace, halts, lanes, moves, quotas, releases, sends, streams, tickets, writes
 from .chunk_queue import ChunkQueue
 from .connections import Connections
 from .direct import DirectPort
@@ -260,6 +260,14 @@ class Server(Handshakes, DirectPort, Ops):
             return self._handshake(ident, parts, taken=session is not None)
         if not session.gone:
             session.last_seen = time.monotonic()
+        try:
+            return self._served(session, parts, batched, queued)
+        except Exception:
+            halts.stop(session, parts)  # (a pipelined op or send that failed: the client's later ones wait)
+            raise
+
+    def _served(self, session: Session, parts: List[Any], batched: bool, queued: bool) -> Any:
+        """:meth:`_handle`'s, for a message of a signed-in client on its own connection."""
         if not batched:
             size = len(parts[0]) if len(parts) == 1 else sum(len(p) for p in parts)
             if size > int(session.quotas.max_message_bytes):
@@ -268,6 +276,8 @@ class Server(Handshakes, DirectPort, Ops):
                                                                                    size))
         if not queued and session.lane.holds():
             return lanes.wait(self, session, parts, batched)
+        if session.halted is not None:
+            halts.check(self, session, parts)
         used: List[Entry] = []
         try:
             header = decode(parts, self._resolver(session, used), session.host_peer)

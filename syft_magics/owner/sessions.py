@@ -55,6 +55,8 @@ class Session:
     endpoint: Optional[Tuple[int, Any]] = field(default=None, repr=False)
     #: its connection closed while what it queued before its goodbye still waits: served, without renewing the lease
     gone: bool = False
+    #: the op whose failure stops its later ops until the client has been told (see owner/halts.py)
+    halted: Optional[str] = None
     #: which session it is (its ``ident`` is the client's choice: a later session may present the same one)
     serial: int = field(default_factory=_serials.__next__, repr=False)
 

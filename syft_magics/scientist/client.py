@@ -32,7 +32,7 @@ from ..wire import auth, buffers, samehost
 from ..wire.names import check_tag, id_source, is_inplace, short_name
 from ..wire.protocol import Kind, encode
 from ..wire.results import TEXT_OPS, Tree, from_wire, wire_dtype
-from . import inference, transfers
+from . import cell_end, inference, transfers
 from .autograd import LOCAL_ANSWERS, local_answer
 from .direct import DirectLink
 from .inference import REMOTE, infer
@@ -81,6 +81,7 @@ class Client(Requests):
         self.pid = os.getpid()
         self._link.on_error = self._emit_error
         _LIVE.add(self)
+        cell_end.install(live_clients)  # (in a notebook, a cell's failed op shows in that cell)
         freezer.acquire([inference.warm_up()])
         #: gives the collector back its objects once, at disconnect or when this client is dropped
         self._thaw = weakref.finalize(self, freezer.release)

@@ -84,7 +84,8 @@ class Requests:
         errors = self._link.errors
         error = None
         if errors:
-            error = self._error(errors[0], more=len(errors) - 1)
+            skipped = sum(1 for e in errors[1:] if e.get("code") == ErrorCode.NOT_RUN)
+            error = self._error(errors[0], more=len(errors) - 1 - skipped, skipped=skipped)
             errors.clear()
         for old in [s for s in self._origins if s <= seq]:
             del self._origins[old]
@@ -95,7 +96,7 @@ class Requests:
         """Tell subscribers (a panel) that the worker answered ``err``."""
         self.events.emit("error", seq=header.get("s"), code=header.get("code"), message=str(header.get("msg")))
 
-    def _error(self, header: dict, more: int = 0) -> Exception:
+    def _error(self, header: dict, more: int = 0, skipped: int = 0) -> Exception:
         code = header.get("code") or ErrorCode.ERROR
         cls = error_class(code)
         msg = str(header.get("msg"))
@@ -110,6 +111,9 @@ class Requests:
             text += f"\n  issued at {line}"
         if more:
             text += f"\n  ({more} more op{'s' if more > 1 else ''} failed since; fix this one first)"
+        if skipped:
+            text += (f"\n  ({skipped} op{'s' if skipped > 1 else ''} sent after it {'were' if skipped > 1 else 'was'} "
+                     "not run: the worker runs nothing after a failure until it has been raised here)")
         etype = header.get("etype")
         exc = typed(cls, etype)(text, op=op, remote_type=etype, remote_message=msg, line=line, code=code)
         if isinstance(exc, WithheldError) and isinstance(header.get("w"), int):

@@ -1,0 +1,139 @@
+"""After one of a client's pipelined ops fails on the worker, nothing the client sent after it runs until the
+client has been told: as locally, where the failing line raises and the lines after it never run. Then the
+client's ops run again; frees are always served; a notebook cell shows the failure of the ops it sent."""
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import wait_until
+from test_lanes import Gate, op
+
+import syft_magics as sm
+from syft_magics.errors import RemoteError
+from syft_magics.wire.protocol import ref_ext
+
+pytestmark = pytest.mark.timeout(90)
+
+SINGULAR = torch.zeros(2, 2)  # its inverse fails on the worker only (the client's shape inference passes it)
+
+
+@pytest.fixture(params=["tcp", "direct"])
+def bob_and_client(request, make_worker, make_client):
+    bob = make_worker("Bob", policy="open")
+    bob.share(torch.arange(3.0), "#X")
+    return bob, make_client(bob if request.param == "direct" else bob.address, key=bob.key)
+
+
+def test_ops_sent_after_a_failed_op_do_not_run_until_the_client_is_told(bob_and_client):
+    bob, client = bob_and_client
+    x = client.search("#X")[0]
+    w = client.send(torch.zeros(3))
+    bad = torch.linalg.inv(client.send(SINGULAR))  # fails on the worker
+    w.add_(1)  # independent of the failure: run, it would change w past a failure the user has not seen
+    later = x * 2
+    sent = client.send(torch.ones(2))
+    with pytest.raises(RemoteError) as info:
+        client.sync()
+    text = str(info.value)
+    assert text.startswith("linalg.inv failed on Bob") and "singular" in text, text
+    assert "test_halts.py" in text  # names the line that sent it
+    assert "3 ops sent after it were not run" in text, text
+    assert torch.equal(w.get(), torch.zeros(3))  # the write after the failure never happened
+    for ptr in (later, sent, bad):
+        with pytest.raises(RemoteError, match="came from an op that failed"):
+            ptr.get()
+    with pytest.raises(RemoteError, match=r"not run: an op this client sent before it \(linalg.inv\) failed"):
+        later.get()
+    # told: what it sends now runs
+    assert torch.equal((x * 2).get(), torch.arange(3.0) * 2)
+    w.add_(1)
+    assert torch.equal(w.get(), torch.ones(3))
+
+
+def test_a_request_the_client_waits_on_is_not_run_either_and_ends_the_stop(make_worker, make_client):
+    bob = make_worker("Bob")  # review: a get that ran would ask the owner
+    bob.share(torch.arange(3.0), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    torch.linalg.inv(client.send(SINGULAR))
+    with pytest.raises(RemoteError, match="linalg.inv failed on Bob"):
+        x.get(timeout=5)  # not run: the failure is raised instead, and the owner was not asked
+    assert len(bob.requests) == 0
+    assert all(s.halted is None for s in bob.server.sessions.values())
+    y = x * 2  # told: a new op runs
+    client.sync()
+    assert torch.equal(bob.store.get(y.oid).tensor, torch.arange(3.0) * 2)
+
+
+def test_a_failed_request_the_client_waits_on_stops_nothing(make_worker, make_client):
+    bob = make_worker("Bob", policy="closed")
+    bob.share(torch.arange(3.0), "#X")
+    client = make_client(bob.address, key=bob.key)
+    x = client.search("#X")[0]
+    with pytest.raises(sm.PermissionDenied):
+        x.get()  # refused, and raised at once: the client knows
+    w = client.send(torch.zeros(3))
+    w.add_(1)
+    client.sync()
+    assert torch.equal(bob.store.get(w.oid).tensor, torch.ones(3))
+
+
+def test_frees_are_served_while_a_client_is_stopped(bob_and_client):
+    bob, client = bob_and_client
+    torch.linalg.inv(client.send(SINGULAR))
+    pointers = [client.send(torch.ones(2)) + i for i in range(50)]  # not run: their results exist, failed
+    del pointers  # their frees leave with the next message: they must be served
+    with pytest.raises(RemoteError, match="linalg.inv"):
+        client.sync()
+    client.sync()
+    # every object of the session is gone (nothing kept a pointer), the failed ones as the others
+    assert wait_until(lambda: bob.store.session_count(client._link.session) == 0, timeout=5), \
+        bob.store.session_count(client._link.session)
+
+
+def test_an_op_that_fails_on_its_lane_stops_the_ops_queued_behind_it(make_worker, peers, monkeypatch):
+    """A slow op runs on its client's lane while the client's later messages wait; if it fails, they do not run."""
+    gate = Gate()
+
+    def failing_gate(x: torch.Tensor) -> torch.Tensor:
+        gate(x)
+        if not isinstance(x, torch._subclasses.fake_tensor.FakeTensor):
+            raise RuntimeError("the slow op failed")
+        return x * 2
+
+    bob = make_worker("Bob", policy="open", lease_timeout=120)
+    bob.allowlist.allow("test.failing_gate", failing_gate)
+    x = bytes.fromhex(bob.share(torch.arange(4.0), "#X"))
+    alice = peers(bob.address)
+    alice.login(bob.key, name="alice")
+    op(alice, 1, "test.failing_gate", ref_ext(x))
+    assert gate.entered.wait(20), "the gated op never started"
+    later = op(alice, 2, "Tensor.__add__", ref_ext(x), 1.0)  # queued behind it on the lane
+    alice.send_raw(sm.wire.protocol.encode({"t": "get", "s": 3, "id": later}))
+    gate.open.set()
+    first = alice.reply(timeout=20)
+    assert first["t"] == "err" and first["s"] == 1 and "the slow op failed" in first["msg"], first
+    second = alice.reply(timeout=20)
+    assert second["t"] == "err" and second["s"] == 2 and second["code"] == "not_run", second
+    third = alice.reply(timeout=20)
+    assert third["t"] == "err" and third["s"] == 3 and third["code"] == "not_run", third
+    assert bob.store.get(later).error is not None  # failed, never computed
+    assert alice.request({"t": "get", "s": 4, "id": x})["t"] == "value"  # told: served again
+
+
+def test_a_notebook_cell_shows_the_failure_of_the_ops_it_sent(ip, make_worker, capsys):
+    bob = make_worker("Bob", policy="open")
+    ip.user_ns["bob"] = sm.connect(bob.address, key=bob.key)
+    try:
+        ip.run_cell("import torch\nw = bob.send(torch.zeros(3))\nbad = torch.linalg.inv(bob.send(torch.zeros(2, 2)))"
+                    "\nw.add_(1)")
+        err = capsys.readouterr().err
+        assert "linalg.inv failed on Bob" in err and "singular" in err, err
+        assert "1 op sent after it was not run" in err, err
+        result = ip.run_cell("print(w.get())")
+        assert result.success and "tensor([0., 0., 0.])" in capsys.readouterr().out
+        ip.run_cell("w.add_(1)")  # a cell whose ops all run prints nothing
+        assert capsys.readouterr().err == ""
+        assert torch.equal(bob.store.get(ip.user_ns["w"].oid).tensor, torch.ones(3))
+    finally:
+        ip.user_ns.pop("bob").disconnect()
