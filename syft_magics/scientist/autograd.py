@@ -247,7 +247,7 @@ SPECIAL: Dict[Any, Callable] = {
     torch.Tensor.detach_: detach_,
     torch.Tensor.grad.__get__: get_grad,  # type: ignore[union-attr]
     torch.Tensor.grad.__set__: set_grad,  # type: ignore[union-attr]
-    torch.Tensor.grad.__delete__: lambda ptr: set_grad(ptr, None),  # ``del p.grad``, as torch: p.grad = None
+    torch.Tensor.grad.__delete__: lambda ptr: set_grad(ptr, None),  # type: ignore[union-attr]  # del p.grad
     torch.Tensor.data.__get__: get_data,  # type: ignore[attr-defined]
     torch.Tensor.data.__set__: set_data,  # type: ignore[attr-defined]
     torch.Tensor.to: to,
