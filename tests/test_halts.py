@@ -137,3 +137,19 @@ def test_a_notebook_cell_shows_the_failure_of_the_ops_it_sent(ip, make_worker, c
         assert torch.equal(bob.store.get(ip.user_ns["w"].oid).tensor, torch.ones(3))
     finally:
         ip.user_ns.pop("bob").disconnect()
+
+
+def test_a_stopped_worker_is_not_reported_after_every_cell(ip, make_worker, capsys):
+    bob = make_worker("Bob", policy="open")
+    client = sm.connect(bob.address, key=bob.key)
+    try:
+        client.send(torch.ones(2)) + 1  # an op whose outcome the client has not waited for
+        bob.stop()
+        assert wait_until(lambda: client._link.broken is not None, timeout=10)
+        ip.run_cell("1")
+        ip.run_cell("2")
+        assert capsys.readouterr().err == ""  # (the client's next use raises WorkerStopped, once)
+        with pytest.raises(sm.WorkerStopped):
+            client.sync()
+    finally:
+        client.disconnect()

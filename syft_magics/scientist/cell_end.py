@@ -34,8 +34,8 @@ def install(clients: Callable[[], Iterable[Any]]) -> None:
 def after_cell(clients: Iterable[Any]) -> None:
     """Wait for the ops each open client in ``clients`` sent and has not waited for; print the first failure."""
     for client in clients:
-        if client.closed or not (client._origins or client._link.errors):
-            continue
+        if client.closed or client._link.broken is not None or not (client._origins or client._link.errors):
+            continue  # (a worker gone or stopped is raised by the client's next use, once, not after every cell)
         try:
             client.sync()
         except ReplyTimeout:
