@@ -7,6 +7,7 @@ import traceback
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import syft_magics as sm
@@ -228,6 +229,17 @@ def test_inplace_op_on_a_local_tensor_with_a_pointer_argument_is_refused(xy):
     assert isinstance(local, sm.PointerTensor)
     assert torch.equal(original, torch.ones(5))
     assert torch.equal(local.get(), X + 1)
+
+
+def test_loading_a_remote_models_state_into_a_local_model_says_to_get_it_first(seed):
+    bob, client = seed
+    remote, local = client.send(nn.Linear(3, 2)), nn.Linear(3, 2)
+    before = local.weight.detach().clone()
+    with pytest.raises(RuntimeError, match=r"cannot be filled from a pointer; bring the value here first \(ptr.get"):
+        local.load_state_dict(remote.state_dict())
+    assert torch.equal(local.weight.detach(), before)
+    local.load_state_dict(remote.get().state_dict())  # as the message says
+    assert torch.equal(local.weight.detach(), remote.get().weight.detach())
 
 
 # -- tuple results ---------------------------------------------------------------------------------------------

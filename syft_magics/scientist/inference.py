@@ -133,8 +133,13 @@ def _reject_local_inplace(func: Callable, args: tuple, result: Any, local_ids: s
     leaves = result if isinstance(result, (tuple, list)) else (result,)
     if any(id(leaf) in local_ids for leaf in leaves) or (
             func is torch.Tensor.__setitem__ and args and id(args[0]) in local_ids):
+        if func is torch.Tensor.copy_:  # (e.g. local_model.load_state_dict(remote.state_dict()))
+            raise TypeError("an in-place op on a local tensor cannot take a pointer argument: a local tensor "
+                            "cannot be filled from a pointer; bring the value here first (ptr.get(), or "
+                            "remote.get() for a whole model)")
         raise TypeError("an in-place op on a local tensor cannot take a pointer argument "
-                        "(the result would live on the worker); write local = local + ptr, or ptr + local")
+                        "(the result would live on the worker); write local = local + ptr, or ptr + local, "
+                        "or bring the value here first (ptr.get())")
 
 
 #: Ops that return their input or a copy depending on its strides, which a stand-in does not have: on the
