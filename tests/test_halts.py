@@ -153,3 +153,16 @@ def test_a_stopped_worker_is_not_reported_after_every_cell(ip, make_worker, caps
             client.sync()
     finally:
         client.disconnect()
+
+
+def test_a_cells_ops_may_run_on_behind_the_next_cells(ip, make_worker, capsys, fast_defaults):
+    fast_defaults.sync_at_cell_end = False
+    bob = make_worker("Bob", policy="open")
+    ip.user_ns["bob"] = sm.connect(bob.address, key=bob.key)
+    try:
+        ip.run_cell("import torch\nbad = torch.linalg.inv(bob.send(torch.zeros(2, 2)))")
+        assert capsys.readouterr().err == ""  # not waited for at the cell's end
+        result = ip.run_cell("bob.sync()")
+        assert not result.success and "linalg.inv failed on Bob" in str(result.error_in_exec)
+    finally:
+        ip.user_ns.pop("bob").disconnect()

@@ -6,13 +6,15 @@ worker runs none of that client's later ops (``owner/halts.py``). Run locally, t
 failed. So at the end of each cell that sent ops it has not waited for, every live client waits until its
 worker has run them (one ``sync()``: as long as the cell would have taken locally) and prints the first failure,
 naming the line that sent the op, in that cell's output. Installed with the first client made in an IPython
-shell; outside IPython nothing changes.
+shell; outside IPython nothing changes. ``syft_magics.defaults.sync_at_cell_end = False`` lets a cell's ops run on
+behind the next cells (their failure is then raised by the next ``.get()`` or ``sync()``).
 """
 from __future__ import annotations
 
 import sys
 from typing import Any, Callable, Iterable, Set
 
+from ..config import defaults
 from ..errors import ReplyTimeout, SyftError
 
 _HOOKED: Set[int] = set()  # id() of the shells whose post_run_cell runs :func:`after_cell`
@@ -32,7 +34,10 @@ def install(clients: Callable[[], Iterable[Any]]) -> None:
 
 
 def after_cell(clients: Iterable[Any]) -> None:
-    """Wait for the ops each open client in ``clients`` sent and has not waited for; print the first failure."""
+    """Wait for the ops each open client in ``clients`` sent and has not waited for; print the first failure
+    (unless ``defaults.sync_at_cell_end`` is False)."""
+    if not defaults.sync_at_cell_end:
+        return
     for client in clients:
         if client.closed or client._link.broken is not None or not (client._origins or client._link.errors):
             continue  # (a worker gone or stopped is raised by the client's next use, once, not after every cell)
