@@ -35,7 +35,20 @@ def test_an_op_failing_on_the_worker_is_logged_there_at_debug_level(seed, caplog
         y = x[torch.tensor([10])]
         with pytest.raises(sm.RemoteError, match="out of bounds"):
             y.get()
-    records = [r for r in caplog.records if r.name == "syft_magics.owner.serving"]
+    # (logged where the op ran: the serving thread, or its client's lane, priced or not)
+    records = [r for r in caplog.records if r.name in ("syft_magics.owner.serving", "syft_magics.owner.ops")]
+    assert records and "answers" in records[0].getMessage() and "out of bounds" in str(records[0].exc_info[1])
+
+
+def test_an_op_failing_on_its_clients_lane_is_logged_too(seed, caplog, fresh_estimates):
+    """With estimates warm, an op of a signature not priced yet runs on its client's lane (to be priced there)."""
+    bob, client = seed
+    x = client.search("#X")[0]
+    with caplog.at_level(logging.DEBUG, logger="syft_magics.owner"):
+        y = x[torch.tensor([10, 11])]
+        with pytest.raises(sm.RemoteError, match="out of bounds"):
+            y.get()
+    records = [r for r in caplog.records if r.name == "syft_magics.owner.ops"]
     assert records and "answers" in records[0].getMessage() and "out of bounds" in str(records[0].exc_info[1])
 
 

@@ -9,6 +9,7 @@ Its results are stored, charged to the client and described on the serving threa
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple
 
@@ -50,6 +51,8 @@ from .store import Block, Entry, ObjectStore, new_id, withheld_charge
 
 if TYPE_CHECKING:
     from .worker import Worker
+
+log = logging.getLogger(__name__)
 
 
 class Ops(Running):
@@ -240,6 +243,8 @@ class Ops(Running):
                                      spent)
             except Exception as failed:  # (recorded by _failed or _finish)
                 setattr(failed, "seq", header.get("s"))
+                if log.isEnabledFor(logging.DEBUG):  # (as Server._answer logs the failures of ops run at once)
+                    log.debug("worker %s answers %s with an error", self.name, session.ident.hex()[:8], exc_info=True)
                 halts.stopped(session, header)
                 reply = error_reply(failed)
                 forget_frames(failed)
