@@ -285,8 +285,9 @@ def test_worker_survives_authenticated_garbage(seed, peers, make_client):
                         "a": [msgpack.ExtType(2, msgpack.packb([5, "float32", [1]]))], "o": []})],
     ]
     answered = []
-    for parts in hostile:  # each followed by a sync: a failed op stops the ops after it until one (owner/halts.py)
+    for parts in hostile:  # each followed by "told": a failed op stops the ops after it until then (owner/halts.py)
         dealer.send_raw(parts)
+        dealer.send_raw(encode({"t": "told", "first": 1 << 40}))
         dealer.send_raw(encode({"t": "sync", "s": 99}))
         while (reply := dealer.reply())["s"] != 99:
             answered.append(reply)

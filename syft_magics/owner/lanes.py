@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from .sessions import Session
 
 #: (connection token, [header, *frames], whether it came in a batch)
-Deferred = Tuple[int, List[Any], bool]
+#: A message waiting its turn: its connection, its parts, whether it came in a batch (None: not a message but the
+#: mark of one refused when the queue was full, which stops its session when its turn comes: owner/halts.py)
+Deferred = Tuple[int, List[Any], Optional[bool]]
 #: what runs on the serving thread when the work is done: (router, result, exception or None, seconds)
 Done = Callable[[Any, Any, Optional[BaseException], float], None]
 
@@ -151,6 +153,7 @@ def queue_full(server: "Server", session: "Session", parts: List[Any]) -> Any:
         server._refused_message(session, parts, lambda: quotas.check_queued(session.quotas, session.label,
                                                                             session.quotas.max_queued))
     except Exception as exc:
-        halts.stop(session, parts)
+        if halts.stops(parts) and not any(batched is None for _, _, batched in session.lane.backlog):
+            session.lane.backlog.append((server._conn, parts, None))  # (it stops what follows it, in its turn)
         return error_reply(exc)
     return None  # (never: check_queued refuses at max_queued)

@@ -384,14 +384,15 @@ class Ops(Running):
         """Record a failed op (its results exist, failed) and raise what the client may see of ``exc``:
         its text, or only its type and a number when it came from the owner's data (see .provenance)."""
         self.stats["errors"] += 1
-        op = short_name(name)
+        # (a name not checked yet, e.g. of a message that could not be read: bounded before it is kept, helper-78)
+        op = limits.clip(short_name(name), limits.MAX_OP_NAME_CHARS)
         shown = self.disclosure.failure(session, op, prov or self.disclosure.of_inputs(used), exc)
         # its results exist, failed (a later op on them names this error), within the client's objects quota
         room = session.quotas.max_objects - self.store.session_count(session.ident)
+        error = f"{op}: {limits.clip(shown)}"  # (one string, however many results)
         for oid in out[:max(0, min(room, MAX_RESULTS))]:
             if isinstance(oid, bytes) and len(oid) == 16 and oid not in self.store:
-                self.store.put(Entry(oid, None, origin=session.label, session=session.ident, op=op,
-                                     error=f"{op}: {limits.clip(shown)}"))
+                self.store.put(Entry(oid, None, origin=session.label, session=session.ident, op=op, error=error))
         self.events.emit("command", client=session.label, op=op, inputs=lineage.inputs_of(used),
                          out=[], duration=time.perf_counter() - t0, status=f"error: {limits.clip(exc)}")
         if shown is exc:

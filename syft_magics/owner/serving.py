@@ -225,6 +225,9 @@ class Server(Handshakes, DirectPort, Ops):
                 lane.backlog.clear()
                 return
             self._conn, parts, batched = lane.backlog.popleft()
+            if batched is None:  # (a message refused when the queue was full: its turn, it stops what follows)
+                halts.stop(session, parts)
+                continue
             after = list(lane.backlog) if lane.backlog and lanes.is_goodbye(parts) else ()
             self._send_replies(router, session.ident, self._answer(session.ident, parts, batched, queued=True))
             if after and self.sessions.get(session.ident) is not session:
@@ -276,8 +279,8 @@ class Server(Handshakes, DirectPort, Ops):
                                                                                    size))
         if not queued and session.lane.holds():
             return lanes.wait(self, session, parts, batched)
-        if session.halted is not None:
-            halts.check(self, session, parts)
+        if session.halted is not None and halts.check(self, session, parts):
+            return None  # (not run: an earlier op of its client failed, and the client was not told yet)
         used: List[Entry] = []
         try:
             header = decode(parts, self._resolver(session, used), session.host_peer)
@@ -446,12 +449,16 @@ class Server(Handshakes, DirectPort, Ops):
             session.pool.release(field(header, "i", list)[:samehost.MAX_REGIONS])
         return None
 
+    def _on_told(self, session: Session, header: dict, used: List[Entry]) -> None:
+        halts.told(session, header)
+        return None
+
     def _on_bye(self, session: Session, header: dict, used: List[Entry]) -> None:
         self._end_session(session.ident, "disconnected")
         return None
 
     #: the handler of each kind of message a client sends after the handshake (``batch`` aside)
     HANDLERS = {Kind.OP: Ops._on_op, Kind.GET: _on_get, Kind.SEND: sends.on_send, Kind.SEARCH: _on_search,
-                Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.PING: _on_ping, Kind.BYE: _on_bye,
+                Kind.FREE: _on_free, Kind.SYNC: _on_sync, Kind.TOLD: _on_told, Kind.PING: _on_ping, Kind.BYE: _on_bye,
                 Kind.HOST: Handshakes.on_host, Kind.RELEASE: _on_release, **streams.HANDLERS,
                 Kind.TICKET: tickets.on_ticket, Kind.MOVE: moves.on_move}

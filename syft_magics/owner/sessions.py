@@ -55,8 +55,11 @@ class Session:
     endpoint: Optional[Tuple[int, Any]] = field(default=None, repr=False)
     #: its connection closed while what it queued before its goodbye still waits: served, without renewing the lease
     gone: bool = False
-    #: the op whose failure stops its later ops until the client has been told (see owner/halts.py)
+    #: the op whose failure stops its later ops until the client says it was told (see owner/halts.py), its
+    #: sequence number, and how many of its pipelined messages were not run since
     halted: Optional[str] = None
+    halted_at: int = 0
+    not_run: int = 0
     #: which session it is (its ``ident`` is the client's choice: a later session may present the same one)
     serial: int = field(default_factory=_serials.__next__, repr=False)
 

@@ -68,9 +68,11 @@ class Requests:
             answered = True
         finally:
             link.done(seq, abandoned=not answered)
-        self._settled(seq)
+        self._settled(seq, reply)
         if reply["t"] == Kind.ERR:
             self._emit_error(reply)
+            if reply.get("code") == ErrorCode.NOT_RUN:  # (its first failure's own reply never came)
+                self._told(reply.get("first"))
             raise self._error(reply)
         return reply
 
@@ -78,19 +80,30 @@ class Requests:
         """Whether the op sent as ``seq`` is known to have run (a later request was answered)."""
         return seq not in self._origins
 
-    def _settled(self, seq: int) -> None:
-        """Everything up to ``seq`` has run: raise the first error among those ops, forget their origins."""
+    def _settled(self, seq: int, reply: Optional[dict] = None) -> None:
+        """Everything up to ``seq`` has run (``reply``: the worker's answer to it): raise the first error among
+        those ops, forget their origins; the worker, which ran nothing of ours since that failure, runs our ops
+        again from here (:meth:`_told`)."""
         self._link.settled(seq)
         errors = self._link.errors
         error = None
         if errors:
-            skipped = sum(1 for e in errors[1:] if e.get("code") == ErrorCode.NOT_RUN)
-            error = self._error(errors[0], more=len(errors) - 1 - skipped, skipped=skipped)
+            first = min(errors, key=_seq)  # (a refusal at once may come before a queued op's earlier failure)
+            not_run = reply is not None and reply.get("code") == ErrorCode.NOT_RUN
+            skipped = reply.get("n") if not_run and type(reply.get("n")) is int else 0
+            error = self._error(first, more=len(errors) - 1, skipped=skipped)
+            self._told(reply.get("first") if not_run else first.get("s"))
             errors.clear()
         for old in [s for s in self._origins if s <= seq]:
             del self._origins[old]
         if error is not None:
             raise error
+
+    def _told(self, first: object) -> None:
+        """Tell the worker that the failure numbered ``first`` is being raised here: it runs our ops again (it
+        stopped them at that failure: ``owner/halts.py``). Queued: it goes before anything sent after it."""
+        if type(first) is int and not self._link.closed and self._link.broken is None:
+            self._link.send(encode({"t": Kind.TOLD, "first": first}))
 
     def _emit_error(self, header: dict) -> None:
         """Tell subscribers (a panel) that the worker answered ``err``."""
@@ -112,10 +125,16 @@ class Requests:
         if more:
             text += f"\n  ({more} more op{'s' if more > 1 else ''} failed since; fix this one first)"
         if skipped:
-            text += (f"\n  ({skipped} op{'s' if skipped > 1 else ''} sent after it {'were' if skipped > 1 else 'was'} "
-                     "not run: the worker runs nothing after a failure until it has been raised here)")
+            text += (f"\n  ({skipped} later op{'s' if skipped > 1 else ''} or send{'s' if skipped > 1 else ''} "
+                     f"{'were' if skipped > 1 else 'was'} not run: the worker runs nothing after a failure until "
+                     "it has been raised here)")
         etype = header.get("etype")
         exc = typed(cls, etype)(text, op=op, remote_type=etype, remote_message=msg, line=line, code=code)
         if isinstance(exc, WithheldError) and isinstance(header.get("w"), int):
             exc.withheld, exc.client = header["w"], self  # err.request_message() asks the owner for the text
         return exc
+
+
+def _seq(header: dict) -> int:
+    seq = header.get("s")
+    return seq if type(seq) is int else 1 << 62  # (an error naming no request: after those that do)

@@ -74,6 +74,7 @@ class Kind(WireEnum):
     DELIVER = "deliver"  # a worker's courier hands over the moved object (owner/tickets.py)
     PUT = "put"  # declares a streamed upload (:mod:`syft_magics.wire.chunks`)
     CANCEL = "cancel"  # stops a stream and drops its partial state
+    TOLD = "told"  # the client raised a failure to its user: the worker runs its ops again (owner/halts.py)
     # the worker's
     CHALLENGE = "challenge"
     WELCOME = "welcome"
