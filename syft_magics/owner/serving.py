@@ -232,7 +232,8 @@ class Server(Handshakes, DirectPort, Ops):
             self._send_replies(router, session.ident, self._answer(session.ident, parts, batched, queued=True))
             if after and self.sessions.get(session.ident) is not session:
                 for self._conn, parts, batched in after:  # sent after its goodbye: answered as a stranger's are
-                    self._send_replies(router, session.ident, self._answer(session.ident, parts, batched))
+                    if batched is not None:
+                        self._send_replies(router, session.ident, self._answer(session.ident, parts, batched))
 
     def _send_replies(self, router: zmq.Socket, ident: bytes, reply: Any) -> None:
         try:

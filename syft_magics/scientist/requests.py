@@ -89,10 +89,10 @@ class Requests:
         error = None
         if errors:
             first = min(errors, key=_seq)  # (a refusal at once may come before a queued op's earlier failure)
-            not_run = reply is not None and reply.get("code") == ErrorCode.NOT_RUN
-            skipped = reply.get("n") if not_run and type(reply.get("n")) is int else 0
-            error = self._error(first, more=len(errors) - 1, skipped=skipped)
-            self._told(reply.get("first") if not_run else first.get("s"))
+            stopped = reply if reply is not None and reply.get("code") == ErrorCode.NOT_RUN else {}
+            skipped = stopped.get("n")
+            error = self._error(first, more=len(errors) - 1, skipped=skipped if type(skipped) is int else 0)
+            self._told(stopped.get("first", first.get("s")))
             errors.clear()
         for old in [s for s in self._origins if s <= seq]:
             del self._origins[old]
