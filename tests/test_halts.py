@@ -3,6 +3,8 @@ client has been told: as locally, where the failing line raises and the lines af
 client's ops run again; frees are always served; a notebook cell shows the failure of the ops it sent."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from helpers import wait_until
@@ -10,7 +12,8 @@ from test_lanes import Gate, op
 
 import syft_magics as sm
 from syft_magics.errors import RemoteError
-from syft_magics.wire.protocol import ref_ext
+from syft_magics.owner.quotas import Quotas
+from syft_magics.wire.protocol import encode, ref_ext
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -93,25 +96,13 @@ def test_frees_are_served_while_a_client_is_stopped(bob_and_client):
         bob.store.session_count(client._link.session)
 
 
-def test_an_op_that_fails_on_its_lane_stops_the_ops_queued_behind_it(make_worker, peers, monkeypatch):
+def test_an_op_that_fails_on_its_lane_stops_the_ops_queued_behind_it(gated):
     """A slow op runs on its client's lane while the client's later messages wait; if it fails, they do not run."""
-    gate = Gate()
-
-    def failing_gate(x: torch.Tensor) -> torch.Tensor:
-        gate(x)
-        if not isinstance(x, torch._subclasses.fake_tensor.FakeTensor):
-            raise RuntimeError("the slow op failed")
-        return x * 2
-
-    bob = make_worker("Bob", policy="open", lease_timeout=120)
-    bob.allowlist.allow("test.failing_gate", failing_gate)
-    x = bytes.fromhex(bob.share(torch.arange(4.0), "#X"))
-    alice = peers(bob.address)
-    alice.login(bob.key, name="alice")
+    gate, bob, x, alice = gated()
     op(alice, 1, "test.failing_gate", ref_ext(x))
     assert gate.entered.wait(20), "the gated op never started"
     later = op(alice, 2, "Tensor.__add__", ref_ext(x), 1.0)  # queued behind it on the lane
-    alice.send_raw(sm.wire.protocol.encode({"t": "get", "s": 3, "id": later}))
+    alice.send_raw(encode({"t": "get", "s": 3, "id": later}))
     gate.open.set()
     first = alice.reply(timeout=20)
     assert first["t"] == "err" and first["s"] == 1 and "the slow op failed" in first["msg"], first
@@ -120,7 +111,7 @@ def test_an_op_that_fails_on_its_lane_stops_the_ops_queued_behind_it(make_worker
     assert second["first"] == 1 and second["n"] == 1, second
     assert bob.store.get(later).error is not None  # failed, never computed
     assert alice.request({"t": "get", "s": 4, "id": x})["code"] == "not_run"  # (a wait raised nothing yet)
-    alice.send_raw(sm.wire.protocol.encode({"t": "told", "first": 1}))  # the client raised it to its user
+    alice.send_raw(encode({"t": "told", "first": 1}))  # the client raised it to its user
     assert alice.request({"t": "get", "s": 5, "id": x})["t"] == "value"  # served again
 
 
@@ -169,3 +160,78 @@ def test_a_cells_ops_may_run_on_behind_the_next_cells(ip, make_worker, capsys, f
         assert not result.success and "linalg.inv failed on Bob" in str(result.error_in_exec)
     finally:
         ip.user_ns.pop("bob").disconnect()
+
+
+@pytest.fixture
+def gated(make_worker, peers, fresh_estimates):
+    """``gated(**quotas)``: Bob with an op that holds its client's lane until its gate opens, then fails (priced as
+    cheap on fake tensors: only the lane keeps it off the serving thread), and alice, a raw peer. Gates open at
+    the end."""
+    gates = []
+
+    def make(**quotas):
+        gate = Gate()
+        gates.append(gate)
+
+        def failing_gate(x: torch.Tensor) -> torch.Tensor:
+            gate(x)
+            if not isinstance(x, torch._subclasses.fake_tensor.FakeTensor):
+                raise RuntimeError("the slow op failed")
+            return x * 2
+
+        bob = make_worker("Bob", policy="open", lease_timeout=120, quotas=Quotas(**quotas))
+        bob.allowlist.allow("test.failing_gate", failing_gate)
+        x = bytes.fromhex(bob.share(torch.arange(4.0), "#X"))
+        alice = peers(bob.address)
+        alice.login(bob.key, name="alice")
+        return gate, bob, x, alice
+
+    yield make
+    for gate in gates:
+        gate.open.set()
+
+
+def test_a_message_refused_when_the_queue_was_full_stops_what_follows_it_not_what_came_before(gated):
+    """helper-78: the refusal stopped the session at once, and the messages queued before it were not run."""
+    gate, bob, x, alice = gated(max_queued=3)
+    bob.allowlist.allow("test.gate", gate)  # (holds the lane, then succeeds)
+    op(alice, 1, "test.gate", ref_ext(x))
+    assert gate.entered.wait(20), "the gated op never started"
+    before = [op(alice, seq, "Tensor.__add__", ref_ext(x), float(seq)) for seq in (2, 3, 4)]  # queued
+    refused = op(alice, 5, "Tensor.__add__", ref_ext(x), 5.0)  # over max_queued: refused at once
+    assert alice.reply(timeout=20)["code"] == "quota"
+    gate.open.set()
+    assert wait_until(lambda: not bob.server.sessions[alice.ident].lane.holds(), timeout=20)
+    reply = alice.request({"t": "get", "s": 6, "id": before[-1]}, timeout=20)
+    assert reply["code"] == "not_run" and reply["first"] == 5, reply  # stopped at the refused one, in its turn
+    assert all(bob.store.get(oid).error is None for oid in before)  # sent before it: run
+    assert bob.store.get(refused).error is not None  # (refused: its pointer names why)
+    alice.send_raw(encode({"t": "told", "first": 5}))
+    assert torch.equal(alice.request({"t": "get", "s": 7, "id": before[-1]}, timeout=20)["x"], torch.arange(4.0) + 4)
+
+
+def test_a_batch_refused_whole_stops_its_session(make_worker, peers):
+    """helper-78: a batch over the client's message size was refused, and the ops sent after it ran."""
+    bob = make_worker("Bob", policy="open", quotas=Quotas(max_message_bytes="64KB"))
+    alice = peers(bob.address)
+    alice.login(bob.key, name="alice")
+    big, later = os.urandom(16), os.urandom(16)
+    sent = encode({"t": "send", "s": 1, "id": big, "x": torch.zeros(40_000)})
+    alice.send_raw(encode({"t": "batch", "m": [sent[0]], "n": [len(sent) - 1]}) + sent[1:])
+    assert alice.reply(timeout=20)["code"] == "quota"
+    alice.send_raw(encode({"t": "op", "s": 2, "f": "torch.zeros", "a": [3], "o": [later]}))
+    reply = alice.request({"t": "sync", "s": 3}, timeout=20)
+    assert reply["code"] == "not_run" and reply["n"] == 1, reply
+    assert bob.store.get(later).error is not None
+
+
+def test_a_failed_ops_results_keep_a_bounded_name(make_worker, peers):
+    """helper-78: 4,096 results of an unreadable op each kept its unchecked name (448 MB from 174 KB)."""
+    bob = make_worker("Bob", policy="open")
+    alice = peers(bob.address)
+    alice.login(bob.key, name="alice")
+    out = [os.urandom(16) for _ in range(64)]
+    alice.send_raw(encode({"t": "op", "s": 1, "f": "x" * 100_000, "a": [ref_ext(os.urandom(16))], "o": out}))
+    assert alice.reply(timeout=20)["t"] == "err"
+    kept = [bob.store.get(oid) for oid in out]
+    assert all(e is not None and len(e.op) <= 200 and len(e.error) <= 2_000 for e in kept)
