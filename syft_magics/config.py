@@ -70,7 +70,7 @@ class Defaults:
     #: which costs a quarter of an op's round trip. Only while it pays: spins that keep finding nothing, or
     #: that wait for the GIL or a CPU, stop (:mod:`syft_magics.owner.spin`). 0: never spin.
     spin_seconds: float = 0.0003
-    #: In a notebook, a cell that sent ops waits for them when it ends and prints the first failure in that cell
+    #: In a notebook, a cell that sent ops waits for them when it ends and fails with the first failure
     #: (:mod:`syft_magics.scientist.cell_end`); False: ops run on while the next cells run, and a failure is raised
     #: by the next ``.get()`` or ``sync()``.
     sync_at_cell_end: bool = True

@@ -1,27 +1,35 @@
-"""In a notebook, an op's failure shows in the cell that sent it, not at some later ``.get()``.
+"""In a notebook, an op's failure fails the cell that sent it, not some later ``.get()``.
 
-Ops are pipelined: a cell whose lines are all ops on pointers (a training loop) ends before the worker has run
-them, and a failure would only be raised by the next request that waits (a ``.get()`` cells later), while the
-worker runs none of that client's later ops (``owner/halts.py``). Run locally, the cell itself would have
-failed. So at the end of each cell that sent ops it has not waited for, every live client waits until its
-worker has run them (one ``sync()``: as long as the cell would have taken locally) and prints the first failure,
-naming the line that sent the op, in that cell's output. Installed with the first client made in an IPython
-shell; outside IPython nothing changes. ``syft_magics.defaults.sync_at_cell_end = False`` lets a cell's ops run on
-behind the next cells (their failure is then raised by the next ``.get()`` or ``sync()``).
+Ops are pipelined: a cell whose lines are all ops on pointers (a training loop) would end before the worker has run
+them, and a failure would only be raised by the next request that waits (a ``.get()`` cells later), while the worker
+runs none of that client's later ops (``owner/halts.py``). Run locally, the cell itself would have failed, and "Run
+All" would have stopped there (helper-79: a notebook went on and saved a half-trained model). So every cell ends,
+as its last step, by waiting until the workers have run the ops it sent (one ``sync()`` per client with ops in
+flight: as long as the cell would have taken locally) and raises the first failure there, naming the line that
+sent the op: the cell fails as a local one would. Its last expression is still shown: ``x = f(); x.sum()`` runs as
+``x = f(); end(x.sum())``, ``end`` returning its argument (an IPython AST transformer, installed with the first
+client made in an IPython shell; outside IPython nothing changes).
+
+``syft_magics.defaults.sync_at_cell_end = False`` lets a cell's ops run on behind the next cells (their failure
+is then raised by the next ``.get()`` or ``sync()``).
 """
 from __future__ import annotations
 
+import ast
 import sys
-from typing import Any, Callable, Iterable, Set
+from typing import Any, Callable, Iterable, List, Set, TypeVar
 
 from ..config import defaults
-from ..errors import ReplyTimeout, SyftError
+from ..errors import ReplyTimeout
 
-_HOOKED: Set[int] = set()  # id() of the shells whose post_run_cell runs :func:`after_cell`
+_HOOKED: Set[int] = set()  # id() of the shells whose cells end with :func:`end`
+T = TypeVar("T")
+_CLIENTS: List[Callable[[], Iterable[Any]]] = []  # what lists this process's clients (given to install)
 
 
 def install(clients: Callable[[], Iterable[Any]]) -> None:
-    """Run :func:`after_cell` over ``clients()`` at the end of each cell of the running IPython shell, if any."""
+    """End each cell of the running IPython shell, if any, with :func:`end` over ``clients()``."""
+    _CLIENTS[:] = [clients]
     if "IPython" not in sys.modules:  # (not imported: no shell to hook, and importing it would cost 0.3 s)
         return
     from IPython import get_ipython
@@ -30,24 +38,43 @@ def install(clients: Callable[[], Iterable[Any]]) -> None:
     if shell is None or id(shell) in _HOOKED:
         return
     _HOOKED.add(id(shell))
-    shell.events.register("post_run_cell", lambda *_: after_cell(clients()))
+    shell.ast_transformers.append(_EndOfCell())
 
 
-def after_cell(clients: Iterable[Any]) -> None:
-    """Wait for the ops each open client in ``clients`` sent and has not waited for; print the first failure
-    (unless ``defaults.sync_at_cell_end`` is False)."""
-    if not defaults.sync_at_cell_end:
-        return
-    for client in clients:
-        if client.closed or client._link.broken is not None or not (client._origins or client._link.errors):
-            continue  # (a worker gone or stopped is raised by the client's next use, once, not after every cell)
-        try:
-            client.sync()
-        except ReplyTimeout:
-            print(f"{client.name} is still running the ops this cell sent; a failure among them will be raised by "
-                  "the next .get() or sync()", file=sys.stderr)
-        except SyftError as exc:
-            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        except KeyboardInterrupt:
-            print(f"interrupted: {client.name} still runs the ops this cell sent; a failure among them will be "
-                  "raised by the next .get() or sync()", file=sys.stderr)
+def end(value: T = None) -> T:  # type: ignore[assignment]
+    """Wait until the workers have run the ops this process sent and has not waited for; raise the first failure
+    among them (unless ``defaults.sync_at_cell_end`` is False). Returns ``value`` (the cell's last expression)."""
+    if defaults.sync_at_cell_end:
+        for client in _CLIENTS[0]() if _CLIENTS else ():
+            if client.closed or client._link.broken is not None or not (client._origins or client._link.errors):
+                continue  # (a worker gone or stopped is raised by the client's next use, not at every cell's end)
+            while True:  # (as long as the worker works: a silent one breaks the link, and the wait raises)
+                try:
+                    client.sync()
+                    break
+                except ReplyTimeout:
+                    continue
+    return value
+
+
+class _EndOfCell(ast.NodeTransformer):
+    """``body; last`` -> ``body; end(last)`` (``last`` an expression), or ``body; end()``."""
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:
+        if not node.body:
+            return node
+        last = node.body[-1]
+        if isinstance(last, ast.Expr):
+            last.value = ast.copy_location(_end_call([last.value]), last.value)
+        else:
+            node.body.append(ast.copy_location(ast.Expr(_end_call([])), last))
+        return ast.fix_missing_locations(node)
+
+
+def _end_call(args: list) -> ast.Call:
+    """``__import__("syft_magics.scientist.cell_end", fromlist=["end"]).end(*args)``: no name in the user's
+    namespace, which the user may delete or reuse."""
+    module = ast.Call(func=ast.Name(id="__import__", ctx=ast.Load()), args=[ast.Constant(__name__)],
+                      keywords=[ast.keyword(arg="fromlist", value=ast.List(elts=[ast.Constant("end")],
+                                                                           ctx=ast.Load()))])
+    return ast.Call(func=ast.Attribute(value=module, attr="end", ctx=ast.Load()), args=args, keywords=[])
