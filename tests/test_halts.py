@@ -232,3 +232,33 @@ def test_a_failed_ops_results_keep_a_bounded_name(make_worker, peers):
     assert alice.reply(timeout=20)["t"] == "err"
     kept = [bob.store.get(oid) for oid in out]
     assert all(e is not None and len(e.op) <= 200 and len(e.error) <= 2_000 for e in kept)
+
+
+def test_a_script_whose_last_ops_fail_says_so_when_it_ends(make_worker, tmp_path):
+    """helper-79: a script whose last ops failed and that never waited exited with no word of it."""
+    import subprocess
+    import sys
+
+    bob = make_worker("Bob", policy="open")
+    script = tmp_path / "script.py"
+    script.write_text("import sys, torch, syft_magics as sm\n"
+                      "c = sm.connect(sys.argv[1], key=sys.argv[2])\n"
+                      "torch.linalg.inv(c.send(torch.zeros(2, 2)))\n")
+    done = subprocess.run([sys.executable, str(script), bob.address, bob.key], capture_output=True, text=True,
+                          timeout=60)
+    assert "an op this script sent failed after its last wait" in done.stderr, done.stderr
+    assert "linalg.inv failed on Bob" in done.stderr and "script.py:3" in done.stderr
+
+
+def test_disconnecting_while_ops_still_run_warns(make_worker, monkeypatch):
+    """helper-79: disconnect() waited 5 s for them, then dropped a later failure without a word."""
+    from syft_magics.scientist import client as client_module
+
+    monkeypatch.setattr(client_module, "DISCONNECT_SYNC_SECONDS", 0.001)
+    bob = make_worker("Bob", policy="open")
+    client = sm.connect(bob.address, key=bob.key)
+    big = client.send(torch.ones(1200, 1200))
+    for _ in range(5):
+        big = big @ big / 1200
+    with pytest.warns(RuntimeWarning, match="still running ops this client sent when it disconnected"):
+        client.disconnect()

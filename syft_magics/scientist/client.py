@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 import weakref
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union, cast
 
@@ -23,6 +24,7 @@ from ..errors import (
     OpNotAllowed,
     PointerFreed,
     RemoteError,
+    ReplyTimeout,
     SyftError,
     TagError,
 )
@@ -267,7 +269,12 @@ class Client(Requests):
                     self.sync(timeout=DISCONNECT_SYNC_SECONDS)
                 except RemoteError as exc:
                     failed = exc
-                except SyftError:  # (the worker gone, restarted or too slow: nothing more to learn from it)
+                except ReplyTimeout:
+                    warnings.warn(f"{self.name} was still running ops this client sent when it disconnected (after "
+                                  f"{DISCONNECT_SYNC_SECONDS:g} s): they end with the session, and whether they "
+                                  "failed is unknown (call sync() first to wait for them)", RuntimeWarning,
+                                  stacklevel=2)
+                except SyftError:  # (the worker gone or restarted: nothing more to learn from it)
                     pass
             self._link.close()
             buffers.trim(everything=True, key=None)  # (its housekeeping trimmed what its receives kept)
