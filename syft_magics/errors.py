@@ -6,6 +6,7 @@ so code that already handles those keeps working.
 """
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from typing import Dict, List, Optional, Tuple, Type
 
@@ -215,12 +216,26 @@ BUILTIN_KINDS: Dict[str, Type[Exception]] = {e.__name__: e for e in (
     RuntimeError, ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, NotImplementedError,
     AssertionError, OverflowError, ArithmeticError, LookupError)}
 _typed: Dict[Tuple[type, type], type] = {}
+#: torch's own exceptions a failed op's error also is, by name (``except torch.linalg.LinAlgError`` catches a
+#: singular matrix's remote failure as the local one: helper-79), looked up in torch once it is imported
+TORCH_KINDS = {"_LinAlgError": "linalg.LinAlgError", "OutOfMemoryError": "OutOfMemoryError"}
+
+
+def _torch_kind(name: str) -> Optional[Type[Exception]]:
+    path = TORCH_KINDS.get(name)
+    torch = sys.modules.get("torch")
+    if path is None or torch is None:
+        return None
+    found: object = torch
+    for part in path.split("."):
+        found = getattr(found, part, None)
+    return found if isinstance(found, type) and issubclass(found, Exception) else None
 
 
 def typed(cls: Type[RemoteError], remote_type: object) -> Type[RemoteError]:
     """``cls`` that is also the built-in exception ``remote_type`` names (e.g. a ``WithheldError`` that is an
     ``IndexError``), else ``cls`` itself. One class per pair, made once."""
-    kind = BUILTIN_KINDS.get(remote_type) if isinstance(remote_type, str) else None
+    kind = BUILTIN_KINDS.get(remote_type) or _torch_kind(remote_type) if isinstance(remote_type, str) else None
     if kind is None or issubclass(cls, kind):
         return cls
     made = _typed.get((cls, kind))

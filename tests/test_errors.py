@@ -334,3 +334,12 @@ def test_a_killed_worker_process_is_reported_and_leaves_a_stale_file(tmp_path, m
             proc.wait(10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_a_remote_linalg_failure_is_caught_as_torchs_own_error(seed):
+    """helper-79: `except torch.linalg.LinAlgError` (and RuntimeError) missed a singular matrix's remote failure."""
+    _, client = seed
+    torch.linalg.inv(client.send(torch.zeros(2, 2)))
+    with pytest.raises(torch.linalg.LinAlgError, match="singular") as info:
+        client.sync()
+    assert isinstance(info.value, sm.RemoteError) and isinstance(info.value, RuntimeError)
