@@ -372,3 +372,16 @@ def test_del_grad_clears_the_workers_gradient_as_torch_does(seed):
     assert w.grad is None
     client.sync()
     assert bob.store.get(w.oid).tensor.grad is None
+
+
+def test_a_frozen_parameter_keeps_the_gradient_it_had_as_torchs_does(seed):
+    """helper-80: p.grad answered None without asking once p no longer required grad; a loop then skipped it."""
+    bob, client = seed
+    local = torch.ones(3, requires_grad=True)
+    (local * 2).sum().backward()
+    local.requires_grad_(False)
+    w = client.send(torch.ones(3, requires_grad=True))
+    (w * 2).sum().backward()
+    w.requires_grad_(False)
+    assert local.grad is not None and w.grad is not None
+    assert torch.equal(w.grad.get(), local.grad)

@@ -99,9 +99,8 @@ def detach_(ptr: "PointerTensor") -> "PointerTensor":
 def get_grad(ptr: "PointerTensor") -> Optional["PointerTensor"]:
     """A pointer to the worker's ``.grad``, or None where it has none (as torch says: no backward has reached
     it yet, or an optimizer's ``zero_grad()`` cleared it). Only the worker knows which, so this waits for its
-    answer (one round trip; a pointer that does not require grad answers None at once)."""
-    if not ptr.signature[2]:
-        return None
+    answer (one round trip), also for a tensor that no longer requires grad: a frozen parameter keeps the gradient
+    it had, as torch's does (helper-80: answered None here, a loop skipped it and the optimizer stepped it)."""
     return ptr.client.run(_no_standin, "syft.grad", (ptr,), {}, described=True)
 
 
