@@ -439,3 +439,20 @@ def test_contiguous_makes_a_dense_copy_on_the_worker(make_worker, make_client):
     assert torch.equal(dense.get(), torch.full((1000,), 3.0))
     same = one.contiguous()  # already contiguous: the worker returns it, kept under the new pointer too
     assert torch.equal(same.get(), torch.tensor([3.0]))
+
+
+def test_numpy_numbers_and_arrays_are_arguments_as_torch_takes_them(seed):
+    """helper-80: ptr * np.float32(k) fetched the pointer's value and computed here, in numpy; np.int64 and numpy
+    index arrays were refused."""
+    import numpy as np
+
+    bob, client = seed
+    p = client.send(torch.arange(10.0))
+    local = torch.arange(10.0)
+    before = bob.stats["commands"]
+    for ours, theirs in ((p * np.float32(2), local * np.float32(2)), (np.float32(2) * p, local * 2),
+                         (p + np.int64(1), local + 1), (p[:np.int64(3)], local[:3]),
+                         (p[np.array([1, 2])], local[np.array([1, 2])])):
+        assert isinstance(ours, sm.PointerTensor)  # computed on the worker
+        assert torch.equal(ours.get(), theirs)
+    assert bob.stats["commands"] >= before + 5

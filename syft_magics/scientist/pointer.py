@@ -95,6 +95,9 @@ class PointerTensor(torch.Tensor):
     _client: "Client"
     _handle: Optional[_Owned]
     _local_id: int
+    #: numpy's operators (``np.float32(2) * ptr``) leave the op to the pointer's, which runs it on the worker,
+    #: rather than fetch its value to compute here (helper-80)
+    __array_ufunc__ = None
     # (defaults on the class: a pointer sets only what differs, one attribute fewer per op each)
     _tags: Tuple[str, ...] = ()
     _deleted: bool = False

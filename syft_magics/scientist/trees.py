@@ -8,6 +8,7 @@ described for a data-dependent result (the same encoding, :mod:`syft_magics.wire
 """
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -60,6 +61,10 @@ def walk(obj: Any, pointers: List[PointerTensor], locals_: List[torch.Tensor]) -
             return base(obj), (base, base(obj))
     if isinstance(obj, tuple):
         return walk(tuple(obj), pointers, locals_)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(obj, (numpy.generic, numpy.ndarray)) and obj.dtype.kind in "biufc":
+        # (as torch takes them: a number, or a tensor; helper-80: np.float32(k) and np.int64(i) were refused)
+        return walk(obj.item() if isinstance(obj, numpy.generic) else torch.as_tensor(obj), pointers, locals_)
     raise TypeError(f"a {t.__name__} cannot be sent to a worker as an argument")
 
 
