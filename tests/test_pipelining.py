@@ -225,3 +225,14 @@ def test_a_local_tensor_in_an_op_changed_right_after_the_op_returns_does_not_cha
     total = queued + local
     local.fill_(5)
     assert torch.equal((total * 2).get(), torch.full((nbytes // 4,), 4.0))
+
+
+def test_a_failed_op_the_client_waited_on_names_the_op_and_the_line(seed):
+    """helper-79: the op's origin was forgotten before its error was made: "an op failed", no line."""
+    bob, client = seed
+    x = client.search("#X")[0]
+    i = client.send(torch.tensor(10))
+    with pytest.raises(sm.RemoteError) as info:
+        x[i]  # its shape depends on the value: the client waits for the worker's description
+    text = str(info.value)
+    assert text.startswith(".__getitem__ failed on Bob") and "test_pipelining.py" in text and "x[i]" in text, text

@@ -87,9 +87,9 @@ def check(server: "Server", session: "Session", parts: List[Any]) -> bool:
     waits = awaited(head)
     if not waits:
         session.not_run += 1
-    exc = Reject(ErrorCode.NOT_RUN, f"not run: an op this client sent before it ({session.halted}) failed, and "
-                                    f"{server.name} runs none of a client's later ops until the client has been "
-                                    "told (its next .get(), sync() or search raises that failure)",
+    exc = Reject(ErrorCode.NOT_RUN, f"not run: an op this client sent before it ({session.halted}) had failed, and "
+                                    f"{server.name} ran none of its later ops until it had been told (its next "
+                                    ".get(), sync() or search raises that failure); send or compute this again",
                  first=session.halted_at, n=session.not_run)
     exc.seq = head.get("s")  # type: ignore[attr-defined]
     out = head.get("o") if kind == Kind.OP else [head.get("id")] if kind == Kind.SEND else None

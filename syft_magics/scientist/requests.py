@@ -68,8 +68,11 @@ class Requests:
             answered = True
         finally:
             link.done(seq, abandoned=not answered)
+        origin = self._origins.pop(seq, None)  # (its own: _settled forgets those up to it)
         self._settled(seq, reply)
         if reply["t"] == Kind.ERR:
+            if origin is not None:  # (helper-79: a failed request lost its op name and the user's line)
+                self._origins[seq] = origin
             self._emit_error(reply)
             if reply.get("code") == ErrorCode.NOT_RUN:  # (its first failure's own reply never came)
                 self._told(reply.get("first"))
