@@ -45,7 +45,7 @@ def test_ops_sent_after_a_failed_op_do_not_run_until_the_client_is_told(bob_and_
     for ptr in (later, sent, bad):
         with pytest.raises(RemoteError, match="came from an op that failed"):
             ptr.get()
-    with pytest.raises(RemoteError, match=r"not run: an op this client sent before it \(linalg.inv\) failed"):
+    with pytest.raises(RemoteError, match=r"not run: an op this client sent before it \(linalg.inv\) had failed"):
         later.get()
     # told: what it sends now runs
     assert torch.equal((x * 2).get(), torch.arange(3.0) * 2)

@@ -118,7 +118,7 @@ def test_an_error_inside_a_long_pipeline(seed):
     with pytest.raises(sm.RemoteError, match="out of bounds") as info:
         client.sync()
     assert "999 later ops or sends were not run" in str(info.value)
-    with pytest.raises(sm.RemoteError, match=r"not run: an op this client sent before it \(.__getitem__\) failed"):
+    with pytest.raises(sm.RemoteError, match=r"not run: an op this client sent before it \(.__getitem__\) had failed"):
         y.get()
     assert bob.stats["commands"] - ran <= 1002  # (at most: the 1,001 additions and the failed index)
 
