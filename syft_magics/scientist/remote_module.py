@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Tuple, cast
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Set, Tuple, cast
 
 import torch
 import torch.nn as nn
@@ -247,7 +247,8 @@ class RemoteModule:
         unexpected keys (with ``strict``) and shapes; then one pipelined copy per tensor."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"load_state_dict takes a mapping of names to tensors, not {type(state_dict).__name__}")
-        missing = [k for k in self._pointers if k not in state_dict]
+        transient = _non_persistent(self._here)  # (buffers torch's state_dict leaves out: never missing)
+        missing = [k for k in self._pointers if k not in state_dict and k not in transient]
         unexpected = [k for k in state_dict if k not in self._pointers]
         if strict and (missing or unexpected):
             raise RuntimeError(f"Error(s) in loading state_dict for the RemoteModule: missing key(s) {missing}, "
@@ -278,7 +279,11 @@ class RemoteModule:
             state = _with_tied(module, state)
         for mine, theirs in zip(module.modules(), self._here.modules()):
             mine.training = theirs.training
-        module.load_state_dict(state)
+        transient = _non_persistent(module)  # (not in torch's state_dict: set as they are, helper-80)
+        module.load_state_dict({k: v for k, v in state.items() if k not in transient})
+        for name in transient & set(state):
+            owner, _, buffer = name.rpartition(".")
+            module.get_submodule(owner)._buffers[buffer] = state[name]
         for name, param in module.named_parameters():
             param.requires_grad_(self._pointers[name].requires_grad)
         return module
@@ -460,3 +465,10 @@ def _setting(what: str, name: str) -> str:
             f"weight's values: with torch.no_grad(): {what}.copy_(t), or remote.load_state_dict({{...}}, "
             "strict=False); to change its layers or options, change your local model and send it again "
             "(client.send(model))")
+
+
+def _non_persistent(module: nn.Module) -> Set[str]:
+    """The full names of ``module``'s buffers registered with ``persistent=False`` (torch's state_dict leaves them
+    out; a remote model's pointers include them)."""
+    return {f"{prefix}.{name}" if prefix else name for prefix, m in module.named_modules()
+            for name in m._non_persistent_buffers_set}
