@@ -309,3 +309,15 @@ def test_an_optimizer_takes_named_parameters_as_torch_does(seed):
     remote(client.send(torch.ones(4, 3))).sum().backward()
     opt.step()
     assert not torch.equal(remote.get().weight, before) and len(opt.param_groups[0]["params"]) == 2
+
+
+def test_a_scheduler_not_on_workers_says_what_works_instead(seed):
+    """helper-80: LambdaLR, ReduceLROnPlateau... were refused with no workable hint."""
+    _, client = seed
+    remote = client.send(nn.Linear(2, 2))
+    opt = client.optim.SGD(remote.parameters(), lr=0.1)
+    with pytest.raises(AttributeError, match=r"param_groups\[0\]\['lr'\] = .*torch's own torch.optim"):
+        client.lr_scheduler.LambdaLR(opt, lambda epoch: 0.9)
+    local_opt = torch.optim.SGD(remote.parameters(), lr=0.1)  # as the message says: torch's own, op by op
+    torch.optim.lr_scheduler.LambdaLR(local_opt, lambda epoch: 0.5).step()
+    assert local_opt.param_groups[0]["lr"] == 0.05
