@@ -39,13 +39,16 @@ class Attacker:
         return None, ids
 
     def sync(self) -> dict:
-        """The first error since the last sync, else the sync's own ``ok``."""
+        """The first error since the last sync, else the sync's own ``ok``; told, as the client library says it
+        raised a failure (a failed op stops the ops after it until then: owner/halts.py)."""
         self.seq += 1
         reply = self.peer.request({"t": "sync", "s": self.seq})
         first = reply
         while reply is not None and reply.get("s") != self.seq:
             reply = self.peer.reply()
         assert first is not None and reply is not None
+        if first["t"] == "err":
+            self.peer.send_raw(_encode({"t": "told", "first": first.get("s") if first.get("s") is not None else 0}))
         return first
 
     def count_above(self, i: int, t: float, launder: bool = False):

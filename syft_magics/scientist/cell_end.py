@@ -72,7 +72,7 @@ class _EndOfCell(ast.NodeTransformer):
 
 
 def _end_call(args: list) -> ast.Call:
-    """``__import__("syft_magics.scientist.cell_end", fromlist=["end"]).end(*args)``: no name in the user's
+    """``end(*args)``, this module found by its name through the built-in ``__import__``: no name in the user's
     namespace, which the user may delete or reuse."""
     module = ast.Call(func=ast.Name(id="__import__", ctx=ast.Load()), args=[ast.Constant(__name__)],
                       keywords=[ast.keyword(arg="fromlist", value=ast.List(elts=[ast.Constant("end")],
