@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from .serving import Server
     from .sessions import Session
 
-#: (connection token, [header, *frames], whether it came in a batch)
 #: A message waiting its turn: its connection, its parts, whether it came in a batch (None: not a message but the
 #: mark of one refused when the queue was full, which stops its session when its turn comes: owner/halts.py)
 Deferred = Tuple[int, List[Any], Optional[bool]]
