@@ -11,6 +11,7 @@ In IPython: ``%load_ext syft_magics``, then ``%syft_worker``, ``%syft_connect``.
 """
 import logging
 
+from . import data, federated  # (syft_magics.data.DataLoader, syft_magics.federated.fedavg after `import syft_magics`)
 from .config import defaults
 from .errors import (
     AuthenticationError,
@@ -54,7 +55,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Allowlist", "Client", "ClosedPolicy", "Event", "EventStream", "GetRequest", "OpenPolicy", "PointerTensor",
-    "RemoteModule",
+    "RemoteModule", "data", "federated",
     "Policy", "Quotas", "ReviewPolicy", "SearchResult", "Worker", "connect", "defaults", "load_ipython_extension",
     "unload_ipython_extension",
     "AuthenticationError", "CrossWorkerError", "GetTimeout", "OpNotAllowed", "PermissionDenied", "PointerFreed",

@@ -59,3 +59,13 @@ def test_randperm_is_drawn_on_the_worker_and_bounded(seed):
     data.randperm(x, 1 << 40)
     with pytest.raises(sm.RemoteError, match="randperm needs"):
         client.sync()
+
+
+def test_the_data_and_federated_helpers_come_with_the_package():
+    """helper-80: syft_magics.data and syft_magics.federated were not reachable after a plain import."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import syft_magics as sm; print(sm.data.DataLoader.__name__, "
+                           "sm.federated.fedavg.__name__)"], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["DataLoader", "fedavg"], done.stderr
