@@ -557,3 +557,34 @@ def test_a_model_with_a_non_persistent_buffer_comes_back_and_loads_as_torchs(see
     assert sorted(back.state_dict()) == sorted(local.state_dict()) and torch.equal(back.scale, local.scale)
     assert torch.allclose(back(x), local(x))
     remote.load_state_dict(_Scaled().state_dict())  # (torch's own keys)
+
+
+class _Counting(nn.Module):
+    """A custom model whose forward keeps plain Python state in its attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.steps, self.seen, self.scale = 0, [], 1.0
+
+    def forward(self, x):
+        self.steps += 1
+        self.seen.append(self.steps)
+        self.scale = self.scale * 0.5
+        return self.lin(x) * self.scale
+
+
+def test_what_a_custom_forward_kept_in_plain_attributes_comes_back_with_get(seed):
+    """helper-80: get() rebuilt the model from its copy made at send: steps, lists and a scale set by forward were
+    lost, and the model it returned computed another output than the one trained (no error)."""
+    _, client = seed
+    torch.manual_seed(0)
+    local = _Counting()
+    remote = client.send(local)
+    x = torch.randn(2, 3)
+    for _ in range(3):
+        local(x)
+        remote(client.send(x))
+    back = remote.get()
+    assert (back.steps, back.seen, back.scale) == (3, [1, 2, 3], 0.125)
+    assert torch.allclose(back(x), local(x))

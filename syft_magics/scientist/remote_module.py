@@ -279,6 +279,10 @@ class RemoteModule:
             state = _with_tied(module, state)
         for mine, theirs in zip(module.modules(), self._here.modules()):
             mine.training = theirs.training
+            if self.path != "worker":  # (a custom forward runs here: what it set, e.g. self.steps += 1, helper-80)
+                for key, value in vars(theirs).items():
+                    if not key.startswith("_") and key != "training" and _plain(value):
+                        setattr(mine, key, copy.deepcopy(value))
         transient = _non_persistent(module)  # (not in torch's state_dict: set as they are, helper-80)
         module.load_state_dict({k: v for k, v in state.items() if k not in transient})
         for name in transient & set(state):
@@ -472,3 +476,17 @@ def _non_persistent(module: nn.Module) -> Set[str]:
     out; a remote model's pointers include them)."""
     return {f"{prefix}.{name}" if prefix else name for prefix, m in module.named_modules()
             for name in m._non_persistent_buffers_set}
+
+
+def _plain(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` is plain Python data (numbers, strings, and lists, tuples and dicts of them): what a custom
+    forward run here may keep in its module's attributes, carried to the module ``get()`` returns."""
+    if type(value) in (int, float, bool, str, complex, type(None)):
+        return True
+    if depth >= 8:
+        return False
+    if type(value) in (list, tuple):
+        return all(_plain(v, depth + 1) for v in value)  # type: ignore[attr-defined]
+    if type(value) is dict:
+        return all(type(k) is str and _plain(v, depth + 1) for k, v in value.items())
+    return False
