@@ -43,6 +43,8 @@ class Lane:
         #: an op is running in the background: this client's messages wait
         self.busy = False
         self.backlog: Deque[Deferred] = deque()
+        #: the backlog holds the mark of a message refused when the queue was full (see :meth:`mark_stop`)
+        self.stop_marked = False
         # (the lane's thread, kept while ops keep coming: see run)
         self._jobs: Deque[Callable[[], None]] = deque()
         self._ready = threading.Condition()
@@ -64,6 +66,13 @@ class Lane:
             self.backlog.appendleft((conn, parts, batched))
         else:
             self.backlog.append((conn, parts, batched))
+
+    def mark_stop(self, conn: int, parts: List[Any]) -> None:
+        """Queue the mark of ``parts``, a message refused when the queue was full: it stops its session in its turn,
+        once the messages before it have run (owner/halts.py). One mark at a time: the first stops what follows."""
+        if not self.stop_marked:
+            self.stop_marked = True
+            self.backlog.append((conn, parts, None))
 
     def run(self, work: Callable[[], Any], done: Done, call_soon: Callable[[Callable[[Any], None]], None]) -> None:
         """Run ``work()`` on the lane's thread; then ``done(router, result, error, seconds)`` on the serving thread.
@@ -152,7 +161,7 @@ def queue_full(server: "Server", session: "Session", parts: List[Any]) -> Any:
         server._refused_message(session, parts, lambda: quotas.check_queued(session.quotas, session.label,
                                                                             session.quotas.max_queued))
     except Exception as exc:
-        if halts.stops(parts) and not any(batched is None for _, _, batched in session.lane.backlog):
-            session.lane.backlog.append((server._conn, parts, None))  # (it stops what follows it, in its turn)
+        if halts.stops(parts):  # (its failure stops what follows it, in its turn: no scan of a 10,000-long backlog)
+            session.lane.mark_stop(server._conn, parts)
         return error_reply(exc)
     return None  # (never: check_queued refuses at max_queued)

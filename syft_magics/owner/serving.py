@@ -226,6 +226,7 @@ class Server(Handshakes, DirectPort, Ops):
                 return
             self._conn, parts, batched = lane.backlog.popleft()
             if batched is None:  # (a message refused when the queue was full: its turn, it stops what follows)
+                lane.stop_marked = False
                 halts.stop(session, parts)
                 continue
             after = list(lane.backlog) if lane.backlog and lanes.is_goodbye(parts) else ()
