@@ -44,7 +44,7 @@ def _report_failures(deadline: float) -> None:
 
     for client in live_clients():
         left = deadline - time.monotonic()
-        if client._link.broken is not None or not (client._origins or client._link.errors) or left <= 0:
+        if not client.unsettled or left <= 0:
             continue
         try:
             client.sync(timeout=left)

@@ -46,8 +46,8 @@ def end(value: T = None) -> T:  # type: ignore[assignment]
     among them (unless ``defaults.sync_at_cell_end`` is False). Returns ``value`` (the cell's last expression)."""
     if defaults.sync_at_cell_end:
         for client in _CLIENTS[0]() if _CLIENTS else ():
-            if client.closed or client._link.broken is not None or not (client._origins or client._link.errors):
-                continue  # (a worker gone or stopped is raised by the client's next use, not at every cell's end)
+            if not client.unsettled:
+                continue
             while True:  # (as long as the worker works: a silent one breaks the link, and the wait raises)
                 try:
                     client.sync()

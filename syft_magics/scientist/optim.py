@@ -209,14 +209,13 @@ class _Namespace:
 
     def __getattr__(self, name: str) -> Callable:
         if name.startswith("_") or name not in self._names:
+            instead = ("otherwise set the learning rate yourself (opt.param_groups[0]['lr'] = ...), or use torch's own "
+                       "torch.optim over remote.parameters() with any torch scheduler (its steps run op by op on the "
+                       "worker: one message per parameter)" if self._kind == "lr_scheduler" else
+                       "torch's own torch.optim over remote.parameters() also works, op by op (one message per "
+                       "parameter per step)")
             raise AttributeError(f"{self._kind}.{name} is not available on workers (available: "
-                                 f"{', '.join(self._names)}); otherwise set the learning rate yourself "
-                                 "(opt.param_groups[0]['lr'] = ...), or use torch's own torch.optim over "
-                                 "remote.parameters() with any torch scheduler (its steps run op by op on the "
-                                 "worker: one message per parameter)" if self._kind == "lr_scheduler" else
-                                 f"{self._kind}.{name} is not available on workers (available: "
-                                 f"{', '.join(self._names)}); torch's own torch.optim over remote.parameters() "
-                                 "also works, op by op (one message per parameter per step)")
+                                 f"{', '.join(self._names)}); {instead}")
 
         def make(first: Any, *args: Any, **kwargs: Any) -> RemoteObject:
             if args:  # (``SGD(params, 0.1)``): by name, as torch's own signature reads them; wrong ones raise here

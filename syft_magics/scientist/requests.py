@@ -79,6 +79,13 @@ class Requests:
             raise self._error(reply)
         return reply
 
+    @property
+    def unsettled(self) -> bool:
+        """Whether ops sent since the last wait may still fail, or a failure of them is not raised yet, on a link
+        that can still ask (a worker gone or stopped is raised by the next use, once)."""
+        link = self._link
+        return not link.closed and link.broken is None and bool(self._origins or link.errors)
+
     def settled(self, seq: int) -> bool:
         """Whether the op sent as ``seq`` is known to have run (a later request was answered)."""
         return seq not in self._origins
